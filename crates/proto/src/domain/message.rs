@@ -1,0 +1,213 @@
+//! The messages two Canopy nodes exchange, as validated domain values.
+
+use std::net::SocketAddr;
+
+use super::ids::{ContentId, MessageId, NodeId};
+
+/// What a node is in the overlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// A home node: shares, searches, downloads.
+    Leaf,
+    /// Indexes its leaves' files and routes queries.
+    Supernode,
+}
+
+/// Optional features a node announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Capability {
+    /// Keeps an index of its leaves' files and answers from it.
+    FileIndex,
+}
+
+/// Who a node is: the first thing it says on a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Protocol version spoken.
+    pub protocol_version: u32,
+    /// Leaf or supernode.
+    pub role: Role,
+    /// The node's identity.
+    pub node_id: NodeId,
+    /// Where the node accepts connections, if anywhere. An unspecified IP
+    /// means "the address you see me from".
+    pub listen_addr: Option<SocketAddr>,
+    /// Free text naming the software.
+    pub user_agent: String,
+    /// Features announced; unknown ones are dropped while decoding.
+    pub capabilities: Vec<Capability>,
+}
+
+/// Why a handshake was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// A reason this version does not know.
+    Unknown,
+    /// Protocol versions differ.
+    VersionMismatch,
+    /// No room for another connection of this role.
+    Full,
+    /// This role is not accepted here.
+    RoleNotAccepted,
+    /// The dialer has the acceptor's own node id.
+    SelfConnection,
+    /// A connection to this node id exists already.
+    DuplicateConnection,
+}
+
+/// How a handshake ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandshakeOutcome {
+    /// The connection is open for business.
+    Accepted {
+        /// The address the acceptor saw the dialer connect from.
+        observed_addr: Option<SocketAddr>,
+    },
+    /// Refused; the acceptor closes the connection.
+    Rejected {
+        /// Why.
+        reason: RejectReason,
+        /// A human-readable explanation.
+        detail: String,
+        /// Other supernodes to try instead.
+        try_supernodes: Vec<SocketAddr>,
+    },
+}
+
+/// The acceptor's answer to a [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelloReply {
+    /// Who the acceptor is.
+    pub hello: Hello,
+    /// Accepted or rejected.
+    pub outcome: HandshakeOutcome,
+}
+
+/// Why a connection is being closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ByeReason {
+    /// A reason this version does not know.
+    Unknown,
+    /// The sender is shutting down.
+    Shutdown,
+    /// A frame over the size limit arrived.
+    FrameTooLarge,
+    /// A frame did not decode.
+    MalformedMessage,
+    /// A field was missing or out of range.
+    InvalidField,
+    /// A message the role or the connection's state forbids.
+    ProtocolViolation,
+    /// The handshake took too long.
+    HandshakeTimeout,
+    /// Nothing arrived for too long.
+    IdleTimeout,
+    /// A limit was exceeded.
+    LimitExceeded,
+}
+
+/// One shared file: what is indexed and what a hit returns.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SharedFile {
+    /// BLAKE3 of the whole content.
+    pub content_id: ContentId,
+    /// File name without directories: 1-255 bytes, no separators or controls.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A search travelling the overlay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    /// Names this query everywhere it goes.
+    pub message_id: MessageId,
+    /// Supernodes it may still reach; at least 1.
+    pub ttl: u8,
+    /// Supernodes it has crossed.
+    pub hops: u8,
+    /// All must match words of a file's name.
+    pub keywords: Vec<String>,
+    /// Only this content, if set.
+    pub content_id: Option<ContentId>,
+    /// Inclusive lower size bound.
+    pub min_size: Option<u64>,
+    /// Inclusive upper size bound.
+    pub max_size: Option<u64>,
+}
+
+/// Files matching a query, all shared by one leaf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryHit {
+    /// The query answered.
+    pub message_id: MessageId,
+    /// The leaf sharing the files.
+    pub source_node_id: NodeId,
+    /// Where to reach that leaf.
+    pub source_addr: SocketAddr,
+    /// At least one file.
+    pub files: Vec<SharedFile>,
+}
+
+/// Every message of the protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Opens a handshake.
+    Hello(Hello),
+    /// Answers a Hello.
+    HelloReply(HelloReply),
+    /// Liveness probe.
+    Ping {
+        /// Echoed in the Pong.
+        nonce: u64,
+    },
+    /// Answer to a Ping.
+    Pong {
+        /// The Ping's nonce.
+        nonce: u64,
+        /// Supernodes the sender knows.
+        supernodes: Vec<SocketAddr>,
+    },
+    /// The last message on a connection.
+    Bye {
+        /// Why.
+        reason: ByeReason,
+        /// A human-readable explanation.
+        detail: String,
+    },
+    /// Part of a leaf's full list of shared files.
+    FileList {
+        /// First part: forget what was published before.
+        replace: bool,
+        /// The files.
+        files: Vec<SharedFile>,
+    },
+    /// A change to a leaf's shared files.
+    FileDelta {
+        /// Newly shared.
+        added: Vec<SharedFile>,
+        /// No longer shared.
+        removed: Vec<ContentId>,
+    },
+    /// A search.
+    Query(Query),
+    /// An answer to a search.
+    QueryHit(QueryHit),
+}
+
+impl Message {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::HelloReply(_) => "hello_reply",
+            Message::Ping { .. } => "ping",
+            Message::Pong { .. } => "pong",
+            Message::Bye { .. } => "bye",
+            Message::FileList { .. } => "file_list",
+            Message::FileDelta { .. } => "file_delta",
+            Message::Query(_) => "query",
+            Message::QueryHit(_) => "query_hit",
+        }
+    }
+}

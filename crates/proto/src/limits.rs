@@ -1,0 +1,27 @@
+//! The protocol's hard limits, in one place. Every one bounds something a
+//! peer controls.
+
+/// The protocol version this code speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest frame body accepted or sent, in bytes (the 4-byte length excluded).
+pub const MAX_FRAME_LEN: usize = 64 * 1024;
+/// Largest file name, in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+/// Most files in one FileList, FileDelta or QueryHit. A file is at most
+/// ~310 bytes on the wire, so this keeps every such message under the frame
+/// limit.
+pub const MAX_FILES_PER_MESSAGE: usize = 200;
+/// Most keywords in one query.
+pub const MAX_KEYWORDS: usize = 16;
+/// Longest keyword, in bytes.
+pub const MAX_KEYWORD_LEN: usize = 64;
+/// Hard ceiling on TTL and on hops: no query travels further than this.
+pub const HARD_MAX_TTL: u8 = 7;
+/// Longest user agent string, in bytes.
+pub const MAX_USER_AGENT_LEN: usize = 128;
+/// Longest free-text detail in a Bye or a rejection, in bytes.
+pub const MAX_DETAIL_LEN: usize = 256;
+/// Most addresses in a try-list or a Pong.
+pub const MAX_ADDRESSES: usize = 32;
+/// Most capabilities announced in one Hello.
+pub const MAX_CAPABILITIES: usize = 32;

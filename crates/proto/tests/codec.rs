@@ -1,0 +1,245 @@
+//! The frame codec against split input, oversized frames, garbage and
+//! invalid fields.
+
+use std::net::SocketAddr;
+
+use bytes::{BufMut, BytesMut};
+use canopy_proto::limits::MAX_FRAME_LEN;
+use canopy_proto::*;
+use prost::Message as _;
+use tokio_util::codec::{Decoder, Encoder};
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().unwrap()
+}
+
+fn sample_messages() -> Vec<Message> {
+    let file = SharedFile {
+        content_id: ContentId([7; 32]),
+        name: "Sommerlied – Ärger.flac".into(),
+        size: 123_456,
+    };
+    let hello = Hello {
+        protocol_version: 1,
+        role: Role::Supernode,
+        node_id: NodeId([1; 16]),
+        listen_addr: Some(addr("127.0.0.1:4000")),
+        user_agent: "canopy/test".into(),
+        capabilities: vec![Capability::FileIndex],
+    };
+    vec![
+        Message::Hello(hello.clone()),
+        Message::HelloReply(HelloReply {
+            hello: hello.clone(),
+            outcome: HandshakeOutcome::Accepted {
+                observed_addr: Some(addr("[::1]:5555")),
+            },
+        }),
+        Message::HelloReply(HelloReply {
+            hello,
+            outcome: HandshakeOutcome::Rejected {
+                reason: RejectReason::Full,
+                detail: "full".into(),
+                try_supernodes: vec![addr("10.0.0.1:1"), addr("10.0.0.2:2")],
+            },
+        }),
+        Message::Ping { nonce: 42 },
+        Message::Pong {
+            nonce: 42,
+            supernodes: vec![addr("127.0.0.1:9")],
+        },
+        Message::FileList {
+            replace: true,
+            files: vec![file.clone(); 3],
+        },
+        Message::FileDelta {
+            added: vec![file.clone()],
+            removed: vec![ContentId([9; 32])],
+        },
+        Message::Query(Query {
+            message_id: MessageId([3; 16]),
+            ttl: 4,
+            hops: 1,
+            keywords: vec!["sommerlied".into()],
+            content_id: None,
+            min_size: Some(1),
+            max_size: Some(1 << 40),
+        }),
+        Message::QueryHit(QueryHit {
+            message_id: MessageId([3; 16]),
+            source_node_id: NodeId([2; 16]),
+            source_addr: addr("127.0.0.1:7000"),
+            files: vec![file],
+        }),
+        Message::Bye {
+            reason: ByeReason::Shutdown,
+            detail: "bye".into(),
+        },
+    ]
+}
+
+fn encode_all(messages: &[Message]) -> BytesMut {
+    let mut codec = FrameCodec::default();
+    let mut buf = BytesMut::new();
+    for message in messages {
+        codec.encode(message, &mut buf).unwrap();
+    }
+    buf
+}
+
+/// Feeds `chunks` one after the other, decoding whatever is complete.
+fn decode_chunks<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Vec<Message> {
+    let mut codec = FrameCodec::default();
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        while let Some(message) = codec.decode(&mut buf).unwrap() {
+            out.push(message);
+        }
+    }
+    assert!(buf.is_empty(), "bytes left over");
+    out
+}
+
+#[test]
+fn every_message_round_trips() {
+    let messages = sample_messages();
+    let bytes = encode_all(&messages);
+    assert_eq!(decode_chunks([&bytes[..]]), messages);
+}
+
+#[test]
+fn a_stream_cut_at_every_byte_boundary_decodes_the_same() {
+    let messages = sample_messages();
+    let bytes = encode_all(&messages);
+    for cut in 0..=bytes.len() {
+        let (head, tail) = bytes.split_at(cut);
+        assert_eq!(decode_chunks([head, tail]), messages, "cut at {cut}");
+    }
+    // And one byte at a time.
+    assert_eq!(decode_chunks(bytes.chunks(1)), messages);
+}
+
+#[test]
+fn an_over_limit_length_is_refused_before_allocating() {
+    let mut codec = FrameCodec::default();
+    let mut buf = BytesMut::with_capacity(16);
+    buf.put_u32(u32::MAX);
+    buf.put_slice(b"abc");
+    let capacity_before = buf.capacity();
+    match codec.decode(&mut buf) {
+        Err(FrameError::TooLarge { len, max }) => {
+            assert_eq!(len, u32::MAX as usize);
+            assert_eq!(max, MAX_FRAME_LEN);
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert_eq!(buf.capacity(), capacity_before, "the buffer grew");
+
+    // One byte over the limit is refused just the same.
+    let mut buf = BytesMut::new();
+    buf.put_u32((MAX_FRAME_LEN + 1) as u32);
+    assert!(matches!(
+        FrameCodec::default().decode(&mut buf),
+        Err(FrameError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn garbage_is_malformed_not_a_panic() {
+    let mut buf = BytesMut::new();
+    buf.put_u32(5);
+    buf.put_slice(&[0xff, 0xff, 0xff, 0xff, 0xff]);
+    assert!(matches!(
+        FrameCodec::default().decode(&mut buf),
+        Err(FrameError::Malformed(_))
+    ));
+}
+
+fn decode_envelope(envelope: wire::Envelope) -> Result<Option<Message>, FrameError> {
+    let body = envelope.encode_to_vec();
+    let mut buf = BytesMut::new();
+    buf.put_u32(body.len() as u32);
+    buf.put_slice(&body);
+    FrameCodec::default().decode(&mut buf)
+}
+
+fn query_with(edit: impl FnOnce(&mut wire::Query)) -> wire::Envelope {
+    let mut query = wire::Query {
+        message_id: vec![1; 16],
+        ttl: 3,
+        hops: 0,
+        keywords: vec!["a".into()],
+        ..Default::default()
+    };
+    edit(&mut query);
+    wire::Envelope {
+        body: Some(wire::envelope::Body::Query(query)),
+    }
+}
+
+fn invalid_field(envelope: wire::Envelope) -> &'static str {
+    match decode_envelope(envelope) {
+        Err(FrameError::Invalid(e)) => e.field,
+        other => panic!("expected an invalid field, got {other:?}"),
+    }
+}
+
+#[test]
+fn out_of_range_fields_are_named() {
+    assert!(decode_envelope(query_with(|_| {})).unwrap().is_some());
+    assert_eq!(invalid_field(query_with(|q| q.ttl = 0)), "query.ttl");
+    assert_eq!(invalid_field(query_with(|q| q.hops = 8)), "query.hops");
+    assert_eq!(invalid_field(query_with(|q| q.message_id = vec![1; 3])), "query.message_id");
+    assert_eq!(invalid_field(query_with(|q| q.keywords.clear())), "query.keywords");
+    assert_eq!(invalid_field(query_with(|q| q.keywords = vec!["x".into(); 17])), "query.keywords");
+    assert_eq!(invalid_field(query_with(|q| q.content_id = vec![0; 31])), "query.content_id");
+    assert_eq!(
+        invalid_field(query_with(|q| {
+            q.min_size = Some(10);
+            q.max_size = Some(9);
+        })),
+        "query.min_size"
+    );
+    assert_eq!(invalid_field(wire::Envelope { body: None }), "envelope.body");
+    let hello = wire::Hello {
+        protocol_version: 1,
+        role: wire::Role::Leaf as i32,
+        node_id: vec![0; 16],
+        ..Default::default()
+    };
+    assert_eq!(
+        invalid_field(wire::Envelope {
+            body: Some(wire::envelope::Body::Hello(hello)),
+        }),
+        "hello.node_id"
+    );
+}
+
+#[test]
+fn path_like_file_names_are_refused() {
+    for name in ["", ".", "..", "a/b", "..\\x", "a\0b", "line\nbreak", &"x".repeat(256)] {
+        let list = wire::FileList {
+            replace: true,
+            files: vec![wire::SharedFile {
+                content_id: vec![1; 32],
+                name: name.to_string(),
+                size: 1,
+            }],
+        };
+        let envelope = wire::Envelope {
+            body: Some(wire::envelope::Body::FileList(list)),
+        };
+        assert_eq!(invalid_field(envelope), "file_list.files", "name {name:?}");
+    }
+}
+
+#[test]
+fn a_ttl_above_255_saturates_instead_of_wrapping() {
+    let message = decode_envelope(query_with(|q| q.ttl = 256 + 2)).unwrap();
+    match message {
+        Some(Message::Query(q)) => assert_eq!(q.ttl, 255),
+        other => panic!("expected a query, got {other:?}"),
+    }
+}
