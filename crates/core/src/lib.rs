@@ -1,1 +1,34 @@
-//! placeholder
+//! Canopy's protocol logic, with no I/O and no clock.
+//!
+//! Every type here is a state machine in the style of quinn-proto: input
+//! arrives through `handle_*` methods together with the current [`Time`],
+//! and what the node should do comes out as actions the caller drains with
+//! `poll_action`. Nothing here opens a socket, reads a clock or draws a
+//! random number, so tests drive it deterministically and the simulator runs
+//! the very same code as the real nodes.
+//!
+//! - [`supernode`]: the supernode: handshakes, the index, query flooding,
+//!   duplicate suppression, reverse-path routing of hits, keepalive.
+//! - [`leaf`]: a leaf's side of its connection to a supernode: handshake,
+//!   publishing its files, its searches.
+//! - [`search`]: gathers the hits of one search, grouped by content id.
+//! - [`index`], [`tokenize`], [`dedup`], [`routes`], [`backoff`]: the parts.
+
+pub mod backoff;
+pub mod dedup;
+pub mod handshake;
+pub mod index;
+pub mod leaf;
+pub mod routes;
+pub mod search;
+pub mod supernode;
+pub mod time;
+pub mod tokenize;
+
+pub use time::Time;
+
+/// Identifies one connection for the lifetime of a node. The driver hands
+/// them out and never reuses one, so a stale id can only miss, never hit a
+/// different peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);

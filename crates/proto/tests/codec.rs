@@ -191,10 +191,22 @@ fn out_of_range_fields_are_named() {
     assert!(decode_envelope(query_with(|_| {})).unwrap().is_some());
     assert_eq!(invalid_field(query_with(|q| q.ttl = 0)), "query.ttl");
     assert_eq!(invalid_field(query_with(|q| q.hops = 8)), "query.hops");
-    assert_eq!(invalid_field(query_with(|q| q.message_id = vec![1; 3])), "query.message_id");
-    assert_eq!(invalid_field(query_with(|q| q.keywords.clear())), "query.keywords");
-    assert_eq!(invalid_field(query_with(|q| q.keywords = vec!["x".into(); 17])), "query.keywords");
-    assert_eq!(invalid_field(query_with(|q| q.content_id = vec![0; 31])), "query.content_id");
+    assert_eq!(
+        invalid_field(query_with(|q| q.message_id = vec![1; 3])),
+        "query.message_id"
+    );
+    assert_eq!(
+        invalid_field(query_with(|q| q.keywords.clear())),
+        "query.keywords"
+    );
+    assert_eq!(
+        invalid_field(query_with(|q| q.keywords = vec!["x".into(); 17])),
+        "query.keywords"
+    );
+    assert_eq!(
+        invalid_field(query_with(|q| q.content_id = vec![0; 31])),
+        "query.content_id"
+    );
     assert_eq!(
         invalid_field(query_with(|q| {
             q.min_size = Some(10);
@@ -202,7 +214,10 @@ fn out_of_range_fields_are_named() {
         })),
         "query.min_size"
     );
-    assert_eq!(invalid_field(wire::Envelope { body: None }), "envelope.body");
+    assert_eq!(
+        invalid_field(wire::Envelope { body: None }),
+        "envelope.body"
+    );
     let hello = wire::Hello {
         protocol_version: 1,
         role: wire::Role::Leaf as i32,
@@ -219,7 +234,16 @@ fn out_of_range_fields_are_named() {
 
 #[test]
 fn path_like_file_names_are_refused() {
-    for name in ["", ".", "..", "a/b", "..\\x", "a\0b", "line\nbreak", &"x".repeat(256)] {
+    for name in [
+        "",
+        ".",
+        "..",
+        "a/b",
+        "..\\x",
+        "a\0b",
+        "line\nbreak",
+        &"x".repeat(256),
+    ] {
         let list = wire::FileList {
             replace: true,
             files: vec![wire::SharedFile {

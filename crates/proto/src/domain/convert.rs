@@ -34,14 +34,20 @@ fn invalid(field: &'static str, problem: impl Into<String>) -> InvalidMessage {
 
 fn max_len(field: &'static str, value: &str, max: usize) -> Result<()> {
     if value.len() > max {
-        return Err(invalid(field, format!("{} bytes, at most {max}", value.len())));
+        return Err(invalid(
+            field,
+            format!("{} bytes, at most {max}", value.len()),
+        ));
     }
     Ok(())
 }
 
 fn max_count<T>(field: &'static str, items: &[T], max: usize) -> Result<()> {
     if items.len() > max {
-        return Err(invalid(field, format!("{} entries, at most {max}", items.len())));
+        return Err(invalid(
+            field,
+            format!("{} entries, at most {max}", items.len()),
+        ));
     }
     Ok(())
 }
@@ -68,11 +74,15 @@ fn content_id(field: &'static str, bytes: &[u8]) -> Result<ContentId> {
 fn socket_addr(field: &'static str, addr: &wire::SocketAddress) -> Result<SocketAddr> {
     let ip = match addr.ip.len() {
         4 => {
-            let octets: [u8; 4] = addr.ip[..].try_into().map_err(|_| invalid(field, "bad ip"))?;
+            let octets: [u8; 4] = addr.ip[..]
+                .try_into()
+                .map_err(|_| invalid(field, "bad ip"))?;
             IpAddr::V4(Ipv4Addr::from(octets))
         }
         16 => {
-            let octets: [u8; 16] = addr.ip[..].try_into().map_err(|_| invalid(field, "bad ip"))?;
+            let octets: [u8; 16] = addr.ip[..]
+                .try_into()
+                .map_err(|_| invalid(field, "bad ip"))?;
             IpAddr::V6(Ipv6Addr::from(octets))
         }
         n => return Err(invalid(field, format!("ip of {n} bytes, expected 4 or 16"))),
@@ -97,7 +107,9 @@ pub fn is_valid_file_name(name: &str) -> bool {
         && name.len() <= MAX_NAME_LEN
         && name != "."
         && name != ".."
-        && !name.chars().any(|c| c == '/' || c == '\\' || c.is_control())
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control())
 }
 
 fn shared_file(field: &'static str, file: &wire::SharedFile) -> Result<SharedFile> {
@@ -123,7 +135,12 @@ fn hello(hello: &wire::Hello) -> Result<Hello> {
     let role = match wire::Role::try_from(hello.role) {
         Ok(wire::Role::Leaf) => Role::Leaf,
         Ok(wire::Role::Supernode) => Role::Supernode,
-        _ => return Err(invalid("hello.role", format!("unknown role {}", hello.role))),
+        _ => {
+            return Err(invalid(
+                "hello.role",
+                format!("unknown role {}", hello.role),
+            ));
+        }
     };
     max_len("hello.user_agent", &hello.user_agent, MAX_USER_AGENT_LEN)?;
     max_count("hello.capabilities", &hello.capabilities, MAX_CAPABILITIES)?;
@@ -192,7 +209,12 @@ fn query(query: &wire::Query) -> Result<Query> {
     let hops = u8::try_from(query.hops)
         .ok()
         .filter(|hops| *hops <= HARD_MAX_TTL)
-        .ok_or_else(|| invalid("query.hops", format!("{} exceeds {HARD_MAX_TTL}", query.hops)))?;
+        .ok_or_else(|| {
+            invalid(
+                "query.hops",
+                format!("{} exceeds {HARD_MAX_TTL}", query.hops),
+            )
+        })?;
     max_count("query.keywords", &query.keywords, MAX_KEYWORDS)?;
     for keyword in &query.keywords {
         if keyword.is_empty() {
@@ -206,11 +228,17 @@ fn query(query: &wire::Query) -> Result<Query> {
         Some(content_id("query.content_id", &query.content_id)?)
     };
     if query.keywords.is_empty() && content_id.is_none() {
-        return Err(invalid("query.keywords", "a query needs keywords or a content id"));
+        return Err(invalid(
+            "query.keywords",
+            "a query needs keywords or a content id",
+        ));
     }
     if let (Some(min), Some(max)) = (query.min_size, query.max_size) {
         if min > max {
-            return Err(invalid("query.min_size", format!("{min} is above max_size {max}")));
+            return Err(invalid(
+                "query.min_size",
+                format!("{min} is above max_size {max}"),
+            ));
         }
     }
     Ok(Query {
@@ -247,9 +275,12 @@ impl TryFrom<wire::Envelope> for Message {
     type Error = InvalidMessage;
 
     fn try_from(envelope: wire::Envelope) -> Result<Message> {
-        let body = envelope
-            .body
-            .ok_or_else(|| invalid("envelope.body", "empty or of a type this version does not know"))?;
+        let body = envelope.body.ok_or_else(|| {
+            invalid(
+                "envelope.body",
+                "empty or of a type this version does not know",
+            )
+        })?;
         Ok(match body {
             Body::Hello(h) => Message::Hello(hello(&h)?),
             Body::HelloReply(reply) => {

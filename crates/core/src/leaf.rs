@@ -1,0 +1,328 @@
+//! A leaf's side of its connection to a supernode.
+//!
+//! The leaf opens with Hello; once accepted it publishes its full file list
+//! (in frame-sized parts, the first replacing whatever the supernode had),
+//! then only deltas as its shares change. Searches are started here and
+//! their hits gathered into [`SearchSession`]s.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use canopy_proto::limits::{HARD_MAX_TTL, MAX_FILES_PER_MESSAGE};
+use canopy_proto::{
+    ByeReason, ContentId, FrameError, HandshakeOutcome, Hello, Message, MessageId, Query,
+    RejectReason, Role, SharedFile,
+};
+
+use crate::Time;
+use crate::handshake::{Identity, check_hello};
+use crate::search::SearchSession;
+
+/// Most searches one leaf runs at once.
+pub const MAX_CONCURRENT_SEARCHES: usize = 64;
+
+/// What the driver must do, or should know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeafAction {
+    /// Send this to the supernode.
+    Send(Message),
+    /// Send what is queued, then the Bye if given, and close.
+    Close(Option<(ByeReason, String)>),
+    /// The supernode accepted us.
+    Ready {
+        /// Who it is.
+        supernode: Hello,
+        /// How it sees our address.
+        observed_addr: Option<SocketAddr>,
+    },
+    /// The supernode refused us; a Close follows.
+    Rejected {
+        /// Why.
+        reason: RejectReason,
+        /// Its explanation.
+        detail: String,
+        /// Where it suggests we go instead.
+        try_supernodes: Vec<SocketAddr>,
+    },
+}
+
+/// A search as the user asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchRequest {
+    /// Words that must all appear in a name.
+    pub keywords: Vec<String>,
+    /// Or exactly this content.
+    pub content_id: Option<ContentId>,
+    /// Inclusive size bounds.
+    pub min_size: Option<u64>,
+    /// Inclusive size bounds.
+    pub max_size: Option<u64>,
+    /// How far the query may travel.
+    pub ttl: u8,
+    /// How long to wait for hits.
+    pub timeout: Duration,
+    /// Stop once this many distinct contents are found.
+    pub max_results: usize,
+}
+
+/// Why a search could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SearchError {
+    /// The handshake has not completed (or the connection is gone).
+    #[error("not connected to a supernode")]
+    NotConnected,
+    /// Neither keywords nor a content id.
+    #[error("a search needs keywords or a content id")]
+    Empty,
+    /// Too many searches at once.
+    #[error("at most {MAX_CONCURRENT_SEARCHES} searches may run at once")]
+    TooMany,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    New,
+    AwaitingReply,
+    Ready,
+    Closed,
+}
+
+/// The leaf-to-supernode session. See the module documentation.
+#[derive(Debug)]
+pub struct LeafSession {
+    identity: Identity,
+    state: State,
+    shares: BTreeMap<ContentId, SharedFile>,
+    published: BTreeMap<ContentId, SharedFile>,
+    searches: HashMap<MessageId, SearchSession>,
+    actions: VecDeque<LeafAction>,
+}
+
+impl LeafSession {
+    /// A session for a leaf that shares `shares`.
+    pub fn new(identity: Identity, shares: Vec<SharedFile>) -> Self {
+        Self {
+            identity,
+            state: State::New,
+            shares: by_id(shares),
+            published: BTreeMap::new(),
+            searches: HashMap::new(),
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll_action(&mut self) -> Option<LeafAction> {
+        self.actions.pop_front()
+    }
+
+    /// True once the supernode has accepted us.
+    pub fn is_ready(&self) -> bool {
+        self.state == State::Ready
+    }
+
+    /// The TCP connection is up: open the handshake.
+    pub fn handle_connected(&mut self) {
+        if self.state == State::New {
+            self.state = State::AwaitingReply;
+            self.actions
+                .push_back(LeafAction::Send(Message::Hello(self.identity.hello())));
+        }
+    }
+
+    /// The framing broke: say why and close.
+    pub fn handle_frame_error(&mut self, error: &FrameError) {
+        let reason = match error {
+            FrameError::TooLarge { .. } => ByeReason::FrameTooLarge,
+            FrameError::Malformed(_) => ByeReason::MalformedMessage,
+            FrameError::Invalid(_) => ByeReason::InvalidField,
+            FrameError::Io(_) => {
+                self.close(None);
+                return;
+            }
+        };
+        self.close(Some((reason, error.to_string())));
+    }
+
+    /// A message from the supernode.
+    pub fn handle_message(&mut self, message: Message, now: Time) {
+        match (self.state, message) {
+            (State::Closed, _) => {}
+            (_, Message::Bye { .. }) => self.close(None),
+            (State::AwaitingReply, Message::HelloReply(reply)) => match reply.outcome {
+                HandshakeOutcome::Rejected {
+                    reason,
+                    detail,
+                    try_supernodes,
+                } => {
+                    self.actions.push_back(LeafAction::Rejected {
+                        reason,
+                        detail,
+                        try_supernodes,
+                    });
+                    self.close(None);
+                }
+                HandshakeOutcome::Accepted { observed_addr } => {
+                    if reply.hello.role != Role::Supernode {
+                        self.violation("a leaf answered where a supernode was expected");
+                        return;
+                    }
+                    if let Err(rejection) = check_hello(self.identity.node_id, &reply.hello) {
+                        self.violation(&rejection.detail);
+                        return;
+                    }
+                    self.state = State::Ready;
+                    self.actions.push_back(LeafAction::Ready {
+                        supernode: reply.hello,
+                        observed_addr,
+                    });
+                    self.publish_full_list();
+                }
+            },
+            (State::Ready, Message::Ping { nonce }) => {
+                self.actions.push_back(LeafAction::Send(Message::Pong {
+                    nonce,
+                    supernodes: Vec::new(),
+                }));
+            }
+            (State::Ready, Message::Pong { .. }) => {}
+            (State::Ready, Message::QueryHit(hit)) => {
+                if let Some(search) = self.searches.get_mut(&hit.message_id) {
+                    search.handle_hit(&hit, now);
+                }
+            }
+            (_, other) => {
+                self.violation(&format!(
+                    "{} is not allowed from a supernode here",
+                    other.kind()
+                ));
+            }
+        }
+    }
+
+    /// The leaf's shares changed: publish the difference once connected.
+    pub fn set_shares(&mut self, shares: Vec<SharedFile>) {
+        self.shares = by_id(shares);
+        if self.state == State::Ready {
+            self.publish_delta();
+        }
+    }
+
+    /// Sends a query; its hits gather in a session under `message_id`.
+    pub fn start_search(
+        &mut self,
+        message_id: MessageId,
+        request: &SearchRequest,
+        now: Time,
+    ) -> Result<(), SearchError> {
+        if self.state != State::Ready {
+            return Err(SearchError::NotConnected);
+        }
+        if request.keywords.iter().all(|k| k.trim().is_empty()) && request.content_id.is_none() {
+            return Err(SearchError::Empty);
+        }
+        if self.searches.len() >= MAX_CONCURRENT_SEARCHES {
+            return Err(SearchError::TooMany);
+        }
+        let query = Query {
+            message_id,
+            ttl: request.ttl.clamp(1, HARD_MAX_TTL),
+            hops: 0,
+            keywords: request
+                .keywords
+                .iter()
+                .filter(|k| !k.trim().is_empty())
+                .cloned()
+                .collect(),
+            content_id: request.content_id,
+            min_size: request.min_size,
+            max_size: request.max_size,
+        };
+        let session = SearchSession::new(message_id, now, request.timeout, request.max_results);
+        self.searches.insert(message_id, session);
+        self.actions
+            .push_back(LeafAction::Send(Message::Query(query)));
+        Ok(())
+    }
+
+    /// A running search.
+    pub fn search(&self, message_id: &MessageId) -> Option<&SearchSession> {
+        self.searches.get(message_id)
+    }
+
+    /// Ends a search and hands over what it found.
+    pub fn finish_search(&mut self, message_id: &MessageId) -> Option<SearchSession> {
+        self.searches.remove(message_id)
+    }
+
+    /// Leaves politely.
+    pub fn shutdown(&mut self) {
+        self.close(Some((ByeReason::Shutdown, "leaf shutting down".into())));
+    }
+
+    fn close(&mut self, bye: Option<(ByeReason, String)>) {
+        if self.state != State::Closed {
+            self.state = State::Closed;
+            self.actions.push_back(LeafAction::Close(bye));
+        }
+    }
+
+    fn violation(&mut self, detail: &str) {
+        self.close(Some((ByeReason::ProtocolViolation, detail.to_owned())));
+    }
+
+    fn publish_full_list(&mut self) {
+        let files: Vec<SharedFile> = self.shares.values().cloned().collect();
+        let mut chunks = files.chunks(MAX_FILES_PER_MESSAGE);
+        // The first part always goes, even empty: it resets the supernode's view.
+        let first = chunks.next().unwrap_or(&[]).to_vec();
+        self.send(Message::FileList {
+            replace: true,
+            files: first,
+        });
+        for chunk in chunks {
+            self.send(Message::FileList {
+                replace: false,
+                files: chunk.to_vec(),
+            });
+        }
+        self.published = self.shares.clone();
+    }
+
+    fn publish_delta(&mut self) {
+        let added: Vec<SharedFile> = self
+            .shares
+            .iter()
+            .filter(|(id, file)| self.published.get(id) != Some(file))
+            .map(|(_, file)| file.clone())
+            .collect();
+        let removed: Vec<ContentId> = self
+            .published
+            .keys()
+            .filter(|id| !self.shares.contains_key(id))
+            .copied()
+            .collect();
+        for chunk in removed.chunks(MAX_FILES_PER_MESSAGE) {
+            self.send(Message::FileDelta {
+                added: Vec::new(),
+                removed: chunk.to_vec(),
+            });
+        }
+        for chunk in added.chunks(MAX_FILES_PER_MESSAGE) {
+            self.send(Message::FileDelta {
+                added: chunk.to_vec(),
+                removed: Vec::new(),
+            });
+        }
+        self.published = self.shares.clone();
+    }
+
+    fn send(&mut self, message: Message) {
+        self.actions.push_back(LeafAction::Send(message));
+    }
+}
+
+fn by_id(files: Vec<SharedFile>) -> BTreeMap<ContentId, SharedFile> {
+    files.into_iter().map(|f| (f.content_id, f)).collect()
+}

@@ -1,0 +1,180 @@
+//! One search, from the searching leaf's side: collects the hits that come
+//! back for its message id and groups them by content id, each with the list
+//! of leaves that have it. Bounded in results and in sources per result.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use canopy_proto::{ContentId, MessageId, NodeId, QueryHit};
+
+use crate::Time;
+
+/// Most sources kept for one content.
+pub const MAX_SOURCES_PER_RESULT: usize = 64;
+
+/// A leaf that has a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// Its node id.
+    pub node_id: NodeId,
+    /// Where to reach it.
+    pub addr: SocketAddr,
+}
+
+/// One distinct content found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchResult {
+    /// What it is.
+    pub content_id: ContentId,
+    /// The name of the first hit for it.
+    pub name: String,
+    /// Its size.
+    pub size: u64,
+    /// Every leaf reported to have it, in order of arrival.
+    pub sources: Vec<Source>,
+}
+
+/// The state of one search.
+#[derive(Debug, Clone)]
+pub struct SearchSession {
+    message_id: MessageId,
+    deadline: Time,
+    max_results: usize,
+    results: BTreeMap<ContentId, SearchResult>,
+    hits_received: usize,
+    first_hit_at: Option<Time>,
+}
+
+impl SearchSession {
+    /// A search for `message_id` that runs until `now + timeout` or until it
+    /// has `max_results` distinct contents.
+    pub fn new(message_id: MessageId, now: Time, timeout: Duration, max_results: usize) -> Self {
+        Self {
+            message_id,
+            deadline: now + timeout,
+            max_results: max_results.max(1),
+            results: BTreeMap::new(),
+            hits_received: 0,
+            first_hit_at: None,
+        }
+    }
+
+    /// The query's message id.
+    pub fn message_id(&self) -> MessageId {
+        self.message_id
+    }
+
+    /// When the search gives up waiting.
+    pub fn deadline(&self) -> Time {
+        self.deadline
+    }
+
+    /// Takes in a hit; hits for other searches are ignored.
+    pub fn handle_hit(&mut self, hit: &QueryHit, now: Time) {
+        if hit.message_id != self.message_id {
+            return;
+        }
+        self.hits_received += 1;
+        self.first_hit_at.get_or_insert(now);
+        let source = Source {
+            node_id: hit.source_node_id,
+            addr: hit.source_addr,
+        };
+        for file in &hit.files {
+            if !self.results.contains_key(&file.content_id) {
+                if self.results.len() >= self.max_results {
+                    continue;
+                }
+                self.results.insert(
+                    file.content_id,
+                    SearchResult {
+                        content_id: file.content_id,
+                        name: file.name.clone(),
+                        size: file.size,
+                        sources: Vec::new(),
+                    },
+                );
+            }
+            if let Some(result) = self.results.get_mut(&file.content_id) {
+                let known = result.sources.iter().any(|s| s.node_id == source.node_id);
+                if !known && result.sources.len() < MAX_SOURCES_PER_RESULT {
+                    result.sources.push(source.clone());
+                }
+            }
+        }
+    }
+
+    /// True once the deadline passed or enough results arrived.
+    pub fn is_finished(&self, now: Time) -> bool {
+        now >= self.deadline || self.results.len() >= self.max_results
+    }
+
+    /// Hit messages received so far (each may carry several files).
+    pub fn hits_received(&self) -> usize {
+        self.hits_received
+    }
+
+    /// When the first hit arrived.
+    pub fn first_hit_at(&self) -> Option<Time> {
+        self.first_hit_at
+    }
+
+    /// The results so far, by content id.
+    pub fn results(&self) -> impl Iterator<Item = &SearchResult> {
+        self.results.values()
+    }
+
+    /// The results, consuming the session.
+    pub fn into_results(self) -> Vec<SearchResult> {
+        self.results.into_values().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use canopy_proto::SharedFile;
+
+    fn hit(message: u8, source: u8, files: &[u8]) -> QueryHit {
+        QueryHit {
+            message_id: MessageId([message; 16]),
+            source_node_id: NodeId([source; 16]),
+            source_addr: SocketAddr::from(([127, 0, 0, source], 1000)),
+            files: files
+                .iter()
+                .map(|id| SharedFile {
+                    content_id: ContentId([*id; 32]),
+                    name: format!("file {id}"),
+                    size: u64::from(*id),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn hits_group_by_content_with_distinct_sources() {
+        let mut search =
+            SearchSession::new(MessageId([1; 16]), Time(0), Duration::from_secs(5), 10);
+        search.handle_hit(&hit(1, 1, &[10, 11]), Time(5));
+        search.handle_hit(&hit(1, 2, &[10]), Time(6));
+        search.handle_hit(&hit(1, 2, &[10]), Time(7)); // same source again
+        search.handle_hit(&hit(9, 3, &[10]), Time(8)); // another search's hit
+        let results: Vec<_> = search.results().cloned().collect();
+        assert_eq!(results.len(), 2);
+        assert_eq!(results[0].sources.len(), 2);
+        assert_eq!(results[1].sources.len(), 1);
+        assert_eq!(search.hits_received(), 3);
+        assert_eq!(search.first_hit_at(), Some(Time(5)));
+    }
+
+    #[test]
+    fn finishes_at_the_deadline_or_the_result_count() {
+        let mut search = SearchSession::new(MessageId([1; 16]), Time(0), Duration::from_secs(1), 2);
+        assert!(!search.is_finished(Time(999)));
+        assert!(search.is_finished(Time(1000)));
+        search.handle_hit(&hit(1, 1, &[1, 2, 3]), Time(1));
+        assert_eq!(search.results().count(), 2, "capped at max_results");
+        assert!(search.is_finished(Time(1)));
+    }
+}

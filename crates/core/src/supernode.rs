@@ -1,0 +1,674 @@
+//! The supernode's protocol logic.
+//!
+//! It accepts leaves and other supernodes, keeps an index of every leaf's
+//! files, answers queries from that index and floods them to its other
+//! supernodes: TTL clamped to a cap, hops counted, never sent back where it
+//! came from, each message id handled once (an LRU of seen ids), hits
+//! routed back along the reverse path (an expiring, capped route table).
+//!
+//! Input comes through `handle_*` with the current [`Time`]; the driver
+//! drains [`Action`]s with [`Supernode::poll_action`]. The driver owns the
+//! sockets and assigns [`ConnId`]s; this type owns every decision.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use canopy_proto::limits::{HARD_MAX_TTL, MAX_ADDRESSES, MAX_FILES_PER_MESSAGE};
+use canopy_proto::{
+    ByeReason, FrameError, HandshakeOutcome, Hello, HelloReply, Message, NodeId, Query, QueryHit,
+    RejectReason, Role, SharedFile,
+};
+
+use crate::dedup::SeenMessages;
+use crate::handshake::{Identity, Rejection, check_hello, reachable_addr};
+use crate::index::{FileIndex, Filter};
+use crate::routes::RouteTable;
+use crate::{ConnId, Time};
+
+/// Tunables of a supernode. [`SupernodeConfig::new`] gives the defaults.
+#[derive(Debug, Clone)]
+pub struct SupernodeConfig {
+    /// Who we are.
+    pub identity: Identity,
+    /// Incoming TTLs are clamped to this (at most [`HARD_MAX_TTL`]).
+    pub ttl_cap: u8,
+    /// Most leaves attached at once.
+    pub max_leaves: usize,
+    /// Most supernode peers at once.
+    pub max_supernode_peers: usize,
+    /// Most files one leaf may publish.
+    pub max_files_per_leaf: usize,
+    /// Most files one query is answered with from this node's index.
+    pub max_results_per_query: usize,
+    /// Message ids remembered for duplicate suppression.
+    pub seen_capacity: usize,
+    /// Reverse-path routes remembered.
+    pub route_capacity: usize,
+    /// How long a route is kept.
+    pub route_lifetime: Duration,
+    /// A connection that has not completed its handshake by then is closed.
+    pub handshake_timeout: Duration,
+    /// A peer silent this long is pinged.
+    pub keepalive_interval: Duration,
+    /// A peer silent this long is disconnected.
+    pub idle_timeout: Duration,
+}
+
+/// The default TTL cap, as in LimeWire and gtk-gnutella.
+pub const DEFAULT_TTL_CAP: u8 = 4;
+
+impl SupernodeConfig {
+    /// Defaults for a supernode with `node_id` listening on `listen_addr`.
+    pub fn new(node_id: NodeId, listen_addr: Option<SocketAddr>) -> Self {
+        Self {
+            identity: Identity {
+                node_id,
+                role: Role::Supernode,
+                listen_addr,
+                user_agent: concat!("canopy/", env!("CARGO_PKG_VERSION")).to_owned(),
+            },
+            ttl_cap: DEFAULT_TTL_CAP,
+            max_leaves: 1_000,
+            max_supernode_peers: 32,
+            max_files_per_leaf: 10_000,
+            max_results_per_query: 200,
+            seen_capacity: 100_000,
+            route_capacity: 100_000,
+            route_lifetime: Duration::from_secs(5 * 60),
+            handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// Which side opened a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// The peer dialed us.
+    Inbound,
+    /// We dialed the peer.
+    Outbound,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Queue `message` on `conn`.
+    Send {
+        /// Where.
+        conn: ConnId,
+        /// What.
+        message: Message,
+    },
+    /// Send what is queued, then a Bye if one is given, then close `conn`.
+    /// The core has already forgotten the connection.
+    Close {
+        /// Which.
+        conn: ConnId,
+        /// The Bye to send last, if any.
+        bye: Option<(ByeReason, String)>,
+    },
+    /// A supernode we dialed refused us; a Close for `conn` follows.
+    Rejected {
+        /// The connection.
+        conn: ConnId,
+        /// Its reason.
+        reason: RejectReason,
+        /// Its explanation.
+        detail: String,
+        /// Other supernodes it suggested.
+        try_supernodes: Vec<SocketAddr>,
+    },
+}
+
+/// Counters and gauges, for tests, logs and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SupernodeStats {
+    /// Leaves attached.
+    pub leaves: usize,
+    /// Supernode peers connected.
+    pub supernode_peers: usize,
+    /// Connections still in their handshake.
+    pub handshaking: usize,
+    /// Files in the index.
+    pub index_files: usize,
+    /// Queries received (leaves and supernodes, duplicates included).
+    pub queries_received: u64,
+    /// Copies of queries sent on to other supernodes.
+    pub queries_forwarded: u64,
+    /// Queries dropped because their id was seen before.
+    pub queries_duplicate: u64,
+    /// Hits sent from this node's own index.
+    pub hits_answered: u64,
+    /// Hits passed on along a reverse path.
+    pub hits_routed: u64,
+    /// Hits dropped for want of a route.
+    pub hits_unroutable: u64,
+    /// Handshakes refused.
+    pub handshakes_rejected: u64,
+    /// Connections closed for breaking the protocol.
+    pub protocol_errors: u64,
+}
+
+#[derive(Debug)]
+enum PeerState {
+    Handshaking {
+        direction: Direction,
+        since: Time,
+    },
+    Leaf {
+        node_id: NodeId,
+        addr: SocketAddr,
+    },
+    Supernode {
+        node_id: NodeId,
+        listen_addr: Option<SocketAddr>,
+    },
+}
+
+#[derive(Debug)]
+struct Peer {
+    remote: SocketAddr,
+    state: PeerState,
+    last_heard: Time,
+    pinged_at: Option<Time>,
+}
+
+/// The supernode state machine. See the module documentation.
+#[derive(Debug)]
+pub struct Supernode {
+    config: SupernodeConfig,
+    peers: BTreeMap<ConnId, Peer>,
+    by_node: HashMap<NodeId, ConnId>,
+    index: FileIndex,
+    seen: SeenMessages,
+    routes: RouteTable,
+    actions: VecDeque<Action>,
+    stats: SupernodeStats,
+    next_ping_nonce: u64,
+}
+
+impl Supernode {
+    /// A supernode with no connections.
+    pub fn new(mut config: SupernodeConfig) -> Self {
+        config.ttl_cap = config.ttl_cap.clamp(1, HARD_MAX_TTL);
+        Self {
+            seen: SeenMessages::new(config.seen_capacity),
+            routes: RouteTable::new(config.route_capacity, config.route_lifetime),
+            config,
+            peers: BTreeMap::new(),
+            by_node: HashMap::new(),
+            index: FileIndex::new(),
+            actions: VecDeque::new(),
+            stats: SupernodeStats::default(),
+            next_ping_nonce: 1,
+        }
+    }
+
+    /// Our configuration.
+    pub fn config(&self) -> &SupernodeConfig {
+        &self.config
+    }
+
+    /// The next thing the driver must do, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> SupernodeStats {
+        let mut stats = self.stats.clone();
+        stats.index_files = self.index.len();
+        stats.leaves = 0;
+        stats.supernode_peers = 0;
+        stats.handshaking = 0;
+        for peer in self.peers.values() {
+            match peer.state {
+                PeerState::Leaf { .. } => stats.leaves += 1,
+                PeerState::Supernode { .. } => stats.supernode_peers += 1,
+                PeerState::Handshaking { .. } => stats.handshaking += 1,
+            }
+        }
+        stats
+    }
+
+    /// Listen addresses of the supernodes we are connected to: what we hand
+    /// out in Pongs and in rejections.
+    pub fn known_supernodes(&self) -> Vec<SocketAddr> {
+        self.peers
+            .values()
+            .filter_map(|peer| match peer.state {
+                PeerState::Supernode { listen_addr, .. } => listen_addr,
+                _ => None,
+            })
+            .take(MAX_ADDRESSES)
+            .collect()
+    }
+
+    /// A new connection. For an outbound one we open the handshake.
+    pub fn handle_connected(
+        &mut self,
+        conn: ConnId,
+        direction: Direction,
+        remote: SocketAddr,
+        now: Time,
+    ) {
+        self.peers.insert(
+            conn,
+            Peer {
+                remote,
+                state: PeerState::Handshaking {
+                    direction,
+                    since: now,
+                },
+                last_heard: now,
+                pinged_at: None,
+            },
+        );
+        if direction == Direction::Outbound {
+            self.send(conn, Message::Hello(self.config.identity.hello()));
+        }
+    }
+
+    /// The connection is gone (closed by the peer or by the driver).
+    pub fn handle_disconnected(&mut self, conn: ConnId) {
+        self.forget(conn);
+    }
+
+    /// The connection's byte stream broke the framing or sent an invalid
+    /// message: say why and disconnect.
+    pub fn handle_frame_error(&mut self, conn: ConnId, error: &FrameError) {
+        let reason = match error {
+            FrameError::TooLarge { .. } => ByeReason::FrameTooLarge,
+            FrameError::Malformed(_) => ByeReason::MalformedMessage,
+            FrameError::Invalid(_) => ByeReason::InvalidField,
+            FrameError::Io(_) => {
+                self.close(conn, None);
+                return;
+            }
+        };
+        self.stats.protocol_errors += 1;
+        self.close(conn, Some((reason, error.to_string())));
+    }
+
+    /// A message arrived on `conn`.
+    pub fn handle_message(&mut self, conn: ConnId, message: Message, now: Time) {
+        let Some(peer) = self.peers.get_mut(&conn) else {
+            return; // closed already; a message was in flight
+        };
+        peer.last_heard = now;
+        peer.pinged_at = None;
+        if let Message::Bye { .. } = message {
+            self.close(conn, None);
+            return;
+        }
+        match (&peer.state, message) {
+            (
+                PeerState::Handshaking {
+                    direction: Direction::Inbound,
+                    ..
+                },
+                Message::Hello(hello),
+            ) => {
+                self.handle_hello(conn, hello);
+            }
+            (
+                PeerState::Handshaking {
+                    direction: Direction::Outbound,
+                    ..
+                },
+                Message::HelloReply(reply),
+            ) => self.handle_hello_reply(conn, reply),
+            (PeerState::Handshaking { .. }, other) => {
+                self.violation(
+                    conn,
+                    format!("{} before the handshake completed", other.kind()),
+                );
+            }
+            (_, Message::Ping { nonce }) => {
+                let supernodes = self.known_supernodes();
+                self.send(conn, Message::Pong { nonce, supernodes });
+            }
+            (_, Message::Pong { .. }) => {}
+            (_, Message::Query(query)) => self.handle_query(conn, query, now),
+            (PeerState::Leaf { .. }, Message::FileList { replace, files }) => {
+                if replace {
+                    self.index.remove_owner(conn);
+                }
+                self.publish(conn, files);
+            }
+            (PeerState::Leaf { .. }, Message::FileDelta { added, removed }) => {
+                for id in &removed {
+                    self.index.remove(conn, id);
+                }
+                self.publish(conn, added);
+            }
+            (PeerState::Supernode { .. }, Message::QueryHit(hit)) => {
+                self.route_hit(conn, hit, now);
+            }
+            (PeerState::Leaf { .. }, other) => {
+                self.violation(conn, format!("{} is not allowed from a leaf", other.kind()));
+            }
+            (PeerState::Supernode { .. }, other) => {
+                self.violation(
+                    conn,
+                    format!("{} is not allowed from a supernode", other.kind()),
+                );
+            }
+        }
+    }
+
+    /// Periodic housekeeping: handshake deadlines, keepalive pings, idle
+    /// disconnects, route expiry. Call it every second or so.
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.routes.expire(now);
+        let mut to_close = Vec::new();
+        let mut to_ping = Vec::new();
+        for (conn, peer) in &self.peers {
+            match peer.state {
+                PeerState::Handshaking { since, .. } => {
+                    if now.since(since) >= self.config.handshake_timeout {
+                        to_close.push((
+                            *conn,
+                            ByeReason::HandshakeTimeout,
+                            "handshake not completed in time",
+                        ));
+                    }
+                }
+                _ => {
+                    let silent = now.since(peer.last_heard);
+                    if silent >= self.config.idle_timeout {
+                        to_close.push((
+                            *conn,
+                            ByeReason::IdleTimeout,
+                            "nothing heard for too long",
+                        ));
+                    } else if silent >= self.config.keepalive_interval && peer.pinged_at.is_none() {
+                        to_ping.push(*conn);
+                    }
+                }
+            }
+        }
+        for (conn, reason, detail) in to_close {
+            self.close(conn, Some((reason, detail.to_owned())));
+        }
+        for conn in to_ping {
+            let nonce = self.next_ping_nonce;
+            self.next_ping_nonce += 1;
+            if let Some(peer) = self.peers.get_mut(&conn) {
+                peer.pinged_at = Some(now);
+            }
+            self.send(conn, Message::Ping { nonce });
+        }
+    }
+
+    /// Says goodbye to everyone.
+    pub fn shutdown(&mut self) {
+        let conns: Vec<ConnId> = self.peers.keys().copied().collect();
+        for conn in conns {
+            self.close(
+                conn,
+                Some((ByeReason::Shutdown, "supernode shutting down".into())),
+            );
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, message: Message) {
+        self.actions.push_back(Action::Send { conn, message });
+    }
+
+    fn close(&mut self, conn: ConnId, bye: Option<(ByeReason, String)>) {
+        if self.forget(conn) {
+            self.actions.push_back(Action::Close { conn, bye });
+        }
+    }
+
+    fn violation(&mut self, conn: ConnId, detail: String) {
+        self.stats.protocol_errors += 1;
+        self.close(conn, Some((ByeReason::ProtocolViolation, detail)));
+    }
+
+    /// Drops everything we know of `conn`; true if it was known.
+    fn forget(&mut self, conn: ConnId) -> bool {
+        let Some(peer) = self.peers.remove(&conn) else {
+            return false;
+        };
+        match peer.state {
+            PeerState::Leaf { node_id, .. } => {
+                self.index.remove_owner(conn);
+                self.by_node.remove(&node_id);
+            }
+            PeerState::Supernode { node_id, .. } => {
+                self.by_node.remove(&node_id);
+            }
+            PeerState::Handshaking { .. } => {}
+        }
+        true
+    }
+
+    fn our_hello(&self) -> Hello {
+        self.config.identity.hello()
+    }
+
+    fn admit(&self, hello: &Hello) -> Result<(), Rejection> {
+        check_hello(self.config.identity.node_id, hello)?;
+        if self.by_node.contains_key(&hello.node_id) {
+            return Err(Rejection::new(
+                RejectReason::DuplicateConnection,
+                "already connected to that node id",
+            ));
+        }
+        let stats = self.stats();
+        let (count, max, what) = match hello.role {
+            Role::Leaf => (stats.leaves, self.config.max_leaves, "leaves"),
+            Role::Supernode => (
+                stats.supernode_peers,
+                self.config.max_supernode_peers,
+                "supernode peers",
+            ),
+        };
+        if count >= max {
+            return Err(Rejection::new(
+                RejectReason::Full,
+                format!("this supernode has its maximum of {max} {what}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn handle_hello(&mut self, conn: ConnId, hello: Hello) {
+        let Some(remote) = self.peers.get(&conn).map(|p| p.remote) else {
+            return;
+        };
+        if let Err(rejection) = self.admit(&hello) {
+            self.stats.handshakes_rejected += 1;
+            let reply = HelloReply {
+                hello: self.our_hello(),
+                outcome: HandshakeOutcome::Rejected {
+                    reason: rejection.reason,
+                    detail: rejection.detail,
+                    try_supernodes: self.known_supernodes(),
+                },
+            };
+            self.send(conn, Message::HelloReply(reply));
+            self.close(conn, None);
+            return;
+        }
+        let state = match hello.role {
+            Role::Leaf => PeerState::Leaf {
+                node_id: hello.node_id,
+                addr: reachable_addr(hello.listen_addr, remote),
+            },
+            Role::Supernode => PeerState::Supernode {
+                node_id: hello.node_id,
+                listen_addr: hello
+                    .listen_addr
+                    .map(|addr| reachable_addr(Some(addr), remote)),
+            },
+        };
+        self.establish(conn, hello.node_id, state);
+        let reply = HelloReply {
+            hello: self.our_hello(),
+            outcome: HandshakeOutcome::Accepted {
+                observed_addr: Some(remote),
+            },
+        };
+        self.send(conn, Message::HelloReply(reply));
+    }
+
+    fn handle_hello_reply(&mut self, conn: ConnId, reply: HelloReply) {
+        let Some(remote) = self.peers.get(&conn).map(|p| p.remote) else {
+            return;
+        };
+        if let HandshakeOutcome::Rejected {
+            reason,
+            detail,
+            try_supernodes,
+        } = reply.outcome
+        {
+            // The acceptor closes the connection; we just let go of it.
+            self.stats.handshakes_rejected += 1;
+            self.actions.push_back(Action::Rejected {
+                conn,
+                reason,
+                detail,
+                try_supernodes,
+            });
+            self.close(conn, None);
+            return;
+        }
+        if reply.hello.role != Role::Supernode {
+            self.violation(conn, "dialed a supernode but a leaf answered".into());
+            return;
+        }
+        if let Err(rejection) = self.admit(&reply.hello) {
+            self.stats.handshakes_rejected += 1;
+            let reason = match rejection.reason {
+                RejectReason::Full => ByeReason::LimitExceeded,
+                _ => ByeReason::ProtocolViolation,
+            };
+            self.close(conn, Some((reason, rejection.detail)));
+            return;
+        }
+        let state = PeerState::Supernode {
+            node_id: reply.hello.node_id,
+            // We dialed it, so the address we used reaches it.
+            listen_addr: Some(reachable_addr(reply.hello.listen_addr, remote)),
+        };
+        self.establish(conn, reply.hello.node_id, state);
+    }
+
+    fn establish(&mut self, conn: ConnId, node_id: NodeId, state: PeerState) {
+        if let Some(peer) = self.peers.get_mut(&conn) {
+            peer.state = state;
+            self.by_node.insert(node_id, conn);
+        }
+    }
+
+    fn publish(&mut self, conn: ConnId, files: Vec<SharedFile>) {
+        let limit = self.config.max_files_per_leaf;
+        for file in files {
+            if self.index.owner_len(conn) >= limit {
+                self.stats.protocol_errors += 1;
+                self.close(
+                    conn,
+                    Some((
+                        ByeReason::LimitExceeded,
+                        format!("more than {limit} files published"),
+                    )),
+                );
+                return;
+            }
+            self.index.insert(conn, file);
+        }
+    }
+
+    fn handle_query(&mut self, from: ConnId, query: Query, now: Time) {
+        self.stats.queries_received += 1;
+        if !self.seen.first_sighting(query.message_id) {
+            self.stats.queries_duplicate += 1;
+            return;
+        }
+        self.routes.insert(query.message_id, from, now);
+        let ttl = effective_ttl(&query, self.config.ttl_cap);
+        self.answer_from_index(from, &query);
+        if ttl > 1 {
+            let forwarded = Query {
+                ttl: ttl - 1,
+                hops: query.hops.saturating_add(1),
+                ..query
+            };
+            let targets: Vec<ConnId> = self
+                .peers
+                .iter()
+                .filter(|(conn, peer)| {
+                    **conn != from && matches!(peer.state, PeerState::Supernode { .. })
+                })
+                .map(|(conn, _)| *conn)
+                .collect();
+            for conn in targets {
+                self.stats.queries_forwarded += 1;
+                self.send(conn, Message::Query(forwarded.clone()));
+            }
+        }
+    }
+
+    fn answer_from_index(&mut self, from: ConnId, query: &Query) {
+        let mut filter = Filter::new(&query.keywords, query.content_id);
+        filter.min_size = query.min_size;
+        filter.max_size = query.max_size;
+        if filter.is_empty() {
+            return; // keywords of nothing but punctuation
+        }
+        let mut by_owner: BTreeMap<ConnId, Vec<SharedFile>> = BTreeMap::new();
+        for found in self
+            .index
+            .search(&filter, self.config.max_results_per_query)
+        {
+            if found.owner != from {
+                by_owner
+                    .entry(found.owner)
+                    .or_default()
+                    .push(found.file.clone());
+            }
+        }
+        let mut hits = Vec::new();
+        for (owner, files) in by_owner {
+            let Some(PeerState::Leaf { node_id, addr }) = self.peers.get(&owner).map(|p| &p.state)
+            else {
+                continue;
+            };
+            for chunk in files.chunks(MAX_FILES_PER_MESSAGE) {
+                hits.push(QueryHit {
+                    message_id: query.message_id,
+                    source_node_id: *node_id,
+                    source_addr: *addr,
+                    files: chunk.to_vec(),
+                });
+            }
+        }
+        for hit in hits {
+            self.stats.hits_answered += 1;
+            self.send(from, Message::QueryHit(hit));
+        }
+    }
+
+    fn route_hit(&mut self, from: ConnId, hit: QueryHit, now: Time) {
+        match self.routes.lookup(&hit.message_id, now) {
+            Some(back) if back != from && self.peers.contains_key(&back) => {
+                self.stats.hits_routed += 1;
+                self.send(back, Message::QueryHit(hit));
+            }
+            _ => self.stats.hits_unroutable += 1,
+        }
+    }
+}
+
+/// The TTL a query is handled with: its own, clamped to our cap and to what
+/// its hop count leaves of the hard maximum, and at least 1 (it did arrive).
+pub fn effective_ttl(query: &Query, cap: u8) -> u8 {
+    let room = HARD_MAX_TTL.saturating_sub(query.hops);
+    query.ttl.min(cap).min(room).max(1)
+}

@@ -1,0 +1,475 @@
+//! The protocol core wired together in memory, with no sockets and a fake
+//! clock: supernodes and leaves exchange messages through a queue until
+//! nothing moves. Every test here is deterministic.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use canopy_core::handshake::Identity;
+use canopy_core::leaf::{LeafAction, LeafSession, SearchRequest};
+use canopy_core::supernode::{Action, Direction, Supernode, SupernodeConfig};
+use canopy_core::{ConnId, Time};
+use canopy_proto::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum End {
+    Super(usize, ConnId),
+    Leaf(usize),
+}
+
+struct Net {
+    now: Time,
+    supers: Vec<Supernode>,
+    leaves: Vec<LeafSession>,
+    links: HashMap<End, End>,
+    inbox: VecDeque<(End, Message)>,
+    closed_with: Vec<(End, Option<ByeReason>)>,
+    next_conn: u64,
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn node_id(n: u32) -> NodeId {
+    let mut id = [0xAA; 16];
+    id[..4].copy_from_slice(&n.to_be_bytes());
+    NodeId(id)
+}
+
+fn file(id: u8, name: &str) -> SharedFile {
+    SharedFile {
+        content_id: ContentId([id; 32]),
+        name: name.into(),
+        size: 1000 + u64::from(id),
+    }
+}
+
+fn request(words: &[&str], ttl: u8) -> SearchRequest {
+    SearchRequest {
+        keywords: words.iter().map(|w| w.to_string()).collect(),
+        content_id: None,
+        min_size: None,
+        max_size: None,
+        ttl,
+        timeout: Duration::from_secs(5),
+        max_results: 100,
+    }
+}
+
+impl Net {
+    fn new(supernodes: usize, configure: impl Fn(&mut SupernodeConfig)) -> Self {
+        let supers = (0..supernodes)
+            .map(|i| {
+                let mut config =
+                    SupernodeConfig::new(node_id(i as u32), Some(addr(10_000 + i as u16)));
+                configure(&mut config);
+                Supernode::new(config)
+            })
+            .collect();
+        Net {
+            now: Time(1),
+            supers,
+            leaves: Vec::new(),
+            links: HashMap::new(),
+            inbox: VecDeque::new(),
+            closed_with: Vec::new(),
+            next_conn: 1,
+        }
+    }
+
+    fn conn(&mut self) -> ConnId {
+        self.next_conn += 1;
+        ConnId(self.next_conn)
+    }
+
+    fn join(&mut self, a: usize, b: usize) {
+        let (ca, cb) = (self.conn(), self.conn());
+        self.links.insert(End::Super(a, ca), End::Super(b, cb));
+        self.links.insert(End::Super(b, cb), End::Super(a, ca));
+        self.supers[b].handle_connected(cb, Direction::Inbound, addr(20_000 + a as u16), self.now);
+        self.supers[a].handle_connected(ca, Direction::Outbound, addr(10_000 + b as u16), self.now);
+        self.drive();
+    }
+
+    fn add_leaf(&mut self, at: usize, files: Vec<SharedFile>) -> usize {
+        let index = self.leaves.len();
+        let identity = Identity {
+            node_id: node_id(1000 + index as u32),
+            role: Role::Leaf,
+            listen_addr: Some(SocketAddr::from(([0, 0, 0, 0], 30_000 + index as u16))),
+            user_agent: "test-leaf".into(),
+        };
+        self.leaves.push(LeafSession::new(identity, files));
+        let c = self.conn();
+        self.links.insert(End::Leaf(index), End::Super(at, c));
+        self.links.insert(End::Super(at, c), End::Leaf(index));
+        self.supers[at].handle_connected(
+            c,
+            Direction::Inbound,
+            addr(40_000 + index as u16),
+            self.now,
+        );
+        self.leaves[index].handle_connected();
+        self.drive();
+        index
+    }
+
+    /// Sends raw messages from leaf `index`'s connection, as a hostile leaf
+    /// could.
+    fn leaf_sends(&mut self, index: usize, message: Message) {
+        let to = self.links[&End::Leaf(index)];
+        self.inbox.push_back((to, message));
+        self.drive();
+    }
+
+    fn collect_actions(&mut self) -> bool {
+        let mut moved = false;
+        for s in 0..self.supers.len() {
+            while let Some(action) = self.supers[s].poll_action() {
+                moved = true;
+                match action {
+                    Action::Send { conn, message } => {
+                        if let Some(to) = self.links.get(&End::Super(s, conn)) {
+                            self.inbox.push_back((*to, message));
+                        }
+                    }
+                    Action::Close { conn, bye } => self.cut(End::Super(s, conn), bye),
+                    Action::Rejected { .. } => {}
+                }
+            }
+        }
+        for l in 0..self.leaves.len() {
+            while let Some(action) = self.leaves[l].poll_action() {
+                moved = true;
+                match action {
+                    LeafAction::Send(message) => {
+                        if let Some(to) = self.links.get(&End::Leaf(l)) {
+                            self.inbox.push_back((*to, message));
+                        }
+                    }
+                    LeafAction::Close(bye) => self.cut(End::Leaf(l), bye),
+                    LeafAction::Ready { .. } | LeafAction::Rejected { .. } => {}
+                }
+            }
+        }
+        moved
+    }
+
+    /// Closes the link at `from`: the other side gets the Bye (if any) and
+    /// then the disconnect, after whatever is queued for it.
+    fn cut(&mut self, from: End, bye: Option<(ByeReason, String)>) {
+        self.closed_with
+            .push((from, bye.as_ref().map(|(reason, _)| *reason)));
+        let Some(to) = self.links.remove(&from) else {
+            return;
+        };
+        self.links.remove(&to);
+        if let End::Super(s, conn) = to {
+            if let Some((reason, detail)) = bye {
+                self.supers[s].handle_message(conn, Message::Bye { reason, detail }, self.now);
+            }
+            self.supers[s].handle_disconnected(conn);
+        } else if let End::Leaf(l) = to {
+            self.leaves[l].handle_message(
+                Message::Bye {
+                    reason: ByeReason::Shutdown,
+                    detail: String::new(),
+                },
+                self.now,
+            );
+        }
+    }
+
+    fn drive(&mut self) {
+        loop {
+            let moved = self.collect_actions();
+            let Some((to, message)) = self.inbox.pop_front() else {
+                if !moved {
+                    return;
+                }
+                continue;
+            };
+            match to {
+                End::Super(s, conn) => self.supers[s].handle_message(conn, message, self.now),
+                End::Leaf(l) => self.leaves[l].handle_message(message, self.now),
+            }
+        }
+    }
+
+    fn tick(&mut self, by: Duration) {
+        self.now = self.now + by;
+        for s in &mut self.supers {
+            s.handle_timeout(self.now);
+        }
+        self.drive();
+    }
+
+    /// Runs a search from `leaf`; returns (distinct results, hit messages).
+    fn search(&mut self, leaf: usize, request: SearchRequest) -> (usize, usize) {
+        self.next_conn += 1;
+        let id = MessageId([(self.next_conn % 251) as u8; 16]);
+        self.leaves[leaf]
+            .start_search(id, &request, self.now)
+            .unwrap();
+        self.drive();
+        let session = self.leaves[leaf].finish_search(&id).unwrap();
+        (session.results().count(), session.hits_received())
+    }
+
+    fn line(n: usize) -> Net {
+        let mut net = Net::new(n, |_| {});
+        for i in 1..n {
+            net.join(i - 1, i);
+        }
+        net
+    }
+}
+
+#[test]
+fn a_query_crosses_three_supernodes_with_ttl_4_but_not_with_ttl_2() {
+    let mut net = Net::line(4);
+    net.add_leaf(0, vec![file(1, "Blue Moon.mp3"), file(2, "Red Sun.mp3")]);
+    let searcher = net.add_leaf(3, vec![]);
+    assert_eq!(net.search(searcher, request(&["blue", "moon"], 4)), (1, 1));
+    assert_eq!(net.search(searcher, request(&["blue"], 2)), (0, 0));
+    assert_eq!(net.search(searcher, request(&["blue"], 3)), (0, 0));
+    // The middle supernodes routed the hit back; the far end answered it.
+    assert_eq!(net.supers[0].stats().hits_answered, 1);
+    assert_eq!(net.supers[1].stats().hits_routed, 1);
+    assert_eq!(net.supers[2].stats().hits_routed, 1);
+}
+
+#[test]
+fn ttl_and_hops_change_hop_by_hop() {
+    let mut net = Net::line(3);
+    let searcher = net.add_leaf(0, vec![]);
+    net.search(searcher, request(&["x"], 3));
+    // S0 got it from the leaf and forwarded once; S1 once; S2 (ttl 1) not.
+    let forwarded: Vec<u64> = net
+        .supers
+        .iter()
+        .map(|s| s.stats().queries_forwarded)
+        .collect();
+    assert_eq!(forwarded, vec![1, 1, 0]);
+    let received: Vec<u64> = net
+        .supers
+        .iter()
+        .map(|s| s.stats().queries_received)
+        .collect();
+    assert_eq!(received, vec![1, 1, 1]);
+}
+
+#[test]
+fn a_ttl_above_the_cap_is_clamped() {
+    let mut net = Net::line(6);
+    net.add_leaf(3, vec![file(1, "near")]);
+    net.add_leaf(4, vec![file(2, "far")]);
+    let searcher = net.add_leaf(0, vec![]);
+    // TTL 7 is clamped to the default cap of 4: S0..S3 see it, S4 does not.
+    assert_eq!(net.search(searcher, request(&["near"], 7)), (1, 1));
+    assert_eq!(net.search(searcher, request(&["far"], 7)), (0, 0));
+    assert_eq!(net.supers[4].stats().queries_received, 0);
+}
+
+#[test]
+fn in_a_ring_a_query_is_answered_once() {
+    let mut net = Net::line(4);
+    net.join(3, 0);
+    net.add_leaf(0, vec![file(1, "ring song")]);
+    let searcher = net.add_leaf(2, vec![]);
+    assert_eq!(net.search(searcher, request(&["ring"], 4)), (1, 1));
+    let duplicates: u64 = net.supers.iter().map(|s| s.stats().queries_duplicate).sum();
+    assert!(duplicates > 0, "the second path's copy was dropped");
+}
+
+#[test]
+fn a_departing_leaf_takes_its_files_out_of_the_index() {
+    let mut net = Net::line(2);
+    let sharer = net.add_leaf(0, vec![file(1, "leaving soon"), file(2, "also leaving")]);
+    let searcher = net.add_leaf(1, vec![]);
+    assert_eq!(net.supers[0].stats().index_files, 2);
+    assert_eq!(net.search(searcher, request(&["leaving"], 4)).0, 2);
+    net.leaves[sharer].shutdown();
+    net.drive();
+    assert_eq!(net.supers[0].stats().index_files, 0);
+    assert_eq!(net.supers[0].stats().leaves, 0);
+    assert_eq!(net.supers[1].stats().leaves, 1, "the searcher stays");
+    assert_eq!(net.search(searcher, request(&["leaving"], 4)), (0, 0));
+}
+
+#[test]
+fn deltas_add_and_remove_files() {
+    let mut net = Net::line(1);
+    let leaf = net.add_leaf(0, vec![file(1, "one")]);
+    net.leaves[leaf].set_shares(vec![file(2, "two"), file(3, "three")]);
+    net.drive();
+    assert_eq!(net.supers[0].stats().index_files, 2);
+    let searcher = net.add_leaf(0, vec![]);
+    assert_eq!(net.search(searcher, request(&["one"], 1)).0, 0);
+    assert_eq!(net.search(searcher, request(&["three"], 1)).0, 1);
+}
+
+#[test]
+fn a_large_share_list_is_published_in_parts() {
+    let mut net = Net::line(1);
+    let files: Vec<SharedFile> = (0..=255u8)
+        .map(|i| file(i, &format!("track {i}")))
+        .collect();
+    net.add_leaf(0, files);
+    assert_eq!(net.supers[0].stats().index_files, 256);
+}
+
+#[test]
+fn a_search_by_content_id_finds_every_source() {
+    let mut net = Net::line(2);
+    net.add_leaf(0, vec![file(7, "copy a")]);
+    net.add_leaf(1, vec![file(7, "copy b")]);
+    let searcher = net.add_leaf(1, vec![]);
+    let mut req = request(&[], 2);
+    req.content_id = Some(ContentId([7; 32]));
+    assert_eq!(net.search(searcher, req), (1, 2));
+}
+
+/// The reason of the last Bye sent by anyone.
+fn last_close(net: &Net) -> Option<ByeReason> {
+    net.closed_with.iter().rev().find_map(|(_, reason)| *reason)
+}
+
+#[test]
+fn a_leaf_that_sends_what_only_supernodes_may_is_disconnected_with_a_reason() {
+    let mut net = Net::line(1);
+    let leaf = net.add_leaf(0, vec![file(1, "x")]);
+    let hit = QueryHit {
+        message_id: MessageId([1; 16]),
+        source_node_id: node_id(5),
+        source_addr: addr(1),
+        files: vec![file(1, "x")],
+    };
+    net.leaf_sends(leaf, Message::QueryHit(hit));
+    assert_eq!(last_close(&net), Some(ByeReason::ProtocolViolation));
+    assert_eq!(net.supers[0].stats().leaves, 0);
+    assert_eq!(net.supers[0].stats().index_files, 0);
+}
+
+#[test]
+fn anything_before_hello_is_a_violation() {
+    let mut net = Net::line(1);
+    let c = ConnId(999);
+    net.supers[0].handle_connected(c, Direction::Inbound, addr(1), net.now);
+    net.supers[0].handle_message(c, Message::Ping { nonce: 1 }, net.now);
+    assert!(matches!(
+        net.supers[0].poll_action(),
+        Some(Action::Close {
+            bye: Some((ByeReason::ProtocolViolation, _)),
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_full_supernode_rejects_with_a_try_list() {
+    let mut net = Net::new(2, |c| c.max_leaves = 1);
+    net.join(0, 1);
+    net.add_leaf(0, vec![]);
+    let c = ConnId(999);
+    net.supers[0].handle_connected(c, Direction::Inbound, addr(1), net.now);
+    let hello = Identity {
+        node_id: node_id(77),
+        role: Role::Leaf,
+        listen_addr: None,
+        user_agent: String::new(),
+    }
+    .hello();
+    net.supers[0].handle_message(c, Message::Hello(hello), net.now);
+    match net.supers[0].poll_action() {
+        Some(Action::Send {
+            message: Message::HelloReply(reply),
+            ..
+        }) => match reply.outcome {
+            HandshakeOutcome::Rejected {
+                reason,
+                try_supernodes,
+                ..
+            } => {
+                assert_eq!(reason, RejectReason::Full);
+                assert_eq!(try_supernodes, vec![addr(10_001)]);
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        },
+        other => panic!("expected a reply, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_silent_connection_is_cut_at_the_handshake_timeout() {
+    let mut net = Net::line(1);
+    net.supers[0].handle_connected(ConnId(999), Direction::Inbound, addr(1), net.now);
+    net.tick(Duration::from_secs(9));
+    assert_eq!(net.supers[0].stats().handshaking, 1);
+    net.tick(Duration::from_secs(1));
+    assert_eq!(net.supers[0].stats().handshaking, 0);
+}
+
+#[test]
+fn idle_peers_are_pinged_then_dropped() {
+    let mut net = Net::line(1);
+    let leaf = net.add_leaf(0, vec![]);
+    // The leaf answers pings, so it stays.
+    net.tick(Duration::from_secs(31));
+    net.tick(Duration::from_secs(31));
+    net.tick(Duration::from_secs(31));
+    assert_eq!(net.supers[0].stats().leaves, 1);
+    // Cut the leaf's side off silently: it no longer answers.
+    net.links.remove(&End::Leaf(leaf));
+    for _ in 0..4 {
+        net.tick(Duration::from_secs(30));
+    }
+    assert_eq!(net.supers[0].stats().leaves, 0);
+}
+
+#[test]
+fn a_hit_with_no_route_is_dropped() {
+    let mut net = Net::line(2);
+    // S1 sends S0 a hit for a query S0 never saw.
+    let (from, _) = net
+        .links
+        .iter()
+        .find(|(from, to)| matches!(from, End::Super(1, _)) && matches!(to, End::Super(0, _)))
+        .map(|(a, b)| (*a, *b))
+        .unwrap();
+    let to = net.links[&from];
+    let hit = QueryHit {
+        message_id: MessageId([9; 16]),
+        source_node_id: node_id(5),
+        source_addr: addr(1),
+        files: vec![file(1, "x")],
+    };
+    net.inbox.push_back((to, Message::QueryHit(hit)));
+    net.drive();
+    assert_eq!(net.supers[0].stats().hits_unroutable, 1);
+    assert_eq!(
+        net.supers[0].stats().supernode_peers,
+        1,
+        "not a reason to disconnect"
+    );
+}
+
+#[test]
+fn a_second_connection_from_the_same_node_is_refused() {
+    let mut net = Net::line(2);
+    net.join(0, 1);
+    assert_eq!(net.supers[0].stats().supernode_peers, 1);
+    assert_eq!(net.supers[1].stats().supernode_peers, 1);
+    assert!(net.supers[1].stats().handshakes_rejected >= 1);
+}
+
+#[test]
+fn a_leaf_cannot_publish_past_its_limit() {
+    let mut net = Net::new(1, |c| c.max_files_per_leaf = 10);
+    let files: Vec<SharedFile> = (0..11u8).map(|i| file(i, "f")).collect();
+    net.add_leaf(0, files);
+    assert_eq!(last_close(&net), Some(ByeReason::LimitExceeded));
+    assert_eq!(net.supers[0].stats().index_files, 0);
+}
