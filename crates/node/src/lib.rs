@@ -1,1 +1,67 @@
-//! placeholder
+//! The tokio side of Canopy: sockets, tasks and timers around the protocol
+//! core in `canopy-core`, which makes every decision.
+//!
+//! How the tasks divide the work (one node, either role):
+//! - one *connection* task pair per TCP connection ([`connection`]): the
+//!   reader decodes frames and hands them to the node task; the writer
+//!   drains a bounded queue of outgoing messages;
+//! - one *node* task ([`supernode`] or [`leaf`]) that owns the core state
+//!   machine, feeds it events and the time, and carries out its actions;
+//! - for a supernode, an accept loop and one dialer per configured peer,
+//!   redialing with backoff.
+//!
+//! Shutdown follows mini-redis: a `CancellationToken` tells every task to
+//! stop, the node task says Bye to every peer, and a `TaskTracker` waits for
+//! the writers to flush.
+
+pub mod clock;
+pub mod connection;
+pub mod leaf;
+pub mod supernode;
+
+use std::net::SocketAddr;
+
+/// Errors starting or talking to a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Could not bind the listening socket.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Could not reach the supernode.
+    #[error("cannot reach supernode {addr}: {reason}")]
+    Unreachable {
+        /// The supernode.
+        addr: SocketAddr,
+        /// What happened.
+        reason: String,
+    },
+    /// A shared folder could not be scanned.
+    #[error(transparent)]
+    Share(#[from] canopy_share::ShareError),
+    /// A search could not run.
+    #[error("search failed: {0}")]
+    Search(String),
+    /// The node has stopped.
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// A random node id, never all zero.
+pub fn random_node_id() -> canopy_proto::NodeId {
+    loop {
+        let id: [u8; 16] = rand::random();
+        if id != [0; 16] {
+            return canopy_proto::NodeId(id);
+        }
+    }
+}
+
+/// A random query id.
+pub fn random_message_id() -> canopy_proto::MessageId {
+    canopy_proto::MessageId(rand::random())
+}

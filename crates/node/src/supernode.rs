@@ -1,0 +1,439 @@
+//! The supernode service: binds the port, accepts leaves and supernodes,
+//! dials the configured peers (redialing with backoff), and runs the
+//! [`canopy_core::supernode::Supernode`] state machine in one task.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use canopy_core::ConnId;
+use canopy_core::backoff::Backoff;
+use canopy_core::supernode::{Action, Direction, Supernode, SupernodeConfig, SupernodeStats};
+use canopy_proto::NodeId;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::NodeError;
+use crate::clock::Clock;
+use crate::connection::{self, ConnEvent, Outgoing};
+
+/// How often the core's timers (handshake deadline, keepalive, route
+/// expiry) are checked.
+const TICK: Duration = Duration::from_millis(250);
+/// How long a dial may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Capacity of the node task's inbox, shared by all connections.
+const EVENT_QUEUE_LEN: usize = 4096;
+/// Connections allowed beyond leaves + peers, for handshakes in progress.
+const HANDSHAKE_HEADROOM: usize = 64;
+
+/// How to run a supernode.
+#[derive(Debug, Clone)]
+pub struct SupernodeOptions {
+    /// Where to listen, for leaves and supernodes alike.
+    pub listen: SocketAddr,
+    /// Supernodes to dial and keep dialing.
+    pub peers: Vec<SocketAddr>,
+    /// Our node id; random if not given.
+    pub node_id: Option<NodeId>,
+    /// TTL cap for incoming queries.
+    pub ttl_cap: u8,
+    /// Most leaves.
+    pub max_leaves: usize,
+    /// Most supernode peers.
+    pub max_supernode_peers: usize,
+    /// First redial delay; doubles up to a minute.
+    pub redial_initial: Duration,
+}
+
+impl SupernodeOptions {
+    /// Defaults, listening on `listen`.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            peers: Vec::new(),
+            node_id: None,
+            ttl_cap: canopy_core::supernode::DEFAULT_TTL_CAP,
+            max_leaves: 1_000,
+            max_supernode_peers: 32,
+            redial_initial: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A running supernode.
+#[derive(Debug)]
+pub struct SupernodeHandle {
+    local_addr: SocketAddr,
+    node_id: NodeId,
+    stats: watch::Receiver<SupernodeStats>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl SupernodeHandle {
+    /// The address it listens on (with the real port if 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Its node id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The latest counters.
+    pub fn stats(&self) -> SupernodeStats {
+        self.stats.borrow().clone()
+    }
+
+    /// Waits until `condition` holds for the counters, or `timeout` passes.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        condition: impl FnMut(&SupernodeStats) -> bool,
+    ) -> Result<SupernodeStats, SupernodeStats> {
+        let mut stats = self.stats.clone();
+        match tokio::time::timeout(timeout, stats.wait_for(condition)).await {
+            Ok(Ok(found)) => Ok(found.clone()),
+            _ => Err(self.stats()),
+        }
+    }
+
+    /// Says Bye to every peer and stops; returns once connections flushed
+    /// (or after a short grace period).
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.tracker.wait()).await;
+    }
+
+    /// Completes when the supernode has stopped (for example after
+    /// [`SupernodeHandle::shutdown_token`] was cancelled).
+    pub async fn stopped(&self) {
+        self.shutdown.cancelled().await;
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+
+    /// The token that stops this supernode when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+enum Event {
+    Connected {
+        conn: ConnId,
+        direction: Direction,
+        remote: SocketAddr,
+        outgoing: Outgoing,
+        /// Fired when the connection is gone (for the dialer's redial).
+        on_close: Option<oneshot::Sender<()>>,
+    },
+    Conn(ConnId, ConnEvent),
+}
+
+fn conn_event(conn: ConnId, event: ConnEvent) -> Event {
+    Event::Conn(conn, event)
+}
+
+struct Registered {
+    outgoing: Outgoing,
+    on_close: Option<oneshot::Sender<()>>,
+}
+
+/// Binds `options.listen` and starts the supernode.
+pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeError> {
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: options.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| NodeError::Bind {
+        addr: options.listen,
+        source,
+    })?;
+    let node_id = options.node_id.unwrap_or_else(crate::random_node_id);
+    let mut config = SupernodeConfig::new(node_id, Some(local_addr));
+    config.ttl_cap = options.ttl_cap;
+    config.max_leaves = options.max_leaves;
+    config.max_supernode_peers = options.max_supernode_peers;
+    let max_connections = options.max_leaves + options.max_supernode_peers + HANDSHAKE_HEADROOM;
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE_LEN);
+    let core = Supernode::new(config);
+    let (stats_tx, stats_rx) = watch::channel(core.stats());
+    let next_conn = Arc::new(AtomicU64::new(1));
+
+    tracker.spawn(run_core(core, events_rx, stats_tx, shutdown.clone()));
+    tracker.spawn(accept_loop(
+        listener,
+        events_tx.clone(),
+        next_conn.clone(),
+        Arc::new(Semaphore::new(max_connections)),
+        tracker.clone(),
+        shutdown.clone(),
+    ));
+    for peer in options.peers {
+        tracker.spawn(dial_loop(
+            peer,
+            options.redial_initial,
+            events_tx.clone(),
+            next_conn.clone(),
+            tracker.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tracing::info!(%local_addr, %node_id, "supernode listening");
+    Ok(SupernodeHandle {
+        local_addr,
+        node_id,
+        stats: stats_rx,
+        shutdown,
+        tracker,
+    })
+}
+
+/// The node task: owns the state machine, feeds it, carries out its actions.
+async fn run_core(
+    mut core: Supernode,
+    mut events: mpsc::Receiver<Event>,
+    stats: watch::Sender<SupernodeStats>,
+    shutdown: CancellationToken,
+) {
+    let clock = Clock::new();
+    let mut conns: HashMap<ConnId, Registered> = HashMap::new();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut dropped_sends: u64 = 0;
+    loop {
+        tokio::select! {
+            // Shutdown first, so a busy inbox can't delay it.
+            biased;
+            _ = shutdown.cancelled() => {
+                core.shutdown();
+                carry_out(&mut core, &mut conns, &mut dropped_sends);
+                break;
+            }
+            event = events.recv() => {
+                let Some(event) = event else { break };
+                handle_event(&mut core, &mut conns, event, &clock);
+                // Take whatever else is already waiting before acting, so
+                // one batch of actions serves many events.
+                while let Ok(event) = events.try_recv() {
+                    handle_event(&mut core, &mut conns, event, &clock);
+                    carry_out(&mut core, &mut conns, &mut dropped_sends);
+                }
+            }
+            _ = tick.tick() => core.handle_timeout(clock.now()),
+        }
+        carry_out(&mut core, &mut conns, &mut dropped_sends);
+        let now = core.stats();
+        stats.send_if_modified(|current| {
+            let changed = *current != now;
+            *current = now;
+            changed
+        });
+    }
+}
+
+fn handle_event(
+    core: &mut Supernode,
+    conns: &mut HashMap<ConnId, Registered>,
+    event: Event,
+    clock: &Clock,
+) {
+    match event {
+        Event::Connected {
+            conn,
+            direction,
+            remote,
+            outgoing,
+            on_close,
+        } => {
+            conns.insert(conn, Registered { outgoing, on_close });
+            core.handle_connected(conn, direction, remote, clock.now());
+        }
+        Event::Conn(conn, ConnEvent::Message(message)) => {
+            core.handle_message(conn, message, clock.now());
+        }
+        Event::Conn(conn, ConnEvent::FrameError(error)) => {
+            tracing::info!(?conn, %error, "bad input from peer; disconnecting");
+            core.handle_frame_error(conn, &error);
+        }
+        Event::Conn(conn, ConnEvent::Closed) => {
+            core.handle_disconnected(conn);
+            forget(conns, conn);
+        }
+    }
+}
+
+fn forget(conns: &mut HashMap<ConnId, Registered>, conn: ConnId) {
+    if let Some(mut registered) = conns.remove(&conn) {
+        if let Some(on_close) = registered.on_close.take() {
+            let _ = on_close.send(());
+        }
+    }
+}
+
+fn carry_out(core: &mut Supernode, conns: &mut HashMap<ConnId, Registered>, dropped: &mut u64) {
+    while let Some(action) = core.poll_action() {
+        match action {
+            Action::Send { conn, message } => {
+                if let Some(registered) = conns.get(&conn) {
+                    if !registered.outgoing.try_send(message) {
+                        *dropped += 1;
+                        tracing::debug!(
+                            ?conn,
+                            dropped = *dropped,
+                            "send queue full; message dropped"
+                        );
+                    }
+                }
+            }
+            Action::Close { conn, bye } => {
+                if let Some((reason, detail)) = &bye {
+                    tracing::info!(?conn, ?reason, %detail, "closing connection");
+                }
+                if let Some(registered) = conns.get(&conn) {
+                    registered.outgoing.close(bye);
+                }
+                forget(conns, conn);
+            }
+            Action::Rejected {
+                conn,
+                reason,
+                detail,
+                try_supernodes,
+            } => {
+                tracing::info!(?conn, ?reason, %detail, ?try_supernodes, "peer refused our handshake");
+            }
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    events: mpsc::Sender<Event>,
+    next_conn: Arc<AtomicU64>,
+    slots: Arc<Semaphore>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        // Wait for a free slot before accepting, so a flood of connections
+        // queues in the kernel's backlog rather than exhausting descriptors.
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, remote) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // Typically out of descriptors: back off briefly.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let conn = ConnId(next_conn.fetch_add(1, Ordering::Relaxed));
+        let (closed_tx, closed_rx) = oneshot::channel();
+        register(
+            conn,
+            stream,
+            remote,
+            Direction::Inbound,
+            closed_tx,
+            &events,
+            &tracker,
+        );
+        // Hold the slot until the node task lets go of the connection.
+        tracker.spawn(async move {
+            let _ = closed_rx.await;
+            drop(permit);
+        });
+    }
+}
+
+fn register(
+    conn: ConnId,
+    stream: TcpStream,
+    remote: SocketAddr,
+    direction: Direction,
+    on_close: oneshot::Sender<()>,
+    events: &mpsc::Sender<Event>,
+    tracker: &TaskTracker,
+) {
+    let announce = move |outgoing| Event::Connected {
+        conn,
+        direction,
+        remote,
+        outgoing,
+        on_close: Some(on_close),
+    };
+    connection::spawn(conn, stream, events.clone(), announce, conn_event, tracker);
+}
+
+async fn dial_loop(
+    peer: SocketAddr,
+    redial_initial: Duration,
+    events: mpsc::Sender<Event>,
+    next_conn: Arc<AtomicU64>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(redial_initial, Duration::from_secs(60));
+    loop {
+        let attempt = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            attempt = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(peer)) => attempt,
+        };
+        match attempt {
+            Ok(Ok(stream)) => {
+                let conn = ConnId(next_conn.fetch_add(1, Ordering::Relaxed));
+                let (closed_tx, closed_rx) = oneshot::channel();
+                let started = tokio::time::Instant::now();
+                register(
+                    conn,
+                    stream,
+                    peer,
+                    Direction::Outbound,
+                    closed_tx,
+                    &events,
+                    &tracker,
+                );
+                tracing::debug!(%peer, ?conn, "connected to peer supernode");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = closed_rx => {}
+                }
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff.reset();
+                }
+                tracing::info!(%peer, "connection to peer supernode ended");
+            }
+            Ok(Err(error)) => tracing::debug!(%peer, %error, "dial failed"),
+            Err(_) => tracing::debug!(%peer, "dial timed out"),
+        }
+        let delay = backoff.next_delay(rand::random::<f64>());
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
