@@ -2,6 +2,13 @@
 //! clock: supernodes and leaves exchange messages through a queue until
 //! nothing moves. Every test here is deterministic.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
+
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -164,8 +164,8 @@ impl LeafHandle {
         let failure = self.status.borrow().failure.clone();
         match (waited, supernode, failure) {
             (_, Some(addr), _) => Ok(addr),
-            (_, None, Some(reason)) => Err(NodeError::Search(reason)),
-            (Err(_), None, None) => Err(NodeError::Search(format!(
+            (_, None, Some(reason)) => Err(NodeError::NotConnected(reason)),
+            (Err(_), None, None) => Err(NodeError::NotConnected(format!(
                 "no supernode accepted us within {timeout:?}"
             ))),
             (Ok(_), None, None) => Err(NodeError::Stopped),

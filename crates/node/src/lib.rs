@@ -32,14 +32,9 @@ pub enum NodeError {
         /// The error.
         source: std::io::Error,
     },
-    /// Could not reach the supernode.
-    #[error("cannot reach supernode {addr}: {reason}")]
-    Unreachable {
-        /// The supernode.
-        addr: SocketAddr,
-        /// What happened.
-        reason: String,
-    },
+    /// No supernode accepted us (refused, unreachable, or timed out).
+    #[error("{0}")]
+    NotConnected(String),
     /// A shared folder could not be scanned.
     #[error(transparent)]
     Share(#[from] canopy_share::ShareError),

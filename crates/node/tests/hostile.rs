@@ -2,6 +2,13 @@
 //! Bye naming the problem and is disconnected, and the supernode keeps
 //! serving everyone else.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 use bytes::{BufMut, BytesMut};
@@ -133,7 +140,7 @@ async fn bad_input_gets_a_bye_and_a_disconnect_and_others_are_unaffected() {
     let body = prost::Message::encode_to_vec(&envelope);
     let mut raw = framed.into_inner();
     let mut frame = BytesMut::new();
-    frame.put_u32(body.len() as u32);
+    frame.put_u32(u32::try_from(body.len()).unwrap());
     frame.put_slice(&body);
     raw.write_all(&frame).await.unwrap();
     assert_eq!(bye_reason(raw).await, Some(ByeReason::InvalidField));

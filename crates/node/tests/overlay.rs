@@ -1,5 +1,12 @@
 //! Real supernodes and leaves on 127.0.0.1, talking TCP.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 use std::time::Duration;

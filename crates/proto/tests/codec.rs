@@ -1,6 +1,13 @@
 //! The frame codec against split input, oversized frames, garbage and
 //! invalid fields.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
+
 use std::net::SocketAddr;
 
 use bytes::{BufMut, BytesMut};

@@ -29,7 +29,7 @@ mod tests {
     fn matches_the_reference_hash_small_and_large() {
         let dir = tempfile::tempdir().unwrap();
         for size in [0usize, 5, 1 << 20, (3 << 20) + 17] {
-            let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let data: Vec<u8> = (0..size).map(|i| u8::try_from(i % 251).unwrap()).collect();
             let path = dir.path().join(format!("f{size}"));
             std::fs::write(&path, &data).unwrap();
             let expected = blake3::hash(&data);

@@ -1,6 +1,6 @@
 //! Helpers for tests that run real nodes on 127.0.0.1.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::path::Path;

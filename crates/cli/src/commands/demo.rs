@@ -1,0 +1,368 @@
+//! `canopy demo`: a small overlay on 127.0.0.1, searched end to end.
+//!
+//! Four supernodes in a line (S1 - S2 - S3 - S4), three leaves sharing
+//! generated sample files, and a searcher at the far end. Every search is
+//! checked against what was planted: the demo exits non-zero if the overlay
+//! does not find exactly what it should, so it doubles as a smoke test.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use canopy_core::leaf::SearchRequest;
+use canopy_core::search::SearchResult;
+use canopy_node::leaf::{self, LeafHandle, LeafOptions};
+use canopy_node::supernode::{self, SupernodeHandle, SupernodeOptions};
+use canopy_proto::ContentId;
+use serde::Serialize;
+
+use crate::output::{self, JsonResult};
+
+/// Arguments of `canopy demo`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Print one JSON object per search instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+const SUPERNODES: usize = 4;
+const PATIENCE: Duration = Duration::from_secs(15);
+
+/// A demo leaf: its name, its supernode (index into the line), and its
+/// files as (name, length).
+struct SampleLeaf {
+    name: &'static str,
+    at: usize,
+    files: &'static [(&'static str, usize)],
+}
+
+const LEAVES: &[SampleLeaf] = &[
+    SampleLeaf {
+        name: "alice",
+        at: 0,
+        files: &[
+            ("Aurora Borealis - Night Sky.flac", 1_500_000),
+            ("Field Recording - Rain on Leaves.wav", 700_000),
+            ("Canopy Field Guide.pdf", 300_000),
+        ],
+    },
+    SampleLeaf {
+        name: "bob",
+        at: 1,
+        files: &[
+            ("Moonlight Sonata (Live).mp3", 900_000),
+            ("Mountain Trail Map.png", 120_000),
+        ],
+    },
+    SampleLeaf {
+        name: "carol",
+        at: 3,
+        files: &[
+            // The same bytes as alice's copy: one result, two sources.
+            ("Canopy Field Guide.pdf", 300_000),
+            ("Rain Forest Ambience.ogg", 450_000),
+        ],
+    },
+];
+
+/// Deterministic sample content: the same name always gives the same bytes.
+fn sample_bytes(name: &str, len: usize) -> Vec<u8> {
+    let mut state = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let mut bytes = Vec::with_capacity(len);
+    while bytes.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(len);
+    bytes
+}
+
+struct Planted {
+    leaves: Vec<(String, usize, LeafHandle)>,
+    ids: HashMap<String, ContentId>,
+}
+
+async fn start_supernodes() -> anyhow::Result<Vec<SupernodeHandle>> {
+    let mut nodes: Vec<SupernodeHandle> = Vec::new();
+    for _ in 0..SUPERNODES {
+        let mut options = SupernodeOptions::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+        options.peers = nodes
+            .last()
+            .map(SupernodeHandle::local_addr)
+            .into_iter()
+            .collect();
+        nodes.push(supernode::start(options).await?);
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        let neighbours = usize::from(i > 0) + usize::from(i + 1 < SUPERNODES);
+        node.wait_for(PATIENCE, |s| s.supernode_peers == neighbours)
+            .await
+            .map_err(|_| anyhow::anyhow!("supernode S{} did not join the overlay", i + 1))?;
+    }
+    Ok(nodes)
+}
+
+async fn start_leaves(nodes: &[SupernodeHandle], root: &Path) -> anyhow::Result<Planted> {
+    let mut leaves = Vec::new();
+    for SampleLeaf { name, at, files } in LEAVES {
+        let folder = root.join(name);
+        std::fs::create_dir_all(&folder)?;
+        for (file, len) in *files {
+            std::fs::write(folder.join(file), sample_bytes(file, *len))?;
+        }
+        let mut options = LeafOptions::new(nodes[*at].local_addr());
+        options.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        options.shares = vec![folder];
+        options.data_dir = Some(root.join(format!("{name}-data")));
+        let handle = leaf::start(options).await?;
+        handle
+            .wait_connected(PATIENCE)
+            .await
+            .with_context(|| format!("leaf {name} could not join"))?;
+        leaves.push(((*name).to_owned(), *at, handle));
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        let expected: usize = LEAVES
+            .iter()
+            .filter(|l| l.at == i)
+            .map(|l| l.files.len())
+            .sum();
+        node.wait_for(PATIENCE, |s| s.index_files == expected)
+            .await
+            .map_err(|_| anyhow::anyhow!("S{} did not index its leaves' files", i + 1))?;
+    }
+    let ids = LEAVES
+        .iter()
+        .flat_map(|leaf| leaf.files.iter())
+        .map(|(file, len)| {
+            let hash = blake3::hash(&sample_bytes(file, *len));
+            ((*file).to_owned(), ContentId(*hash.as_bytes()))
+        })
+        .collect();
+    Ok(Planted { leaves, ids })
+}
+
+struct Search {
+    label: String,
+    request: SearchRequest,
+    /// (file name, names of the leaves that must be its sources)
+    expect: Vec<(&'static str, Vec<&'static str>)>,
+    why: &'static str,
+}
+
+fn keywords(words: &str, ttl: u8, timeout: Duration) -> SearchRequest {
+    SearchRequest {
+        keywords: words.split_whitespace().map(str::to_owned).collect(),
+        content_id: None,
+        min_size: None,
+        max_size: None,
+        ttl,
+        timeout,
+        max_results: 100,
+    }
+}
+
+fn searches(planted: &Planted) -> anyhow::Result<Vec<Search>> {
+    let quick = Duration::from_millis(800);
+    let sonata = *planted
+        .ids
+        .get("Moonlight Sonata (Live).mp3")
+        .context("sample file missing")?;
+    let mut by_id = keywords("", 4, quick);
+    by_id.content_id = Some(sonata);
+    Ok(vec![
+        Search {
+            label: "\"aurora borealis\" (ttl 4)".into(),
+            request: keywords("aurora borealis", 4, quick),
+            expect: vec![("Aurora Borealis - Night Sky.flac", vec!["alice"])],
+            why: "alice is on S1: the query crossed S4, S3, S2 to reach her supernode",
+        },
+        Search {
+            label: "\"canopy guide\" (ttl 4)".into(),
+            request: keywords("canopy guide", 4, quick),
+            expect: vec![("Canopy Field Guide.pdf", vec!["alice", "carol"])],
+            why: "the same bytes shared by two leaves: one result, two sources",
+        },
+        Search {
+            label: "\"rain\" (ttl 4)".into(),
+            request: keywords("rain", 4, quick),
+            expect: vec![
+                ("Field Recording - Rain on Leaves.wav", vec!["alice"]),
+                ("Rain Forest Ambience.ogg", vec!["carol"]),
+            ],
+            why: "every keyword is a word of the name, wherever it stands",
+        },
+        Search {
+            label: format!("content id {}", sonata.to_hex()),
+            request: by_id,
+            expect: vec![("Moonlight Sonata (Live).mp3", vec!["bob"])],
+            why: "a search by BLAKE3 content id, the value b3sum prints",
+        },
+        Search {
+            label: "\"aurora borealis\" (ttl 2)".into(),
+            request: keywords("aurora borealis", 2, quick),
+            expect: vec![],
+            why: "TTL 2 reaches S4 and S3 only; alice's supernode is out of range",
+        },
+    ])
+}
+
+#[derive(Serialize)]
+struct JsonSearch<'a> {
+    search: &'a str,
+    ttl: u8,
+    millis: u128,
+    ok: bool,
+    results: Vec<JsonResult>,
+}
+
+fn check(
+    search: &Search,
+    results: &[SearchResult],
+    who: &HashMap<SocketAddr, String>,
+) -> anyhow::Result<()> {
+    let found: BTreeSet<(String, BTreeSet<String>)> = results
+        .iter()
+        .map(|r| {
+            let sources = r
+                .sources
+                .iter()
+                .map(|s| {
+                    who.get(&s.addr)
+                        .cloned()
+                        .unwrap_or_else(|| s.addr.to_string())
+                })
+                .collect();
+            (r.name.clone(), sources)
+        })
+        .collect();
+    let expected: BTreeSet<(String, BTreeSet<String>)> = search
+        .expect
+        .iter()
+        .map(|(name, sources)| {
+            (
+                (*name).to_owned(),
+                sources.iter().map(|s| (*s).to_owned()).collect(),
+            )
+        })
+        .collect();
+    ensure!(
+        found == expected,
+        "search {} found {found:?}, expected {expected:?}",
+        search.label
+    );
+    Ok(())
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let root = tempfile::tempdir().context("creating a scratch folder")?;
+    let nodes = start_supernodes().await?;
+    let planted = start_leaves(&nodes, root.path()).await?;
+    let searcher_at = SUPERNODES - 1;
+    let mut searcher_options = LeafOptions::new(nodes[searcher_at].local_addr());
+    searcher_options.listen = None;
+    let searcher = leaf::start(searcher_options).await?;
+    searcher.wait_connected(PATIENCE).await?;
+
+    let who: HashMap<SocketAddr, String> = planted
+        .leaves
+        .iter()
+        .filter_map(|(name, _, handle)| Some((handle.listen_addr()?, name.clone())))
+        .collect();
+    if !args.json {
+        say!(
+            "Canopy demo: {SUPERNODES} supernodes in a line on 127.0.0.1, {} leaves sharing sample files.\n",
+            LEAVES.len()
+        );
+        let line: Vec<String> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("S{} {}", i + 1, n.local_addr()))
+            .collect();
+        say!("  overlay   {}", line.join("  ──  "));
+        for (name, at, handle) in &planted.leaves {
+            let addr = handle
+                .listen_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            say!(
+                "  leaf      {name:<6} on S{}  {addr:<21} sharing {} files",
+                at + 1,
+                handle.status().shared_files
+            );
+        }
+        say!("  searcher  on S{}\n", searcher_at + 1);
+    }
+
+    let mut failures = Vec::new();
+    for search in searches(&planted)? {
+        let started = Instant::now();
+        let outcome = searcher.search(search.request.clone()).await?;
+        let elapsed = started.elapsed();
+        let verdict = check(&search, &outcome.results, &who);
+        if args.json {
+            let line = JsonSearch {
+                search: &search.label,
+                ttl: search.request.ttl,
+                millis: elapsed.as_millis(),
+                ok: verdict.is_ok(),
+                results: outcome.results.iter().map(JsonResult::from).collect(),
+            };
+            say!("{}", serde_json::to_string(&line)?);
+        } else {
+            say!("search {} from S{}:", search.label, searcher_at + 1);
+            if outcome.results.is_empty() {
+                say!("  nothing found");
+            } else {
+                for row in output::table(&outcome.results).lines() {
+                    say!("  {row}");
+                }
+                for result in &outcome.results {
+                    for source in &result.sources {
+                        let name = who.get(&source.addr).map_or("?", String::as_str);
+                        let at = planted
+                            .leaves
+                            .iter()
+                            .find(|l| l.0 == name)
+                            .map_or(0, |l| l.1 + 1);
+                        say!(
+                            "  {} is at {} ({name}, a leaf of S{at})",
+                            result.name,
+                            source.addr
+                        );
+                    }
+                }
+            }
+            let mark = if verdict.is_ok() { "ok" } else { "UNEXPECTED" };
+            say!("  {mark}: {}\n", search.why);
+        }
+        if let Err(error) = verdict {
+            failures.push(error.to_string());
+        }
+    }
+
+    searcher.shutdown().await;
+    for (_, _, handle) in planted.leaves {
+        handle.shutdown().await;
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+    if !failures.is_empty() {
+        bail!(
+            "the demo did not find what it planted:\n{}",
+            failures.join("\n")
+        );
+    }
+    if !args.json {
+        say!("demo ok: every search found exactly what was planted, and nothing else.");
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! One module per subcommand.
+
+pub(crate) mod demo;
+pub(crate) mod leaf;
+pub(crate) mod search;
+pub(crate) mod supernode;

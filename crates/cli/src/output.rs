@@ -1,0 +1,80 @@
+//! How results are shown: a table for people, one JSON object per line for
+//! scripts.
+
+use canopy_core::search::SearchResult;
+use indicatif::HumanBytes;
+use serde::Serialize;
+
+/// One search result as `--json` prints it.
+#[derive(Debug, Serialize)]
+pub(crate) struct JsonResult {
+    pub id: String,
+    pub name: String,
+    pub size: u64,
+    pub sources: Vec<String>,
+}
+
+impl From<&SearchResult> for JsonResult {
+    fn from(result: &SearchResult) -> Self {
+        Self {
+            id: result.content_id.to_hex(),
+            name: result.name.clone(),
+            size: result.size,
+            sources: result.sources.iter().map(|s| s.addr.to_string()).collect(),
+        }
+    }
+}
+
+/// Prints one JSON line per result.
+pub(crate) fn print_json_lines(results: &[SearchResult]) -> anyhow::Result<()> {
+    for result in results {
+        say!("{}", serde_json::to_string(&JsonResult::from(result))?);
+    }
+    Ok(())
+}
+
+/// Cuts `text` to `width` characters, marking the cut.
+fn fit(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// The results as an aligned table, most sources first.
+pub(crate) fn table(results: &[SearchResult]) -> String {
+    let mut rows: Vec<&SearchResult> = results.iter().collect();
+    rows.sort_by(|a, b| {
+        b.sources
+            .len()
+            .cmp(&a.sources.len())
+            .then(a.name.cmp(&b.name))
+    });
+    let name_width = rows
+        .iter()
+        .map(|r| r.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(4, 48);
+    let mut out = format!(
+        "{:<name_width$}  {:>10}  {:<24}  {}\n",
+        "NAME", "SIZE", "SOURCES", "CONTENT ID"
+    );
+    for result in rows {
+        let sources = match result.sources.as_slice() {
+            [] => String::from("-"),
+            [one] => one.addr.to_string(),
+            [first, rest @ ..] => format!("{} +{}", first.addr, rest.len()),
+        };
+        out.push_str(&format!(
+            "{:<name_width$}  {:>10}  {:<24}  {}\n",
+            fit(&result.name, name_width),
+            HumanBytes(result.size).to_string(),
+            sources,
+            result.content_id
+        ));
+    }
+    out
+}

@@ -1,0 +1,268 @@
+//! The `canopy` binary against overlays on 127.0.0.1: search output in both
+//! formats, search by id, failure against a closed port, and real
+//! `canopy supernode` / `canopy leaf` processes.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use canopy_node::leaf::{self, LeafHandle, LeafOptions};
+use canopy_node::supernode::{self, SupernodeHandle, SupernodeOptions};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+const CANOPY: &str = env!("CARGO_BIN_EXE_canopy");
+
+fn localhost() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+async fn overlay_with_shared(dir: &Path) -> (Vec<SupernodeHandle>, LeafHandle) {
+    let first = supernode::start(SupernodeOptions::new(localhost()))
+        .await
+        .unwrap();
+    let mut options = SupernodeOptions::new(localhost());
+    options.peers = vec![first.local_addr()];
+    let second = supernode::start(options).await.unwrap();
+    second
+        .wait_for(PATIENCE, |s| s.supernode_peers == 1)
+        .await
+        .unwrap();
+    let mut leaf_options = LeafOptions::new(first.local_addr());
+    leaf_options.listen = Some(localhost());
+    leaf_options.shares = vec![dir.to_owned()];
+    let sharer = leaf::start(leaf_options).await.unwrap();
+    sharer.wait_connected(PATIENCE).await.unwrap();
+    first
+        .wait_for(PATIENCE, |s| s.index_files == 2)
+        .await
+        .unwrap();
+    (vec![first, second], sharer)
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+async fn canopy(args: &[&str]) -> Run {
+    let output = tokio::time::timeout(PATIENCE, Command::new(CANOPY).args(args).output())
+        .await
+        .expect("canopy did not finish")
+        .unwrap();
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each line is a JSON object"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn search_prints_json_lines_a_table_and_finds_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Night Train.ogg"), b"night train bytes").unwrap();
+    std::fs::write(dir.path().join("Day Bus.ogg"), b"day bus bytes").unwrap();
+    let (nodes, sharer) = overlay_with_shared(dir.path()).await;
+    let at = nodes[1].local_addr().to_string();
+
+    let run = canopy(&[
+        "search",
+        "--supernode",
+        &at,
+        "--json",
+        "--timeout",
+        "1",
+        "night",
+        "train",
+    ])
+    .await;
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    let lines = json_lines(&run.stdout);
+    assert_eq!(lines.len(), 1);
+    let id = blake3::hash(b"night train bytes").to_hex().to_string();
+    assert_eq!(lines[0]["id"], id.as_str());
+    assert_eq!(lines[0]["name"], "Night Train.ogg");
+    assert_eq!(lines[0]["size"], 17);
+    let source = sharer.listen_addr().unwrap().to_string();
+    assert_eq!(lines[0]["sources"], serde_json::json!([source]));
+
+    let run = canopy(&[
+        "search",
+        "--supernode",
+        &at,
+        "--json",
+        "--timeout",
+        "1",
+        "--id",
+        &id,
+    ])
+    .await;
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    let lines = json_lines(&run.stdout);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["name"], "Night Train.ogg");
+
+    let run = canopy(&["search", "--supernode", &at, "--timeout", "1", "ogg"]).await;
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    assert!(run.stdout.starts_with("NAME"), "a table: {}", run.stdout);
+    assert!(run.stdout.contains("Day Bus.ogg") && run.stdout.contains("Night Train.ogg"));
+
+    let run = canopy(&[
+        "search",
+        "--supernode",
+        &at,
+        "--json",
+        "--timeout",
+        "0.5",
+        "nothing",
+        "here",
+    ])
+    .await;
+    assert_eq!(run.code, Some(0));
+    assert!(run.stdout.is_empty(), "no results, no lines");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn search_against_a_closed_port_fails_with_one_line() {
+    // Bind and drop to find a port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let run = canopy(&["search", "--supernode", &port.to_string(), "anything"]).await;
+    assert_ne!(run.code, Some(0));
+    assert!(run.stdout.is_empty());
+    let stderr = run.stderr.trim();
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("cannot reach supernode"), "{stderr}");
+    assert!(stderr.contains(&port.to_string()), "{stderr}");
+}
+
+/// Starts `canopy` with `args` and returns it with its first stdout line.
+async fn spawn_node(args: &[&str]) -> (Child, serde_json::Value) {
+    let mut child = Command::new(CANOPY)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .expect("no startup line")
+        .unwrap()
+        .expect("exited before its startup line");
+    (child, serde_json::from_str(&first).unwrap())
+}
+
+async fn terminate(mut child: Child) -> Option<i32> {
+    let pid = child.id().unwrap().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    status.code()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn supernode_and_leaf_processes_serve_a_search_and_stop_on_sigterm() {
+    let share = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(share.path().join("Process Proof.txt"), b"proof").unwrap();
+
+    let (first, hello) = spawn_node(&["supernode", "--listen", "127.0.0.1:0", "--json"]).await;
+    let first_addr = hello["addr"].as_str().unwrap().to_owned();
+    let (second, hello) = spawn_node(&[
+        "supernode",
+        "--listen",
+        "127.0.0.1:0",
+        "--peer",
+        &first_addr,
+        "--json",
+    ])
+    .await;
+    let second_addr = hello["addr"].as_str().unwrap().to_owned();
+    let (leaf, hello) = spawn_node(&[
+        "leaf",
+        "--supernode",
+        &first_addr,
+        "--share",
+        share.path().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        "--json",
+    ])
+    .await;
+    assert_eq!(hello["files"], 1);
+    assert!(data.path().join("hash-cache.json").exists());
+
+    // The leaf publishes and the supernodes link up in the background:
+    // search until it shows up (each try waits for its own timeout).
+    let mut found = Vec::new();
+    for _ in 0..20 {
+        let run = canopy(&[
+            "search",
+            "--supernode",
+            &second_addr,
+            "--json",
+            "--timeout",
+            "0.5",
+            "proof",
+        ])
+        .await;
+        found = json_lines(&run.stdout);
+        if !found.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(found.len(), 1, "the leaf's file was never found");
+    assert_eq!(found[0]["sources"][0], hello["listen"]);
+
+    assert_eq!(terminate(leaf).await, Some(0));
+    assert_eq!(terminate(second).await, Some(0));
+    assert_eq!(terminate(first).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_finds_everything_it_planted() {
+    let run = canopy(&["demo", "--json"]).await;
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    let lines = json_lines(&run.stdout);
+    assert_eq!(lines.len(), 5);
+    for line in &lines {
+        assert_eq!(line["ok"], true, "{line}");
+    }
+    // The search across three supernodes found alice's file.
+    assert_eq!(
+        lines[0]["results"][0]["name"],
+        "Aurora Borealis - Night Sky.flac"
+    );
+    // The TTL-2 search found nothing.
+    assert_eq!(lines[4]["results"], serde_json::json!([]));
+}
