@@ -176,11 +176,31 @@ struct Peer {
     pinged_at: Option<Time>,
 }
 
+/// How many connections are in each state, kept as they change so reading
+/// them costs nothing however many leaves there are.
+#[derive(Debug, Default, Clone, Copy)]
+struct StateCounts {
+    handshaking: usize,
+    leaves: usize,
+    supernodes: usize,
+}
+
+impl StateCounts {
+    fn slot(&mut self, state: &PeerState) -> &mut usize {
+        match state {
+            PeerState::Handshaking { .. } => &mut self.handshaking,
+            PeerState::Leaf { .. } => &mut self.leaves,
+            PeerState::Supernode { .. } => &mut self.supernodes,
+        }
+    }
+}
+
 /// The supernode state machine. See the module documentation.
 #[derive(Debug)]
 pub struct Supernode {
     config: SupernodeConfig,
     peers: BTreeMap<ConnId, Peer>,
+    counts: StateCounts,
     by_node: HashMap<NodeId, ConnId>,
     index: FileIndex,
     seen: SeenMessages,
@@ -199,6 +219,7 @@ impl Supernode {
             routes: RouteTable::new(config.route_capacity, config.route_lifetime),
             config,
             peers: BTreeMap::new(),
+            counts: StateCounts::default(),
             by_node: HashMap::new(),
             index: FileIndex::new(),
             actions: VecDeque::new(),
@@ -221,16 +242,9 @@ impl Supernode {
     pub fn stats(&self) -> SupernodeStats {
         let mut stats = self.stats.clone();
         stats.index_files = self.index.len();
-        stats.leaves = 0;
-        stats.supernode_peers = 0;
-        stats.handshaking = 0;
-        for peer in self.peers.values() {
-            match peer.state {
-                PeerState::Leaf { .. } => stats.leaves += 1,
-                PeerState::Supernode { .. } => stats.supernode_peers += 1,
-                PeerState::Handshaking { .. } => stats.handshaking += 1,
-            }
-        }
+        stats.leaves = self.counts.leaves;
+        stats.supernode_peers = self.counts.supernodes;
+        stats.handshaking = self.counts.handshaking;
         stats
     }
 
@@ -255,18 +269,20 @@ impl Supernode {
         remote: SocketAddr,
         now: Time,
     ) {
-        self.peers.insert(
-            conn,
-            Peer {
-                remote,
-                state: PeerState::Handshaking {
-                    direction,
-                    since: now,
-                },
-                last_heard: now,
-                pinged_at: None,
+        let peer = Peer {
+            remote,
+            state: PeerState::Handshaking {
+                direction,
+                since: now,
             },
-        );
+            last_heard: now,
+            pinged_at: None,
+        };
+        if let Some(old) = self.peers.insert(conn, peer) {
+            // The driver never reuses ids; if it did, keep the counts true.
+            *self.counts.slot(&old.state) -= 1;
+        }
+        self.counts.handshaking += 1;
         if direction == Direction::Outbound {
             self.send(conn, Message::Hello(self.config.identity.hello()));
         }
@@ -435,6 +451,7 @@ impl Supernode {
         let Some(peer) = self.peers.remove(&conn) else {
             return false;
         };
+        *self.counts.slot(&peer.state) -= 1;
         match peer.state {
             PeerState::Leaf { node_id, .. } => {
                 self.index.remove_owner(conn);
@@ -460,11 +477,10 @@ impl Supernode {
                 "already connected to that node id",
             ));
         }
-        let stats = self.stats();
         let (count, max, what) = match hello.role {
-            Role::Leaf => (stats.leaves, self.config.max_leaves, "leaves"),
+            Role::Leaf => (self.counts.leaves, self.config.max_leaves, "leaves"),
             Role::Supernode => (
-                stats.supernode_peers,
+                self.counts.supernodes,
                 self.config.max_supernode_peers,
                 "supernode peers",
             ),
@@ -562,6 +578,8 @@ impl Supernode {
 
     fn establish(&mut self, conn: ConnId, node_id: NodeId, state: PeerState) {
         if let Some(peer) = self.peers.get_mut(&conn) {
+            *self.counts.slot(&peer.state) -= 1;
+            *self.counts.slot(&state) += 1;
             peer.state = state;
             self.by_node.insert(node_id, conn);
         }

@@ -30,6 +30,8 @@ use crate::connection::{self, ConnEvent, Outgoing};
 /// How often running searches are checked for their deadline.
 const TICK: Duration = Duration::from_millis(50);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A session that lasted this long resets the reconnect backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
 /// Name of the hash cache inside the data directory.
 pub const HASH_CACHE_FILE: &str = "hash-cache.json";
 
@@ -343,7 +345,7 @@ struct LeafTask {
 /// How a session with one supernode ended.
 enum SessionEnd {
     Shutdown,
-    Closed,
+    Closed { lasted: Duration },
     Rejected(Vec<SocketAddr>),
 }
 
@@ -363,8 +365,12 @@ impl LeafTask {
             let failure = match connected {
                 Ok(Ok(stream)) => match self.session(addr, stream).await {
                     SessionEnd::Shutdown => return,
-                    SessionEnd::Closed => {
-                        backoff.reset();
+                    SessionEnd::Closed { lasted } => {
+                        // A session that held for a while earns a quick
+                        // reconnect; one closed at once keeps backing off.
+                        if lasted > STABLE_SESSION {
+                            backoff.reset();
+                        }
                         format!("supernode {addr} closed the connection")
                     }
                     SessionEnd::Rejected(try_list) => {
@@ -404,8 +410,11 @@ impl LeafTask {
             |_, e| Event::Conn(e),
             &self.tracker,
         );
+        let closed = |clock: &Clock| SessionEnd::Closed {
+            lasted: Duration::from_millis(clock.now().as_millis()),
+        };
         let Some(Event::Connected(outgoing)) = events.recv().await else {
-            return SessionEnd::Closed;
+            return closed(&clock);
         };
         let mut session = LeafSession::new(self.identity.clone(), self.files.clone());
         session.handle_connected();
@@ -424,7 +433,7 @@ impl LeafTask {
                         tracing::warn!(%addr, %error, "bad input from supernode");
                         session.handle_frame_error(&error);
                     }
-                    Some(Event::Conn(ConnEvent::Closed)) | None => end = Some(SessionEnd::Closed),
+                    Some(Event::Conn(ConnEvent::Closed)) | None => end = Some(closed(&clock)),
                     Some(Event::Connected(_)) => {}
                 },
                 command = self.commands.recv() => match command {
@@ -456,7 +465,7 @@ impl LeafTask {
                     }
                     LeafAction::Close(bye) => {
                         outgoing.close(bye);
-                        end.get_or_insert(SessionEnd::Closed);
+                        end.get_or_insert_with(|| closed(&clock));
                     }
                     LeafAction::Ready {
                         supernode,
@@ -482,7 +491,7 @@ impl LeafTask {
                 "the connection to the supernode ended".into(),
             )));
         }
-        end.unwrap_or(SessionEnd::Closed)
+        end.unwrap_or_else(|| closed(&clock))
     }
 
     fn answer_finished_searches(&mut self, session: &mut LeafSession, now: canopy_core::Time) {

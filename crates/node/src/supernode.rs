@@ -48,6 +48,8 @@ pub struct SupernodeOptions {
     pub max_supernode_peers: usize,
     /// First redial delay; doubles up to a minute.
     pub redial_initial: Duration,
+    /// A connection that has not completed its handshake by then is closed.
+    pub handshake_timeout: Duration,
 }
 
 impl SupernodeOptions {
@@ -61,6 +63,7 @@ impl SupernodeOptions {
             max_leaves: 1_000,
             max_supernode_peers: 32,
             redial_initial: Duration::from_millis(500),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -164,6 +167,7 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
     config.ttl_cap = options.ttl_cap;
     config.max_leaves = options.max_leaves;
     config.max_supernode_peers = options.max_supernode_peers;
+    config.handshake_timeout = options.handshake_timeout;
     let max_connections = options.max_leaves + options.max_supernode_peers + HANDSHAKE_HEADROOM;
 
     let shutdown = CancellationToken::new();
