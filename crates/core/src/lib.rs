@@ -16,6 +16,7 @@
 
 pub mod backoff;
 pub mod dedup;
+pub mod download;
 pub mod handshake;
 pub mod index;
 pub mod leaf;
@@ -24,6 +25,7 @@ pub mod search;
 pub mod supernode;
 pub mod time;
 pub mod tokenize;
+pub mod tree;
 
 pub use time::Time;
 

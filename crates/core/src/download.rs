@@ -1,0 +1,497 @@
+//! Download planning: which groups of a file to ask which source for, and
+//! what to do when a source misbehaves.
+//!
+//! The plan hands out requests, each a run of contiguous missing groups,
+//! to sources with a free request slot, least busy first, so more sources
+//! means more groups in flight. The driver streams each response, verifies
+//! every group against the [`crate::tree::VerifiedTree`] and reports it.
+//! A source that sends a bad group, truncates a response, fails or stalls
+//! is dropped with the reason; its outstanding groups return to the pool
+//! and go to the others. A source that is merely busy (no upload slot) is
+//! paused, not dropped. Groups verified in an earlier run are never asked
+//! for again.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
+use std::time::Duration;
+
+use crate::Time;
+use crate::tree::{group_count, group_range};
+
+/// Tunables of a download.
+#[derive(Debug, Clone)]
+pub struct DownloadConfig {
+    /// Requests in flight per source.
+    pub requests_per_source: usize,
+    /// Groups asked for in one request.
+    pub groups_per_request: u64,
+    /// A request that makes no progress for this long drops its source.
+    pub stall_timeout: Duration,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        Self {
+            requests_per_source: 2,
+            groups_per_request: 8,
+            stall_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A source, by its index in the order it was added.
+pub type SourceId = usize;
+/// A request, numbered from 1.
+pub type RequestId = u64;
+
+/// Something to fetch: `groups` of the file, from `source`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Its id, for reporting back.
+    pub id: RequestId,
+    /// Whom to ask.
+    pub source: SourceId,
+    /// Which groups, in order.
+    pub groups: Range<u64>,
+}
+
+/// What the driver should know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownloadEvent {
+    /// This source is no longer used, for this reason.
+    SourceDropped {
+        /// Which.
+        source: SourceId,
+        /// Why, for the log.
+        reason: String,
+    },
+    /// Stop this request (its source was dropped).
+    Cancel(RequestId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Group {
+    Missing,
+    InFlight(RequestId),
+    Verified,
+}
+
+#[derive(Debug)]
+struct Source {
+    dropped: bool,
+    paused_until: Time,
+    in_flight: usize,
+    bytes: u64,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    source: SourceId,
+    groups: Range<u64>,
+    /// The next group expected on this request's stream.
+    next: u64,
+    last_progress: Time,
+}
+
+/// The state of one file's download. See the module documentation.
+#[derive(Debug)]
+pub struct DownloadPlan {
+    size: u64,
+    config: DownloadConfig,
+    groups: Vec<Group>,
+    verified: u64,
+    sources: Vec<Source>,
+    requests: BTreeMap<RequestId, InFlight>,
+    next_request: RequestId,
+    events: VecDeque<DownloadEvent>,
+}
+
+impl DownloadPlan {
+    /// A plan for a file of `size` bytes of which `verified` groups are
+    /// already on disk and checked.
+    pub fn new(size: u64, verified: impl IntoIterator<Item = u64>, config: DownloadConfig) -> Self {
+        let count = group_count(size);
+        let mut groups = vec![Group::Missing; usize::try_from(count).unwrap_or(usize::MAX)];
+        let mut done = 0;
+        for index in verified {
+            if let Some(g) = groups.get_mut(usize::try_from(index).unwrap_or(usize::MAX)) {
+                if *g != Group::Verified {
+                    *g = Group::Verified;
+                    done += 1;
+                }
+            }
+        }
+        Self {
+            size,
+            config,
+            groups,
+            verified: done,
+            sources: Vec::new(),
+            requests: BTreeMap::new(),
+            next_request: 1,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Adds a source; returns its id.
+    pub fn add_source(&mut self) -> SourceId {
+        self.sources.push(Source {
+            dropped: false,
+            paused_until: Time::ZERO,
+            in_flight: 0,
+            bytes: 0,
+        });
+        self.sources.len() - 1
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<DownloadEvent> {
+        self.events.pop_front()
+    }
+
+    /// True when every group is verified.
+    pub fn is_complete(&self) -> bool {
+        self.verified == self.groups.len() as u64
+    }
+
+    /// Sources still in use (not dropped).
+    pub fn active_sources(&self) -> usize {
+        self.sources.iter().filter(|s| !s.dropped).count()
+    }
+
+    /// Sources with a request in flight.
+    pub fn busy_sources(&self) -> usize {
+        self.sources
+            .iter()
+            .filter(|s| !s.dropped && s.in_flight > 0)
+            .count()
+    }
+
+    /// Verified bytes so far, this run and earlier ones.
+    pub fn verified_bytes(&self) -> u64 {
+        self.groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| **g == Group::Verified)
+            .map(|(i, _)| {
+                let r = group_range(self.size, i as u64);
+                r.end - r.start
+            })
+            .sum()
+    }
+
+    /// Verified bytes received from `source` in this run.
+    pub fn bytes_from(&self, source: SourceId) -> u64 {
+        self.sources.get(source).map_or(0, |s| s.bytes)
+    }
+
+    /// Indices of the verified groups.
+    pub fn verified_groups(&self) -> impl Iterator<Item = u64> + '_ {
+        self.groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| **g == Group::Verified)
+            .map(|(i, _)| i as u64)
+    }
+
+    /// True if nothing can make progress: groups are missing and every
+    /// source has been dropped.
+    pub fn is_stuck(&self) -> bool {
+        !self.is_complete() && self.active_sources() == 0
+    }
+
+    /// The earliest time a paused source may be asked again, if any is paused.
+    pub fn next_wakeup(&self, now: Time) -> Option<Time> {
+        self.sources
+            .iter()
+            .filter(|s| !s.dropped && s.paused_until > now)
+            .map(|s| s.paused_until)
+            .min()
+    }
+
+    /// The next request to make, if a source has a free slot and groups
+    /// are missing. Call until `None`.
+    pub fn next_request(&mut self, now: Time) -> Option<Request> {
+        let source = self
+            .sources
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                !s.dropped && s.paused_until <= now && s.in_flight < self.config.requests_per_source
+            })
+            .min_by_key(|(_, s)| s.in_flight)
+            .map(|(id, _)| id)?;
+        let start = self.groups.iter().position(|g| *g == Group::Missing)? as u64;
+        let mut end = start + 1;
+        while end < self.groups.len() as u64
+            && end - start < self.config.groups_per_request
+            && self.groups[end as usize] == Group::Missing
+        {
+            end += 1;
+        }
+        let id = self.next_request;
+        self.next_request += 1;
+        for g in start..end {
+            self.groups[g as usize] = Group::InFlight(id);
+        }
+        self.sources[source].in_flight += 1;
+        self.requests.insert(
+            id,
+            InFlight {
+                source,
+                groups: start..end,
+                next: start,
+                last_progress: now,
+            },
+        );
+        Some(Request {
+            id,
+            source,
+            groups: start..end,
+        })
+    }
+
+    /// Group `group` of `request` arrived and verified.
+    pub fn handle_group_verified(&mut self, request: RequestId, group: u64, now: Time) {
+        let Some(inflight) = self.requests.get_mut(&request) else {
+            return; // cancelled already
+        };
+        if group != inflight.next || !inflight.groups.contains(&group) {
+            return;
+        }
+        inflight.next += 1;
+        inflight.last_progress = now;
+        let source = inflight.source;
+        if self.groups[group as usize] != Group::Verified {
+            self.groups[group as usize] = Group::Verified;
+            self.verified += 1;
+            let r = group_range(self.size, group);
+            self.sources[source].bytes += r.end - r.start;
+        }
+    }
+
+    /// Group `group` of `request` arrived but failed verification.
+    pub fn handle_group_bad(&mut self, request: RequestId, group: u64) {
+        if let Some(source) = self.requests.get(&request).map(|r| r.source) {
+            self.drop_source(
+                source,
+                format!("sent bytes that failed verification (group {group})"),
+            );
+        }
+    }
+
+    /// `request`'s response ended. If it ended before its last group, the
+    /// source truncated it and is dropped.
+    pub fn handle_request_done(&mut self, request: RequestId) {
+        let Some(inflight) = self.requests.get(&request) else {
+            return;
+        };
+        if inflight.next < inflight.groups.end {
+            let source = inflight.source;
+            self.drop_source(
+                source,
+                format!("response ended early, at group {}", inflight.next),
+            );
+        } else {
+            self.finish(request);
+        }
+    }
+
+    /// `request` failed outright (connection refused, bad status, ...).
+    pub fn handle_request_failed(&mut self, request: RequestId, reason: String) {
+        if let Some(source) = self.requests.get(&request).map(|r| r.source) {
+            self.drop_source(source, reason);
+        }
+    }
+
+    /// `request` was refused because the source is busy: try it again
+    /// after `retry_after`, and give its groups to others meanwhile.
+    pub fn handle_request_busy(&mut self, request: RequestId, retry_after: Duration, now: Time) {
+        if let Some(source) = self.requests.get(&request).map(|r| r.source) {
+            self.sources[source].paused_until = now + retry_after;
+            self.finish(request);
+        }
+    }
+
+    /// Drops sources whose requests made no progress for the stall timeout.
+    pub fn handle_timeout(&mut self, now: Time) {
+        let stalled: Vec<SourceId> = self
+            .requests
+            .values()
+            .filter(|r| now.since(r.last_progress) >= self.config.stall_timeout)
+            .map(|r| r.source)
+            .collect();
+        for source in stalled {
+            let secs = self.config.stall_timeout.as_secs_f32();
+            self.drop_source(source, format!("stalled: no data for {secs:.0} s"));
+        }
+    }
+
+    /// Ends `request`, returning its unfinished groups to the pool.
+    fn finish(&mut self, request: RequestId) {
+        let Some(inflight) = self.requests.remove(&request) else {
+            return;
+        };
+        for g in inflight.next..inflight.groups.end {
+            if self.groups[g as usize] == Group::InFlight(request) {
+                self.groups[g as usize] = Group::Missing;
+            }
+        }
+        if let Some(source) = self.sources.get_mut(inflight.source) {
+            source.in_flight = source.in_flight.saturating_sub(1);
+        }
+    }
+
+    fn drop_source(&mut self, source: SourceId, reason: String) {
+        let Some(entry) = self.sources.get_mut(source) else {
+            return;
+        };
+        if entry.dropped {
+            return;
+        }
+        entry.dropped = true;
+        let doomed: Vec<RequestId> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.source == source)
+            .map(|(id, _)| *id)
+            .collect();
+        for request in doomed {
+            self.finish(request);
+            self.events.push_back(DownloadEvent::Cancel(request));
+        }
+        self.events
+            .push_back(DownloadEvent::SourceDropped { source, reason });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::GROUP_LEN;
+
+    fn config() -> DownloadConfig {
+        DownloadConfig {
+            requests_per_source: 1,
+            groups_per_request: 2,
+            stall_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Serves every request fully and correctly.
+    fn complete(plan: &mut DownloadPlan, request: &Request, now: Time) {
+        for g in request.groups.clone() {
+            plan.handle_group_verified(request.id, g, now);
+        }
+        plan.handle_request_done(request.id);
+    }
+
+    #[test]
+    fn requests_spread_over_sources_and_finish() {
+        let mut plan = DownloadPlan::new(5 * GROUP_LEN, [], config());
+        let (a, b) = (plan.add_source(), plan.add_source());
+        let r1 = plan.next_request(Time(0)).unwrap();
+        let r2 = plan.next_request(Time(0)).unwrap();
+        assert_eq!((r1.source, r1.groups.clone()), (a, 0..2));
+        assert_eq!((r2.source, r2.groups.clone()), (b, 2..4));
+        assert_eq!(plan.next_request(Time(0)), None, "one request per source");
+        complete(&mut plan, &r1, Time(1));
+        let r3 = plan.next_request(Time(1)).unwrap();
+        assert_eq!((r3.source, r3.groups.clone()), (a, 4..5));
+        complete(&mut plan, &r2, Time(2));
+        complete(&mut plan, &r3, Time(2));
+        assert!(plan.is_complete());
+        assert_eq!(plan.bytes_from(a) + plan.bytes_from(b), 5 * GROUP_LEN);
+    }
+
+    #[test]
+    fn a_bad_group_drops_the_source_and_another_refetches_it() {
+        let mut plan = DownloadPlan::new(4 * GROUP_LEN, [], config());
+        let (bad, good) = (plan.add_source(), plan.add_source());
+        let r1 = plan.next_request(Time(0)).unwrap();
+        let r2 = plan.next_request(Time(0)).unwrap();
+        assert_eq!(r1.source, bad);
+        plan.handle_group_verified(r1.id, 0, Time(1));
+        plan.handle_group_bad(r1.id, 1);
+        assert!(matches!(
+            plan.poll_event(),
+            Some(DownloadEvent::Cancel(id)) if id == r1.id
+        ));
+        assert!(matches!(
+            plan.poll_event(),
+            Some(DownloadEvent::SourceDropped { source, .. }) if source == bad
+        ));
+        complete(&mut plan, &r2, Time(2));
+        let r3 = plan.next_request(Time(2)).unwrap();
+        assert_eq!((r3.source, r3.groups.clone()), (good, 1..2));
+        complete(&mut plan, &r3, Time(3));
+        assert!(plan.is_complete());
+        assert_eq!(plan.bytes_from(bad), GROUP_LEN, "its good group counts");
+    }
+
+    #[test]
+    fn a_truncated_or_stalled_response_drops_the_source() {
+        let mut plan = DownloadPlan::new(4 * GROUP_LEN, [], config());
+        let (a, b) = (plan.add_source(), plan.add_source());
+        let r1 = plan.next_request(Time(0)).unwrap();
+        let r2 = plan.next_request(Time(0)).unwrap();
+        plan.handle_group_verified(r1.id, 0, Time(1));
+        plan.handle_request_done(r1.id); // stopped after one of two groups
+        match plan.poll_event() {
+            Some(DownloadEvent::SourceDropped { source, reason }) => {
+                assert_eq!(source, a);
+                assert!(reason.contains("ended early"), "{reason}");
+            }
+            other => panic!("expected a drop, got {other:?}"),
+        }
+        assert_eq!(plan.active_sources(), 1);
+        // b stalls.
+        plan.handle_timeout(Time(4_999));
+        assert_eq!(plan.active_sources(), 1);
+        plan.handle_timeout(Time(5_000));
+        assert_eq!(plan.active_sources(), 0);
+        assert!(plan.is_stuck());
+        assert!(matches!(
+            plan.poll_event(),
+            Some(DownloadEvent::Cancel(id)) if id == r2.id
+        ));
+        assert!(matches!(
+            plan.poll_event(),
+            Some(DownloadEvent::SourceDropped { source, .. }) if source == b
+        ));
+    }
+
+    #[test]
+    fn verified_groups_from_before_are_never_requested() {
+        let mut plan = DownloadPlan::new(4 * GROUP_LEN, [0, 1, 3], config());
+        plan.add_source();
+        let r = plan.next_request(Time(0)).unwrap();
+        assert_eq!(r.groups, 2..3);
+        complete(&mut plan, &r, Time(1));
+        assert!(plan.is_complete());
+        assert_eq!(plan.bytes_from(0), GROUP_LEN);
+    }
+
+    #[test]
+    fn a_busy_source_is_paused_not_dropped() {
+        let mut plan = DownloadPlan::new(2 * GROUP_LEN, [], config());
+        let a = plan.add_source();
+        let r = plan.next_request(Time(0)).unwrap();
+        plan.handle_request_busy(r.id, Duration::from_secs(2), Time(0));
+        assert_eq!(plan.active_sources(), 1);
+        assert_eq!(plan.next_request(Time(1_000)), None);
+        assert_eq!(plan.next_wakeup(Time(1_000)), Some(Time(2_000)));
+        let again = plan.next_request(Time(2_000)).unwrap();
+        assert_eq!((again.source, again.groups), (a, 0..2));
+    }
+
+    #[test]
+    fn an_empty_file_is_one_group() {
+        let mut plan = DownloadPlan::new(0, [], config());
+        plan.add_source();
+        let r = plan.next_request(Time(0)).unwrap();
+        assert_eq!(r.groups, 0..1);
+        complete(&mut plan, &r, Time(0));
+        assert!(plan.is_complete());
+    }
+}

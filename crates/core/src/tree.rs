@@ -1,0 +1,257 @@
+//! The verification tree: how a downloader checks every chunk of a file
+//! against its content id alone.
+//!
+//! A file is cut into groups of [`GROUP_LEN`] bytes (the last may be
+//! shorter). BLAKE3 is itself a tree over 1 KiB chunks, and because a group
+//! is a power-of-two number of chunks, each group is a whole subtree: its
+//! chaining value (CV) can be computed alone, and the CVs of all groups
+//! merge, by BLAKE3's own rule (the left subtree holds the largest power of
+//! two of groups that leaves the right one non-empty), into the root hash,
+//! which is the content id.
+//!
+//! So a source sends the list of group CVs (32 bytes a MiB: 32 KiB for a
+//! GiB); the downloader merges them and checks the root against the id.
+//! Then each group that arrives is hashed and compared with its CV before a
+//! byte of it is kept. A file of a single group has no CV list: its bytes
+//! are checked against the id directly.
+
+use blake3::hazmat::{
+    ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root,
+};
+use canopy_proto::ContentId;
+
+/// Bytes per group: 1 MiB, a power-of-two number of BLAKE3 chunks.
+pub const GROUP_LEN: u64 = 1 << 20;
+
+/// Why a tree or a group did not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TreeError {
+    /// The CV list has the wrong length for the file's size.
+    #[error("expected {expected} bytes of chaining values, got {got}")]
+    WrongLength {
+        /// Expected bytes.
+        expected: usize,
+        /// Received bytes.
+        got: usize,
+    },
+    /// The CVs do not merge into the content id.
+    #[error("chaining values do not match the content id")]
+    RootMismatch,
+    /// A group's bytes do not match its CV.
+    #[error("group {0} does not match its chaining value")]
+    GroupMismatch(u64),
+    /// A group index or length outside the file.
+    #[error("group {0} is outside the file or has the wrong length")]
+    BadGroup(u64),
+}
+
+/// How many groups a file of `size` bytes has (an empty file has one, empty).
+pub fn group_count(size: u64) -> u64 {
+    size.div_ceil(GROUP_LEN).max(1)
+}
+
+/// The byte range of group `index` in a file of `size` bytes.
+pub fn group_range(size: u64, index: u64) -> std::ops::Range<u64> {
+    let start = index.saturating_mul(GROUP_LEN).min(size);
+    let end = start.saturating_add(GROUP_LEN).min(size);
+    start..end
+}
+
+/// The CV of group `index`, whose bytes are `data`. Only files of two or
+/// more groups have CVs, and none of their groups is empty.
+pub fn group_cv(index: u64, data: &[u8]) -> ChainingValue {
+    debug_assert!(!data.is_empty(), "multi-group files have no empty group");
+    let mut hasher = blake3::Hasher::new();
+    hasher.set_input_offset(index * GROUP_LEN);
+    hasher.update(data);
+    hasher.finalize_non_root()
+}
+
+/// Merges the CVs of groups `cvs` (a whole subtree) into one CV.
+fn merge_non_root(cvs: &[ChainingValue]) -> ChainingValue {
+    match cvs {
+        [one] => *one,
+        _ => {
+            let left = left_len(cvs.len());
+            let (l, r) = cvs.split_at(left);
+            merge_subtrees_non_root(&merge_non_root(l), &merge_non_root(r), Mode::Hash)
+        }
+    }
+}
+
+/// Groups in the left subtree of `n` groups: the largest power of two below n.
+fn left_len(n: usize) -> usize {
+    debug_assert!(n >= 2);
+    1 << (usize::BITS - 1 - (n - 1).leading_zeros())
+}
+
+/// The CVs of a file of several groups, verified: they merge into `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedTree {
+    size: u64,
+    id: ContentId,
+    /// Empty for a single-group file.
+    cvs: Vec<ChainingValue>,
+}
+
+impl VerifiedTree {
+    /// Checks `bytes` (the concatenated CVs a source sent) against `id`.
+    pub fn from_bytes(id: ContentId, size: u64, bytes: &[u8]) -> Result<Self, TreeError> {
+        let groups = group_count(size);
+        let expected = if groups == 1 { 0 } else { groups as usize * 32 };
+        if bytes.len() != expected {
+            return Err(TreeError::WrongLength {
+                expected,
+                got: bytes.len(),
+            });
+        }
+        let cvs: Vec<ChainingValue> = bytes
+            .chunks_exact(32)
+            .map(|c| {
+                let mut cv = [0u8; 32];
+                cv.copy_from_slice(c);
+                cv
+            })
+            .collect();
+        if cvs.len() >= 2 {
+            let left = left_len(cvs.len());
+            let (l, r) = cvs.split_at(left);
+            let root = merge_subtrees_root(&merge_non_root(l), &merge_non_root(r), Mode::Hash);
+            if *root.as_bytes() != id.0 {
+                return Err(TreeError::RootMismatch);
+            }
+        }
+        Ok(Self { size, id, cvs })
+    }
+
+    /// The file's size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Number of groups.
+    pub fn groups(&self) -> u64 {
+        group_count(self.size)
+    }
+
+    /// Checks the bytes of group `index`.
+    pub fn verify_group(&self, index: u64, data: &[u8]) -> Result<(), TreeError> {
+        let range = group_range(self.size, index);
+        if index >= self.groups() || data.len() as u64 != range.end - range.start {
+            return Err(TreeError::BadGroup(index));
+        }
+        let ok = if self.cvs.is_empty() {
+            *blake3::hash(data).as_bytes() == self.id.0
+        } else {
+            self.cvs.get(index as usize) == Some(&group_cv(index, data))
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(TreeError::GroupMismatch(index))
+        }
+    }
+}
+
+/// The CV list of a file whose groups are `groups` (in order): what a
+/// source serves. Empty for a single-group file.
+pub fn encode_cvs(cvs: &[ChainingValue]) -> Vec<u8> {
+    if cvs.len() < 2 {
+        return Vec::new();
+    }
+    cvs.iter().flatten().copied().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 253) as u8).collect()
+    }
+
+    fn cvs_of(bytes: &[u8]) -> Vec<ChainingValue> {
+        let size = bytes.len() as u64;
+        if group_count(size) == 1 {
+            return Vec::new();
+        }
+        (0..group_count(size))
+            .map(|i| {
+                let r = group_range(size, i);
+                group_cv(i, &bytes[r.start as usize..r.end as usize])
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_tree_of_groups_merges_into_the_blake3_hash() {
+        let g = GROUP_LEN as usize;
+        for len in [
+            0,
+            1,
+            1024,
+            g - 1,
+            g,
+            g + 1,
+            2 * g,
+            3 * g + 5,
+            4 * g,
+            5 * g,
+            7 * g + 1,
+        ] {
+            let bytes = data(len);
+            let id = ContentId(*blake3::hash(&bytes).as_bytes());
+            let encoded = encode_cvs(&cvs_of(&bytes));
+            let tree = VerifiedTree::from_bytes(id, len as u64, &encoded)
+                .unwrap_or_else(|e| panic!("len {len}: {e}"));
+            for i in 0..tree.groups() {
+                let r = group_range(len as u64, i);
+                assert_eq!(
+                    tree.verify_group(i, &bytes[r.start as usize..r.end as usize]),
+                    Ok(())
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_flipped_bit_is_caught_in_the_tree_and_in_a_group() {
+        let len = 3 * GROUP_LEN as usize + 100;
+        let bytes = data(len);
+        let id = ContentId(*blake3::hash(&bytes).as_bytes());
+        let mut encoded = encode_cvs(&cvs_of(&bytes));
+        encoded[40] ^= 1;
+        assert_eq!(
+            VerifiedTree::from_bytes(id, len as u64, &encoded),
+            Err(TreeError::RootMismatch)
+        );
+        encoded[40] ^= 1;
+        assert!(matches!(
+            VerifiedTree::from_bytes(id, len as u64, &encoded[..64]),
+            Err(TreeError::WrongLength { .. })
+        ));
+        let tree = VerifiedTree::from_bytes(id, len as u64, &encoded).unwrap();
+        let mut group = bytes[GROUP_LEN as usize..2 * GROUP_LEN as usize].to_vec();
+        group[12345] ^= 0x80;
+        assert_eq!(
+            tree.verify_group(1, &group),
+            Err(TreeError::GroupMismatch(1))
+        );
+        assert_eq!(
+            tree.verify_group(1, &group[..10]),
+            Err(TreeError::BadGroup(1))
+        );
+        assert_eq!(tree.verify_group(9, &group), Err(TreeError::BadGroup(9)));
+    }
+
+    #[test]
+    fn a_single_group_file_is_checked_against_the_id() {
+        let bytes = data(5000);
+        let id = ContentId(*blake3::hash(&bytes).as_bytes());
+        let tree = VerifiedTree::from_bytes(id, 5000, &[]).unwrap();
+        assert_eq!(tree.verify_group(0, &bytes), Ok(()));
+        let mut bad = bytes.clone();
+        bad[0] ^= 1;
+        assert_eq!(tree.verify_group(0, &bad), Err(TreeError::GroupMismatch(0)));
+    }
+}
