@@ -300,6 +300,7 @@ impl DownloadPlan {
     /// `request` failed outright (connection refused, bad status, ...).
     pub fn handle_request_failed(&mut self, request: RequestId, reason: String) {
         if let Some(source) = self.requests.get(&request).map(|r| r.source) {
+            self.finish(request);
             self.drop_source(source, reason);
         }
     }
@@ -415,12 +416,13 @@ mod tests {
         plan.handle_group_bad(r1.id, 1);
         assert!(matches!(
             plan.poll_event(),
-            Some(DownloadEvent::Cancel(id)) if id == r1.id
-        ));
-        assert!(matches!(
-            plan.poll_event(),
             Some(DownloadEvent::SourceDropped { source, .. }) if source == bad
         ));
+        assert_eq!(
+            plan.poll_event(),
+            None,
+            "no Cancel for the request that reported"
+        );
         complete(&mut plan, &r2, Time(2));
         let r3 = plan.next_request(Time(2)).unwrap();
         assert_eq!((r3.source, r3.groups.clone()), (good, 1..2));
