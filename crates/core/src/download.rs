@@ -273,6 +273,8 @@ impl DownloadPlan {
     /// Group `group` of `request` arrived but failed verification.
     pub fn handle_group_bad(&mut self, request: RequestId, group: u64) {
         if let Some(source) = self.requests.get(&request).map(|r| r.source) {
+            // The driver stops reading this request itself; no Cancel for it.
+            self.finish(request);
             self.drop_source(
                 source,
                 format!("sent bytes that failed verification (group {group})"),
@@ -286,14 +288,13 @@ impl DownloadPlan {
         let Some(inflight) = self.requests.get(&request) else {
             return;
         };
-        if inflight.next < inflight.groups.end {
-            let source = inflight.source;
+        let (source, stopped_at, end) = (inflight.source, inflight.next, inflight.groups.end);
+        self.finish(request);
+        if stopped_at < end {
             self.drop_source(
                 source,
-                format!("response ended early, at group {}", inflight.next),
+                format!("response ended early, at group {stopped_at}"),
             );
-        } else {
-            self.finish(request);
         }
     }
 
