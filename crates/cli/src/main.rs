@@ -38,6 +38,8 @@ enum Command {
     Leaf(commands::leaf::Args),
     /// Search the overlay through a supernode.
     Search(commands::search::Args),
+    /// Download a file by content id from every source at once, verified.
+    Get(commands::get::Args),
     /// Start a small overlay on 127.0.0.1, search it, and show what was found.
     Demo(commands::demo::Args),
 }
@@ -55,7 +57,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Supernode(_) | Command::Leaf(_) => "info",
-        Command::Search(_) | Command::Demo(_) => "warn",
+        Command::Search(_) | Command::Get(_) | Command::Demo(_) => "warn",
     };
     init_logging(default_level);
     let runtime = match tokio::runtime::Runtime::new() {
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
             Command::Supernode(args) => commands::supernode::run(args).await,
             Command::Leaf(args) => commands::leaf::run(args).await,
             Command::Search(args) => commands::search::run(args).await,
+            Command::Get(args) => commands::get::run(args).await,
             Command::Demo(args) => commands::demo::run(args).await,
         }
     });

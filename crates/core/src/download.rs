@@ -16,7 +16,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 use crate::Time;
-use crate::tree::{group_count, group_range};
+use crate::tree::{MAX_DOWNLOAD_SIZE, group_count, group_range, group_slot};
 
 /// Tunables of a download.
 #[derive(Debug, Clone)]
@@ -109,9 +109,11 @@ pub struct DownloadPlan {
 impl DownloadPlan {
     /// A plan for a file of `size` bytes of which `verified` groups are
     /// already on disk and checked.
+    /// `size` must be at most [`MAX_DOWNLOAD_SIZE`]; larger sizes are
+    /// clamped so the plan's memory stays bounded whatever the caller does.
     pub fn new(size: u64, verified: impl IntoIterator<Item = u64>, config: DownloadConfig) -> Self {
-        let count = group_count(size);
-        let mut groups = vec![Group::Missing; usize::try_from(count).unwrap_or(usize::MAX)];
+        let size = size.min(MAX_DOWNLOAD_SIZE);
+        let mut groups = vec![Group::Missing; group_slot(group_count(size))];
         let mut done = 0;
         for index in verified {
             if let Some(g) = groups.get_mut(usize::try_from(index).unwrap_or(usize::MAX)) {
@@ -223,16 +225,15 @@ impl DownloadPlan {
             .map(|(id, _)| id)?;
         let start = self.groups.iter().position(|g| *g == Group::Missing)? as u64;
         let mut end = start + 1;
-        while end < self.groups.len() as u64
-            && end - start < self.config.groups_per_request
-            && self.groups[end as usize] == Group::Missing
+        while end - start < self.config.groups_per_request
+            && self.groups.get(group_slot(end)) == Some(&Group::Missing)
         {
             end += 1;
         }
         let id = self.next_request;
         self.next_request += 1;
-        for g in start..end {
-            self.groups[g as usize] = Group::InFlight(id);
+        for g in &mut self.groups[group_slot(start)..group_slot(end)] {
+            *g = Group::InFlight(id);
         }
         self.sources[source].in_flight += 1;
         self.requests.insert(
@@ -262,8 +263,11 @@ impl DownloadPlan {
         inflight.next += 1;
         inflight.last_progress = now;
         let source = inflight.source;
-        if self.groups[group as usize] != Group::Verified {
-            self.groups[group as usize] = Group::Verified;
+        let Some(state) = self.groups.get_mut(group_slot(group)) else {
+            return;
+        };
+        if *state != Group::Verified {
+            *state = Group::Verified;
             self.verified += 1;
             let r = group_range(self.size, group);
             self.sources[source].bytes += r.end - r.start;
@@ -335,8 +339,10 @@ impl DownloadPlan {
             return;
         };
         for g in inflight.next..inflight.groups.end {
-            if self.groups[g as usize] == Group::InFlight(request) {
-                self.groups[g as usize] = Group::Missing;
+            if let Some(state) = self.groups.get_mut(group_slot(g)) {
+                if *state == Group::InFlight(request) {
+                    *state = Group::Missing;
+                }
             }
         }
         if let Some(source) = self.sources.get_mut(inflight.source) {

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use canopy_proto::limits::{HARD_MAX_TTL, MAX_FILES_PER_MESSAGE};
 use canopy_proto::{
-    ByeReason, ContentId, FrameError, HandshakeOutcome, Hello, Message, MessageId, Query,
-    RejectReason, Role, SharedFile,
+    ByeReason, ContentId, FrameError, HandshakeOutcome, Hello, Message, MessageId, NodeId, Push,
+    Query, RejectReason, Role, SharedFile,
 };
 
 use crate::Time;
@@ -44,6 +44,14 @@ pub enum LeafAction {
         detail: String,
         /// Where it suggests we go instead.
         try_supernodes: Vec<SocketAddr>,
+    },
+    /// A downloader asks us, through the overlay, to connect out to
+    /// `callback_addr` and serve `content_id` (we are firewalled).
+    PushRequested {
+        /// The file wanted.
+        content_id: ContentId,
+        /// Where to connect.
+        callback_addr: SocketAddr,
     },
 }
 
@@ -187,6 +195,15 @@ impl LeafSession {
                 }));
             }
             (State::Ready, Message::Pong { .. }) => {}
+            (State::Ready, Message::Push(push)) => {
+                // Pushes for others would be a supernode's mistake; ignore them.
+                if push.target_node_id == self.identity.node_id {
+                    self.actions.push_back(LeafAction::PushRequested {
+                        content_id: push.content_id,
+                        callback_addr: push.callback_addr,
+                    });
+                }
+            }
             (State::Ready, Message::QueryHit(hit)) => {
                 if let Some(search) = self.searches.get_mut(&hit.message_id) {
                     search.handle_hit(&hit, now);
@@ -243,6 +260,28 @@ impl LeafSession {
         self.searches.insert(message_id, session);
         self.actions
             .push_back(LeafAction::Send(Message::Query(query)));
+        Ok(())
+    }
+
+    /// Asks firewalled leaf `target` to connect to `callback_addr` and
+    /// serve `content_id`.
+    pub fn send_push(
+        &mut self,
+        message_id: MessageId,
+        target: NodeId,
+        content_id: ContentId,
+        callback_addr: SocketAddr,
+    ) -> Result<(), SearchError> {
+        if self.state != State::Ready {
+            return Err(SearchError::NotConnected);
+        }
+        self.send(Message::Push(Push {
+            message_id,
+            target_node_id: target,
+            content_id,
+            callback_addr,
+            hops: 0,
+        }));
         Ok(())
     }
 

@@ -1,12 +1,13 @@
-//! The reverse-path route table: for each query this node handled, the
-//! connection it came from, so hits can travel back the same way. Entries
-//! expire, and the table is capped; the least recently used entry goes
-//! first when it is full.
+//! Reverse-path route tables: for each query this node handled, the
+//! connection it came from, so hits can travel back the same way; and for
+//! each source whose hit it passed on, the connection the hit came from, so
+//! a push can travel to the source. Entries expire, and each table is
+//! capped; the least recently used entry goes first when it is full.
 
+use std::hash::Hash;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-use canopy_proto::MessageId;
 use lru::LruCache;
 
 use crate::{ConnId, Time};
@@ -17,14 +18,15 @@ struct Route {
     expires: Time,
 }
 
-/// Maps query ids to the connection their hits go back to.
+/// Maps keys (query ids, source node ids) to the connection that leads
+/// back towards them.
 #[derive(Debug)]
-pub struct RouteTable {
-    routes: LruCache<MessageId, Route>,
+pub struct RouteTable<K: Hash + Eq> {
+    routes: LruCache<K, Route>,
     lifetime: Duration,
 }
 
-impl RouteTable {
+impl<K: Hash + Eq> RouteTable<K> {
     /// At most `capacity` routes, each kept for `lifetime`.
     pub fn new(capacity: usize, lifetime: Duration) -> Self {
         Self {
@@ -33,14 +35,14 @@ impl RouteTable {
         }
     }
 
-    /// Remembers that hits for `id` go back to `back_to`.
-    pub fn insert(&mut self, id: MessageId, back_to: ConnId, now: Time) {
+    /// Remembers that messages for `id` go back to `back_to`.
+    pub fn insert(&mut self, id: K, back_to: ConnId, now: Time) {
         let expires = now + self.lifetime;
         self.routes.put(id, Route { back_to, expires });
     }
 
-    /// Where hits for `id` go, if the route is known and has not expired.
-    pub fn lookup(&mut self, id: &MessageId, now: Time) -> Option<ConnId> {
+    /// Where messages for `id` go, if the route is known and has not expired.
+    pub fn lookup(&mut self, id: &K, now: Time) -> Option<ConnId> {
         match self.routes.get(id) {
             Some(route) if route.expires > now => Some(route.back_to),
             Some(_) => {
@@ -75,6 +77,7 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use canopy_proto::MessageId;
 
     #[test]
     fn routes_expire_and_are_capped() {

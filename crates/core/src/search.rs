@@ -18,8 +18,10 @@ pub const MAX_SOURCES_PER_RESULT: usize = 64;
 pub struct Source {
     /// Its node id.
     pub node_id: NodeId,
-    /// Where to reach it.
+    /// Where to reach it (if firewalled: where it connects from).
     pub addr: SocketAddr,
+    /// It accepts no connections: ask it to connect out with a push.
+    pub firewalled: bool,
 }
 
 /// One distinct content found.
@@ -80,6 +82,7 @@ impl SearchSession {
         let source = Source {
             node_id: hit.source_node_id,
             addr: hit.source_addr,
+            firewalled: hit.firewalled,
         };
         for file in &hit.files {
             if !self.results.contains_key(&file.content_id) {
@@ -149,6 +152,7 @@ mod tests {
                     size: u64::from(*id),
                 })
                 .collect(),
+            firewalled: false,
         }
     }
 

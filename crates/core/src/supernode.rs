@@ -4,7 +4,9 @@
 //! files, answers queries from that index and floods them to its other
 //! supernodes: TTL clamped to a cap, hops counted, never sent back where it
 //! came from, each message id handled once (an LRU of seen ids), hits
-//! routed back along the reverse path (an expiring, capped route table).
+//! routed back along the reverse path (an expiring, capped route table),
+//! and pushes for firewalled leaves routed towards them the way their hits
+//! came.
 //!
 //! Input comes through `handle_*` with the current [`Time`]; the driver
 //! drains [`Action`]s with [`Supernode::poll_action`]. The driver owns the
@@ -16,8 +18,8 @@ use std::time::Duration;
 
 use canopy_proto::limits::{HARD_MAX_TTL, MAX_ADDRESSES, MAX_FILES_PER_MESSAGE};
 use canopy_proto::{
-    ByeReason, FrameError, HandshakeOutcome, Hello, HelloReply, Message, NodeId, Query, QueryHit,
-    RejectReason, Role, SharedFile,
+    ByeReason, FrameError, HandshakeOutcome, Hello, HelloReply, Message, MessageId, NodeId, Push,
+    Query, QueryHit, RejectReason, Role, SharedFile,
 };
 
 use crate::dedup::SeenMessages;
@@ -146,6 +148,10 @@ pub struct SupernodeStats {
     pub hits_routed: u64,
     /// Hits dropped for want of a route.
     pub hits_unroutable: u64,
+    /// Pushes delivered to a leaf or passed on towards one.
+    pub pushes_routed: u64,
+    /// Pushes dropped for want of a route.
+    pub pushes_unroutable: u64,
     /// Handshakes refused.
     pub handshakes_rejected: u64,
     /// Connections closed for breaking the protocol.
@@ -161,6 +167,7 @@ enum PeerState {
     Leaf {
         node_id: NodeId,
         addr: SocketAddr,
+        firewalled: bool,
     },
     Supernode {
         node_id: NodeId,
@@ -204,7 +211,8 @@ pub struct Supernode {
     by_node: HashMap<NodeId, ConnId>,
     index: FileIndex,
     seen: SeenMessages,
-    routes: RouteTable,
+    routes: RouteTable<MessageId>,
+    push_routes: RouteTable<NodeId>,
     actions: VecDeque<Action>,
     stats: SupernodeStats,
     next_ping_nonce: u64,
@@ -217,6 +225,7 @@ impl Supernode {
         Self {
             seen: SeenMessages::new(config.seen_capacity),
             routes: RouteTable::new(config.route_capacity, config.route_lifetime),
+            push_routes: RouteTable::new(config.route_capacity, config.route_lifetime),
             config,
             peers: BTreeMap::new(),
             counts: StateCounts::default(),
@@ -364,6 +373,7 @@ impl Supernode {
             (PeerState::Supernode { .. }, Message::QueryHit(hit)) => {
                 self.route_hit(conn, hit, now);
             }
+            (_, Message::Push(push)) => self.route_push(conn, push, now),
             (PeerState::Leaf { .. }, other) => {
                 self.violation(conn, format!("{} is not allowed from a leaf", other.kind()));
             }
@@ -380,6 +390,7 @@ impl Supernode {
     /// disconnects, route expiry. Call it every second or so.
     pub fn handle_timeout(&mut self, now: Time) {
         self.routes.expire(now);
+        self.push_routes.expire(now);
         let mut to_close = Vec::new();
         let mut to_ping = Vec::new();
         for (conn, peer) in &self.peers {
@@ -516,6 +527,9 @@ impl Supernode {
             Role::Leaf => PeerState::Leaf {
                 node_id: hello.node_id,
                 addr: reachable_addr(hello.listen_addr, remote),
+                // A leaf that announces no listening address accepts no
+                // connections: downloads from it go by push.
+                firewalled: hello.listen_addr.is_none(),
             },
             Role::Supernode => PeerState::Supernode {
                 node_id: hello.node_id,
@@ -654,7 +668,11 @@ impl Supernode {
         }
         let mut hits = Vec::new();
         for (owner, files) in by_owner {
-            let Some(PeerState::Leaf { node_id, addr }) = self.peers.get(&owner).map(|p| &p.state)
+            let Some(PeerState::Leaf {
+                node_id,
+                addr,
+                firewalled,
+            }) = self.peers.get(&owner).map(|p| &p.state)
             else {
                 continue;
             };
@@ -664,6 +682,7 @@ impl Supernode {
                     source_node_id: *node_id,
                     source_addr: *addr,
                     files: chunk.to_vec(),
+                    firewalled: *firewalled,
                 });
             }
         }
@@ -677,9 +696,45 @@ impl Supernode {
         match self.routes.lookup(&hit.message_id, now) {
             Some(back) if back != from && self.peers.contains_key(&back) => {
                 self.stats.hits_routed += 1;
+                // A push for this source will come back this way.
+                self.push_routes.insert(hit.source_node_id, from, now);
                 self.send(back, Message::QueryHit(hit));
             }
             _ => self.stats.hits_unroutable += 1,
+        }
+    }
+
+    /// Delivers a push to the target leaf if it is ours, else passes it on
+    /// towards the connection its hits came from.
+    fn route_push(&mut self, from: ConnId, push: Push, now: Time) {
+        if !self.seen.first_sighting(push.message_id) {
+            return;
+        }
+        let is_our_leaf = |conn: &ConnId| {
+            matches!(
+                self.peers.get(conn).map(|p| &p.state),
+                Some(PeerState::Leaf { .. })
+            )
+        };
+        if let Some(leaf) = self
+            .by_node
+            .get(&push.target_node_id)
+            .copied()
+            .filter(is_our_leaf)
+        {
+            self.stats.pushes_routed += 1;
+            self.send(leaf, Message::Push(push));
+            return;
+        }
+        match self.push_routes.lookup(&push.target_node_id, now) {
+            Some(next)
+                if next != from && self.peers.contains_key(&next) && push.hops < HARD_MAX_TTL =>
+            {
+                self.stats.pushes_routed += 1;
+                let hops = push.hops + 1;
+                self.send(next, Message::Push(Push { hops, ..push }));
+            }
+            _ => self.stats.pushes_unroutable += 1,
         }
     }
 }

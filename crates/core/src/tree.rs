@@ -23,6 +23,17 @@ use canopy_proto::ContentId;
 /// Bytes per group: 1 MiB, a power-of-two number of BLAKE3 chunks.
 pub const GROUP_LEN: u64 = 1 << 20;
 
+/// The largest file Canopy will download: 1 TiB, so a million groups and a
+/// 32 MiB tree at most. A size in a hit is a peer's claim; anything larger
+/// is refused before a byte is allocated for it.
+pub const MAX_DOWNLOAD_SIZE: u64 = 1 << 40;
+
+/// A group index as a `usize`, for indexing in-memory tables. Sizes are
+/// capped at [`MAX_DOWNLOAD_SIZE`], so indices stay far below `u32::MAX`.
+pub fn group_slot(index: u64) -> usize {
+    usize::try_from(index).unwrap_or(usize::MAX)
+}
+
 /// Why a tree or a group did not verify.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TreeError {
@@ -55,6 +66,12 @@ pub fn group_range(size: u64, index: u64) -> std::ops::Range<u64> {
     let start = index.saturating_mul(GROUP_LEN).min(size);
     let end = start.saturating_add(GROUP_LEN).min(size);
     start..end
+}
+
+/// The length of group `index` of a file of `size` bytes (at most 1 MiB).
+pub fn group_len(size: u64, index: u64) -> usize {
+    let range = group_range(size, index);
+    group_slot(range.end - range.start)
 }
 
 /// The CV of group `index`, whose bytes are `data`. Only files of two or
@@ -98,7 +115,11 @@ impl VerifiedTree {
     /// Checks `bytes` (the concatenated CVs a source sent) against `id`.
     pub fn from_bytes(id: ContentId, size: u64, bytes: &[u8]) -> Result<Self, TreeError> {
         let groups = group_count(size);
-        let expected = if groups == 1 { 0 } else { groups as usize * 32 };
+        let expected = if groups == 1 {
+            0
+        } else {
+            group_slot(groups).saturating_mul(32)
+        };
         if bytes.len() != expected {
             return Err(TreeError::WrongLength {
                 expected,
@@ -143,7 +164,7 @@ impl VerifiedTree {
         let ok = if self.cvs.is_empty() {
             *blake3::hash(data).as_bytes() == self.id.0
         } else {
-            self.cvs.get(index as usize) == Some(&group_cv(index, data))
+            self.cvs.get(group_slot(index)) == Some(&group_cv(index, data))
         };
         if ok {
             Ok(())
@@ -163,6 +184,7 @@ pub fn encode_cvs(cvs: &[ChainingValue]) -> Vec<u8> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

@@ -32,6 +32,7 @@ struct Net {
     links: HashMap<End, End>,
     inbox: VecDeque<(End, Message)>,
     closed_with: Vec<(End, Option<ByeReason>)>,
+    pushes: Vec<(usize, ContentId, SocketAddr)>,
     next_conn: u64,
 }
 
@@ -82,6 +83,7 @@ impl Net {
             links: HashMap::new(),
             inbox: VecDeque::new(),
             closed_with: Vec::new(),
+            pushes: Vec::new(),
             next_conn: 1,
         }
     }
@@ -102,10 +104,21 @@ impl Net {
 
     fn add_leaf(&mut self, at: usize, files: Vec<SharedFile>) -> usize {
         let index = self.leaves.len();
+        let listen = SocketAddr::from(([0, 0, 0, 0], 30_000 + index as u16));
+        self.add_leaf_listening(at, files, Some(listen))
+    }
+
+    fn add_leaf_listening(
+        &mut self,
+        at: usize,
+        files: Vec<SharedFile>,
+        listen_addr: Option<SocketAddr>,
+    ) -> usize {
+        let index = self.leaves.len();
         let identity = Identity {
             node_id: node_id(1000 + index as u32),
             role: Role::Leaf,
-            listen_addr: Some(SocketAddr::from(([0, 0, 0, 0], 30_000 + index as u16))),
+            listen_addr,
             user_agent: "test-leaf".into(),
         };
         self.leaves.push(LeafSession::new(identity, files));
@@ -129,6 +142,15 @@ impl Net {
         let to = self.links[&End::Leaf(index)];
         self.inbox.push_back((to, message));
         self.drive();
+    }
+
+    /// Pushes delivered to leaf `index`, as (content id, callback).
+    fn pushes_for(&self, index: usize) -> Vec<(ContentId, SocketAddr)> {
+        self.pushes
+            .iter()
+            .filter(|(leaf, _, _)| *leaf == index)
+            .map(|(_, id, addr)| (*id, *addr))
+            .collect()
     }
 
     fn collect_actions(&mut self) -> bool {
@@ -157,6 +179,10 @@ impl Net {
                         }
                     }
                     LeafAction::Close(bye) => self.cut(End::Leaf(l), bye),
+                    LeafAction::PushRequested {
+                        content_id,
+                        callback_addr,
+                    } => self.pushes.push((l, content_id, callback_addr)),
                     LeafAction::Ready { .. } | LeafAction::Rejected { .. } => {}
                 }
             }
@@ -353,6 +379,7 @@ fn a_leaf_that_sends_what_only_supernodes_may_is_disconnected_with_a_reason() {
         source_node_id: node_id(5),
         source_addr: addr(1),
         files: vec![file(1, "x")],
+        firewalled: false,
     };
     net.leaf_sends(leaf, Message::QueryHit(hit));
     assert_eq!(last_close(&net), Some(ByeReason::ProtocolViolation));
@@ -452,6 +479,7 @@ fn a_hit_with_no_route_is_dropped() {
         source_node_id: node_id(5),
         source_addr: addr(1),
         files: vec![file(1, "x")],
+        firewalled: false,
     };
     net.inbox.push_back((to, Message::QueryHit(hit)));
     net.drive();
@@ -479,4 +507,58 @@ fn a_leaf_cannot_publish_past_its_limit() {
     net.add_leaf(0, files);
     assert_eq!(last_close(&net), Some(ByeReason::LimitExceeded));
     assert_eq!(net.supers[0].stats().index_files, 0);
+}
+
+#[test]
+fn a_push_travels_back_along_the_hits_path_to_a_firewalled_leaf() {
+    let mut net = Net::line(3);
+    let firewalled = net.add_leaf_listening(0, vec![file(5, "behind nat")], None);
+    let downloader = net.add_leaf(2, vec![]);
+    let id = MessageId([42; 16]);
+    net.leaves[downloader]
+        .start_search(id, &request(&["nat"], 4), net.now)
+        .unwrap();
+    net.drive();
+    let session = net.leaves[downloader].finish_search(&id).unwrap();
+    let found: Vec<_> = session.results().cloned().collect();
+    assert_eq!(found.len(), 1);
+    let source = found[0].sources[0].clone();
+    assert!(
+        source.firewalled,
+        "a leaf with no listen address is firewalled"
+    );
+
+    let callback = addr(55_555);
+    net.leaves[downloader]
+        .send_push(
+            MessageId([43; 16]),
+            source.node_id,
+            ContentId([5; 32]),
+            callback,
+        )
+        .unwrap();
+    net.drive();
+    assert_eq!(
+        net.pushes_for(firewalled),
+        vec![(ContentId([5; 32]), callback)]
+    );
+    let routed: Vec<u64> = net.supers.iter().map(|s| s.stats().pushes_routed).collect();
+    assert_eq!(
+        routed,
+        vec![1, 1, 1],
+        "each supernode on the path passed it on once"
+    );
+
+    // A push for a node nobody has seen a hit from goes nowhere.
+    net.leaves[downloader]
+        .send_push(
+            MessageId([44; 16]),
+            node_id(9999),
+            ContentId([5; 32]),
+            callback,
+        )
+        .unwrap();
+    net.drive();
+    assert_eq!(net.supers[2].stats().pushes_unroutable, 1);
+    assert_eq!(net.pushes_for(firewalled).len(), 1);
 }

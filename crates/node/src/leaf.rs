@@ -1,7 +1,9 @@
-//! The leaf service: scans and hashes the shared folders, connects to a
-//! supernode, publishes, keeps its shares current, and runs searches. The
-//! [`canopy_core::leaf::LeafSession`] state machine makes the protocol
-//! decisions; this module owns the socket, the timers and the rescans.
+//! The leaf service: scans and hashes the shared folders, serves them over
+//! HTTP on its listen address (and over pushed connections when it is
+//! firewalled), connects to a supernode, publishes, keeps its shares
+//! current, and runs searches. The [`canopy_core::leaf::LeafSession`]
+//! state machine makes the protocol decisions; this module owns the
+//! sockets, the timers and the rescans.
 //!
 //! `canopy search` is a short-lived leaf: same code, no shares, no retries.
 
@@ -16,9 +18,13 @@ use canopy_core::backoff::Backoff;
 use canopy_core::handshake::Identity;
 use canopy_core::leaf::{LeafAction, LeafSession, SearchRequest};
 use canopy_core::search::SearchResult;
-use canopy_proto::{MessageId, NodeId, Role, SharedFile};
+use canopy_proto::{ContentId, MessageId, NodeId, Role, SharedFile};
 use canopy_share::{HashCache, LocalFile};
+use canopy_transfer::Catalog;
+use canopy_transfer::catalog::CatalogEntry;
+use canopy_transfer::server::{ContentServer, DEFAULT_UPLOAD_SLOTS};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,6 +36,8 @@ use crate::connection::{self, ConnEvent, Outgoing};
 /// How often running searches are checked for their deadline.
 const TICK: Duration = Duration::from_millis(50);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pushed uploads being set up at once; further push requests are ignored.
+const MAX_PUSHES: usize = 16;
 /// A session that lasted this long resets the reconnect backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(30);
 /// Name of the hash cache inside the data directory.
@@ -43,8 +51,14 @@ pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 pub struct LeafOptions {
     /// The supernode to join.
     pub supernode: SocketAddr,
-    /// Where to accept connections from other peers, if anywhere.
+    /// Where to serve files to other peers, if anywhere.
     pub listen: Option<SocketAddr>,
+    /// The address to announce instead of the bound one (a port forward).
+    pub advertise: Option<SocketAddr>,
+    /// Accept no connections at all: serve only by push.
+    pub firewalled: bool,
+    /// Uploads at once.
+    pub upload_slots: usize,
     /// Folders to share.
     pub shares: Vec<PathBuf>,
     /// Where the hash cache lives; no cache if `None`.
@@ -79,6 +93,9 @@ impl LeafOptions {
         Self {
             supernode,
             listen: None,
+            advertise: None,
+            firewalled: false,
+            upload_slots: DEFAULT_UPLOAD_SLOTS,
             shares: Vec::new(),
             data_dir: None,
             reconnect: false,
@@ -94,6 +111,8 @@ impl LeafOptions {
 pub struct LeafStatus {
     /// The supernode we are attached to, once the handshake completed.
     pub connected_to: Option<SocketAddr>,
+    /// Our address as that supernode sees it.
+    pub observed_addr: Option<SocketAddr>,
     /// How many files we publish.
     pub shared_files: usize,
     /// Why we stopped trying, for a leaf that does not reconnect.
@@ -114,7 +133,16 @@ enum Command {
         SearchRequest,
         oneshot::Sender<Result<SearchOutcome, NodeError>>,
     ),
+    /// Publish exactly these (no local files behind them).
     Shares(Vec<SharedFile>),
+    /// A scan's result: publish and serve these.
+    Files(Vec<LocalFile>),
+    Push {
+        target: NodeId,
+        content_id: ContentId,
+        callback: SocketAddr,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
 }
 
 /// A running leaf.
@@ -122,6 +150,7 @@ enum Command {
 pub struct LeafHandle {
     node_id: NodeId,
     listen_addr: Option<SocketAddr>,
+    server: ContentServer,
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<LeafStatus>,
     shutdown: CancellationToken,
@@ -133,6 +162,8 @@ impl std::fmt::Debug for Command {
         match self {
             Command::Search(request, _) => write!(f, "Search({request:?})"),
             Command::Shares(files) => write!(f, "Shares({} files)", files.len()),
+            Command::Files(files) => write!(f, "Files({} files)", files.len()),
+            Command::Push { target, .. } => write!(f, "Push({target})"),
         }
     }
 }
@@ -146,6 +177,18 @@ impl LeafHandle {
     /// Where we accept connections, if anywhere.
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         self.listen_addr
+    }
+
+    /// The file server (for its counters).
+    pub fn server(&self) -> &ContentServer {
+        &self.server
+    }
+
+    /// A handle that sends pushes through this leaf's supernode.
+    pub fn push_sender(&self) -> PushSender {
+        PushSender {
+            commands: self.commands.clone(),
+        }
     }
 
     /// The current status.
@@ -201,6 +244,35 @@ impl LeafHandle {
     }
 }
 
+/// Sends pushes through a leaf's supernode; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PushSender {
+    commands: mpsc::Sender<Command>,
+}
+
+impl PushSender {
+    /// Asks firewalled leaf `target`, through the overlay, to connect to
+    /// `callback` and serve `content_id`.
+    pub async fn push(
+        &self,
+        target: NodeId,
+        content_id: ContentId,
+        callback: SocketAddr,
+    ) -> Result<(), NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Push {
+                target,
+                content_id,
+                callback,
+                reply,
+            })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+}
+
 /// Scans `shares` with the hash cache in `data_dir` (if any).
 pub fn scan_shares(
     shares: &[PathBuf],
@@ -232,7 +304,7 @@ pub fn scan_shares(
 async fn scan_in_background(
     options: &LeafOptions,
     with_progress: bool,
-) -> Result<Vec<SharedFile>, NodeError> {
+) -> Result<Vec<LocalFile>, NodeError> {
     let shares = options.shares.clone();
     let data_dir = options.data_dir.clone();
     let progress = if with_progress {
@@ -245,13 +317,29 @@ async fn scan_in_background(
     })
     .await
     .map_err(|_| NodeError::Stopped)??;
-    Ok(files.into_iter().map(|f| f.shared).collect())
+    Ok(files)
+}
+
+fn catalog_entries(files: &[LocalFile]) -> impl Iterator<Item = (ContentId, CatalogEntry)> + '_ {
+    files.iter().map(|f| {
+        let entry = CatalogEntry {
+            path: f.path.clone(),
+            size: f.shared.size,
+        };
+        (f.shared.content_id, entry)
+    })
 }
 
 /// Scans the shares, binds the listener (if any) and starts the leaf.
 pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
-    let files = scan_in_background(&options, true).await?;
-    let listener = match options.listen {
+    let local = scan_in_background(&options, true).await?;
+    let catalog = Catalog::new();
+    catalog.replace(catalog_entries(&local));
+    let server = ContentServer::new(catalog.clone(), options.upload_slots);
+    let files: Vec<SharedFile> = local.into_iter().map(|f| f.shared).collect();
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let listener = match options.listen.filter(|_| !options.firewalled) {
         Some(addr) => Some(
             TcpListener::bind(addr)
                 .await
@@ -260,15 +348,25 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         None => None,
     };
     let listen_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(listener) = listener {
+        tracker.spawn(
+            server
+                .clone()
+                .serve(listener, shutdown.clone(), tracker.clone()),
+        );
+    }
     let node_id = options.node_id.unwrap_or_else(crate::random_node_id);
+    let announced = if options.firewalled {
+        None
+    } else {
+        options.advertise.or(listen_addr)
+    };
     let identity = Identity {
         node_id,
         role: Role::Leaf,
-        listen_addr,
+        listen_addr: announced,
         user_agent: concat!("canopy/", env!("CARGO_PKG_VERSION")).to_owned(),
     };
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
     let (commands_tx, commands_rx) = mpsc::channel(64);
     let (status_tx, status_rx) = watch::channel(LeafStatus {
         shared_files: files.len(),
@@ -291,14 +389,15 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
         waiting: HashMap::new(),
-        // Files are served over this listener by the transfer layer; until
-        // then it is held so the advertised port stays ours.
-        _listener: listener,
+        catalog,
+        server: server.clone(),
+        pushes: Arc::new(Semaphore::new(MAX_PUSHES)),
     };
     tracker.spawn(leaf.run());
     Ok(LeafHandle {
         node_id,
         listen_addr,
+        server,
         commands: commands_tx,
         status: status_rx,
         shutdown,
@@ -319,7 +418,7 @@ async fn rescan_loop(
         }
         match scan_in_background(&options, false).await {
             Ok(files) => {
-                if commands.send(Command::Shares(files)).await.is_err() {
+                if commands.send(Command::Files(files)).await.is_err() {
                     return;
                 }
             }
@@ -339,7 +438,9 @@ struct LeafTask {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     waiting: HashMap<MessageId, SearchWaiter>,
-    _listener: Option<TcpListener>,
+    catalog: Catalog,
+    server: ContentServer,
+    pushes: Arc<Semaphore>,
 }
 
 /// How a session with one supernode ended.
@@ -444,10 +545,16 @@ impl LeafTask {
                             Err(error) => { let _ = reply.send(Err(NodeError::Search(error.to_string()))); }
                         }
                     }
-                    Some(Command::Shares(files)) => {
-                        self.status.send_modify(|s| s.shared_files = files.len());
-                        session.set_shares(files.clone());
-                        self.files = files;
+                    Some(Command::Shares(files)) => self.publish(&mut session, files),
+                    Some(Command::Files(local)) => {
+                        self.catalog.replace(catalog_entries(&local));
+                        self.publish(&mut session, local.into_iter().map(|f| f.shared).collect());
+                    }
+                    Some(Command::Push { target, content_id, callback, reply }) => {
+                        let sent = session
+                            .send_push(crate::random_message_id(), target, content_id, callback)
+                            .map_err(|e| NodeError::Search(e.to_string()));
+                        let _ = reply.send(sent);
                     }
                     None => {
                         session.shutdown();
@@ -472,7 +579,16 @@ impl LeafTask {
                         observed_addr,
                     } => {
                         tracing::info!(%addr, supernode = %supernode.node_id, ?observed_addr, "joined supernode");
-                        self.status.send_modify(|s| s.connected_to = Some(addr));
+                        self.status.send_modify(|s| {
+                            s.connected_to = Some(addr);
+                            s.observed_addr = observed_addr;
+                        });
+                    }
+                    LeafAction::PushRequested {
+                        content_id,
+                        callback_addr,
+                    } => {
+                        self.push_upload(content_id, callback_addr);
                     }
                     LeafAction::Rejected {
                         reason,
@@ -492,6 +608,42 @@ impl LeafTask {
             )));
         }
         end.unwrap_or_else(|| closed(&clock))
+    }
+
+    /// Publishes `files` (now, or on the next connection).
+    fn publish(&mut self, session: &mut LeafSession, files: Vec<SharedFile>) {
+        self.status.send_modify(|s| s.shared_files = files.len());
+        session.set_shares(files.clone());
+        self.files = files;
+    }
+
+    /// A downloader asked us by push for `content_id`: connect out to it
+    /// and serve HTTP on that connection.
+    fn push_upload(&self, content_id: ContentId, callback: SocketAddr) {
+        if self.catalog.get(&content_id).is_none() {
+            tracing::info!(%content_id, "push for content we do not share; ignored");
+            return;
+        }
+        let Ok(permit) = self.pushes.clone().try_acquire_owned() else {
+            tracing::info!(%callback, "too many pushes at once; ignored");
+            return;
+        };
+        let server = self.server.clone();
+        let us = self.identity.node_id;
+        let shutdown = self.shutdown.clone();
+        self.tracker.spawn(async move {
+            match canopy_transfer::push::connect_back(callback, us, CONNECT_TIMEOUT).await {
+                Ok(stream) => {
+                    tracing::info!(%callback, %content_id, "serving by push");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = server.serve_connection(stream) => {}
+                    }
+                }
+                Err(error) => tracing::info!(%callback, %error, "cannot connect back for a push"),
+            }
+            drop(permit);
+        });
     }
 
     fn answer_finished_searches(&mut self, session: &mut LeafSession, now: canopy_core::Time) {

@@ -8,7 +8,10 @@
 //! - one *node* task ([`supernode`] or [`leaf`]) that owns the core state
 //!   machine, feeds it events and the time, and carries out its actions;
 //! - for a supernode, an accept loop and one dialer per configured peer,
-//!   redialing with backoff.
+//!   redialing with backoff;
+//! - for a leaf, the HTTP file server of `canopy-transfer` on its listen
+//!   address; [`get`] runs a short-lived leaf that finds sources and drives
+//!   a verified multi-source download.
 //!
 //! Shutdown follows mini-redis: a `CancellationToken` tells every task to
 //! stop, the node task says Bye to every peer, and a `TaskTracker` waits for
@@ -16,6 +19,7 @@
 
 pub mod clock;
 pub mod connection;
+pub mod get;
 pub mod leaf;
 pub mod supernode;
 
@@ -41,6 +45,12 @@ pub enum NodeError {
     /// A search could not run.
     #[error("search failed: {0}")]
     Search(String),
+    /// Nobody reachable has the content.
+    #[error("no source found for {0}")]
+    NotFound(canopy_proto::ContentId),
+    /// The download failed.
+    #[error(transparent)]
+    Download(#[from] canopy_transfer::download::DownloadError),
     /// The node has stopped.
     #[error("the node has stopped")]
     Stopped,

@@ -77,6 +77,14 @@ fn sample_messages() -> Vec<Message> {
             source_node_id: NodeId([2; 16]),
             source_addr: addr("127.0.0.1:7000"),
             files: vec![file],
+            firewalled: true,
+        }),
+        Message::Push(Push {
+            message_id: MessageId([4; 16]),
+            target_node_id: NodeId([2; 16]),
+            content_id: ContentId([7; 32]),
+            callback_addr: addr("[2001:db8::1]:6346"),
+            hops: 2,
         }),
         Message::Bye {
             reason: ByeReason::Shutdown,

@@ -18,9 +18,18 @@ pub(crate) struct Args {
     /// A folder to share (repeatable). Shared folders are only ever read.
     #[arg(long = "share", required = true)]
     shares: Vec<PathBuf>,
-    /// Where other peers reach this leaf.
+    /// Where this leaf serves its files over HTTP.
     #[arg(long, default_value = "0.0.0.0:0")]
     listen: SocketAddr,
+    /// Announce this address instead of the listening one (a port forward).
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+    /// Accept no connections: serve downloaders only by push.
+    #[arg(long, conflicts_with = "advertise")]
+    firewalled: bool,
+    /// Uploads at once; more get 503 with Retry-After.
+    #[arg(long, default_value_t = canopy_transfer::server::DEFAULT_UPLOAD_SLOTS)]
+    upload_slots: usize,
     /// Where the hash cache is kept [default: the platform's data directory].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -46,6 +55,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let bar = hashing.clone();
     let mut options = LeafOptions::new(args.supernode);
     options.listen = Some(args.listen);
+    options.advertise = args.advertise;
+    options.firewalled = args.firewalled;
+    options.upload_slots = args.upload_slots;
     options.shares = args.shares;
     options.data_dir = args.data_dir.or_else(default_data_dir);
     options.reconnect = true;
@@ -54,10 +66,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let leaf = leaf::start(options).await.context("starting the leaf")?;
     hashing.finish_and_clear();
     let status = leaf.status();
-    let listen = leaf
-        .listen_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let listen = match leaf.listen_addr() {
+        Some(addr) => args.advertise.unwrap_or(addr).to_string(),
+        None => String::from("none (firewalled)"),
+    };
     if args.json {
         let line = serde_json::json!({
             "event": "sharing",

@@ -268,6 +268,25 @@ fn query_hit(hit: &wire::QueryHit) -> Result<QueryHit> {
         source_node_id: node_id("query_hit.source_node_id", &hit.source_node_id)?,
         source_addr: socket_addr("query_hit.source_addr", addr)?,
         files,
+        firewalled: hit.firewalled,
+    })
+}
+
+fn push(push: &wire::Push) -> Result<Push> {
+    let hops = u8::try_from(push.hops)
+        .ok()
+        .filter(|hops| *hops <= HARD_MAX_TTL)
+        .ok_or_else(|| invalid("push.hops", format!("{} exceeds {HARD_MAX_TTL}", push.hops)))?;
+    let callback = push
+        .callback_addr
+        .as_ref()
+        .ok_or_else(|| invalid("push.callback_addr", "missing"))?;
+    Ok(Push {
+        message_id: message_id("push.message_id", &push.message_id)?,
+        target_node_id: node_id("push.target_node_id", &push.target_node_id)?,
+        content_id: content_id("push.content_id", &push.content_id)?,
+        callback_addr: socket_addr("push.callback_addr", callback)?,
+        hops,
     })
 }
 
@@ -334,6 +353,7 @@ impl TryFrom<wire::Envelope> for Message {
             }
             Body::Query(q) => Message::Query(query(&q)?),
             Body::QueryHit(h) => Message::QueryHit(query_hit(&h)?),
+            Body::Push(p) => Message::Push(push(&p)?),
         })
     }
 }
@@ -456,6 +476,14 @@ impl From<&Message> for wire::Envelope {
                 source_node_id: h.source_node_id.0.to_vec(),
                 source_addr: Some(wire_addr(&h.source_addr)),
                 files: h.files.iter().map(wire_file).collect(),
+                firewalled: h.firewalled,
+            }),
+            Message::Push(p) => Body::Push(wire::Push {
+                message_id: p.message_id.0.to_vec(),
+                target_node_id: p.target_node_id.0.to_vec(),
+                content_id: p.content_id.0.to_vec(),
+                callback_addr: Some(wire_addr(&p.callback_addr)),
+                hops: u32::from(p.hops),
             }),
         };
         wire::Envelope { body: Some(body) }

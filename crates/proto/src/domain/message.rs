@@ -143,10 +143,27 @@ pub struct QueryHit {
     pub message_id: MessageId,
     /// The leaf sharing the files.
     pub source_node_id: NodeId,
-    /// Where to reach that leaf.
+    /// Where to reach that leaf (if firewalled: where it connects from).
     pub source_addr: SocketAddr,
     /// At least one file.
     pub files: Vec<SharedFile>,
+    /// The leaf accepts no connections; reach it with a [`Push`].
+    pub firewalled: bool,
+}
+
+/// Asks a firewalled leaf to connect out to a downloader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Push {
+    /// For duplicate suppression.
+    pub message_id: MessageId,
+    /// The firewalled leaf.
+    pub target_node_id: NodeId,
+    /// The file wanted.
+    pub content_id: ContentId,
+    /// Where the leaf should connect to.
+    pub callback_addr: SocketAddr,
+    /// Supernodes crossed so far.
+    pub hops: u8,
 }
 
 /// Every message of the protocol.
@@ -193,6 +210,8 @@ pub enum Message {
     Query(Query),
     /// An answer to a search.
     QueryHit(QueryHit),
+    /// A request for a firewalled leaf to connect out.
+    Push(Push),
 }
 
 impl Message {
@@ -208,6 +227,7 @@ impl Message {
             Message::FileDelta { .. } => "file_delta",
             Message::Query(_) => "query",
             Message::QueryHit(_) => "query_hit",
+            Message::Push(_) => "push",
         }
     }
 }

@@ -1,0 +1,179 @@
+//! `canopy get`: find the sources of a content id through the overlay and
+//! download it from all of them at once.
+//!
+//! A short-lived leaf joins the supernode, searches by content id, and
+//! stays connected for the download so it can send pushes. Sources that
+//! accept connections are dialed; firewalled ones are asked, by push, to
+//! connect back to a callback port this command listens on.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use canopy_core::download::DownloadConfig;
+use canopy_core::leaf::SearchRequest;
+use canopy_proto::ContentId;
+use canopy_transfer::client::{Connector, DirectConnector};
+use canopy_transfer::download::{
+    self, DownloadOptions, DownloadReport, DownloadSource, ProgressFn,
+};
+use canopy_transfer::push::{CallbackListener, PushConnector, PushRequester};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::NodeError;
+use crate::leaf::{self, LeafOptions};
+
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+const PUSH_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What to get.
+#[derive(Clone)]
+pub struct GetOptions {
+    /// The supernode to ask.
+    pub supernode: SocketAddr,
+    /// The content.
+    pub content_id: ContentId,
+    /// The file to write, or a directory to write it into under its name;
+    /// the current directory if `None`.
+    pub output: Option<PathBuf>,
+    /// Replace an existing file.
+    pub force: bool,
+    /// How long to gather sources.
+    pub search_timeout: Duration,
+    /// How far the search may travel.
+    pub ttl: u8,
+    /// Download tunables.
+    pub config: DownloadConfig,
+    /// Progress reports.
+    pub progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for GetOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GetOptions")
+            .field("supernode", &self.supernode)
+            .field("content_id", &self.content_id)
+            .field("output", &self.output)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GetOptions {
+    /// Defaults for getting `content_id` through `supernode`.
+    pub fn new(supernode: SocketAddr, content_id: ContentId) -> Self {
+        Self {
+            supernode,
+            content_id,
+            output: None,
+            force: false,
+            search_timeout: Duration::from_secs(2),
+            ttl: canopy_core::supernode::DEFAULT_TTL_CAP,
+            config: DownloadConfig::default(),
+            progress: None,
+        }
+    }
+}
+
+/// Finds sources and downloads. See the module documentation.
+pub async fn get(options: GetOptions) -> Result<DownloadReport, NodeError> {
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let result = run(&options, &shutdown, &tracker).await;
+    shutdown.cancel();
+    tracker.close();
+    result
+}
+
+async fn run(
+    options: &GetOptions,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<DownloadReport, NodeError> {
+    let any = SocketAddr::from(([0, 0, 0, 0], 0));
+    let callback = CallbackListener::bind(any, shutdown.clone(), tracker)
+        .await
+        .map_err(|source| NodeError::Bind { addr: any, source })?;
+    let mut leaf_options = LeafOptions::new(options.supernode);
+    // Announce the callback port; the supernode fills in the IP it sees.
+    leaf_options.advertise = Some(SocketAddr::from((
+        [0, 0, 0, 0],
+        callback.local_addr().port(),
+    )));
+    let leaf = leaf::start(leaf_options).await?;
+    let outcome = async {
+        leaf.wait_connected(Duration::from_secs(10)).await?;
+        let request = SearchRequest {
+            keywords: Vec::new(),
+            content_id: Some(options.content_id),
+            min_size: None,
+            max_size: None,
+            ttl: options.ttl,
+            timeout: options.search_timeout,
+            // A search by id finds one content; wait the whole timeout to
+            // gather every source.
+            max_results: 2,
+        };
+        let found = leaf.search(request).await?;
+        let result = found
+            .results
+            .into_iter()
+            .find(|r| r.content_id == options.content_id)
+            .ok_or(NodeError::NotFound(options.content_id))?;
+        let callback_addr = match leaf.status().observed_addr {
+            Some(seen) => SocketAddr::new(seen.ip(), callback.local_addr().port()),
+            None => callback.local_addr(),
+        };
+        let pushes = leaf.push_sender();
+        let sources: Vec<DownloadSource> = result
+            .sources
+            .iter()
+            .map(|source| {
+                let connector: Arc<dyn Connector> = if source.firewalled {
+                    let (pushes, node, id) = (pushes.clone(), source.node_id, options.content_id);
+                    let requester: PushRequester = Arc::new(move || {
+                        let pushes = pushes.clone();
+                        Box::pin(async move {
+                            pushes
+                                .push(node, id, callback_addr)
+                                .await
+                                .map_err(|e| std::io::Error::other(e.to_string()))
+                        })
+                    });
+                    Arc::new(PushConnector::new(
+                        node,
+                        callback.clone(),
+                        requester,
+                        PUSH_TIMEOUT,
+                    ))
+                } else {
+                    Arc::new(DirectConnector::new(source.addr, DIAL_TIMEOUT))
+                };
+                let label = if source.firewalled {
+                    format!("{} (push)", source.addr)
+                } else {
+                    source.addr.to_string()
+                };
+                DownloadSource { label, connector }
+            })
+            .collect();
+        let target = match &options.output {
+            Some(path) if path.is_dir() => path.join(&result.name),
+            Some(path) => path.clone(),
+            None => PathBuf::from(&result.name),
+        };
+        let download = DownloadOptions {
+            content_id: options.content_id,
+            size: result.size,
+            target,
+            force: options.force,
+            config: options.config.clone(),
+            progress: options.progress.clone(),
+        };
+        Ok::<_, NodeError>(download::download(sources, download).await?)
+    }
+    .await;
+    leaf.shutdown().await;
+    outcome
+}

@@ -1,0 +1,128 @@
+//! The downloader's side of HTTP: how to reach a source (directly, or by
+//! push) and how to ask it for a range.
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Request, Response, header};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// A connection being opened.
+pub type ConnectFuture = Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>>;
+
+/// How to open a connection to one source.
+pub trait Connector: Send + Sync + fmt::Debug {
+    /// Opens a new connection that speaks HTTP to the source.
+    fn connect(&self) -> ConnectFuture;
+}
+
+/// A source that accepts connections: dial it.
+#[derive(Debug, Clone)]
+pub struct DirectConnector {
+    addr: SocketAddr,
+    timeout: Duration,
+}
+
+impl DirectConnector {
+    /// Dials `addr`, giving up after `timeout`.
+    pub fn new(addr: SocketAddr, timeout: Duration) -> Self {
+        Self { addr, timeout }
+    }
+}
+
+impl Connector for DirectConnector {
+    fn connect(&self) -> ConnectFuture {
+        let (addr, timeout) = (self.addr, self.timeout);
+        Box::pin(async move {
+            let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+                })??;
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        })
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Connecting failed.
+    #[error("cannot connect: {0}")]
+    Connect(#[from] std::io::Error),
+    /// The HTTP exchange failed.
+    #[error("http: {0}")]
+    Http(#[from] hyper::Error),
+    /// A body was longer than allowed.
+    #[error("response body over {0} bytes")]
+    TooLong(usize),
+}
+
+/// One HTTP/1.1 connection to a source, reusable for several requests.
+#[derive(Debug)]
+pub struct HttpConn {
+    sender: SendRequest<Empty<Bytes>>,
+}
+
+impl HttpConn {
+    /// Speaks HTTP/1.1 over `stream`.
+    pub async fn handshake(stream: TcpStream) -> Result<Self, ClientError> {
+        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "http client connection ended");
+            }
+        });
+        Ok(Self { sender })
+    }
+
+    /// True while the connection can take another request.
+    pub fn is_open(&self) -> bool {
+        !self.sender.is_closed()
+    }
+
+    /// `GET path`, with an inclusive byte range if given.
+    pub async fn get(
+        &mut self,
+        path: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        self.sender.ready().await?;
+        let mut request = Request::get(path).body(Empty::new()).map_err(|e| {
+            ClientError::Connect(std::io::Error::other(format!("bad request: {e}")))
+        })?;
+        request
+            .headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("canopy"));
+        if let Some((first, last)) = range {
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes={first}-{last}")) {
+                request.headers_mut().insert(header::RANGE, value);
+            }
+        }
+        Ok(self.sender.send_request(request).await?)
+    }
+}
+
+/// Reads a whole body of at most `max` bytes.
+pub async fn read_limited(body: Incoming, max: usize) -> Result<Bytes, ClientError> {
+    let mut body = body;
+    let mut out = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if out.len() + data.len() > max {
+                return Err(ClientError::TooLong(max));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
+}

@@ -1,0 +1,654 @@
+//! Verified multi-source download of one file.
+//!
+//! The [`canopy_core::download::DownloadPlan`] decides which groups to ask
+//! which source for; this module carries it out. Each request runs in its
+//! own task: it streams the range, and for every complete 1 MiB group it
+//! verifies the bytes against the tree and writes them at their offset,
+//! verifying group N while it receives group N + 1. Nothing unverified is
+//! ever written.
+//!
+//! Files on disk, beside the target `dir/name`:
+//! - `dir/.name.canopy-partial`: the data, written in place;
+//! - `dir/.name.canopy-state`: the content id, size and verified tree.
+//!
+//! When every group is verified the partial file is synced and renamed to
+//! the target, and the state removed. If the download is interrupted
+//! (Ctrl-C, `kill -9`, power loss), the next run finds the state, checks
+//! every group already in the partial file against the tree, keeps those
+//! that verify, and fetches only the rest.
+
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use canopy_core::Time;
+use canopy_core::download::{DownloadConfig, DownloadEvent, DownloadPlan, Request, SourceId};
+use canopy_core::tree::{
+    MAX_DOWNLOAD_SIZE, VerifiedTree, group_count, group_len, group_range, group_slot,
+};
+use canopy_proto::ContentId;
+use http::{StatusCode, header};
+use http_body_util::BodyExt;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::client::{Connector, HttpConn, read_limited};
+
+/// A place to get the file from.
+#[derive(Debug, Clone)]
+pub struct DownloadSource {
+    /// How it is named in reports: its address.
+    pub label: String,
+    /// How to reach it.
+    pub connector: Arc<dyn Connector>,
+}
+
+/// Where a download stands, for a progress bar.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Bytes verified and on disk.
+    pub verified_bytes: u64,
+    /// The file's size.
+    pub total: u64,
+    /// Sources with a request in flight.
+    pub active_sources: usize,
+}
+
+/// Called as the download advances.
+pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// What to download, and where to.
+#[derive(Clone)]
+pub struct DownloadOptions {
+    /// The content.
+    pub content_id: ContentId,
+    /// Its size, as the hits said (the tree check catches a lie).
+    pub size: u64,
+    /// The file to create.
+    pub target: PathBuf,
+    /// Replace the target if it exists.
+    pub force: bool,
+    /// Request sizes, parallelism, stall timeout.
+    pub config: DownloadConfig,
+    /// Progress reports.
+    pub progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for DownloadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DownloadOptions")
+            .field("content_id", &self.content_id)
+            .field("size", &self.size)
+            .field("target", &self.target)
+            .field("force", &self.force)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How one source did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceReport {
+    /// Its address.
+    pub source: String,
+    /// Verified bytes it delivered in this run.
+    pub bytes: u64,
+    /// Why it was dropped, if it was.
+    pub dropped: Option<String>,
+}
+
+/// A finished download.
+#[derive(Debug, Clone)]
+pub struct DownloadReport {
+    /// Where the file is now.
+    pub path: PathBuf,
+    /// Its size.
+    pub size: u64,
+    /// Bytes found verified on disk from an earlier run.
+    pub resumed_bytes: u64,
+    /// Every source, in the order given.
+    pub sources: Vec<SourceReport>,
+    /// How long this run took.
+    pub elapsed: Duration,
+}
+
+/// Why a download did not complete. The partial state is kept for a
+/// later run unless the error says otherwise.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// The target exists and `force` was not given.
+    #[error("{0} already exists (use --force to replace it)")]
+    Exists(PathBuf),
+    /// The target has no file name.
+    #[error("{0} is not a file path")]
+    BadTarget(PathBuf),
+    /// Nowhere to get it from.
+    #[error("no source has this content")]
+    NoSources,
+    /// The claimed size is beyond what Canopy downloads.
+    #[error("the sources claim {0} bytes, over the 1 TiB limit")]
+    TooLarge(u64),
+    /// Every source failed; the reasons, one per source.
+    #[error("every source failed:\n{0}")]
+    AllSourcesFailed(String),
+    /// Reading or writing local files failed (disk full, permissions...).
+    #[error("{path}: {source}")]
+    Io {
+        /// Which file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DownloadError + '_ {
+    move |source| DownloadError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedState {
+    content_id: String,
+    size: u64,
+    tree: String,
+}
+
+struct Paths {
+    target: PathBuf,
+    partial: PathBuf,
+    state: PathBuf,
+}
+
+impl Paths {
+    fn new(target: &Path) -> Result<Self, DownloadError> {
+        let name = target
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| DownloadError::BadTarget(target.to_owned()))?;
+        let dir = target.parent().unwrap_or(Path::new("."));
+        Ok(Self {
+            target: target.to_owned(),
+            partial: dir.join(format!(".{name}.canopy-partial")),
+            state: dir.join(format!(".{name}.canopy-state")),
+        })
+    }
+}
+
+/// Checks the groups of an existing partial file against `tree`, on every
+/// core; returns those that verify.
+fn verified_on_disk(partial: &Path, tree: &VerifiedTree) -> Vec<u64> {
+    let Ok(file) = std::fs::File::open(partial) else {
+        return Vec::new();
+    };
+    let size = tree.size();
+    (0..group_count(size))
+        .into_par_iter()
+        .filter(|&index| {
+            let range = group_range(size, index);
+            let mut buffer = vec![0u8; group_len(size, index)];
+            file.read_exact_at(&mut buffer, range.start).is_ok()
+                && tree.verify_group(index, &buffer).is_ok()
+        })
+        .collect()
+}
+
+/// The tree and verified groups of an earlier, interrupted run, if any.
+async fn resume(paths: &Paths, id: ContentId, size: u64) -> Option<(VerifiedTree, Vec<u64>)> {
+    let text = tokio::fs::read(&paths.state).await.ok()?;
+    let saved: SavedState = serde_json::from_slice(&text).ok()?;
+    if saved.content_id != id.to_hex() || saved.size != size {
+        return None;
+    }
+    let tree = VerifiedTree::from_bytes(id, size, &hex::decode(saved.tree).ok()?).ok()?;
+    let partial = paths.partial.clone();
+    let check = tree.clone();
+    let groups = tokio::task::spawn_blocking(move || verified_on_disk(&partial, &check))
+        .await
+        .ok()?;
+    Some((tree, groups))
+}
+
+async fn save_state(
+    paths: &Paths,
+    id: ContentId,
+    size: u64,
+    tree_bytes: &[u8],
+) -> Result<(), DownloadError> {
+    let state = SavedState {
+        content_id: id.to_hex(),
+        size,
+        tree: hex::encode(tree_bytes),
+    };
+    let bytes = serde_json::to_vec(&state).map_err(|e| io_error(&paths.state)(e.into()))?;
+    let temporary = paths.state.with_extension("tmp");
+    tokio::fs::write(&temporary, bytes)
+        .await
+        .map_err(io_error(&temporary))?;
+    tokio::fs::rename(&temporary, &paths.state)
+        .await
+        .map_err(io_error(&paths.state))
+}
+
+/// Asks sources in turn for the tree until one gives a tree that verifies.
+/// Returns the tree and its bytes; records the sources that failed.
+async fn fetch_tree(
+    sources: &[DownloadSource],
+    id: ContentId,
+    size: u64,
+    failed: &mut HashMap<usize, String>,
+) -> Result<(VerifiedTree, Vec<u8>), DownloadError> {
+    if group_count(size) == 1 {
+        // Nothing to fetch: the single group is checked against the id.
+        return VerifiedTree::from_bytes(id, size, &[])
+            .map(|tree| (tree, Vec::new()))
+            .map_err(|e| DownloadError::AllSourcesFailed(e.to_string()));
+    }
+    let expected = group_slot(group_count(size)).saturating_mul(32);
+    for (index, source) in sources.iter().enumerate() {
+        let attempt = async {
+            let stream = source.connector.connect().await?;
+            let mut conn = HttpConn::handshake(stream).await?;
+            let response = conn.get(&format!("/tree/{id}"), None).await?;
+            if response.status() != StatusCode::OK {
+                return Ok(Err(format!("tree request answered {}", response.status())));
+            }
+            let bytes = read_limited(response.into_body(), expected).await?;
+            Ok::<_, crate::client::ClientError>(
+                VerifiedTree::from_bytes(id, size, &bytes)
+                    .map(|tree| (tree, bytes.to_vec()))
+                    .map_err(|e| format!("bad tree: {e}")),
+            )
+        };
+        let reason = match tokio::time::timeout(Duration::from_secs(15), attempt).await {
+            Ok(Ok(Ok(found))) => return Ok(found),
+            Ok(Ok(Err(reason))) => reason,
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "tree request timed out".to_owned(),
+        };
+        tracing::warn!(source = %source.label, %reason, "dropping source");
+        failed.insert(index, reason);
+    }
+    Err(DownloadError::AllSourcesFailed(
+        failed.values().cloned().collect::<Vec<_>>().join("\n"),
+    ))
+}
+
+enum WorkerEvent {
+    Verified {
+        request: u64,
+        group: u64,
+    },
+    Bad {
+        request: u64,
+        group: u64,
+    },
+    Done {
+        request: u64,
+        conn: Option<HttpConn>,
+    },
+    Failed {
+        request: u64,
+        reason: String,
+    },
+    Busy {
+        request: u64,
+        retry_after: Duration,
+    },
+    Disk(std::io::Error),
+}
+
+struct Worker {
+    request: Request,
+    conn: Option<HttpConn>,
+    connector: Arc<dyn Connector>,
+    tree: Arc<VerifiedTree>,
+    file: Arc<std::fs::File>,
+    id: ContentId,
+    events: mpsc::Sender<WorkerEvent>,
+}
+
+impl Worker {
+    async fn run(self) {
+        let events = self.events.clone();
+        let (Ok(event) | Err(event)) = self.fetch().await;
+        let _ = events.send(event).await;
+    }
+
+    /// Returns the final event; group events are sent as they happen.
+    async fn fetch(mut self) -> Result<WorkerEvent, WorkerEvent> {
+        let request = self.request.id;
+        let failed = |reason: String| WorkerEvent::Failed { request, reason };
+        let size = self.tree.size();
+        let first = group_range(size, self.request.groups.start).start;
+        let end = group_range(size, self.request.groups.end - 1).end;
+        let mut conn = match self.conn.take().filter(HttpConn::is_open) {
+            Some(conn) => conn,
+            None => {
+                let stream = self
+                    .connector
+                    .connect()
+                    .await
+                    .map_err(|e| failed(format!("cannot connect: {e}")))?;
+                HttpConn::handshake(stream)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?
+            }
+        };
+        let response = conn
+            .get(
+                &format!("/content/{}", self.id),
+                Some((first, end.saturating_sub(1))),
+            )
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        match response.status() {
+            StatusCode::PARTIAL_CONTENT => {
+                let expected = format!("bytes {first}-{}/{size}", end.saturating_sub(1));
+                let got = response
+                    .headers()
+                    .get(header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok());
+                if got != Some(expected.as_str()) {
+                    return Err(failed(format!(
+                        "wrong Content-Range {got:?}, expected {expected}"
+                    )));
+                }
+            }
+            StatusCode::OK if first == 0 && end == size => {}
+            StatusCode::SERVICE_UNAVAILABLE => {
+                let retry_after = response
+                    .headers()
+                    .get(header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                    .unwrap_or(5)
+                    .clamp(1, 60);
+                return Err(WorkerEvent::Busy {
+                    request,
+                    retry_after: Duration::from_secs(retry_after),
+                });
+            }
+            other => return Err(failed(format!("answered HTTP {other}"))),
+        }
+
+        let mut body = response.into_body();
+        let mut group = self.request.groups.start;
+        let mut buffer = BytesMut::new();
+        let mut pending: Option<(u64, JoinHandle<std::io::Result<bool>>)> = None;
+        let mut complete = false;
+        loop {
+            let frame = match body.frame().await {
+                None => break,
+                Some(Ok(frame)) => frame,
+                Some(Err(error)) => {
+                    self.settle(pending.take()).await?;
+                    return Err(failed(format!("transfer broke off: {error}")));
+                }
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buffer.extend_from_slice(&data);
+            loop {
+                if group >= self.request.groups.end {
+                    if !buffer.is_empty() {
+                        self.settle(pending.take()).await?;
+                        return Err(failed("sent more bytes than asked for".into()));
+                    }
+                    break;
+                }
+                let range = group_range(size, group);
+                let len = group_len(size, group);
+                if buffer.len() < len {
+                    break;
+                }
+                let data = buffer.split_to(len).freeze();
+                // Verify the previous group while this one waits; then hand
+                // this one to a blocking thread and read on.
+                self.settle(pending.take()).await?;
+                let (tree, file) = (self.tree.clone(), self.file.clone());
+                let index = group;
+                pending = Some((
+                    index,
+                    tokio::task::spawn_blocking(move || {
+                        if tree.verify_group(index, &data).is_err() {
+                            return Ok(false);
+                        }
+                        file.write_all_at(&data, range.start)?;
+                        Ok(true)
+                    }),
+                ));
+                group += 1;
+                complete = group == self.request.groups.end;
+            }
+        }
+        self.settle(pending.take()).await?;
+        let conn = if complete && buffer.is_empty() {
+            Some(conn)
+        } else {
+            None
+        };
+        Ok(WorkerEvent::Done { request, conn })
+    }
+
+    /// Waits for a group's verification and reports it; a bad group or a
+    /// disk error ends the request.
+    async fn settle(
+        &self,
+        pending: Option<(u64, JoinHandle<std::io::Result<bool>>)>,
+    ) -> Result<(), WorkerEvent> {
+        let Some((group, handle)) = pending else {
+            return Ok(());
+        };
+        let request = self.request.id;
+        match handle.await {
+            Ok(Ok(true)) => {
+                let _ = self
+                    .events
+                    .send(WorkerEvent::Verified { request, group })
+                    .await;
+                Ok(())
+            }
+            Ok(Ok(false)) => Err(WorkerEvent::Bad { request, group }),
+            Ok(Err(error)) => Err(WorkerEvent::Disk(error)),
+            Err(_) => Err(WorkerEvent::Failed {
+                request,
+                reason: "verification task failed".into(),
+            }),
+        }
+    }
+}
+
+/// Downloads `options.content_id` from `sources`. See the module docs.
+pub async fn download(
+    sources: Vec<DownloadSource>,
+    options: DownloadOptions,
+) -> Result<DownloadReport, DownloadError> {
+    let started = Instant::now();
+    let paths = Paths::new(&options.target)?;
+    if !options.force && tokio::fs::try_exists(&paths.target).await.unwrap_or(false) {
+        return Err(DownloadError::Exists(paths.target));
+    }
+    if sources.is_empty() {
+        return Err(DownloadError::NoSources);
+    }
+    if options.size > MAX_DOWNLOAD_SIZE {
+        return Err(DownloadError::TooLarge(options.size));
+    }
+    let (id, size) = (options.content_id, options.size);
+    let mut failed: HashMap<usize, String> = HashMap::new();
+    let (tree, resumed) = match resume(&paths, id, size).await {
+        Some((tree, groups)) => {
+            tracing::info!(
+                groups = groups.len(),
+                "resuming: groups already verified on disk"
+            );
+            (tree, groups)
+        }
+        None => {
+            let (tree, bytes) = fetch_tree(&sources, id, size, &mut failed).await?;
+            save_state(&paths, id, size, &bytes).await?;
+            (tree, Vec::new())
+        }
+    };
+    let tree = Arc::new(tree);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&paths.partial)
+        .map_err(io_error(&paths.partial))?;
+    file.set_len(size).map_err(io_error(&paths.partial))?;
+    let file = Arc::new(file);
+
+    let mut plan = DownloadPlan::new(size, resumed, options.config.clone());
+    let resumed_bytes = plan.verified_bytes();
+    // Plan source ids are indices into `usable`.
+    let usable: Vec<usize> = (0..sources.len())
+        .filter(|i| !failed.contains_key(i))
+        .collect();
+    for _ in &usable {
+        plan.add_source();
+    }
+    let mut dropped: HashMap<SourceId, String> = HashMap::new();
+    let mut idle: Vec<Vec<HttpConn>> = usable.iter().map(|_| Vec::new()).collect();
+    let mut workers: HashMap<u64, (SourceId, JoinHandle<()>)> = HashMap::new();
+    let (events_tx, mut events) = mpsc::channel::<WorkerEvent>(256);
+    let clock = Instant::now();
+    let now = || Time(u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX));
+    let report_progress = |plan: &DownloadPlan| {
+        if let Some(progress) = &options.progress {
+            progress(Progress {
+                verified_bytes: plan.verified_bytes(),
+                total: size,
+                active_sources: plan.busy_sources(),
+            });
+        }
+    };
+    report_progress(&plan);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+
+    let outcome = loop {
+        while let Some(request) = plan.next_request(now()) {
+            let source = request.source;
+            let worker = Worker {
+                conn: idle[source].pop(),
+                connector: sources[usable[source]].connector.clone(),
+                tree: tree.clone(),
+                file: file.clone(),
+                id,
+                events: events_tx.clone(),
+                request: request.clone(),
+            };
+            workers.insert(request.id, (source, tokio::spawn(worker.run())));
+        }
+        while let Some(event) = plan.poll_event() {
+            match event {
+                DownloadEvent::Cancel(request) => {
+                    if let Some((_, handle)) = workers.remove(&request) {
+                        handle.abort();
+                    }
+                }
+                DownloadEvent::SourceDropped { source, reason } => {
+                    tracing::warn!(source = %sources[usable[source]].label, %reason, "dropping source");
+                    idle[source].clear();
+                    dropped.insert(source, reason);
+                }
+            }
+        }
+        if plan.is_complete() {
+            break Ok(());
+        }
+        if plan.is_stuck() {
+            let reasons: Vec<String> = failed
+                .iter()
+                .map(|(i, r)| format!("{}: {r}", sources[*i].label))
+                .chain(
+                    dropped
+                        .iter()
+                        .map(|(s, r)| format!("{}: {r}", sources[usable[*s]].label)),
+                )
+                .collect();
+            break Err(DownloadError::AllSourcesFailed(reasons.join("\n")));
+        }
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { continue };
+                match event {
+                    WorkerEvent::Verified { request, group } => {
+                        plan.handle_group_verified(request, group, now());
+                        report_progress(&plan);
+                    }
+                    WorkerEvent::Bad { request, group } => {
+                        workers.remove(&request);
+                        plan.handle_group_bad(request, group);
+                    }
+                    WorkerEvent::Done { request, conn } => {
+                        if let (Some((source, _)), Some(conn)) = (workers.remove(&request), conn) {
+                            if !dropped.contains_key(&source) {
+                                idle[source].push(conn);
+                            }
+                        }
+                        plan.handle_request_done(request);
+                    }
+                    WorkerEvent::Failed { request, reason } => {
+                        workers.remove(&request);
+                        plan.handle_request_failed(request, reason);
+                    }
+                    WorkerEvent::Busy { request, retry_after } => {
+                        workers.remove(&request);
+                        plan.handle_request_busy(request, retry_after, now());
+                    }
+                    WorkerEvent::Disk(error) => break Err(io_error(&paths.partial)(error)),
+                }
+            }
+            _ = tick.tick() => plan.handle_timeout(now()),
+        }
+    };
+    for (_, (_, handle)) in workers.drain() {
+        handle.abort();
+    }
+    outcome?;
+
+    let synced = file.clone();
+    tokio::task::spawn_blocking(move || synced.sync_all())
+        .await
+        .map_err(|_| io_error(&paths.partial)(std::io::Error::other("sync task failed")))?
+        .map_err(io_error(&paths.partial))?;
+    if !options.force && tokio::fs::try_exists(&paths.target).await.unwrap_or(false) {
+        return Err(DownloadError::Exists(paths.target));
+    }
+    tokio::fs::rename(&paths.partial, &paths.target)
+        .await
+        .map_err(io_error(&paths.target))?;
+    let _ = tokio::fs::remove_file(&paths.state).await;
+
+    let sources = sources
+        .iter()
+        .enumerate()
+        .map(|(index, source)| {
+            let planned = usable.iter().position(|u| *u == index);
+            SourceReport {
+                source: source.label.clone(),
+                bytes: planned.map_or(0, |p| plan.bytes_from(p)),
+                dropped: failed
+                    .get(&index)
+                    .or_else(|| planned.and_then(|p| dropped.get(&p)))
+                    .cloned(),
+            }
+        })
+        .collect();
+    Ok(DownloadReport {
+        path: paths.target,
+        size,
+        resumed_bytes,
+        sources,
+        elapsed: started.elapsed(),
+    })
+}

@@ -1,0 +1,22 @@
+//! File transfer between leaves.
+//!
+//! - [`server`]: every leaf serves its shared files over HTTP/1.1, by
+//!   content id only (`/content/<id>`, single byte ranges), plus each file's
+//!   verification tree (`/tree/<id>`), within a fixed number of upload
+//!   slots. Plain `curl` and `aria2c` can download from it.
+//! - [`download`]: fetches a file from several sources at once, verifying
+//!   every 1 MiB group against the content id before keeping it, into a
+//!   temporary file renamed into place only when complete; an interrupted
+//!   download resumes from the groups already on disk.
+//! - [`push`]: how a firewalled source reaches a downloader: it connects
+//!   out to the downloader's callback listener and serves HTTP over that
+//!   connection.
+//! - [`catalog`]: which content ids this leaf serves, and from which files.
+
+pub mod catalog;
+pub mod client;
+pub mod download;
+pub mod push;
+pub mod server;
+
+pub use catalog::Catalog;
