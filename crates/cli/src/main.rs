@@ -40,6 +40,8 @@ enum Command {
     Search(commands::search::Args),
     /// Download a file by content id from every source at once, verified.
     Get(commands::get::Args),
+    /// Print the content ids of shared folders' files, as b3sum would.
+    Hash(commands::hash::Args),
     /// Start a small overlay on 127.0.0.1, search it, and show what was found.
     Demo(commands::demo::Args),
 }
@@ -57,7 +59,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Supernode(_) | Command::Leaf(_) => "info",
-        Command::Search(_) | Command::Get(_) | Command::Demo(_) => "warn",
+        Command::Search(_) | Command::Get(_) | Command::Hash(_) | Command::Demo(_) => "warn",
     };
     init_logging(default_level);
     let runtime = match tokio::runtime::Runtime::new() {
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
             Command::Leaf(args) => commands::leaf::run(args).await,
             Command::Search(args) => commands::search::run(args).await,
             Command::Get(args) => commands::get::run(args).await,
+            Command::Hash(args) => commands::hash::run(args).await,
             Command::Demo(args) => commands::demo::run(args).await,
         }
     });

@@ -157,14 +157,33 @@ impl VerifiedTree {
 
     /// Checks the bytes of group `index`.
     pub fn verify_group(&self, index: u64, data: &[u8]) -> Result<(), TreeError> {
+        self.verify_group_parts(index, &[data])
+    }
+
+    /// Checks group `index` given as consecutive `parts` (the pieces it
+    /// arrived in), without gathering them into one buffer.
+    pub fn verify_group_parts<P: AsRef<[u8]>>(
+        &self,
+        index: u64,
+        parts: &[P],
+    ) -> Result<(), TreeError> {
         let range = group_range(self.size, index);
-        if index >= self.groups() || data.len() as u64 != range.end - range.start {
+        let len: u64 = parts.iter().map(|p| p.as_ref().len() as u64).sum();
+        if index >= self.groups() || len != range.end - range.start {
             return Err(TreeError::BadGroup(index));
         }
+        let mut hasher = blake3::Hasher::new();
         let ok = if self.cvs.is_empty() {
-            *blake3::hash(data).as_bytes() == self.id.0
+            for part in parts {
+                hasher.update(part.as_ref());
+            }
+            *hasher.finalize().as_bytes() == self.id.0
         } else {
-            self.cvs.get(group_slot(index)) == Some(&group_cv(index, data))
+            hasher.set_input_offset(index * GROUP_LEN);
+            for part in parts {
+                hasher.update(part.as_ref());
+            }
+            self.cvs.get(group_slot(index)) == Some(&hasher.finalize_non_root())
         };
         if ok {
             Ok(())
@@ -234,6 +253,32 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_group_in_pieces_verifies_like_the_whole() {
+        let len = 2 * GROUP_LEN as usize + 777;
+        let bytes = data(len);
+        let id = ContentId(*blake3::hash(&bytes).as_bytes());
+        let tree = VerifiedTree::from_bytes(id, len as u64, &encode_cvs(&cvs_of(&bytes))).unwrap();
+        let group = &bytes[GROUP_LEN as usize..2 * GROUP_LEN as usize];
+        for cut in [1, 1000, 1024, 65_536, GROUP_LEN as usize - 1] {
+            let (a, b) = group.split_at(cut);
+            assert_eq!(tree.verify_group_parts(1, &[a, b]), Ok(()), "cut at {cut}");
+        }
+        let mut bad = group.to_vec();
+        bad[5] ^= 1;
+        let (a, b) = bad.split_at(3);
+        assert_eq!(
+            tree.verify_group_parts(1, &[a, b]),
+            Err(TreeError::GroupMismatch(1))
+        );
+        let small =
+            VerifiedTree::from_bytes(ContentId(*blake3::hash(b"tiny").as_bytes()), 4, &[]).unwrap();
+        assert_eq!(
+            small.verify_group_parts(0, &[&b"ti"[..], &b"ny"[..]]),
+            Ok(())
+        );
     }
 
     #[test]

@@ -38,6 +38,12 @@ pub(crate) struct Args {
     /// Seconds without data before a source is dropped as stalled.
     #[arg(long, default_value_t = 10)]
     stall_timeout: u64,
+    /// Requests in flight to each source at once.
+    #[arg(long, default_value_t = canopy_core::download::DownloadConfig::default().requests_per_source)]
+    requests_per_source: usize,
+    /// MiB asked for in one request.
+    #[arg(long, default_value_t = canopy_core::download::DownloadConfig::default().groups_per_request)]
+    request_mib: u64,
     /// The content id (64 hex characters, as b3sum prints).
     id: ContentId,
 }
@@ -72,6 +78,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     options.search_timeout = search_timeout;
     options.ttl = args.ttl;
     options.config.stall_timeout = Duration::from_secs(args.stall_timeout.max(1));
+    options.config.requests_per_source = args.requests_per_source.max(1);
+    options.config.groups_per_request = args.request_mib.max(1);
     options.progress = Some(Arc::new(move |progress| {
         updates.set_length(progress.total);
         updates.set_position(progress.verified_bytes);

@@ -2,6 +2,7 @@
 
 pub(crate) mod demo;
 pub(crate) mod get;
+pub(crate) mod hash;
 pub(crate) mod leaf;
 pub(crate) mod search;
 pub(crate) mod supernode;
