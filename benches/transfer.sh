@@ -93,8 +93,11 @@ wait_sources() {
 }
 
 now() { date +%s.%N; }
+# Flush earlier runs' dirty pages so no run pays for another's writeback.
+settle() { sync; }
 canopy_get() {
   rm -f "$work/out/canopy.bin"
+  settle
   "$canopy" get --supernode "$supernode" -o "$work/out/canopy.bin" --json --search-timeout 0.5 "$id" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])'
 }
@@ -108,6 +111,7 @@ start_leaf 1
 wait_sources 1
 for _ in $(seq "$RUNS"); do
   rm -f "$work/out/curl.bin"
+  settle
   t=$(curl -s -o "$work/out/curl.bin" -w '%{time_total}' "http://127.0.0.1:$port/bench.bin")
   check "$work/out/curl.bin"; echo "one_curl $t" >> "$results"
   t=$(canopy_get); check "$work/out/canopy.bin"; echo "one_canopy $t" >> "$results"
@@ -118,6 +122,7 @@ for n in 2 3 4; do start_leaf "$n"; done
 wait_sources 4
 for _ in $(seq "$RUNS"); do
   rm -f "$work/out/aria.bin"
+  settle
   a=$(now)
   aria2c -q -x4 -s4 -k1M --file-allocation=none --allow-overwrite=true --auto-file-renaming=false \
     -d "$work/out" -o aria.bin "${leaf_urls[@]}"

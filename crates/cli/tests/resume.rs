@@ -23,9 +23,9 @@ const MIB: usize = 1 << 20;
 async fn get_killed_half_way_resumes_without_refetching() {
     init_logs();
     let nodes = line(1).await;
-    // Exactly eight groups: `get` asks for up to eight per request, so the
-    // first request holds them all and the stalling source's budget goes
-    // to groups 0, 1, 2 in order, whatever the timing.
+    // Eight groups: `get` asks for up to sixteen per request, so one
+    // request holds them all and the stalling source's budget goes to
+    // groups 0, 1, 2 in order, whatever the timing.
     let data = sample_bytes(8 * MIB, 11);
     let id = ContentId(*blake3::hash(&data).as_bytes());
     let file = SharedFile {

@@ -51,7 +51,7 @@ pub const RETRY_AFTER_SECS: u64 = 5;
 /// Most HTTP connections held open at once.
 const MAX_CONNECTIONS: usize = 256;
 /// Bytes read from disk per body chunk.
-const READ_CHUNK: usize = 256 * 1024;
+const READ_CHUNK: usize = 1024 * 1024;
 /// Trees kept in memory (32 bytes a MiB of file each).
 const TREE_CACHE: usize = 64;
 
