@@ -123,6 +123,16 @@ pub enum Action {
         /// Other supernodes it suggested.
         try_supernodes: Vec<SocketAddr>,
     },
+    /// Try to open a connection to `addr`, the address leaf `conn`
+    /// announced, and report with [`Supernode::handle_probe_result`]. A leaf
+    /// behind NAT announces an address nobody can reach; its hits must say
+    /// it is firewalled, so downloaders push instead of dialing.
+    Probe {
+        /// The leaf.
+        conn: ConnId,
+        /// Where it says it can be reached.
+        addr: SocketAddr,
+    },
 }
 
 /// Counters and gauges, for tests, logs and metrics.
@@ -152,6 +162,8 @@ pub struct SupernodeStats {
     pub pushes_routed: u64,
     /// Pushes dropped for want of a route.
     pub pushes_unroutable: u64,
+    /// Leaves whose announced address could not be reached.
+    pub leaves_unreachable: u64,
     /// Handshakes refused.
     pub handshakes_rejected: u64,
     /// Connections closed for breaking the protocol.
@@ -538,6 +550,14 @@ impl Supernode {
                     .map(|addr| reachable_addr(Some(addr), remote)),
             },
         };
+        let probe = match &state {
+            PeerState::Leaf {
+                addr,
+                firewalled: false,
+                ..
+            } => Some(*addr),
+            _ => None,
+        };
         self.establish(conn, hello.node_id, state);
         let reply = HelloReply {
             hello: self.our_hello(),
@@ -546,6 +566,22 @@ impl Supernode {
             },
         };
         self.send(conn, Message::HelloReply(reply));
+        if let Some(addr) = probe {
+            self.actions.push_back(Action::Probe { conn, addr });
+        }
+    }
+
+    /// The result of an [`Action::Probe`]: an unreachable leaf is marked
+    /// firewalled from now on.
+    pub fn handle_probe_result(&mut self, conn: ConnId, reachable: bool) {
+        if let Some(PeerState::Leaf { firewalled, .. }) =
+            self.peers.get_mut(&conn).map(|p| &mut p.state)
+        {
+            *firewalled = !reachable;
+            if !reachable {
+                self.stats.leaves_unreachable += 1;
+            }
+        }
     }
 
     fn handle_hello_reply(&mut self, conn: ConnId, reply: HelloReply) {

@@ -33,6 +33,8 @@ struct Net {
     inbox: VecDeque<(End, Message)>,
     closed_with: Vec<(End, Option<ByeReason>)>,
     pushes: Vec<(usize, ContentId, SocketAddr)>,
+    /// Reachability probes asked for: (supernode, leaf connection, address).
+    probes: Vec<(usize, ConnId, SocketAddr)>,
     next_conn: u64,
 }
 
@@ -84,6 +86,7 @@ impl Net {
             inbox: VecDeque::new(),
             closed_with: Vec::new(),
             pushes: Vec::new(),
+            probes: Vec::new(),
             next_conn: 1,
         }
     }
@@ -165,6 +168,7 @@ impl Net {
                         }
                     }
                     Action::Close { conn, bye } => self.cut(End::Super(s, conn), bye),
+                    Action::Probe { conn, addr } => self.probes.push((s, conn, addr)),
                     Action::Rejected { .. } => {}
                 }
             }
@@ -561,4 +565,39 @@ fn a_push_travels_back_along_the_hits_path_to_a_firewalled_leaf() {
     net.drive();
     assert_eq!(net.supers[2].stats().pushes_unroutable, 1);
     assert_eq!(net.pushes_for(firewalled).len(), 1);
+}
+
+#[test]
+fn a_leaf_that_cannot_be_reached_is_marked_firewalled() {
+    let mut net = Net::line(1);
+    let leaf = net.add_leaf(0, vec![file(8, "behind a router")]);
+    // It announced 0.0.0.0:30000+i; the supernode probes the address it
+    // would hand out: the announced port on the IP it sees the leaf from.
+    let (s, conn, addr) = net.probes[0];
+    assert_eq!(s, 0);
+    assert_eq!(
+        addr,
+        SocketAddr::from(([127, 0, 0, 1], 30_000 + leaf as u16))
+    );
+    let searcher = net.add_leaf(0, vec![]);
+    let firewalled = |net: &mut Net| {
+        let id = MessageId([net.next_conn as u8; 16]);
+        net.next_conn += 1;
+        net.leaves[searcher]
+            .start_search(id, &request(&["router"], 1), net.now)
+            .unwrap();
+        net.drive();
+        let session = net.leaves[searcher].finish_search(&id).unwrap();
+        let result = session.results().next().cloned().unwrap();
+        result.sources[0].firewalled
+    };
+    assert!(
+        !firewalled(&mut net),
+        "reachable until a probe says otherwise"
+    );
+    net.supers[0].handle_probe_result(conn, false);
+    assert!(firewalled(&mut net));
+    assert_eq!(net.supers[0].stats().leaves_unreachable, 1);
+    net.supers[0].handle_probe_result(conn, true);
+    assert!(!firewalled(&mut net));
 }

@@ -139,6 +139,11 @@ enum Event {
         on_close: Option<oneshot::Sender<()>>,
     },
     Conn(ConnId, ConnEvent),
+    /// A reachability probe of a leaf finished.
+    Probed {
+        conn: ConnId,
+        reachable: bool,
+    },
 }
 
 fn conn_event(conn: ConnId, event: ConnEvent) -> Event {
@@ -177,7 +182,15 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
     let (stats_tx, stats_rx) = watch::channel(core.stats());
     let next_conn = Arc::new(AtomicU64::new(1));
 
-    tracker.spawn(run_core(core, events_rx, stats_tx, shutdown.clone()));
+    let node = NodeTask {
+        core,
+        conns: HashMap::new(),
+        clock: Clock::new(),
+        inbox: events_tx.clone(),
+        tracker: tracker.clone(),
+        dropped_sends: 0,
+    };
+    tracker.spawn(node.run(events_rx, stats_tx, shutdown.clone()));
     tracker.spawn(accept_loop(
         listener,
         events_tx.clone(),
@@ -206,76 +219,133 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
     })
 }
 
-/// The node task: owns the state machine, feeds it, carries out its actions.
-async fn run_core(
-    mut core: Supernode,
-    mut events: mpsc::Receiver<Event>,
-    stats: watch::Sender<SupernodeStats>,
-    shutdown: CancellationToken,
-) {
-    let clock = Clock::new();
-    let mut conns: HashMap<ConnId, Registered> = HashMap::new();
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut dropped_sends: u64 = 0;
-    loop {
-        tokio::select! {
-            // Shutdown first, so a busy inbox can't delay it.
-            biased;
-            _ = shutdown.cancelled() => {
-                core.shutdown();
-                carry_out(&mut core, &mut conns, &mut dropped_sends);
-                break;
-            }
-            event = events.recv() => {
-                let Some(event) = event else { break };
-                handle_event(&mut core, &mut conns, event, &clock);
-                // Take whatever else is already waiting before acting, so
-                // one batch of actions serves many events.
-                while let Ok(event) = events.try_recv() {
-                    handle_event(&mut core, &mut conns, event, &clock);
-                    carry_out(&mut core, &mut conns, &mut dropped_sends);
-                }
-            }
-            _ = tick.tick() => core.handle_timeout(clock.now()),
-        }
-        carry_out(&mut core, &mut conns, &mut dropped_sends);
-        let now = core.stats();
-        stats.send_if_modified(|current| {
-            let changed = *current != now;
-            *current = now;
-            changed
-        });
-    }
+/// The node task: owns the state machine, feeds it events and the time,
+/// and carries out its actions.
+struct NodeTask {
+    core: Supernode,
+    conns: HashMap<ConnId, Registered>,
+    clock: Clock,
+    /// Its own inbox, for the results of reachability probes.
+    inbox: mpsc::Sender<Event>,
+    tracker: TaskTracker,
+    dropped_sends: u64,
 }
 
-fn handle_event(
-    core: &mut Supernode,
-    conns: &mut HashMap<ConnId, Registered>,
-    event: Event,
-    clock: &Clock,
-) {
-    match event {
-        Event::Connected {
-            conn,
-            direction,
-            remote,
-            outgoing,
-            on_close,
-        } => {
-            conns.insert(conn, Registered { outgoing, on_close });
-            core.handle_connected(conn, direction, remote, clock.now());
+/// How long a reachability probe may take to connect.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl NodeTask {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Event>,
+        stats: watch::Sender<SupernodeStats>,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                // Shutdown first, so a busy inbox can't delay it.
+                biased;
+                _ = shutdown.cancelled() => {
+                    self.core.shutdown();
+                    self.carry_out();
+                    break;
+                }
+                event = events.recv() => {
+                    let Some(event) = event else { break };
+                    self.handle_event(event);
+                    // Take whatever else is already waiting before acting,
+                    // so one batch of actions serves many events.
+                    while let Ok(event) = events.try_recv() {
+                        self.handle_event(event);
+                        self.carry_out();
+                    }
+                }
+                _ = tick.tick() => self.core.handle_timeout(self.clock.now()),
+            }
+            self.carry_out();
+            let now = self.core.stats();
+            stats.send_if_modified(|current| {
+                let changed = *current != now;
+                *current = now;
+                changed
+            });
         }
-        Event::Conn(conn, ConnEvent::Message(message)) => {
-            core.handle_message(conn, message, clock.now());
+    }
+
+    fn handle_event(&mut self, event: Event) {
+        let now = self.clock.now();
+        match event {
+            Event::Connected {
+                conn,
+                direction,
+                remote,
+                outgoing,
+                on_close,
+            } => {
+                self.conns.insert(conn, Registered { outgoing, on_close });
+                self.core.handle_connected(conn, direction, remote, now);
+            }
+            Event::Conn(conn, ConnEvent::Message(message)) => {
+                self.core.handle_message(conn, message, now);
+            }
+            Event::Conn(conn, ConnEvent::FrameError(error)) => {
+                tracing::info!(?conn, %error, "bad input from peer; disconnecting");
+                self.core.handle_frame_error(conn, &error);
+            }
+            Event::Conn(conn, ConnEvent::Closed) => {
+                self.core.handle_disconnected(conn);
+                forget(&mut self.conns, conn);
+            }
+            Event::Probed { conn, reachable } => self.core.handle_probe_result(conn, reachable),
         }
-        Event::Conn(conn, ConnEvent::FrameError(error)) => {
-            tracing::info!(?conn, %error, "bad input from peer; disconnecting");
-            core.handle_frame_error(conn, &error);
-        }
-        Event::Conn(conn, ConnEvent::Closed) => {
-            core.handle_disconnected(conn);
-            forget(conns, conn);
+    }
+
+    fn carry_out(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Send { conn, message } => {
+                    if let Some(registered) = self.conns.get(&conn) {
+                        if !registered.outgoing.try_send(message) {
+                            self.dropped_sends += 1;
+                            tracing::debug!(
+                                ?conn,
+                                dropped = self.dropped_sends,
+                                "send queue full; message dropped"
+                            );
+                        }
+                    }
+                }
+                Action::Close { conn, bye } => {
+                    if let Some((reason, detail)) = &bye {
+                        tracing::info!(?conn, ?reason, %detail, "closing connection");
+                    }
+                    if let Some(registered) = self.conns.get(&conn) {
+                        registered.outgoing.close(bye);
+                    }
+                    forget(&mut self.conns, conn);
+                }
+                Action::Rejected {
+                    conn,
+                    reason,
+                    detail,
+                    try_supernodes,
+                } => {
+                    tracing::info!(?conn, ?reason, %detail, ?try_supernodes, "peer refused our handshake");
+                }
+                Action::Probe { conn, addr } => {
+                    let inbox = self.inbox.clone();
+                    self.tracker.spawn(async move {
+                        let attempt = tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(addr)).await;
+                        let reachable = matches!(attempt, Ok(Ok(_)));
+                        if !reachable {
+                            tracing::info!(?conn, %addr, "leaf unreachable; its downloads go by push");
+                        }
+                        let _ = inbox.send(Event::Probed { conn, reachable }).await;
+                    });
+                }
+            }
         }
     }
 }
@@ -284,42 +354,6 @@ fn forget(conns: &mut HashMap<ConnId, Registered>, conn: ConnId) {
     if let Some(mut registered) = conns.remove(&conn) {
         if let Some(on_close) = registered.on_close.take() {
             let _ = on_close.send(());
-        }
-    }
-}
-
-fn carry_out(core: &mut Supernode, conns: &mut HashMap<ConnId, Registered>, dropped: &mut u64) {
-    while let Some(action) = core.poll_action() {
-        match action {
-            Action::Send { conn, message } => {
-                if let Some(registered) = conns.get(&conn) {
-                    if !registered.outgoing.try_send(message) {
-                        *dropped += 1;
-                        tracing::debug!(
-                            ?conn,
-                            dropped = *dropped,
-                            "send queue full; message dropped"
-                        );
-                    }
-                }
-            }
-            Action::Close { conn, bye } => {
-                if let Some((reason, detail)) = &bye {
-                    tracing::info!(?conn, ?reason, %detail, "closing connection");
-                }
-                if let Some(registered) = conns.get(&conn) {
-                    registered.outgoing.close(bye);
-                }
-                forget(conns, conn);
-            }
-            Action::Rejected {
-                conn,
-                reason,
-                detail,
-                try_supernodes,
-            } => {
-                tracing::info!(?conn, ?reason, %detail, ?try_supernodes, "peer refused our handshake");
-            }
         }
     }
 }

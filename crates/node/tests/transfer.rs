@@ -344,3 +344,28 @@ async fn a_full_disk_is_a_clear_error_and_the_partial_state_is_kept() {
     );
     assert!(dir.path().join(".large.bin.canopy-partial").exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leaf_found_unreachable_is_marked_firewalled_and_serves_by_push() {
+    init_logs();
+    let nodes = line(2).await;
+    let data = sample_bytes(2 * MIB + 1, 7);
+    let id = content_id(&data);
+    let folder = folder_with("unreachable.bin", &data);
+    // It announces an address where nothing listens, as a leaf behind a
+    // NAT without a port forward would.
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut options = leaf_options(&nodes[0], Some(folder.path()));
+    options.advertise = Some(nowhere);
+    let _hidden = start_leaf(options).await;
+    nodes[0].wait_for(PATIENCE, |s| s.leaves_unreachable == 1).await.unwrap();
+
+    let searcher = leaf(&nodes[1], None).await;
+    let found = searcher.search(id_request(id, Duration::from_millis(500))).await.unwrap();
+    assert!(found.results[0].sources[0].firewalled, "hits say it is firewalled");
+
+    let out = tempfile::tempdir().unwrap();
+    let report = get::get(get_options(&nodes[1], id, out.path())).await.unwrap();
+    assert!(std::fs::read(&report.path).unwrap() == data);
+    assert!(report.sources[0].source.ends_with("(push)"));
+}

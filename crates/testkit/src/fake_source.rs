@@ -16,8 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 pub enum Misbehaviour {
     /// Answer every range in full, with one byte in every KiB flipped.
     Corrupt,
-    /// Send this many body bytes of the first request, close, and accept
-    /// no more connections.
+    /// Send this many body bytes, close, and accept no more connections.
+    /// (Connections that ask for no data, such as a supernode's
+    /// reachability probe, do not count.)
     DieAfter(u64),
     /// Send this many body bytes in all, then hold every connection open
     /// and silent.
@@ -82,12 +83,19 @@ pub async fn start(data: Vec<u8>, how: Misbehaviour) -> FakeSource {
     let sent = Arc::new(AtomicU64::new(0));
     let data = Arc::new(data);
     let counter = sent.clone();
+    let dead = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                // Died: drop the listener, refuse everyone from now on.
+                () = dead.notified() => return,
+            };
+            let Ok((mut stream, _)) = accepted else {
                 return;
             };
-            let (data, sent, tree) = (data.clone(), counter.clone(), tree.clone());
+            let (data, sent, tree, dead) =
+                (data.clone(), counter.clone(), tree.clone(), dead.clone());
             let serve = async move {
                 while let Some(head) = read_head(&mut stream).await {
                     if head.starts_with("GET /tree/") {
@@ -135,17 +143,15 @@ pub async fn start(data: Vec<u8>, how: Misbehaviour) -> FakeSource {
                     if give < len {
                         match how {
                             Misbehaviour::StallAfter(_) => std::future::pending::<()>().await,
-                            Misbehaviour::DieAfter(_) | Misbehaviour::Corrupt => return,
+                            Misbehaviour::DieAfter(_) => {
+                                dead.notify_one();
+                                return;
+                            }
+                            Misbehaviour::Corrupt => return,
                         }
                     }
                 }
             };
-            let dies = matches!(how, Misbehaviour::DieAfter(_));
-            if dies {
-                // One connection, then gone for good.
-                serve.await;
-                return;
-            }
             tokio::spawn(serve);
         }
     });
