@@ -1,9 +1,25 @@
 //! How results are shown: a table for people, one JSON object per line for
 //! scripts.
 
+use std::time::Duration;
+
 use canopy_core::search::SearchResult;
-use indicatif::HumanBytes;
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use serde::Serialize;
+
+/// A progress indicator on stderr, drawn only on a terminal, ticking on
+/// its own; `template` is indicatif's (a bar if `len` is given).
+pub(crate) fn progress(template: &str, len: Option<u64>) -> ProgressBar {
+    let fallback = if len.is_some() {
+        ProgressStyle::default_bar()
+    } else {
+        ProgressStyle::default_spinner()
+    };
+    let bar = ProgressBar::new(len.unwrap_or(0))
+        .with_style(ProgressStyle::with_template(template).unwrap_or(fallback));
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
 
 /// One search result as `--json` prints it.
 #[derive(Debug, Serialize)]

@@ -74,6 +74,37 @@ pub struct SearchRequest {
     pub max_results: usize,
 }
 
+impl SearchRequest {
+    /// A search for files whose names hold every word of `words`; it ends
+    /// at `timeout` or once it has `max_results` contents.
+    pub fn keywords<S: AsRef<str>>(
+        words: &[S],
+        ttl: u8,
+        timeout: Duration,
+        max_results: usize,
+    ) -> Self {
+        Self {
+            keywords: words.iter().map(|w| w.as_ref().to_owned()).collect(),
+            content_id: None,
+            min_size: None,
+            max_size: None,
+            ttl,
+            timeout,
+            max_results,
+        }
+    }
+
+    /// A search for one content id. It runs its whole `timeout`, gathering
+    /// every source: an id names one content, so no count can end it early.
+    pub fn content(id: ContentId, ttl: u8, timeout: Duration) -> Self {
+        Self {
+            content_id: Some(id),
+            max_results: usize::MAX,
+            ..Self::keywords::<&str>(&[], ttl, timeout, 0)
+        }
+    }
+}
+
 /// Why a search could not start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SearchError {
@@ -256,7 +287,10 @@ impl LeafSession {
             min_size: request.min_size,
             max_size: request.max_size,
         };
-        let session = SearchSession::new(message_id, now, request.timeout, request.max_results);
+        let mut session = SearchSession::new(message_id, now, request.timeout, request.max_results);
+        if let Some(id) = request.content_id {
+            session = session.only(id);
+        }
         self.searches.insert(message_id, session);
         self.actions
             .push_back(LeafAction::Send(Message::Query(query)));

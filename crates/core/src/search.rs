@@ -46,6 +46,7 @@ pub struct SearchSession {
     results: BTreeMap<ContentId, SearchResult>,
     hits_received: usize,
     first_hit_at: Option<Time>,
+    only: Option<ContentId>,
 }
 
 impl SearchSession {
@@ -59,7 +60,14 @@ impl SearchSession {
             results: BTreeMap::new(),
             hits_received: 0,
             first_hit_at: None,
+            only: None,
         }
+    }
+
+    /// Keeps only files with content id `id`, whatever else a hit carries.
+    pub fn only(mut self, id: ContentId) -> Self {
+        self.only = Some(id);
+        self
     }
 
     /// The query's message id.
@@ -85,6 +93,9 @@ impl SearchSession {
             firewalled: hit.firewalled,
         };
         for file in &hit.files {
+            if self.only.is_some_and(|id| id != file.content_id) {
+                continue;
+            }
             if !self.results.contains_key(&file.content_id) {
                 if self.results.len() >= self.max_results {
                     continue;
@@ -170,6 +181,21 @@ mod tests {
         assert_eq!(results[1].sources.len(), 1);
         assert_eq!(search.hits_received(), 3);
         assert_eq!(search.first_hit_at(), Some(Time(5)));
+    }
+
+    #[test]
+    fn a_search_by_id_keeps_only_that_id() {
+        let mut search = SearchSession::new(
+            MessageId([1; 16]),
+            Time(0),
+            Duration::from_secs(5),
+            usize::MAX,
+        )
+        .only(ContentId([2; 32]));
+        search.handle_hit(&hit(1, 1, &[1, 2, 3]), Time(1));
+        let ids: Vec<_> = search.results().map(|r| r.content_id).collect();
+        assert_eq!(ids, vec![ContentId([2; 32])]);
+        assert!(!search.is_finished(Time(4_999)), "runs its whole timeout");
     }
 
     #[test]

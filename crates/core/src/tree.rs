@@ -193,13 +193,17 @@ impl VerifiedTree {
     }
 }
 
-/// The CV list of a file whose groups are `groups` (in order): what a
-/// source serves. Empty for a single-group file.
-pub fn encode_cvs(cvs: &[ChainingValue]) -> Vec<u8> {
-    if cvs.len() < 2 {
+/// The tree of `data` held in memory, as a source serves it: the CVs of
+/// its groups, concatenated; empty for a single-group file.
+pub fn tree_of(data: &[u8]) -> Vec<u8> {
+    let size = data.len() as u64;
+    if group_count(size) == 1 {
         return Vec::new();
     }
-    cvs.iter().flatten().copied().collect()
+    data.chunks(group_slot(GROUP_LEN))
+        .enumerate()
+        .flat_map(|(index, group)| group_cv(index as u64, group))
+        .collect()
 }
 
 #[cfg(test)]
@@ -209,19 +213,6 @@ mod tests {
 
     fn data(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 % 253) as u8).collect()
-    }
-
-    fn cvs_of(bytes: &[u8]) -> Vec<ChainingValue> {
-        let size = bytes.len() as u64;
-        if group_count(size) == 1 {
-            return Vec::new();
-        }
-        (0..group_count(size))
-            .map(|i| {
-                let r = group_range(size, i);
-                group_cv(i, &bytes[r.start as usize..r.end as usize])
-            })
-            .collect()
     }
 
     #[test]
@@ -242,7 +233,7 @@ mod tests {
         ] {
             let bytes = data(len);
             let id = ContentId(*blake3::hash(&bytes).as_bytes());
-            let encoded = encode_cvs(&cvs_of(&bytes));
+            let encoded = tree_of(&bytes);
             let tree = VerifiedTree::from_bytes(id, len as u64, &encoded)
                 .unwrap_or_else(|e| panic!("len {len}: {e}"));
             for i in 0..tree.groups() {
@@ -260,7 +251,7 @@ mod tests {
         let len = 2 * GROUP_LEN as usize + 777;
         let bytes = data(len);
         let id = ContentId(*blake3::hash(&bytes).as_bytes());
-        let tree = VerifiedTree::from_bytes(id, len as u64, &encode_cvs(&cvs_of(&bytes))).unwrap();
+        let tree = VerifiedTree::from_bytes(id, len as u64, &tree_of(&bytes)).unwrap();
         let group = &bytes[GROUP_LEN as usize..2 * GROUP_LEN as usize];
         for cut in [1, 1000, 1024, 65_536, GROUP_LEN as usize - 1] {
             let (a, b) = group.split_at(cut);
@@ -286,7 +277,7 @@ mod tests {
         let len = 3 * GROUP_LEN as usize + 100;
         let bytes = data(len);
         let id = ContentId(*blake3::hash(&bytes).as_bytes());
-        let mut encoded = encode_cvs(&cvs_of(&bytes));
+        let mut encoded = tree_of(&bytes);
         encoded[40] ^= 1;
         assert_eq!(
             VerifiedTree::from_bytes(id, len as u64, &encoded),

@@ -57,15 +57,7 @@ fn file(id: u8, name: &str) -> SharedFile {
 }
 
 fn request(words: &[&str], ttl: u8) -> SearchRequest {
-    SearchRequest {
-        keywords: words.iter().map(|w| w.to_string()).collect(),
-        content_id: None,
-        min_size: None,
-        max_size: None,
-        ttl,
-        timeout: Duration::from_secs(5),
-        max_results: 100,
-    }
+    SearchRequest::keywords(words, ttl, Duration::from_secs(5), 100)
 }
 
 impl Net {

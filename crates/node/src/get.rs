@@ -104,17 +104,8 @@ async fn run(
     let leaf = leaf::start(leaf_options).await?;
     let outcome = async {
         leaf.wait_connected(Duration::from_secs(10)).await?;
-        let request = SearchRequest {
-            keywords: Vec::new(),
-            content_id: Some(options.content_id),
-            min_size: None,
-            max_size: None,
-            ttl: options.ttl,
-            timeout: options.search_timeout,
-            // A search by id finds one content; wait the whole timeout to
-            // gather every source.
-            max_results: 2,
-        };
+        let request =
+            SearchRequest::content(options.content_id, options.ttl, options.search_timeout);
         let found = leaf.search(request).await?;
         let result = found
             .results

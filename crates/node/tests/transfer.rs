@@ -354,18 +354,32 @@ async fn a_leaf_found_unreachable_is_marked_firewalled_and_serves_by_push() {
     let folder = folder_with("unreachable.bin", &data);
     // It announces an address where nothing listens, as a leaf behind a
     // NAT without a port forward would.
-    let nowhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let mut options = leaf_options(&nodes[0], Some(folder.path()));
     options.advertise = Some(nowhere);
     let _hidden = start_leaf(options).await;
-    nodes[0].wait_for(PATIENCE, |s| s.leaves_unreachable == 1).await.unwrap();
+    nodes[0]
+        .wait_for(PATIENCE, |s| s.leaves_unreachable == 1)
+        .await
+        .unwrap();
 
     let searcher = leaf(&nodes[1], None).await;
-    let found = searcher.search(id_request(id, Duration::from_millis(500))).await.unwrap();
-    assert!(found.results[0].sources[0].firewalled, "hits say it is firewalled");
+    let found = searcher
+        .search(id_request(id, Duration::from_millis(500)))
+        .await
+        .unwrap();
+    assert!(
+        found.results[0].sources[0].firewalled,
+        "hits say it is firewalled"
+    );
 
     let out = tempfile::tempdir().unwrap();
-    let report = get::get(get_options(&nodes[1], id, out.path())).await.unwrap();
+    let report = get::get(get_options(&nodes[1], id, out.path()))
+        .await
+        .unwrap();
     assert!(std::fs::read(&report.path).unwrap() == data);
     assert!(report.sources[0].source.ends_with("(push)"));
 }

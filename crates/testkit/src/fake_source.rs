@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use canopy_core::tree::{group_count, group_cv, group_range};
+use canopy_core::tree::tree_of;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -59,20 +59,6 @@ async fn read_head(stream: &mut TcpStream) -> Option<String> {
         head.push(stream.read_u8().await.ok()?);
     }
     String::from_utf8(head).ok()
-}
-
-/// The true tree of `data`, as an honest source serves it.
-pub fn tree_of(data: &[u8]) -> Vec<u8> {
-    let size = data.len() as u64;
-    if group_count(size) == 1 {
-        return Vec::new();
-    }
-    (0..group_count(size))
-        .flat_map(|i| {
-            let r = group_range(size, i);
-            group_cv(i, &data[r.start as usize..r.end as usize])
-        })
-        .collect()
 }
 
 /// Starts a source serving `data` that misbehaves as told.

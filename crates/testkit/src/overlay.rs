@@ -95,26 +95,10 @@ pub fn sample_bytes(len: usize, seed: u64) -> Vec<u8> {
 
 /// A keyword search.
 pub fn request(words: &[&str], ttl: u8, timeout: Duration, max_results: usize) -> SearchRequest {
-    SearchRequest {
-        keywords: words.iter().map(|w| w.to_string()).collect(),
-        content_id: None,
-        min_size: None,
-        max_size: None,
-        ttl,
-        timeout,
-        max_results,
-    }
+    SearchRequest::keywords(words, ttl, timeout, max_results)
 }
 
 /// A search by content id that waits its whole `timeout` for sources.
 pub fn id_request(id: ContentId, timeout: Duration) -> SearchRequest {
-    SearchRequest {
-        keywords: Vec::new(),
-        content_id: Some(id),
-        min_size: None,
-        max_size: None,
-        ttl: 4,
-        timeout,
-        max_results: 2,
-    }
+    SearchRequest::content(id, 4, timeout)
 }

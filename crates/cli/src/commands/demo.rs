@@ -158,15 +158,8 @@ struct Search {
 }
 
 fn keywords(words: &str, ttl: u8, timeout: Duration) -> SearchRequest {
-    SearchRequest {
-        keywords: words.split_whitespace().map(str::to_owned).collect(),
-        content_id: None,
-        min_size: None,
-        max_size: None,
-        ttl,
-        timeout,
-        max_results: 100,
-    }
+    let words: Vec<&str> = words.split_whitespace().collect();
+    SearchRequest::keywords(&words, ttl, timeout, 100)
 }
 
 fn searches(planted: &Planted) -> anyhow::Result<Vec<Search>> {

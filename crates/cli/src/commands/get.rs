@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use canopy_node::get::{self, GetOptions};
 use canopy_proto::ContentId;
-use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use indicatif::HumanBytes;
 use serde::Serialize;
 
 /// Arguments of `canopy get`.
@@ -63,14 +63,11 @@ struct JsonReport {
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let search_timeout = Duration::try_from_secs_f64(args.search_timeout)
         .map_err(|_| anyhow::anyhow!("--search-timeout must be a positive number of seconds"))?;
-    let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template(
-            "{spinner} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    let bar = crate::output::progress(
+        "{spinner} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+        Some(0),
     );
     bar.set_message("finding sources");
-    bar.enable_steady_tick(Duration::from_millis(120));
     let updates = bar.clone();
     let mut options = GetOptions::new(args.supernode, args.id);
     options.output = args.output;

@@ -3,10 +3,9 @@
 //! core), printed as `b3sum` prints them.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use canopy_share::HashCache;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 /// Arguments of `canopy hash`.
@@ -28,11 +27,7 @@ struct JsonFile {
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let bar = ProgressBar::new_spinner().with_style(
-        ProgressStyle::with_template("{spinner} hashing: {bytes} ({bytes_per_sec})")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    bar.enable_steady_tick(Duration::from_millis(120));
+    let bar = crate::output::progress("{spinner} hashing: {bytes} ({bytes_per_sec})", None);
     let progress = bar.clone();
     let folders = args.folders.clone();
     let started = Instant::now();

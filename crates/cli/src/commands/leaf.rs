@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use canopy_node::leaf::{self, LeafOptions};
-use indicatif::{ProgressBar, ProgressStyle};
 
 /// Arguments of `canopy leaf`.
 #[derive(Debug, clap::Args)]
@@ -47,11 +46,10 @@ pub(crate) fn default_data_dir() -> Option<PathBuf> {
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let hashing = ProgressBar::new_spinner().with_style(
-        ProgressStyle::with_template("{spinner} hashing shared files: {bytes} ({bytes_per_sec})")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    let hashing = crate::output::progress(
+        "{spinner} hashing shared files: {bytes} ({bytes_per_sec})",
+        None,
     );
-    hashing.enable_steady_tick(Duration::from_millis(120));
     let bar = hashing.clone();
     let mut options = LeafOptions::new(args.supernode);
     options.listen = Some(args.listen);

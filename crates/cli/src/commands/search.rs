@@ -7,7 +7,6 @@ use std::time::Duration;
 use canopy_core::leaf::SearchRequest;
 use canopy_node::leaf::{self, LeafOptions};
 use canopy_proto::ContentId;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::output;
 
@@ -43,23 +42,14 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("--timeout must be a positive number of seconds"))?;
     let leaf = leaf::start(LeafOptions::new(args.supernode)).await?;
     leaf.wait_connected(Duration::from_secs(10)).await?;
-    let spinner = ProgressBar::new_spinner().with_style(
-        ProgressStyle::with_template("{spinner} searching {msg}… {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
+    let spinner = output::progress("{spinner} searching {msg}… {elapsed}", None);
     spinner.set_message(
         args.id
             .map_or_else(|| args.terms.join(" "), |id| id.to_hex()),
     );
-    spinner.enable_steady_tick(Duration::from_millis(120));
-    let request = SearchRequest {
-        keywords: args.terms,
-        content_id: args.id,
-        min_size: None,
-        max_size: None,
-        ttl: args.ttl,
-        timeout,
-        max_results: args.max_results,
+    let request = match args.id {
+        Some(id) => SearchRequest::content(id, args.ttl, timeout),
+        None => SearchRequest::keywords(&args.terms, args.ttl, timeout, args.max_results),
     };
     let outcome = leaf.search(request).await;
     spinner.finish_and_clear();
