@@ -254,7 +254,7 @@ async fn the_demo_finds_everything_it_planted() {
     let run = canopy(&["demo", "--json"]).await;
     assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
     let lines = json_lines(&run.stdout);
-    assert_eq!(lines.len(), 5);
+    assert_eq!(lines.len(), 7, "five searches, two downloads");
     for line in &lines {
         assert_eq!(line["ok"], true, "{line}");
     }
@@ -265,4 +265,11 @@ async fn the_demo_finds_everything_it_planted() {
     );
     // The TTL-2 search found nothing.
     assert_eq!(lines[4]["results"], serde_json::json!([]));
+    // Two sources fed the first download; the second came by push.
+    assert_eq!(lines[5]["sources_used"], 2);
+    let pushed = lines[6]["bytes_per_source"].as_object().unwrap();
+    assert!(
+        pushed.keys().all(|source| source.ends_with("(push)")),
+        "{pushed:?}"
+    );
 }

@@ -1,11 +1,13 @@
 //! `canopy demo`: a small overlay on 127.0.0.1, searched end to end.
 //!
 //! Four supernodes in a line (S1 - S2 - S3 - S4), three leaves sharing
-//! generated sample files, and a searcher at the far end. Every search is
-//! checked against what was planted: the demo exits non-zero if the overlay
-//! does not find exactly what it should, so it doubles as a smoke test.
+//! generated sample files (one of them firewalled), and a searcher at the
+//! far end. It searches across supernodes, then downloads: one file from
+//! two sources at once, one from the firewalled leaf by push. Every search
+//! and download is checked against what was planted: the demo exits
+//! non-zero if anything differs, so it doubles as a smoke test.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -13,9 +15,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use canopy_core::leaf::SearchRequest;
 use canopy_core::search::SearchResult;
+use canopy_node::get::{self, GetOptions};
 use canopy_node::leaf::{self, LeafHandle, LeafOptions};
 use canopy_node::supernode::{self, SupernodeHandle, SupernodeOptions};
-use canopy_proto::ContentId;
+use canopy_proto::{ContentId, NodeId};
+use indicatif::HumanBytes;
 use serde::Serialize;
 
 use crate::output::{self, JsonResult};
@@ -36,6 +40,8 @@ const PATIENCE: Duration = Duration::from_secs(15);
 struct SampleLeaf {
     name: &'static str,
     at: usize,
+    /// Accepts no connections: reached by push.
+    firewalled: bool,
     files: &'static [(&'static str, usize)],
 }
 
@@ -43,15 +49,17 @@ const LEAVES: &[SampleLeaf] = &[
     SampleLeaf {
         name: "alice",
         at: 0,
+        firewalled: false,
         files: &[
             ("Aurora Borealis - Night Sky.flac", 1_500_000),
             ("Field Recording - Rain on Leaves.wav", 700_000),
-            ("Canopy Field Guide.pdf", 300_000),
+            ("Canopy Field Guide.pdf", 3_000_000),
         ],
     },
     SampleLeaf {
         name: "bob",
         at: 1,
+        firewalled: true,
         files: &[
             ("Moonlight Sonata (Live).mp3", 900_000),
             ("Mountain Trail Map.png", 120_000),
@@ -60,9 +68,10 @@ const LEAVES: &[SampleLeaf] = &[
     SampleLeaf {
         name: "carol",
         at: 3,
+        firewalled: false,
         files: &[
             // The same bytes as alice's copy: one result, two sources.
-            ("Canopy Field Guide.pdf", 300_000),
+            ("Canopy Field Guide.pdf", 3_000_000),
             ("Rain Forest Ambience.ogg", 450_000),
         ],
     },
@@ -111,7 +120,13 @@ async fn start_supernodes() -> anyhow::Result<Vec<SupernodeHandle>> {
 
 async fn start_leaves(nodes: &[SupernodeHandle], root: &Path) -> anyhow::Result<Planted> {
     let mut leaves = Vec::new();
-    for SampleLeaf { name, at, files } in LEAVES {
+    for SampleLeaf {
+        name,
+        at,
+        firewalled,
+        files,
+    } in LEAVES
+    {
         let folder = root.join(name);
         std::fs::create_dir_all(&folder)?;
         for (file, len) in *files {
@@ -119,6 +134,7 @@ async fn start_leaves(nodes: &[SupernodeHandle], root: &Path) -> anyhow::Result<
         }
         let mut options = LeafOptions::new(nodes[*at].local_addr());
         options.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        options.firewalled = *firewalled;
         options.shares = vec![folder];
         options.data_dir = Some(root.join(format!("{name}-data")));
         let handle = leaf::start(options).await?;
@@ -207,6 +223,107 @@ fn searches(planted: &Planted) -> anyhow::Result<Vec<Search>> {
     ])
 }
 
+/// A download the demo makes from the searcher's supernode.
+struct Download {
+    file: &'static str,
+    /// How many sources must contribute.
+    sources: usize,
+    why: &'static str,
+}
+
+const DOWNLOADS: &[Download] = &[
+    Download {
+        file: "Canopy Field Guide.pdf",
+        sources: 2,
+        why: "from alice and carol at once, every MiB checked against the content id",
+    },
+    Download {
+        file: "Moonlight Sonata (Live).mp3",
+        sources: 1,
+        why: "bob accepts no connections: asked by push through S4, S3, S2, he connected out",
+    },
+];
+
+#[derive(Serialize)]
+struct JsonDownload<'a> {
+    download: &'a str,
+    id: String,
+    sources_used: usize,
+    bytes_per_source: BTreeMap<String, u64>,
+    seconds: f64,
+    ok: bool,
+}
+
+/// Downloads one planted file and checks it against its content id.
+async fn run_download(
+    download: &Download,
+    planted: &Planted,
+    at: &SupernodeHandle,
+    into: &Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    let id = *planted
+        .ids
+        .get(download.file)
+        .context("sample file missing")?;
+    let mut options = GetOptions::new(at.local_addr(), id);
+    options.output = Some(into.to_owned());
+    options.search_timeout = Duration::from_millis(800);
+    // One 1 MiB group per request, so even these small files spread over
+    // every source.
+    options.config.groups_per_request = 1;
+    let report = get::get(options).await?;
+    let bytes = std::fs::read(&report.path)?;
+    let verified = *blake3::hash(&bytes).as_bytes() == id.0;
+    let used: Vec<_> = report.sources.iter().filter(|s| s.bytes > 0).collect();
+    let ok = verified && used.len() == download.sources;
+    if json {
+        let line = JsonDownload {
+            download: download.file,
+            id: id.to_hex(),
+            sources_used: used.len(),
+            bytes_per_source: report
+                .sources
+                .iter()
+                .map(|s| (s.source.clone(), s.bytes))
+                .collect(),
+            seconds: report.elapsed.as_secs_f64(),
+            ok,
+        };
+        say!("{}", serde_json::to_string(&line)?);
+    } else {
+        say!(
+            "download {} ({}) from S{}:",
+            download.file,
+            HumanBytes(report.size),
+            SUPERNODES
+        );
+        for source in &used {
+            say!(
+                "  {:>10} from {}",
+                HumanBytes(source.bytes).to_string(),
+                source.source
+            );
+        }
+        let check = if verified {
+            "its BLAKE3 equals the content id"
+        } else {
+            "CORRUPT"
+        };
+        say!("  saved, and {check}");
+        let mark = if ok { "ok" } else { "UNEXPECTED" };
+        say!("  {mark}: {}\n", download.why);
+    }
+    ensure!(verified, "the file does not match its content id");
+    ensure!(
+        used.len() == download.sources,
+        "{} sources contributed, expected {}",
+        used.len(),
+        download.sources
+    );
+    Ok(())
+}
+
 #[derive(Serialize)]
 struct JsonSearch<'a> {
     search: &'a str,
@@ -219,7 +336,7 @@ struct JsonSearch<'a> {
 fn check(
     search: &Search,
     results: &[SearchResult],
-    who: &HashMap<SocketAddr, String>,
+    who: &HashMap<NodeId, String>,
 ) -> anyhow::Result<()> {
     let found: BTreeSet<(String, BTreeSet<String>)> = results
         .iter()
@@ -228,7 +345,7 @@ fn check(
                 .sources
                 .iter()
                 .map(|s| {
-                    who.get(&s.addr)
+                    who.get(&s.node_id)
                         .cloned()
                         .unwrap_or_else(|| s.addr.to_string())
                 })
@@ -264,10 +381,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let searcher = leaf::start(searcher_options).await?;
     searcher.wait_connected(PATIENCE).await?;
 
-    let who: HashMap<SocketAddr, String> = planted
+    let who: HashMap<NodeId, String> = planted
         .leaves
         .iter()
-        .filter_map(|(name, _, handle)| Some((handle.listen_addr()?, name.clone())))
+        .map(|(name, _, handle)| (handle.node_id(), name.clone()))
         .collect();
     if !args.json {
         say!(
@@ -283,8 +400,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         for (name, at, handle) in &planted.leaves {
             let addr = handle
                 .listen_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
+                .map_or_else(|| "firewalled".to_owned(), |a| a.to_string());
             say!(
                 "  leaf      {name:<6} on S{}  {addr:<21} sharing {} files",
                 at + 1,
@@ -319,17 +435,18 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 for result in &outcome.results {
                     for source in &result.sources {
-                        let name = who.get(&source.addr).map_or("?", String::as_str);
+                        let name = who.get(&source.node_id).map_or("?", String::as_str);
                         let at = planted
                             .leaves
                             .iter()
                             .find(|l| l.0 == name)
                             .map_or(0, |l| l.1 + 1);
-                        say!(
-                            "  {} is at {} ({name}, a leaf of S{at})",
-                            result.name,
-                            source.addr
-                        );
+                        let reach = if source.firewalled {
+                            format!("firewalled, seen from {}", source.addr)
+                        } else {
+                            format!("at {}", source.addr)
+                        };
+                        say!("  {} is {reach} ({name}, a leaf of S{at})", result.name);
                     }
                 }
             }
@@ -338,6 +455,22 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         }
         if let Err(error) = verdict {
             failures.push(error.to_string());
+        }
+    }
+
+    let downloads = root.path().join("downloads");
+    std::fs::create_dir_all(&downloads)?;
+    for download in DOWNLOADS {
+        let verdict = run_download(
+            download,
+            &planted,
+            &nodes[searcher_at],
+            &downloads,
+            args.json,
+        )
+        .await;
+        if let Err(error) = verdict {
+            failures.push(format!("download of {}: {error:#}", download.file));
         }
     }
 
@@ -350,12 +483,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     if !failures.is_empty() {
         bail!(
-            "the demo did not find what it planted:\n{}",
+            "the demo did not find or fetch what it planted:\n{}",
             failures.join("\n")
         );
     }
     if !args.json {
-        say!("demo ok: every search found exactly what was planted, and nothing else.");
+        say!("demo ok: every search found exactly what was planted, and every download verified.");
     }
     Ok(())
 }
