@@ -17,7 +17,7 @@
 //! every group already in the partial file against the tree, keeps those
 //! that verify, and fetches only the rest.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -114,6 +114,29 @@ pub struct DownloadReport {
     pub sources: Vec<SourceReport>,
     /// How long this run took.
     pub elapsed: Duration,
+}
+
+impl DownloadReport {
+    /// Sources that delivered verified bytes in this run.
+    pub fn sources_used(&self) -> usize {
+        self.sources.iter().filter(|s| s.bytes > 0).count()
+    }
+
+    /// Verified bytes by source address.
+    pub fn bytes_per_source(&self) -> BTreeMap<String, u64> {
+        self.sources
+            .iter()
+            .map(|s| (s.source.clone(), s.bytes))
+            .collect()
+    }
+
+    /// Why each dropped source was dropped, by address.
+    pub fn dropped_sources(&self) -> BTreeMap<String, String> {
+        self.sources
+            .iter()
+            .filter_map(|s| Some((s.source.clone(), s.dropped.clone()?)))
+            .collect()
+    }
 }
 
 /// Why a download did not complete. The partial state is kept for a

@@ -281,12 +281,8 @@ async fn run_download(
         let line = JsonDownload {
             download: download.file,
             id: id.to_hex(),
-            sources_used: used.len(),
-            bytes_per_source: report
-                .sources
-                .iter()
-                .map(|s| (s.source.clone(), s.bytes))
-                .collect(),
+            sources_used: report.sources_used(),
+            bytes_per_source: report.bytes_per_source(),
             seconds: report.elapsed.as_secs_f64(),
             ok,
         };

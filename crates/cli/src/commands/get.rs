@@ -85,23 +85,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let result = get::get(options).await;
     bar.finish_and_clear();
     let report = result?;
-    let used: Vec<_> = report.sources.iter().filter(|s| s.bytes > 0).collect();
+    let used = report.sources_used();
     if args.json {
         let json = JsonReport {
             id: args.id.to_hex(),
             path: report.path.display().to_string(),
             size: report.size,
-            sources_used: used.len(),
-            bytes_per_source: report
-                .sources
-                .iter()
-                .map(|s| (s.source.clone(), s.bytes))
-                .collect(),
-            dropped_sources: report
-                .sources
-                .iter()
-                .filter_map(|s| Some((s.source.clone(), s.dropped.clone()?)))
-                .collect(),
+            sources_used: report.sources_used(),
+            bytes_per_source: report.bytes_per_source(),
+            dropped_sources: report.dropped_sources(),
             resumed_bytes: report.resumed_bytes,
             seconds: report.elapsed.as_secs_f64(),
         };
@@ -119,8 +111,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         "saved {} ({}) from {} source{} in {:.2} s ({}/s)",
         report.path.display(),
         HumanBytes(report.size),
-        used.len(),
-        if used.len() == 1 { "" } else { "s" },
+        used,
+        if used == 1 { "" } else { "s" },
         secs,
         HumanBytes(rate)
     );
