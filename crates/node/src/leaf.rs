@@ -273,17 +273,21 @@ impl PushSender {
     }
 }
 
-/// Scans `shares` with the hash cache in `data_dir` (if any).
-pub fn scan_shares(
-    shares: &[PathBuf],
-    data_dir: Option<&std::path::Path>,
-    progress: Option<&Progress>,
-) -> Result<Vec<LocalFile>, NodeError> {
-    let mut cache = match data_dir {
+/// The hash cache kept in `data_dir`, or one in memory only.
+fn load_cache(data_dir: Option<&std::path::Path>) -> HashCache {
+    match data_dir {
         Some(dir) => HashCache::load(&dir.join(HASH_CACHE_FILE)),
         None => HashCache::in_memory(),
-    };
-    let report = canopy_share::scan(shares, &mut cache, &|bytes| {
+    }
+}
+
+/// Scans `shares` with `cache`, and writes the cache back if it changed.
+fn scan_shares(
+    shares: &[PathBuf],
+    cache: &mut HashCache,
+    progress: Option<&Progress>,
+) -> Result<Vec<LocalFile>, NodeError> {
+    let report = canopy_share::scan(shares, cache, &|bytes| {
         if let Some(progress) = progress {
             progress(bytes);
         }
@@ -301,23 +305,24 @@ pub fn scan_shares(
     Ok(report.files)
 }
 
+/// Scans on a blocking thread; the cache goes there and comes back, so it
+/// is read from disk once per leaf, not once per rescan.
 async fn scan_in_background(
     options: &LeafOptions,
+    mut cache: HashCache,
     with_progress: bool,
-) -> Result<Vec<LocalFile>, NodeError> {
+) -> Result<(Vec<LocalFile>, HashCache), NodeError> {
     let shares = options.shares.clone();
-    let data_dir = options.data_dir.clone();
     let progress = if with_progress {
         options.progress.clone()
     } else {
         None
     };
-    let files = tokio::task::spawn_blocking(move || {
-        scan_shares(&shares, data_dir.as_deref(), progress.as_ref())
+    tokio::task::spawn_blocking(move || {
+        scan_shares(&shares, &mut cache, progress.as_ref()).map(|files| (files, cache))
     })
     .await
-    .map_err(|_| NodeError::Stopped)??;
-    Ok(files)
+    .map_err(|_| NodeError::Stopped)?
 }
 
 fn catalog_entries(files: &[LocalFile]) -> impl Iterator<Item = (ContentId, CatalogEntry)> + '_ {
@@ -332,7 +337,8 @@ fn catalog_entries(files: &[LocalFile]) -> impl Iterator<Item = (ContentId, Cata
 
 /// Scans the shares, binds the listener (if any) and starts the leaf.
 pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
-    let local = scan_in_background(&options, true).await?;
+    let cache = load_cache(options.data_dir.as_deref());
+    let (local, cache) = scan_in_background(&options, cache, true).await?;
     let catalog = Catalog::new();
     catalog.replace(catalog_entries(&local));
     let server = ContentServer::new(catalog.clone(), options.upload_slots);
@@ -375,6 +381,7 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
     if let Some(interval) = options.rescan_interval {
         tracker.spawn(rescan_loop(
             options.clone(),
+            cache,
             interval,
             commands_tx.clone(),
             shutdown.clone(),
@@ -407,6 +414,7 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
 
 async fn rescan_loop(
     options: LeafOptions,
+    mut cache: HashCache,
     interval: Duration,
     commands: mpsc::Sender<Command>,
     shutdown: CancellationToken,
@@ -416,13 +424,17 @@ async fn rescan_loop(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        match scan_in_background(&options, false).await {
-            Ok(files) => {
+        match scan_in_background(&options, cache, false).await {
+            Ok((files, kept)) => {
+                cache = kept;
                 if commands.send(Command::Files(files)).await.is_err() {
                     return;
                 }
             }
-            Err(error) => tracing::warn!(%error, "rescan failed"),
+            Err(error) => {
+                tracing::warn!(%error, "rescan failed");
+                cache = load_cache(options.data_dir.as_deref());
+            }
         }
     }
 }
