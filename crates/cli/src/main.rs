@@ -15,6 +15,7 @@ macro_rules! say {
 }
 
 mod commands;
+mod config;
 mod output;
 mod shutdown;
 
@@ -32,6 +33,9 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "canopy", version, about)]
 struct Cli {
+    /// Log lines as text or JSON (filter with RUST_LOG, e.g. `canopy_node=debug`).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<config::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,22 +56,52 @@ enum Command {
     Demo(commands::demo::Args),
 }
 
-fn init_logging(default_level: &str) {
+/// A command with its settings resolved, ready to run.
+enum Job {
+    Supernode(commands::supernode::Settings),
+    Leaf(commands::leaf::Settings),
+    Search(commands::search::Args),
+    Get(commands::get::Args),
+    Hash(commands::hash::Args),
+    Demo(commands::demo::Args),
+}
+
+fn init_logging(default_level: &str, format: config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        config::LogFormat::Text => logs.try_init(),
+        config::LogFormat::Json => logs.json().try_init(),
+    };
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = match cli.command {
-        Command::Supernode(_) | Command::Leaf(_) => "info",
-        Command::Search(_) | Command::Get(_) | Command::Hash(_) | Command::Demo(_) => "warn",
+    // Settings first: a bad config file exits with status 2, as a bad flag does.
+    let job = match cli.command {
+        Command::Supernode(args) => args.resolve(cli.log_format).map(Job::Supernode),
+        Command::Leaf(args) => args.resolve(cli.log_format).map(Job::Leaf),
+        Command::Search(args) => Ok(Job::Search(args)),
+        Command::Get(args) => Ok(Job::Get(args)),
+        Command::Hash(args) => Ok(Job::Hash(args)),
+        Command::Demo(args) => Ok(Job::Demo(args)),
     };
-    init_logging(default_level);
+    let job = match job {
+        Ok(job) => job,
+        Err(error) => {
+            eprintln!("canopy: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let (default_level, format) = match &job {
+        Job::Supernode(s) => ("info", s.log_format),
+        Job::Leaf(s) => ("info", s.log_format),
+        _ => ("warn", cli.log_format.unwrap_or_default()),
+    };
+    init_logging(default_level, format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -76,13 +110,13 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
-            Command::Supernode(args) => commands::supernode::run(args).await,
-            Command::Leaf(args) => commands::leaf::run(args).await,
-            Command::Search(args) => commands::search::run(args).await,
-            Command::Get(args) => commands::get::run(args).await,
-            Command::Hash(args) => commands::hash::run(args).await,
-            Command::Demo(args) => commands::demo::run(args).await,
+        match job {
+            Job::Supernode(settings) => commands::supernode::run(settings).await,
+            Job::Leaf(settings) => commands::leaf::run(settings).await,
+            Job::Search(args) => commands::search::run(args).await,
+            Job::Get(args) => commands::get::run(args).await,
+            Job::Hash(args) => commands::hash::run(args).await,
+            Job::Demo(args) => commands::demo::run(args).await,
         }
     });
     match result {

@@ -273,3 +273,95 @@ async fn the_demo_finds_everything_it_planted() {
         "{pushed:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_config_names_the_file_and_the_key_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, key) in [
+        ("max_leaves = \"many\"\n", "max_leaves"),
+        ("ttl_cap = 9\n", "ttl_cap"),
+        ("listen = \"not an address\"\n", "listen"),
+        ("max_leafs = 3\n", "max_leafs"),
+    ] {
+        let path = dir.path().join("supernode.toml");
+        std::fs::write(&path, text).unwrap();
+        let run = canopy(&["supernode", "--config", path.to_str().unwrap()]).await;
+        assert_eq!(run.code, Some(2), "{text}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("supernode.toml"),
+            "names the file: {}",
+            run.stderr
+        );
+        assert!(run.stderr.contains(key), "names `{key}`: {}", run.stderr);
+    }
+    let path = dir.path().join("leaf.toml");
+    std::fs::write(&path, "supernode = \"127.0.0.1:1\"\n").unwrap();
+    let run = canopy(&["leaf", "--config", path.to_str().unwrap()]).await;
+    assert_eq!(run.code, Some(2));
+    assert!(run.stderr.contains("shares"), "{}", run.stderr);
+    let missing = canopy(&["leaf", "--config", "/no/such/file.toml"]).await;
+    assert_eq!(missing.code, Some(2));
+    assert!(
+        missing.stderr.contains("/no/such/file.toml"),
+        "{}",
+        missing.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_files_configure_nodes_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let share = tempfile::tempdir().unwrap();
+    std::fs::write(share.path().join("From Config.txt"), b"configured").unwrap();
+    // The file says port 1; the flag overrides it.
+    let sn_config = dir.path().join("supernode.toml");
+    std::fs::write(
+        &sn_config,
+        "listen = \"127.0.0.1:1\"\nmax_leaves = 10\njson = true\n",
+    )
+    .unwrap();
+    let (supernode, hello) = spawn_node(&[
+        "supernode",
+        "--config",
+        sn_config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .await;
+    let addr = hello["addr"].as_str().unwrap().to_owned();
+    assert_ne!(addr, "127.0.0.1:1");
+    // Everything for the leaf comes from its file.
+    let leaf_config = dir.path().join("leaf.toml");
+    std::fs::write(
+        &leaf_config,
+        format!(
+            "supernode = \"{addr}\"\nshares = [\"{}\"]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\njson = true\n",
+            share.path().display(),
+            dir.path().join("leaf-data").display()
+        ),
+    )
+    .unwrap();
+    let (leaf, hello) = spawn_node(&["leaf", "--config", leaf_config.to_str().unwrap()]).await;
+    assert_eq!(hello["files"], 1);
+    assert!(dir.path().join("leaf-data/hash-cache.json").exists());
+    let mut found = Vec::new();
+    for _ in 0..20 {
+        let run = canopy(&[
+            "search",
+            "--supernode",
+            &addr,
+            "--json",
+            "--timeout",
+            "0.5",
+            "config",
+        ])
+        .await;
+        found = json_lines(&run.stdout);
+        if !found.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(found.len(), 1);
+    assert_eq!(terminate(leaf).await, Some(0));
+    assert_eq!(terminate(supernode).await, Some(0));
+}

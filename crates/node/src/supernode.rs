@@ -46,6 +46,8 @@ pub struct SupernodeOptions {
     pub max_leaves: usize,
     /// Most supernode peers.
     pub max_supernode_peers: usize,
+    /// Most files one leaf may publish.
+    pub max_files_per_leaf: usize,
     /// First redial delay; doubles up to a minute.
     pub redial_initial: Duration,
     /// A connection that has not completed its handshake by then is closed.
@@ -62,6 +64,7 @@ impl SupernodeOptions {
             ttl_cap: canopy_core::supernode::DEFAULT_TTL_CAP,
             max_leaves: 1_000,
             max_supernode_peers: 32,
+            max_files_per_leaf: 10_000,
             redial_initial: Duration::from_millis(500),
             handshake_timeout: Duration::from_secs(10),
         }
@@ -172,6 +175,7 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
     config.ttl_cap = options.ttl_cap;
     config.max_leaves = options.max_leaves;
     config.max_supernode_peers = options.max_supernode_peers;
+    config.max_files_per_leaf = options.max_files_per_leaf;
     config.handshake_timeout = options.handshake_timeout;
     let max_connections = options.max_leaves + options.max_supernode_peers + HANDSHAKE_HEADROOM;
 

@@ -7,36 +7,69 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use canopy_node::leaf::{self, LeafOptions};
+use canopy_transfer::server::DEFAULT_UPLOAD_SLOTS;
+use serde::Deserialize;
 
-/// Arguments of `canopy leaf`.
+use crate::config::{self, ConfigError, LogFormat, pick};
+
+/// Arguments of `canopy leaf`. Each has a key of the same name in the
+/// `--config` file (dashes as underscores); flags win over the file.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// The supernode to join.
+    /// A TOML file with any of the settings below.
     #[arg(long)]
-    supernode: SocketAddr,
-    /// A folder to share (repeatable). Shared folders are only ever read.
-    #[arg(long = "share", required = true)]
+    config: Option<PathBuf>,
+    /// The supernode to join (required, here or in the file).
+    #[arg(long)]
+    supernode: Option<SocketAddr>,
+    /// A folder to share (repeatable; `shares` in the file; at least one).
+    /// Shared folders are only ever read.
+    #[arg(long = "share")]
     shares: Vec<PathBuf>,
-    /// Where this leaf serves its files over HTTP.
-    #[arg(long, default_value = "0.0.0.0:0")]
-    listen: SocketAddr,
+    /// Where this leaf serves its files over HTTP [default: 0.0.0.0:0].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// Announce this address instead of the listening one (a port forward).
     #[arg(long)]
     advertise: Option<SocketAddr>,
     /// Accept no connections: serve downloaders only by push.
     #[arg(long, conflicts_with = "advertise")]
     firewalled: bool,
-    /// Uploads at once; more get 503 with Retry-After.
-    #[arg(long, default_value_t = canopy_transfer::server::DEFAULT_UPLOAD_SLOTS)]
-    upload_slots: usize,
-    /// Where the hash cache is kept [default: the platform's data directory].
+    /// Uploads at once; more get 503 with Retry-After [default: 4].
+    #[arg(long)]
+    upload_slots: Option<usize>,
+    /// Where the hash cache is kept [default: $XDG_DATA_HOME/canopy].
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Seconds between rescans of the shared folders.
-    #[arg(long, default_value_t = 60)]
-    rescan: u64,
+    /// Seconds between rescans of the shared folders [default: 60].
+    #[arg(long)]
+    rescan: Option<u64>,
     /// Print machine-readable JSON lines instead of text.
     #[arg(long)]
+    json: bool,
+}
+
+/// The `--config` file: the same settings, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    supernode: Option<SocketAddr>,
+    shares: Option<Vec<PathBuf>>,
+    listen: Option<SocketAddr>,
+    advertise: Option<SocketAddr>,
+    firewalled: Option<bool>,
+    upload_slots: Option<usize>,
+    data_dir: Option<PathBuf>,
+    rescan: Option<u64>,
+    log_format: Option<LogFormat>,
+    json: Option<bool>,
+}
+
+/// Everything resolved: ready to run.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    options: LeafOptions,
+    pub(crate) log_format: LogFormat,
     json: bool,
 }
 
@@ -45,45 +78,100 @@ pub(crate) fn default_data_dir() -> Option<PathBuf> {
     dirs::data_dir().map(|dir| dir.join("canopy"))
 }
 
-pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+impl Args {
+    /// Merges flags, the config file and defaults.
+    pub(crate) fn resolve(self, log_format: Option<LogFormat>) -> Result<Settings, ConfigError> {
+        let path = self.config.as_deref();
+        let file: File = config::load(path)?;
+        let supernode = self.supernode.or(file.supernode).ok_or_else(|| {
+            ConfigError::invalid(path, "supernode", "is required (--supernode or the file)")
+        })?;
+        let shares = if self.shares.is_empty() {
+            file.shares.unwrap_or_default()
+        } else {
+            self.shares
+        };
+        if shares.is_empty() {
+            return Err(ConfigError::invalid(
+                path,
+                "shares",
+                "at least one folder to share is required (--share)",
+            ));
+        }
+        let mut options = LeafOptions::new(supernode);
+        options.listen = Some(pick(
+            self.listen,
+            file.listen,
+            SocketAddr::from(([0, 0, 0, 0], 0)),
+        ));
+        options.advertise = self.advertise.or(file.advertise);
+        options.firewalled = self.firewalled || file.firewalled.unwrap_or(false);
+        if options.firewalled && options.advertise.is_some() {
+            return Err(ConfigError::invalid(
+                path,
+                "advertise",
+                "a firewalled leaf announces no address",
+            ));
+        }
+        options.upload_slots = pick(self.upload_slots, file.upload_slots, DEFAULT_UPLOAD_SLOTS);
+        if options.upload_slots == 0 {
+            return Err(ConfigError::invalid(
+                path,
+                "upload_slots",
+                "must be at least 1",
+            ));
+        }
+        options.shares = shares;
+        options.data_dir = self.data_dir.or(file.data_dir).or_else(default_data_dir);
+        options.reconnect = true;
+        let rescan = pick(self.rescan, file.rescan, 60);
+        if rescan == 0 {
+            return Err(ConfigError::invalid(
+                path,
+                "rescan",
+                "must be at least 1 second",
+            ));
+        }
+        options.rescan_interval = Some(Duration::from_secs(rescan));
+        Ok(Settings {
+            options,
+            log_format: pick(log_format, file.log_format, LogFormat::Text),
+            json: self.json || file.json.unwrap_or(false),
+        })
+    }
+}
+
+pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let hashing = crate::output::progress(
         "{spinner} hashing shared files: {bytes} ({bytes_per_sec})",
         None,
     );
     let bar = hashing.clone();
-    let mut options = LeafOptions::new(args.supernode);
-    options.listen = Some(args.listen);
-    options.advertise = args.advertise;
-    options.firewalled = args.firewalled;
-    options.upload_slots = args.upload_slots;
-    options.shares = args.shares;
-    options.data_dir = args.data_dir.or_else(default_data_dir);
-    options.reconnect = true;
-    options.rescan_interval = Some(Duration::from_secs(args.rescan.max(1)));
+    let mut options = settings.options;
     options.progress = Some(Arc::new(move |bytes| bar.inc(bytes)));
+    let (supernode, advertise) = (options.supernode, options.advertise);
     let leaf = leaf::start(options).await.context("starting the leaf")?;
     hashing.finish_and_clear();
     let status = leaf.status();
     let listen = match leaf.listen_addr() {
-        Some(addr) => args.advertise.unwrap_or(addr).to_string(),
+        Some(addr) => advertise.unwrap_or(addr).to_string(),
         None => String::from("none (firewalled)"),
     };
-    if args.json {
+    if settings.json {
         let line = serde_json::json!({
             "event": "sharing",
             "role": "leaf",
             "node_id": leaf.node_id().to_hex(),
             "listen": listen,
             "files": status.shared_files,
-            "supernode": args.supernode.to_string(),
+            "supernode": supernode.to_string(),
         });
         say!("{line}");
     } else {
         say!(
-            "leaf {} sharing {} files, listening on {listen}, joining {}",
+            "leaf {} sharing {} files, listening on {listen}, joining {supernode}",
             leaf.node_id(),
             status.shared_files,
-            args.supernode
         );
     }
     crate::shutdown::signal().await;

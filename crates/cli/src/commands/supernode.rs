@@ -1,41 +1,105 @@
 //! `canopy supernode`: runs a supernode until Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use canopy_node::supernode::{self, SupernodeOptions};
+use serde::Deserialize;
 
-/// Arguments of `canopy supernode`.
+use crate::config::{self, ConfigError, LogFormat, pick};
+
+/// Arguments of `canopy supernode`. Each has a key of the same name in the
+/// `--config` file (dashes as underscores); flags win over the file.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// Address to listen on, for leaves and supernodes alike.
-    #[arg(long, default_value = "0.0.0.0:6346")]
-    listen: SocketAddr,
-    /// Another supernode to connect to (repeatable); redialed if it goes away.
+    /// A TOML file with any of the settings below.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on, for leaves and supernodes alike [default: 0.0.0.0:6346].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Another supernode to connect to (repeatable; `peers` in the file);
+    /// redialed with backoff if it goes away.
     #[arg(long = "peer")]
     peers: Vec<SocketAddr>,
-    /// Cap on the TTL of incoming queries (1-7).
-    #[arg(long, default_value_t = canopy_core::supernode::DEFAULT_TTL_CAP,
-          value_parser = clap::value_parser!(u8).range(1..=7))]
-    ttl_cap: u8,
-    /// Most leaves to accept.
-    #[arg(long, default_value_t = 1000)]
-    max_leaves: usize,
-    /// Most supernode peers.
-    #[arg(long, default_value_t = 32)]
-    max_peers: usize,
+    /// Cap on the TTL of incoming queries, 1-7 [default: 4].
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=7))]
+    ttl_cap: Option<u8>,
+    /// Most leaves to accept [default: 1000].
+    #[arg(long)]
+    max_leaves: Option<usize>,
+    /// Most supernode peers [default: 32].
+    #[arg(long)]
+    max_peers: Option<usize>,
+    /// Most files one leaf may publish [default: 10000].
+    #[arg(long)]
+    max_files_per_leaf: Option<usize>,
     /// Print machine-readable JSON lines instead of text.
     #[arg(long)]
     json: bool,
 }
 
-pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let mut options = SupernodeOptions::new(args.listen);
-    options.peers = args.peers;
-    options.ttl_cap = args.ttl_cap;
-    options.max_leaves = args.max_leaves;
-    options.max_supernode_peers = args.max_peers;
-    let node = supernode::start(options).await?;
-    if args.json {
+/// The `--config` file: the same settings, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    listen: Option<SocketAddr>,
+    peers: Option<Vec<SocketAddr>>,
+    ttl_cap: Option<u8>,
+    max_leaves: Option<usize>,
+    max_peers: Option<usize>,
+    max_files_per_leaf: Option<usize>,
+    log_format: Option<LogFormat>,
+    json: Option<bool>,
+}
+
+/// Everything resolved: ready to run.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    options: SupernodeOptions,
+    pub(crate) log_format: LogFormat,
+    json: bool,
+}
+
+impl Args {
+    /// Merges flags, the config file and defaults.
+    pub(crate) fn resolve(self, log_format: Option<LogFormat>) -> Result<Settings, ConfigError> {
+        let path = self.config.as_deref();
+        let file: File = config::load(path)?;
+        let defaults = SupernodeOptions::new(SocketAddr::from(([0, 0, 0, 0], 6346)));
+        let mut options = SupernodeOptions::new(pick(self.listen, file.listen, defaults.listen));
+        options.peers = if self.peers.is_empty() {
+            file.peers.unwrap_or_default()
+        } else {
+            self.peers
+        };
+        options.ttl_cap = pick(self.ttl_cap, file.ttl_cap, defaults.ttl_cap);
+        if !(1..=7).contains(&options.ttl_cap) {
+            return Err(ConfigError::invalid(
+                path,
+                "ttl_cap",
+                format!("must be 1-7, not {}", options.ttl_cap),
+            ));
+        }
+        options.max_leaves = pick(self.max_leaves, file.max_leaves, defaults.max_leaves);
+        options.max_supernode_peers =
+            pick(self.max_peers, file.max_peers, defaults.max_supernode_peers);
+        options.max_files_per_leaf = pick(
+            self.max_files_per_leaf,
+            file.max_files_per_leaf,
+            defaults.max_files_per_leaf,
+        );
+        Ok(Settings {
+            options,
+            log_format: pick(log_format, file.log_format, LogFormat::Text),
+            json: self.json || file.json.unwrap_or(false),
+        })
+    }
+}
+
+pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
+    let node = supernode::start(settings.options).await?;
+    if settings.json {
         let line = serde_json::json!({
             "event": "listening",
             "role": "supernode",
