@@ -18,6 +18,9 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::traffic::{Counted, Traffic};
+use std::sync::Arc;
+
 /// Messages waiting to be written, per connection.
 pub const SEND_QUEUE_LEN: usize = 1024;
 
@@ -80,6 +83,7 @@ pub fn spawn<E, A>(
     announce: A,
     wrap: fn(ConnId, ConnEvent) -> E,
     tracker: &TaskTracker,
+    traffic: &Arc<Traffic>,
 ) where
     E: Send + 'static,
     A: FnOnce(Outgoing) -> E + Send + 'static,
@@ -87,6 +91,8 @@ pub fn spawn<E, A>(
     let _ = stream.set_nodelay(true);
     let peer: Option<SocketAddr> = stream.peer_addr().ok();
     let (read_half, write_half) = stream.into_split();
+    let read_half = Counted::new(read_half, traffic.clone());
+    let write_half = Counted::new(write_half, traffic.clone());
     let (tx, mut rx) = mpsc::channel::<Outbound>(SEND_QUEUE_LEN);
     let cancel = CancellationToken::new();
 

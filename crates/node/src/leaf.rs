@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 use crate::NodeError;
 use crate::clock::Clock;
 use crate::connection::{self, ConnEvent, Outgoing};
+use crate::traffic::Traffic;
 
 /// How often running searches are checked for their deadline.
 const TICK: Duration = Duration::from_millis(50);
@@ -151,6 +152,7 @@ pub struct LeafHandle {
     node_id: NodeId,
     listen_addr: Option<SocketAddr>,
     server: ContentServer,
+    traffic: Arc<Traffic>,
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<LeafStatus>,
     shutdown: CancellationToken,
@@ -182,6 +184,16 @@ impl LeafHandle {
     /// The file server (for its counters).
     pub fn server(&self) -> &ContentServer {
         &self.server
+    }
+
+    /// Traffic on the connection to the supernode.
+    pub fn traffic(&self) -> &Arc<Traffic> {
+        &self.traffic
+    }
+
+    /// Follows the status as it changes.
+    pub fn watch_status(&self) -> watch::Receiver<LeafStatus> {
+        self.status.clone()
     }
 
     /// A handle that sends pushes through this leaf's supernode.
@@ -234,6 +246,11 @@ impl LeafHandle {
             .send(Command::Shares(files))
             .await
             .map_err(|_| NodeError::Stopped)
+    }
+
+    /// The token that stops this leaf when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
     }
 
     /// Says Bye to the supernode and stops.
@@ -345,6 +362,7 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
     let files: Vec<SharedFile> = local.into_iter().map(|f| f.shared).collect();
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let traffic = Arc::new(Traffic::default());
     let listener = match options.listen.filter(|_| !options.firewalled) {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -399,12 +417,14 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         catalog,
         server: server.clone(),
         pushes: Arc::new(Semaphore::new(MAX_PUSHES)),
+        traffic: traffic.clone(),
     };
     tracker.spawn(leaf.run());
     Ok(LeafHandle {
         node_id,
         listen_addr,
         server,
+        traffic,
         commands: commands_tx,
         status: status_rx,
         shutdown,
@@ -453,6 +473,7 @@ struct LeafTask {
     catalog: Catalog,
     server: ContentServer,
     pushes: Arc<Semaphore>,
+    traffic: Arc<Traffic>,
 }
 
 /// How a session with one supernode ended.
@@ -522,6 +543,7 @@ impl LeafTask {
             Event::Connected,
             |_, e| Event::Conn(e),
             &self.tracker,
+            &self.traffic,
         );
         let closed = |clock: &Clock| SessionEnd::Closed {
             lasted: Duration::from_millis(clock.now().as_millis()),

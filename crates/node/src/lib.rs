@@ -21,7 +21,9 @@ pub mod clock;
 pub mod connection;
 pub mod get;
 pub mod leaf;
+pub mod metrics;
 pub mod supernode;
+pub mod traffic;
 
 use std::net::SocketAddr;
 

@@ -20,6 +20,8 @@ use tokio_util::task::TaskTracker;
 use crate::NodeError;
 use crate::clock::Clock;
 use crate::connection::{self, ConnEvent, Outgoing};
+use crate::traffic::Traffic;
+use canopy_proto::Message;
 
 /// How often the core's timers (handshake deadline, keepalive, route
 /// expiry) are checked.
@@ -77,6 +79,7 @@ pub struct SupernodeHandle {
     local_addr: SocketAddr,
     node_id: NodeId,
     stats: watch::Receiver<SupernodeStats>,
+    traffic: Arc<Traffic>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -95,6 +98,16 @@ impl SupernodeHandle {
     /// The latest counters.
     pub fn stats(&self) -> SupernodeStats {
         self.stats.borrow().clone()
+    }
+
+    /// Follows the counters as they change.
+    pub fn watch_stats(&self) -> watch::Receiver<SupernodeStats> {
+        self.stats.clone()
+    }
+
+    /// Bytes in and out, and messages dropped for full send queues.
+    pub fn traffic(&self) -> &Arc<Traffic> {
+        &self.traffic
     }
 
     /// Waits until `condition` holds for the counters, or `timeout` passes.
@@ -184,7 +197,14 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE_LEN);
     let core = Supernode::new(config);
     let (stats_tx, stats_rx) = watch::channel(core.stats());
-    let next_conn = Arc::new(AtomicU64::new(1));
+    let traffic = Arc::new(Traffic::default());
+    let links = Links {
+        events: events_tx.clone(),
+        next_conn: Arc::new(AtomicU64::new(1)),
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+        traffic: traffic.clone(),
+    };
 
     let node = NodeTask {
         core,
@@ -192,32 +212,23 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
         clock: Clock::new(),
         inbox: events_tx.clone(),
         tracker: tracker.clone(),
-        dropped_sends: 0,
+        traffic: traffic.clone(),
     };
     tracker.spawn(node.run(events_rx, stats_tx, shutdown.clone()));
     tracker.spawn(accept_loop(
         listener,
-        events_tx.clone(),
-        next_conn.clone(),
         Arc::new(Semaphore::new(max_connections)),
-        tracker.clone(),
-        shutdown.clone(),
+        links.clone(),
     ));
     for peer in options.peers {
-        tracker.spawn(dial_loop(
-            peer,
-            options.redial_initial,
-            events_tx.clone(),
-            next_conn.clone(),
-            tracker.clone(),
-            shutdown.clone(),
-        ));
+        tracker.spawn(dial_loop(peer, options.redial_initial, links.clone()));
     }
     tracing::info!(%local_addr, %node_id, "supernode listening");
     Ok(SupernodeHandle {
         local_addr,
         node_id,
         stats: stats_rx,
+        traffic,
         shutdown,
         tracker,
     })
@@ -232,7 +243,7 @@ struct NodeTask {
     /// Its own inbox, for the results of reachability probes.
     inbox: mpsc::Sender<Event>,
     tracker: TaskTracker,
-    dropped_sends: u64,
+    traffic: Arc<Traffic>,
 }
 
 /// How long a reachability probe may take to connect.
@@ -311,13 +322,17 @@ impl NodeTask {
             match action {
                 Action::Send { conn, message } => {
                     if let Some(registered) = self.conns.get(&conn) {
+                        let is_query = matches!(message, Message::Query(_));
                         if !registered.outgoing.try_send(message) {
-                            self.dropped_sends += 1;
-                            tracing::debug!(
-                                ?conn,
-                                dropped = self.dropped_sends,
-                                "send queue full; message dropped"
-                            );
+                            let dropped = self
+                                .traffic
+                                .messages_dropped
+                                .fetch_add(1, Ordering::Relaxed)
+                                + 1;
+                            if is_query {
+                                self.traffic.queries_dropped.fetch_add(1, Ordering::Relaxed);
+                            }
+                            tracing::debug!(?conn, dropped, "send queue full; message dropped");
                         }
                     }
                 }
@@ -362,14 +377,49 @@ fn forget(conns: &mut HashMap<ConnId, Registered>, conn: ConnId) {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// What the accept loop and the dialers share to register connections.
+#[derive(Debug, Clone)]
+struct Links {
     events: mpsc::Sender<Event>,
     next_conn: Arc<AtomicU64>,
-    slots: Arc<Semaphore>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
-) {
+    traffic: Arc<Traffic>,
+}
+
+impl Links {
+    /// Starts the connection's tasks; returns a receiver that completes
+    /// when the node task has let go of it.
+    fn register(
+        &self,
+        stream: TcpStream,
+        remote: SocketAddr,
+        direction: Direction,
+    ) -> (ConnId, oneshot::Receiver<()>) {
+        let conn = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
+        let (on_close, closed) = oneshot::channel();
+        let announce = move |outgoing| Event::Connected {
+            conn,
+            direction,
+            remote,
+            outgoing,
+            on_close: Some(on_close),
+        };
+        connection::spawn(
+            conn,
+            stream,
+            self.events.clone(),
+            announce,
+            conn_event,
+            &self.tracker,
+            &self.traffic,
+        );
+        (conn, closed)
+    }
+}
+
+async fn accept_loop(listener: TcpListener, slots: Arc<Semaphore>, links: Links) {
+    let shutdown = links.shutdown.clone();
     loop {
         // Wait for a free slot before accepting, so a flood of connections
         // queues in the kernel's backlog rather than exhausting descriptors.
@@ -393,52 +443,17 @@ async fn accept_loop(
                 continue;
             }
         };
-        let conn = ConnId(next_conn.fetch_add(1, Ordering::Relaxed));
-        let (closed_tx, closed_rx) = oneshot::channel();
-        register(
-            conn,
-            stream,
-            remote,
-            Direction::Inbound,
-            closed_tx,
-            &events,
-            &tracker,
-        );
+        let (_, closed) = links.register(stream, remote, Direction::Inbound);
         // Hold the slot until the node task lets go of the connection.
-        tracker.spawn(async move {
-            let _ = closed_rx.await;
+        links.tracker.spawn(async move {
+            let _ = closed.await;
             drop(permit);
         });
     }
 }
 
-fn register(
-    conn: ConnId,
-    stream: TcpStream,
-    remote: SocketAddr,
-    direction: Direction,
-    on_close: oneshot::Sender<()>,
-    events: &mpsc::Sender<Event>,
-    tracker: &TaskTracker,
-) {
-    let announce = move |outgoing| Event::Connected {
-        conn,
-        direction,
-        remote,
-        outgoing,
-        on_close: Some(on_close),
-    };
-    connection::spawn(conn, stream, events.clone(), announce, conn_event, tracker);
-}
-
-async fn dial_loop(
-    peer: SocketAddr,
-    redial_initial: Duration,
-    events: mpsc::Sender<Event>,
-    next_conn: Arc<AtomicU64>,
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
-) {
+async fn dial_loop(peer: SocketAddr, redial_initial: Duration, links: Links) {
+    let shutdown = links.shutdown.clone();
     let mut backoff = Backoff::new(redial_initial, Duration::from_secs(60));
     loop {
         let attempt = tokio::select! {
@@ -447,22 +462,12 @@ async fn dial_loop(
         };
         match attempt {
             Ok(Ok(stream)) => {
-                let conn = ConnId(next_conn.fetch_add(1, Ordering::Relaxed));
-                let (closed_tx, closed_rx) = oneshot::channel();
                 let started = tokio::time::Instant::now();
-                register(
-                    conn,
-                    stream,
-                    peer,
-                    Direction::Outbound,
-                    closed_tx,
-                    &events,
-                    &tracker,
-                );
+                let (conn, closed) = links.register(stream, peer, Direction::Outbound);
                 tracing::debug!(%peer, ?conn, "connected to peer supernode");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = closed_rx => {}
+                    _ = closed => {}
                 }
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff.reset();

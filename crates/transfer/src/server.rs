@@ -168,6 +168,11 @@ impl ContentServer {
         &self.stats
     }
 
+    /// Uploads allowed at once.
+    pub fn upload_slots(&self) -> usize {
+        self.upload_slots
+    }
+
     /// Upload slots in use right now.
     pub fn uploads_in_progress(&self) -> usize {
         self.upload_slots - self.slots.available_permits()

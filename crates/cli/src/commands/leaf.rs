@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use canopy_node::leaf::{self, LeafOptions};
+use canopy_node::metrics;
 use canopy_transfer::server::DEFAULT_UPLOAD_SLOTS;
 use serde::Deserialize;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{self, ConfigError, LogFormat, pick};
 
@@ -44,6 +46,9 @@ pub(crate) struct Args {
     /// Seconds between rescans of the shared folders [default: 60].
     #[arg(long)]
     rescan: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
     /// Print machine-readable JSON lines instead of text.
     #[arg(long)]
     json: bool,
@@ -61,6 +66,7 @@ struct File {
     upload_slots: Option<usize>,
     data_dir: Option<PathBuf>,
     rescan: Option<u64>,
+    metrics: Option<SocketAddr>,
     log_format: Option<LogFormat>,
     json: Option<bool>,
 }
@@ -69,6 +75,7 @@ struct File {
 #[derive(Debug)]
 pub(crate) struct Settings {
     options: LeafOptions,
+    metrics: Option<SocketAddr>,
     pub(crate) log_format: LogFormat,
     json: bool,
 }
@@ -135,6 +142,7 @@ impl Args {
         options.rescan_interval = Some(Duration::from_secs(rescan));
         Ok(Settings {
             options,
+            metrics: self.metrics.or(file.metrics),
             log_format: pick(log_format, file.log_format, LogFormat::Text),
             json: self.json || file.json.unwrap_or(false),
         })
@@ -152,6 +160,18 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let (supernode, advertise) = (options.supernode, options.advertise);
     let leaf = leaf::start(options).await.context("starting the leaf")?;
     hashing.finish_and_clear();
+    let metrics = match settings.metrics {
+        Some(addr) => Some(
+            metrics::serve(
+                addr,
+                metrics::leaf_metrics(&leaf),
+                leaf.shutdown_token(),
+                &TaskTracker::new(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let status = leaf.status();
     let listen = match leaf.listen_addr() {
         Some(addr) => advertise.unwrap_or(addr).to_string(),
@@ -165,6 +185,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
             "listen": listen,
             "files": status.shared_files,
             "supernode": supernode.to_string(),
+            "metrics": metrics.map(|a| a.to_string()),
         });
         say!("{line}");
     } else {

@@ -3,8 +3,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use canopy_node::metrics;
 use canopy_node::supernode::{self, SupernodeOptions};
 use serde::Deserialize;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{self, ConfigError, LogFormat, pick};
 
@@ -34,6 +36,9 @@ pub(crate) struct Args {
     /// Most files one leaf may publish [default: 10000].
     #[arg(long)]
     max_files_per_leaf: Option<usize>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
     /// Print machine-readable JSON lines instead of text.
     #[arg(long)]
     json: bool,
@@ -49,6 +54,7 @@ struct File {
     max_leaves: Option<usize>,
     max_peers: Option<usize>,
     max_files_per_leaf: Option<usize>,
+    metrics: Option<SocketAddr>,
     log_format: Option<LogFormat>,
     json: Option<bool>,
 }
@@ -57,6 +63,7 @@ struct File {
 #[derive(Debug)]
 pub(crate) struct Settings {
     options: SupernodeOptions,
+    metrics: Option<SocketAddr>,
     pub(crate) log_format: LogFormat,
     json: bool,
 }
@@ -91,6 +98,7 @@ impl Args {
         );
         Ok(Settings {
             options,
+            metrics: self.metrics.or(file.metrics),
             log_format: pick(log_format, file.log_format, LogFormat::Text),
             json: self.json || file.json.unwrap_or(false),
         })
@@ -99,12 +107,25 @@ impl Args {
 
 pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let node = supernode::start(settings.options).await?;
+    let metrics = match settings.metrics {
+        Some(addr) => Some(
+            metrics::serve(
+                addr,
+                metrics::supernode_metrics(&node),
+                node.shutdown_token(),
+                &TaskTracker::new(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     if settings.json {
         let line = serde_json::json!({
             "event": "listening",
             "role": "supernode",
             "addr": node.local_addr().to_string(),
             "node_id": node.node_id().to_hex(),
+            "metrics": metrics.map(|a| a.to_string()),
         });
         say!("{line}");
     } else {

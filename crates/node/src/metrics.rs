@@ -1,0 +1,348 @@
+//! Prometheus metrics: `GET /metrics` on the address given with
+//! `--metrics`, for a supernode or a leaf, in the Prometheus text format
+//! (what `promtool check metrics` reads). Each scrape reads the node's own
+//! counters as they are at that moment and brings the exported metrics up
+//! to them: gauges are set, counters advanced by the difference. There is
+//! no second set of counters to keep in step on the hot path.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::{Encoder as _, IntCounter, IntGauge, Registry, TextEncoder};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::NodeError;
+use crate::leaf::LeafHandle;
+use crate::supernode::SupernodeHandle;
+use crate::traffic::Traffic;
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// One metric's value at scrape time.
+#[derive(Debug)]
+struct Sample {
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+    value: u64,
+}
+
+/// A counter; exported as `<name>_total`.
+fn counter(name: &'static str, help: &'static str, value: u64) -> Sample {
+    Sample {
+        name,
+        help,
+        kind: Kind::Counter,
+        value,
+    }
+}
+
+fn gauge(name: &'static str, help: &'static str, value: usize) -> Sample {
+    Sample {
+        name,
+        help,
+        kind: Kind::Gauge,
+        value: value as u64,
+    }
+}
+
+type Snapshot = Box<dyn Fn() -> Vec<Sample> + Send + Sync>;
+
+/// Turns snapshots into Prometheus text.
+pub struct Exporter {
+    snapshot: Snapshot,
+    state: Mutex<Exported>,
+}
+
+#[derive(Default)]
+struct Exported {
+    registry: Registry,
+    counters: HashMap<&'static str, IntCounter>,
+    gauges: HashMap<&'static str, IntGauge>,
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Exporter")
+    }
+}
+
+impl Exporter {
+    fn new(snapshot: Snapshot) -> Self {
+        Self {
+            snapshot,
+            state: Mutex::new(Exported::default()),
+        }
+    }
+
+    /// The metrics as they are now, in the Prometheus text format.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let samples = (self.snapshot)();
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| prometheus::Error::Msg("metrics lock poisoned".into()))?;
+        for sample in samples {
+            let clamped = i64::try_from(sample.value).unwrap_or(i64::MAX);
+            match sample.kind {
+                Kind::Counter => {
+                    let metric = match state.counters.get(sample.name) {
+                        Some(metric) => metric.clone(),
+                        None => {
+                            let metric =
+                                IntCounter::new(format!("{}_total", sample.name), sample.help)?;
+                            state.registry.register(Box::new(metric.clone()))?;
+                            state.counters.insert(sample.name, metric.clone());
+                            metric
+                        }
+                    };
+                    // The node's counters only grow; catch up with them.
+                    let behind = sample.value.saturating_sub(metric.get());
+                    metric.inc_by(behind);
+                }
+                Kind::Gauge => {
+                    let metric = match state.gauges.get(sample.name) {
+                        Some(metric) => metric.clone(),
+                        None => {
+                            let metric = IntGauge::new(sample.name, sample.help)?;
+                            state.registry.register(Box::new(metric.clone()))?;
+                            state.gauges.insert(sample.name, metric.clone());
+                            metric
+                        }
+                    };
+                    metric.set(clamped);
+                }
+            }
+        }
+        let mut text = Vec::new();
+        TextEncoder::new().encode(&state.registry.gather(), &mut text)?;
+        String::from_utf8(text).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+fn traffic_samples(traffic: &Traffic) -> [Sample; 3] {
+    [
+        counter(
+            "canopy_received_bytes",
+            "Bytes read from overlay peers.",
+            Traffic::get(&traffic.bytes_in),
+        ),
+        counter(
+            "canopy_sent_bytes",
+            "Bytes written to overlay peers.",
+            Traffic::get(&traffic.bytes_out),
+        ),
+        counter(
+            "canopy_messages_dropped",
+            "Messages dropped because a peer's send queue was full.",
+            Traffic::get(&traffic.messages_dropped),
+        ),
+    ]
+}
+
+/// The metrics of a supernode.
+pub fn supernode_metrics(node: &SupernodeHandle) -> Exporter {
+    let stats = node.watch_stats();
+    let traffic = node.traffic().clone();
+    let snapshot: Snapshot = Box::new(move || {
+        let s = stats.borrow().clone();
+        let mut samples = vec![
+            gauge("canopy_leaves", "Leaves attached.", s.leaves),
+            gauge(
+                "canopy_supernode_peers",
+                "Supernode peers connected.",
+                s.supernode_peers,
+            ),
+            gauge(
+                "canopy_handshaking_connections",
+                "Connections still in their handshake.",
+                s.handshaking,
+            ),
+            gauge("canopy_index_files", "Files in the index.", s.index_files),
+            counter(
+                "canopy_queries_received",
+                "Queries received, duplicates included.",
+                s.queries_received,
+            ),
+            counter(
+                "canopy_queries_forwarded",
+                "Query copies sent on to other supernodes.",
+                s.queries_forwarded,
+            ),
+            counter(
+                "canopy_queries_dropped",
+                "Queries dropped: seen before, or a full send queue.",
+                s.queries_duplicate + Traffic::get(&traffic.queries_dropped),
+            ),
+            counter(
+                "canopy_hits_answered",
+                "Hits sent from this supernode's index.",
+                s.hits_answered,
+            ),
+            counter(
+                "canopy_hits_routed",
+                "Hits passed on along a reverse path.",
+                s.hits_routed,
+            ),
+            counter(
+                "canopy_hits_unroutable",
+                "Hits dropped for want of a route.",
+                s.hits_unroutable,
+            ),
+            counter(
+                "canopy_pushes_routed",
+                "Pushes delivered or passed on.",
+                s.pushes_routed,
+            ),
+            counter(
+                "canopy_protocol_errors",
+                "Connections closed for breaking the protocol.",
+                s.protocol_errors,
+            ),
+            counter(
+                "canopy_handshakes_rejected",
+                "Handshakes refused.",
+                s.handshakes_rejected,
+            ),
+        ];
+        samples.extend(traffic_samples(&traffic));
+        samples
+    });
+    Exporter::new(snapshot)
+}
+
+/// The metrics of a leaf.
+pub fn leaf_metrics(leaf: &LeafHandle) -> Exporter {
+    let status = leaf.watch_status();
+    let server = leaf.server().clone();
+    let traffic = leaf.traffic().clone();
+    let snapshot: Snapshot = Box::new(move || {
+        let s = status.borrow().clone();
+        let stats = server.stats();
+        let mut samples = vec![
+            gauge(
+                "canopy_shared_files",
+                "Files this leaf shares.",
+                s.shared_files,
+            ),
+            gauge(
+                "canopy_supernode_connected",
+                "1 while a supernode has accepted this leaf.",
+                usize::from(s.connected_to.is_some()),
+            ),
+            gauge(
+                "canopy_upload_slots_in_use",
+                "Uploads in progress.",
+                server.uploads_in_progress(),
+            ),
+            gauge(
+                "canopy_upload_slots",
+                "Uploads allowed at once.",
+                server.upload_slots(),
+            ),
+            counter(
+                "canopy_upload_bytes",
+                "File bytes sent to downloaders.",
+                stats.bytes_sent.load(Ordering::Relaxed),
+            ),
+            counter(
+                "canopy_upload_refusals",
+                "Downloads refused for want of an upload slot (503).",
+                stats.busy_refusals.load(Ordering::Relaxed),
+            ),
+        ];
+        samples.extend(traffic_samples(&traffic));
+        samples
+    });
+    Exporter::new(snapshot)
+}
+
+/// Serves `exporter` at `GET /metrics` on `addr` until `shutdown`.
+pub async fn serve(
+    addr: SocketAddr,
+    exporter: Exporter,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<SocketAddr, NodeError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| NodeError::Bind { addr, source })?;
+    let exporter = Arc::new(exporter);
+    let connections = tracker.clone();
+    tracker.spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let exporter = exporter.clone();
+            let shutdown = shutdown.clone();
+            connections.spawn(async move {
+                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let exporter = exporter.clone();
+                    async move { Ok::<_, Infallible>(respond(request.uri().path(), &exporter)) }
+                });
+                let serving = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = serving => {}
+                }
+            });
+        }
+    });
+    tracing::info!(%local, "metrics at /metrics");
+    Ok(local)
+}
+
+fn respond(path: &str, exporter: &Exporter) -> Response<Full<Bytes>> {
+    let (status, body, content_type) = if path != "/metrics" {
+        (
+            StatusCode::NOT_FOUND,
+            "not found\n".to_owned(),
+            "text/plain",
+        )
+    } else {
+        match exporter.render() {
+            Ok(text) => (StatusCode::OK, text, prometheus::TEXT_FORMAT),
+            Err(error) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{error}\n"),
+                "text/plain",
+            ),
+        }
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    response
+}
