@@ -295,7 +295,7 @@ async fn a_bad_config_names_the_file_and_the_key_and_exits_2() {
         assert!(run.stderr.contains(key), "names `{key}`: {}", run.stderr);
     }
     let path = dir.path().join("leaf.toml");
-    std::fs::write(&path, "supernode = \"127.0.0.1:1\"\n").unwrap();
+    std::fs::write(&path, "supernodes = [\"127.0.0.1:1\"]\n").unwrap();
     let run = canopy(&["leaf", "--config", path.to_str().unwrap()]).await;
     assert_eq!(run.code, Some(2));
     assert!(run.stderr.contains("shares"), "{}", run.stderr);
@@ -335,7 +335,7 @@ async fn config_files_configure_nodes_and_flags_win() {
     std::fs::write(
         &leaf_config,
         format!(
-            "supernode = \"{addr}\"\nshares = [\"{}\"]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\njson = true\n",
+            "supernodes = [\"{addr}\"]\nshares = [\"{}\"]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\njson = true\n",
             share.path().display(),
             dir.path().join("leaf-data").display()
         ),

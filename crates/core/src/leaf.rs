@@ -45,6 +45,8 @@ pub enum LeafAction {
         /// Where it suggests we go instead.
         try_supernodes: Vec<SocketAddr>,
     },
+    /// The supernode named other supernodes (in a Pong).
+    SupernodesLearned(Vec<SocketAddr>),
     /// A downloader asks us, through the overlay, to connect out to
     /// `callback_addr` and serve `content_id` (we are firewalled).
     PushRequested {
@@ -217,6 +219,9 @@ impl LeafSession {
                         observed_addr,
                     });
                     self.publish_full_list();
+                    // Ask which other supernodes it knows: the leaf keeps
+                    // more than one, and remembers them for next time.
+                    self.send(Message::Ping { nonce: 0 });
                 }
             },
             (State::Ready, Message::Ping { nonce }) => {
@@ -225,7 +230,12 @@ impl LeafSession {
                     supernodes: Vec::new(),
                 }));
             }
-            (State::Ready, Message::Pong { .. }) => {}
+            (State::Ready, Message::Pong { supernodes, .. }) => {
+                if !supernodes.is_empty() {
+                    self.actions
+                        .push_back(LeafAction::SupernodesLearned(supernodes));
+                }
+            }
             (State::Ready, Message::Push(push)) => {
                 // Pushes for others would be a supernode's mistake; ignore them.
                 if push.target_node_id == self.identity.node_id {

@@ -179,7 +179,9 @@ impl Net {
                         content_id,
                         callback_addr,
                     } => self.pushes.push((l, content_id, callback_addr)),
-                    LeafAction::Ready { .. } | LeafAction::Rejected { .. } => {}
+                    LeafAction::Ready { .. }
+                    | LeafAction::Rejected { .. }
+                    | LeafAction::SupernodesLearned(_) => {}
                 }
             }
         }

@@ -20,6 +20,7 @@
 pub mod clock;
 pub mod connection;
 pub mod get;
+pub mod hosts;
 pub mod leaf;
 pub mod metrics;
 pub mod supernode;

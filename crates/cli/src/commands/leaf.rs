@@ -21,9 +21,13 @@ pub(crate) struct Args {
     /// A TOML file with any of the settings below.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// The supernode to join (required, here or in the file).
+    /// A supernode to join (repeatable; `supernodes` in the file; at least
+    /// one). More are learned from supernodes and kept in the host cache.
+    #[arg(long = "supernode")]
+    supernodes: Vec<SocketAddr>,
+    /// How many supernodes to stay connected to and publish to [default: 2].
     #[arg(long)]
-    supernode: Option<SocketAddr>,
+    supernodes_wanted: Option<usize>,
     /// A folder to share (repeatable; `shares` in the file; at least one).
     /// Shared folders are only ever read.
     #[arg(long = "share")]
@@ -58,7 +62,8 @@ pub(crate) struct Args {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
-    supernode: Option<SocketAddr>,
+    supernodes: Option<Vec<SocketAddr>>,
+    supernodes_wanted: Option<usize>,
     shares: Option<Vec<PathBuf>>,
     listen: Option<SocketAddr>,
     advertise: Option<SocketAddr>,
@@ -90,9 +95,18 @@ impl Args {
     pub(crate) fn resolve(self, log_format: Option<LogFormat>) -> Result<Settings, ConfigError> {
         let path = self.config.as_deref();
         let file: File = config::load(path)?;
-        let supernode = self.supernode.or(file.supernode).ok_or_else(|| {
-            ConfigError::invalid(path, "supernode", "is required (--supernode or the file)")
-        })?;
+        let supernodes = if self.supernodes.is_empty() {
+            file.supernodes.unwrap_or_default()
+        } else {
+            self.supernodes
+        };
+        let Some(first) = supernodes.first().copied() else {
+            return Err(ConfigError::invalid(
+                path,
+                "supernodes",
+                "at least one supernode is required (--supernode)",
+            ));
+        };
         let shares = if self.shares.is_empty() {
             file.shares.unwrap_or_default()
         } else {
@@ -105,7 +119,16 @@ impl Args {
                 "at least one folder to share is required (--share)",
             ));
         }
-        let mut options = LeafOptions::new(supernode);
+        let mut options = LeafOptions::new(first);
+        options.supernodes = supernodes;
+        options.supernodes_wanted = pick(self.supernodes_wanted, file.supernodes_wanted, 2);
+        if options.supernodes_wanted == 0 {
+            return Err(ConfigError::invalid(
+                path,
+                "supernodes_wanted",
+                "must be at least 1",
+            ));
+        }
         options.listen = Some(pick(
             self.listen,
             file.listen,
@@ -157,7 +180,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let bar = hashing.clone();
     let mut options = settings.options;
     options.progress = Some(Arc::new(move |bytes| bar.inc(bytes)));
-    let (supernode, advertise) = (options.supernode, options.advertise);
+    let (supernodes, advertise) = (options.supernodes.clone(), options.advertise);
     let leaf = leaf::start(options).await.context("starting the leaf")?;
     hashing.finish_and_clear();
     let metrics = match settings.metrics {
@@ -184,15 +207,20 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
             "node_id": leaf.node_id().to_hex(),
             "listen": listen,
             "files": status.shared_files,
-            "supernode": supernode.to_string(),
+            "supernodes": supernodes.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "metrics": metrics.map(|a| a.to_string()),
         });
         say!("{line}");
     } else {
         say!(
-            "leaf {} sharing {} files, listening on {listen}, joining {supernode}",
+            "leaf {} sharing {} files, listening on {listen}, joining {}",
             leaf.node_id(),
             status.shared_files,
+            supernodes
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
         );
     }
     crate::shutdown::signal().await;

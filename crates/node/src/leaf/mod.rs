@@ -1,0 +1,384 @@
+//! The leaf service: scans and hashes the shared folders, serves them over
+//! HTTP on its listen address (and over pushed connections when it is
+//! firewalled), keeps sessions with one or more supernodes, publishes to
+//! all of them, keeps its shares current, and runs searches. The
+//! [`canopy_core::leaf::LeafSession`] state machine makes the protocol
+//! decisions; this module owns the sockets, the timers and the rescans.
+//!
+//! - [`task`]: the coordinator choosing supernodes and fanning out;
+//! - [`session`]: one supernode session;
+//! - [`scan`]: shared folders, rescans, the catalog.
+//!
+//! `canopy search` and `canopy get` run a short-lived leaf: same code, no
+//! shares, one supernode, no retries.
+
+mod scan;
+mod session;
+mod task;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use canopy_core::handshake::Identity;
+use canopy_core::leaf::SearchRequest;
+use canopy_core::search::SearchResult;
+use canopy_proto::{ContentId, NodeId, Role, SharedFile};
+use canopy_share::LocalFile;
+use canopy_transfer::Catalog;
+use canopy_transfer::server::{ContentServer, DEFAULT_UPLOAD_SLOTS};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::NodeError;
+use crate::hosts::HostCache;
+use crate::traffic::Traffic;
+use scan::{catalog_entries, load_cache, rescan_loop, scan_in_background};
+use session::SessionContext;
+use task::LeafTask;
+
+/// Pushed uploads being set up at once; further push requests are ignored.
+const MAX_PUSHES: usize = 16;
+/// Name of the hash cache inside the data directory.
+pub const HASH_CACHE_FILE: &str = "hash-cache.json";
+
+/// Called with the byte count of each file as it finishes hashing.
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// How to run a leaf.
+#[derive(Clone)]
+pub struct LeafOptions {
+    /// Supernodes to join (seeds; more are learned and cached).
+    pub supernodes: Vec<SocketAddr>,
+    /// How many supernodes to stay connected to at once.
+    pub supernodes_wanted: usize,
+    /// Where to serve files to other peers, if anywhere.
+    pub listen: Option<SocketAddr>,
+    /// The address to announce instead of the bound one (a port forward).
+    pub advertise: Option<SocketAddr>,
+    /// Accept no connections at all: serve only by push.
+    pub firewalled: bool,
+    /// Uploads at once.
+    pub upload_slots: usize,
+    /// Folders to share.
+    pub shares: Vec<PathBuf>,
+    /// Where the hash cache lives; no cache if `None`.
+    pub data_dir: Option<PathBuf>,
+    /// Keep reconnecting (a long-running leaf) or give up at the first
+    /// failure (a one-shot search).
+    pub reconnect: bool,
+    /// How often to look for changes in the shared folders.
+    pub rescan_interval: Option<Duration>,
+    /// Our node id; random if not given.
+    pub node_id: Option<NodeId>,
+    /// Hashing progress, for a progress bar.
+    pub progress: Option<Progress>,
+}
+
+impl std::fmt::Debug for LeafOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeafOptions")
+            .field("supernodes", &self.supernodes)
+            .field("listen", &self.listen)
+            .field("shares", &self.shares)
+            .field("data_dir", &self.data_dir)
+            .field("reconnect", &self.reconnect)
+            .field("rescan_interval", &self.rescan_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeafOptions {
+    /// A leaf of `supernode` (one session) sharing nothing, not listening,
+    /// not retrying.
+    pub fn new(supernode: SocketAddr) -> Self {
+        Self {
+            supernodes: vec![supernode],
+            supernodes_wanted: 1,
+            listen: None,
+            advertise: None,
+            firewalled: false,
+            upload_slots: DEFAULT_UPLOAD_SLOTS,
+            shares: Vec::new(),
+            data_dir: None,
+            reconnect: false,
+            rescan_interval: None,
+            node_id: None,
+            progress: None,
+        }
+    }
+}
+
+/// What a leaf is doing, for callers that wait on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeafStatus {
+    /// A supernode we are attached to, once a handshake completed.
+    pub connected_to: Option<SocketAddr>,
+    /// Every supernode we are attached to.
+    pub supernodes: Vec<SocketAddr>,
+    /// Our address as that supernode sees it.
+    pub observed_addr: Option<SocketAddr>,
+    /// How many files we publish.
+    pub shared_files: usize,
+    /// Why we stopped trying, for a leaf that does not reconnect.
+    pub failure: Option<String>,
+}
+
+/// What a search found.
+#[derive(Debug, Clone, Default)]
+pub struct SearchOutcome {
+    /// Distinct contents, each with its sources.
+    pub results: Vec<SearchResult>,
+    /// Hit messages received.
+    pub hits: usize,
+}
+
+enum Command {
+    Search(
+        SearchRequest,
+        oneshot::Sender<Result<SearchOutcome, NodeError>>,
+    ),
+    /// Publish exactly these (no local files behind them).
+    Shares(Vec<SharedFile>),
+    /// A scan's result: publish and serve these.
+    Files(Vec<LocalFile>),
+    Push {
+        target: NodeId,
+        content_id: ContentId,
+        callback: SocketAddr,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+}
+
+/// A running leaf.
+#[derive(Debug)]
+pub struct LeafHandle {
+    node_id: NodeId,
+    listen_addr: Option<SocketAddr>,
+    server: ContentServer,
+    traffic: Arc<Traffic>,
+    commands: mpsc::Sender<Command>,
+    status: watch::Receiver<LeafStatus>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Search(request, _) => write!(f, "Search({request:?})"),
+            Command::Shares(files) => write!(f, "Shares({} files)", files.len()),
+            Command::Files(files) => write!(f, "Files({} files)", files.len()),
+            Command::Push { target, .. } => write!(f, "Push({target})"),
+        }
+    }
+}
+
+impl LeafHandle {
+    /// Our node id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// Where we accept connections, if anywhere.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen_addr
+    }
+
+    /// The file server (for its counters).
+    pub fn server(&self) -> &ContentServer {
+        &self.server
+    }
+
+    /// Traffic on the connection to the supernode.
+    pub fn traffic(&self) -> &Arc<Traffic> {
+        &self.traffic
+    }
+
+    /// Follows the status as it changes.
+    pub fn watch_status(&self) -> watch::Receiver<LeafStatus> {
+        self.status.clone()
+    }
+
+    /// A handle that sends pushes through this leaf's supernode.
+    pub fn push_sender(&self) -> PushSender {
+        PushSender {
+            commands: self.commands.clone(),
+        }
+    }
+
+    /// The current status.
+    pub fn status(&self) -> LeafStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Waits until the supernode has accepted us. Fails at once if the leaf
+    /// gave up (it does not reconnect), or after `timeout`.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<SocketAddr, NodeError> {
+        let mut status = self.status.clone();
+        let waited = tokio::time::timeout(
+            timeout,
+            status.wait_for(|s| s.connected_to.is_some() || s.failure.is_some()),
+        )
+        .await;
+        let supernode = self.status.borrow().connected_to;
+        let failure = self.status.borrow().failure.clone();
+        match (waited, supernode, failure) {
+            (_, Some(addr), _) => Ok(addr),
+            (_, None, Some(reason)) => Err(NodeError::NotConnected(reason)),
+            (Err(_), None, None) => Err(NodeError::NotConnected(format!(
+                "no supernode accepted us within {timeout:?}"
+            ))),
+            (Ok(_), None, None) => Err(NodeError::Stopped),
+        }
+    }
+
+    /// Runs a search and returns what it found once its timeout passes or
+    /// it has `max_results` contents.
+    pub async fn search(&self, request: SearchRequest) -> Result<SearchOutcome, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Search(request, tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Replaces the published file list (the next rescan may change it again).
+    pub async fn set_shares(&self, files: Vec<SharedFile>) -> Result<(), NodeError> {
+        self.commands
+            .send(Command::Shares(files))
+            .await
+            .map_err(|_| NodeError::Stopped)
+    }
+
+    /// The token that stops this leaf when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Says Bye to the supernode and stops.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.tracker.wait()).await;
+    }
+}
+
+/// Sends pushes through a leaf's supernode; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PushSender {
+    commands: mpsc::Sender<Command>,
+}
+
+impl PushSender {
+    /// Asks firewalled leaf `target`, through the overlay, to connect to
+    /// `callback` and serve `content_id`.
+    pub async fn push(
+        &self,
+        target: NodeId,
+        content_id: ContentId,
+        callback: SocketAddr,
+    ) -> Result<(), NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Push {
+                target,
+                content_id,
+                callback,
+                reply,
+            })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+}
+
+/// Scans the shares, binds the listener (if any) and starts the leaf.
+pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
+    let cache = load_cache(options.data_dir.as_deref());
+    let (local, cache) = scan_in_background(&options, cache, true).await?;
+    let catalog = Catalog::new();
+    catalog.replace(catalog_entries(&local));
+    let server = ContentServer::new(catalog.clone(), options.upload_slots);
+    let files: Vec<SharedFile> = local.into_iter().map(|f| f.shared).collect();
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let traffic = Arc::new(Traffic::default());
+    let listener = match options.listen.filter(|_| !options.firewalled) {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    let listen_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(listener) = listener {
+        tracker.spawn(
+            server
+                .clone()
+                .serve(listener, shutdown.clone(), tracker.clone()),
+        );
+    }
+    let node_id = options.node_id.unwrap_or_else(crate::random_node_id);
+    let announced = if options.firewalled {
+        None
+    } else {
+        options.advertise.or(listen_addr)
+    };
+    let identity = Identity {
+        node_id,
+        role: Role::Leaf,
+        listen_addr: announced,
+        user_agent: concat!("canopy/", env!("CARGO_PKG_VERSION")).to_owned(),
+    };
+    let (commands_tx, commands_rx) = mpsc::channel(64);
+    let (status_tx, status_rx) = watch::channel(LeafStatus {
+        shared_files: files.len(),
+        ..LeafStatus::default()
+    });
+    if let Some(interval) = options.rescan_interval {
+        tracker.spawn(rescan_loop(
+            options.clone(),
+            cache,
+            interval,
+            commands_tx.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let context = SessionContext {
+        identity,
+        catalog: catalog.clone(),
+        server: server.clone(),
+        pushes: Arc::new(Semaphore::new(MAX_PUSHES)),
+        tracker: tracker.clone(),
+        traffic: traffic.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let hosts = HostCache::load(options.data_dir.as_deref());
+    let leaf = LeafTask {
+        options,
+        context,
+        files,
+        catalog,
+        status: status_tx,
+        commands: commands_rx,
+        hosts,
+    };
+    tracker.spawn(leaf.run());
+    Ok(LeafHandle {
+        node_id,
+        listen_addr,
+        server,
+        traffic,
+        commands: commands_tx,
+        status: status_rx,
+        shutdown,
+        tracker,
+    })
+}

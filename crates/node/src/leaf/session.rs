@@ -1,0 +1,282 @@
+//! One leaf-to-supernode session as a task: dial, run the core's
+//! [`LeafSession`], carry out its actions, answer commands from the leaf's
+//! coordinator, and report back how it went.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use canopy_core::ConnId;
+use canopy_core::handshake::Identity;
+use canopy_core::leaf::{LeafAction, LeafSession, SearchRequest};
+use canopy_proto::{ContentId, MessageId, NodeId, SharedFile};
+use canopy_transfer::Catalog;
+use canopy_transfer::server::ContentServer;
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::SearchOutcome;
+use crate::NodeError;
+use crate::clock::Clock;
+use crate::connection::{self, ConnEvent, Outgoing};
+use crate::traffic::Traffic;
+
+/// How often running searches are checked for their deadline.
+const TICK: Duration = Duration::from_millis(50);
+/// How long a dial may take.
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(super) type SearchWaiter = oneshot::Sender<Result<SearchOutcome, NodeError>>;
+
+/// What every session of a leaf shares.
+#[derive(Debug, Clone)]
+pub(super) struct SessionContext {
+    pub(super) identity: Identity,
+    pub(super) catalog: Catalog,
+    pub(super) server: ContentServer,
+    /// Pushed uploads being set up at once.
+    pub(super) pushes: Arc<Semaphore>,
+    pub(super) tracker: TaskTracker,
+    pub(super) traffic: Arc<Traffic>,
+    pub(super) shutdown: CancellationToken,
+}
+
+/// A request from the coordinator.
+pub(super) enum ToSession {
+    Search(SearchRequest, SearchWaiter),
+    Shares(Vec<SharedFile>),
+    Push {
+        target: NodeId,
+        content_id: ContentId,
+        callback: SocketAddr,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+}
+
+/// News for the coordinator.
+#[derive(Debug)]
+pub(super) enum FromSession {
+    Ready {
+        addr: SocketAddr,
+        observed: Option<SocketAddr>,
+    },
+    Learned(Vec<SocketAddr>),
+    Ended {
+        addr: SocketAddr,
+        end: SessionEnd,
+    },
+}
+
+/// How a session with one supernode ended.
+#[derive(Debug)]
+pub(super) enum SessionEnd {
+    Shutdown,
+    Unreachable(String),
+    Closed { lasted: Duration },
+    Rejected(Vec<SocketAddr>),
+}
+
+enum Event {
+    Connected(Outgoing),
+    Conn(ConnEvent),
+}
+
+/// Starts a session to `addr` publishing `files`.
+pub(super) fn spawn(
+    addr: SocketAddr,
+    files: Vec<SharedFile>,
+    context: SessionContext,
+    news: mpsc::Sender<FromSession>,
+) -> mpsc::Sender<ToSession> {
+    let (to_session, requests) = mpsc::channel(64);
+    let tracker = context.tracker.clone();
+    tracker.spawn(async move {
+        let end = run(addr, files, &context, requests, &news).await;
+        let _ = news.send(FromSession::Ended { addr, end }).await;
+    });
+    to_session
+}
+
+async fn run(
+    addr: SocketAddr,
+    files: Vec<SharedFile>,
+    context: &SessionContext,
+    mut requests: mpsc::Receiver<ToSession>,
+    news: &mpsc::Sender<FromSession>,
+) -> SessionEnd {
+    let connected = tokio::select! {
+        _ = context.shutdown.cancelled() => return SessionEnd::Shutdown,
+        result = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)) => result,
+    };
+    let stream = match connected {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => return SessionEnd::Unreachable(error.to_string()),
+        Err(_) => return SessionEnd::Unreachable("timed out".into()),
+    };
+    let clock = Clock::new();
+    let (events_tx, mut events) = mpsc::channel::<Event>(256);
+    connection::spawn(
+        ConnId(0),
+        stream,
+        events_tx,
+        Event::Connected,
+        |_, e| Event::Conn(e),
+        &context.tracker,
+        &context.traffic,
+    );
+    let closed = |clock: &Clock| SessionEnd::Closed {
+        lasted: Duration::from_millis(clock.now().as_millis()),
+    };
+    let Some(Event::Connected(outgoing)) = events.recv().await else {
+        return closed(&clock);
+    };
+    let mut session = LeafSession::new(context.identity.clone(), files);
+    session.handle_connected();
+    let mut waiting: HashMap<MessageId, SearchWaiter> = HashMap::new();
+    let mut tick = tokio::time::interval(TICK);
+    let mut end = None;
+    while end.is_none() {
+        tokio::select! {
+            biased;
+            _ = context.shutdown.cancelled() => {
+                session.shutdown();
+                end = Some(SessionEnd::Shutdown);
+            }
+            event = events.recv() => match event {
+                Some(Event::Conn(ConnEvent::Message(message))) => session.handle_message(message, clock.now()),
+                Some(Event::Conn(ConnEvent::FrameError(error))) => {
+                    tracing::warn!(%addr, %error, "bad input from supernode");
+                    session.handle_frame_error(&error);
+                }
+                Some(Event::Conn(ConnEvent::Closed)) | None => end = Some(closed(&clock)),
+                Some(Event::Connected(_)) => {}
+            },
+            request = requests.recv() => match request {
+                Some(ToSession::Search(request, reply)) => {
+                    let id = crate::random_message_id();
+                    match session.start_search(id, &request, clock.now()) {
+                        Ok(()) => {
+                            waiting.insert(id, reply);
+                        }
+                        Err(error) => {
+                            let _ = reply.send(Err(NodeError::Search(error.to_string())));
+                        }
+                    }
+                }
+                Some(ToSession::Shares(files)) => session.set_shares(files),
+                Some(ToSession::Push { target, content_id, callback, reply }) => {
+                    let sent = session
+                        .send_push(crate::random_message_id(), target, content_id, callback)
+                        .map_err(|e| NodeError::Search(e.to_string()));
+                    let _ = reply.send(sent);
+                }
+                // The coordinator let go of this session: leave politely.
+                None => {
+                    session.shutdown();
+                    end = Some(SessionEnd::Shutdown);
+                }
+            },
+            _ = tick.tick() => {}
+        }
+        while let Some(action) = session.poll_action() {
+            match action {
+                LeafAction::Send(message) => {
+                    if !outgoing.try_send(message) {
+                        tracing::warn!(%addr, "send queue to supernode full; message dropped");
+                    }
+                }
+                LeafAction::Close(bye) => {
+                    outgoing.close(bye);
+                    end.get_or_insert_with(|| closed(&clock));
+                }
+                LeafAction::Ready {
+                    supernode,
+                    observed_addr,
+                } => {
+                    tracing::info!(%addr, supernode = %supernode.node_id, ?observed_addr, "joined supernode");
+                    let _ = news
+                        .send(FromSession::Ready {
+                            addr,
+                            observed: observed_addr,
+                        })
+                        .await;
+                }
+                LeafAction::SupernodesLearned(supernodes) => {
+                    let _ = news.send(FromSession::Learned(supernodes)).await;
+                }
+                LeafAction::PushRequested {
+                    content_id,
+                    callback_addr,
+                } => push_upload(context, content_id, callback_addr),
+                LeafAction::Rejected {
+                    reason,
+                    detail,
+                    try_supernodes,
+                } => {
+                    tracing::info!(%addr, ?reason, %detail, ?try_supernodes, "supernode refused us");
+                    end = Some(SessionEnd::Rejected(try_supernodes));
+                }
+            }
+        }
+        answer_finished_searches(&mut session, &mut waiting, clock.now());
+    }
+    for (_, waiter) in waiting.drain() {
+        let _ = waiter.send(Err(NodeError::Search(
+            "the connection to the supernode ended".into(),
+        )));
+    }
+    end.unwrap_or_else(|| closed(&clock))
+}
+
+/// A downloader asked us by push for `content_id`: connect out to it and
+/// serve HTTP on that connection.
+fn push_upload(context: &SessionContext, content_id: ContentId, callback: SocketAddr) {
+    if context.catalog.get(&content_id).is_none() {
+        tracing::info!(%content_id, "push for content we do not share; ignored");
+        return;
+    }
+    let Ok(permit) = context.pushes.clone().try_acquire_owned() else {
+        tracing::info!(%callback, "too many pushes at once; ignored");
+        return;
+    };
+    let server = context.server.clone();
+    let us = context.identity.node_id;
+    let shutdown = context.shutdown.clone();
+    context.tracker.spawn(async move {
+        match canopy_transfer::push::connect_back(callback, us, CONNECT_TIMEOUT).await {
+            Ok(stream) => {
+                tracing::info!(%callback, %content_id, "serving by push");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = server.serve_connection(stream) => {}
+                }
+            }
+            Err(error) => tracing::info!(%callback, %error, "cannot connect back for a push"),
+        }
+        drop(permit);
+    });
+}
+
+fn answer_finished_searches(
+    session: &mut LeafSession,
+    waiting: &mut HashMap<MessageId, SearchWaiter>,
+    now: canopy_core::Time,
+) {
+    let finished: Vec<MessageId> = waiting
+        .keys()
+        .filter(|id| session.search(id).is_none_or(|s| s.is_finished(now)))
+        .copied()
+        .collect();
+    for id in finished {
+        let outcome = session.finish_search(&id).map(|s| SearchOutcome {
+            hits: s.hits_received(),
+            results: s.into_results(),
+        });
+        if let Some(waiter) = waiting.remove(&id) {
+            let _ = waiter.send(outcome.ok_or(NodeError::Stopped));
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! The leaf's coordinator: keeps the wanted number of supernode sessions
+//! (two for a long-running leaf), so losing one supernode loses no search
+//! coverage; sends every change of shares to all of them; sends searches
+//! and pushes through one that is ready; and chooses whom to dial.
+//!
+//! Candidates come from the host cache (most recently heard of first),
+//! then the configured supernodes, then what supernodes tell us (Pongs and
+//! try-lists, which also go into the cache). A supernode that failed waits
+//! out an exponential backoff before it is tried again.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use canopy_core::backoff::Backoff;
+use canopy_proto::SharedFile;
+use canopy_transfer::Catalog;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::session::{self, FromSession, SessionContext, SessionEnd, ToSession};
+use super::{Command, LeafOptions, LeafStatus, catalog_entries};
+use crate::NodeError;
+use crate::hosts::HostCache;
+
+/// How often the coordinator looks for sessions to open.
+const TICK: Duration = Duration::from_millis(250);
+/// A session that lasted this long resets its supernode's backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
+
+struct Link {
+    to_session: mpsc::Sender<ToSession>,
+    ready: bool,
+}
+
+struct Retry {
+    not_before: Instant,
+    backoff: Backoff,
+}
+
+pub(super) struct LeafTask {
+    pub(super) options: LeafOptions,
+    pub(super) context: SessionContext,
+    pub(super) files: Vec<SharedFile>,
+    pub(super) catalog: Catalog,
+    pub(super) status: watch::Sender<LeafStatus>,
+    pub(super) commands: mpsc::Receiver<Command>,
+    pub(super) hosts: HostCache,
+}
+
+struct Running {
+    links: HashMap<SocketAddr, Link>,
+    retries: HashMap<SocketAddr, Retry>,
+    news_tx: mpsc::Sender<FromSession>,
+    last_failure: Option<String>,
+}
+
+impl LeafTask {
+    pub(super) async fn run(mut self) {
+        self.hosts
+            .add_seeds(self.options.supernodes.iter().copied());
+        let (news_tx, mut news) = mpsc::channel(256);
+        let mut running = Running {
+            links: HashMap::new(),
+            retries: HashMap::new(),
+            news_tx,
+            last_failure: None,
+        };
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            self.fill(&mut running);
+            tokio::select! {
+                biased;
+                // Sessions watch the same token and say Bye themselves.
+                _ = self.context.shutdown.cancelled() => break,
+                Some(event) = news.recv() => {
+                    if !self.on_news(&mut running, event) {
+                        break;
+                    }
+                }
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(&running, command).await,
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    if let Err(error) = self.hosts.save() {
+                        tracing::debug!(%error, "could not save the host cache");
+                    }
+                }
+            }
+        }
+        if let Err(error) = self.hosts.save() {
+            tracing::debug!(%error, "could not save the host cache");
+        }
+    }
+
+    /// Opens sessions until the wanted number are open or connecting.
+    fn fill(&mut self, running: &mut Running) {
+        let now = Instant::now();
+        while running.links.len() < self.options.supernodes_wanted {
+            let next = self.hosts.addresses().iter().copied().find(|addr| {
+                !running.links.contains_key(addr)
+                    && running
+                        .retries
+                        .get(addr)
+                        .is_none_or(|r| r.not_before <= now)
+            });
+            let Some(addr) = next else { break };
+            tracing::debug!(%addr, "dialing supernode");
+            let to_session = session::spawn(
+                addr,
+                self.files.clone(),
+                self.context.clone(),
+                running.news_tx.clone(),
+            );
+            running.links.insert(
+                addr,
+                Link {
+                    to_session,
+                    ready: false,
+                },
+            );
+        }
+    }
+
+    /// Handles a session's news; false when a one-shot leaf gives up.
+    fn on_news(&mut self, running: &mut Running, event: FromSession) -> bool {
+        match event {
+            FromSession::Ready { addr, observed } => {
+                if let Some(link) = running.links.get_mut(&addr) {
+                    link.ready = true;
+                }
+                running.retries.remove(&addr);
+                self.hosts.learn([addr]);
+                self.status.send_modify(|s| {
+                    s.observed_addr = observed.or(s.observed_addr);
+                    s.failure = None;
+                });
+                self.publish_status(running);
+            }
+            FromSession::Learned(supernodes) => self.hosts.learn(supernodes),
+            FromSession::Ended { addr, end } => {
+                running.links.remove(&addr);
+                self.publish_status(running);
+                let (failure, stable) = match end {
+                    SessionEnd::Shutdown => return !self.context.shutdown.is_cancelled(),
+                    SessionEnd::Unreachable(reason) => {
+                        (format!("cannot reach supernode {addr}: {reason}"), false)
+                    }
+                    SessionEnd::Closed { lasted } => (
+                        format!("supernode {addr} closed the connection"),
+                        lasted > STABLE_SESSION,
+                    ),
+                    SessionEnd::Rejected(try_list) => {
+                        self.hosts.learn(try_list);
+                        (format!("supernode {addr} refused us"), false)
+                    }
+                };
+                tracing::info!(reason = %failure, "supernode session ended");
+                let retry = running.retries.entry(addr).or_insert_with(|| Retry {
+                    not_before: Instant::now(),
+                    backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
+                });
+                if stable {
+                    retry.backoff.reset();
+                }
+                retry.not_before = Instant::now() + retry.backoff.next_delay(rand::random::<f64>());
+                running.last_failure = Some(failure);
+                if !self.options.reconnect && !self.has_prospects(running) {
+                    let failure = running.last_failure.take();
+                    self.status.send_modify(|s| s.failure = failure);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// For a one-shot leaf: is anything connected, connecting, or untried?
+    fn has_prospects(&self, running: &Running) -> bool {
+        !running.links.is_empty()
+            || self
+                .hosts
+                .addresses()
+                .iter()
+                .any(|addr| !running.retries.contains_key(addr))
+    }
+
+    fn publish_status(&self, running: &Running) {
+        let mut ready: Vec<SocketAddr> = running
+            .links
+            .iter()
+            .filter(|(_, link)| link.ready)
+            .map(|(addr, _)| *addr)
+            .collect();
+        ready.sort();
+        self.status.send_modify(|s| {
+            s.connected_to = ready.first().copied();
+            s.supernodes = ready;
+        });
+    }
+
+    fn ready_session(&self, running: &Running) -> Option<mpsc::Sender<ToSession>> {
+        let mut ready: Vec<(&SocketAddr, &Link)> =
+            running.links.iter().filter(|(_, l)| l.ready).collect();
+        ready.sort_by_key(|(addr, _)| **addr);
+        ready.first().map(|(_, link)| link.to_session.clone())
+    }
+
+    async fn on_command(&mut self, running: &Running, command: Command) {
+        match command {
+            Command::Search(request, reply) => match self.ready_session(running) {
+                Some(session) => {
+                    if let Err(mpsc::error::SendError(ToSession::Search(_, reply))) =
+                        session.send(ToSession::Search(request, reply)).await
+                    {
+                        let _ = reply.send(Err(NodeError::NotConnected(
+                            "the supernode session ended".into(),
+                        )));
+                    }
+                }
+                None => {
+                    let _ = reply.send(Err(NodeError::NotConnected(
+                        "not connected to a supernode".into(),
+                    )));
+                }
+            },
+            Command::Push {
+                target,
+                content_id,
+                callback,
+                reply,
+            } => match self.ready_session(running) {
+                Some(session) => {
+                    let push = ToSession::Push {
+                        target,
+                        content_id,
+                        callback,
+                        reply,
+                    };
+                    if let Err(mpsc::error::SendError(ToSession::Push { reply, .. })) =
+                        session.send(push).await
+                    {
+                        let _ = reply.send(Err(NodeError::NotConnected(
+                            "the supernode session ended".into(),
+                        )));
+                    }
+                }
+                None => {
+                    let _ = reply.send(Err(NodeError::NotConnected(
+                        "not connected to a supernode".into(),
+                    )));
+                }
+            },
+            Command::Shares(files) => self.publish(running, files).await,
+            Command::Files(local) => {
+                self.catalog.replace(catalog_entries(&local));
+                self.publish(running, local.into_iter().map(|f| f.shared).collect())
+                    .await;
+            }
+        }
+    }
+
+    /// Publishes `files` through every session, and to sessions yet to open.
+    async fn publish(&mut self, running: &Running, files: Vec<SharedFile>) {
+        self.status.send_modify(|s| s.shared_files = files.len());
+        for link in running.links.values() {
+            let _ = link.to_session.send(ToSession::Shares(files.clone())).await;
+        }
+        self.files = files;
+    }
+}
