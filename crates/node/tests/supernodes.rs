@@ -1,0 +1,142 @@
+//! A leaf among several supernodes: redirected by a full one, kept
+//! searchable when one goes away, and rejoining from its host cache.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use canopy_node::leaf::{LeafHandle, LeafStatus};
+use canopy_node::supernode::{self, SupernodeOptions};
+use common::*;
+
+/// Waits until the leaf's status satisfies `condition`.
+async fn wait_status(leaf: &LeafHandle, condition: impl FnMut(&LeafStatus) -> bool) -> LeafStatus {
+    let mut status = leaf.watch_status();
+    let found = tokio::time::timeout(PATIENCE, status.wait_for(condition))
+        .await
+        .unwrap_or_else(|_| panic!("status never matched: {:?}", leaf.status()))
+        .unwrap()
+        .clone();
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_supernode_redirects_and_the_leaf_lands_on_another() {
+    init_logs();
+    let other = supernode(&[]).await;
+    let mut options = SupernodeOptions::new(localhost());
+    options.peers = vec![other.local_addr()];
+    options.max_leaves = 1;
+    let full = supernode::start(options).await.unwrap();
+    full.wait_for(PATIENCE, |s| s.supernode_peers == 1)
+        .await
+        .unwrap();
+    let _occupant = leaf(&full, None).await;
+
+    // The newcomer knows only the full supernode.
+    let newcomer = start_leaf(leaf_options(&full, None)).await;
+    let status = wait_status(&newcomer, |s| s.connected_to.is_some()).await;
+    assert_eq!(
+        status.connected_to,
+        Some(other.local_addr()),
+        "landed on the supernode in the try-list"
+    );
+    assert!(full.stats().handshakes_rejected >= 1);
+    other.wait_for(PATIENCE, |s| s.leaves == 1).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leaf_stays_searchable_when_one_of_its_supernodes_goes_and_replaces_it() {
+    init_logs();
+    let nodes = line(3).await;
+    let (first, second, third) = (
+        nodes[0].local_addr(),
+        nodes[1].local_addr(),
+        nodes[2].local_addr(),
+    );
+    let folder = shared_folder(&["survivor.txt"]);
+    let mut options = leaf_options(&nodes[0], Some(folder.path()));
+    options.supernodes = vec![first, second];
+    options.supernodes_wanted = 2;
+    options.reconnect = true;
+    let sharer = start_leaf(options).await;
+    wait_status(&sharer, |s| s.supernodes.len() == 2).await;
+    // Published to both.
+    nodes[0]
+        .wait_for(PATIENCE, |s| s.index_files == 1)
+        .await
+        .unwrap();
+    nodes[1]
+        .wait_for(PATIENCE, |s| s.index_files == 1)
+        .await
+        .unwrap();
+
+    let searcher = leaf(&nodes[2], None).await;
+    let mut nodes = nodes.into_iter();
+    let gone = nodes.next().unwrap();
+    gone.shutdown().await;
+    // Still found at once: the second supernode indexes it too.
+    let found = searcher
+        .search(request(&["survivor"], 4, PATIENCE, 1))
+        .await
+        .unwrap();
+    assert_eq!(found.results.len(), 1);
+
+    // And the leaf replaces the lost supernode with one it heard of.
+    let status = wait_status(&sharer, |s| {
+        s.supernodes.len() == 2 && !s.supernodes.contains(&first)
+    })
+    .await;
+    assert_eq!(status.supernodes, {
+        let mut both = vec![second, third];
+        both.sort();
+        both
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leaf_whose_seed_is_gone_rejoins_through_its_host_cache() {
+    init_logs();
+    let nodes = line(2).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut options = leaf_options(&nodes[0], None);
+    options.data_dir = Some(data.path().to_owned());
+    options.reconnect = true;
+    let first_run = start_leaf(options.clone()).await;
+    // It hears of the second supernode from the first (a Pong).
+    let hosts_file = data.path().join(canopy_node::hosts::HOST_CACHE_FILE);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let text = std::fs::read_to_string(&hosts_file).unwrap_or_default();
+        if text.contains(&nodes[1].local_addr().to_string()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "host cache never learned: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first_run.shutdown().await;
+
+    // Next start: the configured seed is dead; the cache still has one alive.
+    let dead: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut options = options;
+    options.supernodes = vec![dead];
+    let mut nodes = nodes.into_iter();
+    nodes.next().unwrap().shutdown().await;
+    let alive = nodes.next().unwrap();
+    let second_run = start_leaf(options).await;
+    assert_eq!(second_run.status().connected_to, Some(alive.local_addr()));
+}
