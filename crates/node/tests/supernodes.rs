@@ -20,12 +20,11 @@ use common::*;
 /// Waits until the leaf's status satisfies `condition`.
 async fn wait_status(leaf: &LeafHandle, condition: impl FnMut(&LeafStatus) -> bool) -> LeafStatus {
     let mut status = leaf.watch_status();
-    let found = tokio::time::timeout(PATIENCE, status.wait_for(condition))
+    tokio::time::timeout(PATIENCE, status.wait_for(condition))
         .await
         .unwrap_or_else(|_| panic!("status never matched: {:?}", leaf.status()))
         .unwrap()
-        .clone();
-    found
+        .clone()
 }
 
 #[tokio::test(flavor = "multi_thread")]
