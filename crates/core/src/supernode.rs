@@ -164,6 +164,8 @@ pub struct SupernodeStats {
     pub pushes_unroutable: u64,
     /// Leaves whose announced address could not be reached.
     pub leaves_unreachable: u64,
+    /// Peers disconnected for reading too slowly.
+    pub peers_too_slow: u64,
     /// Handshakes refused.
     pub handshakes_rejected: u64,
     /// Connections closed for breaking the protocol.
@@ -568,6 +570,21 @@ impl Supernode {
         self.send(conn, Message::HelloReply(reply));
         if let Some(addr) = probe {
             self.actions.push_back(Action::Probe { conn, addr });
+        }
+    }
+
+    /// `conn`'s send queue stayed full: it reads too slowly for what it is
+    /// sent. It is disconnected; one slow peer must not hold up the rest.
+    pub fn handle_too_slow(&mut self, conn: ConnId) {
+        if self.peers.contains_key(&conn) {
+            self.stats.peers_too_slow += 1;
+            self.close(
+                conn,
+                Some((
+                    ByeReason::TooSlow,
+                    "send queue stayed full; reading too slowly".into(),
+                )),
+            );
         }
     }
 

@@ -1,28 +1,45 @@
 //! One TCP connection: a reader task that decodes frames and passes them to
-//! the node task, and a writer task that drains a bounded outgoing queue.
+//! the node task, and a writer task that drains the connection's
+//! [`SendQueue`].
 //!
 //! The reader awaits the node task's inbox, so a peer that sends faster than
 //! the node can process is slowed down by TCP, not buffered without bound.
-//! The writer's queue is bounded too: the node task never waits on a slow
-//! peer; what does not fit is dropped (see [`Outgoing::try_send`]).
+//! The node task never waits on a slow peer: it encodes a message once and
+//! offers the frame to the queue, which is bounded in bytes and drops the
+//! least valuable frames first (see [`crate::send_queue`]).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::BytesMut;
 use canopy_core::ConnId;
 use canopy_proto::{ByeReason, FrameCodec, FrameError, Message};
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt as _;
+use futures_util::StreamExt;
+use tokio::io::{AsyncWriteExt as _, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::{Encoder as _, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::send_queue::{Next, Priority, Pushed, SEND_QUEUE_BYTES, SendQueue};
 use crate::traffic::{Counted, Traffic};
-use std::sync::Arc;
 
-/// Messages waiting to be written, per connection.
-pub const SEND_QUEUE_LEN: usize = 1024;
+/// Kernel send buffer per overlay connection, in bytes.
+const KERNEL_SEND_BUFFER: usize = 128 * 1024;
+
+/// What every connection of a node shares.
+#[derive(Debug, Clone)]
+pub struct LinkContext {
+    /// Where connection tasks are tracked, for shutdown.
+    pub tracker: TaskTracker,
+    /// The node's traffic counters.
+    pub traffic: Arc<Traffic>,
+    /// A full send queue that has not moved for this long means the peer
+    /// is too slow.
+    pub stall_timeout: Duration,
+}
 
 /// What a connection reports to its node task.
 #[derive(Debug)]
@@ -36,38 +53,49 @@ pub enum ConnEvent {
     Closed,
 }
 
-enum Outbound {
-    Message(Message),
-    Close(Option<(ByeReason, String)>),
-}
-
 /// The node task's handle on a connection's writer.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
-    tx: mpsc::Sender<Outbound>,
+    queue: Arc<SendQueue>,
     cancel: CancellationToken,
 }
 
-impl std::fmt::Debug for Outbound {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Outbound::Message(m) => write!(f, "Message({})", m.kind()),
-            Outbound::Close(bye) => write!(f, "Close({bye:?})"),
+impl Outgoing {
+    /// Encodes `message` and offers it to the send queue.
+    pub fn send(&self, message: &Message) -> Pushed {
+        match encode(message) {
+            Some(frame) => self.queue.push(frame, Priority::of(message)),
+            None => Pushed {
+                dropped_new: true,
+                ..Pushed::default()
+            },
         }
+    }
+
+    /// Flushes what is queued, sends the Bye if given, and closes.
+    pub fn close(&self, bye: Option<(ByeReason, String)>) {
+        let frame = bye.and_then(|(reason, detail)| encode(&Message::Bye { reason, detail }));
+        self.queue.close(frame);
+    }
+
+    /// True if queued frames have not moved for the stall timeout.
+    pub fn is_stalled(&self) -> bool {
+        self.queue.is_stalled()
+    }
+
+    /// Cuts the connection at once, without flushing (its peer is stuck).
+    pub fn abort(&self) {
+        self.cancel.cancel();
     }
 }
 
-impl Outgoing {
-    /// Queues `message`; false if the queue is full or the connection gone.
-    pub fn try_send(&self, message: Message) -> bool {
-        self.tx.try_send(Outbound::Message(message)).is_ok()
-    }
-
-    /// Flushes what is queued, sends the Bye if given, and closes. If the
-    /// queue is full the connection is cut at once.
-    pub fn close(&self, bye: Option<(ByeReason, String)>) {
-        if self.tx.try_send(Outbound::Close(bye)).is_err() {
-            self.cancel.cancel();
+fn encode(message: &Message) -> Option<bytes::Bytes> {
+    let mut buffer = BytesMut::new();
+    match FrameCodec::default().encode(message, &mut buffer) {
+        Ok(()) => Some(buffer.freeze()),
+        Err(error) => {
+            tracing::warn!(kind = message.kind(), %error, "message not sent");
+            None
         }
     }
 }
@@ -82,22 +110,27 @@ pub fn spawn<E, A>(
     events: mpsc::Sender<E>,
     announce: A,
     wrap: fn(ConnId, ConnEvent) -> E,
-    tracker: &TaskTracker,
-    traffic: &Arc<Traffic>,
+    link: &LinkContext,
 ) where
     E: Send + 'static,
     A: FnOnce(Outgoing) -> E + Send + 'static,
 {
     let _ = stream.set_nodelay(true);
+    // A fixed kernel send buffer: left to autotune it grows to megabytes
+    // per socket, hiding a peer that does not read and costing memory on a
+    // supernode with thousands of connections. The backlog belongs in the
+    // send queue, where it is bounded, prioritised and judged.
+    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(KERNEL_SEND_BUFFER);
     let peer: Option<SocketAddr> = stream.peer_addr().ok();
     let (read_half, write_half) = stream.into_split();
-    let read_half = Counted::new(read_half, traffic.clone());
-    let write_half = Counted::new(write_half, traffic.clone());
-    let (tx, mut rx) = mpsc::channel::<Outbound>(SEND_QUEUE_LEN);
+    let read_half = Counted::new(read_half, link.traffic.clone());
+    let write_half = Counted::new(write_half, link.traffic.clone());
+    let queue = Arc::new(SendQueue::new(SEND_QUEUE_BYTES, link.stall_timeout));
     let cancel = CancellationToken::new();
+    let tracker = &link.tracker;
 
     let outgoing = Outgoing {
-        tx,
+        queue: queue.clone(),
         cancel: cancel.clone(),
     };
     let reader_cancel = cancel.clone();
@@ -128,46 +161,49 @@ pub fn spawn<E, A>(
 
     let writer_cancel = cancel.clone();
     tracker.spawn(async move {
-        let mut sink = FramedWrite::new(write_half, FrameCodec::default());
-        loop {
-            let next = tokio::select! {
-                // Cut at once (the queue was full when a Close was due).
+        let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
+        'connection: loop {
+            let first = tokio::select! {
+                // Cut at once: the peer is stuck.
                 _ = writer_cancel.cancelled() => break,
-                next = rx.recv() => next,
+                next = queue.next() => next,
             };
-            // `None`: the node task forgot this connection.
-            let Some(first) = next else { break };
-            let mut batch = vec![first];
-            while let Ok(more) = rx.try_recv() {
-                batch.push(more);
-            }
-            let mut closing = false;
-            for item in batch {
-                let result = match item {
-                    Outbound::Message(message) => sink.feed(message).await,
-                    Outbound::Close(bye) => {
-                        closing = true;
-                        match bye {
-                            Some((reason, detail)) => {
-                                sink.feed(Message::Bye { reason, detail }).await
-                            }
-                            None => Ok(()),
-                        }
-                    }
+            // Write whatever is ready, then flush once.
+            let mut next = Some(first);
+            while let Some(item) = next.take() {
+                let (frame, closing) = match item {
+                    Next::Frame(frame) => (Some(frame), false),
+                    Next::Close(bye) => (bye, true),
                 };
-                if let Err(error) = result {
-                    tracing::debug!(?peer, %error, "write failed");
-                    closing = true;
+                if let Some(frame) = frame {
+                    queue.begin_write();
+                    let written = tokio::select! {
+                        _ = writer_cancel.cancelled() => break 'connection,
+                        written = writer.write_all(&frame) => written,
+                    };
+                    queue.end_write();
+                    if let Err(error) = written {
+                        tracing::debug!(?peer, %error, "write failed");
+                        break 'connection;
+                    }
                 }
                 if closing {
-                    break;
+                    let _ = writer.flush().await;
+                    break 'connection;
                 }
+                next = queue.try_next();
             }
-            if SinkExt::<Message>::flush(&mut sink).await.is_err() || closing {
+            queue.begin_write();
+            let flushed = tokio::select! {
+                _ = writer_cancel.cancelled() => break,
+                flushed = writer.flush() => flushed,
+            };
+            queue.end_write();
+            if flushed.is_err() {
                 break;
             }
         }
-        let _ = sink.get_mut().shutdown().await;
+        let _ = writer.get_mut().shutdown().await;
         writer_cancel.cancel();
     });
 }

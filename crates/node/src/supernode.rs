@@ -19,9 +19,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::NodeError;
 use crate::clock::Clock;
-use crate::connection::{self, ConnEvent, Outgoing};
+use crate::connection::{self, ConnEvent, LinkContext, Outgoing};
 use crate::traffic::Traffic;
-use canopy_proto::Message;
+use canopy_proto::ByeReason;
 
 /// How often the core's timers (handshake deadline, keepalive, route
 /// expiry) are checked.
@@ -54,6 +54,9 @@ pub struct SupernodeOptions {
     pub redial_initial: Duration,
     /// A connection that has not completed its handshake by then is closed.
     pub handshake_timeout: Duration,
+    /// A peer whose full send queue has not moved for this long is
+    /// disconnected as too slow.
+    pub send_stall_timeout: Duration,
 }
 
 impl SupernodeOptions {
@@ -69,6 +72,7 @@ impl SupernodeOptions {
             max_files_per_leaf: 10_000,
             redial_initial: Duration::from_millis(500),
             handshake_timeout: Duration::from_secs(10),
+            send_stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -201,9 +205,12 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
     let links = Links {
         events: events_tx.clone(),
         next_conn: Arc::new(AtomicU64::new(1)),
-        tracker: tracker.clone(),
         shutdown: shutdown.clone(),
-        traffic: traffic.clone(),
+        link: LinkContext {
+            tracker: tracker.clone(),
+            traffic: traffic.clone(),
+            stall_timeout: options.send_stall_timeout,
+        },
     };
 
     let node = NodeTask {
@@ -277,7 +284,10 @@ impl NodeTask {
                         self.carry_out();
                     }
                 }
-                _ = tick.tick() => self.core.handle_timeout(self.clock.now()),
+                _ = tick.tick() => {
+                    self.core.handle_timeout(self.clock.now());
+                    self.cut_stalled_peers();
+                }
             }
             self.carry_out();
             let now = self.core.stats();
@@ -317,23 +327,42 @@ impl NodeTask {
         }
     }
 
+    /// Disconnects peers whose send queues have not moved for the stall
+    /// timeout: a peer that stays stuck must not keep its queue forever.
+    fn cut_stalled_peers(&mut self) {
+        let stalled: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, registered)| registered.outgoing.is_stalled())
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in stalled {
+            tracing::info!(?conn, "peer reads too slowly; disconnecting");
+            self.core.handle_too_slow(conn);
+        }
+    }
+
     fn carry_out(&mut self) {
         while let Some(action) = self.core.poll_action() {
             match action {
                 Action::Send { conn, message } => {
-                    if let Some(registered) = self.conns.get(&conn) {
-                        let is_query = matches!(message, Message::Query(_));
-                        if !registered.outgoing.try_send(message) {
-                            let dropped = self
-                                .traffic
-                                .messages_dropped
-                                .fetch_add(1, Ordering::Relaxed)
-                                + 1;
-                            if is_query {
-                                self.traffic.queries_dropped.fetch_add(1, Ordering::Relaxed);
-                            }
-                            tracing::debug!(?conn, dropped, "send queue full; message dropped");
-                        }
+                    let Some(registered) = self.conns.get(&conn) else {
+                        continue;
+                    };
+                    let pushed = registered.outgoing.send(&message);
+                    let lost = pushed.evicted + usize::from(pushed.dropped_new);
+                    if lost > 0 {
+                        self.traffic
+                            .messages_dropped
+                            .fetch_add(lost as u64, Ordering::Relaxed);
+                        self.traffic
+                            .queries_dropped
+                            .fetch_add(pushed.low_lost as u64, Ordering::Relaxed);
+                        tracing::debug!(?conn, lost, "send queue full; dropped the least valuable");
+                    }
+                    if pushed.stuck {
+                        tracing::info!(?conn, "peer reads too slowly; disconnecting");
+                        self.core.handle_too_slow(conn);
                     }
                 }
                 Action::Close { conn, bye } => {
@@ -341,7 +370,12 @@ impl NodeTask {
                         tracing::info!(?conn, ?reason, %detail, "closing connection");
                     }
                     if let Some(registered) = self.conns.get(&conn) {
-                        registered.outgoing.close(bye);
+                        if matches!(bye, Some((ByeReason::TooSlow, _))) {
+                            // Its queue is stuck: a Bye would never get out.
+                            registered.outgoing.abort();
+                        } else {
+                            registered.outgoing.close(bye);
+                        }
                     }
                     forget(&mut self.conns, conn);
                 }
@@ -382,9 +416,8 @@ fn forget(conns: &mut HashMap<ConnId, Registered>, conn: ConnId) {
 struct Links {
     events: mpsc::Sender<Event>,
     next_conn: Arc<AtomicU64>,
-    tracker: TaskTracker,
     shutdown: CancellationToken,
-    traffic: Arc<Traffic>,
+    link: LinkContext,
 }
 
 impl Links {
@@ -411,8 +444,7 @@ impl Links {
             self.events.clone(),
             announce,
             conn_event,
-            &self.tracker,
-            &self.traffic,
+            &self.link,
         );
         (conn, closed)
     }
@@ -445,7 +477,7 @@ async fn accept_loop(listener: TcpListener, slots: Arc<Semaphore>, links: Links)
         };
         let (_, closed) = links.register(stream, remote, Direction::Inbound);
         // Hold the slot until the node task lets go of the connection.
-        links.tracker.spawn(async move {
+        links.link.tracker.spawn(async move {
             let _ = closed.await;
             drop(permit);
         });

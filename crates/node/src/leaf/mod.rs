@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::NodeError;
+use crate::connection::LinkContext;
 use crate::hosts::HostCache;
 use crate::traffic::Traffic;
 use scan::{catalog_entries, load_cache, rescan_loop, scan_in_background};
@@ -43,6 +44,8 @@ use task::LeafTask;
 
 /// Pushed uploads being set up at once; further push requests are ignored.
 const MAX_PUSHES: usize = 16;
+/// A supernode whose full send queue has not moved for this long is slow.
+const SEND_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Name of the hash cache inside the data directory.
 pub const HASH_CACHE_FILE: &str = "hash-cache.json";
 
@@ -357,7 +360,11 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         server: server.clone(),
         pushes: Arc::new(Semaphore::new(MAX_PUSHES)),
         tracker: tracker.clone(),
-        traffic: traffic.clone(),
+        link: LinkContext {
+            tracker: tracker.clone(),
+            traffic: traffic.clone(),
+            stall_timeout: SEND_STALL_TIMEOUT,
+        },
         shutdown: shutdown.clone(),
     };
     let hosts = HostCache::load(options.data_dir.as_deref());

@@ -21,8 +21,7 @@ use tokio_util::task::TaskTracker;
 use super::SearchOutcome;
 use crate::NodeError;
 use crate::clock::Clock;
-use crate::connection::{self, ConnEvent, Outgoing};
-use crate::traffic::Traffic;
+use crate::connection::{self, ConnEvent, LinkContext, Outgoing};
 
 /// How often running searches are checked for their deadline.
 const TICK: Duration = Duration::from_millis(50);
@@ -40,7 +39,7 @@ pub(super) struct SessionContext {
     /// Pushed uploads being set up at once.
     pub(super) pushes: Arc<Semaphore>,
     pub(super) tracker: TaskTracker,
-    pub(super) traffic: Arc<Traffic>,
+    pub(super) link: LinkContext,
     pub(super) shutdown: CancellationToken,
 }
 
@@ -124,8 +123,7 @@ async fn run(
         events_tx,
         Event::Connected,
         |_, e| Event::Conn(e),
-        &context.tracker,
-        &context.traffic,
+        &context.link,
     );
     let closed = |clock: &Clock| SessionEnd::Closed {
         lasted: Duration::from_millis(clock.now().as_millis()),
@@ -184,8 +182,9 @@ async fn run(
         while let Some(action) = session.poll_action() {
             match action {
                 LeafAction::Send(message) => {
-                    if !outgoing.try_send(message) {
-                        tracing::warn!(%addr, "send queue to supernode full; message dropped");
+                    let pushed = outgoing.send(&message);
+                    if pushed.dropped_new || pushed.evicted > 0 {
+                        tracing::warn!(%addr, "send queue to supernode full; dropped the least valuable");
                     }
                 }
                 LeafAction::Close(bye) => {

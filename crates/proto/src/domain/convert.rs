@@ -188,6 +188,7 @@ fn bye_reason(code: i32) -> ByeReason {
         Ok(wire::ByeReason::HandshakeTimeout) => ByeReason::HandshakeTimeout,
         Ok(wire::ByeReason::IdleTimeout) => ByeReason::IdleTimeout,
         Ok(wire::ByeReason::LimitExceeded) => ByeReason::LimitExceeded,
+        Ok(wire::ByeReason::TooSlow) => ByeReason::TooSlow,
         Ok(wire::ByeReason::Unspecified) | Err(_) => ByeReason::Unknown,
     }
 }
@@ -419,6 +420,7 @@ fn wire_bye_reason(reason: ByeReason) -> wire::ByeReason {
         ByeReason::HandshakeTimeout => wire::ByeReason::HandshakeTimeout,
         ByeReason::IdleTimeout => wire::ByeReason::IdleTimeout,
         ByeReason::LimitExceeded => wire::ByeReason::LimitExceeded,
+        ByeReason::TooSlow => wire::ByeReason::TooSlow,
     }
 }
 

@@ -104,6 +104,8 @@ pub enum ByeReason {
     IdleTimeout,
     /// A limit was exceeded.
     LimitExceeded,
+    /// The peer read too slowly; its send queue stayed full.
+    TooSlow,
 }
 
 /// One shared file: what is indexed and what a hit returns.
