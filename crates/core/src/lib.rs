@@ -20,6 +20,7 @@ pub mod download;
 pub mod handshake;
 pub mod index;
 pub mod leaf;
+pub mod rate;
 pub mod routes;
 pub mod search;
 pub mod supernode;

@@ -25,6 +25,7 @@ use canopy_proto::{
 use crate::dedup::SeenMessages;
 use crate::handshake::{Identity, Rejection, check_hello, reachable_addr};
 use crate::index::{FileIndex, Filter};
+use crate::rate::TokenBucket;
 use crate::routes::RouteTable;
 use crate::{ConnId, Time};
 
@@ -41,6 +42,10 @@ pub struct SupernodeConfig {
     pub max_supernode_peers: usize,
     /// Most files one leaf may publish.
     pub max_files_per_leaf: usize,
+    /// Queries a leaf may send a second on average...
+    pub leaf_queries_per_second: u32,
+    /// ...and at once. Queries beyond are dropped and counted.
+    pub leaf_query_burst: u32,
     /// Most files one query is answered with from this node's index.
     pub max_results_per_query: usize,
     /// Message ids remembered for duplicate suppression.
@@ -74,6 +79,8 @@ impl SupernodeConfig {
             max_leaves: 1_000,
             max_supernode_peers: 32,
             max_files_per_leaf: 10_000,
+            leaf_queries_per_second: 5,
+            leaf_query_burst: 20,
             max_results_per_query: 200,
             seen_capacity: 100_000,
             route_capacity: 100_000,
@@ -166,6 +173,8 @@ pub struct SupernodeStats {
     pub leaves_unreachable: u64,
     /// Peers disconnected for reading too slowly.
     pub peers_too_slow: u64,
+    /// Leaf queries dropped for going over the leaf's query rate.
+    pub queries_rate_limited: u64,
     /// Handshakes refused.
     pub handshakes_rejected: u64,
     /// Connections closed for breaking the protocol.
@@ -182,6 +191,7 @@ enum PeerState {
         node_id: NodeId,
         addr: SocketAddr,
         firewalled: bool,
+        queries: TokenBucket,
     },
     Supernode {
         node_id: NodeId,
@@ -351,7 +361,7 @@ impl Supernode {
                 },
                 Message::Hello(hello),
             ) => {
-                self.handle_hello(conn, hello);
+                self.handle_hello(conn, hello, now);
             }
             (
                 PeerState::Handshaking {
@@ -371,6 +381,13 @@ impl Supernode {
                 self.send(conn, Message::Pong { nonce, supernodes });
             }
             (_, Message::Pong { .. }) => {}
+            (PeerState::Leaf { .. }, Message::Query(query)) => {
+                if self.leaf_may_query(conn, now) {
+                    self.handle_query(conn, query, now);
+                } else {
+                    self.stats.queries_rate_limited += 1;
+                }
+            }
             (_, Message::Query(query)) => self.handle_query(conn, query, now),
             (PeerState::Leaf { .. }, Message::FileList { replace, files }) => {
                 if replace {
@@ -519,7 +536,7 @@ impl Supernode {
         Ok(())
     }
 
-    fn handle_hello(&mut self, conn: ConnId, hello: Hello) {
+    fn handle_hello(&mut self, conn: ConnId, hello: Hello, now: Time) {
         let Some(remote) = self.peers.get(&conn).map(|p| p.remote) else {
             return;
         };
@@ -544,6 +561,11 @@ impl Supernode {
                 // A leaf that announces no listening address accepts no
                 // connections: downloads from it go by push.
                 firewalled: hello.listen_addr.is_none(),
+                queries: TokenBucket::new(
+                    self.config.leaf_queries_per_second,
+                    self.config.leaf_query_burst,
+                    now,
+                ),
             },
             Role::Supernode => PeerState::Supernode {
                 node_id: hello.node_id,
@@ -585,6 +607,14 @@ impl Supernode {
                     "send queue stayed full; reading too slowly".into(),
                 )),
             );
+        }
+    }
+
+    /// Takes a token from leaf `conn`'s query bucket.
+    fn leaf_may_query(&mut self, conn: ConnId, now: Time) -> bool {
+        match self.peers.get_mut(&conn).map(|p| &mut p.state) {
+            Some(PeerState::Leaf { queries, .. }) => queries.allow(now),
+            _ => true,
         }
     }
 
@@ -725,6 +755,7 @@ impl Supernode {
                 node_id,
                 addr,
                 firewalled,
+                ..
             }) = self.peers.get(&owner).map(|p| &p.state)
             else {
                 continue;

@@ -595,3 +595,41 @@ fn a_leaf_that_cannot_be_reached_is_marked_firewalled() {
     net.supers[0].handle_probe_result(conn, true);
     assert!(!firewalled(&mut net));
 }
+
+#[test]
+fn a_leaf_over_its_query_rate_is_throttled() {
+    let mut net = Net::new(1, |c| {
+        c.leaf_queries_per_second = 2;
+        c.leaf_query_burst = 5;
+    });
+    net.add_leaf(0, vec![file(1, "rate limited")]);
+    let searcher = net.add_leaf(0, vec![]);
+    let mut answered = 0;
+    for i in 0..8u8 {
+        let id = MessageId([100 + i; 16]);
+        net.leaves[searcher]
+            .start_search(id, &request(&["rate"], 1), net.now)
+            .unwrap();
+        net.drive();
+        answered += net.leaves[searcher]
+            .finish_search(&id)
+            .unwrap()
+            .hits_received();
+    }
+    assert_eq!(answered, 5, "the burst is answered, the rest dropped");
+    assert_eq!(net.supers[0].stats().queries_rate_limited, 3);
+    // Half a second later, at 2 a second, one more is allowed.
+    net.tick(Duration::from_millis(500));
+    let id = MessageId([200; 16]);
+    net.leaves[searcher]
+        .start_search(id, &request(&["rate"], 1), net.now)
+        .unwrap();
+    net.drive();
+    assert_eq!(
+        net.leaves[searcher]
+            .finish_search(&id)
+            .unwrap()
+            .hits_received(),
+        1
+    );
+}

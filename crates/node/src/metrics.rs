@@ -191,6 +191,16 @@ pub fn supernode_metrics(node: &SupernodeHandle) -> Exporter {
                 s.queries_duplicate + Traffic::get(&traffic.queries_dropped),
             ),
             counter(
+                "canopy_queries_rate_limited",
+                "Leaf queries dropped for going over the leaf's query rate.",
+                s.queries_rate_limited,
+            ),
+            counter(
+                "canopy_peers_too_slow",
+                "Peers disconnected for reading too slowly.",
+                s.peers_too_slow,
+            ),
+            counter(
                 "canopy_hits_answered",
                 "Hits sent from this supernode's index.",
                 s.hits_answered,

@@ -50,6 +50,10 @@ pub struct SupernodeOptions {
     pub max_supernode_peers: usize,
     /// Most files one leaf may publish.
     pub max_files_per_leaf: usize,
+    /// Queries a leaf may send a second, on average.
+    pub leaf_queries_per_second: u32,
+    /// Queries a leaf may send at once.
+    pub leaf_query_burst: u32,
     /// First redial delay; doubles up to a minute.
     pub redial_initial: Duration,
     /// A connection that has not completed its handshake by then is closed.
@@ -70,6 +74,8 @@ impl SupernodeOptions {
             max_leaves: 1_000,
             max_supernode_peers: 32,
             max_files_per_leaf: 10_000,
+            leaf_queries_per_second: 5,
+            leaf_query_burst: 20,
             redial_initial: Duration::from_millis(500),
             handshake_timeout: Duration::from_secs(10),
             send_stall_timeout: Duration::from_secs(30),
@@ -193,6 +199,8 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
     config.max_leaves = options.max_leaves;
     config.max_supernode_peers = options.max_supernode_peers;
     config.max_files_per_leaf = options.max_files_per_leaf;
+    config.leaf_queries_per_second = options.leaf_queries_per_second;
+    config.leaf_query_burst = options.leaf_query_burst;
     config.handshake_timeout = options.handshake_timeout;
     let max_connections = options.max_leaves + options.max_supernode_peers + HANDSHAKE_HEADROOM;
 

@@ -36,6 +36,12 @@ pub(crate) struct Args {
     /// Most files one leaf may publish [default: 10000].
     #[arg(long)]
     max_files_per_leaf: Option<usize>,
+    /// Queries a leaf may send a second on average; more are dropped [default: 5].
+    #[arg(long)]
+    leaf_queries_per_second: Option<u32>,
+    /// Queries a leaf may send at once [default: 20].
+    #[arg(long)]
+    leaf_query_burst: Option<u32>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -54,6 +60,8 @@ struct File {
     max_leaves: Option<usize>,
     max_peers: Option<usize>,
     max_files_per_leaf: Option<usize>,
+    leaf_queries_per_second: Option<u32>,
+    leaf_query_burst: Option<u32>,
     metrics: Option<SocketAddr>,
     log_format: Option<LogFormat>,
     json: Option<bool>,
@@ -96,6 +104,23 @@ impl Args {
             file.max_files_per_leaf,
             defaults.max_files_per_leaf,
         );
+        options.leaf_queries_per_second = pick(
+            self.leaf_queries_per_second,
+            file.leaf_queries_per_second,
+            defaults.leaf_queries_per_second,
+        );
+        options.leaf_query_burst = pick(
+            self.leaf_query_burst,
+            file.leaf_query_burst,
+            defaults.leaf_query_burst,
+        );
+        if options.leaf_query_burst == 0 {
+            return Err(ConfigError::invalid(
+                path,
+                "leaf_query_burst",
+                "must be at least 1",
+            ));
+        }
         Ok(Settings {
             options,
             metrics: self.metrics.or(file.metrics),
