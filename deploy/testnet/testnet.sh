@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# A Canopy testnet across Linux network namespaces: each host its own
+# namespace and address on one bridge, and one leaf behind a NAT router
+# (nftables masquerade), so it really cannot be reached from outside.
+#
+#   deploy/testnet/testnet.sh up       bring the hosts up
+#   deploy/testnet/testnet.sh down     tear everything down
+#   deploy/testnet/testnet.sh test     up, run the scenario below, down (even on failure)
+#
+# Needs root, iproute2 and nftables. CANOPY=path/to/canopy (default:
+# target/release/canopy, else target/debug/canopy). HOSTS=N (default 5).
+#
+# Hosts: cn-h1..cn-hN at 10.77.0.1..N; the NAT router cn-nat at 10.77.0.100
+# outside and 192.168.77.1 inside; the NAT'd leaf cn-natleaf at 192.168.77.2.
+#
+# Scenario (`test`): supernodes on h1, h2, h3 in a line; a leaf on h4
+# attached to h1 and h2; the NAT'd leaf attached to h3; from h5, a search
+# and a download that cross hosts, one of them from the NAT'd leaf by push;
+# then h1's supernode is killed with SIGKILL and the h4 leaf must be
+# searchable and attached to another supernode within seconds.
+set -euo pipefail
+
+HOSTS=${HOSTS:-5}
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+if [ -z "${CANOPY:-}" ]; then
+  if [ -x "$root/target/release/canopy" ]; then CANOPY=$root/target/release/canopy; else CANOPY=$root/target/debug/canopy; fi
+fi
+NS_BRIDGE=cn-br
+work=${TESTNET_WORK:-/tmp/canopy-testnet}
+
+say() { printf 'testnet: %s\n' "$*" >&2; }
+in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+veth_to_bridge() { # ns, name-in-ns, address/prefix
+  local ns=$1 dev=$2 addr=$3
+  local peer="p-${ns#cn-}-$dev"
+  ip link add "tmp-$$" type veth peer name "$peer"
+  ip link set "tmp-$$" netns "$ns"
+  in_ns "$ns" ip link set "tmp-$$" name "$dev"
+  ip link set "$peer" netns "$NS_BRIDGE"
+  in_ns "$NS_BRIDGE" ip link set "$peer" master br0 up
+  in_ns "$ns" ip addr add "$addr" dev "$dev"
+  in_ns "$ns" ip link set "$dev" up
+}
+
+up() {
+  down 2>/dev/null || true
+  say "bringing up $HOSTS hosts and a NAT"
+  ip netns add "$NS_BRIDGE"
+  in_ns "$NS_BRIDGE" ip link add br0 type bridge
+  in_ns "$NS_BRIDGE" ip link set br0 up
+  for i in $(seq "$HOSTS"); do
+    ip netns add "cn-h$i"
+    in_ns "cn-h$i" ip link set lo up
+    veth_to_bridge "cn-h$i" eth0 "10.77.0.$i/24"
+  done
+  # The NAT router: outside on the bridge, inside to the NAT'd leaf.
+  ip netns add cn-nat
+  ip netns add cn-natleaf
+  in_ns cn-nat ip link set lo up
+  in_ns cn-natleaf ip link set lo up
+  veth_to_bridge cn-nat eth0 10.77.0.100/24
+  ip link add "tmp-$$" type veth peer name "tmp2-$$"
+  ip link set "tmp-$$" netns cn-nat
+  ip link set "tmp2-$$" netns cn-natleaf
+  in_ns cn-nat ip link set "tmp-$$" name eth1
+  in_ns cn-natleaf ip link set "tmp2-$$" name eth0
+  in_ns cn-nat ip addr add 192.168.77.1/24 dev eth1
+  in_ns cn-nat ip link set eth1 up
+  in_ns cn-natleaf ip addr add 192.168.77.2/24 dev eth0
+  in_ns cn-natleaf ip link set eth0 up
+  in_ns cn-natleaf ip route add default via 192.168.77.1
+  in_ns cn-nat sysctl -q -w net.ipv4.ip_forward=1
+  in_ns cn-nat nft -f - <<'NFT'
+table ip nat {
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr 192.168.77.0/24 oifname "eth0" masquerade
+  }
+}
+NFT
+}
+
+down() {
+  for ns in $(ip netns list | awk '{print $1}' | grep -E '^cn-' || true); do
+    # Anything still running in it goes first.
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || true
+  done
+}
+
+# Runs canopy in a namespace in the background; its JSON goes to $work/$2.json.
+spawn() { # ns, name, args...
+  local ns=$1 name=$2; shift 2
+  # ip netns exec execs canopy, so $! is canopy's own pid (for kill -9).
+  ip netns exec "$ns" "$CANOPY" "$@" --json > "$work/$name.json" 2> "$work/$name.log" &
+  echo $! > "$work/$name.pid"
+}
+
+# Waits (up to $2 s) until the command in $3... succeeds.
+wait_until() {
+  local what=$1 limit=$2; shift 2
+  local deadline=$((SECONDS + limit))
+  until "$@" >/dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then say "timed out waiting for: $what"; return 1; fi
+    sleep 0.2
+  done
+}
+
+json_field() { python3 -c 'import json,sys; print(json.loads(sys.stdin.readline())[sys.argv[1]])' "$1"; }
+started() { [ -s "$work/$1.json" ]; }
+sources_of() { # ns, supernode, id -> number of sources
+  in_ns "$1" "$CANOPY" search --supernode "$2" --json --timeout 1 --id "$3" \
+    | python3 -c 'import json,sys; print(sum(len(json.loads(l)["sources"]) for l in sys.stdin))'
+}
+has_sources() { [ "$(sources_of "$@")" -ge "$4" ]; }
+metric() { # ns, addr, name
+  in_ns "$1" curl -sf "http://$2/metrics" | awk -v m="$3" '$1 == m { print $2 }'
+}
+metric_at_least() { [ "$(metric "$1" "$2" "$3")" -ge "$4" ] 2>/dev/null; }
+
+scenario() {
+  rm -rf "$work" && mkdir -p "$work/share-h4" "$work/share-nat" "$work/out"
+  head -c 3000000 /dev/urandom > "$work/share-h4/open-file.bin"
+  head -c 2000000 /dev/urandom > "$work/share-nat/behind-nat.bin"
+  local open_id nat_id
+  open_id=$("$CANOPY" hash "$work/share-h4" | awk '{print $1}')
+  nat_id=$("$CANOPY" hash "$work/share-nat" | awk '{print $1}')
+
+  say "supernodes on h1, h2, h3 in a line"
+  spawn cn-h1 sn1 supernode --listen 10.77.0.1:6346 --metrics 10.77.0.1:9346
+  spawn cn-h2 sn2 supernode --listen 10.77.0.2:6346 --peer 10.77.0.1:6346 --metrics 10.77.0.2:9346
+  spawn cn-h3 sn3 supernode --listen 10.77.0.3:6346 --peer 10.77.0.2:6346 --metrics 10.77.0.3:9346
+  wait_until "supernodes linked" 20 metric_at_least cn-h2 10.77.0.2:9346 canopy_supernode_peers 2
+
+  say "a leaf on h4 (attached to h1 and h2) and one behind the NAT (attached to h3)"
+  spawn cn-h4 leaf4 leaf --supernode 10.77.0.1:6346 --supernode 10.77.0.2:6346 \
+    --share "$work/share-h4" --listen 10.77.0.4:6347 --data-dir "$work/data-h4"
+  spawn cn-natleaf leafnat leaf --supernode 10.77.0.3:6346 \
+    --share "$work/share-nat" --listen 0.0.0.0:6347 --data-dir "$work/data-nat"
+  wait_until "leaves started" 30 started leaf4
+  wait_until "leaves started" 30 started leafnat
+
+  say "search from h5 through h3: both files, across hosts"
+  wait_until "h4's file found from h5" 20 has_sources cn-h5 10.77.0.3:6346 "$open_id" 1
+  wait_until "the NAT'd leaf's file found from h5" 20 has_sources cn-h5 10.77.0.3:6346 "$nat_id" 1
+  local firewalled
+  firewalled=$(in_ns cn-h5 "$CANOPY" search --supernode 10.77.0.3:6346 --json --timeout 1 --id "$nat_id" | json_field sources)
+  say "the NAT'd leaf is seen from $firewalled (the router); its announced address is unreachable"
+
+  say "download from h4 (direct) and from the NAT'd leaf (push), on h5"
+  in_ns cn-h5 "$CANOPY" get --supernode 10.77.0.3:6346 -o "$work/out/" --json "$open_id" > "$work/get-open.json"
+  in_ns cn-h5 "$CANOPY" get --supernode 10.77.0.3:6346 -o "$work/out/" --json "$nat_id" > "$work/get-nat.json"
+  [ "$("$CANOPY" hash "$work/out" | grep -c -e "^$open_id " -e "^$nat_id ")" = 2 ] \
+    || { say "downloaded files do not match their ids"; return 1; }
+  grep -q '(push)' "$work/get-nat.json" || { say "the NAT'd leaf was not reached by push"; cat "$work/get-nat.json" >&2; return 1; }
+
+  say "SIGKILL the supernode on h1; h4's leaf must recover on another"
+  kill -9 "$(cat "$work/sn1.pid")"
+  wait_until "h4's file still found" 15 has_sources cn-h5 10.77.0.3:6346 "$open_id" 1
+  wait_until "h4's leaf attached to h3 in place of h1" 30 metric_at_least cn-h3 10.77.0.3:9346 canopy_leaves 2
+  say "ok: search, direct download, push through NAT, and recovery after SIGKILL all crossed hosts"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  test)
+    [ "$(id -u)" = 0 ] || { say "needs root (network namespaces)"; exit 2; }
+    trap 'status=$?; [ $status -ne 0 ] && for f in "$work"/*.log; do [ -s "$f" ] && { echo "--- $f" >&2; tail -5 "$f" >&2; }; done; down; exit $status' EXIT
+    up
+    scenario
+    ;;
+  *) echo "usage: $0 up|down|test" >&2; exit 2 ;;
+esac
