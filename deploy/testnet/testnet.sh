@@ -129,9 +129,9 @@ scenario() {
   nat_id=$("$CANOPY" hash "$work/share-nat" | awk '{print $1}')
 
   say "supernodes on h1, h2, h3 in a line"
-  spawn cn-h1 sn1 supernode --listen 10.77.0.1:6346 --metrics 10.77.0.1:9346
-  spawn cn-h2 sn2 supernode --listen 10.77.0.2:6346 --peer 10.77.0.1:6346 --metrics 10.77.0.2:9346
-  spawn cn-h3 sn3 supernode --listen 10.77.0.3:6346 --peer 10.77.0.2:6346 --metrics 10.77.0.3:9346
+  spawn cn-h1 sn1 supernode --listen 10.77.0.1:6346 --metrics 10.77.0.1:9346 --data-dir "$work/data-sn1"
+  spawn cn-h2 sn2 supernode --listen 10.77.0.2:6346 --peer 10.77.0.1:6346 --metrics 10.77.0.2:9346 --data-dir "$work/data-sn2"
+  spawn cn-h3 sn3 supernode --listen 10.77.0.3:6346 --peer 10.77.0.2:6346 --metrics 10.77.0.3:9346 --data-dir "$work/data-sn3"
   wait_until "supernodes linked" 20 metric_at_least cn-h2 10.77.0.2:9346 canopy_supernode_peers 2
 
   say "a leaf on h4 (attached to h1 and h2) and one behind the NAT (attached to h3)"

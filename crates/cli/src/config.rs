@@ -78,6 +78,11 @@ fn syntax_problem(text: &str, error: &toml::de::Error) -> String {
     }
 }
 
+/// The default data directory: `$XDG_DATA_HOME/canopy` on Linux.
+pub(crate) fn default_data_dir() -> Option<PathBuf> {
+    dirs::data_dir().map(|dir| dir.join("canopy"))
+}
+
 /// The value from the command line, else the file, else the default.
 pub(crate) fn pick<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
     flag.or(file).unwrap_or(default)

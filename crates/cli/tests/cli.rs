@@ -157,8 +157,11 @@ async fn search_against_a_closed_port_fails_with_one_line() {
 
 /// Starts `canopy` with `args` and returns it with its first stdout line.
 async fn spawn_node(args: &[&str]) -> (Child, serde_json::Value) {
+    // Each node its own data directory: no host cache shared between runs.
+    let data = tempfile::tempdir().unwrap().keep();
     let mut child = Command::new(CANOPY)
         .args(args)
+        .env("XDG_DATA_HOME", data)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)

@@ -130,6 +130,9 @@ pub enum Action {
         /// Other supernodes it suggested.
         try_supernodes: Vec<SocketAddr>,
     },
+    /// Supernodes heard of (a new peer, a Pong, a try-list): for the host
+    /// cache, and for dialing when short of peers.
+    Learned(Vec<SocketAddr>),
     /// Try to open a connection to `addr`, the address leaf `conn`
     /// announced, and report with [`Supernode::handle_probe_result`]. A leaf
     /// behind NAT announces an address nobody can reach; its hits must say
@@ -379,6 +382,9 @@ impl Supernode {
             (_, Message::Ping { nonce }) => {
                 let supernodes = self.known_supernodes();
                 self.send(conn, Message::Pong { nonce, supernodes });
+            }
+            (PeerState::Supernode { .. }, Message::Pong { supernodes, .. }) => {
+                self.learned(supernodes);
             }
             (_, Message::Pong { .. }) => {}
             (PeerState::Leaf { .. }, Message::Query(query)) => {
@@ -643,6 +649,7 @@ impl Supernode {
         {
             // The acceptor closes the connection; we just let go of it.
             self.stats.handshakes_rejected += 1;
+            self.learned(try_supernodes.clone());
             self.actions.push_back(Action::Rejected {
                 conn,
                 reason,
@@ -671,14 +678,35 @@ impl Supernode {
             listen_addr: Some(reachable_addr(reply.hello.listen_addr, remote)),
         };
         self.establish(conn, reply.hello.node_id, state);
+        // Ask the supernode we joined which others it knows (the acceptor
+        // may not speak first: its HelloReply must come before anything).
+        let nonce = self.next_ping_nonce;
+        self.next_ping_nonce += 1;
+        self.send(conn, Message::Ping { nonce });
     }
 
     fn establish(&mut self, conn: ConnId, node_id: NodeId, state: PeerState) {
+        let new_supernode = match &state {
+            PeerState::Supernode { listen_addr, .. } => Some(*listen_addr),
+            _ => None,
+        };
         if let Some(peer) = self.peers.get_mut(&conn) {
             *self.counts.slot(&peer.state) -= 1;
             *self.counts.slot(&state) += 1;
             peer.state = state;
             self.by_node.insert(node_id, conn);
+        }
+        if let Some(listen_addr) = new_supernode {
+            self.learned(listen_addr.into_iter().collect());
+        }
+    }
+
+    /// Reports supernode addresses heard of (not our own) for the host cache.
+    fn learned(&mut self, mut supernodes: Vec<SocketAddr>) {
+        let us = self.config.identity.listen_addr;
+        supernodes.retain(|addr| Some(*addr) != us && !addr.ip().is_unspecified());
+        if !supernodes.is_empty() {
+            self.actions.push_back(Action::Learned(supernodes));
         }
     }
 

@@ -161,6 +161,7 @@ impl Net {
                     }
                     Action::Close { conn, bye } => self.cut(End::Super(s, conn), bye),
                     Action::Probe { conn, addr } => self.probes.push((s, conn, addr)),
+                    Action::Learned(_) => {}
                     Action::Rejected { .. } => {}
                 }
             }

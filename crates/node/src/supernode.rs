@@ -2,10 +2,10 @@
 //! dials the configured peers (redialing with backoff), and runs the
 //! [`canopy_core::supernode::Supernode`] state machine in one task.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use canopy_core::ConnId;
@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::NodeError;
 use crate::clock::Clock;
 use crate::connection::{self, ConnEvent, LinkContext, Outgoing};
+use crate::hosts::HostCache;
 use crate::traffic::Traffic;
 use canopy_proto::ByeReason;
 
@@ -61,6 +62,11 @@ pub struct SupernodeOptions {
     /// A peer whose full send queue has not moved for this long is
     /// disconnected as too slow.
     pub send_stall_timeout: Duration,
+    /// Where the host cache is kept; in memory only if `None`.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Supernode peers to keep: beyond the configured ones, supernodes
+    /// heard of are dialed until there are this many.
+    pub peers_wanted: usize,
 }
 
 impl SupernodeOptions {
@@ -79,6 +85,8 @@ impl SupernodeOptions {
             redial_initial: Duration::from_millis(500),
             handshake_timeout: Duration::from_secs(10),
             send_stall_timeout: Duration::from_secs(30),
+            data_dir: None,
+            peers_wanted: 8,
         }
     }
 }
@@ -221,6 +229,8 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
         },
     };
 
+    let hosts = Arc::new(Mutex::new(HostCache::load(options.data_dir.as_deref())));
+    let (peer_addrs_tx, peer_addrs) = watch::channel(Vec::new());
     let node = NodeTask {
         core,
         conns: HashMap::new(),
@@ -228,6 +238,8 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
         inbox: events_tx.clone(),
         tracker: tracker.clone(),
         traffic: traffic.clone(),
+        hosts: hosts.clone(),
+        peer_addrs: peer_addrs_tx,
     };
     tracker.spawn(node.run(events_rx, stats_tx, shutdown.clone()));
     tracker.spawn(accept_loop(
@@ -235,6 +247,14 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
         Arc::new(Semaphore::new(max_connections)),
         links.clone(),
     ));
+    let discovery = Discovery {
+        hosts,
+        peer_addrs,
+        configured: options.peers.clone(),
+        peers_wanted: options.peers_wanted,
+        links: links.clone(),
+    };
+    tracker.spawn(discovery.run());
     for peer in options.peers {
         tracker.spawn(dial_loop(peer, options.redial_initial, links.clone()));
     }
@@ -259,6 +279,9 @@ struct NodeTask {
     inbox: mpsc::Sender<Event>,
     tracker: TaskTracker,
     traffic: Arc<Traffic>,
+    hosts: Arc<Mutex<HostCache>>,
+    /// Listen addresses of connected supernode peers, for discovery.
+    peer_addrs: watch::Sender<Vec<SocketAddr>>,
 }
 
 /// How long a reachability probe may take to connect.
@@ -298,6 +321,12 @@ impl NodeTask {
                 }
             }
             self.carry_out();
+            let peers = self.core.known_supernodes();
+            self.peer_addrs.send_if_modified(|current| {
+                let changed = *current != peers;
+                *current = peers;
+                changed
+            });
             let now = self.core.stats();
             stats.send_if_modified(|current| {
                 let changed = *current != now;
@@ -394,6 +423,11 @@ impl NodeTask {
                     try_supernodes,
                 } => {
                     tracing::info!(?conn, ?reason, %detail, ?try_supernodes, "peer refused our handshake");
+                }
+                Action::Learned(supernodes) => {
+                    if let Ok(mut hosts) = self.hosts.lock() {
+                        hosts.learn(supernodes);
+                    }
                 }
                 Action::Probe { conn, addr } => {
                     let inbox = self.inbox.clone();
@@ -521,6 +555,84 @@ async fn dial_loop(peer: SocketAddr, redial_initial: Duration, links: Links) {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Finds more supernode peers: while the node has fewer than it wants, it
+/// dials supernodes from the host cache (fed by peers' listen addresses,
+/// Pongs and try-lists), skipping those connected or configured (they have
+/// their own dialers) and backing off from those that failed. It also
+/// keeps the host cache saved.
+struct Discovery {
+    hosts: Arc<Mutex<HostCache>>,
+    peer_addrs: watch::Receiver<Vec<SocketAddr>>,
+    configured: Vec<SocketAddr>,
+    peers_wanted: usize,
+    links: Links,
+}
+
+impl Discovery {
+    async fn run(self) {
+        let shutdown = self.links.shutdown.clone();
+        let dialing: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
+        let mut backoffs: HashMap<SocketAddr, (tokio::time::Instant, Backoff)> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let connected = self.peer_addrs.borrow().clone();
+            let in_flight = dialing.lock().map(|d| d.len()).unwrap_or(0);
+            if connected.len() + in_flight >= self.peers_wanted {
+                self.save();
+                continue;
+            }
+            let now = tokio::time::Instant::now();
+            let candidate = self.hosts.lock().ok().and_then(|hosts| {
+                hosts.addresses().iter().copied().find(|addr| {
+                    !connected.contains(addr)
+                        && !self.configured.contains(addr)
+                        && !dialing.lock().map(|d| d.contains(addr)).unwrap_or(true)
+                        && backoffs.get(addr).is_none_or(|(until, _)| *until <= now)
+                })
+            });
+            if let Some(addr) = candidate {
+                let entry = backoffs.entry(addr).or_insert_with(|| {
+                    (
+                        now,
+                        Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
+                    )
+                });
+                entry.0 = now + entry.1.next_delay(rand::random::<f64>());
+                if let Ok(mut d) = dialing.lock() {
+                    d.insert(addr);
+                }
+                let (links, dialing) = (self.links.clone(), dialing.clone());
+                self.links.link.tracker.spawn(async move {
+                    if let Ok(Ok(stream)) =
+                        tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await
+                    {
+                        tracing::debug!(%addr, "dialing a supernode from the host cache");
+                        let (_, closed) = links.register(stream, addr, Direction::Outbound);
+                        let _ = closed.await;
+                    }
+                    if let Ok(mut d) = dialing.lock() {
+                        d.remove(&addr);
+                    }
+                });
+            }
+            self.save();
+        }
+        self.save();
+    }
+
+    fn save(&self) {
+        if let Ok(mut hosts) = self.hosts.lock() {
+            if let Err(error) = hosts.save() {
+                tracing::debug!(%error, "could not save the host cache");
+            }
         }
     }
 }

@@ -139,3 +139,36 @@ async fn a_leaf_whose_seed_is_gone_rejoins_through_its_host_cache() {
     let second_run = start_leaf(options).await;
     assert_eq!(second_run.status().connected_to, Some(alive.local_addr()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn supernodes_find_more_peers_and_rejoin_from_their_host_cache() {
+    init_logs();
+    // a <- b <- c: c hears of a from b and, wanting more peers, dials it.
+    let a = supernode(&[]).await;
+    let b = supernode(&[a.local_addr()]).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut options = SupernodeOptions::new(localhost());
+    options.peers = vec![b.local_addr()];
+    options.data_dir = Some(data.path().to_owned());
+    options.peers_wanted = 2;
+    let c = supernode::start(options.clone()).await.unwrap();
+    c.wait_for(PATIENCE, |s| s.supernode_peers == 2)
+        .await
+        .unwrap();
+    a.wait_for(PATIENCE, |s| s.supernode_peers == 2)
+        .await
+        .unwrap();
+    c.shutdown().await;
+
+    // Restarted with only a dead seed, c joins through its host cache.
+    let dead: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    options.peers = vec![dead];
+    let again = supernode::start(options).await.unwrap();
+    again
+        .wait_for(PATIENCE, |s| s.supernode_peers >= 1)
+        .await
+        .unwrap();
+}

@@ -30,6 +30,8 @@ pub async fn supernode(peers: &[SocketAddr]) -> SupernodeHandle {
     let mut options = SupernodeOptions::new(localhost());
     options.peers = peers.to_vec();
     options.redial_initial = Duration::from_millis(50);
+    // Exactly the topology asked for: no discovery of extra peers.
+    options.peers_wanted = 0;
     supernode::start(options).await.unwrap()
 }
 

@@ -107,6 +107,8 @@ async fn start_supernodes() -> anyhow::Result<Vec<SupernodeHandle>> {
             .map(SupernodeHandle::local_addr)
             .into_iter()
             .collect();
+        // A strict line, so the TTL boundary shows: no extra peers.
+        options.peers_wanted = 0;
         nodes.push(supernode::start(options).await?);
     }
     for (i, node) in nodes.iter().enumerate() {

@@ -85,11 +85,6 @@ pub(crate) struct Settings {
     json: bool,
 }
 
-/// The default data directory: `$XDG_DATA_HOME/canopy` on Linux.
-pub(crate) fn default_data_dir() -> Option<PathBuf> {
-    dirs::data_dir().map(|dir| dir.join("canopy"))
-}
-
 impl Args {
     /// Merges flags, the config file and defaults.
     pub(crate) fn resolve(self, log_format: Option<LogFormat>) -> Result<Settings, ConfigError> {
@@ -152,7 +147,10 @@ impl Args {
             ));
         }
         options.shares = shares;
-        options.data_dir = self.data_dir.or(file.data_dir).or_else(default_data_dir);
+        options.data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .or_else(config::default_data_dir);
         options.reconnect = true;
         let rescan = pick(self.rescan, file.rescan, 60);
         if rescan == 0 {

@@ -42,6 +42,13 @@ pub(crate) struct Args {
     /// Queries a leaf may send at once [default: 20].
     #[arg(long)]
     leaf_query_burst: Option<u32>,
+    /// Supernode peers to keep; beyond --peer, supernodes heard of are
+    /// dialed until there are this many [default: 8].
+    #[arg(long)]
+    peers_wanted: Option<usize>,
+    /// Where the host cache is kept [default: $XDG_DATA_HOME/canopy].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -62,6 +69,8 @@ struct File {
     max_files_per_leaf: Option<usize>,
     leaf_queries_per_second: Option<u32>,
     leaf_query_burst: Option<u32>,
+    peers_wanted: Option<usize>,
+    data_dir: Option<PathBuf>,
     metrics: Option<SocketAddr>,
     log_format: Option<LogFormat>,
     json: Option<bool>,
@@ -114,6 +123,11 @@ impl Args {
             file.leaf_query_burst,
             defaults.leaf_query_burst,
         );
+        options.peers_wanted = pick(self.peers_wanted, file.peers_wanted, defaults.peers_wanted);
+        options.data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .or_else(config::default_data_dir);
         if options.leaf_query_burst == 0 {
             return Err(ConfigError::invalid(
                 path,
