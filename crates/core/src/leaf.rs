@@ -138,7 +138,12 @@ pub struct LeafSession {
     published: BTreeMap<ContentId, SharedFile>,
     searches: HashMap<MessageId, SearchSession>,
     actions: VecDeque<LeafAction>,
+    last_heard: Option<Time>,
 }
+
+/// A supernode pings a quiet leaf every 30 s; a leaf that hears nothing
+/// for this long takes the supernode for gone (a dead host sends no FIN).
+pub const SUPERNODE_SILENCE_LIMIT: Duration = Duration::from_secs(90);
 
 impl LeafSession {
     /// A session for a leaf that shares `shares`.
@@ -150,6 +155,22 @@ impl LeafSession {
             published: BTreeMap::new(),
             searches: HashMap::new(),
             actions: VecDeque::new(),
+            last_heard: None,
+        }
+    }
+
+    /// Periodic check: a supernode silent past [`SUPERNODE_SILENCE_LIMIT`]
+    /// (or a handshake that never completes in as long) ends the session.
+    pub fn handle_timeout(&mut self, now: Time) {
+        if self.state == State::Closed {
+            return;
+        }
+        let last = *self.last_heard.get_or_insert(now);
+        if now.since(last) >= SUPERNODE_SILENCE_LIMIT {
+            self.close(Some((
+                ByeReason::IdleTimeout,
+                "nothing heard from the supernode".into(),
+            )));
         }
     }
 
@@ -188,6 +209,7 @@ impl LeafSession {
 
     /// A message from the supernode.
     pub fn handle_message(&mut self, message: Message, now: Time) {
+        self.last_heard = Some(now);
         match (self.state, message) {
             (State::Closed, _) => {}
             (_, Message::Bye { .. }) => self.close(None),

@@ -634,3 +634,29 @@ fn a_leaf_over_its_query_rate_is_throttled() {
         1
     );
 }
+
+#[test]
+fn a_leaf_gives_up_on_a_silent_supernode() {
+    let mut net = Net::line(1);
+    let leaf = net.add_leaf(0, vec![]);
+    net.leaves[leaf].handle_timeout(net.now);
+    // The supernode keeps pinging; the leaf keeps hearing it.
+    for _ in 0..4 {
+        net.tick(Duration::from_secs(31));
+        net.leaves[leaf].handle_timeout(net.now);
+    }
+    assert!(net.leaves[leaf].is_ready());
+    // The supernode's host vanishes: nothing arrives any more.
+    net.links.remove(&End::Leaf(leaf));
+    let silent_since = net.now;
+    net.leaves[leaf].handle_timeout(silent_since + Duration::from_secs(89));
+    assert!(net.leaves[leaf].is_ready());
+    net.leaves[leaf].handle_timeout(silent_since + Duration::from_secs(90));
+    assert_eq!(
+        net.leaves[leaf].poll_action(),
+        Some(LeafAction::Close(Some((
+            ByeReason::IdleTimeout,
+            "nothing heard from the supernode".into()
+        ))))
+    );
+}

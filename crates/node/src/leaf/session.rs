@@ -177,7 +177,7 @@ async fn run(
                     end = Some(SessionEnd::Shutdown);
                 }
             },
-            _ = tick.tick() => {}
+            _ = tick.tick() => session.handle_timeout(clock.now()),
         }
         while let Some(action) = session.poll_action() {
             match action {
