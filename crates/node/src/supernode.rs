@@ -27,6 +27,8 @@ use canopy_proto::ByeReason;
 /// How often the core's timers (handshake deadline, keepalive, route
 /// expiry) are checked.
 const TICK: Duration = Duration::from_millis(250);
+/// Ticks between passes over every connection (stall checks, peer list).
+const TICKS_PER_HOUSEKEEPING: u64 = 4;
 /// How long a dial may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Capacity of the node task's inbox, shared by all connections.
@@ -294,6 +296,7 @@ impl NodeTask {
         stats: watch::Sender<SupernodeStats>,
         shutdown: CancellationToken,
     ) {
+        let mut ticks: u64 = 0;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -317,16 +320,15 @@ impl NodeTask {
                 }
                 _ = tick.tick() => {
                     self.core.handle_timeout(self.clock.now());
-                    self.cut_stalled_peers();
+                    ticks += 1;
+                    // Once a second: walks over every connection.
+                    if ticks % TICKS_PER_HOUSEKEEPING == 0 {
+                        self.cut_stalled_peers();
+                        self.publish_peer_addrs();
+                    }
                 }
             }
             self.carry_out();
-            let peers = self.core.known_supernodes();
-            self.peer_addrs.send_if_modified(|current| {
-                let changed = *current != peers;
-                *current = peers;
-                changed
-            });
             let now = self.core.stats();
             stats.send_if_modified(|current| {
                 let changed = *current != now;
@@ -362,6 +364,16 @@ impl NodeTask {
             }
             Event::Probed { conn, reachable } => self.core.handle_probe_result(conn, reachable),
         }
+    }
+
+    /// Tells discovery which supernodes are connected.
+    fn publish_peer_addrs(&self) {
+        let peers = self.core.known_supernodes();
+        self.peer_addrs.send_if_modified(|current| {
+            let changed = *current != peers;
+            *current = peers;
+            changed
+        });
     }
 
     /// Disconnects peers whose send queues have not moved for the stall
