@@ -17,6 +17,7 @@
 pub mod backoff;
 pub mod dedup;
 pub mod download;
+pub mod dynamic;
 pub mod handshake;
 pub mod index;
 pub mod leaf;

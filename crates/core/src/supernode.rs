@@ -23,6 +23,7 @@ use canopy_proto::{
 };
 
 use crate::dedup::SeenMessages;
+use crate::dynamic::{DynamicConfig, DynamicQuery, Step};
 use crate::handshake::{Identity, Rejection, check_hello, reachable_addr};
 use crate::index::{FileIndex, Filter};
 use crate::rate::TokenBucket;
@@ -42,6 +43,9 @@ pub struct SupernodeConfig {
     pub max_supernode_peers: usize,
     /// Most files one leaf may publish.
     pub max_files_per_leaf: usize,
+    /// Run leaves' queries dynamically (probe, then widen until enough
+    /// results); `None` floods them with their TTL.
+    pub dynamic: Option<DynamicConfig>,
     /// Queries a leaf may send a second on average...
     pub leaf_queries_per_second: u32,
     /// ...and at once. Queries beyond are dropped and counted.
@@ -62,6 +66,9 @@ pub struct SupernodeConfig {
     pub idle_timeout: Duration,
 }
 
+/// Most leaf queries run dynamically at once; beyond, they are flooded.
+pub const MAX_DYNAMIC_QUERIES: usize = 1024;
+
 /// The default TTL cap, as in LimeWire and gtk-gnutella.
 pub const DEFAULT_TTL_CAP: u8 = 4;
 
@@ -79,6 +86,7 @@ impl SupernodeConfig {
             max_leaves: 1_000,
             max_supernode_peers: 32,
             max_files_per_leaf: 10_000,
+            dynamic: None,
             leaf_queries_per_second: 5,
             leaf_query_burst: 20,
             max_results_per_query: 200,
@@ -238,6 +246,8 @@ pub struct Supernode {
     by_node: HashMap<NodeId, ConnId>,
     index: FileIndex,
     seen: SeenMessages,
+    /// Leaf queries being run dynamically, with the leaf they are for.
+    dynamic: HashMap<MessageId, (ConnId, DynamicQuery)>,
     routes: RouteTable<MessageId>,
     push_routes: RouteTable<NodeId>,
     actions: VecDeque<Action>,
@@ -253,6 +263,7 @@ impl Supernode {
             seen: SeenMessages::new(config.seen_capacity),
             routes: RouteTable::new(config.route_capacity, config.route_lifetime),
             push_routes: RouteTable::new(config.route_capacity, config.route_lifetime),
+            dynamic: HashMap::new(),
             config,
             peers: BTreeMap::new(),
             counts: StateCounts::default(),
@@ -428,6 +439,10 @@ impl Supernode {
     pub fn handle_timeout(&mut self, now: Time) {
         self.routes.expire(now);
         self.push_routes.expire(now);
+        let running: Vec<MessageId> = self.dynamic.keys().copied().collect();
+        for id in running {
+            self.step_dynamic(id, now);
+        }
         let mut to_close = Vec::new();
         let mut to_ping = Vec::new();
         for (conn, peer) in &self.peers {
@@ -499,6 +514,7 @@ impl Supernode {
         let Some(peer) = self.peers.remove(&conn) else {
             return false;
         };
+        self.dynamic.retain(|_, (origin, _)| *origin != conn);
         *self.counts.slot(&peer.state) -= 1;
         match peer.state {
             PeerState::Leaf { node_id, .. } => {
@@ -736,7 +752,15 @@ impl Supernode {
         }
         self.routes.insert(query.message_id, from, now);
         let ttl = effective_ttl(&query, self.config.ttl_cap);
-        self.answer_from_index(from, &query);
+        let local = self.answer_from_index(from, &query);
+        let from_leaf = matches!(
+            self.peers.get(&from).map(|p| &p.state),
+            Some(PeerState::Leaf { .. })
+        );
+        if from_leaf && self.config.dynamic.is_some() && self.dynamic.len() < MAX_DYNAMIC_QUERIES {
+            self.start_dynamic(from, query, local, now);
+            return;
+        }
         if ttl > 1 {
             let forwarded = Query {
                 ttl: ttl - 1,
@@ -758,12 +782,57 @@ impl Supernode {
         }
     }
 
-    fn answer_from_index(&mut self, from: ConnId, query: &Query) {
+    /// Runs a leaf's query dynamically (see [`crate::dynamic`]).
+    fn start_dynamic(&mut self, origin: ConnId, query: Query, local: usize, now: Time) {
+        let Some(config) = self.config.dynamic.clone() else {
+            return;
+        };
+        let id = query.message_id;
+        self.dynamic
+            .insert(id, (origin, DynamicQuery::new(query, local, &config, now)));
+        self.step_dynamic(id, now);
+    }
+
+    /// Takes the next step of dynamic query `id`, if it is due.
+    fn step_dynamic(&mut self, id: MessageId, now: Time) {
+        let (Some(config), Some((_, dq))) =
+            (self.config.dynamic.clone(), self.dynamic.get_mut(&id))
+        else {
+            return;
+        };
+        let peers: Vec<ConnId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| matches!(p.state, PeerState::Supernode { .. }))
+            .map(|(conn, _)| *conn)
+            .collect();
+        let cap = effective_ttl(&dq.query, self.config.ttl_cap);
+        match dq.step(&peers, cap, &config, now) {
+            Step::Wait => {}
+            Step::Done => {
+                self.dynamic.remove(&id);
+            }
+            Step::Send(targets, ttl) => {
+                let forwarded = Query {
+                    ttl,
+                    hops: dq.query.hops.saturating_add(1),
+                    ..dq.query.clone()
+                };
+                for conn in targets {
+                    self.stats.queries_forwarded += 1;
+                    self.send(conn, Message::Query(forwarded.clone()));
+                }
+            }
+        }
+    }
+
+    /// Returns how many files it answered with.
+    fn answer_from_index(&mut self, from: ConnId, query: &Query) -> usize {
         let mut filter = Filter::new(&query.keywords, query.content_id);
         filter.min_size = query.min_size;
         filter.max_size = query.max_size;
         if filter.is_empty() {
-            return; // keywords of nothing but punctuation
+            return 0; // keywords of nothing but punctuation
         }
         let mut by_owner: BTreeMap<ConnId, Vec<SharedFile>> = BTreeMap::new();
         for found in self
@@ -798,16 +867,21 @@ impl Supernode {
                 });
             }
         }
+        let answered = hits.iter().map(|h| h.files.len()).sum();
         for hit in hits {
             self.stats.hits_answered += 1;
             self.send(from, Message::QueryHit(hit));
         }
+        answered
     }
 
     fn route_hit(&mut self, from: ConnId, hit: QueryHit, now: Time) {
         match self.routes.lookup(&hit.message_id, now) {
             Some(back) if back != from && self.peers.contains_key(&back) => {
                 self.stats.hits_routed += 1;
+                if let Some((_, dq)) = self.dynamic.get_mut(&hit.message_id) {
+                    dq.results += hit.files.len();
+                }
                 // A push for this source will come back this way.
                 self.push_routes.insert(hit.source_node_id, from, now);
                 self.send(back, Message::QueryHit(hit));

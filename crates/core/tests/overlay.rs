@@ -660,3 +660,62 @@ fn a_leaf_gives_up_on_a_silent_supernode() {
         ))))
     );
 }
+
+/// A supernode with five supernode neighbours, each with a leaf sharing
+/// ten "song" files; a searcher on the hub.
+fn star(configure: impl Fn(&mut SupernodeConfig)) -> (Net, usize) {
+    let mut net = Net::new(6, configure);
+    for spoke in 1..6 {
+        net.join(spoke, 0);
+        let files = (0..10u8)
+            .map(|i| file(spoke as u8 * 10 + i, "song"))
+            .collect();
+        net.add_leaf(spoke, files);
+    }
+    let searcher = net.add_leaf(0, vec![]);
+    (net, searcher)
+}
+
+fn dynamic_search(net: &mut Net, searcher: usize) -> usize {
+    let id = MessageId([77; 16]);
+    net.leaves[searcher]
+        .start_search(id, &request(&["song"], 4), net.now)
+        .unwrap();
+    net.drive();
+    for _ in 0..10 {
+        net.tick(Duration::from_secs(1));
+    }
+    net.leaves[searcher]
+        .finish_search(&id)
+        .unwrap()
+        .results()
+        .count()
+}
+
+#[test]
+fn dynamic_querying_probes_widens_and_stops_at_its_target() {
+    let (mut net, searcher) = star(|c| {
+        c.dynamic = Some(canopy_core::dynamic::DynamicConfig {
+            keyword_target: 25,
+            content_target: 10,
+            probe_peers: 2,
+            hop_wait: Duration::from_secs(1),
+            deadline: Duration::from_secs(60),
+        });
+    });
+    let found = dynamic_search(&mut net, searcher);
+    // Probe: two spokes (20 results); then one more (30 >= 25): stop.
+    assert_eq!(found, 30);
+    let asked = (1..6)
+        .filter(|s| net.supers[*s].stats().queries_received > 0)
+        .count();
+    assert_eq!(asked, 3, "two spokes were never asked");
+    assert_eq!(net.supers[0].stats().queries_forwarded, 3);
+}
+
+#[test]
+fn flooding_asks_everyone() {
+    let (mut net, searcher) = star(|_| {});
+    assert_eq!(dynamic_search(&mut net, searcher), 50);
+    assert_eq!(net.supers[0].stats().queries_forwarded, 5);
+}

@@ -53,6 +53,8 @@ pub struct SupernodeOptions {
     pub max_supernode_peers: usize,
     /// Most files one leaf may publish.
     pub max_files_per_leaf: usize,
+    /// Run leaves' queries dynamically instead of flooding them.
+    pub dynamic: Option<canopy_core::dynamic::DynamicConfig>,
     /// Queries a leaf may send a second, on average.
     pub leaf_queries_per_second: u32,
     /// Queries a leaf may send at once.
@@ -82,6 +84,7 @@ impl SupernodeOptions {
             max_leaves: 1_000,
             max_supernode_peers: 32,
             max_files_per_leaf: 10_000,
+            dynamic: None,
             leaf_queries_per_second: 5,
             leaf_query_burst: 20,
             redial_initial: Duration::from_millis(500),
@@ -210,6 +213,7 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
     config.max_supernode_peers = options.max_supernode_peers;
     config.max_files_per_leaf = options.max_files_per_leaf;
     config.leaf_queries_per_second = options.leaf_queries_per_second;
+    config.dynamic = options.dynamic.clone();
     config.leaf_query_burst = options.leaf_query_burst;
     config.handshake_timeout = options.handshake_timeout;
     let max_connections = options.max_leaves + options.max_supernode_peers + HANDSHAKE_HEADROOM;

@@ -172,3 +172,47 @@ async fn supernodes_find_more_peers_and_rejoin_from_their_host_cache() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dynamic_querying_stops_at_its_target_on_real_sockets() {
+    init_logs();
+    let mut options = SupernodeOptions::new(localhost());
+    options.peers_wanted = 0;
+    options.dynamic = Some(canopy_core::dynamic::DynamicConfig {
+        keyword_target: 15,
+        content_target: 10,
+        probe_peers: 2,
+        hop_wait: Duration::from_millis(300),
+        deadline: Duration::from_secs(30),
+    });
+    let hub = supernode::start(options).await.unwrap();
+    let mut spokes = Vec::new();
+    let mut folders = Vec::new();
+    for spoke in 0..4 {
+        let node = supernode(&[hub.local_addr()]).await;
+        let names: Vec<String> = (0..10).map(|i| format!("tune {spoke} {i}.ogg")).collect();
+        let folder = shared_folder(&names.iter().map(String::as_str).collect::<Vec<_>>());
+        let sharer = leaf(&node, Some(folder.path())).await;
+        node.wait_for(PATIENCE, |s| s.index_files == 10)
+            .await
+            .unwrap();
+        spokes.push((node, sharer));
+        folders.push(folder);
+    }
+    hub.wait_for(PATIENCE, |s| s.supernode_peers == 4)
+        .await
+        .unwrap();
+    let searcher = leaf(&hub, None).await;
+    let found = searcher
+        .search(request(&["tune"], 4, Duration::from_secs(3), 100))
+        .await
+        .unwrap();
+    // The probe asks two spokes: 20 results, past the target of 15.
+    assert_eq!(found.results.len(), 20);
+    let asked = spokes
+        .iter()
+        .filter(|(node, _)| node.stats().queries_received > 0)
+        .count();
+    assert_eq!(asked, 2, "the other spokes were never asked");
+    assert_eq!(hub.stats().queries_forwarded, 2);
+}

@@ -36,6 +36,10 @@ pub(crate) struct Args {
     /// Most files one leaf may publish [default: 10000].
     #[arg(long)]
     max_files_per_leaf: Option<usize>,
+    /// How leaves' queries travel: `flood` (TTL flooding) or `dynamic`
+    /// (probe, then widen until 150 results, 10 for a content id) [default: flood].
+    #[arg(long, value_enum)]
+    query_strategy: Option<QueryStrategy>,
     /// Queries a leaf may send a second on average; more are dropped [default: 5].
     #[arg(long)]
     leaf_queries_per_second: Option<u32>,
@@ -67,6 +71,7 @@ struct File {
     max_leaves: Option<usize>,
     max_peers: Option<usize>,
     max_files_per_leaf: Option<usize>,
+    query_strategy: Option<QueryStrategy>,
     leaf_queries_per_second: Option<u32>,
     leaf_query_burst: Option<u32>,
     peers_wanted: Option<usize>,
@@ -74,6 +79,16 @@ struct File {
     metrics: Option<SocketAddr>,
     log_format: Option<LogFormat>,
     json: Option<bool>,
+}
+
+/// How a supernode runs its leaves' queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+enum QueryStrategy {
+    /// Flood with the query's TTL (Gnutella 0.4 style).
+    Flood,
+    /// Dynamic querying: probe, widen, stop at the target.
+    Dynamic,
 }
 
 /// Everything resolved: ready to run.
@@ -124,6 +139,14 @@ impl Args {
             defaults.leaf_query_burst,
         );
         options.peers_wanted = pick(self.peers_wanted, file.peers_wanted, defaults.peers_wanted);
+        if pick(
+            self.query_strategy,
+            file.query_strategy,
+            QueryStrategy::Flood,
+        ) == QueryStrategy::Dynamic
+        {
+            options.dynamic = Some(canopy_core::dynamic::DynamicConfig::default());
+        }
         options.data_dir = self
             .data_dir
             .or(file.data_dir)

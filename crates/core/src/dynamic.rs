@@ -1,0 +1,236 @@
+//! Dynamic querying: how a supernode runs a query for one of its leaves
+//! instead of flooding it blindly (after LimeWire's dynamic querying).
+//!
+//! The supernode answers from its own index, probes a few supernode peers
+//! at TTL 1, then widens one peer at a time with a growing TTL, waiting
+//! between steps for hits to come back, and stops as soon as the results
+//! reach the target, when every peer has been asked, or at the deadline.
+//! Results are counted as the files in the hits that come back through
+//! this supernode for the query.
+//!
+//! Why these numbers: LimeWire aims for 150 results for a keyword query
+//! and 10 for a hash query, probes 3 connections first and waits about 2.4
+//! seconds a hop; gtk-gnutella probes 3 ultrapeers and stops at a horizon.
+//! Canopy keeps LimeWire's targets (a screenful of results; a handful of
+//! sources for a download) and probe width, and scales the wait with the
+//! TTL used, since hits from further away take longer.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use canopy_proto::Query;
+
+use crate::{ConnId, Time};
+
+/// Tunables of dynamic querying.
+#[derive(Debug, Clone)]
+pub struct DynamicConfig {
+    /// Stop a keyword query at this many results.
+    pub keyword_target: usize,
+    /// Stop a content-id query at this many results (sources).
+    pub content_target: usize,
+    /// Peers probed at TTL 1 first.
+    pub probe_peers: usize,
+    /// Wait per hop of TTL before the next step.
+    pub hop_wait: Duration,
+    /// Give up after this long.
+    pub deadline: Duration,
+}
+
+impl Default for DynamicConfig {
+    fn default() -> Self {
+        Self {
+            keyword_target: 150,
+            content_target: 10,
+            probe_peers: 3,
+            hop_wait: Duration::from_millis(2400),
+            deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One query being run dynamically for a leaf.
+#[derive(Debug)]
+pub struct DynamicQuery {
+    /// The query as it came from the leaf.
+    pub query: Query,
+    /// Results so far.
+    pub results: usize,
+    target: usize,
+    asked: BTreeSet<ConnId>,
+    steps: u32,
+    next_step: Time,
+    deadline: Time,
+}
+
+/// What the next step of a dynamic query is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Not yet: wait.
+    Wait,
+    /// Send the query to these peers with this TTL.
+    Send(Vec<ConnId>, u8),
+    /// Finished (target met, nobody left to ask, or out of time).
+    Done,
+}
+
+impl DynamicQuery {
+    /// Starts a dynamic query that already has `local` results.
+    pub fn new(query: Query, local: usize, config: &DynamicConfig, now: Time) -> Self {
+        let target = if query.content_id.is_some() {
+            config.content_target
+        } else {
+            config.keyword_target
+        };
+        Self {
+            query,
+            results: local,
+            target,
+            asked: BTreeSet::new(),
+            steps: 0,
+            next_step: now,
+            deadline: now + config.deadline,
+        }
+    }
+
+    /// True once the results reach the target.
+    pub fn satisfied(&self) -> bool {
+        self.results >= self.target
+    }
+
+    /// The next step, given the connected supernode `peers` (in a stable
+    /// order) and the TTL cap.
+    pub fn step(
+        &mut self,
+        peers: &[ConnId],
+        ttl_cap: u8,
+        config: &DynamicConfig,
+        now: Time,
+    ) -> Step {
+        if self.satisfied() || now >= self.deadline {
+            return Step::Done;
+        }
+        if now < self.next_step {
+            return Step::Wait;
+        }
+        let fresh: Vec<ConnId> = peers
+            .iter()
+            .copied()
+            .filter(|p| !self.asked.contains(p))
+            .collect();
+        if fresh.is_empty() {
+            return Step::Done;
+        }
+        // The probe: a few peers, their own indexes only. Then one peer at
+        // a time, reaching further each step, up to the cap.
+        let (count, ttl) = if self.steps == 0 {
+            (config.probe_peers.max(1), 1)
+        } else {
+            let ttl = u8::try_from(1 + self.steps)
+                .unwrap_or(u8::MAX)
+                .min(ttl_cap.max(1));
+            (1, ttl)
+        };
+        let chosen: Vec<ConnId> = fresh.into_iter().take(count).collect();
+        self.asked.extend(chosen.iter().copied());
+        self.steps += 1;
+        self.next_step = now + config.hop_wait.saturating_mul(u32::from(ttl));
+        Step::Send(chosen, ttl)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use canopy_proto::MessageId;
+
+    fn query() -> Query {
+        Query {
+            message_id: MessageId([1; 16]),
+            ttl: 4,
+            hops: 0,
+            keywords: vec!["x".into()],
+            content_id: None,
+            min_size: None,
+            max_size: None,
+        }
+    }
+
+    fn config() -> DynamicConfig {
+        DynamicConfig {
+            keyword_target: 10,
+            content_target: 2,
+            probe_peers: 2,
+            hop_wait: Duration::from_secs(1),
+            deadline: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn probes_then_widens_one_peer_at_a_time() {
+        let peers: Vec<ConnId> = (1..=5).map(ConnId).collect();
+        let mut dq = DynamicQuery::new(query(), 0, &config(), Time(0));
+        assert_eq!(
+            dq.step(&peers, 4, &config(), Time(0)),
+            Step::Send(vec![ConnId(1), ConnId(2)], 1)
+        );
+        assert_eq!(dq.step(&peers, 4, &config(), Time(999)), Step::Wait);
+        assert_eq!(
+            dq.step(&peers, 4, &config(), Time(1000)),
+            Step::Send(vec![ConnId(3)], 2)
+        );
+        assert_eq!(
+            dq.step(&peers, 4, &config(), Time(2999)),
+            Step::Wait,
+            "waits longer for TTL 2"
+        );
+        assert_eq!(
+            dq.step(&peers, 4, &config(), Time(3000)),
+            Step::Send(vec![ConnId(4)], 3)
+        );
+        assert_eq!(
+            dq.step(&peers, 3, &config(), Time(6000)),
+            Step::Send(vec![ConnId(5)], 3),
+            "capped"
+        );
+        assert_eq!(
+            dq.step(&peers, 4, &config(), Time(99_000)),
+            Step::Done,
+            "deadline"
+        );
+    }
+
+    #[test]
+    fn stops_at_the_target() {
+        let peers: Vec<ConnId> = (1..=5).map(ConnId).collect();
+        let mut dq = DynamicQuery::new(query(), 4, &config(), Time(0));
+        assert!(matches!(
+            dq.step(&peers, 4, &config(), Time(0)),
+            Step::Send(..)
+        ));
+        dq.results += 6;
+        assert_eq!(dq.step(&peers, 4, &config(), Time(1000)), Step::Done);
+        // Enough locally: nothing is sent at all.
+        let mut local = DynamicQuery::new(query(), 10, &config(), Time(0));
+        assert_eq!(local.step(&peers, 4, &config(), Time(0)), Step::Done);
+    }
+
+    #[test]
+    fn a_content_query_has_its_own_target_and_stops_when_no_one_is_left() {
+        let mut q = query();
+        q.content_id = Some(canopy_proto::ContentId([2; 32]));
+        let mut dq = DynamicQuery::new(q, 1, &config(), Time(0));
+        let peers = [ConnId(7)];
+        assert_eq!(
+            dq.step(&peers, 4, &config(), Time(0)),
+            Step::Send(vec![ConnId(7)], 1)
+        );
+        assert_eq!(
+            dq.step(&peers, 4, &config(), Time(1000)),
+            Step::Done,
+            "nobody left"
+        );
+        dq.results += 1;
+        assert!(dq.satisfied());
+    }
+}
