@@ -2,8 +2,6 @@
 //! that arrives again by another path is dropped, not answered twice.
 //! Bounded: the least recently seen id is forgotten first.
 
-use std::num::NonZeroUsize;
-
 use canopy_proto::MessageId;
 use lru::LruCache;
 
@@ -11,19 +9,27 @@ use lru::LruCache;
 #[derive(Debug)]
 pub struct SeenMessages {
     seen: LruCache<MessageId, ()>,
+    capacity: usize,
 }
 
 impl SeenMessages {
     /// Remembers at most `capacity` ids (at least one).
     pub fn new(capacity: usize) -> Self {
+        // Unbounded underneath, trimmed by hand: `LruCache::new` would
+        // allocate the whole capacity up front, memory an idle node never uses.
         Self {
-            seen: LruCache::new(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN)),
+            seen: LruCache::unbounded(),
+            capacity: capacity.max(1),
         }
     }
 
     /// Records `id`; true if it is new, false if it was seen before.
     pub fn first_sighting(&mut self, id: MessageId) -> bool {
-        self.seen.put(id, ()).is_none()
+        let new = self.seen.put(id, ()).is_none();
+        if self.seen.len() > self.capacity {
+            self.seen.pop_lru();
+        }
+        new
     }
 
     /// How many ids are remembered.

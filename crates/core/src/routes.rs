@@ -5,7 +5,6 @@
 //! capped; the least recently used entry goes first when it is full.
 
 use std::hash::Hash;
-use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use lru::LruCache;
@@ -23,14 +22,18 @@ struct Route {
 #[derive(Debug)]
 pub struct RouteTable<K: Hash + Eq> {
     routes: LruCache<K, Route>,
+    capacity: usize,
     lifetime: Duration,
 }
 
 impl<K: Hash + Eq> RouteTable<K> {
     /// At most `capacity` routes, each kept for `lifetime`.
     pub fn new(capacity: usize, lifetime: Duration) -> Self {
+        // Unbounded underneath, trimmed by hand: `LruCache::new` would
+        // allocate the whole capacity up front.
         Self {
-            routes: LruCache::new(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN)),
+            routes: LruCache::unbounded(),
+            capacity: capacity.max(1),
             lifetime,
         }
     }
@@ -39,6 +42,9 @@ impl<K: Hash + Eq> RouteTable<K> {
     pub fn insert(&mut self, id: K, back_to: ConnId, now: Time) {
         let expires = now + self.lifetime;
         self.routes.put(id, Route { back_to, expires });
+        if self.routes.len() > self.capacity {
+            self.routes.pop_lru();
+        }
     }
 
     /// Where messages for `id` go, if the route is known and has not expired.
