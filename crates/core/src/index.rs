@@ -6,7 +6,7 @@
 //! ordered, so a search returns the same files in the same order for the
 //! same history: the simulator depends on that.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use canopy_proto::{ContentId, SharedFile};
 
@@ -71,7 +71,9 @@ pub struct FileIndex {
     free: Vec<Slot>,
     by_keyword: HashMap<Box<str>, BTreeSet<Slot>>,
     by_content: HashMap<ContentId, BTreeSet<Slot>>,
-    by_owner: HashMap<ConnId, HashMap<ContentId, Slot>>,
+    /// Ordered inner maps: a departing owner frees its slots in the same
+    /// order every run, so slot reuse (and result order) is deterministic.
+    by_owner: HashMap<ConnId, BTreeMap<ContentId, Slot>>,
 }
 
 impl FileIndex {
@@ -92,7 +94,7 @@ impl FileIndex {
 
     /// Number of files `owner` has published.
     pub fn owner_len(&self, owner: ConnId) -> usize {
-        self.by_owner.get(&owner).map_or(0, HashMap::len)
+        self.by_owner.get(&owner).map_or(0, BTreeMap::len)
     }
 
     /// Adds `file` for `owner`. Publishing the same content again replaces

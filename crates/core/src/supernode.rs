@@ -247,7 +247,8 @@ pub struct Supernode {
     index: FileIndex,
     seen: SeenMessages,
     /// Leaf queries being run dynamically, with the leaf they are for.
-    dynamic: HashMap<MessageId, (ConnId, DynamicQuery)>,
+    /// Ordered, so steps run in the same order every time (determinism).
+    dynamic: BTreeMap<MessageId, (ConnId, DynamicQuery)>,
     routes: RouteTable<MessageId>,
     push_routes: RouteTable<NodeId>,
     actions: VecDeque<Action>,
@@ -263,7 +264,7 @@ impl Supernode {
             seen: SeenMessages::new(config.seen_capacity),
             routes: RouteTable::new(config.route_capacity, config.route_lifetime),
             push_routes: RouteTable::new(config.route_capacity, config.route_lifetime),
-            dynamic: HashMap::new(),
+            dynamic: BTreeMap::new(),
             config,
             peers: BTreeMap::new(),
             counts: StateCounts::default(),

@@ -1,0 +1,24 @@
+//! A simulator of large Canopy overlays.
+//!
+//! It runs the real protocol core (`canopy_core::supernode::Supernode` and
+//! `canopy_core::leaf::LeafSession`, not a re-implementation) for
+//! thousands of supernodes and their leaves in one process, in virtual
+//! time: messages are delivered from an event queue after per-link
+//! latencies, and every random choice comes from one seeded generator, so
+//! the same configuration and seed give the same report.
+//!
+//! - [`config`]: topology, workload and strategy;
+//! - [`world`]: building the overlay and running the event loop;
+//! - [`report`]: statistics per run, as Markdown and CSV.
+
+// Statistics and synthetic addresses: counts and indices here are far
+// below the limits of the types they are converted between.
+#![allow(clippy::cast_possible_truncation)]
+
+pub mod config;
+pub mod report;
+pub mod world;
+
+pub use config::{SimConfig, Strategy};
+pub use report::RunReport;
+pub use world::run;
