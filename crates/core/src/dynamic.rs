@@ -8,6 +8,13 @@
 //! Results are counted as the files in the hits that come back through
 //! this supernode for the query.
 //!
+//! Each widening step picks its TTL from the yield so far: results per
+//! supernode reached tell how many more supernodes the target needs, and
+//! the smallest TTL whose horizon from one neighbour covers them is used
+//! (the horizon of TTL t over degree d is 1 + (d-1) + ... + (d-1)^(t-1),
+//! as gtk-gnutella estimates it). With no yield yet, it reaches one hop
+//! further each step: the content may be rare, or the probe unlucky.
+//!
 //! Why these numbers: LimeWire aims for 150 results for a keyword query
 //! and 10 for a hash query, probes 3 connections first and waits about 2.4
 //! seconds a hop; gtk-gnutella probes 3 ultrapeers and stops at a horizon.
@@ -58,9 +65,18 @@ pub struct DynamicQuery {
     pub results: usize,
     target: usize,
     asked: BTreeSet<ConnId>,
+    /// Supernodes the steps so far are estimated to have reached.
+    reached: f64,
     steps: u32,
     next_step: Time,
     deadline: Time,
+}
+
+/// Supernodes a query sent with `ttl` to one neighbour reaches, in a graph
+/// of `degree`: 1 + (d-1) + (d-1)^2 + ... (t terms).
+fn horizon(ttl: u8, degree: usize) -> f64 {
+    let branching = degree.saturating_sub(1).max(1) as f64;
+    (0..i32::from(ttl)).map(|i| branching.powi(i)).sum()
 }
 
 /// What the next step of a dynamic query is.
@@ -87,6 +103,7 @@ impl DynamicQuery {
             results: local,
             target,
             asked: BTreeSet::new(),
+            reached: 1.0,
             steps: 0,
             next_step: now,
             deadline: now + config.deadline,
@@ -96,6 +113,20 @@ impl DynamicQuery {
     /// True once the results reach the target.
     pub fn satisfied(&self) -> bool {
         self.results >= self.target
+    }
+
+    /// The smallest TTL whose horizon covers the supernodes still needed
+    /// at the yield seen so far; one hop further each step while nothing
+    /// has been found.
+    fn ttl_for_need(&self, degree: usize, cap: u8) -> u8 {
+        let per_host = self.results as f64 / self.reached.max(1.0);
+        if per_host <= 0.0 {
+            return u8::try_from(1 + self.steps).unwrap_or(u8::MAX).min(cap);
+        }
+        let hosts_needed = self.target.saturating_sub(self.results) as f64 / per_host;
+        (1..=cap)
+            .find(|ttl| horizon(*ttl, degree) >= hosts_needed)
+            .unwrap_or(cap)
     }
 
     /// The next step, given the connected supernode `peers` (in a stable
@@ -126,12 +157,10 @@ impl DynamicQuery {
         let (count, ttl) = if self.steps == 0 {
             (config.probe_peers.max(1), 1)
         } else {
-            let ttl = u8::try_from(1 + self.steps)
-                .unwrap_or(u8::MAX)
-                .min(ttl_cap.max(1));
-            (1, ttl)
+            (1, self.ttl_for_need(peers.len(), ttl_cap.max(1)))
         };
         let chosen: Vec<ConnId> = fresh.into_iter().take(count).collect();
+        self.reached += chosen.len() as f64 * horizon(ttl, peers.len());
         self.asked.extend(chosen.iter().copied());
         self.steps += 1;
         self.next_step = now + config.hop_wait.saturating_mul(u32::from(ttl));
@@ -175,6 +204,7 @@ mod tests {
             Step::Send(vec![ConnId(1), ConnId(2)], 1)
         );
         assert_eq!(dq.step(&peers, 4, &config(), Time(999)), Step::Wait);
+        // Nothing found by the probe: one hop further each step.
         assert_eq!(
             dq.step(&peers, 4, &config(), Time(1000)),
             Step::Send(vec![ConnId(3)], 2)
@@ -189,14 +219,39 @@ mod tests {
             Step::Send(vec![ConnId(4)], 3)
         );
         assert_eq!(
-            dq.step(&peers, 3, &config(), Time(6000)),
-            Step::Send(vec![ConnId(5)], 3),
+            dq.step(&peers, 2, &config(), Time(6000)),
+            Step::Send(vec![ConnId(5)], 2),
             "capped"
         );
         assert_eq!(
             dq.step(&peers, 4, &config(), Time(99_000)),
             Step::Done,
             "deadline"
+        );
+    }
+
+    #[test]
+    fn the_ttl_follows_the_yield() {
+        // Degree 5: horizons 1, 5, 21 for TTL 1, 2, 3.
+        let peers: Vec<ConnId> = (1..=5).map(ConnId).collect();
+        let mut dq = DynamicQuery::new(query(), 0, &config(), Time(0));
+        assert!(matches!(
+            dq.step(&peers, 7, &config(), Time(0)),
+            Step::Send(_, 1)
+        ));
+        // Three results from three supernodes (us and two probed): one per
+        // host; seven more needed: TTL 3 (21 hosts), not 2 (5 hosts).
+        dq.results = 3;
+        assert_eq!(
+            dq.step(&peers, 7, &config(), Time(1000)),
+            Step::Send(vec![ConnId(3)], 3)
+        );
+        // A rich yield needs only a short reach.
+        let mut rich = DynamicQuery::new(query(), 8, &config(), Time(0));
+        rich.step(&peers, 7, &config(), Time(0));
+        assert_eq!(
+            rich.step(&peers, 7, &config(), Time(1000)),
+            Step::Send(vec![ConnId(3)], 1)
         );
     }
 

@@ -388,9 +388,11 @@ pub fn run(config: &SimConfig) -> RunReport {
         let id = query_id(q);
         let ttl = match config.strategy {
             Strategy::Flood(ttl) => ttl,
-            Strategy::Dynamic => 7,
+            // The default cap of real supernodes, as the flood it is compared with.
+            Strategy::Dynamic => 4,
         };
-        let request = SearchRequest::keywords(&[format!("item{k}")], ttl, timeout, 10_000);
+        // The leaf wants one content: it asks by content id (target 10 sources).
+        let request = SearchRequest::content(content_file(k).content_id, ttl, timeout);
         world.tracked.insert(
             id,
             Tracked {
