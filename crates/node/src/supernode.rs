@@ -76,19 +76,21 @@ pub struct SupernodeOptions {
 impl SupernodeOptions {
     /// Defaults, listening on `listen`.
     pub fn new(listen: SocketAddr) -> Self {
+        // The protocol's defaults live in the core; take them from there.
+        let core = SupernodeConfig::new(NodeId([1; 16]), None);
         Self {
             listen,
             peers: Vec::new(),
             node_id: None,
-            ttl_cap: canopy_core::supernode::DEFAULT_TTL_CAP,
-            max_leaves: 1_000,
-            max_supernode_peers: 32,
-            max_files_per_leaf: 10_000,
-            dynamic: None,
-            leaf_queries_per_second: 5,
-            leaf_query_burst: 20,
+            ttl_cap: core.ttl_cap,
+            max_leaves: core.max_leaves,
+            max_supernode_peers: core.max_supernode_peers,
+            max_files_per_leaf: core.max_files_per_leaf,
+            dynamic: core.dynamic,
+            leaf_queries_per_second: core.leaf_queries_per_second,
+            leaf_query_burst: core.leaf_query_burst,
             redial_initial: Duration::from_millis(500),
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: core.handshake_timeout,
             send_stall_timeout: Duration::from_secs(30),
             data_dir: None,
             peers_wanted: 8,
