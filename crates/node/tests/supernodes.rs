@@ -146,6 +146,11 @@ async fn supernodes_find_more_peers_and_rejoin_from_their_host_cache() {
     // a <- b <- c: c hears of a from b and, wanting more peers, dials it.
     let a = supernode(&[]).await;
     let b = supernode(&[a.local_addr()]).await;
+    // c learns b's neighbours once, when it connects (see the closing note:
+    // there is no later refresh yet), so b must know a by then.
+    b.wait_for(PATIENCE, |s| s.supernode_peers == 1)
+        .await
+        .unwrap();
     let data = tempfile::tempdir().unwrap();
     let mut options = SupernodeOptions::new(localhost());
     options.peers = vec![b.local_addr()];

@@ -82,7 +82,7 @@ impl CallbackListener {
     }
 
     /// A connection from `node` will be handed to the returned receiver.
-    pub fn expect(&self, node: NodeId) -> Option<oneshot::Receiver<TcpStream>> {
+    pub fn await_push_from(&self, node: NodeId) -> Option<oneshot::Receiver<TcpStream>> {
         let (tx, rx) = oneshot::channel();
         let mut waiting = self.waiting.lock().ok()?;
         waiting.retain(|_, senders| {
@@ -197,7 +197,7 @@ impl PushConnector {
 
 impl Connector for PushConnector {
     fn connect(&self) -> ConnectFuture {
-        let receiver = self.callback.expect(self.node);
+        let receiver = self.callback.await_push_from(self.node);
         let request = (self.request)();
         let timeout = self.timeout;
         Box::pin(async move {

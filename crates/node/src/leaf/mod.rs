@@ -149,12 +149,15 @@ enum Command {
     Shares(Vec<SharedFile>),
     /// A scan's result: publish and serve these.
     Files(Vec<LocalFile>),
-    Push {
-        target: NodeId,
-        content_id: ContentId,
-        callback: SocketAddr,
-        reply: oneshot::Sender<Result<(), NodeError>>,
-    },
+    Push(PushRequest),
+}
+
+/// A request to send a Push through a ready supernode session.
+struct PushRequest {
+    target: NodeId,
+    content_id: ContentId,
+    callback: SocketAddr,
+    reply: oneshot::Sender<Result<(), NodeError>>,
 }
 
 /// A running leaf.
@@ -176,7 +179,7 @@ impl std::fmt::Debug for Command {
             Command::Search(request, _) => write!(f, "Search({request:?})"),
             Command::Shares(files) => write!(f, "Shares({} files)", files.len()),
             Command::Files(files) => write!(f, "Files({} files)", files.len()),
-            Command::Push { target, .. } => write!(f, "Push({target})"),
+            Command::Push(push) => write!(f, "Push({})", push.target),
         }
     }
 }
@@ -289,12 +292,12 @@ impl PushSender {
     ) -> Result<(), NodeError> {
         let (reply, rx) = oneshot::channel();
         self.commands
-            .send(Command::Push {
+            .send(Command::Push(PushRequest {
                 target,
                 content_id,
                 callback,
                 reply,
-            })
+            }))
             .await
             .map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)?

@@ -10,7 +10,7 @@ use std::time::Duration;
 use canopy_core::ConnId;
 use canopy_core::handshake::Identity;
 use canopy_core::leaf::{LeafAction, LeafSession, SearchRequest};
-use canopy_proto::{ContentId, MessageId, NodeId, SharedFile};
+use canopy_proto::{ContentId, MessageId, SharedFile};
 use canopy_transfer::Catalog;
 use canopy_transfer::server::ContentServer;
 use tokio::net::TcpStream;
@@ -18,7 +18,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::SearchOutcome;
+use super::{PushRequest, SearchOutcome};
 use crate::NodeError;
 use crate::clock::Clock;
 use crate::connection::{self, ConnEvent, LinkContext, Outgoing};
@@ -47,12 +47,7 @@ pub(super) struct SessionContext {
 pub(super) enum ToSession {
     Search(SearchRequest, SearchWaiter),
     Shares(Vec<SharedFile>),
-    Push {
-        target: NodeId,
-        content_id: ContentId,
-        callback: SocketAddr,
-        reply: oneshot::Sender<Result<(), NodeError>>,
-    },
+    Push(PushRequest),
 }
 
 /// News for the coordinator.
@@ -165,11 +160,11 @@ async fn run(
                     }
                 }
                 Some(ToSession::Shares(files)) => session.set_shares(files),
-                Some(ToSession::Push { target, content_id, callback, reply }) => {
+                Some(ToSession::Push(push)) => {
                     let sent = session
-                        .send_push(crate::random_message_id(), target, content_id, callback)
+                        .send_push(crate::random_message_id(), push.target, push.content_id, push.callback)
                         .map_err(|e| NodeError::Search(e.to_string()));
-                    let _ = reply.send(sent);
+                    let _ = push.reply.send(sent);
                 }
                 // The coordinator let go of this session: leave politely.
                 None => {

@@ -225,29 +225,18 @@ impl LeafTask {
                     )));
                 }
             },
-            Command::Push {
-                target,
-                content_id,
-                callback,
-                reply,
-            } => match self.ready_session(running) {
+            Command::Push(push) => match self.ready_session(running) {
                 Some(session) => {
-                    let push = ToSession::Push {
-                        target,
-                        content_id,
-                        callback,
-                        reply,
-                    };
-                    if let Err(mpsc::error::SendError(ToSession::Push { reply, .. })) =
-                        session.send(push).await
+                    if let Err(mpsc::error::SendError(ToSession::Push(push))) =
+                        session.send(ToSession::Push(push)).await
                     {
-                        let _ = reply.send(Err(NodeError::NotConnected(
+                        let _ = push.reply.send(Err(NodeError::NotConnected(
                             "the supernode session ended".into(),
                         )));
                     }
                 }
                 None => {
-                    let _ = reply.send(Err(NodeError::NotConnected(
+                    let _ = push.reply.send(Err(NodeError::NotConnected(
                         "not connected to a supernode".into(),
                     )));
                 }
