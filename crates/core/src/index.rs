@@ -1,24 +1,98 @@
 //! The supernode's index of its leaves' files, and query matching.
 //!
-//! Each file a leaf publishes gets a slot. Slots are found by keyword (every
-//! word of the file's name, see [`crate::tokenize`]), by content id, and by
-//! owner, so a leaf's files all leave when the leaf does. Posting sets are
-//! ordered, so a search returns the same files in the same order for the
-//! same history: the simulator depends on that.
+//! A supernode holds thousands of leaves with hundreds of files each, so
+//! the index is built for memory first. Every file is one 56-byte
+//! [`Record`] in a vector (its number is its slot), its name lives in one
+//! shared text arena, and the lookup tables hold slot numbers only:
+//!
+//! - by keyword: a keyed 64-bit hash of every word of the name (see
+//!   [`crate::tokenize`]) maps to the ascending list of slots whose names
+//!   have that word. Two words would have to collide in a hash keyed with
+//!   this process's random key for a query to see a wrong match;
+//! - by content id: a hash table of the newest slot for each content id,
+//!   the others chained through the records;
+//! - by owner: each leaf's slots, so all its files leave with it.
+//!
+//! Slots are handed out in increasing order and never reused until a
+//! sweep, so posting lists stay sorted by construction (a query with
+//! several words walks the shortest list and binary-searches the others)
+//! and removal is O(1): a removed record is marked dead and its postings
+//! are left for the sweep. When dead records outnumber live ones, the
+//! sweep renumbers the live ones in order, repacks the names and rewrites
+//! every list, so removal costs amortised constant time and memory stays
+//! proportional to what is indexed. Results come back in slot order, the
+//! same for the same history: the simulator depends on that.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 
 use canopy_proto::{ContentId, SharedFile};
+use hashbrown::HashTable;
+use smallvec::SmallVec;
 
 use crate::ConnId;
 use crate::tokenize::{tokenize, tokenize_all};
 
 type Slot = u32;
 
-#[derive(Debug)]
-struct Entry {
-    owner: ConnId,
-    file: SharedFile,
+/// The owner number of a removed record, and the end of a content chain.
+const NONE: u32 = u32::MAX;
+/// Dead records tolerated before a sweep, however small the index.
+const SWEEP_FLOOR: usize = 4096;
+
+/// One indexed file: 56 bytes, its name in the arena.
+#[derive(Debug, Clone)]
+struct Record {
+    content_id: ContentId,
+    size: u64,
+    name_at: u32,
+    /// Names are at most `MAX_NAME_LEN` (255) bytes.
+    name_len: u8,
+    /// The owner's number, [`NONE`] once removed.
+    owner: u32,
+    /// The next (older) record with the same content id, or [`NONE`].
+    next_same: Slot,
+}
+
+impl Record {
+    fn is_live(&self) -> bool {
+        self.owner != NONE
+    }
+}
+
+fn same_content(records: &[Record], slot: Slot, id: &ContentId) -> bool {
+    records
+        .get(slot as usize)
+        .is_some_and(|record| record.content_id == *id)
+}
+
+/// Slots whose names contain one word, ascending; four fit inline.
+type Posting = SmallVec<[Slot; 4]>;
+
+/// The keys of the keyword table are already keyed hashes: use them as is.
+#[derive(Debug, Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+#[derive(Debug, Default)]
+struct Owner {
+    number: u32,
+    /// Its slots, ascending; dead ones linger until the sweep.
+    slots: Vec<Slot>,
+    live: usize,
 }
 
 /// What a query asks for, already tokenized.
@@ -60,114 +134,320 @@ impl Filter {
 pub struct Match<'a> {
     /// The leaf sharing it.
     pub owner: ConnId,
-    /// The file.
-    pub file: &'a SharedFile,
+    /// The file's content id.
+    pub content_id: &'a ContentId,
+    /// Its name.
+    pub name: &'a str,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+impl Match<'_> {
+    /// The file, as it goes into a hit.
+    pub fn to_shared_file(&self) -> SharedFile {
+        SharedFile {
+            content_id: *self.content_id,
+            name: self.name.to_owned(),
+            size: self.size,
+        }
+    }
 }
 
 /// Files of many leaves, searchable by keyword and content id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FileIndex {
-    slots: Vec<Option<Entry>>,
-    free: Vec<Slot>,
-    by_keyword: HashMap<Box<str>, BTreeSet<Slot>>,
-    by_content: HashMap<ContentId, BTreeSet<Slot>>,
-    /// Ordered inner maps: a departing owner frees its slots in the same
-    /// order every run, so slot reuse (and result order) is deterministic.
-    by_owner: HashMap<ConnId, BTreeMap<ContentId, Slot>>,
+    records: Vec<Record>,
+    names: String,
+    live: usize,
+    by_keyword: HashMap<u64, Posting, BuildHasherDefault<PassThrough>>,
+    by_content: HashTable<Slot>,
+    owners: HashMap<ConnId, Owner>,
+    /// Owner numbers in use, to their connections.
+    owner_conns: Vec<ConnId>,
+    free_numbers: Vec<u32>,
+    /// The key of every hash taken of what peers sent.
+    hash_key: RandomState,
+}
+
+impl Default for FileIndex {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl FileIndex {
     /// An empty index.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            records: Vec::new(),
+            names: String::new(),
+            live: 0,
+            by_keyword: HashMap::default(),
+            by_content: HashTable::new(),
+            owners: HashMap::new(),
+            owner_conns: Vec::new(),
+            free_numbers: Vec::new(),
+            hash_key: RandomState::new(),
+        }
     }
 
     /// Number of files indexed, over all leaves.
     pub fn len(&self) -> usize {
-        self.slots.len() - self.free.len()
+        self.live
     }
 
     /// True when nothing is indexed.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.live == 0
     }
 
     /// Number of files `owner` has published.
     pub fn owner_len(&self, owner: ConnId) -> usize {
-        self.by_owner.get(&owner).map_or(0, BTreeMap::len)
+        self.owners.get(&owner).map_or(0, |o| o.live)
+    }
+
+    fn name_of(&self, record: &Record) -> &str {
+        let start = record.name_at as usize;
+        self.names
+            .get(start..start + usize::from(record.name_len))
+            .unwrap_or_default()
+    }
+
+    fn keyword_hash(&self, keyword: &str) -> u64 {
+        self.hash_key.hash_one(keyword)
     }
 
     /// Adds `file` for `owner`. Publishing the same content again replaces
-    /// the earlier entry (its name or size may have changed).
-    pub fn insert(&mut self, owner: ConnId, file: SharedFile) {
+    /// the earlier entry (its name or size may have changed). Returns false
+    /// if the index is full (four billion files, or four GiB of names).
+    pub fn insert(&mut self, owner: ConnId, file: SharedFile) -> bool {
         self.remove(owner, &file.content_id);
-        let content_id = file.content_id;
-        let keywords = tokenize(&file.name);
-        let slot = match self.free.pop() {
-            Some(slot) => slot,
+        let full = |index: &Self| {
+            index.records.len() >= (NONE - 1) as usize
+                || index.names.len() + file.name.len() > NONE as usize
+        };
+        if full(self) {
+            self.sweep();
+            if full(self) {
+                return false;
+            }
+        }
+        let (Ok(slot), Ok(name_at)) = (
+            Slot::try_from(self.records.len()),
+            u32::try_from(self.names.len()),
+        ) else {
+            return false;
+        };
+        // Names are validated at the wire (255 bytes at most); cut anything
+        // longer at a character boundary rather than trust it.
+        let mut name = file.name.as_str();
+        while name.len() > usize::from(u8::MAX) {
+            let mut end = usize::from(u8::MAX);
+            while !name.is_char_boundary(end) {
+                end -= 1;
+            }
+            name = &name[..end];
+        }
+        let number = self.owner_number(owner);
+        let hash = self.hash_key.hash_one(file.content_id);
+        let next_same = match self
+            .by_content
+            .find_mut(hash, |s| same_content(&self.records, *s, &file.content_id))
+        {
+            Some(head) => std::mem::replace(head, slot),
             None => {
-                // Slots are u32: four billion files is far past any supernode.
-                let slot = Slot::try_from(self.slots.len()).unwrap_or(Slot::MAX);
-                self.slots.push(None);
-                slot
+                let records = &self.records;
+                let key = &self.hash_key;
+                self.by_content.insert_unique(hash, slot, |s| {
+                    records
+                        .get(*s as usize)
+                        .map_or(0, |r| key.hash_one(r.content_id))
+                });
+                NONE
             }
         };
-        self.slots[slot as usize] = Some(Entry { owner, file });
-        for keyword in keywords {
-            self.by_keyword
-                .entry(keyword.into())
-                .or_default()
-                .insert(slot);
+        self.names.push_str(name);
+        self.records.push(Record {
+            content_id: file.content_id,
+            size: file.size,
+            name_at,
+            name_len: u8::try_from(name.len()).unwrap_or(u8::MAX),
+            owner: number,
+            next_same,
+        });
+        for keyword in tokenize(name) {
+            let hash = self.keyword_hash(&keyword);
+            self.by_keyword.entry(hash).or_default().push(slot);
         }
-        self.by_content.entry(content_id).or_default().insert(slot);
-        self.by_owner
-            .entry(owner)
-            .or_default()
-            .insert(content_id, slot);
+        if let Some(entry) = self.owners.get_mut(&owner) {
+            entry.slots.push(slot);
+            entry.live += 1;
+        }
+        self.live += 1;
+        true
+    }
+
+    fn owner_number(&mut self, owner: ConnId) -> u32 {
+        if let Some(entry) = self.owners.get(&owner) {
+            return entry.number;
+        }
+        let number = match self.free_numbers.pop() {
+            Some(number) => {
+                self.owner_conns[number as usize] = owner;
+                number
+            }
+            None => {
+                self.owner_conns.push(owner);
+                u32::try_from(self.owner_conns.len() - 1).unwrap_or(NONE)
+            }
+        };
+        self.owners.insert(
+            owner,
+            Owner {
+                number,
+                ..Owner::default()
+            },
+        );
+        number
     }
 
     /// Removes `owner`'s file with `content_id`, if it has one.
     pub fn remove(&mut self, owner: ConnId, content_id: &ContentId) {
-        let Some(files) = self.by_owner.get_mut(&owner) else {
+        let Some(number) = self.owners.get(&owner).map(|o| o.number) else {
             return;
         };
-        let Some(slot) = files.remove(content_id) else {
-            return;
-        };
-        if files.is_empty() {
-            self.by_owner.remove(&owner);
+        let hash = self.hash_key.hash_one(content_id);
+        let mut at = self
+            .by_content
+            .find(hash, |s| same_content(&self.records, *s, content_id))
+            .copied()
+            .unwrap_or(NONE);
+        while let Some(record) = self.records.get(at as usize) {
+            if record.owner == number && record.content_id == *content_id {
+                self.kill(at);
+                if let Some(entry) = self.owners.get_mut(&owner) {
+                    entry.live -= 1;
+                }
+                break;
+            }
+            at = record.next_same;
         }
-        self.release(slot);
+        self.release_owner_if_empty(owner);
+        self.maybe_sweep();
     }
 
     /// Removes every file of `owner`.
     pub fn remove_owner(&mut self, owner: ConnId) {
-        if let Some(files) = self.by_owner.remove(&owner) {
-            for slot in files.into_values() {
-                self.release(slot);
+        let Some(entry) = self.owners.remove(&owner) else {
+            return;
+        };
+        for slot in entry.slots {
+            if self.records.get(slot as usize).map(|r| r.owner) == Some(entry.number) {
+                self.kill(slot);
+            }
+        }
+        self.free_numbers.push(entry.number);
+        self.maybe_sweep();
+    }
+
+    fn release_owner_if_empty(&mut self, owner: ConnId) {
+        if self.owners.get(&owner).is_some_and(|o| o.live == 0) {
+            if let Some(entry) = self.owners.remove(&owner) {
+                self.free_numbers.push(entry.number);
             }
         }
     }
 
-    fn release(&mut self, slot: Slot) {
-        let Some(entry) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+    /// Marks `slot` dead and unlinks it from its content chain; its
+    /// postings wait for the sweep.
+    fn kill(&mut self, slot: Slot) {
+        let Some(record) = self.records.get(slot as usize) else {
             return;
         };
-        for keyword in tokenize(&entry.file.name) {
-            if let Some(set) = self.by_keyword.get_mut(keyword.as_str()) {
-                set.remove(&slot);
-                if set.is_empty() {
-                    self.by_keyword.remove(keyword.as_str());
+        let (content_id, next) = (record.content_id, record.next_same);
+        let hash = self.hash_key.hash_one(content_id);
+        let records = &mut self.records;
+        if let Ok(head) = self
+            .by_content
+            .find_entry(hash, |s| same_content(records, *s, &content_id))
+        {
+            if *head.get() == slot {
+                if next == NONE {
+                    head.remove();
+                } else {
+                    *head.into_mut() = next;
+                }
+            } else {
+                let mut at = *head.get();
+                while let Some(record) = records.get_mut(at as usize) {
+                    if record.next_same == slot {
+                        record.next_same = next;
+                        break;
+                    }
+                    at = record.next_same;
                 }
             }
         }
-        if let Some(set) = self.by_content.get_mut(&entry.file.content_id) {
-            set.remove(&slot);
-            if set.is_empty() {
-                self.by_content.remove(&entry.file.content_id);
-            }
+        if let Some(record) = self.records.get_mut(slot as usize) {
+            record.owner = NONE;
+            record.next_same = NONE;
         }
-        self.free.push(slot);
+        self.live -= 1;
+    }
+
+    fn maybe_sweep(&mut self) {
+        let dead = self.records.len() - self.live;
+        if dead > SWEEP_FLOOR && dead > self.live {
+            self.sweep();
+        }
+    }
+
+    /// Renumbers the live records in order, repacks their names and
+    /// rewrites every table, dropping what the dead ones left behind.
+    fn sweep(&mut self) {
+        let mut renumbered: Vec<Slot> = vec![NONE; self.records.len()];
+        let mut records = Vec::with_capacity(self.live);
+        let mut names = String::with_capacity(self.names.len() / 2);
+        for (old, record) in self.records.iter().enumerate() {
+            if !record.is_live() {
+                continue;
+            }
+            let (Ok(new), Ok(name_at)) =
+                (Slot::try_from(records.len()), u32::try_from(names.len()))
+            else {
+                break;
+            };
+            renumbered[old] = new;
+            names.push_str(self.name_of(record));
+            records.push(Record {
+                name_at,
+                ..record.clone()
+            });
+        }
+        let map = |slot: Slot| renumbered.get(slot as usize).copied().unwrap_or(NONE);
+        for record in &mut records {
+            record.next_same = map(record.next_same);
+        }
+        for head in self.by_content.iter_mut() {
+            *head = map(*head);
+        }
+        self.by_keyword.retain(|_, posting| {
+            posting.retain(|slot| {
+                *slot = map(*slot);
+                *slot != NONE
+            });
+            posting.shrink_to_fit();
+            !posting.is_empty()
+        });
+        for owner in self.owners.values_mut() {
+            owner.slots.retain_mut(|slot| {
+                *slot = map(*slot);
+                *slot != NONE
+            });
+            owner.slots.shrink_to_fit();
+        }
+        self.records = records;
+        self.names = names;
     }
 
     /// Up to `limit` files matching `filter`: every keyword a word of the
@@ -176,35 +456,51 @@ impl FileIndex {
         if filter.is_empty() || limit == 0 {
             return Vec::new();
         }
-        // Start from the smallest candidate set; check the rest per slot.
-        let mut sets: Vec<&BTreeSet<Slot>> = Vec::with_capacity(filter.keywords.len() + 1);
-        if let Some(id) = &filter.content_id {
-            match self.by_content.get(id) {
-                Some(set) => sets.push(set),
-                None => return Vec::new(),
-            }
-        }
+        let mut postings: Vec<&Posting> = Vec::with_capacity(filter.keywords.len());
         for keyword in &filter.keywords {
-            match self.by_keyword.get(keyword.as_str()) {
-                Some(set) => sets.push(set),
+            match self.by_keyword.get(&self.keyword_hash(keyword)) {
+                Some(posting) => postings.push(posting),
                 None => return Vec::new(),
             }
         }
-        sets.sort_by_key(|set| set.len());
-        let Some((smallest, rest)) = sets.split_first() else {
-            return Vec::new();
+        postings.sort_by_key(|p| p.len());
+        let has_words = |slot: &Slot| postings.iter().all(|p| p.binary_search(slot).is_ok());
+        let candidates: Box<dyn Iterator<Item = Slot> + '_> = match &filter.content_id {
+            Some(id) => Box::new(self.content_chain(id)),
+            None => match postings.split_first() {
+                Some((shortest, _)) => Box::new(shortest.iter().copied()),
+                None => return Vec::new(),
+            },
         };
-        smallest
-            .iter()
-            .filter(|slot| rest.iter().all(|set| set.contains(slot)))
-            .filter_map(|slot| self.slots.get(*slot as usize)?.as_ref())
-            .filter(|entry| filter.size_matches(entry.file.size))
-            .take(limit)
-            .map(|entry| Match {
-                owner: entry.owner,
-                file: &entry.file,
+        candidates
+            .filter(|slot| has_words(slot))
+            .filter_map(|slot| {
+                let record = self.records.get(slot as usize)?;
+                let owner = *self.owner_conns.get(record.owner as usize)?;
+                (record.is_live() && filter.size_matches(record.size)).then(|| Match {
+                    owner,
+                    content_id: &record.content_id,
+                    name: self.name_of(record),
+                    size: record.size,
+                })
             })
+            .filter(|m| filter.content_id.is_none_or(|id| *m.content_id == id))
+            .take(limit)
             .collect()
+    }
+
+    /// The slots holding `id`, newest first.
+    fn content_chain<'a>(&'a self, id: &ContentId) -> impl Iterator<Item = Slot> + 'a {
+        let hash = self.hash_key.hash_one(id);
+        let head = self
+            .by_content
+            .find(hash, |s| same_content(&self.records, *s, id))
+            .copied()
+            .unwrap_or(NONE);
+        std::iter::successors(Some(head), |slot| {
+            self.records.get(*slot as usize).map(|r| r.next_same)
+        })
+        .take_while(|slot| *slot != NONE)
     }
 }
 
@@ -224,8 +520,13 @@ mod tests {
         index
             .search(filter, 100)
             .iter()
-            .map(|m| m.file.name.clone())
+            .map(|m| m.name.to_owned())
             .collect()
+    }
+
+    #[test]
+    fn record_is_compact() {
+        assert_eq!(std::mem::size_of::<Record>(), 56);
     }
 
     #[test]
@@ -255,6 +556,11 @@ mod tests {
         index.insert(ConnId(2), file(2, "b song.mp3", 50));
         let by_id = Filter::new::<&str>(&[], Some(ContentId([1; 32])));
         assert_eq!(index.search(&by_id, 10).len(), 2);
+        let by_id_and_word = Filter::new(&["other"], Some(ContentId([1; 32])));
+        assert_eq!(
+            names(&index, &by_id_and_word),
+            vec!["same content other name.mp3"]
+        );
         let mut bounded = Filter::new(&["song"], None);
         bounded.min_size = Some(11);
         assert_eq!(names(&index, &bounded), vec!["b song.mp3"]);
@@ -274,8 +580,16 @@ mod tests {
         assert_eq!(index.owner_len(ConnId(1)), 0);
         assert!(names(&index, &Filter::new(&["gamma"], None)).is_empty());
         assert!(
-            !index.by_keyword.contains_key("beta"),
-            "empty posting sets are dropped"
+            index
+                .search(&Filter::new::<&str>(&[], Some(ContentId([2; 32]))), 9)
+                .is_empty()
+        );
+        assert_eq!(names(&index, &Filter::new(&["alpha"], None)), vec!["alpha"]);
+        index.sweep();
+        assert_eq!(index.records.len(), 1);
+        assert!(
+            !index.by_keyword.contains_key(&index.keyword_hash("beta")),
+            "empty posting lists are dropped by the sweep"
         );
         assert_eq!(names(&index, &Filter::new(&["alpha"], None)), vec!["alpha"]);
     }
@@ -291,9 +605,81 @@ mod tests {
         assert_eq!(index.len(), 1, "another owner's remove does nothing");
         index.remove(ConnId(1), &ContentId([1; 32]));
         assert!(index.is_empty());
-        // The freed slot is reused.
-        index.insert(ConnId(3), file(9, "x", 1));
-        assert_eq!(index.slots.len(), 1);
+        assert_eq!(index.owner_len(ConnId(1)), 0);
+    }
+
+    #[test]
+    fn copies_of_one_content_chain_and_unlink_in_any_order() {
+        let mut index = FileIndex::new();
+        for owner in 1..=4 {
+            index.insert(ConnId(owner), file(7, "shared song", 5));
+        }
+        let by_id = Filter::new::<&str>(&[], Some(ContentId([7; 32])));
+        let owners = |index: &FileIndex| -> Vec<u64> {
+            index.search(&by_id, 10).iter().map(|m| m.owner.0).collect()
+        };
+        assert_eq!(owners(&index), vec![4, 3, 2, 1], "newest first");
+        index.remove(ConnId(3), &ContentId([7; 32])); // middle
+        index.remove(ConnId(4), &ContentId([7; 32])); // head
+        index.remove(ConnId(1), &ContentId([7; 32])); // tail
+        assert_eq!(owners(&index), vec![2]);
+        index.sweep();
+        assert_eq!(owners(&index), vec![2]);
+        assert_eq!(
+            names(&index, &Filter::new(&["song"], None)),
+            vec!["shared song"]
+        );
+    }
+
+    #[test]
+    fn sweeps_keep_every_live_file_findable() {
+        let mut index = FileIndex::new();
+        // Many leaves come and go; every third stays.
+        for owner in 0..3000u64 {
+            for f in 0..5u8 {
+                let mut id = [f; 32];
+                id[..8].copy_from_slice(&owner.to_be_bytes());
+                let name = format!("track{f} owner{owner} common");
+                index.insert(
+                    ConnId(owner),
+                    SharedFile {
+                        content_id: ContentId(id),
+                        name,
+                        size: 1,
+                    },
+                );
+            }
+            if owner % 3 != 0 {
+                index.remove_owner(ConnId(owner));
+            }
+        }
+        assert_eq!(index.len(), 1000 * 5);
+        assert!(
+            index.records.len() < 3 * index.len(),
+            "swept as it went: {} records for {} files",
+            index.records.len(),
+            index.len()
+        );
+        let found = index.search(&Filter::new(&["common"], None), usize::MAX);
+        assert_eq!(found.len(), 5000);
+        assert!(found.iter().all(|m| m.owner.0 % 3 == 0));
+        assert_eq!(
+            names(&index, &Filter::new(&["owner2997", "track4"], None)),
+            vec!["track4 owner2997 common"]
+        );
+        let mut id = [2; 32];
+        id[..8].copy_from_slice(&2997u64.to_be_bytes());
+        let by_id = Filter::new::<&str>(&[], Some(ContentId(id)));
+        assert_eq!(index.search(&by_id, 10).len(), 1);
+    }
+
+    #[test]
+    fn overlong_names_are_cut_at_a_character_boundary() {
+        let mut index = FileIndex::new();
+        let long = "é".repeat(200); // 400 bytes
+        index.insert(ConnId(1), file(1, &long, 1));
+        let found = index.search(&Filter::new::<&str>(&[], Some(ContentId([1; 32]))), 1);
+        assert_eq!(found[0].name.len(), 254);
     }
 
     #[test]

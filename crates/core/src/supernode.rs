@@ -12,7 +12,7 @@
 //! drains [`Action`]s with [`Supernode::poll_action`]. The driver owns the
 //! sockets and assigns [`ConnId`]s; this type owns every decision.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -116,6 +116,14 @@ pub enum Action {
     Send {
         /// Where.
         conn: ConnId,
+        /// What.
+        message: Message,
+    },
+    /// Queue the same `message` on each of `conns`: a query's fan-out, which
+    /// the driver can encode once for all of them.
+    Forward {
+        /// Where.
+        conns: Vec<ConnId>,
         /// What.
         message: Message,
     },
@@ -242,6 +250,8 @@ impl StateCounts {
 pub struct Supernode {
     config: SupernodeConfig,
     peers: BTreeMap<ConnId, Peer>,
+    /// The supernode peers among them: where queries are flooded.
+    supernodes: BTreeSet<ConnId>,
     counts: StateCounts,
     by_node: HashMap<NodeId, ConnId>,
     index: FileIndex,
@@ -267,6 +277,7 @@ impl Supernode {
             dynamic: BTreeMap::new(),
             config,
             peers: BTreeMap::new(),
+            supernodes: BTreeSet::new(),
             counts: StateCounts::default(),
             by_node: HashMap::new(),
             index: FileIndex::new(),
@@ -499,6 +510,14 @@ impl Supernode {
         self.actions.push_back(Action::Send { conn, message });
     }
 
+    /// Sends a query on to `conns`, if any.
+    fn forward(&mut self, conns: Vec<ConnId>, message: Message) {
+        if !conns.is_empty() {
+            self.stats.queries_forwarded += conns.len() as u64;
+            self.actions.push_back(Action::Forward { conns, message });
+        }
+    }
+
     fn close(&mut self, conn: ConnId, bye: Option<(ByeReason, String)>) {
         if self.forget(conn) {
             self.actions.push_back(Action::Close { conn, bye });
@@ -524,6 +543,7 @@ impl Supernode {
             }
             PeerState::Supernode { node_id, .. } => {
                 self.by_node.remove(&node_id);
+                self.supernodes.remove(&conn);
             }
             PeerState::Handshaking { .. } => {}
         }
@@ -712,6 +732,9 @@ impl Supernode {
             *self.counts.slot(&state) += 1;
             peer.state = state;
             self.by_node.insert(node_id, conn);
+            if new_supernode.is_some() {
+                self.supernodes.insert(conn);
+            }
         }
         if let Some(listen_addr) = new_supernode {
             self.learned(listen_addr.into_iter().collect());
@@ -741,7 +764,16 @@ impl Supernode {
                 );
                 return;
             }
-            self.index.insert(conn, file);
+            if !self.index.insert(conn, file) {
+                self.close(
+                    conn,
+                    Some((
+                        ByeReason::LimitExceeded,
+                        "this supernode's index is full".into(),
+                    )),
+                );
+                return;
+            }
         }
     }
 
@@ -769,17 +801,12 @@ impl Supernode {
                 ..query
             };
             let targets: Vec<ConnId> = self
-                .peers
+                .supernodes
                 .iter()
-                .filter(|(conn, peer)| {
-                    **conn != from && matches!(peer.state, PeerState::Supernode { .. })
-                })
-                .map(|(conn, _)| *conn)
+                .copied()
+                .filter(|conn| *conn != from)
                 .collect();
-            for conn in targets {
-                self.stats.queries_forwarded += 1;
-                self.send(conn, Message::Query(forwarded.clone()));
-            }
+            self.forward(targets, Message::Query(forwarded));
         }
     }
 
@@ -801,12 +828,7 @@ impl Supernode {
         else {
             return;
         };
-        let peers: Vec<ConnId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| matches!(p.state, PeerState::Supernode { .. }))
-            .map(|(conn, _)| *conn)
-            .collect();
+        let peers: Vec<ConnId> = self.supernodes.iter().copied().collect();
         let cap = effective_ttl(&dq.query, self.config.ttl_cap);
         match dq.step(&peers, cap, &config, now) {
             Step::Wait => {}
@@ -819,10 +841,7 @@ impl Supernode {
                     hops: dq.query.hops.saturating_add(1),
                     ..dq.query.clone()
                 };
-                for conn in targets {
-                    self.stats.queries_forwarded += 1;
-                    self.send(conn, Message::Query(forwarded.clone()));
-                }
+                self.forward(targets, Message::Query(forwarded));
             }
         }
     }
@@ -844,7 +863,7 @@ impl Supernode {
                 by_owner
                     .entry(found.owner)
                     .or_default()
-                    .push(found.file.clone());
+                    .push(found.to_shared_file());
             }
         }
         let mut hits = Vec::new();

@@ -159,6 +159,13 @@ impl Net {
                             self.inbox.push_back((*to, message));
                         }
                     }
+                    Action::Forward { conns, message } => {
+                        for conn in conns {
+                            if let Some(to) = self.links.get(&End::Super(s, conn)) {
+                                self.inbox.push_back((*to, message.clone()));
+                            }
+                        }
+                    }
                     Action::Close { conn, bye } => self.cut(End::Super(s, conn), bye),
                     Action::Probe { conn, addr } => self.probes.push((s, conn, addr)),
                     Action::Learned(_) => {}

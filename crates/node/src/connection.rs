@@ -7,24 +7,33 @@
 //! The node task never waits on a slow peer: it encodes a message once and
 //! offers the frame to the queue, which is bounded in bytes and drops the
 //! least valuable frames first (see [`crate::send_queue`]).
+//!
+//! A supernode keeps thousands of mostly idle leaf connections, so neither
+//! side holds a buffer while idle: the reader allocates one only while
+//! bytes are waiting, and the writer writes the queued frames themselves
+//! with vectored writes (a flood's frame is encoded once and shared by
+//! every connection it goes to).
 
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf as _, Bytes, BytesMut};
 use canopy_core::ConnId;
 use canopy_proto::{ByeReason, FrameCodec, FrameError, Message};
-use futures_util::StreamExt;
-use tokio::io::{AsyncWriteExt as _, BufWriter};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
-use tokio_util::codec::{Encoder as _, FramedRead};
+use tokio_util::codec::{Decoder as _, Encoder as _};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::send_queue::{Next, Priority, Pushed, SEND_QUEUE_BYTES, SendQueue};
-use crate::traffic::{Counted, Traffic};
+use crate::traffic::Traffic;
 
 /// Kernel send buffer per overlay connection, in bytes.
 const KERNEL_SEND_BUFFER: usize = 128 * 1024;
@@ -72,6 +81,11 @@ impl Outgoing {
         }
     }
 
+    /// Offers a frame already encoded (one of a fan-out's copies).
+    pub fn send_frame(&self, frame: Bytes, priority: Priority) -> Pushed {
+        self.queue.push(frame, priority)
+    }
+
     /// Flushes what is queued, sends the Bye if given, and closes.
     pub fn close(&self, bye: Option<(ByeReason, String)>) {
         let frame = bye.and_then(|(reason, detail)| encode(&Message::Bye { reason, detail }));
@@ -89,7 +103,8 @@ impl Outgoing {
     }
 }
 
-fn encode(message: &Message) -> Option<bytes::Bytes> {
+/// `message` as a frame, or `None` (logged) if it cannot be sent.
+pub fn encode(message: &Message) -> Option<Bytes> {
     let mut buffer = BytesMut::new();
     match FrameCodec::default().encode(message, &mut buffer) {
         Ok(()) => Some(buffer.freeze()),
@@ -123,8 +138,6 @@ pub fn spawn<E, A>(
     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(KERNEL_SEND_BUFFER);
     let peer: Option<SocketAddr> = stream.peer_addr().ok();
     let (read_half, write_half) = stream.into_split();
-    let read_half = Counted::new(read_half, link.traffic.clone());
-    let write_half = Counted::new(write_half, link.traffic.clone());
     let queue = Arc::new(SendQueue::new(SEND_QUEUE_BYTES, link.stall_timeout));
     let cancel = CancellationToken::new();
     let tracker = &link.tracker;
@@ -134,17 +147,18 @@ pub fn spawn<E, A>(
         cancel: cancel.clone(),
     };
     let reader_cancel = cancel.clone();
+    let traffic = link.traffic.clone();
     tracker.spawn(async move {
         if events.send(announce(outgoing)).await.is_err() {
             reader_cancel.cancel();
             return;
         }
-        let mut frames = FramedRead::new(read_half, FrameCodec::default());
+        let mut reader = FrameReader::new(read_half, traffic);
         loop {
             let next = tokio::select! {
                 // The writer closed the connection: stop reading.
                 _ = reader_cancel.cancelled() => break,
-                next = frames.next() => next,
+                next = reader.next() => next,
             };
             let event = match next {
                 Some(Ok(message)) => ConnEvent::Message(message),
@@ -160,50 +174,187 @@ pub fn spawn<E, A>(
     });
 
     let writer_cancel = cancel.clone();
+    let traffic = link.traffic.clone();
     tracker.spawn(async move {
-        let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
-        'connection: loop {
+        let mut writer = FrameWriter::new(write_half, traffic);
+        loop {
             let first = tokio::select! {
                 // Cut at once: the peer is stuck.
                 _ = writer_cancel.cancelled() => break,
                 next = queue.next() => next,
             };
-            // Write whatever is ready, then flush once.
-            let mut next = Some(first);
-            while let Some(item) = next.take() {
-                let (frame, closing) = match item {
-                    Next::Frame(frame) => (Some(frame), false),
-                    Next::Close(bye) => (bye, true),
-                };
-                if let Some(frame) = frame {
-                    queue.begin_write();
-                    let written = tokio::select! {
-                        _ = writer_cancel.cancelled() => break 'connection,
-                        written = writer.write_all(&frame) => written,
-                    };
-                    queue.end_write();
-                    if let Err(error) = written {
-                        tracing::debug!(?peer, %error, "write failed");
-                        break 'connection;
-                    }
+            // Take whatever else is ready, then write it all with as few
+            // system calls as the socket allows.
+            let mut closing = writer.take(first);
+            while !closing && writer.wants_more() {
+                match queue.try_next() {
+                    Some(next) => closing = writer.take(next),
+                    None => break,
                 }
-                if closing {
-                    let _ = writer.flush().await;
-                    break 'connection;
-                }
-                next = queue.try_next();
             }
             queue.begin_write();
-            let flushed = tokio::select! {
+            let written = tokio::select! {
                 _ = writer_cancel.cancelled() => break,
-                flushed = writer.flush() => flushed,
+                written = writer.write_all() => written,
             };
             queue.end_write();
-            if flushed.is_err() {
+            if let Err(error) = written {
+                tracing::debug!(?peer, %error, "write failed");
+                break;
+            }
+            if closing {
                 break;
             }
         }
-        let _ = writer.get_mut().shutdown().await;
+        writer.shutdown().await;
         writer_cancel.cancel();
     });
+}
+
+/// Reads frames into a buffer that exists only while bytes are waiting: an
+/// idle connection (most of a supernode's thousands of leaves) holds no
+/// read buffer at all. Reads start small and grow while the socket keeps
+/// filling them, so a busy peer is read in large chunks.
+struct FrameReader {
+    socket: OwnedReadHalf,
+    buffer: BytesMut,
+    chunk: usize,
+    codec: FrameCodec,
+    traffic: Arc<Traffic>,
+}
+
+/// First read size; doubled while reads fill it, up to [`MAX_READ_CHUNK`].
+const MIN_READ_CHUNK: usize = 2 * 1024;
+const MAX_READ_CHUNK: usize = 64 * 1024;
+
+impl FrameReader {
+    fn new(socket: OwnedReadHalf, traffic: Arc<Traffic>) -> Self {
+        Self {
+            socket,
+            buffer: BytesMut::new(),
+            chunk: MIN_READ_CHUNK,
+            codec: FrameCodec::default(),
+            traffic,
+        }
+    }
+
+    /// The next message, an error that ends the stream, or `None` at its end.
+    async fn next(&mut self) -> Option<Result<Message, FrameError>> {
+        loop {
+            match self.codec.decode(&mut self.buffer) {
+                Ok(Some(message)) => return Some(Ok(message)),
+                Ok(None) => {}
+                Err(error) => return Some(Err(error)),
+            }
+            if self.buffer.is_empty() {
+                // Let go of the buffer while waiting.
+                self.buffer = BytesMut::new();
+            }
+            if let Err(error) = self.socket.readable().await {
+                return Some(Err(FrameError::Io(error)));
+            }
+            // The codec has reserved room for the rest of a partial frame.
+            self.buffer.reserve(self.chunk);
+            let room = self.buffer.capacity() - self.buffer.len();
+            match self.socket.try_read_buf(&mut self.buffer) {
+                Ok(0) if self.buffer.is_empty() => return None,
+                Ok(0) => {
+                    return Some(Err(FrameError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed in the middle of a frame",
+                    ))));
+                }
+                Ok(read) => {
+                    self.traffic
+                        .bytes_in
+                        .fetch_add(read as u64, Ordering::Relaxed);
+                    self.chunk = if read == room {
+                        (self.chunk * 2).min(MAX_READ_CHUNK)
+                    } else {
+                        MIN_READ_CHUNK
+                    };
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => return Some(Err(FrameError::Io(error))),
+            }
+        }
+    }
+}
+
+/// Writes batches of encoded frames with vectored writes, straight from
+/// the frames (shared with every other connection a flood goes to): no
+/// copy, and no write buffer held by an idle connection.
+struct FrameWriter {
+    socket: OwnedWriteHalf,
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+    traffic: Arc<Traffic>,
+}
+
+/// Most frames and bytes taken from the queue for one batch.
+const MAX_BATCH_FRAMES: usize = 64;
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+impl FrameWriter {
+    fn new(socket: OwnedWriteHalf, traffic: Arc<Traffic>) -> Self {
+        Self {
+            socket,
+            frames: VecDeque::new(),
+            bytes: 0,
+            traffic,
+        }
+    }
+
+    /// Adds `next` to the batch; true if it closes the connection.
+    fn take(&mut self, next: Next) -> bool {
+        let (frame, closing) = match next {
+            Next::Frame(frame) => (Some(frame), false),
+            Next::Close(bye) => (bye, true),
+        };
+        if let Some(frame) = frame {
+            self.bytes += frame.len();
+            self.frames.push_back(frame);
+        }
+        closing
+    }
+
+    fn wants_more(&self) -> bool {
+        self.frames.len() < MAX_BATCH_FRAMES && self.bytes < MAX_BATCH_BYTES
+    }
+
+    /// Writes the whole batch.
+    async fn write_all(&mut self) -> io::Result<()> {
+        while !self.frames.is_empty() {
+            self.socket.writable().await?;
+            let slices: Vec<IoSlice<'_>> = self.frames.iter().map(|f| IoSlice::new(f)).collect();
+            let written = match self.socket.try_write_vectored(&slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => written,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(error) => return Err(error),
+            };
+            self.traffic
+                .bytes_out
+                .fetch_add(written as u64, Ordering::Relaxed);
+            self.bytes -= written;
+            let mut left = written;
+            while let Some(front) = self.frames.front_mut() {
+                if left < front.len() {
+                    front.advance(left);
+                    break;
+                }
+                left -= front.len();
+                self.frames.pop_front();
+            }
+        }
+        // Let go of a batch's worth of slots once idle.
+        if self.frames.capacity() > MAX_BATCH_FRAMES {
+            self.frames = VecDeque::new();
+        }
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = self.socket.shutdown().await;
+    }
 }

@@ -21,6 +21,7 @@ use crate::NodeError;
 use crate::clock::Clock;
 use crate::connection::{self, ConnEvent, LinkContext, Outgoing};
 use crate::hosts::HostCache;
+use crate::send_queue::{Priority, Pushed};
 use crate::traffic::Traffic;
 use canopy_proto::ByeReason;
 
@@ -401,23 +402,22 @@ impl NodeTask {
         while let Some(action) = self.core.poll_action() {
             match action {
                 Action::Send { conn, message } => {
-                    let Some(registered) = self.conns.get(&conn) else {
+                    if let Some(registered) = self.conns.get(&conn) {
+                        let pushed = registered.outgoing.send(&message);
+                        self.account(conn, pushed);
+                    }
+                }
+                Action::Forward { conns, message } => {
+                    // Encoded once; every queue shares the frame's bytes.
+                    let Some(frame) = connection::encode(&message) else {
                         continue;
                     };
-                    let pushed = registered.outgoing.send(&message);
-                    let lost = pushed.evicted + usize::from(pushed.dropped_new);
-                    if lost > 0 {
-                        self.traffic
-                            .messages_dropped
-                            .fetch_add(lost as u64, Ordering::Relaxed);
-                        self.traffic
-                            .queries_dropped
-                            .fetch_add(pushed.low_lost as u64, Ordering::Relaxed);
-                        tracing::debug!(?conn, lost, "send queue full; dropped the least valuable");
-                    }
-                    if pushed.stuck {
-                        tracing::info!(?conn, "peer reads too slowly; disconnecting");
-                        self.core.handle_too_slow(conn);
+                    let priority = Priority::of(&message);
+                    for conn in conns {
+                        if let Some(registered) = self.conns.get(&conn) {
+                            let pushed = registered.outgoing.send_frame(frame.clone(), priority);
+                            self.account(conn, pushed);
+                        }
                     }
                 }
                 Action::Close { conn, bye } => {
@@ -459,6 +459,26 @@ impl NodeTask {
                     });
                 }
             }
+        }
+    }
+}
+
+impl NodeTask {
+    /// Counts what a full send queue dropped; cuts a peer found stuck.
+    fn account(&mut self, conn: ConnId, pushed: Pushed) {
+        let lost = pushed.evicted + usize::from(pushed.dropped_new);
+        if lost > 0 {
+            self.traffic
+                .messages_dropped
+                .fetch_add(lost as u64, Ordering::Relaxed);
+            self.traffic
+                .queries_dropped
+                .fetch_add(pushed.low_lost as u64, Ordering::Relaxed);
+            tracing::debug!(?conn, lost, "send queue full; dropped the least valuable");
+        }
+        if pushed.stuck {
+            tracing::info!(?conn, "peer reads too slowly; disconnecting");
+            self.core.handle_too_slow(conn);
         }
     }
 }

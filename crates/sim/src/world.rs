@@ -166,6 +166,11 @@ impl World {
         while let Some(action) = self.supers[s].poll_action() {
             match action {
                 Action::Send { conn, message } => self.send(End::Super(s, conn), message),
+                Action::Forward { conns, message } => {
+                    for conn in conns {
+                        self.send(End::Super(s, conn), message.clone());
+                    }
+                }
                 Action::Close { conn, .. } => self.cut(End::Super(s, conn)),
                 // Every simulated leaf can be reached.
                 Action::Probe { conn, .. } => probes.push(conn),
