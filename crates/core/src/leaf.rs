@@ -137,9 +137,15 @@ pub struct LeafSession {
     shares: BTreeMap<ContentId, SharedFile>,
     published: BTreeMap<ContentId, SharedFile>,
     searches: HashMap<MessageId, SearchSession>,
+    /// When each search last told the supernode its count, and the count.
+    statuses: HashMap<MessageId, (Time, usize)>,
     actions: VecDeque<LeafAction>,
     last_heard: Option<Time>,
 }
+
+/// A leaf tells its supernode how many results a search has kept at most
+/// this often (LimeWire's leaves answer such requests every few seconds).
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A supernode pings a quiet leaf every 30 s; a leaf that hears nothing
 /// for this long takes the supernode for gone (a dead host sends no FIN).
@@ -154,6 +160,7 @@ impl LeafSession {
             shares: by_id(shares),
             published: BTreeMap::new(),
             searches: HashMap::new(),
+            statuses: HashMap::new(),
             actions: VecDeque::new(),
             last_heard: None,
         }
@@ -161,6 +168,7 @@ impl LeafSession {
 
     /// Periodic check: a supernode silent past [`SUPERNODE_SILENCE_LIMIT`]
     /// (or a handshake that never completes in as long) ends the session.
+    /// Also reports searches whose count moved since their last status.
     pub fn handle_timeout(&mut self, now: Time) {
         if self.state == State::Closed {
             return;
@@ -171,6 +179,18 @@ impl LeafSession {
                 ByeReason::IdleTimeout,
                 "nothing heard from the supernode".into(),
             )));
+            return;
+        }
+        let mut moved: Vec<(MessageId, usize)> = self
+            .searches
+            .iter()
+            .map(|(id, search)| (*id, search.kept()))
+            .filter(|(id, kept)| self.statuses.get(id).is_some_and(|(_, sent)| sent != kept))
+            .collect();
+        // The same order every run (the map is a hash map).
+        moved.sort_unstable_by_key(|(id, _)| id.0);
+        for (id, kept) in moved {
+            self.report_status(id, kept, now);
         }
     }
 
@@ -270,6 +290,8 @@ impl LeafSession {
             (State::Ready, Message::QueryHit(hit)) => {
                 if let Some(search) = self.searches.get_mut(&hit.message_id) {
                     search.handle_hit(&hit, now);
+                    let kept = search.kept();
+                    self.report_status(hit.message_id, kept, now);
                 }
             }
             (_, other) => {
@@ -358,7 +380,31 @@ impl LeafSession {
 
     /// Ends a search and hands over what it found.
     pub fn finish_search(&mut self, message_id: &MessageId) -> Option<SearchSession> {
-        self.searches.remove(message_id)
+        let session = self.searches.remove(message_id)?;
+        // Nobody waits for more: the supernode may stop looking.
+        if self.statuses.remove(message_id).is_some() && self.state == State::Ready {
+            self.send(Message::QueryStatus {
+                message_id: *message_id,
+                results: u32::MAX,
+            });
+        }
+        Some(session)
+    }
+
+    /// Tells the supernode what a search has kept, at most once per
+    /// [`STATUS_INTERVAL`] and only when the count moved.
+    fn report_status(&mut self, message_id: MessageId, kept: usize, now: Time) {
+        let due = match self.statuses.get(&message_id) {
+            None => true,
+            Some((at, sent)) => *sent != kept && now >= *at + STATUS_INTERVAL,
+        };
+        if due {
+            self.statuses.insert(message_id, (now, kept));
+            self.send(Message::QueryStatus {
+                message_id,
+                results: u32::try_from(kept).unwrap_or(u32::MAX - 1),
+            });
+        }
     }
 
     /// Leaves politely.

@@ -134,6 +134,12 @@ impl SearchSession {
         self.first_hit_at
     }
 
+    /// Results kept so far, one per file and source: what a supernode
+    /// running the query dynamically counts towards its target.
+    pub fn kept(&self) -> usize {
+        self.results.values().map(|r| r.sources.len()).sum()
+    }
+
     /// The results so far, by content id.
     pub fn results(&self) -> impl Iterator<Item = &SearchResult> {
         self.results.values()

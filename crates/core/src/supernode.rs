@@ -434,6 +434,21 @@ impl Supernode {
                 self.route_hit(conn, hit, now);
             }
             (_, Message::Push(push)) => self.route_push(conn, push, now),
+            (
+                PeerState::Leaf { .. },
+                Message::QueryStatus {
+                    message_id,
+                    results,
+                },
+            ) => {
+                // The leaf knows what it kept: widen against its count from
+                // now on. Statuses for queries it does not own are ignored.
+                if let Some((origin, dq)) = self.dynamic.get_mut(&message_id) {
+                    if *origin == conn {
+                        dq.results = usize::try_from(results).unwrap_or(usize::MAX);
+                    }
+                }
+            }
             (PeerState::Leaf { .. }, other) => {
                 self.violation(conn, format!("{} is not allowed from a leaf", other.kind()));
             }

@@ -721,6 +721,37 @@ fn dynamic_querying_probes_widens_and_stops_at_its_target() {
 }
 
 #[test]
+fn a_leaf_that_has_enough_stops_its_dynamic_query() {
+    let (mut net, searcher) = star(|c| {
+        c.dynamic = Some(canopy_core::dynamic::DynamicConfig {
+            keyword_target: 25,
+            content_target: 10,
+            probe_peers: 2,
+            hop_wait: Duration::from_secs(1),
+            deadline: Duration::from_secs(60),
+        });
+    });
+    let id = MessageId([78; 16]);
+    net.leaves[searcher]
+        .start_search(id, &request(&["song"], 4), net.now)
+        .unwrap();
+    net.drive();
+    // The probe's two spokes answered; the user takes these and stops,
+    // which the leaf tells its supernode (QueryStatus "enough").
+    let found = net.leaves[searcher].finish_search(&id).unwrap();
+    assert_eq!(found.results().count(), 20);
+    net.drive();
+    for _ in 0..10 {
+        net.tick(Duration::from_secs(1));
+    }
+    assert_eq!(
+        net.supers[0].stats().queries_forwarded,
+        2,
+        "no spoke is asked once the leaf has enough"
+    );
+}
+
+#[test]
 fn flooding_asks_everyone() {
     let (mut net, searcher) = star(|_| {});
     assert_eq!(dynamic_search(&mut net, searcher), 50);

@@ -52,7 +52,7 @@ impl Priority {
         match message {
             Message::Ping { .. } | Message::Query(_) => Priority::Low,
             Message::Pong { .. } => Priority::Pong,
-            Message::QueryHit(_) => Priority::Hit,
+            Message::QueryHit(_) | Message::QueryStatus { .. } => Priority::Hit,
             Message::Push(_) => Priority::Push,
             Message::FileList { .. } | Message::FileDelta { .. } => Priority::Sharing,
             Message::Hello(_) | Message::HelloReply(_) | Message::Bye { .. } => Priority::Control,

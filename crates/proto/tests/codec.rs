@@ -86,6 +86,10 @@ fn sample_messages() -> Vec<Message> {
             callback_addr: addr("[2001:db8::1]:6346"),
             hops: 2,
         }),
+        Message::QueryStatus {
+            message_id: MessageId([5; 16]),
+            results: u32::MAX,
+        },
         Message::Bye {
             reason: ByeReason::Shutdown,
             detail: "bye".into(),

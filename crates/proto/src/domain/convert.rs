@@ -355,6 +355,10 @@ impl TryFrom<wire::Envelope> for Message {
             Body::Query(q) => Message::Query(query(&q)?),
             Body::QueryHit(h) => Message::QueryHit(query_hit(&h)?),
             Body::Push(p) => Message::Push(push(&p)?),
+            Body::QueryStatus(status) => Message::QueryStatus {
+                message_id: message_id("query_status.message_id", &status.message_id)?,
+                results: status.results,
+            },
         })
     }
 }
@@ -486,6 +490,13 @@ impl From<&Message> for wire::Envelope {
                 content_id: p.content_id.0.to_vec(),
                 callback_addr: Some(wire_addr(&p.callback_addr)),
                 hops: u32::from(p.hops),
+            }),
+            Message::QueryStatus {
+                message_id,
+                results,
+            } => Body::QueryStatus(wire::QueryStatus {
+                message_id: message_id.0.to_vec(),
+                results: *results,
             }),
         };
         wire::Envelope { body: Some(body) }

@@ -214,6 +214,13 @@ pub enum Message {
     QueryHit(QueryHit),
     /// A request for a firewalled leaf to connect out.
     Push(Push),
+    /// How many results a leaf has kept for one of its queries.
+    QueryStatus {
+        /// The leaf's query.
+        message_id: MessageId,
+        /// Results kept; `u32::MAX` means "enough, stop".
+        results: u32,
+    },
 }
 
 impl Message {
@@ -230,6 +237,7 @@ impl Message {
             Message::Query(_) => "query",
             Message::QueryHit(_) => "query_hit",
             Message::Push(_) => "push",
+            Message::QueryStatus { .. } => "query_status",
         }
     }
 }
