@@ -23,7 +23,10 @@ fn a_run_with_churn_is_deterministic_too() {
         ..Churn::MODEST
     };
     let first = run(&config);
-    assert!(first.departures.0 > 0 && first.departures.1 > 0, "{first:?}");
+    assert!(
+        first.departures.0 > 0 && first.departures.1 > 0,
+        "{first:?}"
+    );
     assert_eq!(first, run(&config));
 }
 
@@ -40,7 +43,10 @@ fn wider_floods_find_more_and_cost_more_and_dynamic_stops_early() {
         dynamic.messages_median < wide.messages_median,
         "{dynamic:?} vs {wide:?}"
     );
-    assert!(dynamic.results_mean >= 1.0, "sources are counted: {dynamic:?}");
+    assert!(
+        dynamic.results_mean >= 1.0,
+        "sources are counted: {dynamic:?}"
+    );
 }
 
 #[test]
