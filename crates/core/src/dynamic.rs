@@ -2,25 +2,41 @@
 //! instead of flooding it blindly (after LimeWire's dynamic querying).
 //!
 //! The supernode answers from its own index, probes a few supernode peers
-//! at TTL 1, then widens one peer at a time with a growing TTL, waiting
-//! between steps for hits to come back, and stops as soon as the results
-//! reach the target, when every peer has been asked, or at the deadline.
-//! Results are counted as the files in the hits that come back through
-//! this supernode for the query.
+//! at TTL 1, then widens step by step, waiting between steps for hits to
+//! come back, and stops as soon as the results reach the target, when every
+//! peer has been asked, or at the deadline. Each peer is asked once (it
+//! would drop the same message id a second time). Results are counted as
+//! the files in the hits that come back through this supernode.
 //!
-//! Each widening step picks its TTL from the yield so far: results per
+//! Each widening step sizes itself from the yield so far: results per
 //! supernode reached tell how many more supernodes the target needs, and
-//! the smallest TTL whose horizon from one neighbour covers them is used
-//! (the horizon of TTL t over degree d is 1 + (d-1) + ... + (d-1)^(t-1),
-//! as gtk-gnutella estimates it). With no yield yet, it reaches one hop
-//! further each step: the content may be rare, or the probe unlucky.
+//! the step takes the cheapest way to cover them: n peers at TTL t, with
+//! the fewest supernodes reached (n x horizon), where the horizon of TTL t
+//! over degree d is 1 + (d-1) + ... + (d-1)^(t-1), as gtk-gnutella
+//! estimates it. So a need of 150 supernodes at degree 32 is five peers at
+//! TTL 2 (160 supernodes), not one at TTL 3 (993). With no yield yet, it
+//! reaches one hop further each step through one peer: the content may be
+//! rare, or the probe unlucky.
 //!
 //! Why these numbers: LimeWire aims for 150 results for a keyword query
-//! and 10 for a hash query, probes 3 connections first and waits about 2.4
-//! seconds a hop; gtk-gnutella probes 3 ultrapeers and stops at a horizon.
-//! Canopy keeps LimeWire's targets (a screenful of results; a handful of
-//! sources for a download) and probe width, and scales the wait with the
-//! TTL used, since hits from further away take longer.
+//! and 10 for a hash query, probes 3 connections at TTL 1 and waits about
+//! 2.4 seconds a hop; gtk-gnutella probes 3 ultrapeers and stops at a
+//! horizon. Canopy keeps LimeWire's targets (a screenful of results; a
+//! handful of sources for a download) and differs on two counts:
+//! - it probes 8 peers, not 3: a TTL-1 query to a Canopy supernode is one
+//!   message answered from the index of all its leaves (LimeWire's went on
+//!   to the leaves through last-hop QRP), so a wider probe is cheap, often
+//!   ends popular queries at once, and leaves three quarters of a 32-peer
+//!   supernode's connections for widening;
+//! - it waits 1.2 s a hop, half of LimeWire's 2.4 s: supernode links are
+//!   chosen for bandwidth, one hop's round trip takes well under a second
+//!   (the simulator's slowest link is 300 ms each way), and a hit that comes
+//!   later is not lost, it still reaches the leaf; at worst the next step is
+//!   sized on a partial count and asks a few supernodes more. The wait is
+//!   what the leaf waits for a first result when the probe finds nothing.
+//!
+//! The wait scales with the TTL used, since hits from further away take
+//! longer.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -49,8 +65,8 @@ impl Default for DynamicConfig {
         Self {
             keyword_target: 150,
             content_target: 10,
-            probe_peers: 3,
-            hop_wait: Duration::from_millis(2400),
+            probe_peers: 8,
+            hop_wait: Duration::from_millis(1200),
             deadline: Duration::from_secs(60),
         }
     }
@@ -115,18 +131,25 @@ impl DynamicQuery {
         self.results >= self.target
     }
 
-    /// The smallest TTL whose horizon covers the supernodes still needed
-    /// at the yield seen so far; one hop further each step while nothing
-    /// has been found.
-    fn ttl_for_need(&self, degree: usize, cap: u8) -> u8 {
+    /// How many peers to ask and with what TTL: the cheapest way (fewest
+    /// supernodes reached, n x horizon) to cover the supernodes still needed
+    /// at the yield seen so far, with at most `fresh` peers; one hop further
+    /// each step, one peer at a time, while nothing has been found.
+    fn widen(&self, degree: usize, fresh: usize, cap: u8) -> (usize, u8) {
         let per_host = self.results as f64 / self.reached.max(1.0);
         if per_host <= 0.0 {
-            return u8::try_from(1 + self.steps).unwrap_or(u8::MAX).min(cap);
+            return (1, u8::try_from(1 + self.steps).unwrap_or(u8::MAX).min(cap));
         }
         let hosts_needed = self.target.saturating_sub(self.results) as f64 / per_host;
         (1..=cap)
-            .find(|ttl| horizon(*ttl, degree) >= hosts_needed)
-            .unwrap_or(cap)
+            .filter_map(|ttl| {
+                let reach = horizon(ttl, degree);
+                (1..=fresh)
+                    .find(|peers| *peers as f64 * reach >= hosts_needed)
+                    .map(|peers| (peers, ttl, peers as f64 * reach))
+            })
+            .min_by(|a, b| a.2.total_cmp(&b.2))
+            .map_or((1, cap), |(peers, ttl, _)| (peers, ttl))
     }
 
     /// The next step, given the connected supernode `peers` (in a stable
@@ -157,7 +180,7 @@ impl DynamicQuery {
         let (count, ttl) = if self.steps == 0 {
             (config.probe_peers.max(1), 1)
         } else {
-            (1, self.ttl_for_need(peers.len(), ttl_cap.max(1)))
+            self.widen(peers.len(), fresh.len(), ttl_cap.max(1))
         };
         let chosen: Vec<ConnId> = fresh.into_iter().take(count).collect();
         self.reached += chosen.len() as f64 * horizon(ttl, peers.len());
@@ -240,10 +263,20 @@ mod tests {
             Step::Send(_, 1)
         ));
         // Three results from three supernodes (us and two probed): one per
-        // host; seven more needed: TTL 3 (21 hosts), not 2 (5 hosts).
+        // host; seven more needed: two peers at TTL 2 (10 hosts) is
+        // cheaper than one at TTL 3 (21 hosts); seven at TTL 1 is more
+        // peers than are left.
         dq.results = 3;
         assert_eq!(
             dq.step(&peers, 7, &config(), Time(1000)),
+            Step::Send(vec![ConnId(3), ConnId(4)], 2)
+        );
+        // With a single peer left, it reaches further through it.
+        let mut last = DynamicQuery::new(query(), 0, &config(), Time(0));
+        last.step(&peers[..3], 7, &config(), Time(0));
+        last.results = 3;
+        assert_eq!(
+            last.step(&peers[..3], 7, &config(), Time(1000)),
             Step::Send(vec![ConnId(3)], 3)
         );
         // A rich yield needs only a short reach.

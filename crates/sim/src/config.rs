@@ -1,11 +1,14 @@
-//! What a simulation run is made of.
+//! What a simulation run is made of: topology, workload, churn, strategy.
+
+use canopy_core::dynamic::DynamicConfig;
 
 /// How leaves' queries travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
     /// Plain flooding with this TTL.
     Flood(u8),
-    /// Dynamic querying (the core's defaults, target 150 results).
+    /// Dynamic querying (the core's defaults), capped at TTL 4 like the
+    /// real supernodes.
     Dynamic,
 }
 
@@ -18,19 +21,57 @@ impl std::fmt::Display for Strategy {
     }
 }
 
+/// Nodes leaving and joining while the queries run. Rates are shares of
+/// the population leaving per minute of virtual time; each node that
+/// leaves comes back after an offline time drawn uniformly from
+/// `offline_ms`, with fresh state and (for a leaf) new parents.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Churn {
+    /// Share of leaves leaving per minute (0.02 = 2%).
+    pub leaves_per_minute: f64,
+    /// Share of supernodes leaving per minute; their leaves move to other
+    /// supernodes after `reattach_ms`.
+    pub supernodes_per_minute: f64,
+    /// How long a node that left stays away, in milliseconds.
+    pub offline_ms: (u64, u64),
+    /// How long a leaf whose supernode left takes to find another.
+    pub reattach_ms: (u64, u64),
+}
+
+impl Churn {
+    /// No churn at all.
+    pub const NONE: Churn = Churn {
+        leaves_per_minute: 0.0,
+        supernodes_per_minute: 0.0,
+        offline_ms: (30_000, 120_000),
+        reattach_ms: (2_000, 10_000),
+    };
+
+    /// A modest rate: 2% of leaves and 0.5% of supernodes leave a minute
+    /// (a median Gnutella session lasted about an hour; supernodes, chosen
+    /// for their uptime, stay longer).
+    pub const MODEST: Churn = Churn {
+        leaves_per_minute: 0.02,
+        supernodes_per_minute: 0.005,
+        ..Churn::NONE
+    };
+}
+
 /// One simulation run.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     /// Supernodes.
     pub supernodes: usize,
-    /// Supernode neighbours each supernode dials (the graph's degree is
-    /// about twice this).
+    /// Supernode neighbours each supernode dials at random, besides its
+    /// two ring neighbours: the graph's mean degree is about
+    /// 2 x dials + 2.
     pub dials_per_supernode: usize,
     /// Leaves attached to each supernode as their first parent.
     pub leaves_per_supernode: usize,
-    /// Supernodes each leaf publishes to.
+    /// Supernodes each leaf connects and publishes to.
     pub parents_per_leaf: usize,
-    /// Link latency range, in milliseconds.
+    /// Link latency in milliseconds: log-uniform between the two bounds
+    /// (most links short, a long tail; the median is their geometric mean).
     pub latency_ms: (u64, u64),
     /// Distinct contents placed.
     pub contents: usize,
@@ -38,32 +79,73 @@ pub struct SimConfig {
     pub replication: f64,
     /// Queries run.
     pub queries: usize,
-    /// Zipf exponent of content popularity.
+    /// Zipf exponent of content popularity (which contents are asked for).
     pub zipf: f64,
-    /// Milliseconds between queries.
-    pub query_interval_ms: u64,
+    /// Queries each leaf sends an hour: sets the time between queries
+    /// (the whole overlay's rate) and the load figures.
+    pub queries_per_leaf_hour: f64,
+    /// Nodes leaving and joining during the queries.
+    pub churn: Churn,
     /// How queries travel.
     pub strategy: Strategy,
+    /// Dynamic querying's tunables, when `strategy` is dynamic.
+    pub dynamic: DynamicConfig,
     /// Seed of every random choice.
     pub seed: u64,
 }
 
 impl SimConfig {
+    /// The anchors' shape (LimeWire, gtk-gnutella): supernode degree about
+    /// 32, 30 leaves per supernode, 2 parents per leaf, modest churn.
+    pub fn anchored(supernodes: usize, strategy: Strategy, seed: u64) -> Self {
+        Self {
+            supernodes,
+            dials_per_supernode: 15,
+            leaves_per_supernode: 30,
+            parents_per_leaf: 2,
+            latency_ms: (10, 300),
+            contents: 200,
+            replication: 0.01,
+            queries: 200,
+            zipf: 1.0,
+            queries_per_leaf_hour: 6.0,
+            churn: Churn::MODEST,
+            strategy,
+            dynamic: DynamicConfig::default(),
+            seed,
+        }
+    }
+
     /// A small overlay, quick to run (tests use it).
     pub fn small(strategy: Strategy, seed: u64) -> Self {
         Self {
             supernodes: 100,
             dials_per_supernode: 4,
             leaves_per_supernode: 10,
-            parents_per_leaf: 2,
-            latency_ms: (10, 80),
             contents: 50,
-            replication: 0.01,
             queries: 100,
-            zipf: 1.0,
-            query_interval_ms: 50,
-            strategy,
-            seed,
+            churn: Churn::NONE,
+            ..Self::anchored(100, strategy, seed)
+        }
+    }
+
+    /// Total leaves.
+    pub fn leaves(&self) -> usize {
+        self.supernodes.max(2) * self.leaves_per_supernode
+    }
+
+    /// Queries a second across the overlay.
+    pub fn query_rate(&self) -> f64 {
+        self.leaves() as f64 * self.queries_per_leaf_hour / 3600.0
+    }
+
+    /// Milliseconds between two queries (at least 1).
+    pub fn query_interval_ms(&self) -> u64 {
+        let rate = self.query_rate();
+        if rate > 0.0 {
+            ((1000.0 / rate).round() as u64).max(1)
+        } else {
+            1000
         }
     }
 }

@@ -9,16 +9,25 @@
 //!
 //! - [`config`]: topology, workload and strategy;
 //! - [`world`]: building the overlay and running the event loop;
-//! - [`report`]: statistics per run, as Markdown and CSV.
+//! - [`report`]: statistics per run, as Markdown and CSV rows;
+//! - [`plot`]: the figure (messages per query against success), as SVG;
+//! - [`output`]: writing a set of runs as `report.md`, `.csv` and `.svg`.
 
 // Statistics and synthetic addresses: counts and indices here are far
 // below the limits of the types they are converted between.
-#![allow(clippy::cast_possible_truncation)]
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_precision_loss,
+    clippy::cast_sign_loss
+)]
 
 pub mod config;
+pub mod output;
+pub mod plot;
 pub mod report;
 pub mod world;
 
-pub use config::{SimConfig, Strategy};
+pub use config::{Churn, SimConfig, Strategy};
+pub use output::write_report;
 pub use report::RunReport;
 pub use world::run;

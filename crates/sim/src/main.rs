@@ -1,15 +1,20 @@
-//! `canopy-sim`: runs flooding at TTL 2-5 and dynamic querying over one
-//! overlay at each replication ratio, and writes the report as Markdown
-//! and CSV.
+//! `canopy-sim`: runs plain flooding at each TTL asked for and dynamic
+//! querying over the same overlay shape at each replication ratio, two
+//! runs at a time, and writes the report as Markdown, CSV and SVG.
 //!
 //!     cargo run --release -p canopy-sim -- --supernodes 1000 --out benches/sim
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-use canopy_sim::{RunReport, SimConfig, Strategy, run};
+use canopy_core::dynamic::DynamicConfig;
+
+use canopy_sim::output::markdown;
+use canopy_sim::{Churn, RunReport, SimConfig, Strategy, run, write_report};
 use clap::Parser;
 
 /// Simulate a Canopy overlay and compare query strategies.
@@ -18,72 +23,170 @@ struct Args {
     /// Supernodes.
     #[arg(long, default_value_t = 1000)]
     supernodes: usize,
-    /// Supernode neighbours each supernode dials.
-    #[arg(long, default_value_t = 4)]
+    /// Supernode neighbours each supernode dials at random, besides its two
+    /// ring neighbours (mean degree about 2 x dials + 2).
+    #[arg(long, default_value_t = 15)]
     dials: usize,
     /// Leaves per supernode.
     #[arg(long, default_value_t = 30)]
     leaves_per_supernode: usize,
+    /// Supernodes each leaf connects and publishes to.
+    #[arg(long, default_value_t = 2)]
+    parents: usize,
+    /// Shortest link latency, in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    latency_min_ms: u64,
+    /// Longest link latency, in milliseconds (latencies are log-uniform).
+    #[arg(long, default_value_t = 300)]
+    latency_max_ms: u64,
     /// Contents placed.
     #[arg(long, default_value_t = 200)]
     contents: usize,
+    /// Zipf exponent of content popularity.
+    #[arg(long, default_value_t = 1.0)]
+    zipf: f64,
     /// Queries per run.
     #[arg(long, default_value_t = 200)]
     queries: usize,
+    /// Queries each leaf sends an hour (sets the overlay's query rate).
+    #[arg(long, default_value_t = 6.0)]
+    queries_per_leaf_hour: f64,
+    /// Share of leaves leaving (and later rejoining) per minute.
+    #[arg(long, default_value_t = 0.02)]
+    churn_leaves: f64,
+    /// Share of supernodes leaving (and later rejoining) per minute.
+    #[arg(long, default_value_t = 0.005)]
+    churn_supernodes: f64,
+    /// Flood TTLs to compare with dynamic querying.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "2,3,4,5")]
+    ttls: Vec<u8>,
+    /// Replication ratios (0.01 = 1% of leaves hold each content).
+    #[arg(long, value_delimiter = ',', default_value = "0.01,0.001,0.0001")]
+    replications: Vec<f64>,
+    /// Dynamic querying: peers probed at TTL 1 first (default: the core's).
+    #[arg(long)]
+    probe_peers: Option<usize>,
+    /// Dynamic querying: wait per hop of TTL between steps, in milliseconds
+    /// (default: the core's).
+    #[arg(long)]
+    hop_wait_ms: Option<u64>,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Where to write report.md and report.csv.
+    /// Runs at once (each is single-threaded and deterministic).
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
+    /// Where to write report.md, report.csv and report.svg.
     #[arg(long, default_value = "benches/sim")]
     out: PathBuf,
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let strategies = [
-        Strategy::Flood(2),
-        Strategy::Flood(3),
-        Strategy::Flood(4),
-        Strategy::Flood(5),
-        Strategy::Dynamic,
-    ];
-    let mut rows = Vec::new();
-    for replication in [0.01, 0.001, 0.0001] {
-        for strategy in strategies {
-            let mut config = SimConfig::small(strategy, args.seed);
-            config.supernodes = args.supernodes;
-            config.dials_per_supernode = args.dials;
-            config.leaves_per_supernode = args.leaves_per_supernode;
-            config.contents = args.contents;
-            config.queries = args.queries;
-            config.replication = replication;
-            let started = Instant::now();
-            let report = run(&config);
-            eprintln!(
-                "{} ({:.1} s)",
-                report.markdown_row(),
-                started.elapsed().as_secs_f64()
-            );
-            rows.push(report);
+impl Args {
+    fn config(&self, strategy: Strategy, replication: f64) -> SimConfig {
+        let mut dynamic = DynamicConfig::default();
+        if let Some(peers) = self.probe_peers {
+            dynamic.probe_peers = peers;
+        }
+        if let Some(ms) = self.hop_wait_ms {
+            dynamic.hop_wait = Duration::from_millis(ms);
+        }
+        SimConfig {
+            dynamic,
+            dials_per_supernode: self.dials,
+            leaves_per_supernode: self.leaves_per_supernode,
+            parents_per_leaf: self.parents,
+            latency_ms: (self.latency_min_ms, self.latency_max_ms),
+            contents: self.contents,
+            zipf: self.zipf,
+            queries: self.queries,
+            queries_per_leaf_hour: self.queries_per_leaf_hour,
+            churn: Churn {
+                leaves_per_minute: self.churn_leaves,
+                supernodes_per_minute: self.churn_supernodes,
+                ..Churn::MODEST
+            },
+            replication,
+            ..SimConfig::anchored(self.supernodes, strategy, self.seed)
         }
     }
-    std::fs::create_dir_all(&args.out)?;
-    let mut markdown = format!(
-        "# Simulation: {} supernodes x {} leaves, seed {}\n\n{}\n",
-        args.supernodes,
-        args.leaves_per_supernode,
-        args.seed,
-        RunReport::markdown_header()
-    );
-    let mut csv = format!("{}\n", RunReport::csv_header());
-    for row in &rows {
-        markdown.push_str(&row.markdown_row());
-        markdown.push('\n');
-        csv.push_str(&row.csv_row());
-        csv.push('\n');
+
+    fn preamble(&self, sample: &SimConfig) -> String {
+        format!(
+            "{} supernodes (each dials {} + ring: mean degree about {}), {} leaves each, \
+             {} parents per leaf; link latency log-uniform {}-{} ms; {} contents, Zipf {} \
+             popularity; {} content-id queries per run at {} per leaf an hour ({:.0} a second \
+             overall); churn {}% of leaves and {}% of supernodes a minute; seed {}.\n\n\
+             Reproduce: `cargo run --release -p canopy-sim -- {}`",
+            self.supernodes,
+            self.dials,
+            2 * self.dials + 2,
+            self.leaves_per_supernode,
+            self.parents,
+            self.latency_min_ms,
+            self.latency_max_ms,
+            self.contents,
+            self.zipf,
+            self.queries,
+            self.queries_per_leaf_hour,
+            sample.query_rate(),
+            self.churn_leaves * 100.0,
+            self.churn_supernodes * 100.0,
+            self.seed,
+            std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+        )
     }
-    std::fs::write(args.out.join("report.md"), &markdown)?;
-    std::fs::write(args.out.join("report.csv"), &csv)?;
-    println!("{markdown}");
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut strategies: Vec<Strategy> = args.ttls.iter().map(|t| Strategy::Flood(*t)).collect();
+    strategies.push(Strategy::Dynamic);
+    let configs: Vec<SimConfig> = args
+        .replications
+        .iter()
+        .flat_map(|r| strategies.iter().map(|s| args.config(*s, *r)))
+        .collect();
+    let started = Instant::now();
+    // Each run is independent and deterministic: run them on `jobs`
+    // threads, keep the rows in the order of `configs`.
+    let next = AtomicUsize::new(0);
+    let rows: Mutex<Vec<Option<RunReport>>> = Mutex::new(vec![None; configs.len()]);
+    std::thread::scope(|scope| {
+        for _ in 0..args.jobs.max(1) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(config) = configs.get(i) else { break };
+                    let begun = Instant::now();
+                    let report = run(config);
+                    eprintln!(
+                        "{} ({:.1} s)",
+                        report.markdown_row(),
+                        begun.elapsed().as_secs_f64()
+                    );
+                    if let Ok(mut rows) = rows.lock() {
+                        rows[i] = Some(report);
+                    }
+                }
+            });
+        }
+    });
+    let rows: Vec<RunReport> = rows
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("a run panicked"))?
+        .into_iter()
+        .collect::<Option<_>>()
+        .ok_or_else(|| anyhow::anyhow!("a run did not finish"))?;
+    eprintln!("all runs: {:.1} s", started.elapsed().as_secs_f64());
+    let title = format!(
+        "Simulation: {} supernodes x {} leaves, seed {}",
+        args.supernodes, args.leaves_per_supernode, args.seed
+    );
+    let sample = configs
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no replication ratio to run"))?;
+    let preamble = args.preamble(sample);
+    write_report(&args.out, &title, &preamble, &rows)?;
+    println!("{}", markdown(&title, &preamble, &rows));
     Ok(())
 }

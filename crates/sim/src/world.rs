@@ -1,11 +1,11 @@
 //! Builds an overlay of real core state machines and runs it in virtual
-//! time. Messages travel through one event queue ordered by delivery time
-//! (then by a sequence number, so ties break the same way every run); each
-//! link has a latency drawn once from the configured range. Hash maps are
-//! used for lookups only, never iterated, so runs are deterministic.
+//! time, with churn. Messages and churn events travel through one event
+//! queue ordered by time (then by the order they were scheduled, so ties
+//! break the same way every run); each link has a latency drawn once when it opens. Every
+//! collection that is iterated is ordered (Vec, BTreeMap, BTreeSet); hash
+//! maps are used for lookups only, so runs are deterministic for a seed.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -21,36 +21,13 @@ use rand::{Rng, SeedableRng};
 use crate::config::{SimConfig, Strategy};
 use crate::report::{QueryOutcome, RunReport};
 
-/// One end of a link: a supernode's connection, or a leaf's session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// One end of a link: a supernode's connection, or a leaf's session
+/// (leaf, parent slot, and the link's id, so a message in flight on a link
+/// that has since closed is never delivered to a newer session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
     Super(usize, ConnId),
-    Leaf(usize, usize),
-}
-
-#[derive(Debug)]
-struct Pending {
-    at: u64,
-    seq: u64,
-    to: End,
-    message: Message,
-}
-
-impl PartialEq for Pending {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Pending {}
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Pending {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
+    Leaf(usize, usize, ConnId),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -59,24 +36,95 @@ struct Link {
     latency: u64,
 }
 
+#[derive(Debug)]
+enum Event {
+    /// Boxed: events move around the heap a lot, and messages are large.
+    Deliver {
+        to: End,
+        message: Box<Message>,
+    },
+    LeafReturns(usize),
+    SupernodeReturns(usize),
+    SlotReattaches(usize, usize),
+}
+
 #[derive(Debug, Default)]
 struct Tracked {
     messages: u64,
     started: u64,
     first_hit: Option<u64>,
+    /// Sources, once the search was closed (its leaf lost the parent it
+    /// asked through); `None` while it runs.
+    sources: Option<usize>,
+}
+
+/// A leaf's connection to one parent.
+#[derive(Debug)]
+struct Slot {
+    session: LeafSession,
+    /// Our end's link id and the link to the supernode, while connected.
+    link: Option<(ConnId, Link)>,
+}
+
+#[derive(Debug)]
+struct LeafNode {
+    shares: Vec<SharedFile>,
+    slots: Vec<Slot>,
+    online: bool,
+    /// Searching until then: a user waiting for results stays online.
+    busy_until: u64,
+    /// Its searches, to harvest when the session that runs them ends.
+    searches: Vec<MessageId>,
+}
+
+/// A supernode's links, by connection id. Ids are handed out in
+/// increasing order, so appending keeps the list sorted: lookups are a
+/// binary search over a short, contiguous list (the hot path of a flood).
+#[derive(Debug, Default)]
+struct Links(Vec<(ConnId, Link)>);
+
+impl Links {
+    fn get(&self, conn: ConnId) -> Option<Link> {
+        self.0
+            .binary_search_by_key(&conn, |(c, _)| *c)
+            .ok()
+            .map(|i| self.0[i].1)
+    }
+
+    fn insert(&mut self, conn: ConnId, link: Link) {
+        match self.0.binary_search_by_key(&conn, |(c, _)| *c) {
+            Ok(i) => self.0[i].1 = link,
+            Err(i) => self.0.insert(i, (conn, link)),
+        }
+    }
+
+    fn remove(&mut self, conn: ConnId) {
+        if let Ok(i) = self.0.binary_search_by_key(&conn, |(c, _)| *c) {
+            self.0.remove(i);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SuperNode {
+    machine: Supernode,
+    online: bool,
+    links: Links,
 }
 
 struct World {
     now: u64,
-    seq: u64,
-    supers: Vec<Supernode>,
-    leaves: Vec<Vec<LeafSession>>,
-    links: HashMap<End, Link>,
-    queue: BinaryHeap<Reverse<Pending>>,
+    supers: Vec<SuperNode>,
+    leaves: Vec<LeafNode>,
+    /// Events by the millisecond they are due, each millisecond's in the
+    /// order they were scheduled (a calendar queue: no heap to sift).
+    queue: BTreeMap<u64, Vec<Event>>,
     next_conn: u64,
     rng: StdRng,
-    latency: (u64, u64),
+    config: SimConfig,
+    dynamic: Option<DynamicConfig>,
     tracked: HashMap<MessageId, Tracked>,
+    departures: (u64, u64),
 }
 
 fn supernode_addr(i: usize) -> SocketAddr {
@@ -102,11 +150,15 @@ fn query_id(q: usize) -> MessageId {
     MessageId(id)
 }
 
-fn content_file(k: usize) -> SharedFile {
+fn content_id(k: usize) -> ContentId {
     let mut id = [0xF1; 32];
     id[..8].copy_from_slice(&(k as u64).to_be_bytes());
+    ContentId(id)
+}
+
+fn content_file(k: usize) -> SharedFile {
     SharedFile {
-        content_id: ContentId(id),
+        content_id: content_id(k),
         name: format!("item{k} track.ogg"),
         size: 1000 + k as u64,
     }
@@ -120,14 +172,44 @@ fn message_id(message: &Message) -> Option<MessageId> {
     }
 }
 
+fn leaf_session(l: usize, shares: &[SharedFile]) -> LeafSession {
+    let identity = Identity {
+        node_id: node_id(2, l),
+        role: Role::Leaf,
+        listen_addr: Some(leaf_addr(l)),
+        user_agent: "canopy-sim".into(),
+    };
+    LeafSession::new(identity, shares.to_vec())
+}
+
+/// The configuration every simulated supernode runs with: the core's
+/// defaults, except that nothing is rate-limited, nobody idles out (no
+/// keepalive traffic to simulate) and the TTL cap lets a flood use the TTL
+/// it is given.
+fn supernode_config(
+    i: usize,
+    config: &SimConfig,
+    dynamic: Option<&DynamicConfig>,
+) -> SupernodeConfig {
+    let mut c = SupernodeConfig::new(node_id(1, i), Some(supernode_addr(i)));
+    c.ttl_cap = 7;
+    c.max_leaves = config.leaves();
+    c.max_supernode_peers = config.supernodes;
+    c.keepalive_interval = Duration::from_secs(86_400);
+    c.idle_timeout = Duration::from_secs(86_400);
+    c.leaf_queries_per_second = 1_000_000;
+    c.leaf_query_burst = 1_000_000;
+    c.dynamic = dynamic.cloned();
+    c
+}
+
 impl World {
     fn conn(&mut self) -> ConnId {
         self.next_conn += 1;
         ConnId(self.next_conn)
     }
 
-    fn draw_latency(&mut self) -> u64 {
-        let (low, high) = self.latency;
+    fn draw(&mut self, (low, high): (u64, u64)) -> u64 {
         if high > low {
             self.rng.random_range(low..=high)
         } else {
@@ -135,35 +217,76 @@ impl World {
         }
     }
 
+    /// Log-uniform between the configured bounds.
+    fn draw_latency(&mut self) -> u64 {
+        let (low, high) = self.config.latency_ms;
+        let low = low.max(1) as f64;
+        let high = (high as f64).max(low);
+        let u: f64 = self.rng.random();
+        (low * (high / low).powf(u)).round() as u64
+    }
+
+    fn schedule(&mut self, at: u64, event: Event) {
+        self.queue.entry(at).or_default().push(event);
+    }
+
+    fn link_of(&self, end: End) -> Option<Link> {
+        match end {
+            End::Super(s, conn) => self.supers[s].links.get(conn),
+            End::Leaf(l, k, conn) => self.leaves[l].slots[k]
+                .link
+                .filter(|(ours, _)| *ours == conn)
+                .map(|(_, link)| link),
+        }
+    }
+
+    fn forget_end(&mut self, end: End) {
+        match end {
+            End::Super(s, conn) => {
+                self.supers[s].links.remove(conn);
+            }
+            End::Leaf(l, k, conn) => {
+                let slot = &mut self.leaves[l].slots[k];
+                if slot.link.is_some_and(|(ours, _)| ours == conn) {
+                    slot.link = None;
+                }
+            }
+        }
+    }
+
     fn send(&mut self, from: End, message: Message) {
-        let Some(link) = self.links.get(&from).copied() else {
+        let Some(link) = self.link_of(from) else {
             return;
         };
         if let Some(tracked) = message_id(&message).and_then(|id| self.tracked.get_mut(&id)) {
             tracked.messages += 1;
         }
-        self.seq += 1;
-        self.queue.push(Reverse(Pending {
-            at: self.now + link.latency,
-            seq: self.seq,
-            to: link.to,
-            message,
-        }));
+        let at = self.now + link.latency;
+        self.schedule(
+            at,
+            Event::Deliver {
+                to: link.to,
+                message: Box::new(message),
+            },
+        );
     }
 
+    /// Closes the link at `from`; a supernode at the other end is told.
     fn cut(&mut self, from: End) {
-        if let Some(link) = self.links.remove(&from) {
-            self.links.remove(&link.to);
-            if let End::Super(s, conn) = link.to {
-                self.supers[s].handle_disconnected(conn);
-                self.drain_super(s);
-            }
+        let Some(link) = self.link_of(from) else {
+            return;
+        };
+        self.forget_end(from);
+        self.forget_end(link.to);
+        if let End::Super(s, conn) = link.to {
+            self.supers[s].machine.handle_disconnected(conn);
+            self.drain_super(s);
         }
     }
 
     fn drain_super(&mut self, s: usize) {
         let mut probes = Vec::new();
-        while let Some(action) = self.supers[s].poll_action() {
+        while let Some(action) = self.supers[s].machine.poll_action() {
             match action {
                 Action::Send { conn, message } => self.send(End::Super(s, conn), message),
                 Action::Forward { conns, message } => {
@@ -178,93 +301,293 @@ impl World {
             }
         }
         for conn in probes {
-            self.supers[s].handle_probe_result(conn, true);
+            self.supers[s].machine.handle_probe_result(conn, true);
         }
     }
 
     fn drain_leaf(&mut self, l: usize, k: usize) {
-        while let Some(action) = self.leaves[l][k].poll_action() {
+        while let Some(action) = self.leaves[l].slots[k].session.poll_action() {
             match action {
-                LeafAction::Send(message) => self.send(End::Leaf(l, k), message),
-                LeafAction::Close(_) => self.cut(End::Leaf(l, k)),
+                LeafAction::Send(message) => {
+                    if let Some((conn, _)) = self.leaves[l].slots[k].link {
+                        self.send(End::Leaf(l, k, conn), message);
+                    }
+                }
+                LeafAction::Close(_) => {
+                    if let Some((conn, _)) = self.leaves[l].slots[k].link {
+                        self.cut(End::Leaf(l, k, conn));
+                    }
+                }
                 _ => {}
             }
         }
     }
 
-    fn deliver(&mut self, pending: Pending) {
-        self.now = self.now.max(pending.at);
+    fn handle(&mut self, at: u64, event: Event) {
+        self.now = self.now.max(at);
         let now = Time(self.now);
-        match pending.to {
-            End::Super(s, conn) => {
-                self.supers[s].handle_message(conn, pending.message, now);
-                self.drain_super(s);
-            }
-            End::Leaf(l, k) => {
-                if let Message::QueryHit(hit) = &pending.message {
-                    if let Some(tracked) = self.tracked.get_mut(&hit.message_id) {
-                        tracked.first_hit.get_or_insert(self.now);
+        match event {
+            Event::Deliver { to, message } => {
+                if self.link_of(to).is_none() {
+                    return; // the link closed while the message was in flight
+                }
+                match to {
+                    End::Super(s, conn) => {
+                        self.supers[s].machine.handle_message(conn, *message, now);
+                        self.drain_super(s);
+                    }
+                    End::Leaf(l, k, _) => {
+                        if let Message::QueryHit(hit) = message.as_ref() {
+                            if let Some(tracked) = self.tracked.get_mut(&hit.message_id) {
+                                tracked.first_hit.get_or_insert(self.now);
+                            }
+                        }
+                        self.leaves[l].slots[k]
+                            .session
+                            .handle_message(*message, now);
+                        self.drain_leaf(l, k);
                     }
                 }
-                self.leaves[l][k].handle_message(pending.message, now);
-                self.drain_leaf(l, k);
+            }
+            Event::LeafReturns(l) => self.leaf_returns(l),
+            Event::SupernodeReturns(s) => self.supernode_returns(s),
+            Event::SlotReattaches(l, k) => {
+                if self.leaves[l].online && self.leaves[l].slots[k].link.is_none() {
+                    self.reconnect_slot(l, k);
+                }
             }
         }
     }
 
     fn run_until(&mut self, until: u64) {
-        while self.queue.peek().is_some_and(|Reverse(p)| p.at <= until) {
-            if let Some(Reverse(pending)) = self.queue.pop() {
-                self.deliver(pending);
+        // Events scheduled while a millisecond's are handled are due later
+        // (every latency and delay is at least 1 ms), or, if due at the same
+        // millisecond, land in a new list handled next: order is preserved.
+        while self
+            .queue
+            .first_key_value()
+            .is_some_and(|(at, _)| *at <= until)
+        {
+            if let Some((at, events)) = self.queue.pop_first() {
+                for event in events {
+                    self.handle(at, event);
+                }
             }
         }
         self.now = self.now.max(until);
     }
 
+    /// Supernode `a` dials supernode `b`.
     fn join(&mut self, a: usize, b: usize) {
         let (ca, cb) = (self.conn(), self.conn());
         let latency = self.draw_latency();
-        self.links.insert(
-            End::Super(a, ca),
+        self.supers[a].links.insert(
+            ca,
             Link {
                 to: End::Super(b, cb),
                 latency,
             },
         );
-        self.links.insert(
-            End::Super(b, cb),
+        self.supers[b].links.insert(
+            cb,
             Link {
                 to: End::Super(a, ca),
                 latency,
             },
         );
         let now = Time(self.now);
-        self.supers[b].handle_connected(cb, Direction::Inbound, supernode_addr(a), now);
-        self.supers[a].handle_connected(ca, Direction::Outbound, supernode_addr(b), now);
+        self.supers[b]
+            .machine
+            .handle_connected(cb, Direction::Inbound, supernode_addr(a), now);
+        self.supers[a]
+            .machine
+            .handle_connected(ca, Direction::Outbound, supernode_addr(b), now);
         self.drain_super(b);
         self.drain_super(a);
     }
 
+    /// Leaf `l` connects slot `k` to supernode `s`.
     fn attach(&mut self, l: usize, k: usize, s: usize) {
         let conn = self.conn();
         let latency = self.draw_latency();
-        self.links.insert(
-            End::Leaf(l, k),
+        self.leaves[l].slots[k].link = Some((
+            conn,
             Link {
                 to: End::Super(s, conn),
                 latency,
             },
-        );
-        self.links.insert(
-            End::Super(s, conn),
+        ));
+        self.supers[s].links.insert(
+            conn,
             Link {
-                to: End::Leaf(l, k),
+                to: End::Leaf(l, k, conn),
                 latency,
             },
         );
-        self.supers[s].handle_connected(conn, Direction::Inbound, leaf_addr(l), Time(self.now));
-        self.leaves[l][k].handle_connected();
+        self.supers[s].machine.handle_connected(
+            conn,
+            Direction::Inbound,
+            leaf_addr(l),
+            Time(self.now),
+        );
+        self.leaves[l].slots[k].session.handle_connected();
         self.drain_leaf(l, k);
+    }
+
+    /// Ends the searches slot 0's session runs, keeping what they found.
+    fn harvest(&mut self, l: usize) {
+        let ids = std::mem::take(&mut self.leaves[l].searches);
+        for id in ids {
+            let sources = self.leaves[l].slots[0]
+                .session
+                .finish_search(&id)
+                .map_or(0, |s| s.results().map(|r| r.sources.len()).sum());
+            if let Some(tracked) = self.tracked.get_mut(&id) {
+                tracked.sources.get_or_insert(sources);
+            }
+        }
+    }
+
+    /// A random online supernode that is not a parent of leaf `l` yet.
+    fn pick_parent(&mut self, l: usize) -> Option<usize> {
+        let parents: Vec<usize> = self.leaves[l]
+            .slots
+            .iter()
+            .filter_map(|slot| match slot.link {
+                Some((
+                    _,
+                    Link {
+                        to: End::Super(s, _),
+                        ..
+                    },
+                )) => Some(s),
+                _ => None,
+            })
+            .collect();
+        (0..64).find_map(|_| {
+            let s = self.rng.random_range(0..self.supers.len());
+            (self.supers[s].online && !parents.contains(&s)).then_some(s)
+        })
+    }
+
+    /// A fresh session for slot `k` of leaf `l`, to a new parent.
+    fn reconnect_slot(&mut self, l: usize, k: usize) {
+        if k == 0 {
+            self.harvest(l);
+        }
+        let session = leaf_session(l, &self.leaves[l].shares);
+        self.leaves[l].slots[k].session = session;
+        if let Some(s) = self.pick_parent(l) {
+            self.attach(l, k, s);
+        }
+    }
+
+    fn leaf_leaves(&mut self, l: usize) {
+        self.harvest(l);
+        for k in 0..self.leaves[l].slots.len() {
+            if let Some((conn, _)) = self.leaves[l].slots[k].link {
+                self.cut(End::Leaf(l, k, conn));
+            }
+        }
+        self.leaves[l].online = false;
+        self.departures.0 += 1;
+        let at = self.now + self.draw(self.config.churn.offline_ms);
+        self.schedule(at, Event::LeafReturns(l));
+    }
+
+    fn leaf_returns(&mut self, l: usize) {
+        self.leaves[l].online = true;
+        for k in 0..self.leaves[l].slots.len() {
+            self.reconnect_slot(l, k);
+        }
+    }
+
+    /// Supernode `s` vanishes: its peers see the connections drop, its
+    /// leaves look for another parent.
+    fn supernode_leaves(&mut self, s: usize) {
+        let links = std::mem::take(&mut self.supers[s].links);
+        for (_, link) in links.0 {
+            match link.to {
+                End::Super(t, conn) => {
+                    self.supers[t].links.remove(conn);
+                    self.supers[t].machine.handle_disconnected(conn);
+                    self.drain_super(t);
+                }
+                End::Leaf(l, k, conn) => {
+                    self.forget_end(End::Leaf(l, k, conn));
+                    let at = self.now + self.draw(self.config.churn.reattach_ms);
+                    self.schedule(at, Event::SlotReattaches(l, k));
+                }
+            }
+        }
+        let config = supernode_config(s, &self.config, self.dynamic.as_ref());
+        self.supers[s].machine = Supernode::new(config);
+        self.supers[s].online = false;
+        self.departures.1 += 1;
+        let at = self.now + self.draw(self.config.churn.offline_ms);
+        self.schedule(at, Event::SupernodeReturns(s));
+    }
+
+    /// Supernode `s` comes back with fresh state and dials as many new
+    /// neighbours as the mean degree;
+    /// leaves find it as they look for parents.
+    fn supernode_returns(&mut self, s: usize) {
+        self.supers[s].online = true;
+        let mut dialed = Vec::new();
+        for _ in 0..64 {
+            if dialed.len() >= 2 * self.config.dials_per_supernode + 2 {
+                break;
+            }
+            let t = self.rng.random_range(0..self.supers.len());
+            if t != s && self.supers[t].online && !dialed.contains(&t) {
+                dialed.push(t);
+                self.join(s, t);
+            }
+        }
+    }
+
+    /// Churn due in one tick of `tick_ms`: leaves and supernodes leave at
+    /// the configured rates (the fractional part carried to the next tick).
+    fn churn(&mut self, tick_ms: u64, debt: &mut (f64, f64)) {
+        let minutes = tick_ms as f64 / 60_000.0;
+        debt.0 += self.config.churn.leaves_per_minute * self.leaves.len() as f64 * minutes;
+        debt.1 += self.config.churn.supernodes_per_minute * self.supers.len() as f64 * minutes;
+        while debt.0 >= 1.0 {
+            debt.0 -= 1.0;
+            let now = self.now;
+            let pick = (0..16).find_map(|_| {
+                let l = self.rng.random_range(0..self.leaves.len());
+                (self.leaves[l].online && self.leaves[l].busy_until <= now).then_some(l)
+            });
+            if let Some(l) = pick {
+                self.leaf_leaves(l);
+            }
+        }
+        while debt.1 >= 1.0 {
+            debt.1 -= 1.0;
+            let pick = (0..16).find_map(|_| {
+                let s = self.rng.random_range(0..self.supers.len());
+                self.supers[s].online.then_some(s)
+            });
+            if let Some(s) = pick {
+                self.supernode_leaves(s);
+            }
+        }
+    }
+
+    /// A random leaf that can search now: online, its first session ready,
+    /// and not searching already.
+    fn pick_searcher(&mut self) -> Option<usize> {
+        let now = self.now;
+        (0..64).find_map(|_| {
+            let l = self.rng.random_range(0..self.leaves.len());
+            let leaf = &self.leaves[l];
+            (leaf.online
+                && leaf.busy_until <= now
+                && leaf.slots[0].link.is_some()
+                && leaf.slots[0].session.is_ready())
+            .then_some(l)
+        })
     }
 }
 
@@ -287,117 +610,130 @@ fn zipf_pick(table: &[f64], rng: &mut StdRng) -> usize {
         .min(table.len().saturating_sub(1))
 }
 
+/// Virtual time between two ticks (dynamic query steps, churn).
+const TICK_MS: u64 = 500;
+
+/// How long a leaf waits for the hits of one search.
+const SEARCH_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Builds the overlay `config` describes, runs its queries, and reports.
 pub fn run(config: &SimConfig) -> RunReport {
     let mut rng = StdRng::seed_from_u64(config.seed);
     let s_count = config.supernodes.max(2);
-    let l_count = s_count * config.leaves_per_supernode;
-    let dynamic = matches!(config.strategy, Strategy::Dynamic).then(DynamicConfig::default);
-    let supers = (0..s_count)
-        .map(|i| {
-            let mut c = SupernodeConfig::new(node_id(1, i), Some(supernode_addr(i)));
-            c.ttl_cap = 7;
-            c.max_leaves = l_count;
-            c.max_supernode_peers = s_count;
-            c.seen_capacity = 4096;
-            c.route_capacity = 4096;
-            c.keepalive_interval = Duration::from_secs(86_400);
-            c.idle_timeout = Duration::from_secs(86_400);
-            c.leaf_queries_per_second = 1_000_000;
-            c.leaf_query_burst = 1_000_000;
-            c.dynamic = dynamic.clone();
-            Supernode::new(c)
-        })
-        .collect();
+    let l_count = config.leaves();
+    let dynamic = matches!(config.strategy, Strategy::Dynamic).then(|| config.dynamic.clone());
 
     // Place every content on its share of leaves.
     let mut files: Vec<Vec<SharedFile>> = vec![Vec::new(); l_count];
     let copies = ((config.replication * l_count as f64).round() as usize).clamp(1, l_count);
     for k in 0..config.contents {
-        let mut holders: Vec<usize> = Vec::with_capacity(copies);
+        let mut holders: BTreeSet<usize> = BTreeSet::new();
         while holders.len() < copies {
-            let leaf = rng.random_range(0..l_count);
-            if !holders.contains(&leaf) {
-                holders.push(leaf);
-            }
+            holders.insert(rng.random_range(0..l_count));
         }
         for leaf in holders {
             files[leaf].push(content_file(k));
         }
     }
     let parents = config.parents_per_leaf.clamp(1, s_count);
-    let leaves: Vec<Vec<LeafSession>> = files
+    let leaves = files
         .into_iter()
         .enumerate()
-        .map(|(l, shared)| {
-            let identity = Identity {
-                node_id: node_id(2, l),
-                role: Role::Leaf,
-                listen_addr: Some(leaf_addr(l)),
-                user_agent: "canopy-sim".into(),
-            };
-            (0..parents)
-                .map(|_| LeafSession::new(identity.clone(), shared.clone()))
-                .collect()
+        .map(|(l, shares)| LeafNode {
+            slots: (0..parents)
+                .map(|_| Slot {
+                    session: leaf_session(l, &shares),
+                    link: None,
+                })
+                .collect(),
+            shares,
+            online: true,
+            busy_until: 0,
+            searches: Vec::new(),
         })
         .collect();
-
+    let supers = (0..s_count)
+        .map(|i| SuperNode {
+            machine: Supernode::new(supernode_config(i, config, dynamic.as_ref())),
+            online: true,
+            links: Links::default(),
+        })
+        .collect();
     let mut world = World {
         now: 0,
-        seq: 0,
         supers,
         leaves,
-        links: HashMap::new(),
-        queue: BinaryHeap::new(),
+        queue: BTreeMap::new(),
         next_conn: 0,
         rng,
-        latency: config.latency_ms,
+        config: config.clone(),
+        dynamic: dynamic.clone(),
         tracked: HashMap::new(),
+        departures: (0, 0),
     };
 
-    // Supernode graph: each dials a few others at random, plus a ring so
-    // the graph is connected.
+    // Supernode graph: a ring, so it is connected, and each supernode
+    // dials distinct others at random.
+    let mut neighbours: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); s_count];
     for a in 0..s_count {
-        world.join(a, (a + 1) % s_count);
-        for _ in 1..config.dials_per_supernode {
+        let b = (a + 1) % s_count;
+        if neighbours[a].insert(b) {
+            neighbours[b].insert(a);
+            world.join(a, b);
+        }
+    }
+    let dials = config.dials_per_supernode.min(s_count - 1);
+    for a in 0..s_count {
+        let mut dialed = 0;
+        for _ in 0..dials * 4 {
+            if dialed >= dials {
+                break;
+            }
             let b = world.rng.random_range(0..s_count);
-            if b != a {
+            if a != b && neighbours[a].insert(b) {
+                neighbours[b].insert(a);
                 world.join(a, b);
+                dialed += 1;
             }
         }
     }
-    // Leaves: first parent in order, the others at random.
-    let first_parent: Vec<usize> = (0..l_count)
-        .map(|l| l / config.leaves_per_supernode.max(1))
-        .collect();
-    for (l, &home) in first_parent.iter().enumerate() {
-        world.attach(l, 0, home);
+    // Leaves: first parent in order (an even spread), the others at random.
+    let per_supernode = config.leaves_per_supernode.max(1);
+    for l in 0..l_count {
+        world.attach(l, 0, l / per_supernode);
         for k in 1..parents {
-            let other = world.rng.random_range(0..s_count);
-            world.attach(l, k, other);
+            if let Some(s) = world.pick_parent(l) {
+                world.attach(l, k, s);
+            }
         }
     }
     world.run_until(world.now + 10_000);
 
-    // Queries, one every interval, from random leaves, Zipf-popular contents.
+    // Queries at the configured rate, from random leaves, for
+    // Zipf-popular contents; churn all along.
     let table = zipf_table(config.contents.max(1), config.zipf);
+    let interval = config.query_interval_ms();
     let start = world.now;
-    let timeout = Duration::from_secs(60);
     let mut issued: Vec<(MessageId, usize)> = Vec::with_capacity(config.queries);
-    let mut origins: Vec<usize> = Vec::new();
+    let mut origins: BTreeSet<usize> = BTreeSet::new();
+    let mut clock = Clock {
+        next_tick: start + TICK_MS,
+        debt: (0.0, 0.0),
+    };
     for q in 0..config.queries {
-        let at = start + q as u64 * config.query_interval_ms;
-        advance(&mut world, at, &origins, dynamic.is_some());
-        let l = world.rng.random_range(0..l_count);
+        let at = start + q as u64 * interval;
+        clock.advance(&mut world, at, &origins);
+        let Some(l) = world.pick_searcher() else {
+            continue;
+        };
         let k = zipf_pick(&table, &mut world.rng);
         let id = query_id(q);
         let ttl = match config.strategy {
             Strategy::Flood(ttl) => ttl,
-            // The default cap of real supernodes, as the flood it is compared with.
-            Strategy::Dynamic => 4,
+            Strategy::Dynamic => canopy_core::supernode::DEFAULT_TTL_CAP,
         };
         // The leaf wants one content: it asks by content id (target 10 sources).
-        let request = SearchRequest::content(content_file(k).content_id, ttl, timeout);
+        let request = SearchRequest::content(content_id(k), ttl, SEARCH_TIMEOUT);
         world.tracked.insert(
             id,
             Tracked {
@@ -405,54 +741,75 @@ pub fn run(config: &SimConfig) -> RunReport {
                 ..Tracked::default()
             },
         );
-        if world.leaves[l][0]
-            .start_search(id, &request, Time(at))
-            .is_ok()
-        {
+        let started = world.leaves[l].slots[0]
+            .session
+            .start_search(id, &request, Time(at));
+        if started.is_ok() {
             world.drain_leaf(l, 0);
+            world.leaves[l].busy_until = at + SEARCH_TIMEOUT.as_millis() as u64 + 1_000;
+            world.leaves[l].searches.push(id);
             issued.push((id, l));
-            if !origins.contains(&first_parent[l]) {
-                origins.push(first_parent[l]);
+            if let Some((
+                _,
+                Link {
+                    to: End::Super(s, _),
+                    ..
+                },
+            )) = world.leaves[l].slots[0].link
+            {
+                origins.insert(s);
             }
+        } else {
+            world.tracked.remove(&id);
         }
     }
-    let end = start
-        + config.queries as u64 * config.query_interval_ms
-        + timeout.as_millis() as u64
-        + 5_000;
-    advance(&mut world, end, &origins, dynamic.is_some());
+    let end = start + config.queries as u64 * interval + SEARCH_TIMEOUT.as_millis() as u64 + 5_000;
+    clock.advance(&mut world, end, &origins);
 
-    let mut outcomes = Vec::with_capacity(issued.len());
-    for (id, l) in issued {
-        let results = world.leaves[l][0]
-            .finish_search(&id)
-            .map_or(0, |s| s.results().count());
-        let tracked = world.tracked.remove(&id).unwrap_or_default();
-        outcomes.push(QueryOutcome {
-            found: results > 0,
-            messages: tracked.messages,
-            first_result_ms: tracked.first_hit.map(|t| t.saturating_sub(tracked.started)),
-            results,
-        });
+    for l in issued.iter().map(|(_, l)| *l).collect::<BTreeSet<_>>() {
+        world.harvest(l);
     }
-    RunReport::new(config, l_count, outcomes)
+    let outcomes: Vec<QueryOutcome> = issued
+        .iter()
+        .map(|(id, _)| {
+            let tracked = world.tracked.remove(id).unwrap_or_default();
+            let sources = tracked.sources.unwrap_or(0);
+            QueryOutcome {
+                found: sources > 0,
+                messages: tracked.messages,
+                first_result_ms: tracked.first_hit.map(|t| t.saturating_sub(tracked.started)),
+                results: sources,
+            }
+        })
+        .collect();
+    RunReport::new(config, &outcomes, world.departures)
 }
 
-/// Runs the world to `until`, ticking the supernodes that run dynamic
-/// queries every half second of virtual time on the way.
-fn advance(world: &mut World, until: u64, origins: &[usize], dynamic: bool) {
-    if !dynamic {
-        world.run_until(until);
-        return;
-    }
-    let mut next = world.now - world.now % 500 + 500;
-    while next <= until {
-        world.run_until(next);
-        for &s in origins {
-            world.supers[s].handle_timeout(Time(next));
-            world.drain_super(s);
+/// Ticks of virtual time: dynamic query steps and churn.
+struct Clock {
+    next_tick: u64,
+    debt: (f64, f64),
+}
+
+impl Clock {
+    /// Runs the world to `until`, ticking every [`TICK_MS`] on the way:
+    /// supernodes that took leaves' queries step their dynamic queries,
+    /// and nodes leave.
+    fn advance(&mut self, world: &mut World, until: u64, origins: &BTreeSet<usize>) {
+        while self.next_tick <= until {
+            world.run_until(self.next_tick);
+            let now = Time(self.next_tick);
+            if world.dynamic.is_some() {
+                for &s in origins {
+                    if world.supers[s].online {
+                        world.supers[s].machine.handle_timeout(now);
+                        world.drain_super(s);
+                    }
+                }
+            }
+            world.churn(TICK_MS, &mut self.debt);
+            self.next_tick += TICK_MS;
         }
-        next += 500;
+        world.run_until(until);
     }
-    world.run_until(until);
 }

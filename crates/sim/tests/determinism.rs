@@ -1,8 +1,9 @@
-//! A small run of the simulator: deterministic, and its numbers make sense.
+//! Small runs of the simulator: deterministic (with and without churn),
+//! their numbers make sense, and the report writes its three files.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use canopy_sim::{SimConfig, Strategy, run};
+use canopy_sim::{Churn, SimConfig, Strategy, run, write_report};
 
 #[test]
 fn the_same_seed_gives_the_same_report() {
@@ -10,6 +11,23 @@ fn the_same_seed_gives_the_same_report() {
     assert_eq!(run(&config), run(&config));
     let other = SimConfig::small(Strategy::Flood(3), 8);
     assert_ne!(run(&config), run(&other), "the seed matters");
+}
+
+#[test]
+fn a_run_with_churn_is_deterministic_too() {
+    let mut config = SimConfig::small(Strategy::Dynamic, 5);
+    // Heavy churn, so a small run sees plenty of it.
+    config.churn = Churn {
+        leaves_per_minute: 0.2,
+        supernodes_per_minute: 0.05,
+        ..Churn::MODEST
+    };
+    let first = run(&config);
+    assert!(
+        first.departures.0 > 0 && first.departures.1 > 0,
+        "{first:?}"
+    );
+    assert_eq!(first, run(&config));
 }
 
 #[test]
@@ -25,4 +43,25 @@ fn wider_floods_find_more_and_cost_more_and_dynamic_stops_early() {
         dynamic.messages_median < wide.messages_median,
         "{dynamic:?} vs {wide:?}"
     );
+    assert!(
+        dynamic.results_mean >= 1.0,
+        "sources are counted: {dynamic:?}"
+    );
+}
+
+#[test]
+fn the_report_writes_a_table_a_csv_and_a_plot() {
+    let mut config = SimConfig::small(Strategy::Flood(2), 1);
+    config.queries = 20;
+    let mut rows = vec![run(&config)];
+    config.strategy = Strategy::Dynamic;
+    rows.push(run(&config));
+    let dir = tempfile::tempdir().unwrap();
+    write_report(dir.path(), "small", "a test run", &rows).unwrap();
+    let markdown = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(markdown.contains("| dynamic | 1% |"), "{markdown}");
+    let csv = std::fs::read_to_string(dir.path().join("report.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    let svg = std::fs::read_to_string(dir.path().join("report.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("</svg>"), "{svg}");
 }
