@@ -441,11 +441,14 @@ impl Supernode {
                     results,
                 },
             ) => {
-                // The leaf knows what it kept: widen against its count from
-                // now on. Statuses for queries it does not own are ignored.
+                // The leaf may have more than came through us (hits via its
+                // other supernode) or want no more; its count can only raise
+                // ours, since hits we routed may still be on their way to it.
+                // Statuses for queries it does not own are ignored.
                 if let Some((origin, dq)) = self.dynamic.get_mut(&message_id) {
                     if *origin == conn {
-                        dq.results = usize::try_from(results).unwrap_or(usize::MAX);
+                        let reported = usize::try_from(results).unwrap_or(usize::MAX);
+                        dq.results = dq.results.max(reported);
                     }
                 }
             }
