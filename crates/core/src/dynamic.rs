@@ -36,7 +36,9 @@
 //!   what the leaf waits for a first result when the probe finds nothing.
 //!
 //! The wait scales with the TTL used, since hits from further away take
-//! longer.
+//! longer. A supernode with no more peers than the probe would take (a
+//! small or young overlay) floods at the TTL cap instead: each peer can be
+//! asked only once, so probing at TTL 1 would leave nothing to widen with.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -176,8 +178,17 @@ impl DynamicQuery {
             return Step::Done;
         }
         // The probe: a few peers, their own indexes only. Then one peer at
-        // a time, reaching further each step, up to the cap.
-        let (count, ttl) = if self.steps == 0 {
+        // a time, reaching further each step, up to the cap. A supernode
+        // with no more peers than the probe takes has nothing left to widen
+        // through (each peer can be asked once): it floods the query just
+        // as flooding would (the peers get the TTL less our own hop), which
+        // in so small a neighbourhood is where widening would end anyway.
+        let (count, ttl) = if self.steps == 0 && fresh.len() <= config.probe_peers {
+            if ttl_cap <= 1 {
+                return Step::Done;
+            }
+            (fresh.len(), ttl_cap - 1)
+        } else if self.steps == 0 {
             (config.probe_peers.max(1), 1)
         } else {
             self.widen(peers.len(), fresh.len(), ttl_cap.max(1))
@@ -308,13 +319,15 @@ mod tests {
         let mut q = query();
         q.content_id = Some(canopy_proto::ContentId([2; 32]));
         let mut dq = DynamicQuery::new(q, 1, &config(), Time(0));
+        // One peer, fewer than the probe takes: a flood, as far as the cap
+        // allows (less our own hop), then there is nobody left.
         let peers = [ConnId(7)];
         assert_eq!(
             dq.step(&peers, 4, &config(), Time(0)),
-            Step::Send(vec![ConnId(7)], 1)
+            Step::Send(vec![ConnId(7)], 3)
         );
         assert_eq!(
-            dq.step(&peers, 4, &config(), Time(1000)),
+            dq.step(&peers, 4, &config(), Time(9000)),
             Step::Done,
             "nobody left"
         );

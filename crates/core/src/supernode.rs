@@ -44,7 +44,7 @@ pub struct SupernodeConfig {
     /// Most files one leaf may publish.
     pub max_files_per_leaf: usize,
     /// Run leaves' queries dynamically (probe, then widen until enough
-    /// results); `None` floods them with their TTL.
+    /// results; the default); `None` floods them with their TTL.
     pub dynamic: Option<DynamicConfig>,
     /// Queries a leaf may send a second on average...
     pub leaf_queries_per_second: u32,
@@ -86,7 +86,7 @@ impl SupernodeConfig {
             max_leaves: 1_000,
             max_supernode_peers: 32,
             max_files_per_leaf: 10_000,
-            dynamic: None,
+            dynamic: Some(DynamicConfig::default()),
             leaf_queries_per_second: 5,
             leaf_query_burst: 20,
             max_results_per_query: 200,

@@ -37,7 +37,7 @@ pub(crate) struct Args {
     #[arg(long)]
     max_files_per_leaf: Option<usize>,
     /// How leaves' queries travel: `flood` (TTL flooding) or `dynamic`
-    /// (probe, then widen until 150 results, 10 for a content id) [default: flood].
+    /// (probe, then widen until 150 results, 10 for a content id) [default: dynamic].
     #[arg(long, value_enum)]
     query_strategy: Option<QueryStrategy>,
     /// Queries a leaf may send a second on average; more are dropped [default: 5].
@@ -139,14 +139,14 @@ impl Args {
             defaults.leaf_query_burst,
         );
         options.peers_wanted = pick(self.peers_wanted, file.peers_wanted, defaults.peers_wanted);
-        if pick(
+        options.dynamic = match pick(
             self.query_strategy,
             file.query_strategy,
-            QueryStrategy::Flood,
-        ) == QueryStrategy::Dynamic
-        {
-            options.dynamic = Some(canopy_core::dynamic::DynamicConfig::default());
-        }
+            QueryStrategy::Dynamic,
+        ) {
+            QueryStrategy::Dynamic => Some(canopy_core::dynamic::DynamicConfig::default()),
+            QueryStrategy::Flood => None,
+        };
         options.data_dir = self
             .data_dir
             .or(file.data_dir)
