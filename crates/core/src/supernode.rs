@@ -62,6 +62,9 @@ pub struct SupernodeConfig {
     pub handshake_timeout: Duration,
     /// A peer silent this long is pinged.
     pub keepalive_interval: Duration,
+    /// Supernode peers are pinged this often, busy or not, for the
+    /// supernodes they know (their Pongs feed the host cache).
+    pub peer_refresh_interval: Duration,
     /// A peer silent this long is disconnected.
     pub idle_timeout: Duration,
 }
@@ -95,6 +98,7 @@ impl SupernodeConfig {
             route_lifetime: Duration::from_secs(5 * 60),
             handshake_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(30),
+            peer_refresh_interval: Duration::from_secs(5 * 60),
             idle_timeout: Duration::from_secs(90),
         }
     }
@@ -264,6 +268,9 @@ pub struct Supernode {
     actions: VecDeque<Action>,
     stats: SupernodeStats,
     next_ping_nonce: u64,
+    /// When supernode peers are next asked whom they know (set on the
+    /// first tick).
+    next_peer_refresh: Option<Time>,
 }
 
 impl Supernode {
@@ -284,6 +291,7 @@ impl Supernode {
             actions: VecDeque::new(),
             stats: SupernodeStats::default(),
             next_ping_nonce: 1,
+            next_peer_refresh: None,
         }
     }
 
@@ -310,9 +318,9 @@ impl Supernode {
     /// Listen addresses of the supernodes we are connected to: what we hand
     /// out in Pongs and in rejections.
     pub fn known_supernodes(&self) -> Vec<SocketAddr> {
-        self.peers
-            .values()
-            .filter_map(|peer| match peer.state {
+        self.supernodes
+            .iter()
+            .filter_map(|conn| match self.peers.get(conn)?.state {
                 PeerState::Supernode { listen_addr, .. } => listen_addr,
                 _ => None,
             })
@@ -509,6 +517,26 @@ impl Supernode {
             if let Some(peer) = self.peers.get_mut(&conn) {
                 peer.pinged_at = Some(now);
             }
+            self.send(conn, Message::Ping { nonce });
+        }
+        self.refresh_peer_lists(now);
+    }
+
+    /// Every few minutes, pings each supernode peer, busy or not: its Pong
+    /// lists the supernodes it knows now, so the host cache follows the
+    /// overlay as it changes, not only as it was when each peer joined.
+    fn refresh_peer_lists(&mut self, now: Time) {
+        let due = *self
+            .next_peer_refresh
+            .get_or_insert(now + self.config.peer_refresh_interval);
+        if now < due {
+            return;
+        }
+        self.next_peer_refresh = Some(now + self.config.peer_refresh_interval);
+        let peers: Vec<ConnId> = self.supernodes.iter().copied().collect();
+        for conn in peers {
+            let nonce = self.next_ping_nonce;
+            self.next_ping_nonce += 1;
             self.send(conn, Message::Ping { nonce });
         }
     }

@@ -35,6 +35,8 @@ struct Net {
     pushes: Vec<(usize, ContentId, SocketAddr)>,
     /// Reachability probes asked for: (supernode, leaf connection, address).
     probes: Vec<(usize, ConnId, SocketAddr)>,
+    /// Supernode addresses each supernode reported learning.
+    learned: Vec<(usize, SocketAddr)>,
     next_conn: u64,
 }
 
@@ -79,6 +81,7 @@ impl Net {
             closed_with: Vec::new(),
             pushes: Vec::new(),
             probes: Vec::new(),
+            learned: Vec::new(),
             next_conn: 1,
         }
     }
@@ -168,7 +171,9 @@ impl Net {
                     }
                     Action::Close { conn, bye } => self.cut(End::Super(s, conn), bye),
                     Action::Probe { conn, addr } => self.probes.push((s, conn, addr)),
-                    Action::Learned(_) => {}
+                    Action::Learned(addrs) => {
+                        self.learned.extend(addrs.into_iter().map(|a| (s, a)));
+                    }
                     Action::Rejected { .. } => {}
                 }
             }
@@ -749,6 +754,35 @@ fn a_leaf_that_has_enough_stops_its_dynamic_query() {
         2,
         "no spoke is asked once the leaf has enough"
     );
+}
+
+#[test]
+fn supernodes_hear_of_peers_that_joined_after_them() {
+    let mut net = Net::new(3, |_| {});
+    net.join(0, 1);
+    net.tick(Duration::from_secs(1));
+    // S2 joins S1 later: S0 knew S1's peers only as they were.
+    net.join(2, 1);
+    let s2 = addr(10_002);
+    let s0_knows_s2 = |net: &Net| net.learned.iter().any(|(s, a)| *s == 0 && *a == s2);
+    assert!(!s0_knows_s2(&net));
+    // Busy links get no keepalive pings; the refresh pings them anyway.
+    for _ in 0..(5 * 60 / 20) {
+        assert!(!s0_knows_s2(&net), "too early");
+        net.tick(Duration::from_secs(20));
+        // Traffic on the link (S0's connection 2, to S1) keeps it from
+        // ever going quiet.
+        net.supers[0].handle_message(
+            ConnId(2),
+            Message::Pong {
+                nonce: 0,
+                supernodes: vec![],
+            },
+            net.now,
+        );
+    }
+    net.tick(Duration::from_secs(1));
+    assert!(s0_knows_s2(&net), "the refresh found S2 through S1");
 }
 
 #[test]

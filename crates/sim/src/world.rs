@@ -196,6 +196,7 @@ fn supernode_config(
     c.max_leaves = config.leaves();
     c.max_supernode_peers = config.supernodes;
     c.keepalive_interval = Duration::from_secs(86_400);
+    c.peer_refresh_interval = Duration::from_secs(86_400);
     c.idle_timeout = Duration::from_secs(86_400);
     c.leaf_queries_per_second = 1_000_000;
     c.leaf_query_burst = 1_000_000;
