@@ -5,8 +5,8 @@
 //!
 //! Built the way a fair relay would be, the same way the supernode is: a
 //! reader task and a writer task per connection, a bounded queue per
-//! connection (a frame for a full queue is dropped, as the supernode drops
-//! queries), and a writer that writes whatever is queued into a 64 KiB
+//! connection (a full queue makes the reader wait, so TCP slows the
+//! sender down rather than frames being read only to be dropped), and a writer that writes whatever is queued into a 64 KiB
 //! buffer and flushes once.
 
 use std::net::SocketAddr;
@@ -105,7 +105,13 @@ async fn connection(id: u64, stream: TcpStream, rx: mpsc::Receiver<Bytes>, relay
                 Ok(Some(frame)) => {
                     let frame = frame.freeze();
                     for (peer, tx) in peers.iter() {
-                        if *peer != id && tx.try_send(frame.clone()).is_err() {
+                        if *peer == id {
+                            continue;
+                        }
+                        // A full queue holds the reader back (TCP slows
+                        // the sender), as the supernode's inbox does; a
+                        // queue whose writer is gone drops the frame.
+                        if tx.send(frame.clone()).await.is_err() {
                             relay.dropped.fetch_add(1, Ordering::Relaxed);
                         }
                     }

@@ -101,6 +101,8 @@ struct Template {
 #[derive(Debug, Default)]
 struct Shared {
     stop: AtomicBool,
+    /// The source sends nothing while set.
+    paused: AtomicBool,
     /// Queries a second for the source; 0 means as fast as possible.
     rate: AtomicU64,
     /// Queries written by the source.
@@ -213,8 +215,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         // A rate in queries a second: whole numbers far below u64::MAX.
         #[allow(clippy::cast_possible_truncation)]
         shared.rate.store(rate as u64, Ordering::Relaxed);
-        // Let the queues of phase 1 drain.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Let the queues of phase 1 drain: pause until the sinks have
+        // received nothing for half a second.
+        shared.paused.store(true, Ordering::Relaxed);
+        let mut last = shared.received.load(Ordering::Relaxed);
+        for _ in 0..120 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = shared.received.load(Ordering::Relaxed);
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        shared.paused.store(false, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let seconds = (args.duration / 2.0).max(3.0);
         paced = Some(measure(&shared, &args, Duration::from_secs_f64(seconds)).await?);
     }
@@ -375,6 +389,11 @@ async fn send(
     let mut buffer = BytesMut::with_capacity(batch * 128);
     let mut paced_since: Option<(u64, tokio::time::Instant, u64)> = None;
     while !shared.stop.load(Ordering::Relaxed) {
+        if shared.paused.load(Ordering::Relaxed) {
+            paced_since = None;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
         let rate = shared.rate.load(Ordering::Relaxed);
         let size = if rate == 0 {
             paced_since = None;
