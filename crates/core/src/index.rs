@@ -60,6 +60,23 @@ impl Record {
     }
 }
 
+/// The first position at or after `from` in ascending `list` whose slot is
+/// not below `target`: doubling steps from `from`, then a binary search.
+fn gallop(list: &[Slot], from: usize, target: Slot) -> usize {
+    let mut step = 1;
+    let mut low = from;
+    while let Some(slot) = list.get(low + step - 1) {
+        if *slot >= target {
+            break;
+        }
+        low += step;
+        step *= 2;
+    }
+    let high = (low + step).min(list.len());
+    let window = list.get(low..high).unwrap_or_default();
+    low + window.partition_point(|slot| *slot < target)
+}
+
 fn same_content(records: &[Record], slot: Slot, id: &ContentId) -> bool {
     records
         .get(slot as usize)
@@ -464,16 +481,35 @@ impl FileIndex {
             }
         }
         postings.sort_by_key(|p| p.len());
-        let has_words = |slot: &Slot| postings.iter().all(|p| p.binary_search(slot).is_ok());
-        let candidates: Box<dyn Iterator<Item = Slot> + '_> = match &filter.content_id {
-            Some(id) => Box::new(self.content_chain(id)),
-            None => match postings.split_first() {
-                Some((shortest, _)) => Box::new(shortest.iter().copied()),
-                None => return Vec::new(),
-            },
+        let (candidates, others): (Box<dyn Iterator<Item = Slot> + '_>, &[&Posting]) =
+            match &filter.content_id {
+                Some(id) => (Box::new(self.content_chain(id)), &postings),
+                None => match postings.split_first() {
+                    Some((shortest, rest)) => (Box::new(shortest.iter().copied()), rest),
+                    None => return Vec::new(),
+                },
+            };
+        // Candidates from a posting list ascend, so every other list is
+        // walked forward once with a galloping cursor (a query of two
+        // common words costs about the shorter list, not a binary search
+        // per candidate); a content chain's candidates descend.
+        let ascending = filter.content_id.is_none();
+        let mut cursors = vec![0usize; others.len()];
+        let mut has_words = |slot: Slot| {
+            others
+                .iter()
+                .zip(cursors.iter_mut())
+                .all(|(posting, cursor)| {
+                    if ascending {
+                        *cursor = gallop(posting, *cursor, slot);
+                        posting.get(*cursor) == Some(&slot)
+                    } else {
+                        posting.binary_search(&slot).is_ok()
+                    }
+                })
         };
         candidates
-            .filter(|slot| has_words(slot))
+            .filter(|slot| has_words(*slot))
             .filter_map(|slot| {
                 let record = self.records.get(slot as usize)?;
                 let owner = *self.owner_conns.get(record.owner as usize)?;
@@ -680,6 +716,22 @@ mod tests {
         index.insert(ConnId(1), file(1, &long, 1));
         let found = index.search(&Filter::new::<&str>(&[], Some(ContentId([1; 32]))), 1);
         assert_eq!(found[0].name.len(), 254);
+    }
+
+    #[test]
+    fn galloping_finds_the_first_slot_not_below_the_target() {
+        let list: Vec<Slot> = (0..100).map(|n| n * 3).collect();
+        for from in [0, 1, 7, 50, 99, 100] {
+            for target in [0, 1, 2, 3, 150, 151, 296, 297, 298, 1000] {
+                let expected = from
+                    + list
+                        .get(from..)
+                        .unwrap_or_default()
+                        .partition_point(|s| *s < target);
+                assert_eq!(gallop(&list, from, target), expected, "{from} {target}");
+            }
+        }
+        assert_eq!(gallop(&[], 0, 5), 0);
     }
 
     #[test]

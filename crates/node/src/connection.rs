@@ -186,11 +186,8 @@ pub fn spawn<E, A>(
             // Take whatever else is ready, then write it all with as few
             // system calls as the socket allows.
             let mut closing = writer.take(first);
-            while !closing && writer.wants_more() {
-                match queue.try_next() {
-                    Some(next) => closing = writer.take(next),
-                    None => break,
-                }
+            if !closing {
+                closing = writer.fill_from(&queue);
             }
             queue.begin_write();
             let written = tokio::select! {
@@ -318,8 +315,14 @@ impl FrameWriter {
         closing
     }
 
-    fn wants_more(&self) -> bool {
-        self.frames.len() < MAX_BATCH_FRAMES && self.bytes < MAX_BATCH_BYTES
+    /// Takes what else is queued, up to a batch; true if it closes.
+    fn fill_from(&mut self, queue: &SendQueue) -> bool {
+        queue.drain_into(
+            &mut self.frames,
+            &mut self.bytes,
+            MAX_BATCH_FRAMES,
+            MAX_BATCH_BYTES,
+        )
     }
 
     /// Writes the whole batch.

@@ -87,9 +87,21 @@ struct State {
     lanes: [VecDeque<Bytes>; LANES],
     bytes: usize,
     closing: Option<Option<Bytes>>,
-    last_progress: Instant,
+    /// When something last moved; `None` when it just did (or the queue
+    /// just filled from empty): the clock is read when someone looks, not
+    /// on every frame.
+    last_progress: Option<Instant>,
     /// The writer is inside a write to the socket.
     writing: bool,
+}
+
+impl State {
+    /// How long nothing has moved; starts counting now if it just did.
+    fn since_progress(&mut self) -> Duration {
+        self.last_progress
+            .get_or_insert_with(Instant::now)
+            .elapsed()
+    }
 }
 
 /// See the module documentation.
@@ -110,7 +122,7 @@ impl SendQueue {
                 lanes: Default::default(),
                 bytes: 0,
                 closing: None,
-                last_progress: Instant::now(),
+                last_progress: None,
                 writing: false,
             }),
             wake: Notify::new(),
@@ -132,7 +144,7 @@ impl SendQueue {
         }
         let len = frame.len();
         if state.bytes + len > self.capacity && priority != Priority::Control {
-            if state.last_progress.elapsed() >= self.stall_timeout {
+            if state.since_progress() >= self.stall_timeout {
                 outcome.stuck = true;
             }
             // Evict lower lanes, lowest and oldest first, until it fits.
@@ -156,9 +168,9 @@ impl SendQueue {
                 return outcome;
             }
         }
-        if state.bytes == 0 {
+        if state.bytes == 0 && !state.writing {
             // An empty queue is not stalled, however long it sat idle.
-            state.last_progress = Instant::now();
+            state.last_progress = None;
         }
         state.bytes += len;
         state.lanes[priority as usize].push_back(frame);
@@ -181,11 +193,52 @@ impl SendQueue {
         for lane in (0..LANES).rev() {
             if let Some(frame) = state.lanes[lane].pop_front() {
                 state.bytes -= frame.len();
-                state.last_progress = Instant::now();
+                state.last_progress = None;
                 return Some(Next::Frame(frame));
             }
         }
         state.closing.take().map(Next::Close)
+    }
+
+    /// Moves queued frames, highest lane first, onto `batch` until it holds
+    /// `max_frames` frames or `max_bytes` bytes, under one lock. Returns
+    /// true once the queue is closing and drained: its Bye (if any) is then
+    /// the last frame of the batch.
+    pub fn drain_into(
+        &self,
+        batch: &mut VecDeque<Bytes>,
+        batch_bytes: &mut usize,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> bool {
+        let Ok(mut state) = self.state.lock() else {
+            return true;
+        };
+        let state = &mut *state;
+        for lane in state.lanes.iter_mut().rev() {
+            while batch.len() < max_frames && *batch_bytes < max_bytes {
+                let Some(frame) = lane.pop_front() else {
+                    break;
+                };
+                state.bytes -= frame.len();
+                state.last_progress = None;
+                *batch_bytes += frame.len();
+                batch.push_back(frame);
+            }
+        }
+        if state.bytes > 0 {
+            return false;
+        }
+        match state.closing.take() {
+            Some(bye) => {
+                if let Some(bye) = bye {
+                    *batch_bytes += bye.len();
+                    batch.push_back(bye);
+                }
+                true
+            }
+            None => false,
+        }
     }
 
     /// The next frame, waiting for one.
@@ -204,7 +257,7 @@ impl SendQueue {
     pub fn is_stalled(&self) -> bool {
         self.state
             .lock()
-            .map(|s| (s.bytes > 0 || s.writing) && s.last_progress.elapsed() >= self.stall_timeout)
+            .map(|mut s| (s.bytes > 0 || s.writing) && s.since_progress() >= self.stall_timeout)
             .unwrap_or(false)
     }
 
@@ -213,7 +266,7 @@ impl SendQueue {
         if let Ok(mut state) = self.state.lock() {
             if !state.writing {
                 state.writing = true;
-                state.last_progress = Instant::now();
+                state.last_progress = Some(Instant::now());
             }
         }
     }
@@ -222,7 +275,7 @@ impl SendQueue {
     pub fn end_write(&self) {
         if let Ok(mut state) = self.state.lock() {
             state.writing = false;
-            state.last_progress = Instant::now();
+            state.last_progress = None;
         }
     }
 
