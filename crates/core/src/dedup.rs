@@ -6,9 +6,11 @@
 //! previous one and the old previous one is forgotten whole. An id is
 //! therefore remembered for at least the last `capacity / 2` ids and at
 //! most the last `capacity`, with no per-id bookkeeping (an LRU list costs
-//! an unlink and a hash removal for every id once full).
+//! an unlink and a hash removal for every id once full). The sets use
+//! hashbrown's default hasher, seeded at random per process, so ids a peer
+//! picks cannot be aimed at one bucket.
 
-use std::collections::HashSet;
+use hashbrown::HashSet;
 
 use canopy_proto::MessageId;
 
@@ -25,8 +27,8 @@ impl SeenMessages {
     /// `capacity / 2`.
     pub fn new(capacity: usize) -> Self {
         Self {
-            current: HashSet::new(),
-            previous: HashSet::new(),
+            current: HashSet::default(),
+            previous: HashSet::default(),
             generation: (capacity / 2).max(1),
         }
     }

@@ -9,11 +9,13 @@
 //! previous one is then dropped whole (by then its routes have expired, or
 //! the table is full and they are the oldest). A route is found until it
 //! expires unless capacity pushed it out; memory stays within the capacity,
-//! and no route costs bookkeeping beyond its hash entry.
+//! and no route costs bookkeeping beyond its hash entry. The maps use
+//! hashbrown's default hasher, seeded at random per process.
 
-use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::Duration;
+
+use hashbrown::HashMap;
 
 use crate::{ConnId, Time};
 
@@ -40,8 +42,8 @@ impl<K: Hash + Eq> RouteTable<K> {
     /// At most `capacity` routes (at least two), each kept for `lifetime`.
     pub fn new(capacity: usize, lifetime: Duration) -> Self {
         Self {
-            current: HashMap::new(),
-            previous: HashMap::new(),
+            current: HashMap::default(),
+            previous: HashMap::default(),
             generation: (capacity / 2).max(1),
             lifetime,
             started: None,

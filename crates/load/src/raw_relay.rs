@@ -30,7 +30,7 @@ use crate::frames;
 /// Bytes a connection may have queued: the supernode's send queue size.
 const QUEUE_BYTES: usize = 256 * 1024;
 /// Frames written with one vectored write at most, as the supernode does.
-const BATCH_FRAMES: usize = 64;
+const BATCH_FRAMES: usize = 256;
 
 /// Arguments of `raw-relay`.
 #[derive(Debug, clap::Args)]

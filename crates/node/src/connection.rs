@@ -32,7 +32,7 @@ use tokio_util::codec::{Decoder as _, Encoder as _};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::send_queue::{Next, Priority, Pushed, SEND_QUEUE_BYTES, SendQueue};
+use crate::send_queue::{Losses, Next, Priority, Pushed, SEND_QUEUE_BYTES, SendQueue};
 use crate::traffic::Traffic;
 
 /// Kernel send buffer per overlay connection, in bytes.
@@ -81,9 +81,10 @@ impl Outgoing {
         }
     }
 
-    /// Offers a frame already encoded (one of a fan-out's copies).
-    pub fn send_frame(&self, frame: Bytes, priority: Priority) -> Pushed {
-        self.queue.push(frame, priority)
+    /// Offers frames already encoded, in order, under one lock (a batch
+    /// of a node task's work for this connection); empties `frames`.
+    pub fn send_all(&self, frames: &mut Vec<(Bytes, Priority)>) -> Losses {
+        self.queue.push_all(frames)
     }
 
     /// Flushes what is queued, sends the Bye if given, and closes.
@@ -289,8 +290,8 @@ struct FrameWriter {
 }
 
 /// Most frames and bytes taken from the queue for one batch.
-const MAX_BATCH_FRAMES: usize = 64;
-const MAX_BATCH_BYTES: usize = 64 * 1024;
+const MAX_BATCH_FRAMES: usize = 256;
+const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 impl FrameWriter {
     fn new(socket: OwnedWriteHalf, traffic: Arc<Traffic>) -> Self {

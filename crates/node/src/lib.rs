@@ -23,6 +23,7 @@ pub mod get;
 pub mod hosts;
 pub mod leaf;
 pub mod metrics;
+pub mod outbox;
 pub mod send_queue;
 pub mod supernode;
 pub mod traffic;

@@ -73,6 +73,26 @@ pub struct Pushed {
     pub stuck: bool,
 }
 
+/// What offering frames to a queue cost, summed over frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Losses {
+    /// Frames lost: new ones dropped and queued ones evicted.
+    pub lost: usize,
+    /// Of those, queries and pings.
+    pub low_lost: usize,
+    /// The queue was full and has not moved for the stall timeout.
+    pub stuck: bool,
+}
+
+impl Losses {
+    /// Adds what one push cost.
+    pub fn add(&mut self, pushed: Pushed) {
+        self.lost += pushed.evicted + usize::from(pushed.dropped_new);
+        self.low_lost += pushed.low_lost;
+        self.stuck |= pushed.stuck;
+    }
+}
+
 /// The next thing for the writer.
 #[derive(Debug)]
 pub enum Next {
@@ -133,11 +153,36 @@ impl SendQueue {
 
     /// Offers `frame`; see [`Pushed`].
     pub fn push(&self, frame: Bytes, priority: Priority) -> Pushed {
-        let mut outcome = Pushed::default();
-        let Ok(mut state) = self.state.lock() else {
-            outcome.dropped_new = true;
-            return outcome;
+        let outcome = match self.state.lock() {
+            Ok(mut state) => self.push_locked(&mut state, frame, priority),
+            Err(_) => Pushed {
+                dropped_new: true,
+                ..Pushed::default()
+            },
         };
+        self.wake.notify_one();
+        outcome
+    }
+
+    /// Offers every frame of `frames` (emptying it) under one lock, with
+    /// one wakeup; the outcomes are summed.
+    pub fn push_all(&self, frames: &mut Vec<(Bytes, Priority)>) -> Losses {
+        let mut total = Losses::default();
+        let Ok(mut state) = self.state.lock() else {
+            total.lost = frames.len();
+            frames.clear();
+            return total;
+        };
+        for (frame, priority) in frames.drain(..) {
+            total.add(self.push_locked(&mut state, frame, priority));
+        }
+        drop(state);
+        self.wake.notify_one();
+        total
+    }
+
+    fn push_locked(&self, state: &mut State, frame: Bytes, priority: Priority) -> Pushed {
+        let mut outcome = Pushed::default();
         if state.closing.is_some() {
             outcome.dropped_new = true;
             return outcome;
@@ -174,8 +219,6 @@ impl SendQueue {
         }
         state.bytes += len;
         state.lanes[priority as usize].push_back(frame);
-        drop(state);
-        self.wake.notify_one();
         outcome
     }
 

@@ -21,7 +21,8 @@ use crate::NodeError;
 use crate::clock::Clock;
 use crate::connection::{self, ConnEvent, LinkContext, Outgoing};
 use crate::hosts::HostCache;
-use crate::send_queue::{Priority, Pushed};
+use crate::outbox::Outbox;
+use crate::send_queue::Priority;
 use crate::traffic::Traffic;
 use canopy_proto::ByeReason;
 
@@ -34,6 +35,8 @@ const TICKS_PER_HOUSEKEEPING: u64 = 4;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Capacity of the node task's inbox, shared by all connections.
 const EVENT_QUEUE_LEN: usize = 4096;
+/// Events handled before the frames they produced are handed over.
+const EVENT_BATCH: usize = 512;
 /// Connections allowed beyond leaves + peers, for handshakes in progress.
 const HANDSHAKE_HEADROOM: usize = 64;
 
@@ -243,6 +246,7 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
     let node = NodeTask {
         core,
         conns: HashMap::new(),
+        outbox: Outbox::default(),
         clock: Clock::new(),
         inbox: events_tx.clone(),
         tracker: tracker.clone(),
@@ -283,6 +287,8 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
 struct NodeTask {
     core: Supernode,
     conns: HashMap<ConnId, Registered>,
+    /// Frames of the current batch of events, by connection.
+    outbox: Outbox,
     clock: Clock,
     /// Its own inbox, for the results of reachability probes.
     inbox: mpsc::Sender<Event>,
@@ -313,14 +319,18 @@ impl NodeTask {
                 _ = shutdown.cancelled() => {
                     self.core.shutdown();
                     self.carry_out();
+                    self.flush_outbox();
                     break;
                 }
                 event = events.recv() => {
                     let Some(event) = event else { break };
                     self.handle_event(event);
-                    // Take whatever else is already waiting before acting,
-                    // so one batch of actions serves many events.
-                    while let Ok(event) = events.try_recv() {
+                    self.carry_out();
+                    // Take some more of what is already waiting before
+                    // handing frames to the connections, so each gets one
+                    // batch (one lock, one wakeup) for many events.
+                    for _ in 1..EVENT_BATCH {
+                        let Ok(event) = events.try_recv() else { break };
                         self.handle_event(event);
                         self.carry_out();
                     }
@@ -336,6 +346,7 @@ impl NodeTask {
                 }
             }
             self.carry_out();
+            self.flush_outbox();
             let now = self.core.stats();
             stats.send_if_modified(|current| {
                 let changed = *current != now;
@@ -402,9 +413,8 @@ impl NodeTask {
         while let Some(action) = self.core.poll_action() {
             match action {
                 Action::Send { conn, message } => {
-                    if let Some(registered) = self.conns.get(&conn) {
-                        let pushed = registered.outgoing.send(&message);
-                        self.account(conn, pushed);
+                    if let Some(frame) = connection::encode(&message) {
+                        self.outbox.add(conn, frame, Priority::of(&message));
                     }
                 }
                 Action::Forward { conns, message } => {
@@ -414,15 +424,18 @@ impl NodeTask {
                     };
                     let priority = Priority::of(&message);
                     for conn in conns {
-                        if let Some(registered) = self.conns.get(&conn) {
-                            let pushed = registered.outgoing.send_frame(frame.clone(), priority);
-                            self.account(conn, pushed);
-                        }
+                        self.outbox.add(conn, frame.clone(), priority);
                     }
                 }
                 Action::Close { conn, bye } => {
                     if let Some((reason, detail)) = &bye {
                         tracing::info!(?conn, ?reason, %detail, "closing connection");
+                    }
+                    // What was sent before the close goes first.
+                    if let Some(mut frames) = self.outbox.take(conn) {
+                        if let Some(registered) = self.conns.get(&conn) {
+                            registered.outgoing.send_all(&mut frames);
+                        }
                     }
                     if let Some(registered) = self.conns.get(&conn) {
                         if matches!(bye, Some((ByeReason::TooSlow, _))) {
@@ -464,21 +477,39 @@ impl NodeTask {
 }
 
 impl NodeTask {
-    /// Counts what a full send queue dropped; cuts a peer found stuck.
-    fn account(&mut self, conn: ConnId, pushed: Pushed) {
-        let lost = pushed.evicted + usize::from(pushed.dropped_new);
-        if lost > 0 {
-            self.traffic
-                .messages_dropped
-                .fetch_add(lost as u64, Ordering::Relaxed);
-            self.traffic
-                .queries_dropped
-                .fetch_add(pushed.low_lost as u64, Ordering::Relaxed);
-            tracing::debug!(?conn, lost, "send queue full; dropped the least valuable");
-        }
-        if pushed.stuck {
-            tracing::info!(?conn, "peer reads too slowly; disconnecting");
-            self.core.handle_too_slow(conn);
+    /// Hands every connection its frames of this batch, then acts on what
+    /// full queues reported (which may close connections: their Closes are
+    /// carried out, and flushed, in turn).
+    fn flush_outbox(&mut self) {
+        while !self.outbox.is_empty() {
+            let mut stuck = Vec::new();
+            for (conn, mut frames) in self.outbox.drain() {
+                let Some(registered) = self.conns.get(&conn) else {
+                    continue;
+                };
+                let losses = registered.outgoing.send_all(&mut frames);
+                if losses.lost > 0 {
+                    self.traffic
+                        .messages_dropped
+                        .fetch_add(losses.lost as u64, Ordering::Relaxed);
+                    self.traffic
+                        .queries_dropped
+                        .fetch_add(losses.low_lost as u64, Ordering::Relaxed);
+                    tracing::debug!(
+                        ?conn,
+                        lost = losses.lost,
+                        "send queue full; dropped the least valuable"
+                    );
+                }
+                if losses.stuck {
+                    stuck.push(conn);
+                }
+            }
+            for conn in stuck {
+                tracing::info!(?conn, "peer reads too slowly; disconnecting");
+                self.core.handle_too_slow(conn);
+            }
+            self.carry_out();
         }
     }
 }
