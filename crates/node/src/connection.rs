@@ -35,6 +35,9 @@ use tokio_util::task::TaskTracker;
 use crate::send_queue::{Losses, Next, Priority, Pushed, SEND_QUEUE_BYTES, SendQueue};
 use crate::traffic::Traffic;
 
+/// Most messages passed to the node task in one event.
+pub const MAX_MESSAGES_PER_EVENT: usize = 32;
+
 /// Kernel send buffer per overlay connection, in bytes.
 const KERNEL_SEND_BUFFER: usize = 128 * 1024;
 
@@ -53,8 +56,10 @@ pub struct LinkContext {
 /// What a connection reports to its node task.
 #[derive(Debug)]
 pub enum ConnEvent {
-    /// A valid message.
-    Message(Message),
+    /// Valid messages, in order: what one read brought (at most
+    /// [`MAX_MESSAGES_PER_EVENT`]), so a busy peer costs the node task one
+    /// event per batch rather than per message.
+    Messages(Vec<Message>),
     /// The stream broke the framing or sent an invalid message; no more
     /// messages follow.
     FrameError(FrameError),
@@ -161,13 +166,35 @@ pub fn spawn<E, A>(
                 _ = reader_cancel.cancelled() => break,
                 next = reader.next() => next,
             };
-            let event = match next {
-                Some(Ok(message)) => ConnEvent::Message(message),
-                Some(Err(error)) => ConnEvent::FrameError(error),
+            let mut messages = match next {
+                Some(Ok(message)) => vec![message],
+                Some(Err(error)) => {
+                    let _ = events.send(wrap(conn, ConnEvent::FrameError(error))).await;
+                    break;
+                }
                 None => break,
             };
-            let fatal = matches!(event, ConnEvent::FrameError(_));
-            if events.send(wrap(conn, event)).await.is_err() || fatal {
+            // Whatever else is already buffered goes in the same event.
+            let mut failed = None;
+            while messages.len() < MAX_MESSAGES_PER_EVENT {
+                match reader.next_buffered() {
+                    Some(Ok(message)) => messages.push(message),
+                    Some(Err(error)) => {
+                        failed = Some(error);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if events
+                .send(wrap(conn, ConnEvent::Messages(messages)))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            if let Some(error) = failed {
+                let _ = events.send(wrap(conn, ConnEvent::FrameError(error))).await;
                 break;
             }
         }
@@ -234,6 +261,11 @@ impl FrameReader {
             codec: FrameCodec::default(),
             traffic,
         }
+    }
+
+    /// The next message if a whole one is already buffered.
+    fn next_buffered(&mut self) -> Option<Result<Message, FrameError>> {
+        self.codec.decode(&mut self.buffer).transpose()
     }
 
     /// The next message, an error that ends the stream, or `None` at its end.

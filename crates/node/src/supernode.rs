@@ -34,9 +34,10 @@ const TICKS_PER_HOUSEKEEPING: u64 = 4;
 /// How long a dial may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Capacity of the node task's inbox, shared by all connections.
-const EVENT_QUEUE_LEN: usize = 4096;
-/// Events handled before the frames they produced are handed over.
-const EVENT_BATCH: usize = 512;
+const EVENT_QUEUE_LEN: usize = 1024;
+/// Messages handled (about) before the frames they produced are handed
+/// over to the connections.
+const MESSAGE_BATCH: usize = 1024;
 /// Connections allowed beyond leaves + peers, for handshakes in progress.
 const HANDSHAKE_HEADROOM: usize = 64;
 
@@ -324,14 +325,14 @@ impl NodeTask {
                 }
                 event = events.recv() => {
                     let Some(event) = event else { break };
-                    self.handle_event(event);
+                    let mut handled = self.handle_event(event);
                     self.carry_out();
                     // Take some more of what is already waiting before
                     // handing frames to the connections, so each gets one
-                    // batch (one lock, one wakeup) for many events.
-                    for _ in 1..EVENT_BATCH {
+                    // batch (one lock, one wakeup) for many messages.
+                    while handled < MESSAGE_BATCH {
                         let Ok(event) = events.try_recv() else { break };
-                        self.handle_event(event);
+                        handled += self.handle_event(event);
                         self.carry_out();
                     }
                 }
@@ -356,8 +357,11 @@ impl NodeTask {
         }
     }
 
-    fn handle_event(&mut self, event: Event) {
+    /// Feeds `event` to the core; returns how many messages it carried
+    /// (at least one, for batching).
+    fn handle_event(&mut self, event: Event) -> usize {
         let now = self.clock.now();
+        let mut messages = 1;
         match event {
             Event::Connected {
                 conn,
@@ -369,8 +373,11 @@ impl NodeTask {
                 self.conns.insert(conn, Registered { outgoing, on_close });
                 self.core.handle_connected(conn, direction, remote, now);
             }
-            Event::Conn(conn, ConnEvent::Message(message)) => {
-                self.core.handle_message(conn, message, now);
+            Event::Conn(conn, ConnEvent::Messages(batch)) => {
+                messages = batch.len().max(1);
+                for message in batch {
+                    self.core.handle_message(conn, message, now);
+                }
             }
             Event::Conn(conn, ConnEvent::FrameError(error)) => {
                 tracing::info!(?conn, %error, "bad input from peer; disconnecting");
@@ -382,6 +389,7 @@ impl NodeTask {
             }
             Event::Probed { conn, reachable } => self.core.handle_probe_result(conn, reachable),
         }
+        messages
     }
 
     /// Tells discovery which supernodes are connected.
@@ -422,10 +430,8 @@ impl NodeTask {
                     let Some(frame) = connection::encode(&message) else {
                         continue;
                     };
-                    let priority = Priority::of(&message);
-                    for conn in conns {
-                        self.outbox.add(conn, frame.clone(), priority);
-                    }
+                    self.outbox
+                        .add_to_all(&conns, &frame, Priority::of(&message));
                 }
                 Action::Close { conn, bye } => {
                     if let Some((reason, detail)) = &bye {
@@ -483,11 +489,14 @@ impl NodeTask {
     fn flush_outbox(&mut self) {
         while !self.outbox.is_empty() {
             let mut stuck = Vec::new();
-            for (conn, mut frames) in self.outbox.drain() {
-                let Some(registered) = self.conns.get(&conn) else {
-                    continue;
-                };
-                let losses = registered.outgoing.send_all(&mut frames);
+            let mut handed = Vec::new();
+            let conns = &self.conns;
+            self.outbox.flush(|conn, frames| {
+                if let Some(registered) = conns.get(&conn) {
+                    handed.push((conn, registered.outgoing.send_all(frames)));
+                }
+            });
+            for (conn, losses) in handed {
                 if losses.lost > 0 {
                     self.traffic
                         .messages_dropped

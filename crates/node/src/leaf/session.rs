@@ -139,7 +139,11 @@ async fn run(
                 end = Some(SessionEnd::Shutdown);
             }
             event = events.recv() => match event {
-                Some(Event::Conn(ConnEvent::Message(message))) => session.handle_message(message, clock.now()),
+                Some(Event::Conn(ConnEvent::Messages(messages))) => {
+                    for message in messages {
+                        session.handle_message(message, clock.now());
+                    }
+                }
                 Some(Event::Conn(ConnEvent::FrameError(error))) => {
                     tracing::warn!(%addr, %error, "bad input from supernode");
                     session.handle_frame_error(&error);
