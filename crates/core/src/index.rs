@@ -108,8 +108,40 @@ impl Hasher for PassThrough {
 struct Owner {
     number: u32,
     /// Its slots, ascending; dead ones linger until the sweep.
-    slots: Vec<Slot>,
+    slots: SlotRuns,
     live: usize,
+}
+
+/// Ascending slots as runs of consecutive ones: a leaf's files are
+/// published together, so its slots are mostly one run (8 bytes, not 4
+/// per file).
+#[derive(Debug, Default)]
+struct SlotRuns {
+    /// (first slot, length) of each run.
+    runs: Vec<(Slot, u32)>,
+}
+
+impl SlotRuns {
+    /// Appends `slot`, above every slot already held.
+    fn push(&mut self, slot: Slot) {
+        if let Some((first, len)) = self.runs.last_mut() {
+            if first.checked_add(*len) == Some(slot) {
+                *len += 1;
+                return;
+            }
+        }
+        self.runs.push((slot, 1));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Slot> + '_ {
+        self.runs
+            .iter()
+            .flat_map(|(first, len)| (0..*len).map(move |i| first + i))
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.runs.capacity() * std::mem::size_of::<(Slot, u32)>()
+    }
 }
 
 /// What a query asks for, already tokenized.
@@ -216,6 +248,30 @@ impl FileIndex {
     /// True when nothing is indexed.
     pub fn is_empty(&self) -> bool {
         self.live == 0
+    }
+
+    /// Bytes held, by part: (records, names, postings, content table,
+    /// owners), counting what is in use, not spare capacity.
+    pub fn memory(&self) -> [usize; 5] {
+        let postings = self
+            .by_keyword
+            .values()
+            .map(|p| {
+                std::mem::size_of::<(u64, Posting)>() + if p.spilled() { p.len() * 4 } else { 0 }
+            })
+            .sum();
+        let owners = self
+            .owners
+            .values()
+            .map(|o| std::mem::size_of::<(ConnId, Owner)>() + o.slots.heap_bytes())
+            .sum();
+        [
+            self.records.len() * std::mem::size_of::<Record>(),
+            self.names.len(),
+            postings,
+            self.by_content.capacity() * 4,
+            owners,
+        ]
     }
 
     /// Number of files `owner` has published.
@@ -358,7 +414,7 @@ impl FileIndex {
         let Some(entry) = self.owners.remove(&owner) else {
             return;
         };
-        for slot in entry.slots {
+        for slot in entry.slots.iter() {
             if self.records.get(slot as usize).map(|r| r.owner) == Some(entry.number) {
                 self.kill(slot);
             }
@@ -457,11 +513,11 @@ impl FileIndex {
             !posting.is_empty()
         });
         for owner in self.owners.values_mut() {
-            owner.slots.retain_mut(|slot| {
-                *slot = map(*slot);
-                *slot != NONE
-            });
-            owner.slots.shrink_to_fit();
+            let mut kept = SlotRuns::default();
+            for slot in owner.slots.iter().map(map).filter(|slot| *slot != NONE) {
+                kept.push(slot);
+            }
+            owner.slots = kept;
         }
         self.records = records;
         self.names = names;
@@ -732,6 +788,16 @@ mod tests {
             }
         }
         assert_eq!(gallop(&[], 0, 5), 0);
+    }
+
+    #[test]
+    fn slot_runs_merge_consecutive_slots() {
+        let mut runs = SlotRuns::default();
+        for slot in [3, 4, 5, 9, 10, 20] {
+            runs.push(slot);
+        }
+        assert_eq!(runs.runs, vec![(3, 3), (9, 2), (20, 1)]);
+        assert_eq!(runs.iter().collect::<Vec<_>>(), vec![3, 4, 5, 9, 10, 20]);
     }
 
     #[test]

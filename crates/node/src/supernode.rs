@@ -13,7 +13,7 @@ use canopy_core::backoff::Backoff;
 use canopy_core::supernode::{Action, Direction, Supernode, SupernodeConfig, SupernodeStats};
 use canopy_proto::NodeId;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -181,8 +181,8 @@ enum Event {
         direction: Direction,
         remote: SocketAddr,
         outgoing: Outgoing,
-        /// Fired when the connection is gone (for the dialer's redial).
-        on_close: Option<oneshot::Sender<()>>,
+        /// What letting go of the connection releases.
+        on_close: Release,
     },
     Conn(ConnId, ConnEvent),
     /// A reachability probe of a leaf finished.
@@ -198,7 +198,16 @@ fn conn_event(conn: ConnId, event: ConnEvent) -> Event {
 
 struct Registered {
     outgoing: Outgoing,
-    on_close: Option<oneshot::Sender<()>>,
+    on_close: Option<Release>,
+}
+
+/// What the node task releases when it lets go of a connection.
+enum Release {
+    /// Tells the connection's dialer, which redials.
+    Dialer(oneshot::Sender<()>),
+    /// Frees the connection's slot among inbound connections (dropping it
+    /// is the release).
+    Slot { _permit: OwnedSemaphorePermit },
 }
 
 /// Binds `options.listen` and starts the supernode.
@@ -370,7 +379,13 @@ impl NodeTask {
                 outgoing,
                 on_close,
             } => {
-                self.conns.insert(conn, Registered { outgoing, on_close });
+                self.conns.insert(
+                    conn,
+                    Registered {
+                        outgoing,
+                        on_close: Some(on_close),
+                    },
+                );
                 self.core.handle_connected(conn, direction, remote, now);
             }
             Event::Conn(conn, ConnEvent::Messages(batch)) => {
@@ -525,8 +540,8 @@ impl NodeTask {
 
 fn forget(conns: &mut HashMap<ConnId, Registered>, conn: ConnId) {
     if let Some(mut registered) = conns.remove(&conn) {
-        if let Some(on_close) = registered.on_close.take() {
-            let _ = on_close.send(());
+        if let Some(Release::Dialer(dialer)) = registered.on_close.take() {
+            let _ = dialer.send(());
         }
     }
 }
@@ -541,22 +556,50 @@ struct Links {
 }
 
 impl Links {
-    /// Starts the connection's tasks; returns a receiver that completes
-    /// when the node task has let go of it.
+    /// Starts a dialed connection's tasks; returns a receiver that
+    /// completes when the node task has let go of it.
+    fn register_outbound(
+        &self,
+        stream: TcpStream,
+        remote: SocketAddr,
+    ) -> (ConnId, oneshot::Receiver<()>) {
+        let (on_close, closed) = oneshot::channel();
+        let conn = self.register(
+            stream,
+            remote,
+            Direction::Outbound,
+            Release::Dialer(on_close),
+        );
+        (conn, closed)
+    }
+
+    /// Starts an accepted connection, holding `slot` until the node task
+    /// lets go of it.
+    fn register_inbound(&self, stream: TcpStream, remote: SocketAddr, slot: OwnedSemaphorePermit) {
+        self.register(
+            stream,
+            remote,
+            Direction::Inbound,
+            Release::Slot { _permit: slot },
+        );
+    }
+
+    /// Starts the connection's reader and writer; the node task hears of
+    /// it first thing.
     fn register(
         &self,
         stream: TcpStream,
         remote: SocketAddr,
         direction: Direction,
-    ) -> (ConnId, oneshot::Receiver<()>) {
+        on_close: Release,
+    ) -> ConnId {
         let conn = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
-        let (on_close, closed) = oneshot::channel();
         let announce = move |outgoing| Event::Connected {
             conn,
             direction,
             remote,
             outgoing,
-            on_close: Some(on_close),
+            on_close,
         };
         connection::spawn(
             conn,
@@ -566,7 +609,7 @@ impl Links {
             conn_event,
             &self.link,
         );
-        (conn, closed)
+        conn
     }
 }
 
@@ -595,12 +638,7 @@ async fn accept_loop(listener: TcpListener, slots: Arc<Semaphore>, links: Links)
                 continue;
             }
         };
-        let (_, closed) = links.register(stream, remote, Direction::Inbound);
-        // Hold the slot until the node task lets go of the connection.
-        links.link.tracker.spawn(async move {
-            let _ = closed.await;
-            drop(permit);
-        });
+        links.register_inbound(stream, remote, permit);
     }
 }
 
@@ -615,7 +653,7 @@ async fn dial_loop(peer: SocketAddr, redial_initial: Duration, links: Links) {
         match attempt {
             Ok(Ok(stream)) => {
                 let started = tokio::time::Instant::now();
-                let (conn, closed) = links.register(stream, peer, Direction::Outbound);
+                let (conn, closed) = links.register_outbound(stream, peer);
                 tracing::debug!(%peer, ?conn, "connected to peer supernode");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -693,7 +731,7 @@ impl Discovery {
                         tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await
                     {
                         tracing::debug!(%addr, "dialing a supernode from the host cache");
-                        let (_, closed) = links.register(stream, addr, Direction::Outbound);
+                        let (_, closed) = links.register_outbound(stream, addr);
                         let _ = closed.await;
                     }
                     if let Ok(mut d) = dialing.lock() {
