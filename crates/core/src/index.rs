@@ -7,7 +7,8 @@
 //!
 //! - by keyword: a keyed 64-bit hash of every word of the name (see
 //!   [`crate::tokenize`]) maps to the ascending list of slots whose names
-//!   have that word. Two words would have to collide in a hash keyed with
+//!   have that word ([`crate::posting`]: packed, about a byte a slot for
+//!   common words). Two words would have to collide in a hash keyed with
 //!   this process's random key for a query to see a wrong match;
 //! - by content id: a hash table of the newest slot for each content id,
 //!   the others chained through the records;
@@ -28,12 +29,10 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 
 use canopy_proto::{ContentId, SharedFile};
 use hashbrown::HashTable;
-use smallvec::SmallVec;
 
 use crate::ConnId;
+use crate::posting::{Cursor, Posting, Slot};
 use crate::tokenize::{tokenize, tokenize_all};
-
-type Slot = u32;
 
 /// The owner number of a removed record, and the end of a content chain.
 const NONE: u32 = u32::MAX;
@@ -60,31 +59,11 @@ impl Record {
     }
 }
 
-/// The first position at or after `from` in ascending `list` whose slot is
-/// not below `target`: doubling steps from `from`, then a binary search.
-fn gallop(list: &[Slot], from: usize, target: Slot) -> usize {
-    let mut step = 1;
-    let mut low = from;
-    while let Some(slot) = list.get(low + step - 1) {
-        if *slot >= target {
-            break;
-        }
-        low += step;
-        step *= 2;
-    }
-    let high = (low + step).min(list.len());
-    let window = list.get(low..high).unwrap_or_default();
-    low + window.partition_point(|slot| *slot < target)
-}
-
 fn same_content(records: &[Record], slot: Slot, id: &ContentId) -> bool {
     records
         .get(slot as usize)
         .is_some_and(|record| record.content_id == *id)
 }
-
-/// Slots whose names contain one word, ascending; four fit inline.
-type Posting = SmallVec<[Slot; 4]>;
 
 /// The keys of the keyword table are already keyed hashes: use them as is.
 #[derive(Debug, Default)]
@@ -131,6 +110,11 @@ impl SlotRuns {
             }
         }
         self.runs.push((slot, 1));
+    }
+
+    /// The lowest slot held.
+    fn first(&self) -> Option<Slot> {
+        self.runs.first().map(|(first, _)| *first)
     }
 
     fn iter(&self) -> impl Iterator<Item = Slot> + '_ {
@@ -256,9 +240,7 @@ impl FileIndex {
         let postings = self
             .by_keyword
             .values()
-            .map(|p| {
-                std::mem::size_of::<(u64, Posting)>() + if p.spilled() { p.len() * 4 } else { 0 }
-            })
+            .map(|p| std::mem::size_of::<(u64, Posting)>() + p.heap_bytes())
             .sum();
         let owners = self
             .owners
@@ -386,7 +368,11 @@ impl FileIndex {
 
     /// Removes `owner`'s file with `content_id`, if it has one.
     pub fn remove(&mut self, owner: ConnId, content_id: &ContentId) {
-        let Some(number) = self.owners.get(&owner).map(|o| o.number) else {
+        let Some((number, lowest)) = self
+            .owners
+            .get(&owner)
+            .map(|o| (o.number, o.slots.first().unwrap_or(NONE)))
+        else {
             return;
         };
         let hash = self.hash_key.hash_one(content_id);
@@ -395,7 +381,10 @@ impl FileIndex {
             .find(hash, |s| same_content(&self.records, *s, content_id))
             .copied()
             .unwrap_or(NONE);
-        while let Some(record) = self.records.get(at as usize) {
+        // Chains run newest first, and nothing older than the owner's first
+        // file is the owner's: a leaf publishing a popular file looks at the
+        // copies published since it joined, not at every copy.
+        while let Some(record) = self.records.get(at as usize).filter(|_| at >= lowest) {
             if record.owner == number && record.content_id == *content_id {
                 self.kill(at);
                 if let Some(entry) = self.owners.get_mut(&owner) {
@@ -505,11 +494,7 @@ impl FileIndex {
             *head = map(*head);
         }
         self.by_keyword.retain(|_, posting| {
-            posting.retain(|slot| {
-                *slot = map(*slot);
-                *slot != NONE
-            });
-            posting.shrink_to_fit();
+            posting.remap(|slot| Some(map(slot)).filter(|new| *new != NONE));
             !posting.is_empty()
         });
         for owner in self.owners.values_mut() {
@@ -541,7 +526,7 @@ impl FileIndex {
             match &filter.content_id {
                 Some(id) => (Box::new(self.content_chain(id)), &postings),
                 None => match postings.split_first() {
-                    Some((shortest, rest)) => (Box::new(shortest.iter().copied()), rest),
+                    Some((shortest, rest)) => (shortest.iter(), rest),
                     None => return Vec::new(),
                 },
             };
@@ -550,17 +535,16 @@ impl FileIndex {
         // common words costs about the shorter list, not a binary search
         // per candidate); a content chain's candidates descend.
         let ascending = filter.content_id.is_none();
-        let mut cursors = vec![0usize; others.len()];
+        let mut cursors = vec![Cursor::default(); others.len()];
         let mut has_words = |slot: Slot| {
             others
                 .iter()
                 .zip(cursors.iter_mut())
                 .all(|(posting, cursor)| {
                     if ascending {
-                        *cursor = gallop(posting, *cursor, slot);
-                        posting.get(*cursor) == Some(&slot)
+                        posting.seek(cursor, slot)
                     } else {
-                        posting.binary_search(&slot).is_ok()
+                        posting.contains(slot)
                     }
                 })
         };
@@ -772,32 +756,6 @@ mod tests {
         index.insert(ConnId(1), file(1, &long, 1));
         let found = index.search(&Filter::new::<&str>(&[], Some(ContentId([1; 32]))), 1);
         assert_eq!(found[0].name.len(), 254);
-    }
-
-    #[test]
-    fn galloping_finds_the_first_slot_not_below_the_target() {
-        let list: Vec<Slot> = (0..100).map(|n| n * 3).collect();
-        for from in [0, 1, 7, 50, 99, 100] {
-            for target in [0, 1, 2, 3, 150, 151, 296, 297, 298, 1000] {
-                let expected = from
-                    + list
-                        .get(from..)
-                        .unwrap_or_default()
-                        .partition_point(|s| *s < target);
-                assert_eq!(gallop(&list, from, target), expected, "{from} {target}");
-            }
-        }
-        assert_eq!(gallop(&[], 0, 5), 0);
-    }
-
-    #[test]
-    fn slot_runs_merge_consecutive_slots() {
-        let mut runs = SlotRuns::default();
-        for slot in [3, 4, 5, 9, 10, 20] {
-            runs.push(slot);
-        }
-        assert_eq!(runs.runs, vec![(3, 3), (9, 2), (20, 1)]);
-        assert_eq!(runs.iter().collect::<Vec<_>>(), vec![3, 4, 5, 9, 10, 20]);
     }
 
     #[test]

@@ -3,16 +3,19 @@
 //! Every type here is a state machine in the style of quinn-proto: input
 //! arrives through `handle_*` methods together with the current [`Time`],
 //! and what the node should do comes out as actions the caller drains with
-//! `poll_action`. Nothing here opens a socket, reads a clock or draws a
-//! random number, so tests drive it deterministically and the simulator runs
-//! the very same code as the real nodes.
+//! `poll_action`. Nothing here opens a socket or reads a clock, and nothing
+//! it does depends on chance (hash tables fed by peers are seeded per
+//! process against flooding, but no result depends on their order), so
+//! tests drive it deterministically and the simulator runs the very same
+//! code as the real nodes.
 //!
 //! - [`supernode`]: the supernode: handshakes, the index, query flooding,
 //!   duplicate suppression, reverse-path routing of hits, keepalive.
 //! - [`leaf`]: a leaf's side of its connection to a supernode: handshake,
 //!   publishing its files, its searches.
 //! - [`search`]: gathers the hits of one search, grouped by content id.
-//! - [`index`], [`tokenize`], [`dedup`], [`routes`], [`backoff`]: the parts.
+//! - [`index`], [`posting`], [`tokenize`], [`dedup`], [`routes`],
+//!   [`backoff`]: the parts.
 
 pub mod backoff;
 pub mod dedup;
@@ -21,6 +24,7 @@ pub mod dynamic;
 pub mod handshake;
 pub mod index;
 pub mod leaf;
+pub mod posting;
 pub mod rate;
 pub mod routes;
 pub mod search;
