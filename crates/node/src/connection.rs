@@ -324,6 +324,8 @@ struct FrameWriter {
 /// Most frames and bytes taken from the queue for one batch.
 const MAX_BATCH_FRAMES: usize = 256;
 const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// A batch this small is let go of once written.
+const IDLE_BATCH_FRAMES: usize = 8;
 
 impl FrameWriter {
     fn new(socket: OwnedWriteHalf, traffic: Arc<Traffic>) -> Self {
@@ -383,8 +385,10 @@ impl FrameWriter {
                 self.frames.pop_front();
             }
         }
-        // Let go of a batch's worth of slots once idle.
-        if self.frames.capacity() > MAX_BATCH_FRAMES {
+        // A connection that sends little (most leaves) holds no batch
+        // between writes; a busy one keeps its room.
+        if self.frames.capacity() > MAX_BATCH_FRAMES || self.frames.capacity() <= IDLE_BATCH_FRAMES
+        {
             self.frames = VecDeque::new();
         }
         Ok(())

@@ -22,6 +22,9 @@ use bytes::Bytes;
 use canopy_proto::Message;
 use tokio::sync::Notify;
 
+/// An emptied lane this small is let go of.
+const IDLE_LANE_FRAMES: usize = 8;
+
 /// Bytes of encoded frames a connection may have queued.
 pub const SEND_QUEUE_BYTES: usize = 256 * 1024;
 
@@ -267,6 +270,11 @@ impl SendQueue {
                 state.last_progress = None;
                 *batch_bytes += frame.len();
                 batch.push_back(frame);
+            }
+            // Most leaves' lanes see a frame now and then: an emptied
+            // small lane lets go of its memory.
+            if lane.is_empty() && lane.capacity() <= IDLE_LANE_FRAMES {
+                *lane = VecDeque::new();
             }
         }
         if state.bytes > 0 {
