@@ -36,7 +36,11 @@
 //!   what the leaf waits for a first result when the probe finds nothing.
 //!
 //! The wait scales with the TTL used, since hits from further away take
-//! longer. A supernode with no more peers than the probe would take (a
+//! longer. It gives up once the steps are estimated to have reached 4,000
+//! supernodes: LimeWire's horizon of 110,000 hosts at about 30 leaves a
+//! supernode (gtk-gnutella's is 500,000 hosts); content that rare is not
+//! worth asking everyone for, so a query for it costs what reaching the
+//! horizon costs, not every neighbour's flood. A supernode with no more peers than the probe would take (a
 //! small or young overlay) floods at the TTL cap instead: each peer can be
 //! asked only once, so probing at TTL 1 would leave nothing to widen with.
 
@@ -60,6 +64,9 @@ pub struct DynamicConfig {
     pub hop_wait: Duration,
     /// Give up after this long.
     pub deadline: Duration,
+    /// Give up once the steps so far are estimated to have reached this
+    /// many supernodes.
+    pub max_horizon: usize,
 }
 
 impl Default for DynamicConfig {
@@ -70,6 +77,7 @@ impl Default for DynamicConfig {
             probe_peers: 8,
             hop_wait: Duration::from_millis(1200),
             deadline: Duration::from_secs(60),
+            max_horizon: 4_000,
         }
     }
 }
@@ -163,7 +171,7 @@ impl DynamicQuery {
         config: &DynamicConfig,
         now: Time,
     ) -> Step {
-        if self.satisfied() || now >= self.deadline {
+        if self.satisfied() || now >= self.deadline || self.reached >= config.max_horizon as f64 {
             return Step::Done;
         }
         if now < self.next_step {
@@ -226,6 +234,7 @@ mod tests {
             probe_peers: 2,
             hop_wait: Duration::from_secs(1),
             deadline: Duration::from_secs(30),
+            max_horizon: 1_000,
         }
     }
 
@@ -297,6 +306,25 @@ mod tests {
             rich.step(&peers, 7, &config(), Time(1000)),
             Step::Send(vec![ConnId(3)], 1)
         );
+    }
+
+    #[test]
+    fn gives_up_at_the_horizon() {
+        let peers: Vec<ConnId> = (1..=50).map(ConnId).collect();
+        let config = DynamicConfig {
+            max_horizon: 100,
+            ..config()
+        };
+        let mut dq = DynamicQuery::new(query(), 0, &config, Time(0));
+        let mut now = 0;
+        let mut steps = 0;
+        while let Step::Send(..) | Step::Wait = dq.step(&peers, 4, &config, Time(now)) {
+            now += 1000;
+            steps += 1;
+            assert!(steps < 100, "never gave up");
+        }
+        assert!(dq.reached >= 100.0, "stopped at {}", dq.reached);
+        assert!(dq.asked.len() < peers.len(), "peers were left");
     }
 
     #[test]

@@ -713,6 +713,7 @@ fn dynamic_querying_probes_widens_and_stops_at_its_target() {
             probe_peers: 2,
             hop_wait: Duration::from_secs(1),
             deadline: Duration::from_secs(60),
+            max_horizon: 4_000,
         });
     });
     let found = dynamic_search(&mut net, searcher);
@@ -734,6 +735,7 @@ fn a_leaf_that_has_enough_stops_its_dynamic_query() {
             probe_peers: 2,
             hop_wait: Duration::from_secs(1),
             deadline: Duration::from_secs(60),
+            max_horizon: 4_000,
         });
     });
     let id = MessageId([78; 16]);

@@ -189,6 +189,7 @@ async fn dynamic_querying_stops_at_its_target_on_real_sockets() {
         probe_peers: 2,
         hop_wait: Duration::from_millis(300),
         deadline: Duration::from_secs(30),
+        max_horizon: 4_000,
     });
     let hub = supernode::start(options).await.unwrap();
     let mut spokes = Vec::new();
