@@ -31,6 +31,7 @@ use canopy_proto::{ContentId, SharedFile};
 use hashbrown::HashTable;
 
 use crate::ConnId;
+use crate::arena::{ChunkedVec, TextArena};
 use crate::posting::{Cursor, Posting, Slot};
 use crate::tokenize::{tokenize, tokenize_all};
 
@@ -59,7 +60,7 @@ impl Record {
     }
 }
 
-fn same_content(records: &[Record], slot: Slot, id: &ContentId) -> bool {
+fn same_content(records: &ChunkedVec<Record>, slot: Slot, id: &ContentId) -> bool {
     records
         .get(slot as usize)
         .is_some_and(|record| record.content_id == *id)
@@ -189,8 +190,8 @@ impl Match<'_> {
 /// Files of many leaves, searchable by keyword and content id.
 #[derive(Debug)]
 pub struct FileIndex {
-    records: Vec<Record>,
-    names: String,
+    records: ChunkedVec<Record>,
+    names: TextArena,
     live: usize,
     by_keyword: HashMap<u64, Posting, BuildHasherDefault<PassThrough>>,
     by_content: HashTable<Slot>,
@@ -212,8 +213,8 @@ impl FileIndex {
     /// An empty index.
     pub fn new() -> Self {
         Self {
-            records: Vec::new(),
-            names: String::new(),
+            records: ChunkedVec::default(),
+            names: TextArena::default(),
             live: 0,
             by_keyword: HashMap::default(),
             by_content: HashTable::new(),
@@ -249,7 +250,7 @@ impl FileIndex {
             .sum();
         [
             self.records.len() * std::mem::size_of::<Record>(),
-            self.names.len(),
+            self.names.bytes(),
             postings,
             self.by_content.capacity() * 4,
             owners,
@@ -262,9 +263,8 @@ impl FileIndex {
     }
 
     fn name_of(&self, record: &Record) -> &str {
-        let start = record.name_at as usize;
         self.names
-            .get(start..start + usize::from(record.name_len))
+            .get(record.name_at, usize::from(record.name_len))
             .unwrap_or_default()
     }
 
@@ -278,8 +278,7 @@ impl FileIndex {
     pub fn insert(&mut self, owner: ConnId, file: SharedFile) -> bool {
         self.remove(owner, &file.content_id);
         let full = |index: &Self| {
-            index.records.len() >= (NONE - 1) as usize
-                || index.names.len() + file.name.len() > NONE as usize
+            index.records.len() >= (NONE - 1) as usize || !index.names.has_room(file.name.len())
         };
         if full(self) {
             self.sweep();
@@ -287,10 +286,7 @@ impl FileIndex {
                 return false;
             }
         }
-        let (Ok(slot), Ok(name_at)) = (
-            Slot::try_from(self.records.len()),
-            u32::try_from(self.names.len()),
-        ) else {
+        let Ok(slot) = Slot::try_from(self.records.len()) else {
             return false;
         };
         // Names are validated at the wire (255 bytes at most); cut anything
@@ -303,6 +299,9 @@ impl FileIndex {
             }
             name = &name[..end];
         }
+        let Some(name_at) = self.names.push(name) else {
+            return false;
+        };
         let number = self.owner_number(owner);
         let hash = self.hash_key.hash_one(file.content_id);
         let next_same = match self
@@ -321,7 +320,6 @@ impl FileIndex {
                 NONE
             }
         };
-        self.names.push_str(name);
         self.records.push(Record {
             content_id: file.content_id,
             size: file.size,
@@ -468,27 +466,31 @@ impl FileIndex {
     /// rewrites every table, dropping what the dead ones left behind.
     fn sweep(&mut self) {
         let mut renumbered: Vec<Slot> = vec![NONE; self.records.len()];
-        let mut records = Vec::with_capacity(self.live);
-        let mut names = String::with_capacity(self.names.len() / 2);
+        let mut records = ChunkedVec::default();
+        let mut names = TextArena::default();
         for (old, record) in self.records.iter().enumerate() {
             if !record.is_live() {
                 continue;
             }
-            let (Ok(new), Ok(name_at)) =
-                (Slot::try_from(records.len()), u32::try_from(names.len()))
-            else {
+            let (Ok(new), Some(name_at)) = (
+                Slot::try_from(records.len()),
+                names.push(self.name_of(record)),
+            ) else {
                 break;
             };
-            renumbered[old] = new;
-            names.push_str(self.name_of(record));
+            if let Some(entry) = renumbered.get_mut(old) {
+                *entry = new;
+            }
             records.push(Record {
                 name_at,
                 ..record.clone()
             });
         }
         let map = |slot: Slot| renumbered.get(slot as usize).copied().unwrap_or(NONE);
-        for record in &mut records {
-            record.next_same = map(record.next_same);
+        for slot in 0..records.len() {
+            if let Some(record) = records.get_mut(slot) {
+                record.next_same = map(record.next_same);
+            }
         }
         for head in self.by_content.iter_mut() {
             *head = map(*head);

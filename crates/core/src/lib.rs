@@ -14,9 +14,10 @@
 //! - [`leaf`]: a leaf's side of its connection to a supernode: handshake,
 //!   publishing its files, its searches.
 //! - [`search`]: gathers the hits of one search, grouped by content id.
-//! - [`index`], [`posting`], [`tokenize`], [`dedup`], [`routes`],
+//! - [`index`], [`posting`], [`arena`], [`tokenize`], [`dedup`], [`routes`],
 //!   [`backoff`]: the parts.
 
+pub mod arena;
 pub mod backoff;
 pub mod dedup;
 pub mod download;
