@@ -704,18 +704,21 @@ fn dynamic_search(net: &mut Net, searcher: usize) -> usize {
         .count()
 }
 
+/// Dynamic querying to 25 results, probing two peers, a second a hop.
+fn dynamic_target_25(c: &mut SupernodeConfig) {
+    c.dynamic = Some(canopy_core::dynamic::DynamicConfig {
+        keyword_target: 25,
+        content_target: 10,
+        probe_peers: 2,
+        hop_wait: Duration::from_secs(1),
+        deadline: Duration::from_secs(60),
+        max_horizon: 4_000,
+    });
+}
+
 #[test]
 fn dynamic_querying_probes_widens_and_stops_at_its_target() {
-    let (mut net, searcher) = star(|c| {
-        c.dynamic = Some(canopy_core::dynamic::DynamicConfig {
-            keyword_target: 25,
-            content_target: 10,
-            probe_peers: 2,
-            hop_wait: Duration::from_secs(1),
-            deadline: Duration::from_secs(60),
-            max_horizon: 4_000,
-        });
-    });
+    let (mut net, searcher) = star(dynamic_target_25);
     let found = dynamic_search(&mut net, searcher);
     // Probe: two spokes (20 results); then one more (30 >= 25): stop.
     assert_eq!(found, 30);
@@ -728,16 +731,7 @@ fn dynamic_querying_probes_widens_and_stops_at_its_target() {
 
 #[test]
 fn a_leaf_that_has_enough_stops_its_dynamic_query() {
-    let (mut net, searcher) = star(|c| {
-        c.dynamic = Some(canopy_core::dynamic::DynamicConfig {
-            keyword_target: 25,
-            content_target: 10,
-            probe_peers: 2,
-            hop_wait: Duration::from_secs(1),
-            deadline: Duration::from_secs(60),
-            max_horizon: 4_000,
-        });
-    });
+    let (mut net, searcher) = star(dynamic_target_25);
     let id = MessageId([78; 16]);
     net.leaves[searcher]
         .start_search(id, &request(&["song"], 4), net.now)

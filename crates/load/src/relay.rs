@@ -486,30 +486,25 @@ async fn sink(
             }
         });
     }
-    let mut buffer = vec![0u8; 256 * 1024];
+    let mut buffer = leftover.to_vec();
+    buffer.resize(buffer.len().max(256 * 1024), 0);
     let mut counter = FrameCounter::default();
     let mut arrived: Vec<u64> = Vec::new();
-    absorb(
-        &leftover,
-        &mut counter,
-        &mut arrived,
-        decode,
-        prefix,
-        &shared,
-    )?;
+    // What the handshake read past its reply comes first.
+    let mut n = leftover.len();
     loop {
-        let n = read.read(&mut buffer).await?;
-        if n == 0 {
-            return Ok(());
-        }
         absorb(
-            &buffer[..n],
+            buffer.get(..n).unwrap_or_default(),
             &mut counter,
             &mut arrived,
             decode,
             prefix,
             &shared,
         )?;
+        n = read.read(&mut buffer).await?;
+        if n == 0 {
+            return Ok(());
+        }
     }
 }
 
