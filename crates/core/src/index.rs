@@ -123,10 +123,6 @@ impl SlotRuns {
             .iter()
             .flat_map(|(first, len)| (0..*len).map(move |i| first + i))
     }
-
-    fn heap_bytes(&self) -> usize {
-        self.runs.capacity() * std::mem::size_of::<(Slot, u32)>()
-    }
 }
 
 /// What a query asks for, already tokenized.
@@ -233,28 +229,6 @@ impl FileIndex {
     /// True when nothing is indexed.
     pub fn is_empty(&self) -> bool {
         self.live == 0
-    }
-
-    /// Bytes held, by part: (records, names, postings, content table,
-    /// owners), counting what is in use, not spare capacity.
-    pub fn memory(&self) -> [usize; 5] {
-        let postings = self
-            .by_keyword
-            .values()
-            .map(|p| std::mem::size_of::<(u64, Posting)>() + p.heap_bytes())
-            .sum();
-        let owners = self
-            .owners
-            .values()
-            .map(|o| std::mem::size_of::<(ConnId, Owner)>() + o.slots.heap_bytes())
-            .sum();
-        [
-            self.records.len() * std::mem::size_of::<Record>(),
-            self.names.bytes(),
-            postings,
-            self.by_content.capacity() * 4,
-            owners,
-        ]
     }
 
     /// Number of files `owner` has published.
