@@ -6,8 +6,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-
 use crate::fleet::{self, FleetOptions};
 use crate::search;
 use crate::stats::{self, round3};
@@ -82,13 +80,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut indexed = None;
     if let Some(m) = args.metrics {
         let want = files_before + (args.count * args.files) as f64;
-        stats::wait_until(Duration::from_secs(600), || async move {
-            stats::metric(m, "canopy_index_files")
-                .await
-                .is_ok_and(|n| n >= want)
-        })
-        .await
-        .context("waiting for the supernode to index every file")?;
+        stats::wait_for_index(m, want, Duration::from_secs(600)).await?;
         indexed = Some(started.elapsed());
     }
     let rss_after = args.pid.map(stats::rss_kib).transpose()?;

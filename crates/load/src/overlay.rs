@@ -8,7 +8,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use canopy_proto::Message;
 
 use crate::fleet::{self, FleetOptions, Leaf};
@@ -80,15 +79,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await?;
     for m in &args.metrics {
-        let m = *m;
         let want = (args.leaves_per_node * args.files) as f64;
-        stats::wait_until(Duration::from_secs(120), || async move {
-            stats::metric(m, "canopy_index_files")
-                .await
-                .is_ok_and(|n| n >= want)
-        })
-        .await
-        .with_context(|| format!("waiting for {m}'s index"))?;
+        stats::wait_for_index(*m, want, Duration::from_secs(120)).await?;
     }
 
     let background = tokio::spawn(background(

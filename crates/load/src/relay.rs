@@ -169,13 +169,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
         if let Some(m) = args.metrics {
             let want = files_before + (args.leaves * args.files) as f64;
-            stats::wait_until(Duration::from_secs(300), || async move {
-                stats::metric(m, "canopy_index_files")
-                    .await
-                    .is_ok_and(|n| n >= want)
-            })
-            .await
-            .context("waiting for the index")?;
+            stats::wait_for_index(m, want, Duration::from_secs(300)).await?;
         }
     }
 

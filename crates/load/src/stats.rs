@@ -134,6 +134,22 @@ where
     }
 }
 
+/// Waits until the supernode whose metrics are at `addr` has indexed at
+/// least `files` files.
+pub async fn wait_for_index(
+    addr: std::net::SocketAddr,
+    files: f64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    wait_until(timeout, || async move {
+        metric(addr, "canopy_index_files")
+            .await
+            .is_ok_and(|n| n >= files)
+    })
+    .await
+    .with_context(|| format!("waiting for the supernode at {addr} to index {files} files"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
