@@ -14,9 +14,11 @@
 //! - [`leaf`]: a leaf's side of its connection to a supernode: handshake,
 //!   publishing its files, its searches.
 //! - [`search`]: gathers the hits of one search, grouped by content id.
+//! - [`addr_limits`]: what one address and one network prefix may hold.
 //! - [`index`], [`posting`], [`arena`], [`tokenize`], [`dedup`], [`routes`],
 //!   [`backoff`]: the parts.
 
+pub mod addr_limits;
 pub mod arena;
 pub mod backoff;
 pub mod dedup;
