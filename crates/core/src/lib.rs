@@ -15,7 +15,7 @@
 //!   publishing its files, its searches.
 //! - [`search`]: gathers the hits of one search, grouped by content id.
 //! - [`index`], [`posting`], [`arena`], [`tokenize`], [`dedup`], [`routes`],
-//!   [`backoff`]: the parts.
+//!   [`hit_check`], [`rate`], [`backoff`]: the parts.
 
 pub mod arena;
 pub mod backoff;
@@ -23,6 +23,7 @@ pub mod dedup;
 pub mod download;
 pub mod dynamic;
 pub mod handshake;
+pub mod hit_check;
 pub mod index;
 pub mod leaf;
 pub mod posting;
