@@ -99,6 +99,12 @@ pub struct DynamicQuery {
     sources: BTreeSet<NodeId>,
     /// What each peer's hits counted.
     by_peer: BTreeMap<ConnId, usize>,
+    /// Results from our own index.
+    local: usize,
+    /// Files routed to the leaf, counted or not.
+    routed: usize,
+    /// What the leaf reported beyond `local + routed` (found elsewhere).
+    reported_extra: usize,
     asked: BTreeSet<ConnId>,
     /// Supernodes the steps so far are estimated to have reached.
     reached: f64,
@@ -139,6 +145,9 @@ impl DynamicQuery {
             target,
             sources: BTreeSet::new(),
             by_peer: BTreeMap::new(),
+            local,
+            routed: 0,
+            reported_extra: 0,
             asked: BTreeSet::new(),
             reached: 1.0,
             steps: 0,
@@ -164,6 +173,7 @@ impl DynamicQuery {
         files: usize,
         peer_cap: usize,
     ) -> bool {
+        self.routed = self.routed.saturating_add(files);
         let counted = self.by_peer.get(&peer).copied().unwrap_or(0);
         let room = peer_cap.saturating_sub(counted).min(files);
         if room == 0 || !self.sources.insert(source) {
@@ -172,6 +182,19 @@ impl DynamicQuery {
         self.by_peer.insert(peer, counted + room);
         self.results += room;
         true
+    }
+
+    /// The leaf says it has kept `kept` results. Only what it has beyond
+    /// what came through us (its own index's and the hits we routed,
+    /// counted or not) raises the count: it found those elsewhere. So
+    /// forged hits the leaf kept cannot end its query through its own
+    /// report; "enough" (`usize::MAX`) still does.
+    pub fn leaf_reports(&mut self, kept: usize) {
+        let extra = kept.saturating_sub(self.local.saturating_add(self.routed));
+        if extra > self.reported_extra {
+            self.results = self.results.saturating_add(extra - self.reported_extra);
+            self.reported_extra = extra;
+        }
     }
 
     /// Steps taken so far.
@@ -426,6 +449,21 @@ mod tests {
         assert!(dq.count_hit(ConnId(2), source(3), 3, cap));
         assert!(dq.count_hit(ConnId(2), source(4), 3, cap));
         assert_eq!(dq.results, 10, "3 + 2: the second peer's share is 5 too");
+        assert!(dq.satisfied());
+    }
+
+    #[test]
+    fn the_leaf_counts_only_what_it_found_elsewhere() {
+        let mut dq = DynamicQuery::new(query(), 2, &config(), Time(0));
+        assert!(dq.count_hit(ConnId(1), NodeId([1; 16]), 150, 5));
+        assert_eq!(dq.results, 7);
+        // The leaf kept all 152: nothing it did not get from us.
+        dq.leaf_reports(152);
+        assert_eq!(dq.results, 7);
+        // Two more from elsewhere count.
+        dq.leaf_reports(154);
+        assert_eq!(dq.results, 9);
+        dq.leaf_reports(usize::MAX);
         assert!(dq.satisfied());
     }
 }

@@ -543,12 +543,18 @@ impl Supernode {
             ) => {
                 // The leaf may have more than came through us (hits via its
                 // other supernode) or want no more; its count can only raise
-                // ours, since hits we routed may still be on their way to it.
-                // Statuses for queries it does not own are ignored.
+                // ours, since hits we routed may still be on their way to it,
+                // and only by what it found elsewhere (see
+                // `DynamicQuery::leaf_reports`). Statuses for queries it does
+                // not own are ignored.
                 if let Some((origin, dq)) = self.dynamic.get_mut(&message_id) {
                     if *origin == conn {
-                        let reported = usize::try_from(results).unwrap_or(usize::MAX);
-                        dq.results = dq.results.max(reported);
+                        let reported = if results == u32::MAX {
+                            usize::MAX
+                        } else {
+                            usize::try_from(results).unwrap_or(usize::MAX)
+                        };
+                        dq.leaf_reports(reported);
                     }
                 }
             }

@@ -339,6 +339,15 @@ fn a_forged_hit_cannot_end_someone_elses_dynamic_query() {
     assert_eq!(to_leaf.len(), 13);
     assert!(to_leaf.iter().all(|h| h.message_id == id));
     assert_eq!(bench.node.stats().dynamic_hits_uncounted, 12);
+    // The leaf kept them all and says so: that cannot end it either, as
+    // they all came through us.
+    bench.from(
+        100,
+        Message::QueryStatus {
+            message_id: id,
+            results: 13 * 150,
+        },
+    );
     // Yet the query goes on: peer 1 counted for half the target only.
     let forwarded = bench.node.stats().queries_forwarded;
     bench.tick(Duration::from_secs(2));
