@@ -85,7 +85,10 @@ async fn publishing_past_the_budget_is_refused_and_a_small_leaf_is_still_found()
     publish(&mut greedy, bulk(0, 2 * BUDGET_FILES)).await;
     let (reason, detail) = bye(&mut greedy).await;
     assert_eq!(reason, ByeReason::LimitExceeded);
-    assert!(detail.contains(&format!("budget of {budget} bytes")), "{detail}");
+    assert!(
+        detail.contains(&format!("budget of {budget} bytes")),
+        "{detail}"
+    );
     node.wait_for(PATIENCE, |s| s.leaves == 0).await.unwrap();
     let stats = node.stats();
     assert_eq!((stats.index_files, stats.index_bytes), (0, 0));
@@ -105,8 +108,13 @@ async fn publishing_past_the_budget_is_refused_and_a_small_leaf_is_still_found()
     let honest = leaf(&node, Some(folder.path())).await;
     let (reason, detail) = bye(&mut filler).await;
     assert_eq!(reason, ByeReason::LimitExceeded);
-    assert!(detail.contains("largest publishers are refused first"), "{detail}");
-    node.wait_for(PATIENCE, |s| s.index_files == 1).await.unwrap();
+    assert!(
+        detail.contains("largest publishers are refused first"),
+        "{detail}"
+    );
+    node.wait_for(PATIENCE, |s| s.index_files == 1)
+        .await
+        .unwrap();
     let stats = node.stats();
     assert_eq!(stats.index_bytes, charge("honest song.txt", 3));
     assert_eq!(stats.publishers_refused, 2);

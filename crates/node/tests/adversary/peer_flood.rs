@@ -192,7 +192,11 @@ async fn a_peer_flooding_fresh_ids_is_throttled_and_others_still_route() {
 
     // The answer comes back to the honest peer all the same.
     answerer
-        .send(Message::QueryHit(hit(asked, 9, vec![file(1, "Blue Moon.ogg")])))
+        .send(Message::QueryHit(hit(
+            asked,
+            9,
+            vec![file(1, "Blue Moon.ogg")],
+        )))
         .await;
     let files = honest
         .next_where(
