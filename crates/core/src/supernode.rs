@@ -67,6 +67,10 @@ pub struct SupernodeConfig {
     /// finds its results long before; a query whose filter rejects
     /// everything stops here.
     pub scan_budget: usize,
+    /// Candidates a connection's queries may examine on average, per
+    /// query its rate allows: a leaf at 5 queries a second may have 2,500
+    /// candidates a second examined, in bursts of two full scan budgets.
+    pub scan_per_query: u32,
     /// Bytes the index may be charged (see [`FileIndex::bytes`]); over it,
     /// the largest publishers are refused first.
     pub index_budget_bytes: u64,
@@ -81,7 +85,11 @@ pub struct SupernodeConfig {
     /// Reverse-path routes remembered for the leaves' queries.
     pub route_capacity: usize,
     /// Reverse-path routes remembered for each supernode peer's queries:
-    /// its share, which its own queries alone rotate.
+    /// its share, which its own queries alone rotate. At the default
+    /// 10,000, a peer at its full query rate (2,000 a second) has its
+    /// routes kept 2.5 s at least (hits come back well within), and 32
+    /// peers' shares take about 40 MB at most (a route and its hit check
+    /// are 72 bytes, in two generations of hash tables).
     pub peer_route_capacity: usize,
     /// How long a route is kept.
     pub route_lifetime: Duration,
@@ -137,13 +145,14 @@ impl SupernodeConfig {
             peer_hits_per_second: 2_000,
             peer_hit_burst: 4_000,
             scan_budget: 50_000,
+            scan_per_query: 500,
             index_budget_bytes: DEFAULT_INDEX_BUDGET_BYTES,
             max_words_per_name: crate::index::DEFAULT_MAX_WORDS,
             step_id_key: *blake3::hash(&node_id.0).as_bytes(),
             max_results_per_query: 200,
             seen_capacity: 100_000,
             route_capacity: 100_000,
-            peer_route_capacity: 20_000,
+            peer_route_capacity: 10_000,
             route_lifetime: Duration::from_secs(5 * 60),
             handshake_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(30),
@@ -249,8 +258,11 @@ pub struct SupernodeStats {
     pub queries_rate_limited: u64,
     /// Supernode peers' queries dropped for going over the peer's rate.
     pub peer_queries_rate_limited: u64,
-    /// Queries whose index scan stopped at the scan budget.
+    /// Queries whose index scan stopped at the scan budget (or at what
+    /// was left of their connection's scan allowance).
     pub queries_scan_exhausted: u64,
+    /// Index candidates examined by queries, over all.
+    pub scan_candidates: u64,
     /// Hits dropped for going over the sending peer's hit rate.
     pub hits_rate_limited: u64,
     /// Hits dropped for an invalid source (unspecified address, port 0,
@@ -340,6 +352,8 @@ pub struct Supernode {
     /// Each supernode peer's query and hit buckets, made at its first
     /// query or hit.
     peer_limits: HashMap<ConnId, PeerLimits>,
+    /// Each querying connection's allowance of index candidates examined.
+    scan_allowances: HashMap<ConnId, TokenBucket>,
     push_routes: RouteTable<NodeId>,
     actions: VecDeque<Action>,
     stats: SupernodeStats,
@@ -365,6 +379,7 @@ impl Supernode {
             step_ids: RouteTable::new(MAX_DYNAMIC_QUERIES * 64, config.route_lifetime),
             hit_key: HitKey::new(),
             peer_limits: HashMap::new(),
+            scan_allowances: HashMap::new(),
             push_routes: RouteTable::new(config.route_capacity, config.route_lifetime),
             dynamic: BTreeMap::new(),
             config,
@@ -682,6 +697,7 @@ impl Supernode {
         self.dynamic.retain(|_, (origin, _)| *origin != conn);
         self.routes.remove_share(Share::Peer(conn));
         self.peer_limits.remove(&conn);
+        self.scan_allowances.remove(&conn);
         *self.counts.slot(&peer.state) -= 1;
         match peer.state {
             PeerState::Leaf { node_id, .. } => {
@@ -1016,7 +1032,7 @@ impl Supernode {
         self.routes
             .insert(share, query.message_id, from, check, now);
         let ttl = effective_ttl(&query, self.config.ttl_cap);
-        let local = self.answer_from_index(from, query.message_id, &filter);
+        let local = self.answer_from_index(from, from_leaf, query.message_id, &filter, now);
         if from_leaf && self.config.dynamic.is_some() && self.dynamic.len() < MAX_DYNAMIC_QUERIES {
             self.start_dynamic(from, query, local, now);
             return;
@@ -1086,17 +1102,45 @@ impl Supernode {
         }
     }
 
-    /// Returns how many files it answered with.
-    fn answer_from_index(&mut self, from: ConnId, message_id: MessageId, filter: &Filter) -> usize {
+    /// Returns how many files it answered with. The scan is held to the
+    /// per-query budget and to what is left of the connection's scan
+    /// allowance: its query rate times `scan_per_query` candidates a
+    /// second, in bursts of two full budgets. So however its queries are
+    /// built, a connection costs the index a bounded share of the node's
+    /// time.
+    fn answer_from_index(
+        &mut self,
+        from: ConnId,
+        from_leaf: bool,
+        message_id: MessageId,
+        filter: &Filter,
+        now: Time,
+    ) -> usize {
         if filter.is_empty() {
             return 0; // keywords of nothing but punctuation
         }
+        let config = &self.config;
+        let allowance = self.scan_allowances.entry(from).or_insert_with(|| {
+            let queries = if from_leaf {
+                config.leaf_queries_per_second
+            } else {
+                config.peer_queries_per_second
+            };
+            TokenBucket::new(
+                queries.saturating_mul(config.scan_per_query),
+                u32::try_from(config.scan_budget.saturating_mul(2)).unwrap_or(u32::MAX),
+                now,
+            )
+        });
+        let budget = usize::try_from(allowance.available(now))
+            .unwrap_or(usize::MAX)
+            .min(config.scan_budget);
         let mut by_owner: BTreeMap<ConnId, Vec<SharedFile>> = BTreeMap::new();
-        let found = self.index.search_within(
-            filter,
-            self.config.max_results_per_query,
-            self.config.scan_budget,
-        );
+        let found = self
+            .index
+            .search_within(filter, config.max_results_per_query, budget);
+        allowance.spend(found.examined as u64);
+        self.stats.scan_candidates += found.examined as u64;
         if found.exhausted {
             self.stats.queries_scan_exhausted += 1;
         }

@@ -415,6 +415,38 @@ fn a_query_that_matches_nothing_scans_a_bounded_part_of_the_index() {
     assert_eq!(bench.node.stats().queries_scan_exhausted, 1);
     let files: usize = bench.hits_to(1).iter().map(|h| h.files.len()).sum();
     assert_eq!(files, 200, "max_results_per_query");
+    assert_eq!(bench.node.stats().scan_candidates, 1_000 + 200);
+}
+
+#[test]
+fn a_connection_scans_within_its_allowance() {
+    // 1,000 candidates a query; a peer's allowance is its query rate (10)
+    // times 100 a second, in bursts of two budgets.
+    let mut bench = Bench::new(|c| {
+        c.scan_budget = 1_000;
+        c.scan_per_query = 100;
+        c.peer_queries_per_second = 10;
+        c.peer_query_burst = 100;
+    });
+    bench.peer(1);
+    let files: Vec<SharedFile> = (0..5_000).map(|n| file(n, "common", 1)).collect();
+    for (leaf, chunk) in (100..).zip(files.chunks(500)) {
+        bench.leaf(leaf, chunk.to_vec());
+    }
+    let mut never = query(message_id(0), &["common"], 1);
+    never.min_size = Some(u64::MAX);
+    for n in 1..=10 {
+        never.message_id = message_id(n);
+        bench.from(1, Message::Query(never.clone()));
+    }
+    let stats = bench.node.stats();
+    assert_eq!(stats.scan_candidates, 2_000, "the burst, then nothing");
+    assert_eq!(stats.queries_scan_exhausted, 10);
+    // A second later: 10 x 100 more.
+    bench.tick(Duration::from_secs(1));
+    never.message_id = message_id(11);
+    bench.from(1, Message::Query(never));
+    assert_eq!(bench.node.stats().scan_candidates, 3_000);
 }
 
 /// Bytes charged for a file named `name` with `words` words.

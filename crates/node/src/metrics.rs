@@ -212,6 +212,11 @@ pub fn supernode_metrics(node: &SupernodeHandle) -> Exporter {
                 s.queries_scan_exhausted,
             ),
             counter(
+                "canopy_scan_candidates",
+                "Index candidates examined by queries.",
+                s.scan_candidates,
+            ),
+            counter(
                 "canopy_hits_rate_limited",
                 "Hits dropped for going over the sending peer's hit rate.",
                 s.hits_rate_limited,
