@@ -345,7 +345,7 @@ impl FileIndex {
     /// the earlier entry (its name or size may have changed). Returns false
     /// if the index is full (four billion files, or four GiB of names).
     pub fn insert(&mut self, owner: ConnId, file: SharedFile) -> bool {
-        self.insert_within(owner, file, u64::MAX).is_ok()
+        self.insert_within(owner, &file, u64::MAX).is_ok()
     }
 
     /// [`FileIndex::insert`], unless the index would then be charged more
@@ -354,7 +354,7 @@ impl FileIndex {
     pub fn insert_within(
         &mut self,
         owner: ConnId,
-        file: SharedFile,
+        file: &SharedFile,
         budget: u64,
     ) -> Result<(), Refused> {
         self.remove(owner, &file.content_id);
@@ -926,18 +926,18 @@ mod tests {
         let mut index = FileIndex::new();
         let charge = FILE_BYTES + 5 + WORD_BYTES; // "alpha": one word
         assert_eq!(
-            index.insert_within(ConnId(1), file(1, "alpha", 1), charge),
+            index.insert_within(ConnId(1), &file(1, "alpha", 1), charge),
             Ok(())
         );
         assert_eq!(
-            index.insert_within(ConnId(2), file(2, "gamma", 1), charge),
+            index.insert_within(ConnId(2), &file(2, "gamma", 1), charge),
             Err(Refused::OverBudget {
                 needed: charge,
                 used: charge
             })
         );
         assert_eq!(
-            index.insert_within(ConnId(2), file(2, "gamma", 1), 2 * charge),
+            index.insert_within(ConnId(2), &file(2, "gamma", 1), 2 * charge),
             Ok(())
         );
         index.insert(ConnId(2), file(3, "delta", 1));

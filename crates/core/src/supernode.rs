@@ -8,6 +8,13 @@
 //! and pushes for firewalled leaves routed towards them the way their hits
 //! came.
 //!
+//! Supernode peers are strangers too: each has token buckets for its
+//! queries and hits and its own share of the route table; a hit goes on
+//! only with the files that match the query it answers (see
+//! [`crate::hit_check`]); a dynamic query counts one hit per source and a
+//! capped share per peer; every query's index scan has a budget, and the
+//! index a byte budget, kept by refusing the largest publishers first.
+//!
 //! Input comes through `handle_*` with the current [`Time`]; the driver
 //! drains [`Action`]s with [`Supernode::poll_action`]. The driver owns the
 //! sockets and assigns [`ConnId`]s; this type owns every decision.
@@ -941,7 +948,7 @@ impl Supernode {
     fn index_within_budget(&mut self, conn: ConnId, file: SharedFile) -> bool {
         let budget = self.config.index_budget_bytes;
         loop {
-            match self.index.insert_within(conn, file.clone(), budget) {
+            match self.index.insert_within(conn, &file, budget) {
                 Ok(()) => return true,
                 Err(Refused::Full) => {
                     self.close(
