@@ -236,6 +236,12 @@ async fn a_peer_flooding_fresh_ids_is_throttled_and_others_still_route() {
         .filter(|m| matches!(m, Message::Query(_)))
         .count() as u64;
     assert!(copies <= allowed, "the answerer got {copies} copies");
+    // Nor did the flood flush the duplicate table: the honest query coming
+    // back by another path is still caught.
+    answerer.send(Message::Query(query(asked, "blue", 3))).await;
+    node.wait_for(PATIENCE, |s| s.queries_duplicate == 1)
+        .await
+        .unwrap();
     drop(flooder);
 }
 
