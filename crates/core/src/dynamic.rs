@@ -44,10 +44,10 @@
 //! small or young overlay) floods at the TTL cap instead: each peer can be
 //! asked only once, so probing at TTL 1 would leave nothing to widen with.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use canopy_proto::Query;
+use canopy_proto::{NodeId, Query};
 
 use crate::{ConnId, Time};
 
@@ -67,6 +67,10 @@ pub struct DynamicConfig {
     /// Give up once the steps so far are estimated to have reached this
     /// many supernodes.
     pub max_horizon: usize,
+    /// What the hits from one supernode peer may count toward the target,
+    /// in percent of it: so hits from one peer (forged, or many files
+    /// from made-up sources) can never end a query alone.
+    pub peer_share_percent: usize,
 }
 
 impl Default for DynamicConfig {
@@ -78,6 +82,7 @@ impl Default for DynamicConfig {
             hop_wait: Duration::from_millis(1200),
             deadline: Duration::from_secs(60),
             max_horizon: 4_000,
+            peer_share_percent: 50,
         }
     }
 }
@@ -90,6 +95,16 @@ pub struct DynamicQuery {
     /// Results so far.
     pub results: usize,
     target: usize,
+    /// Sources whose hit counted (one hit each).
+    sources: BTreeSet<NodeId>,
+    /// What each peer's hits counted.
+    by_peer: BTreeMap<ConnId, usize>,
+    /// Results from our own index.
+    local: usize,
+    /// Files routed to the leaf, counted or not.
+    routed: usize,
+    /// What the leaf reported beyond `local + routed` (found elsewhere).
+    reported_extra: usize,
     asked: BTreeSet<ConnId>,
     /// Supernodes the steps so far are estimated to have reached.
     reached: f64,
@@ -128,12 +143,63 @@ impl DynamicQuery {
             query,
             results: local,
             target,
+            sources: BTreeSet::new(),
+            by_peer: BTreeMap::new(),
+            local,
+            routed: 0,
+            reported_extra: 0,
             asked: BTreeSet::new(),
             reached: 1.0,
             steps: 0,
             next_step: now,
             deadline: now + config.deadline,
         }
+    }
+
+    /// Most results one peer's hits may count for this query.
+    pub fn peer_cap(&self, config: &DynamicConfig) -> usize {
+        (self.target.saturating_mul(config.peer_share_percent) / 100).max(1)
+    }
+
+    /// Counts a hit with `files` matching files from `source`, routed
+    /// through `peer`: only the first hit of each source counts, and a
+    /// peer's hits count for at most `peer_cap` results. False if the hit
+    /// counted for nothing. (The sets stay small: each entry is a result
+    /// counted, and the query ends at its target.)
+    pub fn count_hit(
+        &mut self,
+        peer: ConnId,
+        source: NodeId,
+        files: usize,
+        peer_cap: usize,
+    ) -> bool {
+        self.routed = self.routed.saturating_add(files);
+        let counted = self.by_peer.get(&peer).copied().unwrap_or(0);
+        let room = peer_cap.saturating_sub(counted).min(files);
+        if room == 0 || !self.sources.insert(source) {
+            return false;
+        }
+        self.by_peer.insert(peer, counted + room);
+        self.results += room;
+        true
+    }
+
+    /// The leaf says it has kept `kept` results. Only what it has beyond
+    /// what came through us (its own index's and the hits we routed,
+    /// counted or not) raises the count: it found those elsewhere. So
+    /// forged hits the leaf kept cannot end its query through its own
+    /// report; "enough" (`usize::MAX`) still does.
+    pub fn leaf_reports(&mut self, kept: usize) {
+        let extra = kept.saturating_sub(self.local.saturating_add(self.routed));
+        if extra > self.reported_extra {
+            self.results = self.results.saturating_add(extra - self.reported_extra);
+            self.reported_extra = extra;
+        }
+    }
+
+    /// Steps taken so far.
+    pub fn steps_taken(&self) -> u32 {
+        self.steps
     }
 
     /// True once the results reach the target.
@@ -235,6 +301,7 @@ mod tests {
             hop_wait: Duration::from_secs(1),
             deadline: Duration::from_secs(30),
             max_horizon: 1_000,
+            peer_share_percent: 50,
         }
     }
 
@@ -360,6 +427,43 @@ mod tests {
             "nobody left"
         );
         dq.results += 1;
+        assert!(dq.satisfied());
+    }
+
+    #[test]
+    fn one_hit_per_source_and_a_share_per_peer_count() {
+        let mut dq = DynamicQuery::new(query(), 0, &config(), Time(0));
+        let cap = dq.peer_cap(&config());
+        assert_eq!(cap, 5, "half the keyword target of 10");
+        let source = |n: u8| NodeId([n; 16]);
+        // A forged hit of 150 files from one peer counts for its share.
+        assert!(dq.count_hit(ConnId(1), source(1), 150, cap));
+        assert_eq!(dq.results, 5);
+        assert!(!dq.satisfied());
+        // More from that peer, from any source, counts for nothing.
+        assert!(!dq.count_hit(ConnId(1), source(2), 150, cap));
+        assert_eq!(dq.results, 5);
+        // A second hit of a source that counted, through another peer,
+        // counts for nothing either.
+        assert!(!dq.count_hit(ConnId(2), source(1), 3, cap));
+        assert!(dq.count_hit(ConnId(2), source(3), 3, cap));
+        assert!(dq.count_hit(ConnId(2), source(4), 3, cap));
+        assert_eq!(dq.results, 10, "3 + 2: the second peer's share is 5 too");
+        assert!(dq.satisfied());
+    }
+
+    #[test]
+    fn the_leaf_counts_only_what_it_found_elsewhere() {
+        let mut dq = DynamicQuery::new(query(), 2, &config(), Time(0));
+        assert!(dq.count_hit(ConnId(1), NodeId([1; 16]), 150, 5));
+        assert_eq!(dq.results, 7);
+        // The leaf kept all 152: nothing it did not get from us.
+        dq.leaf_reports(152);
+        assert_eq!(dq.results, 7);
+        // Two more from elsewhere count.
+        dq.leaf_reports(154);
+        assert_eq!(dq.results, 9);
+        dq.leaf_reports(usize::MAX);
         assert!(dq.satisfied());
     }
 }

@@ -23,6 +23,16 @@
 //! every list, so removal costs amortised constant time and memory stays
 //! proportional to what is indexed. Results come back in slot order, the
 //! same for the same history: the simulator depends on that.
+//!
+//! Bounds against what peers send: a name is indexed by its first
+//! [`DEFAULT_MAX_WORDS`] words (configurable; a name with more is still
+//! stored whole, but its later words find nothing); every file is charged
+//! an estimate of the bytes it costs ([`FileIndex::bytes`]) to its owner,
+//! so the supernode can hold the index to a budget and refuse the largest
+//! publishers first; and a search examines at most a budget of candidate
+//! postings ([`FileIndex::search_within`]), so a query whose filter
+//! rejects everything (`min_size` = u64::MAX on a common word) costs a
+//! bounded walk, not a whole posting list.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
@@ -39,6 +49,15 @@ use crate::tokenize::{tokenize, tokenize_all};
 const NONE: u32 = u32::MAX;
 /// Dead records tolerated before a sweep, however small the index.
 const SWEEP_FLOOR: usize = 4096;
+/// Words of a name indexed, by default: names past it are indexed by their
+/// first words. Real names have a dozen at most.
+pub const DEFAULT_MAX_WORDS: usize = 32;
+/// Bytes charged per file for its record and its content-table entry.
+pub const FILE_BYTES: u64 = 56 + 8;
+/// Bytes charged per indexed word of a name: a posting entry and its share
+/// of the keyword table (a packed list entry is a byte, a plain one four; a
+/// new word's table entry is tens).
+pub const WORD_BYTES: u64 = 8;
 
 /// One indexed file: 56 bytes, its name in the arena.
 #[derive(Debug, Clone)]
@@ -52,12 +71,25 @@ struct Record {
     owner: u32,
     /// The next (older) record with the same content id, or [`NONE`].
     next_same: Slot,
+    /// Words of the name indexed (at most `u8::MAX`).
+    words: u8,
 }
 
 impl Record {
     fn is_live(&self) -> bool {
         self.owner != NONE
     }
+
+    /// Bytes charged for this record (see [`FileIndex::bytes`]).
+    fn charge(&self) -> u64 {
+        file_charge(usize::from(self.name_len), usize::from(self.words))
+    }
+}
+
+/// Bytes charged for a file with a name of `name_len` bytes and `words`
+/// indexed words.
+fn file_charge(name_len: usize, words: usize) -> u64 {
+    FILE_BYTES + name_len as u64 + words as u64 * WORD_BYTES
 }
 
 fn same_content(records: &ChunkedVec<Record>, slot: Slot, id: &ContentId) -> bool {
@@ -90,6 +122,8 @@ struct Owner {
     /// Its slots, ascending; dead ones linger until the sweep.
     slots: SlotRuns,
     live: usize,
+    /// Bytes charged for its live files.
+    bytes: u64,
 }
 
 /// Ascending slots as runs of consecutive ones: a leaf's files are
@@ -159,6 +193,32 @@ impl Filter {
     }
 }
 
+/// Why a file was not indexed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// It would take the index past `budget` bytes: `needed` are charged
+    /// for it, `used` are in use.
+    OverBudget {
+        /// Bytes the file is charged.
+        needed: u64,
+        /// Bytes charged to the files indexed.
+        used: u64,
+    },
+    /// Four billion files, or four GiB of names.
+    Full,
+}
+
+/// What a search found, and what it cost.
+#[derive(Debug)]
+pub struct Found<'a> {
+    /// The matches, at most the limit.
+    pub matches: Vec<Match<'a>>,
+    /// Candidate files examined (postings or content-chain entries read).
+    pub examined: usize,
+    /// True if the scan budget ran out before the candidates did.
+    pub exhausted: bool,
+}
+
 /// One match: whose file, and the file.
 #[derive(Debug, Clone, Copy)]
 pub struct Match<'a> {
@@ -197,6 +257,10 @@ pub struct FileIndex {
     free_numbers: Vec<u32>,
     /// The key of every hash taken of what peers sent.
     hash_key: RandomState,
+    /// Bytes charged to the live files.
+    bytes: u64,
+    /// Words of a name indexed.
+    max_words: usize,
 }
 
 impl Default for FileIndex {
@@ -218,7 +282,38 @@ impl FileIndex {
             owner_conns: Vec::new(),
             free_numbers: Vec::new(),
             hash_key: RandomState::new(),
+            bytes: 0,
+            max_words: DEFAULT_MAX_WORDS,
         }
+    }
+
+    /// Indexes names by their first `max_words` words (at least one, at
+    /// most 255) from now on.
+    pub fn set_max_words(&mut self, max_words: usize) {
+        self.max_words = max_words.clamp(1, usize::from(u8::MAX));
+    }
+
+    /// Bytes charged to the files indexed: an estimate of the memory they
+    /// take (per file its record and content-table entry, its name, and a
+    /// posting entry per indexed word), exact to the byte for the same
+    /// files however they came and went, so budgets and tests can rely
+    /// on it.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Bytes charged to `owner`'s files.
+    pub fn owner_bytes(&self, owner: ConnId) -> u64 {
+        self.owners.get(&owner).map_or(0, |o| o.bytes)
+    }
+
+    /// The owner charged the most bytes (the lowest connection id among
+    /// equals, so the choice does not depend on hashing).
+    pub fn largest_owner(&self) -> Option<(ConnId, u64)> {
+        self.owners
+            .iter()
+            .map(|(conn, owner)| (*conn, owner.bytes))
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
     }
 
     /// Number of files indexed, over all leaves.
@@ -250,19 +345,19 @@ impl FileIndex {
     /// the earlier entry (its name or size may have changed). Returns false
     /// if the index is full (four billion files, or four GiB of names).
     pub fn insert(&mut self, owner: ConnId, file: SharedFile) -> bool {
+        self.insert_within(owner, &file, u64::MAX).is_ok()
+    }
+
+    /// [`FileIndex::insert`], unless the index would then be charged more
+    /// than `budget` bytes (the file's earlier entry, if any, is removed
+    /// either way).
+    pub fn insert_within(
+        &mut self,
+        owner: ConnId,
+        file: &SharedFile,
+        budget: u64,
+    ) -> Result<(), Refused> {
         self.remove(owner, &file.content_id);
-        let full = |index: &Self| {
-            index.records.len() >= (NONE - 1) as usize || !index.names.has_room(file.name.len())
-        };
-        if full(self) {
-            self.sweep();
-            if full(self) {
-                return false;
-            }
-        }
-        let Ok(slot) = Slot::try_from(self.records.len()) else {
-            return false;
-        };
         // Names are validated at the wire (255 bytes at most); cut anything
         // longer at a character boundary rather than trust it.
         let mut name = file.name.as_str();
@@ -273,8 +368,29 @@ impl FileIndex {
             }
             name = &name[..end];
         }
+        let mut words = tokenize(name);
+        words.truncate(self.max_words);
+        let charge = file_charge(name.len(), words.len());
+        if self.bytes.saturating_add(charge) > budget {
+            return Err(Refused::OverBudget {
+                needed: charge,
+                used: self.bytes,
+            });
+        }
+        let full = |index: &Self| {
+            index.records.len() >= (NONE - 1) as usize || !index.names.has_room(name.len())
+        };
+        if full(self) {
+            self.sweep();
+            if full(self) {
+                return Err(Refused::Full);
+            }
+        }
+        let Ok(slot) = Slot::try_from(self.records.len()) else {
+            return Err(Refused::Full);
+        };
         let Some(name_at) = self.names.push(name) else {
-            return false;
+            return Err(Refused::Full);
         };
         let number = self.owner_number(owner);
         let hash = self.hash_key.hash_one(file.content_id);
@@ -301,17 +417,20 @@ impl FileIndex {
             name_len: u8::try_from(name.len()).unwrap_or(u8::MAX),
             owner: number,
             next_same,
+            words: u8::try_from(words.len()).unwrap_or(u8::MAX),
         });
-        for keyword in tokenize(name) {
+        for keyword in words {
             let hash = self.keyword_hash(&keyword);
             self.by_keyword.entry(hash).or_default().push(slot);
         }
         if let Some(entry) = self.owners.get_mut(&owner) {
             entry.slots.push(slot);
             entry.live += 1;
+            entry.bytes += charge;
         }
         self.live += 1;
-        true
+        self.bytes += charge;
+        Ok(())
     }
 
     fn owner_number(&mut self, owner: ConnId) -> u32 {
@@ -358,9 +477,11 @@ impl FileIndex {
         // copies published since it joined, not at every copy.
         while let Some(record) = self.records.get(at as usize).filter(|_| at >= lowest) {
             if record.owner == number && record.content_id == *content_id {
+                let charge = record.charge();
                 self.kill(at);
                 if let Some(entry) = self.owners.get_mut(&owner) {
                     entry.live -= 1;
+                    entry.bytes = entry.bytes.saturating_sub(charge);
                 }
                 break;
             }
@@ -425,6 +546,7 @@ impl FileIndex {
         if let Some(record) = self.records.get_mut(slot as usize) {
             record.owner = NONE;
             record.next_same = NONE;
+            self.bytes = self.bytes.saturating_sub(record.charge());
         }
         self.live -= 1;
     }
@@ -487,14 +609,25 @@ impl FileIndex {
     /// Up to `limit` files matching `filter`: every keyword a word of the
     /// name, the content id equal if given, the size within bounds.
     pub fn search(&self, filter: &Filter, limit: usize) -> Vec<Match<'_>> {
+        self.search_within(filter, limit, usize::MAX).matches
+    }
+
+    /// [`FileIndex::search`], examining at most `budget` candidate files
+    /// (entries of the shortest posting list, or of the content chain).
+    pub fn search_within(&self, filter: &Filter, limit: usize, budget: usize) -> Found<'_> {
+        let nothing = Found {
+            matches: Vec::new(),
+            examined: 0,
+            exhausted: false,
+        };
         if filter.is_empty() || limit == 0 {
-            return Vec::new();
+            return nothing;
         }
         let mut postings: Vec<&Posting> = Vec::with_capacity(filter.keywords.len());
         for keyword in &filter.keywords {
             match self.by_keyword.get(&self.keyword_hash(keyword)) {
                 Some(posting) => postings.push(posting),
-                None => return Vec::new(),
+                None => return nothing,
             }
         }
         postings.sort_by_key(|p| p.len());
@@ -503,9 +636,11 @@ impl FileIndex {
                 Some(id) => (Box::new(self.content_chain(id)), &postings),
                 None => match postings.split_first() {
                     Some((shortest, rest)) => (shortest.iter(), rest),
-                    None => return Vec::new(),
+                    None => return nothing,
                 },
             };
+        let mut examined = 0;
+        let candidates = candidates.take(budget).inspect(|_| examined += 1);
         // Candidates from a posting list ascend, so every other list is
         // walked forward once with a galloping cursor (a query of two
         // common words costs about the shorter list, not a binary search
@@ -524,7 +659,7 @@ impl FileIndex {
                     }
                 })
         };
-        candidates
+        let matches = candidates
             .filter(|slot| has_words(*slot))
             .filter_map(|slot| {
                 let record = self.records.get(slot as usize)?;
@@ -538,7 +673,12 @@ impl FileIndex {
             })
             .filter(|m| filter.content_id.is_none_or(|id| *m.content_id == id))
             .take(limit)
-            .collect()
+            .collect();
+        Found {
+            exhausted: examined >= budget,
+            matches,
+            examined,
+        }
     }
 
     /// The slots holding `id`, newest first.
@@ -741,5 +881,77 @@ mod tests {
             index.insert(ConnId(1), file(i, "common", 1));
         }
         assert_eq!(index.search(&Filter::new(&["common"], None), 7).len(), 7);
+    }
+
+    #[test]
+    fn a_search_examines_at_most_its_budget() {
+        let mut index = FileIndex::new();
+        for i in 0..10_000u32 {
+            let mut id = [0; 32];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            let file = SharedFile {
+                content_id: ContentId(id),
+                name: format!("common word {i}"),
+                size: 100,
+            };
+            index.insert(ConnId(1), file);
+        }
+        // Nothing can match: without a budget the whole list is walked.
+        let mut never = Filter::new(&["common"], None);
+        never.min_size = Some(u64::MAX);
+        let all = index.search_within(&never, 200, usize::MAX);
+        assert_eq!((all.matches.len(), all.examined), (0, 10_000));
+        assert!(!all.exhausted);
+        let bounded = index.search_within(&never, 200, 1_000);
+        assert_eq!((bounded.matches.len(), bounded.examined), (0, 1_000));
+        assert!(bounded.exhausted);
+        // An honest query stops at its limit long before the budget.
+        let honest = index.search_within(&Filter::new(&["common"], None), 200, 1_000);
+        assert_eq!((honest.matches.len(), honest.examined), (200, 200));
+        assert!(!honest.exhausted);
+    }
+
+    #[test]
+    fn names_are_indexed_by_their_first_words() {
+        let mut index = FileIndex::new();
+        index.set_max_words(3);
+        index.insert(ConnId(1), file(1, "one two three four five", 1));
+        assert_eq!(names(&index, &Filter::new(&["three"], None)).len(), 1);
+        assert!(names(&index, &Filter::new(&["four"], None)).is_empty());
+        assert_eq!(index.bytes(), FILE_BYTES + 23 + 3 * WORD_BYTES);
+    }
+
+    #[test]
+    fn bytes_are_charged_to_owners_and_refunded() {
+        let mut index = FileIndex::new();
+        let charge = FILE_BYTES + 5 + WORD_BYTES; // "alpha": one word
+        assert_eq!(
+            index.insert_within(ConnId(1), &file(1, "alpha", 1), charge),
+            Ok(())
+        );
+        assert_eq!(
+            index.insert_within(ConnId(2), &file(2, "gamma", 1), charge),
+            Err(Refused::OverBudget {
+                needed: charge,
+                used: charge
+            })
+        );
+        assert_eq!(
+            index.insert_within(ConnId(2), &file(2, "gamma", 1), 2 * charge),
+            Ok(())
+        );
+        index.insert(ConnId(2), file(3, "delta", 1));
+        assert_eq!(index.bytes(), 3 * charge);
+        assert_eq!(index.owner_bytes(ConnId(2)), 2 * charge);
+        assert_eq!(index.largest_owner(), Some((ConnId(2), 2 * charge)));
+        // Republishing replaces, never double-charges.
+        index.insert(ConnId(2), file(3, "delta", 1));
+        assert_eq!(index.bytes(), 3 * charge);
+        index.remove(ConnId(2), &ContentId([3; 32]));
+        assert_eq!(index.owner_bytes(ConnId(2)), charge);
+        index.remove_owner(ConnId(1));
+        assert_eq!(index.bytes(), charge);
+        index.sweep();
+        assert_eq!(index.bytes(), charge);
     }
 }

@@ -16,7 +16,7 @@
 //! - [`search`]: gathers the hits of one search, grouped by content id.
 //! - [`addr_limits`]: what one address and one network prefix may hold.
 //! - [`index`], [`posting`], [`arena`], [`tokenize`], [`dedup`], [`routes`],
-//!   [`backoff`]: the parts.
+//!   [`hit_check`], [`rate`], [`backoff`]: the parts.
 
 pub mod addr_limits;
 pub mod arena;
@@ -25,6 +25,7 @@ pub mod dedup;
 pub mod download;
 pub mod dynamic;
 pub mod handshake;
+pub mod hit_check;
 pub mod index;
 pub mod leaf;
 pub mod posting;

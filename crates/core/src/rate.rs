@@ -1,6 +1,8 @@
 //! A token bucket: at most `per_second` events a second on average, with
 //! bursts of up to `burst`. Time comes from the caller, as everywhere in
-//! the core.
+//! the core. Tokens can be taken one per event ([`TokenBucket::allow`]) or
+//! spent by the amount of work done ([`TokenBucket::available`], then
+//! [`TokenBucket::spend`]).
 
 use crate::Time;
 
@@ -21,13 +23,12 @@ impl TokenBucket {
         Self {
             burst,
             per_second: u64::from(per_second),
-            milli_tokens: burst * 1000,
+            milli_tokens: burst.saturating_mul(1000),
             last: now,
         }
     }
 
-    /// Takes a token if there is one.
-    pub fn allow(&mut self, now: Time) -> bool {
+    fn refill(&mut self, now: Time) {
         let elapsed = now.as_millis().saturating_sub(self.last.as_millis());
         self.last = now.max(self.last);
         // per_second tokens a second = per_second thousandths a millisecond.
@@ -35,7 +36,25 @@ impl TokenBucket {
         self.milli_tokens = self
             .milli_tokens
             .saturating_add(refill)
-            .min(self.burst * 1000);
+            .min(self.burst.saturating_mul(1000));
+    }
+
+    /// Whole tokens there are now.
+    pub fn available(&mut self, now: Time) -> u64 {
+        self.refill(now);
+        self.milli_tokens / 1000
+    }
+
+    /// Spends `tokens` (at most what there is).
+    pub fn spend(&mut self, tokens: u64) {
+        self.milli_tokens = self
+            .milli_tokens
+            .saturating_sub(tokens.saturating_mul(1000));
+    }
+
+    /// Takes a token if there is one.
+    pub fn allow(&mut self, now: Time) -> bool {
+        self.refill(now);
         if self.milli_tokens >= 1000 {
             self.milli_tokens -= 1000;
             true
@@ -65,5 +84,16 @@ mod tests {
         assert!(!bucket.allow(Time(600)));
         // A long pause refills only up to the burst.
         assert_eq!((0..10).filter(|_| bucket.allow(Time(60_000))).count(), 3);
+    }
+
+    #[test]
+    fn work_is_spent_by_the_amount() {
+        let mut bucket = TokenBucket::new(1_000, 5_000, Time(0));
+        assert_eq!(bucket.available(Time(0)), 5_000);
+        bucket.spend(4_500);
+        assert_eq!(bucket.available(Time(0)), 500);
+        bucket.spend(9_999);
+        assert_eq!(bucket.available(Time(0)), 0);
+        assert_eq!(bucket.available(Time(100)), 100, "1,000 a second");
     }
 }

@@ -8,6 +8,13 @@
 //! and pushes for firewalled leaves routed towards them the way their hits
 //! came.
 //!
+//! Supernode peers are strangers too: each has token buckets for its
+//! queries and hits and its own share of the route table; a hit goes on
+//! only with the files that match the query it answers (see
+//! [`crate::hit_check`]); a dynamic query counts one hit per source and a
+//! capped share per peer; every query's index scan has a budget, and the
+//! index a byte budget, kept by refusing the largest publishers first.
+//!
 //! Input comes through `handle_*` with the current [`Time`]; the driver
 //! drains [`Action`]s with [`Supernode::poll_action`]. The driver owns the
 //! sockets and assigns [`ConnId`]s; this type owns every decision.
@@ -25,9 +32,10 @@ use canopy_proto::{
 use crate::dedup::SeenMessages;
 use crate::dynamic::{DynamicConfig, DynamicQuery, Step};
 use crate::handshake::{Identity, Rejection, check_hello, reachable_addr};
-use crate::index::{FileIndex, Filter};
+use crate::hit_check::{HitCheck, HitKey};
+use crate::index::{FileIndex, Filter, Refused};
 use crate::rate::TokenBucket;
-use crate::routes::RouteTable;
+use crate::routes::{RouteTable, Share, SharedRoutes};
 use crate::{ConnId, Time};
 
 /// Tunables of a supernode. [`SupernodeConfig::new`] gives the defaults.
@@ -52,10 +60,44 @@ pub struct SupernodeConfig {
     pub leaf_query_burst: u32,
     /// Most files one query is answered with from this node's index.
     pub max_results_per_query: usize,
+    /// Queries a supernode peer may send a second on average...
+    pub peer_queries_per_second: u32,
+    /// ...and at once. Queries beyond are dropped and counted: with the
+    /// per-peer route share, what keeps one peer's fresh ids from flushing
+    /// the duplicate and route tables for everyone else.
+    pub peer_query_burst: u32,
+    /// Hits a supernode peer may send a second on average...
+    pub peer_hits_per_second: u32,
+    /// ...and at once. Hits beyond are dropped and counted.
+    pub peer_hit_burst: u32,
+    /// Candidate files one query may examine in the index: an honest query
+    /// finds its results long before; a query whose filter rejects
+    /// everything stops here.
+    pub scan_budget: usize,
+    /// Candidates a connection's queries may examine on average, per
+    /// query its rate allows: a leaf at 5 queries a second may have 2,500
+    /// candidates a second examined, in bursts of two full scan budgets.
+    pub scan_per_query: u32,
+    /// Bytes the index may be charged (see [`FileIndex::bytes`]); over it,
+    /// the largest publishers are refused first.
+    pub index_budget_bytes: u64,
+    /// Words of a file name indexed; a name with more is found by its
+    /// first words only.
+    pub max_words_per_name: usize,
+    /// The key widening steps' query ids are derived with (see
+    /// [`Supernode::step_id`]): the driver sets a random one.
+    pub step_id_key: [u8; 32],
     /// Message ids remembered for duplicate suppression.
     pub seen_capacity: usize,
-    /// Reverse-path routes remembered.
+    /// Reverse-path routes remembered for the leaves' queries.
     pub route_capacity: usize,
+    /// Reverse-path routes remembered for each supernode peer's queries:
+    /// its share, which its own queries alone rotate. At the default
+    /// 10,000, a peer at its full query rate (2,000 a second) has its
+    /// routes kept 2.5 s at least (hits come back well within), and 32
+    /// peers' shares take about 40 MB at most (a route and its hit check
+    /// are 72 bytes, in two generations of hash tables).
+    pub peer_route_capacity: usize,
     /// How long a route is kept.
     pub route_lifetime: Duration,
     /// A connection that has not completed its handshake by then is closed.
@@ -75,6 +117,19 @@ pub const MAX_DYNAMIC_QUERIES: usize = 1024;
 /// The default TTL cap, as in LimeWire and gtk-gnutella.
 pub const DEFAULT_TTL_CAP: u8 = 4;
 
+/// Queries a supernode peer may send a second by default: a busy
+/// neighbourhood's share (a thousand leaves at their own limit of five a
+/// second is 5,000, far above what they send in practice), and a flood
+/// of fresh ids from one peer fills a generation of the duplicate table
+/// no faster than every 25 seconds. The relay benchmark, which measures
+/// one peer at full speed, raises it.
+pub const DEFAULT_PEER_QUERIES_PER_SECOND: u32 = 2_000;
+
+/// The index's default budget: 1 GiB of charged bytes (about 600,000
+/// files of typical names; 1,000 leaves at their limit of 10,000 files
+/// would be over 10 GiB).
+pub const DEFAULT_INDEX_BUDGET_BYTES: u64 = 1 << 30;
+
 impl SupernodeConfig {
     /// Defaults for a supernode with `node_id` listening on `listen_addr`.
     pub fn new(node_id: NodeId, listen_addr: Option<SocketAddr>) -> Self {
@@ -92,9 +147,19 @@ impl SupernodeConfig {
             dynamic: Some(DynamicConfig::default()),
             leaf_queries_per_second: 5,
             leaf_query_burst: 20,
+            peer_queries_per_second: DEFAULT_PEER_QUERIES_PER_SECOND,
+            peer_query_burst: 2 * DEFAULT_PEER_QUERIES_PER_SECOND,
+            peer_hits_per_second: 2_000,
+            peer_hit_burst: 4_000,
+            scan_budget: 50_000,
+            scan_per_query: 500,
+            index_budget_bytes: DEFAULT_INDEX_BUDGET_BYTES,
+            max_words_per_name: crate::index::DEFAULT_MAX_WORDS,
+            step_id_key: *blake3::hash(&node_id.0).as_bytes(),
             max_results_per_query: 200,
             seen_capacity: 100_000,
             route_capacity: 100_000,
+            peer_route_capacity: 10_000,
             route_lifetime: Duration::from_secs(5 * 60),
             handshake_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(30),
@@ -198,6 +263,29 @@ pub struct SupernodeStats {
     pub peers_too_slow: u64,
     /// Leaf queries dropped for going over the leaf's query rate.
     pub queries_rate_limited: u64,
+    /// Supernode peers' queries dropped for going over the peer's rate.
+    pub peer_queries_rate_limited: u64,
+    /// Queries whose index scan stopped at the scan budget (or at what
+    /// was left of their connection's scan allowance).
+    pub queries_scan_exhausted: u64,
+    /// Index candidates examined by queries, over all.
+    pub scan_candidates: u64,
+    /// Hits dropped for going over the sending peer's hit rate.
+    pub hits_rate_limited: u64,
+    /// Hits dropped for an invalid source (unspecified address, port 0,
+    /// zero or our own node id).
+    pub hits_invalid: u64,
+    /// Files dropped from hits for not matching the query they answer.
+    pub hit_files_mismatched: u64,
+    /// Hits dropped whole: none of their files matched their query.
+    pub hits_mismatched: u64,
+    /// Routed hits not counted toward a dynamic query (a second hit from
+    /// the same source, or past the sending peer's share).
+    pub dynamic_hits_uncounted: u64,
+    /// Bytes charged to the index (see `FileIndex::bytes`).
+    pub index_bytes: u64,
+    /// Leaves refused (disconnected) to keep the index within its budget.
+    pub publishers_refused: u64,
     /// Handshakes refused.
     pub handshakes_rejected: u64,
     /// Connections closed for breaking the protocol.
@@ -263,7 +351,16 @@ pub struct Supernode {
     /// Leaf queries being run dynamically, with the leaf they are for.
     /// Ordered, so steps run in the same order every time (determinism).
     dynamic: BTreeMap<MessageId, (ConnId, DynamicQuery)>,
-    routes: RouteTable<MessageId>,
+    /// Query routes with what their hits must match, a share per peer.
+    routes: SharedRoutes<MessageId, HitCheck>,
+    /// The widening steps' query ids, to the leaf's own id.
+    step_ids: RouteTable<MessageId, MessageId>,
+    hit_key: HitKey,
+    /// Each supernode peer's query and hit buckets, made at its first
+    /// query or hit.
+    peer_limits: HashMap<ConnId, PeerLimits>,
+    /// Each querying connection's allowance of index candidates examined.
+    scan_allowances: HashMap<ConnId, TokenBucket>,
     push_routes: RouteTable<NodeId>,
     actions: VecDeque<Action>,
     stats: SupernodeStats,
@@ -277,9 +374,19 @@ impl Supernode {
     /// A supernode with no connections.
     pub fn new(mut config: SupernodeConfig) -> Self {
         config.ttl_cap = config.ttl_cap.clamp(1, HARD_MAX_TTL);
+        let mut index = FileIndex::new();
+        index.set_max_words(config.max_words_per_name);
         Self {
             seen: SeenMessages::new(config.seen_capacity),
-            routes: RouteTable::new(config.route_capacity, config.route_lifetime),
+            routes: SharedRoutes::new(
+                config.route_capacity,
+                config.peer_route_capacity,
+                config.route_lifetime,
+            ),
+            step_ids: RouteTable::new(MAX_DYNAMIC_QUERIES * 64, config.route_lifetime),
+            hit_key: HitKey::new(),
+            peer_limits: HashMap::new(),
+            scan_allowances: HashMap::new(),
             push_routes: RouteTable::new(config.route_capacity, config.route_lifetime),
             dynamic: BTreeMap::new(),
             config,
@@ -287,7 +394,7 @@ impl Supernode {
             supernodes: BTreeSet::new(),
             counts: StateCounts::default(),
             by_node: HashMap::new(),
-            index: FileIndex::new(),
+            index,
             actions: VecDeque::new(),
             stats: SupernodeStats::default(),
             next_ping_nonce: 1,
@@ -309,6 +416,7 @@ impl Supernode {
     pub fn stats(&self) -> SupernodeStats {
         let mut stats = self.stats.clone();
         stats.index_files = self.index.len();
+        stats.index_bytes = self.index.bytes();
         stats.leaves = self.counts.leaves;
         stats.supernode_peers = self.counts.supernodes;
         stats.handshaking = self.counts.handshaking;
@@ -425,7 +533,13 @@ impl Supernode {
                     self.stats.queries_rate_limited += 1;
                 }
             }
-            (_, Message::Query(query)) => self.handle_query(conn, query, now),
+            (PeerState::Supernode { .. }, Message::Query(query)) => {
+                if self.peer_may(conn, Limit::Query, now) {
+                    self.handle_query(conn, query, now);
+                } else {
+                    self.stats.peer_queries_rate_limited += 1;
+                }
+            }
             (PeerState::Leaf { .. }, Message::FileList { replace, files }) => {
                 if replace {
                     self.index.remove_owner(conn);
@@ -451,12 +565,18 @@ impl Supernode {
             ) => {
                 // The leaf may have more than came through us (hits via its
                 // other supernode) or want no more; its count can only raise
-                // ours, since hits we routed may still be on their way to it.
-                // Statuses for queries it does not own are ignored.
+                // ours, since hits we routed may still be on their way to it,
+                // and only by what it found elsewhere (see
+                // `DynamicQuery::leaf_reports`). Statuses for queries it does
+                // not own are ignored.
                 if let Some((origin, dq)) = self.dynamic.get_mut(&message_id) {
                     if *origin == conn {
-                        let reported = usize::try_from(results).unwrap_or(usize::MAX);
-                        dq.results = dq.results.max(reported);
+                        let reported = if results == u32::MAX {
+                            usize::MAX
+                        } else {
+                            usize::try_from(results).unwrap_or(usize::MAX)
+                        };
+                        dq.leaf_reports(reported);
                     }
                 }
             }
@@ -476,6 +596,7 @@ impl Supernode {
     /// disconnects, route expiry. Call it every second or so.
     pub fn handle_timeout(&mut self, now: Time) {
         self.routes.expire(now);
+        self.step_ids.expire(now);
         self.push_routes.expire(now);
         let running: Vec<MessageId> = self.dynamic.keys().copied().collect();
         for id in running {
@@ -581,6 +702,9 @@ impl Supernode {
             return false;
         };
         self.dynamic.retain(|_, (origin, _)| *origin != conn);
+        self.routes.remove_share(Share::Peer(conn));
+        self.peer_limits.remove(&conn);
+        self.scan_allowances.remove(&conn);
         *self.counts.slot(&peer.state) -= 1;
         match peer.state {
             PeerState::Leaf { node_id, .. } => {
@@ -810,17 +934,89 @@ impl Supernode {
                 );
                 return;
             }
-            if !self.index.insert(conn, file) {
-                self.close(
-                    conn,
-                    Some((
-                        ByeReason::LimitExceeded,
-                        "this supernode's index is full".into(),
-                    )),
-                );
+            if !self.index_within_budget(conn, file) {
                 return;
             }
         }
+    }
+
+    /// Indexes `file` for `conn` within the index's byte budget: while it
+    /// does not fit, the largest publisher is refused (disconnected with a
+    /// Bye, its files dropped), so a leaf that publishes a lot loses its
+    /// place before one that publishes a little. False if `conn` itself
+    /// was refused.
+    fn index_within_budget(&mut self, conn: ConnId, file: SharedFile) -> bool {
+        let budget = self.config.index_budget_bytes;
+        loop {
+            match self.index.insert_within(conn, &file, budget) {
+                Ok(()) => return true,
+                Err(Refused::Full) => {
+                    self.close(
+                        conn,
+                        Some((
+                            ByeReason::LimitExceeded,
+                            "this supernode's index is full".into(),
+                        )),
+                    );
+                    return false;
+                }
+                Err(Refused::OverBudget { .. }) => {
+                    let largest = match self.index.largest_owner() {
+                        Some((owner, bytes)) if bytes > 0 => owner,
+                        // Nothing to make room with: the file alone is
+                        // over the budget.
+                        _ => conn,
+                    };
+                    let held = self.index.owner_bytes(largest);
+                    self.stats.publishers_refused += 1;
+                    self.close(
+                        largest,
+                        Some((
+                            ByeReason::LimitExceeded,
+                            format!(
+                                "this supernode's index is at its budget of {budget} bytes; \
+                                 the largest publishers are refused first, and you hold \
+                                 {held} bytes of it"
+                            ),
+                        )),
+                    );
+                    // Closing a leaf drops its files; the owner is
+                    // dropped here too so no stale owner is chosen twice.
+                    self.index.remove_owner(largest);
+                    if largest == conn {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes a token from supernode peer `conn`'s bucket for `limit`.
+    fn peer_may(&mut self, conn: ConnId, limit: Limit, now: Time) -> bool {
+        let config = &self.config;
+        let limits = self.peer_limits.entry(conn).or_insert_with(|| PeerLimits {
+            queries: TokenBucket::new(config.peer_queries_per_second, config.peer_query_burst, now),
+            hits: TokenBucket::new(config.peer_hits_per_second, config.peer_hit_burst, now),
+        });
+        match limit {
+            Limit::Query => limits.queries.allow(now),
+            Limit::Hit => limits.hits.allow(now),
+        }
+    }
+
+    /// The query id widening step `step` of the leaf's query `id` is sent
+    /// with: a keyed hash of both, so a peer that saw one step's id cannot
+    /// know the next one's and send it ahead to make other supernodes drop
+    /// our copy as a duplicate. Hits for it are sent to the leaf under its
+    /// own id.
+    pub fn step_id(&self, id: MessageId, step: u32) -> MessageId {
+        let mut input = [0; 20];
+        input[..16].copy_from_slice(&id.0);
+        input[16..].copy_from_slice(&step.to_le_bytes());
+        let hash = blake3::keyed_hash(&self.config.step_id_key, &input);
+        let mut out = [0; 16];
+        out.copy_from_slice(&hash.as_bytes()[..16]);
+        MessageId(out)
     }
 
     fn handle_query(&mut self, from: ConnId, query: Query, now: Time) {
@@ -829,13 +1025,21 @@ impl Supernode {
             self.stats.queries_duplicate += 1;
             return;
         }
-        self.routes.insert(query.message_id, from, now);
-        let ttl = effective_ttl(&query, self.config.ttl_cap);
-        let local = self.answer_from_index(from, &query);
         let from_leaf = matches!(
             self.peers.get(&from).map(|p| &p.state),
             Some(PeerState::Leaf { .. })
         );
+        let share = if from_leaf {
+            Share::Leaves
+        } else {
+            Share::Peer(from)
+        };
+        let filter = query_filter(&query);
+        let check = self.hit_key.check_for(&filter);
+        self.routes
+            .insert(share, query.message_id, from, check, now);
+        let ttl = effective_ttl(&query, self.config.ttl_cap);
+        let local = self.answer_from_index(from, from_leaf, query.message_id, &filter, now);
         if from_leaf && self.config.dynamic.is_some() && self.dynamic.len() < MAX_DYNAMIC_QUERIES {
             self.start_dynamic(from, query, local, now);
             return;
@@ -869,7 +1073,7 @@ impl Supernode {
 
     /// Takes the next step of dynamic query `id`, if it is due.
     fn step_dynamic(&mut self, id: MessageId, now: Time) {
-        let (Some(config), Some((_, dq))) =
+        let (Some(config), Some((origin, dq))) =
             (self.config.dynamic.clone(), self.dynamic.get_mut(&id))
         else {
             return;
@@ -887,24 +1091,67 @@ impl Supernode {
                     hops: dq.query.hops.saturating_add(1),
                     ..dq.query.clone()
                 };
-                self.forward(targets, Message::Query(forwarded));
+                let (origin, step) = (*origin, dq.steps_taken());
+                let message_id = self.step_id(id, step);
+                let check = self.hit_key.check_for(&query_filter(&forwarded));
+                self.seen.first_sighting(message_id);
+                self.routes
+                    .insert(Share::Leaves, message_id, origin, check, now);
+                self.step_ids.insert_with(message_id, origin, id, now);
+                self.forward(
+                    targets,
+                    Message::Query(Query {
+                        message_id,
+                        ..forwarded
+                    }),
+                );
             }
         }
     }
 
-    /// Returns how many files it answered with.
-    fn answer_from_index(&mut self, from: ConnId, query: &Query) -> usize {
-        let mut filter = Filter::new(&query.keywords, query.content_id);
-        filter.min_size = query.min_size;
-        filter.max_size = query.max_size;
+    /// Returns how many files it answered with. The scan is held to the
+    /// per-query budget and to what is left of the connection's scan
+    /// allowance: its query rate times `scan_per_query` candidates a
+    /// second, in bursts of two full budgets. So however its queries are
+    /// built, a connection costs the index a bounded share of the node's
+    /// time.
+    fn answer_from_index(
+        &mut self,
+        from: ConnId,
+        from_leaf: bool,
+        message_id: MessageId,
+        filter: &Filter,
+        now: Time,
+    ) -> usize {
         if filter.is_empty() {
             return 0; // keywords of nothing but punctuation
         }
+        let config = &self.config;
+        let allowance = self.scan_allowances.entry(from).or_insert_with(|| {
+            let queries = if from_leaf {
+                config.leaf_queries_per_second
+            } else {
+                config.peer_queries_per_second
+            };
+            TokenBucket::new(
+                queries.saturating_mul(config.scan_per_query),
+                u32::try_from(config.scan_budget.saturating_mul(2)).unwrap_or(u32::MAX),
+                now,
+            )
+        });
+        let budget = usize::try_from(allowance.available(now))
+            .unwrap_or(usize::MAX)
+            .min(config.scan_budget);
         let mut by_owner: BTreeMap<ConnId, Vec<SharedFile>> = BTreeMap::new();
-        for found in self
+        let found = self
             .index
-            .search(&filter, self.config.max_results_per_query)
-        {
+            .search_within(filter, config.max_results_per_query, budget);
+        allowance.spend(found.examined as u64);
+        self.stats.scan_candidates += found.examined as u64;
+        if found.exhausted {
+            self.stats.queries_scan_exhausted += 1;
+        }
+        for found in found.matches {
             if found.owner != from {
                 by_owner
                     .entry(found.owner)
@@ -925,7 +1172,7 @@ impl Supernode {
             };
             for chunk in files.chunks(MAX_FILES_PER_MESSAGE) {
                 hits.push(QueryHit {
-                    message_id: query.message_id,
+                    message_id,
                     source_node_id: *node_id,
                     source_addr: *addr,
                     files: chunk.to_vec(),
@@ -941,19 +1188,63 @@ impl Supernode {
         answered
     }
 
-    fn route_hit(&mut self, from: ConnId, hit: QueryHit, now: Time) {
-        match self.routes.lookup(&hit.message_id, now) {
-            Some(back) if back != from && self.peers.contains_key(&back) => {
-                self.stats.hits_routed += 1;
-                if let Some((_, dq)) = self.dynamic.get_mut(&hit.message_id) {
-                    dq.results += hit.files.len();
-                }
-                // A push for this source will come back this way.
-                self.push_routes.insert(hit.source_node_id, from, now);
-                self.send(back, Message::QueryHit(hit));
-            }
-            _ => self.stats.hits_unroutable += 1,
+    fn route_hit(&mut self, from: ConnId, mut hit: QueryHit, now: Time) {
+        if !self.peer_may(from, Limit::Hit, now) {
+            self.stats.hits_rate_limited += 1;
+            return;
         }
+        if !self.valid_source(&hit) {
+            self.stats.hits_invalid += 1;
+            return;
+        }
+        let (back, check) = match self.routes.get(&hit.message_id, now) {
+            Some((back, check)) if back != from && self.peers.contains_key(&back) => (back, *check),
+            _ => {
+                self.stats.hits_unroutable += 1;
+                return;
+            }
+        };
+        // Only files that answer the query go on (a peer cannot pass off
+        // any file, or any number of them, as an answer).
+        let before = hit.files.len();
+        let key = &self.hit_key;
+        hit.files.retain(|file| key.matches(&check, file));
+        self.stats.hit_files_mismatched += (before - hit.files.len()) as u64;
+        if hit.files.is_empty() {
+            self.stats.hits_mismatched += 1;
+            return;
+        }
+        self.stats.hits_routed += 1;
+        // A widening step's hit goes to the leaf under the leaf's own id.
+        if let Some((_, original)) = self.step_ids.get(&hit.message_id, now) {
+            hit.message_id = *original;
+        }
+        if let Some((_, dq)) = self.dynamic.get_mut(&hit.message_id) {
+            let per_peer = self
+                .config
+                .dynamic
+                .as_ref()
+                .map_or(usize::MAX, |config| dq.peer_cap(config));
+            if !dq.count_hit(from, hit.source_node_id, hit.files.len(), per_peer) {
+                self.stats.dynamic_hits_uncounted += 1;
+            }
+        }
+        // A push for this source will come back this way.
+        self.push_routes.insert(hit.source_node_id, from, now);
+        self.send(back, Message::QueryHit(hit));
+    }
+
+    /// True if a hit's source could be a real leaf: an address one could
+    /// connect or push to, and a node id not zero and not ours.
+    fn valid_source(&self, hit: &QueryHit) -> bool {
+        let ip = hit.source_addr.ip();
+        let bad_ip = ip.is_unspecified()
+            || ip.is_multicast()
+            || matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+        !bad_ip
+            && hit.source_addr.port() != 0
+            && hit.source_node_id != NodeId([0; 16])
+            && hit.source_node_id != self.config.identity.node_id
     }
 
     /// Delivers a push to the target leaf if it is ours, else passes it on
@@ -989,6 +1280,28 @@ impl Supernode {
             _ => self.stats.pushes_unroutable += 1,
         }
     }
+}
+
+/// A supernode peer's buckets.
+#[derive(Debug)]
+struct PeerLimits {
+    queries: TokenBucket,
+    hits: TokenBucket,
+}
+
+/// Which of a peer's buckets.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    Query,
+    Hit,
+}
+
+/// What `query` asks for, tokenized as the index is.
+fn query_filter(query: &Query) -> Filter {
+    let mut filter = Filter::new(&query.keywords, query.content_id);
+    filter.min_size = query.min_size;
+    filter.max_size = query.max_size;
+    filter
 }
 
 /// The TTL a query is handled with: its own, clamped to our cap and to what

@@ -713,6 +713,7 @@ fn dynamic_target_25(c: &mut SupernodeConfig) {
         hop_wait: Duration::from_secs(1),
         deadline: Duration::from_secs(60),
         max_horizon: 4_000,
+        ..Default::default()
     });
 }
 

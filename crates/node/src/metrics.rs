@@ -175,6 +175,12 @@ pub fn supernode_metrics(node: &SupernodeHandle) -> Exporter {
                 s.handshaking,
             ),
             gauge("canopy_index_files", "Files in the index.", s.index_files),
+            Sample {
+                name: "canopy_index_bytes",
+                help: "Bytes charged to the index (its budget's measure).",
+                kind: Kind::Gauge,
+                value: s.index_bytes,
+            },
             counter(
                 "canopy_queries_received",
                 "Queries received, duplicates included.",
@@ -194,6 +200,51 @@ pub fn supernode_metrics(node: &SupernodeHandle) -> Exporter {
                 "canopy_queries_rate_limited",
                 "Leaf queries dropped for going over the leaf's query rate.",
                 s.queries_rate_limited,
+            ),
+            counter(
+                "canopy_peer_queries_rate_limited",
+                "Supernode peers' queries dropped for going over the peer's query rate.",
+                s.peer_queries_rate_limited,
+            ),
+            counter(
+                "canopy_queries_scan_exhausted",
+                "Queries whose index scan stopped at the scan budget.",
+                s.queries_scan_exhausted,
+            ),
+            counter(
+                "canopy_scan_candidates",
+                "Index candidates examined by queries.",
+                s.scan_candidates,
+            ),
+            counter(
+                "canopy_hits_rate_limited",
+                "Hits dropped for going over the sending peer's hit rate.",
+                s.hits_rate_limited,
+            ),
+            counter(
+                "canopy_hits_invalid",
+                "Hits dropped for an invalid source address or node id.",
+                s.hits_invalid,
+            ),
+            counter(
+                "canopy_hits_mismatched",
+                "Hits dropped because none of their files matched their query.",
+                s.hits_mismatched,
+            ),
+            counter(
+                "canopy_hit_files_mismatched",
+                "Files dropped from hits for not matching their query.",
+                s.hit_files_mismatched,
+            ),
+            counter(
+                "canopy_dynamic_hits_uncounted",
+                "Routed hits not counted toward a dynamic query (repeat source or past the peer's share).",
+                s.dynamic_hits_uncounted,
+            ),
+            counter(
+                "canopy_publishers_refused",
+                "Leaves disconnected to keep the index within its byte budget.",
+                s.publishers_refused,
             ),
             counter(
                 "canopy_peers_too_slow",

@@ -64,6 +64,15 @@ pub struct SupernodeOptions {
     pub leaf_queries_per_second: u32,
     /// Queries a leaf may send at once.
     pub leaf_query_burst: u32,
+    /// Queries a supernode peer may send a second, on average.
+    pub peer_queries_per_second: u32,
+    /// Queries a supernode peer may send at once.
+    pub peer_query_burst: u32,
+    /// Bytes the index may be charged; over it, the largest publishers
+    /// are refused first.
+    pub index_budget_bytes: u64,
+    /// Words of a file name indexed.
+    pub max_words_per_name: usize,
     /// First redial delay; doubles up to a minute.
     pub redial_initial: Duration,
     /// A connection that has not completed its handshake by then is closed.
@@ -94,6 +103,10 @@ impl SupernodeOptions {
             dynamic: core.dynamic,
             leaf_queries_per_second: core.leaf_queries_per_second,
             leaf_query_burst: core.leaf_query_burst,
+            peer_queries_per_second: core.peer_queries_per_second,
+            peer_query_burst: core.peer_query_burst,
+            index_budget_bytes: core.index_budget_bytes,
+            max_words_per_name: core.max_words_per_name,
             redial_initial: Duration::from_millis(500),
             handshake_timeout: core.handshake_timeout,
             send_stall_timeout: Duration::from_secs(30),
@@ -231,6 +244,12 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
     config.leaf_queries_per_second = options.leaf_queries_per_second;
     config.dynamic = options.dynamic.clone();
     config.leaf_query_burst = options.leaf_query_burst;
+    config.peer_queries_per_second = options.peer_queries_per_second;
+    config.peer_query_burst = options.peer_query_burst;
+    config.index_budget_bytes = options.index_budget_bytes;
+    config.max_words_per_name = options.max_words_per_name;
+    // Secret, so peers cannot foresee a widening step's query id.
+    config.step_id_key = rand::random();
     config.handshake_timeout = options.handshake_timeout;
     let max_connections = options.max_leaves + options.max_supernode_peers + HANDSHAKE_HEADROOM;
 

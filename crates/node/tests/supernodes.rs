@@ -190,6 +190,8 @@ async fn dynamic_querying_stops_at_its_target_on_real_sockets() {
         hop_wait: Duration::from_millis(300),
         deadline: Duration::from_secs(30),
         max_horizon: 4_000,
+        // Each spoke's hits may count in full: two spokes end the query.
+        peer_share_percent: 100,
     });
     let hub = supernode::start(options).await.unwrap();
     let mut spokes = Vec::new();

@@ -46,6 +46,22 @@ pub(crate) struct Args {
     /// Queries a leaf may send at once [default: 20].
     #[arg(long)]
     leaf_query_burst: Option<u32>,
+    /// Queries a supernode peer may send a second on average; more are
+    /// dropped [default: 2000].
+    #[arg(long)]
+    peer_queries_per_second: Option<u32>,
+    /// Queries a supernode peer may send at once [default: 4000].
+    #[arg(long)]
+    peer_query_burst: Option<u32>,
+    /// Bytes the index may take (an estimate per file: record, name and
+    /// words); over it, the leaves publishing the most are refused first
+    /// [default: 1073741824, 1 GiB].
+    #[arg(long)]
+    index_budget_bytes: Option<u64>,
+    /// Words of a file name indexed; a longer name is found by its first
+    /// words only [default: 32].
+    #[arg(long)]
+    max_words_per_name: Option<usize>,
     /// Supernode peers to keep; beyond --peer, supernodes heard of are
     /// dialed until there are this many [default: 8].
     #[arg(long)]
@@ -74,6 +90,10 @@ struct File {
     query_strategy: Option<QueryStrategy>,
     leaf_queries_per_second: Option<u32>,
     leaf_query_burst: Option<u32>,
+    peer_queries_per_second: Option<u32>,
+    peer_query_burst: Option<u32>,
+    index_budget_bytes: Option<u64>,
+    max_words_per_name: Option<usize>,
     peers_wanted: Option<usize>,
     data_dir: Option<PathBuf>,
     metrics: Option<SocketAddr>,
@@ -138,6 +158,42 @@ impl Args {
             file.leaf_query_burst,
             defaults.leaf_query_burst,
         );
+        options.peer_queries_per_second = pick(
+            self.peer_queries_per_second,
+            file.peer_queries_per_second,
+            defaults.peer_queries_per_second,
+        );
+        options.peer_query_burst = pick(
+            self.peer_query_burst,
+            file.peer_query_burst,
+            defaults.peer_query_burst,
+        );
+        options.index_budget_bytes = pick(
+            self.index_budget_bytes,
+            file.index_budget_bytes,
+            defaults.index_budget_bytes,
+        );
+        options.max_words_per_name = pick(
+            self.max_words_per_name,
+            file.max_words_per_name,
+            defaults.max_words_per_name,
+        );
+        for (key, value) in [
+            ("peer_query_burst", u64::from(options.peer_query_burst)),
+            ("index_budget_bytes", options.index_budget_bytes),
+            ("max_words_per_name", options.max_words_per_name as u64),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(path, key, "must be at least 1"));
+            }
+        }
+        if options.max_words_per_name > 255 {
+            return Err(ConfigError::invalid(
+                path,
+                "max_words_per_name",
+                format!("must be 1-255, not {}", options.max_words_per_name),
+            ));
+        }
         options.peers_wanted = pick(self.peers_wanted, file.peers_wanted, defaults.peers_wanted);
         options.dynamic = match pick(
             self.query_strategy,
