@@ -175,7 +175,10 @@ mod tests {
         assert!(buckets.allow(ip(1), Time(0)));
         assert!(buckets.allow(ip(1), Time(0)));
         assert!(!buckets.allow(ip(1), Time(0)), "burst of 2 spent");
-        assert!(buckets.allow(ip(2), Time(0)), "another address is not affected");
+        assert!(
+            buckets.allow(ip(2), Time(0)),
+            "another address is not affected"
+        );
         assert!(buckets.allow(ip(1), Time(1_000)), "refilled at 1/s");
         // A mapped IPv4 address is the same address.
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();

@@ -393,14 +393,8 @@ impl Supernode {
             stats: SupernodeStats::default(),
             next_ping_nonce: 1,
             next_peer_refresh: None,
-            leaf_addrs: AddressCounter::new(
-                config.leaves_per_address,
-                config.limit_exempt.clone(),
-            ),
-            peer_addrs: AddressCounter::new(
-                config.peers_per_address,
-                config.limit_exempt.clone(),
-            ),
+            leaf_addrs: AddressCounter::new(config.leaves_per_address, config.limit_exempt.clone()),
+            peer_addrs: AddressCounter::new(config.peers_per_address, config.limit_exempt.clone()),
             inbound_peers: 0,
             callback_pushes: AddressBuckets::new(
                 config.callback_push_rate,
