@@ -791,22 +791,10 @@ impl Supernode {
                 .leaf_addrs
                 .check(remote.ip())
                 .map_err(|e| (e, "leaf slots", self.config.leaves_per_address)),
-            Role::Supernode => {
-                let inbound_max = max.saturating_sub(self.config.reserved_outbound_peers);
-                if self.inbound_peers >= inbound_max {
-                    return Err(Rejection::new(
-                        RejectReason::Full,
-                        format!(
-                            "this supernode has its maximum of {inbound_max} supernode peers \
-                             that dialed it; its other {} peer slots are kept for peers it dials",
-                            max - inbound_max
-                        ),
-                    ));
-                }
-                self.peer_addrs
-                    .check(remote.ip())
-                    .map_err(|e| (e, "supernode peer slots", self.config.peers_per_address))
-            }
+            Role::Supernode => self
+                .peer_addrs
+                .check(remote.ip())
+                .map_err(|e| (e, "supernode peer slots", self.config.peers_per_address)),
         };
         by_address.map_err(|(exceeded, what, limit)| {
             Rejection::new(
@@ -816,7 +804,19 @@ impl Supernode {
                     limit.per_ip, limit.per_prefix
                 ),
             )
-        })
+        })?;
+        let inbound_max = max.saturating_sub(self.config.reserved_outbound_peers);
+        if hello.role == Role::Supernode && self.inbound_peers >= inbound_max {
+            return Err(Rejection::new(
+                RejectReason::Full,
+                format!(
+                    "this supernode has its maximum of {inbound_max} supernode peers \
+                     that dialed it; its other {} peer slots are kept for peers it dials",
+                    max - inbound_max
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn handle_hello(&mut self, conn: ConnId, hello: Hello, now: Time) {

@@ -228,7 +228,8 @@ impl Args {
             parse_exempt(&self.limit_exempt)
                 .map_err(|problem| ConfigError::invalid(None, "limit_exempt", problem))?
         } else if let Some(list) = &file.limit_exempt {
-            parse_exempt(list).map_err(|problem| ConfigError::invalid(path, "limit_exempt", problem))?
+            parse_exempt(list)
+                .map_err(|problem| ConfigError::invalid(path, "limit_exempt", problem))?
         } else {
             defaults.limit_exempt
         };

@@ -281,13 +281,15 @@ fn push_upload(context: &SessionContext, content_id: ContentId, callback: Socket
         tracing::info!(%content_id, "push for content we do not share; ignored");
         return;
     }
+    // The rate first: every push for content we share is counted, allowed
+    // or not.
+    if !context.connect_backs.allow(callback) {
+        return;
+    }
     let Ok(permit) = context.pushes.clone().try_acquire_owned() else {
         tracing::info!(%callback, "too many pushes at once; ignored");
         return;
     };
-    if !context.connect_backs.allow(callback) {
-        return;
-    }
     let server = context.server.clone();
     let us = context.identity.node_id;
     let shutdown = context.shutdown.clone();
