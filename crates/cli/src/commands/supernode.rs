@@ -316,3 +316,29 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     node.shutdown().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_exempt_list_takes_networks_addresses_or_none() {
+        let parsed = parse_exempt(&items(&["10.0.0.0/8", "192.0.2.7", "::1"])).unwrap();
+        assert_eq!(
+            parsed,
+            vec![
+                "10.0.0.0/8".parse::<IpNet>().unwrap(),
+                "192.0.2.7/32".parse().unwrap(),
+                "::1/128".parse().unwrap(),
+            ]
+        );
+        assert_eq!(parse_exempt(&items(&["none"])).unwrap(), Vec::new());
+        assert!(parse_exempt(&items(&["none", "10.0.0.0/8"])).is_err());
+        let error = parse_exempt(&items(&["localhost"])).unwrap_err();
+        assert!(error.contains("`localhost`"), "{error}");
+    }
+}
