@@ -25,7 +25,7 @@ use canopy_proto::{
 use crate::addr_limits::{AddressCounter, AddressLimit, IpNet, default_exempt};
 use crate::dedup::SeenMessages;
 use crate::dynamic::{DynamicConfig, DynamicQuery, Step};
-use crate::handshake::{Identity, Rejection, check_hello, reachable_addr};
+use crate::handshake::{Identity, Rejection, check_hello};
 use crate::index::{FileIndex, Filter};
 use crate::push_limits::{AddressBuckets, Rate};
 use crate::rate::TokenBucket;
@@ -860,9 +860,12 @@ impl Supernode {
             },
             Role::Supernode => PeerState::Supernode {
                 node_id: hello.node_id,
+                // Its announced port on the IP it dialed from: what we pass
+                // on (host caches, try-lists) must not send others to an
+                // address of a stranger's choosing.
                 listen_addr: hello
                     .listen_addr
-                    .map(|addr| reachable_addr(Some(addr), remote)),
+                    .map(|addr| SocketAddr::new(remote.ip(), addr.port())),
             },
         };
         let probe = match &state {
@@ -1023,8 +1026,9 @@ impl Supernode {
         }
         let state = PeerState::Supernode {
             node_id: reply.hello.node_id,
-            // We dialed it, so the address we used reaches it.
-            listen_addr: Some(reachable_addr(reply.hello.listen_addr, remote)),
+            // We dialed it, so the address we used reaches it (and is the
+            // one to pass on, not one it names).
+            listen_addr: Some(remote),
         };
         self.establish(conn, reply.hello.node_id, state, now);
         // Ask the supernode we joined which others it knows (the acceptor

@@ -649,3 +649,29 @@ fn the_handshake_counter_follows_the_config() {
         .handle_message(conn, Message::Hello(hello(Role::Leaf, 77, None)), node.now);
     assert!(!node.core.is_handshaking(conn));
 }
+
+#[test]
+fn an_inbound_peer_is_passed_on_at_the_ip_it_dialed_from() {
+    let mut node = Node::new(|c| c.leaves_per_address = AddressLimit::new(1, 8));
+    node.dials_us(
+        Role::Supernode,
+        "203.0.113.1:41000",
+        Some(sock("198.51.100.9:6346")),
+    )
+    .conn();
+    let learned: Vec<SocketAddr> = node
+        .actions()
+        .into_iter()
+        .filter_map(|action| match action {
+            Action::Learned(addrs) => Some(addrs),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(learned, vec![sock("203.0.113.1:6346")]);
+    node.leaf("192.0.2.1:5000").conn();
+    let Joined::Rejected { try_supernodes, .. } = node.leaf("192.0.2.1:5000") else {
+        panic!("not refused");
+    };
+    assert_eq!(try_supernodes, vec![sock("203.0.113.1:6346")]);
+}
