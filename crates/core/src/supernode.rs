@@ -8,6 +8,13 @@
 //! and pushes for firewalled leaves routed towards them the way their hits
 //! came.
 //!
+//! Strangers get their share and no more: leaf and inbound peer slots are
+//! counted per IP and per network, some peer slots are kept for our own
+//! dials, a push's callback is the IP of the leaf that sent it, pushes are
+//! rate-limited per connection and per callback IP, a push route is set
+//! once, and the reachability probe dials only a leaf's own IP, a few at a
+//! time.
+//!
 //! Input comes through `handle_*` with the current [`Time`]; the driver
 //! drains [`Action`]s with [`Supernode::poll_action`]. The driver owns the
 //! sockets and assigns [`ConnId`]s; this type owns every decision.
@@ -224,10 +231,12 @@ pub enum Action {
     /// Supernodes heard of (a new peer, a Pong, a try-list): for the host
     /// cache, and for dialing when short of peers.
     Learned(Vec<SocketAddr>),
-    /// Try to open a connection to `addr`, the address leaf `conn`
-    /// announced, and report with [`Supernode::handle_probe_result`]. A leaf
-    /// behind NAT announces an address nobody can reach; its hits must say
-    /// it is firewalled, so downloaders push instead of dialing.
+    /// Try to open a connection to `addr`, the port leaf `conn` announced
+    /// on the IP it connected from (never an IP it names), and report with
+    /// [`Supernode::handle_probe_result`]. A leaf behind NAT announces an
+    /// address nobody can reach; its hits must say it is firewalled, so
+    /// downloaders push instead of dialing. At most
+    /// [`SupernodeConfig::max_probes_in_flight`] are asked for at once.
     Probe {
         /// The leaf.
         conn: ConnId,

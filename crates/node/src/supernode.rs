@@ -574,6 +574,8 @@ impl NodeTask {
                         hosts.learn(supernodes);
                     }
                 }
+                // The core names only the leaf's own IP, and only so many
+                // at once; the driver dials what it is told.
                 Action::Probe { conn, addr } => {
                     let inbox = self.inbox.clone();
                     self.tracker.spawn(async move {
