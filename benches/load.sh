@@ -71,7 +71,7 @@ start_supernode() {
   local pin=()
   [ "$cpu" != "-" ] && pin=(taskset -c "$cpu")
   "${pin[@]}" "$canopy" supernode --listen "127.0.0.1:$port" --metrics "127.0.0.1:$mport" \
-    --max-leaves 20000 --max-peers 40 --peers-wanted 0 \
+    --max-leaves 20000 --max-peers 40 --peers-wanted 0 --reserved-outbound-peers 0 \
     --leaf-queries-per-second 1000 --leaf-query-burst 1000 \
     --peer-queries-per-second 4000000000 --peer-query-burst 4000000000 \
     --data-dir "$work/$name" --json "$@" > "$work/$name.out" 2> "$work/$name.log" &

@@ -15,6 +15,8 @@
 //!   publishing its files, its searches.
 //! - [`search`]: gathers the hits of one search, grouped by content id.
 //! - [`addr_limits`]: what one address and one network prefix may hold.
+//! - [`push_limits`]: how often pushes may name one callback address, and
+//!   how often a leaf connects back.
 //! - [`index`], [`posting`], [`arena`], [`tokenize`], [`dedup`], [`routes`],
 //!   [`hit_check`], [`rate`], [`backoff`]: the parts.
 
@@ -29,6 +31,7 @@ pub mod hit_check;
 pub mod index;
 pub mod leaf;
 pub mod posting;
+pub mod push_limits;
 pub mod rate;
 pub mod routes;
 pub mod search;

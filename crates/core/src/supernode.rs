@@ -15,12 +15,19 @@
 //! capped share per peer; every query's index scan has a budget, and the
 //! index a byte budget, kept by refusing the largest publishers first.
 //!
+//! Strangers get their share and no more: leaf and inbound peer slots are
+//! counted per IP and per network, some peer slots are kept for our own
+//! dials, a push's callback is the IP of the leaf that sent it, pushes are
+//! rate-limited per connection and per callback IP, a push route is set
+//! once, and the reachability probe dials only a leaf's own IP, a few at a
+//! time.
+//!
 //! Input comes through `handle_*` with the current [`Time`]; the driver
 //! drains [`Action`]s with [`Supernode::poll_action`]. The driver owns the
 //! sockets and assigns [`ConnId`]s; this type owns every decision.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use canopy_proto::limits::{HARD_MAX_TTL, MAX_ADDRESSES, MAX_FILES_PER_MESSAGE};
@@ -29,11 +36,13 @@ use canopy_proto::{
     Query, QueryHit, RejectReason, Role, SharedFile,
 };
 
+use crate::addr_limits::{AddressCounter, AddressLimit, IpNet, default_exempt};
 use crate::dedup::SeenMessages;
 use crate::dynamic::{DynamicConfig, DynamicQuery, Step};
-use crate::handshake::{Identity, Rejection, check_hello, reachable_addr};
+use crate::handshake::{Identity, Rejection, check_hello};
 use crate::hit_check::{HitCheck, HitKey};
 use crate::index::{FileIndex, Filter, Refused};
+use crate::push_limits::{AddressBuckets, Rate};
 use crate::rate::TokenBucket;
 use crate::routes::{RouteTable, Share, SharedRoutes};
 use crate::{ConnId, Time};
@@ -109,6 +118,32 @@ pub struct SupernodeConfig {
     pub peer_refresh_interval: Duration,
     /// A peer silent this long is disconnected.
     pub idle_timeout: Duration,
+    /// Addresses the per-address limits below do not apply to (loopback by
+    /// default, so a whole overlay can run on one machine).
+    pub limit_exempt: Vec<IpNet>,
+    /// Leaves one IP, and one /24 or /48, may attach.
+    pub leaves_per_address: AddressLimit,
+    /// Supernode peers that dialed us one IP, and one prefix, may hold
+    /// (peers we dial are our choice and not counted).
+    pub peers_per_address: AddressLimit,
+    /// Handshakes in progress one IP, and one prefix, may hold: the
+    /// driver's accept loop enforces it with
+    /// [`SupernodeConfig::handshake_counter`].
+    pub handshakes_per_address: AddressLimit,
+    /// Supernode peer slots only connections we dialed may take, so a
+    /// flood of inbound peers can't lock us out of our own network.
+    pub reserved_outbound_peers: usize,
+    /// Pushes one leaf may send.
+    pub leaf_push_rate: Rate,
+    /// Pushes one supernode peer may pass us.
+    pub peer_push_rate: Rate,
+    /// Pushes naming one callback IP, from everyone together.
+    pub callback_push_rate: Rate,
+    /// Reachability probes running at once; leaves beyond wait, counted
+    /// firewalled until probed.
+    pub max_probes_in_flight: usize,
+    /// Probes to one IP, and one prefix, at once.
+    pub probes_per_address: AddressLimit,
 }
 
 /// Most leaf queries run dynamically at once; beyond, they are flooded.
@@ -165,9 +200,52 @@ impl SupernodeConfig {
             keepalive_interval: Duration::from_secs(30),
             peer_refresh_interval: Duration::from_secs(5 * 60),
             idle_timeout: Duration::from_secs(90),
+            limit_exempt: default_exempt(),
+            leaves_per_address: DEFAULT_LEAVES_PER_ADDRESS,
+            peers_per_address: DEFAULT_PEERS_PER_ADDRESS,
+            handshakes_per_address: DEFAULT_HANDSHAKES_PER_ADDRESS,
+            reserved_outbound_peers: DEFAULT_RESERVED_OUTBOUND_PEERS,
+            leaf_push_rate: Rate::new(8, 64),
+            peer_push_rate: Rate::new(100, 500),
+            callback_push_rate: Rate::new(16, 64),
+            max_probes_in_flight: 16,
+            probes_per_address: AddressLimit::new(2, 8),
         }
     }
+
+    /// A counter of handshakes in progress per address, for the driver's
+    /// accept loop: it takes one for each connection it accepts (refusing
+    /// the connection if the address holds its share) and gives it back
+    /// when the handshake ends either way.
+    pub fn handshake_counter(&self) -> AddressCounter {
+        AddressCounter::new(self.handshakes_per_address, self.limit_exempt.clone())
+    }
 }
+
+// The per-address defaults. A home NAT may hold a few leaves and an IPv4
+// /24 (or IPv6 /48) is usually one ISP customer block or one hosting
+// subnet: one party. Bitcoin Core, the best-studied open overlay, keeps
+// 10 of its 125 connections for peers it chose itself and evicts inbound
+// peers by network group (Heilman et al. 2015); Tor relays cap concurrent
+// connections per IP. Scaled to Canopy's 1,000 leaves and 32 peers:
+
+/// Leaves per IP and per prefix: a household's PCs; a /24 fills at most
+/// 3% of the leaf slots.
+pub const DEFAULT_LEAVES_PER_ADDRESS: AddressLimit = AddressLimit::new(4, 32);
+/// Inbound supernode peers per IP and per prefix: one supernode per host
+/// (two across a restart), a few per network.
+pub const DEFAULT_PEERS_PER_ADDRESS: AddressLimit = AddressLimit::new(2, 4);
+/// Handshakes in progress per IP and per prefix: room for the leaves and
+/// peers above to (re)connect at once, not for a handshake flood.
+pub const DEFAULT_HANDSHAKES_PER_ADDRESS: AddressLimit = AddressLimit::new(8, 32);
+/// Supernode peer slots kept for connections we dial: 8 of 32, the
+/// `--peers-wanted` default, as Bitcoin keeps its outbound slots apart.
+pub const DEFAULT_RESERVED_OUTBOUND_PEERS: usize = 8;
+/// Leaves waiting for a reachability probe; beyond, a leaf is never probed
+/// and counted firewalled (a queue longer than the leaf slots is useless).
+const MAX_PROBES_WAITING: usize = 1024;
+/// Callback IPs whose push rate is remembered.
+const CALLBACK_ADDRESSES_REMEMBERED: usize = 4096;
 
 /// Which side opened a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,10 +296,12 @@ pub enum Action {
     /// Supernodes heard of (a new peer, a Pong, a try-list): for the host
     /// cache, and for dialing when short of peers.
     Learned(Vec<SocketAddr>),
-    /// Try to open a connection to `addr`, the address leaf `conn`
-    /// announced, and report with [`Supernode::handle_probe_result`]. A leaf
-    /// behind NAT announces an address nobody can reach; its hits must say
-    /// it is firewalled, so downloaders push instead of dialing.
+    /// Try to open a connection to `addr`, the port leaf `conn` announced
+    /// on the IP it connected from (never an IP it names), and report with
+    /// [`Supernode::handle_probe_result`]. A leaf behind NAT announces an
+    /// address nobody can reach; its hits must say it is firewalled, so
+    /// downloaders push instead of dialing. At most
+    /// [`SupernodeConfig::max_probes_in_flight`] are asked for at once.
     Probe {
         /// The leaf.
         conn: ConnId,
@@ -290,6 +370,20 @@ pub struct SupernodeStats {
     pub handshakes_rejected: u64,
     /// Connections closed for breaking the protocol.
     pub protocol_errors: u64,
+    /// Handshakes refused because the address or its network held its
+    /// share of slots (also counted in `handshakes_rejected`).
+    pub handshakes_address_limited: u64,
+    /// Pushes dropped for going over their source connection's rate.
+    pub pushes_rate_limited: u64,
+    /// Pushes dropped for going over their callback address's rate.
+    pub pushes_callback_limited: u64,
+    /// Pushes from leaves whose callback IP was not the leaf's own, and
+    /// was replaced with it.
+    pub push_callbacks_rewritten: u64,
+    /// Leaves never probed because too many waited: counted firewalled.
+    pub probes_skipped: u64,
+    /// Reachability probes running.
+    pub probes_in_flight: usize,
 }
 
 #[derive(Debug)]
@@ -313,6 +407,9 @@ enum PeerState {
 #[derive(Debug)]
 struct Peer {
     remote: SocketAddr,
+    direction: Direction,
+    /// Pushes it may send, once its role is known.
+    pushes: Option<TokenBucket>,
     state: PeerState,
     last_heard: Time,
     pinged_at: Option<Time>,
@@ -368,6 +465,20 @@ pub struct Supernode {
     /// When supernode peers are next asked whom they know (set on the
     /// first tick).
     next_peer_refresh: Option<Time>,
+    /// Leaf slots held per address.
+    leaf_addrs: AddressCounter,
+    /// Inbound supernode peer slots held per address.
+    peer_addrs: AddressCounter,
+    /// Supernode peers that dialed us.
+    inbound_peers: usize,
+    /// Push rate per callback IP.
+    callback_pushes: AddressBuckets,
+    /// Probes running, with the IP each dials.
+    probing: BTreeMap<ConnId, IpAddr>,
+    /// Probes running per address.
+    probe_addrs: AddressCounter,
+    /// Leaves waiting for a probe, oldest first.
+    probe_waiting: VecDeque<ConnId>,
 }
 
 impl Supernode {
@@ -389,7 +500,6 @@ impl Supernode {
             scan_allowances: HashMap::new(),
             push_routes: RouteTable::new(config.route_capacity, config.route_lifetime),
             dynamic: BTreeMap::new(),
-            config,
             peers: BTreeMap::new(),
             supernodes: BTreeSet::new(),
             counts: StateCounts::default(),
@@ -399,6 +509,20 @@ impl Supernode {
             stats: SupernodeStats::default(),
             next_ping_nonce: 1,
             next_peer_refresh: None,
+            leaf_addrs: AddressCounter::new(config.leaves_per_address, config.limit_exempt.clone()),
+            peer_addrs: AddressCounter::new(config.peers_per_address, config.limit_exempt.clone()),
+            inbound_peers: 0,
+            callback_pushes: AddressBuckets::new(
+                config.callback_push_rate,
+                CALLBACK_ADDRESSES_REMEMBERED,
+            ),
+            probing: BTreeMap::new(),
+            probe_addrs: AddressCounter::new(
+                config.probes_per_address,
+                config.limit_exempt.clone(),
+            ),
+            probe_waiting: VecDeque::new(),
+            config,
         }
     }
 
@@ -420,7 +544,39 @@ impl Supernode {
         stats.leaves = self.counts.leaves;
         stats.supernode_peers = self.counts.supernodes;
         stats.handshaking = self.counts.handshaking;
+        stats.probes_in_flight = self.probing.len();
         stats
+    }
+
+    /// True while `conn` is connected and has not completed its handshake:
+    /// the driver holds its per-address handshake count until then.
+    pub fn is_handshaking(&self, conn: ConnId) -> bool {
+        matches!(
+            self.peers.get(&conn).map(|p| &p.state),
+            Some(PeerState::Handshaking { .. })
+        )
+    }
+
+    /// Supernodes to offer a dialer we refuse: the peers we dialed first
+    /// (our configured and long-known peers), then those that dialed us,
+    /// oldest first, so a flood of inbound peers can't make the list its
+    /// own.
+    fn try_list(&self) -> Vec<SocketAddr> {
+        let listed = |direction: Direction| {
+            self.supernodes.iter().filter_map(move |conn| {
+                let peer = self.peers.get(conn)?;
+                match peer.state {
+                    PeerState::Supernode { listen_addr, .. } if peer.direction == direction => {
+                        listen_addr
+                    }
+                    _ => None,
+                }
+            })
+        };
+        listed(Direction::Outbound)
+            .chain(listed(Direction::Inbound))
+            .take(MAX_ADDRESSES)
+            .collect()
     }
 
     /// Listen addresses of the supernodes we are connected to: what we hand
@@ -446,6 +602,8 @@ impl Supernode {
     ) {
         let peer = Peer {
             remote,
+            direction,
+            pushes: None,
             state: PeerState::Handshaking {
                 direction,
                 since: now,
@@ -511,7 +669,7 @@ impl Supernode {
                     ..
                 },
                 Message::HelloReply(reply),
-            ) => self.handle_hello_reply(conn, reply),
+            ) => self.handle_hello_reply(conn, reply, now),
             (PeerState::Handshaking { .. }, other) => {
                 self.violation(
                     conn,
@@ -710,10 +868,15 @@ impl Supernode {
             PeerState::Leaf { node_id, .. } => {
                 self.index.remove_owner(conn);
                 self.by_node.remove(&node_id);
+                self.leaf_addrs.release(peer.remote.ip());
             }
             PeerState::Supernode { node_id, .. } => {
                 self.by_node.remove(&node_id);
                 self.supernodes.remove(&conn);
+                if peer.direction == Direction::Inbound {
+                    self.peer_addrs.release(peer.remote.ip());
+                    self.inbound_peers = self.inbound_peers.saturating_sub(1);
+                }
             }
             PeerState::Handshaking { .. } => {}
         }
@@ -724,7 +887,14 @@ impl Supernode {
         self.config.identity.hello()
     }
 
-    fn admit(&self, hello: &Hello) -> Result<(), Rejection> {
+    /// Whether a connection from `remote`, opened in `direction`, saying
+    /// `hello` may take a slot.
+    fn admit(
+        &self,
+        hello: &Hello,
+        direction: Direction,
+        remote: SocketAddr,
+    ) -> Result<(), Rejection> {
         check_hello(self.config.identity.node_id, hello)?;
         if self.by_node.contains_key(&hello.node_id) {
             return Err(Rejection::new(
@@ -746,6 +916,39 @@ impl Supernode {
                 format!("this supernode has its maximum of {max} {what}"),
             ));
         }
+        if direction == Direction::Outbound {
+            return Ok(()); // we chose to dial it
+        }
+        let by_address = match hello.role {
+            Role::Leaf => self
+                .leaf_addrs
+                .check(remote.ip())
+                .map_err(|e| (e, "leaf slots", self.config.leaves_per_address)),
+            Role::Supernode => self
+                .peer_addrs
+                .check(remote.ip())
+                .map_err(|e| (e, "supernode peer slots", self.config.peers_per_address)),
+        };
+        by_address.map_err(|(exceeded, what, limit)| {
+            Rejection::new(
+                RejectReason::AddressLimit,
+                format!(
+                    "{what}: {exceeded} (at most {} per IP address and {} per /24 or /48 network)",
+                    limit.per_ip, limit.per_prefix
+                ),
+            )
+        })?;
+        let inbound_max = max.saturating_sub(self.config.reserved_outbound_peers);
+        if hello.role == Role::Supernode && self.inbound_peers >= inbound_max {
+            return Err(Rejection::new(
+                RejectReason::Full,
+                format!(
+                    "this supernode has its maximum of {inbound_max} supernode peers \
+                     that dialed it; its other {} peer slots are kept for peers it dials",
+                    max - inbound_max
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -753,14 +956,17 @@ impl Supernode {
         let Some(remote) = self.peers.get(&conn).map(|p| p.remote) else {
             return;
         };
-        if let Err(rejection) = self.admit(&hello) {
+        if let Err(rejection) = self.admit(&hello, Direction::Inbound, remote) {
             self.stats.handshakes_rejected += 1;
+            if rejection.reason == RejectReason::AddressLimit {
+                self.stats.handshakes_address_limited += 1;
+            }
             let reply = HelloReply {
                 hello: self.our_hello(),
                 outcome: HandshakeOutcome::Rejected {
                     reason: rejection.reason,
                     detail: rejection.detail,
-                    try_supernodes: self.known_supernodes(),
+                    try_supernodes: self.try_list(),
                 },
             };
             self.send(conn, Message::HelloReply(reply));
@@ -770,7 +976,12 @@ impl Supernode {
         let state = match hello.role {
             Role::Leaf => PeerState::Leaf {
                 node_id: hello.node_id,
-                addr: reachable_addr(hello.listen_addr, remote),
+                // Only ever the IP we see it from: an announced IP could be
+                // anyone's, and probes and downloads would go there.
+                addr: SocketAddr::new(
+                    remote.ip(),
+                    hello.listen_addr.map_or(remote.port(), |a| a.port()),
+                ),
                 // A leaf that announces no listening address accepts no
                 // connections: downloads from it go by push.
                 firewalled: hello.listen_addr.is_none(),
@@ -782,9 +993,12 @@ impl Supernode {
             },
             Role::Supernode => PeerState::Supernode {
                 node_id: hello.node_id,
+                // Its announced port on the IP it dialed from: what we pass
+                // on (host caches, try-lists) must not send others to an
+                // address of a stranger's choosing.
                 listen_addr: hello
                     .listen_addr
-                    .map(|addr| reachable_addr(Some(addr), remote)),
+                    .map(|addr| SocketAddr::new(remote.ip(), addr.port())),
             },
         };
         let probe = match &state {
@@ -795,7 +1009,7 @@ impl Supernode {
             } => Some(*addr),
             _ => None,
         };
-        self.establish(conn, hello.node_id, state);
+        self.establish(conn, hello.node_id, state, now);
         let reply = HelloReply {
             hello: self.our_hello(),
             outcome: HandshakeOutcome::Accepted {
@@ -803,9 +1017,68 @@ impl Supernode {
             },
         };
         self.send(conn, Message::HelloReply(reply));
-        if let Some(addr) = probe {
-            self.actions.push_back(Action::Probe { conn, addr });
+        if probe.is_some() {
+            self.request_probe(conn);
         }
+    }
+
+    /// Probes leaf `conn` now if fewer than the maximum are running (in
+    /// all and to its address); else it waits, counted firewalled until
+    /// probed, or, if too many wait, is never probed.
+    fn request_probe(&mut self, conn: ConnId) {
+        if self.start_probe(conn) {
+            return;
+        }
+        if let Some(PeerState::Leaf { firewalled, .. }) =
+            self.peers.get_mut(&conn).map(|p| &mut p.state)
+        {
+            *firewalled = true;
+        }
+        if self.probe_waiting.len() < MAX_PROBES_WAITING {
+            self.probe_waiting.push_back(conn);
+        } else {
+            self.stats.probes_skipped += 1;
+        }
+    }
+
+    /// Starts the probe of leaf `conn` if there is room; true if started.
+    fn start_probe(&mut self, conn: ConnId) -> bool {
+        let Some(PeerState::Leaf { addr, .. }) = self.peers.get(&conn).map(|p| &p.state) else {
+            return false;
+        };
+        let addr = *addr;
+        if self.probing.len() >= self.config.max_probes_in_flight
+            || self.probe_addrs.acquire(addr.ip()).is_err()
+        {
+            return false;
+        }
+        self.probing.insert(conn, addr.ip());
+        self.actions.push_back(Action::Probe { conn, addr });
+        true
+    }
+
+    /// Starts waiting probes while there is room, oldest first; those
+    /// whose address is busy keep their place.
+    fn start_waiting_probes(&mut self) {
+        let mut still_waiting = VecDeque::new();
+        while let Some(conn) = self.probe_waiting.pop_front() {
+            let is_leaf = matches!(
+                self.peers.get(&conn).map(|p| &p.state),
+                Some(PeerState::Leaf { .. })
+            );
+            if !is_leaf {
+                continue; // gone while it waited
+            }
+            if self.probing.len() >= self.config.max_probes_in_flight {
+                still_waiting.push_back(conn);
+                still_waiting.extend(self.probe_waiting.drain(..));
+                break;
+            }
+            if !self.start_probe(conn) {
+                still_waiting.push_back(conn);
+            }
+        }
+        self.probe_waiting = still_waiting;
     }
 
     /// `conn`'s send queue stayed full: it reads too slowly for what it is
@@ -832,8 +1105,12 @@ impl Supernode {
     }
 
     /// The result of an [`Action::Probe`]: an unreachable leaf is marked
-    /// firewalled from now on.
+    /// firewalled from now on. Results of probes not asked for are ignored.
     pub fn handle_probe_result(&mut self, conn: ConnId, reachable: bool) {
+        let Some(ip) = self.probing.remove(&conn) else {
+            return;
+        };
+        self.probe_addrs.release(ip);
         if let Some(PeerState::Leaf { firewalled, .. }) =
             self.peers.get_mut(&conn).map(|p| &mut p.state)
         {
@@ -842,9 +1119,10 @@ impl Supernode {
                 self.stats.leaves_unreachable += 1;
             }
         }
+        self.start_waiting_probes();
     }
 
-    fn handle_hello_reply(&mut self, conn: ConnId, reply: HelloReply) {
+    fn handle_hello_reply(&mut self, conn: ConnId, reply: HelloReply, now: Time) {
         let Some(remote) = self.peers.get(&conn).map(|p| p.remote) else {
             return;
         };
@@ -870,10 +1148,10 @@ impl Supernode {
             self.violation(conn, "dialed a supernode but a leaf answered".into());
             return;
         }
-        if let Err(rejection) = self.admit(&reply.hello) {
+        if let Err(rejection) = self.admit(&reply.hello, Direction::Outbound, remote) {
             self.stats.handshakes_rejected += 1;
             let reason = match rejection.reason {
-                RejectReason::Full => ByeReason::LimitExceeded,
+                RejectReason::Full | RejectReason::AddressLimit => ByeReason::LimitExceeded,
                 _ => ByeReason::ProtocolViolation,
             };
             self.close(conn, Some((reason, rejection.detail)));
@@ -881,10 +1159,11 @@ impl Supernode {
         }
         let state = PeerState::Supernode {
             node_id: reply.hello.node_id,
-            // We dialed it, so the address we used reaches it.
-            listen_addr: Some(reachable_addr(reply.hello.listen_addr, remote)),
+            // We dialed it, so the address we used reaches it (and is the
+            // one to pass on, not one it names).
+            listen_addr: Some(remote),
         };
-        self.establish(conn, reply.hello.node_id, state);
+        self.establish(conn, reply.hello.node_id, state, now);
         // Ask the supernode we joined which others it knows (the acceptor
         // may not speak first: its HelloReply must come before anything).
         let nonce = self.next_ping_nonce;
@@ -892,7 +1171,7 @@ impl Supernode {
         self.send(conn, Message::Ping { nonce });
     }
 
-    fn establish(&mut self, conn: ConnId, node_id: NodeId, state: PeerState) {
+    fn establish(&mut self, conn: ConnId, node_id: NodeId, state: PeerState, now: Time) {
         let new_supernode = match &state {
             PeerState::Supernode { listen_addr, .. } => Some(*listen_addr),
             _ => None,
@@ -900,6 +1179,21 @@ impl Supernode {
         if let Some(peer) = self.peers.get_mut(&conn) {
             *self.counts.slot(&peer.state) -= 1;
             *self.counts.slot(&state) += 1;
+            // Take the address's slot (admit checked there is room) and
+            // the role's push budget.
+            let push_rate = match (&state, peer.direction) {
+                (PeerState::Leaf { .. }, _) => {
+                    let _ = self.leaf_addrs.acquire(peer.remote.ip());
+                    self.config.leaf_push_rate
+                }
+                (_, Direction::Inbound) => {
+                    let _ = self.peer_addrs.acquire(peer.remote.ip());
+                    self.inbound_peers += 1;
+                    self.config.peer_push_rate
+                }
+                _ => self.config.peer_push_rate,
+            };
+            peer.pushes = Some(push_rate.bucket(now));
             peer.state = state;
             self.by_node.insert(node_id, conn);
             if new_supernode.is_some() {
@@ -1230,7 +1524,7 @@ impl Supernode {
             }
         }
         // A push for this source will come back this way.
-        self.push_routes.insert(hit.source_node_id, from, now);
+        self.record_push_route(hit.source_node_id, from, now);
         self.send(back, Message::QueryHit(hit));
     }
 
@@ -1247,10 +1541,43 @@ impl Supernode {
             && hit.source_node_id != self.config.identity.node_id
     }
 
+    /// Remembers that pushes for `source` go to `from`, unless they go to
+    /// another live connection already: push routes are set once, so a
+    /// peer can't steal the pushes for any node id by sending a hit naming
+    /// it. The same connection refreshes its route; a dead one is replaced.
+    fn record_push_route(&mut self, source: NodeId, from: ConnId, now: Time) {
+        match self.push_routes.lookup(&source, now) {
+            Some(held) if held != from && self.peers.contains_key(&held) => {}
+            _ => self.push_routes.insert(source, from, now),
+        }
+    }
+
     /// Delivers a push to the target leaf if it is ours, else passes it on
-    /// towards the connection its hits came from.
-    fn route_push(&mut self, from: ConnId, push: Push, now: Time) {
+    /// towards the connection its hits came from. A leaf's push gets the
+    /// leaf's own IP as its callback IP (the port is kept): nobody can make
+    /// a leaf connect to a third address. Pushes from supernode peers were
+    /// rewritten at their first hop and pass as they are. Pushes are
+    /// limited per source connection and per callback IP.
+    fn route_push(&mut self, from: ConnId, mut push: Push, now: Time) {
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return;
+        };
+        if !peer.pushes.as_mut().is_some_and(|bucket| bucket.allow(now)) {
+            self.stats.pushes_rate_limited += 1;
+            return;
+        }
+        if matches!(peer.state, PeerState::Leaf { .. }) {
+            let own = SocketAddr::new(peer.remote.ip(), push.callback_addr.port());
+            if own != push.callback_addr {
+                self.stats.push_callbacks_rewritten += 1;
+                push.callback_addr = own;
+            }
+        }
         if !self.seen.first_sighting(push.message_id) {
+            return;
+        }
+        if !self.callback_pushes.allow(push.callback_addr.ip(), now) {
+            self.stats.pushes_callback_limited += 1;
             return;
         }
         let is_our_leaf = |conn: &ConnId| {

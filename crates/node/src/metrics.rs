@@ -160,6 +160,7 @@ fn traffic_samples(traffic: &Traffic) -> [Sample; 3] {
 pub fn supernode_metrics(node: &SupernodeHandle) -> Exporter {
     let stats = node.watch_stats();
     let traffic = node.traffic().clone();
+    let refused = node.connections_refused_counter();
     let snapshot: Snapshot = Box::new(move || {
         let s = stats.borrow().clone();
         let mut samples = vec![
@@ -281,6 +282,41 @@ pub fn supernode_metrics(node: &SupernodeHandle) -> Exporter {
                 "Handshakes refused.",
                 s.handshakes_rejected,
             ),
+            counter(
+                "canopy_handshakes_address_limited",
+                "Handshakes refused for the address's or network's share of slots.",
+                s.handshakes_address_limited,
+            ),
+            counter(
+                "canopy_connections_refused_address_limit",
+                "Connections closed on accept: their address held its share of handshakes.",
+                refused.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            counter(
+                "canopy_pushes_rate_limited",
+                "Pushes dropped for going over their source connection's rate.",
+                s.pushes_rate_limited,
+            ),
+            counter(
+                "canopy_pushes_callback_limited",
+                "Pushes dropped for going over their callback address's rate.",
+                s.pushes_callback_limited,
+            ),
+            counter(
+                "canopy_push_callbacks_rewritten",
+                "Leaf pushes whose callback IP was replaced with the leaf's own.",
+                s.push_callbacks_rewritten,
+            ),
+            counter(
+                "canopy_probes_skipped",
+                "Leaves never probed because too many waited.",
+                s.probes_skipped,
+            ),
+            gauge(
+                "canopy_probes_in_flight",
+                "Reachability probes running.",
+                s.probes_in_flight,
+            ),
         ];
         samples.extend(traffic_samples(&traffic));
         samples
@@ -293,6 +329,7 @@ pub fn leaf_metrics(leaf: &LeafHandle) -> Exporter {
     let status = leaf.watch_status();
     let server = leaf.server().clone();
     let traffic = leaf.traffic().clone();
+    let connect_backs_refused = leaf.connect_backs_refused_counter();
     let snapshot: Snapshot = Box::new(move || {
         let s = status.borrow().clone();
         let stats = server.stats();
@@ -326,6 +363,11 @@ pub fn leaf_metrics(leaf: &LeafHandle) -> Exporter {
                 "canopy_upload_refusals",
                 "Downloads refused for want of an upload slot (503).",
                 stats.busy_refusals.load(Ordering::Relaxed),
+            ),
+            counter(
+                "canopy_connect_backs_refused",
+                "Pushes ignored: connecting back would go over the rate.",
+                connect_backs_refused.load(Ordering::Relaxed),
             ),
         ];
         samples.extend(traffic_samples(&traffic));

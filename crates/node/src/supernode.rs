@@ -3,12 +3,13 @@
 //! [`canopy_core::supernode::Supernode`] state machine in one task.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use canopy_core::ConnId;
+use canopy_core::addr_limits::{AddressCounter, AddressLimit, IpNet};
 use canopy_core::backoff::Backoff;
 use canopy_core::supernode::{Action, Direction, Supernode, SupernodeConfig, SupernodeStats};
 use canopy_proto::NodeId;
@@ -85,6 +86,18 @@ pub struct SupernodeOptions {
     /// Supernode peers to keep: beyond the configured ones, supernodes
     /// heard of are dialed until there are this many.
     pub peers_wanted: usize,
+    /// Addresses the per-address limits do not apply to (loopback by
+    /// default; empty to limit everyone, as tests of the limits do).
+    pub limit_exempt: Vec<IpNet>,
+    /// Leaves one IP, and one /24 or /48, may attach.
+    pub leaves_per_address: AddressLimit,
+    /// Supernode peers that dialed us one IP, and one prefix, may hold.
+    pub peers_per_address: AddressLimit,
+    /// Handshakes in progress one IP, and one prefix, may hold; the accept
+    /// loop closes connections beyond at once.
+    pub handshakes_per_address: AddressLimit,
+    /// Supernode peer slots kept for peers we dial.
+    pub reserved_outbound_peers: usize,
 }
 
 impl SupernodeOptions {
@@ -112,6 +125,11 @@ impl SupernodeOptions {
             send_stall_timeout: Duration::from_secs(30),
             data_dir: None,
             peers_wanted: 8,
+            limit_exempt: core.limit_exempt,
+            leaves_per_address: core.leaves_per_address,
+            peers_per_address: core.peers_per_address,
+            handshakes_per_address: core.handshakes_per_address,
+            reserved_outbound_peers: core.reserved_outbound_peers,
         }
     }
 }
@@ -123,11 +141,24 @@ pub struct SupernodeHandle {
     node_id: NodeId,
     stats: watch::Receiver<SupernodeStats>,
     traffic: Arc<Traffic>,
+    connections_refused: Arc<AtomicU64>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
 
 impl SupernodeHandle {
+    /// Connections closed as soon as accepted because their address (or
+    /// its network) held its share of handshakes in progress.
+    pub fn connections_refused(&self) -> u64 {
+        self.connections_refused.load(Ordering::Relaxed)
+    }
+
+    /// The counter behind [`SupernodeHandle::connections_refused`], for
+    /// metrics.
+    pub(crate) fn connections_refused_counter(&self) -> Arc<AtomicU64> {
+        self.connections_refused.clone()
+    }
+
     /// The address it listens on (with the real port if 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -212,6 +243,38 @@ fn conn_event(conn: ConnId, event: ConnEvent) -> Event {
 struct Registered {
     outgoing: Outgoing,
     on_close: Option<Release>,
+    /// Held until the handshake ends, for an accepted connection.
+    handshake: Option<HandshakeHold>,
+}
+
+/// One handshake in progress counted against its address; dropping it
+/// gives it back. The core's counter decides; the driver only holds.
+struct HandshakeHold {
+    counter: Arc<Mutex<AddressCounter>>,
+    ip: IpAddr,
+}
+
+impl HandshakeHold {
+    fn take(
+        counter: &Arc<Mutex<AddressCounter>>,
+        ip: IpAddr,
+    ) -> Result<Self, canopy_core::addr_limits::LimitExceeded> {
+        if let Ok(mut held) = counter.lock() {
+            held.acquire(ip)?;
+        }
+        Ok(Self {
+            counter: counter.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for HandshakeHold {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.counter.lock() {
+            held.release(self.ip);
+        }
+    }
 }
 
 /// What the node task releases when it lets go of a connection.
@@ -219,8 +282,11 @@ enum Release {
     /// Tells the connection's dialer, which redials.
     Dialer(oneshot::Sender<()>),
     /// Frees the connection's slot among inbound connections (dropping it
-    /// is the release).
-    Slot { _permit: OwnedSemaphorePermit },
+    /// is the release), and its address's handshake count if still held.
+    Slot {
+        _permit: OwnedSemaphorePermit,
+        handshake: Option<HandshakeHold>,
+    },
 }
 
 /// Binds `options.listen` and starts the supernode.
@@ -251,6 +317,13 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
     // Secret, so peers cannot foresee a widening step's query id.
     config.step_id_key = rand::random();
     config.handshake_timeout = options.handshake_timeout;
+    config.limit_exempt = options.limit_exempt.clone();
+    config.leaves_per_address = options.leaves_per_address;
+    config.peers_per_address = options.peers_per_address;
+    config.handshakes_per_address = options.handshakes_per_address;
+    config.reserved_outbound_peers = options.reserved_outbound_peers;
+    let handshakes = Arc::new(Mutex::new(config.handshake_counter()));
+    let connections_refused = Arc::new(AtomicU64::new(0));
     let max_connections = options.max_leaves + options.max_supernode_peers + HANDSHAKE_HEADROOM;
 
     let shutdown = CancellationToken::new();
@@ -286,7 +359,11 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
     tracker.spawn(node.run(events_rx, stats_tx, shutdown.clone()));
     tracker.spawn(accept_loop(
         listener,
-        Arc::new(Semaphore::new(max_connections)),
+        Admission {
+            slots: Arc::new(Semaphore::new(max_connections)),
+            handshakes,
+            refused: connections_refused.clone(),
+        },
         links.clone(),
     ));
     let discovery = Discovery {
@@ -306,6 +383,7 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
         node_id,
         stats: stats_rx,
         traffic,
+        connections_refused,
         shutdown,
         tracker,
     })
@@ -396,13 +474,18 @@ impl NodeTask {
                 direction,
                 remote,
                 outgoing,
-                on_close,
+                mut on_close,
             } => {
+                let handshake = match &mut on_close {
+                    Release::Slot { handshake, .. } => handshake.take(),
+                    Release::Dialer(_) => None,
+                };
                 self.conns.insert(
                     conn,
                     Registered {
                         outgoing,
                         on_close: Some(on_close),
+                        handshake,
                     },
                 );
                 self.core.handle_connected(conn, direction, remote, now);
@@ -412,6 +495,7 @@ impl NodeTask {
                 for message in batch {
                     self.core.handle_message(conn, message, now);
                 }
+                self.end_handshake_hold(conn);
             }
             Event::Conn(conn, ConnEvent::FrameError(error)) => {
                 tracing::info!(?conn, %error, "bad input from peer; disconnecting");
@@ -424,6 +508,15 @@ impl NodeTask {
             Event::Probed { conn, reachable } => self.core.handle_probe_result(conn, reachable),
         }
         messages
+    }
+
+    /// Gives back `conn`'s handshake count once its handshake is over.
+    fn end_handshake_hold(&mut self, conn: ConnId) {
+        if let Some(registered) = self.conns.get_mut(&conn) {
+            if registered.handshake.is_some() && !self.core.is_handshaking(conn) {
+                registered.handshake = None;
+            }
+        }
     }
 
     /// Tells discovery which supernodes are connected.
@@ -500,6 +593,8 @@ impl NodeTask {
                         hosts.learn(supernodes);
                     }
                 }
+                // The core names only the leaf's own IP, and only so many
+                // at once; the driver dials what it is told.
                 Action::Probe { conn, addr } => {
                     let inbox = self.inbox.clone();
                     self.tracker.spawn(async move {
@@ -593,13 +688,22 @@ impl Links {
     }
 
     /// Starts an accepted connection, holding `slot` until the node task
-    /// lets go of it.
-    fn register_inbound(&self, stream: TcpStream, remote: SocketAddr, slot: OwnedSemaphorePermit) {
+    /// lets go of it and `handshake` until its handshake ends.
+    fn register_inbound(
+        &self,
+        stream: TcpStream,
+        remote: SocketAddr,
+        slot: OwnedSemaphorePermit,
+        handshake: HandshakeHold,
+    ) {
         self.register(
             stream,
             remote,
             Direction::Inbound,
-            Release::Slot { _permit: slot },
+            Release::Slot {
+                _permit: slot,
+                handshake: Some(handshake),
+            },
         );
     }
 
@@ -632,7 +736,22 @@ impl Links {
     }
 }
 
-async fn accept_loop(listener: TcpListener, slots: Arc<Semaphore>, links: Links) {
+/// What an accepted connection must get before it is started.
+struct Admission {
+    /// Connections in all (leaves + peers + handshake headroom).
+    slots: Arc<Semaphore>,
+    /// Handshakes in progress per address (the core's counter).
+    handshakes: Arc<Mutex<AddressCounter>>,
+    /// Connections closed for their address's handshake count.
+    refused: Arc<AtomicU64>,
+}
+
+async fn accept_loop(listener: TcpListener, admission: Admission, links: Links) {
+    let Admission {
+        slots,
+        handshakes,
+        refused,
+    } = admission;
     let shutdown = links.shutdown.clone();
     loop {
         // Wait for a free slot before accepting, so a flood of connections
@@ -657,7 +776,16 @@ async fn accept_loop(listener: TcpListener, slots: Arc<Semaphore>, links: Links)
                 continue;
             }
         };
-        links.register_inbound(stream, remote, permit);
+        // One address may not hold the handshake capacity: beyond its
+        // share the connection is closed unread (the others it holds are
+        // cut at the handshake timeout if they stay silent).
+        match HandshakeHold::take(&handshakes, remote.ip()) {
+            Ok(hold) => links.register_inbound(stream, remote, permit, hold),
+            Err(exceeded) => {
+                refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%remote, %exceeded, "too many handshakes from one address; closed");
+            }
+        }
     }
 }
 

@@ -6,9 +6,10 @@
 //! maps are used for lookups only, so runs are deterministic for a seed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use canopy_core::addr_limits::IpNet;
 use canopy_core::dynamic::DynamicConfig;
 use canopy_core::handshake::Identity;
 use canopy_core::leaf::{LeafAction, LeafSession, SearchRequest};
@@ -184,8 +185,9 @@ fn leaf_session(l: usize, shares: &[SharedFile]) -> LeafSession {
 
 /// The configuration every simulated supernode runs with: the core's
 /// defaults, except that nothing is rate-limited, nobody idles out (no
-/// keepalive traffic to simulate) and the TTL cap lets a flood use the TTL
-/// it is given.
+/// keepalive traffic to simulate), no address is limited (the simulated
+/// addresses are made up, hundreds to a /24) and the TTL cap lets a flood
+/// use the TTL it is given.
 fn supernode_config(
     i: usize,
     config: &SimConfig,
@@ -201,6 +203,7 @@ fn supernode_config(
     c.leaf_queries_per_second = 1_000_000;
     c.leaf_query_burst = 1_000_000;
     c.dynamic = dynamic.cloned();
+    c.limit_exempt = vec![IpNet::new_assert(IpAddr::from([0, 0, 0, 0]), 0)];
     c
 }
 

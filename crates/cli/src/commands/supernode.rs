@@ -1,8 +1,9 @@
 //! `canopy supernode`: runs a supernode until Ctrl-C or SIGTERM.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+use canopy_core::addr_limits::{AddressLimit, IpNet};
 use canopy_node::metrics;
 use canopy_node::supernode::{self, SupernodeOptions};
 use serde::Deserialize;
@@ -66,6 +67,33 @@ pub(crate) struct Args {
     /// dialed until there are this many [default: 8].
     #[arg(long)]
     peers_wanted: Option<usize>,
+    /// Leaves one IP address may attach [default: 4].
+    #[arg(long)]
+    leaves_per_ip: Option<usize>,
+    /// Leaves one network (an IPv4 /24, an IPv6 /48) may attach [default: 32].
+    #[arg(long)]
+    leaves_per_network: Option<usize>,
+    /// Supernode peers that dialed us from one IP address [default: 2].
+    #[arg(long)]
+    peers_per_ip: Option<usize>,
+    /// Supernode peers that dialed us from one /24 or /48 [default: 4].
+    #[arg(long)]
+    peers_per_network: Option<usize>,
+    /// Handshakes in progress from one IP address; connections beyond are
+    /// closed at once [default: 8].
+    #[arg(long)]
+    handshakes_per_ip: Option<usize>,
+    /// Handshakes in progress from one /24 or /48 [default: 32].
+    #[arg(long)]
+    handshakes_per_network: Option<usize>,
+    /// Supernode peer slots only peers we dial may take, so inbound floods
+    /// can't lock us out of our own network [default: 8].
+    #[arg(long)]
+    reserved_outbound_peers: Option<usize>,
+    /// Addresses (CIDR or single IP, repeatable) the per-address limits do
+    /// not apply to; `none` limits everyone [default: 127.0.0.0/8, ::1].
+    #[arg(long = "limit-exempt", value_name = "CIDR")]
+    limit_exempt: Vec<String>,
     /// Where the host cache is kept [default: $XDG_DATA_HOME/canopy].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -95,6 +123,14 @@ struct File {
     index_budget_bytes: Option<u64>,
     max_words_per_name: Option<usize>,
     peers_wanted: Option<usize>,
+    leaves_per_ip: Option<usize>,
+    leaves_per_network: Option<usize>,
+    peers_per_ip: Option<usize>,
+    peers_per_network: Option<usize>,
+    handshakes_per_ip: Option<usize>,
+    handshakes_per_network: Option<usize>,
+    reserved_outbound_peers: Option<usize>,
+    limit_exempt: Option<Vec<String>>,
     data_dir: Option<PathBuf>,
     metrics: Option<SocketAddr>,
     log_format: Option<LogFormat>,
@@ -195,6 +231,64 @@ impl Args {
             ));
         }
         options.peers_wanted = pick(self.peers_wanted, file.peers_wanted, defaults.peers_wanted);
+        let limit = |flag_ip, file_ip, flag_net, file_net, default: AddressLimit, key| {
+            let limit = AddressLimit::new(
+                pick(flag_ip, file_ip, default.per_ip),
+                pick(flag_net, file_net, default.per_prefix),
+            );
+            if limit.per_ip == 0 || limit.per_prefix == 0 {
+                return Err(ConfigError::invalid(path, key, "must be at least 1"));
+            }
+            Ok(limit)
+        };
+        options.leaves_per_address = limit(
+            self.leaves_per_ip,
+            file.leaves_per_ip,
+            self.leaves_per_network,
+            file.leaves_per_network,
+            defaults.leaves_per_address,
+            "leaves_per_ip",
+        )?;
+        options.peers_per_address = limit(
+            self.peers_per_ip,
+            file.peers_per_ip,
+            self.peers_per_network,
+            file.peers_per_network,
+            defaults.peers_per_address,
+            "peers_per_ip",
+        )?;
+        options.handshakes_per_address = limit(
+            self.handshakes_per_ip,
+            file.handshakes_per_ip,
+            self.handshakes_per_network,
+            file.handshakes_per_network,
+            defaults.handshakes_per_address,
+            "handshakes_per_ip",
+        )?;
+        options.reserved_outbound_peers = pick(
+            self.reserved_outbound_peers,
+            file.reserved_outbound_peers,
+            defaults.reserved_outbound_peers,
+        );
+        if options.reserved_outbound_peers > options.max_supernode_peers {
+            return Err(ConfigError::invalid(
+                path,
+                "reserved_outbound_peers",
+                format!(
+                    "must be at most max_peers ({})",
+                    options.max_supernode_peers
+                ),
+            ));
+        }
+        options.limit_exempt = if !self.limit_exempt.is_empty() {
+            parse_exempt(&self.limit_exempt)
+                .map_err(|problem| ConfigError::invalid(None, "limit_exempt", problem))?
+        } else if let Some(list) = &file.limit_exempt {
+            parse_exempt(list)
+                .map_err(|problem| ConfigError::invalid(path, "limit_exempt", problem))?
+        } else {
+            defaults.limit_exempt
+        };
         options.dynamic = match pick(
             self.query_strategy,
             file.query_strategy,
@@ -221,6 +315,26 @@ impl Args {
             json: self.json || file.json.unwrap_or(false),
         })
     }
+}
+
+/// The exempt list: networks (`10.0.0.0/8`) or single addresses, or the
+/// one word `none` for an empty list (an empty array does too in a file).
+fn parse_exempt(items: &[String]) -> Result<Vec<IpNet>, String> {
+    if items.iter().any(|item| item == "none") {
+        return if items.len() == 1 {
+            Ok(Vec::new())
+        } else {
+            Err("`none` can't be combined with addresses".into())
+        };
+    }
+    items
+        .iter()
+        .map(|item| {
+            item.parse::<IpNet>()
+                .or_else(|_| item.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| format!("`{item}` is not an address or a network (CIDR)"))
+        })
+        .collect()
 }
 
 pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -257,4 +371,30 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     node.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_exempt_list_takes_networks_addresses_or_none() {
+        let parsed = parse_exempt(&items(&["10.0.0.0/8", "192.0.2.7", "::1"])).unwrap();
+        assert_eq!(
+            parsed,
+            vec![
+                "10.0.0.0/8".parse::<IpNet>().unwrap(),
+                "192.0.2.7/32".parse().unwrap(),
+                "::1/128".parse().unwrap(),
+            ]
+        );
+        assert_eq!(parse_exempt(&items(&["none"])).unwrap(), Vec::new());
+        assert!(parse_exempt(&items(&["none", "10.0.0.0/8"])).is_err());
+        let error = parse_exempt(&items(&["localhost"])).unwrap_err();
+        assert!(error.contains("`localhost`"), "{error}");
+    }
 }

@@ -19,6 +19,7 @@ mod task;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use canopy_core::handshake::Identity;
@@ -39,7 +40,7 @@ use crate::connection::LinkContext;
 use crate::hosts::HostCache;
 use crate::traffic::Traffic;
 use scan::{catalog_entries, load_cache, rescan_loop, scan_in_background};
-use session::SessionContext;
+use session::{ConnectBacks, SessionContext};
 use task::LeafTask;
 
 /// Pushed uploads being set up at once; further push requests are ignored.
@@ -169,6 +170,7 @@ pub struct LeafHandle {
     traffic: Arc<Traffic>,
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<LeafStatus>,
+    connect_backs_refused: Arc<AtomicU64>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -185,6 +187,17 @@ impl std::fmt::Debug for Command {
 }
 
 impl LeafHandle {
+    /// Pushes ignored because connecting back would go over the rate
+    /// (overall, or to that callback address).
+    pub fn connect_backs_refused(&self) -> u64 {
+        self.connect_backs_refused.load(Ordering::Relaxed)
+    }
+
+    /// The counter behind [`LeafHandle::connect_backs_refused`], for metrics.
+    pub(crate) fn connect_backs_refused_counter(&self) -> Arc<AtomicU64> {
+        self.connect_backs_refused.clone()
+    }
+
     /// Our node id.
     pub fn node_id(&self) -> NodeId {
         self.node_id
@@ -357,11 +370,13 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
             shutdown.clone(),
         ));
     }
+    let connect_backs = ConnectBacks::new();
     let context = SessionContext {
         identity,
         catalog: catalog.clone(),
         server: server.clone(),
         pushes: Arc::new(Semaphore::new(MAX_PUSHES)),
+        connect_backs: connect_backs.clone(),
         tracker: tracker.clone(),
         link: LinkContext {
             tracker: tracker.clone(),
@@ -388,6 +403,7 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         traffic,
         commands: commands_tx,
         status: status_rx,
+        connect_backs_refused: connect_backs.refused,
         shutdown,
         tracker,
     })

@@ -4,12 +4,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use canopy_core::ConnId;
 use canopy_core::handshake::Identity;
 use canopy_core::leaf::{LeafAction, LeafSession, SearchRequest};
+use canopy_core::push_limits::{ConnectBackConfig, ConnectBackLimiter};
 use canopy_proto::{ContentId, MessageId, SharedFile};
 use canopy_transfer::Catalog;
 use canopy_transfer::server::ContentServer;
@@ -38,9 +40,52 @@ pub(super) struct SessionContext {
     pub(super) server: ContentServer,
     /// Pushed uploads being set up at once.
     pub(super) pushes: Arc<Semaphore>,
+    /// How often pushes may make us connect out.
+    pub(super) connect_backs: ConnectBacks,
     pub(super) tracker: TaskTracker,
     pub(super) link: LinkContext,
     pub(super) shutdown: CancellationToken,
+}
+
+/// The leaf's budget of connect-backs, shared by its sessions: the core's
+/// limiter (overall and per callback IP) on one clock, so a stream of
+/// pushes can't make the leaf open connections without bound.
+#[derive(Debug, Clone)]
+pub(super) struct ConnectBacks {
+    limiter: Arc<Mutex<ConnectBackLimiter>>,
+    clock: Clock,
+    /// Pushes ignored for the rate.
+    pub(super) refused: Arc<AtomicU64>,
+}
+
+impl ConnectBacks {
+    pub(super) fn new() -> Self {
+        let clock = Clock::new();
+        Self {
+            limiter: Arc::new(Mutex::new(ConnectBackLimiter::new(
+                ConnectBackConfig::default(),
+                clock.now(),
+            ))),
+            clock,
+            refused: Arc::default(),
+        }
+    }
+
+    /// Takes one connect-back to `callback` from the budget, if allowed.
+    fn allow(&self, callback: SocketAddr) -> bool {
+        let verdict = match self.limiter.lock() {
+            Ok(mut limiter) => limiter.allow(callback, self.clock.now()),
+            Err(_) => return false,
+        };
+        match verdict {
+            Ok(()) => true,
+            Err(refused) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%callback, %refused, "push ignored");
+                false
+            }
+        }
+    }
 }
 
 /// A request from the coordinator.
@@ -234,6 +279,11 @@ async fn run(
 fn push_upload(context: &SessionContext, content_id: ContentId, callback: SocketAddr) {
     if context.catalog.get(&content_id).is_none() {
         tracing::info!(%content_id, "push for content we do not share; ignored");
+        return;
+    }
+    // The rate first: every push for content we share is counted, allowed
+    // or not.
+    if !context.connect_backs.allow(callback) {
         return;
     }
     let Ok(permit) = context.pushes.clone().try_acquire_owned() else {

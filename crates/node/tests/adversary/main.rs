@@ -1,7 +1,10 @@
-//! Adversarial tests on real sockets: a scripted hostile peer (a raw
-//! connection speaking the wire protocol from proto/) attacks a supernode
-//! on 127.0.0.1, and each test asserts the attack fails, with the figure
-//! that proves it (queries forwarded, drops counted, bytes indexed...).
+//! Adversarial tests on real sockets: a scripted hostile peer, bound to
+//! its own 127.x address where the attack needs one, speaks the wire
+//! protocol from proto/ by hand and reproduces an attack on a supernode or
+//! a leaf; each test asserts that the attack fails, with the figure that
+//! proves it (connections accepted per address, connections made to a
+//! third address, queries forwarded, drops counted, bytes indexed, ...).
+//! One module per kind of attack.
 
 #![allow(
     clippy::unwrap_used,
@@ -10,5 +13,10 @@
     clippy::cast_possible_truncation
 )]
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod index_budget;
 mod peer_flood;
+mod reflection;
+mod slots;

@@ -53,6 +53,8 @@ pub enum RejectReason {
     SelfConnection,
     /// A connection to this node id exists already.
     DuplicateConnection,
+    /// The dialer's address or network holds its share of connections.
+    AddressLimit,
 }
 
 /// How a handshake ended.
