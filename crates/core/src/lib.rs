@@ -14,9 +14,12 @@
 //! - [`leaf`]: a leaf's side of its connection to a supernode: handshake,
 //!   publishing its files, its searches.
 //! - [`search`]: gathers the hits of one search, grouped by content id.
+//! - [`addrman`]: the supernodes a node knows of and whom it dials next,
+//!   safe from floods of addresses (eclipse attacks).
 //! - [`index`], [`posting`], [`arena`], [`tokenize`], [`dedup`], [`routes`],
 //!   [`backoff`]: the parts.
 
+pub mod addrman;
 pub mod arena;
 pub mod backoff;
 pub mod dedup;
