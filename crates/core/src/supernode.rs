@@ -22,6 +22,7 @@ use canopy_proto::{
     Query, QueryHit, RejectReason, Role, SharedFile,
 };
 
+use crate::addrman::solicit::{NonceSource, Outstanding, public_key_for};
 use crate::dedup::SeenMessages;
 use crate::dynamic::{DynamicConfig, DynamicQuery, Step};
 use crate::handshake::{Identity, Rejection, check_hello, reachable_addr};
@@ -67,6 +68,9 @@ pub struct SupernodeConfig {
     pub peer_refresh_interval: Duration,
     /// A peer silent this long is disconnected.
     pub idle_timeout: Duration,
+    /// Keys the ping nonces. The driver sets it from its RNG; the default
+    /// is derived from the node id, so predictable (tests, simulator).
+    pub ping_key: [u8; 32],
 }
 
 /// Most leaf queries run dynamically at once; beyond, they are flooded.
@@ -100,6 +104,7 @@ impl SupernodeConfig {
             keepalive_interval: Duration::from_secs(30),
             peer_refresh_interval: Duration::from_secs(5 * 60),
             idle_timeout: Duration::from_secs(90),
+            ping_key: public_key_for(&node_id.0),
         }
     }
 }
@@ -150,9 +155,21 @@ pub enum Action {
         /// Other supernodes it suggested.
         try_supernodes: Vec<SocketAddr>,
     },
-    /// Supernodes heard of (a new peer, a Pong, a try-list): for the host
-    /// cache, and for dialing when short of peers.
-    Learned(Vec<SocketAddr>),
+    /// Supernodes that `from` named in answer to our Ping or in refusing
+    /// our dial: for the host cache, and for dialing when short of peers.
+    /// (Pongs nobody asked for are dropped before this.)
+    Learned {
+        /// The peer that named them, as we reach it.
+        from: SocketAddr,
+        /// What it named (not us).
+        supernodes: Vec<SocketAddr>,
+    },
+    /// The supernode we dialed at `addr` accepted us: the host cache
+    /// counts it as tried.
+    Joined {
+        /// The address we dialed.
+        addr: SocketAddr,
+    },
     /// Try to open a connection to `addr`, the address leaf `conn`
     /// announced, and report with [`Supernode::handle_probe_result`]. A leaf
     /// behind NAT announces an address nobody can reach; its hits must say
@@ -202,6 +219,8 @@ pub struct SupernodeStats {
     pub handshakes_rejected: u64,
     /// Connections closed for breaking the protocol.
     pub protocol_errors: u64,
+    /// Pongs that answered no Ping of ours: ignored.
+    pub pongs_unsolicited: u64,
 }
 
 #[derive(Debug)]
@@ -228,6 +247,8 @@ struct Peer {
     state: PeerState,
     last_heard: Time,
     pinged_at: Option<Time>,
+    /// Our Pings it has not answered yet.
+    pings: Outstanding,
 }
 
 /// How many connections are in each state, kept as they change so reading
@@ -267,7 +288,7 @@ pub struct Supernode {
     push_routes: RouteTable<NodeId>,
     actions: VecDeque<Action>,
     stats: SupernodeStats,
-    next_ping_nonce: u64,
+    nonces: NonceSource,
     /// When supernode peers are next asked whom they know (set on the
     /// first tick).
     next_peer_refresh: Option<Time>,
@@ -282,6 +303,7 @@ impl Supernode {
             routes: RouteTable::new(config.route_capacity, config.route_lifetime),
             push_routes: RouteTable::new(config.route_capacity, config.route_lifetime),
             dynamic: BTreeMap::new(),
+            nonces: NonceSource::new(config.ping_key),
             config,
             peers: BTreeMap::new(),
             supernodes: BTreeSet::new(),
@@ -290,7 +312,6 @@ impl Supernode {
             index: FileIndex::new(),
             actions: VecDeque::new(),
             stats: SupernodeStats::default(),
-            next_ping_nonce: 1,
             next_peer_refresh: None,
         }
     }
@@ -344,6 +365,7 @@ impl Supernode {
             },
             last_heard: now,
             pinged_at: None,
+            pings: Outstanding::default(),
         };
         if let Some(old) = self.peers.insert(conn, peer) {
             // The driver never reuses ids; if it did, keep the counts true.
@@ -414,10 +436,7 @@ impl Supernode {
                 let supernodes = self.known_supernodes();
                 self.send(conn, Message::Pong { nonce, supernodes });
             }
-            (PeerState::Supernode { .. }, Message::Pong { supernodes, .. }) => {
-                self.learned(supernodes);
-            }
-            (_, Message::Pong { .. }) => {}
+            (_, Message::Pong { nonce, supernodes }) => self.handle_pong(conn, nonce, supernodes),
             (PeerState::Leaf { .. }, Message::Query(query)) => {
                 if self.leaf_may_query(conn, now) {
                     self.handle_query(conn, query, now);
@@ -512,12 +531,10 @@ impl Supernode {
             self.close(conn, Some((reason, detail.to_owned())));
         }
         for conn in to_ping {
-            let nonce = self.next_ping_nonce;
-            self.next_ping_nonce += 1;
             if let Some(peer) = self.peers.get_mut(&conn) {
                 peer.pinged_at = Some(now);
             }
-            self.send(conn, Message::Ping { nonce });
+            self.ping(conn);
         }
         self.refresh_peer_lists(now);
     }
@@ -535,9 +552,35 @@ impl Supernode {
         self.next_peer_refresh = Some(now + self.config.peer_refresh_interval);
         let peers: Vec<ConnId> = self.supernodes.iter().copied().collect();
         for conn in peers {
-            let nonce = self.next_ping_nonce;
-            self.next_ping_nonce += 1;
+            self.ping(conn);
+        }
+    }
+
+    /// Pings `conn` with a fresh nonce and remembers it: only a Pong that
+    /// echoes it is believed.
+    fn ping(&mut self, conn: ConnId) {
+        let nonce = self.nonces.next_nonce();
+        if let Some(peer) = self.peers.get_mut(&conn) {
+            peer.pings.sent(nonce);
             self.send(conn, Message::Ping { nonce });
+        }
+    }
+
+    /// A Pong: its supernodes are learned only if it answers a Ping we
+    /// sent on this connection, and only from a supernode. Anything else
+    /// is counted and dropped (a peer pushing addresses at us uninvited is
+    /// how a host cache gets poisoned).
+    fn handle_pong(&mut self, conn: ConnId, nonce: u64, supernodes: Vec<SocketAddr>) {
+        let Some(peer) = self.peers.get_mut(&conn) else {
+            return;
+        };
+        if !peer.pings.answered(nonce) {
+            self.stats.pongs_unsolicited += 1;
+            return;
+        }
+        if let PeerState::Supernode { .. } = peer.state {
+            let from = peer.remote;
+            self.learned(from, supernodes);
         }
     }
 
@@ -732,7 +775,7 @@ impl Supernode {
         {
             // The acceptor closes the connection; we just let go of it.
             self.stats.handshakes_rejected += 1;
-            self.learned(try_supernodes.clone());
+            self.learned(remote, try_supernodes.clone());
             self.actions.push_back(Action::Rejected {
                 conn,
                 reason,
@@ -761,38 +804,34 @@ impl Supernode {
             listen_addr: Some(reachable_addr(reply.hello.listen_addr, remote)),
         };
         self.establish(conn, reply.hello.node_id, state);
+        self.actions.push_back(Action::Joined { addr: remote });
         // Ask the supernode we joined which others it knows (the acceptor
         // may not speak first: its HelloReply must come before anything).
-        let nonce = self.next_ping_nonce;
-        self.next_ping_nonce += 1;
-        self.send(conn, Message::Ping { nonce });
+        self.ping(conn);
     }
 
     fn establish(&mut self, conn: ConnId, node_id: NodeId, state: PeerState) {
-        let new_supernode = match &state {
-            PeerState::Supernode { listen_addr, .. } => Some(*listen_addr),
-            _ => None,
-        };
+        let new_supernode = matches!(state, PeerState::Supernode { .. });
         if let Some(peer) = self.peers.get_mut(&conn) {
             *self.counts.slot(&peer.state) -= 1;
             *self.counts.slot(&state) += 1;
             peer.state = state;
             self.by_node.insert(node_id, conn);
-            if new_supernode.is_some() {
+            if new_supernode {
                 self.supernodes.insert(conn);
             }
         }
-        if let Some(listen_addr) = new_supernode {
-            self.learned(listen_addr.into_iter().collect());
-        }
+        // An inbound peer's own listen address is not learned: it is a
+        // claim nobody asked for. Others learn it from our Pongs.
     }
 
-    /// Reports supernode addresses heard of (not our own) for the host cache.
-    fn learned(&mut self, mut supernodes: Vec<SocketAddr>) {
+    /// Reports supernode addresses `from` named (not our own) for the
+    /// host cache.
+    fn learned(&mut self, from: SocketAddr, mut supernodes: Vec<SocketAddr>) {
         let us = self.config.identity.listen_addr;
         supernodes.retain(|addr| Some(*addr) != us && !addr.ip().is_unspecified());
         if !supernodes.is_empty() {
-            self.actions.push_back(Action::Learned(supernodes));
+            self.actions.push_back(Action::Learned { from, supernodes });
         }
     }
 

@@ -232,6 +232,7 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
     config.dynamic = options.dynamic.clone();
     config.leaf_query_burst = options.leaf_query_burst;
     config.handshake_timeout = options.handshake_timeout;
+    config.ping_key = rand::random();
     let max_connections = options.max_leaves + options.max_supernode_peers + HANDSHAKE_HEADROOM;
 
     let shutdown = CancellationToken::new();
@@ -251,7 +252,10 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
         },
     };
 
-    let hosts = Arc::new(Mutex::new(HostCache::load(options.data_dir.as_deref())));
+    let hosts = Arc::new(Mutex::new(HostCache::load(
+        options.data_dir.as_deref(),
+        &options.peers,
+    )));
     let (peer_addrs_tx, peer_addrs) = watch::channel(Vec::new());
     let node = NodeTask {
         core,
@@ -476,9 +480,14 @@ impl NodeTask {
                 } => {
                     tracing::info!(?conn, ?reason, %detail, ?try_supernodes, "peer refused our handshake");
                 }
-                Action::Learned(supernodes) => {
+                Action::Learned { from, supernodes } => {
                     if let Ok(mut hosts) = self.hosts.lock() {
-                        hosts.learn(supernodes);
+                        hosts.learn(from, &supernodes);
+                    }
+                }
+                Action::Joined { addr } => {
+                    if let Ok(mut hosts) = self.hosts.lock() {
+                        hosts.mark_good(addr);
                     }
                 }
                 Action::Probe { conn, addr } => {
@@ -676,10 +685,11 @@ async fn dial_loop(peer: SocketAddr, redial_initial: Duration, links: Links) {
 }
 
 /// Finds more supernode peers: while the node has fewer than it wants, it
-/// dials supernodes from the host cache (fed by peers' listen addresses,
-/// Pongs and try-lists), skipping those connected or configured (they have
-/// their own dialers) and backing off from those that failed. It also
-/// keeps the host cache saved.
+/// dials whom the host cache's address manager selects (from the answers
+/// to our Pings and try-lists, tried or new), skipping those connected or
+/// configured (they have their own dialers) and backing off from those
+/// that failed; a failed dial counts against the address, a handshake
+/// (reported by the core) marks it tried. It also keeps the cache saved.
 struct Discovery {
     hosts: Arc<Mutex<HostCache>>,
     peer_addrs: watch::Receiver<Vec<SocketAddr>>,
@@ -707,11 +717,11 @@ impl Discovery {
             }
             let now = tokio::time::Instant::now();
             let candidate = self.hosts.lock().ok().and_then(|hosts| {
-                hosts.addresses().iter().copied().find(|addr| {
-                    !connected.contains(addr)
-                        && !self.configured.contains(addr)
-                        && !dialing.lock().map(|d| d.contains(addr)).unwrap_or(true)
-                        && backoffs.get(addr).is_none_or(|(until, _)| *until <= now)
+                hosts.select(|addr| {
+                    connected.contains(&addr)
+                        || self.configured.contains(&addr)
+                        || dialing.lock().map(|d| d.contains(&addr)).unwrap_or(true)
+                        || backoffs.get(&addr).is_some_and(|(until, _)| *until > now)
                 })
             });
             if let Some(addr) = candidate {
@@ -725,7 +735,8 @@ impl Discovery {
                 if let Ok(mut d) = dialing.lock() {
                     d.insert(addr);
                 }
-                let (links, dialing) = (self.links.clone(), dialing.clone());
+                let (links, dialing, hosts) =
+                    (self.links.clone(), dialing.clone(), self.hosts.clone());
                 self.links.link.tracker.spawn(async move {
                     if let Ok(Ok(stream)) =
                         tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await
@@ -733,6 +744,8 @@ impl Discovery {
                         tracing::debug!(%addr, "dialing a supernode from the host cache");
                         let (_, closed) = links.register_outbound(stream, addr);
                         let _ = closed.await;
+                    } else if let Ok(mut hosts) = hosts.lock() {
+                        hosts.mark_failed(addr);
                     }
                     if let Ok(mut d) = dialing.lock() {
                         d.remove(&addr);
