@@ -549,6 +549,10 @@ impl NodeTask {
 
 fn forget(conns: &mut HashMap<ConnId, Registered>, conn: ConnId) {
     if let Some(mut registered) = conns.remove(&conn) {
+        // A connection its peer closed was never told to close: without
+        // this its writer (task and socket) would wait forever. (A no-op
+        // after a Close action.)
+        registered.outgoing.close(None);
         if let Some(Release::Dialer(dialer)) = registered.on_close.take() {
             let _ = dialer.send(());
         }

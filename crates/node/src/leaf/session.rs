@@ -226,6 +226,9 @@ async fn run(
         }
         answer_finished_searches(&mut session, &mut waiting, clock.now());
     }
+    // However the session ended, let the writer finish: ended by the peer
+    // (EOF), nothing else would close it and its task would wait forever.
+    outgoing.close(None);
     if session.pongs_unsolicited() > 0 {
         tracing::info!(%addr, ignored = session.pongs_unsolicited(), "supernode sent Pongs we never asked for");
     }
