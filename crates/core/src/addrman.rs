@@ -228,6 +228,11 @@ impl AddrMan {
         self.entries.get(&addr).map(|e| (e.table, e.bucket))
     }
 
+    /// When we last completed a handshake with `addr`, if it is known.
+    pub fn last_success(&self, addr: SocketAddr) -> Option<Time> {
+        self.entries.get(&addr)?.last_success
+    }
+
     /// Every address known: seeds, then tried, then new.
     pub fn addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         let learned = self

@@ -70,6 +70,18 @@ impl HostCache {
         self.dirty = true;
     }
 
+    /// A connection we opened to `addr` at `started` (by [`wall_time`])
+    /// ended: a failure unless a handshake completed on it.
+    pub fn dial_ended(&mut self, addr: SocketAddr, started: canopy_core::Time) {
+        if self
+            .manager
+            .last_success(addr)
+            .is_none_or(|joined| joined < started)
+        {
+            self.mark_failed(addr);
+        }
+    }
+
     /// Whom to dial next: a seed first, else a learned supernode, passing
     /// over those `skip` names.
     pub fn select(&self, skip: impl Fn(SocketAddr) -> bool) -> Option<SocketAddr> {

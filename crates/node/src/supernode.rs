@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::NodeError;
 use crate::clock::Clock;
+use crate::clock::wall_time;
 use crate::connection::{self, ConnEvent, LinkContext, Outgoing};
 use crate::hosts::HostCache;
 use crate::outbox::Outbox;
@@ -38,6 +39,9 @@ const EVENT_QUEUE_LEN: usize = 1024;
 /// Messages handled (about) before the frames they produced are handed
 /// over to the connections.
 const MESSAGE_BATCH: usize = 1024;
+/// Addresses whose redial backoff discovery remembers, past which the
+/// expired ones are forgotten.
+const MAX_BACKOFFS: usize = 2048;
 /// Connections allowed beyond leaves + peers, for handshakes in progress.
 const HANDSHAKE_HEADROOM: usize = 64;
 
@@ -736,20 +740,27 @@ impl Discovery {
                     )
                 });
                 entry.0 = now + entry.1.next_delay(rand::random::<f64>());
+                if backoffs.len() > MAX_BACKOFFS {
+                    // Only those still waiting matter.
+                    backoffs.retain(|_, (until, _)| *until > now);
+                }
                 if let Ok(mut d) = dialing.lock() {
                     d.insert(addr);
                 }
                 let (links, dialing, hosts) =
                     (self.links.clone(), dialing.clone(), self.hosts.clone());
                 self.links.link.tracker.spawn(async move {
+                    let started = wall_time();
                     if let Ok(Ok(stream)) =
                         tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await
                     {
                         tracing::debug!(%addr, "dialing a supernode from the host cache");
                         let (_, closed) = links.register_outbound(stream, addr);
                         let _ = closed.await;
-                    } else if let Ok(mut hosts) = hosts.lock() {
-                        hosts.mark_failed(addr);
+                    }
+                    // No connection, or one that never completed a handshake.
+                    if let Ok(mut hosts) = hosts.lock() {
+                        hosts.dial_ended(addr, started);
                     }
                     if let Ok(mut d) = dialing.lock() {
                         d.remove(&addr);

@@ -27,6 +27,9 @@ use crate::hosts::HostCache;
 
 /// How often the coordinator looks for sessions to open.
 const TICK: Duration = Duration::from_millis(250);
+/// Supernodes whose backoff is remembered, past which the expired ones
+/// are forgotten.
+const MAX_RETRIES: usize = 2048;
 /// A session that lasted this long resets its supernode's backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(30);
 
@@ -173,6 +176,11 @@ impl LeafTask {
                     retry.backoff.reset();
                 }
                 retry.not_before = Instant::now() + retry.backoff.next_delay(rand::random::<f64>());
+                if running.retries.len() > MAX_RETRIES {
+                    // Only those still waiting matter.
+                    let now = Instant::now();
+                    running.retries.retain(|_, r| r.not_before > now);
+                }
                 running.last_failure = Some(failure);
                 if !self.options.reconnect && !self.has_prospects(running) {
                     let failure = running.last_failure.take();
