@@ -4,7 +4,8 @@
 //! answers the leaf's own Ping with 32 more and refuses its next dial with
 //! a try-list of 32. The leaf keeps none of the flood and a few of the
 //! answers, and after a restart from its data directory dials its
-//! configured supernode first, no attacker address before it.
+//! configured supernode first, no attacker address before it. A supernode
+//! flooded the same way by a peer counts the Pongs and keeps none.
 //!
 //! Every attacker address points at one trap listener (0.0.0.0, one port:
 //! all of 127.0.0.0/8 reaches it), so every dial to one is counted.
@@ -263,4 +264,45 @@ async fn a_pong_flood_does_not_eclipse_a_leaf_and_its_seed_comes_first_after_a_r
     );
     honest.wait_for(PATIENCE, |s| s.leaves == 1).await.unwrap();
     second_run.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_supernode_ignores_pongs_it_never_asked_for() {
+    init_logs();
+    let data = tempfile::tempdir().unwrap();
+    let mut options = canopy_node::supernode::SupernodeOptions::new(localhost());
+    options.data_dir = Some(data.path().to_owned());
+    options.peers_wanted = 0;
+    let victim = canopy_node::supernode::start(options).await.unwrap();
+    let trap = TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = trap.local_addr().unwrap().port();
+    let trap_dials = count_dials(trap);
+
+    // A fake supernode joins it and floods it: 32 Pongs of 32 addresses.
+    let fake = TcpListener::bind(localhost()).await.unwrap();
+    let mut link = attacker_connect(victim.local_addr()).await;
+    let hello = fake_hello(fake.local_addr().unwrap());
+    link.send(Message::Hello(hello)).await.unwrap();
+    assert!(matches!(next(&mut link).await, Message::HelloReply(_)));
+    for index in 0..32u8 {
+        let pong = Message::Pong {
+            nonce: u64::from(index),
+            supernodes: attacker_list(FLOOD, index, port),
+        };
+        link.send(pong).await.unwrap();
+    }
+    let stats = victim
+        .wait_for(PATIENCE, |s| s.pongs_unsolicited == 32)
+        .await
+        .unwrap();
+    assert_eq!(stats.protocol_errors, 0, "ignored, not punished");
+    assert_eq!(stats.supernode_peers, 1);
+    victim.shutdown().await;
+
+    let cache = read_cache(data.path()).expect("the host cache is saved");
+    let kept = entries(&cache)
+        .filter(|e| attacker_tag(e.addr, port).is_some())
+        .count();
+    assert_eq!(kept, 0, "kept {kept} of 1,024 unsolicited addresses");
+    assert_eq!(trap_dials.load(Ordering::SeqCst), 0);
 }
