@@ -16,6 +16,7 @@ use canopy_proto::{
 };
 
 use crate::Time;
+use crate::addrman::solicit::{NonceSource, Outstanding, public_key_for};
 use crate::handshake::{Identity, check_hello};
 use crate::search::SearchSession;
 
@@ -45,7 +46,7 @@ pub enum LeafAction {
         /// Where it suggests we go instead.
         try_supernodes: Vec<SocketAddr>,
     },
-    /// The supernode named other supernodes (in a Pong).
+    /// The supernode named other supernodes, in answer to our Ping.
     SupernodesLearned(Vec<SocketAddr>),
     /// A downloader asks us, through the overlay, to connect out to
     /// `callback_addr` and serve `content_id` (we are firewalled).
@@ -141,6 +142,10 @@ pub struct LeafSession {
     statuses: HashMap<MessageId, (Time, usize)>,
     actions: VecDeque<LeafAction>,
     last_heard: Option<Time>,
+    nonces: NonceSource,
+    /// Our Pings not answered yet.
+    pings: Outstanding,
+    pongs_unsolicited: u64,
 }
 
 /// A leaf tells its supernode how many results a search has kept at most
@@ -154,6 +159,7 @@ pub const SUPERNODE_SILENCE_LIMIT: Duration = Duration::from_secs(90);
 impl LeafSession {
     /// A session for a leaf that shares `shares`.
     pub fn new(identity: Identity, shares: Vec<SharedFile>) -> Self {
+        let identity_seed = identity.node_id.0;
         Self {
             identity,
             state: State::New,
@@ -163,7 +169,24 @@ impl LeafSession {
             statuses: HashMap::new(),
             actions: VecDeque::new(),
             last_heard: None,
+            nonces: NonceSource::new(public_key_for(&identity_seed)),
+            pings: Outstanding::default(),
+            pongs_unsolicited: 0,
         }
+    }
+
+    /// Keys the ping nonces with `key`, drawn from the driver's RNG (the
+    /// default is derived from the node id: fine for tests and the
+    /// simulator, predictable for a real node).
+    #[must_use]
+    pub fn with_ping_key(mut self, key: [u8; 32]) -> Self {
+        self.nonces = NonceSource::new(key);
+        self
+    }
+
+    /// Pongs that answered no Ping of ours (ignored).
+    pub fn pongs_unsolicited(&self) -> u64 {
+        self.pongs_unsolicited
     }
 
     /// Periodic check: a supernode silent past [`SUPERNODE_SILENCE_LIMIT`]
@@ -263,7 +286,9 @@ impl LeafSession {
                     self.publish_full_list();
                     // Ask which other supernodes it knows: the leaf keeps
                     // more than one, and remembers them for next time.
-                    self.send(Message::Ping { nonce: 0 });
+                    let nonce = self.nonces.next_nonce();
+                    self.pings.sent(nonce);
+                    self.send(Message::Ping { nonce });
                 }
             },
             (State::Ready, Message::Ping { nonce }) => {
@@ -272,8 +297,12 @@ impl LeafSession {
                     supernodes: Vec::new(),
                 }));
             }
-            (State::Ready, Message::Pong { supernodes, .. }) => {
-                if !supernodes.is_empty() {
+            (State::Ready, Message::Pong { nonce, supernodes }) => {
+                // Only the answer to our own Ping is believed: addresses
+                // pushed at us uninvited are how a host cache is poisoned.
+                if !self.pings.answered(nonce) {
+                    self.pongs_unsolicited += 1;
+                } else if !supernodes.is_empty() {
                     self.actions
                         .push_back(LeafAction::SupernodesLearned(supernodes));
                 }

@@ -17,10 +17,13 @@
 //! - [`addr_limits`]: what one address and one network prefix may hold.
 //! - [`push_limits`]: how often pushes may name one callback address, and
 //!   how often a leaf connects back.
+//! - [`addrman`]: the supernodes a node knows of and whom it dials next,
+//!   safe from floods of addresses (eclipse attacks).
 //! - [`index`], [`posting`], [`arena`], [`tokenize`], [`dedup`], [`routes`],
 //!   [`hit_check`], [`rate`], [`backoff`]: the parts.
 
 pub mod addr_limits;
+pub mod addrman;
 pub mod arena;
 pub mod backoff;
 pub mod dedup;

@@ -37,6 +37,7 @@ use canopy_proto::{
 };
 
 use crate::addr_limits::{AddressCounter, AddressLimit, IpNet, default_exempt};
+use crate::addrman::solicit::{NonceSource, Outstanding, public_key_for};
 use crate::dedup::SeenMessages;
 use crate::dynamic::{DynamicConfig, DynamicQuery, Step};
 use crate::handshake::{Identity, Rejection, check_hello};
@@ -144,6 +145,9 @@ pub struct SupernodeConfig {
     pub max_probes_in_flight: usize,
     /// Probes to one IP, and one prefix, at once.
     pub probes_per_address: AddressLimit,
+    /// Keys the ping nonces. The driver sets it from its RNG; the default
+    /// is derived from the node id, so predictable (tests, simulator).
+    pub ping_key: [u8; 32],
 }
 
 /// Most leaf queries run dynamically at once; beyond, they are flooded.
@@ -210,6 +214,7 @@ impl SupernodeConfig {
             callback_push_rate: Rate::new(16, 64),
             max_probes_in_flight: 16,
             probes_per_address: AddressLimit::new(2, 8),
+            ping_key: public_key_for(&node_id.0),
         }
     }
 
@@ -293,9 +298,21 @@ pub enum Action {
         /// Other supernodes it suggested.
         try_supernodes: Vec<SocketAddr>,
     },
-    /// Supernodes heard of (a new peer, a Pong, a try-list): for the host
-    /// cache, and for dialing when short of peers.
-    Learned(Vec<SocketAddr>),
+    /// Supernodes that `from` named in answer to our Ping or in refusing
+    /// our dial: for the host cache, and for dialing when short of peers.
+    /// (Pongs nobody asked for are dropped before this.)
+    Learned {
+        /// The peer that named them, as we reach it.
+        from: SocketAddr,
+        /// What it named (not us).
+        supernodes: Vec<SocketAddr>,
+    },
+    /// The supernode we dialed at `addr` accepted us: the host cache
+    /// counts it as tried.
+    Joined {
+        /// The address we dialed.
+        addr: SocketAddr,
+    },
     /// Try to open a connection to `addr`, the port leaf `conn` announced
     /// on the IP it connected from (never an IP it names), and report with
     /// [`Supernode::handle_probe_result`]. A leaf behind NAT announces an
@@ -384,6 +401,8 @@ pub struct SupernodeStats {
     pub probes_skipped: u64,
     /// Reachability probes running.
     pub probes_in_flight: usize,
+    /// Pongs that answered no Ping of ours: ignored.
+    pub pongs_unsolicited: u64,
 }
 
 #[derive(Debug)]
@@ -413,6 +432,8 @@ struct Peer {
     state: PeerState,
     last_heard: Time,
     pinged_at: Option<Time>,
+    /// Our Pings it has not answered yet.
+    pings: Outstanding,
 }
 
 /// How many connections are in each state, kept as they change so reading
@@ -461,7 +482,7 @@ pub struct Supernode {
     push_routes: RouteTable<NodeId>,
     actions: VecDeque<Action>,
     stats: SupernodeStats,
-    next_ping_nonce: u64,
+    nonces: NonceSource,
     /// When supernode peers are next asked whom they know (set on the
     /// first tick).
     next_peer_refresh: Option<Time>,
@@ -500,6 +521,7 @@ impl Supernode {
             scan_allowances: HashMap::new(),
             push_routes: RouteTable::new(config.route_capacity, config.route_lifetime),
             dynamic: BTreeMap::new(),
+            nonces: NonceSource::new(config.ping_key),
             peers: BTreeMap::new(),
             supernodes: BTreeSet::new(),
             counts: StateCounts::default(),
@@ -507,7 +529,6 @@ impl Supernode {
             index,
             actions: VecDeque::new(),
             stats: SupernodeStats::default(),
-            next_ping_nonce: 1,
             next_peer_refresh: None,
             leaf_addrs: AddressCounter::new(config.leaves_per_address, config.limit_exempt.clone()),
             peer_addrs: AddressCounter::new(config.peers_per_address, config.limit_exempt.clone()),
@@ -610,6 +631,7 @@ impl Supernode {
             },
             last_heard: now,
             pinged_at: None,
+            pings: Outstanding::default(),
         };
         if let Some(old) = self.peers.insert(conn, peer) {
             // The driver never reuses ids; if it did, keep the counts true.
@@ -680,10 +702,7 @@ impl Supernode {
                 let supernodes = self.known_supernodes();
                 self.send(conn, Message::Pong { nonce, supernodes });
             }
-            (PeerState::Supernode { .. }, Message::Pong { supernodes, .. }) => {
-                self.learned(supernodes);
-            }
-            (_, Message::Pong { .. }) => {}
+            (_, Message::Pong { nonce, supernodes }) => self.handle_pong(conn, nonce, supernodes),
             (PeerState::Leaf { .. }, Message::Query(query)) => {
                 if self.leaf_may_query(conn, now) {
                     self.handle_query(conn, query, now);
@@ -791,12 +810,10 @@ impl Supernode {
             self.close(conn, Some((reason, detail.to_owned())));
         }
         for conn in to_ping {
-            let nonce = self.next_ping_nonce;
-            self.next_ping_nonce += 1;
             if let Some(peer) = self.peers.get_mut(&conn) {
                 peer.pinged_at = Some(now);
             }
-            self.send(conn, Message::Ping { nonce });
+            self.ping(conn);
         }
         self.refresh_peer_lists(now);
     }
@@ -814,9 +831,35 @@ impl Supernode {
         self.next_peer_refresh = Some(now + self.config.peer_refresh_interval);
         let peers: Vec<ConnId> = self.supernodes.iter().copied().collect();
         for conn in peers {
-            let nonce = self.next_ping_nonce;
-            self.next_ping_nonce += 1;
+            self.ping(conn);
+        }
+    }
+
+    /// Pings `conn` with a fresh nonce and remembers it: only a Pong that
+    /// echoes it is believed.
+    fn ping(&mut self, conn: ConnId) {
+        let nonce = self.nonces.next_nonce();
+        if let Some(peer) = self.peers.get_mut(&conn) {
+            peer.pings.sent(nonce);
             self.send(conn, Message::Ping { nonce });
+        }
+    }
+
+    /// A Pong: its supernodes are learned only if it answers a Ping we
+    /// sent on this connection, and only from a supernode. Anything else
+    /// is counted and dropped (a peer pushing addresses at us uninvited is
+    /// how a host cache gets poisoned).
+    fn handle_pong(&mut self, conn: ConnId, nonce: u64, supernodes: Vec<SocketAddr>) {
+        let Some(peer) = self.peers.get_mut(&conn) else {
+            return;
+        };
+        if !peer.pings.answered(nonce) {
+            self.stats.pongs_unsolicited += 1;
+            return;
+        }
+        if let PeerState::Supernode { .. } = peer.state {
+            let from = peer.remote;
+            self.learned(from, supernodes);
         }
     }
 
@@ -1134,7 +1177,7 @@ impl Supernode {
         {
             // The acceptor closes the connection; we just let go of it.
             self.stats.handshakes_rejected += 1;
-            self.learned(try_supernodes.clone());
+            self.learned(remote, try_supernodes.clone());
             self.actions.push_back(Action::Rejected {
                 conn,
                 reason,
@@ -1164,18 +1207,14 @@ impl Supernode {
             listen_addr: Some(remote),
         };
         self.establish(conn, reply.hello.node_id, state, now);
+        self.actions.push_back(Action::Joined { addr: remote });
         // Ask the supernode we joined which others it knows (the acceptor
         // may not speak first: its HelloReply must come before anything).
-        let nonce = self.next_ping_nonce;
-        self.next_ping_nonce += 1;
-        self.send(conn, Message::Ping { nonce });
+        self.ping(conn);
     }
 
     fn establish(&mut self, conn: ConnId, node_id: NodeId, state: PeerState, now: Time) {
-        let new_supernode = match &state {
-            PeerState::Supernode { listen_addr, .. } => Some(*listen_addr),
-            _ => None,
-        };
+        let new_supernode = matches!(state, PeerState::Supernode { .. });
         if let Some(peer) = self.peers.get_mut(&conn) {
             *self.counts.slot(&peer.state) -= 1;
             *self.counts.slot(&state) += 1;
@@ -1196,21 +1235,21 @@ impl Supernode {
             peer.pushes = Some(push_rate.bucket(now));
             peer.state = state;
             self.by_node.insert(node_id, conn);
-            if new_supernode.is_some() {
+            if new_supernode {
                 self.supernodes.insert(conn);
             }
         }
-        if let Some(listen_addr) = new_supernode {
-            self.learned(listen_addr.into_iter().collect());
-        }
+        // An inbound peer's own listen address is not learned: it is a
+        // claim nobody asked for. Others learn it from our Pongs.
     }
 
-    /// Reports supernode addresses heard of (not our own) for the host cache.
-    fn learned(&mut self, mut supernodes: Vec<SocketAddr>) {
+    /// Reports supernode addresses `from` named (not our own) for the
+    /// host cache.
+    fn learned(&mut self, from: SocketAddr, mut supernodes: Vec<SocketAddr>) {
         let us = self.config.identity.listen_addr;
         supernodes.retain(|addr| Some(*addr) != us && !addr.ip().is_unspecified());
         if !supernodes.is_empty() {
-            self.actions.push_back(Action::Learned(supernodes));
+            self.actions.push_back(Action::Learned { from, supernodes });
         }
     }
 

@@ -171,10 +171,10 @@ impl Net {
                     }
                     Action::Close { conn, bye } => self.cut(End::Super(s, conn), bye),
                     Action::Probe { conn, addr } => self.probes.push((s, conn, addr)),
-                    Action::Learned(addrs) => {
-                        self.learned.extend(addrs.into_iter().map(|a| (s, a)));
+                    Action::Learned { supernodes, .. } => {
+                        self.learned.extend(supernodes.into_iter().map(|a| (s, a)));
                     }
-                    Action::Rejected { .. } => {}
+                    Action::Rejected { .. } | Action::Joined { .. } => {}
                 }
             }
         }

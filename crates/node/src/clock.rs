@@ -1,5 +1,6 @@
 //! The one place the drivers read the clock: turns `Instant`s into the
-//! core's millisecond [`Time`].
+//! core's millisecond [`Time`] (and, for the host cache, which outlives
+//! the process, the wall clock).
 
 use std::time::Instant;
 
@@ -29,4 +30,13 @@ impl Clock {
     pub fn now(&self) -> Time {
         Time(u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX))
     }
+}
+
+/// Wall-clock milliseconds since the Unix epoch, for what outlives the
+/// process (the host cache's entries): the core only compares them.
+pub fn wall_time() -> Time {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Time(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
 }

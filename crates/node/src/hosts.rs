@@ -1,73 +1,106 @@
-//! The host cache: supernodes this node has heard of (configured, from
-//! Pongs, from try-lists), most recently heard first. Kept in the data
-//! directory as JSON, written atomically, so the next start tries them
-//! first. Bounded; a file that does not parse is started afresh.
+//! The host cache: the core's address manager
+//! ([`canopy_core::addrman::AddrMan`]) kept in the data directory as JSON,
+//! written atomically, so the next start knows the same supernodes in the
+//! same buckets. Every decision (what to believe, whom to dial) is the
+//! core's; this file only reads the wall clock and the RNG and does the
+//! file I/O. A file that does not parse, or is too large, is started
+//! afresh (with a new bucket key).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use canopy_core::addrman::{AddrMan, AddrManStats, Snapshot};
+
+use crate::clock::wall_time;
+
 /// File name inside the data directory.
 pub const HOST_CACHE_FILE: &str = "hosts.json";
-/// Most addresses remembered.
-pub const MAX_HOSTS: usize = 1000;
+/// A larger file is not read: a full cache is about 200 KiB.
+const MAX_FILE_BYTES: u64 = 4 << 20;
 
-/// Supernode addresses, most recently heard first.
-#[derive(Debug, Default)]
+/// The address manager and where it is saved.
+#[derive(Debug)]
 pub struct HostCache {
     path: Option<PathBuf>,
-    hosts: Vec<SocketAddr>,
+    manager: AddrMan,
     dirty: bool,
 }
 
 impl HostCache {
-    /// The cache in `data_dir`, or an empty one kept in memory only.
-    pub fn load(data_dir: Option<&Path>) -> Self {
-        let Some(dir) = data_dir else {
-            return Self::default();
+    /// The cache in `data_dir` (or one kept in memory only), with `seeds`,
+    /// the configured supernodes, kept apart and offered first.
+    pub fn load(data_dir: Option<&Path>, seeds: &[SocketAddr]) -> Self {
+        let path = data_dir.map(|dir| dir.join(HOST_CACHE_FILE));
+        let saved = path.as_deref().and_then(read_snapshot);
+        let dirty = saved.is_none();
+        let mut manager = match saved {
+            Some(snapshot) => AddrMan::restore(snapshot),
+            // A new key, saved with the first write.
+            None => AddrMan::new(rand::random()),
         };
-        let path = dir.join(HOST_CACHE_FILE);
-        let mut hosts: Vec<SocketAddr> = std::fs::read(&path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
-        hosts.truncate(MAX_HOSTS);
+        manager.set_seeds(seeds.iter().copied());
         Self {
-            path: Some(path),
-            hosts,
-            dirty: false,
+            path,
+            manager,
+            dirty,
         }
     }
 
-    /// Remembers `addrs`, as heard of just now.
-    pub fn learn(&mut self, addrs: impl IntoIterator<Item = SocketAddr>) {
-        for addr in addrs {
-            if addr.ip().is_unspecified() || addr.port() == 0 {
-                continue;
-            }
-            if self.hosts.first() == Some(&addr) {
-                continue;
-            }
-            self.hosts.retain(|known| *known != addr);
-            self.hosts.insert(0, addr);
+    /// `from` named `supernodes` in answer to something we asked; the core
+    /// decides how many (if any) to keep. Returns how many were added.
+    pub fn learn(&mut self, from: SocketAddr, supernodes: &[SocketAddr]) -> usize {
+        let added = self
+            .manager
+            .add(from, supernodes, rand::random(), wall_time());
+        if added > 0 {
             self.dirty = true;
         }
-        self.hosts.truncate(MAX_HOSTS);
+        added
     }
 
-    /// Adds configured addresses behind what the cache already holds: the
-    /// cache is tried first, the seeds after it.
-    pub fn add_seeds(&mut self, seeds: impl IntoIterator<Item = SocketAddr>) {
-        for seed in seeds {
-            if !self.hosts.contains(&seed) && self.hosts.len() < MAX_HOSTS {
-                self.hosts.push(seed);
-                self.dirty = true;
-            }
+    /// We joined the supernode at `addr`.
+    pub fn mark_good(&mut self, addr: SocketAddr) {
+        self.manager.mark_good(addr, wall_time());
+        self.dirty = true;
+    }
+
+    /// A dial to `addr` failed.
+    pub fn mark_failed(&mut self, addr: SocketAddr) {
+        self.manager.mark_failed(addr, wall_time());
+        self.dirty = true;
+    }
+
+    /// A connection we opened to `addr` at `started` (by [`wall_time`])
+    /// ended: a failure unless a handshake completed on it.
+    pub fn dial_ended(&mut self, addr: SocketAddr, started: canopy_core::Time) {
+        if self
+            .manager
+            .last_success(addr)
+            .is_none_or(|joined| joined < started)
+        {
+            self.mark_failed(addr);
         }
     }
 
-    /// The addresses, most recently heard first.
-    pub fn addresses(&self) -> &[SocketAddr] {
-        &self.hosts
+    /// Whom to dial next: a seed first, else a learned supernode, passing
+    /// over those `skip` names.
+    pub fn select(&self, skip: impl Fn(SocketAddr) -> bool) -> Option<SocketAddr> {
+        self.manager.select(rand::random(), wall_time(), skip)
+    }
+
+    /// Every address known, seeds first.
+    pub fn addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.manager.addresses()
+    }
+
+    /// The address manager itself (for its tables and counters).
+    pub fn manager(&self) -> &AddrMan {
+        &self.manager
+    }
+
+    /// What the manager took and refused.
+    pub fn stats(&self) -> &AddrManStats {
+        self.manager.stats()
     }
 
     /// Writes the cache back if it changed and has a file.
@@ -82,14 +115,20 @@ impl HostCache {
             std::fs::create_dir_all(dir)?;
         }
         let temporary = path.with_extension("json.tmp");
-        std::fs::write(
-            &temporary,
-            serde_json::to_vec(&self.hosts).map_err(std::io::Error::other)?,
-        )?;
+        let bytes = serde_json::to_vec(&self.manager.snapshot()).map_err(std::io::Error::other)?;
+        std::fs::write(&temporary, bytes)?;
         std::fs::rename(&temporary, path)?;
         self.dirty = false;
         Ok(())
     }
+}
+
+fn read_snapshot(path: &Path) -> Option<Snapshot> {
+    if std::fs::metadata(path).ok()?.len() > MAX_FILE_BYTES {
+        return None;
+    }
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 #[cfg(test)]
@@ -101,29 +140,38 @@ mod tests {
     }
 
     #[test]
-    fn most_recent_first_bounded_and_persisted() {
+    fn persisted_with_its_key_and_seeds_kept_apart() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cache = HostCache::load(Some(dir.path()));
-        cache.learn([
-            addr(1),
-            addr(2),
-            addr(1),
-            SocketAddr::from(([0, 0, 0, 0], 9)),
-        ]);
-        assert_eq!(cache.addresses(), &[addr(1), addr(2)]);
+        let seed = addr(1);
+        let mut cache = HostCache::load(Some(dir.path()), &[seed]);
+        assert_eq!(cache.learn(addr(2), &[addr(3), addr(4), seed]), 2);
+        cache.mark_good(addr(3));
         cache.save().unwrap();
-        let again = HostCache::load(Some(dir.path()));
-        assert_eq!(again.addresses(), &[addr(1), addr(2)]);
-        let mut many = HostCache::default();
-        many.learn((1..=2000).map(addr));
-        assert_eq!(many.addresses().len(), MAX_HOSTS);
-        assert_eq!(many.addresses()[0], addr(2000));
+        let again = HostCache::load(Some(dir.path()), &[]);
+        let mut known: Vec<SocketAddr> = again.addresses().collect();
+        known.sort();
+        assert_eq!(known, vec![addr(3), addr(4)], "the seed is not saved");
+        for a in [addr(3), addr(4)] {
+            assert_eq!(again.manager().position(a), cache.manager().position(a));
+        }
+        let reseeded = HostCache::load(Some(dir.path()), &[addr(9)]);
+        assert_eq!(reseeded.select(|_| false), Some(addr(9)));
     }
 
     #[test]
-    fn a_corrupt_file_starts_afresh() {
+    fn a_corrupt_or_old_file_starts_afresh() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(HOST_CACHE_FILE), b"{not json").unwrap();
-        assert!(HostCache::load(Some(dir.path())).addresses().is_empty());
+        let file = dir.path().join(HOST_CACHE_FILE);
+        std::fs::write(&file, b"{not json").unwrap();
+        assert_eq!(
+            HostCache::load(Some(dir.path()), &[]).addresses().count(),
+            0
+        );
+        // The old format (a bare list, possibly poisoned) is not trusted.
+        std::fs::write(&file, br#"["127.0.0.1:5"]"#).unwrap();
+        let mut cache = HostCache::load(Some(dir.path()), &[]);
+        assert_eq!(cache.addresses().count(), 0);
+        cache.save().unwrap();
+        assert!(read_snapshot(&file).is_some(), "rewritten in the new form");
     }
 }

@@ -253,6 +253,11 @@ pub fn supernode_metrics(node: &SupernodeHandle) -> Exporter {
                 s.peers_too_slow,
             ),
             counter(
+                "canopy_pongs_unsolicited",
+                "Pongs that answered no Ping of ours: ignored.",
+                s.pongs_unsolicited,
+            ),
+            counter(
                 "canopy_hits_answered",
                 "Hits sent from this supernode's index.",
                 s.hits_answered,

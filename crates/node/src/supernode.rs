@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::NodeError;
 use crate::clock::Clock;
+use crate::clock::wall_time;
 use crate::connection::{self, ConnEvent, LinkContext, Outgoing};
 use crate::hosts::HostCache;
 use crate::outbox::Outbox;
@@ -39,6 +40,9 @@ const EVENT_QUEUE_LEN: usize = 1024;
 /// Messages handled (about) before the frames they produced are handed
 /// over to the connections.
 const MESSAGE_BATCH: usize = 1024;
+/// Addresses whose redial backoff discovery remembers, past which the
+/// expired ones are forgotten.
+const MAX_BACKOFFS: usize = 2048;
 /// Connections allowed beyond leaves + peers, for handshakes in progress.
 const HANDSHAKE_HEADROOM: usize = 64;
 
@@ -324,6 +328,7 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
     config.reserved_outbound_peers = options.reserved_outbound_peers;
     let handshakes = Arc::new(Mutex::new(config.handshake_counter()));
     let connections_refused = Arc::new(AtomicU64::new(0));
+    config.ping_key = rand::random();
     let max_connections = options.max_leaves + options.max_supernode_peers + HANDSHAKE_HEADROOM;
 
     let shutdown = CancellationToken::new();
@@ -343,7 +348,10 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
         },
     };
 
-    let hosts = Arc::new(Mutex::new(HostCache::load(options.data_dir.as_deref())));
+    let hosts = Arc::new(Mutex::new(HostCache::load(
+        options.data_dir.as_deref(),
+        &options.peers,
+    )));
     let (peer_addrs_tx, peer_addrs) = watch::channel(Vec::new());
     let node = NodeTask {
         core,
@@ -588,9 +596,14 @@ impl NodeTask {
                 } => {
                     tracing::info!(?conn, ?reason, %detail, ?try_supernodes, "peer refused our handshake");
                 }
-                Action::Learned(supernodes) => {
+                Action::Learned { from, supernodes } => {
                     if let Ok(mut hosts) = self.hosts.lock() {
-                        hosts.learn(supernodes);
+                        hosts.learn(from, &supernodes);
+                    }
+                }
+                Action::Joined { addr } => {
+                    if let Ok(mut hosts) = self.hosts.lock() {
+                        hosts.mark_good(addr);
                     }
                 }
                 // The core names only the leaf's own IP, and only so many
@@ -654,6 +667,10 @@ impl NodeTask {
 
 fn forget(conns: &mut HashMap<ConnId, Registered>, conn: ConnId) {
     if let Some(mut registered) = conns.remove(&conn) {
+        // A connection its peer closed was never told to close: without
+        // this its writer (task and socket) would wait forever. (A no-op
+        // after a Close action.)
+        registered.outgoing.close(None);
         if let Some(Release::Dialer(dialer)) = registered.on_close.take() {
             let _ = dialer.send(());
         }
@@ -823,10 +840,11 @@ async fn dial_loop(peer: SocketAddr, redial_initial: Duration, links: Links) {
 }
 
 /// Finds more supernode peers: while the node has fewer than it wants, it
-/// dials supernodes from the host cache (fed by peers' listen addresses,
-/// Pongs and try-lists), skipping those connected or configured (they have
-/// their own dialers) and backing off from those that failed. It also
-/// keeps the host cache saved.
+/// dials whom the host cache's address manager selects (from the answers
+/// to our Pings and try-lists, tried or new), skipping those connected or
+/// configured (they have their own dialers) and backing off from those
+/// that failed; a failed dial counts against the address, a handshake
+/// (reported by the core) marks it tried. It also keeps the cache saved.
 struct Discovery {
     hosts: Arc<Mutex<HostCache>>,
     peer_addrs: watch::Receiver<Vec<SocketAddr>>,
@@ -854,11 +872,11 @@ impl Discovery {
             }
             let now = tokio::time::Instant::now();
             let candidate = self.hosts.lock().ok().and_then(|hosts| {
-                hosts.addresses().iter().copied().find(|addr| {
-                    !connected.contains(addr)
-                        && !self.configured.contains(addr)
-                        && !dialing.lock().map(|d| d.contains(addr)).unwrap_or(true)
-                        && backoffs.get(addr).is_none_or(|(until, _)| *until <= now)
+                hosts.select(|addr| {
+                    connected.contains(&addr)
+                        || self.configured.contains(&addr)
+                        || dialing.lock().map(|d| d.contains(&addr)).unwrap_or(true)
+                        || backoffs.get(&addr).is_some_and(|(until, _)| *until > now)
                 })
             });
             if let Some(addr) = candidate {
@@ -869,17 +887,27 @@ impl Discovery {
                     )
                 });
                 entry.0 = now + entry.1.next_delay(rand::random::<f64>());
+                if backoffs.len() > MAX_BACKOFFS {
+                    // Only those still waiting matter.
+                    backoffs.retain(|_, (until, _)| *until > now);
+                }
                 if let Ok(mut d) = dialing.lock() {
                     d.insert(addr);
                 }
-                let (links, dialing) = (self.links.clone(), dialing.clone());
+                let (links, dialing, hosts) =
+                    (self.links.clone(), dialing.clone(), self.hosts.clone());
                 self.links.link.tracker.spawn(async move {
+                    let started = wall_time();
                     if let Ok(Ok(stream)) =
                         tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await
                     {
                         tracing::debug!(%addr, "dialing a supernode from the host cache");
                         let (_, closed) = links.register_outbound(stream, addr);
                         let _ = closed.await;
+                    }
+                    // No connection, or one that never completed a handshake.
+                    if let Ok(mut hosts) = hosts.lock() {
+                        hosts.dial_ended(addr, started);
                     }
                     if let Ok(mut d) = dialing.lock() {
                         d.remove(&addr);

@@ -301,7 +301,7 @@ impl World {
                 Action::Close { conn, .. } => self.cut(End::Super(s, conn)),
                 // Every simulated leaf can be reached.
                 Action::Probe { conn, .. } => probes.push(conn),
-                Action::Learned(_) | Action::Rejected { .. } => {}
+                Action::Learned { .. } | Action::Joined { .. } | Action::Rejected { .. } => {}
             }
         }
         for conn in probes {

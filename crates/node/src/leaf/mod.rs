@@ -385,7 +385,7 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         },
         shutdown: shutdown.clone(),
     };
-    let hosts = HostCache::load(options.data_dir.as_deref());
+    let hosts = HostCache::load(options.data_dir.as_deref(), &options.supernodes);
     let leaf = LeafTask {
         options,
         context,

@@ -102,7 +102,11 @@ pub(super) enum FromSession {
         addr: SocketAddr,
         observed: Option<SocketAddr>,
     },
-    Learned(Vec<SocketAddr>),
+    /// The supernode at `addr` answered our Ping with these.
+    Learned {
+        addr: SocketAddr,
+        supernodes: Vec<SocketAddr>,
+    },
     Ended {
         addr: SocketAddr,
         end: SessionEnd,
@@ -171,7 +175,8 @@ async fn run(
     let Some(Event::Connected(outgoing)) = events.recv().await else {
         return closed(&clock);
     };
-    let mut session = LeafSession::new(context.identity.clone(), files);
+    let mut session =
+        LeafSession::new(context.identity.clone(), files).with_ping_key(rand::random());
     session.handle_connected();
     let mut waiting: HashMap<MessageId, SearchWaiter> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
@@ -248,7 +253,7 @@ async fn run(
                         .await;
                 }
                 LeafAction::SupernodesLearned(supernodes) => {
-                    let _ = news.send(FromSession::Learned(supernodes)).await;
+                    let _ = news.send(FromSession::Learned { addr, supernodes }).await;
                 }
                 LeafAction::PushRequested {
                     content_id,
@@ -265,6 +270,12 @@ async fn run(
             }
         }
         answer_finished_searches(&mut session, &mut waiting, clock.now());
+    }
+    // However the session ended, let the writer finish: ended by the peer
+    // (EOF), nothing else would close it and its task would wait forever.
+    outgoing.close(None);
+    if session.pongs_unsolicited() > 0 {
+        tracing::info!(%addr, ignored = session.pongs_unsolicited(), "supernode sent Pongs we never asked for");
     }
     for (_, waiter) in waiting.drain() {
         let _ = waiter.send(Err(NodeError::Search(

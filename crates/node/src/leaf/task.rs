@@ -3,10 +3,12 @@
 //! coverage; sends every change of shares to all of them; sends searches
 //! and pushes through one that is ready; and chooses whom to dial.
 //!
-//! Candidates come from the host cache (most recently heard of first),
-//! then the configured supernodes, then what supernodes tell us (Pongs and
-//! try-lists, which also go into the cache). A supernode that failed waits
-//! out an exponential backoff before it is tried again.
+//! Candidates come from the host cache (the core's address manager): the
+//! configured supernodes first, always, then supernodes learned from the
+//! answers to our Pings and from try-lists, drawn from its tried and new
+//! tables. Sessions report back: a handshake marks its supernode tried, a
+//! failed dial counts against it. A supernode that failed waits out an
+//! exponential backoff before it is tried again.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,6 +27,9 @@ use crate::hosts::HostCache;
 
 /// How often the coordinator looks for sessions to open.
 const TICK: Duration = Duration::from_millis(250);
+/// Supernodes whose backoff is remembered, past which the expired ones
+/// are forgotten.
+const MAX_RETRIES: usize = 2048;
 /// A session that lasted this long resets its supernode's backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(30);
 
@@ -57,8 +62,6 @@ struct Running {
 
 impl LeafTask {
     pub(super) async fn run(mut self) {
-        self.hosts
-            .add_seeds(self.options.supernodes.iter().copied());
         let (news_tx, mut news) = mpsc::channel(256);
         let mut running = Running {
             links: HashMap::new(),
@@ -98,12 +101,12 @@ impl LeafTask {
     fn fill(&mut self, running: &mut Running) {
         let now = Instant::now();
         while running.links.len() < self.options.supernodes_wanted {
-            let next = self.hosts.addresses().iter().copied().find(|addr| {
-                !running.links.contains_key(addr)
-                    && running
+            let next = self.hosts.select(|addr| {
+                running.links.contains_key(&addr)
+                    || running
                         .retries
-                        .get(addr)
-                        .is_none_or(|r| r.not_before <= now)
+                        .get(&addr)
+                        .is_some_and(|r| r.not_before > now)
             });
             let Some(addr) = next else { break };
             tracing::debug!(%addr, "dialing supernode");
@@ -131,16 +134,20 @@ impl LeafTask {
                     link.ready = true;
                 }
                 running.retries.remove(&addr);
-                self.hosts.learn([addr]);
+                self.hosts.mark_good(addr);
                 self.status.send_modify(|s| {
                     s.observed_addr = observed.or(s.observed_addr);
                     s.failure = None;
                 });
                 self.publish_status(running);
             }
-            FromSession::Learned(supernodes) => self.hosts.learn(supernodes),
+            FromSession::Learned { addr, supernodes } => {
+                self.hosts.learn(addr, &supernodes);
+            }
             FromSession::Ended { addr, end } => {
-                running.links.remove(&addr);
+                let joined = running.links.remove(&addr).is_some_and(|link| link.ready);
+                // A refusal is an answer (full, say), not a failure to reach.
+                let refused = matches!(end, SessionEnd::Rejected(_));
                 self.publish_status(running);
                 let (failure, stable) = match end {
                     SessionEnd::Shutdown => return !self.context.shutdown.is_cancelled(),
@@ -152,10 +159,14 @@ impl LeafTask {
                         lasted > STABLE_SESSION,
                     ),
                     SessionEnd::Rejected(try_list) => {
-                        self.hosts.learn(try_list);
+                        // An answer to our own dial: believed (within limits).
+                        self.hosts.learn(addr, &try_list);
                         (format!("supernode {addr} refused us"), false)
                     }
                 };
+                if !joined && !refused {
+                    self.hosts.mark_failed(addr);
+                }
                 tracing::info!(reason = %failure, "supernode session ended");
                 let retry = running.retries.entry(addr).or_insert_with(|| Retry {
                     not_before: Instant::now(),
@@ -165,6 +176,11 @@ impl LeafTask {
                     retry.backoff.reset();
                 }
                 retry.not_before = Instant::now() + retry.backoff.next_delay(rand::random::<f64>());
+                if running.retries.len() > MAX_RETRIES {
+                    // Only those still waiting matter.
+                    let now = Instant::now();
+                    running.retries.retain(|_, r| r.not_before > now);
+                }
                 running.last_failure = Some(failure);
                 if !self.options.reconnect && !self.has_prospects(running) {
                     let failure = running.last_failure.take();
@@ -182,8 +198,7 @@ impl LeafTask {
             || self
                 .hosts
                 .addresses()
-                .iter()
-                .any(|addr| !running.retries.contains_key(addr))
+                .any(|addr| !running.retries.contains_key(&addr))
     }
 
     fn publish_status(&self, running: &Running) {

@@ -16,6 +16,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod eclipse;
 mod index_budget;
 mod peer_flood;
 mod reflection;
