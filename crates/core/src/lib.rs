@@ -30,6 +30,7 @@ pub mod leaf;
 pub mod posting;
 pub mod rate;
 pub mod routes;
+pub mod save_name;
 pub mod search;
 pub mod supernode;
 pub mod time;
