@@ -10,4 +10,5 @@
     clippy::cast_possible_truncation
 )]
 
+mod downloads;
 mod uploads;
