@@ -585,26 +585,38 @@ impl Worker {
         let size = self.tree.size();
         let first = group_range(size, self.request.groups.start).start;
         let end = group_range(size, self.request.groups.end - 1).end;
-        let mut conn = match self.conn.take().filter(HttpConn::is_open) {
-            Some(conn) => conn,
+        let path = format!("/content/{}", self.id);
+        let range = Some((first, end.saturating_sub(1)));
+        // A kept connection the source closed while it was idle (its
+        // keep-alive limit) fails at once: then dial afresh, once.
+        let kept = match self.conn.take().filter(HttpConn::is_open) {
+            Some(mut conn) => match conn.get(&path, range).await {
+                Ok(response) => Some((conn, response)),
+                Err(error) => {
+                    tracing::debug!(%error, "kept connection failed; dialing again");
+                    None
+                }
+            },
+            None => None,
+        };
+        let (conn, response) = match kept {
+            Some(pair) => pair,
             None => {
                 let stream = self
                     .connector
                     .connect()
                     .await
                     .map_err(|e| failed(format!("cannot connect: {e}")))?;
-                HttpConn::handshake(stream)
+                let mut conn = HttpConn::handshake(stream)
                     .await
-                    .map_err(|e| failed(e.to_string()))?
+                    .map_err(|e| failed(e.to_string()))?;
+                let response = conn
+                    .get(&path, range)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                (conn, response)
             }
         };
-        let response = conn
-            .get(
-                &format!("/content/{}", self.id),
-                Some((first, end.saturating_sub(1))),
-            )
-            .await
-            .map_err(|e| failed(e.to_string()))?;
         match response.status() {
             StatusCode::PARTIAL_CONTENT => {
                 let expected = format!("bytes {first}-{}/{size}", end.saturating_sub(1));
