@@ -297,6 +297,18 @@ async fn a_bad_config_names_the_file_and_the_key_and_exits_2() {
         );
         assert!(run.stderr.contains(key), "names `{key}`: {}", run.stderr);
     }
+    for (text, key) in [
+        ("limit_exempt = [\"everyone\"]\n", "limit_exempt"),
+        ("uploads_per_ip = 0\n", "uploads_per_ip"),
+        ("http_header_timeout = 0\n", "http_header_timeout"),
+    ] {
+        let path = dir.path().join("leaf.toml");
+        let text = format!("supernodes = [\"127.0.0.1:1\"]\nshares = [\"/tmp\"]\n{text}");
+        std::fs::write(&path, &text).unwrap();
+        let run = canopy(&["leaf", "--config", path.to_str().unwrap()]).await;
+        assert_eq!(run.code, Some(2), "{text}: {}", run.stderr);
+        assert!(run.stderr.contains(key), "names `{key}`: {}", run.stderr);
+    }
     let path = dir.path().join("leaf.toml");
     std::fs::write(&path, "supernodes = [\"127.0.0.1:1\"]\n").unwrap();
     let run = canopy(&["leaf", "--config", path.to_str().unwrap()]).await;

@@ -72,7 +72,7 @@ async fn get_killed_half_way_resumes_without_refetching() {
         .unwrap();
 
     // Wait until three groups are verified on disk, then pull the plug.
-    let partial = out.path().join(".film.mkv.canopy-partial");
+    let partial = out.path().join(format!(".canopy-{id}.partial"));
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let on_disk = std::fs::read(&partial).unwrap_or_default();

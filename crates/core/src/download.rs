@@ -10,6 +10,15 @@
 //! and go to the others. A source that is merely busy (no upload slot) is
 //! paused, not dropped. Groups verified in an earlier run are never asked
 //! for again.
+//!
+//! Endgame: once no group is missing, a source with nothing in flight
+//! helps another source's request, asking for the first group that request
+//! has not delivered (one group at a time, so the waste is at most 1 MiB a
+//! helper), starting with the request that last made progress longest ago.
+//! Whichever copy verifies first counts, and a request whose groups were
+//! all delivered by helpers is cancelled. So a source that stalls near the
+//! end, or a dead source that happened to be asked first, holds the
+//! download up for no longer than the others take to fetch its groups.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
@@ -95,6 +104,8 @@ struct InFlight {
     /// The next group expected on this request's stream.
     next: u64,
     last_progress: Time,
+    /// The request whose group this one fetches again (endgame).
+    helps: Option<RequestId>,
 }
 
 /// The state of one file's download. See the module documentation.
@@ -227,33 +238,66 @@ impl DownloadPlan {
             })
             .min_by_key(|(_, s)| s.in_flight)
             .map(|(id, _)| id)?;
-        let start = self.groups.iter().position(|g| *g == Group::Missing)? as u64;
+        let Some(start) = self.groups.iter().position(|g| *g == Group::Missing) else {
+            return self.endgame_request(source, now);
+        };
+        let start = start as u64;
         let mut end = start + 1;
         while end - start < self.config.groups_per_request
             && self.groups.get(group_slot(end)) == Some(&Group::Missing)
         {
             end += 1;
         }
+        Some(self.start_request(source, start..end, None, now))
+    }
+
+    fn start_request(
+        &mut self,
+        source: SourceId,
+        groups: Range<u64>,
+        helps: Option<RequestId>,
+        now: Time,
+    ) -> Request {
         let id = self.next_request;
         self.next_request += 1;
-        for g in &mut self.groups[group_slot(start)..group_slot(end)] {
-            *g = Group::InFlight(id);
+        if helps.is_none() {
+            for g in &mut self.groups[group_slot(groups.start)..group_slot(groups.end)] {
+                *g = Group::InFlight(id);
+            }
         }
         self.sources[source].in_flight += 1;
         self.requests.insert(
             id,
             InFlight {
                 source,
-                groups: start..end,
-                next: start,
+                groups: groups.clone(),
+                next: groups.start,
                 last_progress: now,
+                helps,
             },
         );
-        Some(Request {
-            id,
-            source,
-            groups: start..end,
-        })
+        Request { id, source, groups }
+    }
+
+    /// Nothing is missing: an idle `source` fetches again the first group
+    /// another source's request has not delivered yet (see the module
+    /// documentation).
+    fn endgame_request(&mut self, source: SourceId, now: Time) -> Option<Request> {
+        if self.sources[source].in_flight > 0 {
+            return None;
+        }
+        let (helped, group) = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.helps.is_none() && r.source != source)
+            .filter_map(|(id, r)| {
+                let group = (r.next..r.groups.end)
+                    .find(|g| self.groups.get(group_slot(*g)) == Some(&Group::InFlight(*id)))?;
+                Some((r.last_progress, *id, group))
+            })
+            .min()
+            .map(|(_, id, group)| (id, group))?;
+        Some(self.start_request(source, group..group + 1, Some(helped), now))
     }
 
     /// Group `group` of `request` arrived and verified.
@@ -270,11 +314,26 @@ impl DownloadPlan {
         let Some(state) = self.groups.get_mut(group_slot(group)) else {
             return;
         };
+        let owner = match *state {
+            Group::InFlight(owner) if owner != request => Some(owner),
+            _ => None,
+        };
         if *state != Group::Verified {
             *state = Group::Verified;
             self.verified += 1;
             let r = group_range(self.size, group);
             self.sources[source].bytes += r.end - r.start;
+        }
+        // Helpers delivered everything the owner still had to: it is done.
+        if let Some(owner) = owner {
+            let delivered = self.requests.get(&owner).is_some_and(|r| {
+                (r.next..r.groups.end)
+                    .all(|g| self.groups.get(group_slot(g)) == Some(&Group::Verified))
+            });
+            if delivered {
+                self.finish(owner);
+                self.events.push_back(DownloadEvent::Cancel(owner));
+            }
         }
     }
 
@@ -506,5 +565,68 @@ mod tests {
         assert_eq!(r.groups, 0..1);
         complete(&mut plan, &r, Time(0));
         assert!(plan.is_complete());
+    }
+
+    #[test]
+    fn in_the_endgame_idle_sources_fetch_a_stalled_requests_groups_one_at_a_time() {
+        let config = DownloadConfig {
+            requests_per_source: 1,
+            groups_per_request: 16,
+            stall_timeout: Duration::from_secs(5),
+        };
+        let mut plan = DownloadPlan::new(3 * GROUP_LEN, [], config);
+        let dead = plan.add_source();
+        let live = plan.add_source();
+        let first = plan.next_request(Time(0)).unwrap();
+        assert_eq!((first.source, first.groups.clone()), (dead, 0..3));
+        // Nothing missing: the idle live source helps, one group at a time.
+        let help = plan.next_request(Time(0)).unwrap();
+        assert_eq!((help.source, help.groups.clone()), (live, 0..1));
+        assert!(
+            plan.next_request(Time(0)).is_none(),
+            "the live source is busy"
+        );
+        complete(&mut plan, &help, Time(1));
+        let help = plan.next_request(Time(1)).unwrap();
+        assert_eq!(help.groups, 1..2);
+        complete(&mut plan, &help, Time(2));
+        let help = plan.next_request(Time(2)).unwrap();
+        assert_eq!(help.groups, 2..3);
+        complete(&mut plan, &help, Time(3));
+        assert!(plan.is_complete());
+        assert_eq!(plan.bytes_from(live), 3 * GROUP_LEN);
+        // The dead source's request is cancelled, the source not dropped.
+        assert_eq!(plan.poll_event(), Some(DownloadEvent::Cancel(first.id)));
+        assert_eq!(plan.poll_event(), None);
+        assert_eq!(plan.active_sources(), 2);
+    }
+
+    #[test]
+    fn a_slow_owner_and_its_helper_count_each_group_once() {
+        let config = DownloadConfig {
+            requests_per_source: 1,
+            groups_per_request: 16,
+            stall_timeout: Duration::from_secs(5),
+        };
+        let mut plan = DownloadPlan::new(2 * GROUP_LEN, [], config);
+        let slow = plan.add_source();
+        let fast = plan.add_source();
+        let owned = plan.next_request(Time(0)).unwrap();
+        let help = plan.next_request(Time(0)).unwrap();
+        assert_eq!(help.groups, 0..1);
+        // Both deliver group 0; it counts once, for the first.
+        plan.handle_group_verified(owned.id, 0, Time(1));
+        plan.handle_group_verified(help.id, 0, Time(2));
+        plan.handle_request_done(help.id);
+        assert_eq!(plan.verified_bytes(), GROUP_LEN);
+        assert_eq!(plan.bytes_from(slow), GROUP_LEN);
+        assert_eq!(plan.bytes_from(fast), 0);
+        // The owner's own group 1 is next for the helper.
+        let help = plan.next_request(Time(2)).unwrap();
+        assert_eq!((help.source, help.groups.clone()), (fast, 1..2));
+        plan.handle_group_verified(owned.id, 1, Time(3));
+        plan.handle_request_done(owned.id);
+        assert!(plan.is_complete());
+        assert!(plan.poll_event().is_none(), "no source was dropped");
     }
 }

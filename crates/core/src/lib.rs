@@ -37,6 +37,7 @@ pub mod posting;
 pub mod push_limits;
 pub mod rate;
 pub mod routes;
+pub mod save_name;
 pub mod search;
 pub mod supernode;
 pub mod time;

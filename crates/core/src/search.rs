@@ -1,6 +1,13 @@
 //! One search, from the searching leaf's side: collects the hits that come
-//! back for its message id and groups them by content id, each with the list
-//! of leaves that have it. Bounded in results and in sources per result.
+//! back for its message id and groups them by content id and size, each
+//! with the list of leaves that have it. Bounded in results, in sizes per
+//! content id and in sources per result.
+//!
+//! A hit's size is a peer's claim. Grouping by (id, size), not by id with
+//! the first hit's size, means a hostile source claiming a wrong size makes
+//! its own group and never poisons the honest one; a downloader picks the
+//! group most sources agree on ([`most_agreed`]), and the tree, which
+//! merges into the id only for the true size, settles it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,6 +19,9 @@ use crate::Time;
 
 /// Most sources kept for one content.
 pub const MAX_SOURCES_PER_RESULT: usize = 64;
+/// Most distinct sizes kept for one content id (a hostile peer can claim
+/// any size; one true size plus a few lies is all a search needs to keep).
+pub const MAX_SIZES_PER_CONTENT: usize = 16;
 
 /// A leaf that has a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,9 +39,10 @@ pub struct Source {
 pub struct SearchResult {
     /// What it is.
     pub content_id: ContentId,
-    /// The name of the first hit for it.
+    /// The name of the first hit for it (a peer's claim: sanitize it
+    /// before saving under it).
     pub name: String,
-    /// Its size.
+    /// Its size, as these sources claim it.
     pub size: u64,
     /// Every leaf reported to have it, in order of arrival.
     pub sources: Vec<Source>,
@@ -43,7 +54,7 @@ pub struct SearchSession {
     message_id: MessageId,
     deadline: Time,
     max_results: usize,
-    results: BTreeMap<ContentId, SearchResult>,
+    results: BTreeMap<(ContentId, u64), SearchResult>,
     hits_received: usize,
     first_hit_at: Option<Time>,
     only: Option<ContentId>,
@@ -96,12 +107,17 @@ impl SearchSession {
             if self.only.is_some_and(|id| id != file.content_id) {
                 continue;
             }
-            if !self.results.contains_key(&file.content_id) {
-                if self.results.len() >= self.max_results {
+            let key = (file.content_id, file.size);
+            if !self.results.contains_key(&key) {
+                let sizes = self
+                    .results
+                    .range((file.content_id, 0)..=(file.content_id, u64::MAX))
+                    .count();
+                if self.results.len() >= self.max_results || sizes >= MAX_SIZES_PER_CONTENT {
                     continue;
                 }
                 self.results.insert(
-                    file.content_id,
+                    key,
                     SearchResult {
                         content_id: file.content_id,
                         name: file.name.clone(),
@@ -110,7 +126,7 @@ impl SearchSession {
                     },
                 );
             }
-            if let Some(result) = self.results.get_mut(&file.content_id) {
+            if let Some(result) = self.results.get_mut(&key) {
                 let known = result.sources.iter().any(|s| s.node_id == source.node_id);
                 if !known && result.sources.len() < MAX_SOURCES_PER_RESULT {
                     result.sources.push(source.clone());
@@ -140,7 +156,7 @@ impl SearchSession {
         self.results.values().map(|r| r.sources.len()).sum()
     }
 
-    /// The results so far, by content id.
+    /// The results so far, by content id, then size.
     pub fn results(&self) -> impl Iterator<Item = &SearchResult> {
         self.results.values()
     }
@@ -149,6 +165,21 @@ impl SearchSession {
     pub fn into_results(self) -> Vec<SearchResult> {
         self.results.into_values().collect()
     }
+}
+
+/// Of the results for `id`, the group (one size) that most sources agree
+/// on; among equals, the smaller size (a lie can only be told once per
+/// source, and a smaller claim costs less to disprove).
+pub fn most_agreed(results: &[SearchResult], id: ContentId) -> Option<&SearchResult> {
+    results
+        .iter()
+        .filter(|r| r.content_id == id)
+        .max_by(|a, b| {
+            a.sources
+                .len()
+                .cmp(&b.sources.len())
+                .then(b.size.cmp(&a.size))
+        })
 }
 
 #[cfg(test)]
@@ -187,6 +218,49 @@ mod tests {
         assert_eq!(results[1].sources.len(), 1);
         assert_eq!(search.hits_received(), 3);
         assert_eq!(search.first_hit_at(), Some(Time(5)));
+    }
+
+    fn sized(message: u8, source: u8, id: u8, size: u64) -> QueryHit {
+        let mut hit = hit(message, source, &[id]);
+        hit.files[0].size = size;
+        hit
+    }
+
+    #[test]
+    fn a_wrong_size_makes_its_own_group_and_the_most_agreed_wins() {
+        let id = ContentId([7; 32]);
+        let mut search = SearchSession::new(
+            MessageId([1; 16]),
+            Time(0),
+            Duration::from_secs(5),
+            usize::MAX,
+        )
+        .only(id);
+        // The liar answers first, with a size of its own.
+        search.handle_hit(&sized(1, 9, 7, 1 << 40), Time(1));
+        search.handle_hit(&sized(1, 1, 7, 5000), Time(2));
+        search.handle_hit(&sized(1, 2, 7, 5000), Time(3));
+        let results = search.into_results();
+        assert_eq!(results.len(), 2);
+        let honest = results.iter().find(|r| r.size == 5000).unwrap();
+        assert_eq!(honest.sources.len(), 2, "the lie did not touch it");
+        let best = most_agreed(&results, id).unwrap();
+        assert_eq!((best.size, best.sources.len()), (5000, 2));
+        assert!(most_agreed(&results, ContentId([8; 32])).is_none());
+    }
+
+    #[test]
+    fn sizes_per_content_are_bounded() {
+        let mut search = SearchSession::new(
+            MessageId([1; 16]),
+            Time(0),
+            Duration::from_secs(5),
+            usize::MAX,
+        );
+        for source in 0..50u8 {
+            search.handle_hit(&sized(1, source, 7, u64::from(source) + 1), Time(1));
+        }
+        assert_eq!(search.results().count(), MAX_SIZES_PER_CONTENT);
     }
 
     #[test]

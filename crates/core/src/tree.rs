@@ -193,6 +193,27 @@ impl VerifiedTree {
     }
 }
 
+/// The content id that the CVs `bytes` (of two or more groups) merge
+/// into, or `None` for fewer than two CVs or a length that is not a whole
+/// number of CVs. Lets a source hash each group once, in parallel, and get
+/// both the id and the tree it serves.
+pub fn root_of_cvs(bytes: &[u8]) -> Option<ContentId> {
+    if bytes.len() < 64 || bytes.len() % 32 != 0 {
+        return None;
+    }
+    let cvs: Vec<ChainingValue> = bytes
+        .chunks_exact(32)
+        .map(|c| {
+            let mut cv = [0u8; 32];
+            cv.copy_from_slice(c);
+            cv
+        })
+        .collect();
+    let (l, r) = cvs.split_at(left_len(cvs.len()));
+    let root = merge_subtrees_root(&merge_non_root(l), &merge_non_root(r), Mode::Hash);
+    Some(ContentId(*root.as_bytes()))
+}
+
 /// The tree of `data` held in memory, as a source serves it: the CVs of
 /// its groups, concatenated; empty for a single-group file.
 pub fn tree_of(data: &[u8]) -> Vec<u8> {
@@ -311,5 +332,20 @@ mod tests {
         let mut bad = bytes.clone();
         bad[0] ^= 1;
         assert_eq!(tree.verify_group(0, &bad), Err(TreeError::GroupMismatch(0)));
+    }
+
+    #[test]
+    fn the_cvs_merge_into_the_content_id() {
+        for len in [(1 << 20) + 1, 3 << 20, (5 << 20) + 77] {
+            let bytes = data(len);
+            let tree = tree_of(&bytes);
+            assert_eq!(
+                root_of_cvs(&tree),
+                Some(ContentId(*blake3::hash(&bytes).as_bytes())),
+                "{len} bytes"
+            );
+        }
+        assert_eq!(root_of_cvs(&[0; 32]), None);
+        assert_eq!(root_of_cvs(&[0; 70]), None);
     }
 }

@@ -5,6 +5,12 @@
 //! stays connected for the download so it can send pushes. Sources that
 //! accept connections are dialed; firewalled ones are asked, by push, to
 //! connect back to a callback port this command listens on.
+//!
+//! The hits are peers' claims: of the sizes claimed for the id, the one
+//! most sources agree on is downloaded (the tree proves it or not), the
+//! sources are tried in random order (so no source is first by where its
+//! hit came from), and the name is made safe before a file is saved under
+//! it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,12 +19,15 @@ use std::time::Duration;
 
 use canopy_core::download::DownloadConfig;
 use canopy_core::leaf::SearchRequest;
+use canopy_core::save_name::safe_file_name;
+use canopy_core::search::most_agreed;
 use canopy_proto::ContentId;
 use canopy_transfer::client::{Connector, DirectConnector};
 use canopy_transfer::download::{
     self, DownloadOptions, DownloadReport, DownloadSource, ProgressFn,
 };
 use canopy_transfer::push::{CallbackListener, PushConnector, PushRequester};
+use rand::seq::SliceRandom;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -35,8 +44,9 @@ pub struct GetOptions {
     pub supernode: SocketAddr,
     /// The content.
     pub content_id: ContentId,
-    /// The file to write, or a directory to write it into under its name;
-    /// the current directory if `None`.
+    /// The file to write, or a directory to write it into under its name
+    /// (made safe: see `canopy_core::save_name`); the current directory if
+    /// `None`.
     pub output: Option<PathBuf>,
     /// Replace an existing file.
     pub force: bool,
@@ -107,11 +117,10 @@ async fn run(
         let request =
             SearchRequest::content(options.content_id, options.ttl, options.search_timeout);
         let found = leaf.search(request).await?;
-        let result = found
-            .results
-            .into_iter()
-            .find(|r| r.content_id == options.content_id)
+        let mut result = most_agreed(&found.results, options.content_id)
+            .cloned()
             .ok_or(NodeError::NotFound(options.content_id))?;
+        result.sources.shuffle(&mut rand::rng());
         let callback_addr = match leaf.status().observed_addr {
             Some(seen) => SocketAddr::new(seen.ip(), callback.local_addr().port()),
             None => callback.local_addr(),
@@ -149,10 +158,11 @@ async fn run(
                 DownloadSource { label, connector }
             })
             .collect();
+        let name = safe_file_name(&result.name, &options.content_id);
         let target = match &options.output {
-            Some(path) if path.is_dir() => path.join(&result.name),
+            Some(path) if path.is_dir() => path.join(&name),
             Some(path) => path.clone(),
-            None => PathBuf::from(&result.name),
+            None => PathBuf::from(&name),
         };
         let download = DownloadOptions {
             content_id: options.content_id,

@@ -20,6 +20,7 @@ use canopy_node::leaf::{LeafHandle, LeafOptions};
 use canopy_node::supernode::SupernodeHandle;
 use canopy_proto::{ContentId, SharedFile};
 use canopy_testkit::fake_source::{self, Misbehaviour};
+use canopy_transfer::download;
 use common::*;
 
 const MIB: usize = 1 << 20;
@@ -213,8 +214,8 @@ async fn an_interrupted_download_resumes_without_refetching_verified_groups() {
     let first = get::get(get_options(&nodes[0], id, &target)).await;
     assert!(first.is_err(), "the stalled download must not complete");
     assert!(!target.exists());
-    assert!(out.path().join(".resume.bin.canopy-partial").exists());
-    assert!(out.path().join(".resume.bin.canopy-state").exists());
+    assert!(out.path().join(download::partial_name(id)).exists());
+    assert!(out.path().join(download::state_name(id)).exists());
 
     // The stalling source leaves; an honest one arrives.
     announcer.shutdown().await;
@@ -248,7 +249,7 @@ async fn an_interrupted_download_resumes_without_refetching_verified_groups() {
         6 * MIB as u64,
         "the honest source sent only the rest"
     );
-    assert!(!out.path().join(".resume.bin.canopy-state").exists());
+    assert!(!out.path().join(download::state_name(id)).exists());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -334,15 +335,15 @@ async fn a_full_disk_is_a_clear_error_and_the_partial_state_is_kept() {
         .to_string();
     assert!(error.contains("No space left on device"), "{error}");
     assert!(
-        error.contains(".large.bin.canopy-partial"),
+        error.contains(&download::partial_name(id)),
         "the error names the file: {error}"
     );
     assert!(!target.exists());
     assert!(
-        dir.path().join(".large.bin.canopy-state").exists(),
+        dir.path().join(download::state_name(id)).exists(),
         "kept for a later resume"
     );
-    assert!(dir.path().join(".large.bin.canopy-partial").exists());
+    assert!(dir.path().join(download::partial_name(id)).exists());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,25 +1,31 @@
-//! The hash cache: content ids by path, valid while the file's size and
-//! modification time are unchanged. Saved as JSON in the data directory,
+//! The hash cache: content ids and verification trees by path, valid while
+//! the file's size and modification time are unchanged. Saved as JSON in
+//! the data directory (a tree as hex: 64 characters per MiB of file),
 //! written to a temporary file and renamed, so a crash never leaves half a
-//! cache. A cache that can't be read is discarded (it is only a cache).
+//! cache. A cache that can't be read is discarded (it is only a cache). An
+//! entry of an older cache without a tree counts as a miss for a file of
+//! several groups, so its tree is computed once, at the next scan.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use canopy_proto::ContentId;
+use canopy_core::tree::group_count;
 use serde::{Deserialize, Serialize};
 
-use crate::ShareError;
+use crate::{FileHash, ShareError};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Entry {
     size: u64,
     modified_ns: u128,
     content_id: String,
+    /// The group chaining values as hex; empty for a one-group file.
+    #[serde(default)]
+    tree: String,
 }
 
-/// Cached content ids, keyed by absolute path.
+/// Cached content ids and trees, keyed by absolute path.
 #[derive(Debug, Default)]
 pub struct HashCache {
     path: Option<PathBuf>,
@@ -57,21 +63,31 @@ impl HashCache {
         }
     }
 
-    /// The cached id of `file`, if its size and modification time match.
-    pub fn get(&self, file: &Path, size: u64, modified: SystemTime) -> Option<ContentId> {
+    /// The cached id and tree of `file`, if its size and modification time
+    /// match and the entry has the tree a file of that size needs.
+    pub fn get(&self, file: &Path, size: u64, modified: SystemTime) -> Option<FileHash> {
         let entry = self.entries.get(file)?;
         if entry.size != size || entry.modified_ns != modified_ns(modified) {
             return None;
         }
-        entry.content_id.parse().ok()
+        let id = entry.content_id.parse().ok()?;
+        let tree = hex::decode(&entry.tree).ok()?;
+        let groups = group_count(size);
+        let expected = if groups == 1 {
+            0
+        } else {
+            usize::try_from(groups).ok()?.checked_mul(32)?
+        };
+        (tree.len() == expected).then_some(FileHash { id, tree })
     }
 
-    /// Records the id of `file`.
-    pub fn insert(&mut self, file: PathBuf, size: u64, modified: SystemTime, id: ContentId) {
+    /// Records the id and tree of `file`.
+    pub fn insert(&mut self, file: PathBuf, size: u64, modified: SystemTime, hash: &FileHash) {
         let entry = Entry {
             size,
             modified_ns: modified_ns(modified),
-            content_id: id.to_hex(),
+            content_id: hash.id.to_hex(),
+            tree: hex::encode(&hash.tree),
         };
         if self.entries.get(&file) != Some(&entry) {
             self.entries.insert(file, entry);

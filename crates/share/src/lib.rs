@@ -4,14 +4,16 @@
 //! and names the protocol can't carry), reuses cached hashes for files whose
 //! path, size and modification time are unchanged, and hashes the rest with
 //! BLAKE3: several files at once, and large files with every core, as
-//! `b3sum` does. Shared folders are only ever read.
+//! `b3sum` does. Hashing also yields each file's verification tree, kept in
+//! the cache beside the id, so serving a tree never reads the file. Shared
+//! folders are only ever read.
 
 mod cache;
 mod hash;
 mod scan;
 
 pub use cache::HashCache;
-pub use hash::hash_file;
+pub use hash::{FileHash, hash_file, hash_file_with_tree};
 pub use scan::{LocalFile, ScanReport, scan};
 
 use std::path::PathBuf;

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use canopy_proto::{ContentId, SharedFile, is_valid_file_name};
+use canopy_proto::{SharedFile, is_valid_file_name};
 use rayon::prelude::*;
 use walkdir::WalkDir;
 
-use crate::{HashCache, ShareError, hash_file};
+use crate::{FileHash, HashCache, ShareError, hash_file_with_tree};
 
 /// A shared file and where it lives on this machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +18,9 @@ pub struct LocalFile {
     pub path: PathBuf,
     /// What is published.
     pub shared: SharedFile,
+    /// Its verification tree (group chaining values; empty for a file of
+    /// one group), computed when it was hashed and served as `/tree/<id>`.
+    pub tree: Vec<u8>,
 }
 
 /// The outcome of a scan.
@@ -107,11 +110,11 @@ pub fn scan(
         .partition(|(id, _)| id.is_some());
 
     let hashed_bytes = AtomicU64::new(0);
-    let hashed: Vec<(Candidate, Option<ContentId>)> = to_hash
+    let hashed: Vec<(Candidate, Option<FileHash>)> = to_hash
         .into_par_iter()
         .map(|(_, candidate)| {
-            let id = match hash_file(&candidate.path) {
-                Ok(id) => Some(id),
+            let id = match hash_file_with_tree(&candidate.path) {
+                Ok(hash) => Some(hash),
                 Err(error) => {
                     tracing::warn!(path = %candidate.path.display(), %error, "skipping: hashing failed");
                     None
@@ -140,7 +143,7 @@ pub fn scan(
             candidate.path.clone(),
             candidate.size,
             candidate.modified,
-            id,
+            &id,
         );
         keep.insert(candidate.path.clone());
         report.files.push(local_file(candidate, id));
@@ -151,14 +154,15 @@ pub fn scan(
     Ok(report)
 }
 
-fn local_file(candidate: Candidate, content_id: ContentId) -> LocalFile {
+fn local_file(candidate: Candidate, hash: FileHash) -> LocalFile {
     LocalFile {
         path: candidate.path,
         shared: SharedFile {
-            content_id,
+            content_id: hash.id,
             name: candidate.name,
             size: candidate.size,
         },
+        tree: hash.tree,
     }
 }
 
@@ -200,6 +204,53 @@ mod tests {
         std::fs::write(share.path().join("a.txt"), b"alpha, longer").unwrap();
         let third = scan(&[share.path().to_owned()], &mut cache, &no_progress).unwrap();
         assert_eq!(third.hashed, 1);
+    }
+
+    #[test]
+    fn trees_are_cached_and_an_old_cache_without_them_is_upgraded_once() {
+        let share = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..(3 << 20) + 5).map(|i| (i % 253) as u8).collect();
+        std::fs::write(share.path().join("big.bin"), &big).unwrap();
+        std::fs::write(share.path().join("small.txt"), b"small").unwrap();
+        let cache_path = data.path().join("cache.json");
+        let mut cache = HashCache::load(&cache_path);
+        let first = scan(&[share.path().to_owned()], &mut cache, &no_progress).unwrap();
+        let tree = |report: &ScanReport, name: &str| {
+            report
+                .files
+                .iter()
+                .find(|f| f.shared.name == name)
+                .unwrap()
+                .tree
+                .clone()
+        };
+        assert_eq!(tree(&first, "big.bin"), canopy_core::tree::tree_of(&big));
+        assert!(tree(&first, "small.txt").is_empty());
+        cache.save().unwrap();
+
+        // Loaded again, the trees come from the cache: nothing is hashed.
+        let mut cache = HashCache::load(&cache_path);
+        let second = scan(&[share.path().to_owned()], &mut cache, &no_progress).unwrap();
+        assert_eq!(second.hashed, 0);
+        assert_eq!(second.files, first.files);
+
+        // A cache written before trees were kept: only the multi-group
+        // file is hashed again, once.
+        let mut old: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&cache_path).unwrap()).unwrap();
+        for entry in old.as_object_mut().unwrap().values_mut() {
+            entry.as_object_mut().unwrap().remove("tree");
+        }
+        std::fs::write(&cache_path, serde_json::to_vec(&old).unwrap()).unwrap();
+        let mut cache = HashCache::load(&cache_path);
+        let upgraded = scan(&[share.path().to_owned()], &mut cache, &no_progress).unwrap();
+        assert_eq!(upgraded.hashed, 1);
+        assert_eq!(upgraded.files, first.files);
+        cache.save().unwrap();
+        let mut cache = HashCache::load(&cache_path);
+        let after = scan(&[share.path().to_owned()], &mut cache, &no_progress).unwrap();
+        assert_eq!(after.hashed, 0);
     }
 
     #[cfg(unix)]

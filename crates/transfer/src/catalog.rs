@@ -1,11 +1,14 @@
-//! The catalog: the content ids a leaf serves and the files behind them.
-//! Only files in the catalog are ever read by the server, and they are
-//! found by content id, never by a path a peer sent.
+//! The catalog: the content ids a leaf serves, the files behind them and
+//! their verification trees. Only files in the catalog are ever read by the
+//! server, and they are found by content id, never by a path a peer sent.
+//! The trees were computed when the files were hashed, so serving one reads
+//! nothing from disk.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
+use bytes::Bytes;
 use canopy_proto::ContentId;
 
 /// A served file.
@@ -15,6 +18,9 @@ pub struct CatalogEntry {
     pub path: PathBuf,
     /// Its size when it was hashed.
     pub size: u64,
+    /// Its group chaining values (see `canopy_core::tree`), as served at
+    /// `/tree/<id>`; empty for a file of one group.
+    pub tree: Bytes,
 }
 
 /// Content ids to files, shared between the leaf (which updates it after

@@ -7,18 +7,32 @@
 //! verifying group N while it receives group N + 1. Nothing unverified is
 //! ever written.
 //!
-//! Files on disk, beside the target `dir/name`:
-//! - `dir/.name.canopy-partial`: the data, written in place;
-//! - `dir/.name.canopy-state`: the content id, size and verified tree.
+//! The tree is asked of several sources at once (four, then one more each
+//! half second or failure, at most 16 in flight); the first that merges
+//! into the id wins, so dead sources cost no more than one wait together.
 //!
-//! When every group is verified the partial file is synced and renamed to
-//! the target, and the state removed. If the download is interrupted
-//! (Ctrl-C, `kill -9`, power loss), the next run finds the state, checks
-//! every group already in the partial file against the tree, keeps those
-//! that verify, and fetches only the rest.
+//! Files on disk, beside the target `dir/name`, named by content id so they
+//! never take a user's name:
+//! - `dir/.canopy-<id>.partial`: the data, written in place;
+//! - `dir/.canopy-<id>.state`: the content id, size and verified tree.
+//!
+//! Neither is ever followed through a link (`O_NOFOLLOW`), nor taken over
+//! if it is not this download's: a partial file with no state for this id
+//! beside it, or a state file that is not a state for this id, stops the
+//! download with an error instead of being overwritten. The state is
+//! written to a fresh temporary file (created exclusively) and renamed into
+//! place; a rename replaces a link, never follows it.
+//!
+//! When every group is verified the partial file is synced and moved to the
+//! target without replacing anything there (a hard link, which fails if the
+//! name exists, then the partial is removed; `--force` renames over it),
+//! and the state removed. If the download is interrupted (Ctrl-C,
+//! `kill -9`, power loss), the next run finds the state, checks every group
+//! already in the partial file against the tree, keeps those that verify,
+//! and fetches only the rest.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,7 +49,7 @@ use http_body_util::BodyExt;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::client::{Connector, HttpConn, read_limited};
 
@@ -152,6 +166,10 @@ pub enum DownloadError {
     /// Nowhere to get it from.
     #[error("no source has this content")]
     NoSources,
+    /// A temporary file's name is taken by something that is not this
+    /// download's (a link, or another file); it is left alone.
+    #[error("{0} exists and is not this download's; move it away to download here")]
+    NotOurs(PathBuf),
     /// The claimed size is beyond what Canopy downloads.
     #[error("the sources claim {0} bytes, over the 1 TiB limit")]
     TooLarge(u64),
@@ -189,24 +207,72 @@ struct Paths {
 }
 
 impl Paths {
-    fn new(target: &Path) -> Result<Self, DownloadError> {
-        let name = target
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| DownloadError::BadTarget(target.to_owned()))?;
+    fn new(target: &Path, id: ContentId) -> Result<Self, DownloadError> {
+        if target.file_name().is_none() {
+            return Err(DownloadError::BadTarget(target.to_owned()));
+        }
         let dir = target.parent().unwrap_or(Path::new("."));
         Ok(Self {
             target: target.to_owned(),
-            partial: dir.join(format!(".{name}.canopy-partial")),
-            state: dir.join(format!(".{name}.canopy-state")),
+            partial: dir.join(partial_name(id)),
+            state: dir.join(state_name(id)),
         })
     }
+}
+
+/// The partial file's name for content `id`.
+pub fn partial_name(id: ContentId) -> String {
+    format!(".canopy-{id}.partial")
+}
+
+/// The state file's name for content `id`.
+pub fn state_name(id: ContentId) -> String {
+    format!(".canopy-{id}.state")
+}
+
+/// Largest state file read: the hex of a 1 TiB file's tree, and change.
+const MAX_STATE_BYTES: u64 = (64 << 20) + 4096;
+
+/// Opens `path` without following a link in its last component.
+fn no_follow() -> std::fs::OpenOptions {
+    let mut options = std::fs::OpenOptions::new();
+    options.custom_flags(libc::O_NOFOLLOW);
+    options
+}
+
+/// True if something (a file, a link, even a dangling one) is at `path`.
+fn something_at(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}
+
+/// The state at `paths.state`: `None` if there is none, the saved state
+/// if it is this download's, and [`DownloadError::NotOurs`] for anything
+/// else (a link, a directory, a file that is not a state for `id`).
+fn read_state(path: &Path, id: ContentId) -> Result<Option<SavedState>, DownloadError> {
+    match std::fs::symlink_metadata(path) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(io_error(path)(error)),
+        Ok(meta) if !meta.file_type().is_file() => {
+            return Err(DownloadError::NotOurs(path.to_owned()));
+        }
+        Ok(_) => {}
+    }
+    let not_ours = || DownloadError::NotOurs(path.to_owned());
+    let file = no_follow().read(true).open(path).map_err(|_| not_ours())?;
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_STATE_BYTES), &mut text)
+        .map_err(io_error(path))?;
+    let saved: SavedState = serde_json::from_slice(&text).map_err(|_| not_ours())?;
+    if saved.content_id != id.to_hex() {
+        return Err(not_ours());
+    }
+    Ok(Some(saved))
 }
 
 /// Checks the groups of an existing partial file against `tree`, on every
 /// core; returns those that verify.
 fn verified_on_disk(partial: &Path, tree: &VerifiedTree) -> Vec<u64> {
-    let Ok(file) = std::fs::File::open(partial) else {
+    let Ok(file) = no_follow().read(true).open(partial) else {
         return Vec::new();
     };
     let size = tree.size();
@@ -221,13 +287,15 @@ fn verified_on_disk(partial: &Path, tree: &VerifiedTree) -> Vec<u64> {
         .collect()
 }
 
-/// The tree and verified groups of an earlier, interrupted run, if any.
-async fn resume(paths: &Paths, id: ContentId, size: u64) -> Option<(VerifiedTree, Vec<u64>)> {
-    let text = tokio::fs::read(&paths.state).await.ok()?;
-    let saved: SavedState = serde_json::from_slice(&text).ok()?;
-    if saved.content_id != id.to_hex() || saved.size != size {
-        return None;
-    }
+/// The tree and verified groups of an earlier, interrupted run, if its
+/// state is for this id and size.
+async fn resume(
+    paths: &Paths,
+    saved: Option<SavedState>,
+    id: ContentId,
+    size: u64,
+) -> Option<(VerifiedTree, Vec<u64>)> {
+    let saved = saved.filter(|saved| saved.size == size)?;
     let tree = VerifiedTree::from_bytes(id, size, &hex::decode(saved.tree).ok()?).ok()?;
     let partial = paths.partial.clone();
     let check = tree.clone();
@@ -249,17 +317,95 @@ async fn save_state(
         tree: hex::encode(tree_bytes),
     };
     let bytes = serde_json::to_vec(&state).map_err(|e| io_error(&paths.state)(e.into()))?;
-    let temporary = paths.state.with_extension("tmp");
-    tokio::fs::write(&temporary, bytes)
-        .await
-        .map_err(io_error(&temporary))?;
-    tokio::fs::rename(&temporary, &paths.state)
-        .await
-        .map_err(io_error(&paths.state))
+    let state = paths.state.clone();
+    tokio::task::spawn_blocking(move || {
+        // A name no one else has: created exclusively, never through a link.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let mut temporary = state.clone().into_os_string();
+        temporary.push(format!(".{}-{nanos}.tmp", std::process::id()));
+        let temporary = PathBuf::from(temporary);
+        let written = no_follow()
+            .write(true)
+            .create_new(true)
+            .open(&temporary)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, &bytes));
+        if let Err(error) = written {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(io_error(&temporary)(error));
+        }
+        std::fs::rename(&temporary, &state).map_err(|error| {
+            let _ = std::fs::remove_file(&temporary);
+            io_error(&state)(error)
+        })
+    })
+    .await
+    .map_err(|_| io_error(&paths.state)(std::io::Error::other("state task failed")))?
 }
 
-/// Asks sources in turn for the tree until one gives a tree that verifies.
-/// Returns the tree and its bytes; records the sources that failed.
+/// Moves the complete partial file to the target. Without `force`, never
+/// over anything already there (a hard link fails if the name is taken);
+/// with it, a rename, which replaces a link rather than following it.
+fn move_into_place(paths: &Paths, force: bool) -> Result<(), DownloadError> {
+    if force {
+        return std::fs::rename(&paths.partial, &paths.target).map_err(io_error(&paths.target));
+    }
+    match std::fs::hard_link(&paths.partial, &paths.target) {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&paths.partial);
+            Ok(())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(DownloadError::Exists(paths.target.clone()))
+        }
+        // A file system without hard links: check, then rename.
+        Err(_) if something_at(&paths.target) => Err(DownloadError::Exists(paths.target.clone())),
+        Err(_) => std::fs::rename(&paths.partial, &paths.target).map_err(io_error(&paths.target)),
+    }
+}
+
+/// Tree requests started at once.
+const TREE_FETCHES_AT_ONCE: usize = 4;
+/// Most tree requests in flight.
+const MAX_TREE_FETCHES: usize = 16;
+/// Without an answer for this long, one more source is asked.
+const TREE_HEDGE: Duration = Duration::from_millis(500);
+/// A tree request that has not finished in this long has failed.
+const TREE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Asks one source for the tree; `Err` says why it failed.
+async fn tree_from(
+    source: DownloadSource,
+    id: ContentId,
+    size: u64,
+    expected: usize,
+) -> Result<(VerifiedTree, Vec<u8>), String> {
+    let attempt = async {
+        let stream = source.connector.connect().await?;
+        let mut conn = HttpConn::handshake(stream).await?;
+        let response = conn.get(&format!("/tree/{id}"), None).await?;
+        if response.status() != StatusCode::OK {
+            return Ok(Err(format!("tree request answered {}", response.status())));
+        }
+        let bytes = read_limited(response.into_body(), expected).await?;
+        Ok::<_, crate::client::ClientError>(
+            VerifiedTree::from_bytes(id, size, &bytes)
+                .map(|tree| (tree, bytes.to_vec()))
+                .map_err(|e| format!("bad tree: {e}")),
+        )
+    };
+    match tokio::time::timeout(TREE_TIMEOUT, attempt).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("tree request timed out".to_owned()),
+    }
+}
+
+/// Asks sources for the tree, several at once (see the module docs), until
+/// one gives a tree that verifies. Returns the tree and its bytes; records
+/// the sources that failed. Requests still running when a tree verifies
+/// are dropped, and their sources stay usable.
 async fn fetch_tree(
     sources: &[DownloadSource],
     id: ContentId,
@@ -273,29 +419,38 @@ async fn fetch_tree(
             .map_err(|e| DownloadError::AllSourcesFailed(e.to_string()));
     }
     let expected = group_slot(group_count(size)).saturating_mul(32);
-    for (index, source) in sources.iter().enumerate() {
-        let attempt = async {
-            let stream = source.connector.connect().await?;
-            let mut conn = HttpConn::handshake(stream).await?;
-            let response = conn.get(&format!("/tree/{id}"), None).await?;
-            if response.status() != StatusCode::OK {
-                return Ok(Err(format!("tree request answered {}", response.status())));
+    let mut running = JoinSet::new();
+    let mut next = 0;
+    let start = |running: &mut JoinSet<_>, next: &mut usize| {
+        if *next < sources.len() && running.len() < MAX_TREE_FETCHES {
+            let (index, source) = (*next, sources[*next].clone());
+            running.spawn(async move { (index, tree_from(source, id, size, expected).await) });
+            *next += 1;
+        }
+    };
+    for _ in 0..TREE_FETCHES_AT_ONCE {
+        start(&mut running, &mut next);
+    }
+    let mut hedge = tokio::time::interval_at(tokio::time::Instant::now() + TREE_HEDGE, TREE_HEDGE);
+    while !running.is_empty() {
+        tokio::select! {
+            joined = running.join_next() => {
+                let Some(joined) = joined else { break };
+                let Ok((index, outcome)) = joined else { continue };
+                match outcome {
+                    Ok(found) => return Ok(found),
+                    Err(reason) => {
+                        tracing::warn!(source = %sources[index].label, %reason, "dropping source");
+                        failed.insert(index, reason);
+                        start(&mut running, &mut next);
+                    }
+                }
             }
-            let bytes = read_limited(response.into_body(), expected).await?;
-            Ok::<_, crate::client::ClientError>(
-                VerifiedTree::from_bytes(id, size, &bytes)
-                    .map(|tree| (tree, bytes.to_vec()))
-                    .map_err(|e| format!("bad tree: {e}")),
-            )
-        };
-        let reason = match tokio::time::timeout(Duration::from_secs(15), attempt).await {
-            Ok(Ok(Ok(found))) => return Ok(found),
-            Ok(Ok(Err(reason))) => reason,
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => "tree request timed out".to_owned(),
-        };
-        tracing::warn!(source = %source.label, %reason, "dropping source");
-        failed.insert(index, reason);
+            _ = hedge.tick() => start(&mut running, &mut next),
+        }
+        if running.is_empty() {
+            start(&mut running, &mut next);
+        }
     }
     Err(DownloadError::AllSourcesFailed(
         failed.values().cloned().collect::<Vec<_>>().join("\n"),
@@ -430,26 +585,38 @@ impl Worker {
         let size = self.tree.size();
         let first = group_range(size, self.request.groups.start).start;
         let end = group_range(size, self.request.groups.end - 1).end;
-        let mut conn = match self.conn.take().filter(HttpConn::is_open) {
-            Some(conn) => conn,
+        let path = format!("/content/{}", self.id);
+        let range = Some((first, end.saturating_sub(1)));
+        // A kept connection the source closed while it was idle (its
+        // keep-alive limit) fails at once: then dial afresh, once.
+        let kept = match self.conn.take().filter(HttpConn::is_open) {
+            Some(mut conn) => match conn.get(&path, range).await {
+                Ok(response) => Some((conn, response)),
+                Err(error) => {
+                    tracing::debug!(%error, "kept connection failed; dialing again");
+                    None
+                }
+            },
+            None => None,
+        };
+        let (conn, response) = match kept {
+            Some(pair) => pair,
             None => {
                 let stream = self
                     .connector
                     .connect()
                     .await
                     .map_err(|e| failed(format!("cannot connect: {e}")))?;
-                HttpConn::handshake(stream)
+                let mut conn = HttpConn::handshake(stream)
                     .await
-                    .map_err(|e| failed(e.to_string()))?
+                    .map_err(|e| failed(e.to_string()))?;
+                let response = conn
+                    .get(&path, range)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                (conn, response)
             }
         };
-        let response = conn
-            .get(
-                &format!("/content/{}", self.id),
-                Some((first, end.saturating_sub(1))),
-            )
-            .await
-            .map_err(|e| failed(e.to_string()))?;
         match response.status() {
             StatusCode::PARTIAL_CONTENT => {
                 let expected = format!("bytes {first}-{}/{size}", end.saturating_sub(1));
@@ -572,8 +739,8 @@ pub async fn download(
     options: DownloadOptions,
 ) -> Result<DownloadReport, DownloadError> {
     let started = Instant::now();
-    let paths = Paths::new(&options.target)?;
-    if !options.force && tokio::fs::try_exists(&paths.target).await.unwrap_or(false) {
+    let paths = Paths::new(&options.target, options.content_id)?;
+    if !options.force && something_at(&paths.target) {
         return Err(DownloadError::Exists(paths.target));
     }
     if sources.is_empty() {
@@ -584,7 +751,16 @@ pub async fn download(
     }
     let (id, size) = (options.content_id, options.size);
     let mut failed: HashMap<usize, String> = HashMap::new();
-    let (tree, resumed) = match resume(&paths, id, size).await {
+    // Whatever is at the temporary names must be this download's.
+    let saved = read_state(&paths.state, id)?;
+    let ours = saved.is_some();
+    match std::fs::symlink_metadata(&paths.partial) {
+        Ok(meta) if !ours || !meta.file_type().is_file() => {
+            return Err(DownloadError::NotOurs(paths.partial));
+        }
+        _ => {}
+    }
+    let (tree, resumed) = match resume(&paths, saved, id, size).await {
         Some((tree, groups)) => {
             tracing::info!(
                 groups = groups.len(),
@@ -599,13 +775,21 @@ pub async fn download(
         }
     };
     let tree = Arc::new(tree);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&paths.partial)
-        .map_err(io_error(&paths.partial))?;
+    let mut open = no_follow();
+    open.read(true).write(true);
+    if ours {
+        open.create(true).truncate(false);
+    } else {
+        // Checked above that nothing is there; exclusive all the same.
+        open.create_new(true);
+    }
+    let file = open.open(&paths.partial).map_err(|error| {
+        if error.kind() == std::io::ErrorKind::AlreadyExists {
+            DownloadError::NotOurs(paths.partial.clone())
+        } else {
+            io_error(&paths.partial)(error)
+        }
+    })?;
     file.set_len(size).map_err(io_error(&paths.partial))?;
     let file = Arc::new(file);
     let writer = DiskWriter::start(file.clone()).map_err(io_error(&paths.partial))?;
@@ -724,12 +908,7 @@ pub async fn download(
         .await
         .map_err(|_| io_error(&paths.partial)(std::io::Error::other("sync task failed")))?
         .map_err(io_error(&paths.partial))?;
-    if !options.force && tokio::fs::try_exists(&paths.target).await.unwrap_or(false) {
-        return Err(DownloadError::Exists(paths.target));
-    }
-    tokio::fs::rename(&paths.partial, &paths.target)
-        .await
-        .map_err(io_error(&paths.target))?;
+    move_into_place(&paths, options.force)?;
     let _ = tokio::fs::remove_file(&paths.state).await;
 
     let sources = sources

@@ -4,24 +4,37 @@
 //! - `GET` / `HEAD /content/<id>`: the file; a single byte range gives 206,
 //!   a malformed, multiple or unsatisfiable range gives 416;
 //! - `GET` / `HEAD /tree/<id>`: the file's group chaining values (see
-//!   `canopy_core::tree`), empty for a file of one group.
+//!   `canopy_core::tree`), empty for a file of one group. The tree was
+//!   computed when the file was hashed and comes from the catalog: serving
+//!   it reads nothing from disk.
 //!
 //! Anything else is 404 (or 405 for another method): a request names a
-//! content id, never a path, so nothing outside the catalog can be read.
-//! At most `upload_slots` file bodies are sent at once; past that, 503 with
-//! `Retry-After`. The same handler serves pushed connections.
+//! content id, never a path, so nothing outside the catalog can be read,
+//! and a served file is opened without following a link.
+//!
+//! Strangers can't hold the server: at most `upload_slots` file bodies are
+//! sent at once, and a few per address and per network prefix (/24, /48);
+//! past that, 503 with `Retry-After`. Connections are capped overall and
+//! per address and prefix (over the cap, closed at once). A connection must
+//! send a complete request head within `header_timeout`, on arrival and
+//! between keep-alive requests. A response whose reader stops reading is
+//! cut after `write_timeout` without progress, and a file body sent slower
+//! than `min_upload_rate` over `rate_window` is cut too, freeing its slot.
+//! The same handler serves pushed connections.
 
 use std::convert::Infallible;
-use std::io::{Read, SeekFrom};
-use std::num::NonZeroUsize;
+use std::io::SeekFrom;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use canopy_core::tree::{GROUP_LEN, VerifiedTree, group_count, group_cv, group_len, group_slot};
+use canopy_core::addr_limits::{AddressLimit, IpNet, default_exempt};
+use canopy_core::tree::GROUP_LEN;
 use canopy_proto::ContentId;
 use futures_util::StreamExt;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -31,8 +44,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use lru::LruCache;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::io::ReaderStream;
@@ -40,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::catalog::{Catalog, CatalogEntry};
+use crate::limits::{AddressGuard, AddressSlots};
 
 /// A response body: a file stream, a small buffer, or nothing.
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -48,12 +61,48 @@ pub type Body = BoxBody<Bytes, std::io::Error>;
 pub const DEFAULT_UPLOAD_SLOTS: usize = 4;
 /// Seconds a refused downloader is told to wait.
 pub const RETRY_AFTER_SECS: u64 = 5;
-/// Most HTTP connections held open at once.
-const MAX_CONNECTIONS: usize = 256;
 /// Bytes read from disk per body chunk.
 const READ_CHUNK: usize = 1024 * 1024;
-/// Trees kept in memory (32 bytes a MiB of file each).
-const TREE_CACHE: usize = 64;
+
+/// How much the server takes on, and from whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// File bodies sent at once.
+    pub upload_slots: usize,
+    /// HTTP connections held at once, from everyone together.
+    pub max_connections: usize,
+    /// HTTP connections one address and one prefix may hold.
+    pub connections_per_address: AddressLimit,
+    /// Upload slots one address and one prefix may hold.
+    pub uploads_per_address: AddressLimit,
+    /// Addresses not limited per address (loopback by default).
+    pub exempt: Vec<IpNet>,
+    /// Time to send a complete request head, on a new connection and
+    /// between keep-alive requests.
+    pub header_timeout: Duration,
+    /// A response whose bytes the reader does not take for this long is cut.
+    pub write_timeout: Duration,
+    /// Slowest file body kept, in bytes a second over `rate_window`.
+    pub min_upload_rate: u64,
+    /// The window `min_upload_rate` is measured over.
+    pub rate_window: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            upload_slots: DEFAULT_UPLOAD_SLOTS,
+            max_connections: 256,
+            connections_per_address: AddressLimit::new(8, 32),
+            uploads_per_address: AddressLimit::new(2, 2),
+            exempt: default_exempt(),
+            header_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
+            min_upload_rate: 1024,
+            rate_window: Duration::from_secs(30),
+        }
+    }
+}
 
 /// Counters, for tests and metrics.
 #[derive(Debug, Default)]
@@ -62,16 +111,187 @@ pub struct ServerStats {
     pub bytes_sent: AtomicU64,
     /// Requests refused for want of an upload slot.
     pub busy_refusals: AtomicU64,
+    /// Of those, refused because the address or prefix held its share.
+    pub address_upload_refusals: AtomicU64,
+    /// Connections closed at once: the address or prefix held its share.
+    pub address_connection_refusals: AtomicU64,
+    /// Connections cut because the reader stopped reading or read too slowly.
+    pub stalled_cut: AtomicU64,
+    /// HTTP connections open now.
+    pub open_connections: AtomicUsize,
 }
 
 /// Serves the files of a [`Catalog`]. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ContentServer {
     catalog: Catalog,
+    config: Arc<ServerConfig>,
     slots: Arc<Semaphore>,
-    upload_slots: usize,
-    trees: Arc<Mutex<LruCache<ContentId, Bytes>>>,
+    upload_addresses: AddressSlots,
+    connection_addresses: AddressSlots,
     stats: Arc<ServerStats>,
+}
+
+/// What one connection is doing, as the watchdog sees it.
+#[derive(Debug)]
+struct Activity {
+    started: Instant,
+    /// Bytes written to the socket.
+    written: AtomicU64,
+    /// Milliseconds since `started` (plus one) when a write first found the
+    /// socket full and nothing has been written since; 0 when not blocked.
+    blocked_since: AtomicU64,
+    /// File bodies being sent on this connection.
+    bodies: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            written: AtomicU64::new(0),
+            blocked_since: AtomicU64::new(0),
+            bodies: AtomicUsize::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn wrote(&self, bytes: usize) {
+        if bytes > 0 {
+            self.written.fetch_add(bytes as u64, Ordering::Relaxed);
+            self.blocked_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn blocked(&self) {
+        let now = self.now_ms().saturating_add(1);
+        let _ = self
+            .blocked_since
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+/// Counts a file body in flight on its connection while alive.
+#[derive(Debug)]
+struct BodyMark(Arc<Activity>);
+
+impl BodyMark {
+    fn new(activity: Arc<Activity>) -> Self {
+        activity.bodies.fetch_add(1, Ordering::Relaxed);
+        Self(activity)
+    }
+}
+
+impl Drop for BodyMark {
+    fn drop(&mut self) {
+        self.0.bodies.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The connection's stream, noting every write's progress for the watchdog.
+struct WatchedIo<I> {
+    inner: I,
+    activity: Arc<Activity>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for WatchedIo<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for WatchedIo<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note(&polled);
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note(&polled);
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<I> WatchedIo<I> {
+    fn note(&self, polled: &Poll<std::io::Result<usize>>) {
+        match polled {
+            Poll::Ready(Ok(written)) => self.activity.wrote(*written),
+            Poll::Pending => self.activity.blocked(),
+            Poll::Ready(Err(_)) => {}
+        }
+    }
+}
+
+/// Why the watchdog cut a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    Stalled,
+    TooSlow,
+}
+
+/// Watches a connection's writes; returns when it must be cut: a write
+/// blocked for `write_timeout`, or file bodies sent slower than the
+/// minimum rate over a whole window.
+async fn watchdog(activity: Arc<Activity>, config: Arc<ServerConfig>) -> Cut {
+    let check = (config.write_timeout.min(config.rate_window) / 4)
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(check);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let window_ms = u64::try_from(config.rate_window.as_millis()).unwrap_or(u64::MAX);
+    let write_timeout_ms = u64::try_from(config.write_timeout.as_millis()).unwrap_or(u64::MAX);
+    let min_bytes = u128::from(config.min_upload_rate) * u128::from(window_ms) / 1000;
+    let mut window_start = activity.now_ms();
+    let mut window_written = activity.written.load(Ordering::Relaxed);
+    loop {
+        tick.tick().await;
+        let now = activity.now_ms();
+        let blocked = activity.blocked_since.load(Ordering::Relaxed);
+        if blocked != 0 && now.saturating_sub(blocked - 1) >= write_timeout_ms {
+            return Cut::Stalled;
+        }
+        let written = activity.written.load(Ordering::Relaxed);
+        if activity.bodies.load(Ordering::Relaxed) == 0 {
+            window_start = now;
+            window_written = written;
+            continue;
+        }
+        if now.saturating_sub(window_start) >= window_ms {
+            if u128::from(written - window_written) < min_bytes {
+                return Cut::TooSlow;
+            }
+            window_start = now;
+            window_written = written;
+        }
+    }
 }
 
 fn empty() -> Body {
@@ -96,6 +316,14 @@ fn status(code: StatusCode, text: &'static str) -> Response<Body> {
 
 fn not_found() -> Response<Body> {
     status(StatusCode::NOT_FOUND, "not found\n")
+}
+
+fn busy(text: &'static str) -> Response<Body> {
+    let mut response = status(StatusCode::SERVICE_UNAVAILABLE, text);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    response
 }
 
 fn unsatisfiable(size: u64) -> Response<Body> {
@@ -128,37 +356,32 @@ fn single_range(value: &HeaderValue, size: u64) -> Option<RangeInclusive<u64>> {
     }
 }
 
-/// Hashes the groups of the file at `path` into the tree a downloader
-/// checks against `id`. Errors if the file no longer has that content.
-fn compute_tree(path: &Path, id: ContentId, size: u64) -> std::io::Result<Bytes> {
-    let groups = group_count(size);
-    if groups == 1 {
-        return Ok(Bytes::new());
-    }
-    let mut file = std::fs::File::open(path)?;
-    let mut buffer = vec![0u8; group_len(size, 0)];
-    let mut cvs = Vec::with_capacity(group_slot(groups).saturating_mul(32));
-    for index in 0..groups {
-        let chunk = &mut buffer[..group_len(size, index)];
-        file.read_exact(chunk)?;
-        cvs.extend_from_slice(&group_cv(index, chunk));
-    }
-    VerifiedTree::from_bytes(id, size, &cvs)
-        .map_err(|_| std::io::Error::other("the file changed since it was hashed"))?;
-    Ok(Bytes::from(cvs))
-}
-
 impl ContentServer {
-    /// A server for `catalog` with `upload_slots` concurrent uploads.
+    /// A server for `catalog` with `upload_slots` concurrent uploads and
+    /// the other limits at their defaults.
     pub fn new(catalog: Catalog, upload_slots: usize) -> Self {
-        let upload_slots = upload_slots.max(1);
+        Self::with_config(
+            catalog,
+            ServerConfig {
+                upload_slots,
+                ..ServerConfig::default()
+            },
+        )
+    }
+
+    /// A server for `catalog` with the limits in `config`.
+    pub fn with_config(catalog: Catalog, mut config: ServerConfig) -> Self {
+        config.upload_slots = config.upload_slots.max(1);
+        config.max_connections = config.max_connections.max(1);
         Self {
             catalog,
-            slots: Arc::new(Semaphore::new(upload_slots)),
-            upload_slots,
-            trees: Arc::new(Mutex::new(LruCache::new(
-                NonZeroUsize::new(TREE_CACHE).unwrap_or(NonZeroUsize::MIN),
-            ))),
+            slots: Arc::new(Semaphore::new(config.upload_slots)),
+            upload_addresses: AddressSlots::new(config.uploads_per_address, config.exempt.clone()),
+            connection_addresses: AddressSlots::new(
+                config.connections_per_address,
+                config.exempt.clone(),
+            ),
+            config: Arc::new(config),
             stats: Arc::new(ServerStats::default()),
         }
     }
@@ -168,14 +391,29 @@ impl ContentServer {
         &self.stats
     }
 
+    /// The limits in force.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
     /// Uploads allowed at once.
     pub fn upload_slots(&self) -> usize {
-        self.upload_slots
+        self.config.upload_slots
     }
 
     /// Upload slots in use right now.
     pub fn uploads_in_progress(&self) -> usize {
-        self.upload_slots - self.slots.available_permits()
+        self.config.upload_slots - self.slots.available_permits()
+    }
+
+    /// Upload slots `ip` holds right now (0 for an exempt address).
+    pub fn uploads_held_by(&self, ip: IpAddr) -> usize {
+        self.upload_addresses.held_by(ip)
+    }
+
+    /// Connections `ip` holds right now (0 for an exempt address).
+    pub fn connections_held_by(&self, ip: IpAddr) -> usize {
+        self.connection_addresses.held_by(ip)
     }
 
     /// Accepts connections on `listener` until `shutdown`.
@@ -185,7 +423,7 @@ impl ContentServer {
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) {
-        let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let connections = Arc::new(Semaphore::new(self.config.max_connections));
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -205,41 +443,86 @@ impl ContentServer {
                     }
                 },
             };
+            let guard = match self.connection_addresses.try_take(peer.ip()) {
+                Ok(guard) => guard,
+                Err(refused) => {
+                    self.stats
+                        .address_connection_refusals
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, %refused, "http connection refused");
+                    continue; // dropping the stream closes it
+                }
+            };
             let _ = stream.set_nodelay(true);
             let server = self.clone();
             let shutdown = shutdown.clone();
             tracker.spawn(async move {
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
-                    _ = server.serve_connection(stream) => {}
+                    _ = server.serve_connection_from(stream, Some(peer)) => {}
                 }
                 tracing::trace!(%peer, "http connection closed");
+                drop(guard);
                 drop(permit);
             });
         }
     }
 
-    /// Serves HTTP/1.1 on one connection, accepted or pushed.
+    /// Serves HTTP/1.1 on one connection, accepted or pushed, from an
+    /// unknown address (not limited per address).
     pub async fn serve_connection<I>(&self, io: I)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let server = self.clone();
-        let service = service_fn(move |request| {
-            let server = server.clone();
-            async move { Ok::<_, Infallible>(server.handle(request).await) }
-        });
-        let result = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .serve_connection(TokioIo::new(io), service)
-            .await;
-        if let Err(error) = result {
-            tracing::debug!(%error, "http connection ended with an error");
-        }
+        self.serve_connection_from(io, None).await;
     }
 
-    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    /// Serves HTTP/1.1 on one connection from `peer`, whose upload slots
+    /// count against its address's share. Returns when the client is done,
+    /// or when the connection is cut for reading too slowly.
+    pub async fn serve_connection_from<I>(&self, io: I, peer: Option<SocketAddr>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.stats.open_connections.fetch_add(1, Ordering::Relaxed);
+        let activity = Arc::new(Activity::new());
+        let server = self.clone();
+        let per_connection = activity.clone();
+        let service = service_fn(move |request| {
+            let server = server.clone();
+            let activity = per_connection.clone();
+            async move {
+                Ok::<_, Infallible>(server.handle(request, peer.map(|p| p.ip()), activity).await)
+            }
+        });
+        let io = WatchedIo {
+            inner: io,
+            activity: activity.clone(),
+        };
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.config.header_timeout)
+            .serve_connection(TokioIo::new(io), service);
+        tokio::select! {
+            result = connection => {
+                if let Err(error) = result {
+                    tracing::debug!(?peer, %error, "http connection ended with an error");
+                }
+            }
+            cut = watchdog(activity, self.config.clone()) => {
+                self.stats.stalled_cut.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(?peer, ?cut, "http connection cut: the reader is not reading");
+            }
+        }
+        self.stats.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: Option<IpAddr>,
+        activity: Arc<Activity>,
+    ) -> Response<Body> {
         let path = request.uri().path();
         let (is_tree, id_text) = if let Some(rest) = path.strip_prefix("/content/") {
             (false, rest)
@@ -263,48 +546,53 @@ impl ContentServer {
         };
         let head = request.method() == Method::HEAD;
         if is_tree {
-            self.tree(id, entry, head).await
+            Self::tree(&entry, head)
         } else {
-            self.content(&request, id, entry, head).await
+            self.content(&request, id, entry, head, peer, activity)
+                .await
         }
     }
 
-    async fn tree(&self, id: ContentId, entry: CatalogEntry, head: bool) -> Response<Body> {
-        let cached = self
-            .trees
-            .lock()
-            .ok()
-            .and_then(|mut trees| trees.get(&id).cloned());
-        let tree = match cached {
-            Some(tree) => tree,
-            None => {
-                let path = entry.path.clone();
-                let computed =
-                    tokio::task::spawn_blocking(move || compute_tree(&path, id, entry.size)).await;
-                match computed {
-                    Ok(Ok(tree)) => {
-                        if let Ok(mut trees) = self.trees.lock() {
-                            trees.put(id, tree.clone());
-                        }
-                        tree
-                    }
-                    Ok(Err(error)) => {
-                        tracing::warn!(path = %entry.path.display(), %error, "cannot serve tree");
-                        return not_found();
-                    }
-                    Err(_) => return status(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
-                }
-            }
-        };
-        let mut response = Response::new(if head { empty() } else { full(tree.clone()) });
+    /// The tree kept in the catalog since the file was hashed.
+    fn tree(entry: &CatalogEntry, head: bool) -> Response<Body> {
+        let tree = entry.tree.clone();
+        let len = tree.len();
+        let mut response = Response::new(if head { empty() } else { full(tree) });
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/octet-stream"),
         );
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(tree.len()));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         headers.insert("x-canopy-group-len", HeaderValue::from(GROUP_LEN));
         response
+    }
+
+    /// An upload slot, overall and for `peer`'s address, or why not (the
+    /// text of the 503).
+    fn take_slot(
+        &self,
+        peer: Option<IpAddr>,
+    ) -> Result<(tokio::sync::OwnedSemaphorePermit, Option<AddressGuard>), &'static str> {
+        let per_address = match peer.map(|ip| self.upload_addresses.try_take(ip)) {
+            None => None,
+            Some(Ok(guard)) => Some(guard),
+            Some(Err(refused)) => {
+                self.stats.busy_refusals.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .address_upload_refusals
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%refused, "upload refused");
+                return Err("this address holds its share of upload slots\n");
+            }
+        };
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => Ok((permit, per_address)),
+            Err(_) => {
+                self.stats.busy_refusals.fetch_add(1, Ordering::Relaxed);
+                Err("all upload slots are busy\n")
+            }
+        }
     }
 
     async fn content(
@@ -313,8 +601,10 @@ impl ContentServer {
         id: ContentId,
         entry: CatalogEntry,
         head: bool,
+        peer: Option<IpAddr>,
+        activity: Arc<Activity>,
     ) -> Response<Body> {
-        let mut file = match tokio::fs::File::open(&entry.path).await {
+        let mut file = match open_no_follow(&entry.path).await {
             Ok(file) => file,
             Err(error) => {
                 tracing::warn!(path = %entry.path.display(), %error, "shared file unreadable");
@@ -322,7 +612,7 @@ impl ContentServer {
             }
         };
         let size = match file.metadata().await {
-            Ok(meta) if meta.len() == entry.size => entry.size,
+            Ok(meta) if meta.is_file() && meta.len() == entry.size => entry.size,
             _ => {
                 tracing::warn!(path = %entry.path.display(), "shared file changed since hashing; not served");
                 return not_found();
@@ -335,22 +625,12 @@ impl ContentServer {
                 None => return unsatisfiable(size),
             },
         };
-        let permit = if head {
+        let slot = if head {
             None
         } else {
-            match self.slots.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    self.stats.busy_refusals.fetch_add(1, Ordering::Relaxed);
-                    let mut response = status(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "all upload slots are busy\n",
-                    );
-                    response
-                        .headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
-                    return response;
-                }
+            match self.take_slot(peer) {
+                Ok(slot) => Some(slot),
+                Err(why) => return busy(why),
             }
         };
         let (code, start, len) = match &range {
@@ -368,10 +648,12 @@ impl ContentServer {
                 return status(StatusCode::INTERNAL_SERVER_ERROR, "seek failed\n");
             }
             let stats = self.stats.clone();
+            // The slots are held, and the body counted for the watchdog, for
+            // as long as the body is being sent.
+            let held = (slot, BodyMark::new(activity));
             let stream =
                 ReaderStream::with_capacity(file.take(len), READ_CHUNK).map(move |chunk| {
-                    // The slot is held for as long as the body is being sent.
-                    let _slot = &permit;
+                    let _held = &held;
                     chunk.map(|bytes| {
                         stats
                             .bytes_sent
@@ -401,4 +683,14 @@ impl ContentServer {
         }
         response
     }
+}
+
+/// Opens a shared file for reading without following a link in its last
+/// component: a link planted where a shared file was is never served.
+async fn open_no_follow(path: &std::path::Path) -> std::io::Result<tokio::fs::File> {
+    tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .await
 }

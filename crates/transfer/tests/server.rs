@@ -11,13 +11,16 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
+use canopy_core::addr_limits::AddressLimit;
 use canopy_core::tree::VerifiedTree;
 use canopy_proto::ContentId;
 use canopy_transfer::Catalog;
 use canopy_transfer::catalog::CatalogEntry;
 use canopy_transfer::client::{HttpConn, read_limited};
-use canopy_transfer::server::ContentServer;
+use canopy_transfer::server::{ContentServer, ServerConfig};
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -32,6 +35,18 @@ struct Served {
 }
 
 async fn serve(len: usize, slots: usize) -> Served {
+    serve_with(
+        len,
+        ServerConfig {
+            upload_slots: slots,
+            ..ServerConfig::default()
+        },
+    )
+    .await
+    .0
+}
+
+async fn serve_with(len: usize, config: ServerConfig) -> (Served, ContentServer) {
     let dir = tempfile::tempdir().unwrap();
     let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
     let path = dir.path().join("file.bin");
@@ -45,18 +60,24 @@ async fn serve(len: usize, slots: usize) -> Served {
         CatalogEntry {
             path,
             size: len as u64,
+            tree: canopy_core::tree::tree_of(&data).into(),
         },
     )]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = ContentServer::new(catalog, slots);
-    tokio::spawn(server.serve(listener, CancellationToken::new(), TaskTracker::new()));
-    Served {
+    let server = ContentServer::with_config(catalog, config);
+    tokio::spawn(
+        server
+            .clone()
+            .serve(listener, CancellationToken::new(), TaskTracker::new()),
+    );
+    let served = Served {
         addr,
         id,
         data,
         _dir: dir,
-    }
+    };
+    (served, server)
 }
 
 async fn connect(addr: SocketAddr) -> HttpConn {
@@ -223,4 +244,222 @@ async fn curl_downloads_a_range_with_no_help() {
     .unwrap();
     assert!(status.success());
     assert!(std::fs::read(whole).unwrap() == s.data);
+}
+
+/// Waits (up to `limit`) for `condition`, polling.
+async fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    condition()
+}
+
+/// Sends a GET for the whole file and never reads the answer.
+async fn never_reading_get(addr: SocketAddr, id: ContentId) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /content/{id} HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+/// True if the server closes `stream` within `limit` (it reads EOF or a
+/// reset), having sent nothing.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    let mut buffer = [0u8; 64];
+    matches!(
+        tokio::time::timeout(limit, stream.read(&mut buffer)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test]
+async fn the_tree_comes_from_the_catalog_and_reads_no_file_bytes() {
+    let (s, _server) = serve_with(5 * (1 << 20) + 3, ServerConfig::default()).await;
+    // The file is gone: nothing can be read from it any more.
+    std::fs::remove_file(s._dir.path().join("file.bin")).unwrap();
+    let mut tasks = Vec::new();
+    for n in 0..32 {
+        let (addr, id) = (s.addr, s.id);
+        tasks.push(tokio::spawn(async move {
+            if n % 2 == 0 {
+                raw_status(addr, &format!("HEAD /tree/{id} HTTP/1.1")).await;
+                raw_status(addr, &format!("HEAD /tree/{id} HTTP/1.1")).await
+            } else {
+                let mut conn = connect(addr).await;
+                let response = conn.get(&format!("/tree/{id}"), None).await.unwrap();
+                let status = response.status().as_u16();
+                let tree = read_limited(response.into_body(), 1 << 20).await.unwrap();
+                VerifiedTree::from_bytes(id, 5 * (1 << 20) + 3, &tree).unwrap();
+                status
+            }
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+    // The content itself is not there to serve: the trees were not read
+    // from the file.
+    let status = raw_status(s.addr, &format!("GET /content/{} HTTP/1.1", s.id)).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn readers_that_never_read_are_cut_and_free_every_slot() {
+    let config = ServerConfig {
+        upload_slots: 4,
+        write_timeout: Duration::from_secs(1),
+        rate_window: Duration::from_secs(2),
+        ..ServerConfig::default()
+    };
+    // Far more than socket buffers hold, so the server's writes block.
+    let (s, server) = serve_with(64 << 20, config).await;
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        stalled.push(never_reading_get(s.addr, s.id).await);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || server.uploads_in_progress()
+            == 4)
+        .await
+    );
+    let path = format!("/content/{}", s.id);
+    let refused = raw_status(s.addr, &format!("GET {path} HTTP/1.1")).await;
+    assert_eq!(
+        refused, 503,
+        "every slot is held by a reader that never reads"
+    );
+    let held_at = Instant::now();
+    // The watchdog cuts all four: the 503s end within the timeout (plus
+    // the time to fill the socket buffers), not never.
+    assert!(
+        wait_until(Duration::from_secs(30), || server.uploads_in_progress()
+            == 0)
+        .await,
+        "slots still held: {}",
+        server.uploads_in_progress()
+    );
+    let freed_after = held_at.elapsed();
+    assert_eq!(server.stats().stalled_cut.load(Ordering::Relaxed), 4);
+    let mut conn = connect(s.addr).await;
+    let response = conn.get(&path, Some((0, 999))).await.unwrap();
+    assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+    let body = read_limited(response.into_body(), 1 << 20).await.unwrap();
+    assert!(body[..] == s.data[..1000]);
+    eprintln!("4 never-reading GETs held every slot for {freed_after:?}");
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn silent_and_half_sent_request_heads_are_closed() {
+    let config = ServerConfig {
+        header_timeout: Duration::from_millis(500),
+        ..ServerConfig::default()
+    };
+    let (s, server) = serve_with(5000, config).await;
+    let mut silent = TcpStream::connect(s.addr).await.unwrap();
+    let mut half = TcpStream::connect(s.addr).await.unwrap();
+    half.write_all(b"GET /content/").await.unwrap();
+    assert!(closed_within(&mut silent, Duration::from_secs(5)).await);
+    assert!(closed_within(&mut half, Duration::from_secs(5)).await);
+    // Keep-alive: an idle connection after a request is closed too.
+    let mut idle = TcpStream::connect(s.addr).await.unwrap();
+    let request = format!("HEAD /content/{} HTTP/1.1\r\nHost: x\r\n\r\n", s.id);
+    idle.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = idle.read(&mut answer).await.unwrap();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
+    assert!(closed_within(&mut idle, Duration::from_secs(5)).await);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            server.stats().open_connections.load(Ordering::Relaxed) == 0
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn one_address_gets_its_share_of_connections_and_of_slots() {
+    let config = ServerConfig {
+        upload_slots: 4,
+        connections_per_address: AddressLimit::new(3, 3),
+        uploads_per_address: AddressLimit::new(1, 1),
+        exempt: Vec::new(), // 127.0.0.1 is limited like anyone
+        ..ServerConfig::default()
+    };
+    let (s, server) = serve_with(64 << 20, config).await;
+    let loopback = "127.0.0.1".parse().unwrap();
+    // One upload held, never read.
+    let _holder = never_reading_get(s.addr, s.id).await;
+    assert!(
+        wait_until(Duration::from_secs(10), || server.uploads_in_progress()
+            == 1)
+        .await
+    );
+    // The same address asks again: 503 with Retry-After, though 3 slots are free.
+    let mut conn = connect(s.addr).await;
+    let refused = conn
+        .get(&format!("/content/{}", s.id), Some((0, 9)))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    read_limited(refused.into_body(), 1024).await.unwrap();
+    assert_eq!(server.uploads_held_by(loopback), 1);
+    assert_eq!(
+        server
+            .stats()
+            .address_upload_refusals
+            .load(Ordering::Relaxed),
+        1
+    );
+    // Two connections open (the holder and `conn`); a third is allowed,
+    // a fourth is closed at once.
+    let _third = TcpStream::connect(s.addr).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || server
+            .connections_held_by(loopback)
+            == 3)
+        .await
+    );
+    let mut fourth = TcpStream::connect(s.addr).await.unwrap();
+    assert!(closed_within(&mut fourth, Duration::from_secs(5)).await);
+    assert_eq!(
+        server
+            .stats()
+            .address_connection_refusals
+            .load(Ordering::Relaxed),
+        1
+    );
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_link_in_place_of_a_shared_file_is_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("private.txt");
+    std::fs::write(&target, b"not shared").unwrap();
+    let link = dir.path().join("shared.txt");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let id = ContentId(*blake3::hash(b"not shared").as_bytes());
+    let catalog = Catalog::new();
+    catalog.replace([(
+        id,
+        CatalogEntry {
+            path: link,
+            size: 10,
+            tree: bytes::Bytes::new(),
+        },
+    )]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = ContentServer::new(catalog, 4);
+    tokio::spawn(server.serve(listener, CancellationToken::new(), TaskTracker::new()));
+    assert_eq!(
+        raw_status(addr, &format!("GET /content/{id} HTTP/1.1")).await,
+        404
+    );
 }

@@ -19,7 +19,9 @@ pub(crate) struct Args {
     #[arg(long)]
     supernode: SocketAddr,
     /// Where to save: a file, or a directory to save into under the file's
-    /// name [default: the current directory].
+    /// name as the sources give it, made safe (no leading `.` or `-`, no
+    /// control or bidi characters, no Windows device names or reserved
+    /// characters) [default: the current directory].
     #[arg(short, long)]
     output: Option<PathBuf>,
     /// Replace the file if it exists.

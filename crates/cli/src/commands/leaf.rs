@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use canopy_core::addr_limits::{AddressLimit, IpNet};
 use canopy_node::leaf::{self, LeafOptions};
 use canopy_node::metrics;
-use canopy_transfer::server::DEFAULT_UPLOAD_SLOTS;
+use canopy_transfer::server::{DEFAULT_UPLOAD_SLOTS, ServerConfig};
 use serde::Deserialize;
 use tokio_util::task::TaskTracker;
 
@@ -44,6 +45,32 @@ pub(crate) struct Args {
     /// Uploads at once; more get 503 with Retry-After [default: 4].
     #[arg(long)]
     upload_slots: Option<usize>,
+    /// Upload slots one IP address may hold (one /24 or /48 network as
+    /// much) [default: 2].
+    #[arg(long)]
+    uploads_per_ip: Option<usize>,
+    /// HTTP connections one IP address may hold (a /24 or /48 network four
+    /// times as many); more are closed at once [default: 8].
+    #[arg(long)]
+    http_connections_per_ip: Option<usize>,
+    /// HTTP connections held at once from everyone [default: 256].
+    #[arg(long)]
+    max_http_connections: Option<usize>,
+    /// Seconds a connection has to send a complete request head, on
+    /// arrival and between keep-alive requests [default: 10].
+    #[arg(long)]
+    http_header_timeout: Option<u64>,
+    /// Seconds an upload may make no progress (the downloader not reading)
+    /// before it is cut and its slot freed [default: 30].
+    #[arg(long)]
+    upload_stall_timeout: Option<u64>,
+    /// Slowest upload kept, in bytes a second over 30 s [default: 1024].
+    #[arg(long)]
+    min_upload_rate: Option<u64>,
+    /// Networks not limited per address (repeatable; `limit_exempt` in the
+    /// file) [default: 127.0.0.0/8 and ::1].
+    #[arg(long = "limit-exempt")]
+    limit_exempt: Vec<IpNet>,
     /// Where the hash cache is kept [default: $XDG_DATA_HOME/canopy].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -69,11 +96,129 @@ struct File {
     advertise: Option<SocketAddr>,
     firewalled: Option<bool>,
     upload_slots: Option<usize>,
+    uploads_per_ip: Option<usize>,
+    http_connections_per_ip: Option<usize>,
+    max_http_connections: Option<usize>,
+    http_header_timeout: Option<u64>,
+    upload_stall_timeout: Option<u64>,
+    min_upload_rate: Option<u64>,
+    limit_exempt: Option<Vec<String>>,
     data_dir: Option<PathBuf>,
     rescan: Option<u64>,
     metrics: Option<SocketAddr>,
     log_format: Option<LogFormat>,
     json: Option<bool>,
+}
+
+/// A count of at least 1, from the flag, the file or the default.
+fn at_least_one(
+    flag: Option<usize>,
+    file: Option<usize>,
+    default: usize,
+    path: Option<&std::path::Path>,
+    key: &str,
+) -> Result<usize, ConfigError> {
+    match pick(flag, file, default) {
+        0 => Err(ConfigError::invalid(path, key, "must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+/// Seconds (at least 1) from the flag, the file or the default.
+fn seconds(
+    flag: Option<u64>,
+    file: Option<u64>,
+    default: u64,
+    path: Option<&std::path::Path>,
+    key: &str,
+) -> Result<Duration, ConfigError> {
+    match pick(flag, file, default) {
+        0 => Err(ConfigError::invalid(path, key, "must be at least 1 second")),
+        n => Ok(Duration::from_secs(n)),
+    }
+}
+
+/// The file server's limits.
+fn server_config(
+    args: &Args,
+    file: &File,
+    path: Option<&std::path::Path>,
+) -> Result<ServerConfig, ConfigError> {
+    let defaults = ServerConfig::default();
+    let upload_slots = at_least_one(
+        args.upload_slots,
+        file.upload_slots,
+        DEFAULT_UPLOAD_SLOTS,
+        path,
+        "upload_slots",
+    )?;
+    let uploads_per_ip = at_least_one(
+        args.uploads_per_ip,
+        file.uploads_per_ip,
+        defaults.uploads_per_address.per_ip,
+        path,
+        "uploads_per_ip",
+    )?;
+    let connections_per_ip = at_least_one(
+        args.http_connections_per_ip,
+        file.http_connections_per_ip,
+        defaults.connections_per_address.per_ip,
+        path,
+        "http_connections_per_ip",
+    )?;
+    let exempt = if !args.limit_exempt.is_empty() {
+        args.limit_exempt.clone()
+    } else if let Some(nets) = &file.limit_exempt {
+        nets.iter()
+            .map(|net| {
+                net.parse::<IpNet>().map_err(|_| {
+                    ConfigError::invalid(
+                        path,
+                        "limit_exempt",
+                        format!("{net:?} is not a network such as 127.0.0.0/8"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        defaults.exempt.clone()
+    };
+    Ok(ServerConfig {
+        upload_slots,
+        max_connections: at_least_one(
+            args.max_http_connections,
+            file.max_http_connections,
+            defaults.max_connections,
+            path,
+            "max_http_connections",
+        )?,
+        connections_per_address: AddressLimit::new(
+            connections_per_ip,
+            connections_per_ip.saturating_mul(4),
+        ),
+        uploads_per_address: AddressLimit::new(uploads_per_ip, uploads_per_ip),
+        exempt,
+        header_timeout: seconds(
+            args.http_header_timeout,
+            file.http_header_timeout,
+            defaults.header_timeout.as_secs(),
+            path,
+            "http_header_timeout",
+        )?,
+        write_timeout: seconds(
+            args.upload_stall_timeout,
+            file.upload_stall_timeout,
+            defaults.write_timeout.as_secs(),
+            path,
+            "upload_stall_timeout",
+        )?,
+        min_upload_rate: pick(
+            args.min_upload_rate,
+            file.min_upload_rate,
+            defaults.min_upload_rate,
+        ),
+        rate_window: defaults.rate_window,
+    })
 }
 
 /// Everything resolved: ready to run.
@@ -90,6 +235,7 @@ impl Args {
     pub(crate) fn resolve(self, log_format: Option<LogFormat>) -> Result<Settings, ConfigError> {
         let path = self.config.as_deref();
         let file: File = config::load(path)?;
+        let server = server_config(&self, &file, path)?;
         let supernodes = if self.supernodes.is_empty() {
             file.supernodes.unwrap_or_default()
         } else {
@@ -138,14 +284,7 @@ impl Args {
                 "a firewalled leaf announces no address",
             ));
         }
-        options.upload_slots = pick(self.upload_slots, file.upload_slots, DEFAULT_UPLOAD_SLOTS);
-        if options.upload_slots == 0 {
-            return Err(ConfigError::invalid(
-                path,
-                "upload_slots",
-                "must be at least 1",
-            ));
-        }
+        options.server = server;
         options.shares = shares;
         options.data_dir = self
             .data_dir

@@ -28,7 +28,7 @@ use canopy_core::search::SearchResult;
 use canopy_proto::{ContentId, NodeId, Role, SharedFile};
 use canopy_share::LocalFile;
 use canopy_transfer::Catalog;
-use canopy_transfer::server::{ContentServer, DEFAULT_UPLOAD_SLOTS};
+use canopy_transfer::server::{ContentServer, ServerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -66,8 +66,9 @@ pub struct LeafOptions {
     pub advertise: Option<SocketAddr>,
     /// Accept no connections at all: serve only by push.
     pub firewalled: bool,
-    /// Uploads at once.
-    pub upload_slots: usize,
+    /// The file server's limits: upload slots, connections, per-address
+    /// shares, timeouts.
+    pub server: ServerConfig,
     /// Folders to share.
     pub shares: Vec<PathBuf>,
     /// Where the hash cache lives; no cache if `None`.
@@ -106,7 +107,7 @@ impl LeafOptions {
             listen: None,
             advertise: None,
             firewalled: false,
-            upload_slots: DEFAULT_UPLOAD_SLOTS,
+            server: ServerConfig::default(),
             shares: Vec::new(),
             data_dir: None,
             reconnect: false,
@@ -323,7 +324,7 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
     let (local, cache) = scan_in_background(&options, cache, true).await?;
     let catalog = Catalog::new();
     catalog.replace(catalog_entries(&local));
-    let server = ContentServer::new(catalog.clone(), options.upload_slots);
+    let server = ContentServer::with_config(catalog.clone(), options.server.clone());
     let files: Vec<SharedFile> = local.into_iter().map(|f| f.shared).collect();
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();

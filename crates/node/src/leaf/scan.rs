@@ -73,6 +73,7 @@ pub(super) fn catalog_entries(
         let entry = CatalogEntry {
             path: f.path.clone(),
             size: f.shared.size,
+            tree: f.tree.clone().into(),
         };
         (f.shared.content_id, entry)
     })

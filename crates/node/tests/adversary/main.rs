@@ -16,8 +16,10 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod downloads;
 mod eclipse;
 mod index_budget;
 mod peer_flood;
 mod reflection;
 mod slots;
+mod uploads;
