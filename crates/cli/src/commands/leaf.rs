@@ -9,10 +9,9 @@ use anyhow::Context as _;
 use canopy_node::leaf::{self, LeafOptions};
 use canopy_node::metrics;
 use canopy_transfer::server::DEFAULT_UPLOAD_SLOTS;
-use serde::Deserialize;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{self, ConfigError, LogFormat, pick};
+use crate::config::{self, ConfigError, LeafFile as File, LogFormat, pick};
 
 /// Arguments of `canopy leaf`. Each has a key of the same name in the
 /// `--config` file (dashes as underscores); flags win over the file.
@@ -56,24 +55,6 @@ pub(crate) struct Args {
     /// Print machine-readable JSON lines instead of text.
     #[arg(long)]
     json: bool,
-}
-
-/// The `--config` file: the same settings, all optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct File {
-    supernodes: Option<Vec<SocketAddr>>,
-    supernodes_wanted: Option<usize>,
-    shares: Option<Vec<PathBuf>>,
-    listen: Option<SocketAddr>,
-    advertise: Option<SocketAddr>,
-    firewalled: Option<bool>,
-    upload_slots: Option<usize>,
-    data_dir: Option<PathBuf>,
-    rescan: Option<u64>,
-    metrics: Option<SocketAddr>,
-    log_format: Option<LogFormat>,
-    json: Option<bool>,
 }
 
 /// Everything resolved: ready to run.
