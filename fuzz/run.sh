@@ -32,8 +32,14 @@ declare -A max_len=(
   [config]=4096
 )
 
-# cargo-fuzz has no --locked: check that Cargo.lock is up to date first.
-cargo metadata --manifest-path fuzz/Cargo.toml --locked --format-version 1 >/dev/null
+# cargo-fuzz has no --locked: check that fuzz/Cargo.lock is up to date
+# first (it goes stale when a crate's dependencies change).
+if ! cargo metadata --manifest-path fuzz/Cargo.toml --locked --format-version 1 >/dev/null; then
+  echo "fuzz/Cargo.lock is out of date: update it with"
+  echo "  cargo metadata --manifest-path fuzz/Cargo.toml --format-version 1 >/dev/null"
+  echo "and commit it."
+  exit 1
+fi
 cargo fuzz build
 
 for target in "${targets[@]}"; do
