@@ -18,6 +18,7 @@ seconds=${1:-12}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
+  # The Noise handshake target joins this list once the Noise layer exists.
   targets=(frame http_request tree config)
 fi
 
