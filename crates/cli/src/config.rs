@@ -7,15 +7,19 @@
 //! the file; defaults fill in the rest. Unknown keys are errors, so a typo
 //! is caught, not ignored. Every error names the file and the key, and the
 //! command exits with status 2.
+//!
+//! The file types of both commands ([`SupernodeFile`], [`LeafFile`]) are
+//! here, in the library, so [`parse`] can be fuzzed on arbitrary text.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
 /// A configuration problem: which file, which key, what is wrong.
 #[derive(Debug)]
-pub(crate) struct ConfigError {
+pub struct ConfigError {
     file: Option<PathBuf>,
     key: Option<String>,
     problem: String,
@@ -23,7 +27,7 @@ pub(crate) struct ConfigError {
 
 impl ConfigError {
     /// `key`'s value is out of range or otherwise unusable.
-    pub(crate) fn invalid(file: Option<&Path>, key: &str, problem: impl Into<String>) -> Self {
+    pub fn invalid(file: Option<&Path>, key: &str, problem: impl Into<String>) -> Self {
         Self {
             file: file.map(Path::to_owned),
             key: Some(key.to_owned()),
@@ -48,7 +52,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Reads `path` as a `T`, or gives `T::default()` when there is no file.
-pub(crate) fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T, ConfigError> {
+pub fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T, ConfigError> {
     let Some(path) = path else {
         return Ok(T::default());
     };
@@ -58,8 +62,19 @@ pub(crate) fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result
         problem,
     };
     let text = std::fs::read_to_string(path).map_err(|e| fail(None, e.to_string()))?;
+    parse(&text, Some(path))
+}
+
+/// Parses `text`, the contents of the config file `path` (named in errors),
+/// as a `T`.
+pub fn parse<T: DeserializeOwned>(text: &str, path: Option<&Path>) -> Result<T, ConfigError> {
+    let fail = |key: Option<String>, problem: String| ConfigError {
+        file: path.map(Path::to_owned),
+        key,
+        problem,
+    };
     let document =
-        toml::Deserializer::parse(&text).map_err(|e| fail(None, syntax_problem(&text, &e)))?;
+        toml::Deserializer::parse(text).map_err(|e| fail(None, syntax_problem(text, &e)))?;
     serde_path_to_error::deserialize(document).map_err(|e| {
         let key = e.path().to_string();
         let key = (key != ".").then_some(key);
@@ -79,24 +94,91 @@ fn syntax_problem(text: &str, error: &toml::de::Error) -> String {
 }
 
 /// The default data directory: `$XDG_DATA_HOME/canopy` on Linux.
-pub(crate) fn default_data_dir() -> Option<PathBuf> {
+pub fn default_data_dir() -> Option<PathBuf> {
     dirs::data_dir().map(|dir| dir.join("canopy"))
 }
 
 /// The value from the command line, else the file, else the default.
-pub(crate) fn pick<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
+pub fn pick<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
     flag.or(file).unwrap_or(default)
 }
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum LogFormat {
+pub enum LogFormat {
     /// Human-readable lines.
     #[default]
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// The `--config` file of `canopy supernode`: its flags, all optional.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupernodeFile {
+    pub listen: Option<SocketAddr>,
+    pub peers: Option<Vec<SocketAddr>>,
+    pub ttl_cap: Option<u8>,
+    pub max_leaves: Option<usize>,
+    pub max_peers: Option<usize>,
+    pub max_files_per_leaf: Option<usize>,
+    pub query_strategy: Option<QueryStrategy>,
+    pub leaf_queries_per_second: Option<u32>,
+    pub leaf_query_burst: Option<u32>,
+    pub peer_queries_per_second: Option<u32>,
+    pub peer_query_burst: Option<u32>,
+    pub index_budget_bytes: Option<u64>,
+    pub max_words_per_name: Option<usize>,
+    pub peers_wanted: Option<usize>,
+    pub leaves_per_ip: Option<usize>,
+    pub leaves_per_network: Option<usize>,
+    pub peers_per_ip: Option<usize>,
+    pub peers_per_network: Option<usize>,
+    pub handshakes_per_ip: Option<usize>,
+    pub handshakes_per_network: Option<usize>,
+    pub reserved_outbound_peers: Option<usize>,
+    pub limit_exempt: Option<Vec<String>>,
+    pub data_dir: Option<PathBuf>,
+    pub metrics: Option<SocketAddr>,
+    pub log_format: Option<LogFormat>,
+    pub json: Option<bool>,
+}
+
+/// How a supernode runs its leaves' queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum QueryStrategy {
+    /// Flood with the query's TTL (Gnutella 0.4 style).
+    Flood,
+    /// Dynamic querying: probe, widen, stop at the target.
+    Dynamic,
+}
+
+/// The `--config` file of `canopy leaf`: its flags, all optional.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeafFile {
+    pub supernodes: Option<Vec<SocketAddr>>,
+    pub supernodes_wanted: Option<usize>,
+    pub shares: Option<Vec<PathBuf>>,
+    pub listen: Option<SocketAddr>,
+    pub advertise: Option<SocketAddr>,
+    pub firewalled: Option<bool>,
+    pub upload_slots: Option<usize>,
+    pub uploads_per_ip: Option<usize>,
+    pub http_connections_per_ip: Option<usize>,
+    pub max_http_connections: Option<usize>,
+    pub http_header_timeout: Option<u64>,
+    pub upload_stall_timeout: Option<u64>,
+    pub min_upload_rate: Option<u64>,
+    pub limit_exempt: Option<Vec<String>>,
+    pub data_dir: Option<PathBuf>,
+    pub rescan: Option<u64>,
+    pub metrics: Option<SocketAddr>,
+    pub log_format: Option<LogFormat>,
+    pub json: Option<bool>,
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@ macro_rules! say {
 }
 
 mod commands;
-mod config;
 mod output;
 mod shutdown;
 
@@ -29,6 +28,8 @@ mod shutdown;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::process::ExitCode;
+
+use canopy_cli::config;
 
 use clap::{Parser, Subcommand};
 

@@ -342,16 +342,40 @@ fn parse_id(text: &str) -> Option<ContentId> {
     text.parse().ok()
 }
 
+/// What a request path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    /// `/content/<id>`: the file's bytes.
+    Content,
+    /// `/tree/<id>`: the file's group chaining values.
+    Tree,
+}
+
+/// The resource and content id a request path names, or `None` (404) for
+/// any other path. Public so the fuzz targets can reach it.
+pub fn parse_path(path: &str) -> Option<(Resource, ContentId)> {
+    let (resource, id_text) = if let Some(rest) = path.strip_prefix("/content/") {
+        (Resource::Content, rest)
+    } else if let Some(rest) = path.strip_prefix("/tree/") {
+        (Resource::Tree, rest)
+    } else {
+        return None;
+    };
+    Some((resource, parse_id(id_text)?))
+}
+
 /// One satisfiable range, or `None` for anything else (malformed, several
-/// ranges, or outside the file).
-fn single_range(value: &HeaderValue, size: u64) -> Option<RangeInclusive<u64>> {
+/// ranges, or outside the file). Public so the fuzz targets can reach it.
+pub fn single_range(value: &HeaderValue, size: u64) -> Option<RangeInclusive<u64>> {
     let text = value.to_str().ok()?;
     let ranges = http_range_header::parse_range_header(text)
         .ok()?
         .validate(size)
         .ok()?;
     match ranges.as_slice() {
-        [one] => Some(one.clone()),
+        // The parser reads `bytes=0-` on an empty file as 0..=0; no byte
+        // of an empty file can be served (found by fuzz/ `http_request`).
+        [one] if *one.end() < size => Some(one.clone()),
         _ => None,
     }
 }
@@ -523,15 +547,7 @@ impl ContentServer {
         peer: Option<IpAddr>,
         activity: Arc<Activity>,
     ) -> Response<Body> {
-        let path = request.uri().path();
-        let (is_tree, id_text) = if let Some(rest) = path.strip_prefix("/content/") {
-            (false, rest)
-        } else if let Some(rest) = path.strip_prefix("/tree/") {
-            (true, rest)
-        } else {
-            return not_found();
-        };
-        let Some(id) = parse_id(id_text) else {
+        let Some((resource, id)) = parse_path(request.uri().path()) else {
             return not_found();
         };
         if request.method() != Method::GET && request.method() != Method::HEAD {
@@ -545,7 +561,7 @@ impl ContentServer {
             return not_found();
         };
         let head = request.method() == Method::HEAD;
-        if is_tree {
+        if resource == Resource::Tree {
             Self::tree(&entry, head)
         } else {
             self.content(&request, id, entry, head, peer, activity)

@@ -10,10 +10,9 @@ use canopy_core::addr_limits::{AddressLimit, IpNet};
 use canopy_node::leaf::{self, LeafOptions};
 use canopy_node::metrics;
 use canopy_transfer::server::{DEFAULT_UPLOAD_SLOTS, ServerConfig};
-use serde::Deserialize;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{self, ConfigError, LogFormat, pick};
+use crate::config::{self, ConfigError, LeafFile as File, LogFormat, pick};
 
 /// Arguments of `canopy leaf`. Each has a key of the same name in the
 /// `--config` file (dashes as underscores); flags win over the file.
@@ -83,31 +82,6 @@ pub(crate) struct Args {
     /// Print machine-readable JSON lines instead of text.
     #[arg(long)]
     json: bool,
-}
-
-/// The `--config` file: the same settings, all optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct File {
-    supernodes: Option<Vec<SocketAddr>>,
-    supernodes_wanted: Option<usize>,
-    shares: Option<Vec<PathBuf>>,
-    listen: Option<SocketAddr>,
-    advertise: Option<SocketAddr>,
-    firewalled: Option<bool>,
-    upload_slots: Option<usize>,
-    uploads_per_ip: Option<usize>,
-    http_connections_per_ip: Option<usize>,
-    max_http_connections: Option<usize>,
-    http_header_timeout: Option<u64>,
-    upload_stall_timeout: Option<u64>,
-    min_upload_rate: Option<u64>,
-    limit_exempt: Option<Vec<String>>,
-    data_dir: Option<PathBuf>,
-    rescan: Option<u64>,
-    metrics: Option<SocketAddr>,
-    log_format: Option<LogFormat>,
-    json: Option<bool>,
 }
 
 /// A count of at least 1, from the flag, the file or the default.

@@ -6,10 +6,9 @@ use std::path::PathBuf;
 use canopy_core::addr_limits::{AddressLimit, IpNet};
 use canopy_node::metrics;
 use canopy_node::supernode::{self, SupernodeOptions};
-use serde::Deserialize;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{self, ConfigError, LogFormat, pick};
+use crate::config::{self, ConfigError, LogFormat, QueryStrategy, SupernodeFile as File, pick};
 
 /// Arguments of `canopy supernode`. Each has a key of the same name in the
 /// `--config` file (dashes as underscores); flags win over the file.
@@ -103,48 +102,6 @@ pub(crate) struct Args {
     /// Print machine-readable JSON lines instead of text.
     #[arg(long)]
     json: bool,
-}
-
-/// The `--config` file: the same settings, all optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct File {
-    listen: Option<SocketAddr>,
-    peers: Option<Vec<SocketAddr>>,
-    ttl_cap: Option<u8>,
-    max_leaves: Option<usize>,
-    max_peers: Option<usize>,
-    max_files_per_leaf: Option<usize>,
-    query_strategy: Option<QueryStrategy>,
-    leaf_queries_per_second: Option<u32>,
-    leaf_query_burst: Option<u32>,
-    peer_queries_per_second: Option<u32>,
-    peer_query_burst: Option<u32>,
-    index_budget_bytes: Option<u64>,
-    max_words_per_name: Option<usize>,
-    peers_wanted: Option<usize>,
-    leaves_per_ip: Option<usize>,
-    leaves_per_network: Option<usize>,
-    peers_per_ip: Option<usize>,
-    peers_per_network: Option<usize>,
-    handshakes_per_ip: Option<usize>,
-    handshakes_per_network: Option<usize>,
-    reserved_outbound_peers: Option<usize>,
-    limit_exempt: Option<Vec<String>>,
-    data_dir: Option<PathBuf>,
-    metrics: Option<SocketAddr>,
-    log_format: Option<LogFormat>,
-    json: Option<bool>,
-}
-
-/// How a supernode runs its leaves' queries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-enum QueryStrategy {
-    /// Flood with the query's TTL (Gnutella 0.4 style).
-    Flood,
-    /// Dynamic querying: probe, widen, stop at the target.
-    Dynamic,
 }
 
 /// Everything resolved: ready to run.
