@@ -370,6 +370,26 @@ pub fn leaf_metrics(leaf: &LeafHandle) -> Exporter {
                 stats.busy_refusals.load(Ordering::Relaxed),
             ),
             counter(
+                "canopy_upload_address_refusals",
+                "Downloads refused (503): the address or its network held its share of upload slots.",
+                stats.address_upload_refusals.load(Ordering::Relaxed),
+            ),
+            counter(
+                "canopy_http_connections_refused",
+                "HTTP connections closed at once: the address or its network held its share.",
+                stats.address_connection_refusals.load(Ordering::Relaxed),
+            ),
+            counter(
+                "canopy_uploads_cut_stalled",
+                "HTTP connections cut because the downloader stopped reading or read too slowly.",
+                stats.stalled_cut.load(Ordering::Relaxed),
+            ),
+            gauge(
+                "canopy_http_connections",
+                "HTTP connections open.",
+                stats.open_connections.load(Ordering::Relaxed),
+            ),
+            counter(
                 "canopy_connect_backs_refused",
                 "Pushes ignored: connecting back would go over the rate.",
                 connect_backs_refused.load(Ordering::Relaxed),

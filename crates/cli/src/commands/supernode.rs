@@ -55,7 +55,8 @@ pub(crate) struct Args {
     peer_query_burst: Option<u32>,
     /// Bytes the index may take (an estimate per file: record, name and
     /// words); over it, the leaves publishing the most are refused first
-    /// [default: 1073741824, 1 GiB].
+    /// [default: a quarter of the machine's memory, or 1 GiB where that
+    /// can't be read].
     #[arg(long)]
     index_budget_bytes: Option<u64>,
     /// Words of a file name indexed; a longer name is found by its first
@@ -164,7 +165,7 @@ impl Args {
         options.index_budget_bytes = pick(
             self.index_budget_bytes,
             file.index_budget_bytes,
-            defaults.index_budget_bytes,
+            machine_index_budget().unwrap_or(defaults.index_budget_bytes),
         );
         options.max_words_per_name = pick(
             self.max_words_per_name,
@@ -330,6 +331,23 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The index budget sized for this machine: a quarter of its memory (so a
+/// supernode that fills its index still leaves room for its connections
+/// and for everything else on the box), at least 64 MiB. `None` where the
+/// machine's memory can't be read (not Linux).
+fn machine_index_budget() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let total_kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some((total_kib.saturating_mul(1024) / 4).max(64 << 20))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,5 +371,13 @@ mod tests {
         assert!(parse_exempt(&items(&["none", "10.0.0.0/8"])).is_err());
         let error = parse_exempt(&items(&["localhost"])).unwrap_err();
         assert!(error.contains("`localhost`"), "{error}");
+    }
+
+    #[test]
+    fn the_index_budget_is_a_quarter_of_the_machine() {
+        let budget = super::machine_index_budget().expect("Linux has /proc/meminfo");
+        assert!(budget >= 64 << 20);
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+        assert!(meminfo.contains(&format!("{} kB", budget * 4 / 1024)) || budget == 64 << 20);
     }
 }

@@ -310,7 +310,7 @@ fn push_upload(context: &SessionContext, content_id: ContentId, callback: Socket
                 tracing::info!(%callback, %content_id, "serving by push");
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
-                    _ = server.serve_connection(stream) => {}
+                    _ = server.serve_connection_from(stream, Some(callback)) => {}
                 }
             }
             Err(error) => tracing::info!(%callback, %error, "cannot connect back for a push"),
