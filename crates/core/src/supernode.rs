@@ -225,6 +225,8 @@ enum PeerState {
 #[derive(Debug)]
 struct Peer {
     remote: SocketAddr,
+    /// The node id its authenticated static key owns.
+    authenticated: NodeId,
     state: PeerState,
     last_heard: Time,
     pinged_at: Option<Time>,
@@ -328,16 +330,20 @@ impl Supernode {
             .collect()
     }
 
-    /// A new connection. For an outbound one we open the handshake.
+    /// A new connection, whose peer proved during the transport's
+    /// handshake that it holds the key owning node id `authenticated` (its
+    /// Hello must claim that id). For an outbound one we open the handshake.
     pub fn handle_connected(
         &mut self,
         conn: ConnId,
         direction: Direction,
         remote: SocketAddr,
+        authenticated: NodeId,
         now: Time,
     ) {
         let peer = Peer {
             remote,
+            authenticated,
             state: PeerState::Handshaking {
                 direction,
                 since: now,
@@ -600,8 +606,8 @@ impl Supernode {
         self.config.identity.hello()
     }
 
-    fn admit(&self, hello: &Hello) -> Result<(), Rejection> {
-        check_hello(self.config.identity.node_id, hello)?;
+    fn admit(&self, authenticated: NodeId, hello: &Hello) -> Result<(), Rejection> {
+        check_hello(self.config.identity.node_id, authenticated, hello)?;
         if self.by_node.contains_key(&hello.node_id) {
             return Err(Rejection::new(
                 RejectReason::DuplicateConnection,
@@ -626,10 +632,11 @@ impl Supernode {
     }
 
     fn handle_hello(&mut self, conn: ConnId, hello: Hello, now: Time) {
-        let Some(remote) = self.peers.get(&conn).map(|p| p.remote) else {
+        let Some((remote, authenticated)) = self.peers.get(&conn).map(|p| (p.remote, p.authenticated))
+        else {
             return;
         };
-        if let Err(rejection) = self.admit(&hello) {
+        if let Err(rejection) = self.admit(authenticated, &hello) {
             self.stats.handshakes_rejected += 1;
             let reply = HelloReply {
                 hello: self.our_hello(),
@@ -721,7 +728,8 @@ impl Supernode {
     }
 
     fn handle_hello_reply(&mut self, conn: ConnId, reply: HelloReply) {
-        let Some(remote) = self.peers.get(&conn).map(|p| p.remote) else {
+        let Some((remote, authenticated)) = self.peers.get(&conn).map(|p| (p.remote, p.authenticated))
+        else {
             return;
         };
         if let HandshakeOutcome::Rejected {
@@ -746,7 +754,7 @@ impl Supernode {
             self.violation(conn, "dialed a supernode but a leaf answered".into());
             return;
         }
-        if let Err(rejection) = self.admit(&reply.hello) {
+        if let Err(rejection) = self.admit(authenticated, &reply.hello) {
             self.stats.handshakes_rejected += 1;
             let reason = match rejection.reason {
                 RejectReason::Full => ByeReason::LimitExceeded,

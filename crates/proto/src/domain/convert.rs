@@ -174,6 +174,7 @@ fn reject_reason(code: i32) -> RejectReason {
         Ok(wire::RejectReason::RoleNotAccepted) => RejectReason::RoleNotAccepted,
         Ok(wire::RejectReason::SelfConnection) => RejectReason::SelfConnection,
         Ok(wire::RejectReason::DuplicateConnection) => RejectReason::DuplicateConnection,
+        Ok(wire::RejectReason::NodeIdMismatch) => RejectReason::NodeIdMismatch,
         Ok(wire::RejectReason::Unspecified) | Err(_) => RejectReason::Unknown,
     }
 }
@@ -410,6 +411,7 @@ fn wire_reject_reason(reason: RejectReason) -> wire::RejectReason {
         RejectReason::RoleNotAccepted => wire::RejectReason::RoleNotAccepted,
         RejectReason::SelfConnection => wire::RejectReason::SelfConnection,
         RejectReason::DuplicateConnection => wire::RejectReason::DuplicateConnection,
+        RejectReason::NodeIdMismatch => wire::RejectReason::NodeIdMismatch,
     }
 }
 

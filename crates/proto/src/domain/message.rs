@@ -53,6 +53,9 @@ pub enum RejectReason {
     SelfConnection,
     /// A connection to this node id exists already.
     DuplicateConnection,
+    /// The Hello's node id is not the one the sender's authenticated
+    /// static key derives.
+    NodeIdMismatch,
 }
 
 /// How a handshake ended.
