@@ -632,7 +632,8 @@ impl Supernode {
     }
 
     fn handle_hello(&mut self, conn: ConnId, hello: Hello, now: Time) {
-        let Some((remote, authenticated)) = self.peers.get(&conn).map(|p| (p.remote, p.authenticated))
+        let Some((remote, authenticated)) =
+            self.peers.get(&conn).map(|p| (p.remote, p.authenticated))
         else {
             return;
         };
@@ -728,7 +729,8 @@ impl Supernode {
     }
 
     fn handle_hello_reply(&mut self, conn: ConnId, reply: HelloReply) {
-        let Some((remote, authenticated)) = self.peers.get(&conn).map(|p| (p.remote, p.authenticated))
+        let Some((remote, authenticated)) =
+            self.peers.get(&conn).map(|p| (p.remote, p.authenticated))
         else {
             return;
         };

@@ -31,7 +31,9 @@ use std::time::Duration;
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use canopy_core::ConnId;
-use canopy_proto::secure::{MAX_PLAINTEXT_LEN, PublicKey, ReceiveCipher, SendCipher, StaticKeypair};
+use canopy_proto::secure::{
+    MAX_PLAINTEXT_LEN, PublicKey, ReceiveCipher, SendCipher, StaticKeypair,
+};
 use canopy_proto::{ByeReason, FrameCodec, FrameError, Message};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;

@@ -181,7 +181,10 @@ mod tests {
         let path = dir.path().join(KEY_FILE_NAME);
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let error = load_or_create(dir.path()).unwrap_err();
-        assert!(matches!(error, KeyFileError::Permissions { mode: 0o644, .. }));
+        assert!(matches!(
+            error,
+            KeyFileError::Permissions { mode: 0o644, .. }
+        ));
         assert!(error.to_string().contains("chmod 600"), "{error}");
         assert_eq!(fs::read(&path).unwrap(), first.private_bytes());
     }

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use canopy_proto::secure::{
-    Handshake, LENGTH_PREFIX_LEN, MAX_HANDSHAKE_MESSAGE_LEN, PublicKey, ReceiveCipher,
-    SecureError, SendCipher, StaticKeypair,
+    Handshake, LENGTH_PREFIX_LEN, MAX_HANDSHAKE_MESSAGE_LEN, PublicKey, ReceiveCipher, SecureError,
+    SendCipher, StaticKeypair,
 };
 use canopy_proto::{FrameCodec, FrameError, Message};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
@@ -284,7 +284,9 @@ mod tests {
         let huge = handshake(&mut a, &key, Side::Responder, PATIENCE).await;
         assert!(matches!(
             huge,
-            Err(HandshakeError::Secure(SecureError::HandshakeTooLarge { .. }))
+            Err(HandshakeError::Secure(
+                SecureError::HandshakeTooLarge { .. }
+            ))
         ));
     }
 }

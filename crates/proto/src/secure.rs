@@ -334,11 +334,9 @@ impl SendCipher {
         let start = out.len();
         out.put_u16(u16::try_from(len).map_err(|_| snow::Error::Input)?);
         out.resize(start + LENGTH_PREFIX_LEN + len, 0);
-        let written = self.state.write_message(
-            self.nonce,
-            plaintext,
-            &mut out[start + LENGTH_PREFIX_LEN..],
-        );
+        let written =
+            self.state
+                .write_message(self.nonce, plaintext, &mut out[start + LENGTH_PREFIX_LEN..]);
         match written {
             Ok(_) => {
                 self.nonce += 1;

@@ -397,12 +397,20 @@ impl World {
             },
         );
         let now = Time(self.now);
-        self.supers[b]
-            .machine
-            .handle_connected(cb, Direction::Inbound, supernode_addr(a), node_id(1, a), now);
-        self.supers[a]
-            .machine
-            .handle_connected(ca, Direction::Outbound, supernode_addr(b), node_id(1, b), now);
+        self.supers[b].machine.handle_connected(
+            cb,
+            Direction::Inbound,
+            supernode_addr(a),
+            node_id(1, a),
+            now,
+        );
+        self.supers[a].machine.handle_connected(
+            ca,
+            Direction::Outbound,
+            supernode_addr(b),
+            node_id(1, b),
+            now,
+        );
         self.drain_super(b);
         self.drain_super(a);
     }
@@ -433,7 +441,9 @@ impl World {
             Time(self.now),
         );
         // The simulated transport authenticates each side as its own id.
-        self.leaves[l].slots[k].session.handle_connected(node_id(1, s));
+        self.leaves[l].slots[k]
+            .session
+            .handle_connected(node_id(1, s));
         self.drain_leaf(l, k);
     }
 
