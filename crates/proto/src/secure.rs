@@ -602,3 +602,98 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod example {
+    //! The byte-level example in proto/TRANSPORT.md, checked: if this
+    //! test changes, so must the document.
+    use super::*;
+
+    fn side(private: u8, ephemeral: u8, initiator: bool) -> snow::HandshakeState {
+        let (private, ephemeral) = ([private; 32], [ephemeral; 32]);
+        let builder = snow::Builder::new(params())
+            .prologue(PROLOGUE)
+            .unwrap()
+            .local_private_key(&private)
+            .unwrap()
+            .fixed_ephemeral_key_for_testing_only(&ephemeral);
+        if initiator {
+            builder.build_initiator().unwrap()
+        } else {
+            builder.build_responder().unwrap()
+        }
+    }
+
+    #[test]
+    fn the_transport_document_example_holds() {
+        let initiator_key = StaticKeypair::from_private([0x11; 32]);
+        let responder_key = StaticKeypair::from_private([0x33; 32]);
+        assert_eq!(
+            hex::encode(initiator_key.public().0),
+            "7b4e909bbe7ffe44c465a220037d608ee35897d31ef972f07f74892cb0f73f13"
+        );
+        assert_eq!(
+            hex::encode(responder_key.public().0),
+            "7b0d47d93427f8311160781c7c733fd89f88970aef490d8aa0ee19a4cb8a1b14"
+        );
+        assert_eq!(
+            initiator_key.node_id().to_string(),
+            "a92f5277ed133837f26892d40bff28bf"
+        );
+        assert_eq!(
+            responder_key.node_id().to_string(),
+            "cecd0b7ced5468836869d6d76cec0adb"
+        );
+
+        let mut i = side(0x11, 0x22, true);
+        let mut r = side(0x33, 0x44, false);
+        let mut buf = [0u8; 1024];
+        let mut payload = [0u8; 1024];
+        let n = i.write_message(&[], &mut buf).unwrap();
+        assert_eq!(
+            hex::encode(&buf[..n]),
+            "0faa684ed28867b97f4a6a2dee5df8ce974e76b7018e3f22a1c4cf2678570f20"
+        );
+        r.read_message(&buf[..n], &mut payload).unwrap();
+        let n = r.write_message(&[], &mut buf).unwrap();
+        assert_eq!(
+            hex::encode(&buf[..n]),
+            "ff2ee45601ec1b67310c7790404585ae697331eee1c1f8cf2419731c1fff3e6b\
+             34844ab378b06d2634652a1eb7d2b6c67c2082af188b41dd5e7da57cf64439f3\
+             74be7807ed9fd27abbbdb761d36dd77bd3057f6ce32c4b7926b37a47b6c101f3"
+        );
+        i.read_message(&buf[..n], &mut payload).unwrap();
+        let n = i.write_message(&[], &mut buf).unwrap();
+        assert_eq!(
+            hex::encode(&buf[..n]),
+            "75537efbe989fb8406a0dcce52dbec0f832fd70f3c37a8f6efb0d8b74afcc1a5\
+             38f6e3b556f36fea8dcaf6d360b9f47353d5ae40bee48cef7813159a8bdb305d"
+        );
+        r.read_message(&buf[..n], &mut payload).unwrap();
+        assert_eq!(
+            i.get_remote_static().map(hex::encode),
+            Some(hex::encode(responder_key.public().0))
+        );
+        assert_eq!(
+            r.get_remote_static().map(hex::encode),
+            Some(hex::encode(initiator_key.public().0))
+        );
+
+        // The initiator's first transport message: one frame, a Ping.
+        let mut frame = BytesMut::new();
+        tokio_util::codec::Encoder::encode(
+            &mut crate::FrameCodec::default(),
+            &crate::Message::Ping { nonce: 1 },
+            &mut frame,
+        )
+        .unwrap();
+        assert_eq!(hex::encode(&frame), "000000041a020801");
+        let mut t = i.into_transport_mode().unwrap();
+        let n = t.write_message(&frame, &mut buf).unwrap();
+        assert_eq!(
+            hex::encode(&buf[..n]),
+            "753e1a235f5a1bd6325f7442b575690d0890195cf65730f5"
+        );
+    }
+}
