@@ -168,9 +168,17 @@ pub fn spawn<E, A>(
     link.tracker.clone().spawn(async move {
         let mut stream = stream;
         let peer: Option<SocketAddr> = stream.peer_addr().ok();
+        // Boxed, so the handshake's state is freed once done rather than
+        // sized into the task that lives as long as the connection.
+        let handshake = Box::pin(secure::handshake(
+            &mut stream,
+            &link.key,
+            side,
+            link.handshake_timeout,
+        ));
         let secured = tokio::select! {
             _ = link.shutdown.cancelled() => return,
-            secured = secure::handshake(&mut stream, &link.key, side, link.handshake_timeout) => secured,
+            secured = handshake => secured,
         };
         match secured {
             Ok(secured) => {

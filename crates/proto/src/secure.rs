@@ -308,6 +308,28 @@ impl Handshake {
     }
 }
 
+/// Runs a responder under `key` on `input` taken as everything an
+/// initiator sent: reads message 1, answers (the answer is dropped), then
+/// reads message 3 from the rest. Returns the initiator's key if the
+/// handshake completed, `None` if `input` ran out first. A pure function
+/// over arbitrary bytes, for fuzzing the handshake's parsing: it must
+/// never panic nor allocate beyond the message limit.
+pub fn respond_to(key: &StaticKeypair, input: &[u8]) -> Result<Option<PublicKey>, SecureError> {
+    let mut responder = Handshake::responder(key)?;
+    let mut input = BytesMut::from(input);
+    let mut answer = BytesMut::new();
+    while !responder.is_finished() {
+        if responder.is_my_turn() {
+            answer.clear();
+            responder.write_message(&mut answer)?;
+        } else if !responder.read_message(&mut input)? {
+            return Ok(None);
+        }
+    }
+    let (_, _, remote) = responder.finish()?;
+    Ok(Some(remote))
+}
+
 /// Encrypts transport messages in one direction. Each message uses the
 /// next nonce, counted from 0, as Noise requires.
 pub struct SendCipher {
@@ -562,6 +584,24 @@ mod tests {
         let mut garbage = BytesMut::from(&[0x00, 0x1f][..]);
         garbage.extend_from_slice(&[7; 31]);
         assert!(r.read_message(&mut garbage).is_err());
+    }
+
+    #[test]
+    fn respond_to_takes_any_bytes() {
+        let key = StaticKeypair::generate().unwrap();
+        assert!(respond_to(&key, b"").unwrap().is_none());
+        assert!(respond_to(&key, &[0x00]).unwrap().is_none());
+        assert!(respond_to(&key, &[0xff, 0xff, 1]).is_err());
+        // A valid message 1 then garbage where message 3 belongs.
+        let mut input = BytesMut::new();
+        Handshake::initiator(&StaticKeypair::generate().unwrap())
+            .unwrap()
+            .write_message(&mut input)
+            .unwrap();
+        assert!(respond_to(&key, &input).unwrap().is_none());
+        input.extend_from_slice(&[0, 64]);
+        input.extend_from_slice(&[9; 64]);
+        assert!(respond_to(&key, &input).is_err());
     }
 
     #[test]
