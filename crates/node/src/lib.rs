@@ -88,16 +88,6 @@ pub fn ephemeral_key() -> Result<canopy_proto::secure::StaticKeypair, NodeError>
         .map_err(|e| NodeError::Key(key_file::KeyFileError::Generate(e.to_string())))
 }
 
-/// A random node id, never all zero.
-pub fn random_node_id() -> canopy_proto::NodeId {
-    loop {
-        let id: [u8; 16] = rand::random();
-        if id != [0; 16] {
-            return canopy_proto::NodeId(id);
-        }
-    }
-}
-
 /// A random query id.
 pub fn random_message_id() -> canopy_proto::MessageId {
     canopy_proto::MessageId(rand::random())
