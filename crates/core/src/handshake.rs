@@ -57,14 +57,26 @@ impl Rejection {
 }
 
 /// Checks that apply to every Hello, whatever our role: the protocol
-/// version, and that the peer is not ourselves.
-pub fn check_hello(me: NodeId, hello: &Hello) -> Result<(), Rejection> {
+/// version, that the node id is the one the peer's key owns
+/// (`authenticated`, derived from the static key it proved during the
+/// Noise handshake: so no one can claim another node's id), and that the
+/// peer is not ourselves.
+pub fn check_hello(me: NodeId, authenticated: NodeId, hello: &Hello) -> Result<(), Rejection> {
     if hello.protocol_version != PROTOCOL_VERSION {
         return Err(Rejection::new(
             RejectReason::VersionMismatch,
             format!(
                 "protocol version {} is not supported; this node speaks {PROTOCOL_VERSION}",
                 hello.protocol_version
+            ),
+        ));
+    }
+    if hello.node_id != authenticated {
+        return Err(Rejection::new(
+            RejectReason::NodeIdMismatch,
+            format!(
+                "node id {} is not the one your key owns ({authenticated})",
+                hello.node_id
             ),
         ));
     }
@@ -107,14 +119,32 @@ mod tests {
     #[test]
     fn version_and_self_are_checked() {
         let me = NodeId([1; 16]);
-        assert_eq!(check_hello(me, &hello(PROTOCOL_VERSION, 2)), Ok(()));
+        let peer = NodeId([2; 16]);
+        assert_eq!(check_hello(me, peer, &hello(PROTOCOL_VERSION, 2)), Ok(()));
         assert_eq!(
-            check_hello(me, &hello(99, 2)).map_err(|r| r.reason),
+            check_hello(me, peer, &hello(99, 2)).map_err(|r| r.reason),
             Err(RejectReason::VersionMismatch)
         );
         assert_eq!(
-            check_hello(me, &hello(PROTOCOL_VERSION, 1)).map_err(|r| r.reason),
+            check_hello(me, me, &hello(PROTOCOL_VERSION, 1)).map_err(|r| r.reason),
             Err(RejectReason::SelfConnection)
+        );
+    }
+
+    #[test]
+    fn a_node_id_not_owned_by_the_key_is_refused() {
+        let me = NodeId([1; 16]);
+        // Key 3's owner claims node 2's id.
+        let rejection = check_hello(me, NodeId([3; 16]), &hello(PROTOCOL_VERSION, 2));
+        assert_eq!(
+            rejection.map_err(|r| r.reason),
+            Err(RejectReason::NodeIdMismatch)
+        );
+        // Claiming our own id with another key is a mismatch, not a
+        // self-connection.
+        assert_eq!(
+            check_hello(me, NodeId([3; 16]), &hello(PROTOCOL_VERSION, 1)).map_err(|r| r.reason),
+            Err(RejectReason::NodeIdMismatch)
         );
     }
 

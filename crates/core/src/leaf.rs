@@ -146,6 +146,8 @@ pub struct LeafSession {
     /// Our Pings not answered yet.
     pings: Outstanding,
     pongs_unsolicited: u64,
+    /// The node id the supernode's authenticated key owns.
+    supernode_id: Option<NodeId>,
 }
 
 /// A leaf tells its supernode how many results a search has kept at most
@@ -172,6 +174,7 @@ impl LeafSession {
             nonces: NonceSource::new(public_key_for(&identity_seed)),
             pings: Outstanding::default(),
             pongs_unsolicited: 0,
+            supernode_id: None,
         }
     }
 
@@ -227,9 +230,12 @@ impl LeafSession {
         self.state == State::Ready
     }
 
-    /// The TCP connection is up: open the handshake.
-    pub fn handle_connected(&mut self) {
+    /// The link is up, its peer authenticated as the owner of node id
+    /// `authenticated` (the supernode's HelloReply must claim that id):
+    /// open the handshake.
+    pub fn handle_connected(&mut self, authenticated: NodeId) {
         if self.state == State::New {
+            self.supernode_id = Some(authenticated);
             self.state = State::AwaitingReply;
             self.actions
                 .push_back(LeafAction::Send(Message::Hello(self.identity.hello())));
@@ -274,7 +280,14 @@ impl LeafSession {
                         self.violation("a leaf answered where a supernode was expected");
                         return;
                     }
-                    if let Err(rejection) = check_hello(self.identity.node_id, &reply.hello) {
+                    // Set by `handle_connected`, which starts AwaitingReply.
+                    let Some(authenticated) = self.supernode_id else {
+                        self.violation("no authenticated key for this supernode");
+                        return;
+                    };
+                    if let Err(rejection) =
+                        check_hello(self.identity.node_id, authenticated, &reply.hello)
+                    {
                         self.violation(&rejection.detail);
                         return;
                     }

@@ -429,6 +429,8 @@ struct Peer {
     direction: Direction,
     /// Pushes it may send, once its role is known.
     pushes: Option<TokenBucket>,
+    /// The node id its authenticated static key owns.
+    authenticated: NodeId,
     state: PeerState,
     last_heard: Time,
     pinged_at: Option<Time>,
@@ -613,18 +615,22 @@ impl Supernode {
             .collect()
     }
 
-    /// A new connection. For an outbound one we open the handshake.
+    /// A new connection, whose peer proved during the transport's
+    /// handshake that it holds the key owning node id `authenticated` (its
+    /// Hello must claim that id). For an outbound one we open the handshake.
     pub fn handle_connected(
         &mut self,
         conn: ConnId,
         direction: Direction,
         remote: SocketAddr,
+        authenticated: NodeId,
         now: Time,
     ) {
         let peer = Peer {
             remote,
             direction,
             pushes: None,
+            authenticated,
             state: PeerState::Handshaking {
                 direction,
                 since: now,
@@ -934,11 +940,12 @@ impl Supernode {
     /// `hello` may take a slot.
     fn admit(
         &self,
+        authenticated: NodeId,
         hello: &Hello,
         direction: Direction,
         remote: SocketAddr,
     ) -> Result<(), Rejection> {
-        check_hello(self.config.identity.node_id, hello)?;
+        check_hello(self.config.identity.node_id, authenticated, hello)?;
         if self.by_node.contains_key(&hello.node_id) {
             return Err(Rejection::new(
                 RejectReason::DuplicateConnection,
@@ -996,10 +1003,12 @@ impl Supernode {
     }
 
     fn handle_hello(&mut self, conn: ConnId, hello: Hello, now: Time) {
-        let Some(remote) = self.peers.get(&conn).map(|p| p.remote) else {
+        let Some((remote, authenticated)) =
+            self.peers.get(&conn).map(|p| (p.remote, p.authenticated))
+        else {
             return;
         };
-        if let Err(rejection) = self.admit(&hello, Direction::Inbound, remote) {
+        if let Err(rejection) = self.admit(authenticated, &hello, Direction::Inbound, remote) {
             self.stats.handshakes_rejected += 1;
             if rejection.reason == RejectReason::AddressLimit {
                 self.stats.handshakes_address_limited += 1;
@@ -1166,7 +1175,9 @@ impl Supernode {
     }
 
     fn handle_hello_reply(&mut self, conn: ConnId, reply: HelloReply, now: Time) {
-        let Some(remote) = self.peers.get(&conn).map(|p| p.remote) else {
+        let Some((remote, authenticated)) =
+            self.peers.get(&conn).map(|p| (p.remote, p.authenticated))
+        else {
             return;
         };
         if let HandshakeOutcome::Rejected {
@@ -1191,7 +1202,8 @@ impl Supernode {
             self.violation(conn, "dialed a supernode but a leaf answered".into());
             return;
         }
-        if let Err(rejection) = self.admit(&reply.hello, Direction::Outbound, remote) {
+        if let Err(rejection) = self.admit(authenticated, &reply.hello, Direction::Outbound, remote)
+        {
             self.stats.handshakes_rejected += 1;
             let reason = match rejection.reason {
                 RejectReason::Full | RejectReason::AddressLimit => ByeReason::LimitExceeded,

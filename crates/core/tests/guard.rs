@@ -102,11 +102,12 @@ impl Node {
         actions
     }
 
-    fn connect(&mut self, direction: Direction, remote: SocketAddr) -> ConnId {
+    /// A connection whose transport authenticated the owner of id `id`.
+    fn connect(&mut self, direction: Direction, remote: SocketAddr, id: u32) -> ConnId {
         self.next_conn += 1;
         let conn = ConnId(self.next_conn);
         self.core
-            .handle_connected(conn, direction, remote, self.now);
+            .handle_connected(conn, direction, remote, node_id(id), self.now);
         conn
     }
 
@@ -117,8 +118,8 @@ impl Node {
 
     /// A node with `role` dials us from `remote`.
     fn dials_us(&mut self, role: Role, remote: &str, listen: Option<SocketAddr>) -> Joined {
-        let conn = self.connect(Direction::Inbound, sock(remote));
         let id = self.fresh_id();
+        let conn = self.connect(Direction::Inbound, sock(remote), id);
         self.core
             .handle_message(conn, Message::Hello(hello(role, id, listen)), self.now);
         let mut reply = None;
@@ -159,9 +160,9 @@ impl Node {
 
     /// We dial a supernode at `addr`, which accepts.
     fn outbound_peer(&mut self, addr: &str) -> Joined {
-        let conn = self.connect(Direction::Outbound, sock(addr));
-        self.actions(); // our Hello
         let id = self.fresh_id();
+        let conn = self.connect(Direction::Outbound, sock(addr), id);
+        self.actions(); // our Hello
         let reply = HelloReply {
             hello: hello(Role::Supernode, id, Some(sock(addr))),
             outcome: HandshakeOutcome::Accepted {
@@ -643,7 +644,7 @@ fn the_handshake_counter_follows_the_config() {
     }
 
     let mut node = Node::new(|_| {});
-    let conn = node.connect(Direction::Inbound, sock("192.0.2.1:1"));
+    let conn = node.connect(Direction::Inbound, sock("192.0.2.1:1"), 77);
     assert!(node.core.is_handshaking(conn));
     node.core
         .handle_message(conn, Message::Hello(hello(Role::Leaf, 77, None)), node.now);

@@ -95,8 +95,22 @@ impl Net {
         let (ca, cb) = (self.conn(), self.conn());
         self.links.insert(End::Super(a, ca), End::Super(b, cb));
         self.links.insert(End::Super(b, cb), End::Super(a, ca));
-        self.supers[b].handle_connected(cb, Direction::Inbound, addr(20_000 + a as u16), self.now);
-        self.supers[a].handle_connected(ca, Direction::Outbound, addr(10_000 + b as u16), self.now);
+        // The transport authenticated each side as the owner of its id.
+        let (id_a, id_b) = (node_id(a as u32), node_id(b as u32));
+        self.supers[b].handle_connected(
+            cb,
+            Direction::Inbound,
+            addr(20_000 + a as u16),
+            id_a,
+            self.now,
+        );
+        self.supers[a].handle_connected(
+            ca,
+            Direction::Outbound,
+            addr(10_000 + b as u16),
+            id_b,
+            self.now,
+        );
         self.drive();
     }
 
@@ -127,9 +141,10 @@ impl Net {
             c,
             Direction::Inbound,
             addr(40_000 + index as u16),
+            node_id(1000 + index as u32),
             self.now,
         );
-        self.leaves[index].handle_connected();
+        self.leaves[index].handle_connected(node_id(at as u32));
         self.drive();
         index
     }
@@ -402,7 +417,7 @@ fn a_leaf_that_sends_what_only_supernodes_may_is_disconnected_with_a_reason() {
 fn anything_before_hello_is_a_violation() {
     let mut net = Net::line(1);
     let c = ConnId(999);
-    net.supers[0].handle_connected(c, Direction::Inbound, addr(1), net.now);
+    net.supers[0].handle_connected(c, Direction::Inbound, addr(1), node_id(77), net.now);
     net.supers[0].handle_message(c, Message::Ping { nonce: 1 }, net.now);
     assert!(matches!(
         net.supers[0].poll_action(),
@@ -419,7 +434,7 @@ fn a_full_supernode_rejects_with_a_try_list() {
     net.join(0, 1);
     net.add_leaf(0, vec![]);
     let c = ConnId(999);
-    net.supers[0].handle_connected(c, Direction::Inbound, addr(1), net.now);
+    net.supers[0].handle_connected(c, Direction::Inbound, addr(1), node_id(77), net.now);
     let hello = Identity {
         node_id: node_id(77),
         role: Role::Leaf,
@@ -447,10 +462,131 @@ fn a_full_supernode_rejects_with_a_try_list() {
     }
 }
 
+/// The reply a supernode gives a Hello on a fresh inbound connection whose
+/// transport authenticated `authenticated`.
+fn reply_to(
+    net: &mut Net,
+    conn: ConnId,
+    authenticated: NodeId,
+    role: Role,
+    claimed: NodeId,
+) -> HandshakeOutcome {
+    net.supers[0].handle_connected(conn, Direction::Inbound, addr(1), authenticated, net.now);
+    let hello = Identity {
+        node_id: claimed,
+        role,
+        listen_addr: None,
+        user_agent: "squatter".into(),
+    }
+    .hello();
+    net.supers[0].handle_message(conn, Message::Hello(hello), net.now);
+    let mut outcome = None;
+    while let Some(action) = net.supers[0].poll_action() {
+        if let Action::Send {
+            message: Message::HelloReply(reply),
+            ..
+        } = action
+        {
+            outcome = Some(reply.outcome);
+        }
+    }
+    outcome.expect("a HelloReply")
+}
+
+#[test]
+fn a_hello_claiming_another_nodes_id_is_refused_and_the_owner_keeps_its_place() {
+    let mut net = Net::line(2);
+    net.add_leaf(0, vec![file(1, "x")]);
+    let squatter = node_id(666);
+    // A supernode's id and a leaf's id, each claimed with the squatter's key.
+    for (conn, role, claimed) in [
+        (ConnId(900), Role::Supernode, node_id(1)),
+        (ConnId(901), Role::Leaf, node_id(1000)),
+        (ConnId(902), Role::Leaf, node_id(0)),
+    ] {
+        match reply_to(&mut net, conn, squatter, role, claimed) {
+            HandshakeOutcome::Rejected { reason, detail, .. } => {
+                assert_eq!(reason, RejectReason::NodeIdMismatch, "{detail}");
+            }
+            other => panic!("{claimed} was accepted: {other:?}"),
+        }
+    }
+    let stats = net.supers[0].stats();
+    assert_eq!((stats.supernode_peers, stats.leaves), (1, 1));
+    // The same key with its own id is welcome.
+    assert!(matches!(
+        reply_to(&mut net, ConnId(903), squatter, Role::Leaf, squatter),
+        HandshakeOutcome::Accepted { .. }
+    ));
+}
+
+#[test]
+fn a_hello_reply_from_a_key_that_does_not_own_its_id_is_a_violation() {
+    let mut net = Net::line(1);
+    let c = ConnId(999);
+    net.supers[0].handle_connected(c, Direction::Outbound, addr(1), node_id(5), net.now);
+    assert!(matches!(
+        net.supers[0].poll_action(),
+        Some(Action::Send {
+            message: Message::Hello(_),
+            ..
+        })
+    ));
+    let reply = HelloReply {
+        hello: Identity {
+            node_id: node_id(6),
+            role: Role::Supernode,
+            listen_addr: None,
+            user_agent: String::new(),
+        }
+        .hello(),
+        outcome: HandshakeOutcome::Accepted {
+            observed_addr: None,
+        },
+    };
+    net.supers[0].handle_message(c, Message::HelloReply(reply.clone()), net.now);
+    assert!(matches!(
+        net.supers[0].poll_action(),
+        Some(Action::Close {
+            bye: Some((ByeReason::ProtocolViolation, _)),
+            ..
+        })
+    ));
+    assert_eq!(net.supers[0].stats().supernode_peers, 0);
+
+    // A leaf refuses it the same way.
+    let mut leaf = LeafSession::new(
+        Identity {
+            node_id: node_id(1000),
+            role: Role::Leaf,
+            listen_addr: None,
+            user_agent: String::new(),
+        },
+        Vec::new(),
+    );
+    leaf.handle_connected(node_id(5));
+    assert!(matches!(
+        leaf.poll_action(),
+        Some(LeafAction::Send(Message::Hello(_)))
+    ));
+    leaf.handle_message(Message::HelloReply(reply), net.now);
+    assert!(matches!(
+        leaf.poll_action(),
+        Some(LeafAction::Close(Some((ByeReason::ProtocolViolation, _))))
+    ));
+    assert!(!leaf.is_ready());
+}
+
 #[test]
 fn a_silent_connection_is_cut_at_the_handshake_timeout() {
     let mut net = Net::line(1);
-    net.supers[0].handle_connected(ConnId(999), Direction::Inbound, addr(1), net.now);
+    net.supers[0].handle_connected(
+        ConnId(999),
+        Direction::Inbound,
+        addr(1),
+        node_id(77),
+        net.now,
+    );
     net.tick(Duration::from_secs(9));
     assert_eq!(net.supers[0].stats().handshaking, 1);
     net.tick(Duration::from_secs(1));

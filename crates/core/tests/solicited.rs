@@ -75,7 +75,7 @@ fn a_supernode_believes_only_answers_to_its_own_pings() {
     config.ping_key = [9; 32];
     let mut node = Supernode::new(config);
     let (conn, dialed, now) = (ConnId(1), addr(2), Time(0));
-    node.handle_connected(conn, Direction::Outbound, dialed, now);
+    node.handle_connected(conn, Direction::Outbound, dialed, NodeId([2; 16]), now);
     drain(&mut node);
     node.handle_message(conn, accepted(2, 2), now);
     let actions = drain(&mut node);
@@ -115,9 +115,21 @@ fn a_supernode_believes_only_answers_to_its_own_pings() {
 fn a_supernode_learns_nothing_from_an_inbound_peers_claims_or_from_leaves() {
     let mut node = Supernode::new(SupernodeConfig::new(NodeId([1; 16]), Some(addr(1))));
     let now = Time(0);
-    node.handle_connected(ConnId(1), Direction::Inbound, addr(40_000), now);
+    node.handle_connected(
+        ConnId(1),
+        Direction::Inbound,
+        addr(40_000),
+        NodeId([2; 16]),
+        now,
+    );
     node.handle_message(ConnId(1), Message::Hello(hello(2, Role::Supernode, 2)), now);
-    node.handle_connected(ConnId(2), Direction::Inbound, addr(40_001), now);
+    node.handle_connected(
+        ConnId(2),
+        Direction::Inbound,
+        addr(40_001),
+        NodeId([3; 16]),
+        now,
+    );
     node.handle_message(ConnId(2), Message::Hello(hello(3, Role::Leaf, 3)), now);
     let actions = drain(&mut node);
     assert!(learned(&actions).is_empty(), "{actions:?}");
@@ -150,7 +162,13 @@ fn a_supernode_learns_nothing_from_an_inbound_peers_claims_or_from_leaves() {
 fn a_rejection_of_our_dial_is_an_answer() {
     let mut node = Supernode::new(SupernodeConfig::new(NodeId([1; 16]), Some(addr(1))));
     let dialed = addr(2);
-    node.handle_connected(ConnId(1), Direction::Outbound, dialed, Time(0));
+    node.handle_connected(
+        ConnId(1),
+        Direction::Outbound,
+        dialed,
+        NodeId([2; 16]),
+        Time(0),
+    );
     drain(&mut node);
     node.handle_message(
         ConnId(1),
@@ -180,7 +198,7 @@ fn a_leaf_believes_only_the_answer_to_its_ping() {
         user_agent: "test".into(),
     };
     let mut leaf = LeafSession::new(identity.clone(), Vec::new()).with_ping_key([3; 32]);
-    leaf.handle_connected();
+    leaf.handle_connected(NodeId([2; 16]));
     leaf.handle_message(accepted(2, 2), Time(0));
     let actions: Vec<LeafAction> = std::iter::from_fn(|| leaf.poll_action()).collect();
     let nonce = actions
@@ -193,7 +211,7 @@ fn a_leaf_believes_only_the_answer_to_its_ping() {
     assert_ne!(nonce, 0);
     // Another key, another nonce: a peer can't know it in advance.
     let mut other = LeafSession::new(identity, Vec::new()).with_ping_key([4; 32]);
-    other.handle_connected();
+    other.handle_connected(NodeId([2; 16]));
     other.handle_message(accepted(2, 2), Time(0));
     let other_nonce = std::iter::from_fn(|| other.poll_action())
         .find_map(|a| match a {

@@ -108,7 +108,7 @@ impl Bench {
         let conn = ConnId(conn);
         let port = 20_000 + conn.0 as u16;
         self.node
-            .handle_connected(conn, Direction::Inbound, addr(port), self.now);
+            .handle_connected(conn, Direction::Inbound, addr(port), id, self.now);
         let identity = Identity {
             node_id: id,
             role,

@@ -10,13 +10,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use canopy_node::secure::SecureStream;
 use canopy_proto::limits::MAX_FILES_PER_MESSAGE;
-use canopy_proto::{FrameCodec, Message, MessageId, Role};
-use futures_util::{SinkExt, StreamExt as _};
+use canopy_proto::{Message, MessageId, Role};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
-use tokio_util::codec::Framed;
 
 use crate::frames;
 use crate::workload::Workload;
@@ -142,34 +141,34 @@ async fn join(
     number: u64,
     target: SocketAddr,
     source: Option<IpAddr>,
-) -> anyhow::Result<Framed<TcpStream, FrameCodec>> {
-    let mut framed =
-        frames::handshake(target, source, Role::Leaf, workload.leaf_id(number)).await?;
+) -> anyhow::Result<SecureStream<TcpStream>> {
+    let key = workload.leaf_key(number);
+    let mut framed = frames::handshake(target, source, Role::Leaf, &key).await?;
     let files = workload.leaf_files(number);
     for (i, chunk) in files.chunks(MAX_FILES_PER_MESSAGE).enumerate() {
         framed
-            .feed(Message::FileList {
+            .send(&Message::FileList {
                 replace: i == 0,
                 files: chunk.to_vec(),
             })
             .await?;
     }
-    SinkExt::<Message>::flush(&mut framed).await?;
     Ok(framed)
 }
 
 async fn run(
-    mut framed: Framed<TcpStream, FrameCodec>,
+    mut framed: SecureStream<TcpStream>,
     mut outgoing: mpsc::UnboundedReceiver<Message>,
     hits: mpsc::UnboundedSender<HitEvent>,
     closed: Arc<AtomicUsize>,
 ) {
     loop {
         tokio::select! {
-            next = framed.next() => match next {
+            // `recv` keeps what it read in the stream: cancel-safe.
+            next = framed.recv() => match next {
                 Some(Ok(Message::Ping { nonce })) => {
                     let pong = Message::Pong { nonce, supernodes: Vec::new() };
-                    if framed.send(pong).await.is_err() {
+                    if framed.send(&pong).await.is_err() {
                         break;
                     }
                 }
@@ -185,7 +184,7 @@ async fn run(
             },
             message = outgoing.recv() => match message {
                 Some(message) => {
-                    if framed.send(message).await.is_err() {
+                    if framed.send(&message).await.is_err() {
                         break;
                     }
                 }

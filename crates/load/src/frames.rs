@@ -1,16 +1,21 @@
 //! Frames on the wire without the rest of Canopy: encoding messages,
-//! handshakes, and cutting a byte stream into frames by their 4-byte
-//! big-endian length prefix alone.
+//! handshakes (Noise, then Hello, through `canopy_node::secure`), and
+//! cutting a byte stream into frames by their 4-byte big-endian length
+//! prefix alone.
 
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context as _, bail};
 use bytes::{Buf as _, Bytes, BytesMut};
+use canopy_node::secure::{SecureStream, Side};
 use canopy_proto::limits::{MAX_FRAME_LEN, PROTOCOL_VERSION};
+use canopy_proto::secure::StaticKeypair;
 use canopy_proto::{FrameCodec, HandshakeOutcome, Hello, Message, NodeId, Role};
-use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_util::codec::{Encoder as _, Framed};
+use tokio_util::codec::Encoder as _;
+
+/// How long the Noise handshake may take.
+const NOISE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Bytes of the length prefix.
 pub const PREFIX: usize = 4;
@@ -56,21 +61,24 @@ pub async fn connect(target: SocketAddr, source: Option<IpAddr>) -> anyhow::Resu
     Ok(stream)
 }
 
-/// Connects and completes the handshake as `role`; returns the framed
-/// connection, ready for business.
+/// Connects, runs the Noise handshake under `key` and says Hello as `role`
+/// with the id `key` owns; returns the encrypted connection, ready for
+/// business.
 pub async fn handshake(
     target: SocketAddr,
     source: Option<IpAddr>,
     role: Role,
-    node_id: NodeId,
-) -> anyhow::Result<Framed<TcpStream, FrameCodec>> {
+    key: &StaticKeypair,
+) -> anyhow::Result<SecureStream<TcpStream>> {
     let stream = connect(target, source).await?;
-    let mut framed = Framed::new(stream, FrameCodec::default());
-    framed.send(hello(role, node_id)).await?;
+    let mut secure = SecureStream::handshake(stream, key, Side::Initiator, NOISE_TIMEOUT)
+        .await
+        .with_context(|| format!("noise handshake with {target}"))?;
+    secure.send(&hello(role, key.node_id())).await?;
     loop {
-        match framed.next().await {
+        match secure.recv().await {
             Some(Ok(Message::HelloReply(reply))) => match reply.outcome {
-                HandshakeOutcome::Accepted { .. } => return Ok(framed),
+                HandshakeOutcome::Accepted { .. } => return Ok(secure),
                 HandshakeOutcome::Rejected { reason, detail, .. } => {
                     bail!("{target} refused us: {reason:?}: {detail}")
                 }

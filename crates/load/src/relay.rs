@@ -11,6 +11,10 @@
 //! Before the source starts, `--leaves` leaves publish `--files` files each,
 //! so every query is looked up in a real index (none with `--raw`).
 //!
+//! Connections to a supernode are Noise-encrypted as every overlay link
+//! is: the source seals each batch of frames, the sinks decrypt before
+//! counting. The raw relay is the no-protocol reference: plain bytes.
+//!
 //! Two phases over the same connections: as fast as possible for
 //! `--duration` seconds (throughput, and latency with every queue full),
 //! then paced at `--paced-share` of the throughput just measured (latency
@@ -24,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::{Bytes, BytesMut};
+use canopy_proto::secure::{ReceiveCipher, SendCipher, StaticKeypair};
 use canopy_proto::{Message, MessageId, Role};
 use prost::Message as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -179,19 +184,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Sinks first, so the source's first query reaches all of them.
     let mut sinks = Vec::new();
     for i in 0..args.peers {
-        let (stream, leftover) = open(&args, &mut rng).await?;
+        let link = open(&args).await?;
         let shared = shared.clone();
         let decode = i == 0;
-        let raw = args.raw;
-        sinks.push(tokio::spawn(sink(
-            stream, leftover, shared, decode, prefix, raw,
-        )));
+        sinks.push(tokio::spawn(sink(link, shared, decode, prefix)));
     }
-    let (source, _) = open(&args, &mut rng).await?;
-    let (source_read, source_write) = source.into_split();
-    tokio::spawn(drain(source_read, shared.clone()));
+    let source = open(&args).await?;
+    let (source_read, source_write) = source.stream.into_split();
+    let (sealer, opener) = source.ciphers.unzip();
+    tokio::spawn(drain(
+        source_read,
+        opener,
+        source.input,
+        source.plain,
+        shared.clone(),
+    ));
     let source_task = tokio::spawn(send(
         source_write,
+        sealer,
         templates,
         shared.clone(),
         args.batch.max(1),
@@ -319,16 +329,66 @@ fn templates(
     Ok(out)
 }
 
-/// A connection to the target, handshaken as a supernode unless raw, with
-/// whatever arrived beyond the handshake.
-async fn open(args: &Args, rng: &mut Rng) -> anyhow::Result<(TcpStream, BytesMut)> {
+/// A connection to the target: plain bytes to the raw relay; to a
+/// supernode, Noise-encrypted and handshaken as a supernode.
+struct Link {
+    stream: TcpStream,
+    /// What encrypts and decrypts, unless raw.
+    ciphers: Option<(SendCipher, ReceiveCipher)>,
+    /// Bytes (ciphertext unless raw) that arrived beyond the handshake.
+    input: BytesMut,
+    /// Plaintext decrypted during the handshake beyond its reply.
+    plain: BytesMut,
+}
+
+async fn open(args: &Args) -> anyhow::Result<Link> {
     if args.raw {
-        return Ok((frames::connect(args.target, None).await?, BytesMut::new()));
+        return Ok(Link {
+            stream: frames::connect(args.target, None).await?,
+            ciphers: None,
+            input: BytesMut::new(),
+            plain: BytesMut::new(),
+        });
     }
-    let node_id = canopy_proto::NodeId(rng.bytes16());
-    let framed = frames::handshake(args.target, None, Role::Supernode, node_id).await?;
-    let parts = framed.into_parts();
-    Ok((parts.io, parts.read_buf))
+    let key = StaticKeypair::generate()?;
+    let secure = frames::handshake(args.target, None, Role::Supernode, &key).await?;
+    let parts = secure.into_parts();
+    Ok(Link {
+        stream: parts.stream,
+        ciphers: Some((parts.send, parts.receive)),
+        input: parts.input,
+        plain: parts.plain,
+    })
+}
+
+/// Reads from `stream` into `input` and hands `absorb` the plaintext
+/// (`plain` first): the bytes as read if `opener` is `None` (raw), else
+/// every complete Noise message decrypted. Returns at the end of the
+/// stream.
+async fn read_plaintext(
+    mut stream: tokio::net::tcp::OwnedReadHalf,
+    mut opener: Option<ReceiveCipher>,
+    mut input: BytesMut,
+    mut plain: BytesMut,
+    mut absorb: impl FnMut(&[u8]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    loop {
+        match opener.as_mut() {
+            Some(cipher) => {
+                while cipher.open(&mut input, &mut plain)? {}
+                absorb(&plain)?;
+                plain.clear();
+            }
+            None => {
+                absorb(&input)?;
+                input.clear();
+            }
+        }
+        input.reserve(256 * 1024);
+        if stream.read_buf(&mut input).await? == 0 {
+            return Ok(());
+        }
+    }
 }
 
 async fn measure(shared: &Shared, args: &Args, length: Duration) -> anyhow::Result<Phase> {
@@ -374,6 +434,7 @@ async fn measure(shared: &Shared, args: &Args, length: Duration) -> anyhow::Resu
 /// or at the rate asked for.
 async fn send(
     mut stream: tokio::net::tcp::OwnedWriteHalf,
+    mut sealer: Option<SendCipher>,
     templates: Vec<Template>,
     shared: Arc<Shared>,
     batch: usize,
@@ -381,6 +442,7 @@ async fn send(
 ) -> anyhow::Result<()> {
     let mut counter: u64 = 1;
     let mut buffer = BytesMut::with_capacity(batch * 128);
+    let mut sealed = BytesMut::new();
     let mut paced_since: Option<(u64, tokio::time::Instant, u64)> = None;
     while !shared.stop.load(Ordering::Relaxed) {
         if shared.paused.load(Ordering::Relaxed) {
@@ -430,76 +492,74 @@ async fn send(
                 }
             }
         }
-        stream.write_all(&buffer).await?;
+        match sealer.as_mut() {
+            // One Noise message per batch (a batch is far below 64 KiB).
+            Some(cipher) => {
+                sealed.clear();
+                cipher.seal_all(&buffer, &mut sealed)?;
+                stream.write_all(&sealed).await?;
+            }
+            None => stream.write_all(&buffer).await?,
+        }
         shared.sent.fetch_add(size as u64, Ordering::Relaxed);
     }
     Ok(())
 }
 
 /// Reads and counts what comes back to the source (hits, pongs).
-async fn drain(mut stream: tokio::net::tcp::OwnedReadHalf, shared: Arc<Shared>) {
-    let mut buffer = vec![0u8; 256 * 1024];
+async fn drain(
+    stream: tokio::net::tcp::OwnedReadHalf,
+    opener: Option<ReceiveCipher>,
+    input: BytesMut,
+    plain: BytesMut,
+    shared: Arc<Shared>,
+) {
     let mut counter = FrameCounter::default();
-    while let Ok(n) = stream.read(&mut buffer).await {
-        if n == 0 {
-            break;
-        }
-        match counter.feed(&buffer[..n], |_| {}) {
-            Ok(frames) => {
-                shared.source_received.fetch_add(frames, Ordering::Relaxed);
-            }
-            Err(_) => break,
-        }
-    }
+    let _ = read_plaintext(stream, opener, input, plain, |bytes| {
+        let frames = counter.feed(bytes, |_| {})?;
+        shared.source_received.fetch_add(frames, Ordering::Relaxed);
+        Ok(())
+    })
+    .await;
 }
 
 /// A sink: counts frames; the decoding one also takes latency samples.
 /// Sends a Ping every 10 s (unless raw) so the supernode never finds it
 /// idle.
 async fn sink(
-    stream: TcpStream,
-    leftover: BytesMut,
+    link: Link,
     shared: Arc<Shared>,
     decode: bool,
     prefix: [u8; 8],
-    raw: bool,
 ) -> anyhow::Result<()> {
-    let (mut read, mut write) = stream.into_split();
-    if !raw {
+    let (read, mut write) = link.stream.into_split();
+    let (sealer, opener) = link.ciphers.unzip();
+    if let Some(mut sealer) = sealer {
         tokio::spawn(async move {
             let mut nonce = 0;
+            let mut sealed = BytesMut::new();
             loop {
                 tokio::time::sleep(Duration::from_secs(10)).await;
                 nonce += 1;
                 let Ok(ping) = frames::encode(&Message::Ping { nonce }) else {
                     break;
                 };
-                if write.write_all(&ping).await.is_err() {
+                sealed.clear();
+                if sealer.seal_all(&ping, &mut sealed).is_err()
+                    || write.write_all(&sealed).await.is_err()
+                {
                     break;
                 }
             }
         });
     }
-    let mut buffer = leftover.to_vec();
-    buffer.resize(buffer.len().max(256 * 1024), 0);
     let mut counter = FrameCounter::default();
     let mut arrived: Vec<u64> = Vec::new();
     // What the handshake read past its reply comes first.
-    let mut n = leftover.len();
-    loop {
-        absorb(
-            buffer.get(..n).unwrap_or_default(),
-            &mut counter,
-            &mut arrived,
-            decode,
-            prefix,
-            &shared,
-        )?;
-        n = read.read(&mut buffer).await?;
-        if n == 0 {
-            return Ok(());
-        }
-    }
+    read_plaintext(read, opener, link.input, link.plain, |bytes| {
+        absorb(bytes, &mut counter, &mut arrived, decode, prefix, &shared)
+    })
+    .await
 }
 
 /// Counts the frames in `bytes`; if `decode`, records latency samples.

@@ -17,6 +17,7 @@
 //! so the supernode looks up and intersects their posting sets, but the two
 //! rarely share a name, so it usually finds nothing.
 
+use canopy_proto::secure::StaticKeypair;
 use canopy_proto::{ContentId, MessageId, NodeId, SharedFile};
 
 /// Words in the vocabulary.
@@ -251,9 +252,18 @@ impl Workload {
         self.files_per_leaf
     }
 
-    /// The node id of leaf number `leaf`.
+    /// The static key of leaf number `leaf` (the same every run).
+    pub fn leaf_key(&self, leaf: u64) -> StaticKeypair {
+        let mut rng = Rng::new(mix(&[self.seed, 1, leaf]));
+        let mut private = [0u8; 32];
+        private[..16].copy_from_slice(&rng.bytes16());
+        private[16..].copy_from_slice(&rng.bytes16());
+        StaticKeypair::from_private(private)
+    }
+
+    /// The node id of leaf number `leaf`: its key's.
     pub fn leaf_id(&self, leaf: u64) -> NodeId {
-        NodeId(Rng::new(mix(&[self.seed, 1, leaf])).bytes16())
+        self.leaf_key(leaf).node_id()
     }
 
     fn word(&self, rng: &mut Rng) -> &str {

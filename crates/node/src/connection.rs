@@ -1,6 +1,12 @@
-//! One TCP connection: a reader task that decodes frames and passes them to
-//! the node task, and a writer task that drains the connection's
-//! [`SendQueue`].
+//! One TCP connection: the Noise handshake ([`crate::secure`]), then a
+//! reader task that decrypts and decodes frames and passes them to the
+//! node task, and a writer task that drains the connection's
+//! [`SendQueue`], encrypting each batch.
+//!
+//! The node task hears of the connection only once the handshake has
+//! authenticated the peer's static key, and with that key. A handshake
+//! that fails or stays silent past the handshake timeout is simply closed
+//! (no Bye is possible before keys exist).
 //!
 //! The reader awaits the node task's inbox, so a peer that sends faster than
 //! the node can process is slowed down by TCP, not buffered without bound.
@@ -9,13 +15,15 @@
 //! least valuable frames first (see [`crate::send_queue`]).
 //!
 //! A supernode keeps thousands of mostly idle leaf connections, so neither
-//! side holds a buffer while idle: the reader allocates one only while
-//! bytes are waiting, and the writer writes the queued frames themselves
-//! with vectored writes (a flood's frame is encoded once and shared by
-//! every connection it goes to).
+//! side holds a buffer while idle: the reader allocates its buffers only
+//! while bytes are waiting, and the writer lets go of its buffers after a
+//! small batch. A flood's frame is encoded once and shared by every
+//! connection it goes to; each connection then packs as many queued frames
+//! as fit into one Noise message (one encryption per up to 64 KiB), and
+//! writes a batch of messages with one system call.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,6 +31,9 @@ use std::time::Duration;
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use canopy_core::ConnId;
+use canopy_proto::secure::{
+    MAX_PLAINTEXT_LEN, PublicKey, ReceiveCipher, SendCipher, StaticKeypair,
+};
 use canopy_proto::{ByeReason, FrameCodec, FrameError, Message};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
@@ -32,6 +43,7 @@ use tokio_util::codec::{Decoder as _, Encoder as _};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::secure::{self, Secured, Side};
 use crate::send_queue::{Losses, Next, Priority, Pushed, SEND_QUEUE_BYTES, SendQueue};
 use crate::traffic::Traffic;
 
@@ -51,6 +63,12 @@ pub struct LinkContext {
     /// A full send queue that has not moved for this long means the peer
     /// is too slow.
     pub stall_timeout: Duration,
+    /// Our static key, which the peer authenticates.
+    pub key: Arc<StaticKeypair>,
+    /// A Noise handshake not complete by then is cut.
+    pub handshake_timeout: Duration,
+    /// Cancels handshakes in progress when the node stops.
+    pub shutdown: CancellationToken,
 }
 
 /// What a connection reports to its node task.
@@ -121,20 +139,24 @@ pub fn encode(message: &Message) -> Option<Bytes> {
     }
 }
 
-/// Starts the reader and writer of `stream`. The first event sent to
-/// `events` is `announce(outgoing)`, carrying the handle that queues
-/// outgoing messages, so the node task hears of the connection before any
-/// of its messages; every later event is `wrap(conn, event)`.
+/// Runs the Noise handshake on `stream` (as the initiator if we dialed),
+/// then starts its reader and writer. The first event sent to `events` is
+/// `announce(outgoing, key)`, carrying the handle that queues outgoing
+/// messages and the peer's authenticated static key, so the node task
+/// hears of the connection before any of its messages; every later event
+/// is `wrap(conn, event)`. If the handshake fails, no event is sent and
+/// `announce` is dropped.
 pub fn spawn<E, A>(
     conn: ConnId,
     stream: TcpStream,
+    side: Side,
     events: mpsc::Sender<E>,
     announce: A,
     wrap: fn(ConnId, ConnEvent) -> E,
     link: &LinkContext,
 ) where
     E: Send + 'static,
-    A: FnOnce(Outgoing) -> E + Send + 'static,
+    A: FnOnce(Outgoing, PublicKey) -> E + Send + 'static,
 {
     let _ = stream.set_nodelay(true);
     // A fixed kernel send buffer: left to autotune it grows to megabytes
@@ -142,69 +164,69 @@ pub fn spawn<E, A>(
     // supernode with thousands of connections. The backlog belongs in the
     // send queue, where it is bounded, prioritised and judged.
     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(KERNEL_SEND_BUFFER);
+    let link = link.clone();
+    link.tracker.clone().spawn(async move {
+        let mut stream = stream;
+        let peer: Option<SocketAddr> = stream.peer_addr().ok();
+        // Boxed, so the handshake's state is freed once done rather than
+        // sized into the task that lives as long as the connection.
+        let handshake = Box::pin(secure::handshake(
+            &mut stream,
+            &link.key,
+            side,
+            link.handshake_timeout,
+        ));
+        let secured = tokio::select! {
+            _ = link.shutdown.cancelled() => return,
+            secured = handshake => secured,
+        };
+        match secured {
+            Ok(secured) => {
+                link.traffic
+                    .bytes_in
+                    .fetch_add(secured.bytes_in as u64, Ordering::Relaxed);
+                link.traffic
+                    .bytes_out
+                    .fetch_add(secured.bytes_out as u64, Ordering::Relaxed);
+                run(conn, stream, secured, events, announce, wrap, &link).await;
+            }
+            Err(error) => tracing::debug!(?peer, ?side, %error, "noise handshake failed; closing"),
+        }
+    });
+}
+
+/// Runs an authenticated connection: the writer in its own task, the
+/// reader in this one.
+async fn run<E, A>(
+    conn: ConnId,
+    stream: TcpStream,
+    secured: Secured,
+    events: mpsc::Sender<E>,
+    announce: A,
+    wrap: fn(ConnId, ConnEvent) -> E,
+    link: &LinkContext,
+) where
+    E: Send + 'static,
+    A: FnOnce(Outgoing, PublicKey) -> E + Send + 'static,
+{
     let peer: Option<SocketAddr> = stream.peer_addr().ok();
+    let Secured {
+        send,
+        receive,
+        remote,
+        leftover,
+        ..
+    } = secured;
     let (read_half, write_half) = stream.into_split();
     let queue = Arc::new(SendQueue::new(SEND_QUEUE_BYTES, link.stall_timeout));
     let cancel = CancellationToken::new();
-    let tracker = &link.tracker;
-
-    let outgoing = Outgoing {
-        queue: queue.clone(),
-        cancel: cancel.clone(),
-    };
-    let reader_cancel = cancel.clone();
-    let traffic = link.traffic.clone();
-    tracker.spawn(async move {
-        if events.send(announce(outgoing)).await.is_err() {
-            reader_cancel.cancel();
-            return;
-        }
-        let mut reader = FrameReader::new(read_half, traffic);
-        loop {
-            let next = tokio::select! {
-                // The writer closed the connection: stop reading.
-                _ = reader_cancel.cancelled() => break,
-                next = reader.next() => next,
-            };
-            let mut messages = match next {
-                Some(Ok(message)) => vec![message],
-                Some(Err(error)) => {
-                    let _ = events.send(wrap(conn, ConnEvent::FrameError(error))).await;
-                    break;
-                }
-                None => break,
-            };
-            // Whatever else is already buffered goes in the same event.
-            let mut failed = None;
-            while messages.len() < MAX_MESSAGES_PER_EVENT {
-                match reader.next_buffered() {
-                    Some(Ok(message)) => messages.push(message),
-                    Some(Err(error)) => {
-                        failed = Some(error);
-                        break;
-                    }
-                    None => break,
-                }
-            }
-            if events
-                .send(wrap(conn, ConnEvent::Messages(messages)))
-                .await
-                .is_err()
-            {
-                break;
-            }
-            if let Some(error) = failed {
-                let _ = events.send(wrap(conn, ConnEvent::FrameError(error))).await;
-                break;
-            }
-        }
-        let _ = events.send(wrap(conn, ConnEvent::Closed)).await;
-    });
 
     let writer_cancel = cancel.clone();
     let traffic = link.traffic.clone();
-    tracker.spawn(async move {
-        let mut writer = FrameWriter::new(write_half, traffic);
+    let writer_queue = queue.clone();
+    link.tracker.spawn(async move {
+        let queue = writer_queue;
+        let mut writer = FrameWriter::new(write_half, send, traffic);
         loop {
             let first = tokio::select! {
                 // Cut at once: the peer is stuck.
@@ -234,15 +256,73 @@ pub fn spawn<E, A>(
         writer.shutdown().await;
         writer_cancel.cancel();
     });
+
+    let outgoing = Outgoing {
+        queue,
+        cancel: cancel.clone(),
+    };
+    let reader_cancel = cancel;
+    if events.send(announce(outgoing, remote)).await.is_err() {
+        reader_cancel.cancel();
+        return;
+    }
+    let mut reader = FrameReader::new(read_half, receive, leftover, link.traffic.clone());
+    loop {
+        let next = tokio::select! {
+            // The writer closed the connection: stop reading.
+            _ = reader_cancel.cancelled() => break,
+            next = reader.next() => next,
+        };
+        let mut messages = match next {
+            Some(Ok(message)) => vec![message],
+            Some(Err(error)) => {
+                let _ = events.send(wrap(conn, ConnEvent::FrameError(error))).await;
+                break;
+            }
+            None => break,
+        };
+        // Whatever else is already buffered goes in the same event.
+        let mut failed = None;
+        while messages.len() < MAX_MESSAGES_PER_EVENT {
+            match reader.next_buffered() {
+                Some(Ok(message)) => messages.push(message),
+                Some(Err(error)) => {
+                    failed = Some(error);
+                    break;
+                }
+                None => break,
+            }
+        }
+        if events
+            .send(wrap(conn, ConnEvent::Messages(messages)))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        if let Some(error) = failed {
+            let _ = events.send(wrap(conn, ConnEvent::FrameError(error))).await;
+            break;
+        }
+    }
+    let _ = events.send(wrap(conn, ConnEvent::Closed)).await;
 }
 
-/// Reads frames into a buffer that exists only while bytes are waiting: an
-/// idle connection (most of a supernode's thousands of leaves) holds no
-/// read buffer at all. Reads start small and grow while the socket keeps
-/// filling them, so a busy peer is read in large chunks.
+/// Reads Noise messages into a buffer that exists only while bytes are
+/// waiting, decrypts them into a plaintext buffer (likewise), and decodes
+/// frames from that exactly as an unencrypted stream would be: an idle
+/// connection (most of a supernode's thousands of leaves) holds no buffer
+/// at all. Reads start small and grow while the socket keeps filling them,
+/// so a busy peer is read in large chunks. A message is decrypted only
+/// when the frames before it are taken, so the plaintext buffer holds at
+/// most a partial frame and one message.
 struct FrameReader {
     socket: OwnedReadHalf,
-    buffer: BytesMut,
+    cipher: ReceiveCipher,
+    /// Ciphertext read but not yet decrypted.
+    input: BytesMut,
+    /// Plaintext not yet decoded.
+    plain: BytesMut,
     chunk: usize,
     codec: FrameCodec,
     traffic: Arc<Traffic>,
@@ -253,41 +333,68 @@ const MIN_READ_CHUNK: usize = 2 * 1024;
 const MAX_READ_CHUNK: usize = 64 * 1024;
 
 impl FrameReader {
-    fn new(socket: OwnedReadHalf, traffic: Arc<Traffic>) -> Self {
+    fn new(
+        socket: OwnedReadHalf,
+        cipher: ReceiveCipher,
+        leftover: BytesMut,
+        traffic: Arc<Traffic>,
+    ) -> Self {
         Self {
             socket,
-            buffer: BytesMut::new(),
+            cipher,
+            input: leftover,
+            plain: BytesMut::new(),
             chunk: MIN_READ_CHUNK,
             codec: FrameCodec::default(),
             traffic,
         }
     }
 
-    /// The next message if a whole one is already buffered.
+    /// The next message if a whole one is already buffered (decrypting
+    /// what has arrived as needed).
     fn next_buffered(&mut self) -> Option<Result<Message, FrameError>> {
-        self.codec.decode(&mut self.buffer).transpose()
+        loop {
+            match self.codec.decode(&mut self.plain) {
+                Ok(Some(message)) => return Some(Ok(message)),
+                Ok(None) => {}
+                Err(error) => return Some(Err(error)),
+            }
+            match self.cipher.open(&mut self.input, &mut self.plain) {
+                Ok(true) => {}
+                Ok(false) => return None,
+                // Tampered with, reordered or not Noise at all: the stream
+                // can't be trusted further.
+                Err(error) => {
+                    return Some(Err(FrameError::Io(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        error,
+                    ))));
+                }
+            }
+        }
     }
 
     /// The next message, an error that ends the stream, or `None` at its end.
     async fn next(&mut self) -> Option<Result<Message, FrameError>> {
         loop {
-            match self.codec.decode(&mut self.buffer) {
-                Ok(Some(message)) => return Some(Ok(message)),
-                Ok(None) => {}
-                Err(error) => return Some(Err(error)),
+            if let Some(next) = self.next_buffered() {
+                return Some(next);
             }
-            if self.buffer.is_empty() {
-                // Let go of the buffer while waiting.
-                self.buffer = BytesMut::new();
+            // Let go of the buffers while waiting.
+            if self.input.is_empty() {
+                self.input = BytesMut::new();
+            }
+            if self.plain.is_empty() {
+                self.plain = BytesMut::new();
             }
             if let Err(error) = self.socket.readable().await {
                 return Some(Err(FrameError::Io(error)));
             }
-            // The codec has reserved room for the rest of a partial frame.
-            self.buffer.reserve(self.chunk);
-            let room = self.buffer.capacity() - self.buffer.len();
-            match self.socket.try_read_buf(&mut self.buffer) {
-                Ok(0) if self.buffer.is_empty() => return None,
+            // The cipher has reserved room for the rest of a partial message.
+            self.input.reserve(self.chunk);
+            let room = self.input.capacity() - self.input.len();
+            match self.socket.try_read_buf(&mut self.input) {
+                Ok(0) if self.input.is_empty() && self.plain.is_empty() => return None,
                 Ok(0) => {
                     return Some(Err(FrameError::Io(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -311,13 +418,21 @@ impl FrameReader {
     }
 }
 
-/// Writes batches of encoded frames with vectored writes, straight from
-/// the frames (shared with every other connection a flood goes to): no
-/// copy, and no write buffer held by an idle connection.
+/// Writes batches of encoded frames: packs them into as few Noise messages
+/// as fit (up to [`MAX_PLAINTEXT_LEN`] bytes of frames each, a large frame
+/// spanning several), and writes the sealed batch with as few system calls
+/// as the socket takes. The plaintext and ciphertext buffers are let go of
+/// after a small batch, so a connection that sends little (most leaves)
+/// holds none between writes; a busy one keeps its room.
 struct FrameWriter {
     socket: OwnedWriteHalf,
+    cipher: SendCipher,
     frames: VecDeque<Bytes>,
     bytes: usize,
+    /// Frames being packed into the next message.
+    plain: Vec<u8>,
+    /// Sealed messages not yet written.
+    sealed: BytesMut,
     traffic: Arc<Traffic>,
 }
 
@@ -328,11 +443,14 @@ const MAX_BATCH_BYTES: usize = 256 * 1024;
 const IDLE_BATCH_FRAMES: usize = 8;
 
 impl FrameWriter {
-    fn new(socket: OwnedWriteHalf, traffic: Arc<Traffic>) -> Self {
+    fn new(socket: OwnedWriteHalf, cipher: SendCipher, traffic: Arc<Traffic>) -> Self {
         Self {
             socket,
+            cipher,
             frames: VecDeque::new(),
             bytes: 0,
+            plain: Vec::new(),
+            sealed: BytesMut::new(),
             traffic,
         }
     }
@@ -360,12 +478,54 @@ impl FrameWriter {
         )
     }
 
-    /// Writes the whole batch.
+    /// Seals the batch's frames into Noise messages.
+    fn seal(&mut self) -> io::Result<()> {
+        let small = self.frames.len() <= IDLE_BATCH_FRAMES;
+        self.sealed
+            .reserve(self.bytes + (self.bytes / MAX_PLAINTEXT_LEN + 1) * 18);
+        while let Some(mut frame) = self.frames.pop_front() {
+            while !frame.is_empty() {
+                let room = MAX_PLAINTEXT_LEN - self.plain.len();
+                if self.plain.is_empty() && frame.len() >= MAX_PLAINTEXT_LEN {
+                    // A whole message's worth: sealed straight from the frame.
+                    let part = frame.split_to(MAX_PLAINTEXT_LEN);
+                    self.cipher
+                        .seal(&part, &mut self.sealed)
+                        .map_err(io::Error::other)?;
+                    continue;
+                }
+                let part = frame.split_to(room.min(frame.len()));
+                self.plain.extend_from_slice(&part);
+                if self.plain.len() == MAX_PLAINTEXT_LEN {
+                    self.flush_plain()?;
+                }
+            }
+        }
+        self.flush_plain()?;
+        self.bytes = 0;
+        if small {
+            self.plain = Vec::new();
+        }
+        Ok(())
+    }
+
+    fn flush_plain(&mut self) -> io::Result<()> {
+        if !self.plain.is_empty() {
+            self.cipher
+                .seal(&self.plain, &mut self.sealed)
+                .map_err(io::Error::other)?;
+            self.plain.clear();
+        }
+        Ok(())
+    }
+
+    /// Seals and writes the whole batch.
     async fn write_all(&mut self) -> io::Result<()> {
-        while !self.frames.is_empty() {
+        let small = self.frames.len() <= IDLE_BATCH_FRAMES;
+        self.seal()?;
+        while !self.sealed.is_empty() {
             self.socket.writable().await?;
-            let slices: Vec<IoSlice<'_>> = self.frames.iter().map(|f| IoSlice::new(f)).collect();
-            let written = match self.socket.try_write_vectored(&slices) {
+            let written = match self.socket.try_write(&self.sealed) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(written) => written,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
@@ -374,19 +534,13 @@ impl FrameWriter {
             self.traffic
                 .bytes_out
                 .fetch_add(written as u64, Ordering::Relaxed);
-            self.bytes -= written;
-            let mut left = written;
-            while let Some(front) = self.frames.front_mut() {
-                if left < front.len() {
-                    front.advance(left);
-                    break;
-                }
-                left -= front.len();
-                self.frames.pop_front();
-            }
+            self.sealed.advance(written);
         }
         // A connection that sends little (most leaves) holds no batch
         // between writes; a busy one keeps its room.
+        if small || self.sealed.capacity() > 2 * MAX_BATCH_BYTES {
+            self.sealed = BytesMut::new();
+        }
         if self.frames.capacity() > MAX_BATCH_FRAMES || self.frames.capacity() <= IDLE_BATCH_FRAMES
         {
             self.frames = VecDeque::new();

@@ -2,9 +2,10 @@
 //! core in `canopy-core`, which makes every decision.
 //!
 //! How the tasks divide the work (one node, either role):
-//! - one *connection* task pair per TCP connection ([`connection`]): the
-//!   reader decodes frames and hands them to the node task; the writer
-//!   drains a bounded queue of outgoing messages;
+//! - one *connection* task pair per TCP connection ([`connection`]), after
+//!   a Noise handshake ([`secure`]) that authenticates the peer's static
+//!   key: the reader decrypts and decodes frames and hands them to the node
+//!   task; the writer drains a bounded queue of outgoing messages;
 //! - one *node* task ([`supernode`] or [`leaf`]) that owns the core state
 //!   machine, feeds it events and the time, and carries out its actions;
 //! - for a supernode, an accept loop and one dialer per configured peer,
@@ -21,9 +22,11 @@ pub mod clock;
 pub mod connection;
 pub mod get;
 pub mod hosts;
+pub mod key_file;
 pub mod leaf;
 pub mod metrics;
 pub mod outbox;
+pub mod secure;
 pub mod send_queue;
 pub mod supernode;
 pub mod traffic;
@@ -50,6 +53,9 @@ pub enum NodeError {
     /// A search could not run.
     #[error("search failed: {0}")]
     Search(String),
+    /// The node's key file could not be loaded or created.
+    #[error(transparent)]
+    Key(#[from] key_file::KeyFileError),
     /// Nobody reachable has the content.
     #[error("no source found for {0}")]
     NotFound(canopy_proto::ContentId),
@@ -61,14 +67,25 @@ pub enum NodeError {
     Stopped,
 }
 
-/// A random node id, never all zero.
-pub fn random_node_id() -> canopy_proto::NodeId {
-    loop {
-        let id: [u8; 16] = rand::random();
-        if id != [0; 16] {
-            return canopy_proto::NodeId(id);
-        }
+/// The node's static key: `given`, else the one in `data_dir`'s key file
+/// (created on first start), else a fresh ephemeral one.
+pub fn node_key(
+    given: Option<&canopy_proto::secure::StaticKeypair>,
+    data_dir: Option<&std::path::Path>,
+) -> Result<canopy_proto::secure::StaticKeypair, NodeError> {
+    if let Some(key) = given {
+        return Ok(key.clone());
     }
+    match data_dir {
+        Some(dir) => Ok(key_file::load_or_create(dir)?),
+        None => ephemeral_key(),
+    }
+}
+
+/// A fresh key pair for a node without a data directory.
+pub fn ephemeral_key() -> Result<canopy_proto::secure::StaticKeypair, NodeError> {
+    canopy_proto::secure::StaticKeypair::generate()
+        .map_err(|e| NodeError::Key(key_file::KeyFileError::Generate(e.to_string())))
 }
 
 /// A random query id.

@@ -13,6 +13,7 @@ use canopy_core::addr_limits::{AddressCounter, AddressLimit, IpNet};
 use canopy_core::backoff::Backoff;
 use canopy_core::supernode::{Action, Direction, Supernode, SupernodeConfig, SupernodeStats};
 use canopy_proto::NodeId;
+use canopy_proto::secure::{PublicKey, StaticKeypair};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +25,7 @@ use crate::clock::wall_time;
 use crate::connection::{self, ConnEvent, LinkContext, Outgoing};
 use crate::hosts::HostCache;
 use crate::outbox::Outbox;
+use crate::secure::Side;
 use crate::send_queue::Priority;
 use crate::traffic::Traffic;
 use canopy_proto::ByeReason;
@@ -53,8 +55,9 @@ pub struct SupernodeOptions {
     pub listen: SocketAddr,
     /// Supernodes to dial and keep dialing.
     pub peers: Vec<SocketAddr>,
-    /// Our node id; random if not given.
-    pub node_id: Option<NodeId>,
+    /// Our static key, which our node id derives from; if not given, the
+    /// one in `data_dir` (created on first start), else an ephemeral one.
+    pub key: Option<StaticKeypair>,
     /// TTL cap for incoming queries.
     pub ttl_cap: u8,
     /// Most leaves.
@@ -112,7 +115,7 @@ impl SupernodeOptions {
         Self {
             listen,
             peers: Vec::new(),
-            node_id: None,
+            key: None,
             ttl_cap: core.ttl_cap,
             max_leaves: core.max_leaves,
             max_supernode_peers: core.max_supernode_peers,
@@ -228,6 +231,8 @@ enum Event {
         conn: ConnId,
         direction: Direction,
         remote: SocketAddr,
+        /// The peer's static key, authenticated by the Noise handshake.
+        remote_key: PublicKey,
         outgoing: Outgoing,
         /// What letting go of the connection releases.
         on_close: Release,
@@ -305,7 +310,8 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
         addr: options.listen,
         source,
     })?;
-    let node_id = options.node_id.unwrap_or_else(crate::random_node_id);
+    let key = crate::node_key(options.key.as_ref(), options.data_dir.as_deref())?;
+    let node_id = key.node_id();
     let mut config = SupernodeConfig::new(node_id, Some(local_addr));
     config.ttl_cap = options.ttl_cap;
     config.max_leaves = options.max_leaves;
@@ -345,6 +351,9 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
             tracker: tracker.clone(),
             traffic: traffic.clone(),
             stall_timeout: options.send_stall_timeout,
+            key: Arc::new(key),
+            handshake_timeout: options.handshake_timeout,
+            shutdown: shutdown.clone(),
         },
     };
 
@@ -481,6 +490,7 @@ impl NodeTask {
                 conn,
                 direction,
                 remote,
+                remote_key,
                 outgoing,
                 mut on_close,
             } => {
@@ -496,7 +506,8 @@ impl NodeTask {
                         handshake,
                     },
                 );
-                self.core.handle_connected(conn, direction, remote, now);
+                self.core
+                    .handle_connected(conn, direction, remote, remote_key.node_id(), now);
             }
             Event::Conn(conn, ConnEvent::Messages(batch)) => {
                 messages = batch.len().max(1);
@@ -734,16 +745,22 @@ impl Links {
         on_close: Release,
     ) -> ConnId {
         let conn = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
-        let announce = move |outgoing| Event::Connected {
+        let announce = move |outgoing, remote_key| Event::Connected {
             conn,
             direction,
             remote,
+            remote_key,
             outgoing,
             on_close,
+        };
+        let side = match direction {
+            Direction::Outbound => Side::Initiator,
+            Direction::Inbound => Side::Responder,
         };
         connection::spawn(
             conn,
             stream,
+            side,
             self.events.clone(),
             announce,
             conn_event,

@@ -13,13 +13,17 @@ mod common;
 
 use std::time::Duration;
 
+use bytes::BytesMut;
+use canopy_node::secure::{SecureStream, Side};
 use canopy_node::supernode::{self, SupernodeOptions};
 use canopy_node::traffic::Traffic;
-use canopy_proto::{FrameCodec, Hello, Message, MessageId, NodeId, Query, Role};
+use canopy_proto::limits::PROTOCOL_VERSION;
+use canopy_proto::secure::StaticKeypair;
+use canopy_proto::{FrameCodec, Hello, Message, MessageId, Query, Role};
 use common::*;
-use futures_util::SinkExt;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpSocket;
-use tokio_util::codec::FramedWrite;
+use tokio_util::codec::Encoder;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_reader_is_cut_off_and_does_not_hold_up_a_fast_one() {
@@ -46,18 +50,30 @@ async fn a_slow_reader_is_cut_off_and_does_not_hold_up_a_fast_one() {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(16 * 1024).unwrap();
     let stream = socket.connect(node.local_addr()).await.unwrap();
-    let (_unread, write_half) = stream.into_split();
-    let mut slow = FramedWrite::new(write_half, FrameCodec::default());
-    slow.send(Message::Hello(Hello {
-        protocol_version: 1,
+    let key = StaticKeypair::generate().unwrap();
+    let secure = SecureStream::handshake(stream, &key, Side::Initiator, PATIENCE)
+        .await
+        .unwrap()
+        .into_parts();
+    let (_unread, mut slow) = secure.stream.into_split();
+    let mut cipher = secure.send;
+    // Each message framed, then sealed into its own Noise message.
+    let mut seal = move |message: Message| {
+        let mut frame = BytesMut::new();
+        FrameCodec::default().encode(message, &mut frame).unwrap();
+        let mut sealed = BytesMut::new();
+        cipher.seal_all(&frame, &mut sealed).unwrap();
+        sealed
+    };
+    let hello = seal(Message::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
         role: Role::Leaf,
-        node_id: NodeId([0x51; 16]),
+        node_id: key.node_id(),
         listen_addr: None,
         user_agent: "slow".into(),
         capabilities: Vec::new(),
-    }))
-    .await
-    .unwrap();
+    }));
+    slow.write_all(&hello).await.unwrap();
     node.wait_for(PATIENCE, |s| s.leaves == 2).await.unwrap();
     let flood = tokio::spawn(async move {
         for i in 0..3000u32 {
@@ -72,7 +88,7 @@ async fn a_slow_reader_is_cut_off_and_does_not_hold_up_a_fast_one() {
                 min_size: None,
                 max_size: None,
             };
-            if slow.send(Message::Query(query)).await.is_err() {
+            if slow.write_all(&seal(Message::Query(query))).await.is_err() {
                 break; // cut off
             }
         }

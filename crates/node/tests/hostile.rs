@@ -1,6 +1,8 @@
 //! A supernode on 127.0.0.1 against peers that send bad input: each gets a
 //! Bye naming the problem and is disconnected, and the supernode keeps
-//! serving everyone else.
+//! serving everyone else. The bad input travels inside a valid Noise
+//! session (a peer can always complete one with a key of its own); peers
+//! that never complete the Noise handshake are simply cut.
 
 #![allow(
     clippy::unwrap_used,
@@ -12,22 +14,56 @@
 mod common;
 
 use bytes::{BufMut, BytesMut};
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
+use canopy_node::secure::{SecureStream, Side};
 use canopy_node::supernode::{self, SupernodeOptions};
-use canopy_proto::{ByeReason, FrameCodec, Hello, Message, NodeId, Role};
+use canopy_proto::limits::PROTOCOL_VERSION;
+use canopy_proto::secure::StaticKeypair;
+use canopy_proto::{ByeReason, Hello, Message, Role};
 use common::*;
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
+
+/// A hostile client's link: a Noise session under a fresh key of its own.
+struct Hostile {
+    stream: SecureStream<TcpStream>,
+    key: StaticKeypair,
+}
+
+async fn hostile(target: SocketAddr) -> Hostile {
+    let key = StaticKeypair::generate().unwrap();
+    let tcp = TcpStream::connect(target).await.unwrap();
+    let stream = SecureStream::handshake(tcp, &key, Side::Initiator, PATIENCE)
+        .await
+        .unwrap();
+    Hostile { stream, key }
+}
+
+impl Hostile {
+    /// A leaf's Hello with the id our key owns.
+    fn hello(&self) -> Message {
+        Message::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            role: Role::Leaf,
+            node_id: self.key.node_id(),
+            listen_addr: None,
+            user_agent: "hostile".into(),
+            capabilities: Vec::new(),
+        })
+    }
+
+    async fn send(&mut self, message: Message) {
+        self.stream.send(&message).await.unwrap();
+    }
+}
 
 /// Reads frames until a Bye arrives or the connection closes; returns the
 /// Bye's reason. Fails the test if neither happens in time.
-async fn bye_reason(stream: TcpStream) -> Option<ByeReason> {
-    let mut framed = Framed::new(stream, FrameCodec::default());
+async fn bye_reason(mut peer: Hostile) -> Option<ByeReason> {
     let read = async {
-        while let Some(Ok(message)) = framed.next().await {
+        while let Some(Ok(message)) = peer.stream.recv().await {
             if let Message::Bye { reason, .. } = message {
                 return Some(reason);
             }
@@ -39,31 +75,20 @@ async fn bye_reason(stream: TcpStream) -> Option<ByeReason> {
         .expect("no Bye and no close")
 }
 
-/// Waits until the peer closes the stream.
-async fn closed(mut stream: TcpStream) {
-    let mut sink = [0u8; 1024];
-    let read = async {
-        loop {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    };
+/// Waits until the peer closes the session.
+async fn closed(mut peer: Hostile) {
+    let read = async { while let Some(Ok(_)) = peer.stream.recv().await {} };
     tokio::time::timeout(PATIENCE, read)
         .await
         .expect("not closed");
 }
 
-fn leaf_hello(id: u8) -> Message {
-    Message::Hello(Hello {
-        protocol_version: 1,
-        role: Role::Leaf,
-        node_id: NodeId([id; 16]),
-        listen_addr: None,
-        user_agent: "hostile".into(),
-        capabilities: Vec::new(),
-    })
+/// `body` with its 4-byte length: one plaintext frame, whatever it holds.
+fn raw_frame(len: u32, body: &[u8]) -> BytesMut {
+    let mut frame = BytesMut::new();
+    frame.put_u32(len);
+    frame.put_slice(body);
+    frame
 }
 
 #[tokio::test]
@@ -79,21 +104,19 @@ async fn bad_input_gets_a_bye_and_a_disconnect_and_others_are_unaffected() {
         .unwrap();
 
     // A frame announcing 4 GiB.
-    let mut stream = TcpStream::connect(target).await.unwrap();
-    stream.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
-    assert_eq!(bye_reason(stream).await, Some(ByeReason::FrameTooLarge));
+    let mut peer = hostile(target).await;
+    let frame = raw_frame(u32::MAX, &[]);
+    peer.stream.send_plaintext(&frame).await.unwrap();
+    assert_eq!(bye_reason(peer).await, Some(ByeReason::FrameTooLarge));
 
     // Bytes that are not a protobuf message.
-    let mut stream = TcpStream::connect(target).await.unwrap();
-    let mut frame = BytesMut::new();
-    frame.put_u32(6);
-    frame.put_slice(&[0xff; 6]);
-    stream.write_all(&frame).await.unwrap();
-    assert_eq!(bye_reason(stream).await, Some(ByeReason::MalformedMessage));
+    let mut peer = hostile(target).await;
+    let frame = raw_frame(6, &[0xff; 6]);
+    peer.stream.send_plaintext(&frame).await.unwrap();
+    assert_eq!(bye_reason(peer).await, Some(ByeReason::MalformedMessage));
 
     // A query before the handshake.
-    let stream = TcpStream::connect(target).await.unwrap();
-    let mut framed = Framed::new(stream, FrameCodec::default());
+    let mut peer = hostile(target).await;
     let query = canopy_proto::Query {
         message_id: canopy_proto::MessageId([1; 16]),
         ttl: 2,
@@ -103,33 +126,23 @@ async fn bad_input_gets_a_bye_and_a_disconnect_and_others_are_unaffected() {
         min_size: None,
         max_size: None,
     };
-    framed.send(Message::Query(query)).await.unwrap();
-    assert_eq!(
-        bye_reason(framed.into_inner()).await,
-        Some(ByeReason::ProtocolViolation)
-    );
+    peer.send(Message::Query(query)).await;
+    assert_eq!(bye_reason(peer).await, Some(ByeReason::ProtocolViolation));
 
     // A leaf sending a message only supernodes may send.
-    let stream = TcpStream::connect(target).await.unwrap();
-    let mut framed = Framed::new(stream, FrameCodec::default());
-    framed.send(leaf_hello(9)).await.unwrap();
-    framed
-        .send(Message::Pong {
-            nonce: 1,
-            supernodes: vec![],
-        })
-        .await
-        .unwrap();
-    framed.send(leaf_hello(9)).await.unwrap(); // a second Hello
-    assert_eq!(
-        bye_reason(framed.into_inner()).await,
-        Some(ByeReason::ProtocolViolation)
-    );
+    let mut peer = hostile(target).await;
+    peer.send(peer.hello()).await;
+    peer.send(Message::Pong {
+        nonce: 1,
+        supernodes: vec![],
+    })
+    .await;
+    peer.send(peer.hello()).await; // a second Hello
+    assert_eq!(bye_reason(peer).await, Some(ByeReason::ProtocolViolation));
 
     // An out-of-range field: TTL 0.
-    let stream = TcpStream::connect(target).await.unwrap();
-    let mut framed = Framed::new(stream, FrameCodec::default());
-    framed.send(leaf_hello(10)).await.unwrap();
+    let mut peer = hostile(target).await;
+    peer.send(peer.hello()).await;
     let envelope = canopy_proto::wire::Envelope {
         body: Some(canopy_proto::wire::envelope::Body::Query(
             canopy_proto::wire::Query {
@@ -141,12 +154,9 @@ async fn bad_input_gets_a_bye_and_a_disconnect_and_others_are_unaffected() {
         )),
     };
     let body = prost::Message::encode_to_vec(&envelope);
-    let mut raw = framed.into_inner();
-    let mut frame = BytesMut::new();
-    frame.put_u32(u32::try_from(body.len()).unwrap());
-    frame.put_slice(&body);
-    raw.write_all(&frame).await.unwrap();
-    assert_eq!(bye_reason(raw).await, Some(ByeReason::InvalidField));
+    let frame = raw_frame(u32::try_from(body.len()).unwrap(), &body);
+    peer.stream.send_plaintext(&frame).await.unwrap();
+    assert_eq!(bye_reason(peer).await, Some(ByeReason::InvalidField));
 
     // Every bad peer is gone; the good leaf and its files remain, and the
     // supernode still answers searches.
@@ -170,15 +180,54 @@ async fn a_connection_that_never_says_hello_is_cut_off() {
     let mut options = SupernodeOptions::new(localhost());
     options.handshake_timeout = Duration::from_secs(1);
     let node = supernode::start(options).await.unwrap();
-    let stream = TcpStream::connect(node.local_addr()).await.unwrap();
+    let peer = hostile(node.local_addr()).await;
     node.wait_for(PATIENCE, |s| s.handshaking == 1)
         .await
         .unwrap();
     // Silence until the handshake timeout: a Bye says why, then the close.
-    assert_eq!(bye_reason(stream).await, Some(ByeReason::HandshakeTimeout));
+    assert_eq!(bye_reason(peer).await, Some(ByeReason::HandshakeTimeout));
     node.wait_for(PATIENCE, |s| s.handshaking == 0)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_silent_noise_handshake_is_closed_at_the_handshake_timeout() {
+    init_logs();
+    let mut options = SupernodeOptions::new(localhost());
+    options.handshake_timeout = Duration::from_secs(1);
+    let node = supernode::start(options).await.unwrap();
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(node.local_addr()).await.unwrap();
+    // No Noise message: the node never hears of the connection, and it is
+    // closed without a word (no keys, so no Bye) at the timeout.
+    let mut sink = [0u8; 64];
+    let read = tokio::time::timeout(PATIENCE, stream.read(&mut sink))
+        .await
+        .expect("not closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "read {read:?}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(node.stats().handshaking, 0);
+    assert_eq!(node.stats().protocol_errors, 0);
+}
+
+#[tokio::test]
+async fn a_handshake_message_over_the_limit_is_cut_before_it_is_read() {
+    init_logs();
+    let nodes = line(1).await;
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(nodes[0].local_addr()).await.unwrap();
+    // Claims 65,535 bytes where at most 1,024 are allowed.
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &[0xff, 0xff])
+        .await
+        .unwrap();
+    let mut sink = [0u8; 64];
+    let read = tokio::time::timeout(PATIENCE, stream.read(&mut sink))
+        .await
+        .expect("not closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "read {read:?}");
+    // Refused on the length alone, not left to the 10 s handshake timeout.
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[tokio::test]
@@ -187,7 +236,7 @@ async fn many_half_open_connections_leave_the_tables_bounded() {
     let nodes = line(1).await;
     let mut streams = Vec::new();
     for _ in 0..50 {
-        streams.push(TcpStream::connect(nodes[0].local_addr()).await.unwrap());
+        streams.push(hostile(nodes[0].local_addr()).await);
     }
     nodes[0]
         .wait_for(PATIENCE, |s| s.handshaking == 50)
@@ -204,14 +253,15 @@ async fn many_half_open_connections_leave_the_tables_bounded() {
 async fn a_hello_with_the_wrong_version_is_rejected_and_closed() {
     init_logs();
     let nodes = line(1).await;
-    let stream = TcpStream::connect(nodes[0].local_addr()).await.unwrap();
-    let mut framed = Framed::new(stream, FrameCodec::default());
-    let Message::Hello(mut hello) = leaf_hello(3) else {
+    let mut peer = hostile(nodes[0].local_addr()).await;
+    let Message::Hello(mut hello) = peer.hello() else {
         unreachable!()
     };
-    hello.protocol_version = 2;
-    framed.send(Message::Hello(hello)).await.unwrap();
-    let reply = tokio::time::timeout(PATIENCE, framed.next()).await.unwrap();
+    hello.protocol_version = PROTOCOL_VERSION + 1;
+    peer.send(Message::Hello(hello)).await;
+    let reply = tokio::time::timeout(PATIENCE, peer.stream.recv())
+        .await
+        .unwrap();
     match reply {
         Some(Ok(Message::HelloReply(reply))) => assert!(matches!(
             reply.outcome,
@@ -222,5 +272,5 @@ async fn a_hello_with_the_wrong_version_is_rejected_and_closed() {
         )),
         other => panic!("expected a rejection, got {other:?}"),
     }
-    closed(framed.into_inner()).await;
+    closed(peer).await;
 }

@@ -2,7 +2,7 @@
 //! peer controls.
 
 /// The protocol version this code speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest frame body accepted or sent, in bytes (the 4-byte length excluded).
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
 /// Largest file name, in bytes.

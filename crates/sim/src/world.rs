@@ -400,12 +400,20 @@ impl World {
             },
         );
         let now = Time(self.now);
-        self.supers[b]
-            .machine
-            .handle_connected(cb, Direction::Inbound, supernode_addr(a), now);
-        self.supers[a]
-            .machine
-            .handle_connected(ca, Direction::Outbound, supernode_addr(b), now);
+        self.supers[b].machine.handle_connected(
+            cb,
+            Direction::Inbound,
+            supernode_addr(a),
+            node_id(1, a),
+            now,
+        );
+        self.supers[a].machine.handle_connected(
+            ca,
+            Direction::Outbound,
+            supernode_addr(b),
+            node_id(1, b),
+            now,
+        );
         self.drain_super(b);
         self.drain_super(a);
     }
@@ -432,9 +440,13 @@ impl World {
             conn,
             Direction::Inbound,
             leaf_addr(l),
+            node_id(2, l),
             Time(self.now),
         );
-        self.leaves[l].slots[k].session.handle_connected();
+        // The simulated transport authenticates each side as its own id.
+        self.leaves[l].slots[k]
+            .session
+            .handle_connected(node_id(1, s));
         self.drain_leaf(l, k);
     }
 

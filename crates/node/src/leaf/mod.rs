@@ -25,6 +25,7 @@ use std::time::Duration;
 use canopy_core::handshake::Identity;
 use canopy_core::leaf::SearchRequest;
 use canopy_core::search::SearchResult;
+use canopy_proto::secure::StaticKeypair;
 use canopy_proto::{ContentId, NodeId, Role, SharedFile};
 use canopy_share::LocalFile;
 use canopy_transfer::Catalog;
@@ -47,6 +48,9 @@ use task::LeafTask;
 const MAX_PUSHES: usize = 16;
 /// A supernode whose full send queue has not moved for this long is slow.
 const SEND_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// A Noise handshake with a supernode not complete by then is cut (the
+/// supernode's own handshake timeout).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Name of the hash cache inside the data directory.
 pub const HASH_CACHE_FILE: &str = "hash-cache.json";
 
@@ -78,8 +82,9 @@ pub struct LeafOptions {
     pub reconnect: bool,
     /// How often to look for changes in the shared folders.
     pub rescan_interval: Option<Duration>,
-    /// Our node id; random if not given.
-    pub node_id: Option<NodeId>,
+    /// Our static key, which our node id derives from; if not given, the
+    /// one in `data_dir` (created on first start), else an ephemeral one.
+    pub key: Option<StaticKeypair>,
     /// Hashing progress, for a progress bar.
     pub progress: Option<Progress>,
 }
@@ -112,7 +117,7 @@ impl LeafOptions {
             data_dir: None,
             reconnect: false,
             rescan_interval: None,
-            node_id: None,
+            key: None,
             progress: None,
         }
     }
@@ -345,7 +350,8 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
                 .serve(listener, shutdown.clone(), tracker.clone()),
         );
     }
-    let node_id = options.node_id.unwrap_or_else(crate::random_node_id);
+    let key = crate::node_key(options.key.as_ref(), options.data_dir.as_deref())?;
+    let node_id = key.node_id();
     let announced = if options.firewalled {
         None
     } else {
@@ -383,6 +389,9 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
             tracker: tracker.clone(),
             traffic: traffic.clone(),
             stall_timeout: SEND_STALL_TIMEOUT,
+            key: Arc::new(key),
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            shutdown: shutdown.clone(),
         },
         shutdown: shutdown.clone(),
     };

@@ -24,6 +24,8 @@ use super::{PushRequest, SearchOutcome};
 use crate::NodeError;
 use crate::clock::Clock;
 use crate::connection::{self, ConnEvent, LinkContext, Outgoing};
+use crate::secure::Side;
+use canopy_proto::secure::PublicKey;
 
 /// How often running searches are checked for their deadline.
 const TICK: Duration = Duration::from_millis(50);
@@ -123,7 +125,7 @@ pub(super) enum SessionEnd {
 }
 
 enum Event {
-    Connected(Outgoing),
+    Connected(Outgoing, PublicKey),
     Conn(ConnEvent),
 }
 
@@ -164,6 +166,7 @@ async fn run(
     connection::spawn(
         ConnId(0),
         stream,
+        Side::Initiator,
         events_tx,
         Event::Connected,
         |_, e| Event::Conn(e),
@@ -172,12 +175,13 @@ async fn run(
     let closed = |clock: &Clock| SessionEnd::Closed {
         lasted: Duration::from_millis(clock.now().as_millis()),
     };
-    let Some(Event::Connected(outgoing)) = events.recv().await else {
+    // Nothing arrives if the Noise handshake fails.
+    let Some(Event::Connected(outgoing, remote_key)) = events.recv().await else {
         return closed(&clock);
     };
     let mut session =
         LeafSession::new(context.identity.clone(), files).with_ping_key(rand::random());
-    session.handle_connected();
+    session.handle_connected(remote_key.node_id());
     let mut waiting: HashMap<MessageId, SearchWaiter> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
     let mut end = None;
@@ -199,7 +203,7 @@ async fn run(
                     session.handle_frame_error(&error);
                 }
                 Some(Event::Conn(ConnEvent::Closed)) | None => end = Some(closed(&clock)),
-                Some(Event::Connected(_)) => {}
+                Some(Event::Connected(..)) => {}
             },
             request = requests.recv() => match request {
                 Some(ToSession::Search(request, reply)) => {

@@ -22,4 +22,5 @@ mod index_budget;
 mod peer_flood;
 mod reflection;
 mod slots;
+mod squat;
 mod uploads;

@@ -175,6 +175,7 @@ fn reject_reason(code: i32) -> RejectReason {
         Ok(wire::RejectReason::SelfConnection) => RejectReason::SelfConnection,
         Ok(wire::RejectReason::DuplicateConnection) => RejectReason::DuplicateConnection,
         Ok(wire::RejectReason::AddressLimit) => RejectReason::AddressLimit,
+        Ok(wire::RejectReason::NodeIdMismatch) => RejectReason::NodeIdMismatch,
         Ok(wire::RejectReason::Unspecified) | Err(_) => RejectReason::Unknown,
     }
 }
@@ -412,6 +413,7 @@ fn wire_reject_reason(reason: RejectReason) -> wire::RejectReason {
         RejectReason::SelfConnection => wire::RejectReason::SelfConnection,
         RejectReason::DuplicateConnection => wire::RejectReason::DuplicateConnection,
         RejectReason::AddressLimit => wire::RejectReason::AddressLimit,
+        RejectReason::NodeIdMismatch => wire::RejectReason::NodeIdMismatch,
     }
 }
 

@@ -55,6 +55,9 @@ pub enum RejectReason {
     DuplicateConnection,
     /// The dialer's address or network holds its share of connections.
     AddressLimit,
+    /// The Hello's node id is not the one the sender's authenticated
+    /// static key derives.
+    NodeIdMismatch,
 }
 
 /// How a handshake ended.
