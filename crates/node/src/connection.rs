@@ -559,7 +559,11 @@ impl FrameWriter {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
 mod tests {
     use super::*;
     use canopy_proto::secure::{Handshake, LENGTH_PREFIX_LEN, TAG_LEN};
