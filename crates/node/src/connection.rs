@@ -483,19 +483,24 @@ impl FrameWriter {
         let small = self.frames.len() <= IDLE_BATCH_FRAMES;
         self.sealed
             .reserve(self.bytes + (self.bytes / MAX_PLAINTEXT_LEN + 1) * 18);
-        while let Some(mut frame) = self.frames.pop_front() {
-            while !frame.is_empty() {
-                let room = MAX_PLAINTEXT_LEN - self.plain.len();
-                if self.plain.is_empty() && frame.len() >= MAX_PLAINTEXT_LEN {
+        while let Some(frame) = self.frames.pop_front() {
+            // Slices of the frame, not `Bytes` splits: those would touch
+            // the reference count the frame shares with every other queue.
+            let mut rest: &[u8] = &frame;
+            while !rest.is_empty() {
+                if self.plain.is_empty() && rest.len() >= MAX_PLAINTEXT_LEN {
                     // A whole message's worth: sealed straight from the frame.
-                    let part = frame.split_to(MAX_PLAINTEXT_LEN);
+                    let (part, tail) = rest.split_at(MAX_PLAINTEXT_LEN);
                     self.cipher
-                        .seal(&part, &mut self.sealed)
+                        .seal(part, &mut self.sealed)
                         .map_err(io::Error::other)?;
+                    rest = tail;
                     continue;
                 }
-                let part = frame.split_to(room.min(frame.len()));
-                self.plain.extend_from_slice(&part);
+                let room = MAX_PLAINTEXT_LEN - self.plain.len();
+                let (part, tail) = rest.split_at(room.min(rest.len()));
+                self.plain.extend_from_slice(part);
+                rest = tail;
                 if self.plain.len() == MAX_PLAINTEXT_LEN {
                     self.flush_plain()?;
                 }
@@ -550,5 +555,104 @@ impl FrameWriter {
 
     async fn shutdown(&mut self) {
         let _ = self.socket.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+mod tests {
+    use super::*;
+    use canopy_proto::secure::{Handshake, LENGTH_PREFIX_LEN, TAG_LEN};
+    use tokio::io::AsyncReadExt as _;
+
+    /// A sender's and a receiver's cipher, from a handshake in memory.
+    fn ciphers() -> (SendCipher, ReceiveCipher) {
+        let a = StaticKeypair::generate().unwrap();
+        let b = StaticKeypair::generate().unwrap();
+        let (mut i, mut r) = (
+            Handshake::initiator(&a).unwrap(),
+            Handshake::responder(&b).unwrap(),
+        );
+        let mut wire = BytesMut::new();
+        while !(i.is_finished() && r.is_finished()) {
+            let (from, to) = if i.is_my_turn() {
+                (&mut i, &mut r)
+            } else {
+                (&mut r, &mut i)
+            };
+            from.write_message(&mut wire).unwrap();
+            assert!(to.read_message(&mut wire).unwrap());
+        }
+        let (send, _, _) = i.finish().unwrap();
+        let (_, receive, _) = r.finish().unwrap();
+        (send, receive)
+    }
+
+    #[tokio::test]
+    async fn the_writer_packs_frames_into_as_few_noise_messages_as_fit() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let (send, mut receive) = ciphers();
+        let (_read, write) = client.into_split();
+        let mut writer = FrameWriter::new(write, send, Arc::new(Traffic::default()));
+
+        // 300 small frames, one larger than a Noise message, 300 more.
+        let mut expected = Vec::new();
+        let mut frames = Vec::new();
+        for i in 0..601u32 {
+            let len = if i == 300 {
+                100_000
+            } else {
+                40 + (i as usize % 30)
+            };
+            let frame: Vec<u8> = (0..len).map(|j| (i as usize + j) as u8).collect();
+            expected.extend_from_slice(&frame);
+            frames.push(Bytes::from(frame));
+        }
+        for frame in frames {
+            writer.take(Next::Frame(frame));
+        }
+        writer.write_all().await.unwrap();
+        writer.shutdown().await;
+
+        let mut wire = Vec::new();
+        server.read_to_end(&mut wire).await.unwrap();
+        let messages = expected.len().div_ceil(MAX_PLAINTEXT_LEN);
+        assert_eq!(
+            wire.len(),
+            expected.len() + messages * (LENGTH_PREFIX_LEN + TAG_LEN),
+            "{messages} full messages, no more"
+        );
+        let mut input = BytesMut::from(&wire[..]);
+        let mut plain = BytesMut::new();
+        while receive.open(&mut input, &mut plain).unwrap() {}
+        assert!(input.is_empty());
+        assert_eq!(&plain[..], &expected[..]);
+    }
+
+    #[tokio::test]
+    async fn a_writer_lets_go_of_its_buffers_after_a_small_batch() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (_server, _) = listener.accept().await.unwrap();
+        let (send, _) = ciphers();
+        let (_read, write) = client.into_split();
+        let mut writer = FrameWriter::new(write, send, Arc::new(Traffic::default()));
+        for _ in 0..IDLE_BATCH_FRAMES {
+            writer.take(Next::Frame(Bytes::from_static(&[0, 0, 0, 2, 8, 1])));
+        }
+        writer.write_all().await.unwrap();
+        assert_eq!(writer.plain.capacity(), 0);
+        assert_eq!(writer.sealed.capacity(), 0);
+        assert_eq!(writer.frames.capacity(), 0);
     }
 }
