@@ -126,21 +126,9 @@ impl VerifiedTree {
                 got: bytes.len(),
             });
         }
-        let cvs: Vec<ChainingValue> = bytes
-            .chunks_exact(32)
-            .map(|c| {
-                let mut cv = [0u8; 32];
-                cv.copy_from_slice(c);
-                cv
-            })
-            .collect();
-        if cvs.len() >= 2 {
-            let left = left_len(cvs.len());
-            let (l, r) = cvs.split_at(left);
-            let root = merge_subtrees_root(&merge_non_root(l), &merge_non_root(r), Mode::Hash);
-            if *root.as_bytes() != id.0 {
-                return Err(TreeError::RootMismatch);
-            }
+        let cvs = split_cvs(bytes);
+        if cvs.len() >= 2 && merge_cvs(&cvs) != id {
+            return Err(TreeError::RootMismatch);
         }
         Ok(Self { size, id, cvs })
     }
@@ -201,17 +189,27 @@ pub fn root_of_cvs(bytes: &[u8]) -> Option<ContentId> {
     if bytes.len() < 64 || bytes.len() % 32 != 0 {
         return None;
     }
-    let cvs: Vec<ChainingValue> = bytes
+    Some(merge_cvs(&split_cvs(bytes)))
+}
+
+/// `bytes` cut into 32-byte CVs (a trailing partial CV is ignored; callers
+/// check the length first).
+fn split_cvs(bytes: &[u8]) -> Vec<ChainingValue> {
+    bytes
         .chunks_exact(32)
         .map(|c| {
             let mut cv = [0u8; 32];
             cv.copy_from_slice(c);
             cv
         })
-        .collect();
+        .collect()
+}
+
+/// The content id two or more group CVs merge into, by BLAKE3's own rule.
+fn merge_cvs(cvs: &[ChainingValue]) -> ContentId {
     let (l, r) = cvs.split_at(left_len(cvs.len()));
     let root = merge_subtrees_root(&merge_non_root(l), &merge_non_root(r), Mode::Hash);
-    Some(ContentId(*root.as_bytes()))
+    ContentId(*root.as_bytes())
 }
 
 /// The tree of `data` held in memory, as a source serves it: the CVs of
