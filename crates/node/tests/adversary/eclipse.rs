@@ -17,48 +17,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use canopy_core::addrman::{MAX_ADDRS_PER_ANSWER, SavedEntry, Snapshot};
 use canopy_core::handshake::Identity;
 use canopy_node::hosts::HOST_CACHE_FILE;
-use canopy_proto::{
-    FrameCodec, HandshakeOutcome, Hello, HelloReply, Message, NodeId, RejectReason, Role,
-};
-use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::codec::Framed;
+use canopy_proto::secure::StaticKeypair;
+use canopy_proto::{HandshakeOutcome, Hello, HelloReply, Message, RejectReason, Role};
+use tokio::net::TcpListener;
 
 use crate::common::*;
+use crate::wire::{self, next, send};
 
-type Link = Framed<TcpStream, FrameCodec>;
-
-/// Opens a link to `addr` as the dialing side. Frames go in the clear
-/// today; an encrypted transport's handshake belongs here.
-async fn attacker_connect(addr: SocketAddr) -> Link {
-    Framed::new(
-        TcpStream::connect(addr).await.unwrap(),
-        FrameCodec::default(),
-    )
-}
-
-/// Accepts one link on `listener` as the answering side (the same
-/// remark holds).
-async fn attacker_accept(listener: &TcpListener) -> Link {
-    let (stream, _) = tokio::time::timeout(PATIENCE, listener.accept())
-        .await
-        .expect("the leaf never dialed the fake supernode")
-        .unwrap();
-    Framed::new(stream, FrameCodec::default())
-}
-
-/// The next message on `link`.
-async fn next(link: &mut Link) -> Message {
-    tokio::time::timeout(PATIENCE, link.next())
-        .await
-        .expect("silent peer")
-        .expect("closed")
-        .expect("bad frame")
-}
-
-fn fake_hello(listen: SocketAddr) -> Hello {
+/// The fake supernode's Hello: the id its `key` owns, listening at
+/// `listen`.
+fn fake_hello(key: &StaticKeypair, listen: SocketAddr) -> Hello {
     Identity {
-        node_id: NodeId([0xEE; 16]),
+        node_id: key.node_id(),
         role: Role::Supernode,
         listen_addr: Some(listen),
         user_agent: "eclipse".into(),
@@ -117,13 +87,16 @@ async fn a_pong_flood_does_not_eclipse_a_leaf_and_its_seed_comes_first_after_a_r
     let trap_dials = count_dials(trap);
     let fake = TcpListener::bind(localhost()).await.unwrap();
     let fake_addr = fake.local_addr().unwrap();
+    // One key for the fake supernode, on all its links.
+    let fake_key = StaticKeypair::generate().unwrap();
 
     // The fake supernode peers with the honest one, whose Pongs then name it.
-    let mut peering = attacker_connect(honest.local_addr()).await;
-    peering
-        .send(Message::Hello(fake_hello(fake_addr)))
-        .await
-        .unwrap();
+    let mut peering = wire::connect(honest.local_addr(), &fake_key).await;
+    send(
+        &mut peering,
+        &Message::Hello(fake_hello(&fake_key, fake_addr)),
+    )
+    .await;
     assert!(matches!(
         next(&mut peering).await,
         Message::HelloReply(HelloReply {
@@ -137,13 +110,13 @@ async fn a_pong_flood_does_not_eclipse_a_leaf_and_its_seed_comes_first_after_a_r
         .unwrap();
     tokio::spawn(async move {
         // A well-behaved peer, as far as the honest supernode can tell.
-        while let Some(Ok(message)) = peering.next().await {
+        while let Some(Ok(message)) = peering.recv().await {
             if let Message::Ping { nonce } = message {
                 let pong = Message::Pong {
                     nonce,
                     supernodes: Vec::new(),
                 };
-                let _ = peering.send(pong).await;
+                let _ = peering.send(&pong).await;
             }
         }
     });
@@ -156,23 +129,24 @@ async fn a_pong_flood_does_not_eclipse_a_leaf_and_its_seed_comes_first_after_a_r
     options.reconnect = true;
     let first_run = start_leaf(options.clone()).await;
 
-    // It hears of the fake supernode and dials it.
-    let mut victim = attacker_accept(&fake).await;
+    // It hears of the fake supernode and dials it (the fake answers the
+    // Noise handshake as the dialed side).
+    let mut victim = wire::accept(&fake, &fake_key).await;
     assert!(matches!(next(&mut victim).await, Message::Hello(h) if h.role == Role::Leaf));
     let welcome = HelloReply {
-        hello: fake_hello(fake_addr),
+        hello: fake_hello(&fake_key, fake_addr),
         outcome: HandshakeOutcome::Accepted {
             observed_addr: None,
         },
     };
-    victim.send(Message::HelloReply(welcome)).await.unwrap();
+    send(&mut victim, &Message::HelloReply(welcome)).await;
     // 32 Pongs of 32 addresses nobody asked for, guessing nonces.
     for index in 0..32u8 {
         let pong = Message::Pong {
             nonce: u64::from(index),
             supernodes: attacker_list(FLOOD, index, port),
         };
-        victim.send(pong).await.unwrap();
+        send(&mut victim, &pong).await;
     }
     // The answer to the leaf's own Ping: 32 more.
     let nonce = loop {
@@ -184,21 +158,21 @@ async fn a_pong_flood_does_not_eclipse_a_leaf_and_its_seed_comes_first_after_a_r
         nonce,
         supernodes: attacker_list(PING_ANSWER, 0, port),
     };
-    victim.send(answer).await.unwrap();
+    send(&mut victim, &answer).await;
     drop(victim);
 
     // Its next dial is refused with a try-list of 32.
-    let mut redial = attacker_accept(&fake).await;
+    let mut redial = wire::accept(&fake, &fake_key).await;
     assert!(matches!(next(&mut redial).await, Message::Hello(_)));
     let refusal = HelloReply {
-        hello: fake_hello(fake_addr),
+        hello: fake_hello(&fake_key, fake_addr),
         outcome: HandshakeOutcome::Rejected {
             reason: RejectReason::Full,
             detail: "full".into(),
             try_supernodes: attacker_list(TRY_LIST, 0, port),
         },
     };
-    redial.send(Message::HelloReply(refusal)).await.unwrap();
+    send(&mut redial, &Message::HelloReply(refusal)).await;
     // Until the try-list shows in the saved cache (or time runs out: the
     // figures below then say what got in instead).
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -280,16 +254,17 @@ async fn a_supernode_ignores_pongs_it_never_asked_for() {
 
     // A fake supernode joins it and floods it: 32 Pongs of 32 addresses.
     let fake = TcpListener::bind(localhost()).await.unwrap();
-    let mut link = attacker_connect(victim.local_addr()).await;
-    let hello = fake_hello(fake.local_addr().unwrap());
-    link.send(Message::Hello(hello)).await.unwrap();
+    let fake_key = StaticKeypair::generate().unwrap();
+    let mut link = wire::connect(victim.local_addr(), &fake_key).await;
+    let hello = fake_hello(&fake_key, fake.local_addr().unwrap());
+    send(&mut link, &Message::Hello(hello)).await;
     assert!(matches!(next(&mut link).await, Message::HelloReply(_)));
     for index in 0..32u8 {
         let pong = Message::Pong {
             nonce: u64::from(index),
             supernodes: attacker_list(FLOOD, index, port),
         };
-        link.send(pong).await.unwrap();
+        send(&mut link, &pong).await;
     }
     let stats = victim
         .wait_for(PATIENCE, |s| s.pongs_unsolicited == 32)

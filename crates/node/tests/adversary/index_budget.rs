@@ -10,7 +10,7 @@ use canopy_node::supernode::{self, SupernodeHandle, SupernodeOptions};
 use canopy_proto::{ByeReason, ContentId, Message, Role, SharedFile};
 use canopy_testkit::overlay::*;
 
-use crate::peer_flood::{RawPeer, node_id};
+use crate::peer_flood::RawPeer;
 
 /// Bytes the index is charged for a file `name` of `words` words.
 fn charge(name: &str, words: u64) -> u64 {
@@ -81,7 +81,7 @@ async fn publishing_past_the_budget_is_refused_and_a_small_leaf_is_still_found()
     let target = node.local_addr();
 
     // Alone past the budget: refused, with the budget in the sentence.
-    let mut greedy = RawPeer::connect(target, Role::Leaf, node_id(1)).await;
+    let mut greedy = RawPeer::connect(target, Role::Leaf).await;
     publish(&mut greedy, bulk(0, 2 * BUDGET_FILES)).await;
     let (reason, detail) = bye(&mut greedy).await;
     assert_eq!(reason, ByeReason::LimitExceeded);
@@ -95,7 +95,7 @@ async fn publishing_past_the_budget_is_refused_and_a_small_leaf_is_still_found()
     assert_eq!(stats.publishers_refused, 1);
 
     // Another fills the budget exactly and stays...
-    let mut filler = RawPeer::connect(target, Role::Leaf, node_id(2)).await;
+    let mut filler = RawPeer::connect(target, Role::Leaf).await;
     publish(&mut filler, bulk(0, BUDGET_FILES)).await;
     node.wait_for(PATIENCE, |s| s.index_files == BUDGET_FILES as usize)
         .await

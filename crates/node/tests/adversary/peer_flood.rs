@@ -10,64 +10,41 @@ use std::time::{Duration, Instant};
 use canopy_core::dynamic::DynamicConfig;
 use canopy_core::supernode::SupernodeConfig;
 use canopy_node::supernode::{self, SupernodeOptions};
+use canopy_proto::secure::StaticKeypair;
 use canopy_proto::{
-    ContentId, FrameCodec, HandshakeOutcome, Hello, Message, MessageId, NodeId, Query, QueryHit,
-    Role, SharedFile,
+    ContentId, HandshakeOutcome, Message, MessageId, NodeId, Query, QueryHit, Role, SharedFile,
 };
 use canopy_testkit::overlay::*;
-use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_util::codec::Framed;
+
+use crate::wire::{self, Writer};
 
 /// A peer played by the test: what it is sent arrives in `inbox`.
 pub(super) struct RawPeer {
-    sink: SplitSink<Framed<TcpStream, FrameCodec>, Message>,
+    writer: Writer,
     inbox: mpsc::UnboundedReceiver<Message>,
 }
 
 impl RawPeer {
-    /// Connects to `target` as a `role` with `node_id`, through the
-    /// handshake.
-    pub(super) async fn connect(target: SocketAddr, role: Role, node_id: NodeId) -> Self {
-        let stream = TcpStream::connect(target).await.unwrap();
-        let (mut sink, mut stream) = Framed::new(stream, FrameCodec::default()).split();
-        let hello = Hello {
-            protocol_version: canopy_proto::limits::PROTOCOL_VERSION,
-            role,
-            node_id,
-            listen_addr: None,
-            user_agent: "hostile".into(),
-            capabilities: Vec::new(),
-        };
-        sink.send(Message::Hello(hello)).await.unwrap();
-        let reply = tokio::time::timeout(PATIENCE, stream.next())
-            .await
-            .expect("no HelloReply")
-            .expect("closed")
-            .unwrap();
-        let Message::HelloReply(reply) = reply else {
-            panic!("expected a HelloReply, got {reply:?}");
-        };
+    /// Connects to `target` as a `role` under a fresh key, through the
+    /// Noise handshake and the Hello (claiming the key's id).
+    pub(super) async fn connect(target: SocketAddr, role: Role) -> Self {
+        let key = StaticKeypair::generate().unwrap();
+        let mut link = wire::connect(target, &key).await;
+        let mut hello = wire::hello(&key, role, None);
+        hello.user_agent = "hostile".into();
+        let reply = wire::say_hello(&mut link, hello).await.expect("closed");
         assert!(
             matches!(reply.outcome, HandshakeOutcome::Accepted { .. }),
             "{:?}",
             reply.outcome
         );
-        let (tx, inbox) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(Ok(message)) = stream.next().await {
-                if tx.send(message).is_err() {
-                    return;
-                }
-            }
-        });
-        RawPeer { sink, inbox }
+        let (writer, inbox) = wire::split(link);
+        RawPeer { writer, inbox }
     }
 
     pub(super) async fn send(&mut self, message: Message) {
-        self.sink.send(message).await.unwrap();
+        self.writer.send(&message).await;
     }
 
     /// Waits for the first message `wanted` picks; the ones before it are
@@ -101,7 +78,9 @@ impl RawPeer {
     }
 }
 
-pub(super) fn node_id(n: u32) -> NodeId {
+/// A made-up node id: forged hits name such sources (the peers' own ids
+/// come from their keys).
+fn node_id(n: u32) -> NodeId {
     let mut id = [0x5A; 16];
     id[..4].copy_from_slice(&n.to_be_bytes());
     NodeId(id)
@@ -152,9 +131,9 @@ async fn a_peer_flooding_fresh_ids_is_throttled_and_others_still_route() {
     init_logs();
     let node = supernode(&[]).await;
     let target = node.local_addr();
-    let mut honest = RawPeer::connect(target, Role::Supernode, node_id(1)).await;
-    let mut answerer = RawPeer::connect(target, Role::Supernode, node_id(2)).await;
-    let mut flooder = RawPeer::connect(target, Role::Supernode, node_id(3)).await;
+    let mut honest = RawPeer::connect(target, Role::Supernode).await;
+    let mut answerer = RawPeer::connect(target, Role::Supernode).await;
+    let mut flooder = RawPeer::connect(target, Role::Supernode).await;
     node.wait_for(PATIENCE, |s| s.supernode_peers == 3)
         .await
         .unwrap();
@@ -174,15 +153,13 @@ async fn a_peer_flooding_fresh_ids_is_throttled_and_others_still_route() {
     let started = Instant::now();
     for n in 1..=FLOOD {
         flooder
-            .sink
-            .feed(Message::Query(query(message_id(n), "junk", 7)))
-            .await
-            .unwrap();
+            .writer
+            .feed(&Message::Query(query(message_id(n), "junk", 7)));
         if n % 1_000 == 0 {
-            flooder.sink.flush().await.unwrap();
+            flooder.writer.flush().await;
         }
     }
-    flooder.sink.flush().await.unwrap();
+    flooder.writer.flush().await;
     node.wait_for(PATIENCE, |s| {
         s.queries_received + s.peer_queries_rate_limited > u64::from(FLOOD)
     })
@@ -259,8 +236,8 @@ async fn forged_hits_are_dropped_and_cannot_end_a_leafs_dynamic_query() {
     let node = supernode::start(options).await.unwrap();
     let target = node.local_addr();
     // The hostile peer connects first: the probe goes to it.
-    let mut hostile = RawPeer::connect(target, Role::Supernode, node_id(1)).await;
-    let mut honest = RawPeer::connect(target, Role::Supernode, node_id(2)).await;
+    let mut hostile = RawPeer::connect(target, Role::Supernode).await;
+    let mut honest = RawPeer::connect(target, Role::Supernode).await;
     node.wait_for(PATIENCE, |s| s.supernode_peers == 2)
         .await
         .unwrap();

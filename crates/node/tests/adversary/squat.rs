@@ -7,39 +7,24 @@
 
 use std::net::SocketAddr;
 
-use canopy_node::secure::{SecureStream, Side};
 use canopy_node::supernode::{self, SupernodeHandle, SupernodeOptions};
-use canopy_proto::limits::PROTOCOL_VERSION;
 use canopy_proto::secure::StaticKeypair;
-use canopy_proto::{HandshakeOutcome, Hello, Message, NodeId, RejectReason, Role};
+use canopy_proto::{HandshakeOutcome, NodeId, RejectReason, Role};
 use canopy_testkit::overlay::*;
-use tokio::net::TcpStream;
+
+use crate::wire;
 
 /// Connects to `target` under a fresh key, says Hello as `role` claiming
 /// `claimed`, and returns how the handshake ended.
 async fn squat(target: SocketAddr, role: Role, claimed: NodeId) -> HandshakeOutcome {
     let key = StaticKeypair::generate().unwrap();
-    let tcp = TcpStream::connect(target).await.unwrap();
-    let mut stream = SecureStream::handshake(tcp, &key, Side::Initiator, PATIENCE)
-        .await
-        .unwrap();
-    stream
-        .send(&Message::Hello(Hello {
-            protocol_version: PROTOCOL_VERSION,
-            role,
-            node_id: claimed,
-            listen_addr: None,
-            user_agent: "squatter".into(),
-            capabilities: Vec::new(),
-        }))
-        .await
-        .unwrap();
-    let reply = tokio::time::timeout(PATIENCE, stream.recv())
-        .await
-        .expect("no reply");
-    match reply {
-        Some(Ok(Message::HelloReply(reply))) => reply.outcome,
-        other => panic!("expected a HelloReply, got {other:?}"),
+    let mut link = wire::connect(target, &key).await;
+    let mut hello = wire::hello(&key, role, None);
+    hello.node_id = claimed;
+    hello.user_agent = "squatter".into();
+    match wire::say_hello(&mut link, hello).await {
+        Some(reply) => reply.outcome,
+        None => panic!("closed without a HelloReply"),
     }
 }
 
