@@ -18,8 +18,7 @@ seconds=${1:-12}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  # The Noise handshake target joins this list once the Noise layer exists.
-  targets=(frame http_request tree config)
+  targets=(frame http_request tree config noise)
 fi
 
 export RUSTC_BOOTSTRAP=1
@@ -31,6 +30,7 @@ declare -A max_len=(
   [http_request]=512
   [tree]=4096
   [config]=4096
+  [noise]=4096
 )
 
 # cargo-fuzz has no --locked: check that fuzz/Cargo.lock is up to date

@@ -1,0 +1,92 @@
+//! The Noise layer every overlay link runs (proto/TRANSPORT.md): the
+//! responder's handshake over arbitrary bytes, and the transport framing
+//! and decryption over arbitrary ciphertext and over honest ciphertext cut
+//! at arbitrary places.
+//!
+//! The first byte picks what the rest is:
+//! - 0: everything an initiator sent a responder (`respond_to`): it must
+//!   end in an error or an incomplete handshake, never a panic, and never
+//!   complete (the bytes would have to authenticate under keys the fuzzer
+//!   can't know).
+//! - 1: ciphertext from a stranger, fed to a receiving cipher: every
+//!   message must be refused (it can't authenticate), never a panic.
+//! - 2: a plaintext stream, sealed by an honest sender and opened by its
+//!   receiver from input delivered in pieces of fuzzer-chosen sizes: the
+//!   receiver must get exactly the plaintext back, in order.
+#![no_main]
+
+use bytes::BytesMut;
+use canopy_proto::secure::{Handshake, ReceiveCipher, SendCipher, StaticKeypair, respond_to};
+use libfuzzer_sys::fuzz_target;
+
+fn keys() -> (StaticKeypair, StaticKeypair) {
+    (
+        StaticKeypair::from_private([1; 32]),
+        StaticKeypair::from_private([2; 32]),
+    )
+}
+
+/// An honest initiator and responder, handshaken: (initiator's sender,
+/// responder's receiver).
+fn pair() -> (SendCipher, ReceiveCipher) {
+    let (a, b) = keys();
+    let mut initiator = Handshake::initiator(&a).expect("initiator");
+    let mut responder = Handshake::responder(&b).expect("responder");
+    let mut wire = BytesMut::new();
+    while !(initiator.is_finished() && responder.is_finished()) {
+        let (from, to) = if initiator.is_my_turn() {
+            (&mut initiator, &mut responder)
+        } else {
+            (&mut responder, &mut initiator)
+        };
+        from.write_message(&mut wire).expect("write");
+        assert!(to.read_message(&mut wire).expect("read"));
+    }
+    let (send, _, _) = initiator.finish().expect("initiator done");
+    let (_, receive, _) = responder.finish().expect("responder done");
+    (send, receive)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    match mode % 3 {
+        0 => {
+            let (_, responder) = keys();
+            if let Ok(Some(_)) = respond_to(&responder, rest) {
+                panic!("a handshake completed from bytes nobody could have sealed");
+            }
+        }
+        1 => {
+            let (_, mut receive) = pair();
+            let mut input = BytesMut::from(rest);
+            let mut plaintext = BytesMut::new();
+            if let Ok(true) = receive.open(&mut input, &mut plaintext) {
+                panic!("a stranger's ciphertext authenticated");
+            }
+        }
+        _ => {
+            // The first two bytes: the size of the pieces the receiver's
+            // input arrives in; the rest: the plaintext.
+            let Some((pieces, plaintext)) = rest.split_at_checked(2) else {
+                return;
+            };
+            let piece = usize::from(u16::from_be_bytes([pieces[0], pieces[1]])).max(1);
+            let (mut send, mut receive) = pair();
+            let mut wire = BytesMut::new();
+            send.seal_all(plaintext, &mut wire).expect("seal");
+            let mut input = BytesMut::new();
+            let mut opened = BytesMut::new();
+            for chunk in wire.chunks(piece) {
+                input.extend_from_slice(chunk);
+                while receive
+                    .open(&mut input, &mut opened)
+                    .expect("honest bytes open")
+                {}
+            }
+            assert!(input.is_empty(), "bytes left over");
+            assert_eq!(&opened[..], plaintext);
+        }
+    }
+});
