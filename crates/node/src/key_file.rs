@@ -1,7 +1,9 @@
-//! The node's persistent identity: its static X25519 private key in
-//! `node.key` in the data directory (32 raw bytes, mode 0600). Its node id
-//! derives from the key ([`canopy_proto::secure::PublicKey::node_id`]), so
-//! a node keeps its id across restarts.
+//! The node's persistent identity: its static X25519 private key in the
+//! data directory (32 raw bytes, mode 0600), one file per role
+//! (`supernode.key`, `leaf.key`), so a supernode and a leaf sharing a data
+//! directory on one machine are still two nodes. Its node id derives from
+//! the key ([`canopy_proto::secure::PublicKey::node_id`]), so a node keeps
+//! its id across restarts.
 //!
 //! The file is created on first start, atomically (written to a temporary
 //! file, then linked into place, which fails rather than overwrite), and
@@ -12,10 +14,16 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
+use canopy_proto::Role;
 use canopy_proto::secure::{KEY_LEN, StaticKeypair};
 
-/// The key file's name in the data directory.
-pub const KEY_FILE_NAME: &str = "node.key";
+/// The key file's name in the data directory for a node of `role`.
+pub fn key_file_name(role: Role) -> &'static str {
+    match role {
+        Role::Supernode => "supernode.key",
+        Role::Leaf => "leaf.key",
+    }
+}
 
 /// Why the key could not be loaded or created.
 #[derive(Debug, thiserror::Error)]
@@ -51,9 +59,11 @@ pub enum KeyFileError {
     Generate(String),
 }
 
-/// The key in `dir`'s key file, created (with `dir`) if there is none.
-pub fn load_or_create(dir: &Path) -> Result<StaticKeypair, KeyFileError> {
-    let path = dir.join(KEY_FILE_NAME);
+/// The key in `dir`'s key file for `role`, created (with `dir`) if there
+/// is none.
+pub fn load_or_create(dir: &Path, role: Role) -> Result<StaticKeypair, KeyFileError> {
+    let name = key_file_name(role);
+    let path = dir.join(name);
     match load(&path) {
         Err(KeyFileError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
         other => return other,
@@ -65,7 +75,7 @@ pub fn load_or_create(dir: &Path) -> Result<StaticKeypair, KeyFileError> {
     fs::create_dir_all(dir).map_err(io_error)?;
     let key = StaticKeypair::generate().map_err(|e| KeyFileError::Generate(e.to_string()))?;
     let temporary = dir.join(format!(
-        ".{KEY_FILE_NAME}.{}.{}",
+        ".{name}.{}.{}",
         std::process::id(),
         rand::random::<u64>()
     ));
@@ -157,19 +167,29 @@ mod tests {
     fn created_once_with_mode_0600_then_loaded_unchanged() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let first = load_or_create(&data).unwrap();
-        let path = data.join(KEY_FILE_NAME);
+        let first = load_or_create(&data, Role::Leaf).unwrap();
+        let path = data.join(key_file_name(Role::Leaf));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
             let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600);
         }
-        let again = load_or_create(&data).unwrap();
+        let again = load_or_create(&data, Role::Leaf).unwrap();
         assert_eq!(again.public(), first.public());
         assert_eq!(again.node_id(), first.node_id());
         // No temporary file left behind.
         assert_eq!(fs::read_dir(&data).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_supernode_and_a_leaf_sharing_a_data_directory_are_two_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let supernode = load_or_create(dir.path(), Role::Supernode).unwrap();
+        let leaf = load_or_create(dir.path(), Role::Leaf).unwrap();
+        assert_ne!(supernode.node_id(), leaf.node_id());
+        let again = load_or_create(dir.path(), Role::Supernode).unwrap();
+        assert_eq!(again.node_id(), supernode.node_id());
     }
 
     #[cfg(unix)]
@@ -177,10 +197,10 @@ mod tests {
     fn a_readable_key_file_is_refused_and_left_alone() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
-        let first = load_or_create(dir.path()).unwrap();
-        let path = dir.path().join(KEY_FILE_NAME);
+        let first = load_or_create(dir.path(), Role::Leaf).unwrap();
+        let path = dir.path().join(key_file_name(Role::Leaf));
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        let error = load_or_create(dir.path()).unwrap_err();
+        let error = load_or_create(dir.path(), Role::Leaf).unwrap_err();
         assert!(matches!(
             error,
             KeyFileError::Permissions { mode: 0o644, .. }
@@ -192,10 +212,10 @@ mod tests {
     #[test]
     fn a_key_file_of_the_wrong_length_is_refused_and_left_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(KEY_FILE_NAME);
+        let path = dir.path().join(key_file_name(Role::Leaf));
         write_new(&path, b"short").unwrap();
         assert!(matches!(
-            load_or_create(dir.path()),
+            load_or_create(dir.path(), Role::Leaf),
             Err(KeyFileError::BadLength { len: 5, .. })
         ));
         assert_eq!(fs::read(&path).unwrap(), b"short");

@@ -67,17 +67,19 @@ pub enum NodeError {
     Stopped,
 }
 
-/// The node's static key: `given`, else the one in `data_dir`'s key file
-/// (created on first start), else a fresh ephemeral one.
+/// The static key of a node of `role`: `given`, else the one in
+/// `data_dir`'s key file for the role (created on first start), else a
+/// fresh ephemeral one.
 pub fn node_key(
     given: Option<&canopy_proto::secure::StaticKeypair>,
     data_dir: Option<&std::path::Path>,
+    role: canopy_proto::Role,
 ) -> Result<canopy_proto::secure::StaticKeypair, NodeError> {
     if let Some(key) = given {
         return Ok(key.clone());
     }
     match data_dir {
-        Some(dir) => Ok(key_file::load_or_create(dir)?),
+        Some(dir) => Ok(key_file::load_or_create(dir, role)?),
         None => ephemeral_key(),
     }
 }

@@ -310,7 +310,11 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
         addr: options.listen,
         source,
     })?;
-    let key = crate::node_key(options.key.as_ref(), options.data_dir.as_deref())?;
+    let key = crate::node_key(
+        options.key.as_ref(),
+        options.data_dir.as_deref(),
+        canopy_proto::Role::Supernode,
+    )?;
     let node_id = key.node_id();
     let mut config = SupernodeConfig::new(node_id, Some(local_addr));
     config.ttl_cap = options.ttl_cap;

@@ -350,7 +350,11 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
                 .serve(listener, shutdown.clone(), tracker.clone()),
         );
     }
-    let key = crate::node_key(options.key.as_ref(), options.data_dir.as_deref())?;
+    let key = crate::node_key(
+        options.key.as_ref(),
+        options.data_dir.as_deref(),
+        canopy_proto::Role::Leaf,
+    )?;
     let node_id = key.node_id();
     let announced = if options.firewalled {
         None
