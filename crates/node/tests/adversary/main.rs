@@ -21,6 +21,7 @@ mod downloads;
 mod eclipse;
 mod index_budget;
 mod peer_flood;
+mod push_routes;
 mod reflection;
 mod slots;
 mod squat;
