@@ -12,12 +12,23 @@
 //!   message must be refused (it can't authenticate), never a panic.
 //! - 2: a plaintext stream, sealed by an honest sender and opened by its
 //!   receiver from input delivered in pieces of fuzzer-chosen sizes: the
-//!   receiver must get exactly the plaintext back, in order.
+//!   receiver must get exactly the plaintext back, in order. One link
+//!   serves the whole run, its nonces moving on as on a live connection.
 #![no_main]
+
+use std::sync::{Mutex, OnceLock};
 
 use bytes::BytesMut;
 use canopy_proto::secure::{Handshake, ReceiveCipher, SendCipher, StaticKeypair, respond_to};
 use libfuzzer_sys::fuzz_target;
+
+/// One honest link for the whole run: a handshake costs more than
+/// everything else an input does. Its nonces move on from input to input,
+/// as on a long-lived connection (an input that fails ends the run).
+fn link() -> &'static Mutex<(SendCipher, ReceiveCipher)> {
+    static LINK: OnceLock<Mutex<(SendCipher, ReceiveCipher)>> = OnceLock::new();
+    LINK.get_or_init(|| Mutex::new(pair()))
+}
 
 fn keys() -> (StaticKeypair, StaticKeypair) {
     (
@@ -59,7 +70,13 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         1 => {
-            let (_, mut receive) = pair();
+            // A stranger's message never opens, so the receiver's nonce
+            // never moves: its own receiver can be shared too.
+            static STRANGER: OnceLock<Mutex<ReceiveCipher>> = OnceLock::new();
+            let mut receive = STRANGER
+                .get_or_init(|| Mutex::new(pair().1))
+                .lock()
+                .expect("not poisoned");
             let mut input = BytesMut::from(rest);
             let mut plaintext = BytesMut::new();
             if let Ok(true) = receive.open(&mut input, &mut plaintext) {
@@ -73,7 +90,8 @@ fuzz_target!(|data: &[u8]| {
                 return;
             };
             let piece = usize::from(u16::from_be_bytes([pieces[0], pieces[1]])).max(1);
-            let (mut send, mut receive) = pair();
+            let mut link = link().lock().expect("not poisoned");
+            let (send, receive) = &mut *link;
             let mut wire = BytesMut::new();
             send.seal_all(plaintext, &mut wire).expect("seal");
             let mut input = BytesMut::new();
