@@ -22,7 +22,7 @@ use canopy_proto::{HandshakeOutcome, Hello, HelloReply, Message, RejectReason, R
 use tokio::net::TcpListener;
 
 use crate::common::*;
-use crate::wire::{self, next, send};
+use crate::wire::{self, eventually, next, send};
 
 /// The fake supernode's Hello: the id its `key` owns, listening at
 /// `listen`.
@@ -175,14 +175,9 @@ async fn a_pong_flood_does_not_eclipse_a_leaf_and_its_seed_comes_first_after_a_r
     send(&mut redial, &Message::HelloReply(refusal)).await;
     // Until the try-list shows in the saved cache (or time runs out: the
     // figures below then say what got in instead).
-    let deadline = tokio::time::Instant::now() + PATIENCE;
     let try_list_saved =
         |cache: Snapshot| entries(&cache).any(|e| attacker_tag(e.addr, port) == Some(TRY_LIST));
-    while tokio::time::Instant::now() < deadline
-        && !read_cache(data.path()).is_some_and(try_list_saved)
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually(|| read_cache(data.path()).is_some_and(try_list_saved)).await;
     drop(redial);
     first_run.shutdown().await;
 

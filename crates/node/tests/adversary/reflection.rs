@@ -10,14 +10,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use canopy_node::supernode::{self, SupernodeOptions};
 use canopy_proto::{ContentId, Message, MessageId, Push, Role};
 use tokio::net::TcpListener;
 
 use crate::common::*;
-use crate::wire::{hostile_hello, ip, outcome};
+use crate::wire::{eventually, hostile_hello, ip, outcome};
 
 /// A listener on `addr` that accepts and drops every connection, counting
 /// them.
@@ -33,18 +32,6 @@ async fn counting_listener(addr: SocketAddr) -> (SocketAddr, Arc<AtomicU64>) {
         }
     });
     (bound, count)
-}
-
-/// Polls `condition` until it holds or the patience runs out.
-async fn eventually(mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !condition() {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
 }
 
 #[tokio::test(flavor = "multi_thread")]

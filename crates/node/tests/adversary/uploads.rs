@@ -16,6 +16,8 @@ use canopy_proto::ContentId;
 use canopy_testkit::overlay::{PATIENCE, leaf_options, sample_bytes, start_leaf, supernode};
 use canopy_transfer::client::{HttpConn, read_limited};
 use canopy_transfer::server::{ContentServer, ServerConfig};
+
+use crate::wire::eventually;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -79,17 +81,6 @@ async fn never_reading_get(from: Ipv4Addr, leaf: &Leaf) -> TcpStream {
     stream
 }
 
-async fn wait_until(mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    condition()
-}
-
 /// The honest downloader: the tree and 4 MiB of the file, checked.
 async fn honest_download(leaf: &Leaf) -> Result<Duration, String> {
     let started = Instant::now();
@@ -146,7 +137,7 @@ async fn stalled_downloads_from_one_address_do_not_lock_out_another() {
     }
     let stats = leaf.server().stats();
     assert!(
-        wait_until(|| stats.address_upload_refusals.load(Ordering::Relaxed) == 6).await,
+        eventually(|| stats.address_upload_refusals.load(Ordering::Relaxed) == 6).await,
         "refused: {}",
         stats.address_upload_refusals.load(Ordering::Relaxed)
     );
@@ -180,12 +171,12 @@ async fn four_never_reading_gets_lose_every_slot_within_the_write_timeout() {
     for network in 2..6 {
         stalled.push(never_reading_get(Ipv4Addr::new(127, 0, network, 1), &leaf).await);
     }
-    assert!(wait_until(|| leaf.server().uploads_in_progress() == 4).await);
+    assert!(eventually(|| leaf.server().uploads_in_progress() == 4).await);
     let blocked = honest_download(&leaf).await;
     assert_eq!(blocked, Err("content: 503 Service Unavailable".to_owned()));
     let held_at = Instant::now();
     assert!(
-        wait_until(|| leaf.server().uploads_in_progress() == 0).await,
+        eventually(|| leaf.server().uploads_in_progress() == 0).await,
         "slots still held: {}",
         leaf.server().uploads_in_progress()
     );
@@ -220,7 +211,7 @@ async fn silent_connections_do_not_starve_the_server() {
         }
     }
     assert!(
-        wait_until(|| stats.address_connection_refusals.load(Ordering::Relaxed) == 256 - 16).await,
+        eventually(|| stats.address_connection_refusals.load(Ordering::Relaxed) == 256 - 16).await,
         "refused: {}",
         stats.address_connection_refusals.load(Ordering::Relaxed)
     );
@@ -247,7 +238,7 @@ async fn silent_connections_do_not_starve_the_server() {
         }
     }
     assert_eq!(closed, 256);
-    assert!(wait_until(|| stats.open_connections.load(Ordering::Relaxed) == 0).await);
+    assert!(eventually(|| stats.open_connections.load(Ordering::Relaxed) == 0).await);
     eprintln!(
         "256 silent connections: 16 held (until the 2 s header timeout), 240 closed at once; honest download in {took:?}"
     );

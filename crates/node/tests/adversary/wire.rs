@@ -209,3 +209,16 @@ pub(crate) fn split(link: Link) -> (Writer, mpsc::UnboundedReceiver<Message>) {
     };
     (writer, inbox)
 }
+
+/// Polls `condition` until it holds or the patience runs out; whether it
+/// held. For figures the nodes expose only as counters.
+pub(crate) async fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    true
+}
