@@ -19,7 +19,9 @@
 use std::sync::{Mutex, OnceLock};
 
 use bytes::BytesMut;
-use canopy_proto::secure::{Handshake, ReceiveCipher, SendCipher, StaticKeypair, respond_to};
+use canopy_proto::secure::{
+    ReceiveCipher, SendCipher, StaticKeypair, connect_in_memory, respond_to,
+};
 use libfuzzer_sys::fuzz_target;
 
 /// One honest link for the whole run: a handshake costs more than
@@ -41,20 +43,7 @@ fn keys() -> (StaticKeypair, StaticKeypair) {
 /// responder's receiver).
 fn pair() -> (SendCipher, ReceiveCipher) {
     let (a, b) = keys();
-    let mut initiator = Handshake::initiator(&a).expect("initiator");
-    let mut responder = Handshake::responder(&b).expect("responder");
-    let mut wire = BytesMut::new();
-    while !(initiator.is_finished() && responder.is_finished()) {
-        let (from, to) = if initiator.is_my_turn() {
-            (&mut initiator, &mut responder)
-        } else {
-            (&mut responder, &mut initiator)
-        };
-        from.write_message(&mut wire).expect("write");
-        assert!(to.read_message(&mut wire).expect("read"));
-    }
-    let (send, _, _) = initiator.finish().expect("initiator done");
-    let (_, receive, _) = responder.finish().expect("responder done");
+    let ((send, _, _), (_, receive, _)) = connect_in_memory(&a, &b).expect("handshake");
     (send, receive)
 }
 

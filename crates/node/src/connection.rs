@@ -566,29 +566,14 @@ impl FrameWriter {
 )]
 mod tests {
     use super::*;
-    use canopy_proto::secure::{Handshake, LENGTH_PREFIX_LEN, TAG_LEN};
+    use canopy_proto::secure::{LENGTH_PREFIX_LEN, TAG_LEN, connect_in_memory};
     use tokio::io::AsyncReadExt as _;
 
     /// A sender's and a receiver's cipher, from a handshake in memory.
     fn ciphers() -> (SendCipher, ReceiveCipher) {
         let a = StaticKeypair::generate().unwrap();
         let b = StaticKeypair::generate().unwrap();
-        let (mut i, mut r) = (
-            Handshake::initiator(&a).unwrap(),
-            Handshake::responder(&b).unwrap(),
-        );
-        let mut wire = BytesMut::new();
-        while !(i.is_finished() && r.is_finished()) {
-            let (from, to) = if i.is_my_turn() {
-                (&mut i, &mut r)
-            } else {
-                (&mut r, &mut i)
-            };
-            from.write_message(&mut wire).unwrap();
-            assert!(to.read_message(&mut wire).unwrap());
-        }
-        let (send, _, _) = i.finish().unwrap();
-        let (_, receive, _) = r.finish().unwrap();
+        let ((send, _, _), (_, receive, _)) = connect_in_memory(&a, &b).unwrap();
         (send, receive)
     }
 

@@ -81,6 +81,9 @@ pub enum SecureError {
     /// A message arrived when it was ours to send, or the reverse.
     #[error("handshake message out of turn")]
     OutOfTurn,
+    /// A handshake message was cut short.
+    #[error("handshake message cut short")]
+    Incomplete,
     /// Noise refused a message: it did not decrypt or authenticate (a
     /// tampered stream, the wrong prologue or version, a wrong key), or a
     /// state error.
@@ -328,6 +331,34 @@ pub fn respond_to(key: &StaticKeypair, input: &[u8]) -> Result<Option<PublicKey>
     }
     let (_, _, remote) = responder.finish()?;
     Ok(Some(remote))
+}
+
+/// One end of a link after its handshake: what it sends with, what it
+/// receives with, and the other side's key.
+pub type LinkEnd = (SendCipher, ReceiveCipher, PublicKey);
+
+/// Runs a whole handshake between `initiator` and `responder` in memory:
+/// the two ends of an honest link in one process, for tests, tools and the
+/// fuzz targets.
+pub fn connect_in_memory(
+    initiator: &StaticKeypair,
+    responder: &StaticKeypair,
+) -> Result<(LinkEnd, LinkEnd), SecureError> {
+    let mut i = Handshake::initiator(initiator)?;
+    let mut r = Handshake::responder(responder)?;
+    let mut wire = BytesMut::new();
+    while !(i.is_finished() && r.is_finished()) {
+        let (from, to) = if i.is_my_turn() {
+            (&mut i, &mut r)
+        } else {
+            (&mut r, &mut i)
+        };
+        from.write_message(&mut wire)?;
+        if !to.read_message(&mut wire)? {
+            return Err(SecureError::Incomplete);
+        }
+    }
+    Ok((i.finish()?, r.finish()?))
 }
 
 /// Encrypts transport messages in one direction. Each message uses the

@@ -11,12 +11,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use canopy_node::supernode::{self, SupernodeOptions};
+use canopy_node::supernode::{self, SupernodeHandle, SupernodeOptions};
 use canopy_proto::{ContentId, Message, MessageId, Push, Role};
 use tokio::net::TcpListener;
 
 use crate::common::*;
-use crate::wire::{eventually, hostile_hello, ip, outcome};
+use crate::wire::{Link, eventually, hostile_hello, ip, outcome};
 
 /// A listener on `addr` that accepts and drops every connection, counting
 /// them.
@@ -32,6 +32,33 @@ async fn counting_listener(addr: SocketAddr) -> (SocketAddr, Arc<AtomicU64>) {
         }
     });
     (bound, count)
+}
+
+/// The most probes `node` has had running at once, kept up to date.
+fn most_probes_in_flight(node: &SupernodeHandle) -> Arc<AtomicUsize> {
+    let most = Arc::new(AtomicUsize::new(0));
+    let watched = most.clone();
+    let mut stats = node.watch_stats();
+    tokio::spawn(async move {
+        while stats.changed().await.is_ok() {
+            let running = stats.borrow().probes_in_flight;
+            watched.fetch_max(running, Ordering::Relaxed);
+        }
+    });
+    most
+}
+
+/// `count` leaves from 127.0.0.2 joining `node`, each announcing `listen`
+/// as where it can be reached; their links, kept open.
+async fn leaves_announcing(node: &SupernodeHandle, count: usize, listen: SocketAddr) -> Vec<Link> {
+    let mut links = Vec::new();
+    for _ in 0..count {
+        let (link, reply) =
+            hostile_hello(ip("127.0.0.2"), node.local_addr(), Role::Leaf, Some(listen)).await;
+        assert_eq!(outcome(reply.as_ref()), Ok(()));
+        links.push(link);
+    }
+    links
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -131,23 +158,9 @@ async fn probes_never_reach_a_third_address_and_run_a_few_at_once() {
     let node = supernode::start(SupernodeOptions::new(localhost()))
         .await
         .unwrap();
-    let most_in_flight = Arc::new(AtomicUsize::new(0));
-    let watched = most_in_flight.clone();
-    let mut stats = node.watch_stats();
-    tokio::spawn(async move {
-        while stats.changed().await.is_ok() {
-            let running = stats.borrow().probes_in_flight;
-            watched.fetch_max(running, Ordering::Relaxed);
-        }
-    });
+    let most_in_flight = most_probes_in_flight(&node);
 
-    let mut links = Vec::new();
-    for _ in 0..100 {
-        let (link, reply) =
-            hostile_hello(ip("127.0.0.2"), node.local_addr(), Role::Leaf, Some(third)).await;
-        assert_eq!(outcome(reply.as_ref()), Ok(()));
-        links.push(link);
-    }
+    let links = leaves_announcing(&node, 100, third).await;
     assert!(
         eventually(|| at_attacker.load(Ordering::Relaxed) == 100).await,
         "probes of the leaves' own IP: {}",
@@ -189,22 +202,8 @@ async fn probes_of_silent_addresses_run_at_most_sixteen_at_once() {
     let node = supernode::start(SupernodeOptions::new(localhost()))
         .await
         .unwrap();
-    let most_in_flight = Arc::new(AtomicUsize::new(0));
-    let watched = most_in_flight.clone();
-    let mut stats = node.watch_stats();
-    tokio::spawn(async move {
-        while stats.changed().await.is_ok() {
-            let running = stats.borrow().probes_in_flight;
-            watched.fetch_max(running, Ordering::Relaxed);
-        }
-    });
-    let mut links = Vec::new();
-    for _ in 0..24 {
-        let (link, reply) =
-            hostile_hello(ip("127.0.0.2"), node.local_addr(), Role::Leaf, Some(hole)).await;
-        assert_eq!(outcome(reply.as_ref()), Ok(()));
-        links.push(link);
-    }
+    let most_in_flight = most_probes_in_flight(&node);
+    let links = leaves_announcing(&node, 24, hole).await;
     node.wait_for(PATIENCE, |s| s.leaves_unreachable == 24)
         .await
         .expect("every leaf probed in turn");
