@@ -1,0 +1,12 @@
+//! The leaf a person runs (`canopy leaf`): one long-running leaf with a
+//! download queue, live searches, shares and settings, driven through a
+//! control API (HTTP + JSON, a token in the data directory) and a web UI
+//! served from the same origin.
+//!
+//! - [`model`]: the API's JSON types, shared by the server, the CLI's
+//!   client and (as JSON) the web UI;
+//! - [`control`]: what the API can ask of the daemon, as a trait, so the
+//!   HTTP layer is tested against a fake.
+
+pub mod control;
+pub mod model;
