@@ -1,0 +1,47 @@
+// The Status view: who we are, where we are attached, what we share and
+// what has moved since start.
+
+import { every, get } from './api.js';
+import { h, setText } from './dom.js';
+import { bytes, rate } from './format.js';
+
+export default {
+  title: 'Status',
+  mount(root) {
+    const items = {};
+    const dl = h('dl', { class: 'facts', 'data-testid': 'status' });
+    const add = (key, label) => {
+      items[key] = h('dd', { 'data-testid': `status-${key}` });
+      dl.append(h('dt', { text: label }), items[key]);
+    };
+    add('node-id', 'Node id');
+    add('version', 'Version');
+    add('listen', 'Serving on');
+    add('observed', 'Seen by supernodes as');
+    add('supernodes', 'Supernodes');
+    add('shared', 'Shared');
+    add('downloads-dir', 'Downloads folder');
+    add('uploaded', 'Uploaded');
+    add('downloaded', 'Downloaded');
+    add('transfers', 'Transfers');
+    root.append(h('h2', { text: 'Status' }), dl);
+
+    return every(2000, async () => {
+      const s = await get('/api/status');
+      const t = s.totals;
+      setText(items['node-id'], s.node_id);
+      setText(items.version, s.version);
+      setText(items.listen, s.listen || 'not serving (download only)');
+      setText(items.observed, s.observed_addr || '–');
+      const list = s.supernodes.length
+        ? h('ul', {}, s.supernodes.map((addr) => h('li', { text: addr })))
+        : h('span', { text: 'none yet: looking for one…' });
+      items.supernodes.replaceChildren(list);
+      setText(items.shared, `${s.shared_files} file${s.shared_files === 1 ? '' : 's'}, ${bytes(s.shared_bytes)}`);
+      setText(items['downloads-dir'], s.downloads_dir);
+      setText(items.uploaded, `${bytes(t.uploaded_bytes)} (now ${rate(t.upload_rate)})`);
+      setText(items.downloaded, `${bytes(t.downloaded_bytes)} (now ${rate(t.download_rate)})`);
+      setText(items.transfers, `${t.uploads_active} uploading, ${t.downloads_active} downloading, ${t.downloads_queued} waiting`);
+    });
+  },
+};
