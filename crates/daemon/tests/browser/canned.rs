@@ -132,7 +132,8 @@ fn result() -> Value {
     json!({
         "content_id": FOUND_ID,
         "name": "hello world.txt",
-        "names": ["hello world.txt", "Hello_World.txt"],
+        // A name is a peer's claim: this one must show as text, never run.
+        "names": ["hello world.txt", "<img src=x onerror=alert(1)>.txt"],
         "size": 1234,
         "sources": 2,
         "firewalled_sources": 1,

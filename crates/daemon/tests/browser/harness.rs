@@ -137,7 +137,6 @@ impl Browser {
     }
 
     /// The WebDriver client, for anything the helpers don't cover.
-    #[allow(dead_code)]
     pub(crate) fn client(&self) -> &Client {
         &self.client
     }

@@ -12,18 +12,6 @@ import shares from './shares.js';
 import status from './status.js';
 import settings from './settings.js';
 
-// Script errors and CSP violations, counted on <body data-errors> so the
-// browser test can assert the page ran clean.
-let errors = 0;
-const countError = () => {
-  errors += 1;
-  document.body.dataset.errors = String(errors);
-};
-window.addEventListener('error', countError);
-window.addEventListener('unhandledrejection', countError);
-document.addEventListener('securitypolicyviolation', countError);
-document.body.dataset.errors = '0';
-
 const VIEWS = { search, downloads, uploads, shares, status, settings };
 const DEFAULT_VIEW = 'search';
 

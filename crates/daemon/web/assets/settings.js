@@ -53,7 +53,9 @@ export default {
           el.focus();
           return;
         }
-        if (value !== saved[f.key]) body[f.key] = value;
+        // Only what the person changed: a limit of 1500 B/s shows as 1 KiB/s
+        // and must not be rewritten to 1024 by an unrelated save.
+        if (Number(el.value) !== Math.round(saved[f.key] / f.scale)) body[f.key] = value;
       }
       if (Object.keys(body).length === 0) {
         ui.toast('Nothing changed.');

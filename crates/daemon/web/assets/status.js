@@ -11,7 +11,7 @@ export default {
     const items = {};
     const dl = h('dl', { class: 'facts', 'data-testid': 'status' });
     const add = (key, label) => {
-      items[key] = h('dd', { 'data-testid': `status-${key}` });
+      items[key] = h('dd', { 'data-testid': `status-${key}`, class: key === 'node-id' ? 'mono' : null });
       dl.append(h('dt', { text: label }), items[key]);
     };
     add('node-id', 'Node id');
