@@ -39,9 +39,16 @@ export default {
         ['Name', 'Progress', 'Rate', 'ETA', 'Sources', 'State', 'Priority', 'Actions'].map((t) =>
           h('th', { scope: 'col', text: t, class: t === 'Actions' ? 'actions' : null })))),
       tbody);
-    root.append(h('h2', { text: 'Downloads' }), addForm, summary, table);
+    const clear = h('button', { type: 'button', 'data-testid': 'downloads-clear', text: 'Clear finished', hidden: true });
+    root.append(h('h2', { text: 'Downloads' }), addForm, h('div', { class: 'toolbar' }, summary, clear), table);
 
     const rows = new Map();
+    let finished = [];
+
+    // Takes finished entries off the list; their files stay where they are.
+    clear.addEventListener('click', () =>
+      act(Promise.all(finished.map((d) => del(`/api/downloads/${encodeURIComponent(d.id)}`))),
+        `Cleared ${finished.length} finished download${finished.length === 1 ? '' : 's'} (the files stay)`));
 
     async function act(promise, doneMessage) {
       try {
@@ -67,8 +74,12 @@ export default {
       stateCell.append(stateBadge);
       const priority = h('span', { class: 'priority', 'data-testid': 'download-priority' });
       let current = d;
-      const button = (testid, text, label, onClick) =>
-        h('button', { type: 'button', class: 'small', 'data-testid': testid, text, 'aria-label': `${label} ${d.name}`, title: label, on: { click: onClick } });
+      const labels = new Map();
+      const button = (testid, text, label, onClick) => {
+        const el = h('button', { type: 'button', class: 'small', 'data-testid': testid, text, title: label, on: { click: onClick } });
+        labels.set(el, label);
+        return el;
+      };
       const up = button('download-up', '▲', 'Raise priority of', () =>
         act(patch(path(''), { priority: current.priority + 1 })));
       const down = button('download-down', '▼', 'Lower priority of', () =>
@@ -92,6 +103,7 @@ export default {
           el.dataset.id = v.id;
           el.dataset.state = v.state;
           setText(name, v.name);
+          for (const [el, label] of labels) el.setAttribute('aria-label', `${label} ${v.name}`);
           name.title = v.id;
           const details = v.error || (v.state === 'done' && v.path ? `${v.path} · ${when(v.finished_at)}` : '');
           setText(detail, details);
@@ -127,6 +139,8 @@ export default {
       const list = await get('/api/downloads');
       syncList(tbody, rows, list, (d) => d.id, createRow);
       const count = (s) => list.filter((d) => d.state === s).length;
+      finished = list.filter((d) => d.state === 'done' || d.state === 'skipped');
+      clear.hidden = finished.length === 0;
       setText(summary, list.length
         ? `${list.length} in the queue: ${count('active')} downloading, ${count('queued')} waiting, ${count('paused')} paused, ${count('done')} done${count('failed') ? `, ${count('failed')} failed` : ''}.`
         : 'The queue is empty. Search for something, or paste a canopy: link above.');

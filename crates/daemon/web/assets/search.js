@@ -146,6 +146,9 @@ export default {
           if (state.queued.has(r.content_id)) {
             button.disabled = true;
             setText(button, 'Queued');
+          } else if (button.textContent === 'Queued') {
+            button.disabled = false;
+            setText(button, 'Download');
           }
         },
       };
@@ -256,6 +259,11 @@ export default {
     });
 
     render();
+    // Rows already in the queue say so instead of offering Download again.
+    get('/api/downloads').then((list) => {
+      state.queued = new Set(list.map((d) => d.id));
+      if (!stopped) render();
+    }, () => {});
     if (state.search && !state.search.done) follow(state.search.id);
     if (!state.search) query.focus();
     return () => {
