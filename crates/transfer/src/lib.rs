@@ -16,6 +16,7 @@
 pub mod catalog;
 pub mod client;
 pub mod download;
+pub mod partial_lock;
 pub mod limits;
 pub mod push;
 pub mod server;

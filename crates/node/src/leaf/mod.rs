@@ -12,9 +12,12 @@
 //! `canopy search` and `canopy get` run a short-lived leaf: same code, no
 //! shares, one supernode, no retries.
 
+mod live;
 mod scan;
 mod session;
 mod task;
+
+pub use live::{LiveSearch, SearchSnapshot};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -148,10 +151,7 @@ pub struct SearchOutcome {
 }
 
 enum Command {
-    Search(
-        SearchRequest,
-        oneshot::Sender<Result<SearchOutcome, NodeError>>,
-    ),
+    Search(live::LiveStart),
     /// Publish exactly these (no local files behind them).
     Shares(Vec<SharedFile>),
     /// A scan's result: publish and serve these.
@@ -184,7 +184,7 @@ pub struct LeafHandle {
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Command::Search(request, _) => write!(f, "Search({request:?})"),
+            Command::Search(start) => write!(f, "Search({:?})", start.request),
             Command::Shares(files) => write!(f, "Shares({} files)", files.len()),
             Command::Files(files) => write!(f, "Files({} files)", files.len()),
             Command::Push(push) => write!(f, "Push({})", push.target),
@@ -265,12 +265,25 @@ impl LeafHandle {
     /// Runs a search and returns what it found once its timeout passes or
     /// it has `max_results` contents.
     pub async fn search(&self, request: SearchRequest) -> Result<SearchOutcome, NodeError> {
-        let (tx, rx) = oneshot::channel();
+        let last = self.search_live(request).await?.finish().await?;
+        Ok(SearchOutcome {
+            results: last.results,
+            hits: last.hits,
+        })
+    }
+
+    /// Starts a search whose results are published as hits arrive; it
+    /// ends at its timeout, once it has `max_results` contents, or when the
+    /// returned [`LiveSearch`] is dropped. Fails if no supernode session is
+    /// ready or the search could not start.
+    pub async fn search_live(&self, request: SearchRequest) -> Result<LiveSearch, NodeError> {
+        let (start, live, started) = live::LiveStart::new(request);
         self.commands
-            .send(Command::Search(request, tx))
+            .send(Command::Search(start))
             .await
             .map_err(|_| NodeError::Stopped)?;
-        rx.await.map_err(|_| NodeError::Stopped)?
+        started.await.map_err(|_| NodeError::Stopped)??;
+        Ok(live)
     }
 
     /// Replaces the published file list (the next rescan may change it again).

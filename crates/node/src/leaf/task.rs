@@ -224,21 +224,19 @@ impl LeafTask {
 
     async fn on_command(&mut self, running: &Running, command: Command) {
         match command {
-            Command::Search(request, reply) => match self.ready_session(running) {
+            Command::Search(start) => match self.ready_session(running) {
                 Some(session) => {
-                    if let Err(mpsc::error::SendError(ToSession::Search(_, reply))) =
-                        session.send(ToSession::Search(request, reply)).await
+                    if let Err(mpsc::error::SendError(ToSession::Search(start))) =
+                        session.send(ToSession::Search(start)).await
                     {
-                        let _ = reply.send(Err(NodeError::NotConnected(
+                        start.refuse(NodeError::NotConnected(
                             "the supernode session ended".into(),
-                        )));
+                        ));
                     }
                 }
-                None => {
-                    let _ = reply.send(Err(NodeError::NotConnected(
-                        "not connected to a supernode".into(),
-                    )));
-                }
+                None => start.refuse(NodeError::NotConnected(
+                    "not connected to a supernode".into(),
+                )),
             },
             Command::Push(push) => match self.ready_session(running) {
                 Some(session) => {
