@@ -209,7 +209,7 @@ fn count_name(counts: &mut Vec<(String, usize)>, name: &str) {
 /// equals.
 fn ranked_names(counts: &[(String, usize)]) -> Vec<String> {
     let mut ranked: Vec<&(String, usize)> = counts.iter().collect();
-    ranked.sort_by(|a, b| b.1.cmp(&a.1));
+    ranked.sort_by_key(|entry| std::cmp::Reverse(entry.1));
     ranked.into_iter().map(|(name, _)| name.clone()).collect()
 }
 
@@ -332,7 +332,8 @@ mod tests {
 
     #[test]
     fn names_are_ranked_by_how_many_sources_give_them() {
-        let mut search = SearchSession::new(MessageId([1; 16]), Time(0), Duration::from_secs(5), 10);
+        let mut search =
+            SearchSession::new(MessageId([1; 16]), Time(0), Duration::from_secs(5), 10);
         search.handle_hit(&named(1, "rare.iso"), Time(1));
         search.handle_hit(&named(2, "common.iso"), Time(2));
         search.handle_hit(&named(3, "common.iso"), Time(3));
@@ -345,7 +346,8 @@ mod tests {
 
     #[test]
     fn names_are_bounded() {
-        let mut search = SearchSession::new(MessageId([1; 16]), Time(0), Duration::from_secs(5), 10);
+        let mut search =
+            SearchSession::new(MessageId([1; 16]), Time(0), Duration::from_secs(5), 10);
         for source in 0..40u8 {
             search.handle_hit(&named(source, &format!("name {source}")), Time(1));
         }
@@ -357,7 +359,8 @@ mod tests {
 
     #[test]
     fn the_revision_moves_only_when_results_change() {
-        let mut search = SearchSession::new(MessageId([1; 16]), Time(0), Duration::from_secs(5), 10);
+        let mut search =
+            SearchSession::new(MessageId([1; 16]), Time(0), Duration::from_secs(5), 10);
         let start = search.revision();
         search.handle_hit(&hit(1, 1, &[10]), Time(1));
         let after_first = search.revision();

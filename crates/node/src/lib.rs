@@ -20,6 +20,7 @@
 
 pub mod clock;
 pub mod connection;
+pub mod fetch;
 pub mod get;
 pub mod hosts;
 pub mod key_file;

@@ -436,8 +436,9 @@ async fn fetch_tree(
     id: ContentId,
     size: u64,
     failed: &mut HashMap<usize, String>,
-    cancel: &CancellationToken,
+    control: &DownloadControl,
 ) -> Result<(VerifiedTree, Vec<u8>), DownloadError> {
+    let cancel = &control.cancel;
     if group_count(size) == 1 {
         // Nothing to fetch: the single group is checked against the id.
         return VerifiedTree::from_bytes(id, size, &[])
@@ -468,8 +469,9 @@ async fn fetch_tree(
             idle_since = None;
         } else if !sources.is_open() {
             break;
-        } else {
-            idle_since.get_or_insert_with(tokio::time::Instant::now);
+        } else if idle_since.is_none() {
+            idle_since = Some(tokio::time::Instant::now());
+            control.starve();
         }
         let give_up = idle_since.map(|since| since + NEW_SOURCE_WAIT);
         tokio::select! {
@@ -551,6 +553,17 @@ pub struct DownloadControl {
     /// The lock for this id in the target's folder, if the caller took it
     /// already (to fail before searching); taken here otherwise.
     pub lock: Option<PartialLock>,
+    /// Notified each time every known source has failed while the feed is
+    /// open: the moment to look for more (or close the feed to give up).
+    pub starving: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl DownloadControl {
+    fn starve(&self) {
+        if let Some(starving) = &self.starving {
+            starving.notify_one();
+        }
+    }
 }
 
 enum WorkerEvent {
@@ -866,10 +879,10 @@ fn report_progress(
 pub async fn download_live(
     feed: mpsc::Receiver<DownloadSource>,
     options: DownloadOptions,
-    control: DownloadControl,
+    mut control: DownloadControl,
 ) -> Result<DownloadReport, DownloadError> {
     let started = Instant::now();
-    let cancel = control.cancel;
+    let cancel = control.cancel.clone();
     let paths = Paths::new(&options.target, options.content_id)?;
     if !options.force && something_at(&paths.target) {
         return Err(DownloadError::Exists(paths.target));
@@ -877,7 +890,7 @@ pub async fn download_live(
     if options.size > MAX_DOWNLOAD_SIZE {
         return Err(DownloadError::TooLarge(options.size));
     }
-    let _lock = match control.lock {
+    let _lock = match control.lock.take() {
         Some(lock) => lock,
         None => {
             let dir = paths.partial.parent().unwrap_or(Path::new("."));
@@ -916,7 +929,7 @@ pub async fn download_live(
             (tree, groups)
         }
         None => {
-            let (tree, bytes) = fetch_tree(&mut sources, id, size, &mut failed, &cancel).await?;
+            let (tree, bytes) = fetch_tree(&mut sources, id, size, &mut failed, &control).await?;
             save_state(&paths, id, size, &bytes).await?;
             (tree, Vec::new())
         }
@@ -994,10 +1007,11 @@ pub async fn download_live(
         if plan.is_complete() {
             break Ok(());
         }
-        if plan.is_stuck() {
-            stuck_since.get_or_insert_with(tokio::time::Instant::now);
-        } else {
+        if !plan.is_stuck() {
             stuck_since = None;
+        } else if stuck_since.is_none() {
+            stuck_since = Some(tokio::time::Instant::now());
+            control.starve();
         }
         let waited_out = stuck_since.is_some_and(|since| since.elapsed() >= NEW_SOURCE_WAIT);
         if plan.is_stuck() && (!sources.is_open() || waited_out) {

@@ -16,8 +16,8 @@
 pub mod catalog;
 pub mod client;
 pub mod download;
-pub mod partial_lock;
 pub mod limits;
+pub mod partial_lock;
 pub mod push;
 pub mod server;
 

@@ -111,7 +111,10 @@ mod tests {
         // Another id in the same folder is another lock.
         let other = PartialLock::acquire(dir.path(), ContentId([4; 32])).unwrap();
         drop(first);
-        assert!(!dir.path().join(lock_name(id)).exists(), "removed on release");
+        assert!(
+            !dir.path().join(lock_name(id)).exists(),
+            "removed on release"
+        );
         let again = PartialLock::acquire(dir.path(), id).unwrap();
         drop((again, other));
     }

@@ -80,7 +80,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     options.config.requests_per_source = args.requests_per_source.max(1);
     options.config.groups_per_request = args.request_mib.max(1);
     options.progress = Some(Arc::new(move |progress| {
-        updates.set_length(progress.total);
+        updates.set_length(progress.size.unwrap_or(0));
         updates.set_position(progress.verified_bytes);
         updates.set_message(format!("{} active sources", progress.active_sources));
     }));

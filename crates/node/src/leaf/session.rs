@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use canopy_core::handshake::Identity;
 use canopy_core::leaf::{LeafAction, LeafSession};
-use canopy_core::{ConnId, Time};
 use canopy_core::push_limits::{ConnectBackConfig, ConnectBackLimiter};
+use canopy_core::{ConnId, Time};
 use canopy_proto::{ContentId, MessageId, SharedFile};
 use canopy_transfer::Catalog;
 use canopy_transfer::server::ContentServer;
