@@ -67,14 +67,11 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Refusal> {
             "the body must be a JSON object",
         ));
     }
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|failure| {
-        let inner = failure.inner();
-        if inner.is_syntax() || inner.is_eof() {
-            return malformed(inner);
-        }
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| malformed(&e))?;
+    integral_floats_to_integers(&mut value);
+    serde_path_to_error::deserialize(value).map_err(|failure| {
         let path = failure.path().to_string();
-        let message = inner.to_string();
+        let message = failure.inner().to_string();
         let field = if path == "." {
             // Missing and unknown fields are reported on the object that
             // lacks or has them: name the field itself.
@@ -86,11 +83,28 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Refusal> {
             Some(field) => Refusal::field(&field, &message),
             None => Refusal::new(StatusCode::BAD_REQUEST, message),
         }
-    })?;
-    deserializer
-        .end()
-        .map_err(|trailing| malformed(&trailing))?;
-    Ok(value)
+    })
+}
+
+/// Makes `68.0` the integer `68`, everywhere in `value`: JSON (and JSON
+/// Schema's `integer`) does not tell them apart, but serde would refuse
+/// `68.0` for an integer field. Floats for float fields take integers.
+fn integral_floats_to_integers(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(number) if number.is_f64() => {
+            let float = number.as_f64().unwrap_or(f64::NAN);
+            #[allow(clippy::cast_possible_truncation)] // checked: integral and in range
+            if float.fract() == 0.0 && float.abs() < 9.0e15 {
+                let integer = float as i64;
+                *number = serde_json::Number::from(integer);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(integral_floats_to_integers),
+        serde_json::Value::Object(fields) => {
+            fields.values_mut().for_each(integral_floats_to_integers);
+        }
+        _ => {}
+    }
 }
 
 fn malformed(failure: &serde_json::Error) -> Refusal {
@@ -143,8 +157,19 @@ mod tests {
         let (status, body) = refusal::<SearchSpec>(r#"{"query":"a","max_results":"many"}"#).await;
         assert_eq!(status, 400);
         assert_eq!(body.field.as_deref(), Some("max_results"));
+        let (status, body) = refusal::<SearchSpec>(r#"{"query":"a","max_results":2.5}"#).await;
+        assert_eq!(status, 400);
+        assert_eq!(body.field.as_deref(), Some("max_results"));
         let (_, body) = refusal::<SearchSpec>(r#"{"extensions":["a",3]}"#).await;
         assert_eq!(body.field.as_deref(), Some("extensions[1]"));
+    }
+
+    #[test]
+    fn integral_floats_are_integers() {
+        let spec: SearchSpec =
+            decode(br#"{"query":"a","max_results":68.0,"timeout_secs":2}"#).unwrap();
+        assert_eq!(spec.max_results, Some(68));
+        assert_eq!(spec.timeout_secs, Some(2.0));
     }
 
     #[tokio::test]

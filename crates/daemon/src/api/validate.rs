@@ -29,6 +29,34 @@ pub fn is_search_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Whether `link` has the shape of a `canopy:` link (the document's
+/// pattern): `canopy:<64 hex>`, then optionally `?` and `name=<text>` or
+/// `size=<1-19 digits>` parameters joined by `&`.
+pub fn is_link(link: &str) -> bool {
+    if link.chars().count() > MAX_NAME_CHARS {
+        return false;
+    }
+    let Some(rest) = link.strip_prefix("canopy:") else {
+        return false;
+    };
+    let (id, query) = match rest.split_once('?') {
+        Some((id, query)) => (id, Some(query)),
+        None => (rest, None),
+    };
+    is_content_id(id)
+        && query.is_none_or(|query| {
+            query.split('&').all(|parameter| {
+                if let Some(name) = parameter.strip_prefix("name=") {
+                    !name.contains('#')
+                } else if let Some(size) = parameter.strip_prefix("size=") {
+                    (1..=19).contains(&size.len()) && size.bytes().all(|b| b.is_ascii_digit())
+                } else {
+                    false
+                }
+            })
+        })
+}
+
 /// A search as the document allows it.
 pub fn search(spec: &SearchSpec) -> Result<(), ApiError> {
     match (&spec.query, &spec.id) {
@@ -57,13 +85,7 @@ pub fn search(spec: &SearchSpec) -> Result<(), ApiError> {
             "not a content id (64 hex characters)",
         ));
     }
-    if spec
-        .min_size
-        .zip(spec.max_size)
-        .is_some_and(|(min, max)| min > max)
-    {
-        return Err(ApiError::field("min_size", "larger than max_size"));
-    }
+    // min_size over max_size is a filter nothing passes, not an error.
     if spec.extensions.len() > MAX_EXTENSIONS {
         return Err(ApiError::field(
             "extensions",
@@ -113,11 +135,7 @@ pub fn add_download(add: &AddDownload) -> Result<(), ApiError> {
             "not a content id (64 hex characters)",
         ));
     }
-    if add
-        .link
-        .as_deref()
-        .is_some_and(|link| !link.starts_with("canopy:") || link.chars().count() > MAX_NAME_CHARS)
-    {
+    if add.link.as_deref().is_some_and(|link| !is_link(link)) {
         return Err(ApiError::field(
             "link",
             "not a canopy: link (canopy:<64 hex>?name=..&size=..)",
@@ -138,10 +156,13 @@ pub fn add_download(add: &AddDownload) -> Result<(), ApiError> {
 
 /// A share path as the document allows it.
 pub fn share_path(share: &SharePath) -> Result<(), ApiError> {
-    if share.path.is_empty() || share.path.len() > MAX_PATH_BYTES || share.path.contains('\0') {
+    if !share.path.starts_with('/') {
+        return Err(ApiError::field("path", "not an absolute path"));
+    }
+    if share.path.len() > MAX_PATH_BYTES || share.path.contains('\0') {
         return Err(ApiError::field(
             "path",
-            format!("empty, over {MAX_PATH_BYTES} bytes or holding a NUL"),
+            format!("over {MAX_PATH_BYTES} bytes or holding a NUL"),
         ));
     }
     Ok(())
@@ -235,5 +256,11 @@ mod tests {
             .is_err()
         );
         assert!(settings(&SettingsPatch::default()).is_ok());
+        let id = "a".repeat(64);
+        assert!(is_link(&format!("canopy:{id}")));
+        assert!(is_link(&format!("canopy:{id}?name=a%20b.mp3&size=12")));
+        assert!(!is_link(&format!("canopy:{id}?size=x")));
+        assert!(!is_link(&format!("canopy:{id}?colour=red")));
+        assert!(!is_link("canopy:!"));
     }
 }
