@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use canopy_daemon::api::{self, EVENT_INTERVAL, ROUTES, TOKEN_FILE, Token};
+use canopy_daemon::api::{self, EVENT_INTERVAL, ROUTES, ServeLimits, TOKEN_FILE, Token};
 use canopy_daemon::client::{CONTROL_FILE, ClientError, ControlClient, ControlFile};
 use canopy_daemon::model::{
     AddDownload, DownloadState, ErrorBody, SearchSpec, SearchView, SettingsPatch,
@@ -42,16 +42,21 @@ impl Drop for Harness {
 }
 
 async fn start(auto: bool) -> Harness {
+    start_with_limits(auto, ServeLimits::default()).await
+}
+
+async fn start_with_limits(auto: bool, limits: ServeLimits) -> Harness {
     let data = tempfile::tempdir().unwrap();
     let token = Token::load_or_create(data.path()).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let fake = Arc::new(FakeControl::new(auto));
     let shutdown = CancellationToken::new();
-    tokio::spawn(api::serve(
+    tokio::spawn(api::serve_with_limits(
         fake.clone(),
         listener,
         token.clone(),
+        limits,
         shutdown.clone(),
     ));
     let client = ControlClient::new(&format!("http://{addr}"), token.clone()).unwrap();
@@ -845,4 +850,94 @@ async fn a_search_stream_ends_with_done_when_the_search_is_forgotten() {
         matches!(unknown, ClientError::Api { status: 404, .. }),
         "{unknown}"
     );
+}
+
+#[tokio::test]
+async fn idle_connections_are_cut_after_the_header_timeout_and_never_exceed_the_cap() {
+    let header_timeout = Duration::from_millis(300);
+    let harness = start_with_limits(
+        false,
+        ServeLimits {
+            max_connections: 2,
+            header_timeout,
+            ..ServeLimits::default()
+        },
+    )
+    .await;
+    let opened = Instant::now();
+    // Two clients that connect and say nothing hold both places...
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(harness.addr).await.unwrap();
+        idle.push(tokio::spawn(async move {
+            let mut bytes = Vec::new();
+            let _ = stream.read_to_end(&mut bytes).await;
+            (Instant::now(), bytes.len())
+        }));
+    }
+    // ...so a third is answered only once the server has cut them.
+    let answer = tokio::spawn({
+        let addr = harness.addr;
+        let bearer = harness.bearer();
+        async move {
+            let answer = raw(addr, &format!("GET /api/status HTTP/1.1\r\n{bearer}"), b"").await;
+            (Instant::now(), answer)
+        }
+    });
+    let (answered_at, answer) = answer.await.unwrap();
+    assert_eq!(answer.status, 200);
+    assert!(
+        answered_at - opened >= header_timeout,
+        "answered while both places were held"
+    );
+    let mut first_cut = None;
+    for handle in idle {
+        let (cut_at, _) = handle.await.unwrap();
+        assert!(cut_at - opened >= header_timeout, "cut before the timeout");
+        first_cut = Some(first_cut.map_or(cut_at, |first: Instant| first.min(cut_at)));
+    }
+    assert!(
+        first_cut.unwrap() <= answered_at,
+        "answered before a place was free"
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_stops_coming_gets_408() {
+    let harness = start_with_limits(
+        false,
+        ServeLimits {
+            body_timeout: Duration::from_millis(300),
+            ..ServeLimits::default()
+        },
+    )
+    .await;
+    let mut stream = TcpStream::connect(harness.addr).await.unwrap();
+    let head = format!(
+        "POST /api/searches HTTP/1.1\r\nHost: {}\r\n{}\r\nContent-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{{\"qu",
+        harness.addr,
+        harness.bearer()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_answer(stream).await;
+    assert_eq!(answer.status, 408);
+    answer.error();
+    assert_eq!(harness.fake.searches_started.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn static_files_answer_head_and_the_ui_is_embedded() {
+    let harness = start(false).await;
+    let head = raw(harness.addr, "HEAD /assets/placeholder.css HTTP/1.1", b"").await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(head.header("content-type"), Some("text/css; charset=utf-8"));
+    // Hidden files and empty segments are not served.
+    for path in [
+        "/assets/.hidden",
+        "/assets//placeholder.css",
+        "/assets/a/../placeholder.css",
+    ] {
+        assert_eq!(harness.get(path).await.status, 404, "{path}");
+    }
 }

@@ -3,17 +3,20 @@
 //! body), the read bounded in time, and a decoding error turned into a 400
 //! naming the field at fault (its path, e.g. `extensions[2]`).
 
+use std::time::Duration;
+
 use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 
+use super::MAX_BODY;
 use super::errors::Refusal;
-use super::{BODY_TIMEOUT, MAX_BODY};
 
 /// The request's body decoded as `T`, or the response refusing it.
 pub(crate) async fn read_json<T: DeserializeOwned>(
     request: Request<Incoming>,
+    timeout: Duration,
 ) -> Result<T, Refusal> {
     if !is_json(request.headers().get(header::CONTENT_TYPE)) {
         return Err(Refusal::new(
@@ -30,7 +33,7 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
         return Err(too_large());
     }
     let limited = Limited::new(request.into_body(), MAX_BODY);
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+    let bytes = match tokio::time::timeout(timeout, limited.collect()).await {
         Err(_) => {
             return Err(Refusal::new(
                 StatusCode::REQUEST_TIMEOUT,

@@ -13,10 +13,10 @@
 //! - [`token`]: the token file in the data directory;
 //! - [`validate`]: the checks the OpenAPI document promises.
 //!
-//! Every input is hostile: connections are capped, a client has
-//! [`HEADER_TIMEOUT`] to send each request's head (idle keep-alive
-//! connections close after it too) and [`BODY_TIMEOUT`] for its body, and
-//! bodies over [`MAX_BODY`] are refused before they are read.
+//! Every input is hostile: connections are capped, a client has a time
+//! to send each request's head (idle keep-alive connections close after
+//! it too) and another for its body ([`ServeLimits`]), and bodies over
+//! [`MAX_BODY`] are refused before they are read.
 
 mod assets;
 mod auth;
@@ -47,15 +47,30 @@ pub use router::{ROUTES, RouteSpec};
 pub use sse::MIN_INTERVAL as EVENT_INTERVAL;
 pub use token::{TOKEN_FILE, Token};
 
-/// Connections served at once; more wait in the listen backlog.
-pub const MAX_CONNECTIONS: usize = 64;
-/// Time a client has to send a request's head, and the longest an idle
-/// keep-alive connection stays open.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a client has to send a request's body.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest JSON body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
+
+/// What one client may hold of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Time a client has to send a request's head, and the longest an
+    /// idle keep-alive connection stays open.
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body.
+    pub body_timeout: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 64,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// A response body: whole JSON or a stream of events.
 pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -65,6 +80,7 @@ pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
 pub(crate) struct Server<C> {
     pub(crate) control: Arc<C>,
     pub(crate) token: Token,
+    pub(crate) limits: ServeLimits,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -76,12 +92,24 @@ pub async fn serve<C: Control>(
     token: Token,
     shutdown: CancellationToken,
 ) {
+    serve_with_limits(control, listener, token, ServeLimits::default(), shutdown).await;
+}
+
+/// [`serve`] with other limits.
+pub async fn serve_with_limits<C: Control>(
+    control: Arc<C>,
+    listener: TcpListener,
+    token: Token,
+    limits: ServeLimits,
+    shutdown: CancellationToken,
+) {
     let server = Arc::new(Server {
         control,
         token,
+        limits,
         shutdown: shutdown.clone(),
     });
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let tracker = TaskTracker::new();
     loop {
         let permit = tokio::select! {
@@ -106,14 +134,22 @@ pub async fn serve<C: Control>(
         let _ = stream.set_nodelay(true);
         let server = server.clone();
         let shutdown = shutdown.clone();
+        tracing::trace!(%peer, "control API connection");
         tracker.spawn(async move {
             let service = service_fn(move |request| {
                 let server = server.clone();
-                async move { Ok::<_, Infallible>(router::handle(&server, request).await) }
+                async move {
+                    let method = request.method().clone();
+                    // The path only: a query may hold the token.
+                    let path = request.uri().path().to_owned();
+                    let response = router::handle(&server, request).await;
+                    tracing::debug!(%peer, %method, path, status = response.status().as_u16(), "control API request");
+                    Ok::<_, Infallible>(response)
+                }
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(limits.header_timeout)
                 .max_buf_size(64 * 1024)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::select! {

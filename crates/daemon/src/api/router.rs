@@ -166,7 +166,7 @@ async fn dispatch<C: Control>(
         }
         (Method::GET, "/api/status") => json(StatusCode::OK, &control.status().await),
         (Method::POST, "/api/searches") => {
-            let spec: SearchSpec = match read_json(request).await {
+            let spec: SearchSpec = match read_json(request, server.limits.body_timeout).await {
                 Ok(spec) => spec,
                 Err(refusal) => return refusal.into_response(),
             };
@@ -195,7 +195,7 @@ async fn dispatch<C: Control>(
         }
         (Method::GET, "/api/downloads") => json(StatusCode::OK, &control.downloads()),
         (Method::POST, "/api/downloads") => {
-            let add: AddDownload = match read_json(request).await {
+            let add: AddDownload = match read_json(request, server.limits.body_timeout).await {
                 Ok(add) => add,
                 Err(refusal) => return refusal.into_response(),
             };
@@ -210,7 +210,7 @@ async fn dispatch<C: Control>(
         }
         (Method::GET, "/api/downloads/{id}") => answer(control.download(&id)),
         (Method::PATCH, "/api/downloads/{id}") => {
-            let patch: PriorityPatch = match read_json(request).await {
+            let patch: PriorityPatch = match read_json(request, server.limits.body_timeout).await {
                 Ok(patch) => patch,
                 Err(refusal) => return refusal.into_response(),
             };
@@ -230,7 +230,7 @@ async fn dispatch<C: Control>(
         (Method::GET, "/api/uploads") => json(StatusCode::OK, &control.uploads()),
         (Method::GET, "/api/shares") => json(StatusCode::OK, &control.shares()),
         (Method::POST, "/api/shares") | (Method::POST, "/api/shares/remove") => {
-            let share: SharePath = match read_json(request).await {
+            let share: SharePath = match read_json(request, server.limits.body_timeout).await {
                 Ok(share) => share,
                 Err(refusal) => return refusal.into_response(),
             };
@@ -247,7 +247,7 @@ async fn dispatch<C: Control>(
         (Method::POST, "/api/shares/rescan") => json(StatusCode::ACCEPTED, &control.rescan().await),
         (Method::GET, "/api/settings") => json(StatusCode::OK, &control.settings()),
         (Method::PATCH, "/api/settings") => {
-            let patch: SettingsPatch = match read_json(request).await {
+            let patch: SettingsPatch = match read_json(request, server.limits.body_timeout).await {
                 Ok(patch) => patch,
                 Err(refusal) => return refusal.into_response(),
             };
