@@ -57,7 +57,11 @@ token=$(cat "$data_dir/control.token")
 seconds=${SCHEMATHESIS_SECONDS:-60}
 report="$root/target/schemathesis/report"
 echo "--- schemathesis against $url for at most ${seconds} s"
-# The hard timeout is a backstop: --max-time bounds the run itself.
+# Run from target/: schemathesis keeps a .schemathesis cache where it runs.
+cd "$root/target/schemathesis"
+# The hard timeout is a backstop: --max-time bounds the run itself. One
+# worker: with several, schemathesis's coverage phase hit CPython 3.11's
+# "AST constructor recursion depth mismatch" (its own error, not the API's).
 timeout $((seconds + 60)) "$venv/bin/schemathesis" run "$root/crates/daemon/openapi.json" \
   --url "$url" \
   --header "Authorization: Bearer $token" \

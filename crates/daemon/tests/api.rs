@@ -941,3 +941,40 @@ async fn static_files_answer_head_and_the_ui_is_embedded() {
         assert_eq!(harness.get(path).await.status, 404, "{path}");
     }
 }
+
+#[tokio::test]
+async fn shutting_down_ends_open_streams_and_returns() {
+    let data = tempfile::tempdir().unwrap();
+    let token = Token::load_or_create(data.path()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fake = Arc::new(FakeControl::new(false));
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(api::serve(
+        fake.clone(),
+        listener,
+        token.clone(),
+        shutdown.clone(),
+    ));
+    let client = ControlClient::new(&format!("http://{addr}"), token).unwrap();
+    let search = client
+        .start_search(&SearchSpec {
+            query: Some("x".into()),
+            ..SearchSpec::default()
+        })
+        .await
+        .unwrap();
+    let mut events = client.search_events(&search.id).await.unwrap();
+    assert!(events.next().await.unwrap().is_some());
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("serve returns")
+        .unwrap();
+    // The stream was cut (an error or its end), and nothing listens.
+    let after = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("the stream ends");
+    assert!(!matches!(after, Ok(Some(_))), "{after:?}");
+    assert!(TcpStream::connect(addr).await.is_err());
+}
