@@ -70,6 +70,26 @@ async fn start_with_limits(auto: bool, limits: ServeLimits) -> Harness {
     }
 }
 
+/// A file of the web UI (a stylesheet or a script if there is one),
+/// whatever the UI's files are called.
+fn an_asset() -> String {
+    let mut paths = api::asset_paths();
+    paths.sort_by_key(|path| !(path.ends_with(".css") || path.ends_with(".js")));
+    paths
+        .into_iter()
+        .next()
+        .expect("the web UI has files under assets/")
+}
+
+/// The content type a UI file must be served with.
+fn expected_type(path: &str) -> &'static str {
+    match path.rsplit_once('.').map(|(_, extension)| extension) {
+        Some("css") => "text/css; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        other => panic!("add a content type for {other:?}"),
+    }
+}
+
 /// An answer read off the wire.
 #[derive(Debug)]
 struct Answer {
@@ -328,7 +348,7 @@ async fn every_route_is_in_the_openapi_document_and_every_documented_route_is_se
         let path = route
             .path
             .replace("{id}", &content_id('c'))
-            .replace("{path}", "placeholder.css");
+            .replace("{path}", &an_asset()[8..]);
         let path = if route.path.starts_with("/api/searches/{id}") {
             route.path.replace("{id}", "s999")
         } else {

@@ -45,6 +45,16 @@ pub(crate) fn index(token: &Token, request: &Request<Incoming>) -> Response<Body
     }
 }
 
+/// The URL paths of the web UI's files (`/assets/...`), in no order.
+pub fn asset_paths() -> Vec<String> {
+    Web::iter()
+        .filter_map(|file| {
+            file.strip_prefix("assets/")
+                .map(|path| format!("/assets/{path}"))
+        })
+        .collect()
+}
+
 /// `/assets/{path}`.
 pub(crate) fn asset(path: &str) -> Response<Body> {
     if path

@@ -43,6 +43,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::control::Control;
 
+pub use assets::asset_paths;
 pub use router::{ROUTES, RouteSpec};
 pub use sse::MIN_INTERVAL as EVENT_INTERVAL;
 pub use token::{TOKEN_FILE, Token};
