@@ -412,11 +412,11 @@ async fn requests_without_the_token_or_with_a_wrong_one_get_401() {
     let document = raw(harness.addr, "GET /api/openapi.json HTTP/1.1", b"").await;
     assert_eq!(document.status, 200);
     assert_eq!(document.header("content-type"), Some("application/json"));
-    let asset = raw(harness.addr, "GET /assets/placeholder.css HTTP/1.1", b"").await;
+    let asset = raw(harness.addr, &format!("GET {} HTTP/1.1", an_asset()), b"").await;
     assert_eq!(asset.status, 200);
     assert_eq!(
         asset.header("content-type"),
-        Some("text/css; charset=utf-8")
+        Some(expected_type(&an_asset()))
     );
     let page = raw(harness.addr, "GET / HTTP/1.1", b"").await;
     assert_eq!(page.status, 200);
@@ -948,17 +948,19 @@ async fn a_body_that_stops_coming_gets_408() {
 #[tokio::test]
 async fn static_files_answer_head_and_the_ui_is_embedded() {
     let harness = start(false).await;
-    let head = raw(harness.addr, "HEAD /assets/placeholder.css HTTP/1.1", b"").await;
+    let asset = an_asset();
+    let head = raw(harness.addr, &format!("HEAD {asset} HTTP/1.1"), b"").await;
     assert_eq!(head.status, 200);
     assert!(head.body.is_empty());
-    assert_eq!(head.header("content-type"), Some("text/css; charset=utf-8"));
-    // Hidden files and empty segments are not served.
+    assert_eq!(head.header("content-type"), Some(expected_type(&asset)));
+    let name = &asset["/assets/".len()..];
+    // Hidden files, empty segments and dot segments are not served.
     for path in [
-        "/assets/.hidden",
-        "/assets//placeholder.css",
-        "/assets/a/../placeholder.css",
+        "/assets/.hidden".to_owned(),
+        format!("/assets//{name}"),
+        format!("/assets/a/../{name}"),
     ] {
-        assert_eq!(harness.get(path).await.status, 404, "{path}");
+        assert_eq!(harness.get(&path).await.status, 404, "{path}");
     }
 }
 
