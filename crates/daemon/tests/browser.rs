@@ -1,8 +1,9 @@
 //! The web UI in a real browser (Debian's chromium, headless, through
-//! chromedriver): first against a canned API (every view renders, runs
-//! clean under the server's CSP, and sends what the API expects), then the
-//! whole thing: a supernode and two leaves, a search typed into the page of
-//! one, Download clicked, and the file verified on disk.
+//! chromedriver): first over the real HTTP server and a fake daemon
+//! (every view renders, runs clean under the server's CSP, streams a
+//! search live, and sends what the API expects), then the whole thing: a
+//! supernode and two leaves, a search typed into the page of one, Download
+//! clicked, and the file verified on disk.
 //!
 //! Screenshots go to `target/test-output/browser/`.
 
@@ -13,12 +14,19 @@
     clippy::print_stderr
 )]
 
-#[path = "browser/canned.rs"]
-mod canned;
+#[path = "support/fake_control.rs"]
+mod fake_control;
 #[path = "browser/harness.rs"]
 mod harness;
 
+use std::sync::Arc;
+
+use canopy_daemon::api::{self, Token};
+use canopy_daemon::control::Control;
+use canopy_daemon::model::{DownloadState, SearchView};
+use fake_control::FakeControl;
 use harness::Browser;
+use tokio_util::sync::CancellationToken;
 
 /// Errors the page counted (script errors, CSP violations).
 async fn page_errors(browser: &Browser) -> String {
@@ -28,52 +36,93 @@ async fn page_errors(browser: &Browser) -> String {
         .unwrap_or_default()
 }
 
+/// The control API and web UI over a fake daemon whose searches the test drives.
+struct FakeLeaf {
+    url: String,
+    token: Token,
+    control: Arc<FakeControl>,
+    stop: CancellationToken,
+    _data: tempfile::TempDir,
+}
+
+async fn fake_leaf() -> FakeLeaf {
+    let data = tempfile::tempdir().unwrap();
+    let token = Token::load_or_create(data.path()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let control = Arc::new(FakeControl::new(false));
+    let stop = CancellationToken::new();
+    tokio::spawn(api::serve(
+        control.clone(),
+        listener,
+        token.clone(),
+        stop.clone(),
+    ));
+    FakeLeaf {
+        url,
+        token,
+        control,
+        stop,
+        _data: data,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn every_view_renders_against_a_canned_api_and_runs_clean_under_the_csp() {
-    let server = canned::start().await;
-    let base = format!("http://{}", server.addr);
+async fn every_view_works_over_the_real_server_and_runs_clean_under_its_csp() {
+    let leaf = fake_leaf().await;
+    let control = &leaf.control;
     let browser = Browser::start(1280, 900).await;
 
-    // Without the token the page says how to get in.
-    browser.open(&format!("{base}/#/status")).await;
+    // The URL printed at start-up signs the browser in.
     browser
-        .wait_until("the sign-in banner", || async {
-            let hidden = browser.attr("[data-testid=auth-banner]", "hidden").await;
-            hidden.is_none().then_some(())
-        })
-        .await;
-    assert!(server.seen.lock().unwrap().unauthorized > 0);
-
-    // The URL printed at start-up sets the cookie; then everything answers.
-    browser
-        .open(&format!("{base}/?token={}", canned::TOKEN))
+        .open(&format!("{}/?token={}", leaf.url, leaf.token.as_str()))
         .await;
     browser.wait_for("[data-testid=search-query]").await;
-    assert!(
-        browser
-            .attr("[data-testid=auth-banner]", "hidden")
-            .await
-            .is_some()
-    );
 
-    // Search: results arrive over the event stream, grouped, with the other names.
-    // (Enter in the box submits: the form works from the keyboard.)
+    // Search (Enter submits: the form works from the keyboard); results
+    // stream in over the event stream while the search runs.
     browser
         .type_into("[data-testid=search-query]", "hello\u{E007}")
         .await;
     browser
-        .wait_for(&format!(
-            "[data-testid=result-row][data-content-id='{}']",
-            canned::FOUND_ID
-        ))
+        .wait_until("the page to follow the search", || async {
+            (control.watchers("s1") > 0).then_some(())
+        })
         .await;
+    let mut found = fake_control::result('a', "hello world.txt", 2);
+    // A name is a peer's claim: this one must show as text, never run.
+    found.names.push("<img src=x onerror=alert(1)>.txt".into());
+    found.firewalled_sources = 1;
+    let mut view = SearchView {
+        id: "s1".into(),
+        query: "hello".into(),
+        hits: 2,
+        results: vec![found.clone()],
+        ..SearchView::default()
+    };
+    assert!(control.publish("s1", view.clone()));
+    let row = format!(
+        "[data-testid=result-row][data-content-id='{}']",
+        found.content_id
+    );
+    browser.wait_for(&row).await;
+    browser
+        .wait_for_text("[data-testid=search-status]", "a running search", |t| {
+            t.starts_with("Searching")
+        })
+        .await;
+    view.results
+        .push(fake_control::result('b', "hello again.txt", 1));
+    view.done = true;
+    view.elapsed_ms = 300;
+    assert!(control.publish("s1", view));
     browser
         .wait_for_text("[data-testid=search-status]", "the search done", |t| {
-            t.contains("1 result")
+            t.starts_with("2 results")
         })
         .await;
     let variants = browser
-        .attr("[data-testid=result-variants]", "title")
+        .attr(&format!("{row} [data-testid=result-variants]"), "title")
         .await
         .unwrap();
     assert_eq!(variants, "<img src=x onerror=alert(1)>.txt");
@@ -84,54 +133,122 @@ async fn every_view_renders_against_a_canned_api_and_runs_clean_under_the_csp() 
         .unwrap();
     assert!(images.is_empty(), "a peer's name became markup");
     assert_eq!(
-        browser.text("[data-testid=result-sources]").await.unwrap(),
+        browser
+            .text(&format!("{row} [data-testid=result-sources]"))
+            .await
+            .unwrap(),
         "2 (1 firewalled)"
     );
-    browser.screenshot("canned-search").await;
+    browser.screenshot("fake-search").await;
 
-    // Download: the row's button posts its link, then the queue shows it done.
-    browser.click("[data-testid=result-download]").await;
+    // Download: the row's button queues its link.
     browser
-        .wait_for_text("[data-testid=result-download]", "Queued", |t| t == "Queued")
+        .click(&format!("{row} [data-testid=result-download]"))
         .await;
-    let added = server.seen.lock().unwrap().added.clone();
-    assert_eq!(added.len(), 1);
-    assert_eq!(
-        added[0]["link"].as_str().unwrap(),
-        format!(
-            "canopy:{}?name=hello%20world.txt&size=1234",
-            canned::FOUND_ID
+    browser
+        .wait_for_text(
+            &format!("{row} [data-testid=result-download]"),
+            "Queued",
+            |t| t == "Queued",
         )
+        .await;
+    let queued = control.downloads();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(
+        (queued[0].id.as_str(), queued[0].name.as_str()),
+        (found.content_id.as_str(), "hello world.txt")
     );
+
+    // The queue: pause, priority up, cancel, each reaching the daemon.
     browser.click("[data-testid=nav-downloads]").await;
+    let entry = format!("[data-testid=download-row][data-id='{}']", found.content_id);
     browser
-        .wait_for("[data-testid=download-row][data-state=done]")
+        .wait_for(&format!("{entry}[data-state=queued]"))
+        .await;
+    browser
+        .click(&format!("{entry} [data-testid=download-pause]"))
+        .await;
+    browser
+        .wait_for(&format!("{entry}[data-state=paused]"))
         .await;
     assert_eq!(
-        browser.text("[data-testid=download-state]").await.unwrap(),
-        "Done"
+        control.download(&found.content_id).unwrap().state,
+        DownloadState::Paused
     );
-    browser.screenshot("canned-downloads").await;
+    browser
+        .click(&format!("{entry} [data-testid=download-up]"))
+        .await;
+    browser
+        .wait_for_text(
+            &format!("{entry} [data-testid=download-priority]"),
+            "priority 1",
+            |t| t == "1",
+        )
+        .await;
+    assert_eq!(control.download(&found.content_id).unwrap().priority, 1);
+    browser.screenshot("fake-downloads").await;
+    browser
+        .click(&format!("{entry} [data-testid=download-cancel]"))
+        .await;
+    browser
+        .wait_until("the entry to leave the page", || async {
+            browser
+                .client()
+                .find_all(fantoccini::Locator::Css(&entry))
+                .await
+                .ok()?
+                .is_empty()
+                .then_some(())
+        })
+        .await;
+    assert!(control.downloads().is_empty());
 
-    // Uploads, shares, status.
+    // Uploads and status.
     browser.click("[data-testid=nav-uploads]").await;
     browser
         .wait_for_text("[data-testid=upload-peer]", "the peer", |t| {
-            t == "127.0.0.1:50000"
-        })
-        .await;
-    browser.click("[data-testid=nav-shares]").await;
-    browser
-        .wait_for_text("[data-testid=share-folder]", "the folder", |t| {
-            t == "/music"
+            t == "127.0.0.1:40000"
         })
         .await;
     browser.click("[data-testid=nav-status]").await;
     browser
         .wait_for_text("[data-testid=status-supernodes]", "the supernode", |t| {
-            t.contains("127.0.0.1:7000")
+            t.contains("127.0.0.1:6346")
         })
         .await;
+
+    // Shares: add one folder, stop sharing another.
+    browser.click("[data-testid=nav-shares]").await;
+    browser
+        .wait_for("[data-testid=share-row][data-path='/srv/music']")
+        .await;
+    browser
+        .type_into("[data-testid=share-path]", "/srv/films")
+        .await;
+    browser.click("[data-testid=share-add]").await;
+    browser
+        .wait_for("[data-testid=share-row][data-path='/srv/films']")
+        .await;
+    browser
+        .click("[data-testid=share-row][data-path='/srv/music'] [data-testid=share-remove]")
+        .await;
+    browser
+        .wait_until("/srv/music to leave the page", || async {
+            let rows = browser
+                .client()
+                .find_all(fantoccini::Locator::Css("[data-path='/srv/music']"))
+                .await
+                .ok()?;
+            rows.is_empty().then_some(())
+        })
+        .await;
+    let folders: Vec<String> = control
+        .shares()
+        .folders
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
+    assert_eq!(folders, ["/srv/films"]);
 
     // Settings: only the changed field is sent, in bytes a second.
     browser.click("[data-testid=nav-settings]").await;
@@ -143,24 +260,46 @@ async fn every_view_renders_against_a_canned_api_and_runs_clean_under_the_csp() 
         .await;
     browser.click("[data-testid=settings-save]").await;
     browser
-        .wait_until("the settings to be sent", || async {
-            (!server.seen.lock().unwrap().settings.is_empty()).then_some(())
+        .wait_until("the settings to be saved", || async {
+            (control.settings().upload_rate_limit == 65536).then_some(())
         })
         .await;
     assert_eq!(
-        server.seen.lock().unwrap().settings[0],
-        serde_json::json!({ "upload_rate_limit": 65536 })
+        control.settings().upload_slots,
+        8,
+        "a field left alone changed"
     );
 
-    // A phone's width: still usable, nothing broke.
+    // A phone's width: the queue as cards.
+    control
+        .add_download(canopy_daemon::model::AddDownload {
+            id: Some(fake_control::content_id('c')),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     browser.resize(390, 844).await;
     browser.click("[data-testid=nav-downloads]").await;
     browser.wait_for("[data-testid=download-row]").await;
-    browser.screenshot("canned-downloads-phone").await;
+    browser.screenshot("fake-downloads-phone").await;
+
+    // Signed out (the cookie gone): the page says how to get back in.
+    browser.client().delete_all_cookies().await.unwrap();
+    browser
+        .wait_until("the sign-in banner", || async {
+            browser
+                .attr("[data-testid=auth-banner]", "hidden")
+                .await
+                .is_none()
+                .then_some(())
+        })
+        .await;
+
     assert_eq!(
         page_errors(&browser).await,
         "0",
         "the page had script errors or CSP violations"
     );
     browser.close().await;
+    leaf.stop.cancel();
 }

@@ -109,7 +109,9 @@ export default {
           setText(detail, details);
           detail.hidden = !details;
           if (v.size === null || v.size === undefined) {
-            bar.removeAttribute('value');
+            // Indeterminate (animated) only while it is looking for sources.
+            if (v.state === 'active') bar.removeAttribute('value');
+            else bar.value = 0;
             setText(barText, v.verified_bytes ? bytes(v.verified_bytes) : 'size not known yet');
           } else {
             bar.max = Math.max(v.size, 1);
