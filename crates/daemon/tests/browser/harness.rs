@@ -288,6 +288,13 @@ async fn connect(
             ],
         }),
     );
+    // A page that never finishes loading fails the test in PATIENCE, not
+    // in WebDriver's default five minutes.
+    let limit = u64::try_from(PATIENCE.as_millis()).unwrap_or(u64::MAX);
+    capabilities.insert(
+        "timeouts".into(),
+        json!({ "pageLoad": limit, "script": limit }),
+    );
     let deadline = Instant::now() + PATIENCE;
     loop {
         if let Ok(Some(status)) = driver.try_wait() {
