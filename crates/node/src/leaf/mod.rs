@@ -32,6 +32,7 @@ use canopy_core::search::SearchResult;
 use canopy_proto::secure::StaticKeypair;
 use canopy_proto::{ContentId, NodeId, Role, SharedFile};
 use canopy_transfer::Catalog;
+use canopy_transfer::bandwidth::RateLimit;
 use canopy_transfer::server::{ContentServer, ServerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -82,6 +83,12 @@ pub struct LeafOptions {
     /// The file server's limits: upload slots, connections, per-address
     /// shares, timeouts.
     pub server: ServerConfig,
+    /// The rate every upload together is held to (unlimited by default;
+    /// its rate can be changed while the leaf runs).
+    pub upload_limit: RateLimit,
+    /// The rate every download together is held to, for the downloads
+    /// that go through this leaf (see [`LeafHandle::download_limit`]).
+    pub download_limit: RateLimit,
     /// Folders to share.
     pub shares: Vec<PathBuf>,
     /// Where the hash cache lives; no cache if `None`.
@@ -124,6 +131,8 @@ impl LeafOptions {
             advertise: None,
             firewalled: false,
             server: ServerConfig::default(),
+            upload_limit: RateLimit::unlimited(),
+            download_limit: RateLimit::unlimited(),
             shares: Vec::new(),
             data_dir: None,
             reconnect: false,
@@ -182,6 +191,7 @@ pub struct LeafHandle {
     node_id: NodeId,
     listen_addr: Option<SocketAddr>,
     server: ContentServer,
+    download_limit: RateLimit,
     shares: Shares,
     traffic: Arc<Traffic>,
     commands: mpsc::Sender<Command>,
@@ -321,6 +331,18 @@ impl LeafHandle {
         self.shares.share_file(path).await
     }
 
+    /// The limit every upload goes through: `upload_limit().set_rate(n)`
+    /// holds all uploads together to `n` bytes a second (0 = unlimited).
+    pub fn upload_limit(&self) -> &RateLimit {
+        self.server.upload_limit()
+    }
+
+    /// The limit downloads through this leaf share: wrap each source's
+    /// connector in a `ThrottledConnector` with it.
+    pub fn download_limit(&self) -> &RateLimit {
+        &self.download_limit
+    }
+
     /// What the file server serves: `catalog().get(&id)` says whether a
     /// content is shared, and from which file.
     pub fn catalog(&self) -> &Catalog {
@@ -381,7 +403,9 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         options.progress.clone(),
     );
     let files = shares.first_scan().await?;
-    let server = ContentServer::with_config(catalog.clone(), options.server.clone());
+    let server = ContentServer::with_config(catalog.clone(), options.server.clone())
+        .with_upload_limit(options.upload_limit.clone());
+    let download_limit = options.download_limit.clone();
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let traffic = Arc::new(Traffic::default());
@@ -457,6 +481,7 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         node_id,
         listen_addr,
         server,
+        download_limit,
         shares,
         traffic,
         commands: commands_tx,

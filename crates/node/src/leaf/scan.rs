@@ -375,6 +375,15 @@ impl Shares {
             path: path.clone(),
             source,
         };
+        // A link is not followed: only the file a download wrote is shared.
+        let meta = tokio::fs::symlink_metadata(&path).await.map_err(io)?;
+        if !meta.is_file() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ))
+            .into());
+        }
         let path = tokio::fs::canonicalize(&path).await.map_err(io)?;
         let file = match self.inner.cache.clone().try_lock_owned() {
             Ok(mut cache) => {
