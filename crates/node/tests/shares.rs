@@ -316,3 +316,69 @@ async fn a_leafs_uploads_keep_to_its_limit_and_are_listed_while_they_run() {
     assert!(took >= floor, "took {took:?}, under {floor:?}");
     sharer.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pushed_upload_is_listed_and_counted_like_a_direct_one() {
+    let s = supernode(&[]).await;
+    let data = sample_bytes(256 * 1024, 5);
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(folder.path().join("behind-nat.iso"), &data).unwrap();
+    let mut options = leaf_options(&s, Some(folder.path()));
+    options.firewalled = true;
+    // Slow enough that the upload is still running when we look.
+    options.upload_limit = RateLimit::new(128 * 1024);
+    let firewalled = start_leaf(options).await;
+    let downloader = leaf(&s, None).await;
+    let id = content_id(&data);
+
+    let tracker = tokio_util::task::TaskTracker::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let callback =
+        canopy_transfer::push::CallbackListener::bind(localhost(), shutdown.clone(), &tracker)
+            .await
+            .unwrap();
+    let pushed = callback.await_push_from(firewalled.node_id()).unwrap();
+    downloader
+        .push_sender()
+        .push(firewalled.node_id(), id, callback.local_addr())
+        .await
+        .unwrap();
+    let stream = tokio::time::timeout(PATIENCE, pushed)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut conn = HttpConn::handshake(stream).await.unwrap();
+    let response = conn.get(&format!("/content/{id}"), None).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut received = Vec::new();
+    while received.is_empty() {
+        if let Ok(data) = body.frame().await.unwrap().unwrap().into_data() {
+            received.extend_from_slice(&data);
+        }
+    }
+    let uploads = firewalled.server().uploads();
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+    // The pushed upload's peer is the callback address it connected to.
+    assert_eq!(
+        (uploads[0].peer, uploads[0].content_id),
+        (callback.local_addr(), id)
+    );
+    assert_eq!(uploads[0].length, data.len() as u64);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            received.extend_from_slice(&data);
+        }
+    }
+    assert!(received == data);
+    assert_eq!(firewalled.server().uploaded_bytes(), data.len() as u64);
+    assert_eq!(firewalled.upload_limit().transferred(), data.len() as u64);
+    let deadline = Instant::now() + PATIENCE;
+    while !firewalled.server().uploads().is_empty() {
+        assert!(Instant::now() < deadline, "the upload stayed listed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shutdown.cancel();
+    downloader.shutdown().await;
+    firewalled.shutdown().await;
+}

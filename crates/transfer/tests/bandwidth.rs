@@ -231,6 +231,9 @@ async fn a_running_upload_is_listed_and_logged_at_start_and_end() {
     assert_eq!(upload.length, MIB);
     assert!(upload.bytes >= received && upload.bytes < MIB, "{upload:?}");
     assert!(upload.rate > 0, "{upload:?}");
+    // At most the limit plus its burst over the time so far, give or take.
+    assert!(upload.rate <= 2 * 256 * 1024, "{upload:?}");
+    assert!(s.server.upload_rate() > 0);
     assert!(upload.started <= std::time::SystemTime::now());
     let peer = format!("peer={local}");
     let started = logs.lines_with(&peer);
