@@ -316,6 +316,13 @@ impl LeafHandle {
         self.shares.rescan().await
     }
 
+    /// Starts a rescan of every shared folder and returns at once; the
+    /// summary returned says a scan is running.
+    pub fn rescan_in_background(&self) -> ShareSummary {
+        self.shares
+            .rescan_in_background(&self.tracker, self.shutdown.clone())
+    }
+
     /// The shared folders with their files and bytes, and whether a scan
     /// is running.
     pub fn share_summary(&self) -> ShareSummary {

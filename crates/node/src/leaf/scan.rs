@@ -23,6 +23,7 @@ use canopy_transfer::Catalog;
 use canopy_transfer::catalog::CatalogEntry;
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{Command, HASH_CACHE_FILE, Progress};
 use crate::NodeError;
@@ -220,6 +221,30 @@ impl Shares {
     pub(super) async fn first_scan(&self) -> Result<Vec<SharedFile>, NodeError> {
         self.scan(true).await?;
         Ok(self.inner.state.lock().await.shared())
+    }
+
+    /// Starts a rescan in the background; the summary returned already
+    /// says a scan is running.
+    pub(super) fn rescan_in_background(
+        &self,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> ShareSummary {
+        self.inner.scans_running.fetch_add(1, Ordering::Relaxed);
+        let summary = self.summary();
+        let shares = self.clone();
+        tracker.spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                scanned = shares.rescan() => {
+                    if let Err(error) = scanned {
+                        tracing::warn!(%error, "rescan failed");
+                    }
+                }
+            }
+            shares.inner.scans_running.fetch_sub(1, Ordering::Relaxed);
+        });
+        summary
     }
 
     /// Scans every folder (and file shared one by one) again, serves and
@@ -573,5 +598,14 @@ mod tests {
         let summary = shares.summary();
         assert_eq!(summary.folders.len(), 1);
         assert_eq!((summary.files, summary.bytes), (1, 1));
+
+        // A rescan in the background says so at once, and publishes.
+        let tracker = TaskTracker::new();
+        let started = shares.rescan_in_background(&tracker, CancellationToken::new());
+        assert!(started.scanning);
+        assert_eq!(published(&mut rx).await, ["two.txt"]);
+        tracker.close();
+        tracker.wait().await;
+        assert!(!shares.summary().scanning);
     }
 }
