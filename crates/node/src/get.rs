@@ -1,10 +1,11 @@
 //! `canopy get` without a running leaf: a short-lived leaf joins the
 //! supernode and [`crate::fetch::fetch`] does the rest (the download starts
-//! on the first source that answers; see there).
+//! on the first source that answers; see there). The report's times count
+//! from the start, joining the supernode included.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use canopy_core::download::DownloadConfig;
 use canopy_proto::ContentId;
@@ -114,10 +115,16 @@ pub async fn get(options: GetOptions) -> Result<DownloadReport, NodeError> {
         search_timeout: options.search_timeout,
         ttl: options.ttl,
     };
+    let started = Instant::now();
     let leaf = leaf::start(LeafOptions::new(options.supernode)).await?;
     let outcome = async {
         leaf.wait_connected(JOIN_TIMEOUT).await?;
-        fetch::fetch(&leaf, request).await
+        let joined = started.elapsed();
+        let mut report = fetch::fetch(&leaf, request).await?;
+        // From the start of `get`: joining the supernode included.
+        report.first_byte = report.first_byte.map(|d| d + joined);
+        report.elapsed = started.elapsed();
+        Ok(report)
     }
     .await;
     leaf.shutdown().await;
