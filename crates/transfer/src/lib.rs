@@ -12,7 +12,10 @@
 //!   out to the downloader's callback listener and serves HTTP over that
 //!   connection.
 //! - [`catalog`]: which content ids this leaf serves, and from which files.
+//! - [`bandwidth`]: global upload and download rate limits, token buckets
+//!   shared by every transfer and settable while they run.
 
+pub mod bandwidth;
 pub mod catalog;
 pub mod client;
 pub mod download;
