@@ -26,6 +26,7 @@ use canopy_core::leaf::SearchRequest;
 use canopy_core::save_name::safe_file_name;
 use canopy_core::search::{MAX_SOURCES_PER_RESULT, SearchResult, Source, most_agreed};
 use canopy_proto::{ContentId, NodeId};
+use canopy_transfer::bandwidth::ThrottledConnector;
 use canopy_transfer::client::{Connector, DirectConnector};
 use canopy_transfer::download::{
     self, DownloadControl, DownloadError, DownloadOptions, DownloadReport, DownloadSource,
@@ -493,10 +494,13 @@ impl<'a> Callback<'a> {
         source: &Source,
         id: ContentId,
     ) -> Result<DownloadSource, NodeError> {
+        // Every source's bytes count against the leaf's download limit.
+        let limit = self.leaf.download_limit().clone();
         if !source.firewalled {
+            let direct = Arc::new(DirectConnector::new(source.addr, DIAL_TIMEOUT));
             return Ok(DownloadSource {
                 label: source.addr.to_string(),
-                connector: Arc::new(DirectConnector::new(source.addr, DIAL_TIMEOUT)),
+                connector: Arc::new(ThrottledConnector::new(direct, limit)),
             });
         }
         let listener = self.listener().await?;
@@ -516,8 +520,8 @@ impl<'a> Callback<'a> {
                     .map_err(|e| std::io::Error::other(e.to_string()))
             })
         });
-        let connector: Arc<dyn Connector> =
-            Arc::new(PushConnector::new(node, listener, requester, PUSH_TIMEOUT));
+        let pushed = Arc::new(PushConnector::new(node, listener, requester, PUSH_TIMEOUT));
+        let connector: Arc<dyn Connector> = Arc::new(ThrottledConnector::new(pushed, limit));
         Ok(DownloadSource {
             label: format!("{} (push)", source.addr),
             connector,
