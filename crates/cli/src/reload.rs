@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use canopy_cli::config::{self, ConfigFile, LoadError, Origin};
+use canopy_cli::config::{self, ConfigError, ConfigFile, LoadError, Origin};
 
 /// Re-reads a command's settings as it was started.
 pub(crate) struct Reloader<A> {
@@ -47,24 +47,26 @@ impl<A> Reloader<A> {
         self.file.as_ref().map(|file| &file.path)
     }
 
-    /// Where the settings came from, for errors.
-    pub(crate) fn origin(&self) -> Origin<'_> {
-        Origin {
-            file: self.file.as_ref().map(|file| file.path.as_path()),
-            given: &self.given,
-        }
-    }
-
-    /// Reads the file again. On an error the settings in force stay.
-    pub(crate) fn reread(&mut self) -> Result<Reloaded<A>, String> {
+    /// Reads the file again and checks the settings with `check`; on an
+    /// error the settings in force (and the reading compared with next
+    /// time) stay.
+    pub(crate) fn reread(
+        &mut self,
+        check: impl Fn(&A, Origin<'_>) -> Result<(), ConfigError>,
+    ) -> Result<Reloaded<A>, String> {
         let loaded = match config::load_command_line::<crate::Cli>(&self.argv) {
             Ok(loaded) => loaded,
             Err(LoadError::Config(error)) => return Err(error.to_string()),
             Err(LoadError::Usage(error)) => return Err(error.to_string()),
         };
         let changed = changed_keys(self.file.as_ref(), loaded.file.as_ref(), &loaded.given);
+        let origin = Origin {
+            file: loaded.file.as_ref().map(|file| file.path.as_path()),
+            given: &loaded.given,
+        };
         let args = (self.pick)(loaded.cli.command)
             .ok_or_else(|| String::from("the command line changed"))?;
+        check(&args, origin).map_err(|e| e.to_string())?;
         self.file = loaded.file;
         self.given = loaded.given;
         Ok(Reloaded { args, changed })
@@ -95,6 +97,57 @@ pub(crate) fn split_live(changed: &[String], live_keys: &[&str]) -> (Vec<String>
         .iter()
         .cloned()
         .partition(|key| live_keys.contains(&key.as_str()))
+}
+
+/// How a SIGHUP went.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// There is no `--config` file to re-read.
+    NoFile,
+    /// Re-read: these keys were applied, these need a restart.
+    Reloaded {
+        /// Changed keys applied live.
+        applied: Vec<String>,
+        /// Changed keys that take effect at the next start.
+        restart_needed: Vec<String>,
+    },
+    /// The file is wrong now; the settings in force stay.
+    Failed(String),
+}
+
+/// Logs how a SIGHUP went and, with `--json`, prints it as a line:
+/// `{"event":"reloaded","applied":[..],"restart_needed":[..]}` or
+/// `{"event":"reload_failed","error":".."}`.
+pub(crate) fn announce(json: bool, outcome: &Outcome) -> anyhow::Result<()> {
+    let line = match outcome {
+        Outcome::NoFile => {
+            tracing::info!("SIGHUP: no --config file to re-read");
+            serde_json::json!({"event": "reloaded", "config": null, "applied": [], "restart_needed": []})
+        }
+        Outcome::Reloaded {
+            applied,
+            restart_needed,
+        } => {
+            if restart_needed.is_empty() {
+                tracing::info!(?applied, "reloaded the config file");
+            } else {
+                tracing::warn!(
+                    ?applied,
+                    ?restart_needed,
+                    "reloaded the config file; some changes take effect at the next start"
+                );
+            }
+            serde_json::json!({"event": "reloaded", "applied": applied, "restart_needed": restart_needed})
+        }
+        Outcome::Failed(error) => {
+            tracing::warn!(%error, "config not reloaded; the settings in force stay");
+            serde_json::json!({"event": "reload_failed", "error": error})
+        }
+    };
+    if json {
+        say!("{line}");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

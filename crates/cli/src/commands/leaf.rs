@@ -13,7 +13,7 @@ use canopy_node::metrics;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-use crate::reload::{Reloader, split_live};
+use crate::reload::{Outcome, Reloader, announce, split_live};
 use crate::shutdown::{Signal, Signals};
 
 /// The port a supernode listens on when a bootstrap name gives none.
@@ -113,44 +113,34 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let (live_tx, _live_rx) = watch::channel(settings.live);
     let mut reload = settings.reload;
     while signals.next().await == Signal::Reload {
-        let Some(path) = reload.path().cloned() else {
-            tracing::info!("SIGHUP: no --config file to re-read");
+        if reload.path().is_none() {
+            announce(resolved.json, &Outcome::NoFile)?;
             continue;
-        };
-        let outcome = reload.reread().and_then(|reloaded| {
-            reloaded
-                .args
-                .settings(reload.origin())
-                .map_err(|e| e.to_string())?;
-            Ok((reloaded.args.live(), reloaded.changed))
-        });
-        let (live, changed) = match outcome {
-            Ok(outcome) => outcome,
+        }
+        let reread = reload.reread(|args, origin| args.settings(origin).map(drop));
+        let (live, changed) = match reread {
+            Ok(reloaded) => (reloaded.args.live(), reloaded.changed),
             Err(error) => {
-                tracing::warn!(%error, "config not reloaded; the settings in force stay");
+                announce(resolved.json, &Outcome::Failed(error))?;
                 continue;
             }
         };
-        let (applied, restart_needed) = split_live(&changed, LIVE_KEYS);
         let changes = live_tx.borrow().changes(&live);
         tracing::info!(
-            config = %path.display(),
-            applied = ?applied,
-            restart_needed = ?restart_needed,
             settings = ?changes.patch,
             shares_added = ?changes.added,
             shares_removed = ?changes.removed,
-            "reloaded the config file"
+            "live settings after the reload"
         );
         live_tx.send_replace(live);
-        if resolved.json {
-            let line = serde_json::json!({
-                "event": "reloaded",
-                "applied": applied,
-                "restart_needed": restart_needed,
-            });
-            say!("{line}");
-        }
+        let (applied, restart_needed) = split_live(&changed, LIVE_KEYS);
+        announce(
+            resolved.json,
+            &Outcome::Reloaded {
+                applied,
+                restart_needed,
+            },
+        )?;
     }
     tracing::info!("shutting down");
     leaf.shutdown().await;

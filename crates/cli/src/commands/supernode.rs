@@ -9,7 +9,7 @@ use canopy_node::metrics;
 use canopy_node::supernode::{self, SupernodeOptions};
 use tokio_util::task::TaskTracker;
 
-use crate::reload::Reloader;
+use crate::reload::{Outcome, Reloader, announce};
 use crate::shutdown::{Signal, Signals};
 
 /// Everything resolved: ready to run.
@@ -69,35 +69,18 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     while signals.next().await == Signal::Reload {
         // Nothing of a supernode changes live yet: check the file, say
         // what changed, keep running with what is in force.
-        let Some(path) = reload.path().cloned() else {
-            tracing::info!("SIGHUP: no --config file to re-read");
-            continue;
-        };
-        let outcome = reload.reread().and_then(|reloaded| {
-            reloaded
-                .args
-                .options(reload.origin())
-                .map_err(|e| e.to_string())?;
-            Ok(reloaded.changed)
-        });
-        match outcome {
-            Ok(changed) => {
-                tracing::info!(
-                    config = %path.display(),
-                    restart_needed = ?changed,
-                    "reloaded the config file; these keys take effect at the next start"
-                );
-                if settings.json {
-                    let line = serde_json::json!({
-                        "event": "reloaded",
-                        "applied": [],
-                        "restart_needed": changed,
-                    });
-                    say!("{line}");
-                }
+        let outcome = if reload.path().is_none() {
+            Outcome::NoFile
+        } else {
+            match reload.reread(|args, origin| args.options(origin).map(drop)) {
+                Ok(reloaded) => Outcome::Reloaded {
+                    applied: Vec::new(),
+                    restart_needed: reloaded.changed,
+                },
+                Err(error) => Outcome::Failed(error),
             }
-            Err(error) => tracing::warn!(%error, "config not reloaded; the settings in force stay"),
-        }
+        };
+        announce(settings.json, &outcome)?;
     }
     tracing::info!("shutting down");
     node.shutdown().await;
