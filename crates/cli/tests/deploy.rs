@@ -15,7 +15,9 @@ use clap::Args;
 const CANOPY: &str = env!("CARGO_BIN_EXE_canopy");
 
 fn deploy(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(file)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy")
+        .join(file)
 }
 
 /// Every key of a command `T` is in `text`, set or commented out.
@@ -26,9 +28,10 @@ fn assert_every_key<T: Args>(text: &str, file: &str) {
         if key == "config" || arg.get_long().is_none() {
             continue;
         }
-        let listed = text
-            .lines()
-            .any(|line| line.trim_start_matches("# ").starts_with(&format!("{key} =")));
+        let listed = text.lines().any(|line| {
+            line.trim_start_matches("# ")
+                .starts_with(&format!("{key} ="))
+        });
         assert!(listed, "{file} does not show the key `{key}`");
     }
 }
@@ -86,8 +89,14 @@ fn the_systemd_units_verify() {
     verify(false, &supernode, runtime.path());
     let leaf = unit_for_test("canopy-leaf.service", "%h/.cargo/bin/canopy", dir.path());
     let text = std::fs::read_to_string(&leaf).unwrap();
-    assert!(text.contains("ExecReload=/bin/kill -HUP $MAINPID"), "{text}");
+    assert!(
+        text.contains("ExecReload=/bin/kill -HUP $MAINPID"),
+        "{text}"
+    );
     assert!(text.contains("--config %E/canopy/leaf.toml"), "{text}");
-    assert!(text.contains("WantedBy=default.target"), "a user unit: {text}");
+    assert!(
+        text.contains("WantedBy=default.target"),
+        "a user unit: {text}"
+    );
     verify(true, &leaf, runtime.path());
 }

@@ -1,7 +1,7 @@
 //! `canopy supernode`'s settings: each flag, file key, default and range
 //! once, and the one conversion into [`SupernodeOptions`]. The protocol's
-//! defaults are the core's ([`SupernodeOptions::new`] takes them from
-//! `canopy_core::supernode::SupernodeConfig`); the flags show them.
+//! settings are the core's `SupernodeConfig` (`SupernodeOptions::protocol`),
+//! whose defaults the flags show.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,45 +31,45 @@ pub struct SupernodeArgs {
     #[arg(long = "peer", value_name = "ADDR")]
     pub peers: Vec<SocketAddr>,
     /// Cap on the TTL of incoming queries, 1-7.
-    #[arg(long, default_value_t = DEFAULTS.ttl_cap,
+    #[arg(long, default_value_t = DEFAULTS.protocol.ttl_cap,
         value_parser = clap::value_parser!(u8).range(1..=7))]
     pub ttl_cap: u8,
     /// Most leaves to accept.
-    #[arg(long, default_value_t = DEFAULTS.max_leaves)]
+    #[arg(long, default_value_t = DEFAULTS.protocol.max_leaves)]
     pub max_leaves: usize,
     /// Most supernode peers.
-    #[arg(long, default_value_t = DEFAULTS.max_supernode_peers)]
+    #[arg(long, default_value_t = DEFAULTS.protocol.max_supernode_peers)]
     pub max_peers: usize,
     /// Most files one leaf may publish.
-    #[arg(long, default_value_t = DEFAULTS.max_files_per_leaf)]
+    #[arg(long, default_value_t = DEFAULTS.protocol.max_files_per_leaf)]
     pub max_files_per_leaf: usize,
     /// How leaves' queries travel: `flood` (TTL flooding) or `dynamic`
     /// (probe, then widen until 150 results, 10 for a content id).
     #[arg(long, value_enum, default_value_t = QueryStrategy::Dynamic)]
     pub query_strategy: QueryStrategy,
     /// Queries a leaf may send a second on average; more are dropped.
-    #[arg(long, default_value_t = DEFAULTS.leaf_queries_per_second)]
+    #[arg(long, default_value_t = DEFAULTS.protocol.leaf_queries_per_second)]
     pub leaf_queries_per_second: u32,
     /// Queries a leaf may send at once.
-    #[arg(long, default_value_t = DEFAULTS.leaf_query_burst, value_parser = at_least_one::<u32>)]
+    #[arg(long, default_value_t = DEFAULTS.protocol.leaf_query_burst, value_parser = at_least_one::<u32>)]
     pub leaf_query_burst: u32,
     /// Queries a supernode peer may send a second on average; more are
     /// dropped.
-    #[arg(long, default_value_t = DEFAULTS.peer_queries_per_second)]
+    #[arg(long, default_value_t = DEFAULTS.protocol.peer_queries_per_second)]
     pub peer_queries_per_second: u32,
     /// Queries a supernode peer may send at once.
-    #[arg(long, default_value_t = DEFAULTS.peer_query_burst, value_parser = at_least_one::<u32>)]
+    #[arg(long, default_value_t = DEFAULTS.protocol.peer_query_burst, value_parser = at_least_one::<u32>)]
     pub peer_query_burst: u32,
     /// Bytes the index may take (an estimate per file: record, name and
     /// words); over it, the leaves publishing the most are refused first.
     /// The default is a quarter of this machine's memory (1 GiB where that
     /// can't be read).
-    #[arg(long, default_value_t = machine_index_budget().unwrap_or(DEFAULTS.index_budget_bytes),
+    #[arg(long, default_value_t = machine_index_budget().unwrap_or(DEFAULTS.protocol.index_budget_bytes),
         value_parser = at_least_one::<u64>)]
     pub index_budget_bytes: u64,
     /// Words of a file name indexed (1-255); a longer name is found by its
     /// first words only.
-    #[arg(long, default_value_t = DEFAULTS.max_words_per_name,
+    #[arg(long, default_value_t = DEFAULTS.protocol.max_words_per_name,
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=255))]
     pub max_words_per_name: usize,
     /// Supernode peers to keep; beyond --peer, supernodes heard of are
@@ -77,33 +77,33 @@ pub struct SupernodeArgs {
     #[arg(long, default_value_t = DEFAULTS.peers_wanted)]
     pub peers_wanted: usize,
     /// Leaves one IP address may attach.
-    #[arg(long, default_value_t = DEFAULTS.leaves_per_address.per_ip,
+    #[arg(long, default_value_t = DEFAULTS.protocol.leaves_per_address.per_ip,
         value_parser = at_least_one::<usize>)]
     pub leaves_per_ip: usize,
     /// Leaves one network (an IPv4 /24, an IPv6 /48) may attach.
-    #[arg(long, default_value_t = DEFAULTS.leaves_per_address.per_prefix,
+    #[arg(long, default_value_t = DEFAULTS.protocol.leaves_per_address.per_prefix,
         value_parser = at_least_one::<usize>)]
     pub leaves_per_network: usize,
     /// Supernode peers that dialed us from one IP address.
-    #[arg(long, default_value_t = DEFAULTS.peers_per_address.per_ip,
+    #[arg(long, default_value_t = DEFAULTS.protocol.peers_per_address.per_ip,
         value_parser = at_least_one::<usize>)]
     pub peers_per_ip: usize,
     /// Supernode peers that dialed us from one /24 or /48.
-    #[arg(long, default_value_t = DEFAULTS.peers_per_address.per_prefix,
+    #[arg(long, default_value_t = DEFAULTS.protocol.peers_per_address.per_prefix,
         value_parser = at_least_one::<usize>)]
     pub peers_per_network: usize,
     /// Handshakes in progress from one IP address; connections beyond are
     /// closed at once.
-    #[arg(long, default_value_t = DEFAULTS.handshakes_per_address.per_ip,
+    #[arg(long, default_value_t = DEFAULTS.protocol.handshakes_per_address.per_ip,
         value_parser = at_least_one::<usize>)]
     pub handshakes_per_ip: usize,
     /// Handshakes in progress from one /24 or /48.
-    #[arg(long, default_value_t = DEFAULTS.handshakes_per_address.per_prefix,
+    #[arg(long, default_value_t = DEFAULTS.protocol.handshakes_per_address.per_prefix,
         value_parser = at_least_one::<usize>)]
     pub handshakes_per_network: usize,
     /// Supernode peer slots only peers we dial may take, so inbound floods
     /// can't lock us out of our own network (at most --max-peers).
-    #[arg(long, default_value_t = DEFAULTS.reserved_outbound_peers)]
+    #[arg(long, default_value_t = DEFAULTS.protocol.reserved_outbound_peers)]
     pub reserved_outbound_peers: usize,
     /// Addresses (CIDR or single IP, repeatable) the per-address limits do
     /// not apply to; `none` (or `[]` in the file) limits everyone.
@@ -134,35 +134,37 @@ impl SupernodeArgs {
     /// The node's options: the one place a setting meets the node's field.
     /// Checks what one setting says about another.
     pub fn options(&self, origin: Origin<'_>) -> Result<SupernodeOptions, ConfigError> {
-        let mut options = SupernodeOptions::new(self.listen);
-        options.peers.clone_from(&self.peers);
-        options.ttl_cap = self.ttl_cap;
-        options.max_leaves = self.max_leaves;
-        options.max_supernode_peers = self.max_peers;
-        options.max_files_per_leaf = self.max_files_per_leaf;
-        options.dynamic = match self.query_strategy {
-            QueryStrategy::Dynamic => Some(canopy_core::dynamic::DynamicConfig::default()),
-            QueryStrategy::Flood => None,
-        };
-        options.leaf_queries_per_second = self.leaf_queries_per_second;
-        options.leaf_query_burst = self.leaf_query_burst;
-        options.peer_queries_per_second = self.peer_queries_per_second;
-        options.peer_query_burst = self.peer_query_burst;
-        options.index_budget_bytes = self.index_budget_bytes;
-        options.max_words_per_name = self.max_words_per_name;
-        options.peers_wanted = self.peers_wanted;
-        options.leaves_per_address = AddressLimit::new(self.leaves_per_ip, self.leaves_per_network);
-        options.peers_per_address = AddressLimit::new(self.peers_per_ip, self.peers_per_network);
-        options.handshakes_per_address =
-            AddressLimit::new(self.handshakes_per_ip, self.handshakes_per_network);
-        options.reserved_outbound_peers = self.reserved_outbound_peers;
         if self.reserved_outbound_peers > self.max_peers {
             return Err(origin.invalid(
                 "reserved_outbound_peers",
                 format!("must be at most max_peers ({})", self.max_peers),
             ));
         }
-        options.limit_exempt = config::exempt_networks(&self.limit_exempt)
+        let mut options = SupernodeOptions::new(self.listen);
+        options.peers.clone_from(&self.peers);
+        options.peers_wanted = self.peers_wanted;
+        let protocol = &mut options.protocol;
+        protocol.ttl_cap = self.ttl_cap;
+        protocol.max_leaves = self.max_leaves;
+        protocol.max_supernode_peers = self.max_peers;
+        protocol.max_files_per_leaf = self.max_files_per_leaf;
+        protocol.dynamic = match self.query_strategy {
+            QueryStrategy::Dynamic => Some(canopy_core::dynamic::DynamicConfig::default()),
+            QueryStrategy::Flood => None,
+        };
+        protocol.leaf_queries_per_second = self.leaf_queries_per_second;
+        protocol.leaf_query_burst = self.leaf_query_burst;
+        protocol.peer_queries_per_second = self.peer_queries_per_second;
+        protocol.peer_query_burst = self.peer_query_burst;
+        protocol.index_budget_bytes = self.index_budget_bytes;
+        protocol.max_words_per_name = self.max_words_per_name;
+        protocol.leaves_per_address =
+            AddressLimit::new(self.leaves_per_ip, self.leaves_per_network);
+        protocol.peers_per_address = AddressLimit::new(self.peers_per_ip, self.peers_per_network);
+        protocol.handshakes_per_address =
+            AddressLimit::new(self.handshakes_per_ip, self.handshakes_per_network);
+        protocol.reserved_outbound_peers = self.reserved_outbound_peers;
+        protocol.limit_exempt = config::exempt_networks(&self.limit_exempt)
             .map_err(|problem| origin.invalid("limit_exempt", problem))?;
         options.data_dir = self.data_dir.clone().or_else(config::default_data_dir);
         Ok(options)
@@ -208,17 +210,26 @@ mod tests {
         let options = resolve("").unwrap();
         let core = &*DEFAULTS;
         assert_eq!(options.listen, core.listen);
-        assert_eq!(options.ttl_cap, core.ttl_cap);
-        assert_eq!(options.max_leaves, core.max_leaves);
-        assert_eq!(options.leaves_per_address, core.leaves_per_address);
-        assert_eq!(options.handshakes_per_address, core.handshakes_per_address);
-        assert_eq!(options.limit_exempt, core.limit_exempt);
+        assert_eq!(options.protocol.ttl_cap, core.protocol.ttl_cap);
+        assert_eq!(options.protocol.max_leaves, core.protocol.max_leaves);
         assert_eq!(
-            options.reserved_outbound_peers,
-            core.reserved_outbound_peers
+            options.protocol.leaves_per_address,
+            core.protocol.leaves_per_address
         );
-        assert_eq!(options.index_budget_bytes, machine_index_budget().unwrap());
-        assert!(options.dynamic.is_some());
+        assert_eq!(
+            options.protocol.handshakes_per_address,
+            core.protocol.handshakes_per_address
+        );
+        assert_eq!(options.protocol.limit_exempt, core.protocol.limit_exempt);
+        assert_eq!(
+            options.protocol.reserved_outbound_peers,
+            core.protocol.reserved_outbound_peers
+        );
+        assert_eq!(
+            options.protocol.index_budget_bytes,
+            machine_index_budget().unwrap()
+        );
+        assert!(options.protocol.dynamic.is_some());
     }
 
     #[test]
@@ -227,10 +238,10 @@ mod tests {
             "max_peers = 9\nleaves_per_network = 3\nquery_strategy = \"flood\"\nlimit_exempt = []\npeers = [\"127.0.0.1:9\"]\n",
         )
         .unwrap();
-        assert_eq!(options.max_supernode_peers, 9);
-        assert_eq!(options.leaves_per_address.per_prefix, 3);
-        assert!(options.dynamic.is_none());
-        assert!(options.limit_exempt.is_empty());
+        assert_eq!(options.protocol.max_supernode_peers, 9);
+        assert_eq!(options.protocol.leaves_per_address.per_prefix, 3);
+        assert!(options.protocol.dynamic.is_none());
+        assert!(options.protocol.limit_exempt.is_empty());
         assert_eq!(options.peers, vec!["127.0.0.1:9".parse().unwrap()]);
         for (text, key) in [
             ("ttl_cap = 9\n", "ttl_cap"),
