@@ -155,7 +155,8 @@ async fn a_leaf_keeps_its_id_and_its_supernodes_without_shares_or_flags() {
     let overlay = supernode::start(SupernodeOptions::new(SocketAddr::from(([127, 0, 0, 1], 0))))
         .await
         .unwrap();
-    let at = overlay.local_addr().to_string();
+    // A host name, as a person writes it.
+    let at = format!("localhost:{}", overlay.local_addr().port());
     // The default data directory ($XDG_DATA_HOME/canopy), no --share.
     let home = tempfile::tempdir().unwrap();
     let mut first = Node::start(

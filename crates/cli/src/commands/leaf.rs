@@ -2,7 +2,6 @@
 //! download-only leaf), until Ctrl-C or SIGTERM; SIGHUP re-reads its
 //! config file and hands the live settings and the share list on.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -15,9 +14,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::reload::{Outcome, Reloader, announce, split_live};
 use crate::shutdown::{Signal, Signals};
-
-/// The port a supernode listens on when a bootstrap name gives none.
-const DEFAULT_SUPERNODE_PORT: u16 = 6346;
 
 /// Everything resolved: ready to run.
 pub(crate) struct Settings {
@@ -48,13 +44,10 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         None,
     );
     let bar = hashing.clone();
-    let resolved = settings.resolved;
+    let mut resolved = settings.resolved;
+    resolved.resolve_supernodes().await;
     let mut options = resolved.leaf;
     options.progress = Some(Arc::new(move |bytes| bar.inc(bytes)));
-    // Until the node resolves bootstrap names itself, they are seeds.
-    options
-        .supernodes
-        .extend(resolve_bootstrap(&resolved.bootstrap).await);
     let (supernodes, advertise) = (options.supernodes.clone(), options.advertise);
     let leaf = leaf::start(options).await.context("starting the leaf")?;
     hashing.finish_and_clear();
@@ -145,29 +138,4 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     leaf.shutdown().await;
     Ok(())
-}
-
-/// Every address of the bootstrap names (`host` or `host:port`); a name
-/// that does not resolve is logged and skipped.
-async fn resolve_bootstrap(names: &[String]) -> Vec<SocketAddr> {
-    let mut found = Vec::new();
-    for name in names {
-        let has_port = name
-            .rsplit_once(':')
-            .is_some_and(|(_, port)| port.parse::<u16>().is_ok());
-        let lookup = if has_port {
-            tokio::net::lookup_host(name.as_str())
-                .await
-                .map(Vec::from_iter)
-        } else {
-            tokio::net::lookup_host((name.as_str(), DEFAULT_SUPERNODE_PORT))
-                .await
-                .map(Vec::from_iter)
-        };
-        match lookup {
-            Ok(addrs) => found.extend(addrs),
-            Err(error) => tracing::warn!(name, %error, "bootstrap name not resolved"),
-        }
-    }
-    found
 }

@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 
 use canopy_cli::config::{ConfigError, Origin};
-use canopy_cli::settings::supernode::SupernodeArgs;
+use canopy_cli::settings::supernode::{SupernodeArgs, resolve_peers};
+use canopy_node::addr::HostPort;
 use canopy_node::metrics;
 use canopy_node::supernode::{self, SupernodeOptions};
 use tokio_util::task::TaskTracker;
@@ -15,6 +16,7 @@ use crate::shutdown::{Signal, Signals};
 /// Everything resolved: ready to run.
 pub(crate) struct Settings {
     options: SupernodeOptions,
+    peers: Vec<HostPort>,
     metrics: Option<SocketAddr>,
     json: bool,
     reload: Reloader<SupernodeArgs>,
@@ -28,6 +30,7 @@ pub(crate) fn resolve(
 ) -> Result<Settings, ConfigError> {
     Ok(Settings {
         options: args.options(origin)?,
+        peers: args.peers.clone(),
         metrics: args.metrics,
         json: args.json,
         reload,
@@ -36,7 +39,9 @@ pub(crate) fn resolve(
 
 pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut signals = Signals::new();
-    let node = supernode::start(settings.options).await?;
+    let mut options = settings.options;
+    options.peers = resolve_peers(&settings.peers).await;
+    let node = supernode::start(options).await?;
     let metrics = match settings.metrics {
         Some(addr) => Some(
             metrics::serve(

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use canopy_core::addr_limits::AddressLimit;
 use canopy_daemon::model::{Settings, SettingsPatch};
+use canopy_node::addr::{self, HostPort};
 use canopy_node::hosts::HostCache;
 use canopy_node::leaf::LeafOptions;
 use canopy_transfer::server::ServerConfig;
@@ -28,15 +29,17 @@ pub struct LeafArgs {
     /// A TOML file with any of the settings below; SIGHUP re-reads it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// A supernode to join (repeatable; `supernodes` in the file). More
-    /// are learned from supernodes and kept in the host cache, so after a
-    /// first run none need be given.
-    #[arg(long = "supernode", value_name = "ADDR")]
-    pub supernodes: Vec<SocketAddr>,
-    /// A DNS name listing supernodes, asked when there is none to join
-    /// (repeatable; `bootstrap` in the file).
-    #[arg(long, value_name = "NAME")]
-    pub bootstrap: Vec<String>,
+    /// A supernode to join, `host[:port]` (port 6346 if left out;
+    /// repeatable; `supernodes` in the file). More are learned from
+    /// supernodes and kept in the host cache, so after a first run none
+    /// need be given.
+    #[arg(long = "supernode", value_name = "HOST[:PORT]")]
+    pub supernodes: Vec<HostPort>,
+    /// A DNS name listing supernodes (every address it has), asked at
+    /// start and when no supernode answers (repeatable; `bootstrap` in the
+    /// file).
+    #[arg(long, value_name = "NAME[:PORT]")]
+    pub bootstrap: Vec<HostPort>,
     /// How many supernodes to stay connected to and publish to.
     #[arg(long, default_value_t = 2, value_parser = at_least_one::<usize>)]
     pub supernodes_wanted: usize,
@@ -122,11 +125,15 @@ pub const LIVE_KEYS: &[&str] = &[
 
 /// A leaf's settings resolved: what the daemon is started with
 /// (`canopy_daemon::DaemonOptions` takes `leaf`, `control`,
-/// `downloads_dir`, `share_downloads` and `settings` as they are).
+/// `downloads_dir`, `share_downloads` and `settings` as they are, once
+/// [`LeafSettings::resolve_supernodes`] has looked the names up).
 #[derive(Debug)]
 pub struct LeafSettings {
-    /// The overlay node's options.
+    /// The overlay node's options (its `supernodes` filled in by
+    /// [`LeafSettings::resolve_supernodes`]).
     pub leaf: LeafOptions,
+    /// The supernodes given, as written.
+    pub supernodes: Vec<HostPort>,
     /// Where the control API listens.
     pub control: SocketAddr,
     /// Where downloads are saved.
@@ -135,12 +142,19 @@ pub struct LeafSettings {
     pub share_downloads: bool,
     /// The live settings at start.
     pub settings: Settings,
-    /// DNS names to ask for supernodes.
-    pub bootstrap: Vec<String>,
     /// Where Prometheus metrics are served, if anywhere.
     pub metrics: Option<SocketAddr>,
     /// JSON lines on stdout.
     pub json: bool,
+}
+
+impl LeafSettings {
+    /// Looks up the supernodes given by name (an address given as an IP
+    /// needs none): every address of each; a name that does not resolve
+    /// is logged and passed over.
+    pub async fn resolve_supernodes(&mut self) {
+        self.leaf.supernodes = addr::resolve_all(&self.supernodes).await;
+    }
 }
 
 /// What a SIGHUP can change in a running leaf.
@@ -235,10 +249,16 @@ impl LeafArgs {
             rate_window: SERVER.rate_window,
         };
         let data_dir = self.data_dir.clone().or_else(config::default_data_dir);
-        // A placeholder first supernode, replaced by the whole list below
-        // (which may be empty: the host cache or bootstrap names then).
+        // A placeholder first supernode: the list is the given names'
+        // addresses (`resolve_supernodes`), and may be empty (the host
+        // cache's and the bootstrap names' then).
         let mut leaf = LeafOptions::new(SocketAddr::from(([127, 0, 0, 1], 0)));
-        leaf.supernodes.clone_from(&self.supernodes);
+        leaf.supernodes = self
+            .supernodes
+            .iter()
+            .filter_map(HostPort::socket_addr)
+            .collect();
+        leaf.bootstrap.clone_from(&self.bootstrap);
         leaf.supernodes_wanted = self.supernodes_wanted;
         leaf.listen = Some(self.listen);
         leaf.advertise = self.advertise;
@@ -256,11 +276,11 @@ impl LeafArgs {
         leaf.data_dir = data_dir;
         Ok(LeafSettings {
             leaf,
+            supernodes: self.supernodes.clone(),
             control: self.control,
             downloads_dir,
             share_downloads: self.share_downloads,
             settings,
-            bootstrap: self.bootstrap.clone(),
             metrics: self.metrics,
             json: self.json,
         })
@@ -385,7 +405,8 @@ mod tests {
         assert_eq!(leaf.leaf.server.upload_slots, 9);
         assert!(!leaf.share_downloads);
         assert_eq!(leaf.downloads_dir, PathBuf::from("/tmp/d"));
-        assert_eq!(leaf.bootstrap, vec!["seed.example".to_owned()]);
+        assert_eq!(leaf.leaf.bootstrap, vec!["seed.example".parse().unwrap()]);
+        assert_eq!(leaf.leaf.bootstrap[0].port(), addr::DEFAULT_PORT);
         for (text, key) in [
             ("upload_slots = 0\n", "upload_slots"),
             ("max_active_downloads = 101\n", "max_active_downloads"),

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::LazyLock;
 
 use canopy_core::addr_limits::{AddressLimit, default_exempt};
+use canopy_node::addr::{self, HostPort};
 use canopy_node::supernode::SupernodeOptions;
 
 use crate::config::{self, ConfigError, Exempt, Origin, at_least_one};
@@ -26,10 +27,15 @@ pub struct SupernodeArgs {
     /// Address to listen on, for leaves and supernodes alike.
     #[arg(long, default_value_t = DEFAULTS.listen)]
     pub listen: SocketAddr,
-    /// Another supernode to connect to (repeatable; `peers` in the file);
-    /// redialed with backoff if it goes away.
-    #[arg(long = "peer", value_name = "ADDR")]
-    pub peers: Vec<SocketAddr>,
+    /// Another supernode to connect to, `host[:port]` (port 6346 if left
+    /// out; repeatable; `peers` in the file); redialed with backoff if it
+    /// goes away. A name stands for every address it has.
+    #[arg(long = "peer", value_name = "HOST[:PORT]")]
+    pub peers: Vec<HostPort>,
+    /// A DNS name listing supernodes to dial when short of peers
+    /// (repeatable; `bootstrap` in the file).
+    #[arg(long, value_name = "NAME[:PORT]")]
+    pub bootstrap: Vec<HostPort>,
     /// Cap on the TTL of incoming queries, 1-7.
     #[arg(long, default_value_t = DEFAULTS.protocol.ttl_cap,
         value_parser = clap::value_parser!(u8).range(1..=7))]
@@ -141,7 +147,13 @@ impl SupernodeArgs {
             ));
         }
         let mut options = SupernodeOptions::new(self.listen);
-        options.peers.clone_from(&self.peers);
+        // Names are looked up at start (`resolve_peers`).
+        options.peers = self
+            .peers
+            .iter()
+            .filter_map(HostPort::socket_addr)
+            .collect();
+        options.bootstrap.clone_from(&self.bootstrap);
         options.peers_wanted = self.peers_wanted;
         let protocol = &mut options.protocol;
         protocol.ttl_cap = self.ttl_cap;
@@ -169,6 +181,13 @@ impl SupernodeArgs {
         options.data_dir = self.data_dir.clone().or_else(config::default_data_dir);
         Ok(options)
     }
+}
+
+/// Every address of the `--peer` supernodes (names looked up; one that
+/// does not resolve is logged and passed over), for
+/// [`SupernodeOptions::peers`].
+pub async fn resolve_peers(peers: &[HostPort]) -> Vec<std::net::SocketAddr> {
+    addr::resolve_all(peers).await
 }
 
 /// The index budget sized for this machine: a quarter of its memory (so a
