@@ -64,8 +64,13 @@ impl Node {
         let line = tokio::time::timeout(PATIENCE, self.lines.next_line())
             .await
             .expect("no line in time")
-            .unwrap()
-            .expect("exited before the line");
+            .unwrap();
+        let Some(line) = line else {
+            let mut stderr = String::new();
+            let mut pipe = self.child.stderr.take().unwrap();
+            let _ = pipe.read_to_string(&mut stderr).await;
+            panic!("exited before the line: {stderr}");
+        };
         serde_json::from_str(&line).unwrap()
     }
 
@@ -178,6 +183,16 @@ async fn a_leaf_keeps_its_id_and_its_supernodes_without_shares_or_flags() {
         .wait_for(PATIENCE, |s| s.leaves == 1)
         .await
         .expect("the leaf attached");
+    // The leaf records the supernode that took it in its host cache.
+    let hosts = home.path().join("canopy/hosts.json");
+    let port = format!(":{}\"", overlay.local_addr().port());
+    tokio::time::timeout(PATIENCE, async {
+        while !std::fs::read_to_string(&hosts).is_ok_and(|text| text.contains(&port)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the host cache names the supernode");
     let (code, stderr) = first.stop().await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!stderr.contains('\x1b'), "no colour codes off a terminal");
@@ -201,12 +216,17 @@ async fn a_leaf_keeps_its_id_and_its_supernodes_without_shares_or_flags() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_rereads_the_config_and_says_what_changed() {
+    let overlay = supernode::start(SupernodeOptions::new(SocketAddr::from(([127, 0, 0, 1], 0))))
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let share = tempfile::tempdir().unwrap();
+    std::fs::write(share.path().join("Shared On Reload.txt"), b"reloaded").unwrap();
     let config = dir.path().join("leaf.toml");
     let data = dir.path().join("data");
     let base = format!(
-        "supernodes = [\"127.0.0.1:9\"]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\njson = true\n",
+        "supernodes = [\"{}\"]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\njson = true\n",
+        overlay.local_addr(),
         data.display()
     );
     std::fs::write(&config, format!("{base}upload_slots = 4\n")).unwrap();
@@ -240,6 +260,11 @@ async fn sighup_rereads_the_config_and_says_what_changed() {
         serde_json::json!(["shares", "upload_slots"])
     );
     assert_eq!(reloaded["restart_needed"], serde_json::json!(["rescan"]));
+    // The folder is shared at once: its file reaches the supernode's index.
+    overlay
+        .wait_for(PATIENCE, |s| s.index_files == 1)
+        .await
+        .expect("the new share was published");
 
     // A broken file is refused; the leaf keeps running on what it had.
     std::fs::write(&config, format!("{base}upload_slots = 0\n")).unwrap();
@@ -262,6 +287,10 @@ async fn sighup_rereads_the_config_and_says_what_changed() {
         serde_json::json!(["shares"]),
         "compared with the last good reading"
     );
+    overlay
+        .wait_for(PATIENCE, |s| s.index_files == 0)
+        .await
+        .expect("the removed share was withdrawn");
     let (code, stderr) = leaf.stop().await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("config not reloaded"), "{stderr}");
@@ -280,4 +309,5 @@ async fn sighup_rereads_the_config_and_says_what_changed() {
     let (code, stderr) = node.stop().await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("no --config file"), "{stderr}");
+    overlay.shutdown().await;
 }

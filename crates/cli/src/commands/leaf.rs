@@ -1,15 +1,14 @@
 //! `canopy leaf`: a leaf in the overlay, sharing folders (or none: a
 //! download-only leaf), until Ctrl-C or SIGTERM; SIGHUP re-reads its
-//! config file and hands the live settings and the share list on.
+//! config file and applies the live settings and the share list at once.
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use canopy_cli::config::{ConfigError, Origin};
-use canopy_cli::settings::leaf::{LIVE_KEYS, LeafArgs, LeafSettings, LiveConfig};
-use canopy_node::leaf;
+use canopy_cli::settings::leaf::{LIVE_KEYS, LeafArgs, LeafSettings, LiveChanges, LiveConfig};
+use canopy_node::leaf::{self, LeafHandle};
 use canopy_node::metrics;
-use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::reload::{Outcome, Reloader, announce, split_live};
@@ -100,10 +99,11 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
             status.shared_files,
         );
     }
-    // What SIGHUP changes live. The daemon follows this channel: a
-    // settings patch and share folders added or removed
-    // (`LiveConfig::changes`).
-    let (live_tx, _live_rx) = watch::channel(settings.live);
+    // The live settings in force; the flags' upload rate from the start.
+    let mut current = settings.live;
+    leaf.server()
+        .upload_limit()
+        .set_rate(current.settings.upload_rate_limit);
     let mut reload = settings.reload;
     while signals.next().await == Signal::Reload {
         if reload.path().is_none() {
@@ -118,14 +118,8 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let changes = live_tx.borrow().changes(&live);
-        tracing::info!(
-            settings = ?changes.patch,
-            shares_added = ?changes.added,
-            shares_removed = ?changes.removed,
-            "live settings after the reload"
-        );
-        live_tx.send_replace(live);
+        apply_live(&leaf, &current.changes(&live)).await;
+        current = live;
         let (applied, restart_needed) = split_live(&changed, LIVE_KEYS);
         announce(
             resolved.json,
@@ -138,4 +132,36 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     leaf.shutdown().await;
     Ok(())
+}
+
+/// Applies what a reload changed to the running leaf: the upload rate and
+/// slots, and the shared folders (added ones are scanned and published at
+/// once, removed ones withdrawn). The download settings belong to the
+/// daemon's queue. A folder that can't be shared is logged, the rest go on.
+async fn apply_live(leaf: &LeafHandle, changes: &LiveChanges) {
+    if changes.is_empty() {
+        return;
+    }
+    tracing::info!(
+        settings = ?changes.patch,
+        shares_added = ?changes.added,
+        shares_removed = ?changes.removed,
+        "applying the reloaded live settings"
+    );
+    if let Some(rate) = changes.patch.upload_rate_limit {
+        leaf.server().upload_limit().set_rate(rate);
+    }
+    if let Some(slots) = changes.patch.upload_slots {
+        leaf.server().set_upload_slots(slots);
+    }
+    for folder in &changes.removed {
+        if let Err(error) = leaf.remove_share(folder.clone()).await {
+            tracing::warn!(folder = %folder.display(), %error, "cannot stop sharing");
+        }
+    }
+    for folder in &changes.added {
+        if let Err(error) = leaf.add_share(folder.clone()).await {
+            tracing::warn!(folder = %folder.display(), %error, "cannot share");
+        }
+    }
 }
