@@ -66,8 +66,8 @@ enum Command {
 
 /// A command with its settings resolved, ready to run.
 enum Job {
-    Supernode(commands::supernode::Settings),
-    Leaf(commands::leaf::Settings),
+    Supernode(Box<commands::supernode::Settings>),
+    Leaf(Box<commands::leaf::Settings>),
     Search(commands::search::Args),
     Get(commands::get::Args),
     Hash(commands::hash::Args),
@@ -113,13 +113,13 @@ fn main() -> ExitCode {
             origin,
             reload::Reloader::new(reloader(()), pick_supernode),
         )
-        .map(Job::Supernode),
+        .map(|settings| Job::Supernode(Box::new(settings))),
         Command::Leaf(args) => commands::leaf::resolve(
             &args,
             origin,
             reload::Reloader::new(reloader(()), pick_leaf),
         )
-        .map(Job::Leaf),
+        .map(|settings| Job::Leaf(Box::new(settings))),
         Command::Search(args) => Ok(Job::Search(args)),
         Command::Get(args) => Ok(Job::Get(args)),
         Command::Hash(args) => Ok(Job::Hash(args)),
@@ -146,8 +146,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match job {
-            Job::Supernode(settings) => commands::supernode::run(settings).await,
-            Job::Leaf(settings) => commands::leaf::run(settings).await,
+            Job::Supernode(settings) => commands::supernode::run(*settings).await,
+            Job::Leaf(settings) => commands::leaf::run(*settings).await,
             Job::Search(args) => commands::search::run(args).await,
             Job::Get(args) => commands::get::run(args).await,
             Job::Hash(args) => commands::hash::run(args).await,
