@@ -6,7 +6,11 @@
 //! - [`model`]: the API's JSON types, shared by the server, the CLI's
 //!   client and (as JSON) the web UI;
 //! - [`control`]: what the API can ask of the daemon, as a trait, so the
-//!   HTTP layer is tested against a fake.
+//!   HTTP layer is tested against a fake;
+//! - [`api`]: the HTTP server of the control API and the web UI;
+//! - [`client`]: the API's client, for the CLI.
 
+pub mod api;
+pub mod client;
 pub mod control;
 pub mod model;
