@@ -6,7 +6,20 @@
 //! - [`model`]: the API's JSON types, shared by the server, the CLI's
 //!   client and (as JSON) the web UI;
 //! - [`control`]: what the API can ask of the daemon, as a trait, so the
-//!   HTTP layer is tested against a fake.
+//!   HTTP layer is tested against a fake;
+//! - [`daemon`]: the daemon implementing it, and [`start`];
+//! - `searches`, `downloads`, [`settings`], [`control_file`], `persist`:
+//!   its parts; `backend`: its one door to the leaf, the download engine
+//!   and the HTTP layer.
 
+mod backend;
 pub mod control;
+pub mod control_file;
+pub mod daemon;
+mod downloads;
 pub mod model;
+mod persist;
+pub mod searches;
+pub mod settings;
+
+pub use daemon::{Daemon, DaemonError, DaemonHandle, DaemonOptions, QUEUE_FILE, start};

@@ -410,6 +410,11 @@ impl ContentServer {
         }
     }
 
+    /// The files served.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
     /// The counters.
     pub fn stats(&self) -> &ServerStats {
         &self.stats
