@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::backend::{self, FetchError, FetchJob, FetchProgress};
 use crate::control::Control;
-use crate::downloads::{LiveTable, view};
+use crate::downloads::{LiveTable, RateMeter, view};
 use crate::model::{
     AddDownload, ApiError, DownloadView, SearchSpec, SearchView, Settings, SettingsPatch,
     SharesView, Status, Totals, UploadView,
@@ -47,6 +47,8 @@ pub const QUEUE_FILE: &str = "queue.json";
 const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(5);
 /// Longest name accepted in an [`AddDownload`].
 const MAX_NAME_BYTES: usize = 1024;
+/// How often the upload counter is sampled for the upload rate.
+const UPLOAD_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How to run the daemon.
 #[derive(Debug, Clone)]
@@ -135,6 +137,11 @@ pub struct Daemon {
     /// Bumped on every queue change; the writer saves the latest.
     queue_version: watch::Sender<u64>,
     downloaded_bytes: AtomicU64,
+    /// Upload rate, from the server's byte counter sampled each second.
+    upload_meter: Mutex<RateMeter>,
+    /// Held while a download's file name is chosen, so two downloads
+    /// never pick the same free name.
+    naming: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -296,12 +303,15 @@ pub async fn start(options: DaemonOptions) -> Result<DaemonHandle, DaemonError> 
         kick: Notify::new(),
         queue_version,
         downloaded_bytes: AtomicU64::new(0),
+        upload_meter: Mutex::new(RateMeter::default()),
+        naming: tokio::sync::Mutex::new(()),
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
     });
     daemon.apply_settings(&settings);
     tracker.spawn(daemon.clone().write_queue(versions));
     tracker.spawn(daemon.clone().drive(restarted));
+    tracker.spawn(daemon.clone().sample_uploads());
     tracker.spawn(backend::serve_api(
         daemon.clone(),
         listener,
@@ -368,6 +378,20 @@ impl Daemon {
             if stopping {
                 return;
             }
+        }
+    }
+
+    /// Samples the bytes uploaded each second, for the upload rate.
+    async fn sample_uploads(self: Arc<Self>) {
+        let mut every = tokio::time::interval(UPLOAD_SAMPLE_INTERVAL);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = self.shutdown.cancelled() => return,
+            }
+            let bytes = backend::uploaded_bytes(&self.leaf);
+            lock(&self.upload_meter).sample(Instant::now(), bytes);
         }
     }
 
@@ -546,6 +570,7 @@ impl Daemon {
         let daemon = self.clone();
         Box::new(move |from_sources: String, size: u64| {
             Box::pin(async move {
+                let _naming = daemon.naming.lock().await;
                 let dir = daemon.downloads_dir.clone();
                 tokio::fs::create_dir_all(&dir)
                     .await
@@ -716,7 +741,7 @@ impl Control for Daemon {
             totals: Totals {
                 uploaded_bytes: backend::uploaded_bytes(&self.leaf),
                 downloaded_bytes: self.downloaded_bytes.load(Ordering::Relaxed),
-                upload_rate: 0,
+                upload_rate: lock(&self.upload_meter).rate(Instant::now()),
                 download_rate,
                 uploads_active: backend::uploads_active(&self.leaf),
                 downloads_active: counts.active,

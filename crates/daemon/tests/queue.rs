@@ -446,3 +446,98 @@ async fn a_search_streams_results_filtered_and_sorted() {
     drop(daemon);
     handle.shutdown().await;
 }
+
+/// A leaf that publishes the sharer's folder but sends downloaders to a
+/// source that stops after `stall_after` bytes: a download stays active,
+/// part-way, for as long as the test needs.
+async fn stalling_sharer(
+    world: &World,
+    data: Vec<u8>,
+    stall_after: u64,
+) -> (LeafHandle, canopy_testkit::fake_source::FakeSource) {
+    use canopy_testkit::fake_source::{self, Misbehaviour};
+    let source = fake_source::start(data, Misbehaviour::StallAfter(stall_after)).await;
+    let mut options = overlay::leaf_options(&world.supernode, Some(&world.shared));
+    options.advertise = Some(source.addr);
+    (overlay::start_leaf(options).await, source)
+}
+
+const GROUP: u64 = 1 << 20;
+
+#[tokio::test]
+async fn pausing_part_way_keeps_the_verified_bytes_and_cancel_removes_them() {
+    let world = World::new().await;
+    let (id, bytes) = world.share("big.iso", 8 << 20, 21);
+    let (_leaf, _source) = stalling_sharer(&world, bytes, 3 * GROUP).await;
+    let handle = world.daemon().await;
+    let daemon = handle.control();
+    daemon.add_download(add(id)).await.unwrap();
+    let part_way = wait_for(&daemon, id, "a group verified", |v| {
+        v.state == DownloadState::Active && v.verified_bytes >= GROUP
+    })
+    .await;
+    assert_eq!(part_way.size, Some(8 << 20));
+    assert!(part_way.sources >= 1);
+    let paused = daemon.pause(&id.to_hex()).unwrap();
+    assert_eq!(paused.state, DownloadState::Paused);
+    assert!(paused.verified_bytes >= GROUP, "{paused:?}");
+    assert_eq!(paused.eta_secs, None);
+    let partial = world.downloads.join(partial_name(id));
+    let state = world.downloads.join(state_name(id));
+    assert!(
+        partial.exists() && state.exists(),
+        "pause keeps the partial"
+    );
+    assert!(!world.downloads.join("big.iso").exists());
+    daemon.cancel(&id.to_hex()).await.unwrap();
+    assert!(!partial.exists() && !state.exists(), "cancel removes it");
+    assert!(daemon.downloads().is_empty());
+    drop(daemon);
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_crash_part_way_resumes_from_the_bytes_verified_on_disk() {
+    let world = World::new().await;
+    let len = 8u64 << 20;
+    let (id, bytes) = world.share("big.iso", 8 << 20, 22);
+    let (stalling, _source) = stalling_sharer(&world, bytes.clone(), 3 * GROUP).await;
+    let first = world.daemon().await;
+    let daemon = first.control();
+    daemon.add_download(add(id)).await.unwrap();
+    let part_way = wait_for(&daemon, id, "a group verified", |v| {
+        v.state == DownloadState::Active && v.verified_bytes >= GROUP
+    })
+    .await;
+    drop(daemon);
+    drop(first);
+    stalling.shutdown().await;
+    assert!(world.downloads.join(partial_name(id)).exists());
+
+    let sharer = world.sharer().await;
+    let second = world.daemon().await;
+    let daemon = second.control();
+    wait_for(
+        &daemon,
+        id,
+        "done after restart",
+        state_is(DownloadState::Done),
+    )
+    .await;
+    assert_eq!(
+        std::fs::read(world.downloads.join("big.iso")).unwrap(),
+        bytes
+    );
+    let served = sharer
+        .server()
+        .stats()
+        .bytes_sent
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        served <= len - part_way.verified_bytes + 4096,
+        "resumed: {served} bytes served of {len}, {} were verified before the crash",
+        part_way.verified_bytes
+    );
+    drop(daemon);
+    second.shutdown().await;
+}
