@@ -220,6 +220,11 @@ impl DaemonHandle {
         let Some(daemon) = self.daemon.take() else {
             return;
         };
+        // Whatever finished as the tasks stopped is recorded too.
+        let saved = lock(&daemon.queue).save();
+        if let Err(error) = persist::write_json(&daemon.data_dir.join(QUEUE_FILE), &saved) {
+            tracing::warn!(%error, "cannot save queue.json");
+        }
         control_file::remove(&daemon.data_dir);
         let token = daemon.leaf.shutdown_token();
         match Arc::try_unwrap(daemon) {
@@ -480,8 +485,15 @@ impl Daemon {
                 queue.finish(&id, path, now).ok().map(|()| fetched.path)
             }
             Err(FetchError::Skipped { path, reason }) => {
-                tracing::info!(%id, %reason, "download skipped");
-                let _ = lock(&self.queue).skip(&id, path.display().to_string(), reason, now);
+                let path = path.display().to_string();
+                let mut queue = lock(&self.queue);
+                if entry.path.as_ref() == Some(&path) {
+                    // Our own file, finished before a crash could record it.
+                    let _ = queue.finish(&id, path, now);
+                } else {
+                    tracing::info!(%id, %reason, "download skipped");
+                    let _ = queue.skip(&id, path, reason, now);
+                }
                 None
             }
             Err(FetchError::Failed { reason, retryable }) => {

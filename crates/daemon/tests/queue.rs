@@ -541,3 +541,55 @@ async fn a_crash_part_way_resumes_from_the_bytes_verified_on_disk() {
     drop(daemon);
     second.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_download_finished_before_a_crash_is_done_after_the_restart() {
+    use canopy_core::queue::{DownloadQueue, NewEntry, QueueConfig};
+    let world = World::new().await;
+    // The file landed, but the crash came before queue.json said so.
+    std::fs::create_dir_all(&world.downloads).unwrap();
+    std::fs::create_dir_all(&world.data).unwrap();
+    let path = world.downloads.join("landed.bin");
+    std::fs::write(&path, overlay::sample_bytes(5000, 9)).unwrap();
+    let id = canopy_share::hash_file(&path).unwrap();
+    let mut queue = DownloadQueue::new(QueueConfig::default());
+    queue
+        .add(
+            NewEntry {
+                id,
+                name: Some("landed.bin".into()),
+                size: Some(5000),
+                priority: 0,
+            },
+            1,
+        )
+        .unwrap();
+    assert_eq!(queue.poll_starts(1), [id]);
+    queue
+        .set_details(&id, None, None, Some(path.display().to_string()))
+        .unwrap();
+    let text = serde_json::to_string(&queue.save()).unwrap();
+    std::fs::write(world.data.join(QUEUE_FILE), text).unwrap();
+
+    let handle = world.daemon().await;
+    let daemon = handle.control();
+    let done = wait_for(&daemon, id, "done", state_is(DownloadState::Done)).await;
+    assert_eq!(done.path.as_deref(), Some(path.to_str().unwrap()));
+    assert_eq!(done.error, None);
+    drop(daemon);
+    handle.shutdown().await;
+    let saved = std::fs::read_to_string(world.data.join(QUEUE_FILE)).unwrap();
+    assert!(saved.contains("\"done\""), "{saved}");
+}
+
+#[tokio::test]
+async fn a_corrupt_queue_file_is_ignored() {
+    let world = World::new().await;
+    std::fs::create_dir_all(&world.data).unwrap();
+    std::fs::write(world.data.join(QUEUE_FILE), b"{\"entries\": [oops").unwrap();
+    let handle = world.daemon().await;
+    let daemon = handle.control();
+    assert!(daemon.downloads().is_empty());
+    drop(daemon);
+    handle.shutdown().await;
+}
