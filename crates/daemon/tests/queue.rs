@@ -593,3 +593,92 @@ async fn a_corrupt_queue_file_is_ignored() {
     drop(daemon);
     handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn max_active_changes_live_and_priority_picks_the_next_download() {
+    let world = World::new().await;
+    let mut options = world.options();
+    options.settings.max_active_downloads = 1;
+    let handle = world.daemon_with(options).await;
+    let daemon = handle.control();
+    // Nobody has these: each stays active, looking for sources.
+    let ids: Vec<ContentId> = (1..=3).map(|n| ContentId([n; 32])).collect();
+    for id in &ids {
+        daemon.add_download(add(*id)).await.unwrap();
+    }
+    wait_for(
+        &daemon,
+        ids[0],
+        "first active",
+        state_is(DownloadState::Active),
+    )
+    .await;
+    let states = |daemon: &Arc<Daemon>| -> Vec<DownloadState> {
+        ids.iter()
+            .map(|id| daemon.download(&id.to_hex()).unwrap().state)
+            .collect()
+    };
+    assert_eq!(
+        states(&daemon),
+        [
+            DownloadState::Active,
+            DownloadState::Queued,
+            DownloadState::Queued
+        ]
+    );
+    let raised = daemon.set_priority(&ids[2].to_hex(), 10).unwrap();
+    assert_eq!(raised.priority, 10);
+    assert_eq!(daemon.downloads()[0].id, ids[2].to_hex(), "queue order");
+    daemon.pause(&ids[0].to_hex()).unwrap();
+    wait_for(
+        &daemon,
+        ids[2],
+        "the higher priority next",
+        state_is(DownloadState::Active),
+    )
+    .await;
+    assert_eq!(
+        states(&daemon),
+        [
+            DownloadState::Paused,
+            DownloadState::Queued,
+            DownloadState::Active
+        ]
+    );
+    assert_eq!(daemon.status().await.totals.downloads_queued, 1);
+
+    let settings = daemon
+        .update_settings(SettingsPatch {
+            max_active_downloads: Some(3),
+            ..SettingsPatch::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(settings.max_active_downloads, 3);
+    wait_for(
+        &daemon,
+        ids[1],
+        "a third slot used",
+        state_is(DownloadState::Active),
+    )
+    .await;
+    assert_eq!(daemon.status().await.totals.downloads_active, 2);
+    let refused = daemon
+        .update_settings(SettingsPatch {
+            max_active_downloads: Some(0),
+            ..SettingsPatch::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.body().field.as_deref(),
+        Some("max_active_downloads")
+    );
+    assert_eq!(daemon.settings().max_active_downloads, 3, "unchanged");
+    let saved: canopy_daemon::model::Settings =
+        serde_json::from_slice(&std::fs::read(world.data.join(settings::SETTINGS_FILE)).unwrap())
+            .unwrap();
+    assert_eq!(saved, daemon.settings());
+    drop(daemon);
+    handle.shutdown().await;
+}
