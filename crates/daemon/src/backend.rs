@@ -221,13 +221,6 @@ async fn fetch_inner(leaf: &LeafHandle, job: FetchJob) -> Result<Fetched, FetchE
     } = job;
     let result = find_sources(leaf, id, size).await?;
     let name = result.name.clone();
-    progress(&FetchProgress {
-        name: Some(name.clone()),
-        size: Some(result.size),
-        verified_bytes: 0,
-        known_sources: result.sources.len(),
-        active_sources: 0,
-    });
     let sources: Vec<DownloadSource> = result
         .sources
         .iter()
@@ -259,6 +252,8 @@ async fn fetch_inner(leaf: &LeafHandle, job: FetchJob) -> Result<Fetched, FetchE
             force: false,
             config: DownloadConfig::default(),
             progress: Some(Arc::new(move |p: download::Progress| {
+                // The first report, before any transfer, holds the bytes
+                // found verified on disk.
                 reporter(&FetchProgress {
                     name: Some(name.clone()),
                     size: Some(p.total),

@@ -10,7 +10,6 @@
 //! Stopping the daemon, cleanly or not, leaves active downloads active in
 //! `queue.json`, so the next start resumes them.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +25,7 @@ use canopy_node::NodeError;
 use canopy_node::leaf::{LeafHandle, LeafOptions};
 use canopy_proto::ContentId;
 use canopy_transfer::download::{partial_name, state_name};
+use dashmap::DashMap;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::backend::{self, FetchError, FetchJob, FetchProgress};
 use crate::control::Control;
-use crate::downloads::{LiveTable, RateMeter, view};
+use crate::downloads::{Live, RateMeter, view};
 use crate::model::{
     AddDownload, ApiError, DownloadView, SearchSpec, SearchView, Settings, SettingsPatch,
     SharesView, Status, Totals, UploadView,
@@ -129,7 +129,9 @@ pub struct Daemon {
     share_downloads: bool,
     share_folders: Vec<PathBuf>,
     queue: Mutex<DownloadQueue>,
-    live: Mutex<LiveTable>,
+    /// Downloads in progress, shared by the fetches (progress, many times
+    /// a second) and the API (views).
+    live: DashMap<ContentId, Live>,
     searches: Searches,
     settings: Mutex<Settings>,
     /// Wakes the queue driver.
@@ -302,7 +304,7 @@ pub async fn start(options: DaemonOptions) -> Result<DaemonHandle, DaemonError> 
         share_downloads: options.share_downloads,
         share_folders,
         queue: Mutex::new(queue),
-        live: Mutex::new(HashMap::new()),
+        live: DashMap::new(),
         searches: Searches::new(),
         settings: Mutex::new(settings),
         kick: Notify::new(),
@@ -432,8 +434,7 @@ impl Daemon {
     fn spawn_fetch(self: &Arc<Self>, id: ContentId) {
         let cancel = self.shutdown.child_token();
         let (lock_arc, generation) = {
-            let mut live = lock(&self.live);
-            let entry = live.entry(id).or_default();
+            let mut entry = self.live.entry(id).or_default();
             entry.generation += 1;
             entry.cancel = Some(cancel.clone());
             (entry.lock.clone(), entry.generation)
@@ -504,13 +505,13 @@ impl Daemon {
         };
         {
             let state = lock(&self.queue).get(&id).map(|e| e.state);
-            let mut live = lock(&self.live);
-            if live.get(&id).is_some_and(|l| l.generation == generation) {
-                if state.is_none_or(|s| s.is_finished()) {
-                    live.remove(&id);
-                } else if let Some(entry) = live.get_mut(&id) {
-                    entry.cancel = None;
-                }
+            let finished = state.is_none_or(|s| s.is_finished());
+            // Only if no newer fetch of it started meanwhile.
+            let ours = |live: &Live| live.generation == generation;
+            if finished {
+                self.live.remove_if(&id, |_, live| ours(live));
+            } else if let Some(mut live) = self.live.get_mut(&id).filter(|l| ours(l)) {
+                live.cancel = None;
             }
         }
         self.queue_changed();
@@ -556,10 +557,12 @@ impl Daemon {
             let Some(daemon) = daemon.upgrade() else {
                 return;
             };
-            let mut live = lock(&daemon.live);
-            let entry = live.entry(id).or_default();
+            // Gone if cancelled meanwhile.
+            let Some(mut entry) = daemon.live.get_mut(&id) else {
+                return;
+            };
             entry.meter.sample(Instant::now(), progress.verified_bytes);
-            // Bytes found on disk at the start are not downloaded now.
+            // The first report's bytes were on disk already (a resume).
             let counted = entry.counted.unwrap_or(progress.verified_bytes);
             let gained = progress.verified_bytes.saturating_sub(counted);
             daemon.downloaded_bytes.fetch_add(gained, Ordering::Relaxed);
@@ -641,11 +644,10 @@ impl Daemon {
     fn views(&self) -> Vec<DownloadView> {
         let now = Instant::now();
         let queue = lock(&self.queue);
-        let live = lock(&self.live);
         queue
             .entries()
             .into_iter()
-            .map(|entry| view(entry, live.get(&entry.id), now))
+            .map(|entry| view(entry, self.live.get(&entry.id).as_deref(), now))
             .collect()
     }
 
@@ -654,12 +656,12 @@ impl Daemon {
         let entry = queue
             .get(id)
             .ok_or_else(|| ApiError::NotFound(format!("no download of {id}")))?;
-        let live = lock(&self.live);
-        Ok(view(entry, live.get(id), Instant::now()))
+        Ok(view(entry, self.live.get(id).as_deref(), Instant::now()))
     }
 
     fn stop_fetch(&self, id: &ContentId) {
-        if let Some(cancel) = lock(&self.live).get_mut(id).and_then(|l| l.cancel.take()) {
+        let cancel = self.live.get_mut(id).and_then(|mut l| l.cancel.take());
+        if let Some(cancel) = cancel {
             cancel.cancel();
         }
     }
@@ -735,7 +737,7 @@ impl Control for Daemon {
         let counts = lock(&self.queue).counts();
         let download_rate = {
             let now = Instant::now();
-            lock(&self.live).values().map(|l| l.meter.rate(now)).sum()
+            self.live.iter().map(|l| l.meter.rate(now)).sum()
         };
         Status {
             node_id: self.leaf.node_id().to_string(),
@@ -827,8 +829,8 @@ impl Control for Daemon {
         let id = parse_id("id", id)?;
         let entry = lock(&self.queue).cancel(&id).map_err(queue_error)?;
         self.queue_changed();
-        let live = lock(&self.live).remove(&id);
-        if let Some(live) = live {
+        let live = self.live.remove(&id);
+        if let Some((_, live)) = live {
             if let Some(cancel) = live.cancel {
                 cancel.cancel();
             }

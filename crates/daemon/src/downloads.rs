@@ -4,12 +4,11 @@
 //! progress samples. Also how a queue entry and its progress become the
 //! API's [`DownloadView`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use canopy_core::queue::{EntryState, QueueEntry};
-use canopy_proto::ContentId;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::FetchProgress;
@@ -87,9 +86,6 @@ pub(crate) struct Live {
     /// Verified bytes already counted in the totals.
     pub(crate) counted: Option<u64>,
 }
-
-/// Runtime state by content id.
-pub(crate) type LiveTable = HashMap<ContentId, Live>;
 
 fn view_state(state: EntryState) -> DownloadState {
     match state {

@@ -528,6 +528,12 @@ async fn a_crash_part_way_resumes_from_the_bytes_verified_on_disk() {
         std::fs::read(world.downloads.join("big.iso")).unwrap(),
         bytes
     );
+    let status = daemon.status().await;
+    assert!(
+        status.totals.downloaded_bytes <= len - part_way.verified_bytes,
+        "resumed bytes are not counted as downloaded: {}",
+        status.totals.downloaded_bytes
+    );
     let served = sharer
         .server()
         .stats()
