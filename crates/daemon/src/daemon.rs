@@ -28,7 +28,7 @@ use canopy_transfer::download::{partial_name, state_name};
 use dashmap::DashMap;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
 use crate::backend::{self, FetchError, FetchJob, FetchProgress};
@@ -157,16 +157,18 @@ impl std::fmt::Debug for Daemon {
     }
 }
 
-/// A running daemon. Dropping it stops its tasks as a crash would (the
-/// queue stays as it was, `control.json` stays); [`DaemonHandle::shutdown`]
-/// stops cleanly.
+/// A running daemon. Dropping it stops its tasks and its leaf as a crash
+/// would (the queue stays as last saved, `control.json` stays);
+/// [`DaemonHandle::shutdown`] stops cleanly.
 #[derive(Debug)]
 pub struct DaemonHandle {
-    daemon: Option<Arc<Daemon>>,
+    daemon: Arc<Daemon>,
     control_url: String,
     token: Option<String>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    stop_on_drop: DropGuard,
+    stop_leaf_on_drop: DropGuard,
 }
 
 impl DaemonHandle {
@@ -183,72 +185,55 @@ impl DaemonHandle {
         }
     }
 
-    fn daemon(&self) -> &Arc<Daemon> {
-        // Only `shutdown` (which consumes the handle) takes it out.
-        match &self.daemon {
-            Some(daemon) => daemon,
-            None => unreachable_daemon(),
-        }
-    }
-
     /// The daemon itself (what the API calls).
     pub fn control(&self) -> Arc<Daemon> {
-        self.daemon().clone()
+        self.daemon.clone()
     }
 
     /// The leaf.
     pub fn leaf(&self) -> &LeafHandle {
-        &self.daemon().leaf
+        &self.daemon.leaf
     }
 
     /// Changes live settings (as `PATCH /api/settings` does), e.g. on a
     /// configuration reload.
     pub async fn update_settings(&self, patch: SettingsPatch) -> Result<Settings, ApiError> {
-        self.daemon().update_settings(patch).await
+        self.daemon.update_settings(patch).await
     }
 
     /// Stops everything: the API, searches, downloads (kept active in the
     /// queue, to resume at the next start), then the leaf; removes
     /// `control.json`.
-    pub async fn shutdown(mut self) {
-        self.shutdown.cancel();
-        self.tracker.close();
-        if tokio::time::timeout(SHUTDOWN_PATIENCE, self.tracker.wait())
+    pub async fn shutdown(self) {
+        let DaemonHandle {
+            daemon,
+            shutdown,
+            tracker,
+            stop_on_drop,
+            stop_leaf_on_drop,
+            ..
+        } = self;
+        stop_on_drop.disarm();
+        let leaf_token = stop_leaf_on_drop.disarm();
+        shutdown.cancel();
+        tracker.close();
+        if tokio::time::timeout(SHUTDOWN_PATIENCE, tracker.wait())
             .await
             .is_err()
         {
             tracing::warn!("some daemon tasks did not stop in time");
         }
-        let Some(daemon) = self.daemon.take() else {
-            return;
-        };
         // Whatever finished as the tasks stopped is recorded too.
         let saved = lock(&daemon.queue).save();
         if let Err(error) = persist::write_json(&daemon.data_dir.join(QUEUE_FILE), &saved) {
             tracing::warn!(%error, "cannot save queue.json");
         }
         control_file::remove(&daemon.data_dir);
-        let token = daemon.leaf.shutdown_token();
-        match Arc::try_unwrap(daemon) {
-            Ok(daemon) => match Arc::try_unwrap(daemon.leaf) {
-                Ok(leaf) => leaf.shutdown().await,
-                Err(_) => token.cancel(),
-            },
-            Err(_) => token.cancel(),
-        }
-    }
-}
-
-#[allow(clippy::panic)]
-fn unreachable_daemon() -> ! {
-    panic!("DaemonHandle used after shutdown")
-}
-
-impl Drop for DaemonHandle {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(daemon) = &self.daemon {
-            daemon.leaf.shutdown_token().cancel();
+        // The API's callers may still hold the daemon; the leaf then
+        // stops without its goodbyes.
+        match Arc::try_unwrap(daemon).map(|daemon| Arc::try_unwrap(daemon.leaf)) {
+            Ok(Ok(leaf)) => leaf.shutdown().await,
+            _ => leaf_token.cancel(),
         }
     }
 }
@@ -284,6 +269,11 @@ pub async fn start(options: DaemonOptions) -> Result<DaemonHandle, DaemonError> 
     let control_url = format!("http://{control_addr}");
     let token = backend::load_token(&data_dir).map_err(io_error(&data_dir))?;
     let leaf = Arc::new(canopy_node::leaf::start(leaf_options).await?);
+    // From here, an early return stops the leaf again.
+    let stop_leaf_on_drop = leaf.shutdown_token().drop_guard();
+    let shutdown = CancellationToken::new();
+    let stop_on_drop = shutdown.clone().drop_guard();
+    let tracker = TaskTracker::new();
 
     let config = QueueConfig {
         max_active: settings.max_active_downloads,
@@ -294,8 +284,6 @@ pub async fn start(options: DaemonOptions) -> Result<DaemonHandle, DaemonError> 
     if !restarted.is_empty() {
         tracing::info!(downloads = restarted.len(), "resuming downloads");
     }
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
     let (queue_version, versions) = watch::channel(0);
     let daemon = Arc::new(Daemon {
         leaf,
@@ -315,6 +303,8 @@ pub async fn start(options: DaemonOptions) -> Result<DaemonHandle, DaemonError> 
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
     });
+    // The port is bound: clients may connect (and wait) from now on.
+    control_file::write(&data_dir, &control_url).map_err(io_error(&data_dir))?;
     daemon.apply_settings(&settings);
     tracker.spawn(daemon.clone().write_queue(versions));
     tracker.spawn(daemon.clone().drive(restarted));
@@ -325,14 +315,15 @@ pub async fn start(options: DaemonOptions) -> Result<DaemonHandle, DaemonError> 
         data_dir.clone(),
         shutdown.clone(),
     ));
-    control_file::write(&data_dir, &control_url).map_err(io_error(&data_dir))?;
     tracing::info!(url = %control_url, "control API listening");
     Ok(DaemonHandle {
-        daemon: Some(daemon),
+        daemon,
         control_url,
         token,
         shutdown,
         tracker,
+        stop_on_drop,
+        stop_leaf_on_drop,
     })
 }
 
