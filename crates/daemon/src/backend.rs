@@ -131,7 +131,7 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// Picks the file to save to once the sources' name and size are known
 /// (or says the content is already here).
 pub(crate) type TargetFn =
-    Box<dyn FnOnce(String, u64) -> BoxFuture<Result<PathBuf, FetchError>> + Send>;
+    Box<dyn FnOnce(String, Option<u64>) -> BoxFuture<Result<PathBuf, FetchError>> + Send>;
 
 /// One download to run.
 pub(crate) struct FetchJob {
@@ -240,7 +240,7 @@ async fn fetch_inner(leaf: &LeafHandle, job: FetchJob) -> Result<Fetched, FetchE
             retryable: true,
         });
     }
-    let path = target(name.clone(), result.size).await?;
+    let path = target(name.clone(), Some(result.size)).await?;
     let known = result.sources.len();
     let reporter = progress.clone();
     let report = download::download(

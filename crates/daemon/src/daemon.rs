@@ -574,7 +574,7 @@ impl Daemon {
         chosen: Option<String>,
     ) -> backend::TargetFn {
         let daemon = self.clone();
-        Box::new(move |from_sources: String, size: u64| {
+        Box::new(move |from_sources: String, size: Option<u64>| {
             Box::pin(async move {
                 let _naming = daemon.naming.lock().await;
                 let dir = daemon.downloads_dir.clone();
@@ -588,7 +588,7 @@ impl Daemon {
                     if !exists(&chosen) {
                         return Ok(chosen);
                     }
-                    if same_content(&chosen, id, Some(size)).await {
+                    if same_content(&chosen, id, size).await {
                         return Err(FetchError::Skipped {
                             reason: format!("already here: {}", chosen.display()),
                             path: chosen,
@@ -597,7 +597,7 @@ impl Daemon {
                 }
                 let name = safe_file_name(wanted.as_deref().unwrap_or(&from_sources), &id);
                 let first = dir.join(&name);
-                if exists(&first) && same_content(&first, id, Some(size)).await {
+                if exists(&first) && same_content(&first, id, size).await {
                     return Err(FetchError::Skipped {
                         reason: format!("already here: {}", first.display()),
                         path: first,
@@ -621,7 +621,7 @@ impl Daemon {
                 let changed = lock(&daemon.queue).set_details(
                     &id,
                     Some(unique),
-                    Some(size),
+                    size,
                     Some(path.display().to_string()),
                 );
                 if changed.unwrap_or(false) {
