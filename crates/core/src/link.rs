@@ -286,4 +286,55 @@ mod tests {
         let ok = format!("canopy:{}?name={}", hex(), "a".repeat(MAX_NAME_BYTES));
         assert!(Link::parse(&ok).is_ok());
     }
+
+    #[test]
+    fn arbitrary_text_never_panics_and_what_parses_round_trips() {
+        const PIECES: &[&str] = &[
+            "canopy:",
+            "CANOPY:",
+            "?",
+            "&",
+            "=",
+            "name",
+            "size",
+            "%",
+            "%2",
+            "%C3%A9",
+            "%FF",
+            "+",
+            "0",
+            "9",
+            "a",
+            "F",
+            "g",
+            "é",
+            "\u{202E}",
+            " ",
+            "18446744073709551616",
+            "/",
+        ];
+        let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = |bound: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            usize::try_from(state % u64::try_from(bound).unwrap_or(1)).unwrap_or(0)
+        };
+        let mut parsed = 0;
+        for round in 0..20_000 {
+            let mut text = String::new();
+            if round % 2 == 0 {
+                text.push_str(&format!("canopy:{}", hex()));
+            }
+            for _ in 0..next(12) {
+                text.push_str(PIECES[next(PIECES.len())]);
+            }
+            if let Ok(link) = Link::parse(&text) {
+                parsed += 1;
+                assert!(link.name.as_ref().is_none_or(|n| n.len() <= MAX_NAME_BYTES));
+                assert_eq!(Link::parse(&link.format()), Ok(link.clone()), "{text:?}");
+            }
+        }
+        assert!(parsed > 500, "the generator reaches valid links: {parsed}");
+    }
 }
