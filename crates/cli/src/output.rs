@@ -26,6 +26,8 @@ pub(crate) fn progress(template: &str, len: Option<u64>) -> ProgressBar {
 pub(crate) struct JsonResult {
     pub id: String,
     pub name: String,
+    /// Every name sources give, most common first.
+    pub names: Vec<String>,
     pub size: u64,
     pub sources: Vec<String>,
 }
@@ -35,22 +37,15 @@ impl From<&SearchResult> for JsonResult {
         Self {
             id: result.content_id.to_hex(),
             name: result.name.clone(),
+            names: result.names.clone(),
             size: result.size,
             sources: result.sources.iter().map(|s| s.addr.to_string()).collect(),
         }
     }
 }
 
-/// Prints one JSON line per result.
-pub(crate) fn print_json_lines(results: &[SearchResult]) -> anyhow::Result<()> {
-    for result in results {
-        say!("{}", serde_json::to_string(&JsonResult::from(result))?);
-    }
-    Ok(())
-}
-
 /// Cuts `text` to `width` characters, marking the cut.
-fn fit(text: &str, width: usize) -> String {
+pub(crate) fn fit(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
         return text.to_owned();
     }

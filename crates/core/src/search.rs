@@ -22,6 +22,9 @@ pub const MAX_SOURCES_PER_RESULT: usize = 64;
 /// Most distinct sizes kept for one content id (a hostile peer can claim
 /// any size; one true size plus a few lies is all a search needs to keep).
 pub const MAX_SIZES_PER_CONTENT: usize = 16;
+/// Most distinct names kept for one result: the first ones heard, each
+/// counted once per source (names past these are not counted).
+pub const MAX_NAMES_PER_RESULT: usize = 8;
 
 /// A leaf that has a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,9 +42,12 @@ pub struct Source {
 pub struct SearchResult {
     /// What it is.
     pub content_id: ContentId,
-    /// The name of the first hit for it (a peer's claim: sanitize it
-    /// before saving under it).
+    /// The name most of its sources give (the first heard among equals);
+    /// a peer's claim: sanitize it before saving under it.
     pub name: String,
+    /// The distinct names its sources give, most common first (first heard
+    /// among equals), at most [`MAX_NAMES_PER_RESULT`]; `names[0] == name`.
+    pub names: Vec<String>,
     /// Its size, as these sources claim it.
     pub size: u64,
     /// Every leaf reported to have it, in order of arrival.
@@ -58,6 +64,11 @@ pub struct SearchSession {
     hits_received: usize,
     first_hit_at: Option<Time>,
     only: Option<ContentId>,
+    /// Per result, each kept name and how many sources gave it, in order
+    /// of arrival.
+    name_counts: BTreeMap<(ContentId, u64), Vec<(String, usize)>>,
+    /// Bumped whenever a hit changed the results.
+    revision: u64,
 }
 
 impl SearchSession {
@@ -72,6 +83,8 @@ impl SearchSession {
             hits_received: 0,
             first_hit_at: None,
             only: None,
+            name_counts: BTreeMap::new(),
+            revision: 0,
         }
     }
 
@@ -121,18 +134,33 @@ impl SearchSession {
                     SearchResult {
                         content_id: file.content_id,
                         name: file.name.clone(),
+                        names: vec![file.name.clone()],
                         size: file.size,
                         sources: Vec::new(),
                     },
                 );
+                self.revision += 1;
             }
             if let Some(result) = self.results.get_mut(&key) {
                 let known = result.sources.iter().any(|s| s.node_id == source.node_id);
                 if !known && result.sources.len() < MAX_SOURCES_PER_RESULT {
                     result.sources.push(source.clone());
+                    let counts = self.name_counts.entry(key).or_default();
+                    count_name(counts, &file.name);
+                    result.names = ranked_names(counts);
+                    if let Some(first) = result.names.first() {
+                        result.name.clone_from(first);
+                    }
+                    self.revision += 1;
                 }
             }
         }
+    }
+
+    /// A number that changes whenever the results change (a new content,
+    /// source or name): what a caller streaming results compares.
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     /// True once the deadline passed or enough results arrived.
@@ -165,6 +193,24 @@ impl SearchSession {
     pub fn into_results(self) -> Vec<SearchResult> {
         self.results.into_values().collect()
     }
+}
+
+/// Counts one source's `name` (a new name only while fewer than
+/// [`MAX_NAMES_PER_RESULT`] are kept).
+fn count_name(counts: &mut Vec<(String, usize)>, name: &str) {
+    if let Some((_, count)) = counts.iter_mut().find(|(known, _)| known == name) {
+        *count += 1;
+    } else if counts.len() < MAX_NAMES_PER_RESULT {
+        counts.push((name.to_owned(), 1));
+    }
+}
+
+/// The names, most common first; a stable sort keeps arrival order among
+/// equals.
+fn ranked_names(counts: &[(String, usize)]) -> Vec<String> {
+    let mut ranked: Vec<&(String, usize)> = counts.iter().collect();
+    ranked.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+    ranked.into_iter().map(|(name, _)| name.clone()).collect()
 }
 
 /// Of the results for `id`, the group (one size) that most sources agree
@@ -276,6 +322,54 @@ mod tests {
         let ids: Vec<_> = search.results().map(|r| r.content_id).collect();
         assert_eq!(ids, vec![ContentId([2; 32])]);
         assert!(!search.is_finished(Time(4_999)), "runs its whole timeout");
+    }
+
+    fn named(source: u8, name: &str) -> QueryHit {
+        let mut hit = hit(1, source, &[7]);
+        hit.files[0].name = name.to_owned();
+        hit
+    }
+
+    #[test]
+    fn names_are_ranked_by_how_many_sources_give_them() {
+        let mut search =
+            SearchSession::new(MessageId([1; 16]), Time(0), Duration::from_secs(5), 10);
+        search.handle_hit(&named(1, "rare.iso"), Time(1));
+        search.handle_hit(&named(2, "common.iso"), Time(2));
+        search.handle_hit(&named(3, "common.iso"), Time(3));
+        search.handle_hit(&named(3, "common.iso"), Time(3)); // same source: counted once
+        search.handle_hit(&named(4, "other.iso"), Time(4));
+        let result = search.results().next().unwrap().clone();
+        assert_eq!(result.name, "common.iso");
+        assert_eq!(result.names, vec!["common.iso", "rare.iso", "other.iso"]);
+    }
+
+    #[test]
+    fn names_are_bounded() {
+        let mut search =
+            SearchSession::new(MessageId([1; 16]), Time(0), Duration::from_secs(5), 10);
+        for source in 0..40u8 {
+            search.handle_hit(&named(source, &format!("name {source}")), Time(1));
+        }
+        let result = search.results().next().unwrap();
+        assert_eq!(result.names.len(), MAX_NAMES_PER_RESULT);
+        assert_eq!(result.name, "name 0", "first heard among equals");
+        assert_eq!(result.sources.len(), 40);
+    }
+
+    #[test]
+    fn the_revision_moves_only_when_results_change() {
+        let mut search =
+            SearchSession::new(MessageId([1; 16]), Time(0), Duration::from_secs(5), 10);
+        let start = search.revision();
+        search.handle_hit(&hit(1, 1, &[10]), Time(1));
+        let after_first = search.revision();
+        assert!(after_first > start);
+        search.handle_hit(&hit(1, 1, &[10]), Time(2)); // nothing new
+        search.handle_hit(&hit(9, 2, &[10]), Time(2)); // another search
+        assert_eq!(search.revision(), after_first);
+        search.handle_hit(&hit(1, 2, &[10]), Time(3)); // a new source
+        assert!(search.revision() > after_first);
     }
 
     #[test]

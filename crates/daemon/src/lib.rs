@@ -7,12 +7,16 @@
 //!   client and (as JSON) the web UI;
 //! - [`control`]: what the API can ask of the daemon, as a trait, so the
 //!   HTTP layer is tested against a fake;
-//! - [`daemon`]: the daemon implementing it, and [`start`];
-//! - `searches`, `downloads`, [`settings`], [`control_file`], `persist`:
+//! - [`api`]: the HTTP server of the control API and the web UI;
+//! - [`client`]: the API's client, for the CLI;
+//! - [`daemon`]: the daemon implementing [`control::Control`], and [`start`];
+//! - [`searches`], `downloads`, [`settings`], [`control_file`], `persist`:
 //!   its parts; `backend`: its one door to the leaf, the download engine
-//!   and the HTTP layer.
+//!   and the HTTP server.
 
+pub mod api;
 mod backend;
+pub mod client;
 pub mod control;
 pub mod control_file;
 pub mod daemon;

@@ -24,6 +24,8 @@ pub struct HostCache {
     path: Option<PathBuf>,
     manager: AddrMan,
     dirty: bool,
+    /// The configured seeds; bootstrap addresses are offered after them.
+    configured: Vec<SocketAddr>,
 }
 
 impl HostCache {
@@ -43,7 +45,16 @@ impl HostCache {
             path,
             manager,
             dirty,
+            configured: seeds.to_vec(),
         }
+    }
+
+    /// The addresses the bootstrap names (DNS seeds) resolved to: offered
+    /// like seeds, after the configured ones, in place of those the last
+    /// resolution gave. Not saved.
+    pub fn set_bootstrap(&mut self, resolved: &[SocketAddr]) {
+        let seeds = self.configured.iter().chain(resolved).copied();
+        self.manager.set_seeds(seeds);
     }
 
     /// `from` named `supernodes` in answer to something we asked; the core
@@ -156,6 +167,19 @@ mod tests {
         }
         let reseeded = HostCache::load(Some(dir.path()), &[addr(9)]);
         assert_eq!(reseeded.select(|_| false), Some(addr(9)));
+    }
+
+    #[test]
+    fn bootstrap_addresses_are_offered_after_the_configured_seeds() {
+        let mut cache = HostCache::load(None, &[addr(1)]);
+        cache.set_bootstrap(&[addr(2), addr(1), addr(3)]);
+        let known: Vec<SocketAddr> = cache.addresses().collect();
+        assert_eq!(known, vec![addr(1), addr(2), addr(3)]);
+        assert_eq!(cache.select(|a| a == addr(1)), Some(addr(2)));
+        // A new resolution replaces the old one's addresses.
+        cache.set_bootstrap(&[addr(4)]);
+        let known: Vec<SocketAddr> = cache.addresses().collect();
+        assert_eq!(known, vec![addr(1), addr(4)]);
     }
 
     #[test]

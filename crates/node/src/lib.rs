@@ -18,8 +18,10 @@
 //! stop, the node task says Bye to every peer, and a `TaskTracker` waits for
 //! the writers to flush.
 
+pub mod addr;
 pub mod clock;
 pub mod connection;
+pub mod fetch;
 pub mod get;
 pub mod hosts;
 pub mod key_file;
@@ -65,6 +67,9 @@ pub enum NodeError {
     /// The node has stopped.
     #[error("the node has stopped")]
     Stopped,
+    /// A folder to stop sharing was not shared.
+    #[error("{}: not a shared folder", .0.display())]
+    NotShared(std::path::PathBuf),
 }
 
 /// The static key of a node of `role`: `given`, else the one in

@@ -47,6 +47,10 @@ const MESSAGE_BATCH: usize = 1024;
 const MAX_BACKOFFS: usize = 2048;
 /// Connections allowed beyond leaves + peers, for handshakes in progress.
 const HANDSHAKE_HEADROOM: usize = 64;
+/// Bootstrap names are resolved again at most this often.
+const RESOLVE_INTERVAL: Duration = Duration::from_secs(60);
+/// A resolution taking longer is given up (it finds nothing).
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How to run a supernode.
 #[derive(Debug, Clone)]
@@ -55,6 +59,10 @@ pub struct SupernodeOptions {
     pub listen: SocketAddr,
     /// Supernodes to dial and keep dialing.
     pub peers: Vec<SocketAddr>,
+    /// Names (DNS seeds) whose every address is offered to discovery like
+    /// a seed: resolved at start, and again whenever discovery has no one
+    /// left to dial.
+    pub bootstrap: Vec<crate::addr::HostPort>,
     /// Our static key, which our node id derives from; if not given, the
     /// one in `data_dir` (created on first start), else an ephemeral one.
     pub key: Option<StaticKeypair>,
@@ -115,6 +123,7 @@ impl SupernodeOptions {
         Self {
             listen,
             peers: Vec::new(),
+            bootstrap: Vec::new(),
             key: None,
             ttl_cap: core.ttl_cap,
             max_leaves: core.max_leaves,
@@ -391,6 +400,8 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
         hosts,
         peer_addrs,
         configured: options.peers.clone(),
+        bootstrap: options.bootstrap.clone(),
+        local_addr,
         peers_wanted: options.peers_wanted,
         links: links.clone(),
     };
@@ -866,10 +877,15 @@ async fn dial_loop(peer: SocketAddr, redial_initial: Duration, links: Links) {
 /// configured (they have their own dialers) and backing off from those
 /// that failed; a failed dial counts against the address, a handshake
 /// (reported by the core) marks it tried. It also keeps the cache saved.
+/// The bootstrap names are resolved at start and again (at most every
+/// `RESOLVE_INTERVAL`) when it has no one to dial; their addresses are
+/// offered as seeds.
 struct Discovery {
     hosts: Arc<Mutex<HostCache>>,
     peer_addrs: watch::Receiver<Vec<SocketAddr>>,
     configured: Vec<SocketAddr>,
+    bootstrap: Vec<crate::addr::HostPort>,
+    local_addr: SocketAddr,
     peers_wanted: usize,
     links: Links,
 }
@@ -880,10 +896,14 @@ impl Discovery {
         let dialing: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
         let mut backoffs: HashMap<SocketAddr, (tokio::time::Instant, Backoff)> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut resolved_at: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
+            }
+            if resolved_at.is_none() && !self.resolve_bootstrap(&mut resolved_at).await {
+                break;
             }
             let connected = self.peer_addrs.borrow().clone();
             let in_flight = dialing.lock().map(|d| d.len()).unwrap_or(0);
@@ -900,7 +920,16 @@ impl Discovery {
                         || backoffs.get(&addr).is_some_and(|(until, _)| *until > now)
                 })
             });
-            if let Some(addr) = candidate {
+            let Some(addr) = candidate else {
+                // No one left to dial: ask the DNS seeds again.
+                let due = resolved_at.is_none_or(|at| now.duration_since(at) >= RESOLVE_INTERVAL);
+                if due && !self.resolve_bootstrap(&mut resolved_at).await {
+                    break;
+                }
+                self.save();
+                continue;
+            };
+            {
                 let entry = backoffs.entry(addr).or_insert_with(|| {
                     (
                         now,
@@ -938,6 +967,32 @@ impl Discovery {
             self.save();
         }
         self.save();
+    }
+
+    /// Resolves the bootstrap names (if any) and offers their addresses
+    /// as seeds; false if shut down meanwhile.
+    async fn resolve_bootstrap(&self, resolved_at: &mut Option<tokio::time::Instant>) -> bool {
+        *resolved_at = Some(tokio::time::Instant::now());
+        if self.bootstrap.is_empty() {
+            return true;
+        }
+        let resolving =
+            tokio::time::timeout(RESOLVE_TIMEOUT, crate::addr::resolve_all(&self.bootstrap));
+        let mut addrs = tokio::select! {
+            _ = self.links.shutdown.cancelled() => return false,
+            resolved = resolving => resolved.unwrap_or_default(),
+        };
+        // Not ourselves, should a seed name us.
+        let own = self.local_addr;
+        addrs.retain(|addr| {
+            !(addr.port() == own.port()
+                && (addr.ip() == own.ip() || own.ip().is_unspecified() && addr.ip().is_loopback()))
+        });
+        tracing::info!(found = addrs.len(), addrs = ?addrs, "bootstrap names resolved");
+        if let Ok(mut hosts) = self.hosts.lock() {
+            hosts.set_bootstrap(&addrs);
+        }
+        true
     }
 
     fn save(&self) {

@@ -14,7 +14,7 @@ mod scan;
 
 pub use cache::HashCache;
 pub use hash::{FileHash, hash_file, hash_file_with_tree};
-pub use scan::{LocalFile, ScanReport, scan};
+pub use scan::{LocalFile, ScanReport, scan, scan_file, scan_with};
 
 use std::path::PathBuf;
 

@@ -34,6 +34,9 @@ pub struct ScanReport {
     pub hashed_bytes: u64,
     /// Files passed over (unreadable, or a name the protocol can't carry).
     pub skipped: usize,
+    /// Folders, and files given one by one, that were not there (or not
+    /// of their kind) when [`scan_with`] looked.
+    pub missing: Vec<PathBuf>,
 }
 
 struct Candidate {
@@ -92,18 +95,72 @@ fn candidates(dir: &Path, skipped: &mut usize) -> Result<Vec<Candidate>, ShareEr
     Ok(found)
 }
 
+/// A file given by path (not found in a folder): shared if it is a regular
+/// file (not a link) with a name the protocol can carry.
+fn single_candidate(path: &Path, skipped: &mut usize) -> Option<Candidate> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let name = path.file_name().and_then(|n| n.to_str()).map(str::to_owned);
+    let Some(name) = name.filter(|n| is_valid_file_name(n)) else {
+        tracing::warn!(path = %path.display(), "skipping: name can't be shared");
+        *skipped += 1;
+        return None;
+    };
+    Some(Candidate {
+        path: path.to_owned(),
+        name,
+        size: meta.len(),
+        modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+    })
+}
+
 /// Scans `dirs`, hashing what the cache does not cover. `progress` is
-/// called with the bytes of each file as it finishes hashing.
+/// called with the bytes of each file as it finishes hashing. Every folder
+/// must be there.
 pub fn scan(
     dirs: &[PathBuf],
+    cache: &mut HashCache,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<ScanReport, ShareError> {
+    let report = scan_with(dirs, &[], cache, progress)?;
+    match report.missing.first() {
+        Some(path) => Err(ShareError::NotADirectory { path: path.clone() }),
+        None => Ok(report),
+    }
+}
+
+/// Scans `dirs` and the single `files` (absolute paths) together, as
+/// [`scan`] does, but passes over (into [`ScanReport::missing`]) a folder
+/// or file that is not there: a folder deleted while shared does not stop
+/// the others being served. A file found twice is listed once.
+pub fn scan_with(
+    dirs: &[PathBuf],
+    files: &[PathBuf],
     cache: &mut HashCache,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<ScanReport, ShareError> {
     let mut report = ScanReport::default();
     let mut all = Vec::new();
     for dir in dirs {
-        all.extend(candidates(dir, &mut report.skipped)?);
+        match candidates(dir, &mut report.skipped) {
+            Ok(found) => all.extend(found),
+            Err(ShareError::NotADirectory { path }) => {
+                tracing::warn!(path = %path.display(), "shared folder missing; passed over");
+                report.missing.push(path);
+            }
+            Err(error) => return Err(error),
+        }
     }
+    for file in files {
+        match single_candidate(file, &mut report.skipped) {
+            Some(candidate) => all.push(candidate),
+            None => report.missing.push(file.clone()),
+        }
+    }
+    let mut seen = HashSet::new();
+    all.retain(|c| seen.insert(c.path.clone()));
     let (cached, to_hash): (Vec<_>, Vec<_>) = all
         .into_iter()
         .map(|c| (cache.get(&c.path, c.size, c.modified), c))
@@ -152,6 +209,40 @@ pub fn scan(
     report.hashed_bytes = hashed_bytes.into_inner();
     report.files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(report)
+}
+
+/// Hashes (or finds in `cache`) the one file at `path`, a regular file
+/// with a name the protocol can carry, and records it in `cache`.
+pub fn scan_file(path: &Path, cache: &mut HashCache) -> Result<LocalFile, ShareError> {
+    let io = |source| ShareError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut skipped = 0;
+    let candidate = single_candidate(path, &mut skipped).ok_or_else(|| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            if skipped > 0 {
+                "its name can't be shared"
+            } else {
+                "not a regular file"
+            },
+        ))
+    })?;
+    let hash = match cache.get(&candidate.path, candidate.size, candidate.modified) {
+        Some(hash) => hash,
+        None => {
+            let hash = hash_file_with_tree(&candidate.path).map_err(io)?;
+            cache.insert(
+                candidate.path.clone(),
+                candidate.size,
+                candidate.modified,
+                &hash,
+            );
+            hash
+        }
+    };
+    Ok(local_file(candidate, hash))
 }
 
 fn local_file(candidate: Candidate, hash: FileHash) -> LocalFile {
@@ -278,5 +369,55 @@ mod tests {
             &no_progress,
         );
         assert!(matches!(err, Err(ShareError::NotADirectory { .. })));
+    }
+
+    #[test]
+    fn folders_and_single_files_together_missing_ones_passed_over() {
+        let share = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::write(share.path().join("a.txt"), b"alpha").unwrap();
+        std::fs::write(elsewhere.path().join("got.bin"), b"downloaded").unwrap();
+        let single = elsewhere.path().join("got.bin").canonicalize().unwrap();
+        let inside = share.path().canonicalize().unwrap().join("a.txt");
+        let gone = PathBuf::from("/no/such/dir");
+        let mut cache = HashCache::in_memory();
+        let report = scan_with(
+            &[share.path().to_owned(), gone.clone()],
+            // A file also inside a folder is listed once.
+            &[
+                single.clone(),
+                inside.clone(),
+                elsewhere.path().join("none"),
+            ],
+            &mut cache,
+            &no_progress,
+        )
+        .unwrap();
+        let paths: Vec<&Path> = report.files.iter().map(|f| f.path.as_path()).collect();
+        assert_eq!(paths.len(), 2, "{paths:?}");
+        assert!(paths.contains(&inside.as_path()) && paths.contains(&single.as_path()));
+        assert_eq!(report.missing, vec![gone, elsewhere.path().join("none")]);
+        // The single file's hash stays cached across the next scan.
+        let again =
+            scan_with(&[], std::slice::from_ref(&single), &mut cache, &no_progress).unwrap();
+        assert_eq!(again.hashed, 0);
+    }
+
+    #[test]
+    fn one_file_hashed_then_found_in_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("song.ogg");
+        std::fs::write(&path, b"la la").unwrap();
+        let mut cache = HashCache::in_memory();
+        let file = scan_file(&path, &mut cache).unwrap();
+        assert_eq!(file.shared.name, "song.ogg");
+        assert_eq!(file.shared.content_id.0, *blake3::hash(b"la la").as_bytes());
+        assert_eq!(cache.len(), 1);
+        assert_eq!(scan_file(&path, &mut cache).unwrap(), file);
+        assert!(
+            scan_file(dir.path(), &mut cache).is_err(),
+            "a folder is not a file"
+        );
+        assert!(scan_file(&dir.path().join("none"), &mut cache).is_err());
     }
 }

@@ -3,13 +3,17 @@
 //! server, and they are found by content id, never by a path a peer sent.
 //! The trees were computed when the files were hashed, so serving one reads
 //! nothing from disk.
+//!
+//! A concurrent map (`dashmap`): the server reads it per request, the
+//! leaf's rescans replace it, and a finished download adds its file at
+//! once, without any of them waiting on a table-wide lock.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use canopy_proto::ContentId;
+use dashmap::DashMap;
 
 /// A served file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,10 +28,10 @@ pub struct CatalogEntry {
 }
 
 /// Content ids to files, shared between the leaf (which updates it after
-/// each scan) and the server (which reads it per request).
+/// each scan) and the server (which reads it per request). Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
-    entries: Arc<RwLock<HashMap<ContentId, CatalogEntry>>>,
+    entries: Arc<DashMap<ContentId, CatalogEntry>>,
 }
 
 impl Catalog {
@@ -36,26 +40,73 @@ impl Catalog {
         Self::default()
     }
 
-    /// Replaces everything with `entries`.
+    /// Replaces everything with `entries`: ids no longer in `entries` are
+    /// removed, the others inserted or updated. A reader sees each id
+    /// either before or after, never missing while it stays shared.
     pub fn replace(&self, entries: impl IntoIterator<Item = (ContentId, CatalogEntry)>) {
-        let fresh: HashMap<_, _> = entries.into_iter().collect();
-        if let Ok(mut map) = self.entries.write() {
-            *map = fresh;
+        let fresh: std::collections::HashMap<_, _> = entries.into_iter().collect();
+        self.entries.retain(|id, _| fresh.contains_key(id));
+        for (id, entry) in fresh {
+            self.entries.insert(id, entry);
         }
+    }
+
+    /// Serves `entry` as `id`; returns the entry it replaces, if any.
+    pub fn insert(&self, id: ContentId, entry: CatalogEntry) -> Option<CatalogEntry> {
+        self.entries.insert(id, entry)
+    }
+
+    /// Stops serving `id`; returns its entry, if it was served.
+    pub fn remove(&self, id: &ContentId) -> Option<CatalogEntry> {
+        self.entries.remove(id).map(|(_, entry)| entry)
     }
 
     /// The file for `id`, if served.
     pub fn get(&self, id: &ContentId) -> Option<CatalogEntry> {
-        self.entries.read().ok()?.get(id).cloned()
+        self.entries.get(id).map(|entry| entry.value().clone())
+    }
+
+    /// True when `id` is served.
+    pub fn contains(&self, id: &ContentId) -> bool {
+        self.entries.contains_key(id)
     }
 
     /// How many files are served.
     pub fn len(&self) -> usize {
-        self.entries.read().map(|m| m.len()).unwrap_or(0)
+        self.entries.len()
     }
 
     /// True when nothing is served.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str) -> CatalogEntry {
+        CatalogEntry {
+            path: PathBuf::from(name),
+            size: 1,
+            tree: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn insert_remove_and_replace() {
+        let catalog = Catalog::new();
+        let (a, b, c) = (ContentId([1; 32]), ContentId([2; 32]), ContentId([3; 32]));
+        assert!(catalog.insert(a, entry("a")).is_none());
+        assert_eq!(catalog.insert(a, entry("a2")), Some(entry("a")));
+        catalog.insert(b, entry("b"));
+        assert_eq!(catalog.len(), 2);
+        assert_eq!(catalog.remove(&b), Some(entry("b")));
+        assert!(catalog.remove(&b).is_none());
+        catalog.replace([(c, entry("c"))]);
+        assert!(!catalog.contains(&a));
+        assert_eq!(catalog.get(&c), Some(entry("c")));
+        assert_eq!(catalog.len(), 1);
     }
 }

@@ -13,10 +13,19 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+/// A byte stream to a source: a TCP connection, possibly wrapped (by a
+/// rate limit, say).
+pub trait SourceIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> SourceIo for T {}
+
+/// An open connection to a source.
+pub type SourceStream = Box<dyn SourceIo>;
+
 /// A connection being opened.
-pub type ConnectFuture = Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>>;
+pub type ConnectFuture = Pin<Box<dyn Future<Output = std::io::Result<SourceStream>> + Send>>;
 
 /// How to open a connection to one source.
 pub trait Connector: Send + Sync + fmt::Debug {
@@ -48,7 +57,7 @@ impl Connector for DirectConnector {
                     std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
                 })??;
             let _ = stream.set_nodelay(true);
-            Ok(stream)
+            Ok(Box::new(stream) as SourceStream)
         })
     }
 }
@@ -75,7 +84,7 @@ pub struct HttpConn {
 
 impl HttpConn {
     /// Speaks HTTP/1.1 over `stream`.
-    pub async fn handshake(stream: TcpStream) -> Result<Self, ClientError> {
+    pub async fn handshake(stream: impl SourceIo) -> Result<Self, ClientError> {
         let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {

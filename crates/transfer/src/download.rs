@@ -23,6 +23,13 @@
 //! written to a fresh temporary file (created exclusively) and renamed into
 //! place; a rename replaces a link, never follows it.
 //!
+//! Sources may arrive while the download runs ([`download_live`]): it
+//! starts on the first (the tree, then data) and takes each later one into
+//! the plan as it comes; with every source dropped it waits a while for a
+//! new one before giving up. A [`CancellationToken`] stops it at once,
+//! keeping the partial and state files (a pause: the next run resumes).
+//! One download of an id into a folder at a time: see [`crate::partial_lock`].
+//!
 //! When every group is verified the partial file is synced and moved to the
 //! target without replacing anything there (a hard link, which fails if the
 //! name exists, then the partial is removed; `--force` renames over it),
@@ -50,8 +57,10 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
 
 use crate::client::{Connector, HttpConn, read_limited};
+use crate::partial_lock::{LockError, PartialLock};
 
 /// A place to get the file from.
 #[derive(Debug, Clone)]
@@ -71,6 +80,10 @@ pub struct Progress {
     pub total: u64,
     /// Sources with a request in flight.
     pub active_sources: usize,
+    /// Sources heard of so far, failed ones included.
+    pub known_sources: usize,
+    /// When the first verified byte of this run landed, from its start.
+    pub first_byte: Option<Duration>,
 }
 
 /// Called as the download advances.
@@ -128,6 +141,11 @@ pub struct DownloadReport {
     pub sources: Vec<SourceReport>,
     /// How long this run took.
     pub elapsed: Duration,
+    /// How long after its start this run verified its first byte (`None`
+    /// if everything was on disk already).
+    pub first_byte: Option<Duration>,
+    /// The file was at the target already (nothing downloaded).
+    pub already_present: bool,
 }
 
 impl DownloadReport {
@@ -176,6 +194,13 @@ pub enum DownloadError {
     /// Every source failed; the reasons, one per source.
     #[error("every source failed:\n{0}")]
     AllSourcesFailed(String),
+    /// Stopped by its cancellation token; the partial and state files are
+    /// kept, so the next run resumes.
+    #[error("download paused; run it again to resume")]
+    Cancelled,
+    /// Another download of this content into this folder is running.
+    #[error(transparent)]
+    Locked(#[from] LockError),
     /// Reading or writing local files failed (disk full, permissions...).
     #[error("{path}: {source}")]
     Io {
@@ -403,15 +428,17 @@ async fn tree_from(
 }
 
 /// Asks sources for the tree, several at once (see the module docs), until
-/// one gives a tree that verifies. Returns the tree and its bytes; records
-/// the sources that failed. Requests still running when a tree verifies
-/// are dropped, and their sources stay usable.
+/// one gives a tree that verifies; takes in sources as they arrive. Returns
+/// the tree and its bytes; records the sources that failed. Requests still
+/// running when a tree verifies are dropped, and their sources stay usable.
 async fn fetch_tree(
-    sources: &[DownloadSource],
+    sources: &mut SourceSet,
     id: ContentId,
     size: u64,
     failed: &mut HashMap<usize, String>,
+    control: &DownloadControl,
 ) -> Result<(VerifiedTree, Vec<u8>), DownloadError> {
+    let cancel = &control.cancel;
     if group_count(size) == 1 {
         // Nothing to fetch: the single group is checked against the id.
         return VerifiedTree::from_bytes(id, size, &[])
@@ -421,40 +448,122 @@ async fn fetch_tree(
     let expected = group_slot(group_count(size)).saturating_mul(32);
     let mut running = JoinSet::new();
     let mut next = 0;
-    let start = |running: &mut JoinSet<_>, next: &mut usize| {
-        if *next < sources.len() && running.len() < MAX_TREE_FETCHES {
-            let (index, source) = (*next, sources[*next].clone());
+    let start = |list: &[DownloadSource], running: &mut JoinSet<_>, next: &mut usize| {
+        if *next < list.len() && running.len() < MAX_TREE_FETCHES {
+            let (index, source) = (*next, list[*next].clone());
             running.spawn(async move { (index, tree_from(source, id, size, expected).await) });
             *next += 1;
         }
     };
     for _ in 0..TREE_FETCHES_AT_ONCE {
-        start(&mut running, &mut next);
+        start(&sources.list, &mut running, &mut next);
     }
     let mut hedge = tokio::time::interval_at(tokio::time::Instant::now() + TREE_HEDGE, TREE_HEDGE);
-    while !running.is_empty() {
+    // Since when nothing is running and no source is left to ask.
+    let mut idle_since: Option<tokio::time::Instant> = None;
+    loop {
+        if running.is_empty() {
+            start(&sources.list, &mut running, &mut next);
+        }
+        if !running.is_empty() {
+            idle_since = None;
+        } else if !sources.is_open() {
+            break;
+        } else if idle_since.is_none() {
+            idle_since = Some(tokio::time::Instant::now());
+            control.starve();
+        }
+        let give_up = idle_since.map(|since| since + NEW_SOURCE_WAIT);
         tokio::select! {
-            joined = running.join_next() => {
-                let Some(joined) = joined else { break };
-                let Ok((index, outcome)) = joined else { continue };
+            () = cancel.cancelled() => return Err(DownloadError::Cancelled),
+            joined = running.join_next(), if !running.is_empty() => {
+                let Some(Ok((index, outcome))) = joined else { continue };
                 match outcome {
                     Ok(found) => return Ok(found),
                     Err(reason) => {
-                        tracing::warn!(source = %sources[index].label, %reason, "dropping source");
+                        tracing::warn!(source = %sources.list[index].label, %reason, "dropping source");
                         failed.insert(index, reason);
-                        start(&mut running, &mut next);
+                        start(&sources.list, &mut running, &mut next);
                     }
                 }
             }
-            _ = hedge.tick() => start(&mut running, &mut next),
-        }
-        if running.is_empty() {
-            start(&mut running, &mut next);
+            arrived = sources.arrival(), if sources.is_open() => {
+                if arrived.is_some() && running.len() < TREE_FETCHES_AT_ONCE {
+                    start(&sources.list, &mut running, &mut next);
+                }
+            }
+            _ = hedge.tick() => start(&sources.list, &mut running, &mut next),
+            () = sleep_until_some(give_up) => break,
         }
     }
     Err(DownloadError::AllSourcesFailed(
         failed.values().cloned().collect::<Vec<_>>().join("\n"),
     ))
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Most sources one download takes; later ones are ignored.
+pub const MAX_SOURCES: usize = 64;
+/// With every source failed, how long to wait for a new one to arrive
+/// before giving up (while more may come).
+const NEW_SOURCE_WAIT: Duration = Duration::from_secs(30);
+
+/// The sources heard of so far, and the feed more arrive on.
+struct SourceSet {
+    list: Vec<DownloadSource>,
+    feed: Option<mpsc::Receiver<DownloadSource>>,
+}
+
+impl SourceSet {
+    /// More sources may still come.
+    fn is_open(&self) -> bool {
+        self.feed.is_some()
+    }
+
+    /// Waits for the next source; returns its index, or `None` once the
+    /// feed is closed (or the download has all the sources it takes).
+    async fn arrival(&mut self) -> Option<usize> {
+        let feed = self.feed.as_mut()?;
+        match feed.recv().await {
+            Some(source) if self.list.len() < MAX_SOURCES => {
+                tracing::debug!(source = %source.label, "new source");
+                self.list.push(source);
+                Some(self.list.len() - 1)
+            }
+            _ => {
+                self.feed = None;
+                None
+            }
+        }
+    }
+}
+
+/// What else steers a download besides its options.
+#[derive(Debug, Default)]
+pub struct DownloadControl {
+    /// Stops the download, keeping its partial and state files.
+    pub cancel: CancellationToken,
+    /// The lock for this id in the target's folder, if the caller took it
+    /// already (to fail before searching); taken here otherwise.
+    pub lock: Option<PartialLock>,
+    /// Notified each time every known source has failed while the feed is
+    /// open: the moment to look for more (or close the feed to give up).
+    pub starving: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl DownloadControl {
+    fn starve(&self) {
+        if let Some(starving) = &self.starving {
+            starving.notify_one();
+        }
+    }
 }
 
 enum WorkerEvent {
@@ -738,18 +847,69 @@ pub async fn download(
     sources: Vec<DownloadSource>,
     options: DownloadOptions,
 ) -> Result<DownloadReport, DownloadError> {
+    let (feed, receiver) = mpsc::channel(sources.len().max(1));
+    for source in sources {
+        let _ = feed.try_send(source);
+    }
+    drop(feed);
+    download_live(receiver, options, DownloadControl::default()).await
+}
+
+/// Reports progress, if anyone listens.
+fn report_progress(
+    options: &DownloadOptions,
+    plan: &DownloadPlan,
+    known_sources: usize,
+    first_byte: Option<Duration>,
+) {
+    if let Some(progress) = &options.progress {
+        progress(Progress {
+            verified_bytes: plan.verified_bytes(),
+            total: options.size,
+            active_sources: plan.busy_sources(),
+            known_sources,
+            first_byte,
+        });
+    }
+}
+
+/// Downloads `options.content_id` from sources that arrive on `feed` over
+/// time: it starts as soon as the first one is there and takes the others
+/// as they come; the feed's closing says no more will. See the module docs.
+pub async fn download_live(
+    feed: mpsc::Receiver<DownloadSource>,
+    options: DownloadOptions,
+    mut control: DownloadControl,
+) -> Result<DownloadReport, DownloadError> {
     let started = Instant::now();
+    let cancel = control.cancel.clone();
     let paths = Paths::new(&options.target, options.content_id)?;
     if !options.force && something_at(&paths.target) {
         return Err(DownloadError::Exists(paths.target));
     }
-    if sources.is_empty() {
-        return Err(DownloadError::NoSources);
-    }
     if options.size > MAX_DOWNLOAD_SIZE {
         return Err(DownloadError::TooLarge(options.size));
     }
+    let _lock = match control.lock.take() {
+        Some(lock) => lock,
+        None => {
+            let dir = paths.partial.parent().unwrap_or(Path::new("."));
+            PartialLock::acquire(dir, options.content_id)?
+        }
+    };
     let (id, size) = (options.content_id, options.size);
+    let mut sources = SourceSet {
+        list: Vec::new(),
+        feed: Some(feed),
+    };
+    // The first source, before anything is written.
+    let first = tokio::select! {
+        () = cancel.cancelled() => return Err(DownloadError::Cancelled),
+        first = sources.arrival() => first,
+    };
+    if first.is_none() {
+        return Err(DownloadError::NoSources);
+    }
     let mut failed: HashMap<usize, String> = HashMap::new();
     // Whatever is at the temporary names must be this download's.
     let saved = read_state(&paths.state, id)?;
@@ -769,7 +929,7 @@ pub async fn download(
             (tree, groups)
         }
         None => {
-            let (tree, bytes) = fetch_tree(&sources, id, size, &mut failed).await?;
+            let (tree, bytes) = fetch_tree(&mut sources, id, size, &mut failed, &control).await?;
             save_state(&paths, id, size, &bytes).await?;
             (tree, Vec::new())
         }
@@ -796,8 +956,9 @@ pub async fn download(
 
     let mut plan = DownloadPlan::new(size, resumed, options.config.clone());
     let resumed_bytes = plan.verified_bytes();
-    // Plan source ids are indices into `usable`.
-    let usable: Vec<usize> = (0..sources.len())
+    // Plan source ids are indices into `usable`, which holds indices into
+    // `sources.list`.
+    let mut usable: Vec<usize> = (0..sources.list.len())
         .filter(|i| !failed.contains_key(i))
         .collect();
     for _ in &usable {
@@ -809,24 +970,18 @@ pub async fn download(
     let (events_tx, mut events) = mpsc::channel::<WorkerEvent>(256);
     let clock = Instant::now();
     let now = || Time(u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX));
-    let report_progress = |plan: &DownloadPlan| {
-        if let Some(progress) = &options.progress {
-            progress(Progress {
-                verified_bytes: plan.verified_bytes(),
-                total: size,
-                active_sources: plan.busy_sources(),
-            });
-        }
-    };
-    report_progress(&plan);
+    let mut first_byte: Option<Duration> = None;
+    report_progress(&options, &plan, sources.list.len(), first_byte);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    // Since when every source is dropped while more may come.
+    let mut stuck_since: Option<tokio::time::Instant> = None;
 
     let outcome = loop {
         while let Some(request) = plan.next_request(now()) {
             let source = request.source;
             let worker = Worker {
                 conn: idle[source].pop(),
-                connector: sources[usable[source]].connector.clone(),
+                connector: sources.list[usable[source]].connector.clone(),
                 tree: tree.clone(),
                 writer: writer.clone(),
                 id,
@@ -843,7 +998,7 @@ pub async fn download(
                     }
                 }
                 DownloadEvent::SourceDropped { source, reason } => {
-                    tracing::warn!(source = %sources[usable[source]].label, %reason, "dropping source");
+                    tracing::warn!(source = %sources.list[usable[source]].label, %reason, "dropping source");
                     idle[source].clear();
                     dropped.insert(source, reason);
                 }
@@ -852,25 +1007,35 @@ pub async fn download(
         if plan.is_complete() {
             break Ok(());
         }
-        if plan.is_stuck() {
+        if !plan.is_stuck() {
+            stuck_since = None;
+        } else if stuck_since.is_none() {
+            stuck_since = Some(tokio::time::Instant::now());
+            control.starve();
+        }
+        let waited_out = stuck_since.is_some_and(|since| since.elapsed() >= NEW_SOURCE_WAIT);
+        if plan.is_stuck() && (!sources.is_open() || waited_out) {
             let reasons: Vec<String> = failed
                 .iter()
-                .map(|(i, r)| format!("{}: {r}", sources[*i].label))
+                .map(|(i, r)| format!("{}: {r}", sources.list[*i].label))
                 .chain(
                     dropped
                         .iter()
-                        .map(|(s, r)| format!("{}: {r}", sources[usable[*s]].label)),
+                        .map(|(s, r)| format!("{}: {r}", sources.list[usable[*s]].label)),
                 )
                 .collect();
             break Err(DownloadError::AllSourcesFailed(reasons.join("\n")));
         }
+        let give_up = stuck_since.map(|since| since + NEW_SOURCE_WAIT);
         tokio::select! {
+            () = cancel.cancelled() => break Err(DownloadError::Cancelled),
             event = events.recv() => {
                 let Some(event) = event else { continue };
                 match event {
                     WorkerEvent::Verified { request, group } => {
+                        first_byte.get_or_insert_with(|| started.elapsed());
                         plan.handle_group_verified(request, group, now());
-                        report_progress(&plan);
+                        report_progress(&options, &plan, sources.list.len(), first_byte);
                     }
                     WorkerEvent::Bad { request, group } => {
                         workers.remove(&request);
@@ -895,6 +1060,15 @@ pub async fn download(
                     WorkerEvent::Disk(error) => break Err(io_error(&paths.partial)(error)),
                 }
             }
+            arrived = sources.arrival(), if sources.is_open() => {
+                if let Some(index) = arrived {
+                    usable.push(index);
+                    plan.add_source();
+                    idle.push(Vec::new());
+                    report_progress(&options, &plan, sources.list.len(), first_byte);
+                }
+            }
+            () = sleep_until_some(give_up) => {}
             _ = tick.tick() => plan.handle_timeout(now()),
         }
     };
@@ -911,7 +1085,8 @@ pub async fn download(
     move_into_place(&paths, options.force)?;
     let _ = tokio::fs::remove_file(&paths.state).await;
 
-    let sources = sources
+    let reports = sources
+        .list
         .iter()
         .enumerate()
         .map(|(index, source)| {
@@ -930,7 +1105,9 @@ pub async fn download(
         path: paths.target,
         size,
         resumed_bytes,
-        sources,
+        sources: reports,
         elapsed: started.elapsed(),
+        first_byte,
+        already_present: false,
     })
 }

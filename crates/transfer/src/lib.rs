@@ -12,11 +12,15 @@
 //!   out to the downloader's callback listener and serves HTTP over that
 //!   connection.
 //! - [`catalog`]: which content ids this leaf serves, and from which files.
+//! - [`bandwidth`]: global upload and download rate limits, token buckets
+//!   shared by every transfer and settable while they run.
 
+pub mod bandwidth;
 pub mod catalog;
 pub mod client;
 pub mod download;
 pub mod limits;
+pub mod partial_lock;
 pub mod push;
 pub mod server;
 

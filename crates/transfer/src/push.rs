@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::client::{ConnectFuture, Connector};
+use crate::client::{ConnectFuture, Connector, SourceStream};
 
 /// The first word of the line a pushed connection opens with.
 pub const PREAMBLE: &str = "CANOPY-PUSH";
@@ -205,7 +205,7 @@ impl Connector for PushConnector {
                 receiver.ok_or_else(|| std::io::Error::other("too many pushes outstanding"))?;
             request.await?;
             match tokio::time::timeout(timeout, receiver).await {
-                Ok(Ok(stream)) => Ok(stream),
+                Ok(Ok(stream)) => Ok(Box::new(stream) as SourceStream),
                 _ => Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "the firewalled source did not connect back",

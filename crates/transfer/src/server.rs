@@ -21,16 +21,25 @@
 //! cut after `write_timeout` without progress, and a file body sent slower
 //! than `min_upload_rate` over `rate_window` is cut too, freeing its slot.
 //! The same handler serves pushed connections.
+//!
+//! Live controls, for the daemon's settings: the number of upload slots
+//! ([`ContentServer::set_upload_slots`]; uploads running beyond a lowered
+//! count finish, new ones wait for the count to drop) and one upload rate
+//! limit shared by every file body ([`ContentServer::upload_limit`]).
+//! Every upload is in a registry ([`ContentServer::uploads`]) while it
+//! runs, and is logged at info when it starts and when it ends.
 
 use std::convert::Infallible;
 use std::io::SeekFrom;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use canopy_core::addr_limits::{AddressLimit, IpNet, default_exempt};
@@ -51,8 +60,9 @@ use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::bandwidth::{RateLimit, Throttled};
 use crate::catalog::{Catalog, CatalogEntry};
-use crate::limits::{AddressGuard, AddressSlots};
+use crate::limits::{AddressGuard, AddressSlots, UploadSlot, UploadSlots};
 
 /// A response body: a file stream, a small buffer, or nothing.
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -121,15 +131,159 @@ pub struct ServerStats {
     pub open_connections: AtomicUsize,
 }
 
+/// One upload running now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadInfo {
+    /// The downloader (for a pushed upload, the callback address we
+    /// connected to; `0.0.0.0:0` when unknown).
+    pub peer: SocketAddr,
+    /// What it fetches.
+    pub content_id: ContentId,
+    /// Our file.
+    pub path: PathBuf,
+    /// Bytes sent so far.
+    pub bytes: u64,
+    /// Bytes this upload sends (its range).
+    pub length: u64,
+    /// Bytes a second over the last few seconds.
+    pub rate: u64,
+    /// When it started.
+    pub started: SystemTime,
+}
+
+/// How an upload's rate is measured: bytes over a window of about
+/// `RATE_WINDOW`, the last full window's figure kept while the next fills.
+const RATE_WINDOW: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+struct RateMeter {
+    window_start: Instant,
+    window_bytes: u64,
+    last_rate: Option<u64>,
+}
+
+impl RateMeter {
+    fn new(now: Instant) -> Self {
+        Self {
+            window_start: now,
+            window_bytes: 0,
+            last_rate: None,
+        }
+    }
+
+    fn add(&mut self, bytes: u64, now: Instant) {
+        self.window_bytes += bytes;
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= RATE_WINDOW {
+            self.last_rate = Some(per_second(self.window_bytes, elapsed));
+            self.window_start = now;
+            self.window_bytes = 0;
+        }
+    }
+
+    fn rate(&self, now: Instant) -> u64 {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        match self.last_rate {
+            // A stalled upload shows its rate falling, not its old figure.
+            Some(last) if elapsed < RATE_WINDOW => last,
+            _ => per_second(self.window_bytes, elapsed),
+        }
+    }
+}
+
+fn per_second(bytes: u64, elapsed: Duration) -> u64 {
+    let millis = elapsed.as_millis().max(1);
+    u64::try_from(u128::from(bytes) * 1000 / millis).unwrap_or(u64::MAX)
+}
+
+/// An upload in the registry.
+#[derive(Debug)]
+struct Upload {
+    peer: SocketAddr,
+    content_id: ContentId,
+    path: PathBuf,
+    first: u64,
+    length: u64,
+    started: SystemTime,
+    started_at: Instant,
+    bytes: AtomicU64,
+    failed: AtomicBool,
+    meter: Mutex<RateMeter>,
+}
+
+impl Upload {
+    fn info(&self, now: Instant) -> UploadInfo {
+        UploadInfo {
+            peer: self.peer,
+            content_id: self.content_id,
+            path: self.path.clone(),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            length: self.length,
+            rate: self
+                .meter
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .rate(now),
+            started: self.started,
+        }
+    }
+
+    fn sent(&self, bytes: u64) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.meter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add(bytes, Instant::now());
+    }
+}
+
+/// Keeps an upload in the registry while its body is alive; logs its end
+/// and takes it out when dropped (sent, failed, or cut).
+#[derive(Debug)]
+struct UploadMark {
+    id: u64,
+    upload: Arc<Upload>,
+    registry: Arc<dashmap::DashMap<u64, Arc<Upload>>>,
+}
+
+impl Drop for UploadMark {
+    fn drop(&mut self) {
+        let upload = &self.upload;
+        let bytes = upload.bytes.load(Ordering::Relaxed);
+        let why = if upload.failed.load(Ordering::Relaxed) {
+            "reading the file failed"
+        } else if bytes >= upload.length {
+            "complete"
+        } else {
+            "the downloader closed or stopped reading"
+        };
+        let seconds = upload.started_at.elapsed().as_secs_f64();
+        tracing::info!(
+            peer = %upload.peer,
+            file = %upload.path.display(),
+            bytes,
+            length = upload.length,
+            seconds = format_args!("{seconds:.3}"),
+            why,
+            "upload ended"
+        );
+        // Out of the registry once logged: whoever sees it gone sees the log.
+        self.registry.remove(&self.id);
+    }
+}
+
 /// Serves the files of a [`Catalog`]. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ContentServer {
     catalog: Catalog,
     config: Arc<ServerConfig>,
-    slots: Arc<Semaphore>,
+    slots: UploadSlots,
     upload_addresses: AddressSlots,
     connection_addresses: AddressSlots,
     stats: Arc<ServerStats>,
+    upload_limit: RateLimit,
+    uploads: Arc<dashmap::DashMap<u64, Arc<Upload>>>,
+    next_upload: Arc<AtomicU64>,
 }
 
 /// What one connection is doing, as the watchdog sees it.
@@ -261,7 +415,12 @@ enum Cut {
 /// Watches a connection's writes; returns when it must be cut: a write
 /// blocked for `write_timeout`, or file bodies sent slower than the
 /// minimum rate over a whole window.
-async fn watchdog(activity: Arc<Activity>, config: Arc<ServerConfig>) -> Cut {
+async fn watchdog(
+    activity: Arc<Activity>,
+    config: Arc<ServerConfig>,
+    limit: RateLimit,
+    slots: UploadSlots,
+) -> Cut {
     let check = (config.write_timeout.min(config.rate_window) / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut tick = tokio::time::interval(check);
@@ -284,8 +443,12 @@ async fn watchdog(activity: Arc<Activity>, config: Arc<ServerConfig>) -> Cut {
             window_written = written;
             continue;
         }
+        // Our own upload limit may be what makes bodies slow: a share of it
+        // under the minimum rate is not the reader's fault.
+        let rate = limit.rate();
+        let throttled = rate != 0 && rate / (slots.in_use().max(1) as u64) < config.min_upload_rate;
         if now.saturating_sub(window_start) >= window_ms {
-            if u128::from(written - window_written) < min_bytes {
+            if !throttled && u128::from(written - window_written) < min_bytes {
                 return Cut::TooSlow;
             }
             window_start = now;
@@ -399,7 +562,7 @@ impl ContentServer {
         config.max_connections = config.max_connections.max(1);
         Self {
             catalog,
-            slots: Arc::new(Semaphore::new(config.upload_slots)),
+            slots: UploadSlots::new(config.upload_slots),
             upload_addresses: AddressSlots::new(config.uploads_per_address, config.exempt.clone()),
             connection_addresses: AddressSlots::new(
                 config.connections_per_address,
@@ -407,12 +570,51 @@ impl ContentServer {
             ),
             config: Arc::new(config),
             stats: Arc::new(ServerStats::default()),
+            upload_limit: RateLimit::unlimited(),
+            uploads: Arc::default(),
+            next_upload: Arc::default(),
         }
     }
 
-    /// The files served.
+    /// Serves file bodies through `limit` (shared with whoever else holds
+    /// a clone of it) instead of the server's own, unlimited one.
+    pub fn with_upload_limit(mut self, limit: RateLimit) -> Self {
+        self.upload_limit = limit;
+        self
+    }
+
+    /// The rate limit every file body is sent through; set its rate to
+    /// limit uploads (0 = unlimited), live.
+    pub fn upload_limit(&self) -> &RateLimit {
+        &self.upload_limit
+    }
+
+    /// The catalog served.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// Changes how many uploads may run at once (at least 1). Lowered,
+    /// the uploads running finish and new ones are refused until fewer run.
+    pub fn set_upload_slots(&self, slots: usize) {
+        self.slots.set_limit(slots.max(1));
+    }
+
+    /// The uploads running now, oldest first.
+    pub fn uploads(&self) -> Vec<UploadInfo> {
+        let now = Instant::now();
+        let mut running: Vec<(u64, UploadInfo)> = self
+            .uploads
+            .iter()
+            .map(|entry| (*entry.key(), entry.value().info(now)))
+            .collect();
+        running.sort_by_key(|(id, _)| *id);
+        running.into_iter().map(|(_, info)| info).collect()
+    }
+
+    /// File body bytes sent since the server started.
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.stats.bytes_sent.load(Ordering::Relaxed)
     }
 
     /// The counters.
@@ -427,12 +629,12 @@ impl ContentServer {
 
     /// Uploads allowed at once.
     pub fn upload_slots(&self) -> usize {
-        self.config.upload_slots
+        self.slots.limit()
     }
 
     /// Upload slots in use right now.
     pub fn uploads_in_progress(&self) -> usize {
-        self.config.upload_slots - self.slots.available_permits()
+        self.slots.in_use()
     }
 
     /// Upload slots `ip` holds right now (0 for an exempt address).
@@ -520,9 +722,7 @@ impl ContentServer {
         let service = service_fn(move |request| {
             let server = server.clone();
             let activity = per_connection.clone();
-            async move {
-                Ok::<_, Infallible>(server.handle(request, peer.map(|p| p.ip()), activity).await)
-            }
+            async move { Ok::<_, Infallible>(server.handle(request, peer, activity).await) }
         });
         let io = WatchedIo {
             inner: io,
@@ -538,7 +738,12 @@ impl ContentServer {
                     tracing::debug!(?peer, %error, "http connection ended with an error");
                 }
             }
-            cut = watchdog(activity, self.config.clone()) => {
+            cut = watchdog(
+                activity,
+                self.config.clone(),
+                self.upload_limit.clone(),
+                self.slots.clone(),
+            ) => {
                 self.stats.stalled_cut.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(?peer, ?cut, "http connection cut: the reader is not reading");
             }
@@ -549,7 +754,7 @@ impl ContentServer {
     async fn handle(
         &self,
         request: Request<Incoming>,
-        peer: Option<IpAddr>,
+        peer: Option<SocketAddr>,
         activity: Arc<Activity>,
     ) -> Response<Body> {
         let Some((resource, id)) = parse_path(request.uri().path()) else {
@@ -594,7 +799,7 @@ impl ContentServer {
     fn take_slot(
         &self,
         peer: Option<IpAddr>,
-    ) -> Result<(tokio::sync::OwnedSemaphorePermit, Option<AddressGuard>), &'static str> {
+    ) -> Result<(UploadSlot, Option<AddressGuard>), &'static str> {
         let per_address = match peer.map(|ip| self.upload_addresses.try_take(ip)) {
             None => None,
             Some(Ok(guard)) => Some(guard),
@@ -607,9 +812,9 @@ impl ContentServer {
                 return Err("this address holds its share of upload slots\n");
             }
         };
-        match self.slots.clone().try_acquire_owned() {
-            Ok(permit) => Ok((permit, per_address)),
-            Err(_) => {
+        match self.slots.try_take() {
+            Some(slot) => Ok((slot, per_address)),
+            None => {
                 self.stats.busy_refusals.fetch_add(1, Ordering::Relaxed);
                 Err("all upload slots are busy\n")
             }
@@ -622,7 +827,7 @@ impl ContentServer {
         id: ContentId,
         entry: CatalogEntry,
         head: bool,
-        peer: Option<IpAddr>,
+        peer: Option<SocketAddr>,
         activity: Arc<Activity>,
     ) -> Response<Body> {
         let mut file = match open_no_follow(&entry.path).await {
@@ -649,7 +854,7 @@ impl ContentServer {
         let slot = if head {
             None
         } else {
-            match self.take_slot(peer) {
+            match self.take_slot(peer.map(|p| p.ip())) {
                 Ok(slot) => Some(slot),
                 Err(why) => return busy(why),
             }
@@ -669,19 +874,27 @@ impl ContentServer {
                 return status(StatusCode::INTERNAL_SERVER_ERROR, "seek failed\n");
             }
             let stats = self.stats.clone();
-            // The slots are held, and the body counted for the watchdog, for
-            // as long as the body is being sent.
-            let held = (slot, BodyMark::new(activity));
-            let stream =
-                ReaderStream::with_capacity(file.take(len), READ_CHUNK).map(move |chunk| {
-                    let _held = &held;
-                    chunk.map(|bytes| {
-                        stats
-                            .bytes_sent
-                            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                        Frame::data(bytes)
-                    })
-                });
+            let mark = self.register_upload(peer, id, &entry, start, len, size);
+            let upload = mark.upload.clone();
+            // The slots are held, the body counted for the watchdog and the
+            // upload kept in the registry for as long as the body is sent.
+            let held = (slot, BodyMark::new(activity), mark);
+            let reader = Throttled::new(file.take(len), self.upload_limit.clone());
+            let stream = ReaderStream::with_capacity(reader, READ_CHUNK).map(move |chunk| {
+                let _held = &held;
+                match chunk {
+                    Ok(bytes) => {
+                        let sent = bytes.len() as u64;
+                        stats.bytes_sent.fetch_add(sent, Ordering::Relaxed);
+                        upload.sent(sent);
+                        Ok(Frame::data(bytes))
+                    }
+                    Err(error) => {
+                        upload.failed.store(true, Ordering::Relaxed);
+                        Err(error)
+                    }
+                }
+            });
             BodyExt::boxed(StreamBody::new(stream))
         };
         let mut response = Response::new(body);
@@ -703,6 +916,49 @@ impl ContentServer {
             }
         }
         response
+    }
+}
+
+impl ContentServer {
+    /// Puts an upload in the registry and logs its start.
+    fn register_upload(
+        &self,
+        peer: Option<SocketAddr>,
+        content_id: ContentId,
+        entry: &CatalogEntry,
+        first: u64,
+        length: u64,
+        size: u64,
+    ) -> UploadMark {
+        let peer = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let now = Instant::now();
+        let upload = Arc::new(Upload {
+            peer,
+            content_id,
+            path: entry.path.clone(),
+            first,
+            length,
+            started: SystemTime::now(),
+            started_at: now,
+            bytes: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            meter: Mutex::new(RateMeter::new(now)),
+        });
+        let id = self.next_upload.fetch_add(1, Ordering::Relaxed);
+        self.uploads.insert(id, upload.clone());
+        let last = (first + length).saturating_sub(1);
+        tracing::info!(
+            peer = %peer,
+            file = %upload.path.display(),
+            content_id = %content_id,
+            range = format_args!("{}-{last}/{size}", upload.first),
+            "upload started"
+        );
+        UploadMark {
+            id,
+            upload,
+            registry: self.uploads.clone(),
+        }
     }
 }
 

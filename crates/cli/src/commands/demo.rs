@@ -10,15 +10,20 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
+use canopy_core::download::DownloadConfig;
 use canopy_core::leaf::SearchRequest;
-use canopy_core::search::SearchResult;
+use canopy_core::save_name::safe_file_name;
+use canopy_core::search::{SearchResult, most_agreed};
 use canopy_node::get::{self, GetOptions};
 use canopy_node::leaf::{self, LeafHandle, LeafOptions};
 use canopy_node::supernode::{self, SupernodeHandle, SupernodeOptions};
 use canopy_proto::{ContentId, NodeId};
+use canopy_transfer::client::DirectConnector;
+use canopy_transfer::download::{self, DownloadOptions, DownloadReport, DownloadSource};
 use indicatif::HumanBytes;
 use serde::Serialize;
 
@@ -256,10 +261,47 @@ struct JsonDownload<'a> {
     ok: bool,
 }
 
+/// Downloads `id` from every source a search by id finds, all of them
+/// from the start. (`canopy get` starts on the first source that answers,
+/// and these small files are done before a far source's hit is back.)
+async fn from_every_source(
+    searcher: &LeafHandle,
+    id: ContentId,
+    into: &Path,
+) -> anyhow::Result<DownloadReport> {
+    let found = searcher
+        .search(SearchRequest::content(id, 7, Duration::from_millis(800)))
+        .await?;
+    let result = most_agreed(&found.results, id).context("no source found")?;
+    let sources = result
+        .sources
+        .iter()
+        .map(|source| DownloadSource {
+            label: source.addr.to_string(),
+            connector: Arc::new(DirectConnector::new(source.addr, PATIENCE)),
+        })
+        .collect();
+    let options = DownloadOptions {
+        content_id: id,
+        size: result.size,
+        target: into.join(safe_file_name(&result.name, &id)),
+        force: false,
+        // One 1 MiB group per request, so even these small files spread
+        // over every source.
+        config: DownloadConfig {
+            groups_per_request: 1,
+            ..DownloadConfig::default()
+        },
+        progress: None,
+    };
+    Ok(download::download(sources, options).await?)
+}
+
 /// Downloads one planted file and checks it against its content id.
 async fn run_download(
     download: &Download,
     planted: &Planted,
+    searcher: &LeafHandle,
     at: &SupernodeHandle,
     into: &Path,
     json: bool,
@@ -268,13 +310,14 @@ async fn run_download(
         .ids
         .get(download.file)
         .context("sample file missing")?;
-    let mut options = GetOptions::new(at.local_addr(), id);
-    options.output = Some(into.to_owned());
-    options.search_timeout = Duration::from_millis(800);
-    // One 1 MiB group per request, so even these small files spread over
-    // every source.
-    options.config.groups_per_request = 1;
-    let report = get::get(options).await?;
+    let report = if download.sources > 1 {
+        from_every_source(searcher, id, into).await?
+    } else {
+        let mut options = GetOptions::new(at.local_addr(), id);
+        options.output = Some(into.to_owned());
+        options.search_timeout = Duration::from_millis(800);
+        get::get(options).await?
+    };
     let bytes = std::fs::read(&report.path)?;
     let verified = *blake3::hash(&bytes).as_bytes() == id.0;
     let used: Vec<_> = report.sources.iter().filter(|s| s.bytes > 0).collect();
@@ -462,6 +505,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         let verdict = run_download(
             download,
             &planted,
+            &searcher,
             &nodes[searcher_at],
             &downloads,
             args.json,

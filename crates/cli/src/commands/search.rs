@@ -1,12 +1,17 @@
 //! `canopy search`: one query through a supernode, results as a table or
-//! JSON lines.
+//! JSON lines, each printed as it arrives; it ends as soon as it has
+//! `--max-results` contents, else at `--timeout`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::collections::HashSet;
+
 use canopy_core::leaf::SearchRequest;
-use canopy_node::leaf::{self, LeafOptions};
+use canopy_core::search::SearchResult;
+use canopy_node::leaf::{self, LeafHandle, LeafOptions};
 use canopy_proto::ContentId;
+use indicatif::HumanBytes;
 
 use crate::output;
 
@@ -19,7 +24,7 @@ pub(crate) struct Args {
     /// Print one JSON object per line per distinct content.
     #[arg(long)]
     json: bool,
-    /// Seconds to wait for hits.
+    /// Seconds to wait for hits at most.
     #[arg(long, default_value_t = 3.0)]
     timeout: f64,
     /// How many supernodes the query may reach (1-7).
@@ -37,10 +42,40 @@ pub(crate) struct Args {
     terms: Vec<String>,
 }
 
+/// Widths of the streamed table's columns (rows are printed as they
+/// arrive, so they can't be measured first).
+const NAME_WIDTH: usize = 40;
+
+fn header() -> String {
+    format!(
+        "{:<NAME_WIDTH$}  {:>10}  {:>7}  CONTENT ID",
+        "NAME", "SIZE", "SOURCES"
+    )
+}
+
+fn row(result: &SearchResult) -> String {
+    format!(
+        "{:<NAME_WIDTH$}  {:>10}  {:>7}  {}",
+        output::fit(&result.name, NAME_WIDTH),
+        HumanBytes(result.size).to_string(),
+        result.sources.len(),
+        result.content_id
+    )
+}
+
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let timeout = Duration::try_from_secs_f64(args.timeout)
         .map_err(|_| anyhow::anyhow!("--timeout must be a positive number of seconds"))?;
     let leaf = leaf::start(LeafOptions::new(args.supernode)).await?;
+    let outcome = stream(&leaf, &args, timeout).await;
+    leaf.shutdown().await;
+    outcome
+}
+
+/// Prints each content as it first arrives (a table row, or a JSON line
+/// with the sources known then); returns when the search ends: at its
+/// timeout, or as soon as it has `--max-results` contents.
+async fn stream(leaf: &LeafHandle, args: &Args, timeout: Duration) -> anyhow::Result<()> {
     leaf.wait_connected(Duration::from_secs(10)).await?;
     let spinner = output::progress("{spinner} searching {msg}… {elapsed}", None);
     spinner.set_message(
@@ -51,16 +86,41 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         Some(id) => SearchRequest::content(id, args.ttl, timeout),
         None => SearchRequest::keywords(&args.terms, args.ttl, timeout, args.max_results),
     };
-    let outcome = leaf.search(request).await;
+    let mut live = leaf.search_live(request).await?;
+    let mut printed: HashSet<(ContentId, u64)> = HashSet::new();
+    loop {
+        let ended = live.updates.changed().await.is_err();
+        let snapshot = live.updates.borrow_and_update().clone();
+        for result in &snapshot.results {
+            if !printed.insert((result.content_id, result.size)) {
+                continue;
+            }
+            spinner.suspend(|| -> anyhow::Result<()> {
+                if args.json {
+                    say!(
+                        "{}",
+                        serde_json::to_string(&output::JsonResult::from(result))?
+                    );
+                } else {
+                    if printed.len() == 1 {
+                        say!("{}", header());
+                    }
+                    say!("{}", row(result));
+                }
+                Ok(())
+            })?;
+        }
+        if snapshot.done {
+            break;
+        }
+        if ended {
+            spinner.finish_and_clear();
+            anyhow::bail!("the connection to the supernode ended during the search");
+        }
+    }
     spinner.finish_and_clear();
-    leaf.shutdown().await;
-    let outcome = outcome?;
-    if args.json {
-        output::print_json_lines(&outcome.results)?;
-    } else if outcome.results.is_empty() {
+    if printed.is_empty() && !args.json {
         eprintln!("no results");
-    } else {
-        say!("{}", output::table(&outcome.results).trim_end());
     }
     Ok(())
 }

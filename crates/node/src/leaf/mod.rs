@@ -7,14 +7,21 @@
 //!
 //! - [`task`]: the coordinator choosing supernodes and fanning out;
 //! - [`session`]: one supernode session;
-//! - [`scan`]: shared folders, rescans, the catalog.
+//! - [`scan`]: shared folders (added and removed while running), files
+//!   shared one by one, rescans, the catalog.
 //!
-//! `canopy search` and `canopy get` run a short-lived leaf: same code, no
-//! shares, one supernode, no retries.
+//! A leaf with no shares is a valid, download-only leaf. `canopy search`
+//! and `canopy get` run a short-lived leaf: same code, no shares, one
+//! supernode, no retries. Supernodes come from the configured addresses,
+//! the host cache, and the `bootstrap` names (DNS seeds), resolved at
+//! start and again whenever there is no one left to dial.
 
+mod live;
 mod scan;
 mod session;
 mod task;
+
+pub use live::{LiveSearch, SearchSnapshot};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,7 +34,6 @@ use canopy_core::leaf::SearchRequest;
 use canopy_core::search::SearchResult;
 use canopy_proto::secure::StaticKeypair;
 use canopy_proto::{ContentId, NodeId, Role, SharedFile};
-use canopy_share::LocalFile;
 use canopy_transfer::Catalog;
 use canopy_transfer::server::{ContentServer, ServerConfig};
 use tokio::net::TcpListener;
@@ -37,10 +43,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::NodeError;
+use crate::addr::HostPort;
 use crate::connection::LinkContext;
 use crate::hosts::HostCache;
 use crate::traffic::Traffic;
-use scan::{catalog_entries, load_cache, rescan_loop, scan_in_background};
+pub use scan::{FolderSummary, ShareSummary};
+use scan::{Shares, load_cache, rescan_loop};
 use session::{ConnectBacks, SessionContext};
 use task::LeafTask;
 
@@ -62,6 +70,10 @@ pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 pub struct LeafOptions {
     /// Supernodes to join (seeds; more are learned and cached).
     pub supernodes: Vec<SocketAddr>,
+    /// Names (DNS seeds) whose every address is tried like a supernode
+    /// above: resolved at start, and again whenever there is no one left
+    /// to dial.
+    pub bootstrap: Vec<HostPort>,
     /// How many supernodes to stay connected to at once.
     pub supernodes_wanted: usize,
     /// Where to serve files to other peers, if anywhere.
@@ -93,6 +105,7 @@ impl std::fmt::Debug for LeafOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LeafOptions")
             .field("supernodes", &self.supernodes)
+            .field("bootstrap", &self.bootstrap)
             .field("listen", &self.listen)
             .field("shares", &self.shares)
             .field("data_dir", &self.data_dir)
@@ -108,6 +121,7 @@ impl LeafOptions {
     pub fn new(supernode: SocketAddr) -> Self {
         Self {
             supernodes: vec![supernode],
+            bootstrap: Vec::new(),
             supernodes_wanted: 1,
             listen: None,
             advertise: None,
@@ -148,14 +162,9 @@ pub struct SearchOutcome {
 }
 
 enum Command {
-    Search(
-        SearchRequest,
-        oneshot::Sender<Result<SearchOutcome, NodeError>>,
-    ),
-    /// Publish exactly these (no local files behind them).
+    Search(live::LiveStart),
+    /// Publish exactly these.
     Shares(Vec<SharedFile>),
-    /// A scan's result: publish and serve these.
-    Files(Vec<LocalFile>),
     Push(PushRequest),
 }
 
@@ -173,6 +182,7 @@ pub struct LeafHandle {
     node_id: NodeId,
     listen_addr: Option<SocketAddr>,
     server: ContentServer,
+    shares: Shares,
     traffic: Arc<Traffic>,
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<LeafStatus>,
@@ -184,9 +194,8 @@ pub struct LeafHandle {
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Command::Search(request, _) => write!(f, "Search({request:?})"),
+            Command::Search(start) => write!(f, "Search({:?})", start.request),
             Command::Shares(files) => write!(f, "Shares({} files)", files.len()),
-            Command::Files(files) => write!(f, "Files({} files)", files.len()),
             Command::Push(push) => write!(f, "Push({})", push.target),
         }
     }
@@ -265,12 +274,25 @@ impl LeafHandle {
     /// Runs a search and returns what it found once its timeout passes or
     /// it has `max_results` contents.
     pub async fn search(&self, request: SearchRequest) -> Result<SearchOutcome, NodeError> {
-        let (tx, rx) = oneshot::channel();
+        let last = self.search_live(request).await?.finish().await?;
+        Ok(SearchOutcome {
+            results: last.results,
+            hits: last.hits,
+        })
+    }
+
+    /// Starts a search whose results are published as hits arrive; it
+    /// ends at its timeout, once it has `max_results` contents, or when the
+    /// returned [`LiveSearch`] is dropped. Fails if no supernode session is
+    /// ready or the search could not start.
+    pub async fn search_live(&self, request: SearchRequest) -> Result<LiveSearch, NodeError> {
+        let (start, live, started) = live::LiveStart::new(request);
         self.commands
-            .send(Command::Search(request, tx))
+            .send(Command::Search(start))
             .await
             .map_err(|_| NodeError::Stopped)?;
-        rx.await.map_err(|_| NodeError::Stopped)?
+        started.await.map_err(|_| NodeError::Stopped)??;
+        Ok(live)
     }
 
     /// Replaces the published file list (the next rescan may change it again).
@@ -279,6 +301,43 @@ impl LeafHandle {
             .send(Command::Shares(files))
             .await
             .map_err(|_| NodeError::Stopped)
+    }
+
+    /// Shares `folder` too: scans it (hashing what the hash cache does not
+    /// know) and serves and publishes its files before returning.
+    pub async fn add_share(&self, folder: PathBuf) -> Result<ShareSummary, NodeError> {
+        self.shares.add(folder).await
+    }
+
+    /// Stops sharing `folder` at once (files shared one by one stay).
+    pub async fn remove_share(&self, folder: PathBuf) -> Result<ShareSummary, NodeError> {
+        self.shares.remove(folder).await
+    }
+
+    /// Rescans every shared folder now.
+    pub async fn rescan(&self) -> Result<ShareSummary, NodeError> {
+        self.shares.rescan().await
+    }
+
+    /// The shared folders with their files and bytes, and whether a scan
+    /// is running.
+    pub fn share_summary(&self) -> ShareSummary {
+        self.shares.summary()
+    }
+
+    /// Shares the file at `path` at once: hashed (or found in the hash
+    /// cache), served, and published to the supernodes before this
+    /// returns, without waiting for a rescan. For a file outside the
+    /// shared folders (a download saved elsewhere), it stays shared across
+    /// rescans while it is there.
+    pub async fn share_file(&self, path: PathBuf) -> Result<(), NodeError> {
+        self.shares.share_file(path).await
+    }
+
+    /// What the file server serves: `catalog().get(&id)` says whether a
+    /// content is shared, and from which file.
+    pub fn catalog(&self) -> &Catalog {
+        self.server.catalog()
     }
 
     /// The token that stops this leaf when cancelled.
@@ -325,12 +384,17 @@ impl PushSender {
 
 /// Scans the shares, binds the listener (if any) and starts the leaf.
 pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
-    let cache = load_cache(options.data_dir.as_deref());
-    let (local, cache) = scan_in_background(&options, cache, true).await?;
+    let (commands_tx, commands_rx) = mpsc::channel(64);
     let catalog = Catalog::new();
-    catalog.replace(catalog_entries(&local));
+    let shares = Shares::new(
+        &options.shares,
+        load_cache(options.data_dir.as_deref()),
+        catalog.clone(),
+        commands_tx.clone(),
+        options.progress.clone(),
+    );
+    let files = shares.first_scan().await?;
     let server = ContentServer::with_config(catalog.clone(), options.server.clone());
-    let files: Vec<SharedFile> = local.into_iter().map(|f| f.shared).collect();
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let traffic = Arc::new(Traffic::default());
@@ -367,19 +431,12 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         listen_addr: announced,
         user_agent: concat!("canopy/", env!("CARGO_PKG_VERSION")).to_owned(),
     };
-    let (commands_tx, commands_rx) = mpsc::channel(64);
     let (status_tx, status_rx) = watch::channel(LeafStatus {
         shared_files: files.len(),
         ..LeafStatus::default()
     });
     if let Some(interval) = options.rescan_interval {
-        tracker.spawn(rescan_loop(
-            options.clone(),
-            cache,
-            interval,
-            commands_tx.clone(),
-            shutdown.clone(),
-        ));
+        tracker.spawn(rescan_loop(shares.clone(), interval, shutdown.clone()));
     }
     let connect_backs = ConnectBacks::new();
     let context = SessionContext {
@@ -404,7 +461,6 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         options,
         context,
         files,
-        catalog,
         status: status_tx,
         commands: commands_rx,
         hosts,
@@ -414,6 +470,7 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         node_id,
         listen_addr,
         server,
+        shares,
         traffic,
         commands: commands_tx,
         status: status_rx,

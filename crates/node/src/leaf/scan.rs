@@ -1,107 +1,446 @@
-//! A leaf's shared folders: the first scan, the periodic rescans, and the
-//! catalog the file server serves from. The hash cache stays in memory
-//! across rescans and is written back when a scan changed it.
+//! A leaf's shares: the shared folders (a list that changes while the leaf
+//! runs), files shared one by one (a finished download), the scans and
+//! rescans, the catalog the file server serves from, and what is published.
+//!
+//! Every change (a scan's result, a folder added or removed, one file
+//! shared) goes through one lock, which also covers updating the catalog
+//! and handing the new list to the coordinator to publish, so changes are
+//! published in the order they were made. Scans run one at a time on a
+//! blocking thread, holding the hash cache; sharing one file does not wait
+//! for a running scan (it hashes without the cache and records the hash in
+//! it afterwards). The cache stays in memory across rescans and is written
+//! back when changed. Shared folders are only ever read.
 
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use canopy_proto::ContentId;
-use canopy_share::{HashCache, LocalFile};
+use canopy_proto::{ContentId, SharedFile};
+use canopy_share::{HashCache, LocalFile, ShareError};
+use canopy_transfer::Catalog;
 use canopy_transfer::catalog::CatalogEntry;
-use tokio::sync::mpsc;
+use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::{Command, HASH_CACHE_FILE, LeafOptions, Progress};
+use super::{Command, HASH_CACHE_FILE, Progress};
 use crate::NodeError;
 
+/// What is shared, for a status page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShareSummary {
+    /// Each shared folder, in the order added.
+    pub folders: Vec<FolderSummary>,
+    /// Files shared in all (folders and files shared one by one).
+    pub files: usize,
+    /// Their total size.
+    pub bytes: u64,
+    /// A scan is running.
+    pub scanning: bool,
+}
+
+/// One shared folder.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FolderSummary {
+    /// Its absolute path.
+    pub path: PathBuf,
+    /// Files shared from it.
+    pub files: usize,
+    /// Their total size.
+    pub bytes: u64,
+}
+
 /// The hash cache kept in `data_dir`, or one in memory only.
-pub(super) fn load_cache(data_dir: Option<&std::path::Path>) -> HashCache {
+pub(super) fn load_cache(data_dir: Option<&Path>) -> HashCache {
     match data_dir {
         Some(dir) => HashCache::load(&dir.join(HASH_CACHE_FILE)),
         None => HashCache::in_memory(),
     }
 }
 
-/// Scans `shares` with `cache`, and writes the cache back if it changed.
-fn scan_shares(
-    shares: &[PathBuf],
-    cache: &mut HashCache,
-    progress: Option<&Progress>,
-) -> Result<Vec<LocalFile>, NodeError> {
-    let report = canopy_share::scan(shares, cache, &|bytes| {
-        if let Some(progress) = progress {
-            progress(bytes);
-        }
-    })?;
+fn catalog_entry(file: &LocalFile) -> CatalogEntry {
+    CatalogEntry {
+        path: file.path.clone(),
+        size: file.shared.size,
+        tree: file.tree.clone().into(),
+    }
+}
+
+fn save(cache: &mut HashCache) {
     if let Err(error) = cache.save() {
         tracing::warn!(%error, "could not save the hash cache");
     }
-    tracing::info!(
-        files = report.files.len(),
-        hashed = report.hashed,
-        hashed_bytes = report.hashed_bytes,
-        skipped = report.skipped,
-        "shares scanned"
-    );
-    Ok(report.files)
 }
 
-/// Scans on a blocking thread; the cache goes there and comes back, so it
-/// is read from disk once per leaf, not once per rescan.
-pub(super) async fn scan_in_background(
-    options: &LeafOptions,
-    mut cache: HashCache,
-    with_progress: bool,
-) -> Result<(Vec<LocalFile>, HashCache), NodeError> {
-    let shares = options.shares.clone();
-    let progress = if with_progress {
-        options.progress.clone()
-    } else {
-        None
-    };
-    tokio::task::spawn_blocking(move || {
-        scan_shares(&shares, &mut cache, progress.as_ref()).map(|files| (files, cache))
-    })
-    .await
-    .map_err(|_| NodeError::Stopped)?
+/// The list of what is shared.
+#[derive(Debug, Default)]
+struct State {
+    /// Shared folders, canonical where they could be resolved.
+    folders: Vec<PathBuf>,
+    /// Files shared one by one, outside every shared folder.
+    singles: BTreeSet<PathBuf>,
+    /// Every file shared, by path.
+    files: BTreeMap<PathBuf, LocalFile>,
 }
 
-pub(super) fn catalog_entries(
-    files: &[LocalFile],
-) -> impl Iterator<Item = (ContentId, CatalogEntry)> + '_ {
-    files.iter().map(|f| {
-        let entry = CatalogEntry {
-            path: f.path.clone(),
-            size: f.shared.size,
-            tree: f.tree.clone().into(),
-        };
-        (f.shared.content_id, entry)
-    })
+impl State {
+    fn in_folder(folders: &[PathBuf], path: &Path) -> bool {
+        folders.iter().any(|folder| path.starts_with(folder))
+    }
+
+    fn summary(&self) -> ShareSummary {
+        let folders = self
+            .folders
+            .iter()
+            .map(|folder| {
+                let (files, bytes) = self
+                    .files
+                    .values()
+                    .filter(|f| f.path.starts_with(folder))
+                    .fold((0, 0), |(n, b), f| (n + 1, b + f.shared.size));
+                FolderSummary {
+                    path: folder.clone(),
+                    files,
+                    bytes,
+                }
+            })
+            .collect();
+        ShareSummary {
+            folders,
+            files: self.files.len(),
+            bytes: self.files.values().map(|f| f.shared.size).sum(),
+            scanning: false,
+        }
+    }
+
+    fn shared(&self) -> Vec<SharedFile> {
+        self.files.values().map(|f| f.shared.clone()).collect()
+    }
+
+    /// True when another shared file has `id`.
+    fn serves(&self, id: &ContentId, except: &Path) -> bool {
+        self.files
+            .values()
+            .any(|f| f.shared.content_id == *id && f.path != except)
+    }
 }
 
-pub(super) async fn rescan_loop(
-    options: LeafOptions,
-    mut cache: HashCache,
-    interval: Duration,
+struct Inner {
+    state: Mutex<State>,
+    /// Held for the length of a scan, or of hashing one file with it.
+    cache: Arc<Mutex<HashCache>>,
+    summary: std::sync::Mutex<ShareSummary>,
+    scans_running: AtomicUsize,
+    catalog: Catalog,
     commands: mpsc::Sender<Command>,
-    shutdown: CancellationToken,
-) {
+    progress: Option<Progress>,
+}
+
+/// The leaf's shares. Cheap to clone.
+#[derive(Clone)]
+pub(super) struct Shares {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Shares {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shares")
+            .field("summary", &self.summary())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts a scan as running while alive.
+struct Scanning<'a>(&'a Inner);
+
+impl<'a> Scanning<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        inner.scans_running.fetch_add(1, Ordering::Relaxed);
+        Self(inner)
+    }
+}
+
+impl Drop for Scanning<'_> {
+    fn drop(&mut self) {
+        self.0.scans_running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Shares {
+    /// Shares of `folders`, not scanned yet, serving into `catalog` and
+    /// publishing through `commands`.
+    pub(super) fn new(
+        folders: &[PathBuf],
+        cache: HashCache,
+        catalog: Catalog,
+        commands: mpsc::Sender<Command>,
+        progress: Option<Progress>,
+    ) -> Self {
+        let mut state = State::default();
+        for folder in folders {
+            let folder = folder.canonicalize().unwrap_or_else(|_| folder.clone());
+            if !state.folders.contains(&folder) {
+                state.folders.push(folder);
+            }
+        }
+        Self {
+            inner: Arc::new(Inner {
+                summary: std::sync::Mutex::new(state.summary()),
+                state: Mutex::new(state),
+                cache: Arc::new(Mutex::new(cache)),
+                scans_running: AtomicUsize::new(0),
+                catalog,
+                commands,
+                progress,
+            }),
+        }
+    }
+
+    /// What is shared now.
+    pub(super) fn summary(&self) -> ShareSummary {
+        let mut summary = self
+            .inner
+            .summary
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        summary.scanning = self.inner.scans_running.load(Ordering::Relaxed) > 0;
+        summary
+    }
+
+    /// The first scan, at start: every folder must be there, progress is
+    /// reported, and the list is returned rather than published (no
+    /// session is open yet).
+    pub(super) async fn first_scan(&self) -> Result<Vec<SharedFile>, NodeError> {
+        self.scan(true).await?;
+        Ok(self.inner.state.lock().await.shared())
+    }
+
+    /// Scans every folder (and file shared one by one) again, serves and
+    /// publishes the result. A folder no longer there is passed over.
+    pub(super) async fn rescan(&self) -> Result<ShareSummary, NodeError> {
+        self.scan(false).await?;
+        Ok(self.summary())
+    }
+
+    async fn scan(&self, first: bool) -> Result<(), NodeError> {
+        let mut cache = self.inner.cache.clone().lock_owned().await;
+        let _scanning = Scanning::new(&self.inner);
+        let (folders, singles) = {
+            let state = self.inner.state.lock().await;
+            let singles: Vec<PathBuf> = state.singles.iter().cloned().collect();
+            (state.folders.clone(), singles)
+        };
+        let progress = self.inner.progress.clone().filter(|_| first);
+        let scanned_singles = singles.clone();
+        let scanned_folders = folders.clone();
+        let (report, cache_back) = tokio::task::spawn_blocking(move || {
+            let report = canopy_share::scan_with(&folders, &singles, &mut cache, &|bytes| {
+                if let Some(progress) = &progress {
+                    progress(bytes);
+                }
+            });
+            save(&mut cache);
+            (report, cache)
+        })
+        .await
+        .map_err(|_| NodeError::Stopped)?;
+        drop(cache_back);
+        let report = report?;
+        if first {
+            if let Some(path) = report
+                .missing
+                .iter()
+                .find(|path| scanned_folders.contains(path))
+            {
+                return Err(ShareError::NotADirectory { path: path.clone() }.into());
+            }
+        }
+        tracing::info!(
+            files = report.files.len(),
+            hashed = report.hashed,
+            hashed_bytes = report.hashed_bytes,
+            skipped = report.skipped,
+            "shares scanned"
+        );
+        let mut state = self.inner.state.lock().await;
+        let State {
+            folders,
+            singles,
+            files,
+        } = &mut *state;
+        for gone in &report.missing {
+            singles.remove(gone);
+        }
+        // The list may have changed while the scan ran: keep what is still
+        // shared, and the files shared one by one meanwhile.
+        let mut fresh: BTreeMap<PathBuf, LocalFile> = report
+            .files
+            .into_iter()
+            .filter(|f| State::in_folder(folders, &f.path) || singles.contains(&f.path))
+            .map(|f| (f.path.clone(), f))
+            .collect();
+        for (path, file) in std::mem::take(files) {
+            let shared_meanwhile = singles.contains(&path) && !scanned_singles.contains(&path);
+            if shared_meanwhile && !fresh.contains_key(&path) {
+                fresh.insert(path, file);
+            }
+        }
+        *files = fresh;
+        self.inner.catalog.replace(
+            files
+                .values()
+                .map(|f| (f.shared.content_id, catalog_entry(f))),
+        );
+        self.publish(&state, !first).await;
+        Ok(())
+    }
+
+    /// Updates the summary and, if `publish`, hands the list to the
+    /// coordinator (under the state lock, so in order).
+    async fn publish(&self, state: &State, publish: bool) {
+        *self
+            .inner
+            .summary
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = state.summary();
+        if publish {
+            // Fails only when the leaf has stopped.
+            let _ = self
+                .inner
+                .commands
+                .send(Command::Shares(state.shared()))
+                .await;
+        }
+    }
+
+    /// Shares `folder` too (scanning it before returning).
+    pub(super) async fn add(&self, folder: PathBuf) -> Result<ShareSummary, NodeError> {
+        let not_a_folder = || ShareError::NotADirectory {
+            path: folder.clone(),
+        };
+        let canonical = tokio::fs::canonicalize(&folder)
+            .await
+            .map_err(|_| not_a_folder())?;
+        if !tokio::fs::metadata(&canonical)
+            .await
+            .is_ok_and(|meta| meta.is_dir())
+        {
+            return Err(not_a_folder().into());
+        }
+        {
+            let mut state = self.inner.state.lock().await;
+            if state.folders.contains(&canonical) {
+                return Ok(self.summary());
+            }
+            tracing::info!(folder = %canonical.display(), "sharing a folder");
+            state.folders.push(canonical);
+        }
+        self.rescan().await
+    }
+
+    /// Stops sharing `folder` (at once: nothing to scan).
+    pub(super) async fn remove(&self, folder: PathBuf) -> Result<ShareSummary, NodeError> {
+        let canonical = tokio::fs::canonicalize(&folder)
+            .await
+            .unwrap_or_else(|_| folder.clone());
+        let mut state = self.inner.state.lock().await;
+        let before = state.folders.len();
+        state.folders.retain(|f| *f != canonical && *f != folder);
+        if state.folders.len() == before {
+            return Err(NodeError::NotShared(folder));
+        }
+        tracing::info!(folder = %canonical.display(), "no longer sharing a folder");
+        let State {
+            folders,
+            singles,
+            files,
+        } = &mut *state;
+        files.retain(|path, _| State::in_folder(folders, path) || singles.contains(path));
+        self.inner.catalog.replace(
+            files
+                .values()
+                .map(|f| (f.shared.content_id, catalog_entry(f))),
+        );
+        self.publish(&state, true).await;
+        drop(state);
+        Ok(self.summary())
+    }
+
+    /// Hashes the file at `path` (from the cache if it has it), serves it
+    /// and publishes it, without waiting for a rescan.
+    pub(super) async fn share_file(&self, path: PathBuf) -> Result<(), NodeError> {
+        let io = |source| ShareError::Io {
+            path: path.clone(),
+            source,
+        };
+        let path = tokio::fs::canonicalize(&path).await.map_err(io)?;
+        let file = match self.inner.cache.clone().try_lock_owned() {
+            Ok(mut cache) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    let file = canopy_share::scan_file(&path, &mut cache);
+                    save(&mut cache);
+                    file
+                })
+                .await
+                .map_err(|_| NodeError::Stopped)??
+            }
+            // A scan holds the cache: hash without it, and record the hash
+            // in it once the scan is done, so the next scan finds it.
+            Err(_) => {
+                let hashed = path.clone();
+                let (file, modified) = tokio::task::spawn_blocking(move || {
+                    let modified = std::fs::metadata(&hashed).and_then(|m| m.modified());
+                    let file = canopy_share::scan_file(&hashed, &mut HashCache::in_memory());
+                    (file, modified)
+                })
+                .await
+                .map_err(|_| NodeError::Stopped)?;
+                let file = file?;
+                if let Ok(modified) = modified {
+                    let cache = self.inner.cache.clone();
+                    let (path, size) = (file.path.clone(), file.shared.size);
+                    let hash = canopy_share::FileHash {
+                        id: file.shared.content_id,
+                        tree: file.tree.clone(),
+                    };
+                    tokio::spawn(async move {
+                        let mut cache = cache.lock().await;
+                        cache.insert(path, size, modified, &hash);
+                    });
+                }
+                file
+            }
+        };
+        let mut state = self.inner.state.lock().await;
+        if !State::in_folder(&state.folders, &path) {
+            state.singles.insert(path.clone());
+        }
+        let id = file.shared.content_id;
+        self.inner.catalog.insert(id, catalog_entry(&file));
+        tracing::info!(file = %path.display(), content_id = %id, "sharing a file");
+        if let Some(old) = state.files.insert(path.clone(), file) {
+            let old_id = old.shared.content_id;
+            if old_id != id && !state.serves(&old_id, &path) {
+                self.inner.catalog.remove(&old_id);
+            }
+        }
+        self.publish(&state, true).await;
+        Ok(())
+    }
+}
+
+/// Rescans every `interval` until `shutdown`, whatever the folders are then.
+pub(super) async fn rescan_loop(shares: Shares, interval: Duration, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        match scan_in_background(&options, cache, false).await {
-            Ok((files, kept)) => {
-                cache = kept;
-                if commands.send(Command::Files(files)).await.is_err() {
-                    return;
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "rescan failed");
-                cache = load_cache(options.data_dir.as_deref());
-            }
+        if let Err(error) = shares.rescan().await {
+            tracing::warn!(%error, "rescan failed");
         }
     }
 }

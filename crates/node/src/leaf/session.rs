@@ -8,19 +8,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use canopy_core::ConnId;
 use canopy_core::handshake::Identity;
-use canopy_core::leaf::{LeafAction, LeafSession, SearchRequest};
+use canopy_core::leaf::{LeafAction, LeafSession};
 use canopy_core::push_limits::{ConnectBackConfig, ConnectBackLimiter};
+use canopy_core::{ConnId, Time};
 use canopy_proto::{ContentId, MessageId, SharedFile};
 use canopy_transfer::Catalog;
 use canopy_transfer::server::ContentServer;
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{PushRequest, SearchOutcome};
+use super::PushRequest;
+use super::live::{LiveStart, SearchSnapshot};
 use crate::NodeError;
 use crate::clock::Clock;
 use crate::connection::{self, ConnEvent, LinkContext, Outgoing};
@@ -29,10 +30,19 @@ use canopy_proto::secure::PublicKey;
 
 /// How often running searches are checked for their deadline.
 const TICK: Duration = Duration::from_millis(50);
+/// A running search publishes its results at most this often (the first
+/// change at once); the tick publishes what waited.
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(50);
 /// How long a dial may take.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub(super) type SearchWaiter = oneshot::Sender<Result<SearchOutcome, NodeError>>;
+/// A running search someone follows.
+struct Follower {
+    updates: watch::Sender<SearchSnapshot>,
+    cancel: CancellationToken,
+    /// The search's revision last published, and when.
+    published: Option<(u64, Time)>,
+}
 
 /// What every session of a leaf shares.
 #[derive(Debug, Clone)]
@@ -92,7 +102,7 @@ impl ConnectBacks {
 
 /// A request from the coordinator.
 pub(super) enum ToSession {
-    Search(SearchRequest, SearchWaiter),
+    Search(LiveStart),
     Shares(Vec<SharedFile>),
     Push(PushRequest),
 }
@@ -182,7 +192,7 @@ async fn run(
     let mut session =
         LeafSession::new(context.identity.clone(), files).with_ping_key(rand::random());
     session.handle_connected(remote_key.node_id());
-    let mut waiting: HashMap<MessageId, SearchWaiter> = HashMap::new();
+    let mut following: HashMap<MessageId, Follower> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
     let mut end = None;
     while end.is_none() {
@@ -206,15 +216,18 @@ async fn run(
                 Some(Event::Connected(..)) => {}
             },
             request = requests.recv() => match request {
-                Some(ToSession::Search(request, reply)) => {
+                Some(ToSession::Search(start)) => {
                     let id = crate::random_message_id();
-                    match session.start_search(id, &request, clock.now()) {
+                    match session.start_search(id, &start.request, clock.now()) {
                         Ok(()) => {
-                            waiting.insert(id, reply);
+                            let _ = start.started.send(Ok(()));
+                            following.insert(id, Follower {
+                                updates: start.updates,
+                                cancel: start.cancel,
+                                published: None,
+                            });
                         }
-                        Err(error) => {
-                            let _ = reply.send(Err(NodeError::Search(error.to_string())));
-                        }
+                        Err(error) => start.refuse(NodeError::Search(error.to_string())),
                     }
                 }
                 Some(ToSession::Shares(files)) => session.set_shares(files),
@@ -273,7 +286,7 @@ async fn run(
                 }
             }
         }
-        answer_finished_searches(&mut session, &mut waiting, clock.now());
+        publish_searches(&mut session, &mut following, clock.now());
     }
     // However the session ended, let the writer finish: ended by the peer
     // (EOF), nothing else would close it and its task would wait forever.
@@ -281,11 +294,9 @@ async fn run(
     if session.pongs_unsolicited() > 0 {
         tracing::info!(%addr, ignored = session.pongs_unsolicited(), "supernode sent Pongs we never asked for");
     }
-    for (_, waiter) in waiting.drain() {
-        let _ = waiter.send(Err(NodeError::Search(
-            "the connection to the supernode ended".into(),
-        )));
-    }
+    // Dropping the senders without a `done` snapshot tells the followers
+    // the search ended with the session.
+    following.clear();
     end.unwrap_or_else(|| closed(&clock))
 }
 
@@ -323,23 +334,45 @@ fn push_upload(context: &SessionContext, content_id: ContentId, callback: Socket
     });
 }
 
-fn answer_finished_searches(
+/// Publishes what changed in the followed searches; ends those that are
+/// finished (a last snapshot marked `done`) or no longer followed.
+fn publish_searches(
     session: &mut LeafSession,
-    waiting: &mut HashMap<MessageId, SearchWaiter>,
-    now: canopy_core::Time,
+    following: &mut HashMap<MessageId, Follower>,
+    now: Time,
 ) {
-    let finished: Vec<MessageId> = waiting
-        .keys()
-        .filter(|id| session.search(id).is_none_or(|s| s.is_finished(now)))
-        .copied()
-        .collect();
-    for id in finished {
-        let outcome = session.finish_search(&id).map(|s| SearchOutcome {
-            hits: s.hits_received(),
-            results: s.into_results(),
-        });
-        if let Some(waiter) = waiting.remove(&id) {
-            let _ = waiter.send(outcome.ok_or(NodeError::Stopped));
+    following.retain(|id, follower| {
+        if follower.cancel.is_cancelled() || follower.updates.is_closed() {
+            session.finish_search(id);
+            return false;
         }
-    }
+        let Some(search) = session.search(id) else {
+            return false;
+        };
+        if search.is_finished(now) {
+            if let Some(search) = session.finish_search(id) {
+                let hits = search.hits_received();
+                follower.updates.send_replace(SearchSnapshot {
+                    results: search.into_results(),
+                    hits,
+                    done: true,
+                });
+            }
+            return false;
+        }
+        let revision = search.revision();
+        let due = match follower.published {
+            None => revision > 0,
+            Some((sent, at)) => sent != revision && now >= at + PUBLISH_INTERVAL,
+        };
+        if due {
+            follower.published = Some((revision, now));
+            follower.updates.send_replace(SearchSnapshot {
+                results: search.results().cloned().collect(),
+                hits: search.hits_received(),
+                done: false,
+            });
+        }
+        true
+    });
 }

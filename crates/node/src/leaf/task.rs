@@ -16,13 +16,13 @@ use std::time::Duration;
 
 use canopy_core::backoff::Backoff;
 use canopy_proto::SharedFile;
-use canopy_transfer::Catalog;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::session::{self, FromSession, SessionContext, SessionEnd, ToSession};
-use super::{Command, LeafOptions, LeafStatus, catalog_entries};
+use super::{Command, LeafOptions, LeafStatus};
 use crate::NodeError;
+use crate::addr::resolve_all;
 use crate::hosts::HostCache;
 
 /// How often the coordinator looks for sessions to open.
@@ -32,6 +32,10 @@ const TICK: Duration = Duration::from_millis(250);
 const MAX_RETRIES: usize = 2048;
 /// A session that lasted this long resets its supernode's backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(30);
+/// Bootstrap names are resolved again at most this often.
+const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+/// A resolution taking longer is given up (it finds nothing).
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Link {
     to_session: mpsc::Sender<ToSession>,
@@ -47,7 +51,6 @@ pub(super) struct LeafTask {
     pub(super) options: LeafOptions,
     pub(super) context: SessionContext,
     pub(super) files: Vec<SharedFile>,
-    pub(super) catalog: Catalog,
     pub(super) status: watch::Sender<LeafStatus>,
     pub(super) commands: mpsc::Receiver<Command>,
     pub(super) hosts: HostCache,
@@ -58,17 +61,32 @@ struct Running {
     retries: HashMap<SocketAddr, Retry>,
     news_tx: mpsc::Sender<FromSession>,
     last_failure: Option<String>,
+    bootstrap: Bootstrap,
+}
+
+/// Where the resolution of the bootstrap names is.
+struct Bootstrap {
+    resolving: bool,
+    last: Option<Instant>,
+    resolved_tx: mpsc::Sender<Vec<SocketAddr>>,
 }
 
 impl LeafTask {
     pub(super) async fn run(mut self) {
         let (news_tx, mut news) = mpsc::channel(256);
+        let (resolved_tx, mut resolved) = mpsc::channel(1);
         let mut running = Running {
             links: HashMap::new(),
             retries: HashMap::new(),
             news_tx,
             last_failure: None,
+            bootstrap: Bootstrap {
+                resolving: false,
+                last: None,
+                resolved_tx,
+            },
         };
+        self.resolve_bootstrap(&mut running);
         let mut tick = tokio::time::interval(TICK);
         loop {
             self.fill(&mut running);
@@ -78,6 +96,11 @@ impl LeafTask {
                 _ = self.context.shutdown.cancelled() => break,
                 Some(event) = news.recv() => {
                     if !self.on_news(&mut running, event) {
+                        break;
+                    }
+                }
+                Some(addrs) = resolved.recv() => {
+                    if !self.on_resolved(&mut running, addrs) {
                         break;
                     }
                 }
@@ -108,7 +131,14 @@ impl LeafTask {
                         .get(&addr)
                         .is_some_and(|r| r.not_before > now)
             });
-            let Some(addr) = next else { break };
+            let Some(addr) = next else {
+                // No one left to dial: ask the DNS seeds again.
+                let last = running.bootstrap.last;
+                if last.is_none_or(|last| now.duration_since(last) >= RESOLVE_INTERVAL) {
+                    self.resolve_bootstrap(running);
+                }
+                break;
+            };
             tracing::debug!(%addr, "dialing supernode");
             let to_session = session::spawn(
                 addr,
@@ -124,6 +154,53 @@ impl LeafTask {
                 },
             );
         }
+    }
+
+    /// Resolves the bootstrap names in the background, unless there are
+    /// none or a resolution is running.
+    fn resolve_bootstrap(&self, running: &mut Running) {
+        if self.options.bootstrap.is_empty() || running.bootstrap.resolving {
+            return;
+        }
+        running.bootstrap.resolving = true;
+        running.bootstrap.last = Some(Instant::now());
+        let names = self.options.bootstrap.clone();
+        let resolved_tx = running.bootstrap.resolved_tx.clone();
+        let shutdown = self.context.shutdown.clone();
+        self.context.tracker.spawn(async move {
+            let resolving = tokio::time::timeout(RESOLVE_TIMEOUT, resolve_all(&names));
+            let addrs = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                resolved = resolving => resolved.unwrap_or_default(),
+            };
+            let _ = resolved_tx.send(addrs).await;
+        });
+    }
+
+    /// The bootstrap names resolved to `addrs`; false when a one-shot leaf
+    /// has nothing left to try.
+    fn on_resolved(&mut self, running: &mut Running, addrs: Vec<SocketAddr>) -> bool {
+        running.bootstrap.resolving = false;
+        tracing::info!(found = addrs.len(), addrs = ?addrs, "bootstrap names resolved");
+        self.hosts.set_bootstrap(&addrs);
+        if addrs.is_empty() {
+            let names: Vec<String> = self
+                .options
+                .bootstrap
+                .iter()
+                .map(|n| n.to_string())
+                .collect();
+            running.last_failure = Some(format!(
+                "no address found for bootstrap {}",
+                names.join(", ")
+            ));
+        }
+        if !self.options.reconnect && !self.has_prospects(running) {
+            let failure = running.last_failure.take();
+            self.status.send_modify(|s| s.failure = failure);
+            return false;
+        }
+        true
     }
 
     /// Handles a session's news; false when a one-shot leaf gives up.
@@ -195,6 +272,7 @@ impl LeafTask {
     /// For a one-shot leaf: is anything connected, connecting, or untried?
     fn has_prospects(&self, running: &Running) -> bool {
         !running.links.is_empty()
+            || running.bootstrap.resolving
             || self
                 .hosts
                 .addresses()
@@ -224,21 +302,19 @@ impl LeafTask {
 
     async fn on_command(&mut self, running: &Running, command: Command) {
         match command {
-            Command::Search(request, reply) => match self.ready_session(running) {
+            Command::Search(start) => match self.ready_session(running) {
                 Some(session) => {
-                    if let Err(mpsc::error::SendError(ToSession::Search(_, reply))) =
-                        session.send(ToSession::Search(request, reply)).await
+                    if let Err(mpsc::error::SendError(ToSession::Search(start))) =
+                        session.send(ToSession::Search(start)).await
                     {
-                        let _ = reply.send(Err(NodeError::NotConnected(
+                        start.refuse(NodeError::NotConnected(
                             "the supernode session ended".into(),
-                        )));
+                        ));
                     }
                 }
-                None => {
-                    let _ = reply.send(Err(NodeError::NotConnected(
-                        "not connected to a supernode".into(),
-                    )));
-                }
+                None => start.refuse(NodeError::NotConnected(
+                    "not connected to a supernode".into(),
+                )),
             },
             Command::Push(push) => match self.ready_session(running) {
                 Some(session) => {
@@ -257,11 +333,6 @@ impl LeafTask {
                 }
             },
             Command::Shares(files) => self.publish(running, files).await,
-            Command::Files(local) => {
-                self.catalog.replace(catalog_entries(&local));
-                self.publish(running, local.into_iter().map(|f| f.shared).collect())
-                    .await;
-            }
         }
     }
 

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Fuzzes a leaf's control API with schemathesis (from PyPI) against its
+# OpenAPI document (crates/daemon/openapi.json), for at most ~60 s, with
+# every check schemathesis has: any 5xx, any answer the document does not
+# describe (status, content type, headers, body schema), a request the
+# document forbids that is accepted, or one it allows that is refused,
+# fails the run.
+#
+#   .ci/schemathesis.sh DATA_DIR   a running leaf's data directory
+#                                  (its control.json and control.token)
+#   .ci/schemathesis.sh            the API over the fake daemon of the
+#                                  API's tests (examples/fake_api.rs)
+#
+# schemathesis lives in a venv under target/ (kept between runs).
+# SCHEMATHESIS_SECONDS sets the time budget (default 60).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+version=4.32.5
+venv="$root/target/schemathesis/venv"
+if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$version"; then
+  echo "--- installing schemathesis $version"
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  fi
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "schemathesis==$version"
+fi
+
+data_dir=${1:-}
+server_pid=
+cleanup() {
+  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; fi
+  if [ -n "${scratch:-}" ]; then rm -rf "$scratch"; fi
+}
+trap cleanup EXIT
+if [ -z "$data_dir" ]; then
+  echo "--- starting the API over the fake daemon"
+  cargo build -q -p canopy-daemon --example fake_api
+  scratch=$(mktemp -d)
+  data_dir="$scratch/data"
+  mkdir -p "$data_dir"
+  "$root/target/debug/examples/fake_api" "$data_dir" >"$scratch/fake_api.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 1 100); do
+    [ -s "$data_dir/control.json" ] && break
+    kill -0 "$server_pid" 2>/dev/null || { cat "$scratch/fake_api.log"; exit 1; }
+    sleep 0.1
+  done
+fi
+
+url=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["url"])' "$data_dir/control.json")
+token=$(cat "$data_dir/control.token")
+seconds=${SCHEMATHESIS_SECONDS:-60}
+report="$root/target/schemathesis/report"
+echo "--- schemathesis against $url for at most ${seconds} s"
+# Run from target/: schemathesis keeps a .schemathesis cache where it runs.
+cd "$root/target/schemathesis"
+# The hard timeout is a backstop: --max-time bounds the run itself. One
+# worker: with several, schemathesis's coverage phase hit CPython 3.11's
+# "AST constructor recursion depth mismatch" (its own error, not the API's).
+timeout $((seconds + 60)) "$venv/bin/schemathesis" run "$root/crates/daemon/openapi.json" \
+  --url "$url" \
+  --header "Authorization: Bearer $token" \
+  --checks all \
+  --max-time "$seconds" \
+  --workers 1 \
+  --request-timeout 10 \
+  --no-color \
+  --report junit --report-dir "$report"

@@ -1,0 +1,626 @@
+//! Fetching one content through a running leaf, without fixed waits: the
+//! download starts on the first source the search turns up and takes later
+//! hits as new sources while it runs; while it has few sources it asks the
+//! network again every [`REASK_INTERVAL`], and at once when every source it
+//! has failed (giving up when that search finds nobody new).
+//!
+//! The hits are peers' claims: of the sizes claimed for the id, the one
+//! most sources agree on is tried first (the tree proves it or not) and the
+//! next one if every source of it fails; the sources of a first batch are
+//! tried in random order; a name from the network is made safe
+//! ([`canopy_core::save_name`]) before a file is saved under it.
+//!
+//! Before searching: a target that exists is either the content already
+//! (its BLAKE3 is the id: nothing to do) or an error, and the lock on the
+//! partial file is taken, so a second fetch of the id into the same folder
+//! fails at once.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use canopy_core::download::DownloadConfig;
+use canopy_core::leaf::SearchRequest;
+use canopy_core::save_name::safe_file_name;
+use canopy_core::search::{MAX_SOURCES_PER_RESULT, SearchResult, Source, most_agreed};
+use canopy_proto::{ContentId, NodeId};
+use canopy_transfer::client::{Connector, DirectConnector};
+use canopy_transfer::download::{
+    self, DownloadControl, DownloadError, DownloadOptions, DownloadReport, DownloadSource,
+    MAX_SOURCES, Progress,
+};
+use canopy_transfer::partial_lock::PartialLock;
+use canopy_transfer::push::{CallbackListener, PushConnector, PushRequester};
+use rand::seq::SliceRandom;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::NodeError;
+use crate::leaf::{LeafHandle, LiveSearch};
+
+/// How long a dial to a source may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a firewalled source may take to connect back.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(15);
+/// While a download runs with few sources, the network is asked again
+/// this often.
+pub const REASK_INTERVAL: Duration = Duration::from_secs(20);
+/// Below this many sources, a running download keeps asking for more.
+pub const FEW_SOURCES: usize = 8;
+
+/// Where to save.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchTarget {
+    /// Exactly this file.
+    File(PathBuf),
+    /// Into this folder (created if missing), under the request's name or
+    /// else the name most sources give, made safe.
+    Dir(PathBuf),
+}
+
+/// Where a fetch stands, for a progress line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FetchProgress {
+    /// The name it is saved under, once known.
+    pub name: Option<String>,
+    /// Its size, once a source said.
+    pub size: Option<u64>,
+    /// Bytes verified and on disk.
+    pub verified_bytes: u64,
+    /// Sources heard of.
+    pub known_sources: usize,
+    /// Sources with a request in flight.
+    pub active_sources: usize,
+    /// When the first verified byte landed, from the fetch's start.
+    pub first_byte: Option<Duration>,
+}
+
+/// Called as a fetch advances.
+pub type FetchProgressFn = Arc<dyn Fn(&FetchProgress) + Send + Sync>;
+
+/// What to fetch, and how.
+#[derive(Clone)]
+pub struct FetchRequest {
+    /// The content.
+    pub content_id: ContentId,
+    /// Its size, if known (e.g. from a `canopy:` link): only sources
+    /// claiming it are used.
+    pub size: Option<u64>,
+    /// The name to save under (made safe), if known.
+    pub name: Option<String>,
+    /// Where to save.
+    pub target: FetchTarget,
+    /// Replace an existing file.
+    pub force: bool,
+    /// Download tunables.
+    pub config: DownloadConfig,
+    /// Progress reports.
+    pub progress: Option<FetchProgressFn>,
+    /// Stops the fetch, keeping the partial and state files (a pause).
+    pub cancel: CancellationToken,
+    /// How long each search for sources runs (the download does not wait
+    /// for it: it starts on the first source).
+    pub search_timeout: Duration,
+    /// How far the searches may travel.
+    pub ttl: u8,
+}
+
+impl std::fmt::Debug for FetchRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchRequest")
+            .field("content_id", &self.content_id)
+            .field("size", &self.size)
+            .field("name", &self.name)
+            .field("target", &self.target)
+            .field("force", &self.force)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FetchRequest {
+    /// Defaults for fetching `content_id` to `target`.
+    pub fn new(content_id: ContentId, target: FetchTarget) -> Self {
+        Self {
+            content_id,
+            size: None,
+            name: None,
+            target,
+            force: false,
+            config: DownloadConfig::default(),
+            progress: None,
+            cancel: CancellationToken::new(),
+            search_timeout: Duration::from_secs(5),
+            ttl: canopy_core::supernode::DEFAULT_TTL_CAP,
+        }
+    }
+}
+
+/// Fetches `request.content_id` through `leaf`. See the module docs.
+/// A cancelled fetch fails with [`DownloadError::Cancelled`], its partial
+/// and state files kept; no source found is [`NodeError::NotFound`].
+pub async fn fetch(leaf: &LeafHandle, request: FetchRequest) -> Result<DownloadReport, NodeError> {
+    let started = Instant::now();
+    let id = request.content_id;
+    let report = Reporter::new(request.progress.clone(), started);
+    report.update(|_| {});
+    // What can be settled before searching.
+    let dir = match &request.target {
+        FetchTarget::File(path) => parent_of(path),
+        FetchTarget::Dir(dir) => {
+            create_dir(dir)?;
+            dir.clone()
+        }
+    };
+    let early_target = match (&request.target, &request.name) {
+        (FetchTarget::File(path), _) => Some(path.clone()),
+        (FetchTarget::Dir(dir), Some(name)) => Some(dir.join(safe_file_name(name, &id))),
+        (FetchTarget::Dir(_), None) => None,
+    };
+    if let Some(target) = &early_target {
+        if let Some(done) = already_there(target, id, request.force, started).await? {
+            return Ok(done);
+        }
+    }
+    let mut lock = Some(PartialLock::acquire(&dir, id).map_err(DownloadError::from)?);
+
+    let tracker = TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    let mut finder = Finder::new(leaf, &request);
+    let outcome = async {
+        finder.ask().await?;
+        let mut tried: Vec<u64> = Vec::new();
+        let mut callback = Callback::new(leaf, &shutdown, &tracker);
+        loop {
+            let Some(group) = finder
+                .wait_for_group(request.size, &tried, &request.cancel)
+                .await?
+            else {
+                return Err(if tried.is_empty() {
+                    NodeError::NotFound(id)
+                } else {
+                    NodeError::Download(DownloadError::AllSourcesFailed(
+                        "no source of any size claimed for it delivered it".into(),
+                    ))
+                });
+            };
+            tried.push(group.size);
+            let target = match &early_target {
+                Some(target) => target.clone(),
+                None => dir.join(safe_file_name(&group.name, &id)),
+            };
+            let name = target.file_name().map(|n| n.to_string_lossy().into_owned());
+            report.update(|p| {
+                p.name.clone_from(&name);
+                p.size = Some(group.size);
+            });
+            if early_target.is_none() {
+                if let Some(done) = already_there(&target, id, request.force, started).await? {
+                    return Ok(done);
+                }
+            }
+            let lock = match lock.take() {
+                Some(lock) => lock,
+                None => PartialLock::acquire(&dir, id).map_err(DownloadError::from)?,
+            };
+            let attempt = Attempt {
+                request: &request,
+                size: group.size,
+                target,
+                report: &report,
+            };
+            match attempt.run(&mut finder, &mut callback, lock).await {
+                Err(NodeError::Download(
+                    DownloadError::AllSourcesFailed(_) | DownloadError::NoSources,
+                )) if request.size.is_none() && finder.has_untried(&tried) => {
+                    tracing::info!(
+                        size = group.size,
+                        "every source of this size failed; trying another size"
+                    );
+                }
+                Err(error) => return Err(error),
+                Ok(mut done) => {
+                    done.elapsed = started.elapsed();
+                    done.first_byte = report.first_byte();
+                    return Ok(done);
+                }
+            }
+        }
+    }
+    .await;
+    shutdown.cancel();
+    tracker.close();
+    outcome
+}
+
+/// The folder a file target lives in.
+fn parent_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn create_dir(dir: &Path) -> Result<(), NodeError> {
+    std::fs::create_dir_all(dir).map_err(|source| {
+        NodeError::Download(DownloadError::Io {
+            path: dir.to_owned(),
+            source,
+        })
+    })
+}
+
+/// If something is at `target`: the content already (a report saying so),
+/// or an error unless `force`.
+async fn already_there(
+    target: &Path,
+    id: ContentId,
+    force: bool,
+    started: Instant,
+) -> Result<Option<DownloadReport>, NodeError> {
+    let Ok(meta) = std::fs::symlink_metadata(target) else {
+        return Ok(None);
+    };
+    if meta.file_type().is_file() {
+        let path = target.to_owned();
+        let hashed = tokio::task::spawn_blocking(move || canopy_share::hash_file(&path))
+            .await
+            .ok()
+            .and_then(Result::ok);
+        if hashed == Some(id) {
+            return Ok(Some(DownloadReport {
+                path: target.to_owned(),
+                size: meta.len(),
+                resumed_bytes: meta.len(),
+                sources: Vec::new(),
+                elapsed: started.elapsed(),
+                first_byte: None,
+                already_present: true,
+            }));
+        }
+    }
+    if force {
+        return Ok(None);
+    }
+    Err(DownloadError::Exists(target.to_owned()).into())
+}
+
+/// Builds progress reports from what is known so far.
+struct Reporter {
+    progress: Option<FetchProgressFn>,
+    started: Instant,
+    state: Mutex<FetchProgress>,
+}
+
+impl Reporter {
+    fn new(progress: Option<FetchProgressFn>, started: Instant) -> Arc<Self> {
+        Arc::new(Self {
+            progress,
+            started,
+            state: Mutex::new(FetchProgress::default()),
+        })
+    }
+
+    fn update(&self, change: impl FnOnce(&mut FetchProgress)) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        change(&mut state);
+        if state.first_byte.is_none() && state.verified_bytes > 0 {
+            state.first_byte = Some(self.started.elapsed());
+        }
+        if let Some(progress) = &self.progress {
+            progress(&state);
+        }
+    }
+
+    fn first_byte(&self) -> Option<Duration> {
+        self.state.lock().ok().and_then(|s| s.first_byte)
+    }
+}
+
+/// The searches for sources, and everything they found (merged, by size).
+struct Finder<'a> {
+    leaf: &'a LeafHandle,
+    id: ContentId,
+    request: SearchRequest,
+    live: Option<LiveSearch>,
+    /// One result per claimed size, sources merged across searches.
+    found: Vec<SearchResult>,
+}
+
+impl<'a> Finder<'a> {
+    fn new(leaf: &'a LeafHandle, fetch: &FetchRequest) -> Self {
+        Self {
+            leaf,
+            id: fetch.content_id,
+            request: SearchRequest::content(fetch.content_id, fetch.ttl, fetch.search_timeout),
+            live: None,
+            found: Vec::new(),
+        }
+    }
+
+    /// Starts a search, unless one runs.
+    async fn ask(&mut self) -> Result<(), NodeError> {
+        if self.live.is_none() {
+            self.live = Some(self.leaf.search_live(self.request.clone()).await?);
+        }
+        Ok(())
+    }
+
+    /// Sends a fresh query (a running one is dropped: a new query reaches
+    /// sources that joined since the last one went out).
+    async fn ask_again(&mut self) -> Result<(), NodeError> {
+        self.live = None;
+        self.ask().await
+    }
+
+    fn searching(&self) -> bool {
+        self.live.is_some()
+    }
+
+    /// Waits for the running search to change; merges what it found. Never
+    /// returns while no search runs.
+    async fn next(&mut self) {
+        let Some(live) = &mut self.live else {
+            return std::future::pending().await;
+        };
+        let ended = live.updates.changed().await.is_err();
+        let snapshot = live.updates.borrow_and_update().clone();
+        if ended || snapshot.done {
+            self.live = None;
+        }
+        for result in snapshot.results {
+            self.merge(result);
+        }
+    }
+
+    fn merge(&mut self, result: SearchResult) {
+        let count = self.found.len();
+        match self.found.iter_mut().find(|r| r.size == result.size) {
+            Some(known) => {
+                for source in result.sources {
+                    let new = !known.sources.iter().any(|s| s.node_id == source.node_id);
+                    if new && known.sources.len() < MAX_SOURCES_PER_RESULT {
+                        known.sources.push(source);
+                    }
+                }
+                known.name = result.name;
+                known.names = result.names;
+            }
+            None if count < canopy_core::search::MAX_SIZES_PER_CONTENT => {
+                self.found.push(result);
+            }
+            None => {}
+        }
+    }
+
+    /// The group to try next: of size `size` if given, else the most agreed
+    /// size not yet tried.
+    fn best(&self, size: Option<u64>, tried: &[u64]) -> Option<&SearchResult> {
+        let candidates: Vec<SearchResult> = self
+            .found
+            .iter()
+            .filter(|r| size.is_none_or(|s| r.size == s) && !tried.contains(&r.size))
+            .filter(|r| !r.sources.is_empty())
+            .cloned()
+            .collect();
+        let best = most_agreed(&candidates, self.id)?;
+        self.found.iter().find(|r| r.size == best.size)
+    }
+
+    fn has_untried(&self, tried: &[u64]) -> bool {
+        self.best(None, tried).is_some()
+    }
+
+    /// Waits until a group to try exists (searching again if none is
+    /// running); `None` once the searches end without one.
+    async fn wait_for_group(
+        &mut self,
+        size: Option<u64>,
+        tried: &[u64],
+        cancel: &CancellationToken,
+    ) -> Result<Option<SearchResult>, NodeError> {
+        loop {
+            if let Some(best) = self.best(size, tried) {
+                return Ok(Some(best.clone()));
+            }
+            if !self.searching() {
+                return Ok(None);
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return Err(DownloadError::Cancelled.into()),
+                () = self.next() => {}
+            }
+        }
+    }
+
+    /// The sources of size `size`.
+    fn sources_of(&self, size: u64) -> Vec<Source> {
+        self.found
+            .iter()
+            .find(|r| r.size == size)
+            .map(|r| r.sources.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// The callback port firewalled sources connect back to, opened at the
+/// first one.
+struct Callback<'a> {
+    leaf: &'a LeafHandle,
+    shutdown: &'a CancellationToken,
+    tracker: &'a TaskTracker,
+    listener: Option<Arc<CallbackListener>>,
+}
+
+impl<'a> Callback<'a> {
+    fn new(
+        leaf: &'a LeafHandle,
+        shutdown: &'a CancellationToken,
+        tracker: &'a TaskTracker,
+    ) -> Self {
+        Self {
+            leaf,
+            shutdown,
+            tracker,
+            listener: None,
+        }
+    }
+
+    async fn listener(&mut self) -> Result<Arc<CallbackListener>, NodeError> {
+        if let Some(listener) = &self.listener {
+            return Ok(listener.clone());
+        }
+        let any = SocketAddr::from(([0, 0, 0, 0], 0));
+        let listener = CallbackListener::bind(any, self.shutdown.clone(), self.tracker)
+            .await
+            .map_err(|source| NodeError::Bind { addr: any, source })?;
+        self.listener = Some(listener.clone());
+        Ok(listener)
+    }
+
+    /// How to reach `source`.
+    async fn source(
+        &mut self,
+        source: &Source,
+        id: ContentId,
+    ) -> Result<DownloadSource, NodeError> {
+        if !source.firewalled {
+            return Ok(DownloadSource {
+                label: source.addr.to_string(),
+                connector: Arc::new(DirectConnector::new(source.addr, DIAL_TIMEOUT)),
+            });
+        }
+        let listener = self.listener().await?;
+        let port = listener.local_addr().port();
+        // The supernode puts our own IP in the push; the port is ours to say.
+        let callback_addr = match self.leaf.status().observed_addr {
+            Some(seen) => SocketAddr::new(seen.ip(), port),
+            None => listener.local_addr(),
+        };
+        let (pushes, node) = (self.leaf.push_sender(), source.node_id);
+        let requester: PushRequester = Arc::new(move || {
+            let pushes = pushes.clone();
+            Box::pin(async move {
+                pushes
+                    .push(node, id, callback_addr)
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            })
+        });
+        let connector: Arc<dyn Connector> =
+            Arc::new(PushConnector::new(node, listener, requester, PUSH_TIMEOUT));
+        Ok(DownloadSource {
+            label: format!("{} (push)", source.addr),
+            connector,
+        })
+    }
+}
+
+/// One download of one claimed size.
+struct Attempt<'r> {
+    request: &'r FetchRequest,
+    size: u64,
+    target: PathBuf,
+    report: &'r Arc<Reporter>,
+}
+
+impl Attempt<'_> {
+    async fn run(
+        self,
+        finder: &mut Finder<'_>,
+        callback: &mut Callback<'_>,
+        lock: PartialLock,
+    ) -> Result<DownloadReport, NodeError> {
+        let id = self.request.content_id;
+        let (feed, sources) = mpsc::channel(MAX_SOURCES);
+        let mut feed = Some(feed);
+        let mut fed: HashSet<NodeId> = HashSet::new();
+        let starving = Arc::new(Notify::new());
+        let reporter = self.report.clone();
+        let options = DownloadOptions {
+            content_id: id,
+            size: self.size,
+            target: self.target.clone(),
+            force: self.request.force,
+            config: self.request.config.clone(),
+            progress: Some(Arc::new(move |p: Progress| {
+                reporter.update(|state| {
+                    state.verified_bytes = p.verified_bytes;
+                    state.known_sources = p.known_sources;
+                    state.active_sources = p.active_sources;
+                });
+            })),
+        };
+        let control = DownloadControl {
+            cancel: self.request.cancel.clone(),
+            lock: Some(lock),
+            starving: Some(starving.clone()),
+        };
+        let download = download::download_live(sources, options, control);
+        tokio::pin!(download);
+        // The first batch in random order: no source is first by where its
+        // hit came from.
+        let mut first = finder.sources_of(self.size);
+        first.shuffle(&mut rand::rng());
+        self.feed(&first, &mut feed, &mut fed, callback).await?;
+        let mut reask =
+            tokio::time::interval_at(tokio::time::Instant::now() + REASK_INTERVAL, REASK_INTERVAL);
+        // Every source failed: the search made for it ends the download if
+        // it finds nobody new.
+        let mut starved_at: Option<usize> = None;
+        loop {
+            tokio::select! {
+                done = &mut download => return done.map_err(NodeError::from),
+                () = finder.next(), if feed.is_some() => {
+                    let known = finder.sources_of(self.size);
+                    self.feed(&known, &mut feed, &mut fed, callback).await?;
+                    if starved_at.is_some_and(|count| fed.len() > count) {
+                        starved_at = None;
+                    }
+                    if starved_at.is_some() && !finder.searching() {
+                        feed = None;
+                    }
+                }
+                () = starving.notified(), if feed.is_some() => {
+                    starved_at = Some(fed.len());
+                    if finder.ask_again().await.is_err() {
+                        feed = None;
+                    }
+                }
+                _ = reask.tick(), if feed.is_some() => {
+                    if fed.len() < FEW_SOURCES {
+                        let _ = finder.ask_again().await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Feeds the sources of `known` not fed yet.
+    async fn feed(
+        &self,
+        known: &[Source],
+        feed: &mut Option<mpsc::Sender<DownloadSource>>,
+        fed: &mut HashSet<NodeId>,
+        callback: &mut Callback<'_>,
+    ) -> Result<(), NodeError> {
+        let Some(sender) = feed.as_ref() else {
+            return Ok(());
+        };
+        for source in known {
+            if fed.len() >= MAX_SOURCES || !fed.insert(source.node_id) {
+                continue;
+            }
+            let source = callback.source(source, self.request.content_id).await?;
+            if sender.try_send(source).is_err() {
+                *feed = None;
+                break;
+            }
+        }
+        Ok(())
+    }
+}
