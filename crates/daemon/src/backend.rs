@@ -1,110 +1,51 @@
-//! The one place the daemon calls into the leaf, the download engine, the
-//! file server and the HTTP layer. Everything else in the daemon goes
-//! through these few functions, so switching to the APIs other parts of
-//! issue 10 bring (`LeafHandle::search_live`, `canopy_node::fetch`,
-//! `share_file`, `add_share`, live upload slots and rate limits,
-//! `api::serve` and its `Token`) changes this file only.
-//!
-//! Today's stand-ins: a live search is a one-shot search whose results
-//! arrive at once at its end; a fetch searches for sources (again and
-//! again, with a growing wait, while none answer) and then downloads from
-//! the sources that accept connections; finished files are shared at the
-//! next rescan; uploads are counted but not listed; rate limits and upload
-//! slots are remembered but take effect at the next start; the control
-//! port is bound and held but not served.
+//! The one place the daemon calls into the leaf, the fetch, the file
+//! server and the HTTP layer: live searches (`LeafHandle::search_live`),
+//! fetches (`canopy_node::fetch`, through the daemon's download limit),
+//! shares (`share_file`, `add_share`, `share_summary`...), uploads and
+//! upload limits (`ContentServer`), and the API (`api::serve`, `Token`).
+//! Everything else in the daemon goes through these few functions.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
-use canopy_core::download::DownloadConfig;
 use canopy_core::leaf::SearchRequest;
-use canopy_core::search::{SearchResult, most_agreed};
+use canopy_core::search::SearchResult;
 use canopy_node::NodeError;
+use canopy_node::fetch::{self, FetchRequest, FetchTarget};
 use canopy_node::leaf::LeafHandle;
 use canopy_proto::ContentId;
-use canopy_transfer::client::{Connector, DirectConnector};
-use canopy_transfer::download::{self, DownloadError, DownloadOptions, DownloadSource};
+use canopy_transfer::bandwidth::RateLimit;
+use canopy_transfer::download::DownloadError;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{ApiError, ShareFolder, UploadView};
+use crate::api::{self, Token};
+use crate::model::{ApiError, ShareFolder, SharesView, UploadView};
 
-/// How long one search for sources gathers hits.
-const SOURCE_SEARCH_TIMEOUT: Duration = Duration::from_secs(1);
-/// Waits between searches that found no source: doubling up to this.
-const MAX_SOURCE_WAIT: Duration = Duration::from_secs(30);
-/// A fetch that found no source for this long fails (and the queue
-/// retries it later).
-const GIVE_UP_WITHOUT_SOURCES: Duration = Duration::from_secs(600);
-/// How long to dial a source.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) use canopy_node::leaf::LiveSearch;
 
-/// What a live search has found so far.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct SearchSnapshot {
-    /// Distinct contents, in order of arrival.
-    pub(crate) results: Vec<SearchResult>,
-    /// Hit messages received.
-    pub(crate) hits: usize,
-    /// No more will come.
-    pub(crate) done: bool,
-}
-
-/// A running search; dropping it stops the search.
-#[derive(Debug)]
-pub(crate) struct LiveSearch {
-    /// Each new snapshot.
-    pub(crate) updates: watch::Receiver<SearchSnapshot>,
-    _stop: AbortOnDrop,
-}
-
-#[derive(Debug)]
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+/// How long a search for a download's name, and each of the fetch's
+/// searches for sources, gathers hits.
+const SOURCE_SEARCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a fetch waits for the leaf to join a supernode.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How far a fetch's searches travel.
+const SEARCH_TTL: u8 = canopy_core::supernode::DEFAULT_TTL_CAP;
 
 /// Starts a search whose results come as they arrive.
 pub(crate) async fn search_live(
-    leaf: &Arc<LeafHandle>,
+    leaf: &LeafHandle,
     request: SearchRequest,
 ) -> Result<LiveSearch, NodeError> {
-    let (tx, updates) = watch::channel(SearchSnapshot::default());
-    let leaf = leaf.clone();
-    let task = tokio::spawn(async move {
-        let snapshot = match leaf.search(request).await {
-            Ok(outcome) => SearchSnapshot {
-                results: outcome.results,
-                hits: outcome.hits,
-                done: true,
-            },
-            Err(error) => {
-                tracing::info!(%error, "search failed");
-                SearchSnapshot {
-                    done: true,
-                    ..SearchSnapshot::default()
-                }
-            }
-        };
-        let _ = tx.send(snapshot);
-    });
-    Ok(LiveSearch {
-        updates,
-        _stop: AbortOnDrop(task),
-    })
+    leaf.search_live(request).await
 }
 
-/// The other names sources give a result (at most 8).
+/// The names sources give a result, most common first (at most 8).
 pub(crate) fn result_names(result: &SearchResult) -> Vec<String> {
-    vec![result.name.clone()]
+    result.names.clone()
 }
 
 /// Where a fetch stands.
@@ -128,8 +69,8 @@ pub(crate) type ProgressFn = Arc<dyn Fn(&FetchProgress) + Send + Sync>;
 /// A boxed future, for the target callback.
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// Picks the file to save to once the sources' name and size are known
-/// (or says the content is already here).
+/// Picks the file to save to once the name (and perhaps the size) is
+/// known, or says the content is already here.
 pub(crate) type TargetFn =
     Box<dyn FnOnce(String, Option<u64>) -> BoxFuture<Result<PathBuf, FetchError>> + Send>;
 
@@ -137,14 +78,19 @@ pub(crate) type TargetFn =
 pub(crate) struct FetchJob {
     /// The content.
     pub(crate) id: ContentId,
-    /// Its size, if known beforehand.
+    /// Its size, if known beforehand (a link): only sources claiming it
+    /// are used.
     pub(crate) size: Option<u64>,
+    /// The name to save under, if known; else the sources' is looked up.
+    pub(crate) name: Option<String>,
     /// Where to save it.
     pub(crate) target: TargetFn,
     /// Progress reports.
     pub(crate) progress: ProgressFn,
     /// Stops the fetch, keeping what is verified (a pause).
     pub(crate) cancel: CancellationToken,
+    /// The download rate limit all fetches share.
+    pub(crate) limit: RateLimit,
 }
 
 impl std::fmt::Debug for FetchJob {
@@ -180,11 +126,28 @@ pub(crate) enum FetchError {
 }
 
 impl FetchError {
-    fn from_download(error: DownloadError) -> Self {
-        let retryable = matches!(
-            error,
-            DownloadError::NoSources | DownloadError::AllSourcesFailed(_)
-        );
+    fn retry(reason: impl Into<String>) -> Self {
+        FetchError::Failed {
+            reason: reason.into(),
+            retryable: true,
+        }
+    }
+
+    fn from_node(error: NodeError) -> Self {
+        let retryable = match &error {
+            NodeError::Download(DownloadError::Cancelled) | NodeError::Stopped => {
+                return FetchError::Cancelled;
+            }
+            NodeError::NotFound(_) => return FetchError::retry("no source found"),
+            NodeError::Download(
+                DownloadError::NoSources
+                | DownloadError::AllSourcesFailed(_)
+                | DownloadError::Locked(_),
+            )
+            | NodeError::NotConnected(_)
+            | NodeError::Search(_) => true,
+            _ => false,
+        };
         FetchError::Failed {
             reason: error.to_string(),
             retryable,
@@ -201,8 +164,8 @@ pub(crate) struct Fetched {
     pub(crate) size: u64,
 }
 
-/// Finds sources for `job.id` and downloads it, resuming what is
-/// verified on disk. See the module documentation for today's stand-in.
+/// Looks up the name if it is not known, has `job.target` choose the file,
+/// and fetches into it, resuming what is verified on disk.
 pub(crate) async fn fetch(leaf: &LeafHandle, job: FetchJob) -> Result<Fetched, FetchError> {
     let cancel = job.cancel.clone();
     tokio::select! {
@@ -212,152 +175,158 @@ pub(crate) async fn fetch(leaf: &LeafHandle, job: FetchJob) -> Result<Fetched, F
 }
 
 async fn fetch_inner(leaf: &LeafHandle, job: FetchJob) -> Result<Fetched, FetchError> {
-    let FetchJob {
-        id,
-        size,
-        target,
-        progress,
-        ..
-    } = job;
-    let result = find_sources(leaf, id, size).await?;
-    let name = result.name.clone();
-    let sources: Vec<DownloadSource> = result
-        .sources
-        .iter()
-        .filter(|source| !source.firewalled)
-        .map(|source| {
-            let connector: Arc<dyn Connector> =
-                Arc::new(DirectConnector::new(source.addr, DIAL_TIMEOUT));
-            DownloadSource {
-                label: source.addr.to_string(),
-                connector,
-            }
-        })
-        .collect();
-    if sources.is_empty() {
-        return Err(FetchError::Failed {
-            reason: "only firewalled sources, not reached yet".into(),
-            retryable: true,
+    leaf.wait_connected(JOIN_TIMEOUT)
+        .await
+        .map_err(FetchError::from_node)?;
+    let (name, size) = match job.name {
+        Some(name) => (name, job.size),
+        None => first_result(leaf, job.id, job.size).await?,
+    };
+    let path = (job.target)(name, size).await?;
+    let mut request = FetchRequest::new(job.id, FetchTarget::File(path));
+    request.size = job.size;
+    request.cancel = job.cancel.clone();
+    request.search_timeout = SOURCE_SEARCH_TIMEOUT;
+    request.ttl = SEARCH_TTL;
+    request.download_limit = Some(job.limit.clone());
+    let progress = job.progress.clone();
+    request.progress = Some(Arc::new(move |p: &fetch::FetchProgress| {
+        progress(&FetchProgress {
+            name: p.name.clone(),
+            size: p.size,
+            verified_bytes: p.verified_bytes,
+            known_sources: p.known_sources,
+            active_sources: p.active_sources,
         });
-    }
-    let path = target(name.clone(), Some(result.size)).await?;
-    let known = result.sources.len();
-    let reporter = progress.clone();
-    let report = download::download(
-        sources,
-        DownloadOptions {
-            content_id: id,
-            size: result.size,
-            target: path,
-            force: false,
-            config: DownloadConfig::default(),
-            progress: Some(Arc::new(move |p: download::Progress| {
-                // The first report, before any transfer, holds the bytes
-                // found verified on disk.
-                reporter(&FetchProgress {
-                    name: Some(name.clone()),
-                    size: Some(p.total),
-                    verified_bytes: p.verified_bytes,
-                    known_sources: known,
-                    active_sources: p.active_sources,
-                });
-            })),
-        },
-    )
-    .await
-    .map_err(FetchError::from_download)?;
+    }));
+    let report = fetch::fetch(leaf, request)
+        .await
+        .map_err(FetchError::from_node)?;
     Ok(Fetched {
         path: report.path,
         size: report.size,
     })
 }
 
-/// Searches until a source answers (waiting longer each time none does).
-async fn find_sources(
+/// The name and size most sources give `id` (of `size`, if given), from
+/// the first search results that have it.
+async fn first_result(
     leaf: &LeafHandle,
     id: ContentId,
     size: Option<u64>,
-) -> Result<SearchResult, FetchError> {
-    let started = tokio::time::Instant::now();
-    let mut wait = Duration::from_millis(250);
+) -> Result<(String, Option<u64>), FetchError> {
+    let request = SearchRequest::content(id, SEARCH_TTL, SOURCE_SEARCH_TIMEOUT);
+    let mut live = leaf
+        .search_live(request)
+        .await
+        .map_err(FetchError::from_node)?;
     loop {
-        if leaf.wait_connected(DIAL_TIMEOUT).await.is_ok() {
-            let request = SearchRequest::content(id, 4, SOURCE_SEARCH_TIMEOUT);
-            match leaf.search(request).await {
-                Ok(found) => {
-                    let sized = size.and_then(|size| {
-                        found
-                            .results
-                            .iter()
-                            .find(|r| r.content_id == id && r.size == size)
-                    });
-                    if let Some(result) = sized.or_else(|| most_agreed(&found.results, id)) {
-                        return Ok(result.clone());
-                    }
-                }
-                Err(error) => tracing::debug!(%error, "source search failed"),
+        {
+            let snapshot = live.updates.borrow_and_update();
+            let best = snapshot
+                .results
+                .iter()
+                .filter(|r| r.content_id == id && size.is_none_or(|s| s == r.size))
+                .max_by_key(|r| r.sources.len());
+            if let Some(result) = best {
+                return Ok((result.name.clone(), Some(result.size)));
+            }
+            if snapshot.done {
+                return Err(FetchError::retry("no source found"));
             }
         }
-        if started.elapsed() >= GIVE_UP_WITHOUT_SOURCES {
-            return Err(FetchError::Failed {
-                reason: "no source found".into(),
-                retryable: true,
-            });
+        if live.updates.changed().await.is_err() {
+            return Err(FetchError::retry("the connection to the supernode ended"));
         }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(MAX_SOURCE_WAIT);
     }
 }
 
 /// Where `id` is shared from, if it is.
 pub(crate) fn shared_path(leaf: &LeafHandle, id: &ContentId) -> Option<PathBuf> {
-    leaf.server().catalog().get(id).map(|entry| entry.path)
-}
-
-/// How many files are shared.
-pub(crate) fn shared_files(leaf: &LeafHandle) -> usize {
-    leaf.server().catalog().len()
+    leaf.catalog().get(id).map(|entry| entry.path)
 }
 
 /// Shares `path` (a finished download in a shared folder) at once.
-/// Returns whether it is shared now (else at the next rescan).
-pub(crate) async fn share_file(_leaf: &LeafHandle, path: &Path) -> bool {
-    tracing::debug!(path = %path.display(), "shared at the next rescan");
-    false
+pub(crate) async fn share_file(leaf: &LeafHandle, path: &Path) {
+    if let Err(error) = leaf.share_file(path.to_owned()).await {
+        tracing::warn!(path = %path.display(), %error, "cannot share the download");
+    }
 }
 
 /// The shared folders and what they hold.
-pub(crate) fn share_folders(_leaf: &LeafHandle, folders: &[PathBuf]) -> Vec<ShareFolder> {
-    folders
-        .iter()
-        .map(|folder| ShareFolder {
-            path: folder.display().to_string(),
-            files: 0,
-            bytes: 0,
-        })
-        .collect()
+pub(crate) fn shares(leaf: &LeafHandle, downloads_dir: &Path) -> SharesView {
+    let summary = leaf.share_summary();
+    SharesView {
+        folders: summary
+            .folders
+            .iter()
+            .map(|folder| ShareFolder {
+                path: folder.path.display().to_string(),
+                files: folder.files,
+                bytes: folder.bytes,
+            })
+            .collect(),
+        downloads_dir: downloads_dir.display().to_string(),
+        files: summary.files,
+        bytes: summary.bytes,
+        scanning: summary.scanning,
+    }
 }
 
-/// Shares one more folder.
-pub(crate) async fn add_share(_leaf: &LeafHandle, _folder: &Path) -> Result<(), ApiError> {
-    Err(ApiError::Unavailable(
-        "adding a shared folder while running is not available yet; add it to the configuration and restart".into(),
-    ))
+fn share_error(error: NodeError) -> ApiError {
+    match error {
+        NodeError::Share(error) => ApiError::field("path", error.to_string()),
+        NodeError::Stopped => ApiError::Unavailable("the leaf is stopping".into()),
+        other => ApiError::BadRequest(other.to_string()),
+    }
+}
+
+/// Shares one more folder (scanned at once).
+pub(crate) async fn add_share(leaf: &LeafHandle, folder: &Path) -> Result<(), ApiError> {
+    leaf.add_share(folder.to_owned())
+        .await
+        .map(drop)
+        .map_err(share_error)
 }
 
 /// Stops sharing a folder.
-pub(crate) async fn remove_share(_leaf: &LeafHandle, _folder: &Path) -> Result<(), ApiError> {
-    Err(ApiError::Unavailable(
-        "removing a shared folder while running is not available yet; remove it from the configuration and restart".into(),
-    ))
+pub(crate) async fn remove_share(leaf: &LeafHandle, folder: &Path) -> Result<(), ApiError> {
+    leaf.remove_share(folder.to_owned())
+        .await
+        .map(drop)
+        .map_err(share_error)
 }
 
 /// Rescans the shared folders now.
-pub(crate) async fn rescan(_leaf: &LeafHandle) {}
+pub(crate) async fn rescan(leaf: &LeafHandle) {
+    if let Err(error) = leaf.rescan().await {
+        tracing::warn!(%error, "rescan failed");
+    }
+}
 
 /// Uploads running now.
-pub(crate) fn uploads(_leaf: &LeafHandle) -> Vec<UploadView> {
-    Vec::new()
+pub(crate) fn uploads(leaf: &LeafHandle) -> Vec<UploadView> {
+    leaf.server()
+        .uploads()
+        .into_iter()
+        .map(|upload| UploadView {
+            peer: upload.peer.to_string(),
+            content_id: upload.content_id.to_hex(),
+            name: upload
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            bytes: upload.bytes,
+            length: upload.length,
+            rate: upload.rate,
+            started_at: upload
+                .started
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        })
+        .collect()
 }
 
 /// Uploads running now, counted.
@@ -367,36 +336,30 @@ pub(crate) fn uploads_active(leaf: &LeafHandle) -> usize {
 
 /// Bytes served since start.
 pub(crate) fn uploaded_bytes(leaf: &LeafHandle) -> u64 {
-    leaf.server()
-        .stats()
-        .bytes_sent
-        .load(std::sync::atomic::Ordering::Relaxed)
+    leaf.server().uploaded_bytes()
 }
 
-/// Applies the upload rate limit (bytes a second, 0 unlimited).
-pub(crate) fn set_upload_rate(_leaf: &LeafHandle, _bytes_per_sec: u64) {}
+/// Applies the upload rate limit (bytes a second, 0 unlimited), live.
+pub(crate) fn set_upload_rate(leaf: &LeafHandle, bytes_per_sec: u64) {
+    leaf.server().upload_limit().set_rate(bytes_per_sec);
+}
 
-/// Applies the download rate limit (bytes a second, 0 unlimited).
-pub(crate) fn set_download_rate(_leaf: &LeafHandle, _bytes_per_sec: u64) {}
+/// Applies the number of upload slots, live.
+pub(crate) fn set_upload_slots(leaf: &LeafHandle, slots: usize) {
+    leaf.server().set_upload_slots(slots);
+}
 
-/// Applies the number of upload slots.
-pub(crate) fn set_upload_slots(_leaf: &LeafHandle, _slots: usize) {}
-
-/// The control token, for the URL printed at start-up; `None` until the
-/// API layer provides it.
-pub(crate) fn load_token(_data_dir: &Path) -> std::io::Result<Option<String>> {
-    Ok(None)
+/// The control token (created at the first start).
+pub(crate) fn load_token(data_dir: &Path) -> std::io::Result<Token> {
+    Token::load_or_create(data_dir)
 }
 
 /// Serves the control API on `listener` until `shutdown`.
 pub(crate) async fn serve_api<C: crate::control::Control>(
-    _control: Arc<C>,
+    control: Arc<C>,
     listener: TcpListener,
-    _data_dir: PathBuf,
+    token: Token,
     shutdown: CancellationToken,
 ) {
-    let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::debug!(?addr, "control port held; the API is not served yet");
-    shutdown.cancelled().await;
-    drop(listener);
+    api::serve(control, listener, token, shutdown).await;
 }

@@ -12,7 +12,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,6 +23,7 @@ use canopy_core::save_name::{safe_file_name, unique_name};
 use canopy_node::NodeError;
 use canopy_node::leaf::{LeafHandle, LeafOptions};
 use canopy_proto::ContentId;
+use canopy_transfer::bandwidth::RateLimit;
 use canopy_transfer::download::{partial_name, state_name};
 use dashmap::DashMap;
 use tokio::net::TcpListener;
@@ -127,7 +127,6 @@ pub struct Daemon {
     data_dir: PathBuf,
     downloads_dir: PathBuf,
     share_downloads: bool,
-    share_folders: Vec<PathBuf>,
     queue: Mutex<DownloadQueue>,
     /// Downloads in progress, shared by the fetches (progress, many times
     /// a second) and the API (views).
@@ -138,7 +137,8 @@ pub struct Daemon {
     kick: Notify,
     /// Bumped on every queue change; the writer saves the latest.
     queue_version: watch::Sender<u64>,
-    downloaded_bytes: AtomicU64,
+    /// Every fetch's connections go through it (its rate is the setting).
+    download_limit: RateLimit,
     /// Upload rate, from the server's byte counter sampled each second.
     upload_meter: Mutex<RateMeter>,
     /// Held while a download's file name is chosen, so two downloads
@@ -164,7 +164,7 @@ impl std::fmt::Debug for Daemon {
 pub struct DaemonHandle {
     daemon: Arc<Daemon>,
     control_url: String,
-    token: Option<String>,
+    token: String,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     stop_on_drop: DropGuard,
@@ -179,10 +179,7 @@ impl DaemonHandle {
 
     /// The URL that opens the web UI (it hands the token over once).
     pub fn ui_url(&self) -> String {
-        match &self.token {
-            Some(token) => format!("{}/?token={token}", self.control_url),
-            None => format!("{}/", self.control_url),
-        }
+        format!("{}/?token={}", self.control_url, self.token)
     }
 
     /// The daemon itself (what the API calls).
@@ -254,7 +251,6 @@ pub async fn start(options: DaemonOptions) -> Result<DaemonHandle, DaemonError> 
         leaf_options.shares.push(downloads_dir.clone());
     }
     leaf_options.server.upload_slots = settings.upload_slots;
-    let share_folders = leaf_options.shares.clone();
     let listener =
         TcpListener::bind(options.control)
             .await
@@ -268,6 +264,7 @@ pub async fn start(options: DaemonOptions) -> Result<DaemonHandle, DaemonError> 
     })?;
     let control_url = format!("http://{control_addr}");
     let token = backend::load_token(&data_dir).map_err(io_error(&data_dir))?;
+    let url_token = token.as_str().to_owned();
     let leaf = Arc::new(canopy_node::leaf::start(leaf_options).await?);
     // From here, an early return stops the leaf again.
     let stop_leaf_on_drop = leaf.shutdown_token().drop_guard();
@@ -290,14 +287,13 @@ pub async fn start(options: DaemonOptions) -> Result<DaemonHandle, DaemonError> 
         data_dir: data_dir.clone(),
         downloads_dir,
         share_downloads: options.share_downloads,
-        share_folders,
         queue: Mutex::new(queue),
         live: DashMap::new(),
         searches: Searches::new(),
         settings: Mutex::new(settings),
         kick: Notify::new(),
         queue_version,
-        downloaded_bytes: AtomicU64::new(0),
+        download_limit: RateLimit::unlimited(),
         upload_meter: Mutex::new(RateMeter::default()),
         naming: tokio::sync::Mutex::new(()),
         shutdown: shutdown.clone(),
@@ -312,14 +308,14 @@ pub async fn start(options: DaemonOptions) -> Result<DaemonHandle, DaemonError> 
     tracker.spawn(backend::serve_api(
         daemon.clone(),
         listener,
-        data_dir.clone(),
+        token,
         shutdown.clone(),
     ));
     tracing::info!(url = %control_url, "control API listening");
     Ok(DaemonHandle {
         daemon,
         control_url,
-        token,
+        token: url_token,
         shutdown,
         tracker,
         stop_on_drop,
@@ -340,7 +336,7 @@ impl Daemon {
 
     fn apply_settings(&self, settings: &Settings) {
         backend::set_upload_rate(&self.leaf, settings.upload_rate_limit);
-        backend::set_download_rate(&self.leaf, settings.download_rate_limit);
+        self.download_limit.set_rate(settings.download_rate_limit);
         backend::set_upload_slots(&self.leaf, settings.upload_slots);
         lock(&self.queue).set_max_active(settings.max_active_downloads);
         self.kick.notify_one();
@@ -454,12 +450,21 @@ impl Daemon {
         let outcome = match self.already_here(&entry).await {
             Some(skip) => Err(skip),
             None => {
+                // A name chosen before (a resumed download) or asked for.
+                let name = entry
+                    .path
+                    .as_deref()
+                    .and_then(|p| Path::new(p).file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .or_else(|| entry.name.clone());
                 let job = FetchJob {
                     id,
                     size: entry.size,
+                    name,
                     target: self.target_fn(id, entry.name.clone(), entry.path.clone()),
                     progress: self.progress_fn(id),
                     cancel: cancel.clone(),
+                    limit: self.download_limit.clone(),
                 };
                 backend::fetch(&self.leaf, job).await
             }
@@ -517,7 +522,12 @@ impl Daemon {
     /// counts when it is shared).
     fn is_shared_folder(&self, path: &Path) -> bool {
         (self.share_downloads && path.starts_with(&self.downloads_dir))
-            || self.share_folders.iter().any(|f| path.starts_with(f))
+            || self
+                .leaf
+                .share_summary()
+                .folders
+                .iter()
+                .any(|f| path.starts_with(&f.path))
     }
 
     /// The content is already shared, or already at the name asked for.
@@ -553,11 +563,6 @@ impl Daemon {
                 return;
             };
             entry.meter.sample(Instant::now(), progress.verified_bytes);
-            // The first report's bytes were on disk already (a resume).
-            let counted = entry.counted.unwrap_or(progress.verified_bytes);
-            let gained = progress.verified_bytes.saturating_sub(counted);
-            daemon.downloaded_bytes.fetch_add(gained, Ordering::Relaxed);
-            entry.counted = Some(counted.max(progress.verified_bytes));
             entry.progress = progress.clone();
         })
     }
@@ -725,6 +730,7 @@ fn remove_partial(dir: &Path, id: ContentId) {
 impl Control for Daemon {
     async fn status(&self) -> Status {
         let leaf_status = self.leaf.status();
+        let shares = self.leaf.share_summary();
         let counts = lock(&self.queue).counts();
         let download_rate = {
             let now = Instant::now();
@@ -740,12 +746,12 @@ impl Control for Daemon {
                 .iter()
                 .map(|a| a.to_string())
                 .collect(),
-            shared_files: backend::shared_files(&self.leaf),
-            shared_bytes: 0,
+            shared_files: shares.files,
+            shared_bytes: shares.bytes,
             downloads_dir: self.downloads_dir.display().to_string(),
             totals: Totals {
                 uploaded_bytes: backend::uploaded_bytes(&self.leaf),
-                downloaded_bytes: self.downloaded_bytes.load(Ordering::Relaxed),
+                downloaded_bytes: self.download_limit.transferred(),
                 upload_rate: lock(&self.upload_meter).rate(Instant::now()),
                 download_rate,
                 uploads_active: backend::uploads_active(&self.leaf),
@@ -844,13 +850,7 @@ impl Control for Daemon {
     }
 
     fn shares(&self) -> SharesView {
-        SharesView {
-            folders: backend::share_folders(&self.leaf, &self.share_folders),
-            downloads_dir: self.downloads_dir.display().to_string(),
-            files: backend::shared_files(&self.leaf),
-            bytes: 0,
-            scanning: false,
-        }
+        backend::shares(&self.leaf, &self.downloads_dir)
     }
 
     async fn add_share(&self, path: String) -> Result<SharesView, ApiError> {

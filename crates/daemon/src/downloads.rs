@@ -83,8 +83,6 @@ pub(crate) struct Live {
     pub(crate) progress: FetchProgress,
     /// Its recent rate.
     pub(crate) meter: RateMeter,
-    /// Verified bytes already counted in the totals.
-    pub(crate) counted: Option<u64>,
 }
 
 fn view_state(state: EntryState) -> DownloadState {

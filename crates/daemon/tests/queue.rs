@@ -146,7 +146,10 @@ async fn a_download_completes_verified_and_a_second_add_returns_the_same_entry()
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
     assert_eq!(canopy_share::hash_file(&path).unwrap(), id);
     let status = daemon.status().await;
-    assert_eq!(status.totals.downloaded_bytes, bytes.len() as u64);
+    // Bytes received: the file, its tree and the HTTP heads.
+    let received = status.totals.downloaded_bytes;
+    let len = bytes.len() as u64;
+    assert!((len..len + 64 * 1024).contains(&received), "{received}");
     assert_eq!(status.totals.downloads_active, 0);
     assert_eq!(status.node_id, handle.leaf().node_id().to_string());
 
@@ -685,6 +688,52 @@ async fn max_active_changes_live_and_priority_picks_the_next_download() {
         serde_json::from_slice(&std::fs::read(world.data.join(settings::SETTINGS_FILE)).unwrap())
             .unwrap();
     assert_eq!(saved, daemon.settings());
+    drop(daemon);
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_download_rate_limit_holds_every_fetch_to_it() {
+    let world = World::new().await;
+    let (id, bytes) = world.share("slow.bin", 3 << 20, 31);
+    let _sharer = world.sharer().await;
+    let mut options = world.options();
+    options.settings.download_rate_limit = 1 << 20;
+    let handle = world.daemon_with(options).await;
+    let daemon = handle.control();
+    let started = tokio::time::Instant::now();
+    daemon.add_download(add(id)).await.unwrap();
+    wait_for(&daemon, id, "done", state_is(DownloadState::Done)).await;
+    let took = started.elapsed();
+    // 3 MiB at 1 MiB/s, after a burst of an eighth of a second's worth.
+    assert!(took >= Duration::from_millis(2500), "{took:?}");
+    assert_eq!(
+        std::fs::read(world.downloads.join("slow.bin")).unwrap(),
+        bytes
+    );
+    drop(daemon);
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_finished_download_is_shared_at_once() {
+    let world = World::new().await;
+    let (id, _) = world.share("fresh.ogg", 200_000, 41);
+    let _sharer = world.sharer().await;
+    // No rescans: only sharing the file as it lands can make it shared.
+    let handle = world.daemon().await;
+    let daemon = handle.control();
+    assert_eq!(daemon.status().await.shared_files, 0);
+    daemon.add_download(add(id)).await.unwrap();
+    wait_for(&daemon, id, "done", state_is(DownloadState::Done)).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while handle.leaf().catalog().get(&id).is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "not shared");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let shared = handle.leaf().catalog().get(&id).unwrap();
+    assert_eq!(shared.path, world.downloads.join("fresh.ogg"));
+    assert_eq!(daemon.status().await.shared_files, 1);
     drop(daemon);
     handle.shutdown().await;
 }

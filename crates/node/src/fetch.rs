@@ -26,6 +26,7 @@ use canopy_core::leaf::SearchRequest;
 use canopy_core::save_name::safe_file_name;
 use canopy_core::search::{MAX_SOURCES_PER_RESULT, SearchResult, Source, most_agreed};
 use canopy_proto::{ContentId, NodeId};
+use canopy_transfer::bandwidth::{RateLimit, ThrottledConnector};
 use canopy_transfer::client::{Connector, DirectConnector};
 use canopy_transfer::download::{
     self, DownloadControl, DownloadError, DownloadOptions, DownloadReport, DownloadSource,
@@ -106,6 +107,9 @@ pub struct FetchRequest {
     pub search_timeout: Duration,
     /// How far the searches may travel.
     pub ttl: u8,
+    /// A download rate limit shared with other fetches (the leaf
+    /// daemon's global one), if any.
+    pub download_limit: Option<RateLimit>,
 }
 
 impl std::fmt::Debug for FetchRequest {
@@ -134,6 +138,7 @@ impl FetchRequest {
             cancel: CancellationToken::new(),
             search_timeout: Duration::from_secs(5),
             ttl: canopy_core::supernode::DEFAULT_TTL_CAP,
+            download_limit: None,
         }
     }
 }
@@ -172,7 +177,7 @@ pub async fn fetch(leaf: &LeafHandle, request: FetchRequest) -> Result<DownloadR
     let outcome = async {
         finder.ask().await?;
         let mut tried: Vec<u64> = Vec::new();
-        let mut callback = Callback::new(leaf, &shutdown, &tracker);
+        let mut callback = Callback::new(leaf, &shutdown, &tracker, request.download_limit.clone());
         loop {
             let Some(group) = finder
                 .wait_for_group(request.size, &tried, &request.cancel)
@@ -454,6 +459,7 @@ struct Callback<'a> {
     shutdown: &'a CancellationToken,
     tracker: &'a TaskTracker,
     listener: Option<Arc<CallbackListener>>,
+    limit: Option<RateLimit>,
 }
 
 impl<'a> Callback<'a> {
@@ -461,12 +467,14 @@ impl<'a> Callback<'a> {
         leaf: &'a LeafHandle,
         shutdown: &'a CancellationToken,
         tracker: &'a TaskTracker,
+        limit: Option<RateLimit>,
     ) -> Self {
         Self {
             leaf,
             shutdown,
             tracker,
             listener: None,
+            limit,
         }
     }
 
@@ -482,6 +490,14 @@ impl<'a> Callback<'a> {
         Ok(listener)
     }
 
+    /// `connector` through the download limit, if there is one.
+    fn limited(&self, connector: Arc<dyn Connector>) -> Arc<dyn Connector> {
+        match &self.limit {
+            Some(limit) => Arc::new(ThrottledConnector::new(connector, limit.clone())),
+            None => connector,
+        }
+    }
+
     /// How to reach `source`.
     async fn source(
         &mut self,
@@ -491,7 +507,7 @@ impl<'a> Callback<'a> {
         if !source.firewalled {
             return Ok(DownloadSource {
                 label: source.addr.to_string(),
-                connector: Arc::new(DirectConnector::new(source.addr, DIAL_TIMEOUT)),
+                connector: self.limited(Arc::new(DirectConnector::new(source.addr, DIAL_TIMEOUT))),
             });
         }
         let listener = self.listener().await?;
@@ -513,6 +529,7 @@ impl<'a> Callback<'a> {
         });
         let connector: Arc<dyn Connector> =
             Arc::new(PushConnector::new(node, listener, requester, PUSH_TIMEOUT));
+        let connector = self.limited(connector);
         Ok(DownloadSource {
             label: format!("{} (push)", source.addr),
             connector,
