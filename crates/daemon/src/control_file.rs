@@ -1,24 +1,12 @@
-//! `control.json` in the data directory: where a running leaf's control
-//! API listens (`{"url": "http://127.0.0.1:PORT", "pid": 1234}`). Written
-//! atomically once the API listens, removed on a clean stop; the CLI finds
-//! a running leaf through it (and checks that it answers, since a crash
-//! leaves the file behind).
+//! Writing `control.json` in the data directory: where a running leaf's
+//! control API listens ([`ControlFile`], the client's type). Written
+//! atomically once the API's port is bound, removed on a clean stop; the
+//! CLI finds a running leaf through it (and checks that it answers, since
+//! a crash leaves the file behind).
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-/// The file's name in the data directory.
-pub const CONTROL_FILE: &str = "control.json";
-
-/// What `control.json` holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ControlFile {
-    /// The API's base URL.
-    pub url: String,
-    /// The daemon's process id.
-    pub pid: u32,
-}
+pub use crate::client::{CONTROL_FILE, ControlFile};
 
 /// Its path in `data_dir`.
 pub fn path(data_dir: &Path) -> PathBuf {
