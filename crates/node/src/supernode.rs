@@ -920,16 +920,7 @@ impl Discovery {
                         || backoffs.get(&addr).is_some_and(|(until, _)| *until > now)
                 })
             });
-            let Some(addr) = candidate else {
-                // No one left to dial: ask the DNS seeds again.
-                let due = resolved_at.is_none_or(|at| now.duration_since(at) >= RESOLVE_INTERVAL);
-                if due && !self.resolve_bootstrap(&mut resolved_at).await {
-                    break;
-                }
-                self.save();
-                continue;
-            };
-            {
+            if let Some(addr) = candidate {
                 let entry = backoffs.entry(addr).or_insert_with(|| {
                     (
                         now,
@@ -963,6 +954,12 @@ impl Discovery {
                         d.remove(&addr);
                     }
                 });
+            } else if resolved_at.is_none_or(|at| now.duration_since(at) >= RESOLVE_INTERVAL)
+                && !self.resolve_bootstrap(&mut resolved_at).await
+            {
+                // No one left to dial: the DNS seeds were asked again, and
+                // we were shut down meanwhile.
+                break;
             }
             self.save();
         }
