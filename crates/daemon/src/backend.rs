@@ -1,6 +1,6 @@
 //! The one place the daemon calls into the leaf, the fetch, the file
 //! server and the HTTP layer: live searches (`LeafHandle::search_live`),
-//! fetches (`canopy_node::fetch`, through the daemon's download limit),
+//! fetches (`canopy_node::fetch`, through the leaf's download limit),
 //! shares (`share_file`, `add_share`, `share_summary`...), uploads and
 //! upload limits (`ContentServer`), and the API (`api::serve`, `Token`).
 //! Everything else in the daemon goes through these few functions.
@@ -17,7 +17,6 @@ use canopy_node::NodeError;
 use canopy_node::fetch::{self, FetchRequest, FetchTarget};
 use canopy_node::leaf::LeafHandle;
 use canopy_proto::ContentId;
-use canopy_transfer::bandwidth::RateLimit;
 use canopy_transfer::download::DownloadError;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -89,8 +88,6 @@ pub(crate) struct FetchJob {
     pub(crate) progress: ProgressFn,
     /// Stops the fetch, keeping what is verified (a pause).
     pub(crate) cancel: CancellationToken,
-    /// The download rate limit all fetches share.
-    pub(crate) limit: RateLimit,
 }
 
 impl std::fmt::Debug for FetchJob {
@@ -188,7 +185,6 @@ async fn fetch_inner(leaf: &LeafHandle, job: FetchJob) -> Result<Fetched, FetchE
     request.cancel = job.cancel.clone();
     request.search_timeout = SOURCE_SEARCH_TIMEOUT;
     request.ttl = SEARCH_TTL;
-    request.download_limit = Some(job.limit.clone());
     let progress = job.progress.clone();
     request.progress = Some(Arc::new(move |p: &fetch::FetchProgress| {
         progress(&FetchProgress {
@@ -337,6 +333,17 @@ pub(crate) fn uploads_active(leaf: &LeafHandle) -> usize {
 /// Bytes served since start.
 pub(crate) fn uploaded_bytes(leaf: &LeafHandle) -> u64 {
     leaf.server().uploaded_bytes()
+}
+
+/// Applies the download rate limit (bytes a second, 0 unlimited), live.
+pub(crate) fn set_download_rate(leaf: &LeafHandle, bytes_per_sec: u64) {
+    leaf.download_limit().set_rate(bytes_per_sec);
+}
+
+/// Bytes downloaded since start (received through the download limit:
+/// files, trees and HTTP heads).
+pub(crate) fn downloaded_bytes(leaf: &LeafHandle) -> u64 {
+    leaf.download_limit().transferred()
 }
 
 /// Applies the upload rate limit (bytes a second, 0 unlimited), live.

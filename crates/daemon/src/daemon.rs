@@ -23,7 +23,6 @@ use canopy_core::save_name::{safe_file_name, unique_name};
 use canopy_node::NodeError;
 use canopy_node::leaf::{LeafHandle, LeafOptions};
 use canopy_proto::ContentId;
-use canopy_transfer::bandwidth::RateLimit;
 use canopy_transfer::download::{partial_name, state_name};
 use dashmap::DashMap;
 use tokio::net::TcpListener;
@@ -137,8 +136,6 @@ pub struct Daemon {
     kick: Notify,
     /// Bumped on every queue change; the writer saves the latest.
     queue_version: watch::Sender<u64>,
-    /// Every fetch's connections go through it (its rate is the setting).
-    download_limit: RateLimit,
     /// Upload rate, from the server's byte counter sampled each second.
     upload_meter: Mutex<RateMeter>,
     /// Held while a download's file name is chosen, so two downloads
@@ -293,7 +290,6 @@ pub async fn start(options: DaemonOptions) -> Result<DaemonHandle, DaemonError> 
         settings: Mutex::new(settings),
         kick: Notify::new(),
         queue_version,
-        download_limit: RateLimit::unlimited(),
         upload_meter: Mutex::new(RateMeter::default()),
         naming: tokio::sync::Mutex::new(()),
         shutdown: shutdown.clone(),
@@ -336,7 +332,7 @@ impl Daemon {
 
     fn apply_settings(&self, settings: &Settings) {
         backend::set_upload_rate(&self.leaf, settings.upload_rate_limit);
-        self.download_limit.set_rate(settings.download_rate_limit);
+        backend::set_download_rate(&self.leaf, settings.download_rate_limit);
         backend::set_upload_slots(&self.leaf, settings.upload_slots);
         lock(&self.queue).set_max_active(settings.max_active_downloads);
         self.kick.notify_one();
@@ -464,7 +460,6 @@ impl Daemon {
                     target: self.target_fn(id, entry.name.clone(), entry.path.clone()),
                     progress: self.progress_fn(id),
                     cancel: cancel.clone(),
-                    limit: self.download_limit.clone(),
                 };
                 backend::fetch(&self.leaf, job).await
             }
@@ -751,7 +746,7 @@ impl Control for Daemon {
             downloads_dir: self.downloads_dir.display().to_string(),
             totals: Totals {
                 uploaded_bytes: backend::uploaded_bytes(&self.leaf),
-                downloaded_bytes: self.download_limit.transferred(),
+                downloaded_bytes: backend::downloaded_bytes(&self.leaf),
                 upload_rate: lock(&self.upload_meter).rate(Instant::now()),
                 download_rate,
                 uploads_active: backend::uploads_active(&self.leaf),

@@ -167,47 +167,38 @@ async fn a_download_completes_verified_and_a_second_add_returns_the_same_entry()
 #[tokio::test]
 async fn no_more_than_max_active_downloads_run_at_once() {
     let world = World::new().await;
-    let ids: Vec<ContentId> = (0..3)
-        .map(|i| world.share(&format!("file{i}.bin"), 200_000, i).0)
-        .collect();
-    let _sharer = world.sharer().await;
+    // One download that stays running, part-way...
+    let (stuck, stuck_bytes) = world.share("stuck.iso", 8 << 20, 51);
+    let (_stalling, _source) = stalling_sharer(&world, stuck_bytes, 3 * GROUP).await;
+    // ...and one another leaf has whole.
+    let other_dir = tempfile::tempdir().unwrap();
+    let bytes = overlay::sample_bytes(300_000, 52);
+    std::fs::write(other_dir.path().join("next.bin"), &bytes).unwrap();
+    let next = canopy_share::hash_file(&other_dir.path().join("next.bin")).unwrap();
+    let _other = overlay::leaf(&world.supernode, Some(other_dir.path())).await;
+
     let mut options = world.options();
     options.settings.max_active_downloads = 1;
     let handle = world.daemon_with(options).await;
     let daemon = handle.control();
-    for (priority, id) in ids.iter().enumerate() {
-        let mut request = add(*id);
-        request.priority = Some(i32::try_from(priority).unwrap());
-        daemon.add_download(request).await.unwrap();
-    }
-    // The highest priority (the last added) goes first.
-    wait_for(
-        &daemon,
-        ids[2],
-        "first active",
-        state_is(DownloadState::Active),
-    )
+    let mut first = add(stuck);
+    first.priority = Some(1);
+    daemon.add_download(first).await.unwrap();
+    daemon.add_download(add(next)).await.unwrap();
+    wait_for(&daemon, stuck, "running part-way", |v| {
+        v.state == DownloadState::Active && v.verified_bytes >= GROUP
+    })
     .await;
-    for id in &ids[..2] {
-        let view = daemon.download(&id.to_hex()).unwrap();
-        assert_eq!(view.state, DownloadState::Queued, "waits for a turn");
-    }
-    let mut most_active = 0;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let views = daemon.downloads();
-        let active = views
-            .iter()
-            .filter(|v| v.state == DownloadState::Active)
-            .count();
-        most_active = most_active.max(active);
-        if views.iter().all(|v| v.state == DownloadState::Done) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{views:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(most_active, 1, "one download at a time");
+    let waiting = daemon.download(&next.to_hex()).unwrap();
+    assert_eq!(waiting.state, DownloadState::Queued, "waits for a turn");
+    assert_eq!(daemon.status().await.totals.downloads_active, 1);
+    // Its turn comes when the running one stops.
+    daemon.pause(&stuck.to_hex()).unwrap();
+    wait_for(&daemon, next, "done", state_is(DownloadState::Done)).await;
+    assert_eq!(
+        std::fs::read(world.downloads.join("next.bin")).unwrap(),
+        bytes
+    );
     drop(daemon);
     handle.shutdown().await;
 }

@@ -26,7 +26,7 @@ use canopy_core::leaf::SearchRequest;
 use canopy_core::save_name::safe_file_name;
 use canopy_core::search::{MAX_SOURCES_PER_RESULT, SearchResult, Source, most_agreed};
 use canopy_proto::{ContentId, NodeId};
-use canopy_transfer::bandwidth::{RateLimit, ThrottledConnector};
+use canopy_transfer::bandwidth::ThrottledConnector;
 use canopy_transfer::client::{Connector, DirectConnector};
 use canopy_transfer::download::{
     self, DownloadControl, DownloadError, DownloadOptions, DownloadReport, DownloadSource,
@@ -107,9 +107,6 @@ pub struct FetchRequest {
     pub search_timeout: Duration,
     /// How far the searches may travel.
     pub ttl: u8,
-    /// A download rate limit shared with other fetches (the leaf
-    /// daemon's global one), if any.
-    pub download_limit: Option<RateLimit>,
 }
 
 impl std::fmt::Debug for FetchRequest {
@@ -138,7 +135,6 @@ impl FetchRequest {
             cancel: CancellationToken::new(),
             search_timeout: Duration::from_secs(5),
             ttl: canopy_core::supernode::DEFAULT_TTL_CAP,
-            download_limit: None,
         }
     }
 }
@@ -177,7 +173,7 @@ pub async fn fetch(leaf: &LeafHandle, request: FetchRequest) -> Result<DownloadR
     let outcome = async {
         finder.ask().await?;
         let mut tried: Vec<u64> = Vec::new();
-        let mut callback = Callback::new(leaf, &shutdown, &tracker, request.download_limit.clone());
+        let mut callback = Callback::new(leaf, &shutdown, &tracker);
         loop {
             let Some(group) = finder
                 .wait_for_group(request.size, &tried, &request.cancel)
@@ -459,7 +455,6 @@ struct Callback<'a> {
     shutdown: &'a CancellationToken,
     tracker: &'a TaskTracker,
     listener: Option<Arc<CallbackListener>>,
-    limit: Option<RateLimit>,
 }
 
 impl<'a> Callback<'a> {
@@ -467,14 +462,12 @@ impl<'a> Callback<'a> {
         leaf: &'a LeafHandle,
         shutdown: &'a CancellationToken,
         tracker: &'a TaskTracker,
-        limit: Option<RateLimit>,
     ) -> Self {
         Self {
             leaf,
             shutdown,
             tracker,
             listener: None,
-            limit,
         }
     }
 
@@ -490,12 +483,13 @@ impl<'a> Callback<'a> {
         Ok(listener)
     }
 
-    /// `connector` through the download limit, if there is one.
+    /// `connector` through the leaf's download limit, which every
+    /// download through the leaf shares.
     fn limited(&self, connector: Arc<dyn Connector>) -> Arc<dyn Connector> {
-        match &self.limit {
-            Some(limit) => Arc::new(ThrottledConnector::new(connector, limit.clone())),
-            None => connector,
-        }
+        Arc::new(ThrottledConnector::new(
+            connector,
+            self.leaf.download_limit().clone(),
+        ))
     }
 
     /// How to reach `source`.

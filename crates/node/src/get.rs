@@ -113,7 +113,6 @@ pub async fn get(options: GetOptions) -> Result<DownloadReport, NodeError> {
         cancel: options.cancel.clone(),
         search_timeout: options.search_timeout,
         ttl: options.ttl,
-        download_limit: None,
     };
     let leaf = leaf::start(LeafOptions::new(options.supernode)).await?;
     let outcome = async {
