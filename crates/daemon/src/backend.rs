@@ -15,7 +15,7 @@ use canopy_core::leaf::SearchRequest;
 use canopy_core::search::SearchResult;
 use canopy_node::NodeError;
 use canopy_node::fetch::{self, FetchRequest, FetchTarget};
-use canopy_node::leaf::LeafHandle;
+use canopy_node::leaf::{LeafHandle, ShareSummary};
 use canopy_proto::ContentId;
 use canopy_transfer::download::DownloadError;
 use tokio::net::TcpListener;
@@ -251,7 +251,10 @@ pub(crate) async fn share_file(leaf: &LeafHandle, path: &Path) {
 
 /// The shared folders and what they hold.
 pub(crate) fn shares(leaf: &LeafHandle, downloads_dir: &Path) -> SharesView {
-    let summary = leaf.share_summary();
+    shares_view(&leaf.share_summary(), downloads_dir)
+}
+
+fn shares_view(summary: &ShareSummary, downloads_dir: &Path) -> SharesView {
     SharesView {
         folders: summary
             .folders
@@ -293,11 +296,10 @@ pub(crate) async fn remove_share(leaf: &LeafHandle, folder: &Path) -> Result<(),
         .map_err(share_error)
 }
 
-/// Rescans the shared folders now.
-pub(crate) async fn rescan(leaf: &LeafHandle) {
-    if let Err(error) = leaf.rescan().await {
-        tracing::warn!(%error, "rescan failed");
-    }
+/// Starts a rescan of the shared folders and returns at once, with a
+/// view saying a scan is running.
+pub(crate) fn rescan(leaf: &LeafHandle, downloads_dir: &Path) -> SharesView {
+    shares_view(&leaf.rescan_in_background(), downloads_dir)
 }
 
 /// Uploads running now.

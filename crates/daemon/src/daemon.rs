@@ -861,8 +861,7 @@ impl Control for Daemon {
     }
 
     async fn rescan(&self) -> SharesView {
-        backend::rescan(&self.leaf).await;
-        self.shares()
+        backend::rescan(&self.leaf, &self.downloads_dir)
     }
 
     fn settings(&self) -> Settings {
