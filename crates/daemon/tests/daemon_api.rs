@@ -9,6 +9,7 @@ use std::time::Duration;
 use canopy_daemon::client::ControlClient;
 use canopy_daemon::model::{AddDownload, DownloadState, SearchSpec, SettingsPatch};
 use canopy_daemon::{DaemonOptions, settings};
+use canopy_node::fetch::{self, FetchRequest, FetchTarget};
 use canopy_node::leaf::LeafOptions;
 use canopy_testkit::overlay::{self, PATIENCE, localhost};
 
@@ -119,4 +120,69 @@ async fn search_then_download_a_link_through_the_api() {
         ControlClient::find(&data).await.is_none(),
         "gone after a clean stop"
     );
+}
+
+#[tokio::test]
+async fn uploads_are_listed_while_they_run() {
+    overlay::init_logs();
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let downloads = root.path().join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    // The daemon shares its downloads folder, which holds a file already.
+    let bytes = overlay::sample_bytes(4 << 20, 78);
+    std::fs::write(downloads.join("shared.bin"), &bytes).unwrap();
+    let id = canopy_share::hash_file(&downloads.join("shared.bin")).unwrap();
+    let supernode = overlay::supernode(&[]).await;
+    let mut leaf = LeafOptions::new(supernode.local_addr());
+    leaf.listen = Some(localhost());
+    leaf.data_dir = Some(data.clone());
+    leaf.reconnect = true;
+    let handle = canopy_daemon::start(DaemonOptions {
+        leaf,
+        control: localhost(),
+        downloads_dir: downloads.clone(),
+        share_downloads: true,
+        settings: settings::defaults(),
+    })
+    .await
+    .unwrap();
+    handle.leaf().wait_connected(PATIENCE).await.unwrap();
+    let client = ControlClient::find(&data).await.unwrap();
+    assert_eq!(client.status().await.unwrap().shared_files, 1);
+    assert!(client.uploads().await.unwrap().is_empty());
+
+    // Another leaf downloads it, slowly.
+    let downloader = overlay::leaf(&supernode, None).await;
+    downloader.download_limit().set_rate(1 << 20);
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().to_owned();
+    let fetching = tokio::spawn(async move {
+        let request = FetchRequest::new(id, FetchTarget::Dir(target));
+        let report = fetch::fetch(&downloader, request).await;
+        downloader.shutdown().await;
+        report
+    });
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let upload = loop {
+        let uploads = client.uploads().await.unwrap();
+        if let Some(upload) = uploads.into_iter().find(|u| u.bytes > 0) {
+            break upload;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no upload listed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(upload.content_id, id.to_hex());
+    assert_eq!(upload.name, "shared.bin");
+    assert!(upload.peer.starts_with("127.0.0.1:"), "{}", upload.peer);
+    assert!(
+        upload.length > 0 && upload.bytes <= upload.length,
+        "{upload:?}"
+    );
+    assert!(upload.started_at > 0);
+    let report = fetching.await.unwrap().unwrap();
+    assert_eq!(std::fs::read(&report.path).unwrap(), bytes);
+    let totals = client.status().await.unwrap().totals;
+    assert!(totals.uploaded_bytes >= bytes.len() as u64, "{totals:?}");
+    handle.shutdown().await;
 }
