@@ -728,3 +728,35 @@ async fn a_finished_download_is_shared_at_once() {
     drop(daemon);
     handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn only_the_latest_32_searches_are_kept() {
+    let world = World::new().await;
+    let handle = world.daemon().await;
+    let daemon = handle.control();
+    let spec = SearchSpec {
+        query: Some("nothing here".into()),
+        timeout_secs: Some(30.0),
+        ..SearchSpec::default()
+    };
+    let first = daemon.start_search(spec.clone()).await.unwrap();
+    let mut oldest = daemon.watch_search(&first.id).unwrap();
+    let mut ids = vec![first.id.clone()];
+    for _ in 0..canopy_daemon::searches::MAX_SEARCHES {
+        ids.push(daemon.start_search(spec.clone()).await.unwrap().id);
+    }
+    assert!(
+        daemon.watch_search(&first.id).is_none(),
+        "the oldest is forgotten"
+    );
+    // ...and stopped: its watchers see it end long before its 30 s.
+    let ended = tokio::time::timeout(Duration::from_secs(5), oldest.wait_for(|v| v.done)).await;
+    assert!(ended.is_ok(), "the forgotten search still runs");
+    for id in &ids[1..] {
+        assert!(daemon.watch_search(id).is_some(), "{id} kept");
+    }
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "ids are unique");
+    drop(daemon);
+    handle.shutdown().await;
+}
