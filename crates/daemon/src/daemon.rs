@@ -3,12 +3,14 @@
 //!
 //! [`start`] starts the leaf (sharing the downloads folder unless told
 //! not to), reads back `queue.json` and `settings.json`, binds the control
-//! port, and runs three kinds of task under one cancellation token and
-//! task tracker: the queue driver (starts what the queue says, when it
-//! says), one fetch per active download, and the queue writer (saves
-//! `queue.json` atomically after every change, coalescing bursts).
+//! port, writes `control.json`, and runs its tasks under one cancellation
+//! token and task tracker: the queue driver (starts what the queue says,
+//! when it says), one fetch per active download, the queue writer (saves
+//! `queue.json` atomically after every change, coalescing bursts), one
+//! task per live search, an upload-rate sampler, and the API server.
 //! Stopping the daemon, cleanly or not, leaves active downloads active in
-//! `queue.json`, so the next start resumes them.
+//! `queue.json`, so the next start resumes them (the fetch re-verifies
+//! the partial file on disk).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
