@@ -161,7 +161,7 @@ pub async fn fetch(leaf: &LeafHandle, request: FetchRequest) -> Result<DownloadR
         (FetchTarget::Dir(_), None) => None,
     };
     if let Some(target) = &early_target {
-        if let Some(done) = already_there(target, id, request.force, started).await? {
+        if let Some(done) = already_there(target, id, request.size, request.force, started).await? {
             return Ok(done);
         }
     }
@@ -198,7 +198,9 @@ pub async fn fetch(leaf: &LeafHandle, request: FetchRequest) -> Result<DownloadR
                 p.size = Some(group.size);
             });
             if early_target.is_none() {
-                if let Some(done) = already_there(&target, id, request.force, started).await? {
+                if let Some(done) =
+                    already_there(&target, id, Some(group.size), request.force, started).await?
+                {
                     return Ok(done);
                 }
             }
@@ -254,17 +256,20 @@ fn create_dir(dir: &Path) -> Result<(), NodeError> {
 }
 
 /// If something is at `target`: the content already (a report saying so),
-/// or an error unless `force`.
+/// or an error unless `force`. `size`, if known, spares hashing a file
+/// that can't be it.
 async fn already_there(
     target: &Path,
     id: ContentId,
+    size: Option<u64>,
     force: bool,
     started: Instant,
 ) -> Result<Option<DownloadReport>, NodeError> {
     let Ok(meta) = std::fs::symlink_metadata(target) else {
         return Ok(None);
     };
-    if meta.file_type().is_file() {
+    // Hashed only if it could be the content (a size we know must match).
+    if meta.file_type().is_file() && size.is_none_or(|size| size == meta.len()) {
         let path = target.to_owned();
         let hashed = tokio::task::spawn_blocking(move || canopy_share::hash_file(&path))
             .await

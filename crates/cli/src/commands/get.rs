@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use canopy_node::NodeError;
+use canopy_node::addr::HostPort;
 use canopy_node::fetch::{FetchProgress, FetchTarget};
 use canopy_node::get::{self, GetOptions};
 use canopy_proto::ContentId;
@@ -20,9 +21,10 @@ use serde::Serialize;
 /// Arguments of `canopy get`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// The supernode to ask for sources.
+    /// The supernode to ask for sources: host[:port] (default port 6346); every
+    /// address the name has is tried.
     #[arg(long)]
-    supernode: SocketAddr,
+    supernode: HostPort,
     /// Where to save: a file, or a folder to save into under the file's
     /// name as the sources give it, made safe (no leading `.` or `-`, no
     /// control or bidi characters, no Windows device names or reserved
@@ -139,6 +141,16 @@ fn partial_folder(target: &FetchTarget) -> PathBuf {
     }
 }
 
+/// Every address of `supernode` (at least one).
+pub(crate) async fn resolve(supernode: &HostPort) -> anyhow::Result<Vec<SocketAddr>> {
+    let found = supernode
+        .resolve()
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot resolve supernode {supernode}: {error}"))?;
+    anyhow::ensure!(!found.is_empty(), "supernode {supernode} has no address");
+    Ok(found)
+}
+
 /// Completes on Ctrl-C or SIGTERM.
 async fn interrupted() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -161,7 +173,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let bar = crate::output::progress("{spinner} {msg}", None);
     bar.set_message("finding sources…");
     let updates = bar.clone();
-    let mut options = GetOptions::new(args.supernode, args.id);
+    let supernodes = resolve(&args.supernode).await?;
+    let mut options = GetOptions::new(supernodes[0], args.id);
+    options.supernodes = supernodes;
     options.output = args.output;
     options.force = args.force;
     options.search_timeout = search_timeout;

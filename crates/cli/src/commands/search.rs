@@ -2,13 +2,13 @@
 //! JSON lines, each printed as it arrives; it ends as soon as it has
 //! `--max-results` contents, else at `--timeout`.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use std::collections::HashSet;
 
 use canopy_core::leaf::SearchRequest;
 use canopy_core::search::SearchResult;
+use canopy_node::addr::HostPort;
 use canopy_node::leaf::{self, LeafHandle, LeafOptions};
 use canopy_proto::ContentId;
 use indicatif::HumanBytes;
@@ -18,9 +18,10 @@ use crate::output;
 /// Arguments of `canopy search`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// The supernode to ask.
+    /// The supernode to ask: host[:port] (default port 6346); every
+    /// address the name has is tried.
     #[arg(long)]
-    supernode: SocketAddr,
+    supernode: HostPort,
     /// Print one JSON object per line per distinct content.
     #[arg(long)]
     json: bool,
@@ -66,7 +67,10 @@ fn row(result: &SearchResult) -> String {
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let timeout = Duration::try_from_secs_f64(args.timeout)
         .map_err(|_| anyhow::anyhow!("--timeout must be a positive number of seconds"))?;
-    let leaf = leaf::start(LeafOptions::new(args.supernode)).await?;
+    let supernodes = super::get::resolve(&args.supernode).await?;
+    let mut options = LeafOptions::new(supernodes[0]);
+    options.supernodes = supernodes;
+    let leaf = leaf::start(options).await?;
     let outcome = stream(&leaf, &args, timeout).await;
     leaf.shutdown().await;
     outcome
