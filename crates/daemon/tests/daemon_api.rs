@@ -123,14 +123,14 @@ async fn search_then_download_a_link_through_the_api() {
 }
 
 #[tokio::test]
-async fn uploads_are_listed_while_they_run() {
+async fn uploads_are_listed_while_they_run_under_the_upload_limit() {
     overlay::init_logs();
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
     let downloads = root.path().join("downloads");
     std::fs::create_dir_all(&downloads).unwrap();
     // The daemon shares its downloads folder, which holds a file already.
-    let bytes = overlay::sample_bytes(4 << 20, 78);
+    let bytes = overlay::sample_bytes(3 << 20, 78);
     std::fs::write(downloads.join("shared.bin"), &bytes).unwrap();
     let id = canopy_share::hash_file(&downloads.join("shared.bin")).unwrap();
     let supernode = overlay::supernode(&[]).await;
@@ -152,11 +152,19 @@ async fn uploads_are_listed_while_they_run() {
     assert_eq!(client.status().await.unwrap().shared_files, 1);
     assert!(client.uploads().await.unwrap().is_empty());
 
-    // Another leaf downloads it, slowly.
+    // Another leaf downloads it, slowly: our uploads are limited, live.
+    client
+        .update_settings(&SettingsPatch {
+            upload_rate_limit: Some(1 << 20),
+            ..SettingsPatch::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(handle.leaf().upload_limit().rate(), 1 << 20);
     let downloader = overlay::leaf(&supernode, None).await;
-    downloader.download_limit().set_rate(1 << 20);
     let out = tempfile::tempdir().unwrap();
     let target = out.path().to_owned();
+    let started = tokio::time::Instant::now();
     let fetching = tokio::spawn(async move {
         let request = FetchRequest::new(id, FetchTarget::Dir(target));
         let report = fetch::fetch(&downloader, request).await;
@@ -181,6 +189,11 @@ async fn uploads_are_listed_while_they_run() {
     );
     assert!(upload.started_at > 0);
     let report = fetching.await.unwrap().unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "3 MiB at 1 MiB/s took {took:?}"
+    );
     assert_eq!(std::fs::read(&report.path).unwrap(), bytes);
     let totals = client.status().await.unwrap().totals;
     assert!(totals.uploaded_bytes >= bytes.len() as u64, "{totals:?}");
