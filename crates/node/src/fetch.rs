@@ -488,25 +488,19 @@ impl<'a> Callback<'a> {
         Ok(listener)
     }
 
-    /// `connector` through the leaf's download limit, which every
-    /// download through the leaf shares.
-    fn limited(&self, connector: Arc<dyn Connector>) -> Arc<dyn Connector> {
-        Arc::new(ThrottledConnector::new(
-            connector,
-            self.leaf.download_limit().clone(),
-        ))
-    }
-
     /// How to reach `source`.
     async fn source(
         &mut self,
         source: &Source,
         id: ContentId,
     ) -> Result<DownloadSource, NodeError> {
+        // Every source's bytes count against the leaf's download limit.
+        let limit = self.leaf.download_limit().clone();
         if !source.firewalled {
+            let direct = Arc::new(DirectConnector::new(source.addr, DIAL_TIMEOUT));
             return Ok(DownloadSource {
                 label: source.addr.to_string(),
-                connector: self.limited(Arc::new(DirectConnector::new(source.addr, DIAL_TIMEOUT))),
+                connector: Arc::new(ThrottledConnector::new(direct, limit)),
             });
         }
         let listener = self.listener().await?;
@@ -526,9 +520,8 @@ impl<'a> Callback<'a> {
                     .map_err(|e| std::io::Error::other(e.to_string()))
             })
         });
-        let connector: Arc<dyn Connector> =
-            Arc::new(PushConnector::new(node, listener, requester, PUSH_TIMEOUT));
-        let connector = self.limited(connector);
+        let pushed = Arc::new(PushConnector::new(node, listener, requester, PUSH_TIMEOUT));
+        let connector: Arc<dyn Connector> = Arc::new(ThrottledConnector::new(pushed, limit));
         Ok(DownloadSource {
             label: format!("{} (push)", source.addr),
             connector,
