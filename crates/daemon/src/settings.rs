@@ -13,13 +13,24 @@ pub const UPLOAD_SLOTS: std::ops::RangeInclusive<usize> = 1..=1000;
 /// Downloads at once allowed.
 pub const MAX_ACTIVE_DOWNLOADS: std::ops::RangeInclusive<usize> = 1..=100;
 
-/// The defaults: no rate limits, 4 upload slots, 3 downloads at once.
+/// The defaults, as [`SettingsPatch`]'s flags define them (no rate
+/// limits, 4 upload slots, 3 downloads at once).
 pub fn defaults() -> Settings {
-    Settings {
+    use clap::{Args, FromArgMatches};
+    let fallback = Settings {
         upload_rate_limit: 0,
         download_rate_limit: 0,
         upload_slots: 4,
         max_active_downloads: 3,
+    };
+    let flags = SettingsPatch::augment_args(clap::Command::new("defaults"));
+    let patch = flags
+        .try_get_matches_from(["defaults"])
+        .ok()
+        .and_then(|matches| SettingsPatch::from_arg_matches(&matches).ok());
+    match patch {
+        Some(patch) => apply(fallback, &patch).unwrap_or(fallback),
+        None => fallback,
     }
 }
 
@@ -93,6 +104,15 @@ pub(crate) fn save(data_dir: &Path, settings: &Settings) -> std::io::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_defaults_are_the_flags_defaults() {
+        let defaults = defaults();
+        assert_eq!(defaults.upload_slots, 4);
+        assert_eq!(defaults.max_active_downloads, 3);
+        assert_eq!(defaults.upload_rate_limit, 0);
+        assert_eq!(check(defaults), Ok(defaults));
+    }
 
     #[test]
     fn a_patch_changes_only_its_fields_and_names_a_bad_one() {
