@@ -21,9 +21,11 @@ mod harness;
 
 use std::sync::Arc;
 
+use canopy_daemon::DaemonOptions;
 use canopy_daemon::api::{self, Token};
 use canopy_daemon::control::Control;
-use canopy_daemon::model::{DownloadState, SearchView};
+use canopy_daemon::model::{DownloadState, SearchView, Settings};
+use canopy_testkit::overlay;
 use fake_control::FakeControl;
 use harness::Browser;
 use tokio_util::sync::CancellationToken;
@@ -302,4 +304,117 @@ async fn every_view_works_over_the_real_server_and_runs_clean_under_its_csp() {
     );
     browser.close().await;
     leaf.stop.cancel();
+}
+
+/// The file the sharing leaf offers and the page downloads.
+const SONG: &str = "canopy browser test song.ogg";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_found_in_the_page_downloads_and_verifies_on_disk() {
+    overlay::init_logs();
+    let supernode = overlay::supernode(&[]).await;
+
+    // The other leaf shares one file; the supernode has indexed it.
+    let shared = tempfile::tempdir().unwrap();
+    let data = overlay::sample_bytes(3 * 1024 * 1024 + 17, 10);
+    std::fs::write(shared.path().join(SONG), &data).unwrap();
+    let content_id = blake3::hash(&data).to_hex().to_string();
+    let sharer = overlay::leaf(&supernode, Some(shared.path())).await;
+    supernode
+        .wait_for(overlay::PATIENCE, |s| s.index_files == 1)
+        .await
+        .expect("the share was not indexed");
+
+    // The daemon whose page we use: no shares of its own.
+    let home = tempfile::tempdir().unwrap();
+    let downloads = home.path().join("downloads");
+    let mut leaf = overlay::leaf_options(&supernode, None);
+    leaf.data_dir = Some(home.path().join("data"));
+    let daemon = canopy_daemon::start(DaemonOptions {
+        leaf,
+        control: overlay::localhost(),
+        downloads_dir: downloads.clone(),
+        share_downloads: true,
+        settings: Settings {
+            upload_rate_limit: 0,
+            download_rate_limit: 0,
+            upload_slots: 4,
+            max_active_downloads: 3,
+        },
+    })
+    .await
+    .unwrap();
+    daemon
+        .leaf()
+        .wait_connected(overlay::PATIENCE)
+        .await
+        .unwrap();
+
+    let browser = Browser::start(1280, 900).await;
+    let url = daemon.ui_url();
+    assert!(
+        url.contains("/?token="),
+        "the UI's URL hands over no token: {url}"
+    );
+    browser.open(&url).await;
+    browser.wait_for("[data-testid=search-query]").await;
+    browser
+        .wait_for_text("[data-testid=rates]", "one supernode", |t| {
+            t.contains("1 supernode")
+        })
+        .await;
+
+    // Search in the page; the result arrives over the event stream.
+    browser
+        .type_into("[data-testid=search-query]", "canopy browser song")
+        .await;
+    browser.click("[data-testid=search-submit]").await;
+    let row = format!("[data-testid=result-row][data-content-id='{content_id}']");
+    browser.wait_for(&row).await;
+    let name = browser.text(&format!("{row} .name")).await.unwrap();
+    assert_eq!(name, SONG);
+    browser.screenshot("search").await;
+
+    // Download it and follow the queue until it is done (or fails, loudly).
+    browser
+        .click(&format!("{row} [data-testid=result-download]"))
+        .await;
+    browser.click("[data-testid=nav-downloads]").await;
+    let entry = format!("[data-testid=download-row][data-id='{content_id}']");
+    let state = browser
+        .wait_until("the download to finish", || async {
+            let state = browser.attr(&entry, "data-state").await?;
+            matches!(state.as_str(), "done" | "failed" | "skipped").then_some(state)
+        })
+        .await;
+    let detail = browser
+        .text(&format!("{entry} [data-testid=download-detail]"))
+        .await;
+    assert_eq!(state, "done", "the download ended {state}: {detail:?}");
+    browser.screenshot("downloaded").await;
+
+    // The file is on disk, whole, and hashes to the id that was clicked.
+    let path = downloads.join(SONG);
+    let on_disk = std::fs::read(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    assert_eq!(on_disk.len(), data.len());
+    assert_eq!(blake3::hash(&on_disk).to_hex().to_string(), content_id);
+    assert!(
+        detail.unwrap_or_default().contains(SONG),
+        "the row names where the file is"
+    );
+
+    // The daemon's own view agrees.
+    let view = daemon.control().download(&content_id).unwrap();
+    assert_eq!(view.state, DownloadState::Done);
+    assert_eq!(view.verified_bytes, data.len() as u64);
+    assert_eq!(
+        page_errors(&browser).await,
+        "0",
+        "the page had script errors or CSP violations"
+    );
+
+    browser.close().await;
+    daemon.shutdown().await;
+    sharer.shutdown().await;
+    supernode.shutdown().await;
 }
