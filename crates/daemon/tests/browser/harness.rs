@@ -116,7 +116,12 @@ impl Browser {
                 .stderr(Stdio::null())
                 .kill_on_drop(true)
                 .spawn()
-                .unwrap_or_else(|err| panic!("cannot run {}: {err}", driver_path.display()));
+                .unwrap_or_else(|err| {
+                    panic!(
+                        "cannot run {}: {err} (the browser test needs Debian's chromium-driver)",
+                        driver_path.display()
+                    )
+                });
             match connect(port, &chromium, profile.path(), width, height, &mut driver).await {
                 Ok(client) => break (driver, client),
                 Err(err) if attempt < 3 => {
