@@ -63,7 +63,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         Some(addr) => Some(
             metrics::serve(
                 addr,
-                metrics::leaf_metrics(&leaf),
+                metrics::leaf_metrics(leaf),
                 leaf.shutdown_token(),
                 &TaskTracker::new(),
             )
