@@ -1,0 +1,99 @@
+//! `canopy status`: what the running leaf is doing: its supernodes,
+//! shares, and transfer totals.
+
+use canopy_daemon::model::Status;
+use indicatif::HumanBytes;
+
+use super::running::DataDir;
+use super::show;
+
+/// Arguments of `canopy status`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    #[command(flatten)]
+    leaf: DataDir,
+    /// Print the leaf's status as one JSON document (the API's `Status`).
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let client = args.leaf.leaf().await?;
+    let status = client.status().await?;
+    if args.json {
+        say!("{}", serde_json::to_string(&status)?);
+        return Ok(());
+    }
+    say!("{}", text(&status, client.url()));
+    Ok(())
+}
+
+/// The status as lines of `label  value`.
+fn text(status: &Status, url: &str) -> String {
+    let listening = match (&status.listen, &status.observed_addr) {
+        (Some(listen), Some(seen)) if listen != seen => format!("{listen} (seen as {seen})"),
+        (Some(listen), _) => listen.clone(),
+        (None, _) => "no direct address (firewalled: reached by push)".to_owned(),
+    };
+    let supernodes = if status.supernodes.is_empty() {
+        "none yet".to_owned()
+    } else {
+        status.supernodes.join(", ")
+    };
+    let totals = &status.totals;
+    let lines = [
+        (
+            "leaf",
+            format!(
+                "{}, node {}",
+                status.version,
+                show::short_id(&status.node_id)
+            ),
+        ),
+        ("control", url.to_owned()),
+        ("listening", listening),
+        ("supernodes", supernodes),
+        (
+            "shared",
+            format!(
+                "{}, {}",
+                show::count(status.shared_files, "file", "files"),
+                HumanBytes(status.shared_bytes)
+            ),
+        ),
+        (
+            "downloads",
+            format!(
+                "{} active, {} queued; {} received, {}",
+                totals.downloads_active,
+                totals.downloads_queued,
+                HumanBytes(totals.downloaded_bytes),
+                rate_now(totals.download_rate)
+            ),
+        ),
+        ("saving to", status.downloads_dir.clone()),
+        (
+            "uploads",
+            format!(
+                "{} active; {} sent, {}",
+                totals.uploads_active,
+                HumanBytes(totals.uploaded_bytes),
+                rate_now(totals.upload_rate)
+            ),
+        ),
+    ];
+    lines
+        .iter()
+        .map(|(label, value)| format!("{label:<11} {value}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// "1.00 MiB/s now", "idle".
+fn rate_now(rate: u64) -> String {
+    if rate == 0 {
+        "idle".to_owned()
+    } else {
+        format!("{} now", show::rate(rate))
+    }
+}
