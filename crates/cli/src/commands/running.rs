@@ -62,6 +62,8 @@ pub(crate) enum Pick {
     Id(String),
     /// A start of one (at least [`MIN_PREFIX`] hex digits).
     Prefix(String),
+    /// Decimal digits long enough to be either: whichever names a download.
+    NumberOrPrefix(usize, String),
 }
 
 /// The shortest start of an id accepted.
@@ -72,7 +74,7 @@ impl Pick {
     pub(crate) fn parse(text: &str) -> anyhow::Result<Pick> {
         let text = text.trim();
         let is_hex = !text.is_empty() && text.bytes().all(|b| b.is_ascii_hexdigit());
-        if text.len() < 64 && !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        if text.len() < MIN_PREFIX && !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
             let n: usize = text
                 .parse()
                 .with_context(|| format!("not a download number: {text}"))?;
@@ -80,6 +82,11 @@ impl Pick {
                 bail!("downloads are numbered from 1 (see `canopy downloads`)");
             }
             return Ok(Pick::Number(n));
+        }
+        if (MIN_PREFIX..20).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(n) = text.parse::<usize>() {
+                return Ok(Pick::NumberOrPrefix(n, text.to_owned()));
+            }
         }
         if is_hex && text.len() == 64 {
             return Ok(Pick::Id(text.to_ascii_lowercase()));
@@ -104,22 +111,33 @@ impl Pick {
                     anyhow!("no download #{n}: the queue has {count} (see `canopy downloads`)")
                 })
             }
-            Pick::Prefix(prefix) => {
-                let mut matching: Vec<DownloadView> = client
-                    .downloads()
-                    .await?
-                    .into_iter()
-                    .filter(|d| d.id.starts_with(prefix.as_str()))
-                    .collect();
-                match matching.len() {
-                    0 => bail!("no download in the queue has an id starting with {prefix}"),
-                    1 => Ok(matching.remove(0)),
-                    more => {
-                        bail!("{more} downloads have ids starting with {prefix}: give more of it")
-                    }
+            Pick::Prefix(prefix) => by_prefix(client.downloads().await?, prefix),
+            Pick::NumberOrPrefix(n, prefix) => {
+                let queue = client.downloads().await?;
+                let numbered = n.checked_sub(1).and_then(|index| queue.get(index)).cloned();
+                let prefixed = queue.iter().any(|d| d.id.starts_with(prefix.as_str()));
+                match (numbered, prefixed) {
+                    (Some(_), true) => bail!(
+                        "{n} is both download #{n} and the start of an id: give more of the id"
+                    ),
+                    (Some(download), false) => Ok(download),
+                    (None, _) => by_prefix(queue, prefix),
                 }
             }
         }
+    }
+}
+
+/// The one download whose id starts with `prefix`.
+fn by_prefix(queue: Vec<DownloadView>, prefix: &str) -> anyhow::Result<DownloadView> {
+    let mut matching: Vec<DownloadView> = queue
+        .into_iter()
+        .filter(|d| d.id.starts_with(prefix))
+        .collect();
+    match matching.len() {
+        0 => bail!("no download in the queue has an id starting with {prefix}"),
+        1 => Ok(matching.remove(0)),
+        more => bail!("{more} downloads have ids starting with {prefix}: give more of it"),
     }
 }
 
@@ -139,6 +157,10 @@ mod tests {
         assert_eq!(
             Pick::parse("abc123").ok(),
             Some(Pick::Prefix("abc123".into()))
+        );
+        assert_eq!(
+            Pick::parse("1234").ok(),
+            Some(Pick::NumberOrPrefix(1234, "1234".into()))
         );
         assert!(Pick::parse("0").is_err(), "numbers start at 1");
         assert!(Pick::parse("abc").is_err(), "too short a prefix");
