@@ -267,6 +267,11 @@ async fn status_prints_labelled_lines_and_one_json_document() {
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines[0], "leaf        canopy/0.1.0, node 777777777777");
     assert_eq!(lines[1], format!("control     {}", leaf.url));
+    let token = std::fs::read_to_string(leaf.data.path().join("control.token")).unwrap();
+    assert_eq!(
+        lines[2],
+        format!("web UI      {}/?token={}", leaf.url, token.trim())
+    );
     assert!(
         run.stdout.contains("supernodes  127.0.0.1:6346\n"),
         "{}",

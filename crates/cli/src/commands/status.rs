@@ -1,5 +1,5 @@
 //! `canopy status`: what the running leaf is doing: its supernodes,
-//! shares, and transfer totals.
+//! shares, and transfer totals, and the URL that opens its web UI.
 
 use canopy_daemon::model::Status;
 use indicatif::HumanBytes;
@@ -24,12 +24,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         say!("{}", serde_json::to_string(&status)?);
         return Ok(());
     }
-    say!("{}", text(&status, client.url()));
+    say!("{}", text(&status, client.url(), &client.ui_url()));
     Ok(())
 }
 
 /// The status as lines of `label  value`.
-fn text(status: &Status, url: &str) -> String {
+fn text(status: &Status, url: &str, ui_url: &str) -> String {
     let listening = match (&status.listen, &status.observed_addr) {
         (Some(listen), Some(seen)) if listen != seen => format!("{listen} (seen as {seen})"),
         (Some(listen), _) => listen.clone(),
@@ -51,6 +51,8 @@ fn text(status: &Status, url: &str) -> String {
             ),
         ),
         ("control", url.to_owned()),
+        // The log-in URL: it carries the token, and sets the UI's cookie.
+        ("web UI", ui_url.to_owned()),
         ("listening", listening),
         ("supernodes", supernodes),
         (
