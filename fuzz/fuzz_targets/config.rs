@@ -1,5 +1,6 @@
 //! The `--config` files of `canopy supernode` and `canopy leaf`: TOML text
-//! parsed by `canopy_cli::config::parse` into each command's file type.
+//! parsed by `canopy_cli::config::parse` into each command's settings
+//! (every key through its flag's own value parser).
 //!
 //! The file is read as UTF-8 text (anything else is refused before
 //! parsing), so only text is tried. Parsing must never panic, and every
@@ -8,7 +9,8 @@
 
 use std::path::Path;
 
-use canopy_cli::config::{ConfigError, LeafFile, SupernodeFile, parse};
+use canopy_cli::config::{ConfigError, parse};
+use canopy_cli::settings::{leaf::LeafArgs, supernode::SupernodeArgs};
 use libfuzzer_sys::fuzz_target;
 
 fn check_error(error: &ConfigError) {
@@ -21,10 +23,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let path = Some(Path::new("fuzz.toml"));
-    if let Err(error) = parse::<SupernodeFile>(text, path) {
+    if let Err(error) = parse::<SupernodeArgs>(text, path) {
         check_error(&error);
     }
-    if let Err(error) = parse::<LeafFile>(text, path) {
+    if let Err(error) = parse::<LeafArgs>(text, path) {
         check_error(&error);
     }
 });

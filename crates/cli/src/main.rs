@@ -16,6 +16,7 @@ macro_rules! say {
 
 mod commands;
 mod output;
+mod reload;
 mod shutdown;
 
 /// mimalloc keeps freed buffers for reuse where the system allocator hands
@@ -27,9 +28,13 @@ mod shutdown;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::ffi::OsString;
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
-use canopy_cli::config;
+use canopy_cli::config::{self, LoadError};
+use canopy_cli::settings::leaf::LeafArgs;
+use canopy_cli::settings::supernode::SupernodeArgs;
 
 use clap::{Parser, Subcommand};
 
@@ -37,9 +42,8 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "canopy", version, about)]
 struct Cli {
-    /// Log lines as text or JSON (filter with RUST_LOG, e.g. `canopy_node=debug`).
-    #[arg(long, global = true, value_enum)]
-    log_format: Option<config::LogFormat>,
+    #[command(flatten)]
+    logging: config::Logging,
     #[command(subcommand)]
     command: Command,
 }
@@ -47,9 +51,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a supernode: index leaves' files and route queries.
-    Supernode(commands::supernode::Args),
-    /// Run a leaf: share folders and stay in the overlay.
-    Leaf(commands::leaf::Args),
+    Supernode(SupernodeArgs),
+    /// Run a leaf: share folders (or none) and stay in the overlay.
+    Leaf(LeafArgs),
     /// Search the overlay: through the running leaf, or a supernode.
     Search(commands::search::Args),
     /// Download a file by content id, link or search result number, verified:
@@ -67,7 +71,7 @@ enum Command {
     Resume(commands::queue_control::Args),
     /// Cancel a download of the running leaf (its partial file is removed).
     Cancel(commands::queue_control::Args),
-    /// Print the content ids of shared folders' files, as b3sum would.
+    /// Print the content ids of files and shared folders' files, as b3sum would.
     Hash(commands::hash::Args),
     /// Start a small overlay on 127.0.0.1, search it, and show what was found.
     Demo(commands::demo::Args),
@@ -75,8 +79,8 @@ enum Command {
 
 /// A command with its settings resolved, ready to run.
 enum Job {
-    Supernode(commands::supernode::Settings),
-    Leaf(commands::leaf::Settings),
+    Supernode(Box<commands::supernode::Settings>),
+    Leaf(Box<commands::leaf::Settings>),
     Search(commands::search::Args),
     Get(commands::get::Args),
     Status(commands::status::Args),
@@ -95,6 +99,9 @@ fn init_logging(default_level: &str, format: config::LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only for a person at a terminal, never in a log file
+        // or the journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         config::LogFormat::Text => logs.try_init(),
@@ -103,11 +110,36 @@ fn init_logging(default_level: &str, format: config::LogFormat) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<OsString> = std::env::args_os().collect();
     // Settings first: a bad config file exits with status 2, as a bad flag does.
-    let job = match cli.command {
-        Command::Supernode(args) => args.resolve(cli.log_format).map(Job::Supernode),
-        Command::Leaf(args) => args.resolve(cli.log_format).map(Job::Leaf),
+    let loaded = match config::load_command_line::<Cli>(&argv) {
+        Ok(loaded) => loaded,
+        Err(LoadError::Usage(error)) => error.exit(),
+        Err(LoadError::Config(error)) => {
+            eprintln!("canopy: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let origin = config::Origin {
+        file: loaded.file.as_ref().map(|file| file.path.as_path()),
+        given: &loaded.given,
+    };
+    let (file, given) = (&loaded.file, &loaded.given);
+    let reloader = |_| (argv.clone(), file.clone(), given.clone());
+    let log_format = loaded.cli.logging.log_format.unwrap_or_default();
+    let job = match loaded.cli.command {
+        Command::Supernode(args) => commands::supernode::resolve(
+            &args,
+            origin,
+            reload::Reloader::new(reloader(()), pick_supernode),
+        )
+        .map(|settings| Job::Supernode(Box::new(settings))),
+        Command::Leaf(args) => commands::leaf::resolve(
+            &args,
+            origin,
+            reload::Reloader::new(reloader(()), pick_leaf),
+        )
+        .map(|settings| Job::Leaf(Box::new(settings))),
         Command::Search(args) => Ok(Job::Search(args)),
         Command::Get(args) => Ok(Job::Get(args)),
         Command::Status(args) => Ok(Job::Status(args)),
@@ -126,12 +158,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (default_level, format) = match &job {
-        Job::Supernode(s) => ("info", s.log_format),
-        Job::Leaf(s) => ("info", s.log_format),
-        _ => ("warn", cli.log_format.unwrap_or_default()),
+    let default_level = match &job {
+        Job::Supernode(_) | Job::Leaf(_) => "info",
+        _ => "warn",
     };
-    init_logging(default_level, format);
+    init_logging(default_level, log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -141,8 +172,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match job {
-            Job::Supernode(settings) => commands::supernode::run(settings).await,
-            Job::Leaf(settings) => commands::leaf::run(settings).await,
+            Job::Supernode(settings) => commands::supernode::run(*settings).await,
+            Job::Leaf(settings) => commands::leaf::run(*settings).await,
             Job::Search(args) => commands::search::run(args).await,
             Job::Get(args) => commands::get::run(args).await,
             Job::Status(args) => commands::status::run(args).await,
@@ -158,10 +189,42 @@ fn main() -> ExitCode {
         // The reader of our output went away (`| head`): not a failure.
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("canopy: {error:#}");
+            eprintln!("canopy: {}", error_line(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+fn pick_supernode(command: Command) -> Option<SupernodeArgs> {
+    match command {
+        Command::Supernode(args) => Some(args),
+        _ => None,
+    }
+}
+
+fn pick_leaf(command: Command) -> Option<LeafArgs> {
+    match command {
+        Command::Leaf(args) => Some(args),
+        _ => None,
+    }
+}
+
+/// The error and its causes on one line, each said once: our libraries'
+/// errors write their source into their own message (`cannot listen on
+/// ADDR: Address in use`), so a cause already said is not repeated.
+fn error_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn is_broken_pipe(error: &anyhow::Error) -> bool {

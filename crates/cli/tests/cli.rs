@@ -309,11 +309,19 @@ async fn a_bad_config_names_the_file_and_the_key_and_exits_2() {
         assert_eq!(run.code, Some(2), "{text}: {}", run.stderr);
         assert!(run.stderr.contains(key), "names `{key}`: {}", run.stderr);
     }
+    // No shares is a download-only leaf; no supernode, no bootstrap name
+    // and an empty host cache is nowhere to go.
     let path = dir.path().join("leaf.toml");
-    std::fs::write(&path, "supernodes = [\"127.0.0.1:1\"]\n").unwrap();
+    let data = dir.path().join("empty-data");
+    std::fs::write(&path, format!("data_dir = \"{}\"\n", data.display())).unwrap();
     let run = canopy(&["leaf", "--config", path.to_str().unwrap()]).await;
     assert_eq!(run.code, Some(2));
-    assert!(run.stderr.contains("shares"), "{}", run.stderr);
+    assert!(run.stderr.contains("key `supernodes`"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("--supernode") && run.stderr.contains("--bootstrap"),
+        "says what to pass: {}",
+        run.stderr
+    );
     let missing = canopy(&["leaf", "--config", "/no/such/file.toml"]).await;
     assert_eq!(missing.code, Some(2));
     assert!(

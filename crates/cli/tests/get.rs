@@ -114,10 +114,11 @@ async fn stalled_get(at: &SupernodeHandle, id: ContentId, into: &Path) -> Child 
 async fn search_returns_as_soon_as_it_has_max_results() {
     let (at, _sharer, _dir) = sharing("Night Train.ogg", b"night train bytes").await;
     // A 60 s timeout: finishing within PATIENCE means it did not wait.
+    // A host name is taken as well as an address.
     let run = canopy(&[
         "search",
         "--supernode",
-        &at.local_addr().to_string(),
+        &format!("localhost:{}", at.local_addr().port()),
         "--timeout",
         "60",
         "--max-results",

@@ -283,21 +283,29 @@ pub struct Settings {
     pub max_active_downloads: usize,
 }
 
-/// `PATCH /api/settings`: the fields to change.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `PATCH /api/settings`: the fields to change. Also the `canopy leaf`
+/// flags and config-file keys of the same names (clap `Args`): each
+/// setting's flag, key, API field, default and range are defined here once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsPatch {
-    /// See [`Settings::upload_rate_limit`].
+    /// Upload bytes a second for all uploads together; 0 is unlimited.
     #[serde(default)]
+    #[arg(long, value_name = "BYTES", default_value = "0")]
     pub upload_rate_limit: Option<u64>,
-    /// See [`Settings::download_rate_limit`].
+    /// Download bytes a second for all downloads together; 0 is unlimited.
     #[serde(default)]
+    #[arg(long, value_name = "BYTES", default_value = "0")]
     pub download_rate_limit: Option<u64>,
-    /// See [`Settings::upload_slots`] (1-1000).
+    /// Uploads at once (1-1000); more get 503 with Retry-After.
     #[serde(default)]
+    #[arg(long, value_name = "N", default_value = "4",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
     pub upload_slots: Option<usize>,
-    /// See [`Settings::max_active_downloads`] (1-100).
+    /// Downloads at once (1-100); more wait in the queue.
     #[serde(default)]
+    #[arg(long, value_name = "N", default_value = "3",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100))]
     pub max_active_downloads: Option<usize>,
 }
 

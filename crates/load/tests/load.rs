@@ -25,8 +25,8 @@ fn localhost() -> SocketAddr {
 async fn twenty_leaves_publish_and_are_found() {
     let mut options = SupernodeOptions::new(localhost());
     options.peers_wanted = 0;
-    options.leaf_queries_per_second = 1000;
-    options.leaf_query_burst = 1000;
+    options.protocol.leaf_queries_per_second = 1000;
+    options.protocol.leaf_query_burst = 1000;
     let node = supernode::start(options).await.unwrap();
     let workload = Arc::new(Workload::new(3, 100, 0.2));
     let mut fleet = fleet::connect(

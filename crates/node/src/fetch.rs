@@ -26,6 +26,7 @@ use canopy_core::leaf::SearchRequest;
 use canopy_core::save_name::safe_file_name;
 use canopy_core::search::{MAX_SOURCES_PER_RESULT, SearchResult, Source, most_agreed};
 use canopy_proto::{ContentId, NodeId};
+use canopy_transfer::bandwidth::ThrottledConnector;
 use canopy_transfer::client::{Connector, DirectConnector};
 use canopy_transfer::download::{
     self, DownloadControl, DownloadError, DownloadOptions, DownloadReport, DownloadSource,
@@ -160,7 +161,7 @@ pub async fn fetch(leaf: &LeafHandle, request: FetchRequest) -> Result<DownloadR
         (FetchTarget::Dir(_), None) => None,
     };
     if let Some(target) = &early_target {
-        if let Some(done) = already_there(target, id, request.force, started).await? {
+        if let Some(done) = already_there(target, id, request.size, request.force, started).await? {
             return Ok(done);
         }
     }
@@ -197,7 +198,9 @@ pub async fn fetch(leaf: &LeafHandle, request: FetchRequest) -> Result<DownloadR
                 p.size = Some(group.size);
             });
             if early_target.is_none() {
-                if let Some(done) = already_there(&target, id, request.force, started).await? {
+                if let Some(done) =
+                    already_there(&target, id, Some(group.size), request.force, started).await?
+                {
                     return Ok(done);
                 }
             }
@@ -253,17 +256,20 @@ fn create_dir(dir: &Path) -> Result<(), NodeError> {
 }
 
 /// If something is at `target`: the content already (a report saying so),
-/// or an error unless `force`.
+/// or an error unless `force`. `size`, if known, spares hashing a file
+/// that can't be it.
 async fn already_there(
     target: &Path,
     id: ContentId,
+    size: Option<u64>,
     force: bool,
     started: Instant,
 ) -> Result<Option<DownloadReport>, NodeError> {
     let Ok(meta) = std::fs::symlink_metadata(target) else {
         return Ok(None);
     };
-    if meta.file_type().is_file() {
+    // Hashed only if it could be the content (a size we know must match).
+    if meta.file_type().is_file() && size.is_none_or(|size| size == meta.len()) {
         let path = target.to_owned();
         let hashed = tokio::task::spawn_blocking(move || canopy_share::hash_file(&path))
             .await
@@ -488,10 +494,13 @@ impl<'a> Callback<'a> {
         source: &Source,
         id: ContentId,
     ) -> Result<DownloadSource, NodeError> {
+        // Every source's bytes count against the leaf's download limit.
+        let limit = self.leaf.download_limit().clone();
         if !source.firewalled {
+            let direct = Arc::new(DirectConnector::new(source.addr, DIAL_TIMEOUT));
             return Ok(DownloadSource {
                 label: source.addr.to_string(),
-                connector: Arc::new(DirectConnector::new(source.addr, DIAL_TIMEOUT)),
+                connector: Arc::new(ThrottledConnector::new(direct, limit)),
             });
         }
         let listener = self.listener().await?;
@@ -511,8 +520,8 @@ impl<'a> Callback<'a> {
                     .map_err(|e| std::io::Error::other(e.to_string()))
             })
         });
-        let connector: Arc<dyn Connector> =
-            Arc::new(PushConnector::new(node, listener, requester, PUSH_TIMEOUT));
+        let pushed = Arc::new(PushConnector::new(node, listener, requester, PUSH_TIMEOUT));
+        let connector: Arc<dyn Connector> = Arc::new(ThrottledConnector::new(pushed, limit));
         Ok(DownloadSource {
             label: format!("{} (push)", source.addr),
             connector,

@@ -1,10 +1,11 @@
 //! `canopy get` without a running leaf: a short-lived leaf joins the
 //! supernode and [`crate::fetch::fetch`] does the rest (the download starts
-//! on the first source that answers; see there).
+//! on the first source that answers; see there). The report's times count
+//! from the start, joining the supernode included.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use canopy_core::download::DownloadConfig;
 use canopy_proto::ContentId;
@@ -21,8 +22,8 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// What to get.
 #[derive(Clone)]
 pub struct GetOptions {
-    /// The supernode to ask.
-    pub supernode: SocketAddr,
+    /// The supernodes to ask (tried in turn until one accepts us).
+    pub supernodes: Vec<SocketAddr>,
     /// The content.
     pub content_id: ContentId,
     /// Where to save: see [`GetOptions::target`].
@@ -49,7 +50,7 @@ pub struct GetOptions {
 impl std::fmt::Debug for GetOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GetOptions")
-            .field("supernode", &self.supernode)
+            .field("supernodes", &self.supernodes)
             .field("content_id", &self.content_id)
             .field("output", &self.output)
             .finish_non_exhaustive()
@@ -60,7 +61,7 @@ impl GetOptions {
     /// Defaults for getting `content_id` through `supernode`.
     pub fn new(supernode: SocketAddr, content_id: ContentId) -> Self {
         Self {
-            supernode,
+            supernodes: vec![supernode],
             content_id,
             output: None,
             name: None,
@@ -114,10 +115,22 @@ pub async fn get(options: GetOptions) -> Result<DownloadReport, NodeError> {
         search_timeout: options.search_timeout,
         ttl: options.ttl,
     };
-    let leaf = leaf::start(LeafOptions::new(options.supernode)).await?;
+    let started = Instant::now();
+    let first = *options
+        .supernodes
+        .first()
+        .ok_or_else(|| NodeError::NotConnected("no supernode to ask".into()))?;
+    let mut leaf_options = LeafOptions::new(first);
+    leaf_options.supernodes.clone_from(&options.supernodes);
+    let leaf = leaf::start(leaf_options).await?;
     let outcome = async {
         leaf.wait_connected(JOIN_TIMEOUT).await?;
-        fetch::fetch(&leaf, request).await
+        let joined = started.elapsed();
+        let mut report = fetch::fetch(&leaf, request).await?;
+        // From the start of `get`: joining the supernode included.
+        report.first_byte = report.first_byte.map(|d| d + joined);
+        report.elapsed = started.elapsed();
+        Ok(report)
     }
     .await;
     leaf.shutdown().await;

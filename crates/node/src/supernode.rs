@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use canopy_core::ConnId;
-use canopy_core::addr_limits::{AddressCounter, AddressLimit, IpNet};
+use canopy_core::addr_limits::AddressCounter;
 use canopy_core::backoff::Backoff;
 use canopy_core::supernode::{Action, Direction, Supernode, SupernodeConfig, SupernodeStats};
 use canopy_proto::NodeId;
@@ -52,7 +52,9 @@ const RESOLVE_INTERVAL: Duration = Duration::from_secs(60);
 /// A resolution taking longer is given up (it finds nothing).
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How to run a supernode.
+/// How to run a supernode: where it listens and whom it dials, and the
+/// protocol's settings as the core takes them (one definition, in the
+/// core, of each limit and its default).
 #[derive(Debug, Clone)]
 pub struct SupernodeOptions {
     /// Where to listen, for leaves and supernodes alike.
@@ -66,33 +68,12 @@ pub struct SupernodeOptions {
     /// Our static key, which our node id derives from; if not given, the
     /// one in `data_dir` (created on first start), else an ephemeral one.
     pub key: Option<StaticKeypair>,
-    /// TTL cap for incoming queries.
-    pub ttl_cap: u8,
-    /// Most leaves.
-    pub max_leaves: usize,
-    /// Most supernode peers.
-    pub max_supernode_peers: usize,
-    /// Most files one leaf may publish.
-    pub max_files_per_leaf: usize,
-    /// Run leaves' queries dynamically instead of flooding them.
-    pub dynamic: Option<canopy_core::dynamic::DynamicConfig>,
-    /// Queries a leaf may send a second, on average.
-    pub leaf_queries_per_second: u32,
-    /// Queries a leaf may send at once.
-    pub leaf_query_burst: u32,
-    /// Queries a supernode peer may send a second, on average.
-    pub peer_queries_per_second: u32,
-    /// Queries a supernode peer may send at once.
-    pub peer_query_burst: u32,
-    /// Bytes the index may be charged; over it, the largest publishers
-    /// are refused first.
-    pub index_budget_bytes: u64,
-    /// Words of a file name indexed.
-    pub max_words_per_name: usize,
+    /// The protocol's settings: limits, rates, TTL cap, query strategy,
+    /// handshake timeout. [`start`] sets its identity (node id, address)
+    /// and its secret keys; whatever they hold here is ignored.
+    pub protocol: SupernodeConfig,
     /// First redial delay; doubles up to a minute.
     pub redial_initial: Duration,
-    /// A connection that has not completed its handshake by then is closed.
-    pub handshake_timeout: Duration,
     /// A peer whose full send queue has not moved for this long is
     /// disconnected as too slow.
     pub send_stall_timeout: Duration,
@@ -101,51 +82,22 @@ pub struct SupernodeOptions {
     /// Supernode peers to keep: beyond the configured ones, supernodes
     /// heard of are dialed until there are this many.
     pub peers_wanted: usize,
-    /// Addresses the per-address limits do not apply to (loopback by
-    /// default; empty to limit everyone, as tests of the limits do).
-    pub limit_exempt: Vec<IpNet>,
-    /// Leaves one IP, and one /24 or /48, may attach.
-    pub leaves_per_address: AddressLimit,
-    /// Supernode peers that dialed us one IP, and one prefix, may hold.
-    pub peers_per_address: AddressLimit,
-    /// Handshakes in progress one IP, and one prefix, may hold; the accept
-    /// loop closes connections beyond at once.
-    pub handshakes_per_address: AddressLimit,
-    /// Supernode peer slots kept for peers we dial.
-    pub reserved_outbound_peers: usize,
 }
 
 impl SupernodeOptions {
     /// Defaults, listening on `listen`.
     pub fn new(listen: SocketAddr) -> Self {
-        // The protocol's defaults live in the core; take them from there.
-        let core = SupernodeConfig::new(NodeId([1; 16]), None);
         Self {
             listen,
             peers: Vec::new(),
             bootstrap: Vec::new(),
             key: None,
-            ttl_cap: core.ttl_cap,
-            max_leaves: core.max_leaves,
-            max_supernode_peers: core.max_supernode_peers,
-            max_files_per_leaf: core.max_files_per_leaf,
-            dynamic: core.dynamic,
-            leaf_queries_per_second: core.leaf_queries_per_second,
-            leaf_query_burst: core.leaf_query_burst,
-            peer_queries_per_second: core.peer_queries_per_second,
-            peer_query_burst: core.peer_query_burst,
-            index_budget_bytes: core.index_budget_bytes,
-            max_words_per_name: core.max_words_per_name,
+            // The protocol's defaults live in the core.
+            protocol: SupernodeConfig::new(NodeId([0; 16]), None),
             redial_initial: Duration::from_millis(500),
-            handshake_timeout: core.handshake_timeout,
             send_stall_timeout: Duration::from_secs(30),
             data_dir: None,
             peers_wanted: 8,
-            limit_exempt: core.limit_exempt,
-            leaves_per_address: core.leaves_per_address,
-            peers_per_address: core.peers_per_address,
-            handshakes_per_address: core.handshakes_per_address,
-            reserved_outbound_peers: core.reserved_outbound_peers,
         }
     }
 }
@@ -325,30 +277,14 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
         canopy_proto::Role::Supernode,
     )?;
     let node_id = key.node_id();
-    let mut config = SupernodeConfig::new(node_id, Some(local_addr));
-    config.ttl_cap = options.ttl_cap;
-    config.max_leaves = options.max_leaves;
-    config.max_supernode_peers = options.max_supernode_peers;
-    config.max_files_per_leaf = options.max_files_per_leaf;
-    config.leaf_queries_per_second = options.leaf_queries_per_second;
-    config.dynamic = options.dynamic.clone();
-    config.leaf_query_burst = options.leaf_query_burst;
-    config.peer_queries_per_second = options.peer_queries_per_second;
-    config.peer_query_burst = options.peer_query_burst;
-    config.index_budget_bytes = options.index_budget_bytes;
-    config.max_words_per_name = options.max_words_per_name;
+    let mut config = options.protocol.clone();
+    config.identity = SupernodeConfig::new(node_id, Some(local_addr)).identity;
     // Secret, so peers cannot foresee a widening step's query id.
     config.step_id_key = rand::random();
-    config.handshake_timeout = options.handshake_timeout;
-    config.limit_exempt = options.limit_exempt.clone();
-    config.leaves_per_address = options.leaves_per_address;
-    config.peers_per_address = options.peers_per_address;
-    config.handshakes_per_address = options.handshakes_per_address;
-    config.reserved_outbound_peers = options.reserved_outbound_peers;
     let handshakes = Arc::new(Mutex::new(config.handshake_counter()));
     let connections_refused = Arc::new(AtomicU64::new(0));
     config.ping_key = rand::random();
-    let max_connections = options.max_leaves + options.max_supernode_peers + HANDSHAKE_HEADROOM;
+    let max_connections = config.max_leaves + config.max_supernode_peers + HANDSHAKE_HEADROOM;
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -365,7 +301,7 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
             traffic: traffic.clone(),
             stall_timeout: options.send_stall_timeout,
             key: Arc::new(key),
-            handshake_timeout: options.handshake_timeout,
+            handshake_timeout: options.protocol.handshake_timeout,
             shutdown: shutdown.clone(),
         },
     };
@@ -920,16 +856,7 @@ impl Discovery {
                         || backoffs.get(&addr).is_some_and(|(until, _)| *until > now)
                 })
             });
-            let Some(addr) = candidate else {
-                // No one left to dial: ask the DNS seeds again.
-                let due = resolved_at.is_none_or(|at| now.duration_since(at) >= RESOLVE_INTERVAL);
-                if due && !self.resolve_bootstrap(&mut resolved_at).await {
-                    break;
-                }
-                self.save();
-                continue;
-            };
-            {
+            if let Some(addr) = candidate {
                 let entry = backoffs.entry(addr).or_insert_with(|| {
                     (
                         now,
@@ -963,6 +890,12 @@ impl Discovery {
                         d.remove(&addr);
                     }
                 });
+            } else if resolved_at.is_none_or(|at| now.duration_since(at) >= RESOLVE_INTERVAL)
+                && !self.resolve_bootstrap(&mut resolved_at).await
+            {
+                // No one left to dial: the DNS seeds were asked again, and
+                // we were shut down meanwhile.
+                break;
             }
             self.save();
         }

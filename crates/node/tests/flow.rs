@@ -31,8 +31,8 @@ async fn a_slow_reader_is_cut_off_and_does_not_hold_up_a_fast_one() {
     let mut options = SupernodeOptions::new(localhost());
     options.send_stall_timeout = Duration::from_secs(1);
     // The flood below is the point of this test: no query rate limit.
-    options.leaf_queries_per_second = 100_000;
-    options.leaf_query_burst = 100_000;
+    options.protocol.leaf_queries_per_second = 100_000;
+    options.protocol.leaf_query_burst = 100_000;
     let node = supernode::start(options).await.unwrap();
     // Three hundred files answer every query for "bulk": two large hits.
     let names: Vec<String> = (0..300)

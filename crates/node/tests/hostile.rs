@@ -178,7 +178,7 @@ async fn bad_input_gets_a_bye_and_a_disconnect_and_others_are_unaffected() {
 async fn a_connection_that_never_says_hello_is_cut_off() {
     init_logs();
     let mut options = SupernodeOptions::new(localhost());
-    options.handshake_timeout = Duration::from_secs(1);
+    options.protocol.handshake_timeout = Duration::from_secs(1);
     let node = supernode::start(options).await.unwrap();
     let peer = hostile(node.local_addr()).await;
     node.wait_for(PATIENCE, |s| s.handshaking == 1)
@@ -195,7 +195,7 @@ async fn a_connection_that_never_says_hello_is_cut_off() {
 async fn a_silent_noise_handshake_is_closed_at_the_handshake_timeout() {
     init_logs();
     let mut options = SupernodeOptions::new(localhost());
-    options.handshake_timeout = Duration::from_secs(1);
+    options.protocol.handshake_timeout = Duration::from_secs(1);
     let node = supernode::start(options).await.unwrap();
     let started = Instant::now();
     let mut stream = TcpStream::connect(node.local_addr()).await.unwrap();

@@ -276,7 +276,10 @@ async fn a_cancelled_fetch_keeps_its_partial_and_the_next_resumes_from_it() {
     stalling_leaf.shutdown().await;
     let shared = folder_with("paused.bin", &data);
     let _honest = leaf(&at, Some(shared.path())).await;
-    at.wait_for(PATIENCE, |s| s.index_files == 1).await.unwrap();
+    // The downloader and the honest leaf: the stalling one is gone.
+    at.wait_for(PATIENCE, |s| s.leaves == 2 && s.index_files == 1)
+        .await
+        .unwrap();
     let (request, _) = long_fetch(id, out.path());
     let report = tokio::time::timeout(PATIENCE, fetch::fetch(&downloader, request))
         .await

@@ -1,7 +1,8 @@
 //! A leaf's shares while it runs, against real nodes on 127.0.0.1: a leaf
 //! with no shares joins; folders are added and removed live (and the
 //! rescan loop follows the changing list); one file shared at once is
-//! served and findable without waiting for a rescan. And bootstrap: a
+//! served and findable without waiting for a rescan; a leaf's uploads keep
+//! to its upload limit and are listed while they run. And bootstrap: a
 //! leaf and a supernode given only a host name reach a supernode.
 
 #![allow(
@@ -21,8 +22,10 @@ use canopy_node::leaf::{self, LeafHandle, LeafOptions};
 use canopy_node::supernode::{self, SupernodeOptions};
 use canopy_proto::ContentId;
 use canopy_share::ShareError;
+use canopy_transfer::bandwidth::RateLimit;
 use canopy_transfer::client::{HttpConn, read_limited};
 use common::*;
+use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 fn content_id(data: &[u8]) -> ContentId {
@@ -128,6 +131,14 @@ async fn share_file_serves_and_publishes_at_once() {
             .await
             .is_err()
     );
+    // Nor a link (to a file outside), nor a folder.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("private"), b"secret").unwrap();
+    let link = downloads.path().join("link.txt");
+    std::os::unix::fs::symlink(outside.path().join("private"), &link).unwrap();
+    assert!(sharer.share_file(link).await.is_err());
+    assert!(sharer.share_file(outside.path().to_owned()).await.is_err());
+    assert!(sharer.catalog().is_empty());
 
     searcher.shutdown().await;
     sharer.shutdown().await;
@@ -259,4 +270,115 @@ async fn a_supernode_given_a_bootstrap_name_links_to_the_supernode_there() {
         .wait_for(PATIENCE, |s| s.supernode_peers == 1)
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leafs_uploads_keep_to_its_limit_and_are_listed_while_they_run() {
+    const MIB: u64 = 1 << 20;
+    let s = supernode(&[]).await;
+    let data = sample_bytes(MIB as usize, 3);
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(folder.path().join("river.flac"), &data).unwrap();
+    let mut options = leaf_options(&s, Some(folder.path()));
+    options.upload_limit = RateLimit::new(512 * 1024);
+    let sharer = start_leaf(options).await;
+    let id = content_id(&data);
+
+    let started = std::time::Instant::now();
+    let stream = tokio::net::TcpStream::connect(sharer.listen_addr().unwrap())
+        .await
+        .unwrap();
+    let local = stream.local_addr().unwrap();
+    let mut conn = HttpConn::handshake(stream).await.unwrap();
+    let response = conn.get(&format!("/content/{id}"), None).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut received = Vec::new();
+    let mut listed = false;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            received.extend_from_slice(&data);
+        }
+        if !listed && received.len() < MIB as usize {
+            let uploads = sharer.server().uploads();
+            assert_eq!(uploads.len(), 1, "{uploads:?}");
+            assert_eq!((uploads[0].peer, uploads[0].content_id), (local, id));
+            assert!(uploads[0].path.ends_with("river.flac"));
+            listed = true;
+        }
+    }
+    let took = started.elapsed();
+    assert!(listed && received == data);
+    assert_eq!(sharer.upload_limit().transferred(), MIB);
+    assert_eq!(sharer.server().uploaded_bytes(), MIB);
+    // 1 MiB at 512 KiB/s, less the 64 KiB the bucket starts with.
+    let floor = Duration::from_secs_f64((MIB - 64 * 1024) as f64 / (512.0 * 1024.0));
+    assert!(took >= floor, "took {took:?}, under {floor:?}");
+    sharer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pushed_upload_is_listed_and_counted_like_a_direct_one() {
+    let s = supernode(&[]).await;
+    let data = sample_bytes(256 * 1024, 5);
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(folder.path().join("behind-nat.iso"), &data).unwrap();
+    let mut options = leaf_options(&s, Some(folder.path()));
+    options.firewalled = true;
+    // Slow enough that the upload is still running when we look.
+    options.upload_limit = RateLimit::new(128 * 1024);
+    let firewalled = start_leaf(options).await;
+    let downloader = leaf(&s, None).await;
+    let id = content_id(&data);
+
+    let tracker = tokio_util::task::TaskTracker::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let callback =
+        canopy_transfer::push::CallbackListener::bind(localhost(), shutdown.clone(), &tracker)
+            .await
+            .unwrap();
+    let pushed = callback.await_push_from(firewalled.node_id()).unwrap();
+    downloader
+        .push_sender()
+        .push(firewalled.node_id(), id, callback.local_addr())
+        .await
+        .unwrap();
+    let stream = tokio::time::timeout(PATIENCE, pushed)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut conn = HttpConn::handshake(stream).await.unwrap();
+    let response = conn.get(&format!("/content/{id}"), None).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut received = Vec::new();
+    while received.is_empty() {
+        if let Ok(data) = body.frame().await.unwrap().unwrap().into_data() {
+            received.extend_from_slice(&data);
+        }
+    }
+    let uploads = firewalled.server().uploads();
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+    // The pushed upload's peer is the callback address it connected to.
+    assert_eq!(
+        (uploads[0].peer, uploads[0].content_id),
+        (callback.local_addr(), id)
+    );
+    assert_eq!(uploads[0].length, data.len() as u64);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            received.extend_from_slice(&data);
+        }
+    }
+    assert!(received == data);
+    assert_eq!(firewalled.server().uploaded_bytes(), data.len() as u64);
+    assert_eq!(firewalled.upload_limit().transferred(), data.len() as u64);
+    let deadline = Instant::now() + PATIENCE;
+    while !firewalled.server().uploads().is_empty() {
+        assert!(Instant::now() < deadline, "the upload stayed listed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shutdown.cancel();
+    downloader.shutdown().await;
+    firewalled.shutdown().await;
 }

@@ -33,7 +33,7 @@ async fn a_full_supernode_redirects_and_the_leaf_lands_on_another() {
     let other = supernode(&[]).await;
     let mut options = SupernodeOptions::new(localhost());
     options.peers = vec![other.local_addr()];
-    options.max_leaves = 1;
+    options.protocol.max_leaves = 1;
     let full = supernode::start(options).await.unwrap();
     full.wait_for(PATIENCE, |s| s.supernode_peers == 1)
         .await
@@ -183,7 +183,7 @@ async fn dynamic_querying_stops_at_its_target_on_real_sockets() {
     init_logs();
     let mut options = SupernodeOptions::new(localhost());
     options.peers_wanted = 0;
-    options.dynamic = Some(canopy_core::dynamic::DynamicConfig {
+    options.protocol.dynamic = Some(canopy_core::dynamic::DynamicConfig {
         keyword_target: 15,
         content_target: 10,
         probe_peers: 2,

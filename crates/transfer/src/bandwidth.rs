@@ -2,8 +2,9 @@
 //! transfer in that direction, its rate settable while transfers run
 //! (0 = unlimited).
 //!
-//! A transfer reserves a chunk of the bucket before each read and waits
-//! until the bucket has filled up to its reservation. Reservations are
+//! A transfer reserves a chunk of the bucket (a 32nd of a second's worth)
+//! before each read and waits until the bucket has filled up to its
+//! reservation. Reservations are
 //! served in the order they were made and are at most one chunk each, so
 //! every running transfer gets its turn each round (fair), and a waiting
 //! transfer sleeps until its turn rather than polling (no busy loop). Bytes
@@ -27,11 +28,13 @@ use tokio::time::{Instant, Sleep};
 
 use crate::client::{ConnectFuture, Connector, SourceStream};
 
-/// Smallest burst (and chunk) whatever the rate: reads smaller than this
-/// would cost more in wake-ups than they save in smoothness.
+/// Smallest burst whatever the rate.
 const MIN_BURST: u64 = 16 * 1024;
 /// Largest burst (and chunk).
 const MAX_BURST: u64 = 4 * 1024 * 1024;
+/// Smallest turn: reads smaller than this would cost more in wake-ups
+/// than they save in smoothness.
+const MIN_CHUNK: u64 = 4 * 1024;
 /// A waiting transfer looks again at least this often, so a rate raised
 /// (or lifted) while it waits takes effect quickly.
 const MAX_SLEEP: Duration = Duration::from_millis(200);
@@ -40,6 +43,13 @@ const NANOS: u128 = 1_000_000_000;
 /// The burst a bucket of `rate` bytes a second holds.
 fn burst_of(rate: u64) -> u64 {
     (rate / 8).clamp(MIN_BURST, MAX_BURST)
+}
+
+/// The most one turn takes: a 32nd of a second's worth, so that with many
+/// transfers sharing a low rate each still gets a turn every few seconds
+/// (a downloader that hears nothing for long takes its source for stalled).
+fn chunk_of(rate: u64) -> u64 {
+    (rate / 32).clamp(MIN_CHUNK, burst_of(rate))
 }
 
 /// The bucket, counted in totals since it was made: `reserved` bytes were
@@ -175,11 +185,11 @@ impl RateLimit {
         self.shared.reservations.load(Ordering::Relaxed)
     }
 
-    /// Reserves up to `want` bytes (at most one burst).
+    /// Reserves up to `want` bytes (at most one chunk).
     fn reserve(&self, want: usize) -> Reservation {
         let mut bucket = self.bucket();
         bucket.refill(Instant::now());
-        let chunk = burst_of(bucket.rate);
+        let chunk = chunk_of(bucket.rate);
         let len = u64::try_from(want).unwrap_or(u64::MAX).clamp(1, chunk);
         bucket.reserved += len;
         self.shared.reservations.fetch_add(1, Ordering::Relaxed);
@@ -421,9 +431,9 @@ mod tests {
         reader.read_to_end(&mut sink).await.unwrap();
         assert_eq!(sink.len() as u64, MIB);
         assert_eq!(limit.transferred(), MIB);
-        // The read that found the end reserved a chunk and gave it back:
-        // the bucket holds it for the next reader.
-        let took = read_through(limit, 128 * 1024).await;
+        // The read that found the end reserved a chunk (32 KiB) and gave it
+        // back: the bucket holds it for the next reader.
+        let took = read_through(limit, 32 * 1024).await;
         assert_eq!(took, Duration::ZERO);
     }
 
@@ -435,8 +445,8 @@ mod tests {
         assert!(took >= Duration::from_millis(3870), "took {took:?}");
         assert!(took <= Duration::from_millis(3900), "took {took:?}");
         assert_eq!(limit.transferred(), 4 * MIB);
-        // One turn per 128 KiB chunk.
-        assert_eq!(limit.reservations(), 32);
+        // One turn per 32 KiB chunk.
+        assert_eq!(limit.reservations(), 128);
     }
 
     #[tokio::test(start_paused = true)]
@@ -495,9 +505,40 @@ mod tests {
     }
 
     #[test]
-    fn bursts_scale_with_the_rate_within_bounds() {
+    fn bursts_and_turns_scale_with_the_rate_within_bounds() {
         assert_eq!(burst_of(0), MIN_BURST);
         assert_eq!(burst_of(MIB), MIB / 8);
         assert_eq!(burst_of(u64::MAX), MAX_BURST);
+        assert_eq!(chunk_of(0), MIN_CHUNK);
+        assert_eq!(chunk_of(MIB), MIB / 32);
+        assert_eq!(chunk_of(u64::MAX), MAX_BURST);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_transfers_on_a_low_rate_each_get_a_turn_every_few_seconds() {
+        // Ten transfers share 10 KB/s: each gets a 4 KiB turn about every
+        // 4 s, never waiting anywhere near a downloader's 10 s stall timeout.
+        let limit = RateLimit::new(10_000);
+        let mut readers = Vec::new();
+        for _ in 0..10 {
+            let limit = limit.clone();
+            readers.push(tokio::spawn(async move {
+                let mut reader = Throttled::new(tokio::io::repeat(0), limit);
+                let mut sink = vec![0u8; 64 * 1024];
+                let mut longest = Duration::ZERO;
+                let mut last = Instant::now();
+                let mut total = 0;
+                while total < 32 * 1024 {
+                    total += reader.read(&mut sink).await.unwrap();
+                    longest = longest.max(last.elapsed());
+                    last = Instant::now();
+                }
+                longest
+            }));
+        }
+        for reader in readers {
+            let longest = reader.await.unwrap();
+            assert!(longest <= Duration::from_millis(4200), "waited {longest:?}");
+        }
     }
 }

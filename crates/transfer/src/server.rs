@@ -186,7 +186,9 @@ impl RateMeter {
         match self.last_rate {
             // A stalled upload shows its rate falling, not its old figure.
             Some(last) if elapsed < RATE_WINDOW => last,
-            _ => per_second(self.window_bytes, elapsed),
+            // Over a short start, the first bytes (a burst) would read as
+            // a huge rate: measure over a quarter window at least.
+            _ => per_second(self.window_bytes, elapsed.max(RATE_WINDOW / 4)),
         }
     }
 }
@@ -612,6 +614,15 @@ impl ContentServer {
         running.into_iter().map(|(_, info)| info).collect()
     }
 
+    /// Bytes a second all running uploads send together, recently.
+    pub fn upload_rate(&self) -> u64 {
+        let now = Instant::now();
+        self.uploads
+            .iter()
+            .map(|entry| entry.value().info(now).rate)
+            .sum()
+    }
+
     /// File body bytes sent since the server started.
     pub fn uploaded_bytes(&self) -> u64 {
         self.stats.bytes_sent.load(Ordering::Relaxed)
@@ -970,4 +981,24 @@ async fn open_no_follow(path: &std::path::Path) -> std::io::Result<tokio::fs::Fi
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_uploads_rate_is_measured_over_windows_and_falls_when_it_stalls() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut meter = RateMeter::new(start);
+        // A first burst is not read as a huge rate.
+        meter.add(32 * 1024, at(1));
+        assert_eq!(meter.rate(at(1)), 64 * 1024);
+        // A full window: 512 KiB over 2 s.
+        meter.add(480 * 1024, at(2000));
+        assert_eq!(meter.rate(at(2500)), 256 * 1024);
+        // Nothing more: once a window has passed, the rate falls to 0.
+        assert_eq!(meter.rate(at(4500)), 0);
+    }
 }

@@ -24,7 +24,7 @@ use canopy_transfer::bandwidth::{RateLimit, ThrottledConnector};
 use canopy_transfer::catalog::CatalogEntry;
 use canopy_transfer::client::{DirectConnector, HttpConn, read_limited};
 use canopy_transfer::download::{DownloadOptions, DownloadSource, download};
-use canopy_transfer::server::ContentServer;
+use canopy_transfer::server::{ContentServer, ServerConfig};
 use http::StatusCode;
 use http_body_util::BodyExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -44,6 +44,17 @@ struct Served {
 }
 
 async fn serve(len: u64, slots: usize) -> Served {
+    serve_with(
+        len,
+        ServerConfig {
+            upload_slots: slots,
+            ..ServerConfig::default()
+        },
+    )
+    .await
+}
+
+async fn serve_with(len: u64, config: ServerConfig) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let data: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
     let path = dir.path().join("file.bin");
@@ -60,7 +71,7 @@ async fn serve(len: u64, slots: usize) -> Served {
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = ContentServer::new(catalog, slots);
+    let server = ContentServer::with_config(catalog, config);
     tokio::spawn(
         server
             .clone()
@@ -220,6 +231,9 @@ async fn a_running_upload_is_listed_and_logged_at_start_and_end() {
     assert_eq!(upload.length, MIB);
     assert!(upload.bytes >= received && upload.bytes < MIB, "{upload:?}");
     assert!(upload.rate > 0, "{upload:?}");
+    // At most the limit plus its burst over the time so far, give or take.
+    assert!(upload.rate <= 2 * 256 * 1024, "{upload:?}");
+    assert!(s.server.upload_rate() > 0);
     assert!(upload.started <= std::time::SystemTime::now());
     let peer = format!("peer={local}");
     let started = logs.lines_with(&peer);
@@ -296,4 +310,35 @@ async fn upload_slots_change_while_uploads_run() {
             .load(std::sync::atomic::Ordering::Relaxed),
         3
     );
+}
+
+#[tokio::test]
+async fn an_upload_slowed_by_our_own_limit_is_not_cut_as_too_slow() {
+    // The server cuts bodies sent slower than 64 KiB/s over 300 ms; our
+    // own limit allows only 32 KiB/s. The reader is not at fault.
+    let s = serve_with(
+        256 * 1024,
+        ServerConfig {
+            min_upload_rate: 64 * 1024,
+            rate_window: Duration::from_millis(300),
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    s.server.upload_limit().set_rate(32 * 1024);
+    let (mut conn, _) = connect(s.addr).await;
+    let response = conn
+        .get(&format!("/content/{}", s.id), Some((0, 64 * 1024 - 1)))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+    // 48 KiB past the 16 KiB burst at 32 KiB/s: 1.5 s, five windows.
+    let body = read_limited(response.into_body(), 1 << 20).await.unwrap();
+    assert!(body[..] == s.data[..64 * 1024]);
+    let cut = s
+        .server
+        .stats()
+        .stalled_cut
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(cut, 0);
 }

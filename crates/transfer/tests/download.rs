@@ -1,6 +1,7 @@
 //! Downloads against real servers on 127.0.0.1, as hostile places and
 //! peers make them: temporary names taken by links or by someone else's
-//! files, a link at the target, and dead sources ahead of the live one.
+//! files, a link at the target, and dead sources ahead of the live one;
+//! and sources that arrive while a download runs.
 
 #![allow(
     clippy::unwrap_used,
@@ -20,7 +21,8 @@ use canopy_transfer::Catalog;
 use canopy_transfer::catalog::CatalogEntry;
 use canopy_transfer::client::DirectConnector;
 use canopy_transfer::download::{
-    DownloadError, DownloadOptions, DownloadSource, download, partial_name, state_name,
+    DownloadControl, DownloadError, DownloadOptions, DownloadSource, download, download_live,
+    partial_name, state_name,
 };
 use canopy_transfer::server::ContentServer;
 use tokio::net::TcpListener;
@@ -252,4 +254,85 @@ async fn an_interrupted_state_of_this_id_is_still_resumed() {
         .unwrap();
     assert_eq!(report.resumed_bytes, 2 * MIB as u64);
     assert!(std::fs::read(&target).unwrap() == s.data);
+}
+
+/// A port nobody listens on.
+fn closed_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_live_download_waits_for_its_first_source_and_ends_with_the_feed_still_open() {
+    let s = source(3 * MIB + 1).await;
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("live.bin");
+    let (feed, sources) = tokio::sync::mpsc::channel(8);
+    let running = tokio::spawn(download_live(
+        sources,
+        options(&s, &target),
+        DownloadControl::default(),
+    ));
+    feed.send(direct(s.addr)).await.unwrap();
+    // `feed` stays open: the download must not wait for it to close.
+    let report = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("done while more sources could still come")
+        .unwrap()
+        .unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), s.data);
+    assert!(report.first_byte.is_some());
+    drop(feed);
+}
+
+#[tokio::test]
+async fn a_starving_download_says_so_and_takes_the_next_source() {
+    let s = source(3 * MIB).await;
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("starving.bin");
+    let (feed, sources) = tokio::sync::mpsc::channel(8);
+    let starving = Arc::new(tokio::sync::Notify::new());
+    let control = DownloadControl {
+        starving: Some(starving.clone()),
+        ..DownloadControl::default()
+    };
+    let running = tokio::spawn(download_live(sources, options(&s, &target), control));
+    feed.send(direct(closed_port())).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), starving.notified())
+        .await
+        .expect("told that every source failed");
+    feed.send(direct(s.addr)).await.unwrap();
+    let report = running.await.unwrap().unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), s.data);
+    assert_eq!(report.sources.len(), 2);
+    assert!(report.sources[0].dropped.is_some());
+    assert_eq!(report.sources[1].bytes, s.data.len() as u64);
+}
+
+#[tokio::test]
+async fn a_cancelled_download_stops_and_a_closed_feed_with_no_source_is_no_sources() {
+    let s = source(2 * MIB).await;
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("never.bin");
+    let (feed, sources) = tokio::sync::mpsc::channel::<DownloadSource>(8);
+    let control = DownloadControl::default();
+    control.cancel.cancel();
+    let error = download_live(sources, options(&s, &target), control)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, DownloadError::Cancelled), "{error:?}");
+    drop(feed);
+    let (feed, sources) = tokio::sync::mpsc::channel::<DownloadSource>(8);
+    drop(feed);
+    let error = download_live(sources, options(&s, &target), DownloadControl::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, DownloadError::NoSources), "{error:?}");
+    assert_eq!(
+        std::fs::read_dir(out.path()).unwrap().count(),
+        0,
+        "nothing left behind"
+    );
 }

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use canopy_node::NodeError;
+use canopy_node::addr::HostPort;
 use canopy_node::fetch::{FetchProgress, FetchTarget};
 use canopy_node::get::{self, GetOptions};
 use canopy_proto::ContentId;
@@ -27,9 +28,10 @@ use super::wanted::Wanted;
 pub(crate) struct Args {
     /// The supernode to ask for sources, standalone (without the running
     /// leaf; by default the download is queued in the leaf running on
-    /// --data-dir).
+    /// --data-dir): host[:port] (default port 6346); every address the
+    /// name has is tried.
     #[arg(long)]
-    supernode: Option<SocketAddr>,
+    supernode: Option<HostPort>,
     #[command(flatten)]
     leaf: super::running::DataDir,
     /// Return as soon as the running leaf has queued it.
@@ -162,6 +164,16 @@ fn partial_folder(target: &FetchTarget) -> PathBuf {
     }
 }
 
+/// Every address of `supernode` (at least one).
+pub(crate) async fn resolve(supernode: &HostPort) -> anyhow::Result<Vec<SocketAddr>> {
+    let found = supernode
+        .resolve()
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot resolve supernode {supernode}: {error}"))?;
+    anyhow::ensure!(!found.is_empty(), "supernode {supernode} has no address");
+    Ok(found)
+}
+
 /// Completes on Ctrl-C or SIGTERM.
 pub(crate) async fn interrupted() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -179,7 +191,7 @@ pub(crate) async fn interrupted() {
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let Some(supernode) = args.supernode else {
+    let Some(supernode) = args.supernode.clone() else {
         let (client, dir) = args.leaf.find().await?;
         let Some(client) = client else {
             anyhow::bail!(
@@ -213,13 +225,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// `canopy get --supernode ADDR`: a throwaway leaf fetches it.
-async fn standalone(args: Args, supernode: SocketAddr, id: ContentId) -> anyhow::Result<()> {
+async fn standalone(args: Args, supernode: HostPort, id: ContentId) -> anyhow::Result<()> {
     let search_timeout = Duration::try_from_secs_f64(args.search_timeout)
         .map_err(|_| anyhow::anyhow!("--search-timeout must be a positive number of seconds"))?;
     let bar = crate::output::progress("{spinner} {msg}", None);
     bar.set_message("finding sources…");
     let updates = bar.clone();
-    let mut options = GetOptions::new(supernode, id);
+    let supernodes = resolve(&supernode).await?;
+    let mut options = GetOptions::new(supernodes[0], id);
+    options.supernodes = supernodes;
     options.output = args.output;
     options.force = args.force;
     options.search_timeout = search_timeout;

@@ -5,13 +5,13 @@
 //! ([`super::search_daemon`]); otherwise a throwaway leaf asks
 //! `--supernode` (standalone).
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use std::collections::HashSet;
 
 use canopy_core::leaf::SearchRequest;
 use canopy_core::search::SearchResult;
+use canopy_node::addr::HostPort;
 use canopy_node::leaf::{self, LeafHandle, LeafOptions};
 use canopy_proto::ContentId;
 use indicatif::HumanBytes;
@@ -22,9 +22,11 @@ use crate::output;
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// The supernode to ask, standalone (without the running leaf; by
-    /// default the search goes through the leaf running on --data-dir).
+    /// default the search goes through the leaf running on --data-dir):
+    /// host[:port] (default port 6346); every address the name has is
+    /// tried.
     #[arg(long)]
-    supernode: Option<SocketAddr>,
+    supernode: Option<HostPort>,
     #[command(flatten)]
     leaf: super::running::DataDir,
     /// Print one JSON object per line per distinct content.
@@ -72,7 +74,7 @@ fn row(result: &SearchResult) -> String {
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let timeout = Duration::try_from_secs_f64(args.timeout)
         .map_err(|_| anyhow::anyhow!("--timeout must be a positive number of seconds"))?;
-    let Some(supernode) = args.supernode else {
+    let Some(supernode) = &args.supernode else {
         let (client, dir) = args.leaf.find().await?;
         let Some(client) = client else {
             anyhow::bail!(
@@ -89,7 +91,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         };
         return super::search_daemon::run(client, &dir, query).await;
     };
-    let leaf = leaf::start(LeafOptions::new(supernode)).await?;
+    let supernodes = super::get::resolve(supernode).await?;
+    let mut options = LeafOptions::new(supernodes[0]);
+    options.supernodes = supernodes;
+    let leaf = leaf::start(options).await?;
     let outcome = stream(&leaf, &args, timeout).await;
     leaf.shutdown().await;
     outcome

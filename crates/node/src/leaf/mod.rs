@@ -35,6 +35,7 @@ use canopy_core::search::SearchResult;
 use canopy_proto::secure::StaticKeypair;
 use canopy_proto::{ContentId, NodeId, Role, SharedFile};
 use canopy_transfer::Catalog;
+use canopy_transfer::bandwidth::RateLimit;
 use canopy_transfer::server::{ContentServer, ServerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -85,6 +86,12 @@ pub struct LeafOptions {
     /// The file server's limits: upload slots, connections, per-address
     /// shares, timeouts.
     pub server: ServerConfig,
+    /// The rate every upload together is held to (unlimited by default;
+    /// its rate can be changed while the leaf runs).
+    pub upload_limit: RateLimit,
+    /// The rate every download together is held to, for the downloads
+    /// that go through this leaf (see [`LeafHandle::download_limit`]).
+    pub download_limit: RateLimit,
     /// Folders to share.
     pub shares: Vec<PathBuf>,
     /// Where the hash cache lives; no cache if `None`.
@@ -127,6 +134,8 @@ impl LeafOptions {
             advertise: None,
             firewalled: false,
             server: ServerConfig::default(),
+            upload_limit: RateLimit::unlimited(),
+            download_limit: RateLimit::unlimited(),
             shares: Vec::new(),
             data_dir: None,
             reconnect: false,
@@ -182,6 +191,7 @@ pub struct LeafHandle {
     node_id: NodeId,
     listen_addr: Option<SocketAddr>,
     server: ContentServer,
+    download_limit: RateLimit,
     shares: Shares,
     traffic: Arc<Traffic>,
     commands: mpsc::Sender<Command>,
@@ -319,6 +329,13 @@ impl LeafHandle {
         self.shares.rescan().await
     }
 
+    /// Starts a rescan of every shared folder and returns at once; the
+    /// summary returned says a scan is running.
+    pub fn rescan_in_background(&self) -> ShareSummary {
+        self.shares
+            .rescan_in_background(&self.tracker, self.shutdown.clone())
+    }
+
     /// The shared folders with their files and bytes, and whether a scan
     /// is running.
     pub fn share_summary(&self) -> ShareSummary {
@@ -332,6 +349,18 @@ impl LeafHandle {
     /// rescans while it is there.
     pub async fn share_file(&self, path: PathBuf) -> Result<(), NodeError> {
         self.shares.share_file(path).await
+    }
+
+    /// The limit every upload goes through: `upload_limit().set_rate(n)`
+    /// holds all uploads together to `n` bytes a second (0 = unlimited).
+    pub fn upload_limit(&self) -> &RateLimit {
+        self.server.upload_limit()
+    }
+
+    /// The limit downloads through this leaf share: wrap each source's
+    /// connector in a `ThrottledConnector` with it.
+    pub fn download_limit(&self) -> &RateLimit {
+        &self.download_limit
     }
 
     /// What the file server serves: `catalog().get(&id)` says whether a
@@ -394,7 +423,9 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         options.progress.clone(),
     );
     let files = shares.first_scan().await?;
-    let server = ContentServer::with_config(catalog.clone(), options.server.clone());
+    let server = ContentServer::with_config(catalog.clone(), options.server.clone())
+        .with_upload_limit(options.upload_limit.clone());
+    let download_limit = options.download_limit.clone();
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let traffic = Arc::new(Traffic::default());
@@ -470,6 +501,7 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         node_id,
         listen_addr,
         server,
+        download_limit,
         shares,
         traffic,
         commands: commands_tx,

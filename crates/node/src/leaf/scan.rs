@@ -23,6 +23,7 @@ use canopy_transfer::Catalog;
 use canopy_transfer::catalog::CatalogEntry;
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{Command, HASH_CACHE_FILE, Progress};
 use crate::NodeError;
@@ -82,6 +83,11 @@ struct State {
     singles: BTreeSet<PathBuf>,
     /// Every file shared, by path.
     files: BTreeMap<PathBuf, LocalFile>,
+    /// Counts files shared one by one.
+    generation: u64,
+    /// When (by `generation`) each file was shared one by one, until a
+    /// scan that started later has seen it.
+    shared_at: BTreeMap<PathBuf, u64>,
 }
 
 impl State {
@@ -217,6 +223,30 @@ impl Shares {
         Ok(self.inner.state.lock().await.shared())
     }
 
+    /// Starts a rescan in the background; the summary returned already
+    /// says a scan is running.
+    pub(super) fn rescan_in_background(
+        &self,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> ShareSummary {
+        self.inner.scans_running.fetch_add(1, Ordering::Relaxed);
+        let summary = self.summary();
+        let shares = self.clone();
+        tracker.spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                scanned = shares.rescan() => {
+                    if let Err(error) = scanned {
+                        tracing::warn!(%error, "rescan failed");
+                    }
+                }
+            }
+            shares.inner.scans_running.fetch_sub(1, Ordering::Relaxed);
+        });
+        summary
+    }
+
     /// Scans every folder (and file shared one by one) again, serves and
     /// publishes the result. A folder no longer there is passed over.
     pub(super) async fn rescan(&self) -> Result<ShareSummary, NodeError> {
@@ -225,15 +255,15 @@ impl Shares {
     }
 
     async fn scan(&self, first: bool) -> Result<(), NodeError> {
-        let mut cache = self.inner.cache.clone().lock_owned().await;
+        // Shown as scanning while waiting for a scan before this one too.
         let _scanning = Scanning::new(&self.inner);
-        let (folders, singles) = {
+        let mut cache = self.inner.cache.clone().lock_owned().await;
+        let (folders, singles, generation) = {
             let state = self.inner.state.lock().await;
             let singles: Vec<PathBuf> = state.singles.iter().cloned().collect();
-            (state.folders.clone(), singles)
+            (state.folders.clone(), singles, state.generation)
         };
         let progress = self.inner.progress.clone().filter(|_| first);
-        let scanned_singles = singles.clone();
         let scanned_folders = folders.clone();
         let (report, cache_back) = tokio::task::spawn_blocking(move || {
             let report = canopy_share::scan_with(&folders, &singles, &mut cache, &|bytes| {
@@ -269,12 +299,15 @@ impl Shares {
             folders,
             singles,
             files,
+            shared_at,
+            ..
         } = &mut *state;
         for gone in &report.missing {
             singles.remove(gone);
         }
         // The list may have changed while the scan ran: keep what is still
-        // shared, and the files shared one by one meanwhile.
+        // shared, and the files shared one by one since the scan started
+        // (it may have walked past them).
         let mut fresh: BTreeMap<PathBuf, LocalFile> = report
             .files
             .into_iter()
@@ -282,11 +315,13 @@ impl Shares {
             .map(|f| (f.path.clone(), f))
             .collect();
         for (path, file) in std::mem::take(files) {
-            let shared_meanwhile = singles.contains(&path) && !scanned_singles.contains(&path);
-            if shared_meanwhile && !fresh.contains_key(&path) {
+            let shared_meanwhile = shared_at.get(&path).is_some_and(|at| *at > generation);
+            let still_shared = State::in_folder(folders, &path) || singles.contains(&path);
+            if shared_meanwhile && still_shared && !fresh.contains_key(&path) {
                 fresh.insert(path, file);
             }
         }
+        shared_at.retain(|_, at| *at > generation);
         *files = fresh;
         self.inner.catalog.replace(
             files
@@ -356,6 +391,7 @@ impl Shares {
             folders,
             singles,
             files,
+            ..
         } = &mut *state;
         files.retain(|path, _| State::in_folder(folders, path) || singles.contains(path));
         self.inner.catalog.replace(
@@ -375,6 +411,15 @@ impl Shares {
             path: path.clone(),
             source,
         };
+        // A link is not followed: only the file a download wrote is shared.
+        let meta = tokio::fs::symlink_metadata(&path).await.map_err(io)?;
+        if !meta.is_file() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ))
+            .into());
+        }
         let path = tokio::fs::canonicalize(&path).await.map_err(io)?;
         let file = match self.inner.cache.clone().try_lock_owned() {
             Ok(mut cache) => {
@@ -418,6 +463,9 @@ impl Shares {
         if !State::in_folder(&state.folders, &path) {
             state.singles.insert(path.clone());
         }
+        state.generation += 1;
+        let generation = state.generation;
+        state.shared_at.insert(path.clone(), generation);
         let id = file.shared.content_id;
         self.inner.catalog.insert(id, catalog_entry(&file));
         tracing::info!(file = %path.display(), content_id = %id, "sharing a file");
@@ -442,5 +490,122 @@ pub(super) async fn rescan_loop(shares: Shares, interval: Duration, shutdown: Ca
         if let Err(error) = shares.rescan().await {
             tracing::warn!(%error, "rescan failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shares() -> (Shares, mpsc::Receiver<Command>) {
+        let (tx, rx) = mpsc::channel(64);
+        let shares = Shares::new(&[], HashCache::in_memory(), Catalog::new(), tx, None);
+        (shares, rx)
+    }
+
+    /// The names in the next list handed over for publishing.
+    async fn published(rx: &mut mpsc::Receiver<Command>) -> Vec<String> {
+        match rx.recv().await {
+            Some(Command::Shares(files)) => files.into_iter().map(|f| f.name).collect(),
+            other => panic!("expected a list to publish, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn scanning_shows_while_a_scan_waits_or_runs() {
+        let (shares, _rx) = shares();
+        // Hold the cache as a running scan would.
+        let held = shares.inner.cache.clone().lock_owned().await;
+        let rescan = tokio::spawn({
+            let shares = shares.clone();
+            async move { shares.rescan().await }
+        });
+        while !shares.summary().scanning {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        let summary = rescan.await.unwrap().unwrap();
+        assert!(!summary.scanning);
+        assert!(!shares.summary().scanning);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_file_shared_while_a_scan_runs_is_kept_and_cached_after() {
+        let folder = tempfile::tempdir().unwrap();
+        std::fs::write(folder.path().join("early.txt"), b"early").unwrap();
+        // The scan's progress (called once it has walked the folder and is
+        // hashing) says so, then waits for the test to go on.
+        let (walked_tx, walked_rx) = std::sync::mpsc::channel::<()>();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let pause = std::sync::Mutex::new(Some((walked_tx, go_rx)));
+        let progress: Progress = Arc::new(move |_| {
+            if let Some((walked, go)) = pause.lock().unwrap().take() {
+                walked.send(()).unwrap();
+                go.recv().unwrap();
+            }
+        });
+        let (tx, mut rx) = mpsc::channel(64);
+        let shares = Shares::new(
+            &[folder.path().to_owned()],
+            HashCache::in_memory(),
+            Catalog::new(),
+            tx,
+            Some(progress),
+        );
+        let scan = tokio::spawn({
+            let shares = shares.clone();
+            async move { shares.first_scan().await }
+        });
+        tokio::task::spawn_blocking(move || walked_rx.recv().unwrap())
+            .await
+            .unwrap();
+        assert!(shares.summary().scanning);
+        // A download lands in the folder the scan has already walked.
+        let late = folder.path().join("late.txt");
+        std::fs::write(&late, b"late").unwrap();
+        let sharing = shares.share_file(late);
+        tokio::time::timeout(Duration::from_secs(10), sharing)
+            .await
+            .expect("share_file waited for the scan")
+            .unwrap();
+        assert_eq!(published(&mut rx).await, ["late.txt"]);
+        go_tx.send(()).unwrap();
+        let files = scan.await.unwrap().unwrap();
+        // The scan missed late.txt, but does not drop it.
+        let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["early.txt", "late.txt"]);
+        assert_eq!(shares.inner.catalog.len(), 2);
+        // And its hash went into the cache once the scan let go of it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while shares.inner.cache.lock().await.len() < 2 {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn changes_are_published_in_order() {
+        let (shares, mut rx) = shares();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(a.path().join("one.txt"), b"1").unwrap();
+        std::fs::write(b.path().join("two.txt"), b"2").unwrap();
+        shares.add(a.path().to_owned()).await.unwrap();
+        shares.add(b.path().to_owned()).await.unwrap();
+        shares.remove(a.path().to_owned()).await.unwrap();
+        assert_eq!(published(&mut rx).await, ["one.txt"]);
+        assert_eq!(published(&mut rx).await.len(), 2);
+        assert_eq!(published(&mut rx).await, ["two.txt"]);
+        let summary = shares.summary();
+        assert_eq!(summary.folders.len(), 1);
+        assert_eq!((summary.files, summary.bytes), (1, 1));
+
+        // A rescan in the background says so at once, and publishes.
+        let tracker = TaskTracker::new();
+        let started = shares.rescan_in_background(&tracker, CancellationToken::new());
+        assert!(started.scanning);
+        assert_eq!(published(&mut rx).await, ["two.txt"]);
+        tracker.close();
+        tracker.wait().await;
+        assert!(!shares.summary().scanning);
     }
 }

@@ -65,7 +65,7 @@ async fn bye(peer: &mut RawPeer) -> (ByeReason, String) {
 async fn node_with_budget(budget: u64) -> SupernodeHandle {
     let mut options = SupernodeOptions::new(localhost());
     options.peers_wanted = 0;
-    options.index_budget_bytes = budget;
+    options.protocol.index_budget_bytes = budget;
     supernode::start(options).await.unwrap()
 }
 

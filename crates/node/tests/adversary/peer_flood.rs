@@ -228,7 +228,7 @@ async fn forged_hits_are_dropped_and_cannot_end_a_leafs_dynamic_query() {
     let mut options = SupernodeOptions::new(localhost());
     options.peers_wanted = 0;
     // Probe one peer at a time, to a target of 150, widening every 300 ms.
-    options.dynamic = Some(DynamicConfig {
+    options.protocol.dynamic = Some(DynamicConfig {
         probe_peers: 1,
         hop_wait: Duration::from_millis(300),
         ..DynamicConfig::default()

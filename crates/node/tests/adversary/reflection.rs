@@ -70,7 +70,7 @@ async fn pushes_never_make_a_leaf_connect_to_a_third_address() {
     let (_, at_attacker) = counting_listener(SocketAddr::new(ip("127.0.0.2"), third.port())).await;
 
     let mut options = SupernodeOptions::new(localhost());
-    options.limit_exempt = Vec::new();
+    options.protocol.limit_exempt = Vec::new();
     let node = supernode::start(options).await.unwrap();
     let folder = shared_folder(&["wanted.bin"]);
     let mut source_options = leaf_options(&node, Some(folder.path()));

@@ -49,9 +49,9 @@ async fn one_address_cannot_fill_a_supernode_or_lock_it_out_of_its_network() {
     options.peers = vec![peer_addr];
     options.peers_wanted = 0;
     options.redial_initial = Duration::from_millis(100);
-    options.limit_exempt = Vec::new(); // `--limit-exempt none`
-    options.max_supernode_peers = 6;
-    options.reserved_outbound_peers = 2;
+    options.protocol.limit_exempt = Vec::new(); // `--limit-exempt none`
+    options.protocol.max_supernode_peers = 6;
+    options.protocol.reserved_outbound_peers = 2;
     let victim = supernode::start(options).await.unwrap();
     let to = victim.local_addr();
 
