@@ -217,6 +217,8 @@ async fn supernode_and_leaf_processes_serve_a_search_and_stop_on_sigterm() {
         share.path().to_str().unwrap(),
         "--listen",
         "127.0.0.1:0",
+        "--control",
+        "127.0.0.1:0",
         "--data-dir",
         data.path().to_str().unwrap(),
         "--json",
@@ -358,7 +360,7 @@ async fn config_files_configure_nodes_and_flags_win() {
     std::fs::write(
         &leaf_config,
         format!(
-            "supernodes = [\"{addr}\"]\nshares = [\"{}\"]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\njson = true\n",
+            "supernodes = [\"{addr}\"]\nshares = [\"{}\"]\nlisten = \"127.0.0.1:0\"\ncontrol = \"127.0.0.1:0\"\ndata_dir = \"{}\"\njson = true\n",
             share.path().display(),
             dir.path().join("leaf-data").display()
         ),

@@ -171,6 +171,8 @@ async fn a_leaf_keeps_its_id_and_its_supernodes_without_shares_or_flags() {
             &at,
             "--listen",
             "127.0.0.1:0",
+            "--control",
+            "127.0.0.1:0",
             "--json",
         ],
         home.path(),
@@ -203,7 +205,18 @@ async fn a_leaf_keeps_its_id_and_its_supernodes_without_shares_or_flags() {
         .expect("the leaf left");
 
     // Again with no --supernode: the host cache remembers where to go.
-    let mut second = Node::start(&["leaf", "--listen", "127.0.0.1:0", "--json"], home.path()).await;
+    let mut second = Node::start(
+        &[
+            "leaf",
+            "--listen",
+            "127.0.0.1:0",
+            "--control",
+            "127.0.0.1:0",
+            "--json",
+        ],
+        home.path(),
+    )
+    .await;
     let hello = second.next_line().await;
     assert_eq!(hello["node_id"], id.as_str(), "the same node id");
     overlay
@@ -225,7 +238,7 @@ async fn sighup_rereads_the_config_and_says_what_changed() {
     let config = dir.path().join("leaf.toml");
     let data = dir.path().join("data");
     let base = format!(
-        "supernodes = [\"{}\"]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\njson = true\n",
+        "supernodes = [\"{}\"]\nlisten = \"127.0.0.1:0\"\ncontrol = \"127.0.0.1:0\"\ndata_dir = \"{}\"\njson = true\n",
         overlay.local_addr(),
         data.display()
     );

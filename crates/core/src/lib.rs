@@ -19,6 +19,9 @@
 //!   how often a leaf connects back.
 //! - [`addrman`]: the supernodes a node knows of and whom it dials next,
 //!   safe from floods of addresses (eclipse attacks).
+//! - [`queue`], [`link`], [`result_filter`], [`save_name`]: the leaf
+//!   daemon's download queue, `canopy:` links, result filters and the
+//!   names files are saved under.
 //! - [`index`], [`posting`], [`arena`], [`tokenize`], [`dedup`], [`routes`],
 //!   [`hit_check`], [`rate`], [`backoff`]: the parts.
 
@@ -33,9 +36,12 @@ pub mod handshake;
 pub mod hit_check;
 pub mod index;
 pub mod leaf;
+pub mod link;
 pub mod posting;
 pub mod push_limits;
+pub mod queue;
 pub mod rate;
+pub mod result_filter;
 pub mod routes;
 pub mod save_name;
 pub mod search;

@@ -10,6 +10,9 @@
 //! characters replaced, trailing dots and spaces trimmed, at most
 //! [`MAX_SAVE_NAME_BYTES`] bytes; a name with nothing left is named after
 //! the content id.
+//!
+//! [`unique_name`] picks the first free name of `name`, `name (1).ext`,
+//! `name (2).ext`... when a download's name is taken by another file.
 
 use canopy_proto::ContentId;
 
@@ -114,6 +117,36 @@ pub fn safe_file_name(name: &str, id: &ContentId) -> String {
     short.to_owned()
 }
 
+/// Most numbered names tried before giving up on a name.
+pub const MAX_NUMBERED_NAMES: u32 = 9999;
+
+/// The first of `name`, `stem (1).ext`, `stem (2).ext`... for which
+/// `taken` says no; `None` if all [`MAX_NUMBERED_NAMES`] are taken. The
+/// number goes before the extension (the last `.` not at the start), so
+/// the file keeps its type; the result stays within
+/// [`MAX_SAVE_NAME_BYTES`] by shortening the stem.
+pub fn unique_name(name: &str, mut taken: impl FnMut(&str) -> bool) -> Option<String> {
+    if !taken(name) {
+        return Some(name.to_owned());
+    }
+    let (stem, extension) = match name.rfind('.') {
+        Some(dot) if dot > 0 && name.len() - dot <= MAX_KEPT_EXTENSION_BYTES => name.split_at(dot),
+        _ => (name, ""),
+    };
+    (1..=MAX_NUMBERED_NAMES)
+        .map(|n| {
+            let suffix = format!(" ({n}){extension}");
+            let mut end = stem
+                .len()
+                .min(MAX_SAVE_NAME_BYTES.saturating_sub(suffix.len()));
+            while !stem.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}{suffix}", &stem[..end])
+        })
+        .find(|candidate| !taken(candidate))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +205,40 @@ mod tests {
         assert_eq!(safe("..."), ID.to_hex());
         assert_eq!(safe("\u{202E}\u{200B}"), ID.to_hex());
         assert_eq!(safe("- -"), ID.to_hex());
+    }
+
+    #[test]
+    fn a_taken_name_gets_the_first_free_number_before_its_extension() {
+        let taken = ["song.mp3", "song (1).mp3", "archive.tar.gz", "README"];
+        let free = |name: &str| taken.contains(&name);
+        assert_eq!(unique_name("new.mp3", free).as_deref(), Some("new.mp3"));
+        assert_eq!(
+            unique_name("song.mp3", free).as_deref(),
+            Some("song (2).mp3")
+        );
+        assert_eq!(
+            unique_name("archive.tar.gz", free).as_deref(),
+            Some("archive.tar (1).gz")
+        );
+        assert_eq!(unique_name("README", free).as_deref(), Some("README (1)"));
+    }
+
+    #[test]
+    fn numbered_names_stay_short_and_the_search_is_bounded() {
+        let long = format!("{}.mkv", "é".repeat(99));
+        let next = unique_name(&long, |n| n == long).unwrap();
+        assert!(next.len() <= MAX_SAVE_NAME_BYTES, "{}", next.len());
+        assert!(next.ends_with(" (1).mkv"), "{next}");
+        let mut asked = 0;
+        assert_eq!(
+            unique_name("x.txt", |_| {
+                asked += 1;
+                true
+            }),
+            None
+        );
+        assert_eq!(asked, MAX_NUMBERED_NAMES + 1);
+        // A leading dot is not an extension.
+        assert_eq!(unique_name(".x", |n| n == ".x").as_deref(), Some(".x (1)"));
     }
 }

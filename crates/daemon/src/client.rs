@@ -34,7 +34,7 @@ pub const CONTROL_FILE: &str = "control.json";
 /// What `control.json` holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlFile {
-    /// The API's base URL, `http://127.0.0.1:6347`.
+    /// The API's base URL, `http://127.0.0.1:6349`.
     pub url: String,
     /// The leaf's process id.
     pub pid: u32,
@@ -551,11 +551,11 @@ mod tests {
     #[test]
     fn urls() {
         let token = Token::parse(&"a".repeat(64)).unwrap();
-        let client = ControlClient::new("http://127.0.0.1:6347/", token.clone()).unwrap();
-        assert_eq!(client.url(), "http://127.0.0.1:6347");
+        let client = ControlClient::new("http://127.0.0.1:6349/", token.clone()).unwrap();
+        assert_eq!(client.url(), "http://127.0.0.1:6349");
         assert_eq!(
             client.ui_url(),
-            format!("http://127.0.0.1:6347/?token={}", "a".repeat(64))
+            format!("http://127.0.0.1:6349/?token={}", "a".repeat(64))
         );
         assert!(ControlClient::new("https://x:1", token.clone()).is_err());
         assert!(ControlClient::new("http://", token.clone()).is_err());

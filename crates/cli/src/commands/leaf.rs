@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use canopy_cli::config::{ConfigError, Origin};
 use canopy_cli::settings::leaf::{LIVE_KEYS, LeafArgs, LeafSettings, LiveChanges, LiveConfig};
-use canopy_node::leaf::{self, LeafHandle};
+use canopy_daemon::{DaemonHandle, DaemonOptions};
 use canopy_node::metrics;
 use tokio_util::task::TaskTracker;
 
@@ -48,13 +48,22 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut options = resolved.leaf;
     options.progress = Some(Arc::new(move |bytes| bar.inc(bytes)));
     let (supernodes, advertise) = (options.supernodes.clone(), options.advertise);
-    let leaf = leaf::start(options).await.context("starting the leaf")?;
+    let daemon = canopy_daemon::start(DaemonOptions {
+        leaf: options,
+        control: resolved.control,
+        downloads_dir: resolved.downloads_dir.clone(),
+        share_downloads: resolved.share_downloads,
+        settings: resolved.settings,
+    })
+    .await
+    .context("starting the leaf")?;
     hashing.finish_and_clear();
+    let leaf = daemon.leaf();
     let metrics = match resolved.metrics {
         Some(addr) => Some(
             metrics::serve(
                 addr,
-                metrics::leaf_metrics(&leaf),
+                metrics::leaf_metrics(leaf),
                 leaf.shutdown_token(),
                 &TaskTracker::new(),
             )
@@ -85,6 +94,9 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
             "files": status.shared_files,
             "supernodes": supernodes.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "metrics": metrics.map(|a| a.to_string()),
+            "control": daemon.control_url(),
+            "ui": daemon.ui_url(),
+            "downloads": resolved.downloads_dir.display().to_string(),
         });
         say!("{line}");
     } else if settings.live.shares.is_empty() {
@@ -99,11 +111,13 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
             status.shared_files,
         );
     }
-    // The live settings in force; the flags' upload rate from the start.
+    if !resolved.json {
+        say!("web UI: {}", daemon.ui_url());
+        say!("downloads go to {}", resolved.downloads_dir.display());
+    }
+    // The live settings in force (the daemon applied them at start, with
+    // what the API changed, saved in settings.json, over them).
     let mut current = settings.live;
-    leaf.server()
-        .upload_limit()
-        .set_rate(current.settings.upload_rate_limit);
     let mut reload = settings.reload;
     while signals.next().await == Signal::Reload {
         if reload.path().is_none() {
@@ -118,7 +132,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
                 continue;
             }
         };
-        apply_live(&leaf, &current.changes(&live)).await;
+        apply_live(&daemon, &current.changes(&live)).await;
         current = live;
         let (applied, restart_needed) = split_live(&changed, LIVE_KEYS);
         announce(
@@ -130,15 +144,16 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         )?;
     }
     tracing::info!("shutting down");
-    leaf.shutdown().await;
+    daemon.shutdown().await;
     Ok(())
 }
 
-/// Applies what a reload changed to the running leaf: the upload rate and
-/// slots, and the shared folders (added ones are scanned and published at
-/// once, removed ones withdrawn). The download settings belong to the
-/// daemon's queue. A folder that can't be shared is logged, the rest go on.
-async fn apply_live(leaf: &LeafHandle, changes: &LiveChanges) {
+/// Applies what a reload changed to the running leaf: the live settings
+/// (rates, slots, downloads at once: as `PATCH /api/settings` would), and
+/// the shared folders (added ones are scanned and published at once,
+/// removed ones withdrawn). What can't be applied is logged, the rest goes
+/// on.
+async fn apply_live(daemon: &DaemonHandle, changes: &LiveChanges) {
     if changes.is_empty() {
         return;
     }
@@ -148,12 +163,10 @@ async fn apply_live(leaf: &LeafHandle, changes: &LiveChanges) {
         shares_removed = ?changes.removed,
         "applying the reloaded live settings"
     );
-    if let Some(rate) = changes.patch.upload_rate_limit {
-        leaf.server().upload_limit().set_rate(rate);
+    if let Err(error) = daemon.update_settings(changes.patch).await {
+        tracing::warn!(%error, "cannot apply the reloaded settings");
     }
-    if let Some(slots) = changes.patch.upload_slots {
-        leaf.server().set_upload_slots(slots);
-    }
+    let leaf = daemon.leaf();
     for folder in &changes.removed {
         if let Err(error) = leaf.remove_share(folder.clone()).await {
             tracing::warn!(folder = %folder.display(), %error, "cannot stop sharing");

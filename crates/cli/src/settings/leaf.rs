@@ -58,7 +58,7 @@ pub struct LeafArgs {
     #[arg(long)]
     pub firewalled: bool,
     /// Where the control API and the web UI listen.
-    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], 6347)))]
+    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], 6349)))]
     pub control: SocketAddr,
     /// Where downloads are saved [default: the download folder's canopy/,
     /// else downloads/ in the data directory].
@@ -389,7 +389,7 @@ mod tests {
         assert_eq!(leaf.settings, live);
         assert_eq!(leaf.leaf.server.upload_slots, DEFAULT_UPLOAD_SLOTS);
         assert_eq!(leaf.leaf.server.exempt, SERVER.exempt);
-        assert_eq!(leaf.control, SocketAddr::from(([127, 0, 0, 1], 6347)));
+        assert_eq!(leaf.control, SocketAddr::from(([127, 0, 0, 1], 6349)));
         assert!(leaf.share_downloads);
         assert!(leaf.leaf.shares.is_empty() && leaf.leaf.supernodes.is_empty());
     }
