@@ -94,7 +94,11 @@ pub(crate) fn table(queue: &[DownloadView]) -> String {
             _ => None,
         };
         if let Some(why) = why {
-            out.push_str(&format!("    {}: {why}\n", show::state(download.state)));
+            let label = match download.state {
+                DownloadState::Done => "saved to",
+                state => show::state(state),
+            };
+            out.push_str(&format!("    {label}: {why}\n"));
         }
     }
     out

@@ -1,6 +1,8 @@
 //! `canopy status`: what the running leaf is doing: its supernodes,
 //! shares, and transfer totals, and the URL that opens its web UI.
 
+use std::net::SocketAddr;
+
 use canopy_daemon::model::Status;
 use indicatif::HumanBytes;
 
@@ -30,10 +32,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 
 /// The status as lines of `label  value`.
 fn text(status: &Status, url: &str, ui_url: &str) -> String {
-    let listening = match (&status.listen, &status.observed_addr) {
-        (Some(listen), Some(seen)) if listen != seen => format!("{listen} (seen as {seen})"),
-        (Some(listen), _) => listen.clone(),
-        (None, _) => "no direct address (firewalled: reached by push)".to_owned(),
+    let listening = match &status.listen {
+        Some(listen) => match seen_elsewhere(listen, status.observed_addr.as_deref()) {
+            Some(seen) => format!("{listen} (supernodes see us as {seen})"),
+            None => listen.clone(),
+        },
+        None => "no direct address (firewalled: reached by push)".to_owned(),
     };
     let supernodes = if status.supernodes.is_empty() {
         "none yet".to_owned()
@@ -91,11 +95,41 @@ fn text(status: &Status, url: &str, ui_url: &str) -> String {
         .join("\n")
 }
 
+/// The address supernodes see us at, if its IP is not the one we listen
+/// on (a NAT); the port they see is the one we dialled out from, not news.
+fn seen_elsewhere(listen: &str, observed: Option<&str>) -> Option<String> {
+    let ip_of = |addr: &str| {
+        addr.parse::<SocketAddr>()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_else(|_| addr.to_owned())
+    };
+    let seen = ip_of(observed?);
+    (seen != ip_of(listen)).then_some(seen)
+}
+
 /// "1.00 MiB/s now", "idle".
 fn rate_now(rate: u64) -> String {
     if rate == 0 {
         "idle".to_owned()
     } else {
         format!("{} now", show::rate(rate))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_another_ip_is_news() {
+        assert_eq!(
+            seen_elsewhere("127.0.0.1:4000", Some("127.0.0.1:50802")),
+            None
+        );
+        assert_eq!(
+            seen_elsewhere("192.168.1.5:4000", Some("203.0.113.7:61000")),
+            Some("203.0.113.7".to_owned())
+        );
+        assert_eq!(seen_elsewhere("192.168.1.5:4000", None), None);
     }
 }
