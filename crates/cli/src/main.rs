@@ -54,10 +54,23 @@ enum Command {
     Supernode(SupernodeArgs),
     /// Run a leaf: share folders (or none) and stay in the overlay.
     Leaf(LeafArgs),
-    /// Search the overlay through a supernode.
+    /// Search the overlay: through the running leaf, or a supernode.
     Search(commands::search::Args),
-    /// Download a file by content id from every source at once, verified.
+    /// Download a file by content id, link or search result number, verified:
+    /// queued in the running leaf, or fetched standalone through a supernode.
     Get(commands::get::Args),
+    /// Show what the running leaf is doing: supernodes, shares, totals.
+    Status(commands::status::Args),
+    /// List the running leaf's download queue.
+    Downloads(commands::downloads::Args),
+    /// List the running leaf's uploads.
+    Uploads(commands::uploads::Args),
+    /// Pause a download of the running leaf (ID or N from `canopy downloads`).
+    Pause(commands::queue_control::Args),
+    /// Resume a paused or failed download of the running leaf.
+    Resume(commands::queue_control::Args),
+    /// Cancel a download of the running leaf (its partial file is removed).
+    Cancel(commands::queue_control::Args),
     /// Print the content ids of files and shared folders' files, as b3sum would.
     Hash(commands::hash::Args),
     /// Start a small overlay on 127.0.0.1, search it, and show what was found.
@@ -70,6 +83,13 @@ enum Job {
     Leaf(Box<commands::leaf::Settings>),
     Search(commands::search::Args),
     Get(commands::get::Args),
+    Status(commands::status::Args),
+    Downloads(commands::downloads::Args),
+    Uploads(commands::uploads::Args),
+    Queue(
+        commands::queue_control::Action,
+        commands::queue_control::Args,
+    ),
     Hash(commands::hash::Args),
     Demo(commands::demo::Args),
 }
@@ -122,6 +142,12 @@ fn main() -> ExitCode {
         .map(|settings| Job::Leaf(Box::new(settings))),
         Command::Search(args) => Ok(Job::Search(args)),
         Command::Get(args) => Ok(Job::Get(args)),
+        Command::Status(args) => Ok(Job::Status(args)),
+        Command::Downloads(args) => Ok(Job::Downloads(args)),
+        Command::Uploads(args) => Ok(Job::Uploads(args)),
+        Command::Pause(args) => Ok(Job::Queue(commands::queue_control::Action::Pause, args)),
+        Command::Resume(args) => Ok(Job::Queue(commands::queue_control::Action::Resume, args)),
+        Command::Cancel(args) => Ok(Job::Queue(commands::queue_control::Action::Cancel, args)),
         Command::Hash(args) => Ok(Job::Hash(args)),
         Command::Demo(args) => Ok(Job::Demo(args)),
     };
@@ -150,6 +176,10 @@ fn main() -> ExitCode {
             Job::Leaf(settings) => commands::leaf::run(*settings).await,
             Job::Search(args) => commands::search::run(args).await,
             Job::Get(args) => commands::get::run(args).await,
+            Job::Status(args) => commands::status::run(args).await,
+            Job::Downloads(args) => commands::downloads::run(args).await,
+            Job::Uploads(args) => commands::uploads::run(args).await,
+            Job::Queue(action, args) => commands::queue_control::run(action, args).await,
             Job::Hash(args) => commands::hash::run(args).await,
             Job::Demo(args) => commands::demo::run(args).await,
         }

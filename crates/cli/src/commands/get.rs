@@ -1,7 +1,10 @@
 //! `canopy get`: download a content id from every source the overlay knows,
 //! verifying every chunk; resumable. The download starts on the first
 //! source that answers; Ctrl-C pauses it (the partial file is kept and the
-//! same command resumes it).
+//! same command resumes it). With a leaf running on the data directory
+//! (and no `--supernode`), the download is queued in it and followed
+//! ([`super::get_daemon`]); otherwise a throwaway leaf asks `--supernode`
+//! (standalone).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,18 +21,35 @@ use canopy_transfer::download::DownloadError;
 use indicatif::{HumanBytes, HumanDuration};
 use serde::Serialize;
 
+use super::wanted::Wanted;
+
 /// Arguments of `canopy get`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// The supernode to ask for sources: host[:port] (default port 6346); every
-    /// address the name has is tried.
+    /// The supernode to ask for sources, standalone (without the running
+    /// leaf; by default the download is queued in the leaf running on
+    /// --data-dir): host[:port] (default port 6346); every address the
+    /// name has is tried.
     #[arg(long)]
-    supernode: HostPort,
+    supernode: Option<HostPort>,
+    #[command(flatten)]
+    leaf: super::running::DataDir,
+    /// Return as soon as the running leaf has queued it.
+    #[arg(long)]
+    detach: bool,
+    /// Save under this name (made safe) in the running leaf's downloads
+    /// folder.
+    #[arg(long)]
+    name: Option<String>,
+    /// Its priority in the running leaf's queue (higher starts first).
+    #[arg(long, allow_hyphen_values = true)]
+    priority: Option<i32>,
     /// Where to save: a file, or a folder to save into under the file's
     /// name as the sources give it, made safe (no leading `.` or `-`, no
     /// control or bidi characters, no Windows device names or reserved
     /// characters). A path ending in `/` is a folder, created if missing
-    /// [default: the current directory].
+    /// [default: the current directory]. Standalone only: the running
+    /// leaf saves into its downloads folder.
     #[arg(short, long)]
     output: Option<PathBuf>,
     /// Replace the file if it exists.
@@ -55,8 +75,11 @@ pub(crate) struct Args {
     /// MiB asked for in one request.
     #[arg(long, default_value_t = canopy_core::download::DownloadConfig::default().groups_per_request)]
     request_mib: u64,
-    /// The content id (64 hex characters, as b3sum prints).
-    id: ContentId,
+    /// The content id (64 hex characters, as b3sum prints), a
+    /// `canopy:<id>?name=..&size=..` link, or N: result N of the last
+    /// `canopy search`.
+    #[arg(value_name = "ID|LINK|N")]
+    what: String,
 }
 
 #[derive(Serialize)]
@@ -152,7 +175,7 @@ pub(crate) async fn resolve(supernode: &HostPort) -> anyhow::Result<Vec<SocketAd
 }
 
 /// Completes on Ctrl-C or SIGTERM.
-async fn interrupted() {
+pub(crate) async fn interrupted() {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {
@@ -168,13 +191,48 @@ async fn interrupted() {
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let Some(supernode) = args.supernode.clone() else {
+        let (client, dir) = args.leaf.find().await?;
+        let Some(client) = client else {
+            anyhow::bail!(
+                "{}; or give --supernode ADDR to download without one",
+                super::running::no_leaf(&dir)
+            );
+        };
+        if args.output.is_some() || args.force {
+            anyhow::bail!(
+                "--output and --force are for standalone downloads: the running leaf saves \
+                 into its downloads folder (see `canopy status`; --name names the file); \
+                 give --supernode ADDR to download without the leaf"
+            );
+        }
+        let request = super::get_daemon::Request {
+            wanted: Wanted::parse(&args.what, Some(&dir))?,
+            name: args.name,
+            priority: args.priority,
+            detach: args.detach,
+            json: args.json,
+        };
+        return super::get_daemon::run(client, request).await;
+    };
+    if args.detach || args.name.is_some() || args.priority.is_some() {
+        anyhow::bail!(
+            "--detach, --name and --priority need the running leaf (leave out --supernode)"
+        );
+    }
+    let id = Wanted::parse(&args.what, args.leaf.path().ok().as_deref())?.id();
+    standalone(args, supernode, id).await
+}
+
+/// `canopy get --supernode ADDR`: a throwaway leaf fetches it.
+async fn standalone(args: Args, supernode: HostPort, id: ContentId) -> anyhow::Result<()> {
     let search_timeout = Duration::try_from_secs_f64(args.search_timeout)
         .map_err(|_| anyhow::anyhow!("--search-timeout must be a positive number of seconds"))?;
     let bar = crate::output::progress("{spinner} {msg}", None);
     bar.set_message("finding sources…");
     let updates = bar.clone();
-    let supernodes = resolve(&args.supernode).await?;
-    let mut options = GetOptions::new(supernodes[0], args.id);
+    let supernodes = resolve(&supernode).await?;
+    let mut options = GetOptions::new(supernodes[0], id);
     options.supernodes = supernodes;
     options.output = args.output;
     options.force = args.force;
@@ -221,7 +279,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let used = report.sources_used();
     if args.json {
         let json = JsonReport {
-            id: args.id.to_hex(),
+            id: id.to_hex(),
             path: report.path.display().to_string(),
             size: report.size,
             sources_used: report.sources_used(),

@@ -1,6 +1,9 @@
 //! `canopy search`: one query through a supernode, results as a table or
 //! JSON lines, each printed as it arrives; it ends as soon as it has
-//! `--max-results` contents, else at `--timeout`.
+//! `--max-results` contents, else at `--timeout`. With a leaf running on
+//! the data directory (and no `--supernode`), the search goes through it
+//! ([`super::search_daemon`]); otherwise a throwaway leaf asks
+//! `--supernode` (standalone).
 
 use std::time::Duration;
 
@@ -18,17 +21,21 @@ use crate::output;
 /// Arguments of `canopy search`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// The supernode to ask: host[:port] (default port 6346); every
-    /// address the name has is tried.
+    /// The supernode to ask, standalone (without the running leaf; by
+    /// default the search goes through the leaf running on --data-dir):
+    /// host[:port] (default port 6346); every address the name has is
+    /// tried.
     #[arg(long)]
-    supernode: HostPort,
+    supernode: Option<HostPort>,
+    #[command(flatten)]
+    leaf: super::running::DataDir,
     /// Print one JSON object per line per distinct content.
     #[arg(long)]
     json: bool,
     /// Seconds to wait for hits at most.
     #[arg(long, default_value_t = 3.0)]
     timeout: f64,
-    /// How many supernodes the query may reach (1-7).
+    /// How many supernodes the query may reach (1-7; standalone).
     #[arg(long, default_value_t = canopy_core::supernode::DEFAULT_TTL_CAP,
           value_parser = clap::value_parser!(u8).range(1..=7))]
     ttl: u8,
@@ -67,7 +74,24 @@ fn row(result: &SearchResult) -> String {
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let timeout = Duration::try_from_secs_f64(args.timeout)
         .map_err(|_| anyhow::anyhow!("--timeout must be a positive number of seconds"))?;
-    let supernodes = super::get::resolve(&args.supernode).await?;
+    let Some(supernode) = &args.supernode else {
+        let (client, dir) = args.leaf.find().await?;
+        let Some(client) = client else {
+            anyhow::bail!(
+                "{}; or give --supernode ADDR to search without one",
+                super::running::no_leaf(&dir)
+            );
+        };
+        let query = super::search_daemon::Query {
+            words: args.terms,
+            id: args.id,
+            max_results: args.max_results,
+            timeout: args.timeout,
+            json: args.json,
+        };
+        return super::search_daemon::run(client, &dir, query).await;
+    };
+    let supernodes = super::get::resolve(supernode).await?;
     let mut options = LeafOptions::new(supernodes[0]);
     options.supernodes = supernodes;
     let leaf = leaf::start(options).await?;

@@ -1,0 +1,135 @@
+//! `canopy status`: what the running leaf is doing: its supernodes,
+//! shares, and transfer totals, and the URL that opens its web UI.
+
+use std::net::SocketAddr;
+
+use canopy_daemon::model::Status;
+use indicatif::HumanBytes;
+
+use super::running::DataDir;
+use super::show;
+
+/// Arguments of `canopy status`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    #[command(flatten)]
+    leaf: DataDir,
+    /// Print the leaf's status as one JSON document (the API's `Status`).
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let client = args.leaf.leaf().await?;
+    let status = client.status().await?;
+    if args.json {
+        say!("{}", serde_json::to_string(&status)?);
+        return Ok(());
+    }
+    say!("{}", text(&status, client.url(), &client.ui_url()));
+    Ok(())
+}
+
+/// The status as lines of `label  value`.
+fn text(status: &Status, url: &str, ui_url: &str) -> String {
+    let listening = match &status.listen {
+        Some(listen) => match seen_elsewhere(listen, status.observed_addr.as_deref()) {
+            Some(seen) => format!("{listen} (supernodes see us as {seen})"),
+            None => listen.clone(),
+        },
+        None => "no direct address (firewalled: reached by push)".to_owned(),
+    };
+    let supernodes = if status.supernodes.is_empty() {
+        "none yet".to_owned()
+    } else {
+        status.supernodes.join(", ")
+    };
+    let totals = &status.totals;
+    let lines = [
+        (
+            "leaf",
+            format!(
+                "{}, node {}",
+                status.version,
+                show::short_id(&status.node_id)
+            ),
+        ),
+        ("control", url.to_owned()),
+        // The log-in URL: it carries the token, and sets the UI's cookie.
+        ("web UI", ui_url.to_owned()),
+        ("listening", listening),
+        ("supernodes", supernodes),
+        (
+            "shared",
+            format!(
+                "{}, {}",
+                show::count(status.shared_files, "file", "files"),
+                HumanBytes(status.shared_bytes)
+            ),
+        ),
+        (
+            "downloads",
+            format!(
+                "{} active, {} queued; {} received, {}",
+                totals.downloads_active,
+                totals.downloads_queued,
+                HumanBytes(totals.downloaded_bytes),
+                rate_now(totals.download_rate)
+            ),
+        ),
+        ("saving to", status.downloads_dir.clone()),
+        (
+            "uploads",
+            format!(
+                "{} active; {} sent, {}",
+                totals.uploads_active,
+                HumanBytes(totals.uploaded_bytes),
+                rate_now(totals.upload_rate)
+            ),
+        ),
+    ];
+    lines
+        .iter()
+        .map(|(label, value)| format!("{label:<11} {value}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The address supernodes see us at, if its IP is not the one we listen
+/// on (a NAT); the port they see is the one we dialled out from, not news.
+fn seen_elsewhere(listen: &str, observed: Option<&str>) -> Option<String> {
+    let ip_of = |addr: &str| {
+        addr.parse::<SocketAddr>()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_else(|_| addr.to_owned())
+    };
+    let seen = ip_of(observed?);
+    (seen != ip_of(listen)).then_some(seen)
+}
+
+/// "1.00 MiB/s now", "idle".
+fn rate_now(rate: u64) -> String {
+    if rate == 0 {
+        "idle".to_owned()
+    } else {
+        format!("{} now", show::rate(rate))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_another_ip_is_news() {
+        assert_eq!(
+            seen_elsewhere("127.0.0.1:4000", Some("127.0.0.1:50802")),
+            None
+        );
+        assert_eq!(
+            seen_elsewhere("192.168.1.5:4000", Some("203.0.113.7:61000")),
+            Some("203.0.113.7".to_owned())
+        );
+        assert_eq!(seen_elsewhere("192.168.1.5:4000", None), None);
+    }
+}
