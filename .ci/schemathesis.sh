@@ -6,9 +6,12 @@
 # document forbids that is accepted, or one it allows that is refused,
 # fails the run.
 #
+#   .ci/schemathesis.sh            a real `canopy leaf` (the daemon), with
+#                                  a supernode and a second leaf sharing
+#                                  files, all on 127.0.0.1, started here
 #   .ci/schemathesis.sh DATA_DIR   a running leaf's data directory
 #                                  (its control.json and control.token)
-#   .ci/schemathesis.sh            the API over the fake daemon of the
+#   .ci/schemathesis.sh --fake     the API over the fake daemon of the
 #                                  API's tests (examples/fake_api.rs)
 #
 # schemathesis lives in a venv under target/ (kept between runs).
@@ -31,25 +34,56 @@ if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$version"; then
 fi
 
 data_dir=${1:-}
-server_pid=
+pids=()
 cleanup() {
-  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; fi
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   if [ -n "${scratch:-}" ]; then rm -rf "$scratch"; fi
 }
 trap cleanup EXIT
+# Waits up to 10 s for a file to be non-empty, or for a process to die.
+wait_for_file() {
+  local file=$1 pid=$2 log=$3
+  for _ in $(seq 1 100); do
+    [ -s "$file" ] && return 0
+    kill -0 "$pid" 2>/dev/null || { cat "$log"; exit 1; }
+    sleep 0.1
+  done
+  echo "no $file in 10 s"; cat "$log"; exit 1
+}
 if [ -z "$data_dir" ]; then
+  echo "--- starting a supernode, a sharing leaf, and the leaf under test"
+  cargo build -q -p canopy-cli
+  canopy="$root/target/debug/canopy"
+  scratch=$(mktemp -d)
+  mkdir -p "$scratch/share" "$scratch/sharer" "$scratch/data" "$scratch/downloads"
+  for name in "nocturne in e flat.flac" "field recording 01.wav" "notes.txt"; do
+    head -c 300000 /dev/urandom > "$scratch/share/$name"
+  done
+  "$canopy" supernode --listen 127.0.0.1:0 --data-dir "$scratch/sn" --json \
+    >"$scratch/sn.json" 2>"$scratch/sn.log" &
+  pids+=($!)
+  wait_for_file "$scratch/sn.json" "${pids[-1]}" "$scratch/sn.log"
+  supernode=$(python3 -c 'import json, sys; print(json.loads(open(sys.argv[1]).readline())["addr"])' "$scratch/sn.json")
+  "$canopy" leaf --supernode "$supernode" --share "$scratch/share" --listen 127.0.0.1:0 \
+    --control 127.0.0.1:0 --data-dir "$scratch/sharer" --downloads "$scratch/sharer-downloads" \
+    --json >"$scratch/sharer.json" 2>"$scratch/sharer.log" &
+  pids+=($!)
+  wait_for_file "$scratch/sharer.json" "${pids[-1]}" "$scratch/sharer.log"
+  data_dir="$scratch/data"
+  "$canopy" leaf --supernode "$supernode" --listen 127.0.0.1:0 --control 127.0.0.1:0 \
+    --data-dir "$data_dir" --downloads "$scratch/downloads" \
+    >"$scratch/leaf.log" 2>&1 &
+  pids+=($!)
+  wait_for_file "$data_dir/control.json" "${pids[-1]}" "$scratch/leaf.log"
+elif [ "$data_dir" = "--fake" ]; then
   echo "--- starting the API over the fake daemon"
   cargo build -q -p canopy-daemon --example fake_api
   scratch=$(mktemp -d)
   data_dir="$scratch/data"
   mkdir -p "$data_dir"
   "$root/target/debug/examples/fake_api" "$data_dir" >"$scratch/fake_api.log" 2>&1 &
-  server_pid=$!
-  for _ in $(seq 1 100); do
-    [ -s "$data_dir/control.json" ] && break
-    kill -0 "$server_pid" 2>/dev/null || { cat "$scratch/fake_api.log"; exit 1; }
-    sleep 0.1
-  done
+  pids+=($!)
+  wait_for_file "$data_dir/control.json" "${pids[-1]}" "$scratch/fake_api.log"
 fi
 
 url=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["url"])' "$data_dir/control.json")

@@ -300,6 +300,15 @@ impl DownloadPlan {
         Some(self.start_request(source, group..group + 1, Some(helped), now))
     }
 
+    /// Bytes of `request` arrived (a group not complete yet): a slow
+    /// source is not a stalled one. Only "no data for the stall timeout"
+    /// drops a source.
+    pub fn handle_data_received(&mut self, request: RequestId, now: Time) {
+        if let Some(inflight) = self.requests.get_mut(&request) {
+            inflight.last_progress = now;
+        }
+    }
+
     /// Group `group` of `request` arrived and verified.
     pub fn handle_group_verified(&mut self, request: RequestId, group: u64, now: Time) {
         let Some(inflight) = self.requests.get_mut(&request) else {

@@ -41,10 +41,7 @@ pub enum LinkError {
     /// The content id is not 64 hex characters.
     #[error("the content id must be 64 hex characters")]
     ContentId,
-    /// A `key=value` pair is malformed or repeated.
-    #[error("parameter {0:?} is malformed or repeated")]
-    Parameter(String),
-    /// `name=` is not valid percent-encoded UTF-8, empty, or too long.
+    /// `name=` has a broken percent escape, or is too long.
     #[error("name: {0}")]
     Name(&'static str),
     /// `size=` is not a number of bytes.
@@ -84,18 +81,21 @@ impl Link {
         let content_id: ContentId = id_part.parse().map_err(|_| LinkError::ContentId)?;
         let mut link = Link::new(content_id, None, None);
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair
-                .split_once('=')
-                .ok_or_else(|| LinkError::Parameter(short(pair)))?;
+            // Like a magnet link's, parameters this version does not know
+            // (or can't read) are passed over.
+            let Some((key, value)) = pair.split_once('=') else {
+                continue;
+            };
             match key {
-                "name" if link.name.is_none() => link.name = Some(decode_name(value)?),
+                "name" if link.name.is_none() => link.name = decode_name(value)?,
                 "size" if link.size.is_none() => {
                     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
                         return Err(LinkError::Size);
                     }
                     link.size = Some(value.parse().map_err(|_| LinkError::Size)?);
                 }
-                "name" | "size" => return Err(LinkError::Parameter(key.to_owned())),
+                // A repeated name or size: the first one counts.
+                "name" | "size" => {}
                 _ => {}
             }
         }
@@ -126,11 +126,6 @@ impl std::fmt::Display for Link {
     }
 }
 
-/// At most 40 characters of `text`, for an error message.
-fn short(text: &str) -> String {
-    text.chars().take(40).collect()
-}
-
 /// Percent-encodes everything but RFC 3986's unreserved characters.
 fn encode(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
@@ -151,7 +146,9 @@ fn hex_value(byte: u8) -> Option<u8> {
 }
 
 /// Decodes a percent-encoded name (`+` is a space, as forms write it).
-fn decode_name(value: &str) -> Result<String, LinkError> {
+/// An empty name is no name; bytes that are not UTF-8 become U+FFFD (the
+/// name is only a suggestion, made safe before anything is saved under it).
+fn decode_name(value: &str) -> Result<Option<String>, LinkError> {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -177,12 +174,12 @@ fn decode_name(value: &str) -> Result<String, LinkError> {
         }
     }
     if out.is_empty() {
-        return Err(LinkError::Name("empty"));
+        return Ok(None);
     }
     if out.len() > MAX_NAME_BYTES {
         return Err(LinkError::Name("longer than 1024 bytes"));
     }
-    String::from_utf8(out).map_err(|_| LinkError::Name("not UTF-8"))
+    Ok(Some(String::from_utf8_lossy(&out).into_owned()))
 }
 
 #[cfg(test)]
@@ -257,20 +254,24 @@ mod tests {
             Err(LinkError::Name("a % is not followed by two hex digits"))
         );
         assert_eq!(
-            Link::parse(&format!("canopy:{id}?name=%FF")),
-            Err(LinkError::Name("not UTF-8"))
+            Link::parse(&format!("canopy:{id}?name=%FF")).map(|l| l.name),
+            Ok(Some("\u{fffd}".to_owned())),
+            "not UTF-8: read lossily"
         );
         assert_eq!(
-            Link::parse(&format!("canopy:{id}?name=")),
-            Err(LinkError::Name("empty"))
+            Link::parse(&format!("canopy:{id}?name=")).map(|l| l.name),
+            Ok(None),
+            "an empty name is no name"
         );
         assert_eq!(
-            Link::parse(&format!("canopy:{id}?name=a&name=b")),
-            Err(LinkError::Parameter("name".into()))
+            Link::parse(&format!("canopy:{id}?name=a&name=b")).map(|l| l.name),
+            Ok(Some("a".to_owned())),
+            "the first name counts"
         );
         assert_eq!(
-            Link::parse(&format!("canopy:{id}?oops")),
-            Err(LinkError::Parameter("oops".into()))
+            Link::parse(&format!("canopy:{id}?oops&size=3")).map(|l| l.size),
+            Ok(Some(3)),
+            "what can't be read is passed over"
         );
     }
 

@@ -276,6 +276,7 @@ fn share_error(error: NodeError) -> ApiError {
     match error {
         NodeError::Share(error) => ApiError::field("path", error.to_string()),
         NodeError::Stopped => ApiError::Unavailable("the leaf is stopping".into()),
+        NodeError::NotShared(_) => ApiError::NotFound(error.to_string()),
         other => ApiError::BadRequest(other.to_string()),
     }
 }

@@ -857,7 +857,11 @@ impl Control for Daemon {
     }
 
     async fn remove_share(&self, path: String) -> Result<SharesView, ApiError> {
-        let folder = checked_folder(&path)?;
+        // A folder deleted since it was shared can still be unshared.
+        let folder = PathBuf::from(&path);
+        if !folder.is_absolute() {
+            return Err(ApiError::field("path", "must be an absolute path"));
+        }
         backend::remove_share(&self.leaf, &folder).await?;
         Ok(self.shares())
     }
@@ -887,14 +891,29 @@ impl Control for Daemon {
     }
 }
 
-/// A folder path as the API takes it: absolute, an existing directory.
+/// Folders never shared: the whole system, and the kernel's and the
+/// devices' pseudo-files (endless, or not files at all).
+const NEVER_SHARED: [&str; 5] = ["/", "/proc", "/sys", "/dev", "/run"];
+
+/// A folder path as the API takes it: absolute, an existing directory, not
+/// the root or a system pseudo-file tree.
 fn checked_folder(path: &str) -> Result<PathBuf, ApiError> {
     let folder = PathBuf::from(path);
     if !folder.is_absolute() {
         return Err(ApiError::field("path", "must be an absolute path"));
     }
     if !folder.is_dir() {
-        return Err(ApiError::field("path", "is not a folder"));
+        return Err(ApiError::NotFound(format!("{path}: no such folder")));
+    }
+    let real = folder.canonicalize().unwrap_or_else(|_| folder.clone());
+    let system = NEVER_SHARED
+        .iter()
+        .any(|never| real == Path::new(never) || (*never != "/" && real.starts_with(never)));
+    if system {
+        return Err(ApiError::Forbidden(format!(
+            "{} is a system folder and is never shared",
+            real.display()
+        )));
     }
     Ok(folder)
 }

@@ -340,6 +340,10 @@ pub enum ApiError {
     /// The request as a whole is wrong (400).
     #[error("{0}")]
     BadRequest(String),
+    /// Refused whatever the request says (403), e.g. sharing a system
+    /// folder.
+    #[error("{0}")]
+    Forbidden(String),
     /// No such download or search (404).
     #[error("{0}")]
     NotFound(String),
@@ -364,6 +368,7 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             Self::BadField { .. } | Self::BadRequest(_) => 400,
+            Self::Forbidden(_) => 403,
             Self::NotFound(_) => 404,
             Self::Conflict(_) => 409,
             Self::Unavailable(_) => 503,

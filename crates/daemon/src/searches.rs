@@ -44,6 +44,9 @@ pub(crate) struct PreparedSearch {
     pub(crate) sort: CoreSort,
     /// What was asked, as shown.
     pub(crate) query: String,
+    /// Nothing can match (no words, or a size range with its ends
+    /// crossed): the search finishes at once, asking no one.
+    pub(crate) matches_nothing: bool,
 }
 
 fn core_kind(kind: FileKind) -> CoreKind {
@@ -85,9 +88,16 @@ pub(crate) fn prepare(spec: &SearchSpec) -> Result<PreparedSearch, ApiError> {
         return Err(ApiError::field("timeout_secs", "must be 0.1 to 60"));
     }
     let timeout = Duration::from_secs_f64(timeout_secs);
+    // A crossed size range is a valid request that no file can match.
+    let crossed = matches!((spec.min_size, spec.max_size), (Some(min), Some(max)) if min > max);
+    let (min_size, max_size) = if crossed {
+        (None, None)
+    } else {
+        (spec.min_size, spec.max_size)
+    };
     let filter = ResultFilter::new(
-        spec.min_size,
-        spec.max_size,
+        min_size,
+        max_size,
         &spec.extensions,
         spec.kind.map(core_kind),
     )
@@ -120,10 +130,11 @@ pub(crate) fn prepare(spec: &SearchSpec) -> Result<PreparedSearch, ApiError> {
             if query.len() > MAX_QUERY_BYTES {
                 return Err(ApiError::field("query", "longer than 256 bytes"));
             }
-            if query.chars().any(char::is_control) {
-                return Err(ApiError::field("query", "holds control characters"));
-            }
-            let words: Vec<&str> = query.split_whitespace().collect();
+            // Control characters separate words, as spaces do.
+            let words: Vec<&str> = query
+                .split(|c: char| c.is_whitespace() || c.is_control())
+                .filter(|word| !word.is_empty())
+                .collect();
             (
                 SearchRequest::keywords(&words, SEARCH_TTL, timeout, max_results),
                 words.join(" "),
@@ -134,13 +145,15 @@ pub(crate) fn prepare(spec: &SearchSpec) -> Result<PreparedSearch, ApiError> {
             (SearchRequest::content(id, SEARCH_TTL, timeout), id.to_hex())
         }
     };
-    request.min_size = spec.min_size;
-    request.max_size = spec.max_size;
+    request.min_size = min_size;
+    request.max_size = max_size;
+    let matches_nothing = crossed || (request.keywords.is_empty() && request.content_id.is_none());
     Ok(PreparedSearch {
         request,
         filter,
         sort: core_sort(spec.sort.unwrap_or_default()),
         query: shown,
+        matches_nothing,
     })
 }
 
@@ -204,9 +217,17 @@ impl Searches {
         shutdown: &CancellationToken,
     ) -> Result<SearchView, ApiError> {
         let prepared = prepare(spec)?;
-        let live = backend::search_live(leaf, prepared.request.clone())
-            .await
-            .map_err(|error| ApiError::Unavailable(error.to_string()))?;
+        // A search that can match nothing finishes at once, with no results.
+        let nothing_to_ask = prepared.matches_nothing;
+        let live = if nothing_to_ask {
+            None
+        } else {
+            Some(
+                backend::search_live(leaf, prepared.request.clone())
+                    .await
+                    .map_err(|error| ApiError::Unavailable(error.to_string()))?,
+            )
+        };
         let number = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -214,12 +235,15 @@ impl Searches {
         let first = SearchView {
             id: id.clone(),
             query: prepared.query.clone(),
+            done: nothing_to_ask,
             ..SearchView::default()
         };
         let (tx, _) = watch::channel(first.clone());
         let view = Arc::new(tx);
         let stop = shutdown.child_token();
-        tracker.spawn(follow(live, prepared, view.clone(), stop.clone()));
+        if let Some(live) = live {
+            tracker.spawn(follow(live, prepared, view.clone(), stop.clone()));
+        }
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.push_back(Entry { id, view, stop });
         while entries.len() > MAX_SEARCHES {
@@ -379,7 +403,10 @@ mod tests {
             max_size: Some(1),
             ..spec()
         };
-        assert_eq!(field(prepare(&range)).as_deref(), Some("min_size"));
+        assert!(
+            prepare(&range).unwrap().matches_nothing,
+            "a crossed range matches nothing"
+        );
         let extensions = SearchSpec {
             extensions: vec!["a/b".into()],
             ..spec()

@@ -567,6 +567,11 @@ impl DownloadControl {
 }
 
 enum WorkerEvent {
+    /// Bytes arrived, a group not complete yet (sent at most once a
+    /// [`DATA_NOTICE_INTERVAL`]).
+    Receiving {
+        request: u64,
+    },
     Verified {
         request: u64,
         group: u64,
@@ -589,6 +594,11 @@ enum WorkerEvent {
     },
     Disk(std::io::Error),
 }
+
+/// How often a request says its bytes are still coming, so a slow source
+/// (a 1 MiB group taking longer than the stall timeout) is not taken for
+/// a stalled one.
+const DATA_NOTICE_INTERVAL: Duration = Duration::from_millis(250);
 
 struct Worker {
     request: Request,
@@ -762,6 +772,7 @@ impl Worker {
         let mut parts: Vec<Bytes> = Vec::new();
         let mut have = 0usize;
         let mut pending: Option<(u64, JoinHandle<std::io::Result<bool>>)> = None;
+        let mut noticed: Option<std::time::Instant> = None;
         loop {
             let frame = match body.frame().await {
                 None => break,
@@ -774,6 +785,11 @@ impl Worker {
             let Ok(mut data) = frame.into_data() else {
                 continue;
             };
+            if noticed.is_none_or(|at| at.elapsed() >= DATA_NOTICE_INTERVAL) {
+                noticed = Some(std::time::Instant::now());
+                // A full queue means notices are pending anyway.
+                let _ = self.events.try_send(WorkerEvent::Receiving { request });
+            }
             while !data.is_empty() {
                 if group >= self.request.groups.end {
                     self.settle(pending.take()).await?;
@@ -1032,6 +1048,7 @@ pub async fn download_live(
             event = events.recv() => {
                 let Some(event) = event else { continue };
                 match event {
+                    WorkerEvent::Receiving { request } => plan.handle_data_received(request, now()),
                     WorkerEvent::Verified { request, group } => {
                         first_byte.get_or_insert_with(|| started.elapsed());
                         plan.handle_group_verified(request, group, now());

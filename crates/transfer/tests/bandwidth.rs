@@ -342,3 +342,42 @@ async fn an_upload_slowed_by_our_own_limit_is_not_cut_as_too_slow() {
         .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(cut, 0);
 }
+
+/// A source slower than a group per stall timeout is slow, not stalled:
+/// bytes still arriving keep its requests alive. Before they did, a 1 MiB
+/// group at 384 KiB/s shared by two requests (over 5 s each) against a 1 s
+/// stall timeout dropped the only source ("every source failed: stalled").
+#[tokio::test]
+async fn a_slow_source_is_not_dropped_as_stalled() {
+    let s = serve(2 * MIB, 4).await;
+    s.server.upload_limit().set_rate(384 << 10);
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("file.bin");
+    let report = download(
+        vec![DownloadSource {
+            label: s.addr.to_string(),
+            connector: Arc::new(DirectConnector::new(s.addr, Duration::from_secs(5))),
+        }],
+        DownloadOptions {
+            content_id: s.id,
+            size: 2 * MIB,
+            target: target.clone(),
+            force: false,
+            config: DownloadConfig {
+                stall_timeout: Duration::from_secs(1),
+                groups_per_request: 1,
+                ..DownloadConfig::default()
+            },
+            progress: None,
+        },
+    )
+    .await
+    .expect("a slow source completes the download");
+    assert!(std::fs::read(&target).unwrap() == s.data);
+    assert_eq!(
+        report.dropped_sources().len(),
+        0,
+        "{:?}",
+        report.dropped_sources()
+    );
+}
