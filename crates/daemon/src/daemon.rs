@@ -455,6 +455,7 @@ impl Daemon {
                     .and_then(|p| Path::new(p).file_name())
                     .map(|n| n.to_string_lossy().into_owned())
                     .or_else(|| entry.name.clone());
+                tracing::info!(%id, name = ?name, "download started");
                 let job = FetchJob {
                     id,
                     size: entry.size,
@@ -470,9 +471,17 @@ impl Daemon {
         let finished_path = match outcome {
             // Paused, cancelled or shut down: whoever stopped it updated the
             // queue (or, at shutdown, left it active to resume).
-            Err(FetchError::Cancelled) => return,
+            Err(FetchError::Cancelled) => {
+                tracing::info!(%id, "download stopped (paused, cancelled or shutting down)");
+                return;
+            }
             Ok(fetched) => {
-                tracing::info!(%id, path = %fetched.path.display(), "download verified");
+                tracing::info!(
+                    %id,
+                    path = %fetched.path.display(),
+                    bytes = fetched.size,
+                    "download verified"
+                );
                 let path = fetched.path.display().to_string();
                 let mut queue = lock(&self.queue);
                 let _ = queue.set_details(&id, None, Some(fetched.size), None);

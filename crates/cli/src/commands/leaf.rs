@@ -106,9 +106,10 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         );
     } else {
         say!(
-            "leaf {} sharing {} files, listening on {listen}, joining {joining}",
+            "leaf {} sharing {} file{}, listening on {listen}, joining {joining}",
             leaf.node_id(),
             status.shared_files,
+            if status.shared_files == 1 { "" } else { "s" },
         );
     }
     if !resolved.json {

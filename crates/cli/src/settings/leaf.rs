@@ -273,6 +273,8 @@ impl LeafArgs {
                 .or_else(|| data_dir.as_ref().map(|dir| dir.join("downloads")))
                 .unwrap_or_else(|| PathBuf::from("downloads"))
         });
+        // Shown, logged and given to the API as absolute paths.
+        let downloads_dir = std::path::absolute(&downloads_dir).unwrap_or(downloads_dir);
         leaf.data_dir = data_dir;
         Ok(LeafSettings {
             leaf,
