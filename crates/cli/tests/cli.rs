@@ -11,16 +11,16 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use canopy_node::leaf::{self, LeafHandle, LeafOptions};
 use canopy_node::supernode::{self, SupernodeHandle, SupernodeOptions};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use support::{canopy, json_lines, terminate};
+use tokio::process::Child;
+
+mod support;
 
 const PATIENCE: Duration = Duration::from_secs(20);
-const CANOPY: &str = env!("CARGO_BIN_EXE_canopy");
 
 fn localhost() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
@@ -49,31 +49,6 @@ async fn overlay_with_shared(dir: &Path) -> (Vec<SupernodeHandle>, LeafHandle) {
     (vec![first, second], sharer)
 }
 
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-async fn canopy(args: &[&str]) -> Run {
-    let output = tokio::time::timeout(PATIENCE, Command::new(CANOPY).args(args).output())
-        .await
-        .expect("canopy did not finish")
-        .unwrap();
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
-    stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("each line is a JSON object"))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn search_prints_json_lines_a_table_and_finds_by_id() {
     let dir = tempfile::tempdir().unwrap();
@@ -82,16 +57,19 @@ async fn search_prints_json_lines_a_table_and_finds_by_id() {
     let (nodes, sharer) = overlay_with_shared(dir.path()).await;
     let at = nodes[1].local_addr().to_string();
 
-    let run = canopy(&[
-        "search",
-        "--supernode",
-        &at,
-        "--json",
-        "--timeout",
-        "1",
-        "night",
-        "train",
-    ])
+    let run = canopy(
+        PATIENCE,
+        &[
+            "search",
+            "--supernode",
+            &at,
+            "--json",
+            "--timeout",
+            "1",
+            "night",
+            "train",
+        ],
+    )
     .await;
     assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
     let lines = json_lines(&run.stdout);
@@ -103,37 +81,47 @@ async fn search_prints_json_lines_a_table_and_finds_by_id() {
     let source = sharer.listen_addr().unwrap().to_string();
     assert_eq!(lines[0]["sources"], serde_json::json!([source]));
 
-    let run = canopy(&[
-        "search",
-        "--supernode",
-        &at,
-        "--json",
-        "--timeout",
-        "1",
-        "--id",
-        &id,
-    ])
+    let run = canopy(
+        PATIENCE,
+        &[
+            "search",
+            "--supernode",
+            &at,
+            "--json",
+            "--timeout",
+            "1",
+            "--id",
+            &id,
+        ],
+    )
     .await;
     assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
     let lines = json_lines(&run.stdout);
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["name"], "Night Train.ogg");
 
-    let run = canopy(&["search", "--supernode", &at, "--timeout", "1", "ogg"]).await;
+    let run = canopy(
+        PATIENCE,
+        &["search", "--supernode", &at, "--timeout", "1", "ogg"],
+    )
+    .await;
     assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
     assert!(run.stdout.starts_with("NAME"), "a table: {}", run.stdout);
     assert!(run.stdout.contains("Day Bus.ogg") && run.stdout.contains("Night Train.ogg"));
 
-    let run = canopy(&[
-        "search",
-        "--supernode",
-        &at,
-        "--json",
-        "--timeout",
-        "0.5",
-        "nothing",
-        "here",
-    ])
+    let run = canopy(
+        PATIENCE,
+        &[
+            "search",
+            "--supernode",
+            &at,
+            "--json",
+            "--timeout",
+            "0.5",
+            "nothing",
+            "here",
+        ],
+    )
     .await;
     assert_eq!(run.code, Some(0));
     assert!(run.stdout.is_empty(), "no results, no lines");
@@ -146,7 +134,11 @@ async fn search_against_a_closed_port_fails_with_one_line() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let run = canopy(&["search", "--supernode", &port.to_string(), "anything"]).await;
+    let run = canopy(
+        PATIENCE,
+        &["search", "--supernode", &port.to_string(), "anything"],
+    )
+    .await;
     assert_ne!(run.code, Some(0));
     assert!(run.stdout.is_empty());
     let stderr = run.stderr.trim();
@@ -155,40 +147,11 @@ async fn search_against_a_closed_port_fails_with_one_line() {
     assert!(stderr.contains(&port.to_string()), "{stderr}");
 }
 
-/// Starts `canopy` with `args` and returns it with its first stdout line.
+/// Starts `canopy` with `args`, each node with its own data directory: no
+/// host cache shared between runs.
 async fn spawn_node(args: &[&str]) -> (Child, serde_json::Value) {
-    // Each node its own data directory: no host cache shared between runs.
     let data = tempfile::tempdir().unwrap().keep();
-    let mut child = Command::new(CANOPY)
-        .args(args)
-        .env("XDG_DATA_HOME", data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let first = tokio::time::timeout(PATIENCE, lines.next_line())
-        .await
-        .expect("no startup line")
-        .unwrap()
-        .expect("exited before its startup line");
-    (child, serde_json::from_str(&first).unwrap())
-}
-
-async fn terminate(mut child: Child) -> Option<i32> {
-    let pid = child.id().unwrap().to_string();
-    Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    let status = tokio::time::timeout(PATIENCE, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    status.code()
+    support::spawn_node(PATIENCE, args, &[("XDG_DATA_HOME", &data)]).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -231,15 +194,18 @@ async fn supernode_and_leaf_processes_serve_a_search_and_stop_on_sigterm() {
     // search until it shows up (each try waits for its own timeout).
     let mut found = Vec::new();
     for _ in 0..20 {
-        let run = canopy(&[
-            "search",
-            "--supernode",
-            &second_addr,
-            "--json",
-            "--timeout",
-            "0.5",
-            "proof",
-        ])
+        let run = canopy(
+            PATIENCE,
+            &[
+                "search",
+                "--supernode",
+                &second_addr,
+                "--json",
+                "--timeout",
+                "0.5",
+                "proof",
+            ],
+        )
         .await;
         found = json_lines(&run.stdout);
         if !found.is_empty() {
@@ -249,14 +215,14 @@ async fn supernode_and_leaf_processes_serve_a_search_and_stop_on_sigterm() {
     assert_eq!(found.len(), 1, "the leaf's file was never found");
     assert_eq!(found[0]["sources"][0], hello["listen"]);
 
-    assert_eq!(terminate(leaf).await, Some(0));
-    assert_eq!(terminate(second).await, Some(0));
-    assert_eq!(terminate(first).await, Some(0));
+    assert_eq!(terminate(PATIENCE, leaf).await, Some(0));
+    assert_eq!(terminate(PATIENCE, second).await, Some(0));
+    assert_eq!(terminate(PATIENCE, first).await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_demo_finds_everything_it_planted() {
-    let run = canopy(&["demo", "--json"]).await;
+    let run = canopy(PATIENCE, &["demo", "--json"]).await;
     assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
     let lines = json_lines(&run.stdout);
     assert_eq!(lines.len(), 7, "five searches, two downloads");
@@ -290,7 +256,7 @@ async fn a_bad_config_names_the_file_and_the_key_and_exits_2() {
     ] {
         let path = dir.path().join("supernode.toml");
         std::fs::write(&path, text).unwrap();
-        let run = canopy(&["supernode", "--config", path.to_str().unwrap()]).await;
+        let run = canopy(PATIENCE, &["supernode", "--config", path.to_str().unwrap()]).await;
         assert_eq!(run.code, Some(2), "{text}: {}", run.stderr);
         assert!(
             run.stderr.contains("supernode.toml"),
@@ -307,7 +273,7 @@ async fn a_bad_config_names_the_file_and_the_key_and_exits_2() {
         let path = dir.path().join("leaf.toml");
         let text = format!("supernodes = [\"127.0.0.1:1\"]\nshares = [\"/tmp\"]\n{text}");
         std::fs::write(&path, &text).unwrap();
-        let run = canopy(&["leaf", "--config", path.to_str().unwrap()]).await;
+        let run = canopy(PATIENCE, &["leaf", "--config", path.to_str().unwrap()]).await;
         assert_eq!(run.code, Some(2), "{text}: {}", run.stderr);
         assert!(run.stderr.contains(key), "names `{key}`: {}", run.stderr);
     }
@@ -316,7 +282,7 @@ async fn a_bad_config_names_the_file_and_the_key_and_exits_2() {
     let path = dir.path().join("leaf.toml");
     let data = dir.path().join("empty-data");
     std::fs::write(&path, format!("data_dir = \"{}\"\n", data.display())).unwrap();
-    let run = canopy(&["leaf", "--config", path.to_str().unwrap()]).await;
+    let run = canopy(PATIENCE, &["leaf", "--config", path.to_str().unwrap()]).await;
     assert_eq!(run.code, Some(2));
     assert!(run.stderr.contains("key `supernodes`"), "{}", run.stderr);
     assert!(
@@ -324,7 +290,7 @@ async fn a_bad_config_names_the_file_and_the_key_and_exits_2() {
         "says what to pass: {}",
         run.stderr
     );
-    let missing = canopy(&["leaf", "--config", "/no/such/file.toml"]).await;
+    let missing = canopy(PATIENCE, &["leaf", "--config", "/no/such/file.toml"]).await;
     assert_eq!(missing.code, Some(2));
     assert!(
         missing.stderr.contains("/no/such/file.toml"),
@@ -371,15 +337,18 @@ async fn config_files_configure_nodes_and_flags_win() {
     assert!(dir.path().join("leaf-data/hash-cache.json").exists());
     let mut found = Vec::new();
     for _ in 0..20 {
-        let run = canopy(&[
-            "search",
-            "--supernode",
-            &addr,
-            "--json",
-            "--timeout",
-            "0.5",
-            "config",
-        ])
+        let run = canopy(
+            PATIENCE,
+            &[
+                "search",
+                "--supernode",
+                &addr,
+                "--json",
+                "--timeout",
+                "0.5",
+                "config",
+            ],
+        )
         .await;
         found = json_lines(&run.stdout);
         if !found.is_empty() {
@@ -387,6 +356,6 @@ async fn config_files_configure_nodes_and_flags_win() {
         }
     }
     assert_eq!(found.len(), 1);
-    assert_eq!(terminate(leaf).await, Some(0));
-    assert_eq!(terminate(supernode).await, Some(0));
+    assert_eq!(terminate(PATIENCE, leaf).await, Some(0));
+    assert_eq!(terminate(PATIENCE, supernode).await, Some(0));
 }

@@ -11,6 +11,7 @@
 
 #[path = "../../daemon/tests/support/fake_control.rs"]
 mod fake_control;
+mod support;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -25,12 +26,12 @@ use canopy_daemon::model::{
     SettingsPatch, SharesView, Status, UploadView,
 };
 use fake_control::{FakeControl, content_id};
+use support::{CANOPY, Run, canopy, json_lines};
 use tokio::process::Command;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 const PATIENCE: Duration = Duration::from_secs(20);
-const CANOPY: &str = env!("CARGO_BIN_EXE_canopy");
 
 /// The fake daemon, with downloads that move by themselves each time
 /// they are looked at, by the first digit of their id: `d` becomes done
@@ -206,7 +207,7 @@ impl Leaf {
     async fn canopy(&self, args: &[&str]) -> Run {
         let mut all = args.to_vec();
         all.extend(["--data-dir", self.dir()]);
-        canopy(&all).await
+        canopy(PATIENCE, &all).await
     }
 
     fn queue(&self) -> Vec<DownloadView> {
@@ -219,31 +220,6 @@ impl Leaf {
         assert_eq!(run.code, Some(0), "{}", run.stderr);
         id
     }
-}
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-async fn canopy(args: &[&str]) -> Run {
-    let output = tokio::time::timeout(PATIENCE, Command::new(CANOPY).args(args).output())
-        .await
-        .expect("canopy did not finish")
-        .unwrap();
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
-    stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("each line is a JSON object"))
-        .collect()
 }
 
 fn json(stdout: &str) -> serde_json::Value {
@@ -620,7 +596,7 @@ async fn no_leaf_in(dir: &Path, stale: bool) {
     ] {
         let mut all = args.to_vec();
         all.extend(["--data-dir", &shown]);
-        let run = canopy(&all).await;
+        let run = canopy(PATIENCE, &all).await;
         assert_eq!(run.code, Some(1), "{args:?} (stale: {stale})");
         assert_eq!(run.stdout, "", "{args:?}");
         assert!(run.stderr.contains(&message), "{args:?}: {}", run.stderr);

@@ -12,84 +12,28 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use support::{CANOPY, Run, canopy, json_lines, terminate};
 use tokio::process::{Child, Command};
 
+mod support;
+
 const PATIENCE: Duration = Duration::from_secs(60);
-const CANOPY: &str = env!("CARGO_BIN_EXE_canopy");
 /// The shared file's size, and the sharing leaf's upload rate: the
 /// upload lasts about four seconds.
 const FILE_BYTES: usize = 4 << 20;
 const UPLOAD_RATE: u64 = 1 << 20;
 
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-async fn canopy(args: &[&str]) -> Run {
-    let output = tokio::time::timeout(PATIENCE, Command::new(CANOPY).args(args).output())
-        .await
-        .expect("canopy did not finish")
-        .unwrap();
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
-    stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("each line is a JSON object"))
-        .collect()
-}
-
 /// Starts `canopy ARGS` (its home in `home`) and returns it with its first
 /// stdout line, parsed.
 async fn spawn_node(args: &[&str], home: &Path) -> (Child, serde_json::Value) {
-    let mut child = Command::new(CANOPY)
-        .args(args)
-        .env("XDG_DATA_HOME", home)
-        .env("HOME", home)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let first = tokio::time::timeout(PATIENCE, lines.next_line())
-        .await
-        .expect("no startup line")
-        .unwrap()
-        .expect("exited before its startup line");
-    // Keep reading so the node never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, serde_json::from_str(&first).unwrap())
-}
-
-async fn terminate(mut child: Child) -> Option<i32> {
-    let pid = child.id().unwrap().to_string();
-    Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    tokio::time::timeout(PATIENCE, child.wait())
-        .await
-        .unwrap()
-        .unwrap()
-        .code()
+    support::spawn_node(PATIENCE, args, &[("XDG_DATA_HOME", home), ("HOME", home)]).await
 }
 
 /// Runs `canopy ARGS` until `done` accepts its result.
 async fn until(what: &str, args: &[&str], mut done: impl FnMut(&Run) -> bool) -> Run {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let run = canopy(args).await;
+        let run = canopy(PATIENCE, args).await;
         if done(&run) {
             return run;
         }
@@ -227,7 +171,7 @@ async fn search_and_get_through_a_running_leaf_and_watch_the_upload() {
         .unwrap();
     assert_eq!(upload["name"], "Harbour Lights.flac");
     assert!(upload["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
-    let text = canopy(&["uploads", "--data-dir", &sharer_data]).await;
+    let text = canopy(PATIENCE, &["uploads", "--data-dir", &sharer_data]).await;
     assert!(text.stdout.starts_with("PEER"), "{}", text.stdout);
 
     let output = tokio::time::timeout(PATIENCE, get.wait_with_output())
@@ -247,13 +191,17 @@ async fn search_and_get_through_a_running_leaf_and_watch_the_upload() {
     assert_eq!(blake3::hash(&fetched).to_hex().as_str(), id, "verified");
     assert_eq!(fetched, bytes);
 
-    let run = canopy(&["downloads", "--json", "--data-dir", &getter_data]).await;
+    let run = canopy(
+        PATIENCE,
+        &["downloads", "--json", "--data-dir", &getter_data],
+    )
+    .await;
     let queue = json_lines(&run.stdout);
     assert_eq!(queue.len(), 1, "{}", run.stdout);
     assert_eq!(queue[0]["id"], id.as_str());
     assert_eq!(queue[0]["state"], "done");
     assert_eq!(queue[0]["verified_bytes"], FILE_BYTES);
-    let run = canopy(&["downloads", "--data-dir", &getter_data]).await;
+    let run = canopy(PATIENCE, &["downloads", "--data-dir", &getter_data]).await;
     assert!(run.stdout.contains("1  done"), "{}", run.stdout);
     assert!(
         run.stdout
@@ -262,21 +210,21 @@ async fn search_and_get_through_a_running_leaf_and_watch_the_upload() {
         run.stdout
     );
 
-    let run = canopy(&["status", "--json", "--data-dir", &sharer_data]).await;
+    let run = canopy(PATIENCE, &["status", "--json", "--data-dir", &sharer_data]).await;
     let status: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
     assert!(
         status["totals"]["uploaded_bytes"].as_u64().unwrap() >= FILE_BYTES as u64,
         "{status}"
     );
 
-    assert_eq!(terminate(getter).await, Some(0));
-    assert_eq!(terminate(sharer).await, Some(0));
-    assert_eq!(terminate(supernode).await, Some(0));
+    assert_eq!(terminate(PATIENCE, getter).await, Some(0));
+    assert_eq!(terminate(PATIENCE, sharer).await, Some(0));
+    assert_eq!(terminate(PATIENCE, supernode).await, Some(0));
     assert!(
         !Path::new(&getter_data).join("control.json").exists(),
         "a clean stop removes control.json"
     );
-    let run = canopy(&["status", "--data-dir", &getter_data]).await;
+    let run = canopy(PATIENCE, &["status", "--data-dir", &getter_data]).await;
     assert_eq!(run.code, Some(1));
     assert!(
         run.stderr.contains("no running leaf found"),

@@ -21,29 +21,12 @@ use canopy_node::supernode::SupernodeHandle;
 use canopy_proto::{ContentId, SharedFile};
 use canopy_testkit::fake_source::{self, FakeSource, Misbehaviour};
 use canopy_testkit::overlay::{PATIENCE, leaf, line, sample_bytes, start_leaf};
+use support::{CANOPY, canopy};
 use tokio::process::{Child, Command};
 
-const CANOPY: &str = env!("CARGO_BIN_EXE_canopy");
+mod support;
+
 const MIB: usize = 1 << 20;
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `canopy` to the end; it must finish within [`PATIENCE`].
-async fn canopy(args: &[&str]) -> Run {
-    let output = tokio::time::timeout(PATIENCE, Command::new(CANOPY).args(args).output())
-        .await
-        .expect("canopy did not finish")
-        .unwrap();
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
 
 fn id_of(data: &[u8]) -> ContentId {
     ContentId(*blake3::hash(data).as_bytes())
@@ -115,16 +98,19 @@ async fn search_returns_as_soon_as_it_has_max_results() {
     let (at, _sharer, _dir) = sharing("Night Train.ogg", b"night train bytes").await;
     // A 60 s timeout: finishing within PATIENCE means it did not wait.
     // A host name is taken as well as an address.
-    let run = canopy(&[
-        "search",
-        "--supernode",
-        &format!("localhost:{}", at.local_addr().port()),
-        "--timeout",
-        "60",
-        "--max-results",
-        "1",
-        "night",
-    ])
+    let run = canopy(
+        PATIENCE,
+        &[
+            "search",
+            "--supernode",
+            &format!("localhost:{}", at.local_addr().port()),
+            "--timeout",
+            "60",
+            "--max-results",
+            "1",
+            "night",
+        ],
+    )
     .await;
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let lines: Vec<&str> = run.stdout.lines().collect();
@@ -139,16 +125,19 @@ async fn get_into_a_new_folder_creates_it_and_saves_inside() {
     let (at, _sharer, _dir) = sharing("song.ogg", &data).await;
     let out = tempfile::tempdir().unwrap();
     let folder = out.path().join("new").join("folder");
-    let run = canopy(&[
-        "get",
-        "--supernode",
-        &at.local_addr().to_string(),
-        "--search-timeout",
-        "60",
-        "-o",
-        &format!("{}/", folder.display()),
-        &id_of(&data).to_hex(),
-    ])
+    let run = canopy(
+        PATIENCE,
+        &[
+            "get",
+            "--supernode",
+            &at.local_addr().to_string(),
+            "--search-timeout",
+            "60",
+            "-o",
+            &format!("{}/", folder.display()),
+            &id_of(&data).to_hex(),
+        ],
+    )
     .await;
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(std::fs::read(folder.join("song.ogg")).unwrap(), data);
@@ -178,12 +167,20 @@ async fn an_existing_target_is_checked_before_searching() {
     };
     // Nobody shares it and the search would run 60 s: the file is there.
     let same = args(&id.to_hex());
-    let run = canopy(&same.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let run = canopy(
+        PATIENCE,
+        &same.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert!(run.stdout.contains("already there"), "{}", run.stdout);
     // Another content at that name: refused at once, before any search.
     let other = args(&ContentId([7; 32]).to_hex());
-    let run = canopy(&other.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let run = canopy(
+        PATIENCE,
+        &other.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
     assert_eq!(run.code, Some(1));
     assert!(run.stderr.contains("already exists"), "{}", run.stderr);
     assert_eq!(std::fs::read(&target).unwrap(), data, "left alone");
@@ -196,16 +193,19 @@ async fn two_gets_of_one_id_into_one_folder_do_not_share_a_partial() {
     let (at, _announcer, _source) = stalling(&data).await;
     let out = tempfile::tempdir().unwrap();
     let first = stalled_get(&at, id, out.path()).await;
-    let run = canopy(&[
-        "get",
-        "--supernode",
-        &at.local_addr().to_string(),
-        "--search-timeout",
-        "60",
-        "-o",
-        &format!("{}/", out.path().display()),
-        &id.to_hex(),
-    ])
+    let run = canopy(
+        PATIENCE,
+        &[
+            "get",
+            "--supernode",
+            &at.local_addr().to_string(),
+            "--search-timeout",
+            "60",
+            "-o",
+            &format!("{}/", out.path().display()),
+            &id.to_hex(),
+        ],
+    )
     .await;
     assert_eq!(run.code, Some(1));
     assert!(

@@ -14,9 +14,11 @@ use canopy_node::leaf::LeafOptions;
 use canopy_proto::{ContentId, SharedFile};
 use canopy_testkit::fake_source::{self, Misbehaviour};
 use canopy_testkit::overlay::*;
+use support::CANOPY;
 use tokio::process::Command;
 
-const CANOPY: &str = env!("CARGO_BIN_EXE_canopy");
+mod support;
+
 const MIB: usize = 1 << 20;
 
 #[tokio::test(flavor = "multi_thread")]

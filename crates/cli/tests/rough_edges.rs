@@ -12,29 +12,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use canopy_node::supernode::{self, SupernodeOptions};
+use support::{CANOPY, canopy};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
+mod support;
+
 const PATIENCE: Duration = Duration::from_secs(20);
-const CANOPY: &str = env!("CARGO_BIN_EXE_canopy");
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-async fn canopy(args: &[&str]) -> Run {
-    let output = tokio::time::timeout(PATIENCE, Command::new(CANOPY).args(args).output())
-        .await
-        .expect("canopy did not finish")
-        .unwrap();
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
 
 /// A running `canopy` node: its JSON stdout lines, its stderr kept.
 struct Node {
@@ -106,7 +90,7 @@ async fn hash_takes_a_file_and_prints_what_b3sum_prints() {
     let file = dir.path().join("Night Train.ogg");
     std::fs::write(&file, b"night train bytes").unwrap();
     let path = file.to_str().unwrap();
-    let run = canopy(&["hash", path]).await;
+    let run = canopy(PATIENCE, &["hash", path]).await;
     assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
     let b3sum = std::process::Command::new("b3sum")
         .arg(path)
@@ -118,7 +102,7 @@ async fn hash_takes_a_file_and_prints_what_b3sum_prints() {
     // A file and a folder together: the file, then the folder's files.
     let folder = tempfile::tempdir().unwrap();
     std::fs::write(folder.path().join("Day Bus.ogg"), b"day bus bytes").unwrap();
-    let run = canopy(&["hash", path, folder.path().to_str().unwrap()]).await;
+    let run = canopy(PATIENCE, &["hash", path, folder.path().to_str().unwrap()]).await;
     assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{}", run.stdout);
@@ -131,13 +115,16 @@ async fn an_os_error_is_said_once() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = held.local_addr().unwrap().to_string();
     let data = tempfile::tempdir().unwrap();
-    let run = canopy(&[
-        "supernode",
-        "--listen",
-        &addr,
-        "--data-dir",
-        data.path().to_str().unwrap(),
-    ])
+    let run = canopy(
+        PATIENCE,
+        &[
+            "supernode",
+            "--listen",
+            &addr,
+            "--data-dir",
+            data.path().to_str().unwrap(),
+        ],
+    )
     .await;
     assert_eq!(run.code, Some(1));
     let line = run.stderr.lines().last().unwrap();
@@ -147,7 +134,7 @@ async fn an_os_error_is_said_once() {
     );
     assert_eq!(line.matches("(os error").count(), 1, "said once: {line}");
 
-    let run = canopy(&["hash", "/no/such/file"]).await;
+    let run = canopy(PATIENCE, &["hash", "/no/such/file"]).await;
     assert_eq!(run.code, Some(1));
     assert_eq!(
         run.stderr.trim(),

@@ -1,0 +1,90 @@
+//! What the CLI's integration tests share: running the `canopy` binary to
+//! the end and collecting what it said, starting it as a node that prints
+//! a JSON startup line, and stopping that node with SIGTERM. Each test
+//! file includes it with `mod support;` and uses the parts it needs; the
+//! time a command may take comes from the caller, since the tests wait
+//! differently long.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The `canopy` binary under test.
+pub(crate) const CANOPY: &str = env!("CARGO_BIN_EXE_canopy");
+
+/// How a `canopy` run ended and what it wrote.
+pub(crate) struct Run {
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+/// Runs `canopy ARGS` to the end; it must finish within `patience`.
+pub(crate) async fn canopy(patience: Duration, args: &[&str]) -> Run {
+    let output = tokio::time::timeout(patience, Command::new(CANOPY).args(args).output())
+        .await
+        .expect("canopy did not finish")
+        .unwrap();
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Each stdout line, parsed as one JSON object.
+pub(crate) fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each line is a JSON object"))
+        .collect()
+}
+
+/// Starts `canopy ARGS` with the environment variables `envs` set (each to
+/// a directory) and returns it with its first stdout line, parsed, which
+/// must come within `patience`. The rest of stdout is read and dropped so
+/// the node never blocks on a full pipe.
+pub(crate) async fn spawn_node(
+    patience: Duration,
+    args: &[&str],
+    envs: &[(&str, &Path)],
+) -> (Child, serde_json::Value) {
+    let mut child = Command::new(CANOPY)
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(patience, lines.next_line())
+        .await
+        .expect("no startup line")
+        .unwrap()
+        .expect("exited before its startup line");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, serde_json::from_str(&first).unwrap())
+}
+
+/// Sends the node SIGTERM and returns its exit code, which must come
+/// within `patience`.
+pub(crate) async fn terminate(patience: Duration, mut child: Child) -> Option<i32> {
+    let pid = child.id().unwrap().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    tokio::time::timeout(patience, child.wait())
+        .await
+        .unwrap()
+        .unwrap()
+        .code()
+}
