@@ -4,34 +4,27 @@
 
 use canopy_daemon::model::{DownloadState, DownloadView};
 
-use super::running::DataDir;
+use super::running::LeafArgs;
 use super::show::{self, Align};
 
 /// Arguments of `canopy downloads`.
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("json", |json| json.help(
+    "Print one JSON object per line per download (the API's `DownloadView`)"
+)))]
 pub(crate) struct Args {
     #[command(flatten)]
-    leaf: DataDir,
-    /// Print one JSON object per line per download (the API's `DownloadView`).
-    #[arg(long)]
-    json: bool,
+    leaf: LeafArgs,
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let client = args.leaf.leaf().await?;
-    let queue = client.downloads().await?;
-    if args.json {
-        for download in &queue {
-            say!("{}", serde_json::to_string(download)?);
-        }
-        return Ok(());
-    }
-    if queue.is_empty() {
-        say!("the queue is empty (add to it with `canopy get`)");
-        return Ok(());
-    }
-    say!("{}", table(&queue).trim_end());
-    Ok(())
+    let queue = args.leaf.leaf().await?.downloads().await?;
+    show::list(
+        &queue,
+        args.leaf.json,
+        "the queue is empty (add to it with `canopy get`)",
+        table,
+    )
 }
 
 /// The queue as a numbered table; a failed or skipped download says why

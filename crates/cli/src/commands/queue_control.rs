@@ -4,18 +4,18 @@
 
 use serde::Serialize;
 
-use super::running::{DataDir, Pick};
+use super::running::{LeafArgs, Pick};
 use super::show;
 
 /// Arguments of `canopy pause`, `canopy resume` and `canopy cancel`.
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("json", |json| json.help(
+    "Print one JSON document: the download as it is now (for cancel, \
+     `{\"id\", \"name\", \"cancelled\"}`)"
+)))]
 pub(crate) struct Args {
     #[command(flatten)]
-    leaf: DataDir,
-    /// Print one JSON document: the download as it is now (for cancel,
-    /// `{"id", "name", "cancelled"}`).
-    #[arg(long)]
-    json: bool,
+    leaf: LeafArgs,
     /// The download: N from `canopy downloads`, its content id, or a start
     /// of the id (at least 4 hex digits).
     #[arg(value_name = "ID|N")]
@@ -49,7 +49,7 @@ pub(crate) async fn run(action: Action, args: Args) -> anyhow::Result<()> {
             } else {
                 client.resume(&download.id).await?
             };
-            if args.json {
+            if args.leaf.json {
                 say!("{}", serde_json::to_string(&view)?);
             } else {
                 match action {
@@ -64,7 +64,7 @@ pub(crate) async fn run(action: Action, args: Args) -> anyhow::Result<()> {
         }
         Action::Cancel => {
             client.cancel(&download.id).await?;
-            if args.json {
+            if args.leaf.json {
                 let json = Cancelled {
                     id: &download.id,
                     name: &download.name,

@@ -44,6 +44,25 @@ impl DataDir {
     }
 }
 
+/// What every command that asks the running leaf takes: where the leaf
+/// runs, and `--json`. Each command says what its JSON is by replacing
+/// the flag's help (`#[command(mut_arg("json", ...))]`).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct LeafArgs {
+    #[command(flatten)]
+    pub(crate) dir: DataDir,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+impl LeafArgs {
+    /// The running leaf; an error saying how to start one if none runs.
+    pub(crate) async fn leaf(&self) -> anyhow::Result<ControlClient> {
+        self.dir.leaf().await
+    }
+}
+
 /// "no running leaf found in DIR (start one with `canopy leaf`)".
 pub(crate) fn no_leaf(dir: &Path) -> String {
     format!(

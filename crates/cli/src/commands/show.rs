@@ -4,6 +4,29 @@
 
 use canopy_daemon::model::{DownloadState, DownloadView};
 use indicatif::HumanBytes;
+use serde::Serialize;
+
+/// Prints a list the running leaf gave: with `json`, one JSON object a
+/// line; else `empty` when there is nothing, or `table` of the items.
+pub(crate) fn list<T: Serialize>(
+    items: &[T],
+    json: bool,
+    empty: &str,
+    table: impl FnOnce(&[T]) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        for item in items {
+            say!("{}", serde_json::to_string(item)?);
+        }
+        return Ok(());
+    }
+    if items.is_empty() {
+        say!("{empty}");
+        return Ok(());
+    }
+    say!("{}", table(items).trim_end());
+    Ok(())
+}
 
 /// Hex digits of a content id shown in tables (enough to name it to
 /// `canopy pause`).

@@ -6,23 +6,23 @@ use std::net::SocketAddr;
 use canopy_daemon::model::Status;
 use indicatif::HumanBytes;
 
-use super::running::DataDir;
+use super::running::LeafArgs;
 use super::show;
 
 /// Arguments of `canopy status`.
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("json", |json| json.help(
+    "Print the leaf's status as one JSON document (the API's `Status`)"
+)))]
 pub(crate) struct Args {
     #[command(flatten)]
-    leaf: DataDir,
-    /// Print the leaf's status as one JSON document (the API's `Status`).
-    #[arg(long)]
-    json: bool,
+    leaf: LeafArgs,
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let client = args.leaf.leaf().await?;
     let status = client.status().await?;
-    if args.json {
+    if args.leaf.json {
         say!("{}", serde_json::to_string(&status)?);
         return Ok(());
     }

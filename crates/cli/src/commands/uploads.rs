@@ -3,34 +3,22 @@
 use canopy_daemon::model::UploadView;
 use indicatif::HumanBytes;
 
-use super::running::DataDir;
+use super::running::LeafArgs;
 use super::show::{self, Align};
 
 /// Arguments of `canopy uploads`.
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("json", |json| json.help(
+    "Print one JSON object per line per upload (the API's `UploadView`)"
+)))]
 pub(crate) struct Args {
     #[command(flatten)]
-    leaf: DataDir,
-    /// Print one JSON object per line per upload (the API's `UploadView`).
-    #[arg(long)]
-    json: bool,
+    leaf: LeafArgs,
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let client = args.leaf.leaf().await?;
-    let uploads = client.uploads().await?;
-    if args.json {
-        for upload in &uploads {
-            say!("{}", serde_json::to_string(upload)?);
-        }
-        return Ok(());
-    }
-    if uploads.is_empty() {
-        say!("no uploads running");
-        return Ok(());
-    }
-    say!("{}", table(&uploads).trim_end());
-    Ok(())
+    let uploads = args.leaf.leaf().await?.uploads().await?;
+    show::list(&uploads, args.leaf.json, "no uploads running", table)
 }
 
 /// The uploads as a table.
