@@ -18,67 +18,18 @@ RUNS=${RUNS:-7}
 SIZE_MIB=${SIZE_MIB:-512}
 root=$(cd "$(dirname "$0")/.." && pwd)
 
-missing=()
-for tool in nginx:nginx b3sum:b3sum curl:curl python3:python3; do
-  command -v "${tool%%:*}" >/dev/null || missing+=("${tool##*:}")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]}" >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+source "$root/benches/lib/nginx.sh"
+
+install_missing nginx:nginx b3sum:b3sum curl:curl python3:python3
 
 echo "building canopy (release)" >&2
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p canopy-cli
 canopy="$root/target/release/canopy"
 
-work=$(mktemp -d /tmp/canopy-get-bench.XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-mkdir -p "$work/share" "$work/out"
-file="$work/share/bench.bin"
-echo "writing a ${SIZE_MIB} MiB file" >&2
-head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom > "$file"
-id=$(b3sum --no-names "$file")
-
-# nginx, sendfile on, serving the share folder.
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$work/nginx.conf" <<CONF
-daemon on;
-user root;
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
-events { worker_connections 64; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  server { listen 127.0.0.1:$port; root $work/share; }
-}
-CONF
-nginx -c "$work/nginx.conf" -p "$work"
-
-# First line of a node's --json output, once it appears.
-first_line() {
-  for _ in $(seq 200); do
-    [ -s "$1" ] && { head -n1 "$1"; return; }
-    sleep 0.05
-  done
-  echo "no output in $1" >&2; exit 1
-}
-json() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
-
-"$canopy" supernode --listen 127.0.0.1:0 --json > "$work/sn.json" 2>/dev/null &
-pids+=($!)
-supernode=$(json "$(first_line "$work/sn.json")" addr)
+make_work canopy-get-bench
+write_share
+start_nginx
+start_supernode
 "$canopy" leaf --supernode "$supernode" --share "$work/share" --listen 127.0.0.1:0 \
   --data-dir "$work/leaf" --json > "$work/leaf.json" 2>/dev/null &
 pids+=($!)
