@@ -26,7 +26,7 @@ use canopy_daemon::model::{
     SettingsPatch, SharesView, Status, UploadView,
 };
 use fake_control::{FakeControl, content_id};
-use support::{CANOPY, Run, canopy, json_lines};
+use support::{CANOPY, Run, canopy, interrupt, json_lines};
 use tokio::process::Command;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -553,16 +553,7 @@ async fn ctrl_c_stops_following_and_the_download_stays_in_the_leaf() {
         leaf.control.looks(&id) >= 1
     })
     .await;
-    let pid = child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let output = tokio::time::timeout(PATIENCE, child.wait_with_output())
-        .await
-        .expect("it stopped on Ctrl-C")
-        .unwrap();
+    let output = interrupt(PATIENCE, child).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(

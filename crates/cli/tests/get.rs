@@ -21,7 +21,7 @@ use canopy_node::supernode::SupernodeHandle;
 use canopy_proto::{ContentId, SharedFile};
 use canopy_testkit::fake_source::{self, FakeSource, Misbehaviour};
 use canopy_testkit::overlay::{PATIENCE, leaf, line, sample_bytes, start_leaf};
-use support::{CANOPY, canopy};
+use support::{CANOPY, canopy, interrupt};
 use tokio::process::{Child, Command};
 
 mod support;
@@ -223,16 +223,7 @@ async fn ctrl_c_pauses_keeping_the_partial_and_says_how_to_resume() {
     let (at, _announcer, _source) = stalling(&data).await;
     let out = tempfile::tempdir().unwrap();
     let child = stalled_get(&at, id, out.path()).await;
-    let pid = child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let output = tokio::time::timeout(PATIENCE, child.wait_with_output())
-        .await
-        .expect("it stopped on Ctrl-C")
-        .unwrap();
+    let output = interrupt(PATIENCE, child).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr.contains("paused"), "{stderr}");

@@ -88,3 +88,18 @@ pub(crate) async fn terminate(patience: Duration, mut child: Child) -> Option<i3
         .unwrap()
         .code()
 }
+
+/// Sends `child` SIGINT, as Ctrl-C does, and returns how it ended and what
+/// it wrote, which must come within `patience`.
+pub(crate) async fn interrupt(patience: Duration, child: Child) -> std::process::Output {
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    tokio::time::timeout(patience, child.wait_with_output())
+        .await
+        .expect("it stopped on Ctrl-C")
+        .unwrap()
+}
