@@ -30,7 +30,7 @@ make_work canopy-get-bench
 write_share
 start_nginx
 start_supernode
-"$canopy" leaf --supernode "$supernode" --share "$work/share" --listen 127.0.0.1:0 \
+"$canopy" leaf --supernode "$supernode" --share "$work/share" --listen 127.0.0.1:0 --control 127.0.0.1:0 \
   --data-dir "$work/leaf" --json > "$work/leaf.json" 2>/dev/null &
 pids+=($!)
 first_line "$work/leaf.json" > /dev/null

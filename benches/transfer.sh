@@ -28,7 +28,7 @@ start_nginx
 start_supernode
 leaf_urls=()
 start_leaf() {
-  "$canopy" leaf --supernode "$supernode" --share "$work/share" --listen 127.0.0.1:0 \
+  "$canopy" leaf --supernode "$supernode" --share "$work/share" --listen 127.0.0.1:0 --control 127.0.0.1:0 \
     --data-dir "$work/leaf$1" --json > "$work/leaf$1.json" 2>/dev/null &
   pids+=($!)
   leaf_urls+=("http://$(json "$(first_line "$work/leaf$1.json")" listen)/content/$id")
