@@ -382,3 +382,31 @@ async fn a_pushed_upload_is_listed_and_counted_like_a_direct_one() {
     downloader.shutdown().await;
     firewalled.shutdown().await;
 }
+
+/// A data directory inside a shared folder: the leaf's own files (its key,
+/// the control API's token, the caches) are never shared, by a scan or by
+/// `share_file`; a subfolder of it (the downloads folder may be one) is.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_leafs_own_data_directory_files_are_never_shared() {
+    let s = supernode(&[]).await;
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("canopy-data");
+    std::fs::create_dir_all(data.join("downloads")).unwrap();
+    std::fs::write(data.join("control.token"), "secret").unwrap();
+    std::fs::write(data.join("downloads").join("kept.bin"), b"a download").unwrap();
+    std::fs::write(home.path().join("song.flac"), b"music").unwrap();
+    let mut options = LeafOptions::new(s.local_addr());
+    options.shares = vec![home.path().to_owned()];
+    options.data_dir = Some(data.clone());
+    let sharer = leaf::start(options).await.unwrap();
+    let catalog = sharer.catalog();
+    assert!(catalog.get(&content_id(b"music")).is_some());
+    assert!(catalog.get(&content_id(b"a download")).is_some());
+    assert!(catalog.get(&content_id(b"secret")).is_none(), "the token");
+    let key = std::fs::read(data.join("leaf.key")).unwrap();
+    assert!(catalog.get(&content_id(&key)).is_none(), "the node's key");
+    assert_eq!(catalog.len(), 2, "only the song and the download");
+    assert!(sharer.share_file(data.join("leaf.key")).await.is_err());
+    assert_eq!(catalog.len(), 2);
+    sharer.shutdown().await;
+}

@@ -421,6 +421,7 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         catalog.clone(),
         commands_tx.clone(),
         options.progress.clone(),
+        options.data_dir.as_deref(),
     );
     let files = shares.first_scan().await?;
     let server = ContentServer::with_config(catalog.clone(), options.server.clone())

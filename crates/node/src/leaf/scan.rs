@@ -141,6 +141,11 @@ struct Inner {
     catalog: Catalog,
     commands: mpsc::Sender<Command>,
     progress: Option<Progress>,
+    /// The data directory, canonical: the files directly in it (the node's
+    /// key, the control API's token, the caches) are never shared, even
+    /// when it lies inside a shared folder. Its subfolders (the downloads
+    /// folder may be one) are shared as any other.
+    private: Option<PathBuf>,
 }
 
 /// The leaf's shares. Cheap to clone.
@@ -182,7 +187,9 @@ impl Shares {
         catalog: Catalog,
         commands: mpsc::Sender<Command>,
         progress: Option<Progress>,
+        data_dir: Option<&Path>,
     ) -> Self {
+        let private = data_dir.map(|dir| dir.canonicalize().unwrap_or_else(|_| dir.to_owned()));
         let mut state = State::default();
         for folder in folders {
             let folder = folder.canonicalize().unwrap_or_else(|_| folder.clone());
@@ -199,8 +206,18 @@ impl Shares {
                 catalog,
                 commands,
                 progress,
+                private,
             }),
         }
+    }
+
+    /// True for a file of the data directory itself (see `Inner::private`).
+    fn is_private(&self, path: &Path) -> bool {
+        let real = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+        self.inner
+            .private
+            .as_deref()
+            .is_some_and(|dir| real.parent() == Some(dir))
     }
 
     /// What is shared now.
@@ -312,6 +329,7 @@ impl Shares {
             .files
             .into_iter()
             .filter(|f| State::in_folder(folders, &f.path) || singles.contains(&f.path))
+            .filter(|f| !self.is_private(&f.path))
             .map(|f| (f.path.clone(), f))
             .collect();
         for (path, file) in std::mem::take(files) {
@@ -421,6 +439,13 @@ impl Shares {
             .into());
         }
         let path = tokio::fs::canonicalize(&path).await.map_err(io)?;
+        if self.is_private(&path) {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "a file of the leaf's own data directory is never shared",
+            ))
+            .into());
+        }
         let file = match self.inner.cache.clone().try_lock_owned() {
             Ok(mut cache) => {
                 let path = path.clone();
