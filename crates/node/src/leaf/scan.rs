@@ -524,7 +524,7 @@ mod tests {
 
     fn shares() -> (Shares, mpsc::Receiver<Command>) {
         let (tx, rx) = mpsc::channel(64);
-        let shares = Shares::new(&[], HashCache::in_memory(), Catalog::new(), tx, None);
+        let shares = Shares::new(&[], HashCache::in_memory(), Catalog::new(), tx, None, None);
         (shares, rx)
     }
 
@@ -576,6 +576,7 @@ mod tests {
             Catalog::new(),
             tx,
             Some(progress),
+            None,
         );
         let scan = tokio::spawn({
             let shares = shares.clone();
