@@ -12,8 +12,12 @@ pub(crate) enum Signal {
 }
 
 /// The signal handlers, installed once at start so a SIGHUP that comes
-/// early is held, not fatal.
+/// early is held, not fatal, and a Ctrl-C that comes while a reload is
+/// being applied is held too (a fresh `ctrl_c()` future per call would see
+/// only those after it is first polled).
 pub(crate) struct Signals {
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
     terminate: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
@@ -27,6 +31,7 @@ impl Signals {
         {
             use tokio::signal::unix::{SignalKind, signal};
             Self {
+                interrupt: signal(SignalKind::interrupt()).ok(),
                 terminate: signal(SignalKind::terminate()).ok(),
                 hangup: signal(SignalKind::hangup()).ok(),
             }
@@ -41,6 +46,12 @@ impl Signals {
     pub(crate) async fn next(&mut self) -> Signal {
         #[cfg(unix)]
         {
+            let interrupt = async {
+                match &mut self.interrupt {
+                    Some(int) => int.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             let terminate = async {
                 match &mut self.terminate {
                     Some(term) => term.recv().await,
@@ -54,7 +65,7 @@ impl Signals {
                 }
             };
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => Signal::Stop,
+                _ = interrupt => Signal::Stop,
                 _ = terminate => Signal::Stop,
                 _ = hangup => Signal::Reload,
             }

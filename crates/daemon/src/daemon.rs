@@ -127,7 +127,6 @@ pub struct Daemon {
     leaf: Arc<LeafHandle>,
     data_dir: PathBuf,
     downloads_dir: PathBuf,
-    share_downloads: bool,
     queue: Mutex<DownloadQueue>,
     /// Downloads in progress, shared by the fetches (progress, many times
     /// a second) and the API (views).
@@ -285,7 +284,6 @@ pub async fn start(options: DaemonOptions) -> Result<DaemonHandle, DaemonError> 
         leaf,
         data_dir: data_dir.clone(),
         downloads_dir,
-        share_downloads: options.share_downloads,
         queue: Mutex::new(queue),
         live: DashMap::new(),
         searches: Searches::new(),
@@ -524,16 +522,15 @@ impl Daemon {
         }
     }
 
-    /// True if `path` is inside a shared folder (the downloads folder
-    /// counts when it is shared).
+    /// True if `path` is inside a folder shared now (the downloads folder
+    /// counts while it is shared: a user who stopped sharing it is obeyed).
     fn is_shared_folder(&self, path: &Path) -> bool {
-        (self.share_downloads && path.starts_with(&self.downloads_dir))
-            || self
-                .leaf
-                .share_summary()
-                .folders
-                .iter()
-                .any(|f| path.starts_with(&f.path))
+        let real = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+        self.leaf
+            .share_summary()
+            .folders
+            .iter()
+            .any(|f| real.starts_with(&f.path) || path.starts_with(&f.path))
     }
 
     /// The content is already shared, or already at the name asked for.
@@ -629,10 +626,13 @@ impl Daemon {
                     retryable: false,
                 })?;
                 let path = dir.join(&unique);
+                // The size is the sources' claim: shown while it runs (the
+                // progress carries it), never saved, so a lie can't pin a
+                // later attempt to it; the verified size is saved at the end.
                 let changed = lock(&daemon.queue).set_details(
                     &id,
                     Some(unique),
-                    size,
+                    None,
                     Some(path.display().to_string()),
                 );
                 if changed.unwrap_or(false) {
@@ -723,6 +723,13 @@ async fn same_content(path: &Path, id: ContentId, size: Option<u64>) -> bool {
 /// Removes a cancelled download's partial and state files in `dir`
 /// (regular files only: whatever else is there is not ours).
 fn remove_partial(dir: &Path, id: ContentId) {
+    // Only while nobody downloads this id into `dir`: a download of it
+    // added again at once (or a `canopy get` in another process) holds
+    // the lock, and its files are its own.
+    let Ok(_held) = canopy_transfer::partial_lock::PartialLock::acquire(dir, id) else {
+        tracing::info!(%id, "partial files in use by another download of it; kept");
+        return;
+    };
     for name in [partial_name(id), state_name(id)] {
         let path = dir.join(name);
         if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
@@ -884,17 +891,15 @@ impl Control for Daemon {
     }
 
     async fn update_settings(&self, patch: SettingsPatch) -> Result<Settings, ApiError> {
-        let next = {
-            let mut current = lock(&self.settings);
-            let next = settings::apply(*current, &patch)?;
-            *current = next;
-            next
-        };
+        // Applied and saved under the settings lock, so two changes at once
+        // end with the leaf, the answer and settings.json all on the last
+        // one (the file is a few bytes, written atomically).
+        let mut current = lock(&self.settings);
+        let next = settings::apply(*current, &patch)?;
+        *current = next;
         self.apply_settings(&next);
-        let dir = self.data_dir.clone();
-        let saved = tokio::task::spawn_blocking(move || settings::save(&dir, &next)).await;
-        if !matches!(saved, Ok(Ok(()))) {
-            tracing::warn!("cannot save settings.json");
+        if let Err(error) = settings::save(&self.data_dir, &next) {
+            tracing::warn!(%error, "cannot save settings.json");
         }
         Ok(next)
     }

@@ -596,8 +596,11 @@ impl Attempt<'_> {
                 }
                 () = starving.notified(), if feed.is_some() => {
                     starved_at = Some(fed.len());
-                    if finder.ask_again().await.is_err() {
-                        feed = None;
+                    // A search refused now (the session reconnecting, too
+                    // many at once) leaves the feed open: the download's own
+                    // wait for a new source decides.
+                    if let Err(error) = finder.ask_again().await {
+                        tracing::debug!(%error, "could not search again for sources");
                     }
                 }
                 _ = reask.tick(), if feed.is_some() => {

@@ -58,7 +58,7 @@ const LEAVES: &[SampleLeaf] = &[
         files: &[
             ("Aurora Borealis - Night Sky.flac", 1_500_000),
             ("Field Recording - Rain on Leaves.wav", 700_000),
-            ("Canopy Field Guide.pdf", 3_000_000),
+            ("Canopy Field Guide.pdf", 8_000_000),
         ],
     },
     SampleLeaf {
@@ -76,7 +76,7 @@ const LEAVES: &[SampleLeaf] = &[
         firewalled: false,
         files: &[
             // The same bytes as alice's copy: one result, two sources.
-            ("Canopy Field Guide.pdf", 3_000_000),
+            ("Canopy Field Guide.pdf", 8_000_000),
             ("Rain Forest Ambience.ogg", 450_000),
         ],
     },
@@ -286,10 +286,13 @@ async fn from_every_source(
         size: result.size,
         target: into.join(safe_file_name(&result.name, &id)),
         force: false,
-        // One 1 MiB group per request, so even these small files spread
-        // over every source.
+        // One 1 MiB group per request and one request per source at a
+        // time, so the groups spread over every source before the endgame
+        // (where an idle source races a busy one for the last groups) can
+        // begin: each source delivers some whatever the machine's load.
         config: DownloadConfig {
             groups_per_request: 1,
+            requests_per_source: 1,
             ..DownloadConfig::default()
         },
         progress: None,

@@ -133,8 +133,29 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
                 continue;
             }
         };
-        apply_live(&daemon, &current.changes(&live)).await;
-        current = live;
+        // A Ctrl-C or SIGTERM while a new share is being hashed stops the
+        // leaf at once; the reload is abandoned with it.
+        let changes = current.changes(&live);
+        let applying = apply_live(&daemon, &changes);
+        tokio::pin!(applying);
+        let settings_applied = loop {
+            tokio::select! {
+                applied = &mut applying => break Some(applied),
+                signal = signals.next() => match signal {
+                    Signal::Stop => break None,
+                    Signal::Reload => tracing::info!("a reload is being applied; this one is ignored"),
+                },
+            }
+        };
+        let Some(settings_applied) = settings_applied else {
+            break;
+        };
+        if settings_applied {
+            current = live;
+        } else {
+            // Tried again at the next reload.
+            current.shares = live.shares;
+        }
         let (applied, restart_needed) = split_live(&changed, LIVE_KEYS);
         announce(
             resolved.json,
@@ -153,10 +174,10 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
 /// (rates, slots, downloads at once: as `PATCH /api/settings` would), and
 /// the shared folders (added ones are scanned and published at once,
 /// removed ones withdrawn). What can't be applied is logged, the rest goes
-/// on.
-async fn apply_live(daemon: &DaemonHandle, changes: &LiveChanges) {
+/// on. False if the settings were refused.
+async fn apply_live(daemon: &DaemonHandle, changes: &LiveChanges) -> bool {
     if changes.is_empty() {
-        return;
+        return true;
     }
     tracing::info!(
         settings = ?changes.patch,
@@ -164,9 +185,13 @@ async fn apply_live(daemon: &DaemonHandle, changes: &LiveChanges) {
         shares_removed = ?changes.removed,
         "applying the reloaded live settings"
     );
-    if let Err(error) = daemon.update_settings(changes.patch).await {
-        tracing::warn!(%error, "cannot apply the reloaded settings");
-    }
+    let settings_applied = match daemon.update_settings(changes.patch).await {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::warn!(%error, "cannot apply the reloaded settings");
+            false
+        }
+    };
     let leaf = daemon.leaf();
     for folder in &changes.removed {
         if let Err(error) = leaf.remove_share(folder.clone()).await {
@@ -178,4 +203,5 @@ async fn apply_live(daemon: &DaemonHandle, changes: &LiveChanges) {
             tracing::warn!(folder = %folder.display(), %error, "cannot share");
         }
     }
+    settings_applied
 }
