@@ -446,11 +446,18 @@ async fn watchdog(
             continue;
         }
         // Our own upload limit may be what makes bodies slow: a share of it
-        // under the minimum rate is not the reader's fault.
+        // under the minimum rate is not the reader's fault, so the floor
+        // drops to half that share, never to nothing (a reader taking
+        // less than that still loses its slot).
         let rate = limit.rate();
-        let throttled = rate != 0 && rate / (slots.in_use().max(1) as u64) < config.min_upload_rate;
+        let share = rate / (slots.in_use().max(1) as u64);
+        let floor = if rate != 0 && share < config.min_upload_rate {
+            u128::from(share / 2) * u128::from(window_ms) / 1000
+        } else {
+            min_bytes
+        };
         if now.saturating_sub(window_start) >= window_ms {
-            if !throttled && u128::from(written - window_written) < min_bytes {
+            if u128::from(written - window_written) < floor {
                 return Cut::TooSlow;
             }
             window_start = now;

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
@@ -138,6 +138,8 @@ struct Inner {
     cache: Arc<Mutex<HashCache>>,
     summary: std::sync::Mutex<ShareSummary>,
     scans_running: AtomicUsize,
+    /// A background rescan is spawned and not started yet.
+    rescan_waiting: AtomicBool,
     catalog: Catalog,
     commands: mpsc::Sender<Command>,
     progress: Option<Progress>,
@@ -203,6 +205,7 @@ impl Shares {
                 state: Mutex::new(state),
                 cache: Arc::new(Mutex::new(cache)),
                 scans_running: AtomicUsize::new(0),
+                rescan_waiting: AtomicBool::new(false),
                 catalog,
                 commands,
                 progress,
@@ -247,6 +250,11 @@ impl Shares {
         tracker: &TaskTracker,
         shutdown: CancellationToken,
     ) -> ShareSummary {
+        // One background rescan waiting to start is enough: requests that
+        // come meanwhile are answered by it, not queued as more tasks.
+        if self.inner.rescan_waiting.swap(true, Ordering::AcqRel) {
+            return self.summary();
+        }
         self.inner.scans_running.fetch_add(1, Ordering::Relaxed);
         let summary = self.summary();
         let shares = self.clone();
@@ -275,6 +283,9 @@ impl Shares {
         // Shown as scanning while waiting for a scan before this one too.
         let _scanning = Scanning::new(&self.inner);
         let mut cache = self.inner.cache.clone().lock_owned().await;
+        // A scan starting now answers every rescan asked for so far; one
+        // asked for from here on needs a scan of its own.
+        self.inner.rescan_waiting.store(false, Ordering::Release);
         let (folders, singles, generation) = {
             let state = self.inner.state.lock().await;
             let singles: Vec<PathBuf> = state.singles.iter().cloned().collect();
@@ -534,6 +545,28 @@ mod tests {
             Some(Command::Shares(files)) => files.into_iter().map(|f| f.name).collect(),
             other => panic!("expected a list to publish, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn rescans_asked_for_while_one_waits_are_answered_by_it() {
+        let (shares, _rx) = shares();
+        // Hold the cache as a running scan would: nothing can start.
+        let held = shares.inner.cache.clone().lock_owned().await;
+        let tracker = TaskTracker::new();
+        for _ in 0..50 {
+            assert!(
+                shares
+                    .rescan_in_background(&tracker, CancellationToken::new())
+                    .scanning
+            );
+        }
+        assert_eq!(tracker.len(), 1, "one waiting rescan, not fifty");
+        drop(held);
+        tracker.close();
+        tracker.wait().await;
+        // Once it has started, the next request gets a scan of its own.
+        let _ = shares.rescan_in_background(&tracker, CancellationToken::new());
+        assert_eq!(tracker.len(), 1);
     }
 
     #[tokio::test]
