@@ -26,20 +26,7 @@ async fn search_then_download_a_link_through_the_api() {
 
     let data = root.path().join("data");
     let downloads = root.path().join("downloads");
-    let mut leaf = LeafOptions::new(supernode.local_addr());
-    leaf.listen = Some(localhost());
-    leaf.data_dir = Some(data.clone());
-    leaf.reconnect = true;
-    let handle = canopy_daemon::start(DaemonOptions {
-        leaf,
-        control: localhost(),
-        downloads_dir: downloads.clone(),
-        share_downloads: true,
-        settings: settings::defaults(),
-    })
-    .await
-    .unwrap();
-    handle.leaf().wait_connected(PATIENCE).await.unwrap();
+    let handle = start_daemon(supernode.local_addr(), &data, &downloads).await;
     assert!(
         handle
             .ui_url()
@@ -134,20 +121,7 @@ async fn uploads_are_listed_while_they_run_under_the_upload_limit() {
     std::fs::write(downloads.join("shared.bin"), &bytes).unwrap();
     let id = canopy_share::hash_file(&downloads.join("shared.bin")).unwrap();
     let supernode = overlay::supernode(&[]).await;
-    let mut leaf = LeafOptions::new(supernode.local_addr());
-    leaf.listen = Some(localhost());
-    leaf.data_dir = Some(data.clone());
-    leaf.reconnect = true;
-    let handle = canopy_daemon::start(DaemonOptions {
-        leaf,
-        control: localhost(),
-        downloads_dir: downloads.clone(),
-        share_downloads: true,
-        settings: settings::defaults(),
-    })
-    .await
-    .unwrap();
-    handle.leaf().wait_connected(PATIENCE).await.unwrap();
+    let handle = start_daemon(supernode.local_addr(), &data, &downloads).await;
     let client = ControlClient::find(&data).await.unwrap();
     assert_eq!(client.status().await.unwrap().shared_files, 1);
     assert!(client.uploads().await.unwrap().is_empty());
@@ -198,4 +172,28 @@ async fn uploads_are_listed_while_they_run_under_the_upload_limit() {
     let totals = client.status().await.unwrap().totals;
     assert!(totals.uploaded_bytes >= bytes.len() as u64, "{totals:?}");
     handle.shutdown().await;
+}
+
+/// A daemon whose leaf joins `supernode`, on ephemeral ports, sharing its
+/// downloads folder; returned once the leaf has joined.
+async fn start_daemon(
+    supernode: std::net::SocketAddr,
+    data: &std::path::Path,
+    downloads: &std::path::Path,
+) -> canopy_daemon::DaemonHandle {
+    let mut leaf = LeafOptions::new(supernode);
+    leaf.listen = Some(localhost());
+    leaf.data_dir = Some(data.to_owned());
+    leaf.reconnect = true;
+    let handle = canopy_daemon::start(DaemonOptions {
+        leaf,
+        control: localhost(),
+        downloads_dir: downloads.to_owned(),
+        share_downloads: true,
+        settings: settings::defaults(),
+    })
+    .await
+    .unwrap();
+    handle.leaf().wait_connected(PATIENCE).await.unwrap();
+    handle
 }
