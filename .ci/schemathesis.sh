@@ -35,9 +35,15 @@ fi
 
 data_dir=${1:-}
 pids=()
+# Keeps the run's exit status: the nodes are stopped and waited for (a
+# leaf still saving its caches as it stops would race the removal), then
+# their scratch folder is removed.
 cleanup() {
+  local status=$?
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  if [ -n "${scratch:-}" ]; then rm -rf "$scratch"; fi
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -n "${scratch:-}" ]; then rm -rf "$scratch" || true; fi
+  exit "$status"
 }
 trap cleanup EXIT
 # Waits up to 10 s for a file to be non-empty, or for a process to die.
