@@ -32,6 +32,7 @@ pub mod backoff;
 pub mod dedup;
 pub mod download;
 pub mod dynamic;
+pub mod groups;
 pub mod handshake;
 pub mod hit_check;
 pub mod index;
