@@ -314,6 +314,19 @@ pub struct ContentServer {
     mesh: SharedMesh,
 }
 
+/// A file body (or only its headers) to send.
+#[derive(Debug)]
+struct Sending<'a> {
+    id: ContentId,
+    path: &'a Path,
+    size: u64,
+    /// The range asked for; `None`: the whole file.
+    range: Option<RangeInclusive<u64>>,
+    /// Only the headers, and no upload slot.
+    head: bool,
+    peer: Option<SocketAddr>,
+}
+
 /// What the catalog serves for an id: a whole file, or a download running.
 #[derive(Debug)]
 enum Served {
@@ -622,7 +635,6 @@ pub fn single_range(value: &HeaderValue, size: u64) -> Option<RangeInclusive<u64
 
 /// The port in a request's `X-Listen`, read strictly: exactly one such
 /// header, 1 to 5 ASCII digits, 1-65535; anything else is `None`.
-/// Public so the fuzz targets can reach it.
 pub fn listen_port(headers: &HeaderMap) -> Option<u16> {
     let mut values = headers.get_all(LISTEN).iter();
     let value = values.next()?;
@@ -888,12 +900,16 @@ impl ContentServer {
             return response;
         }
         // A complete entry first: a finished download is served whole
-        // from the moment it is inserted, before its partial entry goes.
+        // from the moment it is inserted, before its partial entry goes
+        // (looked up again if the partial one went meanwhile).
         let served = match self.catalog.get(&id) {
             Some(entry) => Served::Complete(entry),
             None => match self.catalog.get_partial(&id) {
                 Some(entry) => Served::Partial(entry),
-                None => return not_found(),
+                None => match self.catalog.get(&id) {
+                    Some(entry) => Served::Complete(entry),
+                    None => return not_found(),
+                },
             },
         };
         // The requester's own address only; `::ffff:a.b.c.d` as a.b.c.d.
@@ -1003,60 +1019,58 @@ impl ContentServer {
         let size = match file.metadata().await {
             Ok(meta) if meta.is_file() && meta.len() == served.size() => served.size(),
             _ => {
-                tracing::warn!(path = %path.display(), "shared file changed since hashing; not served");
+                tracing::warn!(path = %path.display(), "shared file not the size it was hashed at; not served");
                 return not_found();
             }
         };
+        // Err: malformed, several ranges, or outside the file.
         let range = match request.headers().get(header::RANGE) {
-            None => None,
-            Some(value) => match single_range(value, size) {
-                Some(range) => Some(range),
-                None => {
-                    let mut response = unsatisfiable(size);
-                    if let Served::Partial(entry) = &served {
-                        add_available_ranges(&mut response, entry.availability(None));
-                    }
-                    return response;
-                }
-            },
+            None => Ok(None),
+            Some(value) => single_range(value, size).map(Some).ok_or(()),
         };
-        let Served::Partial(entry) = &served else {
-            return self
-                .send(file, id, path, size, range, head, peer, activity)
-                .await;
+        let availability = match &served {
+            Served::Complete(_) => None,
+            // A download: only what it has verified and written.
+            Served::Partial(entry) => entry.availability(range.clone().ok().flatten()),
         };
-        // A download: only what it has verified and written.
-        let availability = entry.availability(range.clone());
-        let mut response = match &availability {
-            // Every group is in: served like a whole file.
-            None => {
-                self.send(file, id, path, size, range, head, peer, activity)
-                    .await
+        let range = match (range, &availability) {
+            // A whole file, or a download with every group in.
+            (Ok(range), None) => range,
+            (Ok(range), Some(available)) if available.covers || (range.is_none() && head) => range,
+            _ => {
+                let mut response = unsatisfiable(size);
+                add_available_ranges(&mut response, availability);
+                return response;
             }
-            Some(available) if available.covers || (range.is_none() && head) => {
-                self.send(file, id, path, size, range, head, peer, activity)
-                    .await
-            }
-            Some(_) => unsatisfiable(size),
         };
+        let send = Sending {
+            id,
+            path,
+            size,
+            range,
+            head,
+            peer,
+        };
+        let mut response = self.send(file, send, activity).await;
         add_available_ranges(&mut response, availability);
         response
     }
 
-    /// Sends `range` of `file` (the whole of it if `None`), or only the
-    /// headers for `head`, within an upload slot.
-    #[allow(clippy::too_many_arguments)]
+    /// Sends what `send` says of `file`, within an upload slot.
     async fn send(
         &self,
         mut file: tokio::fs::File,
-        id: ContentId,
-        path: &Path,
-        size: u64,
-        range: Option<RangeInclusive<u64>>,
-        head: bool,
-        peer: Option<SocketAddr>,
+        send: Sending<'_>,
         activity: Arc<Activity>,
     ) -> Response<Body> {
+        let Sending {
+            id,
+            path,
+            size,
+            range,
+            head,
+            peer,
+        } = send;
         let slot = if head {
             None
         } else {
