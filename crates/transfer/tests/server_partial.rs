@@ -290,6 +290,11 @@ async fn head_on_a_partial_takes_no_slot_and_says_the_ranges() {
             == 1)
         .await
     );
+    // In the registry like any upload, read from the partial file.
+    let uploads = d.server.uploads();
+    assert_eq!(uploads.len(), 1);
+    assert_eq!(uploads[0].path, d.entry.path);
+    assert_eq!(uploads[0].length, 63 * G);
     let ranges = format!("bytes 0-{}", 63 * G - 1);
 
     let head = request_from(d.addr, HOME, "HEAD", &d.path(), &[]).await;
@@ -518,9 +523,12 @@ async fn a_complete_entry_wins_over_a_partial_one_of_the_same_id() {
             bytes::Bytes::from_static(b"bogus"),
         ),
     );
+    let other: SocketAddr = "192.0.2.9:6346".parse().unwrap();
+    d.server.mesh().add(d.id, other);
     let whole = get(d.addr, &d.path(), None).await;
     assert_eq!(whole.status, 200);
     assert_eq!(whole.header("x-available-ranges"), None);
+    assert_eq!(whole.alternates(), vec![other]);
     assert!(whole.body == d.data);
     let tree = get(d.addr, &format!("/tree/{}", d.id), None).await;
     VerifiedTree::from_bytes(d.id, d.data.len() as u64, &tree.body).unwrap();
