@@ -239,6 +239,7 @@ impl Match<'_> {
             content_id: *self.content_id,
             name: self.name.to_owned(),
             size: self.size,
+            available: None,
         }
     }
 }
@@ -705,6 +706,7 @@ mod tests {
             content_id: ContentId([id; 32]),
             name: name.into(),
             size,
+            available: None,
         }
     }
 
@@ -838,6 +840,7 @@ mod tests {
                         content_id: ContentId(id),
                         name,
                         size: 1,
+                        available: None,
                     },
                 );
             }
@@ -893,6 +896,7 @@ mod tests {
                 content_id: ContentId(id),
                 name: format!("common word {i}"),
                 size: 100,
+                available: None,
             };
             index.insert(ConnId(1), file);
         }

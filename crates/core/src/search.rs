@@ -244,6 +244,7 @@ mod tests {
                     content_id: ContentId([*id; 32]),
                     name: format!("file {id}"),
                     size: u64::from(*id),
+                    available: None,
                 })
                 .collect(),
             firewalled: false,

@@ -55,6 +55,7 @@ fn file(id: u8, name: &str) -> SharedFile {
         content_id: ContentId([id; 32]),
         name: name.into(),
         size: 1000 + u64::from(id),
+        available: None,
     }
 }
 
