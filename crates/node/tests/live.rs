@@ -175,6 +175,7 @@ async fn a_source_that_appears_during_the_download_is_used() {
         content_id: id,
         name: "late.bin".into(),
         size: data.len() as u64,
+        available: None,
     };
     let _stalling_leaf = announce(&at, stalling.addr, file).await;
     wait_indexed(&at, 1).await;
@@ -222,6 +223,7 @@ async fn a_cancelled_fetch_keeps_its_partial_and_the_next_resumes_from_it() {
         content_id: id,
         name: "paused.bin".into(),
         size: data.len() as u64,
+        available: None,
     };
     let stalling_leaf = announce(&at, stalling.addr, file).await;
     wait_indexed(&at, 1).await;

@@ -107,6 +107,7 @@ async fn three_sources_one_corrupt_one_dying_still_complete_and_verify() {
         content_id: id,
         name: "movie.mkv".into(),
         size: data.len() as u64,
+        available: None,
     };
     let folder = folder_with("movie.mkv", &data);
     let _honest = leaf(&nodes[0], Some(folder.path())).await;
@@ -204,6 +205,7 @@ async fn an_interrupted_download_resumes_without_refetching_verified_groups() {
         content_id: id,
         name: "resume.bin".into(),
         size: data.len() as u64,
+        available: None,
     };
     // The only source stalls after four groups: the first run fails.
     let stalling = fake_source::start(data.clone(), Misbehaviour::StallAfter(4 * MIB as u64)).await;
