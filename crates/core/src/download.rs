@@ -38,11 +38,12 @@
 //!
 //! Endgame, per source: once no group a source has is missing, that source,
 //! when it has nothing in flight, helps another source's request, asking
-//! for the first group that request has not delivered and it has (one
-//! group at a time, so the waste is at most 1 MiB a helper), starting with
-//! the request that last made progress longest ago. Whichever copy
-//! verifies first counts, and a request whose groups were all delivered by
-//! helpers is cancelled. So a source that stalls near the end, or a dead
+//! for the first group that request has not delivered, that it has and
+//! that no other helper fetches (one group at a time, so the waste is at
+//! most 1 MiB a helper), starting with the request that last made
+//! progress longest ago. Whichever copy verifies first counts, and a
+//! request whose remaining groups were all delivered by helpers is
+//! cancelled. So a source that stalls near the end, or a dead
 //! source that happened to be asked first, holds the download up for no
 //! longer than the others take to fetch its groups.
 //!
@@ -567,6 +568,13 @@ impl DownloadPlan {
         if helper.in_flight > 0 {
             return None;
         }
+        // One helper a group: more would only add waste.
+        let being_helped: Vec<u64> = self
+            .requests
+            .values()
+            .filter(|r| r.helps.is_some())
+            .map(|r| r.groups.start)
+            .collect();
         let (helped, group) = self
             .requests
             .iter()
@@ -575,6 +583,7 @@ impl DownloadPlan {
                 let group = (r.next..r.groups.end).find(|g| {
                     self.groups.get(group_slot(*g)) == Some(&Group::InFlight(*id))
                         && helper.has.contains(*g)
+                        && !being_helped.contains(g)
                 })?;
                 Some((r.last_progress, *id, group))
             })
@@ -589,7 +598,7 @@ impl DownloadPlan {
     /// before stays: a source's groups only grow, and a long list may have
     /// been cut short.
     pub fn handle_availability(&mut self, source: SourceId, groups: GroupSet, now: Time) {
-        let _ = now;
+        let _ = now; // taken like every handler's, for the driver's sake
         let Some(entry) = self.sources.get(source) else {
             return;
         };
@@ -1464,5 +1473,24 @@ mod tests {
             made += 1;
         }
         assert_eq!(made, 17 * 2);
+    }
+
+    #[test]
+    fn each_group_gets_one_helper_at_most() {
+        let config = DownloadConfig {
+            requests_per_source: 1,
+            groups_per_request: 16,
+            ..DownloadConfig::default()
+        };
+        let mut plan = plan_in_order(2 * GROUP_LEN, &[], config);
+        let slow = plan.add_source();
+        let (a, b, c) = (plan.add_source(), plan.add_source(), plan.add_source());
+        let owned = plan.next_request(Time(0)).unwrap();
+        assert_eq!((owned.source, owned.groups), (slow, 0..2));
+        let first = plan.next_request(Time(0)).unwrap();
+        let second = plan.next_request(Time(0)).unwrap();
+        assert_eq!((first.source, first.groups), (a, 0..1));
+        assert_eq!((second.source, second.groups), (b, 1..2));
+        assert_eq!(plan.next_request(Time(0)), None, "{c} waits");
     }
 }
