@@ -17,6 +17,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::mesh::LISTEN;
+
 /// A byte stream to a source: a TCP connection, possibly wrapped (by a
 /// rate limit, say).
 pub trait SourceIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -136,16 +138,11 @@ impl HttpConn {
             }
         }
         if let Some(port) = listen_port {
-            headers.insert(LISTEN_HEADER, HeaderValue::from(port));
+            headers.insert(LISTEN, HeaderValue::from(port));
         }
         Ok(self.sender.send_request(request).await?)
     }
 }
-
-/// The request header that says which TCP port the downloader serves HTTP
-/// on (`crate::mesh::LISTEN`'s value, kept here so the client does not
-/// depend on the server's modules).
-const LISTEN_HEADER: &str = "x-listen";
 
 /// Reads a whole body of at most `max` bytes.
 pub async fn read_limited(body: Incoming, max: usize) -> Result<Bytes, ClientError> {
