@@ -38,10 +38,10 @@
 //!
 //! Endgame, per source: once no group a source has is missing, that source,
 //! when it has nothing in flight, helps another source's request, asking
-//! for the first group that request has not delivered, that it has and
-//! that no other helper fetches (one group at a time, so the waste is at
-//! most 1 MiB a helper), starting with the request that last made
-//! progress longest ago. Whichever copy verifies first counts, and a
+//! for the first group that request has not delivered and it has (one
+//! group at a time, so the waste is at most 1 MiB a helper), starting with
+//! the request that last made progress longest ago; helpers spread over
+//! the groups before two fetch the same one. Whichever copy verifies first counts, and a
 //! request whose remaining groups were all delivered by helpers is
 //! cancelled. So a source that stalls near the end, or a dead
 //! source that happened to be asked first, holds the download up for no
@@ -568,27 +568,29 @@ impl DownloadPlan {
         if helper.in_flight > 0 {
             return None;
         }
-        // One helper a group: more would only add waste.
-        let being_helped: Vec<u64> = self
-            .requests
-            .values()
-            .filter(|r| r.helps.is_some())
-            .map(|r| r.groups.start)
-            .collect();
-        let (helped, group) = self
+        // Helpers spread over the groups before doubling up on one (a dead
+        // helper must not keep a live one away, so never fewer choices).
+        let mut helpers: BTreeMap<u64, usize> = BTreeMap::new();
+        for r in self.requests.values().filter(|r| r.helps.is_some()) {
+            *helpers.entry(r.groups.start).or_default() += 1;
+        }
+        let (_, _, helped, group) = self
             .requests
             .iter()
             .filter(|(_, r)| r.kind == RequestKind::Data && r.helps.is_none() && r.source != source)
             .filter_map(|(id, r)| {
-                let group = (r.next..r.groups.end).find(|g| {
-                    self.groups.get(group_slot(*g)) == Some(&Group::InFlight(*id))
-                        && helper.has.contains(*g)
-                        && !being_helped.contains(g)
-                })?;
-                Some((r.last_progress, *id, group))
+                (r.next..r.groups.end)
+                    .filter(|g| {
+                        self.groups.get(group_slot(*g)) == Some(&Group::InFlight(*id))
+                            && helper.has.contains(*g)
+                    })
+                    .map(|g| {
+                        let count = helpers.get(&g).copied().unwrap_or(0);
+                        (count, r.last_progress, *id, g)
+                    })
+                    .min()
             })
-            .min()
-            .map(|(_, id, group)| (id, group))?;
+            .min()?;
         Some(self.start_request(source, group..group + 1, Some(helped), now))
     }
 
@@ -1476,7 +1478,7 @@ mod tests {
     }
 
     #[test]
-    fn each_group_gets_one_helper_at_most() {
+    fn helpers_spread_over_the_groups_before_doubling_up() {
         let config = DownloadConfig {
             requests_per_source: 1,
             groups_per_request: 16,
@@ -1489,8 +1491,9 @@ mod tests {
         assert_eq!((owned.source, owned.groups), (slow, 0..2));
         let first = plan.next_request(Time(0)).unwrap();
         let second = plan.next_request(Time(0)).unwrap();
+        let third = plan.next_request(Time(0)).unwrap();
         assert_eq!((first.source, first.groups), (a, 0..1));
         assert_eq!((second.source, second.groups), (b, 1..2));
-        assert_eq!(plan.next_request(Time(0)), None, "{c} waits");
+        assert_eq!((third.source, third.groups), (c, 0..1), "none left idle");
     }
 }
