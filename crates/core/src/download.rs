@@ -1496,4 +1496,148 @@ mod tests {
         assert_eq!((second.source, second.groups), (b, 1..2));
         assert_eq!((third.source, third.groups), (c, 0..1), "none left idle");
     }
+
+    /// The plan's incremental counts, recomputed from scratch.
+    fn check_counts(plan: &DownloadPlan) {
+        let mut missing = GroupSet::empty(plan.size);
+        for (index, state) in plan.groups.iter().enumerate() {
+            if *state == Group::Missing {
+                missing.insert(index as u64);
+            }
+        }
+        assert_eq!(plan.missing, missing);
+        let active = || plan.sources.iter().filter(|s| !s.dropped);
+        assert_eq!(
+            plan.complete_sources,
+            active().filter(|s| s.has.is_complete()).count()
+        );
+        assert_eq!(
+            plan.partial_sources,
+            active().filter(|s| !s.has.is_complete()).count()
+        );
+        for (index, held) in plan.holders.iter().enumerate() {
+            let counted = active()
+                .filter(|s| s.has.set().is_some_and(|set| set.contains(index as u64)))
+                .count();
+            assert_eq!(*held as usize, counted, "group {index}");
+        }
+        for (id, source) in plan.sources.iter().enumerate() {
+            let requests = plan.requests.values().filter(|r| r.source == id).count();
+            assert_eq!(source.in_flight, requests, "source {id}");
+        }
+        for (id, r) in &plan.requests {
+            let has = &plan.sources[r.source].has;
+            for g in r.next..r.groups.end {
+                assert!(
+                    has.contains(g),
+                    "request {id} asks for group {g} its source lacks"
+                );
+                if r.helps.is_none() {
+                    let state = plan.groups[group_slot(g)];
+                    assert!(state == Group::InFlight(*id) || state == Group::Verified);
+                }
+            }
+        }
+    }
+
+    /// A swarm driven at random: partial sources that grow, one that lies,
+    /// busy answers, answers in any order. The counts stay right, no source
+    /// is asked for what it lacks, the liar is dropped, and it completes.
+    #[test]
+    fn a_random_swarm_keeps_its_counts_and_completes() {
+        for seed in 0..20u64 {
+            let mut rng = SplitMix64(seed);
+            let size = 40 * GROUP_LEN + 3;
+            let config = DownloadConfig {
+                requests_per_source: 2,
+                groups_per_request: 4,
+                swarm_groups_per_request: 2,
+                stall_timeout: Duration::from_secs(5),
+                probe_interval: Duration::from_secs(1),
+                seed,
+            };
+            let mut plan = DownloadPlan::new(size, [0, 7], config);
+            let mut truth = vec![GroupSet::full(size)];
+            plan.add_source();
+            for _ in 0..6 {
+                plan.add_partial_source();
+                let mut has = GroupSet::empty(size);
+                for _ in 0..rng.below(10) {
+                    has.insert(rng.below(40));
+                }
+                truth.push(has);
+            }
+            let liar = 6;
+            let mut pending: Vec<Request> = Vec::new();
+            let mut now = Time(0);
+            let mut liar_dropped = false;
+            for _ in 0..20_000 {
+                while let Some(r) = plan.next_request(now) {
+                    pending.push(r);
+                }
+                while let Some(event) = plan.poll_event() {
+                    match event {
+                        DownloadEvent::Cancel(id) => pending.retain(|r| r.id != id),
+                        DownloadEvent::SourceDropped { source, reason } => {
+                            assert_eq!(source, liar, "{reason}");
+                            assert!(reason.contains("claimed"), "{reason}");
+                            liar_dropped = true;
+                        }
+                    }
+                }
+                check_counts(&plan);
+                if plan.is_complete() {
+                    break;
+                }
+                assert!(!plan.is_stuck());
+                for has in truth.iter_mut().skip(1) {
+                    if rng.below(4) == 0 {
+                        has.insert(rng.below(40));
+                    }
+                }
+                if pending.is_empty() {
+                    now = plan
+                        .next_wakeup(now)
+                        .unwrap_or(now + Duration::from_millis(100));
+                    continue;
+                }
+                let r = pending.swap_remove(group_slot(rng.below(pending.len() as u64)));
+                let source = r.source;
+                let mut told = truth[source].clone();
+                if source == liar {
+                    told.insert_run(30..41);
+                }
+                let partial = source != 0;
+                match r.kind {
+                    RequestKind::Probe => {
+                        plan.handle_availability(source, told, now);
+                        plan.handle_probe_done(r.id, now);
+                    }
+                    RequestKind::Data if r.groups.clone().any(|g| !truth[source].contains(g)) => {
+                        assert_eq!(source, liar, "asked {source} for {:?}", r.groups);
+                        plan.handle_request_unavailable(r.id, truth[source].clone(), now);
+                    }
+                    RequestKind::Data if partial && rng.below(8) == 0 => {
+                        plan.handle_request_busy(r.id, Duration::from_millis(300), now);
+                    }
+                    RequestKind::Data => {
+                        if partial {
+                            plan.handle_availability(source, told, now);
+                        }
+                        for g in r.groups.clone() {
+                            plan.handle_group_verified(r.id, g, now);
+                        }
+                        plan.handle_request_done(r.id);
+                    }
+                }
+                check_counts(&plan);
+                now = now + Duration::from_millis(10);
+            }
+            assert!(plan.is_complete(), "seed {seed}");
+            assert_eq!(plan.verified_bytes(), size);
+            let from_partials: u64 = (1..7).map(|s| plan.bytes_from(s)).sum();
+            assert!(liar_dropped, "seed {seed}: its lies were asked for");
+            assert!(from_partials > 0, "seed {seed}: partial sources served");
+        }
+    }
 }
