@@ -38,10 +38,12 @@
 //!
 //! Endgame, per source: once no group a source has is missing, that source,
 //! when it has nothing in flight, helps another source's request, asking
-//! for the first group that request has not delivered and it has (one
-//! group at a time, so the waste is at most 1 MiB a helper), starting with
-//! the request that last made progress longest ago; helpers spread over
-//! the groups before two fetch the same one. Whichever copy verifies first counts, and a
+//! for the last group that request has not delivered and it has (the
+//! request's own stream works from its first, so the two meet instead of
+//! racing for one group; one group at a time, so the waste is at most
+//! 1 MiB a helper), starting with the request that last made progress
+//! longest ago; helpers spread over the groups before two fetch the same
+//! one. Whichever copy verifies first counts, and a
 //! request whose remaining groups were all delivered by helpers is
 //! cancelled. So a source that stalls near the end, or a dead
 //! source that happened to be asked first, holds the download up for no
@@ -51,6 +53,7 @@
 //! time where it can), so a file of a million groups with 64 sources stays
 //! cheap; no randomness but the seeded generator, so a plan is replayable.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 use std::time::Duration;
@@ -560,7 +563,7 @@ impl DownloadPlan {
         }
     }
 
-    /// Nothing `source` has is missing: if idle, it fetches again the first
+    /// Nothing `source` has is missing: if idle, it fetches again the last
     /// group another source's request has not delivered yet and it has
     /// (see the module documentation).
     fn endgame_request(&mut self, source: SourceId, now: Time) -> Option<Request> {
@@ -586,11 +589,12 @@ impl DownloadPlan {
                     })
                     .map(|g| {
                         let count = helpers.get(&g).copied().unwrap_or(0);
-                        (count, r.last_progress, *id, g)
+                        (count, r.last_progress, *id, Reverse(g))
                     })
                     .min()
             })
             .min()?;
+        let Reverse(group) = group;
         Some(self.start_request(source, group..group + 1, Some(helped), now))
     }
 
@@ -1081,9 +1085,10 @@ mod tests {
         let live = plan.add_source();
         let first = plan.next_request(Time(0)).unwrap();
         assert_eq!((first.source, first.groups.clone()), (dead, 0..3));
-        // Nothing missing: the idle live source helps, one group at a time.
+        // Nothing missing: the idle live source helps, one group at a time,
+        // from the last (the owner's stream would start from the first).
         let help = plan.next_request(Time(0)).unwrap();
-        assert_eq!((help.source, help.groups.clone()), (live, 0..1));
+        assert_eq!((help.source, help.groups.clone()), (live, 2..3));
         assert!(
             plan.next_request(Time(0)).is_none(),
             "the live source is busy"
@@ -1093,7 +1098,7 @@ mod tests {
         assert_eq!(help.groups, 1..2);
         complete(&mut plan, &help, Time(2));
         let help = plan.next_request(Time(2)).unwrap();
-        assert_eq!(help.groups, 2..3);
+        assert_eq!(help.groups, 0..1);
         complete(&mut plan, &help, Time(3));
         assert!(plan.is_complete());
         assert_eq!(plan.bytes_from(live), 3 * GROUP_LEN);
@@ -1115,21 +1120,23 @@ mod tests {
         let slow = plan.add_source();
         let fast = plan.add_source();
         let owned = plan.next_request(Time(0)).unwrap();
+        assert_eq!((owned.source, owned.groups.clone()), (slow, 0..2));
         let help = plan.next_request(Time(0)).unwrap();
-        assert_eq!(help.groups, 0..1);
-        // Both deliver group 0; it counts once, for the first.
+        assert_eq!(
+            (help.source, help.groups.clone()),
+            (fast, 1..2),
+            "the last group: the owner streams from its first"
+        );
+        // Both deliver group 1; it counts once, for the first.
         plan.handle_group_verified(owned.id, 0, Time(1));
-        plan.handle_group_verified(help.id, 0, Time(2));
-        plan.handle_request_done(help.id);
-        assert_eq!(plan.verified_bytes(), GROUP_LEN);
-        assert_eq!(plan.bytes_from(slow), GROUP_LEN);
-        assert_eq!(plan.bytes_from(fast), 0);
-        // The owner's own group 1 is next for the helper.
-        let help = plan.next_request(Time(2)).unwrap();
-        assert_eq!((help.source, help.groups.clone()), (fast, 1..2));
-        plan.handle_group_verified(owned.id, 1, Time(3));
+        plan.handle_group_verified(owned.id, 1, Time(2));
         plan.handle_request_done(owned.id);
+        plan.handle_group_verified(help.id, 1, Time(3));
+        plan.handle_request_done(help.id);
         assert!(plan.is_complete());
+        assert_eq!(plan.verified_bytes(), 2 * GROUP_LEN);
+        assert_eq!(plan.bytes_from(slow), 2 * GROUP_LEN);
+        assert_eq!(plan.bytes_from(fast), 0);
         assert!(plan.poll_event().is_none(), "no source was dropped");
     }
 
@@ -1492,9 +1499,9 @@ mod tests {
         let first = plan.next_request(Time(0)).unwrap();
         let second = plan.next_request(Time(0)).unwrap();
         let third = plan.next_request(Time(0)).unwrap();
-        assert_eq!((first.source, first.groups), (a, 0..1));
-        assert_eq!((second.source, second.groups), (b, 1..2));
-        assert_eq!((third.source, third.groups), (c, 0..1), "none left idle");
+        assert_eq!((first.source, first.groups), (a, 1..2));
+        assert_eq!((second.source, second.groups), (b, 0..1));
+        assert_eq!((third.source, third.groups), (c, 1..2), "none left idle");
     }
 
     /// The plan's incremental counts, recomputed from scratch.
