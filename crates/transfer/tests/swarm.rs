@@ -1,8 +1,11 @@
 //! Downloaders as sources, against real servers on loopback addresses:
 //! a download served while it runs (partial sources, verified like any
 //! other), alternates learned from `X-Alt` and used, lying partial
-//! sources dropped with the alternates they told of, and a finished
-//! download served complete without a gap.
+//! sources dropped with the alternates they told of, a finished download
+//! served complete without a gap (and a cancelled one not at all), a
+//! partial source that serves nothing yet asked again rather than
+//! dropped, a downloader killed mid-swarm, and a small flash crowd whose
+//! downloaders get bytes from each other.
 //!
 //! Each node has its own loopback address (127.0.0.x) and dials from it,
 //! as hosts on a network would: a server never tells a downloader of
@@ -736,4 +739,49 @@ async fn in_a_small_flash_crowd_downloaders_get_bytes_from_each_other() {
     let copies = seed.server.uploaded_bytes() as f64 / data.len() as f64;
     eprintln!("the seed uploaded {copies:.2} copies; peers gave {from_peers} bytes");
     assert!(from_peers > 0, "the downloaders got bytes from each other");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_source_that_serves_nothing_yet_is_asked_again_not_dropped() {
+    let (id, data) = file_data(8 * MIB);
+    // C's only other source: a slow seed.
+    let slow = Node::start(1, Some(MIB as u64 / 2)).await;
+    slow.share(id, &data);
+    // B will download from a fast seed C does not know of.
+    let fast = Node::start(4, None).await;
+    fast.share(id, &data);
+    let b = Node::start(2, None).await;
+    let c = Node::start(3, None).await;
+
+    let verified = Arc::new(AtomicU64::new(0));
+    let seen = verified.clone();
+    let mut options = options(id, data.len(), &c.target());
+    options.progress = Some(Arc::new(move |p| {
+        seen.store(p.verified_bytes, Ordering::SeqCst)
+    }));
+    let (c_feed, receiver) = mpsc::channel(8);
+    c_feed.send(source(c.ip, slow.addr, false)).await.unwrap();
+    // B is told of while it serves nothing: its probes answer 404.
+    c_feed.send(source(c.ip, b.addr, true)).await.unwrap();
+    let c_download = tokio::spawn(download_live(receiver, options, control(None)));
+    wait_until("C to verify a group", || {
+        verified.load(Ordering::SeqCst) >= MIB as u64
+    })
+    .await;
+    assert_eq!(b.partial_groups(&id), 0, "B has served nothing so far");
+
+    let (_b_feed, b_download) = b.download(
+        id,
+        data.len(),
+        vec![source(b.ip, fast.addr, false)],
+        control(Some(b.swarm(true))),
+    );
+    let report = finished(c_download).await;
+    assert!(std::fs::read(c.target()).unwrap() == data);
+    let b_report = &report.sources[1];
+    assert!(b_report.dropped.is_none(), "{:?}", b_report.dropped);
+    assert!(b_report.bytes > 0, "{report:?}");
+    eprintln!("C got {} bytes from B once it served", b_report.bytes);
+    finished(b_download).await;
+    drop(c_feed);
 }
