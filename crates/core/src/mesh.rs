@@ -7,7 +7,10 @@
 //! maps, ties break by address. Bounded whatever peers announce: at most
 //! [`MeshConfig::contents`] content ids (the one touched longest ago gives
 //! way), each with at most [`MeshConfig::per_content`] addresses (the one
-//! seen longest ago gives way); entries older than [`MeshConfig::max_age`]
+//! seen longest ago gives way), of which at most [`MeshConfig::per_ip`]
+//! share an IP (so one requester announcing many ports can't push the
+//! others out; loopback and other exempt networks are not capped, as in
+//! [`crate::addr_limits`]); entries older than [`MeshConfig::max_age`]
 //! are never handed out and are pruned as the content is touched.
 //!
 //! [`format_alternates`] and [`parse_alternates`] are the header's form:
@@ -20,6 +23,7 @@ use std::time::Duration;
 use canopy_proto::ContentId;
 
 use crate::Time;
+use crate::addr_limits::{IpNet, canonical_ip, default_exempt};
 
 /// Entries read from one `X-Alt` value at most.
 pub const MAX_ALTERNATES_READ: usize = 16;
@@ -31,6 +35,11 @@ pub const MAX_ALTERNATES_LEN: usize = 1024;
 pub struct MeshConfig {
     /// Addresses kept per content id (the newest).
     pub per_content: usize,
+    /// Addresses of one IP kept per content id (the newest), outside
+    /// `exempt`.
+    pub per_ip: usize,
+    /// Networks not capped per IP (loopback by default).
+    pub exempt: Vec<IpNet>,
     /// Content ids kept (the most recently touched).
     pub contents: usize,
     /// An address not seen working for this long is not handed out.
@@ -39,10 +48,12 @@ pub struct MeshConfig {
 
 impl Default for MeshConfig {
     /// 16 addresses for each of 1,024 contents, seen in the last 10 minutes:
-    /// at most 16k entries of about 50 bytes.
+    /// at most 16k entries of about 50 bytes; 2 per IP.
     fn default() -> Self {
         Self {
             per_content: 16,
+            per_ip: 2,
+            exempt: default_exempt(),
             contents: 1024,
             max_age: Duration::from_secs(600),
         }
@@ -107,6 +118,22 @@ impl Mesh {
         sources.seen.retain(|_, seen| now.since(*seen) < max_age);
         let seen = sources.seen.entry(addr).or_insert(now);
         *seen = (*seen).max(now);
+        let ip = canonical_ip(addr.ip());
+        if !self.config.exempt.iter().any(|net| net.contains(&ip)) {
+            let same_ip = |a: &SocketAddr| canonical_ip(a.ip()) == ip;
+            while sources.seen.keys().filter(|a| same_ip(a)).count() > self.config.per_ip {
+                let oldest = sources
+                    .seen
+                    .iter()
+                    .filter(|(a, _)| same_ip(a))
+                    .min_by_key(|(a, seen)| (**seen, **a))
+                    .map(|(a, _)| *a);
+                match oldest {
+                    Some(oldest) => sources.seen.remove(&oldest),
+                    None => break,
+                };
+            }
+        }
         while sources.seen.len() > per_content {
             let oldest = sources
                 .seen
@@ -245,7 +272,35 @@ mod tests {
             per_content: 3,
             contents: 2,
             max_age: Duration::from_secs(10),
+            ..MeshConfig::default()
         }
+    }
+
+    #[test]
+    fn one_ip_holds_at_most_its_share_outside_loopback() {
+        let mut mesh = Mesh::new(MeshConfig::default());
+        for port in 1..=10u16 {
+            mesh.add(
+                id(1),
+                SocketAddr::from(([10, 0, 0, 1], port)),
+                Time(u64::from(port)),
+            );
+        }
+        mesh.add(id(1), addr(2), Time(20));
+        let picked = mesh.pick(&id(1), None, 16, Time(30));
+        assert_eq!(
+            picked.len(),
+            3,
+            "two of 10.0.0.1's newest and 10.0.0.2: {picked:?}"
+        );
+        assert!(picked.contains(&SocketAddr::from(([10, 0, 0, 1], 10))));
+        assert!(picked.contains(&SocketAddr::from(([10, 0, 0, 1], 9))));
+        assert_eq!(mesh.len(), 3);
+        // Loopback is exempt: several leaves on one test machine.
+        for port in 1..=5u16 {
+            mesh.add(id(2), SocketAddr::from(([127, 0, 0, 1], port)), Time(40));
+        }
+        assert_eq!(mesh.pick(&id(2), None, 16, Time(41)).len(), 5);
     }
 
     #[test]
