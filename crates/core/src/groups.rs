@@ -104,6 +104,27 @@ impl GroupSet {
         true
     }
 
+    /// Takes `group` out; true if it was in the set.
+    pub fn remove(&mut self, group: u64) -> bool {
+        if !self.contains(group) {
+            return false;
+        }
+        self.words[word_of(group)] &= !bit_of(group);
+        self.count -= 1;
+        true
+    }
+
+    /// The set's words: bit `g % 64` of word `g / 64` is group `g`; bits
+    /// past the file's groups are clear.
+    pub(crate) fn words(&self) -> &[u64] {
+        &self.words
+    }
+
+    /// The first group at or after `from` in the set.
+    pub fn next_member(&self, from: u64) -> Option<u64> {
+        self.next_with(from, true)
+    }
+
     /// Adds every group of `run` (clipped to the file), a word at a time.
     pub fn insert_run(&mut self, run: Range<u64>) {
         let end = run.end.min(self.groups);

@@ -501,6 +501,8 @@ impl<'a> Callback<'a> {
             return Ok(DownloadSource {
                 label: source.addr.to_string(),
                 connector: Arc::new(ThrottledConnector::new(direct, limit)),
+                partial: false,
+                addr: Some(source.addr),
             });
         }
         let listener = self.listener().await?;
@@ -525,6 +527,8 @@ impl<'a> Callback<'a> {
         Ok(DownloadSource {
             label: format!("{} (push)", source.addr),
             connector,
+            partial: false,
+            addr: None,
         })
     }
 }
@@ -568,6 +572,7 @@ impl Attempt<'_> {
             cancel: self.request.cancel.clone(),
             lock: Some(lock),
             starving: Some(starving.clone()),
+            swarm: None,
         };
         let download = download::download_live(sources, options, control);
         tokio::pin!(download);

@@ -64,6 +64,7 @@ fn long_fetch(id: ContentId, dir: &Path) -> (FetchRequest, watch::Receiver<Fetch
         requests_per_source: 1,
         groups_per_request: 1,
         stall_timeout: Duration::from_secs(2),
+        ..DownloadConfig::default()
     };
     let (tx, rx) = watch::channel(FetchProgress::default());
     request.progress = Some(Arc::new(move |p: &FetchProgress| {

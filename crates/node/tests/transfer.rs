@@ -80,6 +80,7 @@ fn get_options(at: &SupernodeHandle, id: ContentId, target: &Path) -> GetOptions
         requests_per_source: 1,
         groups_per_request: 2,
         stall_timeout: Duration::from_secs(2),
+        ..DownloadConfig::default()
     };
     options
 }
