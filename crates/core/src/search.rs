@@ -42,6 +42,9 @@ pub struct Source {
     /// It is still downloading the file (the hit's file said how much it
     /// has): it serves what it has verified so far.
     pub partial: bool,
+    /// For a partial source, about how many bytes it has verified, as its
+    /// latest hit said (`None` for a whole source).
+    pub available: Option<u64>,
 }
 
 /// One distinct content found.
@@ -124,6 +127,7 @@ impl SearchSession {
                 addr: hit.source_addr,
                 firewalled: hit.firewalled,
                 partial: file.available.is_some(),
+                available: file.available,
             };
             if self.only.is_some_and(|id| id != file.content_id) {
                 continue;
@@ -155,10 +159,16 @@ impl SearchSession {
                     .iter_mut()
                     .find(|s| s.node_id == source.node_id);
                 if let Some(known) = known {
-                    // A partial source heard of again with the whole file
-                    // has finished its download.
-                    if known.partial && !source.partial {
-                        known.partial = false;
+                    // A partial source heard of again has more, or the
+                    // whole file: its download went on or finished.
+                    let more = match (known.available, source.available) {
+                        (Some(had), Some(has)) => has > had,
+                        (Some(_), None) => true,
+                        (None, _) => false,
+                    };
+                    if more {
+                        known.partial = source.partial;
+                        known.available = source.available;
                         self.revision += 1;
                     }
                 } else if result.sources.len() < MAX_SOURCES_PER_RESULT {
@@ -293,22 +303,44 @@ mod tests {
         partial.files[0].available = Some(4);
         search.handle_hit(&partial, Time(1));
         search.handle_hit(&hit(1, 2, &[10]), Time(2));
-        let partial_of = |search: &SearchSession| -> Vec<(u8, bool)> {
+        let partial_of = |search: &SearchSession| -> Vec<(u8, bool, Option<u64>)> {
             search
                 .results()
-                .flat_map(|r| r.sources.iter().map(|s| (s.node_id.0[0], s.partial)))
+                .flat_map(|r| {
+                    r.sources
+                        .iter()
+                        .map(|s| (s.node_id.0[0], s.partial, s.available))
+                })
                 .collect()
         };
-        assert_eq!(partial_of(&search), vec![(1, true), (2, false)]);
+        assert_eq!(
+            partial_of(&search),
+            vec![(1, true, Some(4)), (2, false, None)]
+        );
         let revision = search.revision();
         search.handle_hit(&partial, Time(3));
         assert_eq!(search.revision(), revision, "nothing new");
-        search.handle_hit(&hit(1, 1, &[10]), Time(4));
-        assert_eq!(partial_of(&search), vec![(1, false), (2, false)]);
+        // Progress is taken, never a step back.
+        partial.files[0].available = Some(7);
+        search.handle_hit(&partial, Time(3));
+        partial.files[0].available = Some(5);
+        search.handle_hit(&partial, Time(3));
+        assert_eq!(
+            partial_of(&search),
+            vec![(1, true, Some(7)), (2, false, None)]
+        );
         assert!(search.revision() > revision);
+        search.handle_hit(&hit(1, 1, &[10]), Time(4));
+        assert_eq!(
+            partial_of(&search),
+            vec![(1, false, None), (2, false, None)]
+        );
         // A complete source never turns partial again.
         search.handle_hit(&partial, Time(5));
-        assert_eq!(partial_of(&search), vec![(1, false), (2, false)]);
+        assert_eq!(
+            partial_of(&search),
+            vec![(1, false, None), (2, false, None)]
+        );
     }
 
     fn sized(message: u8, source: u8, id: u8, size: u64) -> QueryHit {

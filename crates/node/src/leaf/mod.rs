@@ -192,6 +192,7 @@ struct PushRequest {
 pub struct LeafHandle {
     node_id: NodeId,
     listen_addr: Option<SocketAddr>,
+    announced_addr: Option<SocketAddr>,
     server: ContentServer,
     download_limit: RateLimit,
     shares: Shares,
@@ -233,6 +234,14 @@ impl LeafHandle {
     /// Where we accept connections, if anywhere.
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         self.listen_addr
+    }
+
+    /// The address we announce to supernodes (the advertised one, else
+    /// the bound one): `None` when we accept no connections (firewalled,
+    /// or not listening), so downloads from us go by push. Its port is
+    /// where other downloaders reach us.
+    pub fn announced_addr(&self) -> Option<SocketAddr> {
+        self.announced_addr
     }
 
     /// The file server (for its counters).
@@ -518,6 +527,7 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
     Ok(LeafHandle {
         node_id,
         listen_addr,
+        announced_addr: announced,
         server,
         download_limit,
         shares,
