@@ -30,9 +30,11 @@
 //! [`crate::tree::VerifiedTree`] and reports it. A source that sends a bad
 //! group, truncates a response, fails or stalls is dropped with the
 //! reason; its outstanding groups return to the pool and go to the others.
-//! So is a partial source that answers 416 for groups it said it had
-//! ([`DownloadPlan::handle_request_unavailable`]); a 416 for groups it
-//! never claimed only teaches the plan what it has. A source that is
+//! So is a partial source that answers 416 for a range whose groups it
+//! all said it had ([`DownloadPlan::handle_request_unavailable`]); a 416
+//! for a range it claimed only part of (or none of) is honest (a server
+//! serves only ranges wholly inside its verified groups) and only teaches
+//! the plan what it has. A source that is
 //! merely busy (no upload slot) is paused, not dropped. Groups verified in
 //! an earlier run are never asked for again.
 //!
@@ -650,9 +652,11 @@ impl DownloadPlan {
     }
 
     /// A data request was refused with 416, the source saying it has
-    /// `groups`. If the source had claimed the requested groups (it said it
-    /// has them, or that it has the whole file), it lied and is dropped;
-    /// else it only turned out to be partial: what it has is updated and
+    /// `groups`. If the source had claimed all the requested groups (it
+    /// said it has each of them, or that it has the whole file), it lied
+    /// and is dropped: a server answers 206 for any range wholly inside
+    /// its verified groups. Else (a range it had claimed only part of, or
+    /// none) it only turned out to lack some: what it has is updated and
     /// the groups go back to the pool.
     pub fn handle_request_unavailable(&mut self, request: RequestId, groups: GroupSet, now: Time) {
         let Some(inflight) = self.requests.get(&request) else {
@@ -663,7 +667,7 @@ impl DownloadPlan {
         let claimed = inflight.kind == RequestKind::Data
             && match &self.sources[source].has {
                 Has::Whole => !asked.is_empty(),
-                Has::Some(set) => asked.clone().any(|g| set.contains(g)),
+                Has::Some(set) => !asked.is_empty() && asked.clone().all(|g| set.contains(g)),
                 Has::Assumed | Has::Unknown => false,
             };
         self.finish(request);
@@ -1351,6 +1355,33 @@ mod tests {
         assert!(plan.is_partial(source));
         let r = plan.next_request(Time(1)).unwrap();
         assert_eq!((r.source, r.groups), (source, 3..4));
+    }
+
+    #[test]
+    fn a_416_for_a_partly_claimed_range_is_not_a_lie() {
+        // The server answers 206 only for a range wholly inside its
+        // verified groups: a range it had only partly claimed gets an
+        // honest 416.
+        let size = 8 * GROUP_LEN;
+        let config = DownloadConfig {
+            requests_per_source: 2,
+            groups_per_request: 4,
+            ..swarm_config()
+        };
+        let mut plan = plan_in_order(size, &[], config);
+        // Added as complete on a hit's word; it has groups 0..5.
+        let source = plan.add_source();
+        let first = plan.next_request(Time(0)).unwrap();
+        let second = plan.next_request(Time(0)).unwrap();
+        assert_eq!((first.groups.clone(), second.groups.clone()), (0..4, 4..8));
+        let has = set(size, &[0, 1, 2, 3, 4]);
+        plan.handle_availability(source, has.clone(), Time(1));
+        complete(&mut plan, &first, Time(1));
+        plan.handle_request_unavailable(second.id, has, Time(2));
+        assert_eq!(plan.poll_event(), None, "not dropped");
+        assert_eq!(plan.active_sources(), 1);
+        let again = plan.next_request(Time(2)).unwrap();
+        assert_eq!((again.source, again.groups), (source, 4..5));
     }
 
     #[test]
