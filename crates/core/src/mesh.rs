@@ -8,9 +8,10 @@
 //! [`MeshConfig::contents`] content ids (the one touched longest ago gives
 //! way), each with at most [`MeshConfig::per_content`] addresses (the one
 //! seen longest ago gives way), of which at most [`MeshConfig::per_ip`]
-//! share an IP (so one requester announcing many ports can't push the
-//! others out; loopback and other exempt networks are not capped, as in
-//! [`crate::addr_limits`]); entries older than [`MeshConfig::max_age`]
+//! share an IP and at most [`MeshConfig::per_prefix`] a network (/24 or
+//! /48), so one requester announcing many ports or addresses can't push
+//! the others out (loopback and other exempt networks are not capped, as
+//! in [`crate::addr_limits`]); entries older than [`MeshConfig::max_age`]
 //! are never handed out and are pruned as the content is touched.
 //!
 //! [`format_alternates`] and [`parse_alternates`] are the header's form:
@@ -23,7 +24,7 @@ use std::time::Duration;
 use canopy_proto::ContentId;
 
 use crate::Time;
-use crate::addr_limits::{IpNet, canonical_ip, default_exempt};
+use crate::addr_limits::{IpNet, canonical_ip, default_exempt, prefix_of};
 
 /// Entries read from one `X-Alt` value at most.
 pub const MAX_ALTERNATES_READ: usize = 16;
@@ -38,7 +39,11 @@ pub struct MeshConfig {
     /// Addresses of one IP kept per content id (the newest), outside
     /// `exempt`.
     pub per_ip: usize,
-    /// Networks not capped per IP (loopback by default).
+    /// Addresses of one network (a /24 for IPv4, a /48 for IPv6: see
+    /// [`crate::addr_limits::prefix_of`]) kept per content id (the newest),
+    /// outside `exempt`.
+    pub per_prefix: usize,
+    /// Networks not capped per IP or per network (loopback by default).
     pub exempt: Vec<IpNet>,
     /// Content ids kept (the most recently touched).
     pub contents: usize,
@@ -48,11 +53,12 @@ pub struct MeshConfig {
 
 impl Default for MeshConfig {
     /// 16 addresses for each of 1,024 contents, seen in the last 10 minutes:
-    /// at most 16k entries of about 50 bytes; 2 per IP.
+    /// at most 16k entries of about 50 bytes; 2 per IP, 4 per network.
     fn default() -> Self {
         Self {
             per_content: 16,
             per_ip: 2,
+            per_prefix: 4,
             exempt: default_exempt(),
             contents: 1024,
             max_age: Duration::from_secs(600),
@@ -127,19 +133,13 @@ impl Mesh {
         *seen = (*seen).max(now);
         let ip = canonical_ip(addr.ip());
         if !self.config.exempt.iter().any(|net| net.contains(&ip)) {
-            let same_ip = |a: &SocketAddr| canonical_ip(a.ip()) == ip;
-            while sources.seen.keys().filter(|a| same_ip(a)).count() > self.config.per_ip {
-                let oldest = sources
-                    .seen
-                    .iter()
-                    .filter(|(a, _)| same_ip(a))
-                    .min_by_key(|(a, seen)| (**seen, **a))
-                    .map(|(a, _)| *a);
-                match oldest {
-                    Some(oldest) => sources.seen.remove(&oldest),
-                    None => break,
-                };
-            }
+            let prefix = prefix_of(ip);
+            keep_newest(&mut sources.seen, self.config.per_ip, |a| {
+                canonical_ip(a.ip()) == ip
+            });
+            keep_newest(&mut sources.seen, self.config.per_prefix, |a| {
+                prefix.contains(&canonical_ip(a.ip()))
+            });
         }
         while sources.seen.len() > per_content {
             let oldest = sources
@@ -217,6 +217,26 @@ impl Mesh {
             self.entries -= sources.seen.len();
         }
         true
+    }
+}
+
+/// Drops the oldest of the addresses `matches` picks out of `seen` until
+/// at most `limit` are left.
+fn keep_newest(
+    seen: &mut BTreeMap<SocketAddr, Time>,
+    limit: usize,
+    matches: impl Fn(&SocketAddr) -> bool,
+) {
+    while seen.keys().filter(|a| matches(a)).count() > limit {
+        let oldest = seen
+            .iter()
+            .filter(|(a, _)| matches(a))
+            .min_by_key(|(a, when)| (**when, **a))
+            .map(|(a, _)| *a);
+        match oldest {
+            Some(oldest) => seen.remove(&oldest),
+            None => break,
+        };
     }
 }
 
@@ -308,6 +328,34 @@ mod tests {
             mesh.add(id(2), SocketAddr::from(([127, 0, 0, 1], port)), Time(40));
         }
         assert_eq!(mesh.pick(&id(2), None, 16, Time(41)).len(), 5);
+    }
+
+    #[test]
+    fn one_network_holds_at_most_its_share_outside_loopback() {
+        let mut mesh = Mesh::new(MeshConfig::default());
+        for n in 1..=10u8 {
+            mesh.add(id(1), addr(n), Time(u64::from(n)));
+        }
+        let elsewhere = SocketAddr::from(([10, 0, 1, 1], 6346));
+        mesh.add(id(1), elsewhere, Time(20));
+        let picked = mesh.pick(&id(1), None, 16, Time(30));
+        let mut expected: Vec<SocketAddr> = (7..=10u8).rev().map(addr).collect();
+        expected.insert(0, elsewhere);
+        assert_eq!(
+            picked, expected,
+            "the newest 4 of 10.0.0.0/24, and 10.0.1.1"
+        );
+        // IPv6: per /48.
+        for n in 1..=6u16 {
+            let ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, n, 0, 0, 0, 1);
+            mesh.add(id(2), SocketAddr::new(ip.into(), 6346), Time(40));
+        }
+        assert_eq!(mesh.pick(&id(2), None, 16, Time(41)).len(), 4);
+        // Loopback is exempt: several leaves on one test machine.
+        for n in 1..=8u8 {
+            mesh.add(id(3), SocketAddr::from(([127, 0, 0, n], 6346)), Time(50));
+        }
+        assert_eq!(mesh.pick(&id(3), None, 16, Time(51)).len(), 8);
     }
 
     #[test]
