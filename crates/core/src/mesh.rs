@@ -15,7 +15,9 @@
 //! are never handed out and are pruned as the content is touched.
 //!
 //! [`format_alternates`] and [`parse_alternates`] are the header's form:
-//! `10.1.2.3:6346, [2001:db8::1]:6346`, read leniently and boundedly.
+//! `10.1.2.3:6346, [2001:db8::1]:6346`, read leniently and boundedly;
+//! [`alternate_allowed`] says which of the alternates read a downloader
+//! should dial, given who told of them.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -217,6 +219,43 @@ impl Mesh {
             self.entries -= sources.seen.len();
         }
         true
+    }
+}
+
+/// Whether a downloader should dial `alt`, an alternate that a source at
+/// `told_by` named in `X-Alt`. Never an address that can't be a peer
+/// (unspecified, port 0, multicast, broadcast, link-local); a loopback
+/// address only if the teller is on loopback itself, and a private one
+/// (RFC 1918, IPv6 unique local) only if the teller is private or on
+/// loopback: tests on 127.0.0.x and a LAN keep working, but a source on
+/// the internet can't aim its downloaders at their own machine or LAN.
+pub fn alternate_allowed(alt: SocketAddr, told_by: IpAddr) -> bool {
+    let ip = canonical_ip(alt.ip());
+    let told_by = canonical_ip(told_by);
+    if alt.port() == 0 || ip.is_unspecified() || ip.is_multicast() {
+        return false;
+    }
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local() || v4.is_broadcast(),
+        IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+    };
+    if link_local {
+        return false;
+    }
+    if ip.is_loopback() {
+        return told_by.is_loopback();
+    }
+    if is_private(ip) {
+        return told_by.is_loopback() || is_private(told_by);
+    }
+    true
+}
+
+/// RFC 1918 IPv4 or an IPv6 unique local address (fc00::/7).
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_private(),
+        IpAddr::V6(v6) => v6.segments()[0] & 0xfe00 == 0xfc00,
     }
 }
 
@@ -461,6 +500,70 @@ mod tests {
             mesh.pick(&id(1), None, 8, Time(5)),
             vec![addr(1), addr(2), addr(3)]
         );
+    }
+
+    #[test]
+    fn alternates_that_cannot_be_peers_are_never_allowed() {
+        let public: IpAddr = [203, 0, 113, 5].into();
+        let lan: IpAddr = [192, 168, 1, 2].into();
+        let local: IpAddr = [127, 0, 0, 1].into();
+        let at = |text: &str| text.parse::<SocketAddr>().unwrap();
+        for bad in [
+            "0.0.0.0:6346",
+            "[::]:6346",
+            "198.51.100.7:0",
+            "224.0.0.1:6346",
+            "[ff02::1]:6346",
+            "255.255.255.255:6346",
+            "169.254.1.1:6346",
+            "[fe80::1]:6346",
+            "[::ffff:169.254.1.1]:6346",
+        ] {
+            for told_by in [public, lan, local] {
+                assert!(!alternate_allowed(at(bad), told_by), "{bad} from {told_by}");
+            }
+        }
+        for good in ["198.51.100.7:6346", "[2001:db8::1]:6346"] {
+            for told_by in [public, lan, local] {
+                assert!(
+                    alternate_allowed(at(good), told_by),
+                    "{good} from {told_by}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn only_a_local_source_may_point_at_local_or_lan_addresses() {
+        let public: IpAddr = [203, 0, 113, 5].into();
+        let at = |text: &str| text.parse::<SocketAddr>().unwrap();
+        let loopback = ["127.0.0.2:6346", "[::1]:6346", "[::ffff:127.0.0.3]:6346"];
+        let private = [
+            "10.1.2.3:6346",
+            "172.16.0.9:6346",
+            "192.168.1.20:6346",
+            "[fd12:3456::1]:6346",
+        ];
+        for alt in loopback.iter().chain(&private) {
+            assert!(!alternate_allowed(at(alt), public), "{alt} from public");
+            assert!(
+                !alternate_allowed(at(alt), "2001:db8::9".parse().unwrap()),
+                "{alt} from public v6"
+            );
+        }
+        // Tests on 127.0.0.x keep working, and a LAN.
+        for alt in loopback.iter().chain(&private) {
+            assert!(alternate_allowed(at(alt), [127, 0, 0, 1].into()), "{alt}");
+        }
+        for told_by in ["10.0.0.1", "192.168.5.5", "fd00::7"] {
+            let told_by: IpAddr = told_by.parse().unwrap();
+            for alt in &private {
+                assert!(alternate_allowed(at(alt), told_by), "{alt} from {told_by}");
+            }
+            for alt in &loopback {
+                assert!(!alternate_allowed(at(alt), told_by), "{alt} from {told_by}");
+            }
+        }
     }
 
     #[test]

@@ -68,7 +68,7 @@
 //! rest.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -80,7 +80,7 @@ use canopy_core::download::{
     DownloadConfig, DownloadEvent, DownloadPlan, Request, RequestKind, SourceId,
 };
 use canopy_core::groups::GroupSet;
-use canopy_core::mesh::parse_alternates;
+use canopy_core::mesh::{alternate_allowed, parse_alternates};
 use canopy_core::tree::{
     MAX_DOWNLOAD_SIZE, VerifiedTree, group_count, group_len, group_range, group_slot,
 };
@@ -1354,7 +1354,13 @@ impl Run {
             return;
         };
         let told_by = self.usable[teller];
-        for addr in alternates {
+        let teller_ip = self
+            .addr(teller)
+            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        for addr in alternates
+            .into_iter()
+            .filter(|alt| alternate_allowed(*alt, teller_ip))
+        {
             if self.sources.list.len() >= MAX_SOURCES {
                 break;
             }
