@@ -477,7 +477,7 @@ async fn x_listen_is_ignored_for_unknown_ids_and_bad_ports() {
 async fn x_alt_lists_at_most_eight_alternates() {
     let d = serve_partial(G as usize, &[0], ServerConfig::default()).await;
     let known: Vec<SocketAddr> = (1..=12)
-        .map(|n| SocketAddr::from(([192, 0, 2, n], 6346)))
+        .map(|n| SocketAddr::from(([192, 0, n, 1], 6346)))
         .collect();
     for addr in &known {
         d.server.mesh().add(d.id, *addr);
