@@ -8,7 +8,10 @@
 //! `X-Available-Ranges`); every response's ranges update it
 //! ([`DownloadPlan::handle_availability`]), and one that has nothing the
 //! download still misses is probed again every `probe_interval`, never
-//! dropped for it: it may still grow.
+//! dropped for it: it may still grow. While some group no active source
+//! has (no complete source left, no partial one that has it), the plan is
+//! starving ([`DownloadPlan::is_starving`]): the driver asks for more
+//! sources, though it gives up only once no source is left at all.
 //!
 //! The plan hands out requests to sources with a free request slot, least
 //! busy first, so more sources means more groups in flight. Which groups:
@@ -45,11 +48,15 @@
 //! racing for one group; one group at a time, so the waste is at most
 //! 1 MiB a helper), starting with the request that last made progress
 //! longest ago; helpers spread over the groups before two fetch the same
-//! one. Whichever copy verifies first counts, and a
-//! request whose remaining groups were all delivered by helpers is
-//! cancelled. So a source that stalls near the end, or a dead
-//! source that happened to be asked first, holds the download up for no
-//! longer than the others take to fetch its groups.
+//! one, a group gets a second helper only once neither its owner nor its
+//! first helper made progress for half the stall timeout, and never a
+//! third (in a flash crowd most partial peers are in their endgame: every
+//! extra copy would spend a slow link's upload). Whichever copy verifies
+//! first counts, and every other request left with nothing but verified
+//! groups (the owner, the other helpers of that group) is cancelled at
+//! once, freeing its source's slot. So a source that stalls near the end,
+//! or a dead source that happened to be asked first, holds the download
+//! up for no longer than the others take to fetch its groups.
 //!
 //! Work per request is at most a pass over the file's groups (a word at a
 //! time where it can), so a file of a million groups with 64 sources stays
@@ -242,13 +249,17 @@ pub struct DownloadPlan {
     requests: BTreeMap<RequestId, InFlight>,
     next_request: RequestId,
     events: VecDeque<DownloadEvent>,
-    /// Per group, how many active partial sources say they have it (empty
-    /// until the first does).
-    holders: Vec<u32>,
+    /// Per group, how many active partial sources say they have it.
+    holders: Holders,
+    /// Groups not verified that no active partial source has (so only a
+    /// complete source can give them).
+    unheld: u64,
     /// Active sources with the whole file.
     complete_sources: usize,
     /// Active partial sources.
     partial_sources: usize,
+    /// Active partial sources not asked yet what they have.
+    unknown_sources: usize,
     /// Where the next run from complete sources starts looking.
     cursor: u64,
     rng: SplitMix64,
@@ -286,9 +297,11 @@ impl DownloadPlan {
             requests: BTreeMap::new(),
             next_request: 1,
             events: VecDeque::new(),
-            holders: Vec::new(),
+            holders: Holders::default(),
+            unheld: count - done,
             complete_sources: 0,
             partial_sources: 0,
+            unknown_sources: 0,
             cursor,
             rng,
         }
@@ -306,6 +319,9 @@ impl DownloadPlan {
     }
 
     fn push_source(&mut self, has: Has) -> SourceId {
+        if matches!(has, Has::Unknown) {
+            self.unknown_sources += 1;
+        }
         if has.is_complete() {
             self.complete_sources += 1;
         } else {
@@ -386,6 +402,19 @@ impl DownloadPlan {
     /// probed again.
     pub fn is_stuck(&self) -> bool {
         !self.is_complete() && self.active_sources() == 0
+    }
+
+    /// True if some group not verified yet has no active source that has
+    /// it: no complete source is left and no partial source says it has
+    /// that group (and every partial source has been asked what it has).
+    /// The download may still finish (a partial source may grow) so it is
+    /// not stuck, but it should look for more sources. Constant time (the
+    /// count is kept as sources and groups change).
+    pub fn is_starving(&self) -> bool {
+        !self.is_complete()
+            && self.complete_sources == 0
+            && self.unknown_sources == 0
+            && self.unheld > 0
     }
 
     /// The earliest time a paused source may be asked again or a partial
@@ -496,7 +525,7 @@ impl DownloadPlan {
             while word != 0 {
                 let group = index as u64 * 64 + u64::from(word.trailing_zeros());
                 word &= word - 1;
-                let holders = self.holders.get(group_slot(group)).copied().unwrap_or(0);
+                let holders = self.holders.count(group);
                 if holders < best {
                     best = holders;
                     ties = 1;
@@ -573,12 +602,20 @@ impl DownloadPlan {
         if helper.in_flight > 0 {
             return None;
         }
-        // Helpers spread over the groups before doubling up on one (a dead
-        // helper must not keep a live one away, so never fewer choices).
-        let mut helpers: BTreeMap<u64, usize> = BTreeMap::new();
+        // Helpers spread over the groups before doubling up on one. A
+        // group gets a second helper only once neither its owner nor its
+        // first helper made progress for half the stall timeout (a dead
+        // helper must not keep a live one away for long), and never a
+        // third: every copy is a slot of a source and upload of a peer.
+        let mut helpers: BTreeMap<u64, (usize, Time)> = BTreeMap::new();
         for r in self.requests.values().filter(|r| r.helps.is_some()) {
-            *helpers.entry(r.groups.start).or_default() += 1;
+            let entry = helpers
+                .entry(r.groups.start)
+                .or_insert((0, r.last_progress));
+            entry.0 += 1;
+            entry.1 = entry.1.max(r.last_progress);
         }
+        let patience = self.config.stall_timeout / 2;
         let (_, _, helped, group) = self
             .requests
             .iter()
@@ -589,9 +626,14 @@ impl DownloadPlan {
                         self.groups.get(group_slot(*g)) == Some(&Group::InFlight(*id))
                             && helper.has.contains(*g)
                     })
-                    .map(|g| {
-                        let count = helpers.get(&g).copied().unwrap_or(0);
-                        (count, r.last_progress, *id, Reverse(g))
+                    .filter_map(|g| {
+                        let (count, progress) = helpers.get(&g).copied().unwrap_or((0, Time::ZERO));
+                        let allowed = match count {
+                            0 => true,
+                            1 => now.since(progress.max(r.last_progress)) >= patience,
+                            _ => false,
+                        };
+                        allowed.then_some((count, r.last_progress, *id, Reverse(g)))
                     })
                     .min()
             })
@@ -718,12 +760,14 @@ impl DownloadPlan {
         } else {
             self.partial_sources += 1;
         }
-        count_holders(
-            &mut self.holders,
-            self.groups.len(),
-            before.set(),
-            after.set(),
-        );
+        if matches!(before, Has::Unknown) {
+            self.unknown_sources -= 1;
+        }
+        if matches!(after, Has::Unknown) {
+            self.unknown_sources += 1;
+        }
+        self.holders
+            .change(&self.groups, &mut self.unheld, before.set(), after.set());
     }
 
     /// Bytes of `request` arrived (a group not complete yet): a slow
@@ -749,30 +793,36 @@ impl DownloadPlan {
         let Some(state) = self.groups.get_mut(group_slot(group)) else {
             return;
         };
-        let owner = match *state {
-            Group::InFlight(owner) if owner != request => Some(owner),
-            _ => None,
-        };
         if *state != Group::Verified {
             *state = Group::Verified;
             self.missing.remove(group);
             self.verified += 1;
+            if self.holders.count(group) == 0 {
+                self.unheld -= 1;
+            }
             let r = group_range(self.size, group);
             self.sources[source].bytes += r.end - r.start;
         }
-        // Helpers delivered everything the owner still had to: it is done.
-        // So is a request that reached groups helpers delivered already.
-        for done in [owner, Some(request)].into_iter().flatten() {
-            let delivered = self.requests.get(&done).is_some_and(|r| {
-                r.helps.is_none()
-                    && r.next < r.groups.end
-                    && (r.next..r.groups.end)
+        // Every other request with nothing left to fetch now stops, so it
+        // frees its source's slot: the owner, when helpers delivered all it
+        // still had to; the other helpers of this group; this request, if
+        // it reached groups helpers delivered already.
+        let done: Vec<RequestId> = self
+            .requests
+            .iter()
+            .filter(|(id, r)| {
+                let left = r.next..r.groups.end;
+                (**id == request || left.contains(&group))
+                    && !left.is_empty()
+                    && left
+                        .clone()
                         .all(|g| self.groups.get(group_slot(g)) == Some(&Group::Verified))
-            });
-            if delivered {
-                self.finish(done);
-                self.events.push_back(DownloadEvent::Cancel(done));
-            }
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            self.finish(id);
+            self.events.push_back(DownloadEvent::Cancel(id));
         }
     }
 
@@ -875,7 +925,11 @@ impl DownloadPlan {
         } else {
             self.partial_sources -= 1;
         }
-        count_holders(&mut self.holders, self.groups.len(), entry.has.set(), None);
+        if matches!(entry.has, Has::Unknown) {
+            self.unknown_sources -= 1;
+        }
+        self.holders
+            .change(&self.groups, &mut self.unheld, entry.has.set(), None);
         let doomed: Vec<RequestId> = self
             .requests
             .iter()
@@ -891,38 +945,90 @@ impl DownloadPlan {
     }
 }
 
-/// Moves one source's contribution to `holders` from `before` to `after`,
-/// a word at a time: only the groups that changed are touched.
-fn count_holders(
-    holders: &mut Vec<u32>,
-    groups: usize,
-    before: Option<&GroupSet>,
-    after: Option<&GroupSet>,
-) {
-    if before.is_none() && after.is_none() {
-        return;
+/// How many active partial sources have each group, and which groups
+/// none or only one of them has (for word-at-a-time scans).
+#[derive(Debug, Default)]
+struct Holders {
+    /// Per group; empty (all 0) until a partial source says what it has.
+    counts: Vec<u32>,
+    /// The groups no partial source has (valid once `counts` is not empty).
+    none: GroupSet,
+    /// The groups exactly one partial source has.
+    one: GroupSet,
+}
+
+impl Holders {
+    /// How many active partial sources have `group`.
+    fn count(&self, group: u64) -> u32 {
+        self.counts.get(group_slot(group)).copied().unwrap_or(0)
     }
-    if holders.is_empty() {
-        holders.resize(groups, 0);
-    }
-    let words = |set: Option<&GroupSet>, index: usize| {
-        set.and_then(|s| s.words().get(index).copied()).unwrap_or(0)
-    };
-    let count = before
-        .map_or(0, |s| s.words().len())
-        .max(after.map_or(0, |s| s.words().len()));
-    for index in 0..count {
-        let (old, new) = (words(before, index), words(after, index));
-        for (mut changed, up) in [(new & !old, true), (old & !new, false)] {
-            while changed != 0 {
-                let slot = index * 64 + changed.trailing_zeros() as usize;
-                changed &= changed - 1;
-                if let Some(held) = holders.get_mut(slot) {
-                    *held = if up {
-                        held.saturating_add(1)
-                    } else {
-                        held.saturating_sub(1)
+
+    /// Moves one source's contribution from `before` to `after`, a word at
+    /// a time: only the groups that changed are touched. `unheld` (the
+    /// groups not verified that no one has) follows.
+    fn change(
+        &mut self,
+        groups: &[Group],
+        unheld: &mut u64,
+        before: Option<&GroupSet>,
+        after: Option<&GroupSet>,
+    ) {
+        if before.is_none() && after.is_none() {
+            return;
+        }
+        if self.counts.is_empty() {
+            let size = before.or(after).map_or(0, GroupSet::size);
+            self.counts.resize(groups.len(), 0);
+            self.none = GroupSet::full(size);
+            self.one = GroupSet::empty(size);
+        }
+        let words = |set: Option<&GroupSet>, index: usize| {
+            set.and_then(|s| s.words().get(index).copied()).unwrap_or(0)
+        };
+        let count = before
+            .map_or(0, |s| s.words().len())
+            .max(after.map_or(0, |s| s.words().len()));
+        for index in 0..count {
+            let (old, new) = (words(before, index), words(after, index));
+            for (mut changed, up) in [(new & !old, true), (old & !new, false)] {
+                while changed != 0 {
+                    let slot = index * 64 + changed.trailing_zeros() as usize;
+                    changed &= changed - 1;
+                    let Some(held) = self.counts.get_mut(slot) else {
+                        continue;
                     };
+                    let was = *held;
+                    *held = if up {
+                        was.saturating_add(1)
+                    } else {
+                        was.saturating_sub(1)
+                    };
+                    let now = *held;
+                    let group = slot as u64;
+                    let open = groups.get(slot) != Some(&Group::Verified);
+                    match (was, now) {
+                        (0, 1) => {
+                            self.none.remove(group);
+                            self.one.insert(group);
+                            if open {
+                                *unheld -= 1;
+                            }
+                        }
+                        (1, 0) => {
+                            self.one.remove(group);
+                            self.none.insert(group);
+                            if open {
+                                *unheld += 1;
+                            }
+                        }
+                        (1, 2) => {
+                            self.one.remove(group);
+                        }
+                        (2, 1) => {
+                            self.one.insert(group);
+                        }
+                        _ => {}
+                    }
                 }
             }
         }
@@ -1135,6 +1241,9 @@ mod tests {
         plan.handle_group_verified(owned.id, 0, Time(1));
         plan.handle_group_verified(owned.id, 1, Time(2));
         plan.handle_request_done(owned.id);
+        // The helper's copy, done for, was cancelled; were it reported
+        // still, it would count for nothing.
+        assert_eq!(plan.poll_event(), Some(DownloadEvent::Cancel(help.id)));
         plan.handle_group_verified(help.id, 1, Time(3));
         plan.handle_request_done(help.id);
         assert!(plan.is_complete());
@@ -1142,6 +1251,81 @@ mod tests {
         assert_eq!(plan.bytes_from(slow), 2 * GROUP_LEN);
         assert_eq!(plan.bytes_from(fast), 0);
         assert!(plan.poll_event().is_none(), "no source was dropped");
+    }
+
+    #[test]
+    fn idle_sources_pile_no_more_than_two_helpers_on_a_group() {
+        let config = DownloadConfig {
+            requests_per_source: 1,
+            stall_timeout: Duration::from_secs(5),
+            ..DownloadConfig::default()
+        };
+        let mut plan = DownloadPlan::new(2 * GROUP_LEN, [0], config);
+        let owner = plan.add_source();
+        for _ in 0..10 {
+            plan.add_source();
+        }
+        let owned = plan.next_request(Time(0)).unwrap();
+        assert_eq!((owned.source, owned.groups.clone()), (owner, 1..2));
+        let mut helpers = Vec::new();
+        for now in [0, 1_000, 2_499, 2_500, 3_000, 4_999] {
+            while let Some(r) = plan.next_request(Time(now)) {
+                assert_eq!(r.groups, 1..2);
+                helpers.push((now, r));
+            }
+        }
+        let when: Vec<u64> = helpers.iter().map(|(now, _)| *now).collect();
+        assert_eq!(
+            when,
+            [0, 2_500],
+            "a second helper only once the group made no progress for half the stall timeout"
+        );
+        // The owner's copy verifies first: the helpers' are cancelled.
+        plan.handle_data_received(helpers[0].1.id, Time(4_000));
+        plan.handle_group_verified(owned.id, 1, Time(4_500));
+        plan.handle_request_done(owned.id);
+        assert!(plan.is_complete());
+        let events: Vec<DownloadEvent> = std::iter::from_fn(|| plan.poll_event()).collect();
+        let cancelled: Vec<DownloadEvent> = helpers
+            .iter()
+            .map(|(_, r)| DownloadEvent::Cancel(r.id))
+            .collect();
+        assert_eq!(events, cancelled);
+        assert!(plan.requests.is_empty(), "no slot held");
+        assert_eq!(plan.active_sources(), 11);
+    }
+
+    #[test]
+    fn when_a_helper_verifies_a_group_the_other_copies_are_cancelled() {
+        let config = DownloadConfig {
+            requests_per_source: 1,
+            stall_timeout: Duration::from_secs(4),
+            ..DownloadConfig::default()
+        };
+        let mut plan = DownloadPlan::new(2 * GROUP_LEN, [0], config);
+        let owner = plan.add_source();
+        let (a, b) = (plan.add_source(), plan.add_source());
+        let owned = plan.next_request(Time(0)).unwrap();
+        assert_eq!((owned.source, owned.groups.clone()), (owner, 1..2));
+        let first = plan.next_request(Time(0)).unwrap();
+        assert_eq!((first.source, first.groups.clone()), (a, 1..2));
+        assert_eq!(plan.next_request(Time(1_000)), None);
+        let second = plan.next_request(Time(2_000)).unwrap();
+        assert_eq!((second.source, second.groups.clone()), (b, 1..2));
+        // The second helper delivers first: the owner and the first helper
+        // stop, their slots free.
+        complete(&mut plan, &second, Time(2_500));
+        assert!(plan.is_complete());
+        let events: Vec<DownloadEvent> = std::iter::from_fn(|| plan.poll_event()).collect();
+        assert_eq!(
+            events,
+            [
+                DownloadEvent::Cancel(owned.id),
+                DownloadEvent::Cancel(first.id)
+            ]
+        );
+        assert!(plan.requests.is_empty());
+        assert_eq!(plan.bytes_from(b), GROUP_LEN);
     }
 
     fn swarm_config() -> DownloadConfig {
@@ -1412,6 +1596,49 @@ mod tests {
     }
 
     #[test]
+    fn without_its_complete_source_a_swarm_lacking_a_group_is_starving() {
+        let size = 4 * GROUP_LEN;
+        let mut plan = DownloadPlan::new(size, [], swarm_config());
+        let seed = plan.add_source();
+        let a = plan.add_partial_source();
+        let b = plan.add_partial_source();
+        assert!(!plan.is_starving(), "a complete source has everything");
+        probe(&mut plan, a, set(size, &[0, 1]), Time(0));
+        assert!(!plan.is_starving());
+        plan.drop_source(seed, "gone".into());
+        assert!(!plan.is_starving(), "b may have the rest: not asked yet");
+        probe(&mut plan, b, set(size, &[1, 2]), Time(0));
+        // Group 3: nobody left has it. Not stuck (they may grow), but
+        // starving: more sources are needed.
+        assert!(plan.is_starving());
+        assert!(!plan.is_stuck());
+        plan.handle_availability(b, set(size, &[3]), Time(1));
+        assert!(!plan.is_starving(), "b has it now");
+        // Dropping the only holder of a group starves it again; verifying
+        // the groups nobody has ends it.
+        plan.drop_source(b, "gone".into());
+        assert!(plan.is_starving());
+        let mut plan = DownloadPlan::new(size, [3], swarm_config());
+        let a = plan.add_partial_source();
+        probe(&mut plan, a, set(size, &[0, 1]), Time(0));
+        assert!(plan.is_starving(), "group 2");
+        let mut plan = DownloadPlan::new(size, [2, 3], swarm_config());
+        let a = plan.add_partial_source();
+        probe(&mut plan, a, set(size, &[0, 1]), Time(0));
+        assert!(!plan.is_starving());
+        while let Some(r) = plan.next_request(Time(0)) {
+            complete(&mut plan, &r, Time(0));
+        }
+        assert!(plan.is_complete());
+        assert!(!plan.is_starving());
+        // Stuck is starving too.
+        let mut plan = DownloadPlan::new(size, [], swarm_config());
+        let seed = plan.add_source();
+        plan.drop_source(seed, "gone".into());
+        assert!(plan.is_stuck() && plan.is_starving());
+    }
+
+    #[test]
     fn a_partial_source_helps_in_the_endgame_with_what_it_has() {
         let size = 2 * GROUP_LEN;
         let config = DownloadConfig {
@@ -1473,15 +1700,15 @@ mod tests {
         probe(&mut plan, b, set(size, &[0, 1]), Time(0));
         // A shorter list (cut to fit a header) does not shrink what a has.
         plan.handle_availability(a, set(size, &[1]), Time(0));
-        assert_eq!(plan.holders, vec![2, 2, 0]);
+        assert_eq!(plan.holders.counts, vec![2, 2, 0]);
         plan.drop_source(b, "told of by a liar".into());
-        assert_eq!(plan.holders, vec![1, 1, 0]);
+        assert_eq!(plan.holders.counts, vec![1, 1, 0]);
         assert!(matches!(
             plan.poll_event(),
             Some(DownloadEvent::SourceDropped { source, reason }) if source == b && reason.contains("liar")
         ));
         plan.handle_availability(a, GroupSet::full(size), Time(0));
-        assert_eq!(plan.holders, vec![0, 0, 0]);
+        assert_eq!(plan.holders.counts, vec![0, 0, 0]);
         assert_eq!((plan.complete_sources, plan.partial_sources), (1, 0));
         // Back to runs of complete sources.
         let r = plan.next_request(Time(0)).unwrap();
@@ -1529,10 +1756,13 @@ mod tests {
         assert_eq!((owned.source, owned.groups), (slow, 0..2));
         let first = plan.next_request(Time(0)).unwrap();
         let second = plan.next_request(Time(0)).unwrap();
-        let third = plan.next_request(Time(0)).unwrap();
         assert_eq!((first.source, first.groups), (a, 1..2));
         assert_eq!((second.source, second.groups), (b, 0..1));
-        assert_eq!((third.source, third.groups), (c, 1..2), "none left idle");
+        // A second helper on a group only once it made no progress for
+        // half the stall timeout (10 s by default).
+        assert_eq!(plan.next_request(Time(4_999)), None);
+        let third = plan.next_request(Time(5_000)).unwrap();
+        assert_eq!((third.source, third.groups), (c, 1..2));
     }
 
     /// The plan's incremental counts, recomputed from scratch.
@@ -1553,12 +1783,25 @@ mod tests {
             plan.partial_sources,
             active().filter(|s| !s.has.is_complete()).count()
         );
-        for (index, held) in plan.holders.iter().enumerate() {
+        for (index, held) in plan.holders.counts.iter().enumerate() {
             let counted = active()
                 .filter(|s| s.has.set().is_some_and(|set| set.contains(index as u64)))
                 .count();
             assert_eq!(*held as usize, counted, "group {index}");
+            let group = index as u64;
+            assert_eq!(plan.holders.none.contains(group), counted == 0, "{index}");
+            assert_eq!(plan.holders.one.contains(group), counted == 1, "{index}");
         }
+        let unheld = (0..plan.groups.len() as u64)
+            .filter(|g| {
+                plan.groups[group_slot(*g)] != Group::Verified && plan.holders.count(*g) == 0
+            })
+            .count() as u64;
+        assert_eq!(plan.unheld, unheld);
+        assert_eq!(
+            plan.unknown_sources,
+            active().filter(|s| matches!(s.has, Has::Unknown)).count()
+        );
         for (id, source) in plan.sources.iter().enumerate() {
             let requests = plan.requests.values().filter(|r| r.source == id).count();
             assert_eq!(source.in_flight, requests, "source {id}");
@@ -1597,6 +1840,7 @@ mod tests {
             let mut plan = DownloadPlan::new(size, [0, 7], config);
             let mut truth = vec![GroupSet::full(size)];
             plan.add_source();
+            assert!(!plan.is_starving());
             for _ in 0..6 {
                 plan.add_partial_source();
                 let mut has = GroupSet::empty(size);

@@ -1687,6 +1687,9 @@ pub async fn download_live(
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     // Since when every source is dropped while more may come.
     let mut stuck_since: Option<tokio::time::Instant> = None;
+    // Some group has no source left (stuck, or only partial sources that
+    // lack it): the caller was told to look for more.
+    let mut was_starving = false;
 
     let outcome = loop {
         run.start_requests();
@@ -1694,11 +1697,15 @@ pub async fn download_live(
         if run.plan.is_complete() {
             break Ok(());
         }
+        let starving = run.plan.is_stuck() || run.plan.is_starving();
+        if starving && !was_starving {
+            control.starve();
+        }
+        was_starving = starving;
         if !run.plan.is_stuck() {
             stuck_since = None;
         } else if stuck_since.is_none() {
             stuck_since = Some(tokio::time::Instant::now());
-            control.starve();
         }
         let waited_out = stuck_since.is_some_and(|since| since.elapsed() >= NEW_SOURCE_WAIT);
         if run.plan.is_stuck() && (!run.sources.is_open() || waited_out) {
