@@ -42,10 +42,12 @@
 //!
 //! Every request says where this node serves (`X-Listen`); every
 //! response's `X-Alt` alternates become new partial sources (up to
-//! [`MAX_SOURCES`] in all, none twice by address), each remembering which
-//! source told of it: when a source is dropped for lying (bad bytes, or a
-//! 416 for what it claimed), the alternates it told of that have delivered
-//! nothing go with it. A direct source that delivers a verified group goes
+//! [`MAX_SOURCES`] in all, none twice by address, only addresses of the
+//! teller's scope or wider: no loopback or private alternate from a
+//! source on the internet), each remembering which source told of it:
+//! when a source is dropped for lying (bad bytes, or a 416 for what it
+//! claimed), the alternates it told of that have delivered nothing go
+//! with it. A direct source that delivers a verified group goes
 //! in the node's mesh (which the server tells other downloaders of); a
 //! liar, its alternates and a source that cannot be reached go out.
 //!
@@ -76,6 +78,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use canopy_core::Time;
+use canopy_core::addrman::group::{Scope, learnable};
 use canopy_core::download::{
     DownloadConfig, DownloadEvent, DownloadPlan, Request, RequestKind, SourceId,
 };
@@ -1382,15 +1385,28 @@ impl Run {
     }
 
     /// Takes the alternates `teller` told of as new partial sources: at
-    /// most [`MAX_SOURCES`] sources in all, none already known by address.
+    /// most [`MAX_SOURCES`] sources in all, none already known by address,
+    /// and none `teller` may not name: only addresses of its own scope or
+    /// wider (a source on the internet can't steer us to dial our own
+    /// machine or network; a pushed source, whose address we don't dial,
+    /// names only internet addresses).
     fn learn(&mut self, teller: SourceId, alternates: Vec<SocketAddr>) {
         let Some(swarm) = self.swarm.clone() else {
             return;
         };
         let told_by = self.usable[teller];
+        let teller_ip = self.addr(teller).map(|addr| addr.ip());
         for addr in alternates {
             if self.sources.list.len() >= MAX_SOURCES {
                 break;
+            }
+            let may_name = match teller_ip {
+                Some(ip) => learnable(addr, ip),
+                None => Scope::of(addr.ip()) == Scope::Global && learnable(addr, addr.ip()),
+            };
+            if !may_name {
+                tracing::debug!(alternate = %addr, told_by = %self.label(teller), "alternate out of the teller's scope; ignored");
+                continue;
             }
             if !self.known.insert(addr) {
                 continue;
