@@ -38,10 +38,12 @@
 //!
 //! Endgame, per source: once no group a source has is missing, that source,
 //! when it has nothing in flight, helps another source's request, asking
-//! for the first group that request has not delivered, that it has and
-//! that no other helper fetches (one group at a time, so the waste is at
-//! most 1 MiB a helper), starting with the request that last made
-//! progress longest ago. Whichever copy verifies first counts, and a
+//! for the last group that request has not delivered and it has (the
+//! request's own stream works from its first, so the two meet instead of
+//! racing for one group; one group at a time, so the waste is at most
+//! 1 MiB a helper), starting with the request that last made progress
+//! longest ago; helpers spread over the groups before two fetch the same
+//! one. Whichever copy verifies first counts, and a
 //! request whose remaining groups were all delivered by helpers is
 //! cancelled. So a source that stalls near the end, or a dead
 //! source that happened to be asked first, holds the download up for no
@@ -51,6 +53,7 @@
 //! time where it can), so a file of a million groups with 64 sources stays
 //! cheap; no randomness but the seeded generator, so a plan is replayable.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 use std::time::Duration;
@@ -560,7 +563,7 @@ impl DownloadPlan {
         }
     }
 
-    /// Nothing `source` has is missing: if idle, it fetches again the first
+    /// Nothing `source` has is missing: if idle, it fetches again the last
     /// group another source's request has not delivered yet and it has
     /// (see the module documentation).
     fn endgame_request(&mut self, source: SourceId, now: Time) -> Option<Request> {
@@ -568,27 +571,30 @@ impl DownloadPlan {
         if helper.in_flight > 0 {
             return None;
         }
-        // One helper a group: more would only add waste.
-        let being_helped: Vec<u64> = self
-            .requests
-            .values()
-            .filter(|r| r.helps.is_some())
-            .map(|r| r.groups.start)
-            .collect();
-        let (helped, group) = self
+        // Helpers spread over the groups before doubling up on one (a dead
+        // helper must not keep a live one away, so never fewer choices).
+        let mut helpers: BTreeMap<u64, usize> = BTreeMap::new();
+        for r in self.requests.values().filter(|r| r.helps.is_some()) {
+            *helpers.entry(r.groups.start).or_default() += 1;
+        }
+        let (_, _, helped, group) = self
             .requests
             .iter()
             .filter(|(_, r)| r.kind == RequestKind::Data && r.helps.is_none() && r.source != source)
             .filter_map(|(id, r)| {
-                let group = (r.next..r.groups.end).find(|g| {
-                    self.groups.get(group_slot(*g)) == Some(&Group::InFlight(*id))
-                        && helper.has.contains(*g)
-                        && !being_helped.contains(g)
-                })?;
-                Some((r.last_progress, *id, group))
+                (r.next..r.groups.end)
+                    .filter(|g| {
+                        self.groups.get(group_slot(*g)) == Some(&Group::InFlight(*id))
+                            && helper.has.contains(*g)
+                    })
+                    .map(|g| {
+                        let count = helpers.get(&g).copied().unwrap_or(0);
+                        (count, r.last_progress, *id, Reverse(g))
+                    })
+                    .min()
             })
-            .min()
-            .map(|(_, id, group)| (id, group))?;
+            .min()?;
+        let Reverse(group) = group;
         Some(self.start_request(source, group..group + 1, Some(helped), now))
     }
 
@@ -1079,9 +1085,10 @@ mod tests {
         let live = plan.add_source();
         let first = plan.next_request(Time(0)).unwrap();
         assert_eq!((first.source, first.groups.clone()), (dead, 0..3));
-        // Nothing missing: the idle live source helps, one group at a time.
+        // Nothing missing: the idle live source helps, one group at a time,
+        // from the last (the owner's stream would start from the first).
         let help = plan.next_request(Time(0)).unwrap();
-        assert_eq!((help.source, help.groups.clone()), (live, 0..1));
+        assert_eq!((help.source, help.groups.clone()), (live, 2..3));
         assert!(
             plan.next_request(Time(0)).is_none(),
             "the live source is busy"
@@ -1091,7 +1098,7 @@ mod tests {
         assert_eq!(help.groups, 1..2);
         complete(&mut plan, &help, Time(2));
         let help = plan.next_request(Time(2)).unwrap();
-        assert_eq!(help.groups, 2..3);
+        assert_eq!(help.groups, 0..1);
         complete(&mut plan, &help, Time(3));
         assert!(plan.is_complete());
         assert_eq!(plan.bytes_from(live), 3 * GROUP_LEN);
@@ -1113,21 +1120,23 @@ mod tests {
         let slow = plan.add_source();
         let fast = plan.add_source();
         let owned = plan.next_request(Time(0)).unwrap();
+        assert_eq!((owned.source, owned.groups.clone()), (slow, 0..2));
         let help = plan.next_request(Time(0)).unwrap();
-        assert_eq!(help.groups, 0..1);
-        // Both deliver group 0; it counts once, for the first.
+        assert_eq!(
+            (help.source, help.groups.clone()),
+            (fast, 1..2),
+            "the last group: the owner streams from its first"
+        );
+        // Both deliver group 1; it counts once, for the first.
         plan.handle_group_verified(owned.id, 0, Time(1));
-        plan.handle_group_verified(help.id, 0, Time(2));
-        plan.handle_request_done(help.id);
-        assert_eq!(plan.verified_bytes(), GROUP_LEN);
-        assert_eq!(plan.bytes_from(slow), GROUP_LEN);
-        assert_eq!(plan.bytes_from(fast), 0);
-        // The owner's own group 1 is next for the helper.
-        let help = plan.next_request(Time(2)).unwrap();
-        assert_eq!((help.source, help.groups.clone()), (fast, 1..2));
-        plan.handle_group_verified(owned.id, 1, Time(3));
+        plan.handle_group_verified(owned.id, 1, Time(2));
         plan.handle_request_done(owned.id);
+        plan.handle_group_verified(help.id, 1, Time(3));
+        plan.handle_request_done(help.id);
         assert!(plan.is_complete());
+        assert_eq!(plan.verified_bytes(), 2 * GROUP_LEN);
+        assert_eq!(plan.bytes_from(slow), 2 * GROUP_LEN);
+        assert_eq!(plan.bytes_from(fast), 0);
         assert!(plan.poll_event().is_none(), "no source was dropped");
     }
 
@@ -1476,7 +1485,7 @@ mod tests {
     }
 
     #[test]
-    fn each_group_gets_one_helper_at_most() {
+    fn helpers_spread_over_the_groups_before_doubling_up() {
         let config = DownloadConfig {
             requests_per_source: 1,
             groups_per_request: 16,
@@ -1489,8 +1498,153 @@ mod tests {
         assert_eq!((owned.source, owned.groups), (slow, 0..2));
         let first = plan.next_request(Time(0)).unwrap();
         let second = plan.next_request(Time(0)).unwrap();
-        assert_eq!((first.source, first.groups), (a, 0..1));
-        assert_eq!((second.source, second.groups), (b, 1..2));
-        assert_eq!(plan.next_request(Time(0)), None, "{c} waits");
+        let third = plan.next_request(Time(0)).unwrap();
+        assert_eq!((first.source, first.groups), (a, 1..2));
+        assert_eq!((second.source, second.groups), (b, 0..1));
+        assert_eq!((third.source, third.groups), (c, 1..2), "none left idle");
+    }
+
+    /// The plan's incremental counts, recomputed from scratch.
+    fn check_counts(plan: &DownloadPlan) {
+        let mut missing = GroupSet::empty(plan.size);
+        for (index, state) in plan.groups.iter().enumerate() {
+            if *state == Group::Missing {
+                missing.insert(index as u64);
+            }
+        }
+        assert_eq!(plan.missing, missing);
+        let active = || plan.sources.iter().filter(|s| !s.dropped);
+        assert_eq!(
+            plan.complete_sources,
+            active().filter(|s| s.has.is_complete()).count()
+        );
+        assert_eq!(
+            plan.partial_sources,
+            active().filter(|s| !s.has.is_complete()).count()
+        );
+        for (index, held) in plan.holders.iter().enumerate() {
+            let counted = active()
+                .filter(|s| s.has.set().is_some_and(|set| set.contains(index as u64)))
+                .count();
+            assert_eq!(*held as usize, counted, "group {index}");
+        }
+        for (id, source) in plan.sources.iter().enumerate() {
+            let requests = plan.requests.values().filter(|r| r.source == id).count();
+            assert_eq!(source.in_flight, requests, "source {id}");
+        }
+        for (id, r) in &plan.requests {
+            let has = &plan.sources[r.source].has;
+            for g in r.next..r.groups.end {
+                assert!(
+                    has.contains(g),
+                    "request {id} asks for group {g} its source lacks"
+                );
+                if r.helps.is_none() {
+                    let state = plan.groups[group_slot(g)];
+                    assert!(state == Group::InFlight(*id) || state == Group::Verified);
+                }
+            }
+        }
+    }
+
+    /// A swarm driven at random: partial sources that grow, one that lies,
+    /// busy answers, answers in any order. The counts stay right, no source
+    /// is asked for what it lacks, the liar is dropped, and it completes.
+    #[test]
+    fn a_random_swarm_keeps_its_counts_and_completes() {
+        for seed in 0..20u64 {
+            let mut rng = SplitMix64(seed);
+            let size = 40 * GROUP_LEN + 3;
+            let config = DownloadConfig {
+                requests_per_source: 2,
+                groups_per_request: 4,
+                swarm_groups_per_request: 2,
+                stall_timeout: Duration::from_secs(5),
+                probe_interval: Duration::from_secs(1),
+                seed,
+            };
+            let mut plan = DownloadPlan::new(size, [0, 7], config);
+            let mut truth = vec![GroupSet::full(size)];
+            plan.add_source();
+            for _ in 0..6 {
+                plan.add_partial_source();
+                let mut has = GroupSet::empty(size);
+                for _ in 0..rng.below(10) {
+                    has.insert(rng.below(40));
+                }
+                truth.push(has);
+            }
+            let liar = 6;
+            let mut pending: Vec<Request> = Vec::new();
+            let mut now = Time(0);
+            let mut liar_dropped = false;
+            for _ in 0..20_000 {
+                while let Some(r) = plan.next_request(now) {
+                    pending.push(r);
+                }
+                while let Some(event) = plan.poll_event() {
+                    match event {
+                        DownloadEvent::Cancel(id) => pending.retain(|r| r.id != id),
+                        DownloadEvent::SourceDropped { source, reason } => {
+                            assert_eq!(source, liar, "{reason}");
+                            assert!(reason.contains("claimed"), "{reason}");
+                            liar_dropped = true;
+                        }
+                    }
+                }
+                check_counts(&plan);
+                if plan.is_complete() {
+                    break;
+                }
+                assert!(!plan.is_stuck());
+                for has in truth.iter_mut().skip(1) {
+                    if rng.below(4) == 0 {
+                        has.insert(rng.below(40));
+                    }
+                }
+                if pending.is_empty() {
+                    now = plan
+                        .next_wakeup(now)
+                        .unwrap_or(now + Duration::from_millis(100));
+                    continue;
+                }
+                let r = pending.swap_remove(group_slot(rng.below(pending.len() as u64)));
+                let source = r.source;
+                let mut told = truth[source].clone();
+                if source == liar {
+                    told.insert_run(30..41);
+                }
+                let partial = source != 0;
+                match r.kind {
+                    RequestKind::Probe => {
+                        plan.handle_availability(source, told, now);
+                        plan.handle_probe_done(r.id, now);
+                    }
+                    RequestKind::Data if r.groups.clone().any(|g| !truth[source].contains(g)) => {
+                        assert_eq!(source, liar, "asked {source} for {:?}", r.groups);
+                        plan.handle_request_unavailable(r.id, truth[source].clone(), now);
+                    }
+                    RequestKind::Data if partial && rng.below(8) == 0 => {
+                        plan.handle_request_busy(r.id, Duration::from_millis(300), now);
+                    }
+                    RequestKind::Data => {
+                        if partial {
+                            plan.handle_availability(source, told, now);
+                        }
+                        for g in r.groups.clone() {
+                            plan.handle_group_verified(r.id, g, now);
+                        }
+                        plan.handle_request_done(r.id);
+                    }
+                }
+                check_counts(&plan);
+                now = now + Duration::from_millis(10);
+            }
+            assert!(plan.is_complete(), "seed {seed}");
+            assert_eq!(plan.verified_bytes(), size);
+            let from_partials: u64 = (1..7).map(|s| plan.bytes_from(s)).sum();
+            assert!(liar_dropped, "seed {seed}: its lies were asked for");
+            assert!(from_partials > 0, "seed {seed}: partial sources served");
+        }
     }
 }

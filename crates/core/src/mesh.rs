@@ -60,7 +60,7 @@ impl Default for MeshConfig {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Sources {
     /// When the content was last touched, as its key in `by_touch`.
     touched: (Time, u64),
@@ -69,7 +69,7 @@ struct Sources {
 }
 
 /// Known sources per content id. See the module documentation.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Mesh {
     config: MeshConfig,
     contents: BTreeMap<ContentId, Sources>,
@@ -78,6 +78,13 @@ pub struct Mesh {
     by_touch: BTreeMap<(Time, u64), ContentId>,
     next_touch: u64,
     entries: usize,
+}
+
+impl Default for Mesh {
+    /// An empty mesh with the default bounds.
+    fn default() -> Self {
+        Self::new(MeshConfig::default())
+    }
 }
 
 impl Mesh {

@@ -149,9 +149,11 @@ async fn three_sources_one_corrupt_one_dying_still_complete_and_verify() {
     assert_eq!(bad.bytes, 0, "no corrupt byte counted");
     let died = by_addr(dying.addr);
     assert!(died.dropped.is_some(), "dying source: {died:?}");
+    // Only whole groups count: one full group, and perhaps the file's short
+    // last one (groups are not fetched in file order), never the half.
     assert!(
-        died.bytes <= MIB as u64,
-        "at most its one whole group counts"
+        died.bytes <= MIB as u64 + 12_345,
+        "at most the whole groups it sent count: {died:?}"
     );
     let delivered: u64 = report.sources.iter().map(|s| s.bytes).sum();
     assert_eq!(

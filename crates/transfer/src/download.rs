@@ -36,29 +36,36 @@
 //! every response's ranges update that (a partial source's response
 //! without them: it has the whole file now); a 416 for a data request
 //! says what it has instead, and if it had claimed those groups it lied
-//! and is dropped. Every request says where this node serves
-//! (`X-Listen`); every response's `X-Alt` alternates become new partial
-//! sources (up to [`MAX_SOURCES`] in all, none twice by address), each
-//! remembering which source told of it: when a source is dropped for lying
-//! (bad bytes, or a 416 for what it claimed), the alternates it told of
-//! that have delivered nothing go with it. A direct source that delivers a
-//! verified group goes in the node's mesh (which the server tells other
-//! downloaders of); a liar, its alternates and a source that cannot be
-//! reached go out. The download is served while it runs: from its first
-//! verified and written group (at once for groups resumed from disk) a
-//! [`PartialEntry`] for the partial file is in the catalog, its groups
-//! growing as each is written; it goes when the download fails or is
-//! cancelled (the files stay for a resume, not served).
+//! and is dropped. A partial source that answers a probe with 404 (an
+//! alternate told of before it had a group) is asked again each probe
+//! interval, for up to a minute.
+//!
+//! Every request says where this node serves (`X-Listen`); every
+//! response's `X-Alt` alternates become new partial sources (up to
+//! [`MAX_SOURCES`] in all, none twice by address), each remembering which
+//! source told of it: when a source is dropped for lying (bad bytes, or a
+//! 416 for what it claimed), the alternates it told of that have delivered
+//! nothing go with it. A direct source that delivers a verified group goes
+//! in the node's mesh (which the server tells other downloaders of); a
+//! liar, its alternates and a source that cannot be reached go out.
+//!
+//! The download is served while it runs: from its first verified and
+//! written group (at once for groups resumed from disk) a [`PartialEntry`]
+//! for the partial file is in the catalog, its groups growing as each is
+//! written; it goes when the download fails or is cancelled (the files
+//! stay for a resume, not served).
 //!
 //! When every group is verified the partial file is synced and linked to
 //! the target without replacing anything there (a hard link, which fails
 //! if the name exists; `--force` links to a temporary name renamed over
 //! it). With a [`Swarm`] that says so, the complete file is put in the
 //! catalog at the target before the partial entry goes, so it is served
-//! without a gap; then the partial name is removed, and the state. If the download is interrupted (Ctrl-C,
-//! `kill -9`, power loss), the next run finds the state, checks every group
-//! already in the partial file against the tree, keeps those that verify,
-//! and fetches only the rest.
+//! without a gap; then the partial name is removed, and the state.
+//!
+//! If the download is interrupted (Ctrl-C, `kill -9`, power loss), the
+//! next run finds the state, checks every group already in the partial
+//! file against the tree, keeps those that verify, and fetches only the
+//! rest.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -619,6 +626,14 @@ pub const MAX_SOURCES: usize = 64;
 /// With every source failed, how long to wait for a new one to arrive
 /// before giving up (while more may come).
 const NEW_SOURCE_WAIT: Duration = Duration::from_secs(30);
+/// How long a partial source may answer 404 to probes before it is
+/// dropped. Alternates are told of as soon as they ask (`X-Listen`), before
+/// they have a group to serve; in a flash crowd the first group takes a
+/// while to come.
+const NOT_SERVING_GRACE: Duration = Duration::from_secs(60);
+/// A partial source that answered a data request with 404 is asked again
+/// after this pause.
+const NOT_SERVING_PAUSE: Duration = Duration::from_secs(1);
 
 /// The sources heard of so far, and the feed more arrive on.
 struct SourceSet {
@@ -704,6 +719,12 @@ enum WorkerEvent {
     ProbeDone {
         request: u64,
         conn: Option<HttpConn>,
+    },
+    /// 404: the source does not serve the file (yet: an alternate may be
+    /// told of before its first group is verified; or no longer).
+    NotServing {
+        request: u64,
+        probe: bool,
     },
     /// 416: the source does not have the groups asked for; it has these.
     Unavailable {
@@ -956,6 +977,10 @@ impl Worker {
                     conn: Some(conn),
                 }),
                 StatusCode::SERVICE_UNAVAILABLE => Err(busy(&response)),
+                StatusCode::NOT_FOUND => Err(WorkerEvent::NotServing {
+                    request,
+                    probe: true,
+                }),
                 other => Err(failed(format!("answered HTTP {other} to a probe"))),
             };
         }
@@ -980,6 +1005,12 @@ impl Worker {
                 });
             }
             StatusCode::SERVICE_UNAVAILABLE => return Err(busy(&response)),
+            StatusCode::NOT_FOUND => {
+                return Err(WorkerEvent::NotServing {
+                    request,
+                    probe: false,
+                });
+            }
             other => return Err(failed(format!("answered HTTP {other}"))),
         }
 
@@ -1150,7 +1181,23 @@ impl ServedPartial {
             self.catalog.remove_partial(&self.id);
         }
     }
+
+    /// Waits (at most [`LOOKUP_WAIT`]) until no one holds a copy of the
+    /// withdrawn entry: the server holds one from looking a request up
+    /// until it has opened the file (not while it sends the body), so once
+    /// none is left, the partial file's name can go without a request
+    /// that found the entry failing to open it.
+    async fn lookups_done(&self) {
+        let deadline = tokio::time::Instant::now() + LOOKUP_WAIT;
+        while Arc::strong_count(&self.entry.have) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
 }
+
+/// Longest wait for requests that found the partial entry to open its
+/// file, before its name is removed.
+const LOOKUP_WAIT: Duration = Duration::from_secs(2);
 
 impl Drop for ServedPartial {
     fn drop(&mut self) {
@@ -1174,6 +1221,9 @@ struct Run {
     /// Sources dropped for lying (bad bytes, or a 416 for groups they
     /// claimed): nothing more they say is heard.
     liars: HashSet<SourceId>,
+    /// Partial sources answering 404 to probes, since when (reset by an
+    /// answer with ranges).
+    not_serving: HashMap<SourceId, Instant>,
     /// Addresses of every source heard of, so an alternate is taken once.
     known: HashSet<SocketAddr>,
     /// Alternates, by list index: the list index of the source that told of it.
@@ -1337,6 +1387,9 @@ impl Run {
                 if self.liars.contains(&source) {
                     return Ok(());
                 }
+                if available.is_some() {
+                    self.not_serving.remove(&source);
+                }
                 match available {
                     Some(Availability::Groups(groups)) => {
                         self.plan.handle_availability(source, groups, now);
@@ -1392,6 +1445,36 @@ impl Run {
                     }
                 }
                 self.plan.handle_probe_done(request, now);
+            }
+            WorkerEvent::NotServing { request, probe } => {
+                let Some((source, _)) = self.workers.remove(&request) else {
+                    return Ok(());
+                };
+                if !probe && !self.plan.is_partial(source) {
+                    let reason = format!("answered HTTP {}", StatusCode::NOT_FOUND);
+                    self.plan.handle_request_failed(request, reason);
+                    return Ok(());
+                }
+                let since = *self.not_serving.entry(source).or_insert_with(Instant::now);
+                if since.elapsed() < NOT_SERVING_GRACE {
+                    if probe {
+                        // Nothing yet: asked again after the probe interval.
+                        let nothing = GroupSet::empty(self.size);
+                        self.plan.handle_availability(source, nothing, now);
+                        self.plan.handle_probe_done(request, now);
+                    } else {
+                        // A partial source between states (its download
+                        // just ended, say): its groups go to others, and
+                        // it is asked again after a pause.
+                        self.plan
+                            .handle_request_busy(request, NOT_SERVING_PAUSE, now);
+                    }
+                } else {
+                    self.mesh_remove(source);
+                    let secs = NOT_SERVING_GRACE.as_secs();
+                    let reason = format!("has not served the file for {secs} s (404)");
+                    self.plan.handle_request_failed(request, reason);
+                }
             }
             WorkerEvent::Unavailable { request, groups } => {
                 let source = self.workers.remove(&request).map(|(source, _)| source);
@@ -1572,6 +1655,7 @@ pub async fn download_live(
         failed,
         dropped: HashMap::new(),
         liars: HashSet::new(),
+        not_serving: HashMap::new(),
         known: HashSet::new(),
         learned_from: HashMap::new(),
         idle: Vec::new(),
@@ -1664,6 +1748,9 @@ pub async fn download_live(
             );
         }
         serving.withdraw();
+        if partial_left {
+            serving.lookups_done().await;
+        }
     }
     if partial_left {
         let _ = std::fs::remove_file(&paths.partial);

@@ -1,8 +1,11 @@
 //! Downloaders as sources, against real servers on loopback addresses:
 //! a download served while it runs (partial sources, verified like any
 //! other), alternates learned from `X-Alt` and used, lying partial
-//! sources dropped with the alternates they told of, and a finished
-//! download served complete without a gap.
+//! sources dropped with the alternates they told of, a finished download
+//! served complete without a gap (and a cancelled one not at all), a
+//! partial source that serves nothing yet asked again rather than
+//! dropped, a downloader killed mid-swarm, and a small flash crowd whose
+//! downloaders get bytes from each other.
 //!
 //! Each node has its own loopback address (127.0.0.x) and dials from it,
 //! as hosts on a network would: a server never tells a downloader of
@@ -98,6 +101,8 @@ struct Node {
     addr: SocketAddr,
     server: ContentServer,
     dir: tempfile::TempDir,
+    /// Stops the server and drops every connection it holds.
+    shutdown: CancellationToken,
 }
 
 impl Node {
@@ -111,16 +116,18 @@ impl Node {
         }
         let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
         tokio::spawn(
             server
                 .clone()
-                .serve(listener, CancellationToken::new(), TaskTracker::new()),
+                .serve(listener, shutdown.clone(), TaskTracker::new()),
         );
         Self {
             ip,
             addr,
             server,
             dir: tempfile::tempdir().unwrap(),
+            shutdown,
         }
     }
 
@@ -549,19 +556,24 @@ async fn lying_partial_sources_are_dropped_with_the_alternates_they_told_of() {
 
 /// Asks `server` for `id`'s headers (HEAD) over and over on one
 /// connection until `stop`, from the first time it is served on; returns
-/// (answers that served it, answers that did not after the first).
-fn keep_asking(server: SocketAddr, id: ContentId, stop: Arc<AtomicBool>) -> JoinHandle<(u64, u64)> {
+/// (answers that served it, answers that did not after the first, each
+/// with how many served answers came before it).
+fn keep_asking(
+    server: SocketAddr,
+    id: ContentId,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<(u64, Vec<(u64, StatusCode)>)> {
     tokio::spawn(async move {
         let stream = TcpStream::connect(server).await.unwrap();
         let mut conn = HttpConn::handshake(stream).await.unwrap();
         let path = format!("/content/{id}");
-        let (mut served, mut gaps) = (0u64, 0u64);
+        let (mut served, mut gaps) = (0u64, Vec::new());
         while !stop.load(Ordering::SeqCst) {
             let response = conn.request(Method::HEAD, &path, None, None).await.unwrap();
             if response.status() == StatusCode::OK {
                 served += 1;
             } else if served > 0 {
-                gaps += 1;
+                gaps.push((served, response.status()));
             }
             tokio::task::yield_now().await;
         }
@@ -588,7 +600,7 @@ async fn a_finished_download_is_served_whole_without_a_gap() {
     stop.store(true, Ordering::SeqCst);
     let (served, gaps) = asking.await.unwrap();
     assert!(served > 0, "B served its download while it ran");
-    assert_eq!(gaps, 0, "never unserved between partial and complete");
+    assert_eq!(gaps, [], "never unserved between partial and complete");
     assert_eq!(report.path, b.target());
     assert!(
         b.catalog().get_partial(&id).is_none(),
@@ -651,4 +663,125 @@ async fn a_cancelled_or_unshared_download_stops_being_served() {
     assert!(std::fs::read(b.target()).unwrap() == data);
     assert!(b.catalog().get_partial(&id).is_none());
     assert!(b.catalog().get(&id).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downloader_killed_mid_swarm_does_not_stop_the_others() {
+    let (id, data) = file_data(12 * MIB);
+    let a = Node::start(1, Some(MIB as u64)).await;
+    a.share(id, &data);
+    let b = Node::start(2, None).await;
+    let c = Node::start(3, None).await;
+    let (_b_feed, b_download) = b.download(
+        id,
+        data.len(),
+        vec![source(b.ip, a.addr, false)],
+        control(Some(b.swarm(true))),
+    );
+    wait_until("B to serve a few groups", || b.partial_groups(&id) >= 3).await;
+    let (_c_feed, c_download) = c.download(
+        id,
+        data.len(),
+        vec![source(c.ip, a.addr, false), source(c.ip, b.addr, true)],
+        control(Some(c.swarm(true))),
+    );
+    wait_until("B to upload to C", || {
+        b.server.uploaded_bytes() >= MIB as u64
+    })
+    .await;
+    // kill -9: the download stops dead, its server and every connection go.
+    b_download.abort();
+    b.shutdown.cancel();
+    let report = finished(c_download).await;
+    assert!(std::fs::read(c.target()).unwrap() == data);
+    assert!(bytes_from(&report, b.addr) >= MIB as u64);
+    assert!(bytes_from(&report, a.addr) > 0);
+    eprintln!("C after B died: {:?}", report.bytes_per_source());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_small_flash_crowd_downloaders_get_bytes_from_each_other() {
+    let (id, data) = file_data(8 * MIB);
+    // The seed's uplink is the bottleneck: 2 MiB/s for everyone.
+    let seed = Node::start(1, Some(2 * MIB as u64)).await;
+    seed.share(id, &data);
+    let mut crowd = Vec::new();
+    for n in 2..6 {
+        crowd.push(Node::start(n, None).await);
+    }
+    // All at once, each told of the seed only: the rest comes from X-Alt.
+    let downloads: Vec<_> = crowd
+        .iter()
+        .map(|node| {
+            node.download(
+                id,
+                data.len(),
+                vec![source(node.ip, seed.addr, false)],
+                control(Some(node.swarm(true))),
+            )
+        })
+        .collect();
+    let mut from_peers = 0;
+    for (node, (_feed, download)) in crowd.iter().zip(downloads) {
+        let report = finished(download).await;
+        assert!(std::fs::read(node.target()).unwrap() == data);
+        let peers = data.len() as u64 - bytes_from(&report, seed.addr);
+        eprintln!("{}: {peers} bytes from peers", node.addr);
+        from_peers += peers;
+        assert!(
+            report
+                .dropped_sources()
+                .values()
+                .all(|why| !why.contains("lied")),
+            "{report:?}"
+        );
+    }
+    let copies = seed.server.uploaded_bytes() as f64 / data.len() as f64;
+    eprintln!("the seed uploaded {copies:.2} copies; peers gave {from_peers} bytes");
+    assert!(from_peers > 0, "the downloaders got bytes from each other");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_source_that_serves_nothing_yet_is_asked_again_not_dropped() {
+    let (id, data) = file_data(8 * MIB);
+    // C's only other source: a slow seed.
+    let slow = Node::start(1, Some(MIB as u64 / 2)).await;
+    slow.share(id, &data);
+    // B will download from a fast seed C does not know of.
+    let fast = Node::start(4, None).await;
+    fast.share(id, &data);
+    let b = Node::start(2, None).await;
+    let c = Node::start(3, None).await;
+
+    let verified = Arc::new(AtomicU64::new(0));
+    let seen = verified.clone();
+    let mut options = options(id, data.len(), &c.target());
+    options.progress = Some(Arc::new(move |p| {
+        seen.store(p.verified_bytes, Ordering::SeqCst)
+    }));
+    let (c_feed, receiver) = mpsc::channel(8);
+    c_feed.send(source(c.ip, slow.addr, false)).await.unwrap();
+    // B is told of while it serves nothing: its probes answer 404.
+    c_feed.send(source(c.ip, b.addr, true)).await.unwrap();
+    let c_download = tokio::spawn(download_live(receiver, options, control(None)));
+    wait_until("C to verify a group", || {
+        verified.load(Ordering::SeqCst) >= MIB as u64
+    })
+    .await;
+    assert_eq!(b.partial_groups(&id), 0, "B has served nothing so far");
+
+    let (_b_feed, b_download) = b.download(
+        id,
+        data.len(),
+        vec![source(b.ip, fast.addr, false)],
+        control(Some(b.swarm(true))),
+    );
+    let report = finished(c_download).await;
+    assert!(std::fs::read(c.target()).unwrap() == data);
+    let b_report = &report.sources[1];
+    assert!(b_report.dropped.is_none(), "{:?}", b_report.dropped);
+    assert!(b_report.bytes > 0, "{report:?}");
+    eprintln!("C got {} bytes from B once it served", b_report.bytes);
+    finished(b_download).await;
+    drop(c_feed);
 }
