@@ -279,6 +279,7 @@ async fn in_a_small_flash_crowd_downloaders_get_bytes_from_each_other() {
     }
     let seed_sent = crowd.seed.server().uploaded_bytes();
     let copies = seed_sent as f64 / crowd.size as f64;
+    eprintln!("seed sent {copies:.2} copies; {from_peers} bytes between downloaders");
     assert!(from_peers > 0, "no downloader got a byte from another");
     assert!(
         seed_sent < DOWNLOADERS as u64 * crowd.size,
