@@ -474,7 +474,11 @@ impl<'a> Finder<'a> {
         }
     }
 
-    fn merge(&mut self, result: SearchResult) {
+    fn merge(&mut self, mut result: SearchResult) {
+        // Our own partial file, published to every supernode we are
+        // attached to, can come back through another: not a source.
+        let us = self.leaf.node_id();
+        result.sources.retain(|source| source.node_id != us);
         let count = self.found.len();
         match self.found.iter_mut().find(|r| r.size == result.size) {
             Some(known) => {
