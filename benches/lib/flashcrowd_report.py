@@ -1,0 +1,210 @@
+#!/usr/bin/python3
+"""The report of benches/flashcrowd.sh: reads what the run left in its work
+folder (bt/: each libtorrent client's status JSON and the b3sum checks;
+canopy/: the common start, each `canopy get`'s exit status and time, each
+leaf's `canopy status --json` and the checks), prints a table, writes the
+JSON document and appends a dated section to benches/RESULTS.md.
+
+Per side: finish times (seconds from the common start) of the downloaders
+that finished with a good file; failed = not finished before the timeout,
+or a file that is missing or differs from the original; the last and mean
+finish over the good ones (with failures the last is a lower bound); the
+seed's uploaded payload bytes and their share of N x size; the bytes the
+downloaders uploaded; and the no-sharing bound N x size / seed uplink.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+
+
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def read_checks(path):
+    checks = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                home, result = line.split()
+                checks[int(home)] = result
+    except OSError:
+        pass
+    return checks
+
+
+def summarize(finishes, failures, seed_uploaded, downloaders_uploaded, n, size):
+    good = [t for t in finishes.values() if t is not None]
+    return {
+        "finish_seconds": {str(k): v for k, v in sorted(finishes.items())},
+        "failures": failures,
+        "failed": len(failures),
+        "last_finish_seconds": max(good) if good else None,
+        "mean_finish_seconds": statistics.mean(good) if good else None,
+        "seed_uploaded_bytes": seed_uploaded,
+        "seed_share": seed_uploaded / (n * size) if seed_uploaded is not None else None,
+        "seed_copies": seed_uploaded / size if seed_uploaded is not None else None,
+        "downloaders_uploaded_bytes": downloaders_uploaded,
+    }
+
+
+def bittorrent(work, n, size):
+    d = os.path.join(work, "bt")
+    if not os.path.exists(os.path.join(d, "go")):
+        return None
+    checks = read_checks(os.path.join(d, "checks.txt"))
+    finishes, failures, uploaded = {}, {}, 0
+    for i in range(1, n + 1):
+        status = read_json(os.path.join(d, f"d{i}.json")) or {}
+        finished = status.get("finished_seconds")
+        check = checks.get(i, "not checked")
+        uploaded += status.get("uploaded") or 0
+        if finished is None:
+            failures[str(i)] = "not finished" + (f": {status['error']}" if status.get("error") else "")
+        elif check != "ok":
+            failures[str(i)] = f"file {check}"
+        finishes[i] = finished if str(i) not in failures else None
+    seed = read_json(os.path.join(d, "seed.json")) or {}
+    return summarize(finishes, failures, seed.get("uploaded"), uploaded, n, size)
+
+
+def canopy(work, n, size):
+    d = os.path.join(work, "canopy")
+    try:
+        with open(os.path.join(d, "go")) as f:
+            t0 = float(f.read())
+    except OSError:
+        return None
+    checks = read_checks(os.path.join(d, "checks.txt"))
+    finishes, failures, uploaded = {}, {}, 0
+    for i in range(1, n + 1):
+        finished, why = None, None
+        try:
+            with open(os.path.join(d, f"done{i}")) as f:
+                code, at = f.read().split()
+            if code == "0":
+                finished = float(at) - t0
+            else:
+                err = ""
+                try:
+                    with open(os.path.join(d, f"get{i}.err")) as f:
+                        err = f.read().strip().splitlines()[-1]
+                except (OSError, IndexError):
+                    pass
+                why = f"canopy get exited {code}" + (f": {err}" if err else "")
+        except (OSError, ValueError):
+            why = "not finished"
+        check = checks.get(i, "not checked")
+        if why is None and check != "ok":
+            why = f"file {check}"
+        if why is not None:
+            failures[str(i)] = why
+            finished = None
+        finishes[i] = finished
+        status = read_json(os.path.join(d, f"status{i}.json")) or {}
+        uploaded += (status.get("totals") or {}).get("uploaded_bytes") or 0
+    seed = read_json(os.path.join(d, "status0.json")) or {}
+    seed_uploaded = (seed.get("totals") or {}).get("uploaded_bytes")
+    return summarize(finishes, failures, seed_uploaded, uploaded, n, size)
+
+
+def fmt(value, digits=1, suffix=""):
+    return "-" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def table(doc):
+    n, bound = doc["n"], doc["bound_seconds"]
+    rows = [
+        "| side | last finish | mean finish | seed's share of bytes (copies) | downloaders uploaded | failed | no-sharing bound |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, key in (("BitTorrent (libtorrent + opentracker)", "bittorrent"), ("Canopy", "canopy")):
+        side = doc.get(key)
+        if side is None:
+            continue
+        last = fmt(side["last_finish_seconds"], 1, " s")
+        if side["failed"]:
+            last = f">= {last}" if side["last_finish_seconds"] is not None else "none finished"
+        share = "-"
+        if side["seed_share"] is not None:
+            share = f"{side['seed_share'] * 100:.0f}% ({side['seed_copies']:.1f})"
+        up = side["downloaders_uploaded_bytes"] / 2**20
+        rows.append(
+            f"| {name} | {last} | {fmt(side['mean_finish_seconds'], 1, ' s')} | {share} "
+            f"| {up:.0f} MiB | {side['failed']} of {n} | {bound:.0f} s |"
+        )
+    lines = ["\n".join(rows)]
+    if doc.get("canopy_over_bittorrent_last") is not None:
+        lines.append(
+            f"Canopy / BitTorrent: last finish {doc['canopy_over_bittorrent_last']:.2f}x, "
+            f"mean finish {fmt(doc.get('canopy_over_bittorrent_mean'), 2, 'x')} (goal <= 1.0x)."
+        )
+    for name, key in (("BitTorrent", "bittorrent"), ("Canopy", "canopy")):
+        side = doc.get(key)
+        if side is None:
+            continue
+        times = " ".join(fmt(v, 1) for v in side["finish_seconds"].values())
+        lines.append(f"{name} finishes (s, downloaders 1-{n}): {times}")
+        for home, why in side["failures"].items():
+            lines.append(f"{name} downloader {home} failed: {why}")
+    return "\n\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    for name in ("work", "uplink", "delay", "qdisc", "commit", "load", "json-out", "results"):
+        p.add_argument("--" + name, default="")
+    for name in ("n", "size", "uplink-bits", "timeout"):
+        p.add_argument("--" + name, type=int, required=True)
+    p.add_argument("--bound", type=float, required=True)
+    a = p.parse_args()
+    when = datetime.datetime.now(datetime.timezone.utc)
+    doc = {
+        "date": when.isoformat(timespec="seconds"),
+        "commit": a.commit,
+        "n": a.n,
+        "size_bytes": a.size,
+        "uplink": a.uplink,
+        "uplink_bits_per_second": a.uplink_bits,
+        "delay_one_way": a.delay,
+        "uplink_qdisc": a.qdisc,
+        "timeout_seconds": a.timeout,
+        "load_average": a.load,
+        "bound_seconds": a.bound,
+        "bittorrent": bittorrent(a.work, a.n, a.size),
+        "canopy": canopy(a.work, a.n, a.size),
+    }
+    bt, cn = doc["bittorrent"] or {}, doc["canopy"] or {}
+    doc["canopy_over_bittorrent_last"] = ratio(cn.get("last_finish_seconds"), bt.get("last_finish_seconds"))
+    doc["canopy_over_bittorrent_mean"] = ratio(cn.get("mean_finish_seconds"), bt.get("mean_finish_seconds"))
+    with open(a.json_out, "w") as f:
+        json.dump(doc, f, indent=2)
+        f.write("\n")
+    settings = (
+        f"{a.n} downloaders + 1 seed, {a.size / 2**20:.0f} MiB, every home's uplink {a.uplink} "
+        f"({a.qdisc}), one-way delay into each home {a.delay or 0}; commit {a.commit}; "
+        f"load average at the end {a.load}"
+    )
+    text = table(doc)
+    print(f"\nFlash crowd: {settings}\n\n{text}\n")
+    if a.results:
+        with open(a.results, "a") as f:
+            f.write(
+                f"\n## {when:%Y-%m-%d %H:%M} UTC, flash crowd (benches/flashcrowd.sh)\n\n"
+                f"{settings}.\n\n{text}\n"
+            )
+
+
+if __name__ == "__main__":
+    main()
