@@ -121,7 +121,7 @@ infra=$(netns_infra)
 infra_addr=$(netns_infra_addr)
 qdisc=$(netns_qdiscs "$(netns_router 0)" wan)
 delay_used=$DELAY
-[ -z "${NETNS_NO_NETEM:-}" ] || delay_used=0
+[ -z "${NETNS_NO_NETEM:-}" ] || delay_used="none (no netem in this kernel)"
 
 # check FILE: "ok" if FILE is the original, else why not.
 check() {
@@ -246,7 +246,10 @@ run_canopy() {
     ) &
     done_files+=("$d/done$i")
   done
-  wait_files "$TIMEOUT" "${done_files[@]}" || say "canopy: timed out"
+  if ! wait_files "$TIMEOUT" "${done_files[@]}"; then
+    say "canopy: timed out"
+    now > "$d/timed_out"
+  fi
   # Each leaf's totals before anything stops.
   for ((i = 0; i <= N; i++)); do leaf_status "$i" > "$d/status$i.json" 2>/dev/null || true; done
   for ((i = 1; i <= N; i++)); do

@@ -52,6 +52,11 @@ def summarize(finishes, failures, seed_uploaded, downloaders_uploaded, n, size):
         "seed_share": seed_uploaded / (n * size) if seed_uploaded is not None else None,
         "seed_copies": seed_uploaded / size if seed_uploaded is not None else None,
         "downloaders_uploaded_bytes": downloaders_uploaded,
+        # Everything sent over what the downloaders needed: above 1.0,
+        # bytes sent twice or cut off before use.
+        "sent_over_needed": (
+            ((seed_uploaded or 0) + downloaders_uploaded) / (n * size)
+        ),
     }
 
 
@@ -67,7 +72,7 @@ def bittorrent(work, n, size):
         check = checks.get(i, "not checked")
         uploaded += status.get("uploaded") or 0
         if finished is None:
-            failures[str(i)] = "not finished" + (f": {status['error']}" if status.get("error") else "")
+            failures[str(i)] = "not finished within the timeout" + (f": {status['error']}" if status.get("error") else "")
         elif check != "ok":
             failures[str(i)] = f"file {check}"
         finishes[i] = finished if str(i) not in failures else None
@@ -82,6 +87,11 @@ def canopy(work, n, size):
             t0 = float(f.read())
     except OSError:
         return None
+    try:
+        with open(os.path.join(d, "timed_out")) as f:
+            timed_out = float(f.read())
+    except OSError:
+        timed_out = None
     checks = read_checks(os.path.join(d, "checks.txt"))
     finishes, failures, uploaded = {}, {}, 0
     for i in range(1, n + 1):
@@ -89,7 +99,9 @@ def canopy(work, n, size):
         try:
             with open(os.path.join(d, f"done{i}")) as f:
                 code, at = f.read().split()
-            if code == "0":
+            if timed_out is not None and float(at) >= timed_out:
+                why = "not finished within the timeout"
+            elif code == "0":
                 finished = float(at) - t0
             else:
                 err = ""
@@ -100,7 +112,7 @@ def canopy(work, n, size):
                     pass
                 why = f"canopy get exited {code}" + (f": {err}" if err else "")
         except (OSError, ValueError):
-            why = "not finished"
+            why = "not finished within the timeout"
         check = checks.get(i, "not checked")
         if why is None and check != "ok":
             why = f"file {check}"
@@ -126,8 +138,8 @@ def ratio(a, b):
 def table(doc):
     n, bound = doc["n"], doc["bound_seconds"]
     rows = [
-        "| side | last finish | mean finish | seed's share of bytes (copies) | downloaders uploaded | failed | no-sharing bound |",
-        "|---|---|---|---|---|---|---|",
+        "| side | last finish | mean finish | seed's share of bytes (copies) | downloaders uploaded | all sent / needed | failed | no-sharing bound |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, key in (("BitTorrent (libtorrent + opentracker)", "bittorrent"), ("Canopy", "canopy")):
         side = doc.get(key)
@@ -142,7 +154,7 @@ def table(doc):
         up = side["downloaders_uploaded_bytes"] / 2**20
         rows.append(
             f"| {name} | {last} | {fmt(side['mean_finish_seconds'], 1, ' s')} | {share} "
-            f"| {up:.0f} MiB | {side['failed']} of {n} | {bound:.0f} s |"
+            f"| {up:.0f} MiB | {side['sent_over_needed']:.2f} | {side['failed']} of {n} | {bound:.0f} s |"
         )
     lines = ["\n".join(rows)]
     if doc.get("canopy_over_bittorrent_last") is not None:
@@ -193,7 +205,7 @@ def main():
         f.write("\n")
     settings = (
         f"{a.n} downloaders + 1 seed, {a.size / 2**20:.0f} MiB, every home's uplink {a.uplink} "
-        f"({a.qdisc}), one-way delay into each home {a.delay or 0}; commit {a.commit}; "
+        f"({a.qdisc}), one-way delay into each home {a.delay}; commit {a.commit}; "
         f"load average at the end {a.load}"
     )
     text = table(doc)
