@@ -223,7 +223,7 @@ run_canopy() {
     mkdir -p "$d/l$home/downloads"
     ip netns exec "$(netns_host "$home")" "$CANOPY" leaf --supernode "$infra_addr:6346" \
       --listen "$(netns_host_addr "$home"):6346" --control 127.0.0.1:6349 \
-      --data-dir "$d/l$home" --downloads "$d/l$home/downloads" --json "$@" \
+      --data-dir "$d/l$home" --downloads "$d/l$home/downloads" --metrics 127.0.0.1:9346 --json "$@" \
       > "$d/l$home.json" 2> "$d/l$home.log" &
     pids+=($!)
   }
@@ -251,7 +251,12 @@ run_canopy() {
     now > "$d/timed_out"
   fi
   # Each leaf's totals before anything stops.
-  for ((i = 0; i <= N; i++)); do leaf_status "$i" > "$d/status$i.json" 2>/dev/null || true; done
+  for ((i = 0; i <= N; i++)); do
+    leaf_status "$i" > "$d/status$i.json" 2>/dev/null || true
+    in_ns "$(netns_host "$i")" "$py" -c \
+      'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9346/metrics", timeout=5).read().decode())' \
+      > "$d/metrics$i.txt" 2>/dev/null || true
+  done
   for ((i = 1; i <= N; i++)); do
     local path
     path=$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1])).get("path") or "")' "$d/get$i.json" 2>/dev/null || true)

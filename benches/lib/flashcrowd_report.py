@@ -124,7 +124,38 @@ def canopy(work, n, size):
         uploaded += (status.get("totals") or {}).get("uploaded_bytes") or 0
     seed = read_json(os.path.join(d, "status0.json")) or {}
     seed_uploaded = (seed.get("totals") or {}).get("uploaded_bytes")
-    return summarize(finishes, failures, seed_uploaded, uploaded, n, size)
+    side = summarize(finishes, failures, seed_uploaded, uploaded, n, size)
+    # The leaves' refusal counters: the seed's, and the downloaders' summed.
+    side["seed_counters"] = read_counters(os.path.join(d, "metrics0.txt"))
+    side["downloader_counters"] = {}
+    for i in range(1, n + 1):
+        for name, value in read_counters(os.path.join(d, f"metrics{i}.txt")).items():
+            side["downloader_counters"][name] = side["downloader_counters"].get(name, 0) + value
+    return side
+
+
+# Counters of a leaf's /metrics worth seeing after a crowd.
+COUNTERS = (
+    "canopy_upload_refusals",
+    "canopy_upload_address_refusals",
+    "canopy_http_connections_refused",
+    "canopy_uploads_cut_stalled",
+    "canopy_connect_backs_refused",
+)
+
+
+def read_counters(path):
+    counters = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                name = parts[0].removesuffix("_total") if parts else ""
+                if len(parts) == 2 and name in COUNTERS:
+                    counters[name] = int(float(parts[1]))
+    except (OSError, ValueError):
+        pass
+    return counters
 
 
 def fmt(value, digits=1, suffix=""):
@@ -170,6 +201,14 @@ def table(doc):
         lines.append(f"{name} finishes (s, downloaders 1-{n}): {times}")
         for home, why in side["failures"].items():
             lines.append(f"{name} downloader {home} failed: {why}")
+    side = doc.get("canopy")
+    if side is not None:
+        def counters(values):
+            return ", ".join(f"{k.removeprefix('canopy_')} {v}" for k, v in values.items()) or "none read"
+        lines.append(
+            f"Canopy leaves' counters: seed: {counters(side['seed_counters'])}; "
+            f"downloaders (sum): {counters(side['downloader_counters'])}"
+        )
     return "\n\n".join(lines)
 
 
