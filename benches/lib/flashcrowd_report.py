@@ -193,6 +193,11 @@ def table(doc):
             f"Canopy / BitTorrent: last finish {doc['canopy_over_bittorrent_last']:.2f}x, "
             f"mean finish {fmt(doc.get('canopy_over_bittorrent_mean'), 2, 'x')} (goal <= 1.0x)."
         )
+    if doc.get("goals_met") is not None:
+        lines.append(
+            "Issue 11's goals (both <= 1.0x, the seed's share <= BitTorrent's, no failure): "
+            + ("met." if doc["goals_met"] else "NOT met.")
+        )
     for name, key in (("BitTorrent", "bittorrent"), ("Canopy", "canopy")):
         side = doc.get(key)
         if side is None:
@@ -239,6 +244,18 @@ def main():
     bt, cn = doc["bittorrent"] or {}, doc["canopy"] or {}
     doc["canopy_over_bittorrent_last"] = ratio(cn.get("last_finish_seconds"), bt.get("last_finish_seconds"))
     doc["canopy_over_bittorrent_mean"] = ratio(cn.get("mean_finish_seconds"), bt.get("mean_finish_seconds"))
+    doc["goals_met"] = None
+    if bt and cn:
+        doc["goals_met"] = bool(
+            doc["canopy_over_bittorrent_last"] is not None
+            and doc["canopy_over_bittorrent_last"] <= 1.0
+            and doc["canopy_over_bittorrent_mean"] <= 1.0
+            and cn["seed_share"] is not None
+            and bt["seed_share"] is not None
+            and cn["seed_share"] <= bt["seed_share"]
+            and cn["failed"] == 0
+            and bt["failed"] == 0
+        )
     with open(a.json_out, "w") as f:
         json.dump(doc, f, indent=2)
         f.write("\n")
