@@ -64,6 +64,10 @@ fn check_files(files: &[SharedFile]) {
     assert!(files.len() <= MAX_FILES_PER_MESSAGE);
     for file in files {
         assert!(is_valid_file_name(&file.name), "bad name {:?}", file.name);
+        assert!(
+            file.available.is_none_or(|available| available <= file.size),
+            "available above size"
+        );
     }
 }
 

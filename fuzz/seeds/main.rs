@@ -34,6 +34,7 @@ fn file(name: &str, seed: u8, size: u64) -> SharedFile {
         content_id: ContentId([seed; 32]),
         name: name.to_owned(),
         size,
+        available: None,
     }
 }
 

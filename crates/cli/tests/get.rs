@@ -54,6 +54,7 @@ async fn stalling(data: &[u8]) -> (SupernodeHandle, LeafHandle, FakeSource) {
             content_id: id_of(data),
             name: "slow.bin".into(),
             size: data.len() as u64,
+            available: None,
         }])
         .await
         .unwrap();

@@ -34,6 +34,7 @@ async fn get_killed_half_way_resumes_without_refetching() {
         content_id: id,
         name: "film.mkv".into(),
         size: data.len() as u64,
+        available: None,
     };
     // The first source stalls after three groups and never finishes.
     let stalling = fake_source::start(data.clone(), Misbehaviour::StallAfter(3 * MIB as u64)).await;

@@ -1,30 +1,65 @@
 //! Download planning: which groups of a file to ask which source for, and
 //! what to do when a source misbehaves.
 //!
-//! The plan hands out requests, each a run of contiguous missing groups,
-//! to sources with a free request slot, least busy first, so more sources
-//! means more groups in flight. The driver streams each response, verifies
-//! every group against the [`crate::tree::VerifiedTree`] and reports it.
-//! A source that sends a bad group, truncates a response, fails or stalls
-//! is dropped with the reason; its outstanding groups return to the pool
-//! and go to the others. A source that is merely busy (no upload slot) is
-//! paused, not dropped. Groups verified in an earlier run are never asked
-//! for again.
+//! Sources are complete (they have the whole file: [`DownloadPlan::add_source`])
+//! or partial (downloaders themselves, serving the groups they have verified
+//! so far: [`DownloadPlan::add_partial_source`]). A partial source is first
+//! asked what it has (a [`RequestKind::Probe`], the driver's `HEAD` for
+//! `X-Available-Ranges`); every response's ranges update it
+//! ([`DownloadPlan::handle_availability`]), and one that has nothing the
+//! download still misses is probed again every `probe_interval`, never
+//! dropped for it: it may still grow.
 //!
-//! Endgame: once no group is missing, a source with nothing in flight
-//! helps another source's request, asking for the first group that request
-//! has not delivered (one group at a time, so the waste is at most 1 MiB a
-//! helper), starting with the request that last made progress longest ago.
-//! Whichever copy verifies first counts, and a request whose groups were
-//! all delivered by helpers is cancelled. So a source that stalls near the
-//! end, or a dead source that happened to be asked first, holds the
-//! download up for no longer than the others take to fetch its groups.
+//! The plan hands out requests to sources with a free request slot, least
+//! busy first, so more sources means more groups in flight. Which groups:
+//!
+//! - From complete sources only: a run of up to `groups_per_request`
+//!   missing groups, the first run at a group picked at random (from the
+//!   configured seed), the next ones following on from it, wrapping at the
+//!   end of the file. Downloaders that start together from one seed so
+//!   fetch different parts, and disk writes stay sequential within runs.
+//! - Once any partial source is in the download: rarest first among the
+//!   missing groups the chosen source has (how many partial sources have a
+//!   group, counted incrementally; complete sources count for every group
+//!   alike, so once), random among equals, the run extended over following
+//!   groups that are missing and that the source has, up to
+//!   `swarm_groups_per_request` (short runs, so freshly verified groups
+//!   spread quickly).
+//!
+//! The driver streams each response, verifies every group against the
+//! [`crate::tree::VerifiedTree`] and reports it. A source that sends a bad
+//! group, truncates a response, fails or stalls is dropped with the
+//! reason; its outstanding groups return to the pool and go to the others.
+//! So is a partial source that answers 416 for groups it said it had
+//! ([`DownloadPlan::handle_request_unavailable`]); a 416 for groups it
+//! never claimed only teaches the plan what it has. A source that is
+//! merely busy (no upload slot) is paused, not dropped. Groups verified in
+//! an earlier run are never asked for again.
+//!
+//! Endgame, per source: once no group a source has is missing, that source,
+//! when it has nothing in flight, helps another source's request, asking
+//! for the last group that request has not delivered and it has (the
+//! request's own stream works from its first, so the two meet instead of
+//! racing for one group; one group at a time, so the waste is at most
+//! 1 MiB a helper), starting with the request that last made progress
+//! longest ago; helpers spread over the groups before two fetch the same
+//! one. Whichever copy verifies first counts, and a
+//! request whose remaining groups were all delivered by helpers is
+//! cancelled. So a source that stalls near the end, or a dead
+//! source that happened to be asked first, holds the download up for no
+//! longer than the others take to fetch its groups.
+//!
+//! Work per request is at most a pass over the file's groups (a word at a
+//! time where it can), so a file of a million groups with 64 sources stays
+//! cheap; no randomness but the seeded generator, so a plan is replayable.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 use std::time::Duration;
 
 use crate::Time;
+use crate::groups::GroupSet;
 use crate::tree::{MAX_DOWNLOAD_SIZE, group_count, group_range, group_slot};
 
 /// Tunables of a download.
@@ -32,22 +67,35 @@ use crate::tree::{MAX_DOWNLOAD_SIZE, group_count, group_range, group_slot};
 pub struct DownloadConfig {
     /// Requests in flight per source.
     pub requests_per_source: usize,
-    /// Groups asked for in one request.
+    /// Groups asked for in one request while every source is complete.
     pub groups_per_request: u64,
+    /// Groups asked for in one request once any partial source is known.
+    pub swarm_groups_per_request: u64,
     /// A request that makes no progress for this long drops its source.
     pub stall_timeout: Duration,
+    /// How often a partial source that has nothing the download misses is
+    /// asked again what it has.
+    pub probe_interval: Duration,
+    /// Seeds the choice among equals (the driver passes a random one, so
+    /// downloaders of one file pick differently).
+    pub seed: u64,
 }
 
 impl Default for DownloadConfig {
     /// Two requests of 16 MiB per source: two of a leaf's four upload
     /// slots, leaving room for other downloaders, and requests large
     /// enough that per-request overhead vanishes (measured on a 1 GiB file:
-    /// 4 MiB requests were ~10% slower than 16 MiB ones).
+    /// 4 MiB requests were ~10% slower than 16 MiB ones). In a swarm, 2 MiB
+    /// requests, so what one downloader verifies is soon somewhere else
+    /// too; partial sources with nothing new asked again every second.
     fn default() -> Self {
         Self {
             requests_per_source: 2,
             groups_per_request: 16,
+            swarm_groups_per_request: 2,
             stall_timeout: Duration::from_secs(10),
+            probe_interval: Duration::from_secs(1),
+            seed: 0,
         }
     }
 }
@@ -57,6 +105,16 @@ pub type SourceId = usize;
 /// A request, numbered from 1.
 pub type RequestId = u64;
 
+/// What a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// The bytes of the request's groups.
+    Data,
+    /// Only which groups the source has (`HEAD`, for `X-Available-Ranges`);
+    /// the request's groups are empty.
+    Probe,
+}
+
 /// Something to fetch: `groups` of the file, from `source`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -64,8 +122,10 @@ pub struct Request {
     pub id: RequestId,
     /// Whom to ask.
     pub source: SourceId,
-    /// Which groups, in order.
+    /// Which groups, in order (empty for a probe).
     pub groups: Range<u64>,
+    /// Data or a probe.
+    pub kind: RequestKind,
 }
 
 /// What the driver should know about.
@@ -89,17 +149,55 @@ enum Group {
     Verified,
 }
 
+/// What the plan knows of the groups a source has.
+#[derive(Debug)]
+enum Has {
+    /// Added as complete (a search hit's word); it has said nothing itself.
+    Assumed,
+    /// It said itself that it has the whole file.
+    Whole,
+    /// Partial, not asked yet.
+    Unknown,
+    /// Partial: these groups, as it said (only ever grows).
+    Some(GroupSet),
+}
+
+impl Has {
+    fn is_complete(&self) -> bool {
+        matches!(self, Has::Assumed | Has::Whole)
+    }
+
+    fn contains(&self, group: u64) -> bool {
+        match self {
+            Has::Assumed | Has::Whole => true,
+            Has::Unknown => false,
+            Has::Some(set) => set.contains(group),
+        }
+    }
+
+    fn set(&self) -> Option<&GroupSet> {
+        match self {
+            Has::Some(set) => Some(set),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Source {
     dropped: bool,
     paused_until: Time,
     in_flight: usize,
     bytes: u64,
+    has: Has,
+    /// A partial source with nothing we miss: when to ask it again.
+    probe_at: Option<Time>,
 }
 
 #[derive(Debug)]
 struct InFlight {
     source: SourceId,
+    kind: RequestKind,
     groups: Range<u64>,
     /// The next group expected on this request's stream.
     next: u64,
@@ -108,17 +206,50 @@ struct InFlight {
     helps: Option<RequestId>,
 }
 
+/// splitmix64 (Steele, Lea, Flood 2014): a tiny seeded generator, enough
+/// to pick among equals.
+#[derive(Debug, Clone)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (0 if `n` is 0).
+    fn below(&mut self, n: u64) -> u64 {
+        let wide = u128::from(self.next()) * u128::from(n);
+        u64::try_from(wide >> 64).unwrap_or(0)
+    }
+}
+
 /// The state of one file's download. See the module documentation.
 #[derive(Debug)]
 pub struct DownloadPlan {
     size: u64,
     config: DownloadConfig,
     groups: Vec<Group>,
+    /// The groups in state `Missing`, for word-at-a-time scans.
+    missing: GroupSet,
     verified: u64,
     sources: Vec<Source>,
     requests: BTreeMap<RequestId, InFlight>,
     next_request: RequestId,
     events: VecDeque<DownloadEvent>,
+    /// Per group, how many active partial sources say they have it (empty
+    /// until the first does).
+    holders: Vec<u32>,
+    /// Active sources with the whole file.
+    complete_sources: usize,
+    /// Active partial sources.
+    partial_sources: usize,
+    /// Where the next run from complete sources starts looking.
+    cursor: u64,
+    rng: SplitMix64,
 }
 
 impl DownloadPlan {
@@ -128,37 +259,73 @@ impl DownloadPlan {
     /// clamped so the plan's memory stays bounded whatever the caller does.
     pub fn new(size: u64, verified: impl IntoIterator<Item = u64>, config: DownloadConfig) -> Self {
         let size = size.min(MAX_DOWNLOAD_SIZE);
-        let mut groups = vec![Group::Missing; group_slot(group_count(size))];
+        let count = group_count(size);
+        let mut groups = vec![Group::Missing; group_slot(count)];
+        let mut missing = GroupSet::full(size);
         let mut done = 0;
         for index in verified {
-            if let Some(g) = groups.get_mut(usize::try_from(index).unwrap_or(usize::MAX)) {
+            if let Some(g) = groups.get_mut(group_slot(index)) {
                 if *g != Group::Verified {
                     *g = Group::Verified;
+                    missing.remove(index);
                     done += 1;
                 }
             }
         }
+        let mut rng = SplitMix64(config.seed);
+        let cursor = rng.below(count);
         Self {
             size,
             config,
             groups,
+            missing,
             verified: done,
             sources: Vec::new(),
             requests: BTreeMap::new(),
             next_request: 1,
             events: VecDeque::new(),
+            holders: Vec::new(),
+            complete_sources: 0,
+            partial_sources: 0,
+            cursor,
+            rng,
         }
     }
 
-    /// Adds a source; returns its id.
+    /// Adds a source that has the whole file; returns its id.
     pub fn add_source(&mut self) -> SourceId {
+        self.push_source(Has::Assumed)
+    }
+
+    /// Adds a partial source (a downloader itself); what it has is unknown,
+    /// so it is probed first. Returns its id.
+    pub fn add_partial_source(&mut self) -> SourceId {
+        self.push_source(Has::Unknown)
+    }
+
+    fn push_source(&mut self, has: Has) -> SourceId {
+        if has.is_complete() {
+            self.complete_sources += 1;
+        } else {
+            self.partial_sources += 1;
+        }
         self.sources.push(Source {
             dropped: false,
             paused_until: Time::ZERO,
             in_flight: 0,
             bytes: 0,
+            has,
+            probe_at: None,
         });
         self.sources.len() - 1
+    }
+
+    /// True if `source` is partial: added as one and not yet known to have
+    /// the whole file, or added as complete but found to be partial.
+    pub fn is_partial(&self, source: SourceId) -> bool {
+        self.sources
+            .get(source)
+            .is_some_and(|s| !s.has.is_complete())
     }
 
     /// The next event, if any.
@@ -212,43 +379,140 @@ impl DownloadPlan {
     }
 
     /// True if nothing can make progress: groups are missing and every
-    /// source has been dropped.
+    /// source has been dropped. A partial source that has nothing the
+    /// download misses keeps it from being stuck: it may still grow, and is
+    /// probed again.
     pub fn is_stuck(&self) -> bool {
         !self.is_complete() && self.active_sources() == 0
     }
 
-    /// The earliest time a paused source may be asked again, if any is paused.
+    /// The earliest time a paused source may be asked again or a partial
+    /// source probed again, if any waits for that.
     pub fn next_wakeup(&self, now: Time) -> Option<Time> {
         self.sources
             .iter()
-            .filter(|s| !s.dropped && s.paused_until > now)
-            .map(|s| s.paused_until)
+            .filter(|s| !s.dropped)
+            .flat_map(|s| {
+                let paused = (s.paused_until > now).then_some(s.paused_until);
+                let probe = s
+                    .probe_at
+                    .filter(|at| *at > now && s.in_flight == 0)
+                    .map(|at| at.max(s.paused_until));
+                [paused, probe]
+            })
+            .flatten()
             .min()
     }
 
-    /// The next request to make, if a source has a free slot and groups
-    /// are missing. Call until `None`.
+    /// The next request to make, if a source has a free slot and
+    /// something to do. Call until `None`. Probes of sources not asked yet
+    /// come first (they are cheap, and what they tell makes the choices
+    /// that follow better), then the least busy sources.
     pub fn next_request(&mut self, now: Time) -> Option<Request> {
-        let source = self
+        let mut ready: Vec<(bool, usize, SourceId)> = self
             .sources
             .iter()
             .enumerate()
             .filter(|(_, s)| {
                 !s.dropped && s.paused_until <= now && s.in_flight < self.config.requests_per_source
             })
-            .min_by_key(|(_, s)| s.in_flight)
-            .map(|(id, _)| id)?;
-        let Some(start) = self.groups.iter().position(|g| *g == Group::Missing) else {
-            return self.endgame_request(source, now);
+            .map(|(id, s)| (!matches!(s.has, Has::Unknown), s.in_flight, id))
+            .collect();
+        ready.sort_unstable();
+        ready
+            .into_iter()
+            .find_map(|(_, _, source)| self.request_for(source, now))
+    }
+
+    /// What `source` (ready for another request) should be asked, if
+    /// anything.
+    fn request_for(&mut self, source: SourceId, now: Time) -> Option<Request> {
+        let (unknown, in_flight, probe_at) = {
+            let s = &self.sources[source];
+            (matches!(s.has, Has::Unknown), s.in_flight, s.probe_at)
         };
-        let start = start as u64;
+        if unknown {
+            return (in_flight == 0).then(|| self.start_probe(source, now));
+        }
+        if let Some(run) = self.pick_run(source) {
+            return Some(self.start_request(source, run, None, now));
+        }
+        if let Some(help) = self.endgame_request(source, now) {
+            return Some(help);
+        }
+        // A partial source with nothing we miss: ask again later.
+        if self.sources[source].has.is_complete() || in_flight > 0 {
+            return None;
+        }
+        match probe_at {
+            Some(at) if at <= now => Some(self.start_probe(source, now)),
+            Some(_) => None,
+            None => {
+                self.sources[source].probe_at = Some(now + self.config.probe_interval);
+                None
+            }
+        }
+    }
+
+    /// The run of missing groups `source` should be asked for next.
+    fn pick_run(&mut self, source: SourceId) -> Option<Range<u64>> {
+        let swarm = self.partial_sources > 0;
+        let start = if swarm {
+            self.rarest_for(source)?
+        } else {
+            self.missing
+                .next_member(self.cursor)
+                .or_else(|| self.missing.next_member(0))?
+        };
+        let limit = if swarm {
+            self.config.swarm_groups_per_request
+        } else {
+            self.config.groups_per_request
+        }
+        .max(1);
+        let has = &self.sources[source].has;
         let mut end = start + 1;
-        while end - start < self.config.groups_per_request
-            && self.groups.get(group_slot(end)) == Some(&Group::Missing)
-        {
+        while end - start < limit && self.missing.contains(end) && has.contains(end) {
             end += 1;
         }
-        Some(self.start_request(source, start..end, None, now))
+        if !swarm {
+            self.cursor = end;
+        }
+        Some(start..end)
+    }
+
+    /// Among the missing groups `source` has, one that the fewest partial
+    /// sources have, picked at random among equals (uniformly: a reservoir
+    /// of one).
+    fn rarest_for(&mut self, source: SourceId) -> Option<u64> {
+        let has = self.sources[source].has.set().map(GroupSet::words);
+        let mut best = u32::MAX;
+        let mut ties = 0u64;
+        let mut chosen = None;
+        for (index, &missing) in self.missing.words().iter().enumerate() {
+            let mut word = missing & has.map_or(u64::MAX, |w| w.get(index).copied().unwrap_or(0));
+            while word != 0 {
+                let group = index as u64 * 64 + u64::from(word.trailing_zeros());
+                word &= word - 1;
+                let holders = self.holders.get(group_slot(group)).copied().unwrap_or(0);
+                if holders < best {
+                    best = holders;
+                    ties = 1;
+                    chosen = Some(group);
+                } else if holders == best {
+                    ties += 1;
+                    if self.rng.below(ties) == 0 {
+                        chosen = Some(group);
+                    }
+                }
+            }
+        }
+        chosen
+    }
+
+    fn start_probe(&mut self, source: SourceId, now: Time) -> Request {
+        self.sources[source].probe_at = None;
+        self.insert_request(source, RequestKind::Probe, 0..0, None, now)
     }
 
     fn start_request(
@@ -258,11 +522,25 @@ impl DownloadPlan {
         helps: Option<RequestId>,
         now: Time,
     ) -> Request {
+        self.insert_request(source, RequestKind::Data, groups, helps, now)
+    }
+
+    fn insert_request(
+        &mut self,
+        source: SourceId,
+        kind: RequestKind,
+        groups: Range<u64>,
+        helps: Option<RequestId>,
+        now: Time,
+    ) -> Request {
         let id = self.next_request;
         self.next_request += 1;
         if helps.is_none() {
-            for g in &mut self.groups[group_slot(groups.start)..group_slot(groups.end)] {
-                *g = Group::InFlight(id);
+            for index in groups.clone() {
+                if let Some(g) = self.groups.get_mut(group_slot(index)) {
+                    *g = Group::InFlight(id);
+                    self.missing.remove(index);
+                }
             }
         }
         self.sources[source].in_flight += 1;
@@ -270,34 +548,178 @@ impl DownloadPlan {
             id,
             InFlight {
                 source,
+                kind,
                 groups: groups.clone(),
                 next: groups.start,
                 last_progress: now,
                 helps,
             },
         );
-        Request { id, source, groups }
+        Request {
+            id,
+            source,
+            groups,
+            kind,
+        }
     }
 
-    /// Nothing is missing: an idle `source` fetches again the first group
-    /// another source's request has not delivered yet (see the module
-    /// documentation).
+    /// Nothing `source` has is missing: if idle, it fetches again the last
+    /// group another source's request has not delivered yet and it has
+    /// (see the module documentation).
     fn endgame_request(&mut self, source: SourceId, now: Time) -> Option<Request> {
-        if self.sources[source].in_flight > 0 {
+        let helper = &self.sources[source];
+        if helper.in_flight > 0 {
             return None;
         }
-        let (helped, group) = self
+        // Helpers spread over the groups before doubling up on one (a dead
+        // helper must not keep a live one away, so never fewer choices).
+        let mut helpers: BTreeMap<u64, usize> = BTreeMap::new();
+        for r in self.requests.values().filter(|r| r.helps.is_some()) {
+            *helpers.entry(r.groups.start).or_default() += 1;
+        }
+        let (_, _, helped, group) = self
             .requests
             .iter()
-            .filter(|(_, r)| r.helps.is_none() && r.source != source)
+            .filter(|(_, r)| r.kind == RequestKind::Data && r.helps.is_none() && r.source != source)
             .filter_map(|(id, r)| {
-                let group = (r.next..r.groups.end)
-                    .find(|g| self.groups.get(group_slot(*g)) == Some(&Group::InFlight(*id)))?;
-                Some((r.last_progress, *id, group))
+                (r.next..r.groups.end)
+                    .filter(|g| {
+                        self.groups.get(group_slot(*g)) == Some(&Group::InFlight(*id))
+                            && helper.has.contains(*g)
+                    })
+                    .map(|g| {
+                        let count = helpers.get(&g).copied().unwrap_or(0);
+                        (count, r.last_progress, *id, Reverse(g))
+                    })
+                    .min()
             })
-            .min()
-            .map(|(_, id, group)| (id, group))?;
+            .min()?;
+        let Reverse(group) = group;
         Some(self.start_request(source, group..group + 1, Some(helped), now))
+    }
+
+    /// What `source` says it has now (a response's `X-Available-Ranges`;
+    /// the driver passes [`GroupSet::full`] for a response of a partial
+    /// source without it: it is complete now). What a partial source said
+    /// before stays: a source's groups only grow, and a long list may have
+    /// been cut short.
+    pub fn handle_availability(&mut self, source: SourceId, groups: GroupSet, now: Time) {
+        let _ = now; // taken like every handler's, for the driver's sake
+        let Some(entry) = self.sources.get(source) else {
+            return;
+        };
+        if entry.dropped {
+            return;
+        }
+        let reported = self.fit(groups);
+        let has = match &entry.has {
+            _ if reported.is_full() => Has::Whole,
+            Has::Whole => Has::Whole,
+            Has::Some(before) => {
+                let mut grown = before.clone();
+                grown.union_with(&reported);
+                if grown.is_full() {
+                    Has::Whole
+                } else {
+                    Has::Some(grown)
+                }
+            }
+            Has::Assumed | Has::Unknown => Has::Some(reported),
+        };
+        self.set_has(source, has);
+        self.sources[source].probe_at = None;
+    }
+
+    /// A probe answered (availability already given through
+    /// [`Self::handle_availability`]; if it was not, the source is taken to
+    /// have nothing yet). The next probe of the source comes no sooner than
+    /// `probe_interval` from `now`.
+    pub fn handle_probe_done(&mut self, request: RequestId, now: Time) {
+        let Some(inflight) = self.requests.get(&request) else {
+            return;
+        };
+        if inflight.kind != RequestKind::Probe {
+            return;
+        }
+        let source = inflight.source;
+        self.finish(request);
+        if matches!(self.sources[source].has, Has::Unknown) {
+            self.set_has(source, Has::Some(GroupSet::empty(self.size)));
+        }
+        self.sources[source].probe_at = Some(now + self.config.probe_interval);
+    }
+
+    /// A data request was refused with 416, the source saying it has
+    /// `groups`. If the source had claimed the requested groups (it said it
+    /// has them, or that it has the whole file), it lied and is dropped;
+    /// else it only turned out to be partial: what it has is updated and
+    /// the groups go back to the pool.
+    pub fn handle_request_unavailable(&mut self, request: RequestId, groups: GroupSet, now: Time) {
+        let Some(inflight) = self.requests.get(&request) else {
+            return;
+        };
+        let source = inflight.source;
+        let asked = inflight.next..inflight.groups.end;
+        let claimed = inflight.kind == RequestKind::Data
+            && match &self.sources[source].has {
+                Has::Whole => !asked.is_empty(),
+                Has::Some(set) => asked.clone().any(|g| set.contains(g)),
+                Has::Assumed | Has::Unknown => false,
+            };
+        self.finish(request);
+        if claimed {
+            // The driver stops this request itself; no Cancel for it.
+            self.drop_source(
+                source,
+                format!(
+                    "claimed groups {}..{} it did not serve (416)",
+                    asked.start, asked.end
+                ),
+            );
+        } else {
+            self.handle_availability(source, groups, now);
+        }
+    }
+
+    /// A set of another size's groups read as one of this file's.
+    fn fit(&self, groups: GroupSet) -> GroupSet {
+        if groups.size() == self.size {
+            return groups;
+        }
+        let mut fitted = GroupSet::empty(self.size);
+        let count = fitted.groups();
+        for group in groups.iter().take_while(|g| *g < count) {
+            fitted.insert(group);
+        }
+        fitted
+    }
+
+    /// Replaces what `source` has, keeping the counts right.
+    fn set_has(&mut self, source: SourceId, has: Has) {
+        let Some(entry) = self.sources.get_mut(source) else {
+            return;
+        };
+        let before = std::mem::replace(&mut entry.has, has);
+        if entry.dropped {
+            return;
+        }
+        let after = &entry.has;
+        if before.is_complete() {
+            self.complete_sources -= 1;
+        } else {
+            self.partial_sources -= 1;
+        }
+        if after.is_complete() {
+            self.complete_sources += 1;
+        } else {
+            self.partial_sources += 1;
+        }
+        count_holders(
+            &mut self.holders,
+            self.groups.len(),
+            before.set(),
+            after.set(),
+        );
     }
 
     /// Bytes of `request` arrived (a group not complete yet): a slow
@@ -329,19 +751,23 @@ impl DownloadPlan {
         };
         if *state != Group::Verified {
             *state = Group::Verified;
+            self.missing.remove(group);
             self.verified += 1;
             let r = group_range(self.size, group);
             self.sources[source].bytes += r.end - r.start;
         }
         // Helpers delivered everything the owner still had to: it is done.
-        if let Some(owner) = owner {
-            let delivered = self.requests.get(&owner).is_some_and(|r| {
-                (r.next..r.groups.end)
-                    .all(|g| self.groups.get(group_slot(g)) == Some(&Group::Verified))
+        // So is a request that reached groups helpers delivered already.
+        for done in [owner, Some(request)].into_iter().flatten() {
+            let delivered = self.requests.get(&done).is_some_and(|r| {
+                r.helps.is_none()
+                    && r.next < r.groups.end
+                    && (r.next..r.groups.end)
+                        .all(|g| self.groups.get(group_slot(g)) == Some(&Group::Verified))
             });
             if delivered {
-                self.finish(owner);
-                self.events.push_back(DownloadEvent::Cancel(owner));
+                self.finish(done);
+                self.events.push_back(DownloadEvent::Cancel(done));
             }
         }
     }
@@ -359,11 +785,17 @@ impl DownloadPlan {
     }
 
     /// `request`'s response ended. If it ended before its last group, the
-    /// source truncated it and is dropped.
+    /// source truncated it and is dropped. (For a probe, the same as
+    /// [`Self::handle_probe_done`].)
     pub fn handle_request_done(&mut self, request: RequestId) {
         let Some(inflight) = self.requests.get(&request) else {
             return;
         };
+        if inflight.kind == RequestKind::Probe {
+            let now = inflight.last_progress;
+            self.handle_probe_done(request, now);
+            return;
+        }
         let (source, stopped_at, end) = (inflight.source, inflight.next, inflight.groups.end);
         self.finish(request);
         if stopped_at < end {
@@ -414,6 +846,7 @@ impl DownloadPlan {
             if let Some(state) = self.groups.get_mut(group_slot(g)) {
                 if *state == Group::InFlight(request) {
                     *state = Group::Missing;
+                    self.missing.insert(g);
                 }
             }
         }
@@ -422,7 +855,10 @@ impl DownloadPlan {
         }
     }
 
-    fn drop_source(&mut self, source: SourceId, reason: String) {
+    /// Stops using `source` for `reason` (the plan's own, or one the
+    /// driver found, such as an alternate learned from a liar): its
+    /// requests are cancelled and their groups go back to the pool.
+    pub fn drop_source(&mut self, source: SourceId, reason: String) {
         let Some(entry) = self.sources.get_mut(source) else {
             return;
         };
@@ -430,6 +866,12 @@ impl DownloadPlan {
             return;
         }
         entry.dropped = true;
+        if entry.has.is_complete() {
+            self.complete_sources -= 1;
+        } else {
+            self.partial_sources -= 1;
+        }
+        count_holders(&mut self.holders, self.groups.len(), entry.has.set(), None);
         let doomed: Vec<RequestId> = self
             .requests
             .iter()
@@ -445,6 +887,44 @@ impl DownloadPlan {
     }
 }
 
+/// Moves one source's contribution to `holders` from `before` to `after`,
+/// a word at a time: only the groups that changed are touched.
+fn count_holders(
+    holders: &mut Vec<u32>,
+    groups: usize,
+    before: Option<&GroupSet>,
+    after: Option<&GroupSet>,
+) {
+    if before.is_none() && after.is_none() {
+        return;
+    }
+    if holders.is_empty() {
+        holders.resize(groups, 0);
+    }
+    let words = |set: Option<&GroupSet>, index: usize| {
+        set.and_then(|s| s.words().get(index).copied()).unwrap_or(0)
+    };
+    let count = before
+        .map_or(0, |s| s.words().len())
+        .max(after.map_or(0, |s| s.words().len()));
+    for index in 0..count {
+        let (old, new) = (words(before, index), words(after, index));
+        for (mut changed, up) in [(new & !old, true), (old & !new, false)] {
+            while changed != 0 {
+                let slot = index * 64 + changed.trailing_zeros() as usize;
+                changed &= changed - 1;
+                if let Some(held) = holders.get_mut(slot) {
+                    *held = if up {
+                        held.saturating_add(1)
+                    } else {
+                        held.saturating_sub(1)
+                    };
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -455,7 +935,23 @@ mod tests {
             requests_per_source: 1,
             groups_per_request: 2,
             stall_timeout: Duration::from_secs(5),
+            ..DownloadConfig::default()
         }
+    }
+
+    /// A plan whose random start (for complete sources) is group 0, so the
+    /// groups are asked for in order: a seed found, not a rule bent.
+    fn plan_in_order(size: u64, verified: &[u64], config: DownloadConfig) -> DownloadPlan {
+        (0..)
+            .map(|seed| {
+                let config = DownloadConfig {
+                    seed,
+                    ..config.clone()
+                };
+                DownloadPlan::new(size, verified.iter().copied(), config)
+            })
+            .find(|plan| plan.cursor == 0)
+            .unwrap()
     }
 
     /// Serves every request fully and correctly.
@@ -468,7 +964,7 @@ mod tests {
 
     #[test]
     fn requests_spread_over_sources_and_finish() {
-        let mut plan = DownloadPlan::new(5 * GROUP_LEN, [], config());
+        let mut plan = plan_in_order(5 * GROUP_LEN, &[], config());
         let (a, b) = (plan.add_source(), plan.add_source());
         let r1 = plan.next_request(Time(0)).unwrap();
         let r2 = plan.next_request(Time(0)).unwrap();
@@ -486,7 +982,7 @@ mod tests {
 
     #[test]
     fn a_bad_group_drops_the_source_and_another_refetches_it() {
-        let mut plan = DownloadPlan::new(4 * GROUP_LEN, [], config());
+        let mut plan = plan_in_order(4 * GROUP_LEN, &[], config());
         let (bad, good) = (plan.add_source(), plan.add_source());
         let r1 = plan.next_request(Time(0)).unwrap();
         let r2 = plan.next_request(Time(0)).unwrap();
@@ -512,7 +1008,7 @@ mod tests {
 
     #[test]
     fn a_truncated_or_stalled_response_drops_the_source() {
-        let mut plan = DownloadPlan::new(4 * GROUP_LEN, [], config());
+        let mut plan = plan_in_order(4 * GROUP_LEN, &[], config());
         let (a, b) = (plan.add_source(), plan.add_source());
         let r1 = plan.next_request(Time(0)).unwrap();
         let r2 = plan.next_request(Time(0)).unwrap();
@@ -555,7 +1051,7 @@ mod tests {
 
     #[test]
     fn a_busy_source_is_paused_not_dropped() {
-        let mut plan = DownloadPlan::new(2 * GROUP_LEN, [], config());
+        let mut plan = plan_in_order(2 * GROUP_LEN, &[], config());
         let a = plan.add_source();
         let r = plan.next_request(Time(0)).unwrap();
         plan.handle_request_busy(r.id, Duration::from_secs(2), Time(0));
@@ -582,15 +1078,17 @@ mod tests {
             requests_per_source: 1,
             groups_per_request: 16,
             stall_timeout: Duration::from_secs(5),
+            ..DownloadConfig::default()
         };
-        let mut plan = DownloadPlan::new(3 * GROUP_LEN, [], config);
+        let mut plan = plan_in_order(3 * GROUP_LEN, &[], config);
         let dead = plan.add_source();
         let live = plan.add_source();
         let first = plan.next_request(Time(0)).unwrap();
         assert_eq!((first.source, first.groups.clone()), (dead, 0..3));
-        // Nothing missing: the idle live source helps, one group at a time.
+        // Nothing missing: the idle live source helps, one group at a time,
+        // from the last (the owner's stream would start from the first).
         let help = plan.next_request(Time(0)).unwrap();
-        assert_eq!((help.source, help.groups.clone()), (live, 0..1));
+        assert_eq!((help.source, help.groups.clone()), (live, 2..3));
         assert!(
             plan.next_request(Time(0)).is_none(),
             "the live source is busy"
@@ -600,7 +1098,7 @@ mod tests {
         assert_eq!(help.groups, 1..2);
         complete(&mut plan, &help, Time(2));
         let help = plan.next_request(Time(2)).unwrap();
-        assert_eq!(help.groups, 2..3);
+        assert_eq!(help.groups, 0..1);
         complete(&mut plan, &help, Time(3));
         assert!(plan.is_complete());
         assert_eq!(plan.bytes_from(live), 3 * GROUP_LEN);
@@ -616,26 +1114,537 @@ mod tests {
             requests_per_source: 1,
             groups_per_request: 16,
             stall_timeout: Duration::from_secs(5),
+            ..DownloadConfig::default()
         };
-        let mut plan = DownloadPlan::new(2 * GROUP_LEN, [], config);
+        let mut plan = plan_in_order(2 * GROUP_LEN, &[], config);
         let slow = plan.add_source();
         let fast = plan.add_source();
         let owned = plan.next_request(Time(0)).unwrap();
+        assert_eq!((owned.source, owned.groups.clone()), (slow, 0..2));
         let help = plan.next_request(Time(0)).unwrap();
-        assert_eq!(help.groups, 0..1);
-        // Both deliver group 0; it counts once, for the first.
+        assert_eq!(
+            (help.source, help.groups.clone()),
+            (fast, 1..2),
+            "the last group: the owner streams from its first"
+        );
+        // Both deliver group 1; it counts once, for the first.
         plan.handle_group_verified(owned.id, 0, Time(1));
-        plan.handle_group_verified(help.id, 0, Time(2));
-        plan.handle_request_done(help.id);
-        assert_eq!(plan.verified_bytes(), GROUP_LEN);
-        assert_eq!(plan.bytes_from(slow), GROUP_LEN);
-        assert_eq!(plan.bytes_from(fast), 0);
-        // The owner's own group 1 is next for the helper.
-        let help = plan.next_request(Time(2)).unwrap();
-        assert_eq!((help.source, help.groups.clone()), (fast, 1..2));
-        plan.handle_group_verified(owned.id, 1, Time(3));
+        plan.handle_group_verified(owned.id, 1, Time(2));
         plan.handle_request_done(owned.id);
+        plan.handle_group_verified(help.id, 1, Time(3));
+        plan.handle_request_done(help.id);
         assert!(plan.is_complete());
+        assert_eq!(plan.verified_bytes(), 2 * GROUP_LEN);
+        assert_eq!(plan.bytes_from(slow), 2 * GROUP_LEN);
+        assert_eq!(plan.bytes_from(fast), 0);
         assert!(plan.poll_event().is_none(), "no source was dropped");
+    }
+
+    fn swarm_config() -> DownloadConfig {
+        DownloadConfig {
+            requests_per_source: 1,
+            groups_per_request: 16,
+            swarm_groups_per_request: 1,
+            stall_timeout: Duration::from_secs(5),
+            probe_interval: Duration::from_secs(1),
+            seed: 7,
+        }
+    }
+
+    fn set(size: u64, groups: &[u64]) -> GroupSet {
+        let mut set = GroupSet::empty(size);
+        for &g in groups {
+            set.insert(g);
+        }
+        set
+    }
+
+    /// Answers the probe `next_request` hands out for `source` with `has`.
+    fn probe(plan: &mut DownloadPlan, source: SourceId, has: GroupSet, now: Time) {
+        let request = plan.next_request(now).unwrap();
+        assert_eq!((request.source, request.kind), (source, RequestKind::Probe));
+        assert!(request.groups.is_empty());
+        plan.handle_availability(source, has, now);
+        plan.handle_probe_done(request.id, now);
+    }
+
+    #[test]
+    fn rarest_first_picks_the_group_fewest_sources_have() {
+        let size = 5 * GROUP_LEN;
+        let mut plan = DownloadPlan::new(size, [], swarm_config());
+        let p1 = plan.add_partial_source();
+        let p2 = plan.add_partial_source();
+        let p3 = plan.add_partial_source();
+        probe(&mut plan, p1, set(size, &[0, 1, 2]), Time(0));
+        probe(&mut plan, p2, set(size, &[1, 2]), Time(0));
+        probe(&mut plan, p3, set(size, &[2]), Time(0));
+        let complete = plan.add_source();
+        // Group 0 is held by one source, 1 by two, 2 by three, 3 and 4 by
+        // the complete source alone.
+        let r = plan.next_request(Time(0)).unwrap();
+        assert_eq!((r.source, r.groups, r.kind), (p1, 0..1, RequestKind::Data));
+        let r = plan.next_request(Time(0)).unwrap();
+        assert_eq!((r.source, r.groups), (p2, 1..2));
+        let r = plan.next_request(Time(0)).unwrap();
+        assert_eq!((r.source, r.groups), (p3, 2..3));
+        let r = plan.next_request(Time(0)).unwrap();
+        assert_eq!(r.source, complete);
+        assert!(r.groups == (3..4) || r.groups == (4..5), "{:?}", r.groups);
+    }
+
+    #[test]
+    fn ties_are_broken_by_the_seed() {
+        // A partial source with all but the last of 65 groups: 64 equals.
+        let size = 65 * GROUP_LEN;
+        let first_pick = |seed| {
+            let config = DownloadConfig {
+                seed,
+                ..swarm_config()
+            };
+            let mut plan = DownloadPlan::new(size, [], config);
+            let partial = plan.add_partial_source();
+            probe(
+                &mut plan,
+                partial,
+                set(size, &(0..64).collect::<Vec<_>>()),
+                Time(0),
+            );
+            plan.next_request(Time(0)).unwrap().groups.start
+        };
+        let picks: std::collections::BTreeSet<u64> = (0..8).map(first_pick).collect();
+        assert!(picks.len() >= 5, "{picks:?}");
+        assert_eq!(first_pick(3), first_pick(3), "a seed replays");
+        // Downloaders with only the seed start at different groups too,
+        // then ask for whole runs.
+        let starts: Vec<Range<u64>> = (0..12)
+            .map(|seed| {
+                let config = DownloadConfig {
+                    seed,
+                    ..DownloadConfig::default()
+                };
+                let mut plan = DownloadPlan::new(64 * GROUP_LEN, [], config);
+                plan.add_source();
+                plan.next_request(Time(0)).unwrap().groups
+            })
+            .collect();
+        let distinct: std::collections::BTreeSet<u64> = starts.iter().map(|r| r.start).collect();
+        assert!(distinct.len() >= 8, "{starts:?}");
+        assert!(
+            starts.iter().all(|r| r.end - r.start == 16 || r.end == 64),
+            "{starts:?}"
+        );
+    }
+
+    #[test]
+    fn a_partial_source_is_only_asked_for_what_it_has() {
+        let size = 10 * GROUP_LEN;
+        let config = DownloadConfig {
+            requests_per_source: 4,
+            swarm_groups_per_request: 4,
+            ..swarm_config()
+        };
+        let mut plan = DownloadPlan::new(size, [], config);
+        let partial = plan.add_partial_source();
+        probe(&mut plan, partial, set(size, &[2, 3, 4, 7]), Time(0));
+        let mut asked = Vec::new();
+        while let Some(r) = plan.next_request(Time(0)) {
+            assert_eq!(r.kind, RequestKind::Data);
+            asked.push(r);
+        }
+        let mut groups: Vec<Range<u64>> = asked.iter().map(|r| r.groups.clone()).collect();
+        groups.sort_by_key(|g| g.start);
+        assert!(
+            groups == vec![2..5, 7..8]
+                || groups == vec![2..3, 3..5, 7..8]
+                || groups == vec![2..4, 4..5, 7..8],
+            "{groups:?}"
+        );
+        for r in &asked {
+            complete(&mut plan, r, Time(1));
+        }
+        assert_eq!(plan.verified_bytes(), 4 * GROUP_LEN);
+        assert_eq!(plan.next_request(Time(1)), None, "it has nothing else");
+        assert!(!plan.is_stuck(), "it may still grow");
+    }
+
+    #[test]
+    fn a_partial_source_of_unknown_availability_is_probed_first() {
+        let size = 4 * GROUP_LEN;
+        let config = DownloadConfig {
+            requests_per_source: 2,
+            ..swarm_config()
+        };
+        let mut plan = DownloadPlan::new(size, [], config);
+        let partial = plan.add_partial_source();
+        assert!(plan.is_partial(partial));
+        let p = plan.next_request(Time(0)).unwrap();
+        assert_eq!(
+            (p.source, p.kind, p.groups),
+            (partial, RequestKind::Probe, 0..0)
+        );
+        assert_eq!(plan.next_request(Time(0)), None, "one probe, no data yet");
+        plan.handle_availability(partial, set(size, &[1]), Time(5));
+        plan.handle_probe_done(p.id, Time(5));
+        let r = plan.next_request(Time(5)).unwrap();
+        assert_eq!((r.kind, r.groups), (RequestKind::Data, 1..2));
+        // A probe answered without ranges given: taken as nothing yet, asked
+        // again a probe interval later.
+        let mut plan = DownloadPlan::new(size, [], swarm_config());
+        let partial = plan.add_partial_source();
+        let p = plan.next_request(Time(0)).unwrap();
+        plan.handle_probe_done(p.id, Time(0));
+        assert_eq!(plan.next_request(Time(0)), None);
+        assert_eq!(plan.next_wakeup(Time(0)), Some(Time(1_000)));
+        let again = plan.next_request(Time(1_000)).unwrap();
+        assert_eq!((again.source, again.kind), (partial, RequestKind::Probe));
+    }
+
+    #[test]
+    fn a_416_for_claimed_groups_drops_the_liar() {
+        let size = 4 * GROUP_LEN;
+        let mut plan = DownloadPlan::new(size, [], swarm_config());
+        let liar = plan.add_partial_source();
+        probe(&mut plan, liar, set(size, &[0]), Time(0));
+        let r = plan.next_request(Time(0)).unwrap();
+        assert_eq!(r.groups, 0..1);
+        plan.handle_request_unavailable(r.id, set(size, &[]), Time(1));
+        match plan.poll_event() {
+            Some(DownloadEvent::SourceDropped { source, reason }) => {
+                assert_eq!(source, liar);
+                assert!(reason.contains("claimed groups"), "{reason}");
+                assert!(reason.contains("did not serve"), "{reason}");
+            }
+            other => panic!("expected a drop, got {other:?}"),
+        }
+        assert_eq!(
+            plan.poll_event(),
+            None,
+            "no Cancel for the request that reported"
+        );
+        assert!(plan.is_stuck());
+        // Its group went back to the pool.
+        assert!(plan.missing.contains(0));
+        assert_eq!(plan.partial_sources, 0);
+        // So is a source that said it had the whole file.
+        let mut plan = DownloadPlan::new(size, [], swarm_config());
+        let whole = plan.add_partial_source();
+        probe(&mut plan, whole, GroupSet::full(size), Time(0));
+        assert!(!plan.is_partial(whole));
+        let r = plan.next_request(Time(0)).unwrap();
+        plan.handle_request_unavailable(r.id, set(size, &[1]), Time(1));
+        assert!(matches!(
+            plan.poll_event(),
+            Some(DownloadEvent::SourceDropped { source, .. }) if source == whole
+        ));
+    }
+
+    #[test]
+    fn a_416_for_unclaimed_groups_only_teaches_what_the_source_has() {
+        let size = 4 * GROUP_LEN;
+        let mut plan = plan_in_order(size, &[], swarm_config());
+        // Added as complete on a hit's word; it never said so itself.
+        let source = plan.add_source();
+        let r = plan.next_request(Time(0)).unwrap();
+        assert_eq!(r.groups, 0..4);
+        plan.handle_request_unavailable(r.id, set(size, &[3]), Time(1));
+        assert_eq!(plan.poll_event(), None, "not dropped");
+        assert!(plan.is_partial(source));
+        let r = plan.next_request(Time(1)).unwrap();
+        assert_eq!((r.source, r.groups), (source, 3..4));
+    }
+
+    #[test]
+    fn a_partial_source_with_nothing_useful_is_probed_again() {
+        let size = 2 * GROUP_LEN;
+        let mut plan = DownloadPlan::new(size, [], swarm_config());
+        let complete = plan.add_source();
+        let partial = plan.add_partial_source();
+        probe(&mut plan, partial, set(size, &[]), Time(0));
+        let first = plan.next_request(Time(0)).unwrap();
+        assert_eq!((first.source, first.kind), (complete, RequestKind::Data));
+        // The complete source is busy; the partial one has nothing.
+        assert_eq!(plan.next_request(Time(0)), None);
+        assert_eq!(plan.next_wakeup(Time(0)), Some(Time(1_000)));
+        assert_eq!(plan.next_request(Time(999)), None);
+        probe(&mut plan, partial, set(size, &[0, 1]), Time(1_000));
+        assert!(!plan.is_partial(partial), "it has the whole file now");
+        let r = plan.next_request(Time(1_000)).unwrap();
+        assert_eq!((r.source, r.kind), (partial, RequestKind::Data));
+        // With the complete source gone, a partial one keeps the download
+        // from being stuck.
+        let mut plan = DownloadPlan::new(size, [], swarm_config());
+        let partial = plan.add_partial_source();
+        probe(&mut plan, partial, set(size, &[]), Time(0));
+        assert_eq!(plan.next_request(Time(0)), None);
+        assert!(!plan.is_stuck());
+        assert_eq!(plan.active_sources(), 1);
+    }
+
+    #[test]
+    fn a_partial_source_helps_in_the_endgame_with_what_it_has() {
+        let size = 2 * GROUP_LEN;
+        let config = DownloadConfig {
+            swarm_groups_per_request: 2,
+            ..swarm_config()
+        };
+        let mut plan = DownloadPlan::new(size, [], config);
+        let seed = plan.add_source();
+        let partial = plan.add_partial_source();
+        probe(&mut plan, partial, set(size, &[1]), Time(0));
+        // Group 0 is the rarest; the run goes on over group 1.
+        let owned = plan.next_request(Time(0)).unwrap();
+        assert_eq!((owned.source, owned.groups.clone()), (seed, 0..2));
+        // Nothing the partial source has is missing: it helps, with group 1
+        // (it does not have group 0, the first undelivered).
+        let help = plan.next_request(Time(0)).unwrap();
+        assert_eq!((help.source, help.groups.clone()), (partial, 1..2));
+        complete(&mut plan, &help, Time(1));
+        plan.handle_group_verified(owned.id, 0, Time(2));
+        assert!(plan.is_complete());
+        assert_eq!(plan.poll_event(), Some(DownloadEvent::Cancel(owned.id)));
+        assert_eq!(plan.bytes_from(partial), GROUP_LEN);
+        assert_eq!(plan.bytes_from(seed), GROUP_LEN);
+    }
+
+    #[test]
+    fn a_complete_only_download_completes_in_runs_of_groups_per_request() {
+        let size = 64 * GROUP_LEN + 5;
+        let config = DownloadConfig {
+            requests_per_source: 1,
+            seed: 12_345,
+            ..DownloadConfig::default()
+        };
+        let mut plan = DownloadPlan::new(size, [], config);
+        plan.add_source();
+        let mut runs = Vec::new();
+        while let Some(r) = plan.next_request(Time(0)) {
+            assert_eq!(r.kind, RequestKind::Data);
+            runs.push(r.groups.clone());
+            complete(&mut plan, &r, Time(0));
+        }
+        assert!(plan.is_complete());
+        assert_eq!(plan.verified_bytes(), size);
+        let short = runs.iter().filter(|r| r.end - r.start != 16).count();
+        assert!(short <= 2, "{runs:?}");
+        // Each run follows on from the one before, wrapping once.
+        let wraps = runs.windows(2).filter(|w| w[1].start != w[0].end).count();
+        assert!(wraps <= 1, "{runs:?}");
+        assert!(plan.poll_event().is_none());
+    }
+
+    #[test]
+    fn availability_only_grows_and_counts_follow_drops() {
+        let size = 3 * GROUP_LEN;
+        let mut plan = DownloadPlan::new(size, [], swarm_config());
+        let a = plan.add_partial_source();
+        let b = plan.add_partial_source();
+        probe(&mut plan, a, set(size, &[0]), Time(0));
+        probe(&mut plan, b, set(size, &[0, 1]), Time(0));
+        // A shorter list (cut to fit a header) does not shrink what a has.
+        plan.handle_availability(a, set(size, &[1]), Time(0));
+        assert_eq!(plan.holders, vec![2, 2, 0]);
+        plan.drop_source(b, "told of by a liar".into());
+        assert_eq!(plan.holders, vec![1, 1, 0]);
+        assert!(matches!(
+            plan.poll_event(),
+            Some(DownloadEvent::SourceDropped { source, reason }) if source == b && reason.contains("liar")
+        ));
+        plan.handle_availability(a, GroupSet::full(size), Time(0));
+        assert_eq!(plan.holders, vec![0, 0, 0]);
+        assert_eq!((plan.complete_sources, plan.partial_sources), (1, 0));
+        // Back to runs of complete sources.
+        let r = plan.next_request(Time(0)).unwrap();
+        assert!(r.groups.end - r.groups.start >= 1);
+        assert_eq!(plan.sources[a].in_flight, 1);
+    }
+
+    #[test]
+    fn a_terabyte_file_with_many_partial_sources_stays_cheap() {
+        let size = MAX_DOWNLOAD_SIZE;
+        let config = DownloadConfig {
+            requests_per_source: 2,
+            ..swarm_config()
+        };
+        let mut plan = DownloadPlan::new(size, [], config);
+        let groups = group_count(size);
+        for n in 0..16u64 {
+            let source = plan.add_partial_source();
+            let request = plan.next_request(Time(0)).unwrap();
+            let mut has = GroupSet::empty(size);
+            has.insert_run(n * groups / 32..(n + 16) * groups / 32);
+            plan.handle_availability(source, has, Time(0));
+            plan.handle_probe_done(request.id, Time(0));
+        }
+        plan.add_source();
+        let mut made = 0;
+        while let Some(r) = plan.next_request(Time(0)) {
+            assert_eq!(r.kind, RequestKind::Data);
+            made += 1;
+        }
+        assert_eq!(made, 17 * 2);
+    }
+
+    #[test]
+    fn helpers_spread_over_the_groups_before_doubling_up() {
+        let config = DownloadConfig {
+            requests_per_source: 1,
+            groups_per_request: 16,
+            ..DownloadConfig::default()
+        };
+        let mut plan = plan_in_order(2 * GROUP_LEN, &[], config);
+        let slow = plan.add_source();
+        let (a, b, c) = (plan.add_source(), plan.add_source(), plan.add_source());
+        let owned = plan.next_request(Time(0)).unwrap();
+        assert_eq!((owned.source, owned.groups), (slow, 0..2));
+        let first = plan.next_request(Time(0)).unwrap();
+        let second = plan.next_request(Time(0)).unwrap();
+        let third = plan.next_request(Time(0)).unwrap();
+        assert_eq!((first.source, first.groups), (a, 1..2));
+        assert_eq!((second.source, second.groups), (b, 0..1));
+        assert_eq!((third.source, third.groups), (c, 1..2), "none left idle");
+    }
+
+    /// The plan's incremental counts, recomputed from scratch.
+    fn check_counts(plan: &DownloadPlan) {
+        let mut missing = GroupSet::empty(plan.size);
+        for (index, state) in plan.groups.iter().enumerate() {
+            if *state == Group::Missing {
+                missing.insert(index as u64);
+            }
+        }
+        assert_eq!(plan.missing, missing);
+        let active = || plan.sources.iter().filter(|s| !s.dropped);
+        assert_eq!(
+            plan.complete_sources,
+            active().filter(|s| s.has.is_complete()).count()
+        );
+        assert_eq!(
+            plan.partial_sources,
+            active().filter(|s| !s.has.is_complete()).count()
+        );
+        for (index, held) in plan.holders.iter().enumerate() {
+            let counted = active()
+                .filter(|s| s.has.set().is_some_and(|set| set.contains(index as u64)))
+                .count();
+            assert_eq!(*held as usize, counted, "group {index}");
+        }
+        for (id, source) in plan.sources.iter().enumerate() {
+            let requests = plan.requests.values().filter(|r| r.source == id).count();
+            assert_eq!(source.in_flight, requests, "source {id}");
+        }
+        for (id, r) in &plan.requests {
+            let has = &plan.sources[r.source].has;
+            for g in r.next..r.groups.end {
+                assert!(
+                    has.contains(g),
+                    "request {id} asks for group {g} its source lacks"
+                );
+                if r.helps.is_none() {
+                    let state = plan.groups[group_slot(g)];
+                    assert!(state == Group::InFlight(*id) || state == Group::Verified);
+                }
+            }
+        }
+    }
+
+    /// A swarm driven at random: partial sources that grow, one that lies,
+    /// busy answers, answers in any order. The counts stay right, no source
+    /// is asked for what it lacks, the liar is dropped, and it completes.
+    #[test]
+    fn a_random_swarm_keeps_its_counts_and_completes() {
+        for seed in 0..20u64 {
+            let mut rng = SplitMix64(seed);
+            let size = 40 * GROUP_LEN + 3;
+            let config = DownloadConfig {
+                requests_per_source: 2,
+                groups_per_request: 4,
+                swarm_groups_per_request: 2,
+                stall_timeout: Duration::from_secs(5),
+                probe_interval: Duration::from_secs(1),
+                seed,
+            };
+            let mut plan = DownloadPlan::new(size, [0, 7], config);
+            let mut truth = vec![GroupSet::full(size)];
+            plan.add_source();
+            for _ in 0..6 {
+                plan.add_partial_source();
+                let mut has = GroupSet::empty(size);
+                for _ in 0..rng.below(10) {
+                    has.insert(rng.below(40));
+                }
+                truth.push(has);
+            }
+            let liar = 6;
+            let mut pending: Vec<Request> = Vec::new();
+            let mut now = Time(0);
+            let mut liar_dropped = false;
+            for _ in 0..20_000 {
+                while let Some(r) = plan.next_request(now) {
+                    pending.push(r);
+                }
+                while let Some(event) = plan.poll_event() {
+                    match event {
+                        DownloadEvent::Cancel(id) => pending.retain(|r| r.id != id),
+                        DownloadEvent::SourceDropped { source, reason } => {
+                            assert_eq!(source, liar, "{reason}");
+                            assert!(reason.contains("claimed"), "{reason}");
+                            liar_dropped = true;
+                        }
+                    }
+                }
+                check_counts(&plan);
+                if plan.is_complete() {
+                    break;
+                }
+                assert!(!plan.is_stuck());
+                for has in truth.iter_mut().skip(1) {
+                    if rng.below(4) == 0 {
+                        has.insert(rng.below(40));
+                    }
+                }
+                if pending.is_empty() {
+                    now = plan
+                        .next_wakeup(now)
+                        .unwrap_or(now + Duration::from_millis(100));
+                    continue;
+                }
+                let r = pending.swap_remove(group_slot(rng.below(pending.len() as u64)));
+                let source = r.source;
+                let mut told = truth[source].clone();
+                if source == liar {
+                    told.insert_run(30..41);
+                }
+                let partial = source != 0;
+                match r.kind {
+                    RequestKind::Probe => {
+                        plan.handle_availability(source, told, now);
+                        plan.handle_probe_done(r.id, now);
+                    }
+                    RequestKind::Data if r.groups.clone().any(|g| !truth[source].contains(g)) => {
+                        assert_eq!(source, liar, "asked {source} for {:?}", r.groups);
+                        plan.handle_request_unavailable(r.id, truth[source].clone(), now);
+                    }
+                    RequestKind::Data if partial && rng.below(8) == 0 => {
+                        plan.handle_request_busy(r.id, Duration::from_millis(300), now);
+                    }
+                    RequestKind::Data => {
+                        if partial {
+                            plan.handle_availability(source, told, now);
+                        }
+                        for g in r.groups.clone() {
+                            plan.handle_group_verified(r.id, g, now);
+                        }
+                        plan.handle_request_done(r.id);
+                    }
+                }
+                check_counts(&plan);
+                now = now + Duration::from_millis(10);
+            }
+            assert!(plan.is_complete(), "seed {seed}");
+            assert_eq!(plan.verified_bytes(), size);
+            let from_partials: u64 = (1..7).map(|s| plan.bytes_from(s)).sum();
+            assert!(liar_dropped, "seed {seed}: its lies were asked for");
+            assert!(from_partials > 0, "seed {seed}: partial sources served");
+        }
     }
 }

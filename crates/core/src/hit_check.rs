@@ -99,6 +99,7 @@ mod tests {
             content_id: ContentId([id; 32]),
             name: name.into(),
             size,
+            available: None,
         }
     }
 

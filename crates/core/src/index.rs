@@ -24,6 +24,13 @@
 //! proportional to what is indexed. Results come back in slot order, the
 //! same for the same history: the simulator depends on that.
 //!
+//! A file still downloading (a partial source, `SharedFile::available`)
+//! keeps how much of it is there as a 16-bit share of its size in what
+//! was the record's padding: hits give it back rounded down, never above
+//! the size. A leaf publishing the same content id again updates its
+//! record (in place when only that share changed, as a download's
+//! progress does), never adds a second one.
+//!
 //! Bounds against what peers send: a name is indexed by its first
 //! [`DEFAULT_MAX_WORDS`] words (configurable; a name with more is still
 //! stored whole, but its later words find nothing); every file is charged
@@ -62,6 +69,9 @@ pub const WORD_BYTES: u64 = 8;
 /// One indexed file: 56 bytes, its name in the arena.
 #[derive(Debug, Clone)]
 struct Record {
+    /// How much of a partial file its owner has (see [`encode_partial`]):
+    /// 0 for a whole file. In what would otherwise be padding.
+    partial: u16,
     content_id: ContentId,
     size: u64,
     name_at: u32,
@@ -73,6 +83,38 @@ struct Record {
     next_same: Slot,
     /// Words of the name indexed (at most `u8::MAX`).
     words: u8,
+}
+
+// The record's size is what the index's memory estimate and its budget
+// count on: a new field must fit in the padding.
+const _: () = assert!(std::mem::size_of::<Record>() == 56);
+
+/// Steps of a partial file's share: `available` is kept as a fraction of
+/// the size in these steps.
+const PARTIAL_STEPS: u64 = u16::MAX as u64 - 1;
+
+/// `available` bytes of a file of `size` bytes as a record keeps it: 0
+/// for a whole file (`None`), else 1 + the share of the size in
+/// [`PARTIAL_STEPS`] steps, rounded down.
+fn encode_partial(available: Option<u64>, size: u64) -> u16 {
+    let Some(available) = available else {
+        return 0;
+    };
+    if size == 0 {
+        return 1;
+    }
+    let steps = u128::from(available.min(size)) * u128::from(PARTIAL_STEPS) / u128::from(size);
+    u16::try_from(steps + 1).unwrap_or(u16::MAX)
+}
+
+/// The bytes a record's `partial` stands for in a file of `size` bytes.
+/// Never more than the leaf said (nor the size): the share was rounded
+/// down, so rounding its bytes up lands at most on the bytes it came from,
+/// and exactly on them more often.
+fn decode_partial(partial: u16, size: u64) -> Option<u64> {
+    let steps = u128::from(partial.checked_sub(1)?);
+    let bytes = (steps * u128::from(size)).div_ceil(u128::from(PARTIAL_STEPS));
+    Some(u64::try_from(bytes).unwrap_or(size).min(size))
 }
 
 impl Record {
@@ -230,6 +272,9 @@ pub struct Match<'a> {
     pub name: &'a str,
     /// Its size in bytes.
     pub size: u64,
+    /// For a file still downloading, about how many bytes of it its owner
+    /// has (rounded down); `None` for a whole file.
+    pub available: Option<u64>,
 }
 
 impl Match<'_> {
@@ -239,6 +284,7 @@ impl Match<'_> {
             content_id: *self.content_id,
             name: self.name.to_owned(),
             size: self.size,
+            available: self.available,
         }
     }
 }
@@ -342,8 +388,9 @@ impl FileIndex {
     }
 
     /// Adds `file` for `owner`. Publishing the same content again replaces
-    /// the earlier entry (its name or size may have changed). Returns false
-    /// if the index is full (four billion files, or four GiB of names).
+    /// the earlier entry (its name, size or availability may have changed;
+    /// there is never a second one). Returns false if the index is full
+    /// (four billion files, or four GiB of names).
     pub fn insert(&mut self, owner: ConnId, file: SharedFile) -> bool {
         self.insert_within(owner, &file, u64::MAX).is_ok()
     }
@@ -357,7 +404,6 @@ impl FileIndex {
         file: &SharedFile,
         budget: u64,
     ) -> Result<(), Refused> {
-        self.remove(owner, &file.content_id);
         // Names are validated at the wire (255 bytes at most); cut anything
         // longer at a character boundary rather than trust it.
         let mut name = file.name.as_str();
@@ -368,6 +414,23 @@ impl FileIndex {
             }
             name = &name[..end];
         }
+        let partial = encode_partial(file.available, file.size);
+        if let Some(slot) = self.owned_slot(owner, &file.content_id) {
+            // A partial source's progress (or its completion): the same
+            // name and size, only the share changes. Updated in place, so
+            // a download's updates cost no dead records.
+            let same = self
+                .records
+                .get(slot as usize)
+                .is_some_and(|r| r.size == file.size && self.name_of(r) == name);
+            if same {
+                if let Some(record) = self.records.get_mut(slot as usize) {
+                    record.partial = partial;
+                }
+                return Ok(());
+            }
+        }
+        self.remove(owner, &file.content_id);
         let mut words = tokenize(name);
         words.truncate(self.max_words);
         let charge = file_charge(name.len(), words.len());
@@ -411,6 +474,7 @@ impl FileIndex {
             }
         };
         self.records.push(Record {
+            partial,
             content_id: file.content_id,
             size: file.size,
             name_at,
@@ -457,15 +521,17 @@ impl FileIndex {
         number
     }
 
-    /// Removes `owner`'s file with `content_id`, if it has one.
-    pub fn remove(&mut self, owner: ConnId, content_id: &ContentId) {
-        let Some((number, lowest)) = self
+    /// True if `owner` has published a file with `content_id`.
+    pub fn contains(&self, owner: ConnId, content_id: &ContentId) -> bool {
+        self.owned_slot(owner, content_id).is_some()
+    }
+
+    /// The slot of `owner`'s live record of `content_id`.
+    fn owned_slot(&self, owner: ConnId, content_id: &ContentId) -> Option<Slot> {
+        let (number, lowest) = self
             .owners
             .get(&owner)
-            .map(|o| (o.number, o.slots.first().unwrap_or(NONE)))
-        else {
-            return;
-        };
+            .map(|o| (o.number, o.slots.first().unwrap_or(NONE)))?;
         let hash = self.hash_key.hash_one(content_id);
         let mut at = self
             .by_content
@@ -477,15 +543,25 @@ impl FileIndex {
         // copies published since it joined, not at every copy.
         while let Some(record) = self.records.get(at as usize).filter(|_| at >= lowest) {
             if record.owner == number && record.content_id == *content_id {
-                let charge = record.charge();
-                self.kill(at);
-                if let Some(entry) = self.owners.get_mut(&owner) {
-                    entry.live -= 1;
-                    entry.bytes = entry.bytes.saturating_sub(charge);
-                }
-                break;
+                return Some(at);
             }
             at = record.next_same;
+        }
+        None
+    }
+
+    /// Removes `owner`'s file with `content_id`, if it has one.
+    pub fn remove(&mut self, owner: ConnId, content_id: &ContentId) {
+        if !self.owners.contains_key(&owner) {
+            return;
+        }
+        if let Some(at) = self.owned_slot(owner, content_id) {
+            let charge = self.records.get(at as usize).map_or(0, Record::charge);
+            self.kill(at);
+            if let Some(entry) = self.owners.get_mut(&owner) {
+                entry.live -= 1;
+                entry.bytes = entry.bytes.saturating_sub(charge);
+            }
         }
         self.release_owner_if_empty(owner);
         self.maybe_sweep();
@@ -669,6 +745,7 @@ impl FileIndex {
                     content_id: &record.content_id,
                     name: self.name_of(record),
                     size: record.size,
+                    available: decode_partial(record.partial, record.size),
                 })
             })
             .filter(|m| filter.content_id.is_none_or(|id| *m.content_id == id))
@@ -705,6 +782,7 @@ mod tests {
             content_id: ContentId([id; 32]),
             name: name.into(),
             size,
+            available: None,
         }
     }
 
@@ -719,6 +797,99 @@ mod tests {
     #[test]
     fn record_is_compact() {
         assert_eq!(std::mem::size_of::<Record>(), 56);
+    }
+
+    fn partial(id: u8, name: &str, size: u64, available: u64) -> SharedFile {
+        SharedFile {
+            available: Some(available),
+            ..file(id, name, size)
+        }
+    }
+
+    fn by_id(index: &FileIndex, id: u8) -> Vec<(ConnId, String, Option<u64>)> {
+        index
+            .search(&Filter::new::<&str>(&[], Some(ContentId([id; 32]))), 100)
+            .iter()
+            .map(|m| (m.owner, m.name.to_owned(), m.available))
+            .collect()
+    }
+
+    #[test]
+    fn a_partial_share_comes_back_rounded_down_never_above_the_size() {
+        for size in [0, 1, 7, 1 << 20, 10_000_019, u64::MAX / 3, u64::MAX] {
+            for available in [0, 1, size / 3, size / 2, size.saturating_sub(1), size] {
+                let kept = decode_partial(encode_partial(Some(available), size), size);
+                let kept = kept.expect("a partial file stays partial");
+                assert!(kept <= available, "{kept} > {available} of {size}");
+                // Within one step of the share.
+                assert!(
+                    available - kept <= size / PARTIAL_STEPS + 1,
+                    "{kept} too far below {available} of {size}"
+                );
+            }
+            assert_eq!(decode_partial(encode_partial(None, size), size), None);
+            // A claim above the size is kept as the size.
+            let over = decode_partial(encode_partial(Some(u64::MAX), size), size);
+            assert_eq!(over, Some(size));
+        }
+        assert_eq!(decode_partial(encode_partial(Some(50), 100), 100), Some(50));
+    }
+
+    #[test]
+    fn a_partial_file_is_found_with_about_what_it_has() {
+        let mut index = FileIndex::new();
+        index.insert(ConnId(1), file(1, "film.mkv", 1000));
+        index.insert(ConnId(2), partial(1, "film.mkv", 1000, 250));
+        let mut found = by_id(&index, 1);
+        found.sort();
+        assert_eq!(
+            found,
+            vec![
+                (ConnId(1), "film.mkv".into(), None),
+                (ConnId(2), "film.mkv".into(), Some(250)),
+            ]
+        );
+        let hit = index.search(&Filter::new(&["film"], None), 10);
+        let files: Vec<SharedFile> = hit.iter().map(Match::to_shared_file).collect();
+        assert!(files.contains(&partial(1, "film.mkv", 1000, 250)));
+        assert!(files.contains(&file(1, "film.mkv", 1000)));
+    }
+
+    #[test]
+    fn publishing_the_same_id_again_updates_the_one_record() {
+        let mut index = FileIndex::new();
+        index.insert(ConnId(1), file(9, "other.txt", 5));
+        index.insert(ConnId(2), partial(1, "film.mkv", 1000, 100));
+        let bytes = index.bytes();
+        let records = index.records.len();
+        // Progress: the same name and size, updated in place.
+        for available in [200, 600, 999] {
+            index.insert(ConnId(2), partial(1, "film.mkv", 1000, available));
+            assert_eq!(
+                by_id(&index, 1),
+                vec![(ConnId(2), "film.mkv".into(), Some(available))]
+            );
+        }
+        // Complete: no longer partial.
+        index.insert(ConnId(2), file(1, "film.mkv", 1000));
+        assert_eq!(by_id(&index, 1), vec![(ConnId(2), "film.mkv".into(), None)]);
+        assert_eq!(index.records.len(), records, "updated in place");
+        assert_eq!(index.bytes(), bytes);
+        assert_eq!((index.len(), index.owner_len(ConnId(2))), (2, 1));
+        assert!(index.contains(ConnId(2), &ContentId([1; 32])));
+        assert!(!index.contains(ConnId(1), &ContentId([1; 32])));
+        // Renamed: replaced, still one record, found by its new name only.
+        index.insert(ConnId(2), partial(1, "renamed film.mkv", 1000, 10));
+        assert_eq!(
+            by_id(&index, 1),
+            vec![(ConnId(2), "renamed film.mkv".into(), Some(10))]
+        );
+        assert_eq!((index.len(), index.owner_len(ConnId(2))), (2, 1));
+        assert!(names(&index, &Filter::new(&["film"], None)) == vec!["renamed film.mkv"]);
+        assert!(names(&index, &Filter::new(&["renamed"], None)) == vec!["renamed film.mkv"]);
+        index.remove(ConnId(2), &ContentId([1; 32]));
+        assert!(by_id(&index, 1).is_empty());
+        assert_eq!(index.len(), 1);
     }
 
     #[test]
@@ -838,6 +1009,7 @@ mod tests {
                         content_id: ContentId(id),
                         name,
                         size: 1,
+                        available: None,
                     },
                 );
             }
@@ -893,6 +1065,7 @@ mod tests {
                 content_id: ContentId(id),
                 name: format!("common word {i}"),
                 size: 100,
+                available: None,
             };
             index.insert(ConnId(1), file);
         }

@@ -516,6 +516,21 @@ impl LeafSession {
     }
 }
 
+/// The shares by content id; of two with the same id, a whole file wins
+/// over a partial one (a download of something already shared).
 fn by_id(files: Vec<SharedFile>) -> BTreeMap<ContentId, SharedFile> {
-    files.into_iter().map(|f| (f.content_id, f)).collect()
+    let mut shares = BTreeMap::new();
+    for file in files {
+        match shares.entry(file.content_id) {
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                entry.insert(file);
+            }
+            std::collections::btree_map::Entry::Occupied(mut entry) => {
+                if entry.get().available.is_some() || file.available.is_none() {
+                    entry.insert(file);
+                }
+            }
+        }
+    }
+    shares
 }

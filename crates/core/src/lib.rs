@@ -22,6 +22,9 @@
 //! - [`queue`], [`link`], [`result_filter`], [`save_name`]: the leaf
 //!   daemon's download queue, `canopy:` links, result filters and the
 //!   names files are saved under.
+//! - [`download`], [`groups`], [`mesh`]: a download's plan (which groups
+//!   to ask which source for, rarest first), the groups a source has, and
+//!   the other sources of a content a node has seen lately.
 //! - [`index`], [`posting`], [`arena`], [`tokenize`], [`dedup`], [`routes`],
 //!   [`hit_check`], [`rate`], [`backoff`]: the parts.
 
@@ -32,11 +35,13 @@ pub mod backoff;
 pub mod dedup;
 pub mod download;
 pub mod dynamic;
+pub mod groups;
 pub mod handshake;
 pub mod hit_check;
 pub mod index;
 pub mod leaf;
 pub mod link;
+pub mod mesh;
 pub mod posting;
 pub mod push_limits;
 pub mod queue;

@@ -8,6 +8,10 @@
 //! its own group and never poisons the honest one; a downloader picks the
 //! group most sources agree on ([`most_agreed`]), and the tree, which
 //! merges into the id only for the true size, settles it.
+//!
+//! A result's sources are complete and partial ones alike (a partial one
+//! is a leaf still downloading the file, serving what it has verified):
+//! each source says which it is.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -35,6 +39,12 @@ pub struct Source {
     pub addr: SocketAddr,
     /// It accepts no connections: ask it to connect out with a push.
     pub firewalled: bool,
+    /// It is still downloading the file (the hit's file said how much it
+    /// has): it serves what it has verified so far.
+    pub partial: bool,
+    /// For a partial source, about how many bytes it has verified, as its
+    /// latest hit said (`None` for a whole source).
+    pub available: Option<u64>,
 }
 
 /// One distinct content found.
@@ -111,12 +121,14 @@ impl SearchSession {
         }
         self.hits_received += 1;
         self.first_hit_at.get_or_insert(now);
-        let source = Source {
-            node_id: hit.source_node_id,
-            addr: hit.source_addr,
-            firewalled: hit.firewalled,
-        };
         for file in &hit.files {
+            let source = Source {
+                node_id: hit.source_node_id,
+                addr: hit.source_addr,
+                firewalled: hit.firewalled,
+                partial: file.available.is_some(),
+                available: file.available,
+            };
             if self.only.is_some_and(|id| id != file.content_id) {
                 continue;
             }
@@ -142,8 +154,24 @@ impl SearchSession {
                 self.revision += 1;
             }
             if let Some(result) = self.results.get_mut(&key) {
-                let known = result.sources.iter().any(|s| s.node_id == source.node_id);
-                if !known && result.sources.len() < MAX_SOURCES_PER_RESULT {
+                let known = result
+                    .sources
+                    .iter_mut()
+                    .find(|s| s.node_id == source.node_id);
+                if let Some(known) = known {
+                    // A partial source heard of again has more, or the
+                    // whole file: its download went on or finished.
+                    let more = match (known.available, source.available) {
+                        (Some(had), Some(has)) => has > had,
+                        (Some(_), None) => true,
+                        (None, _) => false,
+                    };
+                    if more {
+                        known.partial = source.partial;
+                        known.available = source.available;
+                        self.revision += 1;
+                    }
+                } else if result.sources.len() < MAX_SOURCES_PER_RESULT {
                     result.sources.push(source.clone());
                     let counts = self.name_counts.entry(key).or_default();
                     count_name(counts, &file.name);
@@ -244,6 +272,7 @@ mod tests {
                     content_id: ContentId([*id; 32]),
                     name: format!("file {id}"),
                     size: u64::from(*id),
+                    available: None,
                 })
                 .collect(),
             firewalled: false,
@@ -264,6 +293,54 @@ mod tests {
         assert_eq!(results[1].sources.len(), 1);
         assert_eq!(search.hits_received(), 3);
         assert_eq!(search.first_hit_at(), Some(Time(5)));
+    }
+
+    #[test]
+    fn sources_say_whether_they_are_partial_and_finishing_clears_it() {
+        let mut search =
+            SearchSession::new(MessageId([1; 16]), Time(0), Duration::from_secs(5), 10);
+        let mut partial = hit(1, 1, &[10]);
+        partial.files[0].available = Some(4);
+        search.handle_hit(&partial, Time(1));
+        search.handle_hit(&hit(1, 2, &[10]), Time(2));
+        let partial_of = |search: &SearchSession| -> Vec<(u8, bool, Option<u64>)> {
+            search
+                .results()
+                .flat_map(|r| {
+                    r.sources
+                        .iter()
+                        .map(|s| (s.node_id.0[0], s.partial, s.available))
+                })
+                .collect()
+        };
+        assert_eq!(
+            partial_of(&search),
+            vec![(1, true, Some(4)), (2, false, None)]
+        );
+        let revision = search.revision();
+        search.handle_hit(&partial, Time(3));
+        assert_eq!(search.revision(), revision, "nothing new");
+        // Progress is taken, never a step back.
+        partial.files[0].available = Some(7);
+        search.handle_hit(&partial, Time(3));
+        partial.files[0].available = Some(5);
+        search.handle_hit(&partial, Time(3));
+        assert_eq!(
+            partial_of(&search),
+            vec![(1, true, Some(7)), (2, false, None)]
+        );
+        assert!(search.revision() > revision);
+        search.handle_hit(&hit(1, 1, &[10]), Time(4));
+        assert_eq!(
+            partial_of(&search),
+            vec![(1, false, None), (2, false, None)]
+        );
+        // A complete source never turns partial again.
+        search.handle_hit(&partial, Time(5));
+        assert_eq!(
+            partial_of(&search),
+            vec![(1, false, None), (2, false, None)]
+        );
     }
 
     fn sized(message: u8, source: u8, id: u8, size: u64) -> QueryHit {

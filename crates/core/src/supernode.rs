@@ -1268,7 +1268,10 @@ impl Supernode {
     fn publish(&mut self, conn: ConnId, files: Vec<SharedFile>) {
         let limit = self.config.max_files_per_leaf;
         for file in files {
-            if self.index.owner_len(conn) >= limit {
+            // A file published again (a download's progress) replaces its
+            // record: only a new one counts against the limit.
+            let new = !self.index.contains(conn, &file.content_id);
+            if new && self.index.owner_len(conn) >= limit {
                 self.stats.protocol_errors += 1;
                 self.close(
                     conn,

@@ -457,6 +457,7 @@ fn hit(message_id: MessageId, source: NodeId) -> Message {
             content_id: ContentId([5; 32]),
             name: "song.mp3".into(),
             size: 4_000,
+            available: None,
         }],
         firewalled: true,
     })
@@ -573,6 +574,7 @@ fn a_leaf_waiting_for_its_probe_is_reported_firewalled() {
             content_id: ContentId([owner.0 as u8; 32]),
             name: "song.mp3".into(),
             size: 4_000,
+            available: None,
         }];
         node.core.handle_message(
             owner,

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use canopy_core::handshake::Identity;
 use canopy_core::leaf::{LeafAction, LeafSession, SearchRequest};
+use canopy_core::search::SearchResult;
 use canopy_core::supernode::{Action, Direction, Supernode, SupernodeConfig};
 use canopy_core::{ConnId, Time};
 use canopy_proto::*;
@@ -55,6 +56,7 @@ fn file(id: u8, name: &str) -> SharedFile {
         content_id: ContentId([id; 32]),
         name: name.into(),
         size: 1000 + u64::from(id),
+        available: None,
     }
 }
 
@@ -277,6 +279,18 @@ impl Net {
         (session.results().count(), session.hits_received())
     }
 
+    /// Runs a search from `leaf` and returns its results.
+    fn search_results(&mut self, leaf: usize, request: SearchRequest) -> Vec<SearchResult> {
+        self.next_conn += 1;
+        let id = MessageId([(self.next_conn % 251) as u8; 16]);
+        self.leaves[leaf]
+            .start_search(id, &request, self.now)
+            .unwrap();
+        self.drive();
+        let session = self.leaves[leaf].finish_search(&id).unwrap();
+        session.into_results()
+    }
+
     fn line(n: usize) -> Net {
         let mut net = Net::new(n, |_| {});
         for i in 1..n {
@@ -389,6 +403,93 @@ fn a_search_by_content_id_finds_every_source() {
     let mut req = request(&[], 2);
     req.content_id = Some(ContentId([7; 32]));
     assert_eq!(net.search(searcher, req), (1, 2));
+}
+
+fn partial(id: u8, name: &str, available: u64) -> SharedFile {
+    SharedFile {
+        available: Some(available),
+        ..file(id, name)
+    }
+}
+
+/// Each source of the results: (its leaf's node id, partial?).
+fn sources(results: &[SearchResult]) -> Vec<(NodeId, bool)> {
+    results
+        .iter()
+        .flat_map(|r| r.sources.iter().map(|s| (s.node_id, s.partial)))
+        .collect()
+}
+
+#[test]
+fn a_partial_source_is_indexed_found_and_replaced_when_complete() {
+    let mut net = Net::line(2);
+    let seed = net.add_leaf(0, vec![file(7, "film.mkv")]);
+    let downloader = net.add_leaf(1, vec![partial(7, "film.mkv", 100)]);
+    let searcher = net.add_leaf(0, vec![]);
+    let (seed_id, downloader_id) = (
+        node_id(1000 + seed as u32),
+        node_id(1000 + downloader as u32),
+    );
+    assert_eq!(net.supers[1].stats().index_files, 1);
+    let mut by_id = request(&[], 2);
+    by_id.content_id = Some(ContentId([7; 32]));
+    let results = net.search_results(searcher, by_id.clone());
+    assert_eq!(results.len(), 1, "one result, both kinds of source");
+    let mut found = sources(&results);
+    found.sort();
+    assert_eq!(found, vec![(seed_id, false), (downloader_id, true)]);
+    // Keywords find it too, with its progress in the hit's file.
+    let results = net.search_results(searcher, request(&["film"], 2));
+    assert_eq!(sources(&results).len(), 2);
+    // Progress updates the record; completion makes it a whole source.
+    net.leaves[downloader].set_shares(vec![partial(7, "film.mkv", 900)]);
+    net.drive();
+    net.leaves[downloader].set_shares(vec![file(7, "film.mkv")]);
+    net.drive();
+    assert_eq!(net.supers[1].stats().index_files, 1, "no second record");
+    let mut found = sources(&net.search_results(searcher, by_id.clone()));
+    found.sort();
+    assert_eq!(found, vec![(seed_id, false), (downloader_id, false)]);
+    // A partial unshared is gone.
+    net.leaves[downloader].set_shares(vec![]);
+    net.drive();
+    assert_eq!(
+        sources(&net.search_results(searcher, by_id)),
+        vec![(seed_id, false)]
+    );
+}
+
+#[test]
+fn a_whole_file_wins_over_a_partial_one_of_the_same_id() {
+    let mut net = Net::line(1);
+    let leaf = net.add_leaf(0, vec![file(7, "film.mkv"), partial(7, "film.mkv", 5)]);
+    let searcher = net.add_leaf(0, vec![]);
+    let mut by_id = request(&[], 1);
+    by_id.content_id = Some(ContentId([7; 32]));
+    let leaf_id = node_id(1000 + leaf as u32);
+    assert_eq!(
+        sources(&net.search_results(searcher, by_id.clone())),
+        vec![(leaf_id, false)]
+    );
+    net.leaves[leaf].set_shares(vec![partial(7, "film.mkv", 5), file(7, "film.mkv")]);
+    net.drive();
+    assert_eq!(
+        sources(&net.search_results(searcher, by_id)),
+        vec![(leaf_id, false)]
+    );
+}
+
+#[test]
+fn a_leaf_at_its_file_limit_may_still_update_a_partial_file() {
+    let mut net = Net::new(1, |c| c.max_files_per_leaf = 2);
+    let leaf = net.add_leaf(0, vec![file(1, "one"), partial(2, "two", 10)]);
+    for available in [20, 30, 40] {
+        net.leaves[leaf].set_shares(vec![file(1, "one"), partial(2, "two", available)]);
+        net.drive();
+    }
+    assert_eq!(net.supers[0].stats().index_files, 2);
+    assert_eq!(net.supers[0].stats().leaves, 1, "not refused");
+    assert_eq!(last_close(&net), None);
 }
 
 /// The reason of the last Bye sent by anyone.

@@ -44,6 +44,7 @@ fn file(n: u32, name: &str, size: u64) -> SharedFile {
         content_id: ContentId(id),
         name: name.into(),
         size,
+        available: None,
     }
 }
 

@@ -88,6 +88,10 @@ pub(crate) struct FetchJob {
     pub(crate) progress: ProgressFn,
     /// Stops the fetch, keeping what is verified (a pause).
     pub(crate) cancel: CancellationToken,
+    /// The finished file will be shared ([`finish_sharing`] is called
+    /// with `share` true): served from where it lands at once, its partial
+    /// file published until then.
+    pub(crate) share_when_done: bool,
 }
 
 impl std::fmt::Debug for FetchJob {
@@ -185,6 +189,7 @@ async fn fetch_inner(leaf: &LeafHandle, job: FetchJob) -> Result<Fetched, FetchE
     request.cancel = job.cancel.clone();
     request.search_timeout = SOURCE_SEARCH_TIMEOUT;
     request.ttl = SEARCH_TTL;
+    request.share_when_done = job.share_when_done;
     let progress = job.progress.clone();
     request.progress = Some(Arc::new(move |p: &fetch::FetchProgress| {
         progress(&FetchProgress {
@@ -247,6 +252,32 @@ pub(crate) async fn share_file(leaf: &LeafHandle, path: &Path) {
     if let Err(error) = leaf.share_file(path.to_owned()).await {
         tracing::warn!(path = %path.display(), %error, "cannot share the download");
     }
+}
+
+/// After a download of `id` to `path` ended (however it ended): shares the
+/// file if `share`, then stops publishing the download's partial file (so
+/// a shared one goes from partial to whole with no gap). A file not shared
+/// after all (its folder was unshared meanwhile) is no longer served.
+pub(crate) async fn finish_sharing(
+    leaf: &LeafHandle,
+    id: ContentId,
+    path: Option<&Path>,
+    share: bool,
+) {
+    match path {
+        Some(path) if share => share_file(leaf, path).await,
+        // The download served it from there once it was complete.
+        Some(path)
+            if leaf
+                .catalog()
+                .get(&id)
+                .is_some_and(|entry| entry.path == path) =>
+        {
+            leaf.catalog().remove(&id);
+        }
+        _ => {}
+    }
+    leaf.unshare_partial(id).await;
 }
 
 /// The shared folders and what they hold.

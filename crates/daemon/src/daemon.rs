@@ -461,6 +461,8 @@ impl Daemon {
                     target: self.target_fn(id, entry.name.clone(), entry.path.clone()),
                     progress: self.progress_fn(id),
                     cancel: cancel.clone(),
+                    // Saved in the downloads folder: shared when it is.
+                    share_when_done: self.is_shared_folder(&self.downloads_dir),
                 };
                 backend::fetch(&self.leaf, job).await
             }
@@ -515,11 +517,10 @@ impl Daemon {
             }
         }
         self.queue_changed();
-        if let Some(path) = finished_path {
-            if self.is_shared_folder(&path) {
-                backend::share_file(&self.leaf, &path).await;
-            }
-        }
+        let share = finished_path
+            .as_deref()
+            .is_some_and(|path| self.is_shared_folder(path));
+        backend::finish_sharing(&self.leaf, id, finished_path.as_deref(), share).await;
     }
 
     /// True if `path` is inside a folder shared now (the downloads folder

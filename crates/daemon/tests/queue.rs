@@ -729,6 +729,92 @@ async fn a_finished_download_is_shared_at_once() {
     handle.shutdown().await;
 }
 
+/// The sources a content-id search from `observer` finds for `id` that
+/// are leaf `node`: (partial?) each.
+async fn seen_as(observer: &LeafHandle, id: ContentId, node: canopy_proto::NodeId) -> Vec<bool> {
+    let request = canopy_core::leaf::SearchRequest::content(id, 4, Duration::from_millis(300));
+    let outcome = observer.search(request).await.unwrap();
+    outcome
+        .results
+        .iter()
+        .flat_map(|r| r.sources.iter())
+        .filter(|s| s.node_id == node)
+        .map(|s| s.partial)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_download_is_a_partial_source_while_it_runs_and_a_whole_one_after() {
+    let world = World::new().await;
+    let (id, _) = world.share("slow.iso", 4 << 20, 43);
+    let mut sharer = overlay::leaf_options(&world.supernode, Some(&world.shared));
+    sharer.upload_limit = canopy_transfer::bandwidth::RateLimit::new(1 << 20);
+    let _sharer = overlay::start_leaf(sharer).await;
+    let observer = overlay::start_leaf(LeafOptions::new(world.supernode.local_addr())).await;
+    let handle = world.daemon().await;
+    let daemon = handle.control();
+    let node = handle.leaf().node_id();
+    daemon.add_download(add(id)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + 3 * PATIENCE;
+    while seen_as(&observer, id, node).await != [true] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never a partial source"
+        );
+    }
+    wait_for(&daemon, id, "done", state_is(DownloadState::Done)).await;
+    while seen_as(&observer, id, node).await != [false] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never a whole source"
+        );
+    }
+    let shared = handle.leaf().catalog().get(&id).unwrap();
+    assert_eq!(shared.path, world.downloads.join("slow.iso"));
+    assert!(handle.leaf().catalog().get_partial(&id).is_none());
+    world
+        .supernode
+        .wait_for(PATIENCE, |s| s.index_files == 2)
+        .await
+        .expect("one record for the sharer, one for the daemon");
+    drop(daemon);
+    handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_download_not_shared_after_is_withdrawn_and_not_served() {
+    let world = World::new().await;
+    let (id, _) = world.share("private.iso", 3 << 20, 44);
+    let mut sharer = overlay::leaf_options(&world.supernode, Some(&world.shared));
+    sharer.upload_limit = canopy_transfer::bandwidth::RateLimit::new(1 << 20);
+    let _sharer = overlay::start_leaf(sharer).await;
+    let mut options = world.options();
+    options.share_downloads = false;
+    let handle = world.daemon_with(options).await;
+    let daemon = handle.control();
+    daemon.add_download(add(id)).await.unwrap();
+    // A partial source while it runs, shared or not.
+    world
+        .supernode
+        .wait_for(3 * PATIENCE, |s| s.index_files == 2)
+        .await
+        .expect("published as a partial source");
+    wait_for(&daemon, id, "done", state_is(DownloadState::Done)).await;
+    world
+        .supernode
+        .wait_for(PATIENCE, |s| s.index_files == 1)
+        .await
+        .expect("only the sharer's file");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while handle.leaf().catalog().get_partial(&id).is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "still served");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(handle.leaf().catalog().get(&id).is_none());
+    drop(daemon);
+    handle.shutdown().await;
+}
+
 #[tokio::test]
 async fn only_the_latest_32_searches_are_kept() {
     let world = World::new().await;

@@ -303,6 +303,7 @@ impl Workload {
             content_id: ContentId(id),
             name,
             size,
+            available: None,
         };
         (file, words)
     }

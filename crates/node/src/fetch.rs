@@ -14,10 +14,24 @@
 //! (its BLAKE3 is the id: nothing to do) or an error, and the lock on the
 //! partial file is taken, so a second fetch of the id into the same folder
 //! fails at once.
+//!
+//! Every downloader is a source: the download serves what it has verified
+//! through the leaf's file server while it runs (a [`Swarm`]: the leaf's
+//! catalog and download mesh, its announced port sent as `X-Listen`,
+//! alternates dialled through the leaf's download limit), and the fetch
+//! publishes it to the supernodes as a partial file
+//! ([`LeafHandle::share_partial`], under the name it will be saved as)
+//! from the first verified group, then at most every
+//! [`PARTIAL_UPDATE_INTERVAL`] or each tenth of the file. Hits say which
+//! sources are partial. When it ends: if the caller will share the
+//! finished file ([`FetchRequest::share_when_done`]) it is served from
+//! the target at once and the caller shares it, then unpublishes the
+//! partial; otherwise (and on failure or cancel) the fetch unpublishes it.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,17 +39,17 @@ use canopy_core::download::DownloadConfig;
 use canopy_core::leaf::SearchRequest;
 use canopy_core::save_name::safe_file_name;
 use canopy_core::search::{MAX_SOURCES_PER_RESULT, SearchResult, Source, most_agreed};
-use canopy_proto::{ContentId, NodeId};
+use canopy_proto::{ContentId, NodeId, SharedFile};
 use canopy_transfer::bandwidth::ThrottledConnector;
 use canopy_transfer::client::{Connector, DirectConnector};
 use canopy_transfer::download::{
     self, DownloadControl, DownloadError, DownloadOptions, DownloadReport, DownloadSource,
-    MAX_SOURCES, Progress,
+    MAX_SOURCES, Progress, Swarm,
 };
 use canopy_transfer::partial_lock::PartialLock;
 use canopy_transfer::push::{CallbackListener, PushConnector, PushRequester};
 use rand::seq::SliceRandom;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -51,6 +65,9 @@ const PUSH_TIMEOUT: Duration = Duration::from_secs(15);
 pub const REASK_INTERVAL: Duration = Duration::from_secs(20);
 /// Below this many sources, a running download keeps asking for more.
 pub const FEW_SOURCES: usize = 8;
+/// A running download's partial file is published again at most this
+/// often, unless it grew by a tenth of the file since.
+pub const PARTIAL_UPDATE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Where to save.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +124,13 @@ pub struct FetchRequest {
     pub search_timeout: Duration,
     /// How far the searches may travel.
     pub ttl: u8,
+    /// The caller shares the finished file ([`LeafHandle::share_file`])
+    /// and then unpublishes the partial
+    /// ([`LeafHandle::unshare_partial`]): the download serves the file
+    /// from the target the moment it is complete, so it is never
+    /// unavailable in between, and its partial file stays published
+    /// until then. If false, the fetch unpublishes it when done.
+    pub share_when_done: bool,
 }
 
 impl std::fmt::Debug for FetchRequest {
@@ -135,6 +159,7 @@ impl FetchRequest {
             cancel: CancellationToken::new(),
             search_timeout: Duration::from_secs(5),
             ttl: canopy_core::supernode::DEFAULT_TTL_CAP,
+            share_when_done: false,
         }
     }
 }
@@ -169,6 +194,7 @@ pub async fn fetch(leaf: &LeafHandle, request: FetchRequest) -> Result<DownloadR
 
     let tracker = TaskTracker::new();
     let shutdown = CancellationToken::new();
+    let published = PublishedPartial::default();
     let mut finder = Finder::new(leaf, &request);
     let outcome = async {
         finder.ask().await?;
@@ -213,6 +239,7 @@ pub async fn fetch(leaf: &LeafHandle, request: FetchRequest) -> Result<DownloadR
                 size: group.size,
                 target,
                 report: &report,
+                published: &published,
             };
             match attempt.run(&mut finder, &mut callback, lock).await {
                 Err(NodeError::Download(
@@ -222,6 +249,8 @@ pub async fn fetch(leaf: &LeafHandle, request: FetchRequest) -> Result<DownloadR
                         size = group.size,
                         "every source of this size failed; trying another size"
                     );
+                    // Not a source of this size any more.
+                    published.withdraw(leaf, id).await;
                 }
                 Err(error) => return Err(error),
                 Ok(mut done) => {
@@ -235,7 +264,69 @@ pub async fn fetch(leaf: &LeafHandle, request: FetchRequest) -> Result<DownloadR
     .await;
     shutdown.cancel();
     tracker.close();
+    // Done and shared by the caller: it unpublishes the partial once the
+    // whole file is published. Otherwise it goes now.
+    let shared_by_caller =
+        request.share_when_done && outcome.as_ref().is_ok_and(|done| !done.already_present);
+    if !shared_by_caller {
+        published.withdraw(leaf, id).await;
+    }
     outcome
+}
+
+/// Whether this fetch published a partial file (so that only then does it
+/// unpublish one: a fetch refused for the lock must not withdraw the
+/// partial of the fetch holding it).
+#[derive(Debug, Default)]
+struct PublishedPartial(AtomicBool);
+
+impl PublishedPartial {
+    async fn publish(&self, leaf: &LeafHandle, file: SharedFile) {
+        self.0.store(true, Ordering::Relaxed);
+        leaf.share_partial(file).await;
+    }
+
+    async fn withdraw(&self, leaf: &LeafHandle, id: ContentId) {
+        if self.0.swap(false, Ordering::Relaxed) {
+            leaf.unshare_partial(id).await;
+        }
+    }
+}
+
+/// When a running download's partial file is published again: at the
+/// first verified bytes, then at most every [`PARTIAL_UPDATE_INTERVAL`],
+/// sooner when it grew by a tenth of the file.
+#[derive(Debug)]
+struct PartialSchedule {
+    size: u64,
+    /// When and at how many bytes it was last published.
+    last: Option<(tokio::time::Instant, u64)>,
+}
+
+impl PartialSchedule {
+    fn new(size: u64) -> Self {
+        Self { size, last: None }
+    }
+
+    /// When to publish `verified` bytes: `None` if there is nothing new.
+    fn due(&self, verified: u64) -> Option<tokio::time::Instant> {
+        if verified == 0 {
+            return None;
+        }
+        let now = tokio::time::Instant::now();
+        match self.last {
+            None => Some(now),
+            Some((_, bytes)) if verified <= bytes => None,
+            Some((_, bytes)) if verified - bytes >= self.size / 10 || verified >= self.size => {
+                Some(now)
+            }
+            Some((at, _)) => Some(at + PARTIAL_UPDATE_INTERVAL),
+        }
+    }
+
+    fn published(&mut self, verified: u64) {
+        self.last = Some((tokio::time::Instant::now(), verified));
+    }
 }
 
 /// The folder a file target lives in.
@@ -388,9 +479,22 @@ impl<'a> Finder<'a> {
         match self.found.iter_mut().find(|r| r.size == result.size) {
             Some(known) => {
                 for source in result.sources {
-                    let new = !known.sources.iter().any(|s| s.node_id == source.node_id);
-                    if new && known.sources.len() < MAX_SOURCES_PER_RESULT {
-                        known.sources.push(source);
+                    let full = known.sources.len() >= MAX_SOURCES_PER_RESULT;
+                    match known
+                        .sources
+                        .iter_mut()
+                        .find(|s| s.node_id == source.node_id)
+                    {
+                        // A partial source heard of with more, or whole.
+                        Some(had)
+                            if had.partial
+                                && (!source.partial || source.available > had.available) =>
+                        {
+                            *had = source;
+                        }
+                        Some(_) => {}
+                        None if !full => known.sources.push(source),
+                        None => {}
                     }
                 }
                 known.name = result.name;
@@ -501,6 +605,8 @@ impl<'a> Callback<'a> {
             return Ok(DownloadSource {
                 label: source.addr.to_string(),
                 connector: Arc::new(ThrottledConnector::new(direct, limit)),
+                partial: source.partial,
+                addr: Some(source.addr),
             });
         }
         let listener = self.listener().await?;
@@ -525,7 +631,27 @@ impl<'a> Callback<'a> {
         Ok(DownloadSource {
             label: format!("{} (push)", source.addr),
             connector,
+            partial: source.partial,
+            addr: None,
         })
+    }
+}
+
+/// Serving and meshing while `leaf` downloads: its catalog serves the
+/// partial, its server's mesh is shared, its announced port (if it
+/// accepts connections) goes out as `X-Listen`, and alternates are dialled
+/// through its download limit.
+fn swarm(leaf: &LeafHandle, serve_when_done: bool) -> Swarm {
+    let limit = leaf.download_limit().clone();
+    Swarm {
+        catalog: leaf.catalog().clone(),
+        mesh: leaf.server().mesh().clone(),
+        listen_port: leaf.announced_addr().map(|addr| addr.port()),
+        connect: Arc::new(move |addr: SocketAddr| -> Arc<dyn Connector> {
+            let direct = Arc::new(DirectConnector::new(addr, DIAL_TIMEOUT));
+            Arc::new(ThrottledConnector::new(direct, limit.clone()))
+        }),
+        serve_when_done,
     }
 }
 
@@ -535,6 +661,7 @@ struct Attempt<'r> {
     size: u64,
     target: PathBuf,
     report: &'r Arc<Reporter>,
+    published: &'r PublishedPartial,
 }
 
 impl Attempt<'_> {
@@ -550,6 +677,7 @@ impl Attempt<'_> {
         let mut fed: HashSet<NodeId> = HashSet::new();
         let starving = Arc::new(Notify::new());
         let reporter = self.report.clone();
+        let (verified_tx, mut verified) = watch::channel(0u64);
         let options = DownloadOptions {
             content_id: id,
             size: self.size,
@@ -557,6 +685,11 @@ impl Attempt<'_> {
             force: self.request.force,
             config: self.request.config.clone(),
             progress: Some(Arc::new(move |p: Progress| {
+                verified_tx.send_if_modified(|bytes| {
+                    let grew = p.verified_bytes > *bytes;
+                    *bytes = (*bytes).max(p.verified_bytes);
+                    grew
+                });
                 reporter.update(|state| {
                     state.verified_bytes = p.verified_bytes;
                     state.known_sources = p.known_sources;
@@ -564,11 +697,25 @@ impl Attempt<'_> {
                 });
             })),
         };
+        let leaf = finder.leaf;
         let control = DownloadControl {
             cancel: self.request.cancel.clone(),
             lock: Some(lock),
             starving: Some(starving.clone()),
+            swarm: Some(swarm(leaf, self.request.share_when_done)),
         };
+        // Published under the name it is saved as.
+        let partial_file = SharedFile {
+            content_id: id,
+            name: self
+                .target
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| safe_file_name("", &id)),
+            size: self.size,
+            available: None,
+        };
+        let mut schedule = PartialSchedule::new(self.size);
         let download = download::download_live(sources, options, control);
         tokio::pin!(download);
         // The first batch in random order: no source is first by where its
@@ -582,8 +729,20 @@ impl Attempt<'_> {
         // it finds nobody new.
         let mut starved_at: Option<usize> = None;
         loop {
+            let due = schedule.due(*verified.borrow());
             tokio::select! {
                 done = &mut download => return done.map_err(NodeError::from),
+                () = sleep_until_some(due) => {
+                    let available = *verified.borrow();
+                    schedule.published(available);
+                    let file = SharedFile {
+                        available: Some(available),
+                        ..partial_file.clone()
+                    };
+                    self.published.publish(leaf, file).await;
+                }
+                // Only wakes the loop: the schedule reads the value.
+                Ok(()) = verified.changed() => {}
                 () = finder.next(), if feed.is_some() => {
                     let known = finder.sources_of(self.size);
                     self.feed(&known, &mut feed, &mut fed, callback).await?;
@@ -612,7 +771,8 @@ impl Attempt<'_> {
         }
     }
 
-    /// Feeds the sources of `known` not fed yet.
+    /// Feeds the sources of `known` not fed yet (a partial one says so, so
+    /// the download asks what it has first).
     async fn feed(
         &self,
         known: &[Source],
@@ -634,5 +794,13 @@ impl Attempt<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

@@ -1,7 +1,9 @@
 //! `canopy get` without a running leaf: a short-lived leaf joins the
 //! supernode and [`crate::fetch::fetch`] does the rest (the download starts
 //! on the first source that answers; see there). The report's times count
-//! from the start, joining the supernode included.
+//! from the start, joining the supernode included. While it runs, the
+//! leaf serves what it has verified to other downloaders (on
+//! [`GetOptions::listen`]), like any downloading leaf.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +47,10 @@ pub struct GetOptions {
     pub progress: Option<FetchProgressFn>,
     /// Stops the download, keeping the partial (a pause).
     pub cancel: CancellationToken,
+    /// Where the short-lived leaf serves what it has verified so far to
+    /// other downloaders while it runs (port 0: any); `None` serves
+    /// nothing (other downloaders can't reach it).
+    pub listen: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for GetOptions {
@@ -72,6 +78,7 @@ impl GetOptions {
             config: DownloadConfig::default(),
             progress: None,
             cancel: CancellationToken::new(),
+            listen: Some(SocketAddr::from(([0, 0, 0, 0], 0))),
         }
     }
 
@@ -114,6 +121,9 @@ pub async fn get(options: GetOptions) -> Result<DownloadReport, NodeError> {
         cancel: options.cancel.clone(),
         search_timeout: options.search_timeout,
         ttl: options.ttl,
+        // The short-lived leaf stops when the download ends: nothing to
+        // share it from.
+        share_when_done: false,
     };
     let started = Instant::now();
     let first = *options
@@ -122,6 +132,9 @@ pub async fn get(options: GetOptions) -> Result<DownloadReport, NodeError> {
         .ok_or_else(|| NodeError::NotConnected("no supernode to ask".into()))?;
     let mut leaf_options = LeafOptions::new(first);
     leaf_options.supernodes.clone_from(&options.supernodes);
+    // Every downloader is a source: what it has verified is served while
+    // it runs (the fetch publishes it as a partial file).
+    leaf_options.listen = options.listen;
     let leaf = leaf::start(leaf_options).await?;
     let outcome = async {
         leaf.wait_connected(JOIN_TIMEOUT).await?;

@@ -64,6 +64,7 @@ fn long_fetch(id: ContentId, dir: &Path) -> (FetchRequest, watch::Receiver<Fetch
         requests_per_source: 1,
         groups_per_request: 1,
         stall_timeout: Duration::from_secs(2),
+        ..DownloadConfig::default()
     };
     let (tx, rx) = watch::channel(FetchProgress::default());
     request.progress = Some(Arc::new(move |p: &FetchProgress| {
@@ -175,6 +176,7 @@ async fn a_source_that_appears_during_the_download_is_used() {
         content_id: id,
         name: "late.bin".into(),
         size: data.len() as u64,
+        available: None,
     };
     let _stalling_leaf = announce(&at, stalling.addr, file).await;
     wait_indexed(&at, 1).await;
@@ -222,6 +224,7 @@ async fn a_cancelled_fetch_keeps_its_partial_and_the_next_resumes_from_it() {
         content_id: id,
         name: "paused.bin".into(),
         size: data.len() as u64,
+        available: None,
     };
     let stalling_leaf = announce(&at, stalling.addr, file).await;
     wait_indexed(&at, 1).await;

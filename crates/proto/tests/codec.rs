@@ -25,6 +25,7 @@ fn sample_messages() -> Vec<Message> {
         content_id: ContentId([7; 32]),
         name: "Sommerlied – Ärger.flac".into(),
         size: 123_456,
+        available: None,
     };
     let hello = Hello {
         protocol_version: 1,
@@ -60,7 +61,15 @@ fn sample_messages() -> Vec<Message> {
             files: vec![file.clone(); 3],
         },
         Message::FileDelta {
-            added: vec![file.clone()],
+            added: vec![
+                file.clone(),
+                SharedFile {
+                    content_id: ContentId([8; 32]),
+                    name: "half.iso".into(),
+                    size: 10 << 20,
+                    available: Some(5 << 20),
+                },
+            ],
             removed: vec![ContentId([9; 32])],
         },
         Message::Query(Query {
@@ -269,6 +278,7 @@ fn path_like_file_names_are_refused() {
                 content_id: vec![1; 32],
                 name: name.to_string(),
                 size: 1,
+                available: None,
             }],
         };
         let envelope = wire::Envelope {
@@ -276,6 +286,39 @@ fn path_like_file_names_are_refused() {
         };
         assert_eq!(invalid_field(envelope), "file_list.files", "name {name:?}");
     }
+}
+
+#[test]
+fn available_above_the_size_is_refused_and_named() {
+    let file = |available| wire::SharedFile {
+        content_id: vec![1; 32],
+        name: "half.iso".into(),
+        size: 100,
+        available,
+    };
+    let delta = |available| wire::Envelope {
+        body: Some(wire::envelope::Body::FileDelta(wire::FileDelta {
+            added: vec![file(available)],
+            removed: Vec::new(),
+        })),
+    };
+    assert_eq!(
+        invalid_field(delta(Some(101))),
+        "file_delta.added.available"
+    );
+    for available in [None, Some(0), Some(100)] {
+        match decode_envelope(delta(available)).unwrap() {
+            Some(Message::FileDelta { added, .. }) => assert_eq!(added[0].available, available),
+            other => panic!("expected a delta, got {other:?}"),
+        }
+    }
+    let list = wire::Envelope {
+        body: Some(wire::envelope::Body::FileList(wire::FileList {
+            replace: true,
+            files: vec![file(Some(u64::MAX))],
+        })),
+    };
+    assert_eq!(invalid_field(list), "file_list.files.available");
 }
 
 #[test]

@@ -252,6 +252,7 @@ fn local_file(candidate: Candidate, hash: FileHash) -> LocalFile {
             content_id: hash.id,
             name: candidate.name,
             size: candidate.size,
+            available: None,
         },
         tree: hash.tree,
     }

@@ -162,6 +162,7 @@ fn content_file(k: usize) -> SharedFile {
         content_id: content_id(k),
         name: format!("item{k} track.ogg"),
         size: 1000 + k as u64,
+        available: None,
     }
 }
 

@@ -7,6 +7,13 @@
 //! A concurrent map (`dashmap`): the server reads it per request, the
 //! leaf's rescans replace it, and a finished download adds its file at
 //! once, without any of them waiting on a table-wide lock.
+//!
+//! Downloads still running are served too, from a second map of partial
+//! entries ([`PartialEntry`], see [`crate::partial`]). The two are kept
+//! apart: a rescan's [`Catalog::replace`] never touches a partial entry,
+//! and the server looks up a complete entry first, then a partial one, so
+//! a finished download inserted as complete before its partial entry goes
+//! is served without a gap.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +21,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use canopy_proto::ContentId;
 use dashmap::DashMap;
+
+pub use crate::partial::PartialEntry;
 
 /// A served file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +41,7 @@ pub struct CatalogEntry {
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     entries: Arc<DashMap<ContentId, CatalogEntry>>,
+    partials: Arc<DashMap<ContentId, PartialEntry>>,
 }
 
 impl Catalog {
@@ -40,9 +50,10 @@ impl Catalog {
         Self::default()
     }
 
-    /// Replaces everything with `entries`: ids no longer in `entries` are
-    /// removed, the others inserted or updated. A reader sees each id
-    /// either before or after, never missing while it stays shared.
+    /// Replaces every complete entry with `entries`: ids no longer in
+    /// `entries` are removed, the others inserted or updated. A reader sees
+    /// each id either before or after, never missing while it stays
+    /// shared. Partial entries are left alone.
     pub fn replace(&self, entries: impl IntoIterator<Item = (ContentId, CatalogEntry)>) {
         let fresh: std::collections::HashMap<_, _> = entries.into_iter().collect();
         self.entries.retain(|id, _| fresh.contains_key(id));
@@ -80,6 +91,33 @@ impl Catalog {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+
+    /// Serves the download behind `entry` as `id` while it runs (replacing
+    /// any partial entry of `id`).
+    pub fn insert_partial(&self, id: ContentId, entry: PartialEntry) {
+        self.partials.insert(id, entry);
+    }
+
+    /// Stops serving the download of `id`; returns its entry, if served.
+    pub fn remove_partial(&self, id: &ContentId) -> Option<PartialEntry> {
+        self.partials.remove(id).map(|(_, entry)| entry)
+    }
+
+    /// The download of `id`, if served. Its `have` is shared with the
+    /// download: it keeps growing after this returns.
+    pub fn get_partial(&self, id: &ContentId) -> Option<PartialEntry> {
+        self.partials.get(id).map(|entry| entry.value().clone())
+    }
+
+    /// The ids of the downloads served.
+    pub fn partial_ids(&self) -> Vec<ContentId> {
+        self.partials.iter().map(|entry| *entry.key()).collect()
+    }
+
+    /// True when `id` is served, complete or partial.
+    pub fn serves(&self, id: &ContentId) -> bool {
+        self.entries.contains_key(id) || self.partials.contains_key(id)
+    }
 }
 
 #[cfg(test)]
@@ -108,5 +146,31 @@ mod tests {
         assert!(!catalog.contains(&a));
         assert_eq!(catalog.get(&c), Some(entry("c")));
         assert_eq!(catalog.len(), 1);
+    }
+
+    #[test]
+    fn partial_entries_are_apart_and_survive_replace() {
+        let catalog = Catalog::new();
+        let (a, b) = (ContentId([1; 32]), ContentId([2; 32]));
+        let partial = PartialEntry::new(PathBuf::from(".canopy-a.partial"), 10, Bytes::new());
+        catalog.insert_partial(a, partial.clone());
+        assert!(catalog.get(&a).is_none());
+        assert!(!catalog.contains(&a));
+        assert!(catalog.serves(&a));
+        assert!(catalog.is_empty());
+        catalog.replace([(b, entry("b"))]);
+        assert_eq!(catalog.partial_ids(), vec![a]);
+        // The entry returned shares `have` with the one inserted.
+        partial.add_group(0);
+        assert!(catalog.get_partial(&a).unwrap().is_complete());
+        catalog.replace([]);
+        assert!(catalog.get_partial(&a).is_some());
+        assert_eq!(
+            catalog.remove_partial(&a).map(|entry| entry.path),
+            Some(PathBuf::from(".canopy-a.partial"))
+        );
+        assert!(catalog.remove_partial(&a).is_none());
+        assert!(!catalog.serves(&a));
+        assert!(catalog.partial_ids().is_empty());
     }
 }

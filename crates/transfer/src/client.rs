@@ -1,5 +1,6 @@
 //! The downloader's side of HTTP: how to reach a source (directly, or by
-//! push) and how to ask it for a range.
+//! push) and how to ask it for a range (`GET`) or for what it has
+//! (`HEAD`), saying where this node serves (`X-Listen`).
 
 use std::fmt;
 use std::future::Future;
@@ -8,13 +9,15 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderValue, Method, Request, Response, header};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+
+use crate::mesh::LISTEN;
 
 /// A byte stream to a source: a TCP connection, possibly wrapped (by a
 /// rate limit, say).
@@ -105,17 +108,37 @@ impl HttpConn {
         path: &str,
         range: Option<(u64, u64)>,
     ) -> Result<Response<Incoming>, ClientError> {
+        self.request(Method::GET, path, range, None).await
+    }
+
+    /// `method path` (`GET`, or `HEAD` to ask for headers only), with an
+    /// inclusive byte range if given, and `X-Listen: <port>` if
+    /// `listen_port` says where this node serves HTTP itself (the source
+    /// then tells other downloaders of it).
+    pub async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        range: Option<(u64, u64)>,
+        listen_port: Option<u16>,
+    ) -> Result<Response<Incoming>, ClientError> {
         self.sender.ready().await?;
-        let mut request = Request::get(path).body(Empty::new()).map_err(|e| {
-            ClientError::Connect(std::io::Error::other(format!("bad request: {e}")))
-        })?;
-        request
-            .headers_mut()
-            .insert(header::HOST, HeaderValue::from_static("canopy"));
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Empty::new())
+            .map_err(|e| {
+                ClientError::Connect(std::io::Error::other(format!("bad request: {e}")))
+            })?;
+        let headers = request.headers_mut();
+        headers.insert(header::HOST, HeaderValue::from_static("canopy"));
         if let Some((first, last)) = range {
             if let Ok(value) = HeaderValue::from_str(&format!("bytes={first}-{last}")) {
-                request.headers_mut().insert(header::RANGE, value);
+                headers.insert(header::RANGE, value);
             }
+        }
+        if let Some(port) = listen_port {
+            headers.insert(LISTEN, HeaderValue::from(port));
         }
         Ok(self.sender.send_request(request).await?)
     }

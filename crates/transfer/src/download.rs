@@ -30,15 +30,45 @@
 //! keeping the partial and state files (a pause: the next run resumes).
 //! One download of an id into a folder at a time: see [`crate::partial_lock`].
 //!
-//! When every group is verified the partial file is synced and moved to the
-//! target without replacing anything there (a hard link, which fails if the
-//! name exists, then the partial is removed; `--force` renames over it),
-//! and the state removed. If the download is interrupted (Ctrl-C,
-//! `kill -9`, power loss), the next run finds the state, checks every group
-//! already in the partial file against the tree, keeps those that verify,
-//! and fetches only the rest.
+//! Partial sources and the mesh (with a [`Swarm`] in the control): a source
+//! may have part of the file only (a downloader itself). The plan asks it
+//! first what it has (a `HEAD`, answered with `X-Available-Ranges`), and
+//! every response's ranges update that (a partial source's response
+//! without them: it has the whole file now); a 416 for a data request
+//! says what it has instead, and if it had claimed those groups it lied
+//! and is dropped. A partial source that answers a probe with 404 (an
+//! alternate told of before it had a group) is asked again each probe
+//! interval, for up to a minute.
+//!
+//! Every request says where this node serves (`X-Listen`); every
+//! response's `X-Alt` alternates become new partial sources (up to
+//! [`MAX_SOURCES`] in all, none twice by address), each remembering which
+//! source told of it: when a source is dropped for lying (bad bytes, or a
+//! 416 for what it claimed), the alternates it told of that have delivered
+//! nothing go with it. A direct source that delivers a verified group goes
+//! in the node's mesh (which the server tells other downloaders of); a
+//! liar, its alternates and a source that cannot be reached go out.
+//!
+//! The download is served while it runs: from its first verified and
+//! written group (at once for groups resumed from disk) a [`PartialEntry`]
+//! for the partial file is in the catalog, its groups growing as each is
+//! written; it goes when the download fails or is cancelled (the files
+//! stay for a resume, not served).
+//!
+//! When every group is verified the partial file is synced and linked to
+//! the target without replacing anything there (a hard link, which fails
+//! if the name exists; `--force` links to a temporary name renamed over
+//! it). With a [`Swarm`] that says so, the complete file is put in the
+//! catalog at the target before the partial entry goes, so it is served
+//! without a gap; then the partial name is removed, and the state.
+//!
+//! If the download is interrupted (Ctrl-C, `kill -9`, power loss), the
+//! next run finds the state, checks every group already in the partial
+//! file against the tree, keeps those that verify, and fetches only the
+//! rest.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,12 +76,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use canopy_core::Time;
-use canopy_core::download::{DownloadConfig, DownloadEvent, DownloadPlan, Request, SourceId};
+use canopy_core::download::{
+    DownloadConfig, DownloadEvent, DownloadPlan, Request, RequestKind, SourceId,
+};
+use canopy_core::groups::GroupSet;
+use canopy_core::mesh::parse_alternates;
 use canopy_core::tree::{
     MAX_DOWNLOAD_SIZE, VerifiedTree, group_count, group_len, group_range, group_slot,
 };
 use canopy_proto::ContentId;
-use http::{StatusCode, header};
+use http::{HeaderMap, Method, StatusCode, header};
 use http_body_util::BodyExt;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -59,7 +93,10 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use crate::catalog::{Catalog, CatalogEntry};
 use crate::client::{Connector, HttpConn, read_limited};
+use crate::mesh::{ALT, AVAILABLE_RANGES, SharedMesh};
+use crate::partial::PartialEntry;
 use crate::partial_lock::{LockError, PartialLock};
 
 /// A place to get the file from.
@@ -69,6 +106,46 @@ pub struct DownloadSource {
     pub label: String,
     /// How to reach it.
     pub connector: Arc<dyn Connector>,
+    /// It has part of the file only (a downloader itself, or an alternate
+    /// learned from `X-Alt`): what it has is asked (`HEAD`) before any data.
+    pub partial: bool,
+    /// Its address, for a source dialed directly: it goes in the mesh when
+    /// it delivers a verified group and out when it dies or lies, and an
+    /// alternate at the same address is the same source. `None` for a
+    /// pushed source.
+    pub addr: Option<SocketAddr>,
+}
+
+/// Serving and meshing while downloading: the download is served from its
+/// first verified group on, tells its sources where it serves, learns
+/// other sources from theirs (`X-Alt`) and keeps the node's mesh current.
+#[derive(Clone)]
+pub struct Swarm {
+    /// Where the download is served from: a [`PartialEntry`] from its first
+    /// verified (and written) group on.
+    pub catalog: Catalog,
+    /// The node's mesh, which the server tells downloaders of: sources that
+    /// delivered a verified group go in, dead and lying ones out.
+    pub mesh: SharedMesh,
+    /// The port this node serves HTTP on, sent as `X-Listen` (`None`:
+    /// firewalled, say nothing).
+    pub listen_port: Option<u16>,
+    /// Makes a connector for an alternate learned from `X-Alt` (the
+    /// caller's rate limit applies).
+    pub connect: Arc<dyn Fn(SocketAddr) -> Arc<dyn Connector> + Send + Sync>,
+    /// When complete: serve the finished file (a catalog entry at the
+    /// target) before the partial entry goes, so there is no gap. Else the
+    /// partial entry just goes.
+    pub serve_when_done: bool,
+}
+
+impl std::fmt::Debug for Swarm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Swarm")
+            .field("listen_port", &self.listen_port)
+            .field("serve_when_done", &self.serve_when_done)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where a download stands, for a progress bar.
@@ -126,6 +203,10 @@ pub struct SourceReport {
     pub bytes: u64,
     /// Why it was dropped, if it was.
     pub dropped: Option<String>,
+    /// It had part of the file only when it came (a downloader itself).
+    pub partial: bool,
+    /// It was learned from another source's `X-Alt`, not given.
+    pub alternate: bool,
 }
 
 /// A finished download.
@@ -312,22 +393,23 @@ fn verified_on_disk(partial: &Path, tree: &VerifiedTree) -> Vec<u64> {
         .collect()
 }
 
-/// The tree and verified groups of an earlier, interrupted run, if its
-/// state is for this id and size.
+/// The tree (checked, and its bytes) and verified groups of an earlier,
+/// interrupted run, if its state is for this id and size.
 async fn resume(
     paths: &Paths,
     saved: Option<SavedState>,
     id: ContentId,
     size: u64,
-) -> Option<(VerifiedTree, Vec<u64>)> {
+) -> Option<(VerifiedTree, Vec<u8>, Vec<u64>)> {
     let saved = saved.filter(|saved| saved.size == size)?;
-    let tree = VerifiedTree::from_bytes(id, size, &hex::decode(saved.tree).ok()?).ok()?;
+    let bytes = hex::decode(saved.tree).ok()?;
+    let tree = VerifiedTree::from_bytes(id, size, &bytes).ok()?;
     let partial = paths.partial.clone();
     let check = tree.clone();
     let groups = tokio::task::spawn_blocking(move || verified_on_disk(&partial, &check))
         .await
         .ok()?;
-    Some((tree, groups))
+    Some((tree, bytes, groups))
 }
 
 async fn save_state(
@@ -369,24 +451,45 @@ async fn save_state(
     .map_err(|_| io_error(&paths.state)(std::io::Error::other("state task failed")))?
 }
 
-/// Moves the complete partial file to the target. Without `force`, never
+/// Puts the complete partial file at the target. Without `force`, never
 /// over anything already there (a hard link fails if the name is taken);
-/// with it, a rename, which replaces a link rather than following it.
-fn move_into_place(paths: &Paths, force: bool) -> Result<(), DownloadError> {
+/// with it, a link at a fresh temporary name renamed over the target,
+/// which replaces a link rather than following it. Returns true if the
+/// partial file is still there (the target is a second link to it): the
+/// caller removes it once nothing serves it any more, so a download
+/// served while it ran is never missing in between. A file system without
+/// hard links gets a plain rename (false).
+fn move_into_place(paths: &Paths, force: bool) -> Result<bool, DownloadError> {
+    let rename = || {
+        std::fs::rename(&paths.partial, &paths.target)
+            .map(|()| false)
+            .map_err(io_error(&paths.target))
+    };
     if force {
-        return std::fs::rename(&paths.partial, &paths.target).map_err(io_error(&paths.target));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let mut temporary = paths.partial.clone().into_os_string();
+        temporary.push(format!(".{}-{nanos}.link", std::process::id()));
+        let temporary = PathBuf::from(temporary);
+        if std::fs::hard_link(&paths.partial, &temporary).is_err() {
+            return rename();
+        }
+        return std::fs::rename(&temporary, &paths.target)
+            .map(|()| true)
+            .map_err(|error| {
+                let _ = std::fs::remove_file(&temporary);
+                io_error(&paths.target)(error)
+            });
     }
     match std::fs::hard_link(&paths.partial, &paths.target) {
-        Ok(()) => {
-            let _ = std::fs::remove_file(&paths.partial);
-            Ok(())
-        }
+        Ok(()) => Ok(true),
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
             Err(DownloadError::Exists(paths.target.clone()))
         }
         // A file system without hard links: check, then rename.
         Err(_) if something_at(&paths.target) => Err(DownloadError::Exists(paths.target.clone())),
-        Err(_) => std::fs::rename(&paths.partial, &paths.target).map_err(io_error(&paths.target)),
+        Err(_) => rename(),
     }
 }
 
@@ -405,11 +508,14 @@ async fn tree_from(
     id: ContentId,
     size: u64,
     expected: usize,
+    listen_port: Option<u16>,
 ) -> Result<(VerifiedTree, Vec<u8>), String> {
     let attempt = async {
         let stream = source.connector.connect().await?;
         let mut conn = HttpConn::handshake(stream).await?;
-        let response = conn.get(&format!("/tree/{id}"), None).await?;
+        let response = conn
+            .request(Method::GET, &format!("/tree/{id}"), None, listen_port)
+            .await?;
         if response.status() != StatusCode::OK {
             return Ok(Err(format!("tree request answered {}", response.status())));
         }
@@ -439,6 +545,7 @@ async fn fetch_tree(
     control: &DownloadControl,
 ) -> Result<(VerifiedTree, Vec<u8>), DownloadError> {
     let cancel = &control.cancel;
+    let listen_port = control.swarm.as_ref().and_then(|swarm| swarm.listen_port);
     if group_count(size) == 1 {
         // Nothing to fetch: the single group is checked against the id.
         return VerifiedTree::from_bytes(id, size, &[])
@@ -451,7 +558,12 @@ async fn fetch_tree(
     let start = |list: &[DownloadSource], running: &mut JoinSet<_>, next: &mut usize| {
         if *next < list.len() && running.len() < MAX_TREE_FETCHES {
             let (index, source) = (*next, list[*next].clone());
-            running.spawn(async move { (index, tree_from(source, id, size, expected).await) });
+            running.spawn(async move {
+                (
+                    index,
+                    tree_from(source, id, size, expected, listen_port).await,
+                )
+            });
             *next += 1;
         }
     };
@@ -514,6 +626,14 @@ pub const MAX_SOURCES: usize = 64;
 /// With every source failed, how long to wait for a new one to arrive
 /// before giving up (while more may come).
 const NEW_SOURCE_WAIT: Duration = Duration::from_secs(30);
+/// How long a partial source may answer 404 to probes before it is
+/// dropped. Alternates are told of as soon as they ask (`X-Listen`), before
+/// they have a group to serve; in a flash crowd the first group takes a
+/// while to come.
+const NOT_SERVING_GRACE: Duration = Duration::from_secs(60);
+/// A partial source that answered a data request with 404 is asked again
+/// after this pause.
+const NOT_SERVING_PAUSE: Duration = Duration::from_secs(1);
 
 /// The sources heard of so far, and the feed more arrive on.
 struct SourceSet {
@@ -556,6 +676,9 @@ pub struct DownloadControl {
     /// Notified each time every known source has failed while the feed is
     /// open: the moment to look for more (or close the feed to give up).
     pub starving: Option<Arc<tokio::sync::Notify>>,
+    /// Serve the download while it runs and take part in the mesh; `None`:
+    /// only download.
+    pub swarm: Option<Swarm>,
 }
 
 impl DownloadControl {
@@ -567,6 +690,14 @@ impl DownloadControl {
 }
 
 enum WorkerEvent {
+    /// What a response's headers said, before anything else of it: the
+    /// source's ranges (`None` when its status carries none) and the
+    /// alternates it told of.
+    Headers {
+        source: SourceId,
+        available: Option<Availability>,
+        alternates: Vec<SocketAddr>,
+    },
     /// Bytes arrived, a group not complete yet (sent at most once a
     /// [`DATA_NOTICE_INTERVAL`]).
     Receiving {
@@ -584,15 +715,64 @@ enum WorkerEvent {
         request: u64,
         conn: Option<HttpConn>,
     },
+    /// A probe (`HEAD`) answered; its ranges came in `Headers`.
+    ProbeDone {
+        request: u64,
+        conn: Option<HttpConn>,
+    },
+    /// 404: the source does not serve the file (yet: an alternate may be
+    /// told of before its first group is verified; or no longer).
+    NotServing {
+        request: u64,
+        probe: bool,
+    },
+    /// 416: the source does not have the groups asked for; it has these.
+    Unavailable {
+        request: u64,
+        groups: GroupSet,
+    },
     Failed {
         request: u64,
         reason: String,
+        /// The source could not be reached at all (it goes out of the mesh).
+        unreachable: bool,
     },
     Busy {
         request: u64,
         retry_after: Duration,
     },
     Disk(std::io::Error),
+}
+
+/// What a response says its source has.
+#[derive(Debug)]
+enum Availability {
+    /// No `X-Available-Ranges`: the whole file.
+    Whole,
+    /// These groups (wholly inside the ranges it listed).
+    Groups(GroupSet),
+}
+
+/// The alternates of a response's `X-Alt`, parsed leniently.
+fn alternates_in(headers: &HeaderMap) -> Vec<SocketAddr> {
+    headers
+        .get(ALT)
+        .and_then(|value| value.to_str().ok())
+        .map(parse_alternates)
+        .unwrap_or_default()
+}
+
+/// The groups of a response's `X-Available-Ranges` for a file of `size`
+/// bytes: `None` if it has none; a value that is not ranges claims nothing.
+fn available_in(headers: &HeaderMap, size: u64) -> Option<GroupSet> {
+    let value = headers.get(AVAILABLE_RANGES)?;
+    Some(
+        value
+            .to_str()
+            .ok()
+            .and_then(|value| GroupSet::from_header(value, size))
+            .unwrap_or_else(|| GroupSet::empty(size)),
+    )
 }
 
 /// How often a request says its bytes are still coming, so a slow source
@@ -608,6 +788,8 @@ struct Worker {
     writer: DiskWriter,
     id: ContentId,
     events: mpsc::Sender<WorkerEvent>,
+    /// Sent as `X-Listen`.
+    listen_port: Option<u16>,
 }
 
 /// Writes verified groups to the partial file from one thread. Concurrent
@@ -700,16 +882,31 @@ impl Worker {
     /// Returns the final event; group events are sent as they happen.
     async fn fetch(mut self) -> Result<WorkerEvent, WorkerEvent> {
         let request = self.request.id;
-        let failed = |reason: String| WorkerEvent::Failed { request, reason };
+        let failed = |reason: String| WorkerEvent::Failed {
+            request,
+            reason,
+            unreachable: false,
+        };
         let size = self.tree.size();
-        let first = group_range(size, self.request.groups.start).start;
-        let end = group_range(size, self.request.groups.end - 1).end;
+        let probe = self.request.kind == RequestKind::Probe;
+        // A probe asks for the headers only; a data request for its groups.
+        let (method, first, end) = if probe || self.request.groups.is_empty() {
+            (Method::HEAD, 0, 0)
+        } else {
+            let first = group_range(size, self.request.groups.start).start;
+            let end = group_range(size, self.request.groups.end - 1).end;
+            (Method::GET, first, end)
+        };
         let path = format!("/content/{}", self.id);
-        let range = Some((first, end.saturating_sub(1)));
+        let range = (method == Method::GET).then(|| (first, end.saturating_sub(1)));
+        let listen_port = self.listen_port;
         // A kept connection the source closed while it was idle (its
         // keep-alive limit) fails at once: then dial afresh, once.
         let kept = match self.conn.take().filter(HttpConn::is_open) {
-            Some(mut conn) => match conn.get(&path, range).await {
+            Some(mut conn) => match conn
+                .request(method.clone(), &path, range, listen_port)
+                .await
+            {
                 Ok(response) => Some((conn, response)),
                 Err(error) => {
                     tracing::debug!(%error, "kept connection failed; dialing again");
@@ -725,18 +922,69 @@ impl Worker {
                     .connector
                     .connect()
                     .await
-                    .map_err(|e| failed(format!("cannot connect: {e}")))?;
+                    .map_err(|e| WorkerEvent::Failed {
+                        request,
+                        reason: format!("cannot connect: {e}"),
+                        unreachable: true,
+                    })?;
                 let mut conn = HttpConn::handshake(stream)
                     .await
                     .map_err(|e| failed(e.to_string()))?;
                 let response = conn
-                    .get(&path, range)
+                    .request(method, &path, range, listen_port)
                     .await
                     .map_err(|e| failed(e.to_string()))?;
                 (conn, response)
             }
         };
-        match response.status() {
+        let status = response.status();
+        // Ranges are said on 200/206 (and 416, where they come with the
+        // refusal); a status without them says nothing of what it has.
+        let available = match status {
+            StatusCode::OK | StatusCode::PARTIAL_CONTENT => Some(
+                available_in(response.headers(), size)
+                    .map_or(Availability::Whole, Availability::Groups),
+            ),
+            _ => None,
+        };
+        let alternates = alternates_in(response.headers());
+        if available.is_some() || !alternates.is_empty() {
+            let _ = self
+                .events
+                .send(WorkerEvent::Headers {
+                    source: self.request.source,
+                    available,
+                    alternates,
+                })
+                .await;
+        }
+        let busy = |response: &http::Response<hyper::body::Incoming>| {
+            let retry_after = response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                .unwrap_or(5)
+                .clamp(1, 60);
+            WorkerEvent::Busy {
+                request,
+                retry_after: Duration::from_secs(retry_after),
+            }
+        };
+        if probe {
+            return match status {
+                StatusCode::OK => Ok(WorkerEvent::ProbeDone {
+                    request,
+                    conn: Some(conn),
+                }),
+                StatusCode::SERVICE_UNAVAILABLE => Err(busy(&response)),
+                StatusCode::NOT_FOUND => Err(WorkerEvent::NotServing {
+                    request,
+                    probe: true,
+                }),
+                other => Err(failed(format!("answered HTTP {other} to a probe"))),
+            };
+        }
+        match status {
             StatusCode::PARTIAL_CONTENT => {
                 let expected = format!("bytes {first}-{}/{size}", end.saturating_sub(1));
                 let got = response
@@ -750,16 +998,17 @@ impl Worker {
                 }
             }
             StatusCode::OK if first == 0 && end == size => {}
-            StatusCode::SERVICE_UNAVAILABLE => {
-                let retry_after = response
-                    .headers()
-                    .get(header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-                    .unwrap_or(5)
-                    .clamp(1, 60);
-                return Err(WorkerEvent::Busy {
+            StatusCode::RANGE_NOT_SATISFIABLE => {
+                return Err(match available_in(response.headers(), size) {
+                    Some(groups) => WorkerEvent::Unavailable { request, groups },
+                    None => failed("answered 416 without saying what it has".into()),
+                });
+            }
+            StatusCode::SERVICE_UNAVAILABLE => return Err(busy(&response)),
+            StatusCode::NOT_FOUND => {
+                return Err(WorkerEvent::NotServing {
                     request,
-                    retry_after: Duration::from_secs(retry_after),
+                    probe: false,
                 });
             }
             other => return Err(failed(format!("answered HTTP {other}"))),
@@ -853,6 +1102,7 @@ impl Worker {
             Err(_) => Err(WorkerEvent::Failed {
                 request,
                 reason: "verification task failed".into(),
+                unreachable: false,
             }),
         }
     }
@@ -886,6 +1136,410 @@ fn report_progress(
             known_sources,
             first_byte,
         });
+    }
+}
+
+/// The download as served to others while it runs (see [`Swarm`]): a
+/// [`PartialEntry`] in the catalog from the first group verified and
+/// written on, taken out when the download ends (if it is still this
+/// download's: another download of the id elsewhere may have replaced it).
+struct ServedPartial {
+    catalog: Catalog,
+    id: ContentId,
+    entry: PartialEntry,
+    inserted: bool,
+}
+
+impl ServedPartial {
+    fn new(catalog: Catalog, id: ContentId, path: PathBuf, size: u64, tree: Bytes) -> Self {
+        Self {
+            catalog,
+            id,
+            entry: PartialEntry::new(path, size, tree),
+            inserted: false,
+        }
+    }
+
+    /// `groups` are verified and written: serve them from now on.
+    fn add(&mut self, groups: impl IntoIterator<Item = u64>) {
+        let mut added = false;
+        for group in groups {
+            added |= self.entry.add_group(group);
+        }
+        if added && !self.inserted {
+            self.catalog.insert_partial(self.id, self.entry.clone());
+            self.inserted = true;
+        }
+    }
+
+    /// Stops serving the partial file.
+    fn withdraw(&mut self) {
+        let ours = |entry: &PartialEntry| Arc::ptr_eq(&entry.have, &self.entry.have);
+        if std::mem::take(&mut self.inserted)
+            && self.catalog.get_partial(&self.id).is_some_and(|e| ours(&e))
+        {
+            self.catalog.remove_partial(&self.id);
+        }
+    }
+
+    /// Waits (at most [`LOOKUP_WAIT`]) until no one holds a copy of the
+    /// withdrawn entry: the server holds one from looking a request up
+    /// until it has opened the file (not while it sends the body), so once
+    /// none is left, the partial file's name can go without a request
+    /// that found the entry failing to open it.
+    async fn lookups_done(&self) {
+        let deadline = tokio::time::Instant::now() + LOOKUP_WAIT;
+        while Arc::strong_count(&self.entry.have) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// Longest wait for requests that found the partial entry to open its
+/// file, before its name is removed.
+const LOOKUP_WAIT: Duration = Duration::from_secs(2);
+
+impl Drop for ServedPartial {
+    fn drop(&mut self) {
+        self.withdraw();
+    }
+}
+
+/// A running download past its tree: the plan, the sources and what
+/// each is doing.
+struct Run {
+    id: ContentId,
+    size: u64,
+    plan: DownloadPlan,
+    sources: SourceSet,
+    /// Plan source ids are indices into `usable`, which holds indices into
+    /// `sources.list`.
+    usable: Vec<usize>,
+    /// Sources that failed while the tree was fetched, by list index.
+    failed: HashMap<usize, String>,
+    dropped: HashMap<SourceId, String>,
+    /// Sources dropped for lying (bad bytes, or a 416 for groups they
+    /// claimed): nothing more they say is heard.
+    liars: HashSet<SourceId>,
+    /// Partial sources answering 404 to probes, since when (reset by an
+    /// answer with ranges).
+    not_serving: HashMap<SourceId, Instant>,
+    /// Addresses of every source heard of, so an alternate is taken once.
+    known: HashSet<SocketAddr>,
+    /// Alternates, by list index: the list index of the source that told of it.
+    learned_from: HashMap<usize, usize>,
+    idle: Vec<Vec<HttpConn>>,
+    workers: HashMap<u64, (SourceId, JoinHandle<()>)>,
+    events: mpsc::Sender<WorkerEvent>,
+    tree: Arc<VerifiedTree>,
+    writer: DiskWriter,
+    swarm: Option<Swarm>,
+    serving: Option<ServedPartial>,
+    clock: Instant,
+    started: Instant,
+    first_byte: Option<Duration>,
+}
+
+impl Run {
+    fn now(&self) -> Time {
+        Time(u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// When the plan's `time` comes.
+    fn instant(&self, time: Time) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.clock + Duration::from_millis(time.as_millis()))
+    }
+
+    fn label(&self, source: SourceId) -> &str {
+        &self.sources.list[self.usable[source]].label
+    }
+
+    fn addr(&self, source: SourceId) -> Option<SocketAddr> {
+        self.sources.list[self.usable[source]].addr
+    }
+
+    fn mesh_remove(&self, source: SourceId) {
+        if let (Some(swarm), Some(addr)) = (&self.swarm, self.addr(source)) {
+            swarm.mesh.remove(&self.id, addr);
+        }
+    }
+
+    /// Takes the source at `index` in the list into the plan.
+    fn plan_source(&mut self, index: usize) {
+        let source = &self.sources.list[index];
+        if let Some(addr) = source.addr {
+            self.known.insert(addr);
+        }
+        if source.partial {
+            self.plan.add_partial_source();
+        } else {
+            self.plan.add_source();
+        }
+        self.usable.push(index);
+        self.idle.push(Vec::new());
+    }
+
+    /// Starts every request the plan has to make now.
+    fn start_requests(&mut self) {
+        let listen_port = self.swarm.as_ref().and_then(|swarm| swarm.listen_port);
+        while let Some(request) = self.plan.next_request(self.now()) {
+            let source = request.source;
+            let worker = Worker {
+                conn: self.idle[source].pop(),
+                connector: self.sources.list[self.usable[source]].connector.clone(),
+                tree: self.tree.clone(),
+                writer: self.writer.clone(),
+                id: self.id,
+                events: self.events.clone(),
+                request: request.clone(),
+                listen_port,
+            };
+            self.workers
+                .insert(request.id, (source, tokio::spawn(worker.run())));
+        }
+    }
+
+    /// Carries out what the plan decided. `suspect` is the source whose
+    /// lie was just reported: if the plan dropped it, its alternates go
+    /// with it.
+    fn apply_plan_events(&mut self, suspect: Option<SourceId>) {
+        let mut liars = Vec::new();
+        while let Some(event) = self.plan.poll_event() {
+            match event {
+                DownloadEvent::Cancel(request) => {
+                    if let Some((_, handle)) = self.workers.remove(&request) {
+                        handle.abort();
+                    }
+                }
+                DownloadEvent::SourceDropped { source, reason } => {
+                    tracing::warn!(source = %self.label(source), %reason, "dropping source");
+                    self.idle[source].clear();
+                    self.dropped.insert(source, reason);
+                    if suspect == Some(source) {
+                        liars.push(source);
+                    }
+                }
+            }
+        }
+        for liar in liars {
+            self.drop_liar(liar);
+        }
+    }
+
+    /// `liar` was dropped for lying: it leaves the mesh, and so does every
+    /// alternate it told of that has delivered nothing, dropped with it.
+    fn drop_liar(&mut self, liar: SourceId) {
+        self.liars.insert(liar);
+        self.mesh_remove(liar);
+        let told = self.usable[liar];
+        let reason = format!("learned from {}, which lied", self.label(liar));
+        let doomed: Vec<SourceId> = (0..self.usable.len())
+            .filter(|&source| {
+                self.learned_from.get(&self.usable[source]) == Some(&told)
+                    && self.plan.bytes_from(source) == 0
+                    && !self.dropped.contains_key(&source)
+            })
+            .collect();
+        for source in doomed {
+            self.plan.drop_source(source, reason.clone());
+            self.mesh_remove(source);
+        }
+        self.apply_plan_events(None);
+    }
+
+    /// Takes the alternates `teller` told of as new partial sources: at
+    /// most [`MAX_SOURCES`] sources in all, none already known by address.
+    fn learn(&mut self, teller: SourceId, alternates: Vec<SocketAddr>) {
+        let Some(swarm) = self.swarm.clone() else {
+            return;
+        };
+        let told_by = self.usable[teller];
+        for addr in alternates {
+            if self.sources.list.len() >= MAX_SOURCES {
+                break;
+            }
+            if !self.known.insert(addr) {
+                continue;
+            }
+            tracing::debug!(alternate = %addr, told_by = %self.label(teller), "new source from X-Alt");
+            self.sources.list.push(DownloadSource {
+                label: addr.to_string(),
+                connector: (swarm.connect)(addr),
+                partial: true,
+                addr: Some(addr),
+            });
+            let index = self.sources.list.len() - 1;
+            self.learned_from.insert(index, told_by);
+            self.plan_source(index);
+        }
+    }
+
+    /// Handles what a worker reported; `Err` for a disk error, which ends
+    /// the download.
+    fn handle(&mut self, event: WorkerEvent, options: &DownloadOptions) -> std::io::Result<()> {
+        let now = self.now();
+        match event {
+            WorkerEvent::Headers {
+                source,
+                available,
+                alternates,
+            } => {
+                if self.liars.contains(&source) {
+                    return Ok(());
+                }
+                if available.is_some() {
+                    self.not_serving.remove(&source);
+                }
+                match available {
+                    Some(Availability::Groups(groups)) => {
+                        self.plan.handle_availability(source, groups, now);
+                    }
+                    // A partial source that no longer lists ranges has
+                    // the whole file now.
+                    Some(Availability::Whole) if self.plan.is_partial(source) => {
+                        let whole = GroupSet::full(self.size);
+                        self.plan.handle_availability(source, whole, now);
+                    }
+                    _ => {}
+                }
+                self.learn(source, alternates);
+            }
+            WorkerEvent::Receiving { request } => self.plan.handle_data_received(request, now),
+            WorkerEvent::Verified { request, group } => {
+                self.first_byte
+                    .get_or_insert_with(|| self.started.elapsed());
+                let source = self.workers.get(&request).map(|(source, _)| *source);
+                self.plan.handle_group_verified(request, group, now);
+                // Written before it was reported: it can be served.
+                if let Some(serving) = &mut self.serving {
+                    serving.add([group]);
+                }
+                if let (Some(swarm), Some(addr)) = (&self.swarm, source.and_then(|s| self.addr(s)))
+                {
+                    swarm.mesh.add(self.id, addr);
+                }
+                report_progress(
+                    options,
+                    &self.plan,
+                    self.sources.list.len(),
+                    self.first_byte,
+                );
+            }
+            WorkerEvent::Bad { request, group } => {
+                let source = self.workers.remove(&request).map(|(source, _)| source);
+                self.plan.handle_group_bad(request, group);
+                self.apply_plan_events(source);
+            }
+            WorkerEvent::Done { request, conn } => {
+                if let (Some((source, _)), Some(conn)) = (self.workers.remove(&request), conn) {
+                    if !self.dropped.contains_key(&source) {
+                        self.idle[source].push(conn);
+                    }
+                }
+                self.plan.handle_request_done(request);
+            }
+            WorkerEvent::ProbeDone { request, conn } => {
+                if let (Some((source, _)), Some(conn)) = (self.workers.remove(&request), conn) {
+                    if !self.dropped.contains_key(&source) {
+                        self.idle[source].push(conn);
+                    }
+                }
+                self.plan.handle_probe_done(request, now);
+            }
+            WorkerEvent::NotServing { request, probe } => {
+                let Some((source, _)) = self.workers.remove(&request) else {
+                    return Ok(());
+                };
+                if !probe && !self.plan.is_partial(source) {
+                    let reason = format!("answered HTTP {}", StatusCode::NOT_FOUND);
+                    self.plan.handle_request_failed(request, reason);
+                    return Ok(());
+                }
+                let since = *self.not_serving.entry(source).or_insert_with(Instant::now);
+                if since.elapsed() < NOT_SERVING_GRACE {
+                    if probe {
+                        // Nothing yet: asked again after the probe interval.
+                        let nothing = GroupSet::empty(self.size);
+                        self.plan.handle_availability(source, nothing, now);
+                        self.plan.handle_probe_done(request, now);
+                    } else {
+                        // A partial source between states (its download
+                        // just ended, say): its groups go to others, and
+                        // it is asked again after a pause.
+                        self.plan
+                            .handle_request_busy(request, NOT_SERVING_PAUSE, now);
+                    }
+                } else {
+                    self.mesh_remove(source);
+                    let secs = NOT_SERVING_GRACE.as_secs();
+                    let reason = format!("has not served the file for {secs} s (404)");
+                    self.plan.handle_request_failed(request, reason);
+                }
+            }
+            WorkerEvent::Unavailable { request, groups } => {
+                let source = self.workers.remove(&request).map(|(source, _)| source);
+                self.plan.handle_request_unavailable(request, groups, now);
+                self.apply_plan_events(source);
+            }
+            WorkerEvent::Failed {
+                request,
+                reason,
+                unreachable,
+            } => {
+                if let Some((source, _)) = self.workers.remove(&request) {
+                    if unreachable {
+                        self.mesh_remove(source);
+                    }
+                }
+                self.plan.handle_request_failed(request, reason);
+            }
+            WorkerEvent::Busy {
+                request,
+                retry_after,
+            } => {
+                self.workers.remove(&request);
+                self.plan.handle_request_busy(request, retry_after, now);
+            }
+            WorkerEvent::Disk(error) => return Err(error),
+        }
+        Ok(())
+    }
+
+    /// Why every source failed, one line each.
+    fn reasons(&self) -> String {
+        self.failed
+            .iter()
+            .map(|(i, r)| format!("{}: {r}", self.sources.list[*i].label))
+            .chain(
+                self.dropped
+                    .iter()
+                    .map(|(s, r)| format!("{}: {r}", self.label(*s))),
+            )
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// How each source did, in the order heard of.
+    fn reports(&self) -> Vec<SourceReport> {
+        self.sources
+            .list
+            .iter()
+            .enumerate()
+            .map(|(index, source)| {
+                let planned = self.usable.iter().position(|u| *u == index);
+                SourceReport {
+                    source: source.label.clone(),
+                    bytes: planned.map_or(0, |p| self.plan.bytes_from(p)),
+                    dropped: self
+                        .failed
+                        .get(&index)
+                        .or_else(|| planned.and_then(|p| self.dropped.get(&p)))
+                        .cloned(),
+                    partial: source.partial,
+                    alternate: self.learned_from.contains_key(&index),
+                }
+            })
+            .collect()
     }
 }
 
@@ -936,18 +1590,18 @@ pub async fn download_live(
         }
         _ => {}
     }
-    let (tree, resumed) = match resume(&paths, saved, id, size).await {
-        Some((tree, groups)) => {
+    let (tree, tree_bytes, resumed) = match resume(&paths, saved, id, size).await {
+        Some((tree, bytes, groups)) => {
             tracing::info!(
                 groups = groups.len(),
                 "resuming: groups already verified on disk"
             );
-            (tree, groups)
+            (tree, bytes, groups)
         }
         None => {
             let (tree, bytes) = fetch_tree(&mut sources, id, size, &mut failed, &control).await?;
             save_state(&paths, id, size, &bytes).await?;
-            (tree, Vec::new())
+            (tree, bytes, Vec::new())
         }
     };
     let tree = Arc::new(tree);
@@ -970,128 +1624,109 @@ pub async fn download_live(
     let file = Arc::new(file);
     let writer = DiskWriter::start(file.clone()).map_err(io_error(&paths.partial))?;
 
-    let mut plan = DownloadPlan::new(size, resumed, options.config.clone());
-    let resumed_bytes = plan.verified_bytes();
-    // Plan source ids are indices into `usable`, which holds indices into
-    // `sources.list`.
-    let mut usable: Vec<usize> = (0..sources.list.len())
-        .filter(|i| !failed.contains_key(i))
-        .collect();
-    for _ in &usable {
-        plan.add_source();
+    let mut config = options.config.clone();
+    if config.seed == 0 {
+        // Random among equals must differ between downloaders, or a
+        // crowd asks for the same groups in the same order.
+        config.seed = rand::random();
     }
-    let mut dropped: HashMap<SourceId, String> = HashMap::new();
-    let mut idle: Vec<Vec<HttpConn>> = usable.iter().map(|_| Vec::new()).collect();
-    let mut workers: HashMap<u64, (SourceId, JoinHandle<()>)> = HashMap::new();
+    let plan = DownloadPlan::new(size, resumed, config);
+    let resumed_bytes = plan.verified_bytes();
+    let swarm = control.swarm.clone();
+    let serving = swarm.as_ref().map(|swarm| {
+        let mut serving = ServedPartial::new(
+            swarm.catalog.clone(),
+            id,
+            paths.partial.clone(),
+            size,
+            Bytes::from(tree_bytes),
+        );
+        // Groups verified in an earlier run are served at once.
+        serving.add(plan.verified_groups());
+        serving
+    });
     let (events_tx, mut events) = mpsc::channel::<WorkerEvent>(256);
-    let clock = Instant::now();
-    let now = || Time(u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX));
-    let mut first_byte: Option<Duration> = None;
-    report_progress(&options, &plan, sources.list.len(), first_byte);
+    let mut run = Run {
+        id,
+        size,
+        plan,
+        sources,
+        usable: Vec::new(),
+        failed,
+        dropped: HashMap::new(),
+        liars: HashSet::new(),
+        not_serving: HashMap::new(),
+        known: HashSet::new(),
+        learned_from: HashMap::new(),
+        idle: Vec::new(),
+        workers: HashMap::new(),
+        events: events_tx,
+        tree,
+        writer,
+        swarm,
+        serving,
+        clock: Instant::now(),
+        started,
+        first_byte: None,
+    };
+    for index in 0..run.sources.list.len() {
+        if let Some(addr) = run.sources.list[index].addr {
+            run.known.insert(addr);
+        }
+        if !run.failed.contains_key(&index) {
+            run.plan_source(index);
+        }
+    }
+    report_progress(&options, &run.plan, run.sources.list.len(), None);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     // Since when every source is dropped while more may come.
     let mut stuck_since: Option<tokio::time::Instant> = None;
 
     let outcome = loop {
-        while let Some(request) = plan.next_request(now()) {
-            let source = request.source;
-            let worker = Worker {
-                conn: idle[source].pop(),
-                connector: sources.list[usable[source]].connector.clone(),
-                tree: tree.clone(),
-                writer: writer.clone(),
-                id,
-                events: events_tx.clone(),
-                request: request.clone(),
-            };
-            workers.insert(request.id, (source, tokio::spawn(worker.run())));
-        }
-        while let Some(event) = plan.poll_event() {
-            match event {
-                DownloadEvent::Cancel(request) => {
-                    if let Some((_, handle)) = workers.remove(&request) {
-                        handle.abort();
-                    }
-                }
-                DownloadEvent::SourceDropped { source, reason } => {
-                    tracing::warn!(source = %sources.list[usable[source]].label, %reason, "dropping source");
-                    idle[source].clear();
-                    dropped.insert(source, reason);
-                }
-            }
-        }
-        if plan.is_complete() {
+        run.start_requests();
+        run.apply_plan_events(None);
+        if run.plan.is_complete() {
             break Ok(());
         }
-        if !plan.is_stuck() {
+        if !run.plan.is_stuck() {
             stuck_since = None;
         } else if stuck_since.is_none() {
             stuck_since = Some(tokio::time::Instant::now());
             control.starve();
         }
         let waited_out = stuck_since.is_some_and(|since| since.elapsed() >= NEW_SOURCE_WAIT);
-        if plan.is_stuck() && (!sources.is_open() || waited_out) {
-            let reasons: Vec<String> = failed
-                .iter()
-                .map(|(i, r)| format!("{}: {r}", sources.list[*i].label))
-                .chain(
-                    dropped
-                        .iter()
-                        .map(|(s, r)| format!("{}: {r}", sources.list[usable[*s]].label)),
-                )
-                .collect();
-            break Err(DownloadError::AllSourcesFailed(reasons.join("\n")));
+        if run.plan.is_stuck() && (!run.sources.is_open() || waited_out) {
+            break Err(DownloadError::AllSourcesFailed(run.reasons()));
         }
         let give_up = stuck_since.map(|since| since + NEW_SOURCE_WAIT);
+        // A paused source's time, or a partial source's next probe.
+        let wakeup = run.plan.next_wakeup(run.now()).map(|at| run.instant(at));
         tokio::select! {
             () = cancel.cancelled() => break Err(DownloadError::Cancelled),
             event = events.recv() => {
                 let Some(event) = event else { continue };
-                match event {
-                    WorkerEvent::Receiving { request } => plan.handle_data_received(request, now()),
-                    WorkerEvent::Verified { request, group } => {
-                        first_byte.get_or_insert_with(|| started.elapsed());
-                        plan.handle_group_verified(request, group, now());
-                        report_progress(&options, &plan, sources.list.len(), first_byte);
-                    }
-                    WorkerEvent::Bad { request, group } => {
-                        workers.remove(&request);
-                        plan.handle_group_bad(request, group);
-                    }
-                    WorkerEvent::Done { request, conn } => {
-                        if let (Some((source, _)), Some(conn)) = (workers.remove(&request), conn) {
-                            if !dropped.contains_key(&source) {
-                                idle[source].push(conn);
-                            }
-                        }
-                        plan.handle_request_done(request);
-                    }
-                    WorkerEvent::Failed { request, reason } => {
-                        workers.remove(&request);
-                        plan.handle_request_failed(request, reason);
-                    }
-                    WorkerEvent::Busy { request, retry_after } => {
-                        workers.remove(&request);
-                        plan.handle_request_busy(request, retry_after, now());
-                    }
-                    WorkerEvent::Disk(error) => break Err(io_error(&paths.partial)(error)),
+                if let Err(error) = run.handle(event, &options) {
+                    break Err(io_error(&paths.partial)(error));
                 }
             }
-            arrived = sources.arrival(), if sources.is_open() => {
+            arrived = run.sources.arrival(), if run.sources.is_open() => {
                 if let Some(index) = arrived {
-                    usable.push(index);
-                    plan.add_source();
-                    idle.push(Vec::new());
-                    report_progress(&options, &plan, sources.list.len(), first_byte);
+                    run.plan_source(index);
+                    report_progress(&options, &run.plan, run.sources.list.len(), run.first_byte);
                 }
             }
             () = sleep_until_some(give_up) => {}
-            _ = tick.tick() => plan.handle_timeout(now()),
+            () = sleep_until_some(wakeup) => {}
+            _ = tick.tick() => {
+                let now = run.now();
+                run.plan.handle_timeout(now);
+            }
         }
     };
-    for (_, (_, handle)) in workers.drain() {
+    for (_, (_, handle)) in run.workers.drain() {
         handle.abort();
     }
+    // On an error the partial stops being served as `run` goes.
     outcome?;
 
     let synced = file.clone();
@@ -1099,32 +1734,36 @@ pub async fn download_live(
         .await
         .map_err(|_| io_error(&paths.partial)(std::io::Error::other("sync task failed")))?
         .map_err(io_error(&paths.partial))?;
-    move_into_place(&paths, options.force)?;
+    let partial_left = move_into_place(&paths, options.force)?;
+    if let (Some(swarm), Some(serving)) = (&run.swarm, &mut run.serving) {
+        // The whole file is served before the partial goes: no gap.
+        if swarm.serve_when_done {
+            swarm.catalog.insert(
+                id,
+                CatalogEntry {
+                    path: paths.target.clone(),
+                    size,
+                    tree: serving.entry.tree.clone(),
+                },
+            );
+        }
+        serving.withdraw();
+        if partial_left {
+            serving.lookups_done().await;
+        }
+    }
+    if partial_left {
+        let _ = std::fs::remove_file(&paths.partial);
+    }
     let _ = tokio::fs::remove_file(&paths.state).await;
 
-    let reports = sources
-        .list
-        .iter()
-        .enumerate()
-        .map(|(index, source)| {
-            let planned = usable.iter().position(|u| *u == index);
-            SourceReport {
-                source: source.label.clone(),
-                bytes: planned.map_or(0, |p| plan.bytes_from(p)),
-                dropped: failed
-                    .get(&index)
-                    .or_else(|| planned.and_then(|p| dropped.get(&p)))
-                    .cloned(),
-            }
-        })
-        .collect();
     Ok(DownloadReport {
         path: paths.target,
         size,
         resumed_bytes,
-        sources: reports,
+        sources: run.reports(),
         elapsed: started.elapsed(),
-        first_byte,
+        first_byte: run.first_byte,
         already_present: false,
     })
 }

@@ -11,7 +11,10 @@
 //! - [`push`]: how a firewalled source reaches a downloader: it connects
 //!   out to the downloader's callback listener and serves HTTP over that
 //!   connection.
-//! - [`catalog`]: which content ids this leaf serves, and from which files.
+//! - [`catalog`]: which content ids this leaf serves, and from which files;
+//!   [`partial`]: a download served while it runs, from its verified groups.
+//! - [`mesh`]: the download mesh, other sources of each content id, handed
+//!   out in `X-Alt` headers and fed by `X-Listen` and by downloads.
 //! - [`bandwidth`]: global upload and download rate limits, token buckets
 //!   shared by every transfer and settable while they run.
 
@@ -20,6 +23,8 @@ pub mod catalog;
 pub mod client;
 pub mod download;
 pub mod limits;
+pub mod mesh;
+pub mod partial;
 pub mod partial_lock;
 pub mod push;
 pub mod server;

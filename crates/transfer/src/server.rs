@@ -8,6 +8,28 @@
 //!   computed when the file was hashed and comes from the catalog: serving
 //!   it reads nothing from disk.
 //!
+//! A download still running is served too, from its partial entry (see
+//! [`crate::partial`]; a complete entry of the same id is looked up first
+//! and wins). Only its verified and written groups are served: a `GET`
+//! with a single range wholly inside them gives 206, read from the partial
+//! file like a whole file (no link followed, its length checked against
+//! the entry's size, within the same upload slots, limits, watchdog and
+//! registry); a range outside them, or no range at all, gives 416 with
+//! `Content-Range: bytes */<size>`; `HEAD` gives 200 and takes no slot.
+//! Every `/content` response of a partial entry says what it has in
+//! `X-Available-Ranges` (`bytes 0-1048575, 3145728-4194303`, at most
+//! 4 KiB); once every group is in, it is served like a whole file, without
+//! the header. Its tree comes from the entry.
+//!
+//! The download mesh (see [`crate::mesh`]): every `/content` response of a
+//! served id, whatever its status (503 included), carries `X-Alt`, up to
+//! [`ALTERNATES_PER_RESPONSE`] other sources of the id from the server's
+//! mesh, never the requester itself: not the address it listens at if it
+//! said (several leaves on one host are each other's sources), else none
+//! at its IP. A request of a served id with `X-Listen: <port>` (digits
+//! only, 1-65535) puts the requester's own IP with that port in the mesh;
+//! for an id we don't serve it is ignored.
+//!
 //! Anything else is 404 (or 405 for another method): a request names a
 //! content id, never a path, so nothing outside the catalog can be read,
 //! and a served file is opened without following a link.
@@ -33,7 +55,7 @@ use std::convert::Infallible;
 use std::io::SeekFrom;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -43,10 +65,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use canopy_core::addr_limits::{AddressLimit, IpNet, default_exempt};
+use canopy_core::mesh::format_alternates;
 use canopy_core::tree::GROUP_LEN;
 use canopy_proto::ContentId;
 use futures_util::StreamExt;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -63,6 +86,8 @@ use tokio_util::task::TaskTracker;
 use crate::bandwidth::{RateLimit, Throttled};
 use crate::catalog::{Catalog, CatalogEntry};
 use crate::limits::{AddressGuard, AddressSlots, UploadSlot, UploadSlots};
+use crate::mesh::{ALT, ALTERNATES_PER_RESPONSE, AVAILABLE_RANGES, LISTEN, SharedMesh};
+use crate::partial::PartialEntry;
 
 /// A response body: a file stream, a small buffer, or nothing.
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -286,6 +311,50 @@ pub struct ContentServer {
     upload_limit: RateLimit,
     uploads: Arc<dashmap::DashMap<u64, Arc<Upload>>>,
     next_upload: Arc<AtomicU64>,
+    mesh: SharedMesh,
+}
+
+/// A file body (or only its headers) to send.
+#[derive(Debug)]
+struct Sending<'a> {
+    id: ContentId,
+    path: &'a Path,
+    size: u64,
+    /// The range asked for; `None`: the whole file.
+    range: Option<RangeInclusive<u64>>,
+    /// Only the headers, and no upload slot.
+    head: bool,
+    peer: Option<SocketAddr>,
+}
+
+/// What the catalog serves for an id: a whole file, or a download running.
+#[derive(Debug)]
+enum Served {
+    Complete(CatalogEntry),
+    Partial(PartialEntry),
+}
+
+impl Served {
+    fn path(&self) -> &Path {
+        match self {
+            Served::Complete(entry) => &entry.path,
+            Served::Partial(entry) => &entry.path,
+        }
+    }
+
+    fn size(&self) -> u64 {
+        match self {
+            Served::Complete(entry) => entry.size,
+            Served::Partial(entry) => entry.size,
+        }
+    }
+
+    fn tree(&self) -> &Bytes {
+        match self {
+            Served::Complete(entry) => &entry.tree,
+            Served::Partial(entry) => &entry.tree,
+        }
+    }
 }
 
 /// What one connection is doing, as the watchdog sees it.
@@ -498,6 +567,18 @@ fn busy(text: &'static str) -> Response<Body> {
     response
 }
 
+/// Says what a partial entry has (nothing once it has every group).
+fn add_available_ranges(
+    response: &mut Response<Body>,
+    availability: Option<crate::partial::Availability>,
+) {
+    if let Some(available) = availability {
+        if let Ok(value) = HeaderValue::from_str(&available.ranges) {
+            response.headers_mut().insert(AVAILABLE_RANGES, value);
+        }
+    }
+}
+
 fn unsatisfiable(size: u64) -> Response<Body> {
     let mut response = status(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
     if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
@@ -552,6 +633,25 @@ pub fn single_range(value: &HeaderValue, size: u64) -> Option<RangeInclusive<u64
     }
 }
 
+/// The port in a request's `X-Listen`, read strictly: exactly one such
+/// header, 1 to 5 ASCII digits, 1-65535; anything else is `None`.
+pub fn listen_port(headers: &HeaderMap) -> Option<u16> {
+    let mut values = headers.get_all(LISTEN).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let text = value.as_bytes();
+    if text.is_empty() || text.len() > 5 || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(text)
+        .ok()?
+        .parse::<u16>()
+        .ok()
+        .filter(|port| *port != 0)
+}
+
 impl ContentServer {
     /// A server for `catalog` with `upload_slots` concurrent uploads and
     /// the other limits at their defaults.
@@ -582,7 +682,21 @@ impl ContentServer {
             upload_limit: RateLimit::unlimited(),
             uploads: Arc::default(),
             next_upload: Arc::default(),
+            mesh: SharedMesh::new(),
         }
+    }
+
+    /// Hands out alternates from, and records `X-Listen` ports in, `mesh`
+    /// (shared with whoever else holds a clone of it, e.g. the downloads)
+    /// instead of the server's own.
+    pub fn with_mesh(mut self, mesh: SharedMesh) -> Self {
+        self.mesh = mesh;
+        self
+    }
+
+    /// The download mesh the server hands alternates out of.
+    pub fn mesh(&self) -> &SharedMesh {
+        &self.mesh
     }
 
     /// Serves file bodies through `limit` (shared with whoever else holds
@@ -785,21 +899,65 @@ impl ContentServer {
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return response;
         }
-        let Some(entry) = self.catalog.get(&id) else {
-            return not_found();
+        // A complete entry first: a finished download is served whole
+        // from the moment it is inserted, before its partial entry goes
+        // (looked up again if the partial one went meanwhile).
+        let served = match self.catalog.get(&id) {
+            Some(entry) => Served::Complete(entry),
+            None => match self.catalog.get_partial(&id) {
+                Some(entry) => Served::Partial(entry),
+                None => match self.catalog.get(&id) {
+                    Some(entry) => Served::Complete(entry),
+                    None => return not_found(),
+                },
+            },
         };
+        // The requester's own address only; `::ffff:a.b.c.d` as a.b.c.d.
+        let requester = peer.map(|peer| peer.ip().to_canonical());
+        let listening = requester
+            .zip(listen_port(request.headers()))
+            .map(|(ip, port)| SocketAddr::new(ip, port));
+        if let Some(listening) = listening {
+            self.mesh.add(id, listening);
+        }
         let head = request.method() == Method::HEAD;
         if resource == Resource::Tree {
-            Self::tree(&entry, head)
-        } else {
-            self.content(&request, id, entry, head, peer, activity)
-                .await
+            return Self::tree(served.tree(), head);
         }
+        let mut response = self
+            .content(&request, id, served, head, peer, activity)
+            .await;
+        let alternates = self.alternates(&id, requester, listening);
+        if !alternates.is_empty() {
+            if let Ok(value) = HeaderValue::from_str(&format_alternates(&alternates)) {
+                response.headers_mut().insert(ALT, value);
+            }
+        }
+        response
     }
 
-    /// The tree kept in the catalog since the file was hashed.
-    fn tree(entry: &CatalogEntry, head: bool) -> Response<Body> {
-        let tree = entry.tree.clone();
+    /// The alternates to hand a requester, never itself: the one address
+    /// it listens at when it said so (others at its IP, e.g. more leaves
+    /// on one host, are other sources), else nothing at its IP.
+    fn alternates(
+        &self,
+        id: &ContentId,
+        requester: Option<IpAddr>,
+        listening: Option<SocketAddr>,
+    ) -> Vec<SocketAddr> {
+        let Some(itself) = listening else {
+            return self.mesh.pick(id, requester, ALTERNATES_PER_RESPONSE);
+        };
+        let mut picked = self.mesh.pick(id, None, ALTERNATES_PER_RESPONSE + 1);
+        picked.retain(|addr| SocketAddr::new(addr.ip().to_canonical(), addr.port()) != itself);
+        picked.truncate(ALTERNATES_PER_RESPONSE);
+        picked
+    }
+
+    /// The tree kept in the catalog since the file was hashed (or, for a
+    /// download, since its tree was verified).
+    fn tree(tree: &Bytes, head: bool) -> Response<Body> {
+        let tree = tree.clone();
         let len = tree.len();
         let mut response = Response::new(if head { empty() } else { full(tree) });
         let headers = response.headers_mut();
@@ -839,36 +997,80 @@ impl ContentServer {
         }
     }
 
+    /// `/content/<id>`: the whole file, a range of it, or (a partial
+    /// entry) what it has.
     async fn content(
         &self,
         request: &Request<Incoming>,
         id: ContentId,
-        entry: CatalogEntry,
+        served: Served,
         head: bool,
         peer: Option<SocketAddr>,
         activity: Arc<Activity>,
     ) -> Response<Body> {
-        let mut file = match open_no_follow(&entry.path).await {
+        let path = served.path();
+        let file = match open_no_follow(path).await {
             Ok(file) => file,
             Err(error) => {
-                tracing::warn!(path = %entry.path.display(), %error, "shared file unreadable");
+                tracing::warn!(path = %path.display(), %error, "shared file unreadable");
                 return not_found();
             }
         };
         let size = match file.metadata().await {
-            Ok(meta) if meta.is_file() && meta.len() == entry.size => entry.size,
+            Ok(meta) if meta.is_file() && meta.len() == served.size() => served.size(),
             _ => {
-                tracing::warn!(path = %entry.path.display(), "shared file changed since hashing; not served");
+                tracing::warn!(path = %path.display(), "shared file not the size it was hashed at; not served");
                 return not_found();
             }
         };
+        // Err: malformed, several ranges, or outside the file.
         let range = match request.headers().get(header::RANGE) {
-            None => None,
-            Some(value) => match single_range(value, size) {
-                Some(range) => Some(range),
-                None => return unsatisfiable(size),
-            },
+            None => Ok(None),
+            Some(value) => single_range(value, size).map(Some).ok_or(()),
         };
+        let availability = match &served {
+            Served::Complete(_) => None,
+            // A download: only what it has verified and written.
+            Served::Partial(entry) => entry.availability(range.clone().ok().flatten()),
+        };
+        let range = match (range, &availability) {
+            // A whole file, or a download with every group in.
+            (Ok(range), None) => range,
+            (Ok(range), Some(available)) if available.covers || (range.is_none() && head) => range,
+            _ => {
+                let mut response = unsatisfiable(size);
+                add_available_ranges(&mut response, availability);
+                return response;
+            }
+        };
+        let send = Sending {
+            id,
+            path,
+            size,
+            range,
+            head,
+            peer,
+        };
+        let mut response = self.send(file, send, activity).await;
+        add_available_ranges(&mut response, availability);
+        response
+    }
+
+    /// Sends what `send` says of `file`, within an upload slot.
+    async fn send(
+        &self,
+        mut file: tokio::fs::File,
+        send: Sending<'_>,
+        activity: Arc<Activity>,
+    ) -> Response<Body> {
+        let Sending {
+            id,
+            path,
+            size,
+            range,
+            head,
+            peer,
+        } = send;
         let slot = if head {
             None
         } else {
@@ -892,7 +1094,7 @@ impl ContentServer {
                 return status(StatusCode::INTERNAL_SERVER_ERROR, "seek failed\n");
             }
             let stats = self.stats.clone();
-            let mark = self.register_upload(peer, id, &entry, start, len, size);
+            let mark = self.register_upload(peer, id, path, start, len, size);
             let upload = mark.upload.clone();
             // The slots are held, the body counted for the watchdog and the
             // upload kept in the registry for as long as the body is sent.
@@ -943,7 +1145,7 @@ impl ContentServer {
         &self,
         peer: Option<SocketAddr>,
         content_id: ContentId,
-        entry: &CatalogEntry,
+        path: &Path,
         first: u64,
         length: u64,
         size: u64,
@@ -953,7 +1155,7 @@ impl ContentServer {
         let upload = Arc::new(Upload {
             peer,
             content_id,
-            path: entry.path.clone(),
+            path: path.to_path_buf(),
             first,
             length,
             started: SystemTime::now(),
@@ -1007,5 +1209,37 @@ mod tests {
         assert_eq!(meter.rate(at(2500)), 256 * 1024);
         // Nothing more: once a window has passed, the rate falls to 0.
         assert_eq!(meter.rate(at(4500)), 0);
+    }
+
+    #[test]
+    fn x_listen_is_read_strictly() {
+        let port = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(LISTEN, HeaderValue::from_str(value).unwrap());
+            }
+            listen_port(&headers)
+        };
+        assert_eq!(port(&["6346"]), Some(6346));
+        assert_eq!(port(&["1"]), Some(1));
+        assert_eq!(port(&["65535"]), Some(65535));
+        assert_eq!(port(&[]), None);
+        for bad in [
+            "",
+            "0",
+            "00000",
+            "65536",
+            "123456",
+            "+1",
+            "-1",
+            "6346 ",
+            "63 46",
+            "0x50",
+            "6346,6347",
+            "é",
+        ] {
+            assert_eq!(port(&[bad]), None, "{bad}");
+        }
+        assert_eq!(port(&["6346", "6346"]), None);
     }
 }

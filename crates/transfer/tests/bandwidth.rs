@@ -119,6 +119,8 @@ async fn a_download_through_a_throttled_connector_keeps_to_the_rate() {
         vec![DownloadSource {
             label: s.addr.to_string(),
             connector: Arc::new(connector),
+            partial: false,
+            addr: Some(s.addr),
         }],
         DownloadOptions {
             content_id: s.id,
@@ -357,6 +359,8 @@ async fn a_slow_source_is_not_dropped_as_stalled() {
         vec![DownloadSource {
             label: s.addr.to_string(),
             connector: Arc::new(DirectConnector::new(s.addr, Duration::from_secs(5))),
+            partial: false,
+            addr: Some(s.addr),
         }],
         DownloadOptions {
             content_id: s.id,

@@ -86,6 +86,8 @@ fn direct(addr: SocketAddr) -> DownloadSource {
     DownloadSource {
         label: addr.to_string(),
         connector: Arc::new(DirectConnector::new(addr, Duration::from_secs(5))),
+        partial: false,
+        addr: Some(addr),
     }
 }
 

@@ -279,6 +279,8 @@ async fn from_every_source(
         .map(|source| DownloadSource {
             label: source.addr.to_string(),
             connector: Arc::new(DirectConnector::new(source.addr, PATIENCE)),
+            partial: false,
+            addr: Some(source.addr),
         })
         .collect();
     let options = DownloadOptions {

@@ -8,7 +8,8 @@
 //! - [`task`]: the coordinator choosing supernodes and fanning out;
 //! - [`session`]: one supernode session;
 //! - [`scan`]: shared folders (added and removed while running), files
-//!   shared one by one, rescans, the catalog.
+//!   shared one by one, downloads published as partial files while they
+//!   run, rescans, the catalog.
 //!
 //! A leaf with no shares is a valid, download-only leaf. `canopy search`
 //! and `canopy get` run a short-lived leaf: same code, no shares, one
@@ -155,7 +156,8 @@ pub struct LeafStatus {
     pub supernodes: Vec<SocketAddr>,
     /// Our address as that supernode sees it.
     pub observed_addr: Option<SocketAddr>,
-    /// How many files we publish.
+    /// How many whole files we publish (downloads published as partial
+    /// files are not counted).
     pub shared_files: usize,
     /// Why we stopped trying, for a leaf that does not reconnect.
     pub failure: Option<String>,
@@ -190,6 +192,7 @@ struct PushRequest {
 pub struct LeafHandle {
     node_id: NodeId,
     listen_addr: Option<SocketAddr>,
+    announced_addr: Option<SocketAddr>,
     server: ContentServer,
     download_limit: RateLimit,
     shares: Shares,
@@ -231,6 +234,14 @@ impl LeafHandle {
     /// Where we accept connections, if anywhere.
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         self.listen_addr
+    }
+
+    /// The address we announce to supernodes (the advertised one, else
+    /// the bound one): `None` when we accept no connections (firewalled,
+    /// or not listening), so downloads from us go by push. Its port is
+    /// where other downloaders reach us.
+    pub fn announced_addr(&self) -> Option<SocketAddr> {
+        self.announced_addr
     }
 
     /// The file server (for its counters).
@@ -349,6 +360,21 @@ impl LeafHandle {
     /// rescans while it is there.
     pub async fn share_file(&self, path: PathBuf) -> Result<(), NodeError> {
         self.shares.share_file(path).await
+    }
+
+    /// Publishes `file`, a download still running, as a partial source:
+    /// `available` says how many of its bytes are verified (0 if not
+    /// given, at most the size). Sent to the supernodes as a delta, only
+    /// when it changed; a whole shared file of the same content wins over
+    /// it. The download serves the bytes itself (its catalog entry).
+    pub async fn share_partial(&self, file: SharedFile) {
+        self.shares.share_partial(file).await;
+    }
+
+    /// Stops publishing the partial file of `id` (its download ended); a
+    /// whole shared file of the same content stays published.
+    pub async fn unshare_partial(&self, id: ContentId) {
+        self.shares.unshare_partial(&id).await;
     }
 
     /// The limit every upload goes through: `upload_limit().set_rate(n)`
@@ -501,6 +527,7 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
     Ok(LeafHandle {
         node_id,
         listen_addr,
+        announced_addr: announced,
         server,
         download_limit,
         shares,

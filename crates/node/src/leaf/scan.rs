@@ -10,6 +10,12 @@
 //! for a running scan (it hashes without the cache and records the hash in
 //! it afterwards). The cache stays in memory across rescans and is written
 //! back when changed. Shared folders are only ever read.
+//!
+//! Downloads still running are published too, as partial files (a
+//! `SharedFile` with `available`: the download tells how far it is), and
+//! only their entry changes on each update; a whole file of the same
+//! content id wins over a partial one. The download serves them itself
+//! (its catalog entry is a partial one): the scans here never touch it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -88,6 +94,8 @@ struct State {
     /// When (by `generation`) each file was shared one by one, until a
     /// scan that started later has seen it.
     shared_at: BTreeMap<PathBuf, u64>,
+    /// Downloads served while they run, by content id, each as published.
+    partials: BTreeMap<ContentId, SharedFile>,
 }
 
 impl State {
@@ -120,8 +128,22 @@ impl State {
         }
     }
 
+    /// What is published: every whole file, and each partial one whose
+    /// content no whole file has.
     fn shared(&self) -> Vec<SharedFile> {
-        self.files.values().map(|f| f.shared.clone()).collect()
+        let mut shared: Vec<SharedFile> = self.files.values().map(|f| f.shared.clone()).collect();
+        shared.extend(
+            self.partials
+                .values()
+                .filter(|partial| !self.has_whole(&partial.content_id))
+                .cloned(),
+        );
+        shared
+    }
+
+    /// True when a whole shared file has `id`.
+    fn has_whole(&self, id: &ContentId) -> bool {
+        self.files.values().any(|f| f.shared.content_id == *id)
     }
 
     /// True when another shared file has `id`.
@@ -514,6 +536,33 @@ impl Shares {
         self.publish(&state, true).await;
         Ok(())
     }
+
+    /// Publishes (or updates) `file`, a download still running, as a
+    /// partial file: `available` is set (0 if not given) and at most the
+    /// size. Published only when it changed and no whole file of the same
+    /// content is shared.
+    pub(super) async fn share_partial(&self, mut file: SharedFile) {
+        file.available = Some(file.available.unwrap_or(0).min(file.size));
+        let mut state = self.inner.state.lock().await;
+        let id = file.content_id;
+        if state.partials.get(&id) == Some(&file) {
+            return;
+        }
+        let shadowed = state.has_whole(&id);
+        state.partials.insert(id, file);
+        if !shadowed {
+            self.publish(&state, true).await;
+        }
+    }
+
+    /// Stops publishing the partial file of `id` (the download ended). A
+    /// whole file of the same content stays shared.
+    pub(super) async fn unshare_partial(&self, id: &ContentId) {
+        let mut state = self.inner.state.lock().await;
+        if state.partials.remove(id).is_some() && !state.has_whole(id) {
+            self.publish(&state, true).await;
+        }
+    }
 }
 
 /// Rescans every `interval` until `shutdown`, whatever the folders are then.
@@ -640,6 +689,66 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline);
             tokio::task::yield_now().await;
         }
+    }
+
+    /// The next list handed over for publishing: (name, available) each.
+    async fn published_files(rx: &mut mpsc::Receiver<Command>) -> Vec<(String, Option<u64>)> {
+        match rx.recv().await {
+            Some(Command::Shares(files)) => {
+                files.into_iter().map(|f| (f.name, f.available)).collect()
+            }
+            other => panic!("expected a list to publish, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn partial_files_are_published_when_changed_and_a_whole_one_wins() {
+        let (shares, mut rx) = shares();
+        let folder = tempfile::tempdir().unwrap();
+        let whole = folder.path().join("whole.txt");
+        std::fs::write(&whole, b"whole").unwrap();
+        let whole_id = ContentId(*blake3::hash(b"whole").as_bytes());
+        let partial = |id: ContentId, name: &str, available| SharedFile {
+            content_id: id,
+            name: name.into(),
+            size: 100,
+            available,
+        };
+        let other = ContentId([9; 32]);
+        shares.share_partial(partial(other, "film.mkv", None)).await;
+        assert_eq!(
+            published_files(&mut rx).await,
+            [("film.mkv".into(), Some(0))]
+        );
+        shares
+            .share_partial(partial(other, "film.mkv", Some(0)))
+            .await;
+        shares
+            .share_partial(partial(other, "film.mkv", Some(500)))
+            .await;
+        assert_eq!(
+            published_files(&mut rx).await,
+            [("film.mkv".into(), Some(100))],
+            "unchanged is not published again; at most the size"
+        );
+        // A partial of what is already shared whole publishes nothing.
+        shares.share_file(whole.clone()).await.unwrap();
+        let mut list = published_files(&mut rx).await;
+        list.sort();
+        assert_eq!(
+            list,
+            [("film.mkv".into(), Some(100)), ("whole.txt".into(), None)]
+        );
+        shares
+            .share_partial(partial(whole_id, "whole.txt", Some(1)))
+            .await;
+        shares.unshare_partial(&whole_id).await;
+        // Unsharing a partial publishes the list without it.
+        shares.unshare_partial(&other).await;
+        assert_eq!(published_files(&mut rx).await, [("whole.txt".into(), None)]);
+        shares.unshare_partial(&other).await;
+        assert!(rx.try_recv().is_err(), "nothing else was published");
+        assert_eq!(shares.summary().files, 1, "partial files are not counted");
     }
 
     #[tokio::test]

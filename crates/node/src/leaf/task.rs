@@ -338,7 +338,8 @@ impl LeafTask {
 
     /// Publishes `files` through every session, and to sessions yet to open.
     async fn publish(&mut self, running: &Running, files: Vec<SharedFile>) {
-        self.status.send_modify(|s| s.shared_files = files.len());
+        let whole = files.iter().filter(|f| f.available.is_none()).count();
+        self.status.send_modify(|s| s.shared_files = whole);
         for link in running.links.values() {
             let _ = link.to_session.send(ToSession::Shares(files.clone())).await;
         }

@@ -68,6 +68,7 @@ async fn a_wrong_size_from_the_first_hit_does_not_poison_the_download() {
             content_id: id,
             name: "payload.bin".into(),
             size: 5 * MIB as u64,
+            available: None,
         },
     )
     .await;
@@ -140,6 +141,7 @@ async fn a_hostile_name_is_saved_made_safe() {
                 content_id: id,
                 name: name.into(),
                 size: data.len() as u64,
+                available: None,
             },
         )
         .await;

@@ -27,6 +27,7 @@ fn bulk(first: u32, count: u32) -> Vec<SharedFile> {
                 content_id: ContentId(id),
                 name: format!("bulk {n:06}"),
                 size: 1,
+                available: None,
             }
         })
         .collect()

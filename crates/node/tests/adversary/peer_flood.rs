@@ -111,6 +111,7 @@ fn file(n: u32, name: &str) -> SharedFile {
         content_id: ContentId(id),
         name: name.into(),
         size: 1_000,
+        available: None,
     }
 }
 

@@ -18,6 +18,7 @@ fn song() -> SharedFile {
         content_id: ContentId([0x51; 32]),
         name: "song.ogg".into(),
         size: 4_000,
+        available: None,
     }
 }
 

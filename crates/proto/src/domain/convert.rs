@@ -112,23 +112,39 @@ pub fn is_valid_file_name(name: &str) -> bool {
             .any(|c| c == '/' || c == '\\' || c.is_control())
 }
 
-fn shared_file(field: &'static str, file: &wire::SharedFile) -> Result<SharedFile> {
+/// The field names of one list of shared files: the list, and the
+/// `available` of its entries.
+struct FileFields {
+    list: &'static str,
+    available: &'static str,
+}
+
+fn shared_file(fields: &FileFields, file: &wire::SharedFile) -> Result<SharedFile> {
     if !is_valid_file_name(&file.name) {
         return Err(invalid(
-            field,
+            fields.list,
             "name must be 1-255 bytes with no '/', '\\', control characters, '.' or '..'",
         ));
     }
+    if let Some(available) = file.available {
+        if available > file.size {
+            return Err(invalid(
+                fields.available,
+                format!("{available} bytes, more than the file's size {}", file.size),
+            ));
+        }
+    }
     Ok(SharedFile {
-        content_id: content_id(field, &file.content_id)?,
+        content_id: content_id(fields.list, &file.content_id)?,
         name: file.name.clone(),
         size: file.size,
+        available: file.available,
     })
 }
 
-fn shared_files(field: &'static str, files: &[wire::SharedFile]) -> Result<Vec<SharedFile>> {
-    max_count(field, files, MAX_FILES_PER_MESSAGE)?;
-    files.iter().map(|f| shared_file(field, f)).collect()
+fn shared_files(fields: FileFields, files: &[wire::SharedFile]) -> Result<Vec<SharedFile>> {
+    max_count(fields.list, files, MAX_FILES_PER_MESSAGE)?;
+    files.iter().map(|f| shared_file(&fields, f)).collect()
 }
 
 fn hello(hello: &wire::Hello) -> Result<Hello> {
@@ -258,7 +274,13 @@ fn query(query: &wire::Query) -> Result<Query> {
 }
 
 fn query_hit(hit: &wire::QueryHit) -> Result<QueryHit> {
-    let files = shared_files("query_hit.files", &hit.files)?;
+    let files = shared_files(
+        FileFields {
+            list: "query_hit.files",
+            available: "query_hit.files.available",
+        },
+        &hit.files,
+    )?;
     if files.is_empty() {
         return Err(invalid("query_hit.files", "a hit needs at least one file"));
     }
@@ -341,12 +363,24 @@ impl TryFrom<wire::Envelope> for Message {
             },
             Body::FileList(list) => Message::FileList {
                 replace: list.replace,
-                files: shared_files("file_list.files", &list.files)?,
+                files: shared_files(
+                    FileFields {
+                        list: "file_list.files",
+                        available: "file_list.files.available",
+                    },
+                    &list.files,
+                )?,
             },
             Body::FileDelta(delta) => {
                 max_count("file_delta.removed", &delta.removed, MAX_FILES_PER_MESSAGE)?;
                 Message::FileDelta {
-                    added: shared_files("file_delta.added", &delta.added)?,
+                    added: shared_files(
+                        FileFields {
+                            list: "file_delta.added",
+                            available: "file_delta.added.available",
+                        },
+                        &delta.added,
+                    )?,
                     removed: delta
                         .removed
                         .iter()
@@ -381,6 +415,7 @@ fn wire_file(file: &SharedFile) -> wire::SharedFile {
         content_id: file.content_id.0.to_vec(),
         name: file.name.clone(),
         size: file.size,
+        available: file.available,
     }
 }
 

@@ -122,6 +122,9 @@ pub struct SharedFile {
     pub name: String,
     /// Size in bytes.
     pub size: u64,
+    /// Bytes verified so far of a file still downloading (a partial
+    /// source), at most `size`; `None` when the leaf has the whole file.
+    pub available: Option<u64>,
 }
 
 /// A search travelling the overlay.

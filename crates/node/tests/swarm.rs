@@ -1,0 +1,387 @@
+//! Every downloader is a source, on real nodes on 127.0.0.1: a leaf
+//! downloading from a slow seed is published as a partial source (found by
+//! a content-id search, its `available` growing) and as a whole one once
+//! it is done and shared; in a small flash crowd the downloaders get bytes
+//! from each other and the seed uploads less than a copy each; and a
+//! downloader killed mid-swarm (its runtime dropped: every task and socket
+//! gone at once, as with kill -9) stops none of the others.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use canopy_core::search::Source;
+use canopy_node::fetch::{self, FetchProgress, FetchRequest, FetchTarget};
+use canopy_node::leaf::{LeafHandle, LeafOptions};
+use canopy_node::supernode::SupernodeHandle;
+use canopy_proto::ContentId;
+use canopy_testkit::overlay::{
+    PATIENCE, id_request, leaf_options, sample_bytes, start_leaf, supernode,
+};
+use canopy_transfer::bandwidth::RateLimit;
+use canopy_transfer::download::DownloadReport;
+use canopy_transfer::server::ContentServer;
+use tokio::sync::{oneshot, watch};
+
+const MIB: usize = 1 << 20;
+/// Longer than any download here may take, however loaded the machine.
+const LONG: Duration = Duration::from_secs(180);
+/// The seed's upload limit: slow enough that downloaders overlap.
+const SEED_RATE: u64 = 1 << 20;
+
+fn content_id(data: &[u8]) -> ContentId {
+    ContentId(*blake3::hash(data).as_bytes())
+}
+
+fn hash_of(path: &Path) -> ContentId {
+    content_id(&std::fs::read(path).unwrap())
+}
+
+/// A supernode and a seed leaf sharing `data` as `name`, its uploads held
+/// to [`SEED_RATE`].
+struct Crowd {
+    at: SupernodeHandle,
+    seed: LeafHandle,
+    _seed_dir: tempfile::TempDir,
+    id: ContentId,
+    size: u64,
+}
+
+impl Crowd {
+    async fn start(name: &str, data: &[u8]) -> Self {
+        let at = supernode(&[]).await;
+        let seed_dir = tempfile::tempdir().unwrap();
+        std::fs::write(seed_dir.path().join(name), data).unwrap();
+        let mut options = leaf_options(&at, Some(seed_dir.path()));
+        options.upload_limit = RateLimit::new(SEED_RATE);
+        let seed = start_leaf(options).await;
+        at.wait_for(PATIENCE, |s| s.index_files >= 1).await.unwrap();
+        Crowd {
+            at,
+            seed,
+            _seed_dir: seed_dir,
+            id: content_id(data),
+            size: data.len() as u64,
+        }
+    }
+
+    /// Options for a downloading leaf: it serves on 127.0.0.1 (any port).
+    fn downloader_options(&self) -> LeafOptions {
+        leaf_options(&self.at, None)
+    }
+
+    fn seed_label(&self) -> String {
+        self.seed.listen_addr().unwrap().to_string()
+    }
+}
+
+/// A fetch of `id` into `dir` whose searches run long, reporting progress.
+fn fetch_request(id: ContentId, dir: &Path) -> (FetchRequest, watch::Receiver<FetchProgress>) {
+    let mut request = FetchRequest::new(id, FetchTarget::Dir(dir.to_owned()));
+    request.search_timeout = LONG;
+    let (tx, rx) = watch::channel(FetchProgress::default());
+    request.progress = Some(Arc::new(move |p: &FetchProgress| {
+        tx.send_replace(p.clone());
+    }));
+    (request, rx)
+}
+
+/// Bytes a report says came from anyone but the seed.
+fn bytes_from_peers(report: &DownloadReport, seed: &str) -> u64 {
+    report
+        .sources
+        .iter()
+        .filter(|s| !s.source.starts_with(seed))
+        .map(|s| s.bytes)
+        .sum()
+}
+
+/// The sources a content-id search from `observer` finds (one search, run
+/// to its short timeout).
+async fn sources_of(observer: &LeafHandle, id: ContentId) -> Vec<Source> {
+    let outcome = observer
+        .search(id_request(id, Duration::from_millis(500)))
+        .await
+        .unwrap();
+    outcome
+        .results
+        .into_iter()
+        .filter(|r| r.content_id == id)
+        .flat_map(|r| r.sources)
+        .collect()
+}
+
+/// Searches from `observer` until `node`'s entry among the sources passes
+/// `check`; returns it.
+async fn wait_for_source(
+    observer: &LeafHandle,
+    id: ContentId,
+    node: canopy_proto::NodeId,
+    what: &str,
+    check: impl Fn(&Source) -> bool,
+) -> Source {
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let sources = sources_of(observer, id).await;
+        let mine: Vec<&Source> = sources.iter().filter(|s| s.node_id == node).collect();
+        assert!(mine.len() <= 1, "one source per leaf: {sources:?}");
+        if let Some(source) = mine.first().filter(|s| check(s)) {
+            return (*source).clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never saw the downloader {what}; last: {sources:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_downloader_is_a_partial_source_with_what_it_has_then_a_whole_one() {
+    let data = sample_bytes(8 * MIB, 11);
+    let crowd = Crowd::start("film.bin", &data).await;
+    let downloader = Arc::new(start_leaf(crowd.downloader_options()).await);
+    let observer = start_leaf(LeafOptions::new(crowd.at.local_addr())).await;
+    let into = tempfile::tempdir().unwrap();
+    let (mut request, _progress) = fetch_request(crowd.id, into.path());
+    // As the daemon does for a download into a shared folder: served from
+    // where it lands at once, then shared whole, then the partial goes.
+    request.share_when_done = true;
+    let fetching = tokio::spawn({
+        let downloader = downloader.clone();
+        async move { fetch::fetch(&downloader, request).await }
+    });
+
+    let node = downloader.node_id();
+    let first = wait_for_source(&observer, crowd.id, node, "partial", |s| s.partial).await;
+    let had = first
+        .available
+        .expect("a partial source says how much it has");
+    assert!(had > 0 && had < crowd.size, "{had} of {}", crowd.size);
+    let later = wait_for_source(&observer, crowd.id, node, "with more", |s| {
+        s.partial && s.available.is_some_and(|a| a > had)
+    })
+    .await;
+    assert!(later.available.unwrap() <= crowd.size);
+
+    let report = tokio::time::timeout(LONG, fetching)
+        .await
+        .expect("the download finished")
+        .unwrap()
+        .unwrap();
+    assert_eq!(hash_of(&report.path), crowd.id);
+    // Served from the target the moment it was complete.
+    let entry = downloader.catalog().get(&crowd.id).expect("served");
+    assert_eq!(
+        entry.path.canonicalize().unwrap(),
+        report.path.canonicalize().unwrap()
+    );
+    downloader.share_file(report.path.clone()).await.unwrap();
+    downloader.unshare_partial(crowd.id).await;
+    let whole = wait_for_source(&observer, crowd.id, node, "whole", |s| !s.partial).await;
+    assert_eq!(whole.available, None);
+    // The seed is still there, and whole.
+    let seed = crowd.seed.node_id();
+    let sources = sources_of(&observer, crowd.id).await;
+    assert!(sources.iter().any(|s| s.node_id == seed && !s.partial));
+    crowd
+        .at
+        .wait_for(PATIENCE, |s| s.index_files == 2)
+        .await
+        .expect("one record each");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partial_source_is_withdrawn_when_its_download_is_cancelled() {
+    let data = sample_bytes(8 * MIB, 12);
+    let crowd = Crowd::start("film.bin", &data).await;
+    let downloader = Arc::new(start_leaf(crowd.downloader_options()).await);
+    let observer = start_leaf(LeafOptions::new(crowd.at.local_addr())).await;
+    let into = tempfile::tempdir().unwrap();
+    let (request, _progress) = fetch_request(crowd.id, into.path());
+    let cancel = request.cancel.clone();
+    let fetching = tokio::spawn({
+        let downloader = downloader.clone();
+        async move { fetch::fetch(&downloader, request).await }
+    });
+    let node = downloader.node_id();
+    wait_for_source(&observer, crowd.id, node, "partial", |s| s.partial).await;
+    cancel.cancel();
+    assert!(fetching.await.unwrap().is_err());
+    crowd
+        .at
+        .wait_for(PATIENCE, |s| s.index_files == 1)
+        .await
+        .expect("the partial file is withdrawn");
+    let sources = sources_of(&observer, crowd.id).await;
+    assert!(sources.iter().all(|s| s.node_id != node), "{sources:?}");
+    assert!(downloader.catalog().get_partial(&crowd.id).is_none());
+}
+
+/// A downloading leaf of the crowd, its fetch running.
+struct Downloader {
+    leaf: Arc<LeafHandle>,
+    _dir: tempfile::TempDir,
+    fetching: tokio::task::JoinHandle<Result<DownloadReport, canopy_node::NodeError>>,
+}
+
+async fn start_downloader(crowd: &Crowd) -> Downloader {
+    let leaf = Arc::new(start_leaf(crowd.downloader_options()).await);
+    let dir = tempfile::tempdir().unwrap();
+    let (request, _progress) = fetch_request(crowd.id, dir.path());
+    let fetching = tokio::spawn({
+        let leaf = leaf.clone();
+        async move { fetch::fetch(&leaf, request).await }
+    });
+    Downloader {
+        leaf,
+        _dir: dir,
+        fetching,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_a_small_flash_crowd_downloaders_get_bytes_from_each_other() {
+    const DOWNLOADERS: usize = 4;
+    let data = sample_bytes(8 * MIB, 13);
+    let crowd = Crowd::start("crowd.bin", &data).await;
+    let mut leaves = Vec::new();
+    for _ in 0..DOWNLOADERS {
+        leaves.push(crowd.downloader_options());
+    }
+    // Joined first, then all started together.
+    let mut joined = Vec::new();
+    for options in leaves {
+        joined.push(Arc::new(start_leaf(options).await));
+    }
+    let mut dirs = Vec::new();
+    let mut running = Vec::new();
+    for leaf in &joined {
+        let dir = tempfile::tempdir().unwrap();
+        let (request, _progress) = fetch_request(crowd.id, dir.path());
+        let leaf = leaf.clone();
+        running.push(tokio::spawn(
+            async move { fetch::fetch(&leaf, request).await },
+        ));
+        dirs.push(dir);
+    }
+    let mut from_peers = 0;
+    for fetching in running {
+        let report = tokio::time::timeout(LONG, fetching)
+            .await
+            .expect("every download finished")
+            .unwrap()
+            .unwrap();
+        assert_eq!(hash_of(&report.path), crowd.id);
+        from_peers += bytes_from_peers(&report, &crowd.seed_label());
+    }
+    let seed_sent = crowd.seed.server().uploaded_bytes();
+    let copies = seed_sent as f64 / crowd.size as f64;
+    assert!(from_peers > 0, "no downloader got a byte from another");
+    assert!(
+        seed_sent < DOWNLOADERS as u64 * crowd.size,
+        "the seed sent {copies:.2} copies to {DOWNLOADERS} downloaders"
+    );
+    // Every downloader served some of it.
+    let served: Vec<u64> = joined.iter().map(|l| l.server().uploaded_bytes()).collect();
+    assert!(served.iter().sum::<u64>() >= from_peers, "{served:?}");
+}
+
+/// A downloader on a runtime of its own: killing it drops every task and
+/// socket at once, with no goodbye, as kill -9 would.
+struct Doomed {
+    runtime: Option<tokio::runtime::Runtime>,
+    server: ContentServer,
+    progress: watch::Receiver<FetchProgress>,
+}
+
+impl Doomed {
+    fn kill(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Doomed {
+    fn drop(&mut self) {
+        // A runtime can't be dropped from inside another.
+        self.kill();
+    }
+}
+
+async fn start_doomed(at: SocketAddr, id: ContentId, dir: PathBuf) -> Doomed {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (ready, started) = oneshot::channel();
+    runtime.spawn(async move {
+        let mut options = LeafOptions::new(at);
+        options.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let leaf = start_leaf(options).await;
+        let (request, progress) = fetch_request(id, &dir);
+        let _ = ready.send((leaf.server().clone(), progress));
+        let _ = fetch::fetch(&leaf, request).await;
+        std::future::pending::<()>().await;
+    });
+    let (server, progress) = started.await.unwrap();
+    Doomed {
+        runtime: Some(runtime),
+        server,
+        progress,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_downloader_killed_mid_swarm_stops_none_of_the_others() {
+    let data = sample_bytes(8 * MIB, 14);
+    let crowd = Crowd::start("crowd.bin", &data).await;
+    let doomed_dir = tempfile::tempdir().unwrap();
+    let mut doomed = start_doomed(
+        crowd.at.local_addr(),
+        crowd.id,
+        doomed_dir.path().to_owned(),
+    )
+    .await;
+    // A head start: the others' first search finds it as a partial
+    // source, so they fetch from it from the start.
+    let deadline = tokio::time::Instant::now() + LONG;
+    while doomed.progress.borrow().verified_bytes < 2 * MIB as u64 {
+        assert!(tokio::time::Instant::now() < deadline, "it never started");
+        let _ = tokio::time::timeout(Duration::from_millis(50), doomed.progress.changed()).await;
+    }
+    crowd
+        .at
+        .wait_for(PATIENCE, |s| s.index_files == 2)
+        .await
+        .expect("published as a partial source");
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(start_downloader(&crowd).await);
+    }
+    // Killed once it has served the others some of what it has, while it
+    // is still downloading.
+    while doomed.server.uploaded_bytes() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "it never served anyone"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(50), doomed.progress.changed()).await;
+    }
+    let verified = doomed.progress.borrow().verified_bytes;
+    assert!(verified < crowd.size, "killed mid-download");
+    doomed.kill();
+    for other in others {
+        let report = tokio::time::timeout(LONG, other.fetching)
+            .await
+            .expect("the others finished")
+            .unwrap()
+            .unwrap();
+        assert_eq!(hash_of(&report.path), crowd.id);
+        drop(other.leaf);
+    }
+}
