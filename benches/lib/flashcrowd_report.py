@@ -40,7 +40,7 @@ def read_checks(path):
     return checks
 
 
-def summarize(finishes, failures, seed_uploaded, downloaders_uploaded, n, size):
+def summarize(finishes, failures, seed_uploaded, downloaders_uploaded, received, n, size):
     good = [t for t in finishes.values() if t is not None]
     return {
         "finish_seconds": {str(k): v for k, v in sorted(finishes.items())},
@@ -57,6 +57,9 @@ def summarize(finishes, failures, seed_uploaded, downloaders_uploaded, n, size):
         "sent_over_needed": (
             ((seed_uploaded or 0) + downloaders_uploaded) / (n * size)
         ),
+        # What the downloaders took in (libtorrent: payload downloaded;
+        # Canopy: verified bytes) over what they needed.
+        "received_over_needed": received / (n * size),
     }
 
 
@@ -65,19 +68,20 @@ def bittorrent(work, n, size):
     if not os.path.exists(os.path.join(d, "go")):
         return None
     checks = read_checks(os.path.join(d, "checks.txt"))
-    finishes, failures, uploaded = {}, {}, 0
+    finishes, failures, uploaded, received = {}, {}, 0, 0
     for i in range(1, n + 1):
         status = read_json(os.path.join(d, f"d{i}.json")) or {}
         finished = status.get("finished_seconds")
         check = checks.get(i, "not checked")
         uploaded += status.get("uploaded") or 0
+        received += status.get("downloaded") or 0
         if finished is None:
             failures[str(i)] = "not finished within the timeout" + (f": {status['error']}" if status.get("error") else "")
         elif check != "ok":
             failures[str(i)] = f"file {check}"
         finishes[i] = finished if str(i) not in failures else None
     seed = read_json(os.path.join(d, "seed.json")) or {}
-    return summarize(finishes, failures, seed.get("uploaded"), uploaded, n, size)
+    return summarize(finishes, failures, seed.get("uploaded"), uploaded, received, n, size)
 
 
 def canopy(work, n, size):
@@ -93,7 +97,7 @@ def canopy(work, n, size):
     except OSError:
         timed_out = None
     checks = read_checks(os.path.join(d, "checks.txt"))
-    finishes, failures, uploaded = {}, {}, 0
+    finishes, failures, uploaded, received = {}, {}, 0, 0
     for i in range(1, n + 1):
         finished, why = None, None
         try:
@@ -122,9 +126,10 @@ def canopy(work, n, size):
         finishes[i] = finished
         status = read_json(os.path.join(d, f"status{i}.json")) or {}
         uploaded += (status.get("totals") or {}).get("uploaded_bytes") or 0
+        received += (status.get("totals") or {}).get("downloaded_bytes") or 0
     seed = read_json(os.path.join(d, "status0.json")) or {}
     seed_uploaded = (seed.get("totals") or {}).get("uploaded_bytes")
-    side = summarize(finishes, failures, seed_uploaded, uploaded, n, size)
+    side = summarize(finishes, failures, seed_uploaded, uploaded, received, n, size)
     # The leaves' refusal counters: the seed's, and the downloaders' summed.
     side["seed_counters"] = read_counters(os.path.join(d, "metrics0.txt"))
     side["downloader_counters"] = {}
@@ -169,8 +174,8 @@ def ratio(a, b):
 def table(doc):
     n, bound = doc["n"], doc["bound_seconds"]
     rows = [
-        "| side | last finish | mean finish | seed's share of bytes (copies) | downloaders uploaded | all sent / needed | failed | no-sharing bound |",
-        "|---|---|---|---|---|---|---|---|",
+        "| side | last finish | mean finish | seed's share of bytes (copies) | downloaders uploaded | all sent / needed | received / needed | failed | no-sharing bound |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, key in (("BitTorrent (libtorrent + opentracker)", "bittorrent"), ("Canopy", "canopy")):
         side = doc.get(key)
@@ -185,7 +190,7 @@ def table(doc):
         up = side["downloaders_uploaded_bytes"] / 2**20
         rows.append(
             f"| {name} | {last} | {fmt(side['mean_finish_seconds'], 1, ' s')} | {share} "
-            f"| {up:.0f} MiB | {side['sent_over_needed']:.2f} | {side['failed']} of {n} | {bound:.0f} s |"
+            f"| {up:.0f} MiB | {side['sent_over_needed']:.2f} | {side['received_over_needed']:.2f} | {side['failed']} of {n} | {bound:.0f} s |"
         )
     lines = ["\n".join(rows)]
     if doc.get("canopy_over_bittorrent_last") is not None:
