@@ -132,11 +132,71 @@ def canopy(work, n, size):
     side = summarize(finishes, failures, seed_uploaded, uploaded, received, n, size)
     # The leaves' refusal counters: the seed's, and the downloaders' summed.
     side["seed_counters"] = read_counters(os.path.join(d, "metrics0.txt"))
+    side["duplicates"] = duplicates(work, n, size)
     side["downloader_counters"] = {}
     for i in range(1, n + 1):
         for name, value in read_counters(os.path.join(d, f"metrics{i}.txt")).items():
             side["downloader_counters"][name] = side["downloader_counters"].get(name, 0) + value
     return side
+
+
+def transfers(work, n):
+    """Every upload the leaves logged: (server home, downloader IP, first
+    byte, bytes sent), from their "upload started" (range) and "upload
+    ended" (bytes) lines, paired in order per connection."""
+    found = []
+    for server in range(0, n + 1):
+        started = {}
+        try:
+            with open(os.path.join(work, "canopy", f"l{server}.log")) as f:
+                lines = f.readlines()
+        except OSError:
+            continue
+        for line in lines:
+            if "upload started" not in line and "upload ended" not in line:
+                continue
+            fields = dict(
+                part.split("=", 1) for part in line.split() if "=" in part and not part.startswith("file=")
+            )
+            peer = fields.get("peer")
+            if peer is None:
+                continue
+            if "upload started" in line and "range" in fields:
+                first = int(fields["range"].split("-", 1)[0])
+                started.setdefault(peer, []).append(first)
+            elif "upload ended" in line and started.get(peer):
+                first = started[peer].pop(0)
+                found.append((server, peer.rsplit(":", 1)[0], first, int(fields.get("bytes", "0"))))
+    return found
+
+
+def duplicates(work, n, size, group=1 << 20):
+    """Whole 1 MiB groups each downloader was sent more than once, and by
+    whom (the seed in a copy or not), and the bytes of groups cut short."""
+    groups = (size + group - 1) // group
+    copies = {}  # (downloader ip, group) -> [server homes]
+    cut = 0
+    for server, ip, first, sent in transfers(work, n):
+        end = first + sent
+        g = first // group
+        while g < groups:
+            lo, hi = g * group, min((g + 1) * group, size)
+            if hi <= end and lo >= first:
+                copies.setdefault((ip, g), []).append(server)
+            elif lo < end:
+                cut += min(hi, end) - max(lo, first)
+            if hi >= end:
+                break
+            g += 1
+    extra = [servers for servers in copies.values() if len(servers) > 1]
+    return {
+        "whole_groups_sent": sum(len(v) for v in copies.values()),
+        "groups_needed": n * groups,
+        "groups_sent_more_than_once": len(extra),
+        "extra_copies": sum(len(v) - 1 for v in extra),
+        "extra_copies_with_a_seed_copy": sum(len(v) - 1 for v in extra if 0 in v),
+        "bytes_of_groups_cut_short": cut,
+    }
 
 
 # Counters of a leaf's /metrics worth seeing after a crowd.
@@ -215,6 +275,13 @@ def table(doc):
     if side is not None:
         def counters(values):
             return ", ".join(f"{k.removeprefix('canopy_')} {v}" for k, v in values.items()) or "none read"
+        dup = side["duplicates"]
+        lines.append(
+            f"Canopy, from the leaves' upload logs: {dup['whole_groups_sent']} whole 1 MiB groups sent "
+            f"for {dup['groups_needed']} needed; {dup['groups_sent_more_than_once']} groups sent to the same "
+            f"downloader more than once ({dup['extra_copies']} extra copies, {dup['extra_copies_with_a_seed_copy']} "
+            f"of them of a group the seed also sent); {dup['bytes_of_groups_cut_short'] / 2**20:.1f} MiB in groups cut short."
+        )
         lines.append(
             f"Canopy leaves' counters: seed: {counters(side['seed_counters'])}; "
             f"downloaders (sum): {counters(side['downloader_counters'])}"
