@@ -27,6 +27,7 @@ use canopy_proto::ContentId;
 
 use crate::Time;
 use crate::addr_limits::{IpNet, canonical_ip, default_exempt, prefix_of};
+use crate::addrman::group::learnable;
 
 /// Entries read from one `X-Alt` value at most.
 pub const MAX_ALTERNATES_READ: usize = 16;
@@ -224,39 +225,19 @@ impl Mesh {
 
 /// Whether a downloader should dial `alt`, an alternate that a source at
 /// `told_by` named in `X-Alt`. Never an address that can't be a peer
-/// (unspecified, port 0, multicast, broadcast, link-local); a loopback
-/// address only if the teller is on loopback itself, and a private one
-/// (RFC 1918, IPv6 unique local) only if the teller is private or on
-/// loopback: tests on 127.0.0.x and a LAN keep working, but a source on
-/// the internet can't aim its downloaders at their own machine or LAN.
+/// (unspecified, port 0, multicast, broadcast, link-local); otherwise as
+/// [`crate::addrman::group::learnable`]: only an address of the teller's
+/// scope or wider, so a loopback address only from a teller on loopback
+/// and a private one (RFC 1918, shared, IPv6 unique local) only from a
+/// private or loopback teller. Tests on 127.0.0.x and a LAN keep working,
+/// but a source on the internet can't aim its downloaders at their own
+/// machine or LAN.
 pub fn alternate_allowed(alt: SocketAddr, told_by: IpAddr) -> bool {
-    let ip = canonical_ip(alt.ip());
-    let told_by = canonical_ip(told_by);
-    if alt.port() == 0 || ip.is_unspecified() || ip.is_multicast() {
-        return false;
-    }
-    let link_local = match ip {
-        IpAddr::V4(v4) => v4.is_link_local() || v4.is_broadcast(),
-        IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+    let link_local = match canonical_ip(alt.ip()) {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
     };
-    if link_local {
-        return false;
-    }
-    if ip.is_loopback() {
-        return told_by.is_loopback();
-    }
-    if is_private(ip) {
-        return told_by.is_loopback() || is_private(told_by);
-    }
-    true
-}
-
-/// RFC 1918 IPv4 or an IPv6 unique local address (fc00::/7).
-fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_private(),
-        IpAddr::V6(v6) => v6.segments()[0] & 0xfe00 == 0xfc00,
-    }
+    !link_local && learnable(alt, told_by)
 }
 
 /// Drops the oldest of the addresses `matches` picks out of `seen` until

@@ -39,7 +39,7 @@ use canopy_core::download::DownloadConfig;
 use canopy_core::leaf::SearchRequest;
 use canopy_core::save_name::safe_file_name;
 use canopy_core::search::{MAX_SOURCES_PER_RESULT, SearchResult, Source, most_agreed};
-use canopy_proto::{ContentId, NodeId, SharedFile};
+use canopy_proto::{ContentId, NodeId, SharedFile, is_valid_file_name};
 use canopy_transfer::bandwidth::ThrottledConnector;
 use canopy_transfer::client::{Connector, DirectConnector};
 use canopy_transfer::download::{
@@ -474,7 +474,11 @@ impl<'a> Finder<'a> {
         }
     }
 
-    fn merge(&mut self, result: SearchResult) {
+    fn merge(&mut self, mut result: SearchResult) {
+        // Our own partial file, published to every supernode we are
+        // attached to, can come back through another: not a source.
+        let us = self.leaf.node_id();
+        result.sources.retain(|source| source.node_id != us);
         let count = self.found.len();
         match self.found.iter_mut().find(|r| r.size == result.size) {
             Some(known) => {
@@ -711,7 +715,10 @@ impl Attempt<'_> {
                 .target
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| safe_file_name("", &id)),
+                .filter(|name| is_valid_file_name(name))
+                // A target named by the user may be no valid name on the
+                // wire (a supernode would refuse the whole message).
+                .unwrap_or_else(|| safe_file_name(&self.target.to_string_lossy(), &id)),
             size: self.size,
             available: None,
         };
@@ -802,5 +809,33 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_file_is_published_first_then_every_interval_or_tenth() {
+        let mut schedule = PartialSchedule::new(100);
+        assert_eq!(schedule.due(0), None, "nothing verified yet");
+        let first = schedule.due(1).unwrap();
+        assert!(first <= tokio::time::Instant::now(), "at once");
+        schedule.published(1);
+        let (at, _) = schedule.last.unwrap();
+        assert_eq!(schedule.due(1), None, "nothing new");
+        assert_eq!(schedule.due(5), Some(at + PARTIAL_UPDATE_INTERVAL));
+        assert!(
+            schedule.due(11).unwrap() <= tokio::time::Instant::now(),
+            "a tenth more"
+        );
+        schedule.published(11);
+        let (at, _) = schedule.last.unwrap();
+        assert_eq!(schedule.due(12), Some(at + PARTIAL_UPDATE_INTERVAL));
+        assert!(
+            schedule.due(100).unwrap() <= tokio::time::Instant::now(),
+            "complete"
+        );
     }
 }

@@ -4,7 +4,9 @@
 //! it is done and shared; in a small flash crowd the downloaders get bytes
 //! from each other and the seed uploads less than a copy each; and a
 //! downloader killed mid-swarm (its runtime dropped: every task and socket
-//! gone at once, as with kill -9) stops none of the others.
+//! gone at once, as with kill -9) stops none of the others; and a
+//! downloader attached to two supernodes never takes its own partial file,
+//! found through the other one, for a source.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -220,6 +222,56 @@ async fn a_partial_source_is_withdrawn_when_its_download_is_cancelled() {
     assert!(downloader.catalog().get_partial(&crowd.id).is_none());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_downloader_never_takes_its_own_partial_file_for_a_source() {
+    // Two supernodes; the downloader publishes to both, searches through
+    // one, and the other answers with what the downloader published.
+    let nodes = canopy_testkit::overlay::line(2).await;
+    let data = sample_bytes(4 * MIB, 15);
+    let id = content_id(&data);
+    let seed_dir = tempfile::tempdir().unwrap();
+    std::fs::write(seed_dir.path().join("slow.bin"), &data).unwrap();
+    let mut options = leaf_options(&nodes[0], Some(seed_dir.path()));
+    // Slow enough that the fetch asks the network again meanwhile.
+    options.upload_limit = RateLimit::new(128 << 10);
+    let seed = start_leaf(options).await;
+    let mut options = leaf_options(&nodes[0], None);
+    options.supernodes = vec![nodes[0].local_addr(), nodes[1].local_addr()];
+    options.supernodes_wanted = 2;
+    let downloader = start_leaf(options).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while downloader.status().supernodes.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not attached to both"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let into = tempfile::tempdir().unwrap();
+    let (request, _progress) = fetch_request(id, into.path());
+    let report = tokio::time::timeout(LONG, fetch::fetch(&downloader, request))
+        .await
+        .expect("finished")
+        .unwrap();
+    assert_eq!(hash_of(&report.path), id);
+    assert!(
+        report.elapsed > fetch::REASK_INTERVAL,
+        "asked again meanwhile"
+    );
+    let us = downloader.listen_addr().unwrap().to_string();
+    assert!(
+        report.sources.iter().all(|s| !s.source.starts_with(&us)),
+        "{:?}",
+        report.sources
+    );
+    assert!(
+        report
+            .sources
+            .iter()
+            .any(|s| s.source == seed.listen_addr().unwrap().to_string())
+    );
+}
+
 /// A downloading leaf of the crowd, its fetch running.
 struct Downloader {
     leaf: Arc<LeafHandle>,
@@ -279,6 +331,7 @@ async fn in_a_small_flash_crowd_downloaders_get_bytes_from_each_other() {
     }
     let seed_sent = crowd.seed.server().uploaded_bytes();
     let copies = seed_sent as f64 / crowd.size as f64;
+    eprintln!("seed sent {copies:.2} copies; {from_peers} bytes between downloaders");
     assert!(from_peers > 0, "no downloader got a byte from another");
     assert!(
         seed_sent < DOWNLOADERS as u64 * crowd.size,

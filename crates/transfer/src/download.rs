@@ -36,16 +36,18 @@
 //! every response's ranges update that (a partial source's response
 //! without them: it has the whole file now); a 416 for a data request
 //! says what it has instead, and if it had claimed those groups it lied
-//! and is dropped. A partial source that answers a probe with 404 (an
-//! alternate told of before it had a group) is asked again each probe
-//! interval, for up to a minute.
+//! and is dropped. A partial source that answers 404 (to the tree
+//! request or a probe: one told of before it had a group) stays, and is
+//! probed again each probe interval, for up to a minute.
 //!
 //! Every request says where this node serves (`X-Listen`); every
 //! response's `X-Alt` alternates become new partial sources (up to
-//! [`MAX_SOURCES`] in all, none twice by address), each remembering which
-//! source told of it: when a source is dropped for lying (bad bytes, or a
-//! 416 for what it claimed), the alternates it told of that have delivered
-//! nothing go with it. A direct source that delivers a verified group goes
+//! [`MAX_SOURCES`] in all, none twice by address, only addresses of the
+//! teller's scope or wider: no loopback or private alternate from a
+//! source on the internet), each remembering which source told of it:
+//! when a source is dropped for lying (bad bytes, or a 416 for what it
+//! claimed), the alternates it told of that have delivered nothing go
+//! with it. A direct source that delivers a verified group goes
 //! in the node's mesh (which the server tells other downloaders of); a
 //! liar, its alternates and a source that cannot be reached go out.
 //!
@@ -68,7 +70,7 @@
 //! rest.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -76,6 +78,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use canopy_core::Time;
+use canopy_core::addrman::group::{Scope, learnable};
 use canopy_core::download::{
     DownloadConfig, DownloadEvent, DownloadPlan, Request, RequestKind, SourceId,
 };
@@ -502,6 +505,10 @@ const TREE_HEDGE: Duration = Duration::from_millis(500);
 /// A tree request that has not finished in this long has failed.
 const TREE_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Why a tree request failed, and whether it was a 404 (a partial source
+/// answers so until its first group is verified).
+type TreeFailure = (String, bool);
+
 /// Asks one source for the tree; `Err` says why it failed.
 async fn tree_from(
     source: DownloadSource,
@@ -509,27 +516,29 @@ async fn tree_from(
     size: u64,
     expected: usize,
     listen_port: Option<u16>,
-) -> Result<(VerifiedTree, Vec<u8>), String> {
+) -> Result<(VerifiedTree, Vec<u8>), TreeFailure> {
     let attempt = async {
         let stream = source.connector.connect().await?;
         let mut conn = HttpConn::handshake(stream).await?;
         let response = conn
             .request(Method::GET, &format!("/tree/{id}"), None, listen_port)
             .await?;
-        if response.status() != StatusCode::OK {
-            return Ok(Err(format!("tree request answered {}", response.status())));
+        let status = response.status();
+        if status != StatusCode::OK {
+            let reason = format!("tree request answered {status}");
+            return Ok(Err((reason, status == StatusCode::NOT_FOUND)));
         }
         let bytes = read_limited(response.into_body(), expected).await?;
         Ok::<_, crate::client::ClientError>(
             VerifiedTree::from_bytes(id, size, &bytes)
                 .map(|tree| (tree, bytes.to_vec()))
-                .map_err(|e| format!("bad tree: {e}")),
+                .map_err(|e| (format!("bad tree: {e}"), false)),
         )
     };
     match tokio::time::timeout(TREE_TIMEOUT, attempt).await {
         Ok(Ok(found)) => found,
-        Ok(Err(error)) => Err(error.to_string()),
-        Err(_) => Err("tree request timed out".to_owned()),
+        Ok(Err(error)) => Err((error.to_string(), false)),
+        Err(_) => Err(("tree request timed out".to_owned(), false)),
     }
 }
 
@@ -554,6 +563,8 @@ async fn fetch_tree(
     }
     let expected = group_slot(group_count(size)).saturating_mul(32);
     let mut running = JoinSet::new();
+    // Partial sources that answered 404: kept, but named if all else fails.
+    let mut not_serving: Vec<String> = Vec::new();
     let mut next = 0;
     let start = |list: &[DownloadSource], running: &mut JoinSet<_>, next: &mut usize| {
         if *next < list.len() && running.len() < MAX_TREE_FETCHES {
@@ -592,7 +603,14 @@ async fn fetch_tree(
                 let Some(Ok((index, outcome))) = joined else { continue };
                 match outcome {
                     Ok(found) => return Ok(found),
-                    Err(reason) => {
+                    // A partial source with no group yet: it stays, to be
+                    // probed once the tree comes from another.
+                    Err((reason, true)) if sources.list[index].partial => {
+                        tracing::debug!(source = %sources.list[index].label, %reason, "partial source serves nothing yet");
+                        not_serving.push(format!("{}: {reason}", sources.list[index].label));
+                        start(&sources.list, &mut running, &mut next);
+                    }
+                    Err((reason, _)) => {
                         tracing::warn!(source = %sources.list[index].label, %reason, "dropping source");
                         failed.insert(index, reason);
                         start(&sources.list, &mut running, &mut next);
@@ -609,7 +627,12 @@ async fn fetch_tree(
         }
     }
     Err(DownloadError::AllSourcesFailed(
-        failed.values().cloned().collect::<Vec<_>>().join("\n"),
+        failed
+            .values()
+            .cloned()
+            .chain(not_serving)
+            .collect::<Vec<_>>()
+            .join("\n"),
     ))
 }
 
@@ -1215,7 +1238,8 @@ struct Run {
     /// Plan source ids are indices into `usable`, which holds indices into
     /// `sources.list`.
     usable: Vec<usize>,
-    /// Sources that failed while the tree was fetched, by list index.
+    /// Sources that failed while the tree was fetched, or were not taken
+    /// (a second source at one address), by list index.
     failed: HashMap<usize, String>,
     dropped: HashMap<SourceId, String>,
     /// Sources dropped for lying (bad bytes, or a 416 for groups they
@@ -1262,6 +1286,19 @@ impl Run {
         if let (Some(swarm), Some(addr)) = (&self.swarm, self.addr(source)) {
             swarm.mesh.remove(&self.id, addr);
         }
+    }
+
+    /// Takes the given source at `index` in the list into the plan, unless
+    /// a source at its address is there already (learned from `X-Alt`, say).
+    fn take_in(&mut self, index: usize) {
+        if let Some(addr) = self.sources.list[index].addr {
+            if self.known.contains(&addr) {
+                let reason = "another source has this address".to_owned();
+                self.failed.insert(index, reason);
+                return;
+            }
+        }
+        self.plan_source(index);
     }
 
     /// Takes the source at `index` in the list into the plan.
@@ -1348,21 +1385,31 @@ impl Run {
     }
 
     /// Takes the alternates `teller` told of as new partial sources: at
-    /// most [`MAX_SOURCES`] sources in all, none already known by address.
+    /// most [`MAX_SOURCES`] sources in all, none already known by address,
+    /// and none `teller` may not name: only addresses of its own scope or
+    /// wider (a source on the internet can't steer us to dial our own
+    /// machine or network; a pushed source, whose address we don't dial,
+    /// names only internet addresses).
     fn learn(&mut self, teller: SourceId, alternates: Vec<SocketAddr>) {
         let Some(swarm) = self.swarm.clone() else {
             return;
         };
         let told_by = self.usable[teller];
-        let teller_ip = self
-            .addr(teller)
-            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        let teller_ip = self.addr(teller).map(|addr| addr.ip());
         for addr in alternates
             .into_iter()
-            .filter(|alt| alternate_allowed(*alt, teller_ip))
+            .filter(|alt| teller_ip.is_none_or(|ip| alternate_allowed(*alt, ip)))
         {
             if self.sources.list.len() >= MAX_SOURCES {
                 break;
+            }
+            let may_name = match teller_ip {
+                Some(ip) => learnable(addr, ip),
+                None => Scope::of(addr.ip()) == Scope::Global && learnable(addr, addr.ip()),
+            };
+            if !may_name {
+                tracing::debug!(alternate = %addr, told_by = %self.label(teller), "alternate out of the teller's scope; ignored");
+                continue;
             }
             if !self.known.insert(addr) {
                 continue;
@@ -1676,11 +1723,10 @@ pub async fn download_live(
         first_byte: None,
     };
     for index in 0..run.sources.list.len() {
-        if let Some(addr) = run.sources.list[index].addr {
-            run.known.insert(addr);
-        }
         if !run.failed.contains_key(&index) {
-            run.plan_source(index);
+            run.take_in(index);
+        } else if let Some(addr) = run.sources.list[index].addr {
+            run.known.insert(addr);
         }
     }
     report_progress(&options, &run.plan, run.sources.list.len(), None);
@@ -1724,7 +1770,7 @@ pub async fn download_live(
             }
             arrived = run.sources.arrival(), if run.sources.is_open() => {
                 if let Some(index) = arrived {
-                    run.plan_source(index);
+                    run.take_in(index);
                     report_progress(&options, &run.plan, run.sources.list.len(), run.first_byte);
                 }
             }

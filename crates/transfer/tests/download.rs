@@ -338,3 +338,21 @@ async fn a_cancelled_download_stops_and_a_closed_feed_with_no_source_is_no_sourc
         "nothing left behind"
     );
 }
+
+#[tokio::test]
+async fn a_second_source_at_one_address_is_not_taken() {
+    let s = source(3 * MIB).await;
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("once.bin");
+    let report = download(vec![direct(s.addr), direct(s.addr)], options(&s, &target))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), s.data);
+    assert_eq!(report.sources.len(), 2);
+    assert_eq!(report.sources[0].bytes, s.data.len() as u64);
+    assert_eq!(report.sources[1].bytes, 0);
+    assert_eq!(
+        report.sources[1].dropped.as_deref(),
+        Some("another source has this address")
+    );
+}

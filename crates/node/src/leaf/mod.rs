@@ -366,7 +366,8 @@ impl LeafHandle {
     /// `available` says how many of its bytes are verified (0 if not
     /// given, at most the size). Sent to the supernodes as a delta, only
     /// when it changed; a whole shared file of the same content wins over
-    /// it. The download serves the bytes itself (its catalog entry).
+    /// it. The download serves the bytes itself (its catalog entry). A
+    /// name that is not a valid file name on the wire is not published.
     pub async fn share_partial(&self, file: SharedFile) {
         self.shares.share_partial(file).await;
     }

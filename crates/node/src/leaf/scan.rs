@@ -542,6 +542,11 @@ impl Shares {
     /// size. Published only when it changed and no whole file of the same
     /// content is shared.
     pub(super) async fn share_partial(&self, mut file: SharedFile) {
+        if !canopy_proto::is_valid_file_name(&file.name) {
+            // A supernode would refuse the whole message it went in.
+            tracing::warn!(name = ?file.name, "not publishing a partial file under an invalid name");
+            return;
+        }
         file.available = Some(file.available.unwrap_or(0).min(file.size));
         let mut state = self.inner.state.lock().await;
         let id = file.content_id;
@@ -747,6 +752,9 @@ mod tests {
         shares.unshare_partial(&other).await;
         assert_eq!(published_files(&mut rx).await, [("whole.txt".into(), None)]);
         shares.unshare_partial(&other).await;
+        shares
+            .share_partial(partial(other, "bad/name", Some(1)))
+            .await;
         assert!(rx.try_recv().is_err(), "nothing else was published");
         assert_eq!(shares.summary().files, 1, "partial files are not counted");
     }
