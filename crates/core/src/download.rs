@@ -16,7 +16,12 @@
 //! The plan hands out requests to sources with a free request slot, least
 //! busy first, so more sources means more groups in flight. Which groups:
 //!
-//! - From complete sources only: a run of up to `groups_per_request`
+//! - How many: a source's first runs are short (`swarm_groups_per_request`)
+//!   and double while its requests take less than `request_time` (2 s),
+//!   up to `groups_per_request`, halving when one takes over twice that:
+//!   a fast source soon gets 16 MiB requests, a slow one (a seed a whole
+//!   crowd shares) never ties up many groups that peers could soon give.
+//! - From complete sources only: a run of up to that many
 //!   missing groups, the first run at a group picked at random (from the
 //!   configured seed), the next ones following on from it, wrapping at the
 //!   end of the file. Downloaders that start together from one seed so
@@ -46,7 +51,12 @@
 //! an earlier run are never asked for again.
 //!
 //! Endgame, per source: once no group a source has is missing, that source,
-//! when it has nothing in flight, helps another source's request, asking
+//! when it has nothing in flight, may help another source's request: at
+//! once when no missing group can be asked of anyone (the download's own
+//! endgame, as BitTorrent's), before that only for a request that made no
+//! progress for half the stall timeout (in a swarm a partial peer often
+//! has nothing we miss, and its upload is worth more to the others than a
+//! second copy of a group already on its way). A helper asks
 //! for the last group that request has not delivered and it has (the
 //! request's own stream works from its first, so the two meet instead of
 //! racing for one group; one group at a time, so the waste is at most
@@ -56,8 +66,8 @@
 //! first helper made progress for half the stall timeout (a helper that
 //! sent no byte in a tenth of it, or whose source never sent one when
 //! asked before, does not count: it may be dead; and a source that has
-//! sent bytes may join a first helper that has not), and never a third (in a flash crowd most partial peers are in their endgame: every
-//! extra copy would spend a slow link's upload). Whichever copy verifies
+//! sent bytes may join a first helper that has not), and never a third
+//! (every extra copy would spend a slow link's upload). Whichever copy verifies
 //! first counts, and every other request left with nothing but verified
 //! groups (the owner, the other helpers of that group) is cancelled at
 //! once, freeing its source's slot. So a source that stalls near the end,
@@ -85,7 +95,8 @@ use crate::tree::{MAX_DOWNLOAD_SIZE, group_count, group_range, group_slot};
 pub struct DownloadConfig {
     /// Requests in flight per source.
     pub requests_per_source: usize,
-    /// Groups asked for in one request while every source is complete.
+    /// Groups asked for in one request while every source is complete, at
+    /// most (see `request_time`).
     pub groups_per_request: u64,
     /// Groups asked for in one request once any partial source is known.
     pub swarm_groups_per_request: u64,
@@ -97,15 +108,23 @@ pub struct DownloadConfig {
     /// Seeds the choice among equals (the driver passes a random one, so
     /// downloaders of one file pick differently).
     pub seed: u64,
+    /// How long one request should take: a source's first requests are
+    /// short (`swarm_groups_per_request`), and its runs double while its
+    /// requests take less than this and halve when they take more than
+    /// twice as long, so a fast source soon gets `groups_per_request` and
+    /// a slow one (a seed a crowd shares) never holds groups for long.
+    /// Zero: every run as long as allowed from the start.
+    pub request_time: Duration,
 }
 
 impl Default for DownloadConfig {
-    /// Two requests of 16 MiB per source: two of a leaf's four upload
-    /// slots, leaving room for other downloaders, and requests large
-    /// enough that per-request overhead vanishes (measured on a 1 GiB file:
-    /// 4 MiB requests were ~10% slower than 16 MiB ones). In a swarm, 2 MiB
-    /// requests, so what one downloader verifies is soon somewhere else
-    /// too; partial sources with nothing new asked again every second.
+    /// Two requests per source: two of a leaf's four upload slots, leaving
+    /// room for other downloaders. Up to 16 MiB a request from a fast
+    /// source, so per-request overhead vanishes (measured on a 1 GiB file:
+    /// 4 MiB requests were ~10% slower than 16 MiB ones), sized to about
+    /// two seconds of a source's rate. In a swarm, 2 MiB requests at most,
+    /// so what one downloader verifies is soon somewhere else too; partial
+    /// sources with nothing new asked again every second.
     fn default() -> Self {
         Self {
             requests_per_source: 2,
@@ -114,6 +133,7 @@ impl Default for DownloadConfig {
             stall_timeout: Duration::from_secs(10),
             probe_interval: Duration::from_secs(1),
             seed: 0,
+            request_time: Duration::from_secs(2),
         }
     }
 }
@@ -222,6 +242,8 @@ struct Source {
     asked: bool,
     /// Some of its bytes arrived in this run.
     sent: bool,
+    /// Groups its next run may have (see `DownloadConfig::request_time`).
+    run: u64,
 }
 
 #[derive(Debug)]
@@ -374,6 +396,11 @@ impl DownloadPlan {
             nothing_at: None,
             asked: false,
             sent: false,
+            run: if self.config.request_time.is_zero() {
+                u64::MAX
+            } else {
+                self.config.swarm_groups_per_request.max(1)
+            },
         });
         self.sources.len() - 1
     }
@@ -545,6 +572,7 @@ impl DownloadPlan {
         } else {
             self.config.groups_per_request
         }
+        .min(self.sources[source].run)
         .max(1);
         let has = &self.sources[source].has;
         let mut end = start + 1;
@@ -738,6 +766,12 @@ impl DownloadPlan {
             entry.2 &= unproven;
         }
         let patience = self.config.stall_timeout / 2;
+        // Before the endgame (while a missing group can still be asked of
+        // someone), a request gets a first helper only once it stalls for
+        // half the stall timeout: in a swarm a partial source often has
+        // nothing we miss, and its upload is worth more to the others than
+        // a second copy of a group already on its way.
+        let endgame = !self.missing_fetchable();
         let (_, _, helped, group) = self
             .requests
             .iter()
@@ -752,7 +786,7 @@ impl DownloadPlan {
                         let (count, progress, unproven) =
                             helpers.get(&g).copied().unwrap_or((0, Time::ZERO, true));
                         let allowed = match count {
-                            0 => true,
+                            0 => endgame || now.since(r.last_progress) >= patience,
                             1 => {
                                 (proven && unproven)
                                     || now.since(progress.max(r.last_progress)) >= patience
@@ -984,6 +1018,11 @@ impl DownloadPlan {
             return;
         }
         let (source, stopped_at, end) = (inflight.source, inflight.next, inflight.groups.end);
+        if stopped_at == end && inflight.helps.is_none() {
+            let took = inflight.last_progress.since(inflight.started);
+            let asked = inflight.groups.end - inflight.groups.start;
+            self.size_runs(source, asked, took);
+        }
         self.finish(request);
         if stopped_at < end {
             self.drop_source(
@@ -991,6 +1030,47 @@ impl DownloadPlan {
                 format!("response ended early, at group {stopped_at}"),
             );
         }
+    }
+
+    /// Sizes `source`'s runs by how long its last full run of `asked`
+    /// groups took (see `DownloadConfig::request_time`).
+    fn size_runs(&mut self, source: SourceId, asked: u64, took: Duration) {
+        let target = self.config.request_time;
+        if target.is_zero() {
+            return;
+        }
+        let most = self.config.groups_per_request.max(1);
+        let Some(entry) = self.sources.get_mut(source) else {
+            return;
+        };
+        if asked < entry.run {
+            return; // a shorter run (the source had no more) tells nothing
+        }
+        if took < target {
+            entry.run = (entry.run * 2).min(most);
+        } else if took > target * 2 {
+            entry.run = (entry.run / 2).max(1);
+        }
+    }
+
+    /// Some missing group (not in flight) has an active source that can be
+    /// asked for it: the download is not in its endgame yet.
+    fn missing_fetchable(&self) -> bool {
+        if self.missing.is_empty() {
+            return false;
+        }
+        if self.complete_sources > 0 {
+            return true;
+        }
+        if self.holders.counts.is_empty() {
+            return false;
+        }
+        let none = self.holders.none.words();
+        self.missing
+            .words()
+            .iter()
+            .enumerate()
+            .any(|(index, missing)| missing & !none.get(index).copied().unwrap_or(0) != 0)
     }
 
     /// `request` failed outright (connection refused, bad status, ...).
@@ -1213,6 +1293,9 @@ mod tests {
             requests_per_source: 1,
             groups_per_request: 2,
             stall_timeout: Duration::from_secs(5),
+            // Runs as long as allowed from the start (sizing by time has
+            // its own test).
+            request_time: Duration::ZERO,
             ..DownloadConfig::default()
         }
     }
@@ -1356,6 +1439,7 @@ mod tests {
             requests_per_source: 1,
             groups_per_request: 16,
             stall_timeout: Duration::from_secs(5),
+            request_time: Duration::ZERO,
             ..DownloadConfig::default()
         };
         let mut plan = plan_in_order(3 * GROUP_LEN, &[], config);
@@ -1571,6 +1655,7 @@ mod tests {
             stall_timeout: Duration::from_secs(5),
             probe_interval: Duration::from_secs(1),
             seed: 7,
+            request_time: Duration::ZERO,
         }
     }
 
@@ -1638,7 +1723,7 @@ mod tests {
         assert!(picks.len() >= 5, "{picks:?}");
         assert_eq!(first_pick(3), first_pick(3), "a seed replays");
         // Downloaders with only the seed start at different groups too,
-        // then ask for whole runs.
+        // with short runs (until the seed proves fast).
         let starts: Vec<Range<u64>> = (0..12)
             .map(|seed| {
                 let config = DownloadConfig {
@@ -1653,7 +1738,7 @@ mod tests {
         let distinct: std::collections::BTreeSet<u64> = starts.iter().map(|r| r.start).collect();
         assert!(distinct.len() >= 8, "{starts:?}");
         assert!(
-            starts.iter().all(|r| r.end - r.start == 16 || r.end == 64),
+            starts.iter().all(|r| r.end - r.start == 2 || r.end == 64),
             "{starts:?}"
         );
     }
@@ -1899,12 +1984,112 @@ mod tests {
         assert_eq!(plan.bytes_from(seed), GROUP_LEN);
     }
 
+    /// Serves `request` fully, its groups spread evenly from `start` to
+    /// `end`.
+    fn complete_over(plan: &mut DownloadPlan, request: &Request, start: Time, end: Time) {
+        plan.handle_data_received(request.id, start);
+        let groups = request.groups.end - request.groups.start;
+        for (i, g) in request.groups.clone().enumerate() {
+            let at = start.0 + (end.0 - start.0) * (i as u64 + 1) / groups;
+            plan.handle_group_verified(request.id, g, Time(at));
+        }
+        plan.handle_request_done(request.id);
+    }
+
+    #[test]
+    fn runs_grow_while_a_source_is_fast_and_shrink_when_it_is_slow() {
+        let config = DownloadConfig {
+            requests_per_source: 1,
+            seed: 1,
+            ..DownloadConfig::default()
+        };
+        let mut plan = DownloadPlan::new(400 * GROUP_LEN, [], config);
+        plan.add_source();
+        let mut lengths = Vec::new();
+        let mut now = 0;
+        // Fast: each request takes 100 ms, so runs double up to 16.
+        for _ in 0..6 {
+            let r = plan.next_request(Time(now)).unwrap();
+            lengths.push(r.groups.end - r.groups.start);
+            complete_over(&mut plan, &r, Time(now), Time(now + 100));
+            now += 100;
+        }
+        assert_eq!(lengths, [2, 4, 8, 16, 16, 16]);
+        // Slow now: 10 s a request, so runs halve down to one group.
+        lengths.clear();
+        for _ in 0..6 {
+            let r = plan.next_request(Time(now)).unwrap();
+            lengths.push(r.groups.end - r.groups.start);
+            complete_over(&mut plan, &r, Time(now), Time(now + 10_000));
+            now += 10_000;
+        }
+        assert_eq!(lengths, [16, 8, 4, 2, 1, 1]);
+        // In between (3 s for one group, between one and two request
+        // times): the run stays.
+        let r = plan.next_request(Time(now)).unwrap();
+        complete_over(&mut plan, &r, Time(now), Time(now + 3_000));
+        now += 3_000;
+        let r = plan.next_request(Time(now)).unwrap();
+        assert_eq!(r.groups.end - r.groups.start, 1);
+    }
+
+    #[test]
+    fn before_the_endgame_an_idle_source_does_not_copy_a_group_on_its_way() {
+        // A swarm: the seed busy with a request, a partial peer with
+        // nothing we miss but that group, other groups still missing (only
+        // the seed has them): the peer waits instead of fetching a second
+        // copy, unless the seed's request stalls for half the stall timeout.
+        let size = 8 * GROUP_LEN;
+        let config = DownloadConfig {
+            requests_per_source: 1,
+            stall_timeout: Duration::from_secs(10),
+            ..DownloadConfig::default()
+        };
+        let mut plan = DownloadPlan::new(size, [], config);
+        let seed = plan.add_source();
+        let peer = plan.add_partial_source();
+        let first = plan.next_request(Time(0)).unwrap();
+        assert_eq!((first.source, first.kind), (peer, RequestKind::Probe));
+        let asked = plan.next_request(Time(0)).unwrap();
+        assert_eq!(asked.source, seed);
+        let g = asked.groups.start;
+        let mut peer_has = GroupSet::empty(size);
+        peer_has.insert(g);
+        plan.handle_availability(peer, peer_has.clone(), Time(0));
+        plan.handle_probe_done(first.id, Time(0));
+        // The data requests made at `t`, the peer's probes answered.
+        let data_at = |plan: &mut DownloadPlan, t: u64| {
+            let mut data = Vec::new();
+            while let Some(r) = plan.next_request(Time(t)) {
+                if r.kind == RequestKind::Probe {
+                    plan.handle_availability(r.source, peer_has.clone(), Time(t));
+                    plan.handle_probe_done(r.id, Time(t));
+                } else {
+                    data.push(r);
+                }
+            }
+            data
+        };
+        assert_eq!(data_at(&mut plan, 1_000), [], "no second copy yet");
+        plan.handle_data_received(asked.id, Time(1_000));
+        assert_eq!(data_at(&mut plan, 5_900), [], "still flowing");
+        let help = data_at(&mut plan, 6_000);
+        assert_eq!(help.len(), 1, "{help:?}");
+        let help = help[0].clone();
+        assert_eq!(
+            (help.source, help.groups),
+            (peer, g..g + 1),
+            "stalled: helped"
+        );
+    }
+
     #[test]
     fn a_complete_only_download_completes_in_runs_of_groups_per_request() {
         let size = 64 * GROUP_LEN + 5;
         let config = DownloadConfig {
             requests_per_source: 1,
             seed: 12_345,
+            request_time: Duration::ZERO,
             ..DownloadConfig::default()
         };
         let mut plan = DownloadPlan::new(size, [], config);
@@ -2113,6 +2298,7 @@ mod tests {
                 stall_timeout: Duration::from_secs(5),
                 probe_interval: Duration::from_secs(1),
                 seed,
+                request_time: Duration::ZERO,
             };
             let mut plan = DownloadPlan::new(size, [0, 7], config);
             let mut truth = vec![GroupSet::full(size)];
