@@ -694,7 +694,9 @@ async fn a_downloader_killed_mid_swarm_does_not_stop_the_others() {
     b.shutdown.cancel();
     let report = finished(c_download).await;
     assert!(std::fs::read(c.target()).unwrap() == data);
-    assert!(bytes_from(&report, b.addr) >= MIB as u64);
+    // B sent C a MiB (waited for above), though the groups it was cut off
+    // in the middle of count for nothing: what C verified from B may be
+    // less. The rest came from A.
     assert!(bytes_from(&report, a.addr) > 0);
     eprintln!("C after B died: {:?}", report.bytes_per_source());
 }
