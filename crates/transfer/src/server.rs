@@ -94,8 +94,11 @@ pub type Body = BoxBody<Bytes, std::io::Error>;
 
 /// Upload slots by default, as in gtk-gnutella.
 pub const DEFAULT_UPLOAD_SLOTS: usize = 4;
-/// Seconds a refused downloader is told to wait.
-pub const RETRY_AFTER_SECS: u64 = 5;
+/// Seconds a refused downloader is told to wait: short, since slots free
+/// every few seconds in a crowd (each request is sized to about two
+/// seconds of a source's rate) and a slot nobody comes back for is upload
+/// lost; a retry costs one request head.
+pub const RETRY_AFTER_SECS: u64 = 2;
 /// Bytes read from disk per body chunk.
 const READ_CHUNK: usize = 1024 * 1024;
 

@@ -310,7 +310,7 @@ async fn head_on_a_partial_takes_no_slot_and_says_the_ranges() {
     // has it.
     let busy = get(d.addr, &d.path(), Some("bytes=0-9")).await;
     assert_eq!(busy.status, 503);
-    assert_eq!(busy.header("retry-after").unwrap(), "5");
+    assert_eq!(busy.header("retry-after").unwrap(), "2");
     assert_eq!(busy.header("x-available-ranges").unwrap(), ranges);
     assert_eq!(busy.alternates(), vec![other]);
     assert_eq!(d.server.uploads_in_progress(), 1);

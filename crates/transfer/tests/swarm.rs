@@ -253,22 +253,57 @@ fn bytes_from(report: &DownloadReport, addr: SocketAddr) -> u64 {
         .sum()
 }
 
+/// A seed A (node 1) sharing `mib` MiB and uploading `seed_rate` bytes a
+/// second to everyone together, B (node 2) downloading from it with a
+/// swarm, and C (node 3) idle: the start of most tests here.
+struct Trio {
+    id: ContentId,
+    data: Vec<u8>,
+    a: Node,
+    b: Node,
+    c: Node,
+    _b_feed: mpsc::Sender<DownloadSource>,
+    b_download: JoinHandle<Result<DownloadReport, DownloadError>>,
+}
+
+impl Trio {
+    async fn start(mib: usize, seed_rate: u64) -> Self {
+        let (id, data) = file_data(mib * MIB);
+        let a = Node::start(1, Some(seed_rate)).await;
+        a.share(id, &data);
+        let b = Node::start(2, None).await;
+        let c = Node::start(3, None).await;
+        let (_b_feed, b_download) = b.download(
+            id,
+            data.len(),
+            vec![source(b.ip, a.addr, false)],
+            control(Some(b.swarm(true))),
+        );
+        Self {
+            id,
+            data,
+            a,
+            b,
+            c,
+            _b_feed,
+            b_download,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_downloader_fetches_from_another_that_is_itself_mid_download() {
-    let (id, data) = file_data(12 * MIB);
     // The seed uploads 1 MiB/s in all, to everyone together: B is seconds
     // from done when C starts, however loaded the machine.
-    let a = Node::start(1, Some(MIB as u64)).await;
-    a.share(id, &data);
-    let b = Node::start(2, None).await;
-    let c = Node::start(3, None).await;
-
-    let (_b_feed, b_download) = b.download(
+    let Trio {
         id,
-        data.len(),
-        vec![source(b.ip, a.addr, false)],
-        control(Some(b.swarm(true))),
-    );
+        data,
+        a,
+        b,
+        c,
+        _b_feed,
+        b_download,
+    } = Trio::start(12, MIB as u64).await;
     // B serves what it has verified so far: half the file.
     wait_until("B to serve half the file", || b.partial_groups(&id) >= 6).await;
     assert!(b.partial_groups(&id) < 12, "B is still downloading");
@@ -301,20 +336,17 @@ async fn a_downloader_fetches_from_another_that_is_itself_mid_download() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alternates_told_in_headers_are_used() {
-    let (id, data) = file_data(16 * MIB);
-    let a = Node::start(1, Some(2 * MIB as u64)).await;
-    a.share(id, &data);
-    let b = Node::start(2, None).await;
-    let c = Node::start(3, None).await;
-
     // B downloads from A, saying where it serves (X-Listen): A's mesh
     // learns B once B serves.
-    let (_b_feed, b_download) = b.download(
+    let Trio {
         id,
-        data.len(),
-        vec![source(b.ip, a.addr, false)],
-        control(Some(b.swarm(true))),
-    );
+        data,
+        a,
+        b,
+        c,
+        _b_feed,
+        b_download,
+    } = Trio::start(16, 2 * MIB as u64).await;
     wait_until("B to serve half the file", || b.partial_groups(&id) >= 8).await;
     assert!(
         a.mesh().pick(&id, Some(c.ip), 8).contains(&b.addr),
@@ -667,17 +699,15 @@ async fn a_cancelled_or_unshared_download_stops_being_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_downloader_killed_mid_swarm_does_not_stop_the_others() {
-    let (id, data) = file_data(12 * MIB);
-    let a = Node::start(1, Some(MIB as u64)).await;
-    a.share(id, &data);
-    let b = Node::start(2, None).await;
-    let c = Node::start(3, None).await;
-    let (_b_feed, b_download) = b.download(
+    let Trio {
         id,
-        data.len(),
-        vec![source(b.ip, a.addr, false)],
-        control(Some(b.swarm(true))),
-    );
+        data,
+        a,
+        b,
+        c,
+        _b_feed,
+        b_download,
+    } = Trio::start(12, MIB as u64).await;
     wait_until("B to serve a few groups", || b.partial_groups(&id) >= 3).await;
     let (_c_feed, c_download) = c.download(
         id,
