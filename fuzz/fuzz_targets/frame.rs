@@ -65,7 +65,8 @@ fn check_files(files: &[SharedFile]) {
     for file in files {
         assert!(is_valid_file_name(&file.name), "bad name {:?}", file.name);
         assert!(
-            file.available.is_none_or(|available| available <= file.size),
+            file.available
+                .is_none_or(|available| available <= file.size),
             "available above size"
         );
     }
