@@ -167,9 +167,9 @@ async fn a_downloader_killed_mid_swarm_stops_none_of_the_others() {
             &["downloads", "--json", "--data-dir", data],
             |run| {
                 run.code == Some(0)
-                    && json_lines(&run.stdout)
-                        .iter()
-                        .any(|d| d["id"] == id.as_str() && d["state"] != "active" && d["state"] != "queued")
+                    && json_lines(&run.stdout).iter().any(|d| {
+                        d["id"] == id.as_str() && d["state"] != "active" && d["state"] != "queued"
+                    })
             },
         )
         .await;
