@@ -165,6 +165,11 @@ pub(crate) struct Fetched {
     pub(crate) size: u64,
 }
 
+/// Stops publishing `id` as a partial file (a stopped download's).
+pub(crate) async fn unshare_partial(leaf: &LeafHandle, id: ContentId) {
+    leaf.unshare_partial(id).await;
+}
+
 /// Looks up the name if it is not known, has `job.target` choose the file,
 /// and fetches into it, resuming what is verified on disk.
 pub(crate) async fn fetch(leaf: &LeafHandle, job: FetchJob) -> Result<Fetched, FetchError> {

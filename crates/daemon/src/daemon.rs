@@ -473,6 +473,11 @@ impl Daemon {
             // queue (or, at shutdown, left it active to resume).
             Err(FetchError::Cancelled) => {
                 tracing::info!(%id, "download stopped (paused, cancelled or shutting down)");
+                // The fetch may have been dropped before it withdrew its
+                // partial file: it must not stay published while nothing
+                // serves it (the fetch lock keeps a newer fetch of this id
+                // from having published yet).
+                backend::unshare_partial(&self.leaf, id).await;
                 return;
             }
             Ok(fetched) => {

@@ -680,6 +680,7 @@ impl Attempt<'_> {
         let mut feed = Some(feed);
         let mut fed: HashSet<NodeId> = HashSet::new();
         let starving = Arc::new(Notify::new());
+        let lacking = Arc::new(Notify::new());
         let reporter = self.report.clone();
         let (verified_tx, mut verified) = watch::channel(0u64);
         let options = DownloadOptions {
@@ -706,6 +707,7 @@ impl Attempt<'_> {
             cancel: self.request.cancel.clone(),
             lock: Some(lock),
             starving: Some(starving.clone()),
+            lacking: Some(lacking.clone()),
             swarm: Some(swarm(leaf, self.request.share_when_done)),
         };
         // Published under the name it is saved as.
@@ -765,6 +767,14 @@ impl Attempt<'_> {
                     // A search refused now (the session reconnecting, too
                     // many at once) leaves the feed open: the download's own
                     // wait for a new source decides.
+                    if let Err(error) = finder.ask_again().await {
+                        tracing::debug!(%error, "could not search again for sources");
+                    }
+                }
+                // Some group has no source left, though others do: look
+                // for more, leaving the feed open (only a download with no
+                // source at all gives up).
+                () = lacking.notified(), if feed.is_some() => {
                     if let Err(error) = finder.ask_again().await {
                         tracing::debug!(%error, "could not search again for sources");
                     }

@@ -42,7 +42,8 @@
 //!
 //! Every request says where this node serves (`X-Listen`); every
 //! response's `X-Alt` alternates become new partial sources (up to
-//! [`MAX_SOURCES`] in all, none twice by address, only addresses of the
+//! [`MAX_SOURCES`] in all, less a few kept for what searches find; none
+//! twice by address, only addresses of the
 //! teller's scope or wider: no loopback or private alternate from a
 //! source on the internet), each remembering which source told of it:
 //! when a source is dropped for lying (bad bytes, or a 416 for what it
@@ -646,6 +647,9 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
 
 /// Most sources one download takes; later ones are ignored.
 pub const MAX_SOURCES: usize = 64;
+/// Of those, how many alternates from `X-Alt` may never take: room for
+/// sources a search finds later.
+const SOURCES_KEPT_FOR_SEARCHES: usize = 8;
 /// With every source failed, how long to wait for a new one to arrive
 /// before giving up (while more may come).
 const NEW_SOURCE_WAIT: Duration = Duration::from_secs(30);
@@ -671,7 +675,8 @@ impl SourceSet {
     }
 
     /// Waits for the next source; returns its index, or `None` once the
-    /// feed is closed (or the download has all the sources it takes).
+    /// feed is closed or when the download has all the sources it takes
+    /// (that source is ignored; the feed stays open).
     async fn arrival(&mut self) -> Option<usize> {
         let feed = self.feed.as_mut()?;
         match feed.recv().await {
@@ -680,7 +685,11 @@ impl SourceSet {
                 self.list.push(source);
                 Some(self.list.len() - 1)
             }
-            _ => {
+            Some(source) => {
+                tracing::debug!(source = %source.label, "source list full; ignored");
+                None
+            }
+            None => {
                 self.feed = None;
                 None
             }
@@ -699,6 +708,10 @@ pub struct DownloadControl {
     /// Notified each time every known source has failed while the feed is
     /// open: the moment to look for more (or close the feed to give up).
     pub starving: Option<Arc<tokio::sync::Notify>>,
+    /// Notified each time some missing group comes to have no active
+    /// source (the seed left, say, and the partial sources lack it) while
+    /// others remain: the moment to look for more, keeping the feed open.
+    pub lacking: Option<Arc<tokio::sync::Notify>>,
     /// Serve the download while it runs and take part in the mesh; `None`:
     /// only download.
     pub swarm: Option<Swarm>,
@@ -708,6 +721,12 @@ impl DownloadControl {
     fn starve(&self) {
         if let Some(starving) = &self.starving {
             starving.notify_one();
+        }
+    }
+
+    fn lack(&self) {
+        if let Some(lacking) = &self.lacking {
+            lacking.notify_one();
         }
     }
 }
@@ -1264,6 +1283,17 @@ struct Run {
     first_byte: Option<Duration>,
 }
 
+impl Drop for Run {
+    /// A download dropped mid-way (its caller's future dropped: a pause,
+    /// an error) stops its requests too: no worker keeps a source's slot
+    /// or writes to the partial file once the lock is gone.
+    fn drop(&mut self) {
+        for (_, (_, handle)) in self.workers.drain() {
+            handle.abort();
+        }
+    }
+}
+
 impl Run {
     fn now(&self) -> Time {
         Time(u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX))
@@ -1385,8 +1415,8 @@ impl Run {
     }
 
     /// Takes the alternates `teller` told of as new partial sources: at
-    /// most [`MAX_SOURCES`] sources in all, none already known by address,
-    /// and none `teller` may not name: only addresses of its own scope or
+    /// most [`MAX_SOURCES`] sources in all less the few kept for
+    /// searches, none already known by address, and none `teller` may not name: only addresses of its own scope or
     /// wider (a source on the internet can't steer us to dial our own
     /// machine or network; a pushed source, whose address we don't dial,
     /// names only internet addresses).
@@ -1400,7 +1430,7 @@ impl Run {
             .into_iter()
             .filter(|alt| teller_ip.is_none_or(|ip| alternate_allowed(*alt, ip)))
         {
-            if self.sources.list.len() >= MAX_SOURCES {
+            if self.sources.list.len() >= MAX_SOURCES - SOURCES_KEPT_FOR_SEARCHES {
                 break;
             }
             let may_name = match teller_ip {
@@ -1733,9 +1763,10 @@ pub async fn download_live(
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     // Since when every source is dropped while more may come.
     let mut stuck_since: Option<tokio::time::Instant> = None;
-    // Some group has no source left (stuck, or only partial sources that
-    // lack it): the caller was told to look for more.
-    let mut was_starving = false;
+    // Every source failed (stuck), or some group has no source left
+    // (only partial sources that lack it): the caller was told to look
+    // for more.
+    let (mut was_stuck, mut was_lacking) = (false, false);
 
     let outcome = loop {
         run.start_requests();
@@ -1743,11 +1774,15 @@ pub async fn download_live(
         if run.plan.is_complete() {
             break Ok(());
         }
-        let starving = run.plan.is_stuck() || run.plan.is_starving();
-        if starving && !was_starving {
+        let stuck = run.plan.is_stuck();
+        if stuck && !was_stuck {
             control.starve();
         }
-        was_starving = starving;
+        let lacking = !stuck && run.plan.is_starving();
+        if lacking && !was_lacking {
+            control.lack();
+        }
+        (was_stuck, was_lacking) = (stuck, lacking);
         if !run.plan.is_stuck() {
             stuck_since = None;
         } else if stuck_since.is_none() {

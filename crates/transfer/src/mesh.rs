@@ -5,8 +5,9 @@
 //! given) behind a mutex, with a monotonic clock of its own turned into
 //! that `Time`. The server adds a downloader that says where it listens
 //! (`X-Listen`) and hands out a few alternates on every `/content`
-//! response (`X-Alt`); downloads add the sources that worked, the
-//! alternates they learn, and remove the dead and the liars.
+//! response (`X-Alt`); downloads add the sources that delivered a
+//! verified group (an alternate learned from a header goes in only once
+//! it has), and remove the dead and the liars.
 //!
 //! The headers, as sent on the wire:
 //! - `X-Available-Ranges: bytes 0-1048575, 3145728-4194303`: what a
