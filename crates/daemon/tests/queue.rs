@@ -729,6 +729,10 @@ async fn a_finished_download_is_shared_at_once() {
     handle.shutdown().await;
 }
 
+/// A sharer's upload limit: a download of ten MiB or so from it is a
+/// partial source for several seconds.
+const SLOW_SHARER: u64 = 1 << 20;
+
 /// The sources a content-id search from `observer` finds for `id` that
 /// are leaf `node`: (partial?) each.
 async fn seen_as(observer: &LeafHandle, id: ContentId, node: canopy_proto::NodeId) -> Vec<bool> {
@@ -746,9 +750,12 @@ async fn seen_as(observer: &LeafHandle, id: ContentId, node: canopy_proto::NodeI
 #[tokio::test(flavor = "multi_thread")]
 async fn a_download_is_a_partial_source_while_it_runs_and_a_whole_one_after() {
     let world = World::new().await;
-    let (id, _) = world.share("slow.iso", 4 << 20, 43);
+    let (id, _) = world.share("slow.iso", 12 << 20, 43);
     let mut sharer = overlay::leaf_options(&world.supernode, Some(&world.shared));
-    sharer.upload_limit = canopy_transfer::bandwidth::RateLimit::new(1 << 20);
+    // 12 MiB at 1 MiB/s, fetched in short runs two at a time: a partial
+    // source from its first runs' end (about 4 s in) to about 12 s in, a
+    // wide window for the observer however loaded the machine.
+    sharer.upload_limit = canopy_transfer::bandwidth::RateLimit::new(SLOW_SHARER);
     let _sharer = overlay::start_leaf(sharer).await;
     let observer = overlay::start_leaf(LeafOptions::new(world.supernode.local_addr())).await;
     let handle = world.daemon().await;
@@ -756,10 +763,19 @@ async fn a_download_is_a_partial_source_while_it_runs_and_a_whole_one_after() {
     let node = handle.leaf().node_id();
     daemon.add_download(add(id)).await.unwrap();
     let deadline = tokio::time::Instant::now() + 3 * PATIENCE;
-    while seen_as(&observer, id, node).await != [true] {
+    loop {
+        // Checked before the search, so that the search would still see a
+        // partial source published before the download ended.
+        let ended = daemon
+            .download(&id.to_hex())
+            .is_ok_and(|view| view.state == DownloadState::Done);
+        let seen = seen_as(&observer, id, node).await;
+        if seen == [true] {
+            break;
+        }
         assert!(
-            tokio::time::Instant::now() < deadline,
-            "never a partial source"
+            !ended && tokio::time::Instant::now() < deadline,
+            "never a partial source (download done: {ended}, last seen: {seen:?})"
         );
     }
     wait_for(&daemon, id, "done", state_is(DownloadState::Done)).await;
@@ -784,9 +800,11 @@ async fn a_download_is_a_partial_source_while_it_runs_and_a_whole_one_after() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_download_not_shared_after_is_withdrawn_and_not_served() {
     let world = World::new().await;
-    let (id, _) = world.share("private.iso", 3 << 20, 44);
+    let (id, _) = world.share("private.iso", 10 << 20, 44);
     let mut sharer = overlay::leaf_options(&world.supernode, Some(&world.shared));
-    sharer.upload_limit = canopy_transfer::bandwidth::RateLimit::new(1 << 20);
+    // 10 MiB at 1 MiB/s: a partial source from about 4 s to about 10 s in,
+    // a wide window.
+    sharer.upload_limit = canopy_transfer::bandwidth::RateLimit::new(SLOW_SHARER);
     let _sharer = overlay::start_leaf(sharer).await;
     let mut options = world.options();
     options.share_downloads = false;

@@ -144,7 +144,11 @@ async fn wait_for_source(
 async fn a_downloader_is_a_partial_source_with_what_it_has_then_a_whole_one() {
     let data = sample_bytes(8 * MIB, 11);
     let crowd = Crowd::start("film.bin", &data).await;
-    let downloader = Arc::new(start_leaf(crowd.downloader_options()).await);
+    // Downloading at half the seed's rate: a group (and a publication)
+    // every two seconds for sixteen, so a late observer still sees it grow.
+    let mut options = crowd.downloader_options();
+    options.download_limit = RateLimit::new(SEED_RATE / 2);
+    let downloader = Arc::new(start_leaf(options).await);
     let observer = start_leaf(LeafOptions::new(crowd.at.local_addr())).await;
     let into = tempfile::tempdir().unwrap();
     let (mut request, _progress) = fetch_request(crowd.id, into.path());
@@ -162,10 +166,25 @@ async fn a_downloader_is_a_partial_source_with_what_it_has_then_a_whole_one() {
         .available
         .expect("a partial source says how much it has");
     assert!(had > 0 && had < crowd.size, "{had} of {}", crowd.size);
-    let later = wait_for_source(&observer, crowd.id, node, "with more", |s| {
-        s.partial && s.available.is_some_and(|a| a > had)
-    })
-    .await;
+    // Bounded by the download's end, not only by LONG: once it has ended
+    // (checked before a search, so that search sees its last publication)
+    // no publication with more will come.
+    let deadline = tokio::time::Instant::now() + LONG;
+    let later = loop {
+        let ended = fetching.is_finished();
+        let sources = sources_of(&observer, crowd.id).await;
+        let grown = sources
+            .iter()
+            .find(|s| s.node_id == node && s.partial && s.available.is_some_and(|a| a > had));
+        if let Some(source) = grown {
+            break source.clone();
+        }
+        assert!(
+            !ended && tokio::time::Instant::now() < deadline,
+            "never saw the downloader with more than {had} bytes (download ended: {ended}); \
+             last: {sources:?}"
+        );
+    };
     assert!(later.available.unwrap() <= crowd.size);
 
     let report = tokio::time::timeout(LONG, fetching)
@@ -279,8 +298,8 @@ struct Downloader {
     fetching: tokio::task::JoinHandle<Result<DownloadReport, canopy_node::NodeError>>,
 }
 
-async fn start_downloader(crowd: &Crowd) -> Downloader {
-    let leaf = Arc::new(start_leaf(crowd.downloader_options()).await);
+/// Starts `leaf` (already joined) fetching the crowd's file.
+fn start_fetch(crowd: &Crowd, leaf: Arc<LeafHandle>) -> Downloader {
     let dir = tempfile::tempdir().unwrap();
     let (request, _progress) = fetch_request(crowd.id, dir.path());
     let fetching = tokio::spawn({
@@ -365,6 +384,11 @@ impl Drop for Doomed {
     }
 }
 
+/// The doomed leaf's download limit: slow, so it is still downloading
+/// (and serving what it has) long after the others have started, however
+/// loaded the machine.
+const DOOMED_RATE: u64 = 256 << 10;
+
 async fn start_doomed(at: SocketAddr, id: ContentId, dir: PathBuf) -> Doomed {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -375,6 +399,7 @@ async fn start_doomed(at: SocketAddr, id: ContentId, dir: PathBuf) -> Doomed {
     runtime.spawn(async move {
         let mut options = LeafOptions::new(at);
         options.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        options.download_limit = RateLimit::new(DOOMED_RATE);
         let leaf = start_leaf(options).await;
         let (request, progress) = fetch_request(id, &dir);
         let _ = ready.send((leaf.server().clone(), progress));
@@ -389,10 +414,41 @@ async fn start_doomed(at: SocketAddr, id: ContentId, dir: PathBuf) -> Doomed {
     }
 }
 
+impl Doomed {
+    /// Waits until `condition` holds of the doomed leaf, checking at each
+    /// change of its progress and at least every 50 ms; fails at once if
+    /// its fetch ended (its progress sender gone) first, or after [`LONG`].
+    async fn wait_until(&mut self, what: &str, condition: impl Fn(&Self) -> bool) {
+        let deadline = tokio::time::Instant::now() + LONG;
+        while !condition(self) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for the doomed leaf {what}"
+            );
+            let changed =
+                tokio::time::timeout(Duration::from_millis(50), self.progress.changed()).await;
+            if let Ok(Err(_)) = changed {
+                // The last word, in case the condition just came true.
+                assert!(
+                    condition(self),
+                    "the doomed leaf's fetch ended before it {what}: {:?}",
+                    *self.progress.borrow()
+                );
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_downloader_killed_mid_swarm_stops_none_of_the_others() {
     let data = sample_bytes(8 * MIB, 14);
     let crowd = Crowd::start("crowd.bin", &data).await;
+    // The others join first (the slow part on a loaded machine), and start
+    // fetching only once the doomed leaf has its head start.
+    let mut joined = Vec::new();
+    for _ in 0..3 {
+        joined.push(Arc::new(start_leaf(crowd.downloader_options()).await));
+    }
     let doomed_dir = tempfile::tempdir().unwrap();
     let mut doomed = start_doomed(
         crowd.at.local_addr(),
@@ -401,30 +457,27 @@ async fn a_downloader_killed_mid_swarm_stops_none_of_the_others() {
     )
     .await;
     // A head start: the others' first search finds it as a partial
-    // source, so they fetch from it from the start.
-    let deadline = tokio::time::Instant::now() + LONG;
-    while doomed.progress.borrow().verified_bytes < 2 * MIB as u64 {
-        assert!(tokio::time::Instant::now() < deadline, "it never started");
-        let _ = tokio::time::timeout(Duration::from_millis(50), doomed.progress.changed()).await;
-    }
+    // source, so they fetch from it from the start. At DOOMED_RATE the
+    // rest of its download takes half a minute at least.
+    doomed
+        .wait_until("verified a group", |d| {
+            d.progress.borrow().verified_bytes >= MIB as u64
+        })
+        .await;
     crowd
         .at
         .wait_for(PATIENCE, |s| s.index_files == 2)
         .await
         .expect("published as a partial source");
-    let mut others = Vec::new();
-    for _ in 0..3 {
-        others.push(start_downloader(&crowd).await);
-    }
+    let others: Vec<Downloader> = joined
+        .into_iter()
+        .map(|leaf| start_fetch(&crowd, leaf))
+        .collect();
     // Killed once it has served the others some of what it has, while it
     // is still downloading.
-    while doomed.server.uploaded_bytes() == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "it never served anyone"
-        );
-        let _ = tokio::time::timeout(Duration::from_millis(50), doomed.progress.changed()).await;
-    }
+    doomed
+        .wait_until("served anyone", |d| d.server.uploaded_bytes() > 0)
+        .await;
     let verified = doomed.progress.borrow().verified_bytes;
     assert!(verified < crowd.size, "killed mid-download");
     doomed.kill();
