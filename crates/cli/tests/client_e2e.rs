@@ -10,7 +10,7 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::{CANOPY, Run, canopy, json_lines, terminate};
 use tokio::process::{Child, Command};
@@ -30,33 +30,12 @@ async fn spawn_node(args: &[&str], home: &Path) -> (Child, serde_json::Value) {
 }
 
 /// Runs `canopy ARGS` until `done` accepts its result.
-async fn until(what: &str, args: &[&str], mut done: impl FnMut(&Run) -> bool) -> Run {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let run = canopy(PATIENCE, args).await;
-        if done(&run) {
-            return run;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {} {}",
-            run.stdout,
-            run.stderr
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn until(what: &str, args: &[&str], done: impl FnMut(&Run) -> bool) -> Run {
+    support::until(PATIENCE, what, args, done).await
 }
 
 fn sample(len: usize) -> Vec<u8> {
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state.to_le_bytes()[0]
-        })
-        .collect()
+    support::sample(len, 0x9e37_79b9_7f4a_7c15)
 }
 
 #[tokio::test(flavor = "multi_thread")]

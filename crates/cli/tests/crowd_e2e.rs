@@ -28,21 +28,8 @@ async fn spawn_node(args: &[&str], home: &Path) -> (Child, serde_json::Value) {
 }
 
 /// Runs `canopy ARGS` until `done` accepts its result.
-async fn until(what: &str, args: &[&str], mut done: impl FnMut(&Run) -> bool) -> Run {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let run = canopy(PATIENCE, args).await;
-        if done(&run) {
-            return run;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {} {}",
-            run.stdout,
-            run.stderr
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn until(what: &str, args: &[&str], done: impl FnMut(&Run) -> bool) -> Run {
+    support::until(PATIENCE, what, args, done).await
 }
 
 /// The bytes `data`'s leaf has uploaded so far.
@@ -55,15 +42,7 @@ async fn uploaded(data: &str) -> u64 {
 }
 
 fn sample(len: usize) -> Vec<u8> {
-    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state.to_le_bytes()[0]
-        })
-        .collect()
+    support::sample(len, 0x2545_f491_4f6c_dd1d)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -103,3 +103,40 @@ pub(crate) async fn interrupt(patience: Duration, child: Child) -> std::process:
         .expect("it stopped on Ctrl-C")
         .unwrap()
 }
+
+/// Runs `canopy ARGS` until `done` accepts its result, for at most
+/// `patience` (each run and all of them together).
+pub(crate) async fn until(
+    patience: Duration,
+    what: &str,
+    args: &[&str],
+    mut done: impl FnMut(&Run) -> bool,
+) -> Run {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        let run = canopy(patience, args).await;
+        if done(&run) {
+            return run;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {} {}",
+            run.stdout,
+            run.stderr
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `len` bytes that don't compress, the same for the same `seed`.
+pub(crate) fn sample(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()[0]
+        })
+        .collect()
+}
