@@ -13,6 +13,15 @@
 //! starving ([`DownloadPlan::is_starving`]): the driver asks for more
 //! sources, though it gives up only once no source is left at all.
 //!
+//! A complete source may ration its upload among a crowd (super-seeding,
+//! see [`crate::ration`]): it says which groups it offers now
+//! ([`DownloadPlan::handle_offer`]) or refuses a request with an offer
+//! ([`DownloadPlan::handle_request_offered`], never taken for a lie). It
+//! is then asked, rarest first, only for groups of its offer, and when it
+//! offers nothing the download misses it is probed each `probe_interval`
+//! like a partial source; it still counts as having every group, so it
+//! keeps the download from starving.
+//!
 //! The plan hands out requests to sources with a free request slot, least
 //! busy first, so more sources means more groups in flight. Which groups:
 //!
@@ -244,6 +253,10 @@ struct Source {
     sent: bool,
     /// Groups its next run may have (see `DownloadConfig::request_time`).
     run: u64,
+    /// A complete source that rations its upload (super-seeding: see
+    /// [`crate::ration`]): the groups it offers now. Runs are chosen only
+    /// among them; it still counts as having every group.
+    offer: Option<GroupSet>,
 }
 
 #[derive(Debug)]
@@ -401,6 +414,7 @@ impl DownloadPlan {
             } else {
                 self.config.swarm_groups_per_request.max(1)
             },
+            offer: None,
         });
         self.sources.len() - 1
     }
@@ -543,8 +557,10 @@ impl DownloadPlan {
         if let Some(help) = self.endgame_request(source, now) {
             return Some(help);
         }
-        // A partial source with nothing we miss: ask again later.
-        if self.sources[source].has.is_complete() || in_flight > 0 {
+        // A partial source with nothing we miss, or a complete one that
+        // offers nothing we miss: ask again later.
+        let rationed = self.sources[source].offer.is_some();
+        if (self.sources[source].has.is_complete() && !rationed) || in_flight > 0 {
             return None;
         }
         match probe_at {
@@ -559,7 +575,7 @@ impl DownloadPlan {
 
     /// The run of missing groups `source` should be asked for next.
     fn pick_run(&mut self, source: SourceId) -> Option<Range<u64>> {
-        let swarm = self.partial_sources > 0;
+        let swarm = self.partial_sources > 0 || self.sources[source].offer.is_some();
         let start = if swarm {
             self.rarest_for(source)?
         } else {
@@ -574,9 +590,13 @@ impl DownloadPlan {
         }
         .min(self.sources[source].run)
         .max(1);
-        let has = &self.sources[source].has;
+        let (has, offer) = (&self.sources[source].has, &self.sources[source].offer);
         let mut end = start + 1;
-        while end - start < limit && self.missing.contains(end) && has.contains(end) {
+        while end - start < limit
+            && self.missing.contains(end)
+            && has.contains(end)
+            && offer.as_ref().is_none_or(|o| o.contains(end))
+        {
             end += 1;
         }
         if !swarm {
@@ -597,7 +617,13 @@ impl DownloadPlan {
     fn rarest_for(&mut self, source: SourceId) -> Option<u64> {
         let count = self.groups.len() as u64;
         let start = self.rng.below(count);
-        let has = self.sources[source].has.set().map(GroupSet::words);
+        // What it can be asked for: what it has, or what it offers.
+        let complete = self.sources[source].has.is_complete();
+        let has = self.sources[source]
+            .offer
+            .as_ref()
+            .or(self.sources[source].has.set())
+            .map(GroupSet::words);
         let missing = self.missing.words();
         let mut visited = 0u64;
         let candidates = |index: usize| {
@@ -620,7 +646,7 @@ impl DownloadPlan {
             }
         };
         let mut found = None;
-        if has.is_none() {
+        if complete {
             found = first_set_from(count, start, |i| candidates(i) & none(i), &mut visited);
         }
         if found.is_none() {
@@ -781,6 +807,7 @@ impl DownloadPlan {
                     .filter(|g| {
                         self.groups.get(group_slot(*g)) == Some(&Group::InFlight(*id))
                             && helper.has.contains(*g)
+                            && helper.offer.as_ref().is_none_or(|o| o.contains(*g))
                     })
                     .filter_map(|g| {
                         let (count, progress, unproven) =
@@ -832,6 +859,38 @@ impl DownloadPlan {
         };
         self.set_has(source, has);
         self.sources[source].probe_at = None;
+    }
+
+    /// What a complete `source` offers now (a response's `X-Offer`, see
+    /// [`crate::ration`]): runs are asked of it only among these groups,
+    /// and when it offers nothing the download misses it is asked again
+    /// every `probe_interval`. `None` (a response without the header): it
+    /// serves anything again. Ignored for a partial source, whose
+    /// availability says what it has.
+    pub fn handle_offer(&mut self, source: SourceId, offer: Option<GroupSet>, now: Time) {
+        let _ = now; // taken like every handler's, for the driver's sake
+        let offer = offer.map(|o| self.fit(o));
+        let Some(entry) = self.sources.get_mut(source) else {
+            return;
+        };
+        if entry.dropped || !entry.has.is_complete() || entry.offer == offer {
+            return;
+        }
+        entry.offer = offer;
+        entry.nothing_at = None;
+        entry.probe_at = None;
+    }
+
+    /// A complete source refused a data request because it rations its
+    /// upload, offering `offer` instead: not a lie, only a pointer to
+    /// other groups. The request's groups go back to the pool and the
+    /// source is asked again at once, within its offer.
+    pub fn handle_request_offered(&mut self, request: RequestId, offer: GroupSet, now: Time) {
+        let Some(source) = self.requests.get(&request).map(|r| r.source) else {
+            return;
+        };
+        self.finish(request);
+        self.handle_offer(source, Some(offer), now);
     }
 
     /// A probe answered (availability already given through
@@ -1982,6 +2041,82 @@ mod tests {
         assert_eq!(plan.poll_event(), Some(DownloadEvent::Cancel(owned.id)));
         assert_eq!(plan.bytes_from(partial), GROUP_LEN);
         assert_eq!(plan.bytes_from(seed), GROUP_LEN);
+    }
+
+    #[test]
+    fn a_rationing_seed_is_asked_only_for_what_it_offers() {
+        let size = 8 * GROUP_LEN;
+        let mut plan = DownloadPlan::new(size, [], swarm_config());
+        let seed = plan.add_source();
+        // Not rationing yet: any group may be asked for.
+        let first = plan.next_request(Time(0)).unwrap();
+        assert_eq!(first.source, seed);
+        // It refuses, offering groups 5 and 6: not a lie.
+        plan.handle_request_offered(first.id, set(size, &[5, 6]), Time(1));
+        assert_eq!(plan.poll_event(), None);
+        assert_eq!(plan.active_sources(), 1);
+        assert!(!plan.is_partial(seed), "it still has every group");
+        let next = plan.next_request(Time(1)).unwrap();
+        assert!(
+            [5..6, 6..7].contains(&next.groups),
+            "asked {:?}, outside its offer",
+            next.groups
+        );
+        complete(&mut plan, &next, Time(2));
+        let other = if next.groups.start == 5 { 6 } else { 5 };
+        let last = plan.next_request(Time(2)).unwrap();
+        assert_eq!(last.groups, other..other + 1);
+        complete(&mut plan, &last, Time(3));
+        // Nothing it offers is missing: nothing asked until the probe
+        // interval has passed, then a probe for a fresh offer.
+        assert_eq!(plan.next_request(Time(3)), None);
+        assert!(!plan.is_starving(), "a complete source has every group");
+        let wake = plan.next_wakeup(Time(3)).unwrap();
+        assert_eq!(wake, Time(3) + swarm_config().probe_interval);
+        let probe = plan.next_request(wake).unwrap();
+        assert_eq!((probe.source, probe.kind), (seed, RequestKind::Probe));
+        // It serves anything again (no X-Offer): the rest come.
+        plan.handle_offer(seed, None, wake);
+        plan.handle_probe_done(probe.id, wake);
+        let mut now = wake;
+        while !plan.is_complete() {
+            let request = plan.next_request(now).unwrap();
+            complete(&mut plan, &request, now);
+            now = now + Duration::from_millis(10);
+        }
+    }
+
+    #[test]
+    fn a_rationing_seed_helps_in_the_endgame_only_with_what_it_offers() {
+        let size = 2 * GROUP_LEN;
+        let mut plan = DownloadPlan::new(size, [], swarm_config());
+        let seed = plan.add_source();
+        let partial = plan.add_partial_source();
+        probe(&mut plan, partial, set(size, &[0, 1]), Time(0));
+        plan.handle_offer(seed, Some(set(size, &[1])), Time(0));
+        // The seed asked for group 1 (all it offers), the peer for group 0.
+        let a = plan.next_request(Time(0)).unwrap();
+        let b = plan.next_request(Time(0)).unwrap();
+        let by_seed = if a.source == seed { &a } else { &b };
+        assert_eq!(by_seed.groups, 1..2);
+        complete(&mut plan, by_seed, Time(1));
+        // The peer's request for group 0 stalls: the seed does not help
+        // with a group it does not offer.
+        let stalled = Time(0) + swarm_config().stall_timeout / 2 + Duration::from_millis(1);
+        for now in [stalled, stalled + swarm_config().probe_interval] {
+            while let Some(request) = plan.next_request(now) {
+                assert_eq!(
+                    (request.source, request.kind),
+                    (seed, RequestKind::Probe),
+                    "only a probe for a fresh offer"
+                );
+                plan.handle_probe_done(request.id, now);
+            }
+        }
+        // Offered now: it helps.
+        plan.handle_offer(seed, Some(set(size, &[0])), stalled);
+        let help = plan.next_request(stalled).unwrap();
+        assert_eq!((help.source, help.groups), (seed, 0..1));
     }
 
     /// Serves `request` fully, its groups spread evenly from `start` to

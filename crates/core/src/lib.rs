@@ -25,6 +25,8 @@
 //! - [`download`], [`groups`], [`mesh`]: a download's plan (which groups
 //!   to ask which source for, rarest first), the groups a source has, and
 //!   the other sources of a content a node has seen lately.
+//! - [`ration`]: super-seeding: which groups a node with the whole file
+//!   offers a crowd of downloaders, so each leaves it once before twice.
 //! - [`index`], [`posting`], [`arena`], [`tokenize`], [`dedup`], [`routes`],
 //!   [`hit_check`], [`rate`], [`backoff`]: the parts.
 
@@ -46,6 +48,7 @@ pub mod posting;
 pub mod push_limits;
 pub mod queue;
 pub mod rate;
+pub mod ration;
 pub mod result_filter;
 pub mod routes;
 pub mod save_name;

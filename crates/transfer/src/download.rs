@@ -40,6 +40,14 @@
 //! request or a probe: one told of before it had a group) stays, and is
 //! probed again each probe interval, for up to a minute.
 //!
+//! A whole file's server may ration its upload among a crowd
+//! (super-seeding, [`crate::ration`]): its responses say what it offers
+//! (`X-Offer`), and the plan asks it only for groups of the offer (a
+//! response without the header: anything again). A 416 with `X-Offer` is
+//! such a refusal, not a lie: the groups go to others and the source is
+//! asked again within the offer; one that offers nothing the download
+//! misses is asked (`HEAD`) for a fresh offer each probe interval.
+//!
 //! Every request says where this node serves (`X-Listen`); every
 //! response's `X-Alt` alternates become new partial sources (up to
 //! [`MAX_SOURCES`] in all, less a few kept for what searches find; none
@@ -99,7 +107,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{Catalog, CatalogEntry};
 use crate::client::{Connector, HttpConn, read_limited};
-use crate::mesh::{ALT, AVAILABLE_RANGES, SharedMesh};
+use crate::mesh::{ALT, AVAILABLE_RANGES, OFFER, SharedMesh};
 use crate::partial::PartialEntry;
 use crate::partial_lock::{LockError, PartialLock};
 
@@ -733,11 +741,13 @@ impl DownloadControl {
 
 enum WorkerEvent {
     /// What a response's headers said, before anything else of it: the
-    /// source's ranges (`None` when its status carries none) and the
+    /// source's ranges (`None` when its status carries none), what it
+    /// offers (a whole file's server rationing a crowd) and the
     /// alternates it told of.
     Headers {
         source: SourceId,
         available: Option<Availability>,
+        offer: OfferSaid,
         alternates: Vec<SocketAddr>,
     },
     /// Bytes arrived, a group not complete yet (sent at most once a
@@ -773,6 +783,12 @@ enum WorkerEvent {
         request: u64,
         groups: GroupSet,
     },
+    /// 416 with `X-Offer`: a whole file's server rations its upload and
+    /// offers these groups instead (super-seeding).
+    Offered {
+        request: u64,
+        offer: GroupSet,
+    },
     Failed {
         request: u64,
         reason: String,
@@ -793,6 +809,30 @@ enum Availability {
     Whole,
     /// These groups (wholly inside the ranges it listed).
     Groups(GroupSet),
+}
+
+/// What a response says of its server's offer (`X-Offer`; see
+/// [`crate::ration`]).
+#[derive(Debug)]
+enum OfferSaid {
+    /// Nothing (a status that serves nothing, without the header).
+    Nothing,
+    /// A 200 or 206 without the header: it serves any range now.
+    Anything,
+    /// These groups.
+    Groups(GroupSet),
+}
+
+/// The groups of a response's `X-Offer`, parsed like `X-Available-Ranges`.
+fn offer_in(headers: &HeaderMap, size: u64) -> Option<GroupSet> {
+    let value = headers.get(OFFER)?;
+    Some(
+        value
+            .to_str()
+            .ok()
+            .and_then(|value| GroupSet::from_header(value, size))
+            .unwrap_or_else(|| GroupSet::empty(size)),
+    )
 }
 
 /// The alternates of a response's `X-Alt`, parsed leniently.
@@ -989,13 +1029,20 @@ impl Worker {
             ),
             _ => None,
         };
+        let offer = match (status, offer_in(response.headers(), size)) {
+            (StatusCode::OK | StatusCode::PARTIAL_CONTENT, None) => OfferSaid::Anything,
+            // A 416's offer comes with the refusal.
+            (StatusCode::RANGE_NOT_SATISFIABLE, _) | (_, None) => OfferSaid::Nothing,
+            (_, Some(groups)) => OfferSaid::Groups(groups),
+        };
         let alternates = alternates_in(response.headers());
-        if available.is_some() || !alternates.is_empty() {
+        if available.is_some() || !alternates.is_empty() || !matches!(offer, OfferSaid::Nothing) {
             let _ = self
                 .events
                 .send(WorkerEvent::Headers {
                     source: self.request.source,
                     available,
+                    offer,
                     alternates,
                 })
                 .await;
@@ -1041,10 +1088,14 @@ impl Worker {
             }
             StatusCode::OK if first == 0 && end == size => {}
             StatusCode::RANGE_NOT_SATISFIABLE => {
-                return Err(match available_in(response.headers(), size) {
-                    Some(groups) => WorkerEvent::Unavailable { request, groups },
-                    None => failed("answered 416 without saying what it has".into()),
-                });
+                let headers = response.headers();
+                return Err(
+                    match (available_in(headers, size), offer_in(headers, size)) {
+                        (Some(groups), _) => WorkerEvent::Unavailable { request, groups },
+                        (None, Some(offer)) => WorkerEvent::Offered { request, offer },
+                        (None, None) => failed("answered 416 without saying what it has".into()),
+                    },
+                );
             }
             StatusCode::SERVICE_UNAVAILABLE => return Err(busy(&response)),
             StatusCode::NOT_FOUND => {
@@ -1465,6 +1516,7 @@ impl Run {
             WorkerEvent::Headers {
                 source,
                 available,
+                offer,
                 alternates,
             } => {
                 if self.liars.contains(&source) {
@@ -1484,6 +1536,13 @@ impl Run {
                         self.plan.handle_availability(source, whole, now);
                     }
                     _ => {}
+                }
+                match offer {
+                    OfferSaid::Nothing => {}
+                    OfferSaid::Anything => self.plan.handle_offer(source, None, now),
+                    OfferSaid::Groups(groups) => {
+                        self.plan.handle_offer(source, Some(groups), now);
+                    }
                 }
                 self.learn(source, alternates);
             }
@@ -1563,6 +1622,10 @@ impl Run {
                 let source = self.workers.remove(&request).map(|(source, _)| source);
                 self.plan.handle_request_unavailable(request, groups, now);
                 self.apply_plan_events(source);
+            }
+            WorkerEvent::Offered { request, offer } => {
+                self.workers.remove(&request);
+                self.plan.handle_request_offered(request, offer, now);
             }
             WorkerEvent::Failed {
                 request,

@@ -15,6 +15,8 @@
 //!   [`partial`]: a download served while it runs, from its verified groups.
 //! - [`mesh`]: the download mesh, other sources of each content id, handed
 //!   out in `X-Alt` headers and fed by `X-Listen` and by downloads.
+//! - [`ration`]: super-seeding, the groups a whole file's server offers a
+//!   crowd of downloaders (`X-Offer`), so each leaves it once before twice.
 //! - [`bandwidth`]: global upload and download rate limits, token buckets
 //!   shared by every transfer and settable while they run.
 
@@ -27,6 +29,7 @@ pub mod mesh;
 pub mod partial;
 pub mod partial_lock;
 pub mod push;
+pub mod ration;
 pub mod server;
 
 pub use catalog::Catalog;

@@ -16,6 +16,10 @@
 //!   same content, at most [`ALTERNATES_PER_RESPONSE`];
 //! - `X-Listen: 6346` (request): the port the downloader serves on, at the
 //!   address its connection comes from (never an address from a header).
+//! - `X-Offer: bytes 0-1048575` (same form as `X-Available-Ranges`): what a
+//!   server with the whole file offers a crowd now (see [`crate::ration`]);
+//!   absent, it serves any range. On a 416 it is the reason: those groups
+//!   were sent more often than these, ask for these instead.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,6 +33,9 @@ use canopy_proto::ContentId;
 pub const AVAILABLE_RANGES: &str = "x-available-ranges";
 /// Response header: other sources of the same content.
 pub const ALT: &str = "x-alt";
+/// Response header: the byte ranges a rationing server with the whole
+/// file serves now.
+pub const OFFER: &str = "x-offer";
 /// Request header: the port the downloader serves HTTP on.
 pub const LISTEN: &str = "x-listen";
 /// Alternates sent in one response at most.

@@ -30,6 +30,15 @@
 //! only, 1-65535) puts the requester's own IP with that port in the mesh;
 //! for an id we don't serve it is ignored.
 //!
+//! Super-seeding (see [`crate::ration`]): while a crowd of sharing
+//! downloaders (requests with `X-Listen`) fetches a whole file, a `GET`
+//! is served only if every group it touches has been sent as few times
+//! as any; any other gets 416 with `Content-Range: bytes */<size>` and
+//! `X-Offer`, the groups sent the fewest times, which the downloader asks
+//! for instead. Its 206s and `HEAD`s carry `X-Offer` too. Requests
+//! without `X-Listen` (a browser, `curl`) are never rationed, nor is
+//! anything with [`ServerConfig::super_seed`] off.
+//!
 //! Anything else is 404 (or 405 for another method): a request names a
 //! content id, never a path, so nothing outside the catalog can be read,
 //! and a served file is opened without following a link.
@@ -65,7 +74,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use canopy_core::addr_limits::{AddressLimit, IpNet, default_exempt};
+use canopy_core::groups::GroupSet;
 use canopy_core::mesh::format_alternates;
+use canopy_core::ration::{Ration, RationConfig};
 use canopy_core::tree::GROUP_LEN;
 use canopy_proto::ContentId;
 use futures_util::StreamExt;
@@ -86,8 +97,9 @@ use tokio_util::task::TaskTracker;
 use crate::bandwidth::{RateLimit, Throttled};
 use crate::catalog::{Catalog, CatalogEntry};
 use crate::limits::{AddressGuard, AddressSlots, UploadSlot, UploadSlots};
-use crate::mesh::{ALT, ALTERNATES_PER_RESPONSE, AVAILABLE_RANGES, LISTEN, SharedMesh};
+use crate::mesh::{ALT, ALTERNATES_PER_RESPONSE, AVAILABLE_RANGES, LISTEN, OFFER, SharedMesh};
 use crate::partial::PartialEntry;
+use crate::ration::SharedRation;
 
 /// A response body: a file stream, a small buffer, or nothing.
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -124,6 +136,9 @@ pub struct ServerConfig {
     pub min_upload_rate: u64,
     /// The window `min_upload_rate` is measured over.
     pub rate_window: Duration,
+    /// Ration whole files among a crowd of sharing downloaders (see the
+    /// module documentation).
+    pub super_seed: bool,
 }
 
 impl Default for ServerConfig {
@@ -138,6 +153,7 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(30),
             min_upload_rate: 1024,
             rate_window: Duration::from_secs(30),
+            super_seed: true,
         }
     }
 }
@@ -157,6 +173,9 @@ pub struct ServerStats {
     pub stalled_cut: AtomicU64,
     /// HTTP connections open now.
     pub open_connections: AtomicUsize,
+    /// Requests of a whole file refused with an offer of other groups
+    /// (super-seeding).
+    pub offer_refusals: AtomicU64,
 }
 
 /// One upload running now.
@@ -315,6 +334,7 @@ pub struct ContentServer {
     uploads: Arc<dashmap::DashMap<u64, Arc<Upload>>>,
     next_upload: Arc<AtomicU64>,
     mesh: SharedMesh,
+    ration: SharedRation,
 }
 
 /// A file body (or only its headers) to send.
@@ -582,6 +602,14 @@ fn add_available_ranges(
     }
 }
 
+/// Says what a rationing server offers (`X-Offer`), at most 4 KiB of it.
+fn add_offer(response: &mut Response<Body>, offer: &GroupSet) {
+    let value = offer.to_header(crate::partial::MAX_AVAILABLE_RANGES_LEN);
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        response.headers_mut().insert(OFFER, value);
+    }
+}
+
 fn unsatisfiable(size: u64) -> Response<Body> {
     let mut response = status(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
     if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
@@ -686,6 +714,7 @@ impl ContentServer {
             uploads: Arc::default(),
             next_upload: Arc::default(),
             mesh: SharedMesh::new(),
+            ration: SharedRation::new(RationConfig::default()),
         }
     }
 
@@ -928,7 +957,7 @@ impl ContentServer {
             return Self::tree(served.tree(), head);
         }
         let mut response = self
-            .content(&request, id, served, head, peer, activity)
+            .content(&request, id, served, head, peer, listening, activity)
             .await;
         let alternates = self.alternates(&id, requester, listening);
         if !alternates.is_empty() {
@@ -1001,7 +1030,9 @@ impl ContentServer {
     }
 
     /// `/content/<id>`: the whole file, a range of it, or (a partial
-    /// entry) what it has.
+    /// entry) what it has. `listening`: where the requester serves, if it
+    /// said (a sharing downloader, which may be rationed).
+    #[allow(clippy::too_many_arguments)]
     async fn content(
         &self,
         request: &Request<Incoming>,
@@ -1009,6 +1040,7 @@ impl ContentServer {
         served: Served,
         head: bool,
         peer: Option<SocketAddr>,
+        listening: Option<SocketAddr>,
         activity: Arc<Activity>,
     ) -> Response<Body> {
         let path = served.path();
@@ -1046,6 +1078,28 @@ impl ContentServer {
                 return response;
             }
         };
+        // A whole file asked for by a sharing downloader: counted, and
+        // rationed while a crowd is on.
+        let rationed = match (&served, listening) {
+            (Served::Complete(_), Some(requester)) if self.config.super_seed => {
+                let groups = match &range {
+                    Some(range) => *range.start() / GROUP_LEN..*range.end() / GROUP_LEN + 1,
+                    None => 0..size.div_ceil(GROUP_LEN),
+                };
+                if head {
+                    self.ration.offer(id, size, requester);
+                } else if let Ration::Refuse { offer } =
+                    self.ration.admit(id, size, requester, groups.clone())
+                {
+                    self.stats.offer_refusals.fetch_add(1, Ordering::Relaxed);
+                    let mut response = unsatisfiable(size);
+                    add_offer(&mut response, &offer);
+                    return response;
+                }
+                Some(groups)
+            }
+            _ => None,
+        };
         let send = Sending {
             id,
             path,
@@ -1056,6 +1110,14 @@ impl ContentServer {
         };
         let mut response = self.send(file, send, activity).await;
         add_available_ranges(&mut response, availability);
+        if let Some(groups) = rationed {
+            if !head && response.status().is_success() {
+                self.ration.record(id, groups);
+            }
+            if let Some(offer) = self.ration.current_offer(&id) {
+                add_offer(&mut response, &offer);
+            }
+        }
         response
     }
 

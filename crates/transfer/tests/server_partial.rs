@@ -1,6 +1,7 @@
 //! The server on 127.0.0.1 serving a download while it runs (a partial
 //! entry: only its verified groups), and the download mesh's headers:
-//! `X-Available-Ranges`, `X-Alt` and `X-Listen`. Requests come from
+//! `X-Available-Ranges`, `X-Alt`, `X-Listen`, and a whole file's
+//! `X-Offer` while a crowd downloads it (super-seeding). Requests come from
 //! several loopback addresses (127.0.0.2, 127.0.0.3, ...) so that "not
 //! back to the requester" can be told from "to another requester".
 
@@ -16,6 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use canopy_core::groups::GroupSet;
 use canopy_core::mesh::parse_alternates;
 use canopy_core::tree::{GROUP_LEN, VerifiedTree, tree_of};
 use canopy_proto::ContentId;
@@ -534,6 +536,105 @@ async fn a_complete_entry_wins_over_a_partial_one_of_the_same_id() {
     // The complete entry gone, the partial one answers again.
     d.server.catalog().remove(&d.id);
     assert_eq!(get(d.addr, &d.path(), None).await.status, 416);
+}
+
+/// Serves a whole file of `len` bytes (a seed).
+async fn serve_whole(len: usize, config: ServerConfig) -> Download {
+    let d = serve_partial(len, &[], config).await;
+    let path = d.dir.path().join("file.bin");
+    std::fs::write(&path, &d.data).unwrap();
+    d.server.catalog().remove_partial(&d.id);
+    d.server.catalog().insert(
+        d.id,
+        CatalogEntry {
+            path,
+            size: d.data.len() as u64,
+            tree: tree_of(&d.data).into(),
+        },
+    );
+    d
+}
+
+/// Asks for group `group` from `from`, saying it listens on `listen`.
+async fn get_group(d: &Download, from: Ipv4Addr, listen: Option<&str>, group: u64) -> Answer {
+    let range = format!("bytes={}-{}", group * G, (group + 1) * G - 1);
+    let mut headers = vec![("Range", range.as_str())];
+    headers.extend(listen.map(|port| ("X-Listen", port)));
+    request_from(d.addr, from, "GET", &d.path(), &headers).await
+}
+
+fn offer_of(answer: &Answer, len: u64) -> Vec<u64> {
+    let value = answer.header("x-offer").expect("an X-Offer");
+    GroupSet::from_header(value, len)
+        .expect("X-Offer parses")
+        .iter()
+        .collect()
+}
+
+#[tokio::test]
+async fn a_seed_sends_every_group_once_before_any_twice_to_a_crowd() {
+    let len = 4 * G;
+    let d = serve_whole(len as usize, ServerConfig::default()).await;
+    let (b, c) = (Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3));
+    // One sharing downloader alone: anything, and no offer.
+    let first = get_group(&d, b, Some("7001"), 0).await;
+    assert_eq!(first.status, 206);
+    assert_eq!(first.header("x-offer"), None);
+    // A second: a crowd. Group 0 left once, the others never: refused,
+    // with the others on offer.
+    let refused = get_group(&d, c, Some("7002"), 0).await;
+    assert_eq!(refused.status, 416);
+    assert_eq!(
+        refused.header("content-range"),
+        Some(&*format!("bytes */{len}"))
+    );
+    assert_eq!(
+        refused.header("x-available-ranges"),
+        None,
+        "it has them all"
+    );
+    assert_eq!(offer_of(&refused, len), vec![1, 2, 3]);
+    // What it offers is served, and the offer after it says so.
+    let served = get_group(&d, c, Some("7002"), 2).await;
+    assert_eq!(served.status, 206);
+    assert!(served.body == d.data[2 * G as usize..3 * G as usize]);
+    assert_eq!(offer_of(&served, len), vec![1, 3]);
+    // HEAD takes no slot and tells the offer.
+    let head = request_from(d.addr, b, "HEAD", &d.path(), &[("X-Listen", "7001")]).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(offer_of(&head, len), vec![1, 3]);
+    // A client that doesn't share (no X-Listen) is never rationed.
+    let plain = get_group(&d, b, None, 0).await;
+    assert_eq!(plain.status, 206);
+    assert_eq!(plain.header("x-offer"), None);
+    for group in [1, 3] {
+        assert_eq!(get_group(&d, b, Some("7001"), group).await.status, 206);
+    }
+    // Every group left once: the whole file is on offer again.
+    let again = get_group(&d, c, Some("7002"), 0).await;
+    assert_eq!(again.status, 206);
+    assert_eq!(offer_of(&again, len), vec![1, 2, 3]);
+    assert_eq!(
+        d.server
+            .stats()
+            .offer_refusals
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test]
+async fn with_super_seeding_off_a_crowd_gets_any_range() {
+    let config = ServerConfig {
+        super_seed: false,
+        ..ServerConfig::default()
+    };
+    let d = serve_whole(2 * G as usize, config).await;
+    for from in [Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)] {
+        let answer = get_group(&d, from, Some("7001"), 0).await;
+        assert_eq!(answer.status, 206);
+        assert_eq!(answer.header("x-offer"), None);
+    }
 }
 
 #[cfg(unix)]

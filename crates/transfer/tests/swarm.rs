@@ -790,6 +790,43 @@ async fn in_a_small_flash_crowd_downloaders_get_bytes_from_each_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_super_seeding_seed_sends_a_crowd_little_more_than_one_copy() {
+    // A file of many groups, so the seed's four upload slots hold only a
+    // few of them at a time: it sends each group once before any twice
+    // (super-seeding), and the crowd, fast between themselves, spreads
+    // the copies. Without the rationing the seed sends each downloader
+    // what it picks, and in this crowd that came to 1.4-1.6 copies.
+    let (id, data) = file_data(24 * MIB);
+    let seed = Node::start(1, Some(3 * MIB as u64)).await;
+    seed.share(id, &data);
+    let mut crowd = Vec::new();
+    for n in 2..7 {
+        crowd.push(Node::start(n, None).await);
+    }
+    let downloads: Vec<_> = crowd
+        .iter()
+        .map(|node| {
+            node.download(
+                id,
+                data.len(),
+                vec![source(node.ip, seed.addr, false)],
+                control(Some(node.swarm(true))),
+            )
+        })
+        .collect();
+    for (node, (_feed, download)) in crowd.iter().zip(downloads) {
+        let report = finished(download).await;
+        assert!(std::fs::read(node.target()).unwrap() == data);
+        assert!(report.dropped_sources().is_empty(), "{report:?}");
+    }
+    let copies = seed.server.uploaded_bytes() as f64 / data.len() as f64;
+    let refusals = seed.server.stats().offer_refusals.load(Ordering::Relaxed);
+    eprintln!("the seed uploaded {copies:.2} copies, refusing {refusals} requests with an offer");
+    assert!(refusals > 0, "the seed rationed");
+    assert!(copies < 1.5, "the seed uploaded {copies:.2} copies");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_source_that_serves_nothing_yet_is_asked_again_not_dropped() {
     let (id, data) = file_data(8 * MIB);
     // C's only other source: a slow seed.

@@ -94,6 +94,13 @@ pub struct LeafArgs {
     /// Slowest upload kept, in bytes a second over 30 s.
     #[arg(long, default_value_t = SERVER.min_upload_rate)]
     pub min_upload_rate: u64,
+    /// Don't ration whole files among a crowd of downloaders
+    /// (`super_seed = false` in the file). On, while several sharing
+    /// downloaders fetch a file at once, each group leaves this leaf once
+    /// before any leaves twice and they spread the copies among
+    /// themselves.
+    #[arg(long = "no-super-seed", action = clap::ArgAction::SetFalse)]
+    pub super_seed: bool,
     /// Networks not limited per address (repeatable; `limit_exempt` in the
     /// file); `none` (or `[]` in the file) limits everyone.
     #[arg(long = "limit-exempt", value_name = "CIDR",
@@ -247,6 +254,7 @@ impl LeafArgs {
             write_timeout: Duration::from_secs(self.upload_stall_timeout),
             min_upload_rate: self.min_upload_rate,
             rate_window: SERVER.rate_window,
+            super_seed: self.super_seed,
         };
         let data_dir = self.data_dir.clone().or_else(config::default_data_dir);
         // A placeholder first supernode: the list is the given names'
@@ -390,6 +398,9 @@ mod tests {
         let leaf = settings("").unwrap();
         assert_eq!(leaf.settings, live);
         assert_eq!(leaf.leaf.server.upload_slots, DEFAULT_UPLOAD_SLOTS);
+        assert!(leaf.leaf.server.super_seed);
+        let off = settings("super_seed = false\n").unwrap();
+        assert!(!off.leaf.server.super_seed);
         assert_eq!(leaf.leaf.server.exempt, SERVER.exempt);
         assert_eq!(leaf.control, SocketAddr::from(([127, 0, 0, 1], 6349)));
         assert!(leaf.share_downloads);

@@ -1,0 +1,73 @@
+//! The node-wide super-seeding table: the core's
+//! [`SeedRation`](canopy_core::ration::SeedRation) (bounded, I/O-free, aged
+//! by the `Time` it is given) behind a mutex, with a monotonic clock of its
+//! own turned into that `Time`. The server consults it for every request
+//! of a whole file that comes from a sharing downloader (one that sent
+//! `X-Listen`), and says the offer in `X-Offer` (see [`crate::mesh`] for
+//! the header's form).
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use canopy_core::groups::GroupSet;
+use canopy_core::ration::{Ration, RationConfig, SeedRation};
+use canopy_core::time::Time;
+use canopy_proto::ContentId;
+
+/// The rationing table shared by a server's connections. Cheap to clone:
+/// clones share the table.
+#[derive(Debug, Clone)]
+pub struct SharedRation {
+    table: Arc<Mutex<SeedRation>>,
+    origin: Instant,
+}
+
+impl SharedRation {
+    /// An empty table bounded by `config`.
+    pub fn new(config: RationConfig) -> Self {
+        Self {
+            table: Arc::new(Mutex::new(SeedRation::new(config))),
+            origin: Instant::now(),
+        }
+    }
+
+    /// Whether `requester` may have `groups` of `id` (`size` bytes) now.
+    pub fn admit(
+        &self,
+        id: ContentId,
+        size: u64,
+        requester: SocketAddr,
+        groups: Range<u64>,
+    ) -> Ration {
+        let now = self.now();
+        self.lock().admit(id, size, requester, groups, now)
+    }
+
+    /// `groups` of `id` are being sent.
+    pub fn record(&self, id: ContentId, groups: Range<u64>) {
+        self.lock().record(id, groups);
+    }
+
+    /// What `requester` should ask for (a `HEAD`), if a crowd is on.
+    pub fn offer(&self, id: ContentId, size: u64, requester: SocketAddr) -> Option<GroupSet> {
+        let now = self.now();
+        self.lock().offer(id, size, requester, now)
+    }
+
+    /// The offer of `id` now, if a crowd is on.
+    pub fn current_offer(&self, id: &ContentId) -> Option<GroupSet> {
+        let now = self.now();
+        self.lock().current_offer(id, now)
+    }
+
+    /// The table's time: milliseconds since it was made.
+    fn now(&self) -> Time {
+        Time(u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SeedRation> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
