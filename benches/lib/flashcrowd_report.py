@@ -202,6 +202,7 @@ def duplicates(work, n, size, group=1 << 20):
 # Counters of a leaf's /metrics worth seeing after a crowd.
 COUNTERS = (
     "canopy_upload_refusals",
+    "canopy_upload_offer_refusals",
     "canopy_upload_address_refusals",
     "canopy_http_connections_refused",
     "canopy_uploads_cut_stalled",

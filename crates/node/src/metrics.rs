@@ -375,6 +375,11 @@ pub fn leaf_metrics(leaf: &LeafHandle) -> Exporter {
                 stats.address_upload_refusals.load(Ordering::Relaxed),
             ),
             counter(
+                "canopy_upload_offer_refusals",
+                "Requests of a whole file refused with an offer of other groups (416 + X-Offer: super-seeding a crowd).",
+                stats.offer_refusals.load(Ordering::Relaxed),
+            ),
+            counter(
                 "canopy_http_connections_refused",
                 "HTTP connections closed at once: the address or its network held its share.",
                 stats.address_connection_refusals.load(Ordering::Relaxed),
