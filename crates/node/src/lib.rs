@@ -28,6 +28,7 @@ pub mod key_file;
 pub mod leaf;
 pub mod metrics;
 pub mod outbox;
+mod portmap;
 pub mod secure;
 pub mod send_queue;
 pub mod supernode;

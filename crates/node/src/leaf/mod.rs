@@ -84,6 +84,11 @@ pub struct LeafOptions {
     pub advertise: Option<SocketAddr>,
     /// Accept no connections at all: serve only by push.
     pub firewalled: bool,
+    /// Map the listen port on the home router (NAT-PMP, UPnP IGD) and
+    /// announce the mapped address; `None`: don't. Its `listen` is set to
+    /// the bound address. Not tried with an `advertise` address, when
+    /// firewalled, or on loopback unless its gateway is named.
+    pub port_mapping: Option<canopy_portmap::PortMapConfig>,
     /// The file server's limits: upload slots, connections, per-address
     /// shares, timeouts.
     pub server: ServerConfig,
@@ -134,6 +139,10 @@ impl LeafOptions {
             listen: None,
             advertise: None,
             firewalled: false,
+            port_mapping: Some(canopy_portmap::PortMapConfig::new(SocketAddr::from((
+                [0, 0, 0, 0],
+                0,
+            )))),
             server: ServerConfig::default(),
             upload_limit: RateLimit::unlimited(),
             download_limit: RateLimit::unlimited(),
@@ -237,7 +246,7 @@ impl LeafHandle {
     }
 
     /// The address we announce to supernodes (the advertised one, else
-    /// the bound one): `None` when we accept no connections (firewalled,
+    /// the one mapped on the home router, else the bound one): `None` when we accept no connections (firewalled,
     /// or not listening), so downloads from us go by push. Its port is
     /// where other downloaders reach us.
     pub fn announced_addr(&self) -> Option<SocketAddr> {
@@ -479,10 +488,22 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         canopy_proto::Role::Leaf,
     )?;
     let node_id = key.node_id();
+    let mapped = match (listen_addr, options.advertise) {
+        (Some(bound), None) => {
+            crate::portmap::map_listen_port(
+                options.port_mapping.as_ref(),
+                bound,
+                &shutdown,
+                &tracker,
+            )
+            .await
+        }
+        _ => None,
+    };
     let announced = if options.firewalled {
         None
     } else {
-        options.advertise.or(listen_addr)
+        options.advertise.or(mapped).or(listen_addr)
     };
     let identity = Identity {
         node_id,
