@@ -175,10 +175,7 @@ async fn run(config: PortMapConfig, status: watch::Sender<Status>, shutdown: Can
 async fn locate(config: &PortMapConfig) -> Result<Router, MapError> {
     let natpmp = match config.gateway {
         Some(gateway) => gateway,
-        None => SocketAddrV4::new(
-            default_gateway().ok_or_else(|| MapError::Upnp("no IPv4 default gateway".into()))?,
-            natpmp::PORT,
-        ),
+        None => SocketAddrV4::new(default_gateway().ok_or(MapError::NoGateway)?, natpmp::PORT),
     };
     let ip = match config.listen.ip() {
         IpAddr::V4(ip) if !ip.is_unspecified() => ip,
@@ -188,7 +185,7 @@ async fn locate(config: &PortMapConfig) -> Result<Router, MapError> {
             probe.connect(natpmp).await?;
             match probe.local_addr()?.ip() {
                 IpAddr::V4(ip) => ip,
-                IpAddr::V6(_) => return Err(MapError::Upnp("no IPv4 route to the gateway".into())),
+                IpAddr::V6(_) => return Err(MapError::NoGateway),
             }
         }
     };

@@ -32,6 +32,9 @@ const DESCRIPTION: &str = "canopy";
 /// Why a mapping was not made (or removed).
 #[derive(Debug, thiserror::Error)]
 pub enum MapError {
+    /// No router to ask: no IPv4 default gateway, or no IPv4 route to it.
+    #[error("no IPv4 gateway")]
+    NoGateway,
     /// A socket could not be opened or used.
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
