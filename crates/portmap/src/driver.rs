@@ -189,9 +189,9 @@ async fn locate(config: &PortMapConfig) -> Result<Router, MapError> {
             }
         }
     };
-    Ok(Router {
+    Ok(Router::new(
         natpmp,
-        ssdp: config.ssdp,
-        local: SocketAddrV4::new(ip, config.listen.port()),
-    })
+        config.ssdp,
+        SocketAddrV4::new(ip, config.listen.port()),
+    ))
 }

@@ -5,6 +5,7 @@
 //! [`MapError`], never a panic or a hang.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use igd_next::aio::Gateway;
@@ -58,16 +59,38 @@ pub struct Router {
     pub ssdp: SocketAddr,
     /// Our address on the router's LAN and the port to map.
     pub local: SocketAddrV4,
+    /// The UPnP gateway found last, kept while it works (renewals and the
+    /// removal on shutdown skip discovery).
+    upnp: Arc<Mutex<Option<Gateway<Tokio>>>>,
 }
 
 impl Router {
+    /// The router at `natpmp` (NAT-PMP) and reached by SSDP at `ssdp`,
+    /// mapping `local`'s port.
+    pub fn new(natpmp: SocketAddrV4, ssdp: SocketAddr, local: SocketAddrV4) -> Self {
+        Self {
+            natpmp,
+            ssdp,
+            local,
+            upnp: Arc::new(Mutex::new(None)),
+        }
+    }
+
     /// Asks `protocol` for the mapping for `lease`.
     pub async fn map(&self, protocol: Protocol, lease: Duration) -> Result<Granted, MapError> {
         match protocol {
             Protocol::NatPmp => self.natpmp_map(lease).await,
-            Protocol::Upnp => timeout(UPNP_TIMEOUT, self.upnp_map(lease))
-                .await
-                .map_err(|_| MapError::Timeout)?,
+            Protocol::Upnp => {
+                let result = timeout(UPNP_TIMEOUT, self.upnp_map(lease))
+                    .await
+                    .map_err(|_| MapError::Timeout)
+                    .and_then(|r| r);
+                if result.is_err() {
+                    // Found afresh next time: the router may have changed.
+                    self.forget_upnp();
+                }
+                result
+            }
         }
     }
 
@@ -125,7 +148,16 @@ impl Router {
         })
     }
 
+    fn forget_upnp(&self) {
+        if let Ok(mut cached) = self.upnp.lock() {
+            *cached = None;
+        }
+    }
+
     async fn upnp_gateway(&self) -> Result<Gateway<Tokio>, MapError> {
+        if let Some(gateway) = self.upnp.lock().ok().and_then(|c| c.clone()) {
+            return Ok(gateway);
+        }
         let mut options = SearchOptions::default();
         options.bind_addr = SocketAddr::from((*self.local.ip(), 0));
         options.broadcast_address = self.ssdp;
@@ -137,9 +169,13 @@ impl Router {
         if !self.ssdp.ip().is_multicast() {
             options.allowed_gateway_ips = vec![self.ssdp.ip()];
         }
-        igd_next::aio::tokio::search_gateway(options)
+        let gateway = igd_next::aio::tokio::search_gateway(options)
             .await
-            .map_err(|e| MapError::Upnp(format!("discovery: {e}")))
+            .map_err(|e| MapError::Upnp(format!("discovery: {e}")))?;
+        if let Ok(mut cached) = self.upnp.lock() {
+            *cached = Some(gateway.clone());
+        }
+        Ok(gateway)
     }
 
     async fn upnp_map(&self, lease: Duration) -> Result<Granted, MapError> {
