@@ -229,20 +229,16 @@ impl Miniupnpd {
             .stderr(std::fs::File::create(dir.join(format!("miniupnpd-{natpmp}.err"))).unwrap())
             .spawn()
             .expect("miniupnpd");
-        let ready = if natpmp {
-            "Listening for NAT-PMP"
-        } else {
-            "HTTP listening on port"
-        };
-        let err = dir.join(format!("miniupnpd-{natpmp}.err"));
+        // Ready once its sockets are bound: SSDP, NAT-PMP if on, and the
+        // HTTP port (the only TCP listener in the router).
+        let router = net.ns("router");
         wait_for("miniupnpd to listen", || {
-            let said = std::fs::read_to_string(&err).unwrap_or_default()
-                + &std::fs::read_to_string(&log).unwrap_or_default();
-            if said.contains(ready) {
-                Ok(())
-            } else {
-                Err(said)
-            }
+            let out = try_run("ip", &["netns", "exec", &router, "ss", "-Hlntu"]);
+            let sockets = String::from_utf8_lossy(&out.stdout).into_owned();
+            let tcp = sockets.lines().any(|l| l.starts_with("tcp"));
+            let ready =
+                tcp && sockets.contains(":1900 ") && (!natpmp || sockets.contains(":5351 "));
+            if ready { Ok(()) } else { Err(sockets) }
         });
         Miniupnpd { child }
     }
@@ -297,7 +293,7 @@ fn require_tools() {
         "0",
         "network namespaces need root (CI runs as root)"
     );
-    for tool in ["ip", "nft", "miniupnpd", "curl"] {
+    for tool in ["ip", "ss", "nft", "miniupnpd", "curl"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())

@@ -260,6 +260,7 @@ async fn a_silent_router_is_given_up_on_and_shutdown_is_prompt() {
         &tracker,
     );
     assert_eq!(mapping.settled(PATIENCE).await, None);
+    // Removal is bounded (2 s) even when nobody answers it.
     let started = tokio::time::Instant::now();
     shutdown.cancel();
     tracker.close();
@@ -267,7 +268,7 @@ async fn a_silent_router_is_given_up_on_and_shutdown_is_prompt() {
         .await
         .unwrap();
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(5),
         "shutdown waited {:?}",
         started.elapsed()
     );
