@@ -14,8 +14,9 @@ use tokio_util::task::TaskTracker;
 
 /// How long start-up waits for the router before announcing the bound
 /// address: a router with NAT-PMP answers in milliseconds, one without it
-/// refuses at once, and UPnP discovery gives up after 2 s.
-const FIRST_ANSWER_LIMIT: Duration = Duration::from_secs(4);
+/// refuses at once (or is given 1.75 s), and UPnP discovery gives up after
+/// two searches of 1 s.
+const FIRST_ANSWER_LIMIT: Duration = Duration::from_secs(5);
 
 /// Maps `bound`'s port with `config` (`None`: port mapping is off) and
 /// returns the mapped external address once the router granted it.

@@ -22,8 +22,10 @@ use crate::policy::{Granted, Protocol};
 /// has not answered by then is not there, and the policy asks again later.
 const NATPMP_FIRST_WAIT: Duration = Duration::from_millis(250);
 const NATPMP_SENDS: u32 = 3;
-/// How long SSDP discovery waits for the router's answer.
-const SSDP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one SSDP search waits for the router's answer, and how many
+/// searches are sent (a search is one datagram each way: one may be lost).
+const SSDP_TIMEOUT: Duration = Duration::from_secs(1);
+const SSDP_SEARCHES: u32 = 2;
 /// The longest a whole UPnP mapping (discovery, description, SOAP calls)
 /// may take.
 const UPNP_TIMEOUT: Duration = Duration::from_secs(6);
@@ -158,20 +160,30 @@ impl Router {
         if let Some(gateway) = self.upnp.lock().ok().and_then(|c| c.clone()) {
             return Ok(gateway);
         }
-        let mut options = SearchOptions::default();
-        options.bind_addr = SocketAddr::from((*self.local.ip(), 0));
-        options.broadcast_address = self.ssdp;
-        options.timeout = Some(SSDP_TIMEOUT);
-        options.single_search_timeout = Some(SSDP_TIMEOUT);
-        // A router named by its address (not found by multicast) is the
-        // one whose URLs we follow, wherever it is (even on loopback,
-        // which igd-next refuses otherwise).
-        if !self.ssdp.ip().is_multicast() {
-            options.allowed_gateway_ips = vec![self.ssdp.ip()];
+        let options = || {
+            let mut options = SearchOptions::default();
+            options.bind_addr = SocketAddr::from((*self.local.ip(), 0));
+            options.broadcast_address = self.ssdp;
+            options.timeout = Some(SSDP_TIMEOUT);
+            options.single_search_timeout = Some(SSDP_TIMEOUT);
+            // A router named by its address (not found by multicast) is the
+            // one whose URLs we follow, wherever it is (even on loopback,
+            // which igd-next refuses otherwise).
+            if !self.ssdp.ip().is_multicast() {
+                options.allowed_gateway_ips = vec![self.ssdp.ip()];
+            }
+            options
+        };
+        let mut found = Err(MapError::Timeout);
+        for _ in 0..SSDP_SEARCHES {
+            found = igd_next::aio::tokio::search_gateway(options())
+                .await
+                .map_err(|e| MapError::Upnp(format!("discovery: {e}")));
+            if found.is_ok() {
+                break;
+            }
         }
-        let gateway = igd_next::aio::tokio::search_gateway(options)
-            .await
-            .map_err(|e| MapError::Upnp(format!("discovery: {e}")))?;
+        let gateway = found?;
         if let Ok(mut cached) = self.upnp.lock() {
             *cached = Some(gateway.clone());
         }
