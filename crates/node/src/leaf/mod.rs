@@ -246,9 +246,10 @@ impl LeafHandle {
     }
 
     /// The address we announce to supernodes (the advertised one, else
-    /// the one mapped on the home router, else the bound one): `None` when we accept no connections (firewalled,
-    /// or not listening), so downloads from us go by push. Its port is
-    /// where other downloaders reach us.
+    /// the one mapped on the home router, else the bound one): `None` when
+    /// we accept no connections (firewalled, or not listening), so
+    /// downloads from us go by push. Its port is where other downloaders
+    /// reach us.
     pub fn announced_addr(&self) -> Option<SocketAddr> {
         self.announced_addr
     }
