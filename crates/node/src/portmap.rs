@@ -8,7 +8,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use canopy_portmap::PortMapConfig;
+use canopy_portmap::{PortMapConfig, Status};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -18,6 +19,16 @@ use tokio_util::task::TaskTracker;
 /// two searches of 1 s.
 const FIRST_ANSWER_LIMIT: Duration = Duration::from_secs(5);
 
+/// The outcome of [`map_listen_port`].
+#[derive(Debug, Default)]
+pub(crate) struct Mapped {
+    /// The mapped external address, if the router granted one in time.
+    pub(crate) external: Option<SocketAddr>,
+    /// The mapping as it changes (renewed, lost, removed); `None` when
+    /// port mapping is off or not for this address.
+    pub(crate) status: Option<watch::Receiver<Status>>,
+}
+
 /// Maps `bound`'s port with `config` (`None`: port mapping is off) and
 /// returns the mapped external address once the router granted it.
 pub(crate) async fn map_listen_port(
@@ -25,17 +36,22 @@ pub(crate) async fn map_listen_port(
     bound: SocketAddr,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
-) -> Option<SocketAddr> {
-    let mut config = config?.clone();
+) -> Mapped {
+    let Some(mut config) = config.cloned() else {
+        return Mapped::default();
+    };
     if !canopy_portmap::worth_mapping(bound.ip(), config.gateway.is_some()) {
         tracing::debug!(%bound, "port mapping: not for this address");
-        return None;
+        return Mapped::default();
     }
     config.listen = bound;
     let mapping = canopy_portmap::spawn(config, shutdown.clone(), tracker);
-    let mapped = mapping.settled(FIRST_ANSWER_LIMIT).await;
-    if mapped.is_none() && mapping.status() == canopy_portmap::Status::Pending {
+    let external = mapping.settled(FIRST_ANSWER_LIMIT).await;
+    if external.is_none() && mapping.status() == Status::Pending {
         tracing::info!(%bound, "port mapping: the router has not answered yet; announcing the bound address");
     }
-    mapped
+    Mapped {
+        external,
+        status: Some(mapping.watch()),
+    }
 }

@@ -112,6 +112,7 @@ impl SupernodeOptions {
 pub struct SupernodeHandle {
     local_addr: SocketAddr,
     announced_addr: SocketAddr,
+    port_mapping: Option<watch::Receiver<canopy_portmap::Status>>,
     node_id: NodeId,
     stats: watch::Receiver<SupernodeStats>,
     traffic: Arc<Traffic>,
@@ -142,6 +143,12 @@ impl SupernodeHandle {
     /// the bound one.
     pub fn announced_addr(&self) -> SocketAddr {
         self.announced_addr
+    }
+
+    /// The port mapping on the home router as it changes; `None` when no
+    /// mapping is attempted. The announced address is fixed at start.
+    pub fn port_mapping(&self) -> Option<watch::Receiver<canopy_portmap::Status>> {
+        self.port_mapping.clone()
     }
 
     /// Its node id.
@@ -298,7 +305,7 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
         &tracker,
     )
     .await;
-    let announced_addr = mapped.unwrap_or(local_addr);
+    let announced_addr = mapped.external.unwrap_or(local_addr);
     let mut config = options.protocol.clone();
     config.identity = SupernodeConfig::new(node_id, Some(announced_addr)).identity;
     // Secret, so peers cannot foresee a widening step's query id.
@@ -369,6 +376,7 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
     Ok(SupernodeHandle {
         local_addr,
         announced_addr,
+        port_mapping: mapped.status,
         node_id,
         stats: stats_rx,
         traffic,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use canopy_node::supernode::{self, SupernodeOptions};
-use canopy_portmap::PortMapConfig;
+use canopy_portmap::{PortMapConfig, Status};
 use canopy_testkit::overlay::{
     PATIENCE, leaf, leaf_options, localhost, request, shared_folder, start_leaf, supernode,
 };
@@ -104,6 +104,7 @@ async fn a_leaf_whose_router_answers_garbage_runs_unmapped_and_is_found_at_its_a
     assert!(seen.load(Ordering::Relaxed) > 0, "the router was asked");
     let bound = sharer.listen_addr().unwrap();
     assert_eq!(sharer.announced_addr(), Some(bound));
+    assert_eq!(*sharer.port_mapping().unwrap().borrow(), Status::Unmapped);
 
     let searcher = leaf(&at, None).await;
     let outcome = searcher
@@ -133,14 +134,20 @@ async fn a_mapped_leaf_and_supernode_announce_the_mapped_address() {
     options.port_mapping = Some(config);
     let mapped = start_leaf(options).await;
     let bound = mapped.listen_addr().unwrap();
-    assert_eq!(
-        mapped.announced_addr(),
-        Some(SocketAddr::from((EXTERNAL, bound.port())))
-    );
+    let external = SocketAddr::from((EXTERNAL, bound.port()));
+    assert_eq!(mapped.announced_addr(), Some(external));
+    let status = mapped.port_mapping().expect("a mapping was attempted");
+    assert_eq!(*status.borrow(), Status::Mapped(external));
+    // Shutdown removes it (the driver reports Unmapped once it has asked).
+    tokio::time::timeout(PATIENCE, mapped.shutdown())
+        .await
+        .unwrap();
+    assert_eq!(*status.borrow(), Status::Unmapped);
 
     // Off (`--no-port-mapping`): the bound address.
     let mut options = leaf_options(&at, None);
     options.port_mapping = None;
     let unmapped = start_leaf(options).await;
     assert_eq!(unmapped.announced_addr(), unmapped.listen_addr());
+    assert!(unmapped.port_mapping().is_none());
 }

@@ -202,6 +202,7 @@ pub struct LeafHandle {
     node_id: NodeId,
     listen_addr: Option<SocketAddr>,
     announced_addr: Option<SocketAddr>,
+    port_mapping: Option<watch::Receiver<canopy_portmap::Status>>,
     server: ContentServer,
     download_limit: RateLimit,
     shares: Shares,
@@ -252,6 +253,13 @@ impl LeafHandle {
     /// reach us.
     pub fn announced_addr(&self) -> Option<SocketAddr> {
         self.announced_addr
+    }
+
+    /// The port mapping on the home router as it changes (mapped,
+    /// renewed to another address, lost, removed at shutdown); `None` when
+    /// no mapping is attempted. The announced address is fixed at start.
+    pub fn port_mapping(&self) -> Option<watch::Receiver<canopy_portmap::Status>> {
+        self.port_mapping.clone()
     }
 
     /// The file server (for its counters).
@@ -499,12 +507,12 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
             )
             .await
         }
-        _ => None,
+        _ => crate::portmap::Mapped::default(),
     };
     let announced = if options.firewalled {
         None
     } else {
-        options.advertise.or(mapped).or(listen_addr)
+        options.advertise.or(mapped.external).or(listen_addr)
     };
     let identity = Identity {
         node_id,
@@ -551,6 +559,7 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         node_id,
         listen_addr,
         announced_addr: announced,
+        port_mapping: mapped.status,
         server,
         download_limit,
         shares,
