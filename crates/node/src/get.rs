@@ -135,6 +135,9 @@ pub async fn get(options: GetOptions) -> Result<DownloadReport, NodeError> {
     // Every downloader is a source: what it has verified is served while
     // it runs (the fetch publishes it as a partial file).
     leaf_options.listen = options.listen;
+    // A one-shot download doesn't wait on the home router to start, nor
+    // leave a mapping behind for each run.
+    leaf_options.port_mapping = None;
     let leaf = leaf::start(leaf_options).await?;
     let outcome = async {
         leaf.wait_connected(JOIN_TIMEOUT).await?;

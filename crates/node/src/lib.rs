@@ -12,7 +12,11 @@
 //!   redialing with backoff;
 //! - for a leaf, the HTTP file server of `canopy-transfer` on its listen
 //!   address; [`get`] runs a short-lived leaf that finds sources and drives
-//!   a verified multi-source download.
+//!   a verified multi-source download;
+//! - for either role, once the listener is bound, a port mapper
+//!   (`canopy-portmap`, hooked in by `portmap`) asks the home router to
+//!   forward the listen port; the mapped address is the one announced, and
+//!   the mapping goes at shutdown.
 //!
 //! Shutdown follows mini-redis: a `CancellationToken` tells every task to
 //! stop, the node task says Bye to every peer, and a `TaskTracker` waits for
@@ -28,6 +32,7 @@ pub mod key_file;
 pub mod leaf;
 pub mod metrics;
 pub mod outbox;
+mod portmap;
 pub mod secure;
 pub mod send_queue;
 pub mod supernode;

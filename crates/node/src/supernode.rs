@@ -82,6 +82,10 @@ pub struct SupernodeOptions {
     /// Supernode peers to keep: beyond the configured ones, supernodes
     /// heard of are dialed until there are this many.
     pub peers_wanted: usize,
+    /// Map the listen port on the home router (NAT-PMP, UPnP IGD) and
+    /// announce the mapped address; `None`: don't. Its `listen` is set to
+    /// the bound address; not tried on loopback unless its gateway is named.
+    pub port_mapping: Option<canopy_portmap::PortMapConfig>,
 }
 
 impl SupernodeOptions {
@@ -98,6 +102,7 @@ impl SupernodeOptions {
             send_stall_timeout: Duration::from_secs(30),
             data_dir: None,
             peers_wanted: 8,
+            port_mapping: Some(canopy_portmap::PortMapConfig::new(listen)),
         }
     }
 }
@@ -106,6 +111,8 @@ impl SupernodeOptions {
 #[derive(Debug)]
 pub struct SupernodeHandle {
     local_addr: SocketAddr,
+    announced_addr: SocketAddr,
+    port_mapping: Option<watch::Receiver<canopy_portmap::Status>>,
     node_id: NodeId,
     stats: watch::Receiver<SupernodeStats>,
     traffic: Arc<Traffic>,
@@ -130,6 +137,18 @@ impl SupernodeHandle {
     /// The address it listens on (with the real port if 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address it announces: the one mapped on the home router, else
+    /// the bound one.
+    pub fn announced_addr(&self) -> SocketAddr {
+        self.announced_addr
+    }
+
+    /// The port mapping on the home router as it changes; `None` when no
+    /// mapping is attempted. The announced address is fixed at start.
+    pub fn port_mapping(&self) -> Option<watch::Receiver<canopy_portmap::Status>> {
+        self.port_mapping.clone()
     }
 
     /// Its node id.
@@ -277,8 +296,18 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
         canopy_proto::Role::Supernode,
     )?;
     let node_id = key.node_id();
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mapped = crate::portmap::map_listen_port(
+        options.port_mapping.as_ref(),
+        local_addr,
+        &shutdown,
+        &tracker,
+    )
+    .await;
+    let announced_addr = mapped.external.unwrap_or(local_addr);
     let mut config = options.protocol.clone();
-    config.identity = SupernodeConfig::new(node_id, Some(local_addr)).identity;
+    config.identity = SupernodeConfig::new(node_id, Some(announced_addr)).identity;
     // Secret, so peers cannot foresee a widening step's query id.
     config.step_id_key = rand::random();
     let handshakes = Arc::new(Mutex::new(config.handshake_counter()));
@@ -286,8 +315,6 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
     config.ping_key = rand::random();
     let max_connections = config.max_leaves + config.max_supernode_peers + HANDSHAKE_HEADROOM;
 
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE_LEN);
     let core = Supernode::new(config);
     let (stats_tx, stats_rx) = watch::channel(core.stats());
@@ -345,9 +372,11 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
     for peer in options.peers {
         tracker.spawn(dial_loop(peer, options.redial_initial, links.clone()));
     }
-    tracing::info!(%local_addr, %node_id, "supernode listening");
+    tracing::info!(%local_addr, %announced_addr, %node_id, "supernode listening");
     Ok(SupernodeHandle {
         local_addr,
+        announced_addr,
+        port_mapping: mapped.status,
         node_id,
         stats: stats_rx,
         traffic,

@@ -72,9 +72,12 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         None => None,
     };
     let status = leaf.status();
-    let listen = match leaf.listen_addr() {
-        Some(addr) => advertise.unwrap_or(addr).to_string(),
-        None => String::from("none (firewalled)"),
+    // What others reach: the advertised address, else the one mapped on
+    // the home router, else the bound one.
+    let listen = match (leaf.listen_addr(), leaf.announced_addr()) {
+        (Some(_), Some(announced)) => announced.to_string(),
+        (Some(addr), None) => advertise.unwrap_or(addr).to_string(),
+        (None, _) => String::from("none (firewalled)"),
     };
     let joining = if supernodes.is_empty() {
         String::from("supernodes from the host cache")
@@ -91,6 +94,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
             "role": "leaf",
             "node_id": leaf.node_id().to_hex(),
             "listen": listen,
+            "bound": leaf.listen_addr().map(|a| a.to_string()),
             "files": status.shared_files,
             "supernodes": supernodes.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "metrics": metrics.map(|a| a.to_string()),

@@ -59,6 +59,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
             "event": "listening",
             "role": "supernode",
             "addr": node.local_addr().to_string(),
+            "announced": node.announced_addr().to_string(),
             "node_id": node.node_id().to_hex(),
             "metrics": metrics.map(|a| a.to_string()),
         });
@@ -69,6 +70,12 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
             node.node_id(),
             node.local_addr()
         );
+        if node.announced_addr() != node.local_addr() {
+            say!(
+                "announced as {} (mapped on the router)",
+                node.announced_addr()
+            );
+        }
     }
     let mut reload = settings.reload;
     while signals.next().await == Signal::Reload {

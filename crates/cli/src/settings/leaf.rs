@@ -57,6 +57,11 @@ pub struct LeafArgs {
     /// Accept no connections: serve downloaders only by push.
     #[arg(long)]
     pub firewalled: bool,
+    /// Don't ask the home router (NAT-PMP, UPnP) to forward the listen port
+    /// (`port_mapping = false` in the file). With it on, the mapped address
+    /// is the one announced, the mapping is renewed, and removed on exit.
+    #[arg(long = "no-port-mapping", action = clap::ArgAction::SetFalse)]
+    pub port_mapping: bool,
     /// Where the control API and the web UI listen.
     #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], 6349)))]
     pub control: SocketAddr,
@@ -271,6 +276,9 @@ impl LeafArgs {
         leaf.listen = Some(self.listen);
         leaf.advertise = self.advertise;
         leaf.firewalled = self.firewalled;
+        if !self.port_mapping {
+            leaf.port_mapping = None;
+        }
         leaf.server = server;
         leaf.shares.clone_from(&self.shares);
         leaf.reconnect = true;
@@ -404,6 +412,17 @@ mod tests {
         assert_eq!(leaf.leaf.server.exempt, SERVER.exempt);
         assert_eq!(leaf.control, SocketAddr::from(([127, 0, 0, 1], 6349)));
         assert!(leaf.share_downloads);
+        assert!(
+            leaf.leaf.port_mapping.is_some(),
+            "port mapping is on by default"
+        );
+        assert!(
+            settings("port_mapping = false\n")
+                .unwrap()
+                .leaf
+                .port_mapping
+                .is_none()
+        );
         assert!(leaf.leaf.shares.is_empty() && leaf.leaf.supernodes.is_empty());
     }
 

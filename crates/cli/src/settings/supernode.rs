@@ -32,6 +32,11 @@ pub struct SupernodeArgs {
     /// goes away. A name stands for every address it has.
     #[arg(long = "peer", value_name = "HOST[:PORT]")]
     pub peers: Vec<HostPort>,
+    /// Don't ask the home router (NAT-PMP, UPnP) to forward the listen port
+    /// (`port_mapping = false` in the file). With it on, the mapped address
+    /// is the one announced, the mapping is renewed, and removed on exit.
+    #[arg(long = "no-port-mapping", action = clap::ArgAction::SetFalse)]
+    pub port_mapping: bool,
     /// A DNS name listing supernodes to dial when short of peers
     /// (repeatable; `bootstrap` in the file).
     #[arg(long, value_name = "NAME[:PORT]")]
@@ -155,6 +160,9 @@ impl SupernodeArgs {
             .collect();
         options.bootstrap.clone_from(&self.bootstrap);
         options.peers_wanted = self.peers_wanted;
+        if !self.port_mapping {
+            options.port_mapping = None;
+        }
         let protocol = &mut options.protocol;
         protocol.ttl_cap = self.ttl_cap;
         protocol.max_leaves = self.max_leaves;
@@ -262,6 +270,16 @@ mod tests {
         assert!(options.protocol.dynamic.is_none());
         assert!(options.protocol.limit_exempt.is_empty());
         assert_eq!(options.peers, vec!["127.0.0.1:9".parse().unwrap()]);
+        assert!(
+            options.port_mapping.is_some(),
+            "port mapping is on by default"
+        );
+        assert!(
+            resolve("port_mapping = false\n")
+                .unwrap()
+                .port_mapping
+                .is_none()
+        );
         for (text, key) in [
             ("ttl_cap = 9\n", "ttl_cap"),
             ("max_words_per_name = 256\n", "max_words_per_name"),

@@ -84,6 +84,11 @@ pub struct LeafOptions {
     pub advertise: Option<SocketAddr>,
     /// Accept no connections at all: serve only by push.
     pub firewalled: bool,
+    /// Map the listen port on the home router (NAT-PMP, UPnP IGD) and
+    /// announce the mapped address; `None`: don't. Its `listen` is set to
+    /// the bound address. Not tried with an `advertise` address, when
+    /// firewalled, or on loopback unless its gateway is named.
+    pub port_mapping: Option<canopy_portmap::PortMapConfig>,
     /// The file server's limits: upload slots, connections, per-address
     /// shares, timeouts.
     pub server: ServerConfig,
@@ -134,6 +139,10 @@ impl LeafOptions {
             listen: None,
             advertise: None,
             firewalled: false,
+            port_mapping: Some(canopy_portmap::PortMapConfig::new(SocketAddr::from((
+                [0, 0, 0, 0],
+                0,
+            )))),
             server: ServerConfig::default(),
             upload_limit: RateLimit::unlimited(),
             download_limit: RateLimit::unlimited(),
@@ -193,6 +202,7 @@ pub struct LeafHandle {
     node_id: NodeId,
     listen_addr: Option<SocketAddr>,
     announced_addr: Option<SocketAddr>,
+    port_mapping: Option<watch::Receiver<canopy_portmap::Status>>,
     server: ContentServer,
     download_limit: RateLimit,
     shares: Shares,
@@ -237,11 +247,19 @@ impl LeafHandle {
     }
 
     /// The address we announce to supernodes (the advertised one, else
-    /// the bound one): `None` when we accept no connections (firewalled,
-    /// or not listening), so downloads from us go by push. Its port is
-    /// where other downloaders reach us.
+    /// the one mapped on the home router, else the bound one): `None` when
+    /// we accept no connections (firewalled, or not listening), so
+    /// downloads from us go by push. Its port is where other downloaders
+    /// reach us.
     pub fn announced_addr(&self) -> Option<SocketAddr> {
         self.announced_addr
+    }
+
+    /// The port mapping on the home router as it changes (mapped,
+    /// renewed to another address, lost, removed at shutdown); `None` when
+    /// no mapping is attempted. The announced address is fixed at start.
+    pub fn port_mapping(&self) -> Option<watch::Receiver<canopy_portmap::Status>> {
+        self.port_mapping.clone()
     }
 
     /// The file server (for its counters).
@@ -479,10 +497,22 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         canopy_proto::Role::Leaf,
     )?;
     let node_id = key.node_id();
+    let mapped = match (listen_addr, options.advertise) {
+        (Some(bound), None) => {
+            crate::portmap::map_listen_port(
+                options.port_mapping.as_ref(),
+                bound,
+                &shutdown,
+                &tracker,
+            )
+            .await
+        }
+        _ => crate::portmap::Mapped::default(),
+    };
     let announced = if options.firewalled {
         None
     } else {
-        options.advertise.or(listen_addr)
+        options.advertise.or(mapped.external).or(listen_addr)
     };
     let identity = Identity {
         node_id,
@@ -529,6 +559,7 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         node_id,
         listen_addr,
         announced_addr: announced,
+        port_mapping: mapped.status,
         server,
         download_limit,
         shares,

@@ -1,0 +1,153 @@
+//! Nodes and their home router, faked on 127.0.0.1: a router answering
+//! NAT-PMP, SSDP and UPnP with errors and garbage leaves the leaf running,
+//! unmapped, announcing its bound address and found at it; a router that
+//! grants a mapping makes the leaf and the supernode announce the mapped
+//! address. (The real router, miniupnpd in network namespaces, is
+//! crates/cli/tests/portmap.rs.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use canopy_node::supernode::{self, SupernodeOptions};
+use canopy_portmap::{PortMapConfig, Status};
+use canopy_testkit::overlay::{
+    PATIENCE, leaf, leaf_options, localhost, request, shared_folder, start_leaf, supernode,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+
+const EXTERNAL: Ipv4Addr = Ipv4Addr::new(93, 184, 0, 1);
+
+/// A fake router: NAT-PMP on one UDP port, SSDP on another pointing at an
+/// HTTP server; `honest` grants NAT-PMP mappings, otherwise every answer
+/// is wrong. Returns the port mapper's settings and the requests seen.
+async fn router(honest: bool) -> (PortMapConfig, Arc<AtomicUsize>) {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let natpmp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let SocketAddr::V4(gateway) = natpmp.local_addr().unwrap() else {
+        unreachable!()
+    };
+    let count = seen.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((len, from)) = natpmp.recv_from(&mut buf).await {
+            count.fetch_add(1, Ordering::Relaxed);
+            let request = &buf[..len];
+            let replies: Vec<Vec<u8>> = match (honest, request) {
+                (true, [0, 0]) => {
+                    let mut out = vec![0, 128, 0, 0, 0, 0, 0, 1];
+                    out.extend_from_slice(&EXTERNAL.octets());
+                    vec![out]
+                }
+                (true, [0, 2, _, _, a, b, c, d, ..]) => {
+                    let mut out = vec![0, 130, 0, 0, 0, 0, 0, 1, *a, *b, *c, *d];
+                    out.extend_from_slice(&3600u32.to_be_bytes());
+                    vec![out]
+                }
+                (true, _) => vec![],
+                (false, _) => vec![
+                    vec![0x00; 1],
+                    vec![0x7f; 900],
+                    vec![0, 128, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0],
+                    vec![0, 130, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                ],
+            };
+            for reply in replies {
+                let _ = natpmp.send_to(&reply, from).await;
+            }
+        }
+    });
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = http.local_addr().unwrap();
+    let count = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = http.accept().await {
+            count.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n<root><device><<<<<")
+                    .await;
+            });
+        }
+    });
+    let ssdp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let ssdp_addr = ssdp.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((_, from)) = ssdp.recv_from(&mut buf).await {
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\n\
+                 LOCATION: http://{http_addr}/rootDesc.xml\r\n\r\n"
+            );
+            let _ = ssdp.send_to(reply.as_bytes(), from).await;
+        }
+    });
+    let mut config = PortMapConfig::new(SocketAddr::from(([0, 0, 0, 0], 0)));
+    config.gateway = Some(SocketAddrV4::new(*gateway.ip(), gateway.port()));
+    config.ssdp = ssdp_addr;
+    (config, seen)
+}
+
+#[tokio::test]
+async fn a_leaf_whose_router_answers_garbage_runs_unmapped_and_is_found_at_its_address() {
+    let at = supernode(&[]).await;
+    let folder = shared_folder(&["garbage router.txt"]);
+    let (config, seen) = router(false).await;
+    let mut options = leaf_options(&at, Some(folder.path()));
+    options.port_mapping = Some(config);
+    let sharer = start_leaf(options).await;
+    assert!(seen.load(Ordering::Relaxed) > 0, "the router was asked");
+    let bound = sharer.listen_addr().unwrap();
+    assert_eq!(sharer.announced_addr(), Some(bound));
+    assert_eq!(*sharer.port_mapping().unwrap().borrow(), Status::Unmapped);
+
+    let searcher = leaf(&at, None).await;
+    let outcome = searcher
+        .search(request(&["garbage", "router"], 4, PATIENCE, 1))
+        .await
+        .unwrap();
+    let source = &outcome.results[0].sources[0];
+    assert_eq!(source.addr, bound);
+    assert!(!source.firewalled, "reachable at its bound address");
+    tokio::time::timeout(PATIENCE, sharer.shutdown())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_mapped_leaf_and_supernode_announce_the_mapped_address() {
+    let (config, _) = router(true).await;
+    let mut options = SupernodeOptions::new(localhost());
+    options.port_mapping = Some(config.clone());
+    let at = supernode::start(options).await.unwrap();
+    assert_eq!(
+        at.announced_addr(),
+        SocketAddr::from((EXTERNAL, at.local_addr().port()))
+    );
+
+    let mut options = leaf_options(&at, None);
+    options.port_mapping = Some(config);
+    let mapped = start_leaf(options).await;
+    let bound = mapped.listen_addr().unwrap();
+    let external = SocketAddr::from((EXTERNAL, bound.port()));
+    assert_eq!(mapped.announced_addr(), Some(external));
+    let status = mapped.port_mapping().expect("a mapping was attempted");
+    assert_eq!(*status.borrow(), Status::Mapped(external));
+    // Shutdown removes it (the driver reports Unmapped once it has asked).
+    tokio::time::timeout(PATIENCE, mapped.shutdown())
+        .await
+        .unwrap();
+    assert_eq!(*status.borrow(), Status::Unmapped);
+
+    // Off (`--no-port-mapping`): the bound address.
+    let mut options = leaf_options(&at, None);
+    options.port_mapping = None;
+    let unmapped = start_leaf(options).await;
+    assert_eq!(unmapped.announced_addr(), unmapped.listen_addr());
+    assert!(unmapped.port_mapping().is_none());
+}
