@@ -838,6 +838,48 @@ async fn a_download_not_shared_after_is_withdrawn_and_not_served() {
     handle.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_download_is_no_longer_a_partial_source() {
+    let world = World::new().await;
+    let (id, bytes) = world.share("paused.iso", 8 << 20, 45);
+    // Part-way for good: the source stalls after three groups.
+    let (_leaf, _source) = stalling_sharer(&world, bytes, 3 * GROUP).await;
+    let observer = overlay::start_leaf(LeafOptions::new(world.supernode.local_addr())).await;
+    let handle = world.daemon().await;
+    let daemon = handle.control();
+    let node = handle.leaf().node_id();
+    daemon.add_download(add(id)).await.unwrap();
+    // Paused several times: the pause may stop the fetch before it
+    // withdraws its partial file itself (each time, by chance), and the
+    // daemon must withdraw it then.
+    for cycle in 0..4 {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while seen_as(&observer, id, node).await != [true] {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "cycle {cycle}: never a partial source"
+            );
+        }
+        let paused = daemon.pause(&id.to_hex()).unwrap();
+        assert_eq!(paused.state, DownloadState::Paused);
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let seen = seen_as(&observer, id, node).await;
+            if seen.is_empty() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "cycle {cycle}: still listed after the pause: {seen:?}"
+            );
+        }
+        assert!(handle.leaf().catalog().get_partial(&id).is_none());
+        daemon.resume(&id.to_hex()).unwrap();
+    }
+    drop(daemon);
+    handle.shutdown().await;
+}
+
 #[tokio::test]
 async fn only_the_latest_32_searches_are_kept() {
     let world = World::new().await;

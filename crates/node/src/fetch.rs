@@ -2,7 +2,11 @@
 //! download starts on the first source the search turns up and takes later
 //! hits as new sources while it runs; while it has few sources it asks the
 //! network again every [`REASK_INTERVAL`], and at once when every source it
-//! has failed (giving up when that search finds nobody new).
+//! has failed (giving up when that search finds nobody new) or some group
+//! has no source left. A source the download dropped (a seed that
+//! restarted, or timed out) is fed again when a search that started at
+//! least [`REFEED_PAUSE`] later lists it (the pause doubling each time),
+//! at most [`MAX_REFEEDS`] times.
 //!
 //! The hits are peers' claims: of the sizes claimed for the id, the one
 //! most sources agree on is tried first (the tree proves it or not) and the
@@ -28,7 +32,8 @@
 //! the target at once and the caller shares it, then unpublishes the
 //! partial; otherwise (and on failure or cancel) the fetch unpublishes it.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,6 +73,13 @@ pub const FEW_SOURCES: usize = 8;
 /// A running download's partial file is published again at most this
 /// often, unless it grew by a tenth of the file since.
 pub const PARTIAL_UPDATE_INTERVAL: Duration = Duration::from_secs(5);
+/// A source the download dropped is fed again only if a search that
+/// started at least this long after the drop lists it; the pause doubles
+/// each time it is fed again, so a source that keeps failing is not fed
+/// in a loop.
+pub const REFEED_PAUSE: Duration = Duration::from_secs(2);
+/// Times one source is fed again in one download, at most.
+pub const MAX_REFEEDS: u32 = 3;
 
 /// Where to save.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -424,8 +436,13 @@ struct Finder<'a> {
     id: ContentId,
     request: SearchRequest,
     live: Option<LiveSearch>,
+    /// When the running search started.
+    live_since: tokio::time::Instant,
     /// One result per claimed size, sources merged across searches.
     found: Vec<SearchResult>,
+    /// For each source found, when the latest search that listed it
+    /// started (only sources kept in `found`).
+    seen: HashMap<NodeId, tokio::time::Instant>,
 }
 
 impl<'a> Finder<'a> {
@@ -435,13 +452,16 @@ impl<'a> Finder<'a> {
             id: fetch.content_id,
             request: SearchRequest::content(fetch.content_id, fetch.ttl, fetch.search_timeout),
             live: None,
+            live_since: tokio::time::Instant::now(),
             found: Vec::new(),
+            seen: HashMap::new(),
         }
     }
 
     /// Starts a search, unless one runs.
     async fn ask(&mut self) -> Result<(), NodeError> {
         if self.live.is_none() {
+            self.live_since = tokio::time::Instant::now();
             self.live = Some(self.leaf.search_live(self.request.clone()).await?);
         }
         Ok(())
@@ -470,11 +490,12 @@ impl<'a> Finder<'a> {
             self.live = None;
         }
         for result in snapshot.results {
-            self.merge(result);
+            self.merge(result, self.live_since);
         }
     }
 
-    fn merge(&mut self, mut result: SearchResult) {
+    /// Merges what a search started at `searched` found.
+    fn merge(&mut self, mut result: SearchResult, searched: tokio::time::Instant) {
         // Our own partial file, published to every supernode we are
         // attached to, can come back through another: not a source.
         let us = self.leaf.node_id();
@@ -484,27 +505,31 @@ impl<'a> Finder<'a> {
             Some(known) => {
                 for source in result.sources {
                     let full = known.sources.len() >= MAX_SOURCES_PER_RESULT;
-                    match known
-                        .sources
-                        .iter_mut()
-                        .find(|s| s.node_id == source.node_id)
-                    {
-                        // A partial source heard of with more, or whole.
+                    let node = source.node_id;
+                    match known.sources.iter_mut().find(|s| s.node_id == node) {
+                        // A partial source heard of with more, or whole,
+                        // or a source at a new address (it restarted).
                         Some(had)
-                            if had.partial
-                                && (!source.partial || source.available > had.available) =>
+                            if (had.partial
+                                && (!source.partial || source.available > had.available))
+                                || had.addr != source.addr
+                                || had.firewalled != source.firewalled =>
                         {
                             *had = source;
                         }
                         Some(_) => {}
                         None if !full => known.sources.push(source),
-                        None => {}
+                        None => continue,
                     }
+                    self.seen.insert(node, searched);
                 }
                 known.name = result.name;
                 known.names = result.names;
             }
             None if count < canopy_core::search::MAX_SIZES_PER_CONTENT => {
+                for source in &result.sources {
+                    self.seen.insert(source.node_id, searched);
+                }
                 self.found.push(result);
             }
             None => {}
@@ -678,7 +703,9 @@ impl Attempt<'_> {
         let id = self.request.content_id;
         let (feed, sources) = mpsc::channel(MAX_SOURCES);
         let mut feed = Some(feed);
-        let mut fed: HashSet<NodeId> = HashSet::new();
+        let mut fed = Fed::default();
+        // Each of the at most MAX_SOURCES sources is told of once.
+        let (dropped_tx, mut dropped) = mpsc::channel(MAX_SOURCES);
         let starving = Arc::new(Notify::new());
         let lacking = Arc::new(Notify::new());
         let reporter = self.report.clone();
@@ -708,6 +735,7 @@ impl Attempt<'_> {
             lock: Some(lock),
             starving: Some(starving.clone()),
             lacking: Some(lacking.clone()),
+            dropped: Some(dropped_tx),
             swarm: Some(swarm(leaf, self.request.share_when_done)),
         };
         // Published under the name it is saved as.
@@ -731,7 +759,8 @@ impl Attempt<'_> {
         // hit came from.
         let mut first = finder.sources_of(self.size);
         first.shuffle(&mut rand::rng());
-        self.feed(&first, &mut feed, &mut fed, callback).await?;
+        self.feed(&first, finder, &mut feed, &mut fed, callback)
+            .await?;
         let mut reask =
             tokio::time::interval_at(tokio::time::Instant::now() + REASK_INTERVAL, REASK_INTERVAL);
         // Every source failed: the search made for it ends the download if
@@ -752,10 +781,13 @@ impl Attempt<'_> {
                 }
                 // Only wakes the loop: the schedule reads the value.
                 Ok(()) = verified.changed() => {}
+                // It may be fed again once a later search lists it.
+                Some(label) = dropped.recv() => fed.dropped(&label),
                 () = finder.next(), if feed.is_some() => {
                     let known = finder.sources_of(self.size);
-                    self.feed(&known, &mut feed, &mut fed, callback).await?;
-                    if starved_at.is_some_and(|count| fed.len() > count) {
+                    self.feed(&known, finder, &mut feed, &mut fed, callback)
+                        .await?;
+                    if starved_at.is_some_and(|count| fed.sent > count) {
                         starved_at = None;
                     }
                     if starved_at.is_some() && !finder.searching() {
@@ -763,7 +795,7 @@ impl Attempt<'_> {
                     }
                 }
                 () = starving.notified(), if feed.is_some() => {
-                    starved_at = Some(fed.len());
+                    starved_at = Some(fed.sent);
                     // A search refused now (the session reconnecting, too
                     // many at once) leaves the feed open: the download's own
                     // wait for a new source decides.
@@ -780,7 +812,7 @@ impl Attempt<'_> {
                     }
                 }
                 _ = reask.tick(), if feed.is_some() => {
-                    if fed.len() < FEW_SOURCES {
+                    if fed.active() < FEW_SOURCES {
                         let _ = finder.ask_again().await;
                     }
                 }
@@ -788,29 +820,108 @@ impl Attempt<'_> {
         }
     }
 
-    /// Feeds the sources of `known` not fed yet (a partial one says so, so
-    /// the download asks what it has first).
+    /// Feeds the sources of `known` not fed yet, and those dropped that
+    /// a later search listed (see [`Fed::wants`]); a partial one says so,
+    /// so the download asks what it has first.
     async fn feed(
         &self,
         known: &[Source],
+        finder: &Finder<'_>,
         feed: &mut Option<mpsc::Sender<DownloadSource>>,
-        fed: &mut HashSet<NodeId>,
+        fed: &mut Fed,
         callback: &mut Callback<'_>,
     ) -> Result<(), NodeError> {
         let Some(sender) = feed.as_ref() else {
             return Ok(());
         };
         for source in known {
-            if fed.len() >= MAX_SOURCES || !fed.insert(source.node_id) {
+            if !fed.wants(source.node_id, finder.seen.get(&source.node_id).copied()) {
                 continue;
             }
+            let source_id = source.node_id;
             let source = callback.source(source, self.request.content_id).await?;
+            fed.fed(source_id, source.label.clone());
             if sender.try_send(source).is_err() {
                 *feed = None;
                 break;
             }
         }
         Ok(())
+    }
+}
+
+/// The sources fed to one download, by node id, and whether the download
+/// still uses each.
+#[derive(Debug, Default)]
+struct Fed {
+    sources: HashMap<NodeId, FedSource>,
+    /// Feeds in all, again-feeds included: the download takes at most
+    /// [`MAX_SOURCES`], so no more are sent.
+    sent: usize,
+}
+
+#[derive(Debug)]
+struct FedSource {
+    /// As the download names it (in its reports and drop notices).
+    label: String,
+    /// When the download dropped it, if it did since it was last fed.
+    dropped_at: Option<tokio::time::Instant>,
+    /// Times it was fed again.
+    again: u32,
+}
+
+impl Fed {
+    /// Sources fed and not dropped since.
+    fn active(&self) -> usize {
+        self.sources
+            .values()
+            .filter(|s| s.dropped_at.is_none())
+            .count()
+    }
+
+    /// The download dropped the source it names `label`.
+    fn dropped(&mut self, label: &str) {
+        let now = tokio::time::Instant::now();
+        for source in self.sources.values_mut().filter(|s| s.label == label) {
+            source.dropped_at.get_or_insert(now);
+        }
+    }
+
+    /// Whether to feed the source `node`, last listed by a search started
+    /// at `searched`: if it was never fed, or if the download dropped it
+    /// and that search started at least [`REFEED_PAUSE`] after (doubled
+    /// for each time it was fed again), at most [`MAX_REFEEDS`] times.
+    fn wants(&self, node: NodeId, searched: Option<tokio::time::Instant>) -> bool {
+        if self.sent >= MAX_SOURCES {
+            return false;
+        }
+        let Some(fed) = self.sources.get(&node) else {
+            return true;
+        };
+        let (Some(dropped_at), Some(searched)) = (fed.dropped_at, searched) else {
+            return false;
+        };
+        fed.again < MAX_REFEEDS && searched >= dropped_at + REFEED_PAUSE * 2u32.pow(fed.again)
+    }
+
+    /// `node` was fed, named `label`.
+    fn fed(&mut self, node: NodeId, label: String) {
+        self.sent += 1;
+        match self.sources.entry(node) {
+            Entry::Occupied(entry) => {
+                let source = entry.into_mut();
+                source.label = label;
+                source.dropped_at = None;
+                source.again += 1;
+            }
+            Entry::Vacant(entry) => {
+                entry.insert(FedSource {
+                    label,
+                    dropped_at: None,
+                    again: 0,
+                });
+            }
+        }
     }
 }
 
@@ -847,5 +958,44 @@ mod tests {
             schedule.due(100).unwrap() <= tokio::time::Instant::now(),
             "complete"
         );
+    }
+
+    #[test]
+    fn a_dropped_source_is_fed_again_only_when_a_later_search_lists_it_and_not_forever() {
+        let node = NodeId([7; 16]);
+        let mut fed = Fed::default();
+        let before = tokio::time::Instant::now();
+        assert!(fed.wants(node, Some(before)), "never fed");
+        fed.fed(node, "a:1".into());
+        assert!(!fed.wants(node, Some(before)), "in use");
+        assert_eq!(fed.active(), 1);
+        fed.dropped("b:2");
+        assert_eq!(fed.active(), 1, "another source's notice");
+        fed.dropped("a:1");
+        assert_eq!(fed.active(), 0);
+        let dropped_at = fed.sources[&node].dropped_at.unwrap();
+        assert!(!fed.wants(node, None), "no search listed it");
+        assert!(!fed.wants(node, Some(before)), "listed before the drop");
+        assert!(
+            !fed.wants(node, Some(dropped_at + REFEED_PAUSE / 2)),
+            "too soon"
+        );
+        let mut pause = REFEED_PAUSE;
+        for again in 0..MAX_REFEEDS {
+            assert!(fed.wants(node, Some(dropped_at + pause)), "time {again}");
+            fed.fed(node, "a:1".into());
+            assert!(!fed.wants(node, Some(dropped_at + pause)), "in use again");
+            fed.sources.get_mut(&node).unwrap().dropped_at = Some(dropped_at);
+            assert!(
+                !fed.wants(node, Some(dropped_at + pause)),
+                "the pause doubles"
+            );
+            pause *= 2;
+        }
+        assert!(
+            !fed.wants(node, Some(dropped_at + pause * 16)),
+            "at most MAX_REFEEDS times"
+        );
+        assert_eq!(fed.sent, 1 + MAX_REFEEDS as usize);
     }
 }

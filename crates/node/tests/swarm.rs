@@ -6,7 +6,10 @@
 //! downloader killed mid-swarm (its runtime dropped: every task and socket
 //! gone at once, as with kill -9) stops none of the others; and a
 //! downloader attached to two supernodes never takes its own partial file,
-//! found through the other one, for a source.
+//! found through the other one, for a source; a download whose partial
+//! sources lack some groups searches again and finds a seed that joined
+//! later; and a seed that leaves mid-download and comes back (same node
+//! id, same address) is fed again and used.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -16,15 +19,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use canopy_core::search::Source;
+use canopy_core::tree::tree_of;
 use canopy_node::fetch::{self, FetchProgress, FetchRequest, FetchTarget};
 use canopy_node::leaf::{LeafHandle, LeafOptions};
 use canopy_node::supernode::SupernodeHandle;
-use canopy_proto::ContentId;
+use canopy_proto::secure::StaticKeypair;
+use canopy_proto::{ContentId, SharedFile};
 use canopy_testkit::overlay::{
     PATIENCE, id_request, leaf_options, sample_bytes, start_leaf, supernode,
 };
 use canopy_transfer::bandwidth::RateLimit;
 use canopy_transfer::download::DownloadReport;
+use canopy_transfer::partial::PartialEntry;
 use canopy_transfer::server::ContentServer;
 use tokio::sync::{oneshot, watch};
 
@@ -490,4 +496,180 @@ async fn a_downloader_killed_mid_swarm_stops_none_of_the_others() {
         assert_eq!(hash_of(&report.path), crowd.id);
         drop(other.leaf);
     }
+}
+
+/// A leaf of `at` serving the first `groups` groups of `data` as a
+/// partial file (published with what it has), and never more: a partial
+/// source that lacks the rest for good.
+async fn stuck_partial(
+    at: &SupernodeHandle,
+    data: &[u8],
+    groups: u64,
+) -> (LeafHandle, tempfile::TempDir) {
+    let leaf = start_leaf(leaf_options(at, None)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("half.bin");
+    std::fs::write(&path, data).unwrap();
+    let id = content_id(data);
+    let entry = PartialEntry::new(path, data.len() as u64, tree_of(data).into());
+    for group in 0..groups {
+        entry.add_group(group);
+    }
+    leaf.catalog().insert_partial(id, entry);
+    leaf.share_partial(SharedFile {
+        content_id: id,
+        name: "half.bin".into(),
+        size: data.len() as u64,
+        available: Some(groups * MIB as u64),
+    })
+    .await;
+    at.wait_for(PATIENCE, |s| s.index_files >= 1).await.unwrap();
+    (leaf, dir)
+}
+
+/// Waits for `fetching` to end, at most [`LONG`].
+async fn fetched(
+    fetching: tokio::task::JoinHandle<Result<DownloadReport, canopy_node::NodeError>>,
+) -> DownloadReport {
+    tokio::time::timeout(LONG, fetching)
+        .await
+        .expect("the download finished")
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_download_lacking_groups_searches_again_and_finds_a_seed_that_came_later() {
+    let data = sample_bytes(8 * MIB, 16);
+    let id = content_id(&data);
+    let at = supernode(&[]).await;
+    let (_partial, _partial_dir) = stuck_partial(&at, &data, 4).await;
+    let downloader = Arc::new(start_leaf(leaf_options(&at, None)).await);
+    let into = tempfile::tempdir().unwrap();
+    let (mut request, progress) = fetch_request(id, into.path());
+    // Short searches: one that finds nobody new ends soon (and, before
+    // the fix, closed the feed for good).
+    request.search_timeout = Duration::from_secs(2);
+    let fetching = tokio::spawn({
+        let downloader = downloader.clone();
+        async move { fetch::fetch(&downloader, request).await }
+    });
+    // The partial source's half is done, and the search made for the
+    // groups nobody has has gone out (the first search, then that one).
+    let deadline = tokio::time::Instant::now() + LONG;
+    while progress.borrow().verified_bytes < 4 * MIB as u64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never got the partial half"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    at.wait_for(PATIENCE, |s| s.queries_received >= 2)
+        .await
+        .expect("searched again for the missing groups");
+    // Only now does a seed join: a later search must find it.
+    let seed_dir = tempfile::tempdir().unwrap();
+    std::fs::write(seed_dir.path().join("whole.bin"), &data).unwrap();
+    let seed = start_leaf(leaf_options(&at, Some(seed_dir.path()))).await;
+    let report = fetched(fetching).await;
+    assert_eq!(hash_of(&report.path), id);
+    let seed_label = seed.listen_addr().unwrap().to_string();
+    let from_seed: u64 = report
+        .sources
+        .iter()
+        .filter(|s| s.source == seed_label)
+        .map(|s| s.bytes)
+        .sum();
+    assert!(from_seed >= 4 * MIB as u64, "{:?}", report.sources);
+}
+
+/// Starts a seed leaf with `key`, listening at `listen`, sharing `dir` at
+/// `rate` bytes a second; retries while the port is still held by a
+/// seed that just stopped.
+async fn start_seed(
+    at: &SupernodeHandle,
+    key: &StaticKeypair,
+    listen: SocketAddr,
+    dir: &Path,
+    rate: u64,
+) -> LeafHandle {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let mut options = leaf_options(at, Some(dir));
+        options.listen = Some(listen);
+        options.key = Some(key.clone());
+        options.upload_limit = RateLimit::new(rate);
+        match canopy_node::leaf::start(options).await {
+            Ok(seed) => {
+                seed.wait_connected(PATIENCE).await.unwrap();
+                return seed;
+            }
+            Err(error) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "seed never restarted: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_seed_that_leaves_mid_download_and_comes_back_is_used_again() {
+    let data = sample_bytes(12 * MIB, 17);
+    let id = content_id(&data);
+    let at = supernode(&[]).await;
+    // Keeps the download alive (lacking, not stuck) while the seed is away.
+    let (_partial, _partial_dir) = stuck_partial(&at, &data, 2).await;
+    let key = StaticKeypair::generate().unwrap();
+    let seed_dir = tempfile::tempdir().unwrap();
+    std::fs::write(seed_dir.path().join("whole.bin"), &data).unwrap();
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let seed = start_seed(&at, &key, listen, seed_dir.path(), SEED_RATE).await;
+    let node = seed.node_id();
+    at.wait_for(PATIENCE, |s| s.index_files >= 2).await.unwrap();
+
+    let downloader = Arc::new(start_leaf(leaf_options(&at, None)).await);
+    let into = tempfile::tempdir().unwrap();
+    let (mut request, progress) = fetch_request(id, into.path());
+    request.search_timeout = Duration::from_secs(2);
+    let fetching = tokio::spawn({
+        let downloader = downloader.clone();
+        async move { fetch::fetch(&downloader, request).await }
+    });
+    // Gone once it has sent some of the rest, with most of it left.
+    let deadline = tokio::time::Instant::now() + LONG;
+    while progress.borrow().verified_bytes < 4 * MIB as u64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the seed never delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    seed.shutdown().await;
+    at.wait_for(PATIENCE, |s| s.leaves == 2)
+        .await
+        .expect("the seed left");
+    // Back, same node id, same address.
+    let seed = start_seed(&at, &key, listen, seed_dir.path(), 0).await;
+    assert_eq!(seed.node_id(), node);
+    let report = fetched(fetching).await;
+    assert_eq!(hash_of(&report.path), id);
+    let label = listen.to_string();
+    let times: Vec<_> = report
+        .sources
+        .iter()
+        .filter(|s| s.source == label)
+        .collect();
+    assert_eq!(times.len(), 2, "fed again: {:?}", report.sources);
+    assert!(
+        times[0].dropped.is_some() && times[1].dropped.is_none(),
+        "{:?}",
+        report.sources
+    );
+    assert!(times[1].bytes > 0, "{:?}", report.sources);
 }

@@ -26,7 +26,11 @@
 //! Sources may arrive while the download runs ([`download_live`]): it
 //! starts on the first (the tree, then data) and takes each later one into
 //! the plan as it comes; with every source dropped it waits a while for a
-//! new one before giving up. A [`CancellationToken`] stops it at once,
+//! new one before giving up. The caller is told of each source dropped
+//! for anything but a lie ([`DownloadControl::dropped`]), and a source
+//! given again at the address of such a one is taken again (a seed that
+//! restarted); one at the address of a source still in use or a liar is
+//! not. A [`CancellationToken`] stops it at once,
 //! keeping the partial and state files (a pause: the next run resumes).
 //! One download of an id into a folder at a time: see [`crate::partial_lock`].
 //!
@@ -621,6 +625,7 @@ async fn fetch_tree(
                     }
                     Err((reason, _)) => {
                         tracing::warn!(source = %sources.list[index].label, %reason, "dropping source");
+                        control.tell_dropped(&sources.list[index].label);
                         failed.insert(index, reason);
                         start(&sources.list, &mut running, &mut next);
                     }
@@ -720,6 +725,14 @@ pub struct DownloadControl {
     /// source (the seed left, say, and the partial sources lack it) while
     /// others remain: the moment to look for more, keeping the feed open.
     pub lacking: Option<Arc<tokio::sync::Notify>>,
+    /// Told the label of each source the download stops using for any
+    /// reason but a lie (it failed, stalled, could not be reached): the
+    /// caller may give it again later (a seed that restarted), and a
+    /// source at an address whose every source was dropped, none for a
+    /// lie, is taken again. Sent without waiting; a channel of
+    /// [`MAX_SOURCES`] is never full, as each of the at most that many
+    /// sources is told of once.
+    pub dropped: Option<mpsc::Sender<String>>,
     /// Serve the download while it runs and take part in the mesh; `None`:
     /// only download.
     pub swarm: Option<Swarm>,
@@ -736,6 +749,17 @@ impl DownloadControl {
         if let Some(lacking) = &self.lacking {
             lacking.notify_one();
         }
+    }
+
+    fn tell_dropped(&self, label: &str) {
+        tell_dropped(self.dropped.as_ref(), label);
+    }
+}
+
+/// Tells `to` (if anyone listens) that the source `label` was dropped.
+fn tell_dropped(to: Option<&mpsc::Sender<String>>, label: &str) {
+    if let Some(to) = to {
+        let _ = to.try_send(label.to_owned());
     }
 }
 
@@ -1329,6 +1353,8 @@ struct Run {
     writer: DiskWriter,
     swarm: Option<Swarm>,
     serving: Option<ServedPartial>,
+    /// Told of each source dropped but not for a lie.
+    tell_dropped: Option<mpsc::Sender<String>>,
     clock: Instant,
     started: Instant,
     first_byte: Option<Duration>,
@@ -1370,10 +1396,16 @@ impl Run {
     }
 
     /// Takes the given source at `index` in the list into the plan, unless
-    /// a source at its address is there already (learned from `X-Alt`, say).
+    /// a source at its address is there already (learned from `X-Alt`,
+    /// say) or lied: one whose every source at the address was dropped
+    /// for anything but a lie is taken again (a seed that restarted).
     fn take_in(&mut self, index: usize) {
         if let Some(addr) = self.sources.list[index].addr {
-            if self.known.contains(&addr) {
+            let held = |(source, at): (usize, &usize)| {
+                self.sources.list[*at].addr == Some(addr)
+                    && (!self.dropped.contains_key(&source) || self.liars.contains(&source))
+            };
+            if self.known.contains(&addr) && self.usable.iter().enumerate().any(held) {
                 let reason = "another source has this address".to_owned();
                 self.failed.insert(index, reason);
                 return;
@@ -1435,6 +1467,8 @@ impl Run {
                     self.dropped.insert(source, reason);
                     if suspect == Some(source) {
                         liars.push(source);
+                    } else {
+                        tell_dropped(self.tell_dropped.as_ref(), self.label(source));
                     }
                 }
             }
@@ -1811,6 +1845,7 @@ pub async fn download_live(
         writer,
         swarm,
         serving,
+        tell_dropped: control.dropped.clone(),
         clock: Instant::now(),
         started,
         first_byte: None,

@@ -1,7 +1,8 @@
 //! Downloads against real servers on 127.0.0.1, as hostile places and
 //! peers make them: temporary names taken by links or by someone else's
 //! files, a link at the target, and dead sources ahead of the live one;
-//! and sources that arrive while a download runs.
+//! sources that arrive while a download runs, one dropped and given again
+//! at its address; and a download dropped mid-way, whose requests stop.
 
 #![allow(
     clippy::unwrap_used,
@@ -13,11 +14,13 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use canopy_core::download::DownloadConfig;
 use canopy_proto::ContentId;
 use canopy_transfer::Catalog;
+use canopy_transfer::bandwidth::RateLimit;
 use canopy_transfer::catalog::CatalogEntry;
 use canopy_transfer::client::DirectConnector;
 use canopy_transfer::download::{
@@ -30,16 +33,32 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 const MIB: usize = 1 << 20;
+/// Long enough for a loaded machine; a passing run takes seconds.
+const PATIENCE: Duration = Duration::from_secs(60);
 
 struct Source {
     addr: SocketAddr,
     id: ContentId,
     data: Vec<u8>,
+    catalog: Catalog,
     _dir: tempfile::TempDir,
 }
 
 /// A server sharing `len` bytes.
 async fn source(len: usize) -> Source {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let s = sharing(len, listener.local_addr().unwrap());
+    serve(
+        &s,
+        listener,
+        ContentServer::new(s.catalog.clone(), 4),
+        CancellationToken::new(),
+    );
+    s
+}
+
+/// `len` bytes shared in a catalog, to be served at `addr`.
+fn sharing(len: usize, addr: SocketAddr) -> Source {
     let dir = tempfile::tempdir().unwrap();
     let data: Vec<u8> = (0..len).map(|i| (i * 17 % 251) as u8).collect();
     let path = dir.path().join("file.bin");
@@ -54,19 +73,20 @@ async fn source(len: usize) -> Source {
             tree: canopy_core::tree::tree_of(&data).into(),
         },
     )]);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(ContentServer::new(catalog, 4).serve(
-        listener,
-        CancellationToken::new(),
-        TaskTracker::new(),
-    ));
     Source {
         addr,
         id,
         data,
+        catalog,
         _dir: dir,
     }
+}
+
+/// Serves `s`'s catalog with `server` on `listener` until `shutdown`,
+/// which drops every connection too.
+fn serve(s: &Source, listener: TcpListener, server: ContentServer, shutdown: CancellationToken) {
+    assert_eq!(listener.local_addr().unwrap(), s.addr);
+    tokio::spawn(server.serve(listener, shutdown, TaskTracker::new()));
 }
 
 /// A source that accepts connections and never answers.
@@ -354,5 +374,124 @@ async fn a_second_source_at_one_address_is_not_taken() {
     assert_eq!(
         report.sources[1].dropped.as_deref(),
         Some("another source has this address")
+    );
+}
+
+/// Waits until `condition` holds, checking every 10 ms; panics after
+/// `patience` saying what it waited for.
+async fn wait_until(what: &str, patience: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + patience;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Options whose progress goes to the returned counter of verified bytes.
+fn counted(options: DownloadOptions) -> (DownloadOptions, Arc<AtomicU64>) {
+    let verified = Arc::new(AtomicU64::new(0));
+    let seen = verified.clone();
+    let options = DownloadOptions {
+        progress: Some(Arc::new(move |p| {
+            seen.store(p.verified_bytes, Ordering::SeqCst);
+        })),
+        ..options
+    };
+    (options, verified)
+}
+
+#[tokio::test]
+async fn a_dropped_download_stops_its_requests() {
+    // One request for the whole file, at 128 KiB/s: two minutes of it
+    // left when the download is dropped, unless its requests stop too.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let s = sharing(16 * MIB, listener.local_addr().unwrap());
+    let server =
+        ContentServer::new(s.catalog.clone(), 4).with_upload_limit(RateLimit::new(128 << 10));
+    serve(&s, listener, server.clone(), CancellationToken::new());
+    let out = tempfile::tempdir().unwrap();
+    let mut options = options(&s, &out.path().join("dropped.bin"));
+    options.config = DownloadConfig {
+        request_time: Duration::ZERO,
+        stall_timeout: Duration::from_secs(60),
+        ..DownloadConfig::default()
+    };
+    let running = tokio::spawn(download(vec![direct(s.addr)], options));
+    wait_until("the server to send file bytes", PATIENCE, || {
+        server.uploaded_bytes() > 0
+    })
+    .await;
+    assert!(server.uploads_in_progress() >= 1);
+    // Dropped mid-way, as a paused daemon download's future is.
+    running.abort();
+    assert!(running.await.unwrap_err().is_cancelled());
+    // Far sooner than the request would end on its own.
+    wait_until(
+        "the server to see the download's connections closed",
+        Duration::from_secs(20),
+        || {
+            server.uploads_in_progress() == 0
+                && server.stats().open_connections.load(Ordering::SeqCst) == 0
+        },
+    )
+    .await;
+    let sent = server.uploaded_bytes();
+    assert!(sent < s.data.len() as u64 / 2, "{sent} bytes sent");
+}
+
+#[tokio::test]
+async fn a_source_dropped_mid_download_is_told_of_and_taken_again_at_its_address() {
+    // The seed serves at 1 MiB/s, then stops, dropping its connections.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let s = sharing(8 * MIB, listener.local_addr().unwrap());
+    let first = CancellationToken::new();
+    let slow =
+        ContentServer::new(s.catalog.clone(), 4).with_upload_limit(RateLimit::new(MIB as u64));
+    serve(&s, listener, slow, first.clone());
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("again.bin");
+    let (options, verified) = counted(options(&s, &target));
+    let (dropped_tx, mut dropped) = tokio::sync::mpsc::channel(64);
+    let control = DownloadControl {
+        dropped: Some(dropped_tx),
+        ..DownloadControl::default()
+    };
+    let (feed, sources) = tokio::sync::mpsc::channel(8);
+    feed.send(direct(s.addr)).await.unwrap();
+    let running = tokio::spawn(download_live(sources, options, control));
+    wait_until("a verified group", PATIENCE, || {
+        verified.load(Ordering::SeqCst) >= MIB as u64
+    })
+    .await;
+    first.cancel();
+    let told = tokio::time::timeout(PATIENCE, dropped.recv())
+        .await
+        .expect("told the seed was dropped");
+    assert_eq!(told, Some(s.addr.to_string()));
+    // Back at the same address, and given again.
+    let listener = TcpListener::bind(s.addr).await.unwrap();
+    serve(
+        &s,
+        listener,
+        ContentServer::new(s.catalog.clone(), 4),
+        CancellationToken::new(),
+    );
+    feed.send(direct(s.addr)).await.unwrap();
+    let report = tokio::time::timeout(PATIENCE, running)
+        .await
+        .expect("finished")
+        .unwrap()
+        .unwrap();
+    assert!(std::fs::read(&target).unwrap() == s.data);
+    assert_eq!(report.sources.len(), 2);
+    assert!(report.sources[0].dropped.is_some(), "{report:?}");
+    assert!(report.sources[1].dropped.is_none(), "{report:?}");
+    assert!(report.sources[1].bytes > 0, "{report:?}");
+    assert_eq!(
+        report.sources[0].bytes + report.sources[1].bytes,
+        s.data.len() as u64
     );
 }

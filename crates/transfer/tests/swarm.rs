@@ -4,8 +4,9 @@
 //! sources dropped with the alternates they told of, a finished download
 //! served complete without a gap (and a cancelled one not at all), a
 //! partial source that serves nothing yet asked again rather than
-//! dropped, a downloader killed mid-swarm, and a small flash crowd whose
-//! downloaders get bytes from each other.
+//! dropped, a downloader killed mid-swarm, a small flash crowd whose
+//! downloaders get bytes from each other, and a source list full of
+//! alternates that still takes a source a search finds later.
 //!
 //! Each node has its own loopback address (127.0.0.x) and dials from it,
 //! as hosts on a network would: a server never tells a downloader of
@@ -36,8 +37,8 @@ use canopy_transfer::bandwidth::RateLimit;
 use canopy_transfer::catalog::CatalogEntry;
 use canopy_transfer::client::{ConnectFuture, Connector, HttpConn, SourceStream};
 use canopy_transfer::download::{
-    DownloadControl, DownloadError, DownloadOptions, DownloadReport, DownloadSource, Swarm,
-    download_live, partial_name, state_name,
+    DownloadControl, DownloadError, DownloadOptions, DownloadReport, DownloadSource, MAX_SOURCES,
+    Swarm, download_live, partial_name, state_name,
 };
 use canopy_transfer::mesh::SharedMesh;
 use canopy_transfer::server::ContentServer;
@@ -869,4 +870,67 @@ async fn a_partial_source_that_serves_nothing_yet_is_asked_again_not_dropped() {
     eprintln!("C got {} bytes from B once it served", b_report.bytes);
     finished(b_download).await;
     drop(c_feed);
+}
+
+/// Listeners at `count` addresses of `127.0.0.<n>` that close every
+/// connection at once; counts how many of them were dialled.
+async fn refusing(n: u8, count: usize) -> (Vec<SocketAddr>, Arc<AtomicU64>) {
+    let dialled = Arc::new(AtomicU64::new(0));
+    let mut addrs = Vec::new();
+    for _ in 0..count {
+        let listener = TcpListener::bind(SocketAddr::new(host(n), 0))
+            .await
+            .unwrap();
+        addrs.push(listener.local_addr().unwrap());
+        let dialled = dialled.clone();
+        tokio::spawn(async move {
+            let mut first = true;
+            while let Ok((stream, _)) = listener.accept().await {
+                if std::mem::take(&mut first) {
+                    dialled.fetch_add(1, Ordering::SeqCst);
+                }
+                drop(stream);
+            }
+        });
+    }
+    (addrs, dialled)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_list_full_of_alternates_still_takes_a_source_fed_later() {
+    let (id, data) = file_data(4 * MIB);
+    let shared = Arc::new(data.clone());
+    // Four partial sources that have nothing, each telling of sixteen
+    // alternates (as many as one X-Alt is read for) that close every
+    // connection: more alternates than the download takes.
+    let (alternates, dialled) = refusing(30, 64).await;
+    let mut tellers = Vec::new();
+    for (n, told) in alternates.chunks(16).enumerate() {
+        let ip = host(10 + n as u8);
+        tellers.push(fake_partial(ip, shared.clone(), Lie::HasNothing, told.to_vec()).await);
+    }
+    let c = Node::start(3, None).await;
+    let (feed, download) = c.download(
+        id,
+        data.len(),
+        tellers.iter().map(|f| source(c.ip, f.addr, true)).collect(),
+        control(Some(c.swarm(false))),
+    );
+    // Alternates fill the list but for the places kept for searches.
+    let kept = MAX_SOURCES - 8 - tellers.len();
+    wait_until("the alternates to fill the source list", || {
+        dialled.load(Ordering::SeqCst) >= kept as u64
+    })
+    .await;
+    // A seed found later by a search: taken, and it delivers everything.
+    let a = Node::start(1, None).await;
+    a.share(id, &data);
+    feed.send(source(c.ip, a.addr, false)).await.unwrap();
+    let report = finished(download).await;
+    assert!(std::fs::read(c.target()).unwrap() == data);
+    assert_eq!(bytes_from(&report, a.addr), data.len() as u64);
+    let learned = report.sources.iter().filter(|s| s.alternate).count();
+    assert_eq!(learned, kept, "{report:?}");
+    assert_eq!(dialled.load(Ordering::SeqCst), kept as u64);
+    assert_eq!(report.sources.len(), MAX_SOURCES - 8 + 1);
 }
