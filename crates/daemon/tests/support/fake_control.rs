@@ -170,6 +170,7 @@ impl Control for FakeControl {
                 downloads_active: count(DownloadState::Active),
                 downloads_queued: count(DownloadState::Queued),
             },
+            lan_peers: Vec::new(),
         }
     }
 

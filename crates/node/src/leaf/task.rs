@@ -8,7 +8,10 @@
 //! answers to our Pings and from try-lists, drawn from its tried and new
 //! tables. Sessions report back: a handshake marks its supernode tried, a
 //! failed dial counts against it. A supernode that failed waits out an
-//! exponential backoff before it is tried again.
+//! exponential backoff before it is tried again. With LAN discovery on,
+//! the supernodes heard on the LAN are offered like seeds (after the
+//! configured and bootstrap ones) while they are heard, and every node
+//! heard is in the status.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,6 +27,7 @@ use super::{Command, LeafOptions, LeafStatus};
 use crate::NodeError;
 use crate::addr::resolve_all;
 use crate::hosts::HostCache;
+use crate::lan::LanView;
 
 /// How often the coordinator looks for sessions to open.
 const TICK: Duration = Duration::from_millis(250);
@@ -54,6 +58,8 @@ pub(super) struct LeafTask {
     pub(super) status: watch::Sender<LeafStatus>,
     pub(super) commands: mpsc::Receiver<Command>,
     pub(super) hosts: HostCache,
+    /// What LAN discovery hears, if it is on.
+    pub(super) lan: Option<watch::Receiver<LanView>>,
 }
 
 struct Running {
@@ -87,6 +93,7 @@ impl LeafTask {
             },
         };
         self.resolve_bootstrap(&mut running);
+        let mut lan = self.lan.take();
         let mut tick = tokio::time::interval(TICK);
         loop {
             self.fill(&mut running);
@@ -103,6 +110,10 @@ impl LeafTask {
                     if !self.on_resolved(&mut running, addrs) {
                         break;
                     }
+                }
+                Some(view) = next_view(&mut lan) => {
+                    self.hosts.set_lan(&view.supernodes);
+                    self.status.send_modify(|s| s.lan_peers = view.peers);
                 }
                 command = self.commands.recv() => match command {
                     Some(command) => self.on_command(&running, command).await,
@@ -345,4 +356,14 @@ impl LeafTask {
         }
         self.files = files;
     }
+}
+
+/// The LAN's next view; never, if LAN discovery is off or has stopped.
+async fn next_view(lan: &mut Option<watch::Receiver<LanView>>) -> Option<LanView> {
+    if let Some(view) = lan {
+        if view.changed().await.is_ok() {
+            return Some(view.borrow_and_update().clone());
+        }
+    }
+    std::future::pending().await
 }
