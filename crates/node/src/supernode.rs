@@ -1,6 +1,8 @@
 //! The supernode service: binds the port, accepts leaves and supernodes,
 //! dials the configured peers (redialing with backoff), and runs the
-//! [`canopy_core::supernode::Supernode`] state machine in one task.
+//! [`canopy_core::supernode::Supernode`] state machine in one task. With
+//! LAN discovery on, it announces itself on the LAN ([`crate::lan`]) and
+//! its discovery loop dials the supernodes heard there like seeds.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
