@@ -1,10 +1,12 @@
-//! LAN discovery on a real LAN: three network namespaces on one bridge
+//! LAN discovery on a real LAN: four hosts (network namespaces) on one bridge
 //! (one /24, a default route as a home router gives), a supernode in one
-//! and a leaf in each of the others, started with no `--supernode` and no
+//! and a leaf in each of two others, started with no `--supernode` and no
 //! bootstrap name: both leaves find the supernode by multicast and join
 //! it, each hears the other, and a search from the second finds the first
-//! one's file, which `canopy get` then downloads across the LAN. Needs
-//! root and iproute2 (CI runs as root); fails, never skips, without them.
+//! one's file, which `canopy get` then downloads across the LAN. A second
+//! supernode started later peers with the first, and both leaves take it
+//! as their second supernode. Needs root, iproute2 and curl (CI runs as
+//! root); fails, never skips, without them.
 //! The namespaces are removed at the end, also when the test fails.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -139,15 +141,20 @@ async fn spawn_in(ns: &str, args: &[&str], home: &Path) -> Child {
 
 /// Runs `canopy ARGS` in namespace `ns` to the end.
 async fn canopy_in(ns: &str, args: &[&str]) -> Run {
+    run_in(ns, CANOPY, args).await
+}
+
+/// Runs `PROGRAM ARGS` in namespace `ns` to the end.
+async fn run_in(ns: &str, program: &str, args: &[&str]) -> Run {
     let output = tokio::time::timeout(
         PATIENCE,
         Command::new("ip")
-            .args(["netns", "exec", ns, CANOPY])
+            .args(["netns", "exec", ns, program])
             .args(args)
             .output(),
     )
     .await
-    .expect("canopy did not finish")
+    .expect("the command did not finish")
     .unwrap();
     Run {
         code: output.status.code(),
@@ -157,10 +164,21 @@ async fn canopy_in(ns: &str, args: &[&str]) -> Run {
 }
 
 /// Runs `canopy ARGS` in `ns` until `done` accepts its result.
-async fn until_in(ns: &str, what: &str, args: &[&str], mut done: impl FnMut(&Run) -> bool) -> Run {
+async fn until_in(ns: &str, what: &str, args: &[&str], done: impl FnMut(&Run) -> bool) -> Run {
+    until_program_in(ns, CANOPY, what, args, done).await
+}
+
+/// Runs `PROGRAM ARGS` in `ns` until `done` accepts its result.
+async fn until_program_in(
+    ns: &str,
+    program: &str,
+    what: &str,
+    args: &[&str],
+    mut done: impl FnMut(&Run) -> bool,
+) -> Run {
     let deadline = std::time::Instant::now() + PATIENCE;
     loop {
-        let run = canopy_in(ns, args).await;
+        let run = run_in(ns, program, args).await;
         if done(&run) {
             return run;
         }
@@ -180,7 +198,7 @@ fn status(run: &Run) -> Option<serde_json::Value> {
         .flatten()
 }
 
-fn fails_loudly_without_root_and_iproute2() {
+fn fails_loudly_without_root_iproute2_and_curl() {
     let uid = std::process::Command::new("id")
         .arg("-u")
         .output()
@@ -195,20 +213,26 @@ fn fails_loudly_without_root_and_iproute2() {
         version.is_ok_and(|o| o.status.success()),
         "this test needs iproute2's `ip` (apt-get install iproute2)"
     );
+    let curl = std::process::Command::new("curl").arg("--version").output();
+    assert!(
+        curl.is_ok_and(|o| o.status.success()),
+        "this test needs curl (apt-get install curl)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn leaves_on_a_lan_find_its_supernode_and_each_other_with_no_configuration() {
-    fails_loudly_without_root_and_iproute2();
+    fails_loudly_without_root_iproute2_and_curl();
     let root = tempfile::tempdir().unwrap();
     let dir = |name: &str| {
         let path = root.path().join(name);
         std::fs::create_dir_all(&path).unwrap();
         path.to_str().unwrap().to_owned()
     };
-    let (share, sn_data, sharer_data, getter_data, downloads) = (
+    let (share, sn_data, sn2_data, sharer_data, getter_data, downloads) = (
         dir("share"),
         dir("sn"),
+        dir("sn2"),
         dir("sharer"),
         dir("getter"),
         dir("downloads"),
@@ -218,7 +242,8 @@ async fn leaves_on_a_lan_find_its_supernode_and_each_other_with_no_configuration
     std::fs::write(Path::new(&share).join("Garden Party.ogg"), &bytes).unwrap();
 
     let mut lan = Lan::new();
-    let (sn_ns, sharer_ns, getter_ns) = (lan.host(1), lan.host(2), lan.host(3));
+    let (sn_ns, sharer_ns, getter_ns, sn2_ns) =
+        (lan.host(1), lan.host(2), lan.host(3), lan.host(4));
     let supernode_addr = format!("{SUBNET}.1:6346");
 
     // All defaults: the supernode on 0.0.0.0:6346, the leaves on any port,
@@ -330,6 +355,41 @@ async fn leaves_on_a_lan_find_its_supernode_and_each_other_with_no_configuration
     let fetched = std::fs::read(Path::new(&downloads).join("Garden Party.ogg")).unwrap();
     assert_eq!(blake3::hash(&fetched).to_hex().as_str(), id);
 
+    // A second supernode comes up on the LAN: it peers with the first,
+    // and the leaves (which keep two) take it as their second.
+    let second = spawn_in(
+        &sn2_ns,
+        &[
+            "supernode",
+            "--json",
+            "--data-dir",
+            &sn2_data,
+            "--metrics",
+            "127.0.0.1:9346",
+        ],
+        &root.path().join("sn2-home"),
+    )
+    .await;
+    until_program_in(
+        &sn2_ns,
+        "curl",
+        "the second supernode to peer with the first",
+        &["-sf", "http://127.0.0.1:9346/metrics"],
+        |run| run.stdout.lines().any(|l| l == "canopy_supernode_peers 1"),
+    )
+    .await;
+    let both = serde_json::json!([supernode_addr.as_str(), format!("{SUBNET}.4:6346")]);
+    for (ns, data) in [(&sharer_ns, &sharer_data), (&getter_ns, &getter_data)] {
+        until_in(
+            ns,
+            "the leaf to take the second supernode",
+            &["status", "--json", "--data-dir", data],
+            |run| status(run).is_some_and(|s| s["supernodes"] == both),
+        )
+        .await;
+    }
+
+    assert_eq!(terminate(PATIENCE, second).await, Some(0));
     assert_eq!(terminate(PATIENCE, getter).await, Some(0));
     assert_eq!(terminate(PATIENCE, sharer).await, Some(0));
     assert_eq!(terminate(PATIENCE, supernode).await, Some(0));
