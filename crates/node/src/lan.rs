@@ -149,11 +149,18 @@ async fn run(
     view: watch::Sender<LanView>,
     shutdown: CancellationToken,
 ) {
+    let mut failures = 0u32;
     let socket = loop {
         match open(&options) {
             Ok(socket) => break socket,
             Err(error) => {
-                tracing::warn!(%error, retry_in = ?RETRY, "LAN discovery: cannot join the multicast group");
+                // Said once; a machine with no network says it every time.
+                if failures == 0 {
+                    tracing::warn!(%error, retry_every = ?RETRY, "LAN discovery: cannot join the multicast group");
+                } else {
+                    tracing::debug!(%error, "LAN discovery: cannot join the multicast group");
+                }
+                failures = failures.saturating_add(1);
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(RETRY) => {}

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use canopy_core::backoff::Backoff;
-use canopy_proto::SharedFile;
+use canopy_proto::{NodeId, SharedFile};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -44,6 +44,8 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 struct Link {
     to_session: mpsc::Sender<ToSession>,
     ready: bool,
+    /// The supernode's node id, once joined.
+    node_id: Option<NodeId>,
 }
 
 struct Retry {
@@ -68,6 +70,10 @@ struct Running {
     news_tx: mpsc::Sender<FromSession>,
     last_failure: Option<String>,
     bootstrap: Bootstrap,
+    /// The node ids of the supernodes LAN discovery hears, by address: one
+    /// we are joined to at another address (a supernode on this machine,
+    /// configured as localhost) is not dialed again.
+    lan_ids: HashMap<SocketAddr, NodeId>,
 }
 
 /// Where the resolution of the bootstrap names is.
@@ -86,6 +92,7 @@ impl LeafTask {
             retries: HashMap::new(),
             news_tx,
             last_failure: None,
+            lan_ids: HashMap::new(),
             bootstrap: Bootstrap {
                 resolving: false,
                 last: None,
@@ -113,6 +120,11 @@ impl LeafTask {
                 }
                 Some(view) = next_view(&mut lan) => {
                     self.hosts.set_lan(&view.supernodes);
+                    running.lan_ids = view
+                        .peers
+                        .iter()
+                        .filter_map(|p| Some((p.overlay_addr()?, p.node_id)))
+                        .collect();
                     self.status.send_modify(|s| s.lan_peers = view.peers);
                 }
                 command = self.commands.recv() => match command {
@@ -135,8 +147,15 @@ impl LeafTask {
     fn fill(&mut self, running: &mut Running) {
         let now = Instant::now();
         while running.links.len() < self.options.supernodes_wanted {
+            let joined_elsewhere = |addr: &SocketAddr| {
+                running
+                    .lan_ids
+                    .get(addr)
+                    .is_some_and(|id| running.links.values().any(|link| link.node_id == Some(*id)))
+            };
             let next = self.hosts.select(|addr| {
                 running.links.contains_key(&addr)
+                    || joined_elsewhere(&addr)
                     || running
                         .retries
                         .get(&addr)
@@ -162,6 +181,7 @@ impl LeafTask {
                 Link {
                     to_session,
                     ready: false,
+                    node_id: None,
                 },
             );
         }
@@ -217,9 +237,14 @@ impl LeafTask {
     /// Handles a session's news; false when a one-shot leaf gives up.
     fn on_news(&mut self, running: &mut Running, event: FromSession) -> bool {
         match event {
-            FromSession::Ready { addr, observed } => {
+            FromSession::Ready {
+                addr,
+                node_id,
+                observed,
+            } => {
                 if let Some(link) = running.links.get_mut(&addr) {
                     link.ready = true;
+                    link.node_id = Some(node_id);
                 }
                 running.retries.remove(&addr);
                 self.hosts.mark_good(addr);
