@@ -411,3 +411,54 @@ fn the_same_seed_gives_the_same_schedule() {
     assert_eq!(schedule(7), schedule(7));
     assert_ne!(schedule(7), schedule(8));
 }
+
+#[test]
+fn random_and_mutated_datagrams_never_panic_and_never_name_another_ip() {
+    // What the `lan` fuzz target checks, over a fixed set of inputs: valid
+    // datagrams with a few bytes changed, cut or grown, from several kinds
+    // of source.
+    let mut rng = SplitMix64(0x5eed);
+    let sources: [SocketAddr; 4] = [
+        lan([192, 168, 7, 7]),
+        lan([127, 0, 0, 1]),
+        lan([203, 0, 113, 9]),
+        "[fe80::7]:6346".parse().unwrap(),
+    ];
+    for round in 0..2_000u64 {
+        let from = sources[usize::try_from(round % 4).unwrap()];
+        let mut config = config(1, Role::Supernode);
+        config.seed = round;
+        let mut node = LanDiscovery::new(config, Time::ZERO);
+        for step in 0..20u64 {
+            let n = u8::try_from(rng.next() % 8).unwrap() + 2;
+            let role = if rng.next() & 1 == 0 {
+                Role::Leaf
+            } else {
+                Role::Supernode
+            };
+            let mut bytes = datagram(n, role, Kind::Alive).to_vec();
+            for _ in 0..rng.next() % 3 {
+                let at = usize::try_from(rng.next() % LEN as u64).unwrap();
+                bytes[at] = u8::try_from(rng.next() & 0xff).unwrap();
+            }
+            match rng.next() % 10 {
+                0 => bytes.truncate(usize::try_from(rng.next() % LEN as u64).unwrap()),
+                1 => bytes.push(0),
+                _ => {}
+            }
+            if let Ok(announce) = Announce::decode(&bytes) {
+                assert_eq!(announce.encode().to_vec(), bytes, "round trip");
+            }
+            let now = Time(step * 100);
+            let heard = node.handle_datagram(from, &bytes, now);
+            if round % 4 == 2 {
+                assert!(matches!(heard, Err(Rejected::NotLan(_))), "{heard:?}");
+            }
+            node.handle_timeout(now);
+            while node.poll_action().is_some() {}
+        }
+        assert!(node.peers().count() <= 4);
+        assert!(node.peers().all(|p| p.ip == from.ip()));
+        assert!(node.supernodes().iter().all(|a| a.ip() == from.ip()));
+    }
+}
