@@ -269,6 +269,8 @@ mod tests {
         assert!(options.protocol.dynamic.is_none());
         assert!(options.protocol.limit_exempt.is_empty());
         assert_eq!(options.peers, vec!["127.0.0.1:9".parse().unwrap()]);
+        assert!(resolve("").unwrap().lan_discovery, "on by default");
+        assert!(!resolve("lan_discovery = false\n").unwrap().lan_discovery);
         for (text, key) in [
             ("ttl_cap = 9\n", "ttl_cap"),
             ("max_words_per_name = 256\n", "max_words_per_name"),
