@@ -214,9 +214,9 @@ seed_found() {
 run_canopy() {
   local d=$work/canopy i
   say "canopy: a supernode, the seed leaf and $N leaves"
-  # No port mapping on either side (the BitTorrent clients have UPnP and
-  # NAT-PMP off too): the testbed's routers are plain ones.
-  ip netns exec "$infra" "$CANOPY" supernode --listen "$infra_addr:6346" --data-dir "$d/sn" --json --no-port-mapping \
+  # No port mapping and no LAN discovery (the BitTorrent clients have UPnP,
+  # NAT-PMP and LSD off too): the testbed's routers are plain ones.
+  ip netns exec "$infra" "$CANOPY" supernode --listen "$infra_addr:6346" --data-dir "$d/sn" --json --no-port-mapping --no-lan-discovery \
     > "$d/sn.json" 2> "$d/sn.log" &
   pids+=($!)
   start_leaf() { # home, extra args...
@@ -225,7 +225,7 @@ run_canopy() {
     mkdir -p "$d/l$home/downloads"
     ip netns exec "$(netns_host "$home")" "$CANOPY" leaf --supernode "$infra_addr:6346" \
       --listen "$(netns_host_addr "$home"):6346" --control 127.0.0.1:6349 \
-      --data-dir "$d/l$home" --downloads "$d/l$home/downloads" --metrics 127.0.0.1:9346 --json --no-port-mapping "$@" \
+      --data-dir "$d/l$home" --downloads "$d/l$home/downloads" --metrics 127.0.0.1:9346 --json --no-port-mapping --no-lan-discovery "$@" \
       > "$d/l$home.json" 2> "$d/l$home.log" &
     pids+=($!)
   }

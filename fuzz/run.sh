@@ -18,7 +18,7 @@ seconds=${1:-12}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(frame http_request tree config noise)
+  targets=(frame http_request tree config noise lan)
 fi
 
 export RUSTC_BOOTSTRAP=1
@@ -31,6 +31,7 @@ declare -A max_len=(
   [tree]=4096
   [config]=4096
   [noise]=4096
+  [lan]=512
 )
 
 # cargo-fuzz has no --locked: check that fuzz/Cargo.lock is up to date

@@ -311,10 +311,43 @@ fn config_seeds() -> Result<()> {
     Ok(())
 }
 
+/// LAN discovery datagrams (`lan`): the source byte (0: a private
+/// address), then whole datagrams.
+fn lan_seeds() -> Result<()> {
+    use canopy_core::lan::{Announce, Kind};
+    let announce = |kind, role, overlay_port, node: u8| {
+        Announce {
+            kind,
+            role,
+            overlay_port,
+            http_port: 7000,
+            nonce: u64::from(node),
+            node_id: NodeId([node; 16]),
+        }
+        .encode()
+    };
+    let hello = announce(Kind::Hello, Role::Leaf, 0, 2);
+    let alive = announce(Kind::Alive, Role::Supernode, 6346, 3);
+    let bye = announce(Kind::Bye, Role::Supernode, 6346, 3);
+    let mut input = vec![0];
+    input.extend_from_slice(&hello);
+    write("lan", "hello", &input)?;
+    let mut input = vec![0];
+    for datagram in [&alive, &hello, &bye] {
+        input.extend_from_slice(datagram);
+    }
+    write("lan", "alive_hello_bye", &input)?;
+    let mut input = vec![1];
+    input.extend_from_slice(&alive[..20]);
+    write("lan", "truncated", &input)?;
+    Ok(())
+}
+
 fn main() -> Result<()> {
     frame_seeds()?;
     http_seeds()?;
     tree_seeds()?;
     config_seeds()?;
+    lan_seeds()?;
     Ok(())
 }

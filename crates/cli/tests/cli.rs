@@ -277,11 +277,15 @@ async fn a_bad_config_names_the_file_and_the_key_and_exits_2() {
         assert_eq!(run.code, Some(2), "{text}: {}", run.stderr);
         assert!(run.stderr.contains(key), "names `{key}`: {}", run.stderr);
     }
-    // No shares is a download-only leaf; no supernode, no bootstrap name
-    // and an empty host cache is nowhere to go.
+    // No shares is a download-only leaf; no supernode, no bootstrap name,
+    // LAN discovery off and an empty host cache is nowhere to go.
     let path = dir.path().join("leaf.toml");
     let data = dir.path().join("empty-data");
-    std::fs::write(&path, format!("data_dir = \"{}\"\n", data.display())).unwrap();
+    std::fs::write(
+        &path,
+        format!("data_dir = \"{}\"\nlan_discovery = false\n", data.display()),
+    )
+    .unwrap();
     let run = canopy(PATIENCE, &["leaf", "--config", path.to_str().unwrap()]).await;
     assert_eq!(run.code, Some(2));
     assert!(run.stderr.contains("key `supernodes`"), "{}", run.stderr);

@@ -17,6 +17,8 @@
 //! - [`addr_limits`]: what one address and one network prefix may hold.
 //! - [`push_limits`]: how often pushes may name one callback address, and
 //!   how often a leaf connects back.
+//! - [`lan`]: LAN discovery by multicast: the datagram, when to announce,
+//!   the table of nodes heard on the LAN.
 //! - [`addrman`]: the supernodes a node knows of and whom it dials next,
 //!   safe from floods of addresses (eclipse attacks).
 //! - [`queue`], [`link`], [`result_filter`], [`save_name`]: the leaf
@@ -41,6 +43,7 @@ pub mod groups;
 pub mod handshake;
 pub mod hit_check;
 pub mod index;
+pub mod lan;
 pub mod leaf;
 pub mod link;
 pub mod mesh;

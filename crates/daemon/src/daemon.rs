@@ -36,8 +36,8 @@ use crate::backend::{self, FetchError, FetchJob, FetchProgress};
 use crate::control::Control;
 use crate::downloads::{Live, RateMeter, view};
 use crate::model::{
-    AddDownload, ApiError, DownloadView, SearchSpec, SearchView, Settings, SettingsPatch,
-    SharesView, Status, Totals, UploadView,
+    AddDownload, ApiError, DownloadView, LanNeighbour, SearchSpec, SearchView, Settings,
+    SettingsPatch, SharesView, Status, Totals, UploadView,
 };
 use crate::searches::{Searches, parse_id};
 use crate::{control_file, persist, settings};
@@ -777,6 +777,22 @@ impl Control for Daemon {
                 downloads_active: counts.active,
                 downloads_queued: counts.queued,
             },
+            lan_peers: leaf_status
+                .lan_peers
+                .iter()
+                .map(|peer| LanNeighbour {
+                    node_id: peer.node_id.to_string(),
+                    role: match peer.role {
+                        canopy_proto::Role::Leaf => "leaf",
+                        canopy_proto::Role::Supernode => "supernode",
+                    }
+                    .to_owned(),
+                    addr: peer
+                        .overlay_addr()
+                        .or(peer.http_addr())
+                        .map_or_else(|| peer.ip.to_string(), |addr| addr.to_string()),
+                })
+                .collect(),
         }
     }
 

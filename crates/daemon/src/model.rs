@@ -27,6 +27,21 @@ pub struct Status {
     pub downloads_dir: String,
     /// Transfer totals since start.
     pub totals: Totals,
+    /// Nodes heard on the LAN by LAN discovery (empty when it is off).
+    #[serde(default)]
+    pub lan_peers: Vec<LanNeighbour>,
+}
+
+/// A node heard on the LAN.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LanNeighbour {
+    /// Its node id (32 hex).
+    pub node_id: String,
+    /// `leaf` or `supernode`.
+    pub role: String,
+    /// Where to reach it: a supernode's overlay address, a leaf's HTTP
+    /// address, or only its IP if it serves nothing.
+    pub addr: String,
 }
 
 /// Transfer totals since the daemon started.

@@ -218,6 +218,11 @@ async fn every_view_works_over_the_real_server_and_runs_clean_under_its_csp() {
             t.contains("127.0.0.1:6346")
         })
         .await;
+    browser
+        .wait_for_text("[data-testid=status-lan]", "the LAN's nodes", |t| {
+            t.contains("192.168.1.2:6346 (supernode)")
+        })
+        .await;
 
     // Shares: add one folder, stop sharing another.
     browser.click("[data-testid=nav-shares]").await;

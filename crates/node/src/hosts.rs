@@ -26,6 +26,10 @@ pub struct HostCache {
     dirty: bool,
     /// The configured seeds; bootstrap addresses are offered after them.
     configured: Vec<SocketAddr>,
+    /// What the bootstrap names resolved to last.
+    bootstrap: Vec<SocketAddr>,
+    /// Supernodes LAN discovery hears now: offered after the bootstrap's.
+    lan: Vec<SocketAddr>,
 }
 
 impl HostCache {
@@ -46,6 +50,8 @@ impl HostCache {
             manager,
             dirty,
             configured: seeds.to_vec(),
+            bootstrap: Vec::new(),
+            lan: Vec::new(),
         }
     }
 
@@ -53,8 +59,28 @@ impl HostCache {
     /// like seeds, after the configured ones, in place of those the last
     /// resolution gave. Not saved.
     pub fn set_bootstrap(&mut self, resolved: &[SocketAddr]) {
-        let seeds = self.configured.iter().chain(resolved).copied();
-        self.manager.set_seeds(seeds);
+        self.bootstrap = resolved.to_vec();
+        self.reseed();
+    }
+
+    /// The supernodes LAN discovery hears now (a few, its own bounded
+    /// table's): offered like seeds, after the configured and the
+    /// bootstrap ones, in place of those it heard before, so one that falls
+    /// silent stops being offered first. Not saved, and not through the
+    /// address manager's learning: it takes no private address from a
+    /// stranger, and these come from our own LAN, not from a peer.
+    pub fn set_lan(&mut self, supernodes: &[SocketAddr]) {
+        self.lan = supernodes.to_vec();
+        self.reseed();
+    }
+
+    fn reseed(&mut self) {
+        let seeds = self
+            .configured
+            .iter()
+            .chain(&self.bootstrap)
+            .chain(&self.lan);
+        self.manager.set_seeds(seeds.copied());
     }
 
     /// `from` named `supernodes` in answer to something we asked; the core
@@ -180,6 +206,30 @@ mod tests {
         cache.set_bootstrap(&[addr(4)]);
         let known: Vec<SocketAddr> = cache.addresses().collect();
         assert_eq!(known, vec![addr(1), addr(4)]);
+    }
+
+    #[test]
+    fn lan_supernodes_are_offered_after_the_bootstrap_and_replaced_whole() {
+        let mut cache = HostCache::load(None, &[addr(1)]);
+        cache.set_bootstrap(&[addr(2)]);
+        let lan = SocketAddr::from(([192, 168, 1, 9], 6346));
+        cache.set_lan(&[lan]);
+        let known: Vec<SocketAddr> = cache.addresses().collect();
+        assert_eq!(known, vec![addr(1), addr(2), lan]);
+        assert_eq!(cache.select(|a| a.ip().is_loopback()), Some(lan));
+        // A new resolution keeps the LAN's; silence on the LAN drops them.
+        cache.set_bootstrap(&[addr(3)]);
+        assert_eq!(
+            cache.addresses().collect::<Vec<_>>(),
+            vec![addr(1), addr(3), lan]
+        );
+        cache.set_lan(&[]);
+        assert_eq!(
+            cache.addresses().collect::<Vec<_>>(),
+            vec![addr(1), addr(3)]
+        );
+        // Seeds are never saved, LAN ones included.
+        assert_eq!(cache.manager().new_len() + cache.manager().tried_len(), 0);
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //!   machine, feeds it events and the time, and carries out its actions;
 //! - for a supernode, an accept loop and one dialer per configured peer,
 //!   redialing with backoff;
+//! - with LAN discovery on, a [`lan`] task in the multicast group whose
+//!   view of the LAN feeds the host cache (supernodes to dial) and the
+//!   leaf's status;
 //! - for a leaf, the HTTP file server of `canopy-transfer` on its listen
 //!   address; [`get`] runs a short-lived leaf that finds sources and drives
 //!   a verified multi-source download;
@@ -29,6 +32,7 @@ pub mod fetch;
 pub mod get;
 pub mod hosts;
 pub mod key_file;
+pub mod lan;
 pub mod leaf;
 pub mod metrics;
 pub mod outbox;

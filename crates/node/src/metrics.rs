@@ -350,6 +350,11 @@ pub fn leaf_metrics(leaf: &LeafHandle) -> Exporter {
                 usize::from(s.connected_to.is_some()),
             ),
             gauge(
+                "canopy_lan_peers",
+                "Nodes LAN discovery hears on the LAN now.",
+                s.lan_peers.len(),
+            ),
+            gauge(
                 "canopy_upload_slots_in_use",
                 "Uploads in progress.",
                 server.uploads_in_progress(),

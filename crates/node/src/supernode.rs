@@ -1,6 +1,8 @@
 //! The supernode service: binds the port, accepts leaves and supernodes,
 //! dials the configured peers (redialing with backoff), and runs the
-//! [`canopy_core::supernode::Supernode`] state machine in one task.
+//! [`canopy_core::supernode::Supernode`] state machine in one task. With
+//! LAN discovery on, it announces itself on the LAN ([`crate::lan`]) and
+//! its discovery loop dials the supernodes heard there like seeds.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -86,6 +88,10 @@ pub struct SupernodeOptions {
     /// announce the mapped address; `None`: don't. Its `listen` is set to
     /// the bound address; not tried on loopback unless its gateway is named.
     pub port_mapping: Option<canopy_portmap::PortMapConfig>,
+    /// Announce ourselves on the LAN by multicast ([`crate::lan`]), so its
+    /// leaves find us with no configuration, and dial the supernodes heard
+    /// there like seeds.
+    pub lan_discovery: bool,
 }
 
 impl SupernodeOptions {
@@ -103,6 +109,7 @@ impl SupernodeOptions {
             data_dir: None,
             peers_wanted: 8,
             port_mapping: Some(canopy_portmap::PortMapConfig::new(listen)),
+            lan_discovery: false,
         }
     }
 }
@@ -359,8 +366,16 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
         },
         links.clone(),
     ));
+    let lan = options.lan_discovery.then(|| {
+        crate::lan::spawn(
+            crate::lan::LanOptions::new(node_id, canopy_proto::Role::Supernode, Some(local_addr)),
+            shutdown.clone(),
+            &tracker,
+        )
+    });
     let discovery = Discovery {
         hosts,
+        lan,
         peer_addrs,
         configured: options.peers.clone(),
         bootstrap: options.bootstrap.clone(),
@@ -844,9 +859,10 @@ async fn dial_loop(peer: SocketAddr, redial_initial: Duration, links: Links) {
 /// (reported by the core) marks it tried. It also keeps the cache saved.
 /// The bootstrap names are resolved at start and again (at most every
 /// `RESOLVE_INTERVAL`) when it has no one to dial; their addresses are
-/// offered as seeds.
+/// offered as seeds, and so are the supernodes LAN discovery hears.
 struct Discovery {
     hosts: Arc<Mutex<HostCache>>,
+    lan: Option<watch::Receiver<crate::lan::LanView>>,
     peer_addrs: watch::Receiver<Vec<SocketAddr>>,
     configured: Vec<SocketAddr>,
     bootstrap: Vec<crate::addr::HostPort>,
@@ -856,7 +872,7 @@ struct Discovery {
 }
 
 impl Discovery {
-    async fn run(self) {
+    async fn run(mut self) {
         let shutdown = self.links.shutdown.clone();
         let dialing: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
         let mut backoffs: HashMap<SocketAddr, (tokio::time::Instant, Backoff)> = HashMap::new();
@@ -869,6 +885,16 @@ impl Discovery {
             }
             if resolved_at.is_none() && !self.resolve_bootstrap(&mut resolved_at).await {
                 break;
+            }
+            if let Some(lan) = self
+                .lan
+                .as_mut()
+                .filter(|lan| lan.has_changed().unwrap_or(false))
+            {
+                let supernodes = lan.borrow_and_update().supernodes.clone();
+                if let Ok(mut hosts) = self.hosts.lock() {
+                    hosts.set_lan(&supernodes);
+                }
             }
             let connected = self.peer_addrs.borrow().clone();
             let in_flight = dialing.lock().map(|d| d.len()).unwrap_or(0);

@@ -1,5 +1,6 @@
-//! `canopy status`: what the running leaf is doing: its supernodes,
-//! shares, and transfer totals, and the URL that opens its web UI.
+//! `canopy status`: what the running leaf is doing: its supernodes, what
+//! it hears on the LAN, shares, and transfer totals, and the URL that
+//! opens its web UI.
 
 use std::net::SocketAddr;
 
@@ -59,6 +60,7 @@ fn text(status: &Status, url: &str, ui_url: &str) -> String {
         ("web UI", ui_url.to_owned()),
         ("listening", listening),
         ("supernodes", supernodes),
+        ("on the LAN", lan(status)),
         (
             "shared",
             format!(
@@ -95,6 +97,35 @@ fn text(status: &Status, url: &str, ui_url: &str) -> String {
         .join("\n")
 }
 
+/// What LAN discovery hears: "none heard", or "2 supernodes (A, B), 1 leaf".
+fn lan(status: &Status) -> String {
+    let of_role = |role: &str| -> Vec<&str> {
+        status
+            .lan_peers
+            .iter()
+            .filter(|p| p.role == role)
+            .map(|p| p.addr.as_str())
+            .collect()
+    };
+    let (supernodes, leaves) = (of_role("supernode"), of_role("leaf"));
+    let mut parts = Vec::new();
+    if !supernodes.is_empty() {
+        parts.push(format!(
+            "{} ({})",
+            show::count(supernodes.len(), "supernode", "supernodes"),
+            supernodes.join(", ")
+        ));
+    }
+    if !leaves.is_empty() {
+        parts.push(show::count(leaves.len(), "leaf", "leaves"));
+    }
+    if parts.is_empty() {
+        "none heard".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
 /// The address supernodes see us at, if its IP is not the one we listen
 /// on (a NAT); the port they see is the one we dialled out from, not news.
 fn seen_elsewhere(listen: &str, observed: Option<&str>) -> Option<String> {
@@ -119,6 +150,29 @@ fn rate_now(rate: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lan_line_counts_what_is_heard() {
+        let mut status = Status::default();
+        assert_eq!(lan(&status), "none heard");
+        let neighbour = |role: &str, addr: &str| canopy_daemon::model::LanNeighbour {
+            node_id: "ab".repeat(16),
+            role: role.to_owned(),
+            addr: addr.to_owned(),
+        };
+        status.lan_peers = vec![
+            neighbour("supernode", "192.168.1.2:6346"),
+            neighbour("leaf", "192.168.1.3:40000"),
+            neighbour("leaf", "192.168.1.4"),
+        ];
+        assert_eq!(lan(&status), "1 supernode (192.168.1.2:6346), 2 leaves");
+        let text = text(
+            &status,
+            "http://127.0.0.1:6349",
+            "http://127.0.0.1:6349/?token=x",
+        );
+        assert!(text.contains("\non the LAN  1 supernode"), "{text}");
+    }
 
     #[test]
     fn only_another_ip_is_news() {

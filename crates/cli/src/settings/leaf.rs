@@ -106,6 +106,12 @@ pub struct LeafArgs {
     /// themselves.
     #[arg(long = "no-super-seed", action = clap::ArgAction::SetFalse)]
     pub super_seed: bool,
+    /// Don't find supernodes and leaves on the LAN by multicast
+    /// (`lan_discovery = false` in the file). On, the leaf announces
+    /// itself on the LAN and joins the supernodes it hears there, with no
+    /// `--supernode` needed.
+    #[arg(long = "no-lan-discovery", action = clap::ArgAction::SetFalse)]
+    pub lan_discovery: bool,
     /// Networks not limited per address (repeatable; `limit_exempt` in the
     /// file); `none` (or `[]` in the file) limits everyone.
     #[arg(long = "limit-exempt", value_name = "CIDR",
@@ -283,6 +289,7 @@ impl LeafArgs {
         leaf.shares.clone_from(&self.shares);
         leaf.reconnect = true;
         leaf.rescan_interval = Some(Duration::from_secs(self.rescan));
+        leaf.lan_discovery = self.lan_discovery;
         let downloads_dir = self.downloads.clone().unwrap_or_else(|| {
             dirs::download_dir()
                 .map(|dir| dir.join("canopy"))
@@ -333,15 +340,15 @@ impl LeafArgs {
         }
     }
 
-    /// A leaf needs somewhere to start: a supernode, a bootstrap name, or
-    /// supernodes remembered in the host cache of `settings`' data
-    /// directory.
+    /// A leaf needs somewhere to start: a supernode, a bootstrap name, LAN
+    /// discovery, or supernodes remembered in the host cache of
+    /// `settings`' data directory.
     pub fn check_somewhere_to_go(
         &self,
         settings: &LeafSettings,
         origin: Origin<'_>,
     ) -> Result<(), ConfigError> {
-        if !self.supernodes.is_empty() || !self.bootstrap.is_empty() {
+        if !self.supernodes.is_empty() || !self.bootstrap.is_empty() || self.lan_discovery {
             return Ok(());
         }
         let data_dir = settings.leaf.data_dir.as_deref();
@@ -357,7 +364,7 @@ impl LeafArgs {
         Err(origin.invalid(
             "supernodes",
             format!(
-                "no supernode to join: pass --supernode ADDR (`supernodes` in the file) or --bootstrap NAME; {cache}"
+                "no supernode to join: pass --supernode ADDR (`supernodes` in the file) or --bootstrap NAME, or leave LAN discovery on; {cache}"
             ),
         ))
     }
@@ -486,7 +493,10 @@ mod tests {
     fn a_leaf_needs_somewhere_to_go() {
         let dir = tempfile::tempdir().unwrap();
         let path = Path::new("leaf.toml");
-        let text = format!("data_dir = \"{}\"\n", dir.path().display());
+        let text = format!(
+            "data_dir = \"{}\"\nlan_discovery = false\n",
+            dir.path().display()
+        );
         let args = parse::<LeafArgs>(&text, Some(path)).unwrap();
         let origin = Origin {
             file: Some(path),
@@ -503,6 +513,12 @@ mod tests {
         );
         let args =
             parse::<LeafArgs>(&format!("{text}bootstrap = [\"seed.example\"]\n"), None).unwrap();
+        assert!(args.check_somewhere_to_go(&resolved, origin).is_ok());
+        // LAN discovery (on by default) is somewhere to go.
+        let args = parse::<LeafArgs>("", None).unwrap();
+        assert!(args.lan_discovery);
+        let resolved = args.settings(origin).unwrap();
+        assert!(resolved.leaf.lan_discovery);
         assert!(args.check_somewhere_to_go(&resolved, origin).is_ok());
     }
 }

@@ -83,6 +83,12 @@ pub struct SupernodeArgs {
     #[arg(long, default_value_t = DEFAULTS.protocol.max_words_per_name,
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=255))]
     pub max_words_per_name: usize,
+    /// Don't announce this supernode on the LAN by multicast
+    /// (`lan_discovery = false` in the file). On, leaves on the LAN find
+    /// it with no configuration (unless it listens on loopback only), and
+    /// supernodes heard there are dialed as peers.
+    #[arg(long = "no-lan-discovery", action = clap::ArgAction::SetFalse)]
+    pub lan_discovery: bool,
     /// Supernode peers to keep; beyond --peer, supernodes heard of are
     /// dialed until there are this many.
     #[arg(long, default_value_t = DEFAULTS.peers_wanted)]
@@ -163,6 +169,7 @@ impl SupernodeArgs {
         if !self.port_mapping {
             options.port_mapping = None;
         }
+        options.lan_discovery = self.lan_discovery;
         let protocol = &mut options.protocol;
         protocol.ttl_cap = self.ttl_cap;
         protocol.max_leaves = self.max_leaves;
@@ -280,6 +287,8 @@ mod tests {
                 .port_mapping
                 .is_none()
         );
+        assert!(resolve("").unwrap().lan_discovery, "on by default");
+        assert!(!resolve("lan_discovery = false\n").unwrap().lan_discovery);
         for (text, key) in [
             ("ttl_cap = 9\n", "ttl_cap"),
             ("max_words_per_name = 256\n", "max_words_per_name"),

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use canopy_daemon::control::Control;
 use canopy_daemon::model::{
-    AddDownload, ApiError, DownloadState, DownloadView, ResultView, SearchSpec, SearchView,
-    Settings, SettingsPatch, ShareFolder, SharesView, Status, Totals, UploadView,
+    AddDownload, ApiError, DownloadState, DownloadView, LanNeighbour, ResultView, SearchSpec,
+    SearchView, Settings, SettingsPatch, ShareFolder, SharesView, Status, Totals, UploadView,
 };
 use tokio::sync::watch;
 
@@ -170,6 +170,11 @@ impl Control for FakeControl {
                 downloads_active: count(DownloadState::Active),
                 downloads_queued: count(DownloadState::Queued),
             },
+            lan_peers: vec![LanNeighbour {
+                node_id: "ab".repeat(16),
+                role: "supernode".into(),
+                addr: "192.168.1.2:6346".into(),
+            }],
         }
     }
 

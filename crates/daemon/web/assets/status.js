@@ -1,5 +1,5 @@
-// The Status view: who we are, where we are attached, what we share and
-// what has moved since start.
+// The Status view: who we are, where we are attached, who is on the LAN,
+// what we share and what has moved since start.
 
 import { every, get } from './api.js';
 import { h, setText } from './dom.js';
@@ -19,6 +19,7 @@ export default {
     add('listen', 'Serving on');
     add('observed', 'Seen by supernodes as');
     add('supernodes', 'Supernodes');
+    add('lan', 'On the LAN');
     add('shared', 'Shared');
     add('downloads-dir', 'Downloads folder');
     add('uploaded', 'Uploaded');
@@ -37,6 +38,10 @@ export default {
         ? h('ul', {}, s.supernodes.map((addr) => h('li', { text: addr })))
         : h('span', { text: 'none yet: looking for one…' });
       items.supernodes.replaceChildren(list);
+      const lan = s.lan_peers || [];
+      items.lan.replaceChildren(lan.length
+        ? h('ul', {}, lan.map((p) => h('li', { text: `${p.addr} (${p.role})` })))
+        : h('span', { text: 'nobody heard' }));
       setText(items.shared, `${s.shared_files} file${s.shared_files === 1 ? '' : 's'}, ${bytes(s.shared_bytes)}`);
       setText(items['downloads-dir'], s.downloads_dir);
       setText(items.uploaded, `${bytes(t.uploaded_bytes)} (now ${rate(t.upload_rate)})`);

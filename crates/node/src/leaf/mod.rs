@@ -14,8 +14,9 @@
 //! A leaf with no shares is a valid, download-only leaf. `canopy search`
 //! and `canopy get` run a short-lived leaf: same code, no shares, one
 //! supernode, no retries. Supernodes come from the configured addresses,
-//! the host cache, and the `bootstrap` names (DNS seeds), resolved at
-//! start and again whenever there is no one left to dial.
+//! the host cache, the `bootstrap` names (DNS seeds), resolved at start
+//! and again whenever there is no one left to dial, and (with LAN
+//! discovery on) the supernodes heard on the LAN.
 
 mod live;
 mod scan;
@@ -112,6 +113,9 @@ pub struct LeafOptions {
     pub key: Option<StaticKeypair>,
     /// Hashing progress, for a progress bar.
     pub progress: Option<Progress>,
+    /// Find supernodes (and other leaves) on the LAN by multicast
+    /// ([`crate::lan`]); the supernodes heard are dialed like seeds.
+    pub lan_discovery: bool,
 }
 
 impl std::fmt::Debug for LeafOptions {
@@ -124,6 +128,7 @@ impl std::fmt::Debug for LeafOptions {
             .field("data_dir", &self.data_dir)
             .field("reconnect", &self.reconnect)
             .field("rescan_interval", &self.rescan_interval)
+            .field("lan_discovery", &self.lan_discovery)
             .finish_non_exhaustive()
     }
 }
@@ -152,6 +157,7 @@ impl LeafOptions {
             rescan_interval: None,
             key: None,
             progress: None,
+            lan_discovery: false,
         }
     }
 }
@@ -170,6 +176,8 @@ pub struct LeafStatus {
     pub shared_files: usize,
     /// Why we stopped trying, for a leaf that does not reconnect.
     pub failure: Option<String>,
+    /// Nodes heard on the LAN (with LAN discovery on): supernodes first.
+    pub lan_peers: Vec<canopy_core::lan::LanPeer>,
 }
 
 /// What a search found.
@@ -546,6 +554,14 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         shutdown: shutdown.clone(),
     };
     let hosts = HostCache::load(options.data_dir.as_deref(), &options.supernodes);
+    let lan = options.lan_discovery.then(|| {
+        let serving = listen_addr.filter(|_| !options.firewalled);
+        crate::lan::spawn(
+            crate::lan::LanOptions::new(node_id, Role::Leaf, serving),
+            shutdown.clone(),
+            &tracker,
+        )
+    });
     let leaf = LeafTask {
         options,
         context,
@@ -553,6 +569,7 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         status: status_tx,
         commands: commands_rx,
         hosts,
+        lan,
     };
     tracker.spawn(leaf.run());
     Ok(LeafHandle {

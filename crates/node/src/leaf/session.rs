@@ -12,7 +12,7 @@ use canopy_core::handshake::Identity;
 use canopy_core::leaf::{LeafAction, LeafSession};
 use canopy_core::push_limits::{ConnectBackConfig, ConnectBackLimiter};
 use canopy_core::{ConnId, Time};
-use canopy_proto::{ContentId, MessageId, SharedFile};
+use canopy_proto::{ContentId, MessageId, NodeId, SharedFile};
 use canopy_transfer::Catalog;
 use canopy_transfer::server::ContentServer;
 use tokio::net::TcpStream;
@@ -112,6 +112,8 @@ pub(super) enum ToSession {
 pub(super) enum FromSession {
     Ready {
         addr: SocketAddr,
+        /// The supernode's node id (its key's).
+        node_id: NodeId,
         observed: Option<SocketAddr>,
     },
     /// The supernode at `addr` answered our Ping with these.
@@ -265,6 +267,7 @@ async fn run(
                     let _ = news
                         .send(FromSession::Ready {
                             addr,
+                            node_id: supernode.node_id,
                             observed: observed_addr,
                         })
                         .await;

@@ -8,14 +8,17 @@
 //! answers to our Pings and from try-lists, drawn from its tried and new
 //! tables. Sessions report back: a handshake marks its supernode tried, a
 //! failed dial counts against it. A supernode that failed waits out an
-//! exponential backoff before it is tried again.
+//! exponential backoff before it is tried again. With LAN discovery on,
+//! the supernodes heard on the LAN are offered like seeds (after the
+//! configured and bootstrap ones) while they are heard, and every node
+//! heard is in the status.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use canopy_core::backoff::Backoff;
-use canopy_proto::SharedFile;
+use canopy_proto::{NodeId, SharedFile};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -24,6 +27,7 @@ use super::{Command, LeafOptions, LeafStatus};
 use crate::NodeError;
 use crate::addr::resolve_all;
 use crate::hosts::HostCache;
+use crate::lan::LanView;
 
 /// How often the coordinator looks for sessions to open.
 const TICK: Duration = Duration::from_millis(250);
@@ -40,6 +44,8 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 struct Link {
     to_session: mpsc::Sender<ToSession>,
     ready: bool,
+    /// The supernode's node id, once joined.
+    node_id: Option<NodeId>,
 }
 
 struct Retry {
@@ -54,6 +60,8 @@ pub(super) struct LeafTask {
     pub(super) status: watch::Sender<LeafStatus>,
     pub(super) commands: mpsc::Receiver<Command>,
     pub(super) hosts: HostCache,
+    /// What LAN discovery hears, if it is on.
+    pub(super) lan: Option<watch::Receiver<LanView>>,
 }
 
 struct Running {
@@ -62,6 +70,10 @@ struct Running {
     news_tx: mpsc::Sender<FromSession>,
     last_failure: Option<String>,
     bootstrap: Bootstrap,
+    /// The node ids of the supernodes LAN discovery hears, by address: one
+    /// we are joined to at another address (a supernode on this machine,
+    /// configured as localhost) is not dialed again.
+    lan_ids: HashMap<SocketAddr, NodeId>,
 }
 
 /// Where the resolution of the bootstrap names is.
@@ -80,6 +92,7 @@ impl LeafTask {
             retries: HashMap::new(),
             news_tx,
             last_failure: None,
+            lan_ids: HashMap::new(),
             bootstrap: Bootstrap {
                 resolving: false,
                 last: None,
@@ -87,6 +100,7 @@ impl LeafTask {
             },
         };
         self.resolve_bootstrap(&mut running);
+        let mut lan = self.lan.take();
         let mut tick = tokio::time::interval(TICK);
         loop {
             self.fill(&mut running);
@@ -103,6 +117,15 @@ impl LeafTask {
                     if !self.on_resolved(&mut running, addrs) {
                         break;
                     }
+                }
+                Some(view) = next_view(&mut lan) => {
+                    self.hosts.set_lan(&view.supernodes);
+                    running.lan_ids = view
+                        .peers
+                        .iter()
+                        .filter_map(|p| Some((p.overlay_addr()?, p.node_id)))
+                        .collect();
+                    self.status.send_modify(|s| s.lan_peers = view.peers);
                 }
                 command = self.commands.recv() => match command {
                     Some(command) => self.on_command(&running, command).await,
@@ -124,8 +147,15 @@ impl LeafTask {
     fn fill(&mut self, running: &mut Running) {
         let now = Instant::now();
         while running.links.len() < self.options.supernodes_wanted {
+            let joined_elsewhere = |addr: &SocketAddr| {
+                running
+                    .lan_ids
+                    .get(addr)
+                    .is_some_and(|id| running.links.values().any(|link| link.node_id == Some(*id)))
+            };
             let next = self.hosts.select(|addr| {
                 running.links.contains_key(&addr)
+                    || joined_elsewhere(&addr)
                     || running
                         .retries
                         .get(&addr)
@@ -151,6 +181,7 @@ impl LeafTask {
                 Link {
                     to_session,
                     ready: false,
+                    node_id: None,
                 },
             );
         }
@@ -206,9 +237,14 @@ impl LeafTask {
     /// Handles a session's news; false when a one-shot leaf gives up.
     fn on_news(&mut self, running: &mut Running, event: FromSession) -> bool {
         match event {
-            FromSession::Ready { addr, observed } => {
+            FromSession::Ready {
+                addr,
+                node_id,
+                observed,
+            } => {
                 if let Some(link) = running.links.get_mut(&addr) {
                     link.ready = true;
+                    link.node_id = Some(node_id);
                 }
                 running.retries.remove(&addr);
                 self.hosts.mark_good(addr);
@@ -345,4 +381,14 @@ impl LeafTask {
         }
         self.files = files;
     }
+}
+
+/// The LAN's next view; never, if LAN discovery is off or has stopped.
+async fn next_view(lan: &mut Option<watch::Receiver<LanView>>) -> Option<LanView> {
+    if let Some(view) = lan {
+        if view.changed().await.is_ok() {
+            return Some(view.borrow_and_update().clone());
+        }
+    }
+    std::future::pending().await
 }
