@@ -468,6 +468,12 @@ impl DownloadPlan {
         self.sources.get(source).map_or(0, |s| s.bytes)
     }
 
+    /// The groups not verified and not on their way from any source: what
+    /// a rationing seed is told the download needs (`X-Need`).
+    pub fn needed(&self) -> GroupSet {
+        self.missing.clone()
+    }
+
     /// Indices of the verified groups.
     pub fn verified_groups(&self) -> impl Iterator<Item = u64> + '_ {
         self.groups

@@ -156,6 +156,22 @@ impl GroupSet {
         self.count = self.words.iter().map(|w| u64::from(w.count_ones())).sum();
     }
 
+    /// Every group of the file not in the set.
+    pub fn complement(&self) -> GroupSet {
+        let mut other = self.clone();
+        for word in &mut other.words {
+            *word = !*word;
+        }
+        if let Some(last) = other.words.last_mut() {
+            let used = other.groups % 64;
+            if used != 0 {
+                *last &= span_mask(0, used);
+            }
+        }
+        other.count = other.groups - self.count;
+        other
+    }
+
     /// The groups in the set, in order.
     pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
         self.words.iter().enumerate().flat_map(|(index, &word)| {
@@ -362,6 +378,18 @@ mod tests {
             set.insert(g);
         }
         set
+    }
+
+    #[test]
+    fn the_complement_holds_every_other_group_of_the_file() {
+        for groups in [1u64, 63, 64, 65, 130] {
+            let set = set_of(groups * MIB, &[0, groups / 2, groups - 1]);
+            let other = set.complement();
+            assert_eq!(other.count() + set.count(), groups);
+            assert!((0..groups).all(|g| other.contains(g) != set.contains(g)));
+            assert!(!other.contains(groups), "nothing past the file");
+            assert_eq!(other.complement(), set);
+        }
     }
 
     #[test]

@@ -7,22 +7,32 @@
 //! downloaders ask it for whatever they pick, and in measurements it sent
 //! 1.5-1.7 copies of the file before the crowd was done. So, as
 //! BitTorrent's super-seeding does, a seed rations its groups: while at
-//! least [`RationConfig::crowd`] sharing downloaders (requests with
-//! `X-Listen`, told apart by address and port) asked for a file within
-//! [`RationConfig::window`], it serves a request only if every group in it
-//! has been sent as few times as any group of the file (the *offer*), and
-//! refuses any other with the offer, so the downloader asks again inside
-//! it. Every group leaves once before any leaves twice; the crowd spreads
-//! the copies. The offer is never empty (some group is always sent the
-//! fewest times), so a download is never refused everything; a lone
-//! downloader, or a client that doesn't share, is never rationed.
+//! least [`RationConfig::crowd`] sharing downloaders (told apart by
+//! address and listening port) asked for a file within
+//! [`RationConfig::window`], it serves a downloader a group only if no
+//! group that downloader still needs (it says which: `X-Need`, the groups
+//! it has not got and is not getting elsewhere) has left the seed fewer
+//! times. It refuses any
+//! other request with the *offer*, the groups the downloader needs that
+//! were sent the fewest times, so the downloader asks again inside it.
+//! Every group leaves once before any leaves twice, and the crowd spreads
+//! the copies.
+//!
+//! Judged per downloader, never over the whole file, so nobody waits on a
+//! group it already has: a downloader that needs only groups that left
+//! often (their first copies went to a peer that then died) is served
+//! them. The offer is never empty while a request is refused (the groups
+//! asked for count as needed), and a list cut short only leaves groups
+//! out, so an offer never names a group the downloader doesn't need; a
+//! lone downloader, or a client that doesn't say what it needs, is never
+//! rationed.
 //!
 //! I/O-free: time comes in as `now`. Bounded: at most
 //! [`RationConfig::contents`] files are tracked (the one asked for longest
 //! ago gives way), files of more than [`RationConfig::max_groups`] groups
 //! are not rationed, a file remembers at most [`RationConfig::requesters`]
 //! requesters, and copies are counted in a byte per group (saturating,
-//! which only makes the offer wider).
+//! which only makes offers wider).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -71,8 +81,8 @@ impl Default for RationConfig {
 pub enum Ration {
     /// Serve it (and [`SeedRation::record`] it once it goes out).
     Serve,
-    /// Not these groups now: they were sent more often than others. Ask
-    /// for groups of `offer` instead.
+    /// Not these groups now: they were sent more often than others the
+    /// downloader needs. Ask for groups of `offer` instead.
     Refuse {
         /// The groups sent the fewest times.
         offer: GroupSet,
@@ -117,16 +127,22 @@ impl Crowd {
             >= config.crowd
     }
 
-    fn fewest(&self) -> u8 {
-        self.sent.iter().copied().min().unwrap_or(0)
+    /// The fewest copies of any group in `lacking`.
+    fn fewest(&self, lacking: &GroupSet) -> Option<u8> {
+        lacking
+            .iter()
+            .filter_map(|group| self.sent.get(usize::try_from(group).ok()?).copied())
+            .min()
     }
 
-    fn offer(&self) -> GroupSet {
-        let fewest = self.fewest();
+    /// The groups of `lacking` sent the fewest times.
+    fn offer(&self, lacking: &GroupSet) -> GroupSet {
         let mut offer = GroupSet::empty(self.size);
-        for (group, sent) in (0u64..).zip(&self.sent) {
-            if *sent == fewest {
-                offer.insert(group);
+        if let Some(fewest) = self.fewest(lacking) {
+            for group in lacking.iter() {
+                if self.sent.get(usize::try_from(group).unwrap_or(usize::MAX)) == Some(&fewest) {
+                    offer.insert(group);
+                }
             }
         }
         offer
@@ -173,15 +189,16 @@ impl SeedRation {
         Some(crowd)
     }
 
-    /// A sharing downloader at `requester` asks for `groups` of `id`
-    /// (`size` bytes). Nothing is counted until [`Self::record`] (the
+    /// A sharing downloader at `requester`, which needs the groups in
+    /// `needs`, asks for `asked` groups of `id` (`size` bytes). Nothing is counted until [`Self::record`] (the
     /// request may yet find no upload slot).
     pub fn admit(
         &mut self,
         id: ContentId,
         size: u64,
         requester: SocketAddr,
-        groups: Range<u64>,
+        asked: Range<u64>,
+        needs: &GroupSet,
         now: Time,
     ) -> Ration {
         let config = self.config.clone();
@@ -192,12 +209,15 @@ impl SeedRation {
         if !crowd.crowded(&config, now) {
             return Ration::Serve;
         }
-        let fewest = crowd.fewest();
-        if crowd.groups(groups).all(|sent| *sent == fewest) {
+        // What it lacks: what it said it needs, and what it asks for.
+        let mut lacking = fitted(needs, size);
+        lacking.insert_run(asked.clone());
+        let fewest = crowd.fewest(&lacking);
+        if crowd.groups(asked).all(|sent| Some(*sent) == fewest) {
             Ration::Serve
         } else {
             Ration::Refuse {
-                offer: crowd.offer(),
+                offer: crowd.offer(&lacking),
             }
         }
     }
@@ -218,26 +238,22 @@ impl SeedRation {
         }
     }
 
-    /// What a sharing downloader at `requester` asking only what there is
-    /// (`HEAD`) is told to ask for, if a crowd is on.
+    /// What a sharing downloader at `requester` that needs `needs`
+    /// should ask for next, if a crowd is on (for a `HEAD`, and after a
+    /// request is recorded).
     pub fn offer(
         &mut self,
         id: ContentId,
         size: u64,
         requester: SocketAddr,
+        needs: &GroupSet,
         now: Time,
     ) -> Option<GroupSet> {
         let config = self.config.clone();
         let crowd = self.crowd(id, size)?;
         crowd.saw(requester, now, config.requesters);
-        crowd.crowded(&config, now).then(|| crowd.offer())
-    }
-
-    /// The offer for `id` after what was recorded, if a crowd is on.
-    pub fn current_offer(&mut self, id: &ContentId, now: Time) -> Option<GroupSet> {
-        let config = self.config.clone();
-        let crowd = self.crowds.get(id)?;
-        crowd.crowded(&config, now).then(|| crowd.offer())
+        let lacking = fitted(needs, size);
+        crowd.crowded(&config, now).then(|| crowd.offer(&lacking))
     }
 
     /// Files tracked.
@@ -248,6 +264,16 @@ impl SeedRation {
     /// True if no file is tracked.
     pub fn is_empty(&self) -> bool {
         self.crowds.is_empty()
+    }
+}
+
+/// `needs` as a set of a file of `size` bytes (a set of another size
+/// says nothing).
+fn fitted(needs: &GroupSet, size: u64) -> GroupSet {
+    if needs.size() == size {
+        needs.clone()
+    } else {
+        GroupSet::empty(size)
     }
 }
 
@@ -270,57 +296,129 @@ mod tests {
         SocketAddr::from(([10, 0, 0, 1], port))
     }
 
+    fn set(size: u64, groups: &[u64]) -> GroupSet {
+        let mut set = GroupSet::empty(size);
+        for &g in groups {
+            set.insert(g);
+        }
+        set
+    }
+
+    /// What a downloader that has `has` needs.
+    fn needs(has: &GroupSet) -> GroupSet {
+        has.complement()
+    }
+
+    fn groups(set: &GroupSet) -> Vec<u64> {
+        set.iter().collect()
+    }
+
     fn served(ration: &Ration) -> bool {
         *ration == Ration::Serve
     }
 
     #[test]
     fn a_lone_downloader_is_never_rationed() {
+        let size = 4 * MIB;
         let mut table = SeedRation::new(RationConfig::default());
+        let none = GroupSet::empty(size);
         for _ in 0..3 {
-            let ration = table.admit(id(1), 4 * MIB, peer(1), 0..4, at(0));
+            let ration = table.admit(id(1), size, peer(1), 0..4, &needs(&none), at(0));
             assert_eq!(ration, Ration::Serve);
             table.record(id(1), 0..4);
         }
-        assert_eq!(table.offer(id(1), 4 * MIB, peer(1), at(1)), None);
-        assert_eq!(table.current_offer(&id(1), at(1)), None);
+        assert_eq!(
+            table.offer(id(1), size, peer(1), &needs(&none), at(1)),
+            None
+        );
     }
 
     #[test]
     fn in_a_crowd_every_group_leaves_once_before_any_leaves_twice() {
         let mut table = SeedRation::new(RationConfig::default());
         let size = 4 * MIB;
-        // Two downloaders: the crowd is on from the second.
-        assert!(served(&table.admit(id(1), size, peer(1), 0..1, at(0))));
+        let none = GroupSet::empty(size);
+        // Two downloaders: the crowd is on from the second. The first's
+        // group 0 is counted though no crowd was on yet.
+        assert!(served(&table.admit(
+            id(1),
+            size,
+            peer(1),
+            0..1,
+            &needs(&none),
+            at(0)
+        )));
         table.record(id(1), 0..1);
-        // Group 0 went once; the others not at all: 0 is refused, with
-        // the offer of the other three.
-        match table.admit(id(1), size, peer(2), 0..2, at(1)) {
-            Ration::Refuse { offer } => {
-                assert_eq!(offer.iter().collect::<Vec<_>>(), vec![1, 2, 3]);
-            }
+        // Group 0 went once, the others never: 0 is refused, with the
+        // other three on offer.
+        match table.admit(id(1), size, peer(2), 0..2, &needs(&none), at(1)) {
+            Ration::Refuse { offer } => assert_eq!(groups(&offer), vec![1, 2, 3]),
             other => panic!("expected a refusal, got {other:?}"),
         }
-        assert_eq!(
-            table.admit(id(1), size, peer(2), 1..3, at(1)),
-            Ration::Serve
-        );
+        assert!(served(&table.admit(
+            id(1),
+            size,
+            peer(2),
+            1..3,
+            &needs(&none),
+            at(1)
+        )));
         table.record(id(1), 1..3);
-        assert_eq!(
-            table
-                .current_offer(&id(1), at(1))
-                .map(|o| o.iter().collect::<Vec<_>>()),
-            Some(vec![3])
-        );
-        assert!(!served(&table.admit(id(1), size, peer(1), 1..2, at(2))));
-        assert!(served(&table.admit(id(1), size, peer(1), 3..4, at(2))));
+        // The second now has (coming) 1 and 2: only 3 is on its offer.
+        let second = set(size, &[1, 2]);
+        let offer = table.offer(id(1), size, peer(2), &needs(&second), at(1));
+        assert_eq!(offer.as_ref().map(groups), Some(vec![3]));
+        // The first has 0: 3 too; 1 is refused it.
+        let first = set(size, &[0]);
+        assert!(!served(&table.admit(
+            id(1),
+            size,
+            peer(1),
+            1..2,
+            &needs(&first),
+            at(2)
+        )));
+        assert!(served(&table.admit(
+            id(1),
+            size,
+            peer(1),
+            3..4,
+            &needs(&first),
+            at(2)
+        )));
         table.record(id(1), 3..4);
-        // Every group went once: the whole file is on offer again.
-        assert_eq!(
-            table.offer(id(1), size, peer(2), at(2)).map(|o| o.count()),
-            Some(4)
-        );
-        assert!(served(&table.admit(id(1), size, peer(2), 0..4, at(2))));
+        // Every group left once: all it lacks is on offer again.
+        let offer = table.offer(id(1), size, peer(1), &needs(&set(size, &[0, 3])), at(2));
+        assert_eq!(offer.as_ref().map(groups), Some(vec![1, 2]));
+        assert!(served(&table.admit(
+            id(1),
+            size,
+            peer(1),
+            1..3,
+            &needs(&first),
+            at(2)
+        )));
+    }
+
+    #[test]
+    fn a_downloader_lacking_only_often_sent_groups_is_served_them() {
+        // Group 0 went twice to a downloader that died; 1-3 went once each
+        // and the survivors have them. Over the whole file, 1-3 would be
+        // sent first, which nobody needs: judged per downloader, the
+        // survivor lacking only 0 gets it.
+        let size = 4 * MIB;
+        let mut table = SeedRation::new(RationConfig::default());
+        let none = GroupSet::empty(size);
+        table.admit(id(1), size, peer(9), 0..1, &needs(&none), at(0));
+        table.record(id(1), 0..1);
+        table.record(id(1), 0..1);
+        table.record(id(1), 1..4);
+        let survivor = set(size, &[1, 2, 3]);
+        table.admit(id(1), size, peer(2), 0..0, &needs(&survivor), at(1));
+        let ration = table.admit(id(1), size, peer(1), 0..1, &needs(&survivor), at(1));
+        assert!(served(&ration), "{ration:?}");
+        let offer = table.offer(id(1), size, peer(1), &needs(&survivor), at(1));
+        assert_eq!(offer.as_ref().map(groups), Some(vec![0]));
     }
 
     #[test]
@@ -329,33 +427,54 @@ mod tests {
         let window = config.window.as_secs();
         let mut table = SeedRation::new(config);
         let size = 2 * MIB;
-        table.admit(id(1), size, peer(1), 0..1, at(0));
+        let none = GroupSet::empty(size);
+        table.admit(id(1), size, peer(1), 0..1, &needs(&none), at(0));
         table.record(id(1), 0..1);
-        assert!(!served(&table.admit(id(1), size, peer(2), 0..1, at(1))));
+        assert!(!served(&table.admit(
+            id(1),
+            size,
+            peer(2),
+            0..1,
+            &needs(&none),
+            at(1)
+        )));
         // Long after the first was last seen, the second is alone.
+        let later = at(window + 1);
         assert!(served(&table.admit(
             id(1),
             size,
             peer(2),
             0..1,
-            at(window + 1)
+            &needs(&none),
+            later
         )));
     }
 
     #[test]
-    fn the_offer_is_never_empty() {
+    fn a_refusal_always_offers_something_the_downloader_needs() {
+        let size = 6 * MIB;
         let mut table = SeedRation::new(RationConfig::default());
-        let size = 3 * MIB;
-        table.admit(id(1), size, peer(1), 0..1, at(0));
-        for round in 0..300u64 {
-            let group = round % 3;
-            let requester = peer(1 + u16::try_from(round % 5).unwrap_or(0));
-            match table.admit(id(1), size, requester, group..group + 1, at(1)) {
-                Ration::Serve => table.record(id(1), group..group + 1),
-                Ration::Refuse { offer } => assert!(!offer.is_empty()),
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for _ in 0..2000 {
+            let requester = peer(1 + u16::try_from(next(5)).unwrap_or(0));
+            let has: Vec<u64> = (0..6).filter(|_| next(2) == 0).collect();
+            let has = set(size, &has);
+            let start = next(6);
+            let asked = start..(start + 1 + next(2)).min(6);
+            match table.admit(id(1), size, requester, asked.clone(), &needs(&has), at(1)) {
+                Ration::Serve => table.record(id(1), asked),
+                Ration::Refuse { offer } => {
+                    assert!(!offer.is_empty());
+                    let lacking = offer.iter().all(|g| !has.contains(g) || asked.contains(&g));
+                    assert!(lacking, "offered a group it has");
+                }
             }
-            let offer = table.current_offer(&id(1), at(1));
-            assert!(offer.is_none_or(|o| !o.is_empty()));
         }
     }
 
@@ -367,9 +486,17 @@ mod tests {
             ..RationConfig::default()
         };
         let mut table = SeedRation::new(config.clone());
+        let none = GroupSet::empty(MIB);
         for n in 0..10u8 {
             for port in 0..10u16 {
-                table.admit(id(n), MIB, peer(port + 1), 0..1, at(u64::from(port)));
+                table.admit(
+                    id(n),
+                    MIB,
+                    peer(port + 1),
+                    0..1,
+                    &needs(&none),
+                    at(u64::from(port)),
+                );
             }
         }
         assert_eq!(table.len(), 4);
@@ -378,27 +505,29 @@ mod tests {
         // A file too big to ration is served and not tracked.
         let huge = (config.max_groups + 1) * MIB;
         let mut table = SeedRation::new(config);
+        let none = GroupSet::empty(huge);
         for port in 1..4 {
-            assert_eq!(
-                table.admit(id(1), huge, peer(port), 0..1, at(0)),
-                Ration::Serve
-            );
+            let ration = table.admit(id(1), huge, peer(port), 0..1, &needs(&none), at(0));
+            assert_eq!(ration, Ration::Serve);
         }
         assert!(table.is_empty());
     }
 
     #[test]
-    fn hostile_ranges_past_the_end_are_harmless() {
+    fn hostile_ranges_and_sets_are_harmless() {
+        let size = 2 * MIB;
         let mut table = SeedRation::new(RationConfig::default());
-        table.admit(id(1), 2 * MIB, peer(1), 0..1, at(0));
-        let ration = table.admit(id(1), 2 * MIB, peer(2), u64::MAX - 1..u64::MAX, at(0));
+        let none = GroupSet::empty(size);
+        table.admit(id(1), size, peer(1), 0..1, &needs(&none), at(0));
+        let far = u64::MAX - 1..u64::MAX;
+        let ration = table.admit(id(1), size, peer(2), far.clone(), &needs(&none), at(0));
         assert!(served(&ration));
-        table.record(id(1), u64::MAX - 1..u64::MAX);
+        table.record(id(1), far);
         #[allow(clippy::reversed_empty_ranges)]
         table.record(id(1), 5..1);
-        assert_eq!(
-            table.current_offer(&id(1), at(0)).map(|o| o.count()),
-            Some(2)
-        );
+        // A set of another file's size says nothing.
+        let other = GroupSet::full(64 * MIB);
+        let offer = table.offer(id(1), size, peer(2), &other, at(0));
+        assert_eq!(offer.map(|o| o.count()), Some(0));
     }
 }

@@ -17,7 +17,19 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::mesh::LISTEN;
+use crate::mesh::{LISTEN, NEED};
+
+/// What a downloader says of itself on a request.
+#[derive(Debug, Clone, Default)]
+pub struct Sharing {
+    /// `X-Listen: <port>`: where it serves HTTP itself (the source then
+    /// tells other downloaders of it).
+    pub listen_port: Option<u16>,
+    /// `X-Need: bytes ...`: the groups it has not got and is not getting
+    /// elsewhere (a rationing seed offers only these; see
+    /// [`crate::ration`]).
+    pub need: Option<String>,
+}
 
 /// A byte stream to a source: a TCP connection, possibly wrapped (by a
 /// rate limit, say).
@@ -108,19 +120,19 @@ impl HttpConn {
         path: &str,
         range: Option<(u64, u64)>,
     ) -> Result<Response<Incoming>, ClientError> {
-        self.request(Method::GET, path, range, None).await
+        self.request(Method::GET, path, range, &Sharing::default())
+            .await
     }
 
     /// `method path` (`GET`, or `HEAD` to ask for headers only), with an
-    /// inclusive byte range if given, and `X-Listen: <port>` if
-    /// `listen_port` says where this node serves HTTP itself (the source
-    /// then tells other downloaders of it).
+    /// inclusive byte range if given, and what `sharing` says of this
+    /// downloader.
     pub async fn request(
         &mut self,
         method: Method,
         path: &str,
         range: Option<(u64, u64)>,
-        listen_port: Option<u16>,
+        sharing: &Sharing,
     ) -> Result<Response<Incoming>, ClientError> {
         self.sender.ready().await?;
         let mut request = Request::builder()
@@ -137,8 +149,13 @@ impl HttpConn {
                 headers.insert(header::RANGE, value);
             }
         }
-        if let Some(port) = listen_port {
+        if let Some(port) = sharing.listen_port {
             headers.insert(LISTEN, HeaderValue::from(port));
+        }
+        if let Some(need) = sharing.need.as_deref() {
+            if let Ok(value) = HeaderValue::from_str(need) {
+                headers.insert(NEED, value);
+            }
         }
         Ok(self.sender.send_request(request).await?)
     }

@@ -45,7 +45,9 @@
 //! probed again each probe interval, for up to a minute.
 //!
 //! A whole file's server may ration its upload among a crowd
-//! (super-seeding, [`crate::ration`]): its responses say what it offers
+//! (super-seeding, [`crate::ration`]): every request to a complete source
+//! says which groups the download still needs and is not getting
+//! elsewhere (`X-Need`, when it shares), its responses say what it offers
 //! (`X-Offer`), and the plan asks it only for groups of the offer (a
 //! response without the header: anything again). A 416 with `X-Offer` is
 //! such a refusal, not a lie: the groups go to others and the source is
@@ -110,9 +112,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{Catalog, CatalogEntry};
-use crate::client::{Connector, HttpConn, read_limited};
+use crate::client::{Connector, HttpConn, Sharing, read_limited};
 use crate::mesh::{ALT, AVAILABLE_RANGES, OFFER, SharedMesh};
-use crate::partial::PartialEntry;
+use crate::partial::{MAX_AVAILABLE_RANGES_LEN, PartialEntry};
 use crate::partial_lock::{LockError, PartialLock};
 
 /// A place to get the file from.
@@ -533,8 +535,12 @@ async fn tree_from(
     let attempt = async {
         let stream = source.connector.connect().await?;
         let mut conn = HttpConn::handshake(stream).await?;
+        let sharing = Sharing {
+            listen_port,
+            need: None,
+        };
         let response = conn
-            .request(Method::GET, &format!("/tree/{id}"), None, listen_port)
+            .request(Method::GET, &format!("/tree/{id}"), None, &sharing)
             .await?;
         let status = response.status();
         if status != StatusCode::OK {
@@ -894,8 +900,8 @@ struct Worker {
     writer: DiskWriter,
     id: ContentId,
     events: mpsc::Sender<WorkerEvent>,
-    /// Sent as `X-Listen`.
-    listen_port: Option<u16>,
+    /// Sent as `X-Listen` and `X-Need`.
+    sharing: Sharing,
 }
 
 /// Writes verified groups to the partial file from one thread. Concurrent
@@ -1005,14 +1011,11 @@ impl Worker {
         };
         let path = format!("/content/{}", self.id);
         let range = (method == Method::GET).then(|| (first, end.saturating_sub(1)));
-        let listen_port = self.listen_port;
+        let sharing = &self.sharing;
         // A kept connection the source closed while it was idle (its
         // keep-alive limit) fails at once: then dial afresh, once.
         let kept = match self.conn.take().filter(HttpConn::is_open) {
-            Some(mut conn) => match conn
-                .request(method.clone(), &path, range, listen_port)
-                .await
-            {
+            Some(mut conn) => match conn.request(method.clone(), &path, range, sharing).await {
                 Ok(response) => Some((conn, response)),
                 Err(error) => {
                     tracing::debug!(%error, "kept connection failed; dialing again");
@@ -1037,7 +1040,7 @@ impl Worker {
                     .await
                     .map_err(|e| failed(e.to_string()))?;
                 let response = conn
-                    .request(method, &path, range, listen_port)
+                    .request(method, &path, range, sharing)
                     .await
                     .map_err(|e| failed(e.to_string()))?;
                 (conn, response)
@@ -1434,6 +1437,11 @@ impl Run {
         let listen_port = self.swarm.as_ref().and_then(|swarm| swarm.listen_port);
         while let Some(request) = self.plan.next_request(self.now()) {
             let source = request.source;
+            // What the download still needs (this request's groups are on
+            // their way now), told to complete sources, which may ration
+            // a crowd (see `crate::ration`), when it shares.
+            let need = (listen_port.is_some() && !self.plan.is_partial(source))
+                .then(|| self.plan.needed().to_header(MAX_AVAILABLE_RANGES_LEN));
             let worker = Worker {
                 conn: self.idle[source].pop(),
                 connector: self.sources.list[self.usable[source]].connector.clone(),
@@ -1442,7 +1450,7 @@ impl Run {
                 id: self.id,
                 events: self.events.clone(),
                 request: request.clone(),
-                listen_port,
+                sharing: Sharing { listen_port, need },
             };
             self.workers
                 .insert(request.id, (source, tokio::spawn(worker.run())));

@@ -20,6 +20,9 @@
 //!   server with the whole file offers a crowd now (see [`crate::ration`]);
 //!   absent, it serves any range. On a 416 it is the reason: those groups
 //!   were sent more often than these, ask for these instead.
+//! - `X-Need: bytes 0-1048575` (request, same form): the groups a sharing
+//!   downloader has not got and is not getting elsewhere; a seed rations
+//!   only requests that say it, and offers only groups in it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -36,6 +39,8 @@ pub const ALT: &str = "x-alt";
 /// Response header: the byte ranges a rationing server with the whole
 /// file serves now.
 pub const OFFER: &str = "x-offer";
+/// Request header: the byte ranges a downloader still needs.
+pub const NEED: &str = "x-need";
 /// Request header: the port the downloader serves HTTP on.
 pub const LISTEN: &str = "x-listen";
 /// Alternates sent in one response at most.

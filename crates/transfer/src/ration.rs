@@ -2,9 +2,9 @@
 //! [`SeedRation`](canopy_core::ration::SeedRation) (bounded, I/O-free, aged
 //! by the `Time` it is given) behind a mutex, with a monotonic clock of its
 //! own turned into that `Time`. The server consults it for every request
-//! of a whole file that comes from a sharing downloader (one that sent
-//! `X-Listen`), and says the offer in `X-Offer` (see [`crate::mesh`] for
-//! the header's form).
+//! of a whole file that comes from a sharing downloader that says what it
+//! needs (`X-Listen` and `X-Need`), and says the offer in `X-Offer` (see
+//! [`crate::mesh`] for the headers' form).
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -33,16 +33,18 @@ impl SharedRation {
         }
     }
 
-    /// Whether `requester` may have `groups` of `id` (`size` bytes) now.
+    /// Whether `requester`, which needs `needs`, may have `asked` groups
+    /// of `id` (`size` bytes) now.
     pub fn admit(
         &self,
         id: ContentId,
         size: u64,
         requester: SocketAddr,
-        groups: Range<u64>,
+        asked: Range<u64>,
+        needs: &GroupSet,
     ) -> Ration {
         let now = self.now();
-        self.lock().admit(id, size, requester, groups, now)
+        self.lock().admit(id, size, requester, asked, needs, now)
     }
 
     /// `groups` of `id` are being sent.
@@ -50,16 +52,17 @@ impl SharedRation {
         self.lock().record(id, groups);
     }
 
-    /// What `requester` should ask for (a `HEAD`), if a crowd is on.
-    pub fn offer(&self, id: ContentId, size: u64, requester: SocketAddr) -> Option<GroupSet> {
+    /// What `requester`, which needs `needs`, should ask for, if a crowd
+    /// is on.
+    pub fn offer(
+        &self,
+        id: ContentId,
+        size: u64,
+        requester: SocketAddr,
+        needs: &GroupSet,
+    ) -> Option<GroupSet> {
         let now = self.now();
-        self.lock().offer(id, size, requester, now)
-    }
-
-    /// The offer of `id` now, if a crowd is on.
-    pub fn current_offer(&self, id: &ContentId) -> Option<GroupSet> {
-        let now = self.now();
-        self.lock().current_offer(id, now)
+        self.lock().offer(id, size, requester, needs, now)
     }
 
     /// The table's time: milliseconds since it was made.

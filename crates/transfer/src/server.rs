@@ -31,13 +31,14 @@
 //! for an id we don't serve it is ignored.
 //!
 //! Super-seeding (see [`crate::ration`]): while a crowd of sharing
-//! downloaders (requests with `X-Listen`) fetches a whole file, a `GET`
-//! is served only if every group it touches has been sent as few times
-//! as any; any other gets 416 with `Content-Range: bytes */<size>` and
-//! `X-Offer`, the groups sent the fewest times, which the downloader asks
-//! for instead. Its 206s and `HEAD`s carry `X-Offer` too. Requests
-//! without `X-Listen` (a browser, `curl`) are never rationed, nor is
-//! anything with [`ServerConfig::super_seed`] off.
+//! downloaders (requests with `X-Listen` and `X-Need`) fetches a whole
+//! file, a `GET` is served only if every group it touches has been sent
+//! as few times as any group the downloader needs; any other gets 416
+//! with `Content-Range: bytes */<size>` and `X-Offer`, the groups it
+//! needs that were sent the fewest times, which it asks for instead. Its
+//! 206s and `HEAD`s carry `X-Offer` too. Requests without those headers
+//! (a browser, `curl`) are never rationed, nor is anything with
+//! [`ServerConfig::super_seed`] off.
 //!
 //! Anything else is 404 (or 405 for another method): a request names a
 //! content id, never a path, so nothing outside the catalog can be read,
@@ -97,7 +98,9 @@ use tokio_util::task::TaskTracker;
 use crate::bandwidth::{RateLimit, Throttled};
 use crate::catalog::{Catalog, CatalogEntry};
 use crate::limits::{AddressGuard, AddressSlots, UploadSlot, UploadSlots};
-use crate::mesh::{ALT, ALTERNATES_PER_RESPONSE, AVAILABLE_RANGES, LISTEN, OFFER, SharedMesh};
+use crate::mesh::{
+    ALT, ALTERNATES_PER_RESPONSE, AVAILABLE_RANGES, LISTEN, NEED, OFFER, SharedMesh,
+};
 use crate::partial::PartialEntry;
 use crate::ration::SharedRation;
 
@@ -1078,25 +1081,31 @@ impl ContentServer {
                 return response;
             }
         };
-        // A whole file asked for by a sharing downloader: counted, and
-        // rationed while a crowd is on.
-        let rationed = match (&served, listening) {
-            (Served::Complete(_), Some(requester)) if self.config.super_seed => {
-                let groups = match &range {
+        // A whole file asked for by a sharing downloader that says what
+        // it needs: counted, and rationed while a crowd is on.
+        let needs = request
+            .headers()
+            .get(NEED)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| GroupSet::from_header(value, size));
+        let rationed = match (&served, listening, needs) {
+            (Served::Complete(_), Some(requester), Some(needs)) if self.config.super_seed => {
+                let asked = match &range {
                     Some(range) => *range.start() / GROUP_LEN..*range.end() / GROUP_LEN + 1,
                     None => 0..size.div_ceil(GROUP_LEN),
                 };
-                if head {
-                    self.ration.offer(id, size, requester);
-                } else if let Ration::Refuse { offer } =
-                    self.ration.admit(id, size, requester, groups.clone())
-                {
-                    self.stats.offer_refusals.fetch_add(1, Ordering::Relaxed);
-                    let mut response = unsatisfiable(size);
-                    add_offer(&mut response, &offer);
-                    return response;
+                if !head {
+                    let ration = self
+                        .ration
+                        .admit(id, size, requester, asked.clone(), &needs);
+                    if let Ration::Refuse { offer } = ration {
+                        self.stats.offer_refusals.fetch_add(1, Ordering::Relaxed);
+                        let mut response = unsatisfiable(size);
+                        add_offer(&mut response, &offer);
+                        return response;
+                    }
                 }
-                Some(groups)
+                Some((requester, asked, needs))
             }
             _ => None,
         };
@@ -1110,11 +1119,11 @@ impl ContentServer {
         };
         let mut response = self.send(file, send, activity).await;
         add_available_ranges(&mut response, availability);
-        if let Some(groups) = rationed {
+        if let Some((requester, asked, needs)) = rationed {
             if !head && response.status().is_success() {
-                self.ration.record(id, groups);
+                self.ration.record(id, asked);
             }
-            if let Some(offer) = self.ration.current_offer(&id) {
+            if let Some(offer) = self.ration.offer(id, size, requester, &needs) {
                 add_offer(&mut response, &offer);
             }
         }

@@ -555,11 +555,19 @@ async fn serve_whole(len: usize, config: ServerConfig) -> Download {
     d
 }
 
-/// Asks for group `group` from `from`, saying it listens on `listen`.
-async fn get_group(d: &Download, from: Ipv4Addr, listen: Option<&str>, group: u64) -> Answer {
+/// Asks for group `group` from `from`, saying it listens on `listen` and
+/// needs `need` (ranges, as `X-Need`) if given.
+async fn get_group(
+    d: &Download,
+    from: Ipv4Addr,
+    sharing: Option<(&str, &str)>,
+    group: u64,
+) -> Answer {
     let range = format!("bytes={}-{}", group * G, (group + 1) * G - 1);
     let mut headers = vec![("Range", range.as_str())];
-    headers.extend(listen.map(|port| ("X-Listen", port)));
+    if let Some((listen, need)) = sharing {
+        headers.extend([("X-Listen", listen), ("X-Need", need)]);
+    }
     request_from(d.addr, from, "GET", &d.path(), &headers).await
 }
 
@@ -571,18 +579,28 @@ fn offer_of(answer: &Answer, len: u64) -> Vec<u64> {
         .collect()
 }
 
+/// `X-Need` for the groups `groups` of a file of `len` bytes.
+fn need(len: u64, groups: &[u64]) -> String {
+    let mut set = GroupSet::empty(len);
+    for &g in groups {
+        set.insert(g);
+    }
+    set.to_header(4096)
+}
+
 #[tokio::test]
 async fn a_seed_sends_every_group_once_before_any_twice_to_a_crowd() {
     let len = 4 * G;
     let d = serve_whole(len as usize, ServerConfig::default()).await;
     let (b, c) = (Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3));
+    let all = need(len, &[0, 1, 2, 3]);
     // One sharing downloader alone: anything, and no offer.
-    let first = get_group(&d, b, Some("7001"), 0).await;
+    let first = get_group(&d, b, Some(("7001", &need(len, &[1, 2, 3]))), 0).await;
     assert_eq!(first.status, 206);
     assert_eq!(first.header("x-offer"), None);
     // A second: a crowd. Group 0 left once, the others never: refused,
     // with the others on offer.
-    let refused = get_group(&d, c, Some("7002"), 0).await;
+    let refused = get_group(&d, c, Some(("7002", &all)), 0).await;
     assert_eq!(refused.status, 416);
     assert_eq!(
         refused.header("content-range"),
@@ -594,26 +612,45 @@ async fn a_seed_sends_every_group_once_before_any_twice_to_a_crowd() {
         "it has them all"
     );
     assert_eq!(offer_of(&refused, len), vec![1, 2, 3]);
-    // What it offers is served, and the offer after it says so.
-    let served = get_group(&d, c, Some("7002"), 2).await;
+    // What it offers is served, and the offer after it leaves out what
+    // it no longer needs.
+    let served = get_group(&d, c, Some(("7002", &need(len, &[0, 1, 3]))), 2).await;
     assert_eq!(served.status, 206);
     assert!(served.body == d.data[2 * G as usize..3 * G as usize]);
     assert_eq!(offer_of(&served, len), vec![1, 3]);
-    // HEAD takes no slot and tells the offer.
-    let head = request_from(d.addr, b, "HEAD", &d.path(), &[("X-Listen", "7001")]).await;
+    // HEAD takes no slot and tells the offer, among what it needs.
+    let head = request_from(
+        d.addr,
+        b,
+        "HEAD",
+        &d.path(),
+        &[("X-Listen", "7001"), ("X-Need", &need(len, &[1, 2, 3]))],
+    )
+    .await;
     assert_eq!(head.status, 200);
     assert_eq!(offer_of(&head, len), vec![1, 3]);
-    // A client that doesn't share (no X-Listen) is never rationed.
+    // A client that doesn't say what it needs (`curl`, a browser) is never
+    // rationed.
     let plain = get_group(&d, b, None, 0).await;
     assert_eq!(plain.status, 206);
     assert_eq!(plain.header("x-offer"), None);
+    let listen_only = request_from(
+        d.addr,
+        b,
+        "GET",
+        &d.path(),
+        &[("Range", "bytes=0-9"), ("X-Listen", "7001")],
+    )
+    .await;
+    assert_eq!(listen_only.status, 206);
     for group in [1, 3] {
-        assert_eq!(get_group(&d, b, Some("7001"), group).await.status, 206);
+        let answer = get_group(&d, b, Some(("7001", &need(len, &[1, 2, 3]))), group).await;
+        assert_eq!(answer.status, 206);
     }
-    // Every group left once: the whole file is on offer again.
-    let again = get_group(&d, c, Some("7002"), 0).await;
+    // Every group left once: all it needs is on offer again.
+    let again = get_group(&d, c, Some(("7002", &need(len, &[1, 3]))), 0).await;
     assert_eq!(again.status, 206);
-    assert_eq!(offer_of(&again, len), vec![1, 2, 3]);
+    assert_eq!(offer_of(&again, len), vec![1, 3]);
     assert_eq!(
         d.server
             .stats()
@@ -624,14 +661,41 @@ async fn a_seed_sends_every_group_once_before_any_twice_to_a_crowd() {
 }
 
 #[tokio::test]
+async fn a_downloader_needing_only_groups_that_left_often_gets_them() {
+    // Group 0 leaves twice (its first copy went to a downloader since
+    // gone), group 1 once. One that needs both is refused 0; one that got
+    // 1 from a peer and needs only 0 is served it, though 1 left fewer
+    // times.
+    let len = 2 * G;
+    let d = serve_whole(len as usize, ServerConfig::default()).await;
+    let hosts = [2, 3, 4].map(|n| Ipv4Addr::new(127, 0, 0, n));
+    let all = need(len, &[0, 1]);
+    for (host, listen, group) in [
+        (hosts[0], "7001", 0),
+        (hosts[1], "7002", 1),
+        (hosts[0], "7001", 0),
+    ] {
+        let answer = get_group(&d, host, Some((listen, &all)), group).await;
+        assert_eq!(answer.status, 206, "group {group}");
+    }
+    let both = get_group(&d, hosts[1], Some(("7002", &all)), 0).await;
+    assert_eq!(both.status, 416);
+    assert_eq!(offer_of(&both, len), vec![1]);
+    let third = get_group(&d, hosts[2], Some(("7003", &need(len, &[0]))), 0).await;
+    assert_eq!(third.status, 206);
+    assert!(third.body == d.data[..G as usize]);
+}
+
+#[tokio::test]
 async fn with_super_seeding_off_a_crowd_gets_any_range() {
     let config = ServerConfig {
         super_seed: false,
         ..ServerConfig::default()
     };
-    let d = serve_whole(2 * G as usize, config).await;
+    let len = 2 * G;
+    let d = serve_whole(len as usize, config).await;
     for from in [Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)] {
-        let answer = get_group(&d, from, Some("7001"), 0).await;
+        let answer = get_group(&d, from, Some(("7001", &need(len, &[0, 1]))), 0).await;
         assert_eq!(answer.status, 206);
         assert_eq!(answer.header("x-offer"), None);
     }

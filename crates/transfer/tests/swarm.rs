@@ -35,7 +35,7 @@ use canopy_proto::ContentId;
 use canopy_transfer::Catalog;
 use canopy_transfer::bandwidth::RateLimit;
 use canopy_transfer::catalog::CatalogEntry;
-use canopy_transfer::client::{ConnectFuture, Connector, HttpConn, SourceStream};
+use canopy_transfer::client::{ConnectFuture, Connector, HttpConn, Sharing, SourceStream};
 use canopy_transfer::download::{
     DownloadControl, DownloadError, DownloadOptions, DownloadReport, DownloadSource, MAX_SOURCES,
     Swarm, download_live, partial_name, state_name,
@@ -617,7 +617,10 @@ fn keep_asking(
         let path = format!("/content/{id}");
         let (mut served, mut gaps) = (0u64, Vec::new());
         while !stop.load(Ordering::SeqCst) {
-            let response = conn.request(Method::HEAD, &path, None, None).await.unwrap();
+            let response = conn
+                .request(Method::HEAD, &path, None, &Sharing::default())
+                .await
+                .unwrap();
             if response.status() == StatusCode::OK {
                 served += 1;
             } else if served > 0 {
