@@ -257,7 +257,15 @@ struct Source {
     /// [`crate::ration`]): the groups it offers now. Runs are chosen only
     /// among them; it still counts as having every group.
     offer: Option<GroupSet>,
+    /// Requests it refused with an offer since it last sent a byte: past
+    /// [`FREE_REFUSALS`], each pauses it, longer and longer.
+    refusals: u32,
 }
+
+/// Refusals with an offer in a row a source may make before it is paused
+/// for them (an honest seed refuses only when its counts moved since the
+/// last offer; one that keeps refusing is not asked again at once).
+pub const FREE_REFUSALS: u32 = 3;
 
 #[derive(Debug)]
 struct InFlight {
@@ -409,6 +417,7 @@ impl DownloadPlan {
             nothing_at: None,
             asked: false,
             sent: false,
+            refusals: 0,
             run: if self.config.request_time.is_zero() {
                 u64::MAX
             } else {
@@ -804,6 +813,15 @@ impl DownloadPlan {
         // nothing we miss, and its upload is worth more to the others than
         // a second copy of a group already on its way.
         let endgame = !self.missing_fetchable();
+        // A rationing seed helps with what it offers while it offers a
+        // group still missing; once it offers none (it was told the
+        // download needs nothing else, so its offer can't name a group on
+        // its way), with any: asked for one it doesn't offer, it serves
+        // it or offers a missing one.
+        let offers_missing = helper
+            .offer
+            .as_ref()
+            .map(|o| o.iter().any(|g| self.missing.contains(g)));
         let (_, _, helped, group) = self
             .requests
             .iter()
@@ -813,7 +831,8 @@ impl DownloadPlan {
                     .filter(|g| {
                         self.groups.get(group_slot(*g)) == Some(&Group::InFlight(*id))
                             && helper.has.contains(*g)
-                            && helper.offer.as_ref().is_none_or(|o| o.contains(*g))
+                            && (offers_missing.is_none_or(|useful| !useful)
+                                || helper.offer.as_ref().is_none_or(|o| o.contains(*g)))
                     })
                     .filter_map(|g| {
                         let (count, progress, unproven) =
@@ -890,13 +909,39 @@ impl DownloadPlan {
     /// A complete source refused a data request because it rations its
     /// upload, offering `offer` instead: not a lie, only a pointer to
     /// other groups. The request's groups go back to the pool and the
-    /// source is asked again at once, within its offer.
+    /// source is asked again at once, within its offer; past
+    /// [`FREE_REFUSALS`] refusals in a row without a byte between, only
+    /// after a pause (one probe interval, doubling up to 32). A refusal
+    /// whose offer holds every group refused makes no sense (a rationing
+    /// seed serves what it offers) and drops the source.
     pub fn handle_request_offered(&mut self, request: RequestId, offer: GroupSet, now: Time) {
-        let Some(source) = self.requests.get(&request).map(|r| r.source) else {
+        let Some(inflight) = self.requests.get(&request) else {
             return;
         };
+        let source = inflight.source;
+        let asked = inflight.next..inflight.groups.end;
+        let offer = self.fit(offer);
+        let nonsense = !asked.is_empty() && asked.clone().all(|g| offer.contains(g));
         self.finish(request);
+        if nonsense {
+            self.drop_source(
+                source,
+                format!(
+                    "refused groups {}..{} it offered (416)",
+                    asked.start, asked.end
+                ),
+            );
+            return;
+        }
         self.handle_offer(source, Some(offer), now);
+        let interval = self.config.probe_interval;
+        let Some(entry) = self.sources.get_mut(source) else {
+            return;
+        };
+        entry.refusals = entry.refusals.saturating_add(1);
+        if let Some(over) = entry.refusals.checked_sub(FREE_REFUSALS + 1) {
+            entry.paused_until = now + interval * 2u32.pow(over.min(5));
+        }
     }
 
     /// A probe answered (availability already given through
@@ -1005,6 +1050,7 @@ impl DownloadPlan {
             inflight.received = true;
             if let Some(source) = self.sources.get_mut(inflight.source) {
                 source.sent = true;
+                source.refusals = 0;
             }
         }
     }
@@ -1022,6 +1068,7 @@ impl DownloadPlan {
         inflight.received = true;
         let source = inflight.source;
         self.sources[source].sent = true;
+        self.sources[source].refusals = 0;
         let Some(state) = self.groups.get_mut(group_slot(group)) else {
             return;
         };
@@ -2093,7 +2140,7 @@ mod tests {
     }
 
     #[test]
-    fn a_rationing_seed_helps_in_the_endgame_only_with_what_it_offers() {
+    fn a_rationing_seed_offering_nothing_missing_helps_in_the_endgame() {
         let size = 2 * GROUP_LEN;
         let mut plan = DownloadPlan::new(size, [], swarm_config());
         let seed = plan.add_source();
@@ -2106,23 +2153,57 @@ mod tests {
         let by_seed = if a.source == seed { &a } else { &b };
         assert_eq!(by_seed.groups, 1..2);
         complete(&mut plan, by_seed, Time(1));
-        // The peer's request for group 0 stalls: the seed does not help
-        // with a group it does not offer.
-        let stalled = Time(0) + swarm_config().stall_timeout / 2 + Duration::from_millis(1);
-        for now in [stalled, stalled + swarm_config().probe_interval] {
-            while let Some(request) = plan.next_request(now) {
-                assert_eq!(
-                    (request.source, request.kind),
-                    (seed, RequestKind::Probe),
-                    "only a probe for a fresh offer"
-                );
-                plan.handle_probe_done(request.id, now);
+        // Nothing is missing but group 0, on its way from the peer, and
+        // the seed's offer names no missing group: in the endgame it
+        // helps with group 0 (told that nothing else is needed, it
+        // serves it).
+        let help = plan.next_request(Time(1)).unwrap();
+        assert_eq!((help.source, help.groups), (seed, 0..1));
+    }
+
+    #[test]
+    fn a_seed_that_keeps_refusing_is_paused_and_one_refusing_what_it_offers_dropped() {
+        let size = 8 * GROUP_LEN;
+        let mut plan = DownloadPlan::new(size, [], swarm_config());
+        let seed = plan.add_source();
+        let mut now = Time(0);
+        let interval = swarm_config().probe_interval;
+        // Refused with an offer of other groups, again and again: asked
+        // again at once the first few times, then only after a pause.
+        for refusal in 1..=FREE_REFUSALS + 2 {
+            let request = plan.next_request(now).unwrap();
+            let other = (request.groups.start + 4) % 8;
+            plan.handle_request_offered(request.id, set(size, &[other]), now);
+            if refusal <= FREE_REFUSALS {
+                assert!(plan.next_wakeup(now).is_none_or(|at| at <= now));
+            } else {
+                assert_eq!(plan.next_request(now), None, "refusal {refusal}: paused");
+                let wake = plan.next_wakeup(now).unwrap();
+                let pause = interval * 2u32.pow(refusal - FREE_REFUSALS - 1);
+                assert_eq!(wake, now + pause);
+                now = wake;
             }
         }
-        // Offered now: it helps.
-        plan.handle_offer(seed, Some(set(size, &[0])), stalled);
-        let help = plan.next_request(stalled).unwrap();
-        assert_eq!((help.source, help.groups), (seed, 0..1));
+        // A byte from it and the count starts over.
+        let request = plan.next_request(now).unwrap();
+        plan.handle_data_received(request.id, now);
+        plan.handle_request_offered(
+            request.id,
+            set(size, &[(request.groups.start + 4) % 8]),
+            now,
+        );
+        assert!(plan.next_request(now).is_some(), "asked again at once");
+        // Refusing the very groups it offers is nonsense: dropped.
+        let mut plan = DownloadPlan::new(size, [], swarm_config());
+        let seed2 = plan.add_source();
+        let request = plan.next_request(Time(0)).unwrap();
+        let offered: Vec<u64> = request.groups.clone().collect();
+        plan.handle_request_offered(request.id, set(size, &offered), Time(0));
+        assert!(matches!(
+            plan.poll_event(),
+            Some(DownloadEvent::SourceDropped { source, .. }) if source == seed2
+        ));
+        let _ = seed;
     }
 
     /// Serves `request` fully, its groups spread evenly from `start` to

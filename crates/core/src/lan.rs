@@ -438,15 +438,17 @@ impl LanDiscovery {
     }
 
     fn take(&mut self, from: SocketAddr, bytes: &[u8], now: Time) -> Result<Heard, Rejected> {
-        if !self.inbound.allow(now) {
-            return Err(Rejected::OverBudget);
-        }
         let ip = match from.ip() {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
             v4 => v4,
         };
+        // Strangers off the LAN are turned away before they can spend the
+        // budget the LAN's own announcements share.
         if Scope::of(ip) == Scope::Global || ip.is_unspecified() || ip.is_multicast() {
             return Err(Rejected::NotLan(ip));
+        }
+        if !self.inbound.allow(now) {
+            return Err(Rejected::OverBudget);
         }
         let announce = Announce::decode(bytes)?;
         if announce.nonce == self.config.nonce || announce.node_id == self.config.node_id {

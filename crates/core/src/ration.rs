@@ -222,9 +222,38 @@ impl SeedRation {
         }
     }
 
+    /// [`Self::admit`], and if served, [`Self::record`] at once: what a
+    /// server does, so two requests at once can't both take a group's
+    /// one free copy ([`Self::unrecord`] if it then sends nothing).
+    pub fn take(
+        &mut self,
+        id: ContentId,
+        size: u64,
+        requester: SocketAddr,
+        asked: Range<u64>,
+        needs: &GroupSet,
+        now: Time,
+    ) -> Ration {
+        let ration = self.admit(id, size, requester, asked.clone(), needs, now);
+        if ration == Ration::Serve {
+            self.record(id, asked);
+        }
+        ration
+    }
+
+    /// `groups` of `id` taken with [`Self::take`] were not sent after all
+    /// (no upload slot): one copy fewer of each.
+    pub fn unrecord(&mut self, id: ContentId, groups: Range<u64>) {
+        self.count(id, groups, |sent| sent.saturating_sub(1));
+    }
+
     /// `groups` of `id` are being sent: one more copy of each (crowd or
     /// not: a seed knows what left it before the crowd gathers).
     pub fn record(&mut self, id: ContentId, groups: Range<u64>) {
+        self.count(id, groups, |sent| sent.saturating_add(1));
+    }
+
+    fn count(&mut self, id: ContentId, groups: Range<u64>, change: impl Fn(u8) -> u8) {
         let Some(crowd) = self.crowds.get_mut(&id) else {
             return;
         };
@@ -233,7 +262,7 @@ impl SeedRation {
         let len = crowd.sent.len();
         if let Some(counts) = crowd.sent.get_mut(start.min(len)..end.min(len)) {
             for sent in counts {
-                *sent = sent.saturating_add(1);
+                *sent = change(*sent);
             }
         }
     }
@@ -398,6 +427,29 @@ mod tests {
             &needs(&first),
             at(2)
         )));
+    }
+
+    #[test]
+    fn taking_counts_at_once_so_two_requests_cannot_share_a_free_copy() {
+        let size = 3 * MIB;
+        let mut table = SeedRation::new(RationConfig::default());
+        let all = GroupSet::full(size);
+        table.admit(id(1), size, peer(1), 1..2, &all, at(0));
+        table.record(id(1), 1..2);
+        // Groups 0 and 2 have never left: the first takes 0, and the
+        // second, at the same moment, is refused 0 (2 is still free).
+        assert!(served(&table.take(id(1), size, peer(2), 0..1, &all, at(1))));
+        assert!(!served(&table.take(
+            id(1),
+            size,
+            peer(3),
+            0..1,
+            &all,
+            at(1)
+        )));
+        // The first found no slot after all: the copy is free again.
+        table.unrecord(id(1), 0..1);
+        assert!(served(&table.take(id(1), size, peer(3), 0..1, &all, at(1))));
     }
 
     #[test]

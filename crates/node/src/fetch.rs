@@ -508,12 +508,14 @@ impl<'a> Finder<'a> {
                     let node = source.node_id;
                     match known.sources.iter_mut().find(|s| s.node_id == node) {
                         // A partial source heard of with more, or whole,
-                        // or a source at a new address (it restarted).
+                        // or a source at a new address (it restarted);
+                        // never a whole source made partial by a hit.
                         Some(had)
                             if (had.partial
                                 && (!source.partial || source.available > had.available))
-                                || had.addr != source.addr
-                                || had.firewalled != source.firewalled =>
+                                || ((had.addr != source.addr
+                                    || had.firewalled != source.firewalled)
+                                    && (had.partial || !source.partial)) =>
                         {
                             *had = source;
                         }

@@ -34,8 +34,9 @@ impl SharedRation {
     }
 
     /// Whether `requester`, which needs `needs`, may have `asked` groups
-    /// of `id` (`size` bytes) now.
-    pub fn admit(
+    /// of `id` (`size` bytes) now; if so they are counted as sent at once
+    /// ([`Self::unrecord`] them if they are not).
+    pub fn take(
         &self,
         id: ContentId,
         size: u64,
@@ -44,12 +45,12 @@ impl SharedRation {
         needs: &GroupSet,
     ) -> Ration {
         let now = self.now();
-        self.lock().admit(id, size, requester, asked, needs, now)
+        self.lock().take(id, size, requester, asked, needs, now)
     }
 
-    /// `groups` of `id` are being sent.
-    pub fn record(&self, id: ContentId, groups: Range<u64>) {
-        self.lock().record(id, groups);
+    /// `groups` taken were not sent after all.
+    pub fn unrecord(&self, id: ContentId, groups: Range<u64>) {
+        self.lock().unrecord(id, groups);
     }
 
     /// What `requester`, which needs `needs`, should ask for, if a crowd

@@ -1095,9 +1095,7 @@ impl ContentServer {
                     None => 0..size.div_ceil(GROUP_LEN),
                 };
                 if !head {
-                    let ration = self
-                        .ration
-                        .admit(id, size, requester, asked.clone(), &needs);
+                    let ration = self.ration.take(id, size, requester, asked.clone(), &needs);
                     if let Ration::Refuse { offer } = ration {
                         self.stats.offer_refusals.fetch_add(1, Ordering::Relaxed);
                         let mut response = unsatisfiable(size);
@@ -1120,8 +1118,8 @@ impl ContentServer {
         let mut response = self.send(file, send, activity).await;
         add_available_ranges(&mut response, availability);
         if let Some((requester, asked, needs)) = rationed {
-            if !head && response.status().is_success() {
-                self.ration.record(id, asked);
+            if !head && !response.status().is_success() {
+                self.ration.unrecord(id, asked); // taken, but no slot
             }
             if let Some(offer) = self.ration.offer(id, size, requester, &needs) {
                 add_offer(&mut response, &offer);
