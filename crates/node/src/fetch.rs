@@ -588,7 +588,9 @@ impl<'a> Callback<'a> {
         if let Some(listener) = &self.listener {
             return Ok(listener.clone());
         }
-        let any = SocketAddr::from(([0, 0, 0, 0], 0));
+        // Both families: the push's callback IP is whichever we reach our
+        // supernode over, IPv6 included.
+        let any = canopy_transfer::listen::any_dual_stack(0);
         let listener = CallbackListener::bind(any, self.shutdown.clone(), self.tracker)
             .await
             .map_err(|source| NodeError::Bind { addr: any, source })?;
