@@ -607,7 +607,7 @@ impl<'a> Callback<'a> {
         // Every source's bytes count against the leaf's download limit.
         let limit = self.leaf.download_limit().clone();
         if !source.firewalled {
-            let direct = Arc::new(DirectConnector::new(source.addr, DIAL_TIMEOUT));
+            let direct = Arc::new(DirectConnector::racing(&source.addrs(), DIAL_TIMEOUT));
             return Ok(DownloadSource {
                 label: source.addr.to_string(),
                 connector: Arc::new(ThrottledConnector::new(direct, limit)),
