@@ -1,8 +1,11 @@
 //! The multi-host testnet (`deploy/testnet/testnet.sh test`): hosts in
 //! network namespaces on a bridge, one leaf behind an nftables NAT. A
 //! search and downloads cross hosts, the NAT'd leaf serves by push, and a
-//! supernode killed with SIGKILL leaves its leaf recovering elsewhere. The
-//! script tears everything down, also when it fails.
+//! supernode killed with SIGKILL leaves its leaf recovering elsewhere; an
+//! IPv6-only host and a dual-stack one download from each other (and a
+//! dual-stack host joined over IPv4 from the dual-stack one) over IPv6,
+//! verified, the address each transfer came from checked. The script
+//! tears everything down, also when it fails.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
