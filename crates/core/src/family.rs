@@ -12,6 +12,11 @@
 //! [`ATTEMPT_DELAY`] without an answer, whichever comes first; the first
 //! connection to succeed wins and the driver drops the others. No I/O and
 //! no clock: the driver passes the time in.
+//!
+//! For a dual-stack leaf to be found in both families at all, its
+//! supernodes must see it in both (a hit carries the IP a supernode saw
+//! the leaf connect from, never one it claims): [`missing_family`] tells
+//! it which family its next supernode session should use.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -35,6 +40,44 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 /// `addr` with its IP in canonical form (see [`canonical_ip`]).
 pub fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(canonical_ip(addr.ip()), addr.port())
+}
+
+/// An address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// IPv4 (and IPv4-mapped IPv6).
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl Family {
+    /// The family of `addr`, canonical.
+    pub fn of(addr: SocketAddr) -> Self {
+        if canonical(addr).is_ipv6() {
+            Family::V6
+        } else {
+            Family::V4
+        }
+    }
+}
+
+/// The family a dual-stack node's next session should be in, given the
+/// addresses of the sessions it has open: the one none of them is in, once
+/// at least one is open (the first goes wherever the host cache says).
+pub fn missing_family(open: impl IntoIterator<Item = SocketAddr>) -> Option<Family> {
+    let (mut v4, mut v6) = (false, false);
+    for addr in open {
+        match Family::of(addr) {
+            Family::V4 => v4 = true,
+            Family::V6 => v6 = true,
+        }
+    }
+    match (v4, v6) {
+        (true, false) => Some(Family::V6),
+        (false, true) => Some(Family::V4),
+        _ => None,
+    }
 }
 
 /// The order to dial `addrs` in: canonical, duplicates dropped, IPv6 first,
@@ -203,6 +246,22 @@ mod tests {
         assert!(!race.is_lost());
         race.handle_failure();
         assert!(race.is_lost());
+    }
+
+    #[test]
+    fn the_next_session_goes_to_the_family_missing() {
+        assert_eq!(missing_family([]), None, "the first goes anywhere");
+        assert_eq!(missing_family([a("192.0.2.1:1")]), Some(Family::V6));
+        assert_eq!(
+            missing_family([a("[::ffff:192.0.2.1]:1")]),
+            Some(Family::V6)
+        );
+        assert_eq!(missing_family([a("[2001:db8::1]:1")]), Some(Family::V4));
+        assert_eq!(
+            missing_family([a("[2001:db8::1]:1"), a("192.0.2.1:1")]),
+            None,
+            "both there"
+        );
     }
 
     #[test]

@@ -248,8 +248,10 @@ async fn the_host_cache_learns_ipv6_supernodes_and_a_leaf_rejoins_through_it() {
 async fn a_leaf_seen_over_both_families_is_downloaded_from_over_ipv6() {
     init_logs();
     let _ = localhost_v6();
-    // Two dual-stack supernodes, linked; the seed joins one over IPv4 and
-    // the other over IPv6, so hits name it in both families.
+    // Two dual-stack supernodes, linked. The seed, listening dual-stack,
+    // is given both over IPv4 and the second over IPv6 too: its first
+    // session goes over IPv4, its second to the family missing, so hits
+    // name it in both.
     let first = supernode_on(any_dual_stack(0), &[]).await;
     let v4_port = first.local_addr().port();
     let second = supernode_on(
@@ -266,15 +268,28 @@ async fn a_leaf_seen_over_both_families_is_downloaded_from_over_ipv6() {
     let id = content_id(&data);
     let folder = folder_with("both-ways.bin", &data);
     let mut options = LeafOptions::new(SocketAddr::from((Ipv4Addr::LOCALHOST, v4_port)));
-    options
-        .supernodes
-        .push(SocketAddr::from((Ipv6Addr::LOCALHOST, v6_port)));
+    options.supernodes.extend([
+        SocketAddr::from((Ipv4Addr::LOCALHOST, v6_port)),
+        SocketAddr::from((Ipv6Addr::LOCALHOST, v6_port)),
+    ]);
     options.supernodes_wanted = 2;
     options.listen = Some(any_dual_stack(0));
     options.port_mapping = None;
     options.shares = vec![folder.path().to_owned()];
     let seed = start_leaf(options).await;
     let port = seed.listen_addr().unwrap().port();
+    let mut status = seed.watch_status();
+    let joined = tokio::time::timeout(PATIENCE, status.wait_for(|s| s.supernodes.len() == 2))
+        .await
+        .expect("the seed never had two supernodes")
+        .unwrap()
+        .supernodes
+        .clone();
+    assert!(
+        joined.contains(&SocketAddr::from((Ipv4Addr::LOCALHOST, v4_port)))
+            && joined.contains(&SocketAddr::from((Ipv6Addr::LOCALHOST, v6_port))),
+        "one session per family: {joined:?}"
+    );
 
     let mut searching = LeafOptions::new(SocketAddr::from((Ipv6Addr::LOCALHOST, v6_port)));
     searching.port_mapping = None;
