@@ -24,7 +24,9 @@
 # too; the IPv6-only host downloads the dual-stack leaf's file and the
 # dual-stack host (joined over IPv4) the IPv6-only leaf's, and h5 (dual,
 # joined over IPv4) the dual-stack leaf's: each verified, each over IPv6
-# (checked by the address the bytes came from, printed as a matrix);
+# (checked by the address the bytes came from, printed as a matrix); and
+# h4 (IPv4 only) the dual-stack leaf's over IPv4, which it can reach
+# because that leaf also joined h1 or h2 over IPv4;
 # then h1's supernode is killed with SIGKILL and the h4 leaf must be
 # searchable and attached to another supernode within seconds.
 set -euo pipefail
@@ -152,6 +154,12 @@ assert len(used) == 1, used
 print(used[0])' "$1"
 }
 
+# The supernode the dual-stack leaf joined over IPv4; fails if none yet.
+v4_supernode_of_dual() {
+  in_ns cn-dual "$CANOPY" status --data-dir "$work/data-dual" --json \
+    | python3 -c 'import json,sys; s=[a for a in json.load(sys.stdin)["supernodes"] if not a.startswith("[")]; print(s[0]) if s else sys.exit(1)'
+}
+
 # The family of a "host:port" source label: IPv6 if bracketed.
 family_of() { case "$1" in \[*) echo IPv6 ;; *) echo IPv4 ;; esac; }
 
@@ -173,12 +181,20 @@ ipv6_scenario() {
   wait_until "the IPv6-only leaf's file found over IPv4" 20 has_sources cn-h5 10.77.0.3:6346 "$v6_id" 1
   wait_until "the dual-stack leaf's file found over IPv6" 20 has_sources cn-v6only '[fd77::3]:6346' "$dual_id" 1
 
-  mkdir -p "$work/out-v6only" "$work/out-dual" "$work/out-h5"
+  # The dual-stack leaf, listening on [::], opens its second session in
+  # the other family: to h1 or h2 (learned from h3's Pong), over IPv4.
+  wait_until "the dual-stack leaf also joined a supernode over IPv4" 20 v4_supernode_of_dual
+  local dual_v4_sn
+  dual_v4_sn=$(v4_supernode_of_dual)
+
+  mkdir -p "$work/out-v6only" "$work/out-dual" "$work/out-h5" "$work/out-h4"
   # from-host to-file supernode out expected-source
   local transfers=(
     "cn-v6only $dual_id [fd77::3]:6346 out-v6only [fd77::62]:6347"
     "cn-dual $v6_id 10.77.0.3:6346 out-dual [fd77::61]:6347"
     "cn-h5 $dual_id 10.77.0.3:6346 out-h5 [fd77::62]:6347"
+    # Through that supernode: its own index answers first, over IPv4.
+    "cn-h4 $dual_id $dual_v4_sn out-h4 10.77.0.62:6347"
   )
   local line ns id sn out expected got n=0
   printf '%-10s %-10s %-18s %s\n' downloader from source family >&2
@@ -190,11 +206,11 @@ ipv6_scenario() {
     "$CANOPY" hash "$work/$out" | grep -q "^$id " \
       || { say "download $n ($ns) does not match its id"; return 1; }
     got=$(source_of "$work/get-v6-$n.json")
-    printf '%-10s %-10s %-18s %s\n' "${ns#cn-}" "${expected%]*}]" "$got" "$(family_of "$got")" >&2
+    printf '%-10s %-10s %-18s %s\n' "${ns#cn-}" "${expected%:*}" "$got" "$(family_of "$got")" >&2
     [ "$got" = "$expected" ] \
       || { say "download $n ($ns) came from $got, expected $expected"; return 1; }
   done
-  say "ok: IPv6-only and dual-stack hosts downloaded from each other over IPv6, verified"
+  say "ok: IPv6-only and dual-stack hosts downloaded from each other over IPv6, an IPv4-only host from the dual-stack one over IPv4, verified"
 }
 
 scenario() {
