@@ -12,10 +12,21 @@
 #
 # Hosts: cn-h1..cn-hN at 10.77.0.1..N; the NAT router cn-nat at 10.77.0.100
 # outside and 192.168.77.1 inside; the NAT'd leaf cn-natleaf at 192.168.77.2.
+# IPv6 on the same bridge (fd77::/64): h3 and h5 are dual-stack (fd77::3,
+# fd77::5), cn-v6only has fd77::61 and no IPv4 address at all, cn-dual has
+# 10.77.0.62 and fd77::62.
 #
 # Scenario (`test`): supernodes on h1, h2, h3 in a line; a leaf on h4
 # attached to h1 and h2; the NAT'd leaf attached to h3; from h5, a search
 # and a download that cross hosts, one of them from the NAT'd leaf by push;
+# IPv6: the supernode on h3 listens on [::]:6346 (one dual-stack socket);
+# the IPv6-only leaf joins it over IPv6, the dual-stack leaf over IPv6
+# too; the IPv6-only host downloads the dual-stack leaf's file and the
+# dual-stack host (joined over IPv4) the IPv6-only leaf's, and h5 (dual,
+# joined over IPv4) the dual-stack leaf's: each verified, each over IPv6
+# (checked by the address the bytes came from, printed as a matrix); and
+# h4 (IPv4 only) the dual-stack leaf's over IPv4, which it can reach
+# because that leaf also joined h1 or h2 over IPv4;
 # then h1's supernode is killed with SIGKILL and the h4 leaf must be
 # searchable and attached to another supernode within seconds.
 set -euo pipefail
@@ -35,12 +46,14 @@ in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 veth_to_bridge() { # ns, name-in-ns, address/prefix
   local ns=$1 dev=$2 addr=$3
   local peer="p-${ns#cn-}-$dev"
+  local flags=()
+  case "$addr" in *:*) flags=(nodad) ;; esac
   ip link add "tmp-$$" type veth peer name "$peer"
   ip link set "tmp-$$" netns "$ns"
   in_ns "$ns" ip link set "tmp-$$" name "$dev"
   ip link set "$peer" netns "$NS_BRIDGE"
   in_ns "$NS_BRIDGE" ip link set "$peer" master br0 up
-  in_ns "$ns" ip addr add "$addr" dev "$dev"
+  in_ns "$ns" ip addr add "$addr" dev "$dev" "${flags[@]}"
   in_ns "$ns" ip link set "$dev" up
 }
 
@@ -55,6 +68,17 @@ up() {
     in_ns "cn-h$i" ip link set lo up
     veth_to_bridge "cn-h$i" eth0 "10.77.0.$i/24"
   done
+  # IPv6: nodad, so the addresses are usable at once (no duplicate
+  # address detection wait).
+  in_ns cn-h3 ip addr add fd77::3/64 dev eth0 nodad
+  in_ns cn-h5 ip addr add fd77::5/64 dev eth0 nodad
+  ip netns add cn-v6only
+  in_ns cn-v6only ip link set lo up
+  veth_to_bridge cn-v6only eth0 fd77::61/64
+  ip netns add cn-dual
+  in_ns cn-dual ip link set lo up
+  veth_to_bridge cn-dual eth0 10.77.0.62/24
+  in_ns cn-dual ip addr add fd77::62/64 dev eth0 nodad
   # The NAT router: outside on the bridge, inside to the NAT'd leaf.
   ip netns add cn-nat
   ip netns add cn-natleaf
@@ -120,6 +144,75 @@ metric() { # ns, addr, name
 }
 metric_at_least() { [ "$(metric "$1" "$2" "$3")" -ge "$4" ] 2>/dev/null; }
 
+# The address `canopy get --json` (in $1) got bytes from: exactly one.
+source_of() {
+  python3 -c '
+import json, sys
+report = json.loads(open(sys.argv[1]).readline())
+used = [s for s, n in report["bytes_per_source"].items() if n > 0]
+assert len(used) == 1, used
+print(used[0])' "$1"
+}
+
+# The supernode the dual-stack leaf joined over IPv4; fails if none yet.
+v4_supernode_of_dual() {
+  in_ns cn-dual "$CANOPY" status --data-dir "$work/data-dual" --json \
+    | python3 -c 'import json,sys; s=[a for a in json.load(sys.stdin)["supernodes"] if not a.startswith("[")]; print(s[0]) if s else sys.exit(1)'
+}
+
+# The family of a "host:port" source label: IPv6 if bracketed.
+family_of() { case "$1" in \[*) echo IPv6 ;; *) echo IPv4 ;; esac; }
+
+ipv6_scenario() {
+  mkdir -p "$work/share-v6" "$work/share-dual"
+  head -c 1500000 /dev/urandom > "$work/share-v6/v6-only.bin"
+  head -c 1500000 /dev/urandom > "$work/share-dual/dual.bin"
+  local v6_id dual_id
+  v6_id=$("$CANOPY" hash "$work/share-v6" | awk '{print $1}')
+  dual_id=$("$CANOPY" hash "$work/share-dual" | awk '{print $1}')
+
+  say "IPv6: an IPv6-only leaf and a dual-stack leaf, both joined to h3 over IPv6"
+  spawn cn-v6only leafv6 leaf --supernode '[fd77::3]:6346' --share "$work/share-v6" \
+    --listen '[::]:6347' --control 127.0.0.1:0 --no-port-mapping --data-dir "$work/data-v6"
+  spawn cn-dual leafdual leaf --supernode '[fd77::3]:6346' --share "$work/share-dual" \
+    --listen '[::]:6347' --control 127.0.0.1:0 --no-port-mapping --data-dir "$work/data-dual"
+  wait_until "IPv6 leaves started" 30 started leafv6
+  wait_until "IPv6 leaves started" 30 started leafdual
+  wait_until "the IPv6-only leaf's file found over IPv4" 20 has_sources cn-h5 10.77.0.3:6346 "$v6_id" 1
+  wait_until "the dual-stack leaf's file found over IPv6" 20 has_sources cn-v6only '[fd77::3]:6346' "$dual_id" 1
+
+  # The dual-stack leaf, listening on [::], opens its second session in
+  # the other family: to h1 or h2 (learned from h3's Pong), over IPv4.
+  wait_until "the dual-stack leaf also joined a supernode over IPv4" 20 v4_supernode_of_dual
+  local dual_v4_sn
+  dual_v4_sn=$(v4_supernode_of_dual)
+
+  mkdir -p "$work/out-v6only" "$work/out-dual" "$work/out-h5" "$work/out-h4"
+  # from-host to-file supernode out expected-source
+  local transfers=(
+    "cn-v6only $dual_id [fd77::3]:6346 out-v6only [fd77::62]:6347"
+    "cn-dual $v6_id 10.77.0.3:6346 out-dual [fd77::61]:6347"
+    "cn-h5 $dual_id 10.77.0.3:6346 out-h5 [fd77::62]:6347"
+    # Through that supernode: its own index answers first, over IPv4.
+    "cn-h4 $dual_id $dual_v4_sn out-h4 10.77.0.62:6347"
+  )
+  local line ns id sn out expected got n=0
+  printf '%-10s %-10s %-18s %s\n' downloader from source family >&2
+  for line in "${transfers[@]}"; do
+    read -r ns id sn out expected <<< "$line"
+    n=$((n + 1))
+    in_ns "$ns" "$CANOPY" get --supernode "$sn" -o "$work/$out/" --json "$id" > "$work/get-v6-$n.json" \
+      || { say "download $n ($ns) failed"; return 1; }
+    "$CANOPY" hash "$work/$out" | grep -q "^$id " \
+      || { say "download $n ($ns) does not match its id"; return 1; }
+    got=$(source_of "$work/get-v6-$n.json")
+    printf '%-10s %-10s %-18s %s\n' "${ns#cn-}" "${expected%:*}" "$got" "$(family_of "$got")" >&2
+    [ "$got" = "$expected" ] \
+      || { say "download $n ($ns) came from $got, expected $expected"; return 1; }
+  done
+  say "ok: IPv6-only and dual-stack hosts downloaded from each other over IPv6, an IPv4-only host from the dual-stack one over IPv4, verified"
+}
+
 scenario() {
   rm -rf "$work" && mkdir -p "$work/share-h4" "$work/share-nat" "$work/out"
   head -c 3000000 /dev/urandom > "$work/share-h4/open-file.bin"
@@ -131,7 +224,7 @@ scenario() {
   say "supernodes on h1, h2, h3 in a line"
   spawn cn-h1 sn1 supernode --listen 10.77.0.1:6346 --metrics 10.77.0.1:9346 --data-dir "$work/data-sn1"
   spawn cn-h2 sn2 supernode --listen 10.77.0.2:6346 --peer 10.77.0.1:6346 --metrics 10.77.0.2:9346 --data-dir "$work/data-sn2"
-  spawn cn-h3 sn3 supernode --listen 10.77.0.3:6346 --peer 10.77.0.2:6346 --metrics 10.77.0.3:9346 --data-dir "$work/data-sn3"
+  spawn cn-h3 sn3 supernode --listen '[::]:6346' --peer 10.77.0.2:6346 --metrics 10.77.0.3:9346 --data-dir "$work/data-sn3"
   wait_until "supernodes linked" 20 metric_at_least cn-h2 10.77.0.2:9346 canopy_supernode_peers 2
 
   say "a leaf on h4 (attached to h1 and h2) and one behind the NAT (attached to h3)"
@@ -155,6 +248,8 @@ scenario() {
   [ "$("$CANOPY" hash "$work/out" | grep -c -e "^$open_id " -e "^$nat_id ")" = 2 ] \
     || { say "downloaded files do not match their ids"; return 1; }
   grep -q '(push)' "$work/get-nat.json" || { say "the NAT'd leaf was not reached by push"; cat "$work/get-nat.json" >&2; return 1; }
+
+  ipv6_scenario
 
   say "SIGKILL the supernode on h1; h4's leaf must recover on another"
   kill -9 "$(cat "$work/sn1.pid")"

@@ -50,10 +50,7 @@ pub fn default_exempt() -> Vec<IpNet> {
 /// The address with an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) taken as
 /// the IPv4 address it is, so one host cannot count twice.
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    }
+    crate::family::canonical_ip(ip)
 }
 
 /// The prefix `ip` belongs to: its /24 (IPv4) or /48 (IPv6).

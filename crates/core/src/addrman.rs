@@ -39,6 +39,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::Time;
+use crate::family::canonical;
 use group::{Group, learnable};
 
 /// Buckets of the new table.
@@ -196,7 +197,7 @@ impl AddrMan {
     /// The configured supernodes: kept apart, always offered first.
     pub fn set_seeds(&mut self, seeds: impl IntoIterator<Item = SocketAddr>) {
         self.seeds.clear();
-        for seed in seeds {
+        for seed in seeds.into_iter().map(canonical) {
             if !self.seeds.contains(&seed) && self.seeds.len() < MAX_SEEDS {
                 self.seeds.push(seed);
             }
@@ -260,11 +261,13 @@ impl AddrMan {
         if addrs.is_empty() {
             return 0;
         }
+        let source = canonical(source);
         let source_ip = source.ip();
         let start = usize::try_from(random % addrs.len() as u64).unwrap_or(0);
         let mut considered = 0;
         let mut added = 0;
-        for &addr in addrs[start..].iter().chain(&addrs[..start]) {
+        for addr in addrs[start..].iter().chain(&addrs[..start]).copied() {
+            let addr = canonical(addr);
             if !learnable(addr, source_ip) || addr == source {
                 self.stats.unlearnable += 1;
                 continue;
@@ -298,6 +301,7 @@ impl AddrMan {
     /// We connected to `addr` and completed a handshake: it moves to the
     /// tried table (if its bucket has room, or a stale entry to give).
     pub fn mark_good(&mut self, addr: SocketAddr, now: Time) {
+        let addr = canonical(addr);
         if !learnable(addr, addr.ip()) {
             return;
         }
@@ -333,7 +337,7 @@ impl AddrMan {
 
     /// A dial to `addr` failed (no connection, or no handshake).
     pub fn mark_failed(&mut self, addr: SocketAddr, now: Time) {
-        if let Some(entry) = self.entries.get_mut(&addr) {
+        if let Some(entry) = self.entries.get_mut(&canonical(addr)) {
             entry.attempts = entry.attempts.saturating_add(1);
             entry.last_attempt = Some(now);
         }
@@ -419,7 +423,8 @@ impl AddrMan {
         }
         let limit = (NEW_BUCKETS + TRIED_BUCKETS) * BUCKET_SIZE;
         for (table, saved) in [(Table::Tried, snapshot.tried), (Table::New, snapshot.new)] {
-            for s in saved.into_iter().take(limit) {
+            for mut s in saved.into_iter().take(limit) {
+                (s.addr, s.source) = (canonical(s.addr), s.source.to_canonical());
                 if manager.entries.contains_key(&s.addr) || !learnable(s.addr, s.source) {
                     continue;
                 }

@@ -92,12 +92,14 @@ pub fn check_hello(me: NodeId, authenticated: NodeId, hello: &Hello) -> Result<(
 /// Where a peer that announced `advertised` and connected from `observed`
 /// can be reached: the advertised port, on the advertised IP unless that is
 /// unspecified (0.0.0.0 or ::), in which case on the IP we see it from.
+/// Always canonical (an IPv4-mapped IP as IPv4: `family::canonical`).
 pub fn reachable_addr(advertised: Option<SocketAddr>, observed: SocketAddr) -> SocketAddr {
-    match advertised {
+    let addr = match advertised {
         Some(addr) if addr.ip().is_unspecified() => SocketAddr::new(observed.ip(), addr.port()),
         Some(addr) => addr,
         None => observed,
-    }
+    };
+    crate::family::canonical(addr)
 }
 
 #[cfg(test)]
@@ -159,5 +161,24 @@ mod tests {
         );
         assert_eq!(reachable_addr(Some(fixed), observed), fixed);
         assert_eq!(reachable_addr(None, observed), observed);
+    }
+
+    #[test]
+    fn a_dual_stack_listener_and_a_mapped_peer_give_canonical_addresses() {
+        let mapped: SocketAddr = "[::ffff:192.0.2.7]:50000".parse().unwrap();
+        let any6: SocketAddr = "[::]:6346".parse().unwrap();
+        assert_eq!(
+            reachable_addr(Some(any6), mapped),
+            "192.0.2.7:6346".parse().unwrap()
+        );
+        assert_eq!(
+            reachable_addr(None, mapped),
+            "192.0.2.7:50000".parse().unwrap()
+        );
+        let v6: SocketAddr = "[2001:db8::7]:50000".parse().unwrap();
+        assert_eq!(
+            reachable_addr(Some(any6), v6),
+            "[2001:db8::7]:6346".parse().unwrap()
+        );
     }
 }

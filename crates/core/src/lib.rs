@@ -21,6 +21,8 @@
 //!   the table of nodes heard on the LAN.
 //! - [`addrman`]: the supernodes a node knows of and whom it dials next,
 //!   safe from floods of addresses (eclipse attacks).
+//! - [`family`]: addresses in one canonical form (IPv4-mapped IPv6 as
+//!   IPv4), and dialing a peer's addresses IPv6 first (Happy Eyeballs).
 //! - [`queue`], [`link`], [`result_filter`], [`save_name`]: the leaf
 //!   daemon's download queue, `canopy:` links, result filters and the
 //!   names files are saved under.
@@ -39,6 +41,7 @@ pub mod backoff;
 pub mod dedup;
 pub mod download;
 pub mod dynamic;
+pub mod family;
 pub mod groups;
 pub mod handshake;
 pub mod hit_check;

@@ -12,6 +12,12 @@
 //! A result's sources are complete and partial ones alike (a partial one
 //! is a leaf still downloading the file, serving what it has verified):
 //! each source says which it is.
+//!
+//! A leaf attached to several supernodes, some over IPv4 and some over
+//! IPv6, comes back in hits with an address of each family (every one the
+//! IP its supernode saw it connect from). A source keeps one of each: the
+//! IPv6 one first (no NAT in the way, usually), the IPv4 one as
+//! [`Source::fallback`]; a reachable address wins over a firewalled one.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -35,8 +41,13 @@ pub const MAX_NAMES_PER_RESULT: usize = 8;
 pub struct Source {
     /// Its node id.
     pub node_id: NodeId,
-    /// Where to reach it (if firewalled: where it connects from).
+    /// Where to reach it (if firewalled: where it connects from); of its
+    /// addresses, the one to try first (IPv6 over IPv4).
     pub addr: SocketAddr,
+    /// Its address in the other family, if a hit gave one: the fallback
+    /// when `addr` can't be reached (Happy Eyeballs,
+    /// [`crate::family::DialRace`]).
+    pub fallback: Option<SocketAddr>,
     /// It accepts no connections: ask it to connect out with a push.
     pub firewalled: bool,
     /// It is still downloading the file (the hit's file said how much it
@@ -45,6 +56,45 @@ pub struct Source {
     /// For a partial source, about how many bytes it has verified, as its
     /// latest hit said (`None` for a whole source).
     pub available: Option<u64>,
+}
+
+impl Source {
+    /// Every address to dial, in order: [`addr`](Self::addr), then
+    /// [`fallback`](Self::fallback).
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.addr).chain(self.fallback).collect()
+    }
+
+    /// Takes in another hit's address for this source; true if anything
+    /// changed. A reachable address replaces a firewalled one; an IPv6
+    /// one goes first, the other family's kept as the fallback; one
+    /// address per family (the latest reachable one is not taken over the
+    /// first: a source is not moved around by every hit).
+    fn learn_addr(&mut self, addr: SocketAddr, firewalled: bool) -> bool {
+        let addr = crate::family::canonical(addr);
+        if firewalled || addr == self.addr || Some(addr) == self.fallback {
+            return false;
+        }
+        if self.firewalled {
+            // Reachable after all, at this address.
+            self.firewalled = false;
+            self.addr = addr;
+            self.fallback = None;
+            return true;
+        }
+        if addr.is_ipv6() == self.addr.is_ipv6() {
+            return false;
+        }
+        if addr.is_ipv6() {
+            self.fallback = Some(self.addr);
+            self.addr = addr;
+        } else if self.fallback.is_none() {
+            self.fallback = Some(addr);
+        } else {
+            return false;
+        }
+        true
+    }
 }
 
 /// One distinct content found.
@@ -125,6 +175,7 @@ impl SearchSession {
             let source = Source {
                 node_id: hit.source_node_id,
                 addr: hit.source_addr,
+                fallback: None,
                 firewalled: hit.firewalled,
                 partial: file.available.is_some(),
                 available: file.available,
@@ -159,6 +210,9 @@ impl SearchSession {
                     .iter_mut()
                     .find(|s| s.node_id == source.node_id);
                 if let Some(known) = known {
+                    if known.learn_addr(source.addr, source.firewalled) {
+                        self.revision += 1;
+                    }
                     // A partial source heard of again has more, or the
                     // whole file: its download went on or finished.
                     let more = match (known.available, source.available) {
@@ -457,5 +511,52 @@ mod tests {
         search.handle_hit(&hit(1, 1, &[1, 2, 3]), Time(1));
         assert_eq!(search.results().count(), 2, "capped at max_results");
         assert!(search.is_finished(Time(1)));
+    }
+
+    #[test]
+    fn a_source_seen_over_both_families_is_tried_over_ipv6_first() {
+        let mut search =
+            SearchSession::new(MessageId([1; 16]), Time(0), Duration::from_secs(5), 10);
+        let at = |addr: &str, firewalled: bool| {
+            let mut h = hit(1, 7, &[10]);
+            h.source_addr = addr.parse().unwrap();
+            h.firewalled = firewalled;
+            h
+        };
+        let source = |search: &SearchSession| search.results().next().unwrap().sources[0].clone();
+        search.handle_hit(&at("192.0.2.7:6346", false), Time(1));
+        assert_eq!(
+            source(&search).addrs(),
+            vec!["192.0.2.7:6346".parse().unwrap()]
+        );
+        let before = search.revision();
+        search.handle_hit(&at("[2001:db8::7]:6346", false), Time(2));
+        let both = source(&search);
+        assert_eq!(both.addr, "[2001:db8::7]:6346".parse().unwrap());
+        assert_eq!(both.fallback, Some("192.0.2.7:6346".parse().unwrap()));
+        assert!(search.revision() > before);
+        // Neither another address of a family it has nor a firewalled one
+        // changes it.
+        search.handle_hit(&at("[2001:db8::8]:6346", false), Time(3));
+        search.handle_hit(&at("192.0.2.8:6346", false), Time(3));
+        search.handle_hit(&at("198.51.100.1:6346", true), Time(3));
+        assert_eq!(source(&search), both);
+        assert_eq!(search.results().next().unwrap().sources.len(), 1);
+    }
+
+    #[test]
+    fn a_firewalled_source_found_reachable_in_the_other_family_is_dialed_there() {
+        let mut search =
+            SearchSession::new(MessageId([1; 16]), Time(0), Duration::from_secs(5), 10);
+        let mut behind_nat = hit(1, 7, &[10]);
+        behind_nat.source_addr = "192.0.2.7:40000".parse().unwrap();
+        behind_nat.firewalled = true;
+        search.handle_hit(&behind_nat, Time(1));
+        let mut open = hit(1, 7, &[10]);
+        open.source_addr = "[2001:db8::7]:6346".parse().unwrap();
+        search.handle_hit(&open, Time(2));
+        let source = search.results().next().unwrap().sources[0].clone();
+        assert!(!source.firewalled);
+        assert_eq!(source.addrs(), vec!["[2001:db8::7]:6346".parse().unwrap()]);
     }
 }

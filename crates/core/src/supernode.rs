@@ -618,6 +618,9 @@ impl Supernode {
     /// A new connection, whose peer proved during the transport's
     /// handshake that it holds the key owning node id `authenticated` (its
     /// Hello must claim that id). For an outbound one we open the handshake.
+    /// `remote` is taken in canonical form (a dual-stack socket's
+    /// `::ffff:a.b.c.d` as `a.b.c.d`), so limits, routes, probes and hits
+    /// see one address per host.
     pub fn handle_connected(
         &mut self,
         conn: ConnId,
@@ -626,6 +629,7 @@ impl Supernode {
         authenticated: NodeId,
         now: Time,
     ) {
+        let remote = crate::family::canonical(remote);
         let peer = Peer {
             remote,
             direction,

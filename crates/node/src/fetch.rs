@@ -615,7 +615,9 @@ impl<'a> Callback<'a> {
         if let Some(listener) = &self.listener {
             return Ok(listener.clone());
         }
-        let any = SocketAddr::from(([0, 0, 0, 0], 0));
+        // Both families: the push's callback IP is whichever we reach our
+        // supernode over, IPv6 included.
+        let any = canopy_transfer::listen::any_dual_stack(0);
         let listener = CallbackListener::bind(any, self.shutdown.clone(), self.tracker)
             .await
             .map_err(|source| NodeError::Bind { addr: any, source })?;
@@ -632,7 +634,7 @@ impl<'a> Callback<'a> {
         // Every source's bytes count against the leaf's download limit.
         let limit = self.leaf.download_limit().clone();
         if !source.firewalled {
-            let direct = Arc::new(DirectConnector::new(source.addr, DIAL_TIMEOUT));
+            let direct = Arc::new(DirectConnector::racing(&source.addrs(), DIAL_TIMEOUT));
             return Ok(DownloadSource {
                 label: source.addr.to_string(),
                 connector: Arc::new(ThrottledConnector::new(direct, limit)),

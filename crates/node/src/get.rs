@@ -78,7 +78,7 @@ impl GetOptions {
             config: DownloadConfig::default(),
             progress: None,
             cancel: CancellationToken::new(),
-            listen: Some(SocketAddr::from(([0, 0, 0, 0], 0))),
+            listen: Some(canopy_transfer::listen::any_dual_stack(0)),
         }
     }
 

@@ -287,7 +287,7 @@ enum Release {
 
 /// Binds `options.listen` and starts the supernode.
 pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeError> {
-    let listener = TcpListener::bind(options.listen)
+    let listener = canopy_transfer::listen::bind(options.listen)
         .await
         .map_err(|source| NodeError::Bind {
             addr: options.listen,
@@ -797,7 +797,8 @@ async fn accept_loop(listener: TcpListener, admission: Admission, links: Links) 
             accepted = listener.accept() => accepted,
         };
         let (stream, remote) = match accepted {
-            Ok(pair) => pair,
+            // A dual-stack listener's IPv4 peers as IPv4.
+            Ok((stream, remote)) => (stream, canopy_core::family::canonical(remote)),
             Err(error) => {
                 // Typically out of descriptors: back off briefly.
                 tracing::warn!(%error, "accept failed");

@@ -329,3 +329,47 @@ fn a_ttl_above_255_saturates_instead_of_wrapping() {
         other => panic!("expected a query, got {other:?}"),
     }
 }
+
+#[test]
+fn ipv4_mapped_addresses_decode_and_encode_as_ipv4() {
+    let mapped = std::net::Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped();
+    let pong = wire::Envelope {
+        body: Some(wire::envelope::Body::Pong(wire::Pong {
+            nonce: 1,
+            supernodes: vec![
+                wire::SocketAddress {
+                    ip: mapped.octets().to_vec(),
+                    port: 6346,
+                },
+                wire::SocketAddress {
+                    ip: "2001:db8::1"
+                        .parse::<std::net::Ipv6Addr>()
+                        .unwrap()
+                        .octets()
+                        .to_vec(),
+                    port: 6346,
+                },
+            ],
+        })),
+    };
+    match decode_envelope(pong).unwrap() {
+        Some(Message::Pong { supernodes, .. }) => assert_eq!(
+            supernodes,
+            vec![addr("192.0.2.7:6346"), addr("[2001:db8::1]:6346")]
+        ),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+    // Encoding a mapped address sends 4 bytes.
+    let message = Message::Pong {
+        nonce: 1,
+        supernodes: vec![addr("[::ffff:192.0.2.7]:6346")],
+    };
+    let mut buf = BytesMut::new();
+    FrameCodec::default().encode(message, &mut buf).unwrap();
+    match FrameCodec::default().decode(&mut buf).unwrap() {
+        Some(Message::Pong { supernodes, .. }) => {
+            assert_eq!(supernodes, vec![addr("192.0.2.7:6346")]);
+        }
+        other => panic!("expected a pong, got {other:?}"),
+    }
+}

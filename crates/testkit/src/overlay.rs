@@ -1,4 +1,5 @@
-//! Real supernodes and leaves on 127.0.0.1, with port 0 everywhere.
+//! Real supernodes and leaves on 127.0.0.1 (or `[::1]`, see
+//! [`localhost_v6`]), with port 0 everywhere.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,6 +18,19 @@ pub fn localhost() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
+/// `[::1]`, any port. Panics (loudly, never skipping) if this machine has
+/// no IPv6 loopback: the IPv6 tests need one.
+pub fn localhost_v6() -> SocketAddr {
+    let addr = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0));
+    if let Err(error) = std::net::TcpListener::bind(addr) {
+        panic!(
+            "this machine has no IPv6 loopback ([::1]: {error}); the IPv6 tests need one \
+             (enable it: sysctl net.ipv6.conf.lo.disable_ipv6=0)"
+        );
+    }
+    addr
+}
+
 /// Logs to the test output, filtered by `RUST_LOG`.
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
@@ -27,7 +41,12 @@ pub fn init_logs() {
 
 /// A supernode dialing `peers`.
 pub async fn supernode(peers: &[SocketAddr]) -> SupernodeHandle {
-    let mut options = SupernodeOptions::new(localhost());
+    supernode_on(localhost(), peers).await
+}
+
+/// A supernode listening on `listen` and dialing `peers`.
+pub async fn supernode_on(listen: SocketAddr, peers: &[SocketAddr]) -> SupernodeHandle {
+    let mut options = SupernodeOptions::new(listen);
     options.peers = peers.to_vec();
     options.redial_initial = Duration::from_millis(50);
     // Exactly the topology asked for: no discovery of extra peers.
@@ -37,10 +56,15 @@ pub async fn supernode(peers: &[SocketAddr]) -> SupernodeHandle {
 
 /// Supernodes in a line, each dialing the one before; returns once linked.
 pub async fn line(n: usize) -> Vec<SupernodeHandle> {
+    line_on(localhost(), n).await
+}
+
+/// [`line`], each supernode listening on `listen`.
+pub async fn line_on(listen: SocketAddr, n: usize) -> Vec<SupernodeHandle> {
     let mut nodes: Vec<SupernodeHandle> = Vec::new();
     for _ in 0..n {
         let peers: Vec<SocketAddr> = nodes.last().map(|s| s.local_addr()).into_iter().collect();
-        nodes.push(supernode(&peers).await);
+        nodes.push(supernode_on(listen, &peers).await);
     }
     for (i, node) in nodes.iter().enumerate() {
         let expected = usize::from(i > 0) + usize::from(i + 1 < n);
@@ -53,8 +77,17 @@ pub async fn line(n: usize) -> Vec<SupernodeHandle> {
 
 /// Options for a leaf of `at` sharing `dir` (if given), serving on 127.0.0.1.
 pub fn leaf_options(at: &SupernodeHandle, dir: Option<&Path>) -> LeafOptions {
+    leaf_options_on(localhost(), at, dir)
+}
+
+/// [`leaf_options`], serving on `listen`.
+pub fn leaf_options_on(
+    listen: SocketAddr,
+    at: &SupernodeHandle,
+    dir: Option<&Path>,
+) -> LeafOptions {
     let mut options = LeafOptions::new(at.local_addr());
-    options.listen = Some(localhost());
+    options.listen = Some(listen);
     options.shares = dir.into_iter().map(Path::to_owned).collect();
     options
 }

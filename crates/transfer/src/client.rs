@@ -15,7 +15,6 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 use crate::mesh::{LISTEN, NEED};
 
@@ -48,29 +47,35 @@ pub trait Connector: Send + Sync + fmt::Debug {
     fn connect(&self) -> ConnectFuture;
 }
 
-/// A source that accepts connections: dial it.
+/// A source that accepts connections: dial it (a source known by several
+/// addresses: IPv6 first, see [`crate::eyeballs`]).
 #[derive(Debug, Clone)]
 pub struct DirectConnector {
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     timeout: Duration,
 }
 
 impl DirectConnector {
     /// Dials `addr`, giving up after `timeout`.
     pub fn new(addr: SocketAddr, timeout: Duration) -> Self {
-        Self { addr, timeout }
+        Self::racing(&[addr], timeout)
+    }
+
+    /// Dials the first of `addrs` to answer, IPv6 first, giving up after
+    /// `timeout` (at most `canopy_core::family::MAX_ADDRESSES` of them).
+    pub fn racing(addrs: &[SocketAddr], timeout: Duration) -> Self {
+        Self {
+            addrs: canopy_core::family::dial_order(addrs),
+            timeout,
+        }
     }
 }
 
 impl Connector for DirectConnector {
     fn connect(&self) -> ConnectFuture {
-        let (addr, timeout) = (self.addr, self.timeout);
+        let (addrs, timeout) = (self.addrs.clone(), self.timeout);
         Box::pin(async move {
-            let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-                .await
-                .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-                })??;
+            let stream = crate::eyeballs::connect(&addrs, timeout).await?;
             let _ = stream.set_nodelay(true);
             Ok(Box::new(stream) as SourceStream)
         })

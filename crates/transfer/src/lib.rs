@@ -17,6 +17,10 @@
 //!   out in `X-Alt` headers and fed by `X-Listen` and by downloads.
 //! - [`ration`]: super-seeding, the groups a whole file's server offers a
 //!   crowd of downloaders (`X-Offer`), so each leaves it once before twice.
+//! - [`eyeballs`]: dialing a source known by several addresses, IPv6
+//!   first (Happy Eyeballs).
+//! - [`listen`]: binding a listener, dual-stack (`[::]`, IPv4 too) by
+//!   default.
 //! - [`bandwidth`]: global upload and download rate limits, token buckets
 //!   shared by every transfer and settable while they run.
 
@@ -24,7 +28,9 @@ pub mod bandwidth;
 pub mod catalog;
 pub mod client;
 pub mod download;
+pub mod eyeballs;
 pub mod limits;
+pub mod listen;
 pub mod mesh;
 pub mod partial;
 pub mod partial_lock;

@@ -55,13 +55,14 @@ pub struct CallbackListener {
 }
 
 impl CallbackListener {
-    /// Listens on `addr` until `shutdown`.
+    /// Listens on `addr` until `shutdown` (`[::]`: both families, see
+    /// [`crate::listen`]).
     pub async fn bind(
         addr: SocketAddr,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> std::io::Result<Arc<Self>> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = crate::listen::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let waiting: Waiting = Arc::default();
         tracker.spawn(accept_loop(

@@ -833,7 +833,9 @@ impl ContentServer {
             let (stream, peer) = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
+                    // A dual-stack listener's IPv4 peers in canonical form,
+                    // so limits, the mesh and the ration see one host once.
+                    Ok((stream, peer)) => (stream, canopy_core::family::canonical(peer)),
                     Err(error) => {
                         tracing::warn!(%error, "http accept failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;

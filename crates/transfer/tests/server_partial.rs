@@ -27,7 +27,7 @@ use canopy_transfer::mesh::{ALTERNATES_PER_RESPONSE, SharedMesh};
 use canopy_transfer::partial::MAX_AVAILABLE_RANGES_LEN;
 use canopy_transfer::server::{ContentServer, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -72,8 +72,13 @@ fn content(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 % 251) as u8).collect()
 }
 
-async fn start(catalog: Catalog, config: ServerConfig) -> (SocketAddr, ContentServer) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// A server listening on `listen` (`[::]`: both families, as nodes do).
+async fn start_on(
+    listen: SocketAddr,
+    catalog: Catalog,
+    config: ServerConfig,
+) -> (SocketAddr, ContentServer) {
+    let listener = canopy_transfer::listen::bind(listen).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = ContentServer::with_config(catalog, config).with_mesh(SharedMesh::new());
     tokio::spawn(
@@ -86,6 +91,16 @@ async fn start(catalog: Catalog, config: ServerConfig) -> (SocketAddr, ContentSe
 
 /// Serves a download of `len` bytes that has verified the groups in `have`.
 async fn serve_partial(len: usize, have: &[u64], config: ServerConfig) -> Download {
+    serve_partial_on(SocketAddr::from((HOME, 0)), len, have, config).await
+}
+
+/// [`serve_partial`], listening on `listen`.
+async fn serve_partial_on(
+    listen: SocketAddr,
+    len: usize,
+    have: &[u64],
+    config: ServerConfig,
+) -> Download {
     let dir = tempfile::tempdir().unwrap();
     let data = content(len);
     let id = ContentId(*blake3::hash(&data).as_bytes());
@@ -94,7 +109,7 @@ async fn serve_partial(len: usize, have: &[u64], config: ServerConfig) -> Downlo
     let entry = PartialEntry::new(path, len as u64, tree_of(&data).into());
     let catalog = Catalog::new();
     catalog.insert_partial(id, entry.clone());
-    let (addr, server) = start(catalog, config).await;
+    let (addr, server) = start_on(listen, catalog, config).await;
     let download = Download {
         addr,
         id,
@@ -130,9 +145,13 @@ impl Answer {
 }
 
 /// Connects to `addr` from the loopback address `from`.
-async fn connect_from(addr: SocketAddr, from: Ipv4Addr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(IpAddr::V4(from), 0)).unwrap();
+async fn connect_from(addr: SocketAddr, from: impl Into<IpAddr>) -> TcpStream {
+    let from = from.into();
+    let socket = match from {
+        IpAddr::V4(_) => TcpSocket::new_v4().unwrap(),
+        IpAddr::V6(_) => TcpSocket::new_v6().unwrap(),
+    };
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
     socket.connect(addr).await.unwrap()
 }
 
@@ -140,7 +159,7 @@ async fn connect_from(addr: SocketAddr, from: Ipv4Addr) -> TcpStream {
 /// the end (`Connection: close`).
 async fn request_from(
     addr: SocketAddr,
-    from: Ipv4Addr,
+    from: impl Into<IpAddr>,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
@@ -726,4 +745,33 @@ fn the_available_ranges_value_is_capped() {
     let value = entry.available_ranges();
     assert!(value.len() <= MAX_AVAILABLE_RANGES_LEN, "{}", value.len());
     assert!(value.starts_with(&format!("bytes 0-{}, {}-", G - 1, 2 * G)));
+}
+
+#[tokio::test]
+async fn a_dual_stack_server_hands_out_ipv6_alternates_and_ipv4_ones_canonical() {
+    let d = serve_partial_on(
+        canopy_transfer::listen::any_dual_stack(0),
+        2 * G as usize,
+        &[0],
+        ServerConfig::default(),
+    )
+    .await;
+    let port = d.addr.port();
+    let (v4, v6) = (Ipv4Addr::new(127, 0, 0, 2), std::net::Ipv6Addr::LOCALHOST);
+    let range = ("Range", "bytes=0-9");
+    // Over IPv4 to the IPv6 socket: the peer is seen as ::ffff:127.0.0.2.
+    let to_v4 = SocketAddr::from((HOME, port));
+    let to_v6 = SocketAddr::from((v6, port));
+    let answer = request_from(to_v4, v4, "GET", &d.path(), &[range, ("X-Listen", "7001")]).await;
+    assert_eq!(answer.status, 206);
+    let answer = request_from(to_v6, v6, "GET", &d.path(), &[range, ("X-Listen", "7002")]).await;
+    assert_eq!(answer.status, 206);
+    assert_eq!(
+        answer.header("x-alt"),
+        Some("127.0.0.2:7001"),
+        "the IPv4 downloader in IPv4 form, never ::ffff:"
+    );
+    let answer = request_from(to_v4, v4, "HEAD", &d.path(), &[]).await;
+    assert_eq!(answer.header("x-alt"), Some("[::1]:7002"));
+    assert_eq!(answer.alternates(), vec![SocketAddr::from((v6, 7002))]);
 }

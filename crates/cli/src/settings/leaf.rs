@@ -49,7 +49,7 @@ pub struct LeafArgs {
     #[arg(long = "share", value_name = "DIR")]
     pub shares: Vec<PathBuf>,
     /// Where this leaf serves its files over HTTP.
-    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], 0)))]
+    #[arg(long, default_value_t = canopy_transfer::listen::any_dual_stack(0))]
     pub listen: SocketAddr,
     /// Announce this address instead of the listening one (a port forward).
     #[arg(long)]

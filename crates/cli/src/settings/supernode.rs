@@ -15,7 +15,7 @@ use crate::config::{self, ConfigError, Exempt, Origin, at_least_one};
 
 /// The node's defaults, which the flags' defaults show.
 static DEFAULTS: LazyLock<SupernodeOptions> =
-    LazyLock::new(|| SupernodeOptions::new(SocketAddr::from(([0, 0, 0, 0], 6346))));
+    LazyLock::new(|| SupernodeOptions::new(canopy_transfer::listen::any_dual_stack(6346)));
 
 /// Settings of `canopy supernode`. Each has a key of the same name in the
 /// `--config` file; flags win over the file.

@@ -82,10 +82,7 @@ pub fn learnable(addr: SocketAddr, source: IpAddr) -> bool {
 
 /// IPv4-mapped IPv6 addresses as the IPv4 address they are.
 fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        IpAddr::V4(_) => ip,
-    }
+    crate::family::canonical_ip(ip)
 }
 
 /// 100.64.0.0/10, carrier-grade NAT: not reachable from the internet.

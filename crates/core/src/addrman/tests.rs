@@ -262,3 +262,25 @@ fn nothing_undialable_and_nothing_local_from_strangers() {
     assert_eq!(added, 0);
     assert_eq!(manager.stats().unlearnable, 5);
 }
+
+#[test]
+fn a_mapped_address_is_the_ipv4_one() {
+    let mut manager = AddrMan::new([7; 32]);
+    let source = v4(198, 51, 100, 1, 6346);
+    let plain = v4(203, 0, 113, 9, 6346);
+    let mapped = SocketAddr::new(
+        std::net::IpAddr::V6(Ipv4Addr::new(203, 0, 113, 9).to_ipv6_mapped()),
+        6346,
+    );
+    assert_eq!(manager.add(source, &[mapped], 0, Time(0)), 1);
+    assert_eq!(
+        manager.add(source, &[plain], 0, Time(1)),
+        0,
+        "already known"
+    );
+    assert_eq!(manager.addresses().collect::<Vec<_>>(), vec![plain]);
+    manager.mark_good(mapped, Time(2));
+    assert_eq!(manager.position(plain).map(|(t, _)| t), Some(Table::Tried));
+    manager.set_seeds([mapped]);
+    assert_eq!(manager.seeds(), &[plain]);
+}

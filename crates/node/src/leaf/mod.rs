@@ -39,7 +39,6 @@ use canopy_proto::{ContentId, NodeId, Role, SharedFile};
 use canopy_transfer::Catalog;
 use canopy_transfer::bandwidth::RateLimit;
 use canopy_transfer::server::{ContentServer, ServerConfig};
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -485,7 +484,7 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
     let traffic = Arc::new(Traffic::default());
     let listener = match options.listen.filter(|_| !options.firewalled) {
         Some(addr) => Some(
-            TcpListener::bind(addr)
+            canopy_transfer::listen::bind(addr)
                 .await
                 .map_err(|source| NodeError::Bind { addr, source })?,
         ),

@@ -11,14 +11,19 @@
 //! exponential backoff before it is tried again. With LAN discovery on,
 //! the supernodes heard on the LAN are offered like seeds (after the
 //! configured and bootstrap ones) while they are heard, and every node
-//! heard is in the status.
+//! heard is in the status. A leaf listening dual-stack (`[::]`) opens its second session in the family its first
+//! is not in, when the cache has such a supernode, so hits name it in
+//! both and dual-stack downloaders reach it over IPv6
+//! (`canopy_core::family::missing_family`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use canopy_core::backoff::Backoff;
+use canopy_core::family::{Family, missing_family};
 use canopy_proto::{NodeId, SharedFile};
+use canopy_transfer::listen::any_dual_stack;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -146,6 +151,10 @@ impl LeafTask {
     /// Opens sessions until the wanted number are open or connecting.
     fn fill(&mut self, running: &mut Running) {
         let now = Instant::now();
+        let dual_stack = self
+            .options
+            .listen
+            .is_some_and(|l| l == any_dual_stack(l.port()));
         while running.links.len() < self.options.supernodes_wanted {
             let joined_elsewhere = |addr: &SocketAddr| {
                 running
@@ -153,14 +162,23 @@ impl LeafTask {
                     .get(addr)
                     .is_some_and(|id| running.links.values().any(|link| link.node_id == Some(*id)))
             };
-            let next = self.hosts.select(|addr| {
+            let skip = |addr: SocketAddr| {
                 running.links.contains_key(&addr)
                     || joined_elsewhere(&addr)
                     || running
                         .retries
                         .get(&addr)
                         .is_some_and(|r| r.not_before > now)
-            });
+            };
+            let wanted = dual_stack
+                .then(|| missing_family(running.links.keys().copied()))
+                .flatten();
+            let next = wanted
+                .and_then(|family| {
+                    self.hosts
+                        .select(|addr| skip(addr) || Family::of(addr) != family)
+                })
+                .or_else(|| self.hosts.select(skip));
             let Some(addr) = next else {
                 // No one left to dial: ask the DNS seeds again.
                 let last = running.bootstrap.last;

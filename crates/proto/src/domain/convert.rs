@@ -91,7 +91,8 @@ fn socket_addr(field: &'static str, addr: &wire::SocketAddress) -> Result<Socket
         .ok()
         .filter(|port| *port != 0)
         .ok_or_else(|| invalid(field, format!("port {} outside 1-65535", addr.port)))?;
-    Ok(SocketAddr::new(ip, port))
+    // One form per host: an IPv4-mapped IPv6 address is the IPv4 address.
+    Ok(SocketAddr::new(ip.to_canonical(), port))
 }
 
 fn socket_addrs(field: &'static str, addrs: &[wire::SocketAddress]) -> Result<Vec<SocketAddr>> {
@@ -400,7 +401,8 @@ impl TryFrom<wire::Envelope> for Message {
 }
 
 fn wire_addr(addr: &SocketAddr) -> wire::SocketAddress {
-    let ip = match addr.ip() {
+    // An IPv4-mapped address goes out as the 4 bytes it is.
+    let ip = match addr.ip().to_canonical() {
         IpAddr::V4(v4) => v4.octets().to_vec(),
         IpAddr::V6(v6) => v6.octets().to_vec(),
     };
