@@ -174,22 +174,9 @@ async fn until_program_in(
     program: &str,
     what: &str,
     args: &[&str],
-    mut done: impl FnMut(&Run) -> bool,
+    done: impl FnMut(&Run) -> bool,
 ) -> Run {
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        let run = run_in(ns, program, args).await;
-        if done(&run) {
-            return run;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}: {} {}",
-            run.stdout,
-            run.stderr
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    support::retry(PATIENCE, what, || run_in(ns, program, args), done).await
 }
 
 fn status(run: &Run) -> Option<serde_json::Value> {

@@ -28,17 +28,6 @@ use common::*;
 
 const MIB: usize = 1 << 20;
 
-fn content_id(data: &[u8]) -> ContentId {
-    ContentId(*blake3::hash(data).as_bytes())
-}
-
-/// A folder holding `name` with `data`.
-fn folder_with(name: &str, data: &[u8]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join(name), data).unwrap();
-    dir
-}
-
 /// Get options through `supernode`, saving into `folder`.
 fn get_options(supernode: SocketAddr, id: ContentId, folder: &Path) -> GetOptions {
     let mut options = GetOptions::new(supernode, id);

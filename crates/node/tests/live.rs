@@ -17,7 +17,9 @@ use canopy_node::leaf::{LeafHandle, LeafOptions};
 use canopy_node::supernode::SupernodeHandle;
 use canopy_proto::{ContentId, SharedFile};
 use canopy_testkit::fake_source::{self, Misbehaviour};
-use canopy_testkit::overlay::{PATIENCE, leaf, request, sample_bytes, start_leaf, supernode};
+use canopy_testkit::overlay::{
+    PATIENCE, content_id, folder_with, leaf, request, sample_bytes, start_leaf, supernode,
+};
 use canopy_transfer::download::{DownloadError, partial_name, state_name};
 use tokio::sync::watch;
 
@@ -25,16 +27,6 @@ const MIB: usize = 1 << 20;
 /// Longer than any test may take: a search that ends or a fetch that
 /// completes within [`PATIENCE`] did not wait for it.
 const LONG: Duration = Duration::from_secs(120);
-
-fn folder_with(name: &str, data: &[u8]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join(name), data).unwrap();
-    dir
-}
-
-fn content_id(data: &[u8]) -> ContentId {
-    ContentId(*blake3::hash(data).as_bytes())
-}
 
 /// A leaf announcing `addr` as its own, publishing `file`.
 async fn announce(

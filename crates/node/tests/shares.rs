@@ -28,10 +28,6 @@ use common::*;
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
-fn content_id(data: &[u8]) -> ContentId {
-    ContentId(*blake3::hash(data).as_bytes())
-}
-
 /// Searches `words` through `searcher` until `found` holds of the content
 /// ids found (each search waits at most 300 ms); false after PATIENCE.
 async fn search_until(

@@ -26,7 +26,7 @@ use canopy_node::supernode::SupernodeHandle;
 use canopy_proto::secure::StaticKeypair;
 use canopy_proto::{ContentId, SharedFile};
 use canopy_testkit::overlay::{
-    PATIENCE, id_request, leaf_options, sample_bytes, start_leaf, supernode,
+    PATIENCE, content_id, id_request, leaf_options, sample_bytes, start_leaf, supernode,
 };
 use canopy_transfer::bandwidth::RateLimit;
 use canopy_transfer::download::DownloadReport;
@@ -39,10 +39,6 @@ const MIB: usize = 1 << 20;
 const LONG: Duration = Duration::from_secs(180);
 /// The seed's upload limit: slow enough that downloaders overlap.
 const SEED_RATE: u64 = 1 << 20;
-
-fn content_id(data: &[u8]) -> ContentId {
-    ContentId(*blake3::hash(data).as_bytes())
-}
 
 fn hash_of(path: &Path) -> ContentId {
     content_id(&std::fs::read(path).unwrap())
@@ -95,6 +91,16 @@ fn fetch_request(id: ContentId, dir: &Path) -> (FetchRequest, watch::Receiver<Fe
         tx.send_replace(p.clone());
     }));
     (request, rx)
+}
+
+/// Waits until `progress` shows at least `bytes` verified; fails after
+/// [`LONG`] saying what it waited for.
+async fn wait_verified(progress: &watch::Receiver<FetchProgress>, bytes: u64, what: &str) {
+    let deadline = tokio::time::Instant::now() + LONG;
+    while progress.borrow().verified_bytes < bytes {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Bytes a report says came from anyone but the seed.
@@ -556,14 +562,7 @@ async fn a_download_lacking_groups_searches_again_and_finds_a_seed_that_came_lat
     });
     // The partial source's half is done, and the search made for the
     // groups nobody has has gone out (the first search, then that one).
-    let deadline = tokio::time::Instant::now() + LONG;
-    while progress.borrow().verified_bytes < 4 * MIB as u64 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never got the partial half"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_verified(&progress, 4 * MIB as u64, "never got the partial half").await;
     at.wait_for(PATIENCE, |s| s.queries_received >= 2)
         .await
         .expect("searched again for the missing groups");
@@ -642,14 +641,7 @@ async fn a_seed_that_leaves_mid_download_and_comes_back_is_used_again() {
         async move { fetch::fetch(&downloader, request).await }
     });
     // Gone once it has sent some of the rest, with most of it left.
-    let deadline = tokio::time::Instant::now() + LONG;
-    while progress.borrow().verified_bytes < 4 * MIB as u64 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the seed never delivered"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_verified(&progress, 4 * MIB as u64, "the seed never delivered").await;
     seed.shutdown().await;
     at.wait_for(PATIENCE, |s| s.leaves == 2)
         .await

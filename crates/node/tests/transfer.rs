@@ -25,17 +25,6 @@ use common::*;
 
 const MIB: usize = 1 << 20;
 
-fn content_id(data: &[u8]) -> ContentId {
-    ContentId(*blake3::hash(data).as_bytes())
-}
-
-/// A folder holding `name` with `data`.
-fn folder_with(name: &str, data: &[u8]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join(name), data).unwrap();
-    dir
-}
-
 /// A leaf that announces `addr` as its own and publishes `file`, so hits
 /// send downloaders to whatever listens there.
 async fn announce(

@@ -47,7 +47,10 @@ pub struct PolicyConfig {
     pub first_retry: Duration,
     /// The longest wait between rounds.
     pub max_retry: Duration,
-    /// Failed rounds in a row after which the policy gives up.
+    /// Failed rounds in a row after which the policy gives up, unless a
+    /// router granted a mapping before (then it keeps asking every
+    /// `max_retry`: a router that mapped once and is down for a while
+    /// will likely map again).
     pub max_failures: u32,
 }
 
@@ -134,6 +137,8 @@ pub struct Policy {
     round: Vec<Protocol>,
     current: Option<Current>,
     failures: u32,
+    /// A router granted a mapping once: never give up.
+    granted_once: bool,
     /// The last address announced; `None` before the first announcement.
     announced: Option<Option<SocketAddr>>,
     actions: VecDeque<Action>,
@@ -148,6 +153,7 @@ impl Policy {
             round: Vec::new(),
             current: None,
             failures: 0,
+            granted_once: false,
             announced: None,
             actions: VecDeque::new(),
         }
@@ -214,6 +220,7 @@ impl Policy {
                     expires: now + lifetime,
                 });
                 self.failures = 0;
+                self.granted_once = true;
                 self.state = State::Mapped(now + (lifetime / 2).max(MIN_RENEW));
                 self.announce(Some(granted.external));
             }
@@ -276,7 +283,7 @@ impl Policy {
     fn round_failed(&mut self, now: Time) {
         self.failures = self.failures.saturating_add(1);
         self.expire(now);
-        if self.failures >= self.config.max_failures {
+        if self.failures >= self.config.max_failures && !self.granted_once {
             self.state = State::GaveUp;
         } else {
             let doublings = self.failures.saturating_sub(1).min(20);
@@ -389,6 +396,35 @@ mod tests {
         assert_eq!(drain(&mut policy), vec![Action::Announce(Some(addr(7001)))]);
         policy.handle_timeout(t0 + 51 * SEC);
         assert_eq!(drain(&mut policy), vec![map(Protocol::Upnp)]);
+    }
+
+    #[test]
+    fn after_a_mapping_was_granted_failed_rounds_never_give_up() {
+        let mut policy = Policy::new(config());
+        let mut now = Time(0);
+        policy.start(now);
+        drain(&mut policy);
+        let granted = Granted {
+            external: addr(7000),
+            lifetime: 100 * SEC,
+        };
+        policy.handle_result(now, Protocol::NatPmp, Some(granted));
+        drain(&mut policy);
+        // The router goes away: renewals fail round after round, far past
+        // max_failures, and the policy keeps asking every max_retry.
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            now = policy.poll_timeout().unwrap();
+            policy.handle_timeout(now);
+            drain(&mut policy);
+            policy.handle_result(now, Protocol::NatPmp, None);
+            drain(&mut policy);
+            policy.handle_result(now, Protocol::Upnp, None);
+            drain(&mut policy);
+            waits.push(policy.poll_timeout().map(|at| at.since(now).as_secs()));
+        }
+        assert!(!policy.gave_up());
+        assert_eq!(waits.last(), Some(&Some(40)), "{waits:?}");
     }
 
     #[test]

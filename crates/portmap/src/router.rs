@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use canopy_core::addrman::group::Scope;
 use igd_next::aio::Gateway;
 use igd_next::aio::tokio::Tokio;
 use igd_next::{AddPortError, PortMappingProtocol, SearchOptions};
@@ -50,6 +51,11 @@ pub enum MapError {
     /// UPnP discovery or a UPnP call failed.
     #[error("UPnP: {0}")]
     Upnp(String),
+    /// The router's own external address is not a public one (another
+    /// NAT behind it, or carrier-grade NAT): a mapping on it would not
+    /// make us reachable, so none is asked for.
+    #[error("the router's external address {0} is not public (a NAT behind another?)")]
+    NotPublic(Ipv4Addr),
 }
 
 /// Where the router is and what to map.
@@ -141,6 +147,9 @@ impl Router {
             natpmp::parse_external_address,
         )
         .await?;
+        if !public(ip) {
+            return Err(MapError::NotPublic(ip));
+        }
         let port = self.local.port();
         let request = natpmp::encode_map_tcp(port, port, lease);
         let answer = exchange(&socket, &request, |d| natpmp::parse_map_tcp(d, port, false)).await?;
@@ -193,7 +202,8 @@ impl Router {
     async fn upnp_map(&self, lease: Duration) -> Result<Granted, MapError> {
         let gateway = self.upnp_gateway().await?;
         let ip = match gateway.get_external_ip().await {
-            Ok(IpAddr::V4(ip)) if usable(ip) => ip,
+            Ok(IpAddr::V4(ip)) if public(ip) => ip,
+            Ok(IpAddr::V4(ip)) if usable(ip) => return Err(MapError::NotPublic(ip)),
             Ok(other) => return Err(MapError::Upnp(format!("external address {other}"))),
             Err(e) => return Err(MapError::Upnp(format!("external address: {e}"))),
         };
@@ -233,7 +243,13 @@ impl Router {
     }
 }
 
-/// An external address someone could reach us at.
+/// An external address others on the internet could reach us at: not a
+/// private, shared (carrier-grade NAT) or link-local one.
+fn public(ip: Ipv4Addr) -> bool {
+    usable(ip) && Scope::of(IpAddr::V4(ip)) == Scope::Global
+}
+
+/// An address at all (not unspecified, broadcast, multicast or loopback).
 fn usable(ip: Ipv4Addr) -> bool {
     !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback())
 }

@@ -44,10 +44,15 @@ async fn natpmp(answer: Answer) -> (SocketAddrV4, Arc<Mutex<Vec<Vec<u8>>>>) {
 
 /// A well-behaved gateway granting `lifetime` seconds.
 fn honest(lifetime: u32) -> Answer {
+    honest_at(EXTERNAL, lifetime)
+}
+
+/// A well-behaved gateway whose own external address is `external`.
+fn honest_at(external: Ipv4Addr, lifetime: u32) -> Answer {
     Arc::new(move |request| match request {
         [0, 0] => {
             let mut out = vec![0, 128, 0, 0, 0, 0, 0, 1];
-            out.extend_from_slice(&EXTERNAL.octets());
+            out.extend_from_slice(&external.octets());
             vec![out]
         }
         [0, 2, 0, 0, internal @ .., _, _, _, _, _, _] if internal.len() == 2 => {
@@ -196,6 +201,38 @@ async fn an_honest_gateway_maps_renews_at_half_the_lease_and_unmaps_on_shutdown(
         .unwrap();
     assert_eq!(maps(&seen, 0), 1, "a deletion on shutdown");
     assert_eq!(mapping.status(), Status::Unmapped);
+}
+
+#[tokio::test]
+async fn a_router_behind_another_nat_is_not_asked_to_map() {
+    logs();
+    // Its "external" address is private (double NAT) or carrier-grade
+    // NAT's: a mapping there would make no one able to reach us.
+    for (i, external) in [Ipv4Addr::new(10, 1, 2, 3), Ipv4Addr::new(100, 64, 0, 9)]
+        .into_iter()
+        .enumerate()
+    {
+        let (gateway, seen) = natpmp(honest_at(external, 3600)).await;
+        let (ssdp, _) = upnp("500 Internal Server Error", Vec::new()).await;
+        let listen = SocketAddr::from(([127, 0, 0, 1], 47_200 + u16::try_from(i).unwrap()));
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mapping =
+            canopy_portmap::spawn(config(listen, gateway, ssdp), shutdown.clone(), &tracker);
+        assert_eq!(mapping.settled(PATIENCE).await, None, "{external}");
+        assert_eq!(mapping.status(), Status::Unmapped);
+        let asked_to_map = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.len() == 12 && r[1] == 2);
+        assert!(!asked_to_map, "{external}: no mapping asked for");
+        shutdown.cancel();
+        tracker.close();
+        tokio::time::timeout(PATIENCE, tracker.wait())
+            .await
+            .unwrap();
+    }
 }
 
 #[tokio::test]

@@ -113,6 +113,18 @@ pub fn shared_folder(names: &[&str]) -> tempfile::TempDir {
     dir
 }
 
+/// A folder holding one file, `name`, with `data`.
+pub fn folder_with(name: &str, data: &[u8]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(name), data).unwrap();
+    dir
+}
+
+/// The content id of `data` (its BLAKE3 hash).
+pub fn content_id(data: &[u8]) -> ContentId {
+    ContentId(*blake3::hash(data).as_bytes())
+}
+
 /// `len` bytes that are the same for the same `seed` and differ from
 /// group to group (so a misplaced group fails verification).
 pub fn sample_bytes(len: usize, seed: u64) -> Vec<u8> {

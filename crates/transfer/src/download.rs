@@ -855,14 +855,7 @@ enum OfferSaid {
 
 /// The groups of a response's `X-Offer`, parsed like `X-Available-Ranges`.
 fn offer_in(headers: &HeaderMap, size: u64) -> Option<GroupSet> {
-    let value = headers.get(OFFER)?;
-    Some(
-        value
-            .to_str()
-            .ok()
-            .and_then(|value| GroupSet::from_header(value, size))
-            .unwrap_or_else(|| GroupSet::empty(size)),
-    )
+    groups_in(headers, OFFER, size)
 }
 
 /// The alternates of a response's `X-Alt`, parsed leniently.
@@ -877,7 +870,13 @@ fn alternates_in(headers: &HeaderMap) -> Vec<SocketAddr> {
 /// The groups of a response's `X-Available-Ranges` for a file of `size`
 /// bytes: `None` if it has none; a value that is not ranges claims nothing.
 fn available_in(headers: &HeaderMap, size: u64) -> Option<GroupSet> {
-    let value = headers.get(AVAILABLE_RANGES)?;
+    groups_in(headers, AVAILABLE_RANGES, size)
+}
+
+/// The groups of the ranges header `name` for a file of `size` bytes:
+/// `None` if absent; a value that is not ranges names none.
+fn groups_in(headers: &HeaderMap, name: &str, size: u64) -> Option<GroupSet> {
+    let value = headers.get(name)?;
     Some(
         value
             .to_str()

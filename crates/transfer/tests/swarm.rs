@@ -751,17 +751,23 @@ async fn a_downloader_killed_mid_swarm_does_not_stop_the_others() {
     eprintln!("C after B died: {:?}", report.bytes_per_source());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_a_small_flash_crowd_downloaders_get_bytes_from_each_other() {
-    let (id, data) = file_data(8 * MIB);
-    // The seed's uplink is the bottleneck: 2 MiB/s for everyone.
-    let seed = Node::start(1, Some(2 * MIB as u64)).await;
+/// A flash crowd on loopback: a seed at 127.0.0.1 sharing `mib` MiB at
+/// `seed_rate` bytes a second, and `downloaders` nodes that all start at
+/// once, each told of the seed only (the rest comes from X-Alt). Waits
+/// for every download, checks each file, and returns the seed with each
+/// downloader's report.
+async fn flash_crowd(
+    mib: usize,
+    seed_rate: u64,
+    downloaders: u8,
+) -> (Node, Vec<(Node, DownloadReport)>, usize) {
+    let (id, data) = file_data(mib * MIB);
+    let seed = Node::start(1, Some(seed_rate)).await;
     seed.share(id, &data);
     let mut crowd = Vec::new();
-    for n in 2..6 {
+    for n in 2..2 + downloaders {
         crowd.push(Node::start(n, None).await);
     }
-    // All at once, each told of the seed only: the rest comes from X-Alt.
     let downloads: Vec<_> = crowd
         .iter()
         .map(|node| {
@@ -773,11 +779,22 @@ async fn in_a_small_flash_crowd_downloaders_get_bytes_from_each_other() {
             )
         })
         .collect();
-    let mut from_peers = 0;
-    for (node, (_feed, download)) in crowd.iter().zip(downloads) {
+    let mut reports = Vec::new();
+    for (node, (_feed, download)) in crowd.into_iter().zip(downloads) {
         let report = finished(download).await;
         assert!(std::fs::read(node.target()).unwrap() == data);
-        let peers = data.len() as u64 - bytes_from(&report, seed.addr);
+        reports.push((node, report));
+    }
+    (seed, reports, data.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_small_flash_crowd_downloaders_get_bytes_from_each_other() {
+    // The seed's uplink is the bottleneck: 2 MiB/s for everyone.
+    let (seed, reports, size) = flash_crowd(8, 2 * MIB as u64, 4).await;
+    let mut from_peers = 0;
+    for (node, report) in &reports {
+        let peers = size as u64 - bytes_from(report, seed.addr);
         eprintln!("{}: {peers} bytes from peers", node.addr);
         from_peers += peers;
         assert!(
@@ -788,7 +805,7 @@ async fn in_a_small_flash_crowd_downloaders_get_bytes_from_each_other() {
             "{report:?}"
         );
     }
-    let copies = seed.server.uploaded_bytes() as f64 / data.len() as f64;
+    let copies = seed.server.uploaded_bytes() as f64 / size as f64;
     eprintln!("the seed uploaded {copies:.2} copies; peers gave {from_peers} bytes");
     assert!(from_peers > 0, "the downloaders got bytes from each other");
 }
@@ -800,30 +817,11 @@ async fn a_super_seeding_seed_sends_a_crowd_little_more_than_one_copy() {
     // (super-seeding), and the crowd, fast between themselves, spreads
     // the copies. Without the rationing the seed sends each downloader
     // what it picks, and in this crowd that came to 1.4-1.6 copies.
-    let (id, data) = file_data(24 * MIB);
-    let seed = Node::start(1, Some(3 * MIB as u64)).await;
-    seed.share(id, &data);
-    let mut crowd = Vec::new();
-    for n in 2..7 {
-        crowd.push(Node::start(n, None).await);
-    }
-    let downloads: Vec<_> = crowd
-        .iter()
-        .map(|node| {
-            node.download(
-                id,
-                data.len(),
-                vec![source(node.ip, seed.addr, false)],
-                control(Some(node.swarm(true))),
-            )
-        })
-        .collect();
-    for (node, (_feed, download)) in crowd.iter().zip(downloads) {
-        let report = finished(download).await;
-        assert!(std::fs::read(node.target()).unwrap() == data);
+    let (seed, reports, size) = flash_crowd(24, 3 * MIB as u64, 5).await;
+    for (_, report) in &reports {
         assert!(report.dropped_sources().is_empty(), "{report:?}");
     }
-    let copies = seed.server.uploaded_bytes() as f64 / data.len() as f64;
+    let copies = seed.server.uploaded_bytes() as f64 / size as f64;
     let refusals = seed.server.stats().offer_refusals.load(Ordering::Relaxed);
     eprintln!("the seed uploaded {copies:.2} copies, refusing {refusals} requests with an offer");
     assert!(refusals > 0, "the seed rationed");

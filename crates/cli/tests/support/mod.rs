@@ -110,11 +110,23 @@ pub(crate) async fn until(
     patience: Duration,
     what: &str,
     args: &[&str],
+    done: impl FnMut(&Run) -> bool,
+) -> Run {
+    retry(patience, what, || canopy(patience, args), done).await
+}
+
+/// Runs `attempt` (every 100 ms) until `done` accepts its result; after
+/// `patience`, fails saying what it waited for and what the last run
+/// printed.
+pub(crate) async fn retry<F: std::future::Future<Output = Run>>(
+    patience: Duration,
+    what: &str,
+    mut attempt: impl FnMut() -> F,
     mut done: impl FnMut(&Run) -> bool,
 ) -> Run {
     let deadline = std::time::Instant::now() + patience;
     loop {
-        let run = canopy(patience, args).await;
+        let run = attempt().await;
         if done(&run) {
             return run;
         }
