@@ -411,6 +411,8 @@ impl LeafSession {
             content_id,
             callback_addr,
             hops: 0,
+            punch: false,
+            relay: None,
         }));
         Ok(())
     }

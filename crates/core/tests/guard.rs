@@ -190,6 +190,8 @@ impl Node {
             content_id: ContentId([3; 32]),
             callback_addr: sock(callback),
             hops: 0,
+            punch: false,
+            relay: None,
         };
         self.core
             .handle_message(from, Message::Push(push), self.now);

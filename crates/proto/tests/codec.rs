@@ -94,6 +94,20 @@ fn sample_messages() -> Vec<Message> {
             content_id: ContentId([7; 32]),
             callback_addr: addr("[2001:db8::1]:6346"),
             hops: 2,
+            punch: false,
+            relay: None,
+        }),
+        Message::Push(Push {
+            message_id: MessageId([6; 16]),
+            target_node_id: NodeId([2; 16]),
+            content_id: ContentId([7; 32]),
+            callback_addr: addr("198.51.100.7:40000"),
+            hops: 0,
+            punch: true,
+            relay: Some(RelayCircuit {
+                addr: addr("203.0.113.1:6346"),
+                token: CircuitToken([9; 16]),
+            }),
         }),
         Message::QueryStatus {
             message_id: MessageId([5; 16]),

@@ -107,6 +107,8 @@ async fn a_forged_hit_cannot_take_the_pushes_of_another_nodes_leaf() {
                 content_id: song().content_id,
                 callback_addr: SocketAddr::from(([127, 0, 0, 1], 6_000)),
                 hops: 0,
+                punch: false,
+                relay: None,
             }))
             .await;
     }

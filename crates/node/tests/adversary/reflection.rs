@@ -94,6 +94,8 @@ async fn pushes_never_make_a_leaf_connect_to_a_third_address() {
             content_id,
             callback_addr: third,
             hops: 0,
+            punch: false,
+            relay: None,
         };
         link.send(&Message::Push(push)).await.unwrap();
     }

@@ -313,6 +313,28 @@ fn push(push: &wire::Push) -> Result<Push> {
         content_id: content_id("push.content_id", &push.content_id)?,
         callback_addr: socket_addr("push.callback_addr", callback)?,
         hops,
+        punch: push.punch,
+        relay: push.relay.as_ref().map(relay_circuit).transpose()?,
+    })
+}
+
+fn relay_circuit(relay: &wire::RelayCircuit) -> Result<RelayCircuit> {
+    let addr = relay
+        .addr
+        .as_ref()
+        .ok_or_else(|| invalid("push.relay.addr", "missing"))?;
+    let token = <[u8; 16]>::try_from(relay.token.as_slice()).map_err(|_| {
+        invalid(
+            "push.relay.token",
+            format!("{} bytes, expected 16", relay.token.len()),
+        )
+    })?;
+    if token == [0; 16] {
+        return Err(invalid("push.relay.token", "all zero"));
+    }
+    Ok(RelayCircuit {
+        addr: socket_addr("push.relay.addr", addr)?,
+        token: CircuitToken(token),
     })
 }
 
@@ -531,6 +553,11 @@ impl From<&Message> for wire::Envelope {
                 content_id: p.content_id.0.to_vec(),
                 callback_addr: Some(wire_addr(&p.callback_addr)),
                 hops: u32::from(p.hops),
+                punch: p.punch,
+                relay: p.relay.as_ref().map(|r| wire::RelayCircuit {
+                    addr: Some(wire_addr(&r.addr)),
+                    token: r.token.0.to_vec(),
+                }),
             }),
             Message::QueryStatus {
                 message_id,

@@ -1,5 +1,6 @@
 //! The messages two Canopy nodes exchange, as validated domain values.
 
+use std::fmt;
 use std::net::SocketAddr;
 
 use super::ids::{ContentId, MessageId, NodeId};
@@ -174,6 +175,39 @@ pub struct Push {
     pub callback_addr: SocketAddr,
     /// Supernodes crossed so far.
     pub hops: u8,
+    /// Dial the callback again and again from the listening port (hole
+    /// punching by TCP simultaneous open), not just once.
+    pub punch: bool,
+    /// Meet the downloader at this relay instead.
+    pub relay: Option<RelayCircuit>,
+}
+
+/// Where a downloader and a firewalled leaf meet through a relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayCircuit {
+    /// The relaying supernode.
+    pub addr: SocketAddr,
+    /// Names the circuit: 16 random bytes the downloader chose.
+    pub token: CircuitToken,
+}
+
+/// The 16 bytes naming a relay circuit.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CircuitToken(pub [u8; 16]);
+
+impl fmt::Debug for CircuitToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CircuitToken({self})")
+    }
+}
+
+impl fmt::Display for CircuitToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
 }
 
 /// Every message of the protocol.
