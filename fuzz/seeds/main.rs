@@ -10,8 +10,9 @@ use std::path::Path;
 use bytes::BytesMut;
 use canopy_core::tree::{GROUP_LEN, tree_of};
 use canopy_proto::{
-    ByeReason, Capability, ContentId, FrameCodec, HandshakeOutcome, Hello, HelloReply, Message,
-    MessageId, NodeId, Push, Query, QueryHit, RejectReason, Role, SharedFile,
+    ByeReason, Capability, CircuitToken, ContentId, FrameCodec, HandshakeOutcome, Hello,
+    HelloReply, Message, MessageId, NodeId, Push, Query, QueryHit, RejectReason, RelayCircuit,
+    Role, SharedFile,
 };
 use tokio_util::codec::Encoder;
 
@@ -155,6 +156,11 @@ fn frame_seeds() -> Result<()> {
                 content_id: ContentId([2; 32]),
                 callback_addr: addr("203.0.113.5:6347"),
                 hops: 2,
+                punch: true,
+                relay: Some(RelayCircuit {
+                    addr: addr("198.51.100.1:6346"),
+                    token: CircuitToken([3; 16]),
+                }),
             }),
         ),
         (
