@@ -18,18 +18,10 @@ use crate::varint;
 
 /// Most bytes of flips in one part (it travels in one frame of at most
 /// 64 KiB).
-pub const MAX_PART_BYTES: usize = 48 * 1024;
+pub use canopy_proto::limits::MAX_FILTER_PATCH_BYTES as MAX_PART_BYTES;
 
-/// One part of a patch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PatchPart {
-    /// The table's size: `2^log2_slots` bits.
-    pub log2_slots: u8,
-    /// Start from an empty table of this size.
-    pub reset: bool,
-    /// The positions to flip, ascending, as delta varints from zero.
-    pub flips: Vec<u8>,
-}
+/// One part of a patch: the wire's message (`canopy/v1/routing.proto`).
+pub use canopy_proto::FilterPatch as PatchPart;
 
 /// Why a part was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

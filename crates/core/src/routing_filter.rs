@@ -33,11 +33,11 @@ pub const HASHES: u32 = 3;
 /// Table bits per distinct entry: with 3 hashes, about 1% false positives
 /// for a one-word query, 0.01% for two words.
 pub const BITS_PER_ENTRY: usize = 10;
-/// The smallest table: 1,024 bits (128 bytes).
-pub const MIN_LOG2_SLOTS: u8 = 10;
 /// The largest table: 2^20 bits (128 KiB). Past about 100,000 distinct
 /// entries its false-positive rate rises instead.
-pub const MAX_LOG2_SLOTS: u8 = 20;
+pub use canopy_proto::limits::MAX_FILTER_LOG2_SLOTS as MAX_LOG2_SLOTS;
+/// The smallest table: 1,024 bits (128 bytes).
+pub use canopy_proto::limits::MIN_FILTER_LOG2_SLOTS as MIN_LOG2_SLOTS;
 
 /// The BLAKE3 context keyword hashes are derived under.
 const WORD_CONTEXT: &str = "canopy 2026-12-02 routing filter keyword";
