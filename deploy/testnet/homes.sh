@@ -45,8 +45,10 @@ NET=ch-net
 work=${TESTNET_WORK:-/tmp/canopy-homes}
 LEAVES=(a1 a2 b1 p1 p2)
 
+PREFIX=ch-
+# shellcheck source=deploy/testnet/lib.sh
+. "$here/lib.sh"
 say() { printf 'homes: %s\n' "$*" >&2; }
-in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 # A veth from namespace $1 (named $2 there, address $3) into bridge $5 of
 # namespace $4.
@@ -150,35 +152,9 @@ CONF
   wait_until "miniupnpd listening" 15 bash -c "ip netns exec ch-ra ss -Hlnu | grep -q ':5351 '"
 }
 
-down() {
-  for ns in $(ip netns list | awk '{print $1}' | grep -E '^ch-' || true); do
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
-    ip netns del "$ns" 2>/dev/null || true
-  done
-}
 
-# Runs canopy in a namespace in the background; its JSON goes to $work/$2.json.
-spawn() { # ns, name, args...
-  local ns=$1 name=$2; shift 2
-  ip netns exec "$ns" "$CANOPY" "$@" --json > "$work/$name.json" 2> "$work/$name.log" &
-  echo $! > "$work/$name.pid"
-}
 
-# Waits (up to $2 s) until the command in $3... succeeds.
-wait_until() {
-  local what=$1 limit=$2; shift 2
-  local deadline=$((SECONDS + limit))
-  until "$@" >/dev/null 2>&1; do
-    if [ $SECONDS -ge $deadline ]; then say "timed out waiting for: $what"; return 1; fi
-    sleep 0.2
-  done
-}
 
-started() { [ -s "$work/$1.json" ]; }
-metric() { # ns, addr, name
-  in_ns "$1" curl -sf "http://$2/metrics" | awk -v m="$3" '$1 == m { print $2 }'
-}
-metric_at_least() { [ "$(metric "$1" "$2" "$3")" -ge "$4" ] 2>/dev/null; }
 sources_of() { # ns, id -> number of sources a search from there finds
   in_ns "$1" "$CANOPY" search --supernode 93.184.0.1:6346 --json --timeout 1 --id "$2" \
     | python3 -c 'import json,sys; print(sum(len(json.loads(l)["sources"]) for l in sys.stdin))'
@@ -264,7 +240,7 @@ case "${1:-}" in
     for tool in ip nft miniupnpd curl python3; do
       command -v "$tool" >/dev/null || { say "needs $tool"; exit 2; }
     done
-    trap 'status=$?; [ $status -ne 0 ] && for f in "$work"/*.log; do [ -s "$f" ] && { echo "--- $f" >&2; tail -5 "$f" >&2; }; done; down; exit $status' EXIT
+    trap finish EXIT
     scenario
     ;;
   *) echo "usage: $0 up|down|test" >&2; exit 2 ;;
