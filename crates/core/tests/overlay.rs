@@ -208,6 +208,7 @@ impl Net {
                     LeafAction::PushRequested {
                         content_id,
                         callback_addr,
+                        ..
                     } => self.pushes.push((l, content_id, callback_addr)),
                     LeafAction::Ready { .. }
                     | LeafAction::Rejected { .. }

@@ -18,6 +18,7 @@ use canopy_node::fetch::{FetchProgress, FetchTarget};
 use canopy_node::get::{self, GetOptions};
 use canopy_proto::ContentId;
 use canopy_transfer::download::DownloadError;
+use canopy_transfer::path::TransferPath;
 use indicatif::{HumanBytes, HumanDuration};
 use serde::Serialize;
 
@@ -89,6 +90,9 @@ struct JsonReport {
     size: u64,
     sources_used: usize,
     bytes_per_source: BTreeMap<String, u64>,
+    /// Per source, the ways its connections were made: "direct", "push",
+    /// "hole punch", "relay".
+    paths_per_source: BTreeMap<String, Vec<TransferPath>>,
     dropped_sources: BTreeMap<String, String>,
     resumed_bytes: u64,
     seconds: f64,
@@ -284,6 +288,7 @@ async fn standalone(args: Args, supernode: HostPort, id: ContentId) -> anyhow::R
             size: report.size,
             sources_used: report.sources_used(),
             bytes_per_source: report.bytes_per_source(),
+            paths_per_source: report.paths_per_source(),
             dropped_sources: report.dropped_sources(),
             resumed_bytes: report.resumed_bytes,
             seconds: report.elapsed.as_secs_f64(),

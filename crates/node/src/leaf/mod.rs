@@ -200,6 +200,8 @@ struct PushRequest {
     target: NodeId,
     content_id: ContentId,
     callback: SocketAddr,
+    /// Ask it to punch a hole (see `canopy_core::punch`).
+    punch: bool,
     reply: oneshot::Sender<Result<(), NodeError>>,
 }
 
@@ -449,12 +451,36 @@ impl PushSender {
         content_id: ContentId,
         callback: SocketAddr,
     ) -> Result<(), NodeError> {
+        self.send(target, content_id, callback, false).await
+    }
+
+    /// Asks firewalled leaf `target`, through the overlay, to punch a hole
+    /// to `callback` (dial it again and again from its listening port
+    /// while we dial it: `canopy_transfer::punch`) and serve `content_id`
+    /// on the connection.
+    pub async fn punch(
+        &self,
+        target: NodeId,
+        content_id: ContentId,
+        callback: SocketAddr,
+    ) -> Result<(), NodeError> {
+        self.send(target, content_id, callback, true).await
+    }
+
+    async fn send(
+        &self,
+        target: NodeId,
+        content_id: ContentId,
+        callback: SocketAddr,
+        punch: bool,
+    ) -> Result<(), NodeError> {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Push(PushRequest {
                 target,
                 content_id,
                 callback,
+                punch,
                 reply,
             }))
             .await
@@ -540,6 +566,8 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         catalog: catalog.clone(),
         server: server.clone(),
         pushes: Arc::new(Semaphore::new(MAX_PUSHES)),
+        punches: Arc::new(Semaphore::new(canopy_core::punch::MAX_PUNCHES_AT_ONCE)),
+        listen_port: listen_addr.map(|addr| addr.port()),
         connect_backs: connect_backs.clone(),
         tracker: tracker.clone(),
         link: LinkContext {
