@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,6 +52,13 @@ type Punches = Arc<Mutex<HashMap<SocketAddr, oneshot::Sender<TcpStream>>>>;
 pub struct Doorway {
     pushes: PushInbox,
     punches: Punches,
+    counts: Arc<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    pushes: AtomicU64,
+    punches: AtomicU64,
 }
 
 /// A punch's claim on connections from one address; dropping it ends the
@@ -84,6 +92,16 @@ impl Doorway {
         &self.pushes
     }
 
+    /// Pushed connections handed to a waiting push so far.
+    pub fn pushes_taken(&self) -> u64 {
+        self.counts.pushes.load(Ordering::Relaxed)
+    }
+
+    /// Connections handed to a punch so far.
+    pub fn punches_taken(&self) -> u64 {
+        self.counts.punches.load(Ordering::Relaxed)
+    }
+
     /// A connection accepted from `peer` (canonical form) goes to the
     /// returned claim until it is dropped; `None` if `peer` is claimed
     /// already or too many are.
@@ -115,6 +133,7 @@ impl Doorway {
         let stream = match punch {
             Some(sender) => match sender.send(stream) {
                 Ok(()) => {
+                    self.counts.punches.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%peer, "accepted the other end of a punch");
                     return Sorted::Taken;
                 }
@@ -127,7 +146,9 @@ impl Doorway {
         }
         match tokio::time::timeout(timeout, opens_with_preamble(&stream)).await {
             Ok(true) => {
-                self.pushes.take(stream, peer).await;
+                if self.pushes.take(stream, peer).await {
+                    self.counts.pushes.fetch_add(1, Ordering::Relaxed);
+                }
                 Sorted::Taken
             }
             _ => Sorted::Http(stream),
@@ -210,6 +231,7 @@ mod tests {
         let (sorted, _client) =
             tokio::join!(doorway.sort(server, peer, Duration::from_secs(5)), writer);
         assert!(matches!(sorted, Sorted::Taken));
+        assert_eq!(doorway.pushes_taken(), 1);
         let mut pushed = waiting.await.unwrap();
         let mut rest = [0u8; 4];
         pushed.read_exact(&mut rest).await.unwrap();
@@ -234,6 +256,7 @@ mod tests {
             Sorted::Taken
         ));
         expected.arrival().await.unwrap();
+        assert_eq!(doorway.punches_taken(), 1);
         assert!(doorway.expect_punch(peer).is_some(), "the claim ended");
     }
 }
