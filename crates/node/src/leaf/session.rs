@@ -382,6 +382,8 @@ fn punch_upload(context: &SessionContext, content_id: ContentId, callback: Socke
             _ = shutdown.cancelled() => return,
             outcome = punched => outcome,
         };
+        // The bound is on punches dialing; serving is the server's slots'.
+        drop(permit);
         match outcome {
             Ok((stream, won)) => {
                 tracing::info!(%callback, %content_id, ?won, "serving by hole punch");
@@ -392,7 +394,6 @@ fn punch_upload(context: &SessionContext, content_id: ContentId, callback: Socke
             }
             Err(error) => tracing::info!(%callback, %error, "cannot punch a hole for a push"),
         }
-        drop(permit);
     });
 }
 
