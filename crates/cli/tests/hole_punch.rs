@@ -1,9 +1,9 @@
 //! Hole punching between two home networks, each behind its own NAT.
 //!
 //! ```text
-//!  home-a 10.81.1.2 ── router-a (nftables masquerade) 198.18.1.1 ─┐
+//!  home-a 10.81.1.2 ── router-a (nftables masquerade) 93.184.1.1 ─┐
 //!                                                                  wan: supernode, routes
-//!  home-b 10.81.2.2 ── router-b (nftables masquerade) 198.18.2.1 ─┘  198.18.1.2 / 198.18.2.2
+//!  home-b 10.81.2.2 ── router-b (nftables masquerade) 93.184.2.1 ─┘  93.184.1.2 / 93.184.2.2
 //! ```
 //!
 //! Each router does what a home router does: masquerade (Linux keeps the
@@ -18,9 +18,15 @@
 //! dials and the NATs let the SYNs in as answers. The file must verify and
 //! every connection's path must be "hole punch".
 //!
-//! Needs root, `ip` and `nft` (.ci/run installs them): fails loudly
-//! without. The namespaces (`chp<pid>-…`) are built here and removed
-//! whatever happens.
+//! And the mapped case: home 2's router runs miniupnpd, its leaf maps its
+//! port, and that leaf (the daemon, through `canopy get`) downloads home
+//! 1's file: the source connects once to the mapped port, where the
+//! leaf's HTTP server hands the pushed connection to the download: path
+//! "push".
+//!
+//! Needs root, `ip` and `nft`, and `miniupnpd` for the mapped case
+//! (.ci/run installs them): fails loudly without. The namespaces
+//! (`chp<pid><test>-…`) are built here and removed whatever happens.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -55,11 +61,11 @@ impl Home {
     }
     /// The router's public address: what the world sees the home as.
     fn public(self) -> String {
-        format!("198.18.{}.1", self.0)
+        format!("93.184.{}.1", self.0)
     }
     /// The supernode's address on this home's side of the WAN.
     fn supernode(self) -> String {
-        format!("198.18.{}.2", self.0)
+        format!("93.184.{}.2", self.0)
     }
     /// Where the home's leaf listens.
     fn leaf_port(self) -> u16 {
@@ -110,6 +116,7 @@ fn wait_for(what: &str, mut done: impl FnMut() -> Result<(), String>) {
 struct Net {
     prefix: String,
     made: Vec<String>,
+    links: usize,
 }
 
 impl Net {
@@ -126,10 +133,11 @@ impl Net {
     }
 
     /// A veth pair: `a` in `a_ns`, `b` in `b_ns`, each with its address.
-    fn link(&self, a_ns: &str, a: &str, a_cidr: &str, b_ns: &str, b: &str, b_cidr: &str) {
+    fn link(&mut self, a_ns: &str, a: &str, a_cidr: &str, b_ns: &str, b: &str, b_cidr: &str) {
+        self.links += 1;
         let (tmp_a, tmp_b) = (
-            format!("{}{a}x", self.prefix),
-            format!("{}{b}y", self.prefix),
+            format!("{}{}a", self.prefix, self.links),
+            format!("{}{}b", self.prefix, self.links),
         );
         run(
             "ip",
@@ -146,10 +154,14 @@ impl Net {
         }
     }
 
-    fn up() -> Net {
+    /// Builds the network; `test` (one letter) keeps the names of tests
+    /// running at once apart; `upnp`: that home's router gets miniupnpd's
+    /// chains.
+    fn up(test: char, upnp: Option<u8>) -> Net {
         let mut net = Net {
-            prefix: format!("chp{}", std::process::id()),
+            prefix: format!("chp{}{test}", std::process::id()),
             made: Vec::new(),
+            links: 0,
         };
         let wan = net.add_ns("wan");
         sysctl(&wan, "net.ipv4.ip_forward=1");
@@ -202,14 +214,28 @@ impl Net {
             // free, one mapping for every destination); from outside only
             // answers come in, to the router or through it; the rest is
             // dropped without a word.
-            let rules = "table inet home {\n\
-                chain input { type filter hook input priority 0; policy drop;\n\
-                  iifname \"lo\" accept; iifname \"lan0\" accept; ct state established,related accept; }\n\
-                chain forward { type filter hook forward priority 0; policy drop;\n\
-                  ct state established,related accept; iifname \"lan0\" oifname \"wan0\" accept; }\n\
-                chain postrouting { type nat hook postrouting priority 100; policy accept;\n\
-                  oifname \"wan0\" masquerade; }\n\
-                }\n";
+            // With miniupnpd: its chains (table `filter`, family inet,
+            // its default names), where its port forwards go.
+            let upnp = upnp == Some(home.0);
+            let hook = |rule: &'static str| if upnp { rule } else { "" };
+            let rules = format!(
+                "table inet filter {{\n\
+                chain input {{ type filter hook input priority 0; policy drop;\n\
+                  iifname \"lo\" accept; iifname \"lan0\" accept; ct state established,related accept; }}\n\
+                chain forward {{ type filter hook forward priority 0; policy drop;\n\
+                  ct state established,related accept; iifname \"lan0\" oifname \"wan0\" accept; {} }}\n\
+                chain prerouting {{ type nat hook prerouting priority -100; policy accept; {} }}\n\
+                chain postrouting {{ type nat hook postrouting priority 100; policy accept;\n\
+                  {} oifname \"wan0\" masquerade; }}\n\
+                {}\n\
+                }}\n",
+                hook("jump miniupnpd;"),
+                hook("jump prerouting_miniupnpd;"),
+                hook("jump postrouting_miniupnpd;"),
+                hook(
+                    "chain miniupnpd { }\nchain prerouting_miniupnpd { }\nchain postrouting_miniupnpd { }"
+                ),
+            );
             let mut nft = Command::new("ip")
                 .args(["netns", "exec", &router_ns, "nft", "-f", "-"])
                 .stdin(Stdio::piped())
@@ -274,14 +300,14 @@ async fn spawn_in(
     (child, serde_json::from_str(&first).unwrap())
 }
 
-fn require_tools() {
+fn require_tools(extra: &[&str]) {
     let uid = run("id", &["-u"]);
     assert_eq!(
         String::from_utf8_lossy(&uid.stdout).trim(),
         "0",
         "network namespaces need root (CI runs as root)"
     );
-    for tool in ["ip", "nft"] {
+    for tool in ["ip", "nft"].iter().chain(extra) {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -289,7 +315,7 @@ fn require_tools() {
             .is_ok_and(|s| s.success());
         assert!(
             found,
-            "{tool} is missing (.ci/run installs it: nftables, iproute2)"
+            "{tool} is missing (.ci/run installs it: nftables, iproute2, miniupnpd-nftables)"
         );
     }
 }
@@ -340,14 +366,30 @@ fn get_from(net: &Net, home: Home, id: &str, out: &Path) -> Result<serde_json::V
     serde_json::from_str(stdout.trim()).map_err(|e| format!("{e}: {stdout}"))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn two_leaves_behind_their_own_nats_download_from_each_other_by_hole_punching() {
-    require_tools();
-    let root = tempfile::tempdir().unwrap();
-    let net = Net::up();
+/// Waits until the supernode has found `home`'s leaf unreachable (its
+/// probe dropped by the router): from then on hits say it is firewalled.
+/// (While the probe runs they say it is not.)
+fn wait_until_firewalled(root: &Path, home: Home) {
+    let addr = format!("addr={}:{}", home.public(), home.leaf_port());
+    wait_for("the supernode's probe of the leaf to fail", || {
+        let log =
+            std::fs::read_to_string(root.join("supernode").join("stderr.log")).unwrap_or_default();
+        if log
+            .lines()
+            .any(|l| l.contains("leaf unreachable") && l.contains(&addr))
+        {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
+}
+
+/// The supernode, on the WAN.
+async fn start_supernode(net: &Net, root: &Path) -> tokio::process::Child {
     let (supernode, _) = spawn_in(
         &net.ns("wan"),
-        &root.path().join("supernode"),
+        &root.join("supernode"),
         &[
             "supernode",
             "--listen",
@@ -358,52 +400,81 @@ async fn two_leaves_behind_their_own_nats_download_from_each_other_by_hole_punch
         ],
     )
     .await;
+    supernode
+}
 
-    // A leaf in each home, sharing a file of several groups (so the
-    // download takes several connections: the tree, then two at once).
+/// A leaf in `home` sharing a file of several groups (so a download
+/// takes several connections: the tree, then two at once), its port
+/// mapped on the router if `mapped`. The leaf, its startup line, its
+/// data directory and the file's id and bytes.
+async fn start_leaf(
+    net: &Net,
+    root: &Path,
+    home: Home,
+    mapped: bool,
+) -> (
+    tokio::process::Child,
+    serde_json::Value,
+    std::path::PathBuf,
+    (String, Vec<u8>),
+) {
+    let dir = root.join(home.name());
+    let share = dir.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let bytes = support::sample(3 * 1024 * 1024 + 1234, u64::from(home.0));
+    let id = blake3::hash(&bytes).to_hex().to_string();
+    std::fs::write(share.join(format!("from home {}.bin", home.0)), &bytes).unwrap();
+    let data = dir.join("leaf");
+    let supernode = format!("{}:{SUPERNODE_PORT}", home.supernode());
+    let listen = format!("0.0.0.0:{}", home.leaf_port());
+    let mut args = vec![
+        "leaf",
+        "--supernode",
+        &supernode,
+        "--share",
+        share.to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--no-lan-discovery",
+        "--control",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--json",
+    ];
+    if !mapped {
+        args.push("--no-port-mapping");
+    }
+    let (leaf, hello) = spawn_in(&net.ns(&home.name()), &data, &args).await;
+    (leaf, hello, data, (id, bytes))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_leaves_behind_their_own_nats_download_from_each_other_by_hole_punching() {
+    require_tools(&[]);
+    let root = tempfile::tempdir().unwrap();
+    let net = Net::up('a', None);
+    let supernode = start_supernode(&net, root.path()).await;
+
     let mut leaves = Vec::new();
     let mut files = Vec::new();
     for home in HOMES {
-        let dir = root.path().join(home.name());
-        let share = dir.join("share");
-        std::fs::create_dir_all(&share).unwrap();
-        let bytes = support::sample(3 * 1024 * 1024 + 1234, u64::from(home.0));
-        let id = blake3::hash(&bytes).to_hex().to_string();
-        std::fs::write(share.join(format!("from home {}.bin", home.0)), &bytes).unwrap();
-        let data = dir.join("leaf");
-        let (leaf, hello) = spawn_in(
-            &net.ns(&home.name()),
-            &data,
-            &[
-                "leaf",
-                "--supernode",
-                &format!("{}:{SUPERNODE_PORT}", home.supernode()),
-                "--share",
-                share.to_str().unwrap(),
-                "--listen",
-                &format!("0.0.0.0:{}", home.leaf_port()),
-                "--no-port-mapping",
-                "--no-lan-discovery",
-                "--control",
-                "127.0.0.1:0",
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--json",
-            ],
-        )
-        .await;
+        let (leaf, hello, data, file) = start_leaf(&net, root.path(), home, false).await;
         assert_eq!(
             hello["listen"],
             format!("0.0.0.0:{}", home.leaf_port()),
             "{hello}"
         );
         leaves.push((leaf, data));
-        files.push((id, bytes));
+        files.push(file);
     }
 
     // Each file is found from the other home at the other router's public
     // address (the IP the supernode sees, the port announced), firewalled:
     // the supernode's probe was dropped by the router.
+    for home in HOMES {
+        wait_until_firewalled(root.path(), home);
+    }
     for (home, other) in [(HOMES[1], HOMES[0]), (HOMES[0], HOMES[1])] {
         let (id, _) = &files[usize::from(other.0 - 1)];
         let seen_at = format!("{}:{}", other.public(), other.leaf_port());
@@ -480,4 +551,122 @@ async fn two_leaves_behind_their_own_nats_download_from_each_other_by_hole_punch
         assert_eq!(support::terminate(PATIENCE, leaf).await, Some(0));
     }
     assert_eq!(support::terminate(PATIENCE, supernode).await, Some(0));
+}
+
+/// miniupnpd on `home`'s router, in the foreground; killed on drop.
+struct Miniupnpd {
+    child: std::process::Child,
+}
+
+impl Miniupnpd {
+    fn start(net: &Net, home: Home, dir: &Path) -> Miniupnpd {
+        let conf = dir.join("miniupnpd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "ext_ifname=wan0\nlistening_ip=lan0\nenable_natpmp=yes\nenable_upnp=yes\n\
+                 secure_mode=yes\nsystem_uptime=no\nuuid=5b2c7e1a-8d0f-4a61-9c3e-2f7d4b9a0c12\n\
+                 allow 1024-65535 10.81.{}.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n",
+                home.0
+            ),
+        )
+        .unwrap();
+        let router = net.ns(&home.router());
+        let child = Command::new("ip")
+            .args(["netns", "exec", &router, "miniupnpd", "-d", "-f"])
+            .arg(&conf)
+            .arg("-P")
+            .arg(dir.join("miniupnpd.pid"))
+            .stdout(std::fs::File::create(dir.join("miniupnpd.log")).unwrap())
+            .stderr(std::fs::File::create(dir.join("miniupnpd.err")).unwrap())
+            .spawn()
+            .expect("miniupnpd");
+        // Ready once NAT-PMP's socket is bound.
+        wait_for("miniupnpd to listen", || {
+            let out = try_run("ip", &["netns", "exec", &router, "ss", "-Hlnu"]);
+            let sockets = String::from_utf8_lossy(&out.stdout).into_owned();
+            if sockets.contains(":5351 ") {
+                Ok(())
+            } else {
+                Err(sockets)
+            }
+        });
+        Miniupnpd { child }
+    }
+}
+
+impl Drop for Miniupnpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leaf_with_a_mapped_port_is_pushed_to_there_from_behind_another_nat() {
+    require_tools(&["miniupnpd", "ss"]);
+    let root = tempfile::tempdir().unwrap();
+    let (source_home, mapped_home) = (HOMES[0], HOMES[1]);
+    let net = Net::up('m', Some(mapped_home.0));
+    let supernode = start_supernode(&net, root.path()).await;
+    let router = Miniupnpd::start(&net, mapped_home, root.path());
+
+    let (source, _, source_data, (id, bytes)) =
+        start_leaf(&net, root.path(), source_home, false).await;
+    let (leaf, hello, data, _) = start_leaf(&net, root.path(), mapped_home, true).await;
+    let log = |dir: &Path| std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+    assert_eq!(
+        hello["listen"],
+        format!("{}:{}", mapped_home.public(), mapped_home.leaf_port()),
+        "the leaf announces its mapped address: {hello}\n{}",
+        log(&data)
+    );
+    wait_until_firewalled(root.path(), source_home);
+    let seen_at = format!("{}:{}", source_home.public(), source_home.leaf_port());
+    wait_for("a search to find the other home's file", || {
+        let found = search_from(&net, mapped_home, &id);
+        if found.contains(&seen_at) {
+            Ok(())
+        } else {
+            Err(found)
+        }
+    });
+
+    // The running leaf downloads it (canopy get through its control API).
+    let output = Command::new("ip")
+        .args(["netns", "exec", &net.ns(&mapped_home.name()), CANOPY])
+        .args(["get", "--json", "--data-dir"])
+        .arg(&data)
+        .arg(&id)
+        .env("HOME", &data)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "canopy get: {stdout}\n{}\nthe leaf's log:\n{}\nthe source's log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        log(&data),
+        log(&source_data)
+    );
+    let view: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(view["state"], "done", "{view}");
+    let path = view["path"].as_str().unwrap();
+    assert!(std::fs::read(path).unwrap() == bytes, "verified");
+    // The daemon says how each source was reached: the source's one dial
+    // to the mapped port, handed over by the HTTP server.
+    let pushed = format!("\"{seen_at} (push)\": [\"push\"]");
+    wait_for("the leaf to log the download's paths", || {
+        let text = log(&data);
+        match text.lines().find(|l| l.contains("download verified")) {
+            Some(line) if line.contains(&pushed) => Ok(()),
+            Some(line) => Err(line.to_owned()),
+            None => Err(text),
+        }
+    });
+
+    drop(router);
+    for child in [leaf, source, supernode] {
+        assert_eq!(support::terminate(PATIENCE, child).await, Some(0));
+    }
 }
