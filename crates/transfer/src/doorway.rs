@@ -45,7 +45,9 @@ pub enum Sorted {
     Taken,
 }
 
-type Punches = Arc<Mutex<HashMap<SocketAddr, oneshot::Sender<TcpStream>>>>;
+/// Claims by address: the claim's number (so a claim ended removes only
+/// itself) and where the connection goes.
+type Punches = Arc<Mutex<HashMap<SocketAddr, (u64, oneshot::Sender<TcpStream>)>>>;
 
 /// See the module docs. Cheap to clone (clones share the tables).
 #[derive(Debug, Clone, Default)]
@@ -59,6 +61,8 @@ pub struct Doorway {
 struct Counts {
     pushes: AtomicU64,
     punches: AtomicU64,
+    /// Claims made, numbering them.
+    claims: AtomicU64,
 }
 
 /// A punch's claim on connections from one address; dropping it ends the
@@ -66,6 +70,7 @@ struct Counts {
 #[derive(Debug)]
 pub struct ExpectedPunch {
     peer: SocketAddr,
+    claim: u64,
     punches: Punches,
     arrived: oneshot::Receiver<TcpStream>,
 }
@@ -81,7 +86,12 @@ impl ExpectedPunch {
 impl Drop for ExpectedPunch {
     fn drop(&mut self) {
         if let Ok(mut punches) = self.punches.lock() {
-            punches.remove(&self.peer);
+            if punches
+                .get(&self.peer)
+                .is_some_and(|(claim, _)| *claim == self.claim)
+            {
+                punches.remove(&self.peer);
+            }
         }
     }
 }
@@ -108,14 +118,16 @@ impl Doorway {
     pub fn expect_punch(&self, peer: SocketAddr) -> Option<ExpectedPunch> {
         let peer = canopy_core::family::canonical(peer);
         let mut punches = self.punches.lock().ok()?;
-        punches.retain(|_, sender| !sender.is_closed());
+        punches.retain(|_, (_, sender)| !sender.is_closed());
         if punches.len() >= MAX_PUNCHES || punches.contains_key(&peer) {
             return None;
         }
         let (tx, rx) = oneshot::channel();
-        punches.insert(peer, tx);
+        let claim = self.counts.claims.fetch_add(1, Ordering::Relaxed);
+        punches.insert(peer, (claim, tx));
         Some(ExpectedPunch {
             peer,
+            claim,
             punches: self.punches.clone(),
             arrived: rx,
         })
@@ -131,7 +143,7 @@ impl Doorway {
             .ok()
             .and_then(|mut punches| punches.remove(&peer));
         let stream = match punch {
-            Some(sender) => match sender.send(stream) {
+            Some((_, sender)) => match sender.send(stream) {
                 Ok(()) => {
                     self.counts.punches.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%peer, "accepted the other end of a punch");
@@ -257,6 +269,13 @@ mod tests {
         ));
         expected.arrival().await.unwrap();
         assert_eq!(doorway.punches_taken(), 1);
-        assert!(doorway.expect_punch(peer).is_some(), "the claim ended");
+        let newer = doorway.expect_punch(peer).expect("the claim ended");
+        drop(expected);
+        assert!(
+            doorway.expect_punch(peer).is_none(),
+            "an older claim ending leaves a newer one be"
+        );
+        drop(newer);
+        assert!(doorway.expect_punch(peer).is_some());
     }
 }
