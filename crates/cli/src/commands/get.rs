@@ -331,20 +331,31 @@ async fn standalone(args: Args, supernode: HostPort, id: ContentId) -> anyhow::R
         );
     }
     for source in &report.sources {
+        let via = paths_said(&source.paths);
         match &source.dropped {
             Some(reason) => say!(
-                "  {:<28} {:>12}  dropped: {reason}",
+                "  {:<28} {:>12}{via}  dropped: {reason}",
                 source.source,
                 HumanBytes(source.bytes).to_string()
             ),
             None => say!(
-                "  {:<28} {:>12}",
+                "  {:<28} {:>12}{via}",
                 source.source,
                 HumanBytes(source.bytes).to_string()
             ),
         }
     }
     Ok(())
+}
+
+/// "  via hole punch", "  via direct, push": how a source was reached;
+/// nothing if it never was.
+fn paths_said(paths: &[TransferPath]) -> String {
+    if paths.is_empty() {
+        return String::new();
+    }
+    let names: Vec<&str> = paths.iter().map(|p| p.name()).collect();
+    format!("  via {}", names.join(", "))
 }
 
 fn display_folder(folder: &Path) -> String {
@@ -404,6 +415,16 @@ mod tests {
             rate_between((start, 0), (start, 5)),
             None,
             "too soon to tell"
+        );
+    }
+
+    #[test]
+    fn each_source_line_says_how_it_was_reached() {
+        assert_eq!(paths_said(&[]), "");
+        assert_eq!(paths_said(&[TransferPath::HolePunch]), "  via hole punch");
+        assert_eq!(
+            paths_said(&[TransferPath::Direct, TransferPath::Push]),
+            "  via direct, push"
         );
     }
 }
