@@ -1,9 +1,9 @@
 //! Hole punching between two home networks, each behind its own NAT.
 //!
 //! ```text
-//!  home-a 10.81.1.2 ── router-a (nftables masquerade) 93.184.1.1 ─┐
-//!                                                                  wan: supernode, routes
-//!  home-b 10.81.2.2 ── router-b (nftables masquerade) 93.184.2.1 ─┘  93.184.1.2 / 93.184.2.2
+//!  home1 10.81.1.2 ── router1 (nftables masquerade) 93.184.1.1 ─┐
+//!                                                                wan: the supernode at
+//!  home2 10.81.2.2 ── router2 (nftables masquerade) 93.184.2.1 ─┘  93.184.1.2 / 93.184.2.2
 //! ```
 //!
 //! Each router does what a home router does: masquerade (Linux keeps the
