@@ -35,6 +35,9 @@ pub const DOWNLOADER_WINDOW: Duration = Duration::from_secs(10);
 /// Punches a leaf runs at once for the pushes it was sent; more are
 /// ignored (each sends a SYN every [`ATTEMPT_INTERVAL`]).
 pub const MAX_PUNCHES_AT_ONCE: usize = 8;
+/// Punches a leaf's downloads run at once (one per connection wanted from
+/// a firewalled source); more wait for one to end.
+pub const MAX_DOWNLOAD_PUNCHES_AT_ONCE: usize = 16;
 
 /// A punch's timing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -692,12 +692,10 @@ impl<'a> Callback<'a> {
                     .map_err(|e| std::io::Error::other(e.to_string()))
             })
         });
-        Arc::new(PunchConnector::new(
-            node,
-            &source.addrs(),
-            requester,
-            PunchConfig::downloader(),
-        ))
+        Arc::new(
+            PunchConnector::new(node, &source.addrs(), requester, PunchConfig::downloader())
+                .with_slots(self.leaf.download_punches().clone()),
+        )
     }
 }
 

@@ -22,7 +22,10 @@
 //! push; the downloader checks the node id. The downloader reports the
 //! connection's path: [`TransferPath::HolePunch`] when its own dial
 //! completed, [`TransferPath::Push`] when the source's dial reached its
-//! listening port.
+//! listening port. A dial of ours that completes but hears nothing for
+//! 2 s reached the source's HTTP server itself (the source is reachable
+//! after all, or no longer punching): it is used as it is, a
+//! [`TransferPath::Direct`] connection.
 
 use std::future::Future;
 use std::io;
@@ -37,6 +40,7 @@ use canopy_proto::NodeId;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 pub use canopy_core::punch::{PunchConfig, Won};
 
@@ -50,6 +54,11 @@ const MAX_REMOTES: usize = 2;
 /// How long a connection to the downloader's punch port may take to say
 /// who it is.
 const ACCEPTED_PREAMBLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// A punched connection's other end speaks first (the preamble, written
+/// the moment it connects); one silent this long after our dial completed
+/// is the source's HTTP server itself, reachable after all, waiting for
+/// our request.
+const SILENT_MEANS_DIRECT: Duration = Duration::from_secs(2);
 
 /// Dials `remotes` (at most [`MAX_REMOTES`] of them, IPv6 first) from
 /// `local_port` on `config`'s schedule until a dial connects or
@@ -185,6 +194,7 @@ pub struct PunchConnector {
     remotes: Vec<SocketAddr>,
     request: PunchRequester,
     config: PunchConfig,
+    slots: Option<Arc<Semaphore>>,
 }
 
 impl std::fmt::Debug for PunchConnector {
@@ -210,40 +220,68 @@ impl PunchConnector {
             remotes: remotes.to_vec(),
             request,
             config,
+            slots: None,
         }
+    }
+
+    /// Punches only while it holds one of `slots` (shared by the node's
+    /// punches: each dials every interval for the window, so a download
+    /// of many firewalled sources does not dial them all at once); the
+    /// slot is let go once the punch ends.
+    pub fn with_slots(mut self, slots: Arc<Semaphore>) -> Self {
+        self.slots = Some(slots);
+        self
     }
 }
 
 impl Connector for PunchConnector {
     fn connect(&self) -> ConnectFuture {
-        let (node, remotes, request, config) = (
+        let (node, remotes, request, config, slots) = (
             self.node,
             self.remotes.clone(),
             self.request.clone(),
             self.config,
+            self.slots.clone(),
         );
         Box::pin(async move {
+            let slot = match slots {
+                Some(slots) => Some(
+                    slots
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| io::Error::other("punching stopped"))?,
+                ),
+                None => None,
+            };
             // A fresh port per connection: its own 4-tuple.
             let listener = crate::listen::bind(any_dual_stack(0)).await?;
             let port = listener.local_addr()?.port();
             request(port).await?;
             let accepted = accept_pushed(&listener, node);
             let (mut stream, won) = rendezvous(port, &remotes, config, accepted).await?;
+            drop(slot);
             let _ = stream.set_nodelay(true);
             let path = match won {
                 Won::Accepted => TransferPath::Push,
                 Won::Dialed { .. } => {
-                    let said = tokio::time::timeout(PREAMBLE_TIMEOUT, read_preamble(&mut stream))
-                        .await
-                        .ok()
-                        .flatten();
-                    if said != Some(node) {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "the punched connection did not come from the source",
-                        ));
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(SILENT_MEANS_DIRECT, stream.peek(&mut first)).await {
+                        Err(_) => TransferPath::Direct,
+                        Ok(_) => {
+                            let said =
+                                tokio::time::timeout(PREAMBLE_TIMEOUT, read_preamble(&mut stream))
+                                    .await
+                                    .ok()
+                                    .flatten();
+                            if said != Some(node) {
+                                return Err(io::Error::new(
+                                    io::ErrorKind::InvalidData,
+                                    "the punched connection did not come from the source",
+                                ));
+                            }
+                            TransferPath::HolePunch
+                        }
                     }
-                    TransferPath::HolePunch
                 }
             };
             Ok(Connected::new(stream, path))

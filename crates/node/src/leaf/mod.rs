@@ -219,6 +219,8 @@ pub struct LeafHandle {
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<LeafStatus>,
     connect_backs_refused: Arc<AtomicU64>,
+    /// Hole punches this leaf's downloads run at once.
+    download_punches: Arc<Semaphore>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -238,6 +240,13 @@ impl LeafHandle {
     /// (overall, or to that callback address).
     pub fn connect_backs_refused(&self) -> u64 {
         self.connect_backs_refused.load(Ordering::Relaxed)
+    }
+
+    /// The hole punches this leaf's downloads may run at once
+    /// (`canopy_core::punch::MAX_DOWNLOAD_PUNCHES_AT_ONCE`; more wait
+    /// their turn).
+    pub(crate) fn download_punches(&self) -> &Arc<Semaphore> {
+        &self.download_punches
     }
 
     /// The counter behind [`LeafHandle::connect_backs_refused`], for metrics.
@@ -611,6 +620,7 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         commands: commands_tx,
         status: status_rx,
         connect_backs_refused: connect_backs.refused,
+        download_punches: Arc::new(Semaphore::new(canopy_core::punch::MAX_PUNCHES_AT_ONCE)),
         shutdown,
         tracker,
     })
