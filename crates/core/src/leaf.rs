@@ -55,6 +55,9 @@ pub enum LeafAction {
         content_id: ContentId,
         /// Where to connect.
         callback_addr: SocketAddr,
+        /// Dial it again and again from our listening port for a while
+        /// (hole punching, see [`crate::punch`]), not just once.
+        punch: bool,
     },
 }
 
@@ -326,6 +329,7 @@ impl LeafSession {
                     self.actions.push_back(LeafAction::PushRequested {
                         content_id: push.content_id,
                         callback_addr: push.callback_addr,
+                        punch: push.punch,
                     });
                 }
             }
@@ -402,6 +406,30 @@ impl LeafSession {
         content_id: ContentId,
         callback_addr: SocketAddr,
     ) -> Result<(), SearchError> {
+        self.push(message_id, target, content_id, callback_addr, false)
+    }
+
+    /// Asks firewalled leaf `target` to punch a hole to `callback_addr`
+    /// (dial it again and again from its listening port while we dial it:
+    /// see [`crate::punch`]) and serve `content_id` on the connection.
+    pub fn send_punch_push(
+        &mut self,
+        message_id: MessageId,
+        target: NodeId,
+        content_id: ContentId,
+        callback_addr: SocketAddr,
+    ) -> Result<(), SearchError> {
+        self.push(message_id, target, content_id, callback_addr, true)
+    }
+
+    fn push(
+        &mut self,
+        message_id: MessageId,
+        target: NodeId,
+        content_id: ContentId,
+        callback_addr: SocketAddr,
+        punch: bool,
+    ) -> Result<(), SearchError> {
         if self.state != State::Ready {
             return Err(SearchError::NotConnected);
         }
@@ -411,7 +439,7 @@ impl LeafSession {
             content_id,
             callback_addr,
             hops: 0,
-            punch: false,
+            punch,
             relay: None,
         }));
         Ok(())

@@ -17,6 +17,8 @@
 //! - [`addr_limits`]: what one address and one network prefix may hold.
 //! - [`push_limits`]: how often pushes may name one callback address, and
 //!   how often a leaf connects back.
+//! - [`punch`]: hole punching's schedule: a dial every 250 ms from the
+//!   listening port for a window, and which connection won.
 //! - [`lan`]: LAN discovery by multicast: the datagram, when to announce,
 //!   the table of nodes heard on the LAN.
 //! - [`addrman`]: the supernodes a node knows of and whom it dials next,
@@ -52,6 +54,7 @@ pub mod leaf;
 pub mod link;
 pub mod mesh;
 pub mod posting;
+pub mod punch;
 pub mod push_limits;
 pub mod queue;
 pub mod rate;

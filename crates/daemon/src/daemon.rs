@@ -485,6 +485,7 @@ impl Daemon {
                     %id,
                     path = %fetched.path.display(),
                     bytes = fetched.size,
+                    paths = ?fetched.paths,
                     "download verified"
                 );
                 let path = fetched.path.display().to_string();

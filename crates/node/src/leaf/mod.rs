@@ -200,6 +200,8 @@ struct PushRequest {
     target: NodeId,
     content_id: ContentId,
     callback: SocketAddr,
+    /// Ask it to punch a hole (see `canopy_core::punch`).
+    punch: bool,
     reply: oneshot::Sender<Result<(), NodeError>>,
 }
 
@@ -217,6 +219,8 @@ pub struct LeafHandle {
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<LeafStatus>,
     connect_backs_refused: Arc<AtomicU64>,
+    /// Hole punches this leaf's downloads run at once.
+    download_punches: Arc<Semaphore>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -236,6 +240,13 @@ impl LeafHandle {
     /// (overall, or to that callback address).
     pub fn connect_backs_refused(&self) -> u64 {
         self.connect_backs_refused.load(Ordering::Relaxed)
+    }
+
+    /// The hole punches this leaf's downloads may run at once
+    /// (`canopy_core::punch::MAX_DOWNLOAD_PUNCHES_AT_ONCE`; more wait
+    /// their turn).
+    pub(crate) fn download_punches(&self) -> &Arc<Semaphore> {
+        &self.download_punches
     }
 
     /// The counter behind [`LeafHandle::connect_backs_refused`], for metrics.
@@ -449,12 +460,36 @@ impl PushSender {
         content_id: ContentId,
         callback: SocketAddr,
     ) -> Result<(), NodeError> {
+        self.send(target, content_id, callback, false).await
+    }
+
+    /// Asks firewalled leaf `target`, through the overlay, to punch a hole
+    /// to `callback` (dial it again and again from its listening port
+    /// while we dial it: `canopy_transfer::punch`) and serve `content_id`
+    /// on the connection.
+    pub async fn punch(
+        &self,
+        target: NodeId,
+        content_id: ContentId,
+        callback: SocketAddr,
+    ) -> Result<(), NodeError> {
+        self.send(target, content_id, callback, true).await
+    }
+
+    async fn send(
+        &self,
+        target: NodeId,
+        content_id: ContentId,
+        callback: SocketAddr,
+        punch: bool,
+    ) -> Result<(), NodeError> {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Push(PushRequest {
                 target,
                 content_id,
                 callback,
+                punch,
                 reply,
             }))
             .await
@@ -540,6 +575,8 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         catalog: catalog.clone(),
         server: server.clone(),
         pushes: Arc::new(Semaphore::new(MAX_PUSHES)),
+        punches: Arc::new(Semaphore::new(canopy_core::punch::MAX_PUNCHES_AT_ONCE)),
+        listen_port: listen_addr.map(|addr| addr.port()),
         connect_backs: connect_backs.clone(),
         tracker: tracker.clone(),
         link: LinkContext {
@@ -583,6 +620,7 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         commands: commands_tx,
         status: status_rx,
         connect_backs_refused: connect_backs.refused,
+        download_punches: Arc::new(Semaphore::new(canopy_core::punch::MAX_PUNCHES_AT_ONCE)),
         shutdown,
         tracker,
     })

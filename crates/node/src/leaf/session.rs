@@ -52,6 +52,11 @@ pub(super) struct SessionContext {
     pub(super) server: ContentServer,
     /// Pushed uploads being set up at once.
     pub(super) pushes: Arc<Semaphore>,
+    /// Hole punches for pushes running at once.
+    pub(super) punches: Arc<Semaphore>,
+    /// The port our HTTP server listens on (which our hits name), if any:
+    /// punches dial from it.
+    pub(super) listen_port: Option<u16>,
     /// How often pushes may make us connect out.
     pub(super) connect_backs: ConnectBacks,
     pub(super) tracker: TaskTracker,
@@ -234,9 +239,13 @@ async fn run(
                 }
                 Some(ToSession::Shares(files)) => session.set_shares(files),
                 Some(ToSession::Push(push)) => {
-                    let sent = session
-                        .send_push(crate::random_message_id(), push.target, push.content_id, push.callback)
-                        .map_err(|e| NodeError::Search(e.to_string()));
+                    let id = crate::random_message_id();
+                    let sent = if push.punch {
+                        session.send_punch_push(id, push.target, push.content_id, push.callback)
+                    } else {
+                        session.send_push(id, push.target, push.content_id, push.callback)
+                    }
+                    .map_err(|e| NodeError::Search(e.to_string()));
                     let _ = push.reply.send(sent);
                 }
                 // The coordinator let go of this session: leave politely.
@@ -278,7 +287,13 @@ async fn run(
                 LeafAction::PushRequested {
                     content_id,
                     callback_addr,
+                    punch: false,
                 } => push_upload(context, content_id, callback_addr),
+                LeafAction::PushRequested {
+                    content_id,
+                    callback_addr,
+                    punch: true,
+                } => punch_upload(context, content_id, callback_addr),
                 LeafAction::Rejected {
                     reason,
                     detail,
@@ -335,6 +350,78 @@ fn push_upload(context: &SessionContext, content_id: ContentId, callback: Socket
         }
         drop(permit);
     });
+}
+
+/// A downloader behind a NAT asked us by push to punch a hole to
+/// `callback`: dial it again and again from our HTTP port (the port our
+/// hits name; a leaf without one: from one ephemeral port) while it dials
+/// us, and serve HTTP on whichever connection comes first, ours or its
+/// dial accepted at that port (see `canopy_transfer::punch`). Counted
+/// against the connect-back budget like any push, and at most
+/// [`canopy_core::punch::MAX_PUNCHES_AT_ONCE`] at once. The callback's IP
+/// is the downloader's own, put there by its supernode.
+fn punch_upload(context: &SessionContext, content_id: ContentId, callback: SocketAddr) {
+    if context.catalog.get(&content_id).is_none() {
+        tracing::info!(%content_id, "punch for content we do not share; ignored");
+        return;
+    }
+    if !context.connect_backs.allow(callback) {
+        return;
+    }
+    let Ok(permit) = context.punches.clone().try_acquire_owned() else {
+        tracing::info!(%callback, "too many punches at once; ignored");
+        return;
+    };
+    let server = context.server.clone();
+    let us = context.identity.node_id;
+    let shutdown = context.shutdown.clone();
+    let listen_port = context.listen_port;
+    context.tracker.spawn(async move {
+        let punched = punch_to(&server, listen_port, callback, us);
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            outcome = punched => outcome,
+        };
+        // The bound is on punches dialing; serving is the server's slots'.
+        drop(permit);
+        match outcome {
+            Ok((stream, won)) => {
+                tracing::info!(%callback, %content_id, ?won, "serving by hole punch");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = server.serve_connection_from(stream, Some(callback)) => {}
+                }
+            }
+            Err(error) => tracing::info!(%callback, %error, "cannot punch a hole for a push"),
+        }
+    });
+}
+
+/// Punches from `listen_port` (the server's, whose doorway hands over the
+/// downloader's dial if it is accepted there) or from a port of its own.
+async fn punch_to(
+    server: &ContentServer,
+    listen_port: Option<u16>,
+    callback: SocketAddr,
+    us: NodeId,
+) -> std::io::Result<(TcpStream, canopy_transfer::punch::Won)> {
+    use canopy_transfer::punch::{accept_from, punch_back};
+    match listen_port {
+        Some(port) => {
+            let Some(mut expected) = server.doorway().expect_punch(callback) else {
+                return Err(std::io::Error::other(
+                    "a punch to this address runs already",
+                ));
+            };
+            punch_back(port, callback, us, expected.arrival()).await
+        }
+        None => {
+            let any = canopy_transfer::listen::any_dual_stack(0);
+            let listener = canopy_transfer::listen::bind(any).await?;
+            let port = listener.local_addr()?.port();
+            punch_back(port, callback, us, accept_from(&listener, callback)).await
+        }
+    }
 }
 
 /// Publishes what changed in the followed searches; ends those that are
