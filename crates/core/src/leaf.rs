@@ -48,6 +48,13 @@ pub enum LeafAction {
     },
     /// The supernode named other supernodes, in answer to our Ping.
     SupernodesLearned(Vec<SocketAddr>),
+    /// The supernode connected back to `probed_addr` (or could not).
+    Reachability {
+        /// A TCP connection opened.
+        reachable: bool,
+        /// Where it tried: our announced port on the IP it sees.
+        probed_addr: SocketAddr,
+    },
     /// A downloader asks us, through the overlay, to connect out to
     /// `callback_addr` and serve `content_id` (we are firewalled).
     PushRequested {
@@ -148,6 +155,8 @@ pub struct LeafSession {
     pongs_unsolicited: u64,
     /// The node id the supernode's authenticated key owns.
     supernode_id: Option<NodeId>,
+    /// An Announce waits for the handshake to complete.
+    announce_when_ready: bool,
 }
 
 /// A leaf tells its supernode how many results a search has kept at most
@@ -175,6 +184,7 @@ impl LeafSession {
             pings: Outstanding::default(),
             pongs_unsolicited: 0,
             supernode_id: None,
+            announce_when_ready: false,
         }
     }
 
@@ -297,6 +307,7 @@ impl LeafSession {
                         observed_addr,
                     });
                     self.publish_full_list();
+                    self.announce_if_waiting();
                     // Ask which other supernodes it knows: the leaf keeps
                     // more than one, and remembers them for next time.
                     let nonce = self.nonces.next_nonce();
@@ -328,6 +339,18 @@ impl LeafSession {
                         callback_addr: push.callback_addr,
                     });
                 }
+            }
+            (
+                State::Ready,
+                Message::Reachability {
+                    reachable,
+                    probed_addr,
+                },
+            ) => {
+                self.actions.push_back(LeafAction::Reachability {
+                    reachable,
+                    probed_addr,
+                });
             }
             (State::Ready, Message::QueryHit(hit)) => {
                 if let Some(search) = self.searches.get_mut(&hit.message_id) {
@@ -415,6 +438,32 @@ impl LeafSession {
             relay: None,
         }));
         Ok(())
+    }
+
+    /// Our listening address is now `addr`: tell the supernode (once the
+    /// handshake completed; a Hello not sent yet carries it) if it is not
+    /// what it was told, or anyway if `recheck` (it probes again). The
+    /// supernode takes one Announce per 30 s; the caller spaces them
+    /// (`canopy_core::reachability`).
+    pub fn announce(&mut self, addr: SocketAddr, recheck: bool) {
+        let changed = self.identity.listen_addr != Some(addr);
+        self.identity.listen_addr = Some(addr);
+        if !changed && !recheck {
+            return;
+        }
+        match self.state {
+            State::Ready => self.send(Message::Announce { listen_addr: addr }),
+            State::AwaitingReply => self.announce_when_ready = true,
+            State::New | State::Closed => {}
+        }
+    }
+
+    fn announce_if_waiting(&mut self) {
+        if std::mem::take(&mut self.announce_when_ready) {
+            if let Some(listen_addr) = self.identity.listen_addr {
+                self.send(Message::Announce { listen_addr });
+            }
+        }
     }
 
     /// A running search.

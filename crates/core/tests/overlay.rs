@@ -211,7 +211,8 @@ impl Net {
                     } => self.pushes.push((l, content_id, callback_addr)),
                     LeafAction::Ready { .. }
                     | LeafAction::Rejected { .. }
-                    | LeafAction::SupernodesLearned(_) => {}
+                    | LeafAction::SupernodesLearned(_)
+                    | LeafAction::Reachability { .. } => {}
                 }
             }
         }

@@ -58,7 +58,11 @@ impl Priority {
             Message::QueryHit(_) | Message::QueryStatus { .. } => Priority::Hit,
             Message::Push(_) => Priority::Push,
             Message::FileList { .. } | Message::FileDelta { .. } => Priority::Sharing,
-            Message::Hello(_) | Message::HelloReply(_) | Message::Bye { .. } => Priority::Control,
+            Message::Hello(_)
+            | Message::HelloReply(_)
+            | Message::Bye { .. }
+            | Message::Reachability { .. }
+            | Message::Announce { .. } => Priority::Control,
         }
     }
 }

@@ -338,6 +338,29 @@ fn relay_circuit(relay: &wire::RelayCircuit) -> Result<RelayCircuit> {
     })
 }
 
+/// A supernode's connect-back verdict: the probed address is required.
+fn reachability(verdict: &wire::Reachability) -> Result<Message> {
+    let probed = verdict
+        .probed_addr
+        .as_ref()
+        .ok_or_else(|| invalid("reachability.probed_addr", "missing"))?;
+    Ok(Message::Reachability {
+        reachable: verdict.reachable,
+        probed_addr: socket_addr("reachability.probed_addr", probed)?,
+    })
+}
+
+/// A leaf's new listening address: required, a real port.
+fn announce(announce: &wire::Announce) -> Result<Message> {
+    let addr = announce
+        .listen_addr
+        .as_ref()
+        .ok_or_else(|| invalid("announce.listen_addr", "missing"))?;
+    Ok(Message::Announce {
+        listen_addr: socket_addr("announce.listen_addr", addr)?,
+    })
+}
+
 impl TryFrom<wire::Envelope> for Message {
     type Error = InvalidMessage;
 
@@ -418,6 +441,8 @@ impl TryFrom<wire::Envelope> for Message {
                 message_id: message_id("query_status.message_id", &status.message_id)?,
                 results: status.results,
             },
+            Body::Reachability(verdict) => reachability(&verdict)?,
+            Body::Announce(a) => announce(&a)?,
         })
     }
 }
@@ -565,6 +590,16 @@ impl From<&Message> for wire::Envelope {
             } => Body::QueryStatus(wire::QueryStatus {
                 message_id: message_id.0.to_vec(),
                 results: *results,
+            }),
+            Message::Reachability {
+                reachable,
+                probed_addr,
+            } => Body::Reachability(wire::Reachability {
+                reachable: *reachable,
+                probed_addr: Some(wire_addr(probed_addr)),
+            }),
+            Message::Announce { listen_addr } => Body::Announce(wire::Announce {
+                listen_addr: Some(wire_addr(listen_addr)),
             }),
         };
         wire::Envelope { body: Some(body) }
