@@ -128,6 +128,18 @@ pub struct ReachStatus {
     pub announced: Option<SocketAddr>,
 }
 
+impl Default for ReachStatus {
+    /// Nothing known yet.
+    fn default() -> Self {
+        Self {
+            reachable: Reachable::Unknown,
+            nat: NatKind::Unknown,
+            public: Vec::new(),
+            announced: None,
+        }
+    }
+}
+
 /// What the driver must do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReachAction {
