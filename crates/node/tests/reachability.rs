@@ -23,9 +23,11 @@ use tokio::net::{TcpListener, UdpSocket};
 /// Waits until the leaf's status passes `check`.
 async fn status_where(leaf: &LeafHandle, check: impl Fn(&LeafStatus) -> bool) -> LeafStatus {
     let mut status = leaf.watch_status();
-    let waited = tokio::time::timeout(PATIENCE, status.wait_for(|s| check(s))).await;
+    let waited = tokio::time::timeout(PATIENCE, status.wait_for(|s| check(s)))
+        .await
+        .is_ok();
     let now = leaf.status();
-    assert!(waited.is_ok(), "status never got there: {now:?}");
+    assert!(waited, "status never got there: {now:?}");
     now
 }
 

@@ -306,11 +306,15 @@ impl LeafHandle {
     /// gave up (it does not reconnect), or after `timeout`.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<SocketAddr, NodeError> {
         let mut status = self.status.clone();
+        // The guard `wait_for` returns is let go of at once: a second
+        // borrow while holding it deadlocks as soon as the coordinator
+        // waits to write the status (the lock lets no new reader in then).
         let waited = tokio::time::timeout(
             timeout,
             status.wait_for(|s| s.connected_to.is_some() || s.failure.is_some()),
         )
-        .await;
+        .await
+        .map(|found| found.map(|_| ()));
         let supernode = self.status.borrow().connected_to;
         let failure = self.status.borrow().failure.clone();
         match (waited, supernode, failure) {
