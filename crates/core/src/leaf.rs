@@ -3,7 +3,9 @@
 //! The leaf opens with Hello; once accepted it publishes its full file list
 //! (in frame-sized parts, the first replacing whatever the supernode had),
 //! then only deltas as its shares change. Searches are started here and
-//! their hits gathered into [`SearchSession`]s.
+//! their hits gathered into [`SearchSession`]s. The supernode's
+//! connect-back verdicts come out as [`LeafAction::Reachability`], and
+//! [`LeafSession::announce`] tells it a new listening address.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;

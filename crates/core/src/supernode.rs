@@ -20,7 +20,10 @@
 //! dials, a push's callback is the IP of the leaf that sent it, pushes are
 //! rate-limited per connection and per callback IP, a push route is set
 //! once, and the reachability probe dials only a leaf's own IP, a few at a
-//! time.
+//! time. Each probe's verdict is told to the leaf (`Reachability`); a
+//! leaf's `Announce` of a new listening address is taken like its Hello's
+//! (the port, on the IP it connects from), probed again, at most once per
+//! `announce_interval`.
 //!
 //! Input comes through `handle_*` with the current [`Time`]; the driver
 //! drains [`Action`]s with [`Supernode::poll_action`]. The driver owns the
