@@ -21,6 +21,9 @@
 //!   listening port for a window, and which connection won.
 //! - [`lan`]: LAN discovery by multicast: the datagram, when to announce,
 //!   the table of nodes heard on the LAN.
+//! - [`reachability`]: what a leaf knows of its own reachability (public
+//!   address, NAT kind, connect-back verdicts) and when it announces a new
+//!   listening address.
 //! - [`addrman`]: the supernodes a node knows of and whom it dials next,
 //!   safe from floods of addresses (eclipse attacks).
 //! - [`family`]: addresses in one canonical form (IPv4-mapped IPv6 as
@@ -59,6 +62,7 @@ pub mod push_limits;
 pub mod queue;
 pub mod rate;
 pub mod ration;
+pub mod reachability;
 pub mod result_filter;
 pub mod rng;
 pub mod routes;

@@ -220,7 +220,8 @@ impl Net {
                     }
                     LeafAction::Ready { .. }
                     | LeafAction::Rejected { .. }
-                    | LeafAction::SupernodesLearned(_) => {}
+                    | LeafAction::SupernodesLearned(_)
+                    | LeafAction::Reachability { .. } => {}
                 }
             }
         }

@@ -794,6 +794,7 @@ impl Control for Daemon {
                         .map_or_else(|| peer.ip.to_string(), |addr| addr.to_string()),
                 })
                 .collect(),
+            reachability: reachability_view(&leaf_status.reachability),
         }
     }
 
@@ -953,6 +954,23 @@ fn checked_folder(path: &str) -> Result<PathBuf, ApiError> {
         )));
     }
     Ok(folder)
+}
+
+/// The leaf's reachability as the API shows it.
+fn reachability_view(reach: &canopy_core::reachability::ReachStatus) -> crate::model::Reachability {
+    crate::model::Reachability {
+        reachable: reach.reachable.name().to_owned(),
+        nat: reach.nat.name().to_owned(),
+        public_addrs: reach
+            .public
+            .iter()
+            .map(|addr| crate::model::PublicAddr {
+                ip: addr.ip.to_string(),
+                confirmed: addr.confirmed,
+            })
+            .collect(),
+        announced: reach.announced.map(|addr| addr.to_string()),
+    }
 }
 
 #[cfg(test)]

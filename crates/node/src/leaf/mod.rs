@@ -19,6 +19,7 @@
 //! discovery on) the supernodes heard on the LAN.
 
 mod live;
+mod reach;
 mod scan;
 mod session;
 mod task;
@@ -177,6 +178,9 @@ pub struct LeafStatus {
     pub failure: Option<String>,
     /// Nodes heard on the LAN (with LAN discovery on): supernodes first.
     pub lan_peers: Vec<canopy_core::lan::LanPeer>,
+    /// Whether others can connect to us, our NAT's kind and our public
+    /// address, as our supernodes show them.
+    pub reachability: canopy_core::reachability::ReachStatus,
 }
 
 /// What a search found.
@@ -210,7 +214,7 @@ struct PushRequest {
 pub struct LeafHandle {
     node_id: NodeId,
     listen_addr: Option<SocketAddr>,
-    announced_addr: Option<SocketAddr>,
+    announced_addr: watch::Receiver<Option<SocketAddr>>,
     port_mapping: Option<watch::Receiver<canopy_portmap::Status>>,
     server: ContentServer,
     download_limit: RateLimit,
@@ -268,14 +272,16 @@ impl LeafHandle {
     /// the one mapped on the home router, else the bound one): `None` when
     /// we accept no connections (firewalled, or not listening), so
     /// downloads from us go by push. Its port is where other downloaders
-    /// reach us.
+    /// reach us. It follows the port mapping: a mapping granted after
+    /// start-up, renewed to another address or lost is announced to the
+    /// supernodes again (`canopy_core::reachability`).
     pub fn announced_addr(&self) -> Option<SocketAddr> {
-        self.announced_addr
+        *self.announced_addr.borrow()
     }
 
     /// The port mapping on the home router as it changes (mapped,
     /// renewed to another address, lost, removed at shutdown); `None` when
-    /// no mapping is attempted. The announced address is fixed at start.
+    /// no mapping is attempted. The announced address follows it.
     pub fn port_mapping(&self) -> Option<watch::Receiver<canopy_portmap::Status>> {
         self.port_mapping.clone()
     }
@@ -311,11 +317,15 @@ impl LeafHandle {
     /// gave up (it does not reconnect), or after `timeout`.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<SocketAddr, NodeError> {
         let mut status = self.status.clone();
+        // The guard `wait_for` returns is let go of at once: a second
+        // borrow while holding it deadlocks as soon as the coordinator
+        // waits to write the status (the lock lets no new reader in then).
         let waited = tokio::time::timeout(
             timeout,
             status.wait_for(|s| s.connected_to.is_some() || s.failure.is_some()),
         )
-        .await;
+        .await
+        .map(|found| found.map(|_| ()));
         let supernode = self.status.borrow().connected_to;
         let failure = self.status.borrow().failure.clone();
         match (waited, supernode, failure) {
@@ -562,8 +572,21 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         listen_addr: announced,
         user_agent: concat!("canopy/", env!("CARGO_PKG_VERSION")).to_owned(),
     };
+    let (announced_tx, announced_rx) = watch::channel(announced);
+    let reach = reach::ReachDriver::new(
+        canopy_core::reachability::ReachConfig {
+            bound: listen_addr
+                .or(options.advertise)
+                .filter(|_| !options.firewalled),
+            advertise: options.advertise,
+            mapped: mapped.external,
+        },
+        announced_tx,
+        mapped.status.clone(),
+    );
     let (status_tx, status_rx) = watch::channel(LeafStatus {
         shared_files: files.len(),
+        reachability: reach.status(),
         ..LeafStatus::default()
     });
     if let Some(interval) = options.rescan_interval {
@@ -588,6 +611,7 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
             shutdown: shutdown.clone(),
         },
         shutdown: shutdown.clone(),
+        listen_port: listen_addr.map(|addr| addr.port()),
     };
     let hosts = HostCache::load(options.data_dir.as_deref(), &options.supernodes);
     let lan = options.lan_discovery.then(|| {
@@ -606,12 +630,13 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         commands: commands_rx,
         hosts,
         lan,
+        reach,
     };
     tracker.spawn(leaf.run());
     Ok(LeafHandle {
         node_id,
         listen_addr,
-        announced_addr: announced,
+        announced_addr: announced_rx,
         port_mapping: mapped.status,
         server,
         download_limit,

@@ -62,6 +62,8 @@ pub(super) struct SessionContext {
     pub(super) tracker: TaskTracker,
     pub(super) link: LinkContext,
     pub(super) shutdown: CancellationToken,
+    /// Our listening port, which sessions dial from (see [`dial`]).
+    pub(super) listen_port: Option<u16>,
 }
 
 /// The leaf's budget of connect-backs, shared by its sessions: the core's
@@ -110,6 +112,11 @@ pub(super) enum ToSession {
     Search(LiveStart),
     Shares(Vec<SharedFile>),
     Push(PushRequest),
+    /// Tell the supernode we listen at `addr` now.
+    Announce {
+        addr: SocketAddr,
+        recheck: bool,
+    },
 }
 
 /// News for the coordinator.
@@ -120,6 +127,16 @@ pub(super) enum FromSession {
         /// The supernode's node id (its key's).
         node_id: NodeId,
         observed: Option<SocketAddr>,
+        /// Our end of the connection.
+        local: Option<SocketAddr>,
+        /// Dialed from our listening port.
+        from_listen_port: bool,
+    },
+    /// The supernode connected back to `probed` (or could not).
+    Verdict {
+        addr: SocketAddr,
+        reachable: bool,
+        probed: SocketAddr,
     },
     /// The supernode at `addr` answered our Ping with these.
     Learned {
@@ -171,13 +188,13 @@ async fn run(
 ) -> SessionEnd {
     let connected = tokio::select! {
         _ = context.shutdown.cancelled() => return SessionEnd::Shutdown,
-        result = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)) => result,
+        result = dial(addr, context.listen_port) => result,
     };
-    let stream = match connected {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => return SessionEnd::Unreachable(error.to_string()),
-        Err(_) => return SessionEnd::Unreachable("timed out".into()),
+    let (stream, from_listen_port) = match connected {
+        Ok(dialed) => dialed,
+        Err(error) => return SessionEnd::Unreachable(error),
     };
+    let local = stream.local_addr().ok();
     let clock = Clock::new();
     let (events_tx, mut events) = mpsc::channel::<Event>(256);
     connection::spawn(
@@ -238,6 +255,9 @@ async fn run(
                     }
                 }
                 Some(ToSession::Shares(files)) => session.set_shares(files),
+                Some(ToSession::Announce { addr: listen, recheck }) => {
+                    session.announce(listen, recheck);
+                }
                 Some(ToSession::Push(push)) => {
                     let id = crate::random_message_id();
                     let sent = if push.punch {
@@ -278,6 +298,21 @@ async fn run(
                             addr,
                             node_id: supernode.node_id,
                             observed: observed_addr,
+                            local,
+                            from_listen_port,
+                        })
+                        .await;
+                }
+                LeafAction::Reachability {
+                    reachable,
+                    probed_addr,
+                } => {
+                    tracing::info!(%addr, reachable, %probed_addr, "supernode connected back to us");
+                    let _ = news
+                        .send(FromSession::Verdict {
+                            addr,
+                            reachable,
+                            probed: probed_addr,
                         })
                         .await;
                 }
@@ -316,6 +351,37 @@ async fn run(
     // the search ended with the session.
     following.clear();
     end.unwrap_or_else(|| closed(&clock))
+}
+
+/// Dials the supernode at `addr` from our listening port, if we have one,
+/// so that behind an endpoint-independent NAT every supernode sees the
+/// same external port (what tells the NAT's kind, and what hole punching
+/// needs); true if it did. A port that can't be used for this dial (the
+/// TIME_WAIT of an earlier session to the same supernode holds the pair:
+/// `EADDRINUSE`, `EADDRNOTAVAIL`) gives way to an ephemeral one.
+async fn dial(addr: SocketAddr, listen_port: Option<u16>) -> Result<(TcpStream, bool), String> {
+    if let Some(port) = listen_port {
+        match canopy_transfer::listen::connect_from(port, addr, CONNECT_TIMEOUT).await {
+            Ok(stream) => return Ok((stream, true)),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable
+                ) =>
+            {
+                tracing::debug!(%addr, port, %error, "cannot dial from the listening port; dialing from another");
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
+                return Err("timed out".into());
+            }
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => Ok((stream, false)),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
 }
 
 /// A downloader asked us by push for `content_id`: connect out to it and
