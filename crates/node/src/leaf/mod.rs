@@ -611,7 +611,6 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
             shutdown: shutdown.clone(),
         },
         shutdown: shutdown.clone(),
-        listen_port: listen_addr.map(|addr| addr.port()),
     };
     let hosts = HostCache::load(options.data_dir.as_deref(), &options.supernodes);
     let lan = options.lan_discovery.then(|| {

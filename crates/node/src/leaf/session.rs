@@ -55,15 +55,13 @@ pub(super) struct SessionContext {
     /// Hole punches for pushes running at once.
     pub(super) punches: Arc<Semaphore>,
     /// The port our HTTP server listens on (which our hits name), if any:
-    /// punches dial from it.
+    /// punches and sessions dial from it (see [`dial`]).
     pub(super) listen_port: Option<u16>,
     /// How often pushes may make us connect out.
     pub(super) connect_backs: ConnectBacks,
     pub(super) tracker: TaskTracker,
     pub(super) link: LinkContext,
     pub(super) shutdown: CancellationToken,
-    /// Our listening port, which sessions dial from (see [`dial`]).
-    pub(super) listen_port: Option<u16>,
 }
 
 /// The leaf's budget of connect-backs, shared by its sessions: the core's
