@@ -491,6 +491,7 @@ impl Daemon {
                 let path = fetched.path.display().to_string();
                 let mut queue = lock(&self.queue);
                 let _ = queue.set_details(&id, None, Some(fetched.size), None);
+                let _ = queue.set_paths(&id, fetched.paths.into_values().flatten());
                 queue.finish(&id, path, now).ok().map(|()| fetched.path)
             }
             Err(FetchError::Skipped { path, reason }) => {

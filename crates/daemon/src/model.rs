@@ -258,6 +258,10 @@ pub struct DownloadView {
     pub sources: usize,
     /// Sources sending now.
     pub active_sources: usize,
+    /// Once done: how its sources were reached ("direct", "push", "hole
+    /// punch", "relay").
+    #[serde(default)]
+    pub paths: Vec<String>,
     /// Higher starts first.
     pub priority: i32,
     /// The finished file, once done (or the file it is already at, if skipped).

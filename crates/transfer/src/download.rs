@@ -265,12 +265,14 @@ impl DownloadReport {
             .collect()
     }
 
-    /// The ways each source's connections were made, by address (sources
-    /// never connected to are left out).
+    /// The ways each source's connections were made, by address, for the
+    /// sources that sent verified bytes (one connected to that sent
+    /// nothing, an alternate that no longer has the file say, is left
+    /// out: the paths are the ways the file came).
     pub fn paths_per_source(&self) -> BTreeMap<String, Vec<TransferPath>> {
         self.sources
             .iter()
-            .filter(|s| !s.paths.is_empty())
+            .filter(|s| s.bytes > 0 && !s.paths.is_empty())
             .map(|s| (s.source.clone(), s.paths.clone()))
             .collect()
     }

@@ -289,6 +289,7 @@ impl Control for FakeControl {
             eta_secs: None,
             sources: 0,
             active_sources: 0,
+            paths: Vec::new(),
             priority: add.priority.unwrap_or(0),
             path: None,
             error: None,
