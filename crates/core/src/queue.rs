@@ -850,7 +850,13 @@ mod tests {
     fn the_paths_a_download_took_are_kept_bounded() {
         let mut q = queue(1);
         q.add(new(1, 0), 0).unwrap();
-        let names = ["relay", "push", "relay", "a name far too long to be a path", "direct"];
+        let names = [
+            "relay",
+            "push",
+            "relay",
+            "a name far too long to be a path",
+            "direct",
+        ];
         q.set_paths(&id(1), names.map(String::from)).unwrap();
         let kept = q.entries()[0].paths.clone();
         assert_eq!(kept, ["direct", "push", "relay"]);
