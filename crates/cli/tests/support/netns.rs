@@ -2,11 +2,12 @@
 //! a command (also inside a namespace) and waiting on a condition, failing
 //! loudly when root or a tool is missing, a [`Net`] that owns its
 //! namespaces (added under one prefix, joined by veth links, given
-//! addresses, routes, sysctls and nftables rules) and on drop kills what
-//! runs in them and deletes them (also when the test panics), miniupnpd as
-//! a home router's UPnP IGD / NAT-PMP server, and `canopy` started inside
-//! a namespace with its JSON startup line. The test files keep only their
-//! topology and their scenario.
+//! addresses, routes, sysctls and nftables rules; one home behind one
+//! router ready-made) and on drop kills what runs in them and deletes them
+//! (also when the test panics), miniupnpd as a home router's UPnP IGD /
+//! NAT-PMP server, and `canopy` inside a namespace: started with its JSON
+//! startup line, a leaf's common arguments, a search by id. The test files
+//! keep only their topology and their scenario.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
