@@ -12,155 +12,54 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
+use support::netns::{self, Net, require_tools};
 use support::{CANOPY, Run, json_lines, terminate};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 mod support;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 const SUBNET: &str = "10.78.0";
 
-/// Runs `ip ARGS`, which must succeed.
-fn ip(args: &[&str]) {
-    let output = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .expect("running ip (iproute2)");
-    assert!(
-        output.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
+/// A switch namespace with a bridge; hosts are plugged into it.
+fn lan() -> Net {
+    let mut lan = Net::new(format!("cnl{}", std::process::id() % 100_000));
+    let switch = lan.add_ns("sw");
+    netns::run(
+        "ip",
+        &["-n", &switch, "link", "add", "br0", "type", "bridge"],
     );
+    netns::run("ip", &["-n", &switch, "link", "set", "br0", "up"]);
+    lan
 }
 
-/// A switch namespace with a bridge and hosts plugged into it; dropped,
-/// every namespace is deleted (which takes their links with them).
-struct Lan {
-    prefix: String,
-    namespaces: Vec<String>,
-}
-
-impl Lan {
-    fn new() -> Self {
-        let prefix = format!("cnl{}", std::process::id() % 100_000);
-        let mut lan = Self {
-            prefix,
-            namespaces: Vec::new(),
-        };
-        let switch = lan.add_namespace("sw");
-        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", &switch, "link", "set", "br0", "up"]);
-        lan
-    }
-
-    fn add_namespace(&mut self, name: &str) -> String {
-        let ns = format!("{}-{name}", self.prefix);
-        ip(&["netns", "add", &ns]);
-        self.namespaces.push(ns.clone());
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// Host `n` at `SUBNET.n`, its `eth0` plugged into the bridge.
-    fn host(&mut self, n: u8) -> String {
-        let ns = self.add_namespace(&format!("h{n}"));
-        let switch = format!("{}-sw", self.prefix);
-        let port = format!("p{n}");
-        ip(&[
-            "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns",
-            &switch,
-        ]);
-        ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"]);
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{SUBNET}.{n}/24"),
-            "dev",
-            "eth0",
-        ]);
-        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-        // The home router (absent: nothing here leaves the LAN).
-        ip(&[
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("{SUBNET}.254"),
-        ]);
-        ns
-    }
-
-    fn down(&mut self) {
-        for ns in self.namespaces.drain(..).rev() {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &ns])
-                .status();
-        }
-    }
-}
-
-impl Drop for Lan {
-    fn drop(&mut self) {
-        self.down();
-    }
+/// Host `n` at `SUBNET.n`, its `eth0` plugged into the bridge.
+fn host(lan: &mut Net, n: u8) -> String {
+    let ns = lan.add_ns(&format!("h{n}"));
+    let switch = lan.ns("sw");
+    let port = format!("p{n}");
+    lan.veth(&ns, "eth0", &switch, &port);
+    netns::run(
+        "ip",
+        &["-n", &switch, "link", "set", &port, "master", "br0", "up"],
+    );
+    lan.addr(&ns, "eth0", &format!("{SUBNET}.{n}/24"));
+    // The home router (absent: nothing here leaves the LAN).
+    lan.route(&ns, "default", &format!("{SUBNET}.254"));
+    ns
 }
 
 /// Starts `canopy ARGS` in namespace `ns` (home `home`) and returns it
 /// once it printed its startup line.
 async fn spawn_in(ns: &str, args: &[&str], home: &Path) -> Child {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, CANOPY])
-        .args(args)
-        .env("HOME", home)
-        .env("XDG_DATA_HOME", home)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    tokio::time::timeout(PATIENCE, lines.next_line())
-        .await
-        .expect("no startup line")
-        .unwrap()
-        .expect("exited before its startup line");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    child
+    netns::spawn_in(PATIENCE, ns, home, "info", args).await.0
 }
 
 /// Runs `canopy ARGS` in namespace `ns` to the end.
 async fn canopy_in(ns: &str, args: &[&str]) -> Run {
-    run_in(ns, CANOPY, args).await
-}
-
-/// Runs `PROGRAM ARGS` in namespace `ns` to the end.
-async fn run_in(ns: &str, program: &str, args: &[&str]) -> Run {
-    let output = tokio::time::timeout(
-        PATIENCE,
-        Command::new("ip")
-            .args(["netns", "exec", ns, program])
-            .args(args)
-            .output(),
-    )
-    .await
-    .expect("the command did not finish")
-    .unwrap();
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    netns::run_in(PATIENCE, ns, CANOPY, args).await
 }
 
 /// Runs `canopy ARGS` in `ns` until `done` accepts its result.
@@ -176,7 +75,8 @@ async fn until_program_in(
     args: &[&str],
     done: impl FnMut(&Run) -> bool,
 ) -> Run {
-    support::retry(PATIENCE, what, || run_in(ns, program, args), done).await
+    let attempt = || netns::run_in(PATIENCE, ns, program, args);
+    support::retry(PATIENCE, what, attempt, done).await
 }
 
 fn status(run: &Run) -> Option<serde_json::Value> {
@@ -185,31 +85,9 @@ fn status(run: &Run) -> Option<serde_json::Value> {
         .flatten()
 }
 
-fn fails_loudly_without_root_iproute2_and_curl() {
-    let uid = std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .expect("running id");
-    assert_eq!(
-        String::from_utf8_lossy(&uid.stdout).trim(),
-        "0",
-        "this test makes network namespaces: it needs root (CI runs as root)"
-    );
-    let version = std::process::Command::new("ip").arg("-V").output();
-    assert!(
-        version.is_ok_and(|o| o.status.success()),
-        "this test needs iproute2's `ip` (apt-get install iproute2)"
-    );
-    let curl = std::process::Command::new("curl").arg("--version").output();
-    assert!(
-        curl.is_ok_and(|o| o.status.success()),
-        "this test needs curl (apt-get install curl)"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn leaves_on_a_lan_find_its_supernode_and_each_other_with_no_configuration() {
-    fails_loudly_without_root_iproute2_and_curl();
+    require_tools(&["ip", "curl"]);
     let root = tempfile::tempdir().unwrap();
     let dir = |name: &str| {
         let path = root.path().join(name);
@@ -228,9 +106,13 @@ async fn leaves_on_a_lan_find_its_supernode_and_each_other_with_no_configuration
     let id = blake3::hash(&bytes).to_hex().to_string();
     std::fs::write(Path::new(&share).join("Garden Party.ogg"), &bytes).unwrap();
 
-    let mut lan = Lan::new();
-    let (sn_ns, sharer_ns, getter_ns, sn2_ns) =
-        (lan.host(1), lan.host(2), lan.host(3), lan.host(4));
+    let mut lan = lan();
+    let (sn_ns, sharer_ns, getter_ns, sn2_ns) = (
+        host(&mut lan, 1),
+        host(&mut lan, 2),
+        host(&mut lan, 3),
+        host(&mut lan, 4),
+    );
     let supernode_addr = format!("{SUBNET}.1:6346");
 
     // All defaults: the supernode on 0.0.0.0:6346, the leaves on any port,

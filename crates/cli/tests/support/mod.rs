@@ -3,9 +3,12 @@
 //! a JSON startup line, and stopping that node with SIGTERM. Each test
 //! file includes it with `mod support;` and uses the parts it needs; the
 //! time a command may take comes from the caller, since the tests wait
-//! differently long.
+//! differently long. `netns` is the network-namespace harness of the
+//! tests that build their own networks.
 
 #![allow(dead_code)]
+
+pub(crate) mod netns;
 
 use std::path::Path;
 use std::process::Stdio;
@@ -30,10 +33,16 @@ pub(crate) async fn canopy(patience: Duration, args: &[&str]) -> Run {
         .await
         .expect("canopy did not finish")
         .unwrap();
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    Run::from(output)
+}
+
+impl From<std::process::Output> for Run {
+    fn from(output: std::process::Output) -> Run {
+        Run {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
     }
 }
 
@@ -62,15 +71,27 @@ pub(crate) async fn spawn_node(
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let hello = startup_line(patience, &mut child)
+        .await
+        .expect("exited before its startup line");
+    (child, hello)
+}
+
+/// `child`'s first stdout line (it must come within `patience`), parsed,
+/// or `None` if it exited first. The rest of stdout is read and dropped
+/// so the child never blocks on a full pipe.
+pub(crate) async fn startup_line(
+    patience: Duration,
+    child: &mut Child,
+) -> Option<serde_json::Value> {
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let first = tokio::time::timeout(patience, lines.next_line())
         .await
         .expect("no startup line")
-        .unwrap()
-        .expect("exited before its startup line");
+        .unwrap()?;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, serde_json::from_str(&first).unwrap())
+    Some(serde_json::from_str(&first).unwrap())
 }
 
 /// Sends the node SIGTERM and returns its exit code, which must come
