@@ -191,7 +191,9 @@ impl Net {
                     Action::Learned { supernodes, .. } => {
                         self.learned.extend(supernodes.into_iter().map(|a| (s, a)));
                     }
-                    Action::Rejected { .. } | Action::Joined { .. } => {}
+                    Action::Rejected { .. }
+                    | Action::Joined { .. }
+                    | Action::RelayCircuit { .. } => {}
                 }
             }
         }
