@@ -77,6 +77,85 @@ impl RelayConfig {
     }
 }
 
+/// The first word of a relay request line (the source's and the
+/// downloader's), which can't be mistaken for a Noise message: that starts
+/// with a 2-byte length of at most 1,024, so a first byte of 0-4.
+pub const REQUEST_WORD: &str = "CANOPY-RELAY";
+/// The longest request or answer line, newline included.
+pub const MAX_LINE: usize = 96;
+
+/// The request line `half` of circuit `token` opens with.
+pub fn request_line(half: Half, token: CircuitToken) -> String {
+    format!("{REQUEST_WORD} {} {token}\n", half.as_str())
+}
+
+/// Reads a request line (without its newline): the half and the token.
+pub fn parse_request(line: &str) -> Option<(Half, CircuitToken)> {
+    let mut words = line.split(' ');
+    if words.next()? != REQUEST_WORD {
+        return None;
+    }
+    let half = Half::parse(words.next()?)?;
+    let token = parse_token(words.next()?)?;
+    words.next().is_none().then_some((half, token))
+}
+
+/// A token from its 32 lowercase or uppercase hex digits.
+pub fn parse_token(hex: &str) -> Option<CircuitToken> {
+    let digits = hex.as_bytes();
+    if digits.len() != 32 {
+        return None;
+    }
+    let mut token = [0u8; 16];
+    for (byte, pair) in token.iter_mut().zip(digits.chunks_exact(2)) {
+        let high = char::from(pair[0]).to_digit(16)?;
+        let low = char::from(pair[1]).to_digit(16)?;
+        *byte = u8::try_from(high * 16 + low).ok()?;
+    }
+    Some(CircuitToken(token))
+}
+
+/// What the relay granted a half: the circuit's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// Bytes the circuit may carry, both ways together.
+    pub max_bytes: u64,
+    /// Seconds it may last from its pairing.
+    pub max_seconds: u64,
+}
+
+/// The answer line to an admitted half.
+pub fn ok_line(config: &RelayConfig) -> String {
+    format!(
+        "OK {} {}\n",
+        config.max_bytes,
+        config.max_duration.as_secs()
+    )
+}
+
+/// The answer line to a refused half.
+pub fn refused_line(refusal: Refusal) -> String {
+    format!("REFUSED {}\n", refusal.reason())
+}
+
+/// Reads an answer line (without its newline): the grant, or the refusal
+/// (`None` inside: a reason we don't know, or no answer line at all).
+pub fn parse_answer(line: &str) -> Result<Grant, Option<Refusal>> {
+    let mut words = line.split(' ');
+    match words.next() {
+        Some("OK") => {
+            let max_bytes = words.next().and_then(|w| w.parse().ok()).ok_or(None)?;
+            let max_seconds = words.next().and_then(|w| w.parse().ok()).ok_or(None)?;
+            Ok(Grant {
+                max_bytes,
+                max_seconds,
+            })
+        }
+        Some("REFUSED") => Err(words.next().and_then(Refusal::parse)),
+        _ => Err(None),
+    }
+}
+
 /// Which end of a circuit a connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Half {
@@ -479,10 +558,9 @@ impl Relay {
         }
     }
 
-    /// The circuit `token` ended (after pairing), having carried `bytes`,
-    /// cut short for `cut` if it was: its slot and IP counts are free.
-    pub fn close(&mut self, token: CircuitToken, bytes: u64, cut: Option<Cut>) {
-        self.stats.bytes_relayed = self.stats.bytes_relayed.saturating_add(bytes);
+    /// The circuit `token` ended (after pairing), cut short for `cut` if
+    /// it was: its slot and IP counts are free.
+    pub fn close(&mut self, token: CircuitToken, cut: Option<Cut>) {
         match cut {
             Some(Cut::Bytes) => self.stats.cut_bytes += 1,
             Some(Cut::Duration) => self.stats.cut_duration += 1,
@@ -496,8 +574,8 @@ impl Relay {
         }
     }
 
-    /// Counts bytes carried by a circuit still open (so metrics move while
-    /// a long transfer runs).
+    /// Counts bytes a circuit carried (as it goes, so metrics move while a
+    /// long transfer runs).
     pub fn count_bytes(&mut self, bytes: u64) {
         self.stats.bytes_relayed = self.stats.bytes_relayed.saturating_add(bytes);
     }
@@ -572,6 +650,33 @@ mod tests {
     }
 
     #[test]
+    fn lines_read_back() {
+        let line = request_line(Half::Serve, token(0xab));
+        assert_eq!(
+            parse_request(line.trim_end_matches('\n')),
+            Some((Half::Serve, token(0xab)))
+        );
+        assert_eq!(parse_request("CANOPY-RELAY serve 00"), None);
+        assert_eq!(parse_request("CANOPY-RELAY listen 0"), None);
+        let config = config();
+        assert_eq!(
+            parse_answer(ok_line(&config).trim_end()),
+            Ok(Grant {
+                max_bytes: 10_000,
+                max_seconds: 60
+            })
+        );
+        for refusal in Refusal::ALL {
+            assert_eq!(
+                parse_answer(refused_line(refusal).trim_end()),
+                Err(Some(refusal))
+            );
+        }
+        assert_eq!(parse_answer("HTTP/1.1 200 OK"), Err(None));
+        assert!(request_line(Half::Connect, token(0xff)).len() <= MAX_LINE);
+    }
+
+    #[test]
     fn off_by_default() {
         let mut relay = Relay::new(RelayConfig::default());
         assert!(!relay.register(token(1), Time::ZERO));
@@ -610,7 +715,8 @@ mod tests {
             relay.admit(token(1), Half::Connect, ip(2), now),
             Err(Refusal::HalfTaken)
         );
-        relay.close(token(1), 500, None);
+        relay.count_bytes(500);
+        relay.close(token(1), None);
         let stats = relay.stats();
         assert_eq!((stats.circuits_open, stats.bytes_relayed), (0, 500));
         assert_eq!(

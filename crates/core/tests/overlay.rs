@@ -210,6 +210,7 @@ impl Net {
                     LeafAction::PushRequested {
                         content_id,
                         callback_addr,
+                        ..
                     } => self.pushes.push((l, content_id, callback_addr)),
                     LeafAction::Ready { .. }
                     | LeafAction::Rejected { .. }

@@ -19,6 +19,7 @@
 //! discovery on) the supernodes heard on the LAN.
 
 mod live;
+mod relay;
 mod scan;
 mod session;
 mod task;
@@ -35,7 +36,7 @@ use canopy_core::handshake::Identity;
 use canopy_core::leaf::SearchRequest;
 use canopy_core::search::SearchResult;
 use canopy_proto::secure::StaticKeypair;
-use canopy_proto::{ContentId, NodeId, Role, SharedFile};
+use canopy_proto::{CircuitToken, ContentId, NodeId, Role, SharedFile};
 use canopy_transfer::Catalog;
 use canopy_transfer::bandwidth::RateLimit;
 use canopy_transfer::server::{ContentServer, ServerConfig};
@@ -177,6 +178,9 @@ pub struct LeafStatus {
     pub failure: Option<String>,
     /// Nodes heard on the LAN (with LAN discovery on): supernodes first.
     pub lan_peers: Vec<canopy_core::lan::LanPeer>,
+    /// The supernodes among `supernodes` that relay (their Hello said
+    /// so): where a relayed download can meet a source.
+    pub relays: Vec<SocketAddr>,
 }
 
 /// What a search found.
@@ -200,6 +204,10 @@ struct PushRequest {
     target: NodeId,
     content_id: ContentId,
     callback: SocketAddr,
+    /// Through the session with the supernode at this address (else any).
+    via: Option<SocketAddr>,
+    /// Ask for this relay circuit (at the `via` supernode).
+    relay: Option<CircuitToken>,
     reply: oneshot::Sender<Result<(), NodeError>>,
 }
 
@@ -455,6 +463,34 @@ impl PushSender {
                 target,
                 content_id,
                 callback,
+                via: None,
+                relay: None,
+                reply,
+            }))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Asks firewalled leaf `target`, through our session with the
+    /// relaying supernode at `relay` (one of [`LeafStatus::relays`]), to
+    /// meet us there on circuit `token` and serve `content_id`.
+    pub async fn push_relayed(
+        &self,
+        relay: SocketAddr,
+        target: NodeId,
+        content_id: ContentId,
+        callback: SocketAddr,
+        token: CircuitToken,
+    ) -> Result<(), NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Push(PushRequest {
+                target,
+                content_id,
+                callback,
+                via: Some(relay),
+                relay: Some(token),
                 reply,
             }))
             .await

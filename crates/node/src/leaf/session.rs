@@ -84,7 +84,7 @@ impl ConnectBacks {
     }
 
     /// Takes one connect-back to `callback` from the budget, if allowed.
-    fn allow(&self, callback: SocketAddr) -> bool {
+    pub(super) fn allow(&self, callback: SocketAddr) -> bool {
         let verdict = match self.limiter.lock() {
             Ok(mut limiter) => limiter.allow(callback, self.clock.now()),
             Err(_) => return false,
@@ -115,6 +115,8 @@ pub(super) enum FromSession {
         /// The supernode's node id (its key's).
         node_id: NodeId,
         observed: Option<SocketAddr>,
+        /// Its Hello said it relays.
+        relays: bool,
     },
     /// The supernode at `addr` answered our Ping with these.
     Learned {
@@ -234,9 +236,12 @@ async fn run(
                 }
                 Some(ToSession::Shares(files)) => session.set_shares(files),
                 Some(ToSession::Push(push)) => {
-                    let sent = session
-                        .send_push(crate::random_message_id(), push.target, push.content_id, push.callback)
-                        .map_err(|e| NodeError::Search(e.to_string()));
+                    let id = crate::random_message_id();
+                    let sent = match push.relay {
+                        Some(token) => session.send_relay_push(id, push.target, push.content_id, push.callback, token),
+                        None => session.send_push(id, push.target, push.content_id, push.callback),
+                    }
+                    .map_err(|e| NodeError::Search(e.to_string()));
                     let _ = push.reply.send(sent);
                 }
                 // The coordinator let go of this session: leave politely.
@@ -264,11 +269,15 @@ async fn run(
                     observed_addr,
                 } => {
                     tracing::info!(%addr, supernode = %supernode.node_id, ?observed_addr, "joined supernode");
+                    let relays = supernode
+                        .capabilities
+                        .contains(&canopy_proto::Capability::Relay);
                     let _ = news
                         .send(FromSession::Ready {
                             addr,
                             node_id: supernode.node_id,
                             observed: observed_addr,
+                            relays,
                         })
                         .await;
                 }
@@ -277,7 +286,13 @@ async fn run(
                 }
                 LeafAction::PushRequested {
                     content_id,
+                    relay: Some(circuit),
+                    ..
+                } => super::relay::relay_upload(context, content_id, circuit),
+                LeafAction::PushRequested {
+                    content_id,
                     callback_addr,
+                    relay: None,
                 } => push_upload(context, content_id, callback_addr),
                 LeafAction::Rejected {
                     reason,

@@ -1,0 +1,280 @@
+//! The relay service of a supernode whose operator gave it relay slots:
+//! on the overlay port, a connection that opens with a `CANOPY-RELAY`
+//! line instead of a Noise message is one half of a circuit (see
+//! [`canopy_core::relay`] for the policy and the line grammar). Each half
+//! is answered `OK <max bytes> <max seconds>` or `REFUSED <reason>`; the
+//! first half admitted waits for the other until its token's deadline, the
+//! second hands its stream over, and the first splices the two within the
+//! circuit's budget: bytes both ways together, a deadline, a rate.
+//!
+//! Bounded: connections still reading their line (a semaphore; the line
+//! is at most [`MAX_LINE`] bytes and must come within [`LINE_TIMEOUT`]),
+//! halves waiting and circuits (the policy's slots, halves per IP).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use canopy_core::relay::{
+    Admitted, CircuitBudget, Cut, Half, MAX_LINE, Refusal, Relay, RelayConfig, RelayStats, Take,
+    ok_line, parse_request, refused_line,
+};
+use canopy_proto::CircuitToken;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::Clock;
+
+/// How long a relay connection may take to send its line.
+pub const LINE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections reading their line at once; more are closed unanswered.
+const MAX_READING: usize = 64;
+/// How much is read from one side before it is sent on.
+const CHUNK: usize = 16 * 1024;
+
+/// The first byte of a relay line; no Noise message starts with it.
+pub const FIRST_BYTE: u8 = b'C';
+
+type Waiting = HashMap<CircuitToken, oneshot::Sender<(TcpStream, CircuitBudget)>>;
+
+/// The relay: its policy, the halves waiting, its counters. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RelayService {
+    policy: Arc<Mutex<Relay>>,
+    waiting: Arc<Mutex<Waiting>>,
+    reading: Arc<Semaphore>,
+    clock: Clock,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl RelayService {
+    /// A relay under `config` (slots 0: every half is refused
+    /// `relay-disabled`), its tasks on `tracker` until `shutdown`.
+    pub fn new(config: RelayConfig, tracker: TaskTracker, shutdown: CancellationToken) -> Self {
+        Self {
+            policy: Arc::new(Mutex::new(Relay::new(config))),
+            waiting: Arc::default(),
+            reading: Arc::new(Semaphore::new(MAX_READING)),
+            clock: Clock::new(),
+            tracker,
+            shutdown,
+        }
+    }
+
+    /// Our own leaf asked for circuit `token` (the core said so).
+    pub fn register(&self, token: CircuitToken) {
+        let now = self.clock.now();
+        if let Ok(mut policy) = self.policy.lock() {
+            if !policy.register(token, now) {
+                tracing::debug!(%token, "relay circuit not registered (table full or known)");
+            }
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> RelayStats {
+        self.policy
+            .lock()
+            .map(|policy| policy.stats())
+            .unwrap_or_default()
+    }
+
+    /// Takes an accepted connection whose first byte says it is a relay
+    /// half; `hold` (the accept loop's per-address count) is kept until
+    /// its line is read.
+    pub fn accept(&self, stream: TcpStream, remote: SocketAddr, hold: impl Send + 'static) {
+        let Ok(permit) = self.reading.clone().try_acquire_owned() else {
+            tracing::debug!(%remote, "too many relay lines being read; closed");
+            return;
+        };
+        let service = self.clone();
+        self.tracker.spawn(async move {
+            let shutdown = service.shutdown.clone();
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = service.serve(stream, remote, hold, permit) => {}
+            }
+        });
+    }
+
+    async fn serve(
+        &self,
+        mut stream: TcpStream,
+        remote: SocketAddr,
+        hold: impl Send,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let line = tokio::time::timeout(LINE_TIMEOUT, read_line(&mut stream)).await;
+        drop(permit);
+        drop(hold);
+        let request = line.ok().flatten().as_deref().and_then(parse_request);
+        let Some((half, token)) = request else {
+            self.count(Refusal::BadRequest);
+            let _ = write_line(&mut stream, &refused_line(Refusal::BadRequest)).await;
+            return;
+        };
+        let now = self.clock.now();
+        let admitted = match self.policy.lock() {
+            Ok(mut policy) => policy
+                .admit(token, half, remote.ip(), now)
+                .map(|admitted| (admitted, ok_line(policy.config()))),
+            Err(_) => return,
+        };
+        let (admitted, ok) = match admitted {
+            Ok(pair) => pair,
+            Err(refusal) => {
+                tracing::debug!(%remote, %token, %refusal, "relay half refused");
+                let _ = write_line(&mut stream, &refused_line(refusal)).await;
+                return;
+            }
+        };
+        if write_line(&mut stream, &ok).await.is_err() {
+            self.end(token, half, &admitted, None);
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        match admitted {
+            Admitted::Wait { until } => {
+                let (tx, rx) = oneshot::channel();
+                if let Ok(mut waiting) = self.waiting.lock() {
+                    waiting.insert(token, tx);
+                }
+                let wait = until.since(now);
+                match tokio::time::timeout(wait, rx).await {
+                    Ok(Ok((other, budget))) => {
+                        tracing::info!(%token, %remote, "relay circuit open");
+                        let cut = self.splice(stream, other, budget).await;
+                        tracing::info!(%token, ?cut, "relay circuit closed");
+                        self.close(token, cut);
+                    }
+                    _ => {
+                        if let Ok(mut waiting) = self.waiting.lock() {
+                            waiting.remove(&token);
+                        }
+                        if let Ok(mut policy) = self.policy.lock() {
+                            policy.abandon(token, half);
+                        }
+                    }
+                }
+            }
+            Admitted::Paired { budget } => {
+                let first = self
+                    .waiting
+                    .lock()
+                    .ok()
+                    .and_then(|mut waiting| waiting.remove(&token));
+                let handed = match first {
+                    Some(first) => first.send((stream, budget)).is_ok(),
+                    None => false,
+                };
+                if !handed {
+                    // The first half gave up just now.
+                    self.close(token, None);
+                }
+            }
+        }
+    }
+
+    fn count(&self, refusal: Refusal) {
+        if let Ok(mut policy) = self.policy.lock() {
+            policy.count_refusal(refusal);
+        }
+    }
+
+    fn end(&self, token: CircuitToken, half: Half, admitted: &Admitted, cut: Option<Cut>) {
+        match admitted {
+            Admitted::Wait { .. } => {
+                if let Ok(mut policy) = self.policy.lock() {
+                    policy.abandon(token, half);
+                }
+            }
+            Admitted::Paired { .. } => self.close(token, cut),
+        }
+    }
+
+    fn close(&self, token: CircuitToken, cut: Option<Cut>) {
+        if let Ok(mut policy) = self.policy.lock() {
+            policy.close(token, cut);
+        }
+    }
+
+    /// Carries bytes both ways within `budget` until either side ends or
+    /// the budget does (its cut returned).
+    async fn splice(&self, a: TcpStream, b: TcpStream, budget: CircuitBudget) -> Option<Cut> {
+        let budget = Arc::new(Mutex::new(budget));
+        let (a_read, a_write) = a.into_split();
+        let (b_read, b_write) = b.into_split();
+        let forward = self.pump(a_read, b_write, budget.clone());
+        let backward = self.pump(b_read, a_write, budget);
+        // Whichever way ends first ends the circuit.
+        tokio::select! {
+            cut = forward => cut,
+            cut = backward => cut,
+        }
+    }
+
+    async fn pump(
+        &self,
+        mut from: impl AsyncRead + Unpin,
+        mut to: impl AsyncWrite + Unpin,
+        budget: Arc<Mutex<CircuitBudget>>,
+    ) -> Option<Cut> {
+        let mut buffer = vec![0u8; CHUNK];
+        let deadline = budget.lock().ok()?.deadline();
+        loop {
+            let left = deadline.since(self.clock.now());
+            let read = match tokio::time::timeout(left, from.read(&mut buffer)).await {
+                Err(_) => return Some(Cut::Duration),
+                Ok(Ok(0) | Err(_)) => {
+                    let _ = to.shutdown().await;
+                    return None;
+                }
+                Ok(Ok(read)) => read,
+            };
+            let mut sent = 0;
+            while sent < read {
+                let take = budget.lock().ok()?.take(read - sent, self.clock.now());
+                match take {
+                    Take::Send(n) => {
+                        if to.write_all(&buffer[sent..sent + n]).await.is_err() {
+                            return None;
+                        }
+                        sent += n;
+                        if let Ok(mut policy) = self.policy.lock() {
+                            policy.count_bytes(n as u64);
+                        }
+                    }
+                    Take::Wait(wait) => tokio::time::sleep(wait).await,
+                    Take::Cut(cut) => {
+                        let _ = to.shutdown().await;
+                        return Some(cut);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads one line, byte by byte (nothing after it may be consumed), at
+/// most [`MAX_LINE`] bytes; `None` if it is longer, not text, or cut.
+async fn read_line(stream: &mut (impl AsyncRead + Unpin)) -> Option<String> {
+    let mut line = Vec::with_capacity(MAX_LINE);
+    while line.len() < MAX_LINE {
+        let byte = stream.read_u8().await.ok()?;
+        if byte == b'\n' {
+            return String::from_utf8(line).ok();
+        }
+        line.push(byte);
+    }
+    None
+}
+
+async fn write_line(stream: &mut TcpStream, line: &str) -> std::io::Result<()> {
+    stream.write_all(line.as_bytes()).await?;
+    stream.flush().await
+}
