@@ -660,9 +660,17 @@ impl<'a> Callback<'a> {
             })
         });
         let pushed = Arc::new(PushConnector::new(node, listener, requester, PUSH_TIMEOUT));
+        // The last resort: a relay, when the leaf is joined to one.
+        let (pushed, label): (Arc<dyn Connector>, _) = match self.leaf.status().relays.first() {
+            Some(relay) => (
+                crate::relay::fallback(self.leaf, pushed, node, id, callback_addr),
+                format!("{} (push, else relay via {relay})", source.addr),
+            ),
+            None => (pushed, format!("{} (push)", source.addr)),
+        };
         let connector: Arc<dyn Connector> = Arc::new(ThrottledConnector::new(pushed, limit));
         Ok(DownloadSource {
-            label: format!("{} (push)", source.addr),
+            label,
             connector,
             partial: source.partial,
             addr: None,

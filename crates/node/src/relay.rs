@@ -278,3 +278,38 @@ async fn write_line(stream: &mut TcpStream, line: &str) -> std::io::Result<()> {
     stream.write_all(line.as_bytes()).await?;
     stream.flush().await
 }
+
+/// The downloader's way to a firewalled source: `direct` (the push, or
+/// hole punching), and when it fails a relay circuit through one of the
+/// relaying supernodes `leaf` is joined to (another at each attempt).
+pub fn fallback(
+    leaf: &crate::leaf::LeafHandle,
+    direct: Arc<dyn canopy_transfer::client::Connector>,
+    node: canopy_proto::NodeId,
+    content_id: canopy_proto::ContentId,
+    callback: SocketAddr,
+) -> Arc<dyn canopy_transfer::client::Connector> {
+    use canopy_transfer::relay::{
+        FallbackConnector, RETRY_DIRECT_AFTER, RelayConnector, RelayRequester,
+    };
+    let (pushes, status) = (leaf.push_sender(), leaf.watch_status());
+    let requester: RelayRequester = Arc::new(move |token, attempt| {
+        let pushes = pushes.clone();
+        let relays = status.borrow().relays.clone();
+        Box::pin(async move {
+            let Some(relay) = relays.get(attempt % relays.len().max(1)).copied() else {
+                return Err(std::io::Error::other("no relaying supernode"));
+            };
+            pushes
+                .push_relayed(relay, node, content_id, callback, token)
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            Ok(relay)
+        })
+    });
+    let relay = Arc::new(RelayConnector::new(node, requester, RELAY_TIMEOUT));
+    Arc::new(FallbackConnector::new(direct, relay, RETRY_DIRECT_AFTER))
+}
+
+/// How long a source may take to come to the relay.
+const RELAY_TIMEOUT: Duration = Duration::from_secs(15);

@@ -680,6 +680,9 @@ const NOT_SERVING_GRACE: Duration = Duration::from_secs(60);
 /// A partial source that answered a data request with 404 is asked again
 /// after this pause.
 const NOT_SERVING_PAUSE: Duration = Duration::from_secs(1);
+/// A relayed path closed at the relay's limit: the source is asked again
+/// (on a new circuit) after this pause.
+const PATH_CLOSED_PAUSE: Duration = Duration::from_millis(200);
 
 /// The sources heard of so far, and the feed more arrive on.
 struct SourceSet {
@@ -998,6 +1001,15 @@ impl Worker {
             reason,
             unreachable: false,
         };
+        // A relayed path the relay closed at its limit (or had no room
+        // for) is not the source's fault: like a 503, its groups go back
+        // to the pool and it is asked again shortly, on a new path.
+        let path_closed = |error: &(dyn std::error::Error + 'static)| {
+            crate::relay::is_path_closed(error).then_some(WorkerEvent::Busy {
+                request,
+                retry_after: PATH_CLOSED_PAUSE,
+            })
+        };
         let size = self.tree.size();
         let probe = self.request.kind == RequestKind::Probe;
         // A probe asks for the headers only; a data request for its groups.
@@ -1026,22 +1038,20 @@ impl Worker {
         let (conn, response) = match kept {
             Some(pair) => pair,
             None => {
-                let stream = self
-                    .connector
-                    .connect()
-                    .await
-                    .map_err(|e| WorkerEvent::Failed {
+                let stream = self.connector.connect().await.map_err(|e| {
+                    path_closed(&e).unwrap_or_else(|| WorkerEvent::Failed {
                         request,
                         reason: format!("cannot connect: {e}"),
                         unreachable: true,
-                    })?;
+                    })
+                })?;
                 let mut conn = HttpConn::handshake(stream)
                     .await
-                    .map_err(|e| failed(e.to_string()))?;
+                    .map_err(|e| path_closed(&e).unwrap_or_else(|| failed(e.to_string())))?;
                 let response = conn
                     .request(method, &path, range, sharing)
                     .await
-                    .map_err(|e| failed(e.to_string()))?;
+                    .map_err(|e| path_closed(&e).unwrap_or_else(|| failed(e.to_string())))?;
                 (conn, response)
             }
         };
@@ -1147,7 +1157,8 @@ impl Worker {
                 Some(Ok(frame)) => frame,
                 Some(Err(error)) => {
                     self.settle(pending.take()).await?;
-                    return Err(failed(format!("transfer broke off: {error}")));
+                    return Err(path_closed(&error)
+                        .unwrap_or_else(|| failed(format!("transfer broke off: {error}"))));
                 }
             };
             let Ok(mut data) = frame.into_data() else {

@@ -10,7 +10,8 @@
 //!   download resumes from the groups already on disk.
 //! - [`push`]: how a firewalled source reaches a downloader: it connects
 //!   out to the downloader's callback listener and serves HTTP over that
-//!   connection.
+//!   connection. [`relay`]: the last resort, a relaying supernode in
+//!   between (and a connector trying the direct ways first).
 //! - [`catalog`]: which content ids this leaf serves, and from which files;
 //!   [`partial`]: a download served while it runs, from its verified groups.
 //! - [`mesh`]: the download mesh, other sources of each content id, handed
@@ -36,6 +37,7 @@ pub mod partial;
 pub mod partial_lock;
 pub mod push;
 pub mod ration;
+pub mod relay;
 pub mod server;
 
 pub use catalog::Catalog;
