@@ -53,6 +53,10 @@ pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
 pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(10 * 60);
 /// The default per-circuit rate: 1 MiB/s.
 pub const DEFAULT_RATE: u32 = 1 << 20;
+/// The least byte budget a circuit is given, whatever the configuration:
+/// a download verifies 1 MiB groups, so a circuit must carry a whole one
+/// with its request and headers, or a relayed download would never move.
+pub const MIN_MAX_BYTES: u64 = 2 << 20;
 /// The default number of halves one IP may hold.
 pub const DEFAULT_PER_IP: usize = 4;
 
@@ -423,8 +427,10 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// A relay under `config` with no circuits.
-    pub fn new(config: RelayConfig) -> Self {
+    /// A relay under `config` with no circuits (a byte budget below
+    /// [`MIN_MAX_BYTES`] is raised to it).
+    pub fn new(mut config: RelayConfig) -> Self {
+        config.max_bytes = config.max_bytes.max(MIN_MAX_BYTES);
         Self {
             config,
             circuits: HashMap::new(),
@@ -707,7 +713,7 @@ mod tests {
             panic!("the second half pairs");
         };
         assert_eq!(budget.deadline(), now + Duration::from_secs(60));
-        assert_eq!(budget.bytes_left(), 10_000);
+        assert_eq!(budget.bytes_left(), MIN_MAX_BYTES, "raised to the least");
         let stats = relay.stats();
         assert_eq!((stats.circuits_open, stats.circuits_total), (1, 1));
         // A paired token can't be used again.

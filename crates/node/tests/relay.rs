@@ -211,8 +211,9 @@ async fn pair(s: &Service, n: u8) -> (TcpStream, TcpStream) {
 
 #[tokio::test]
 async fn a_circuit_carries_both_ways_and_is_cut_at_its_bytes() {
+    let budget = canopy_core::relay::MIN_MAX_BYTES as usize;
     let s = Service::start(RelayConfig {
-        max_bytes: 100_000,
+        max_bytes: budget as u64,
         ..config()
     })
     .await;
@@ -221,22 +222,22 @@ async fn a_circuit_carries_both_ways_and_is_cut_at_its_bytes() {
     let mut asked = [0u8; 6];
     source.read_exact(&mut asked).await.unwrap();
     assert_eq!(&asked, b"GET /\n");
-    let data = sample_bytes(300_000, 1);
+    let data = sample_bytes(3 * budget, 1);
     // The relay stops reading once the budget is spent: the write may fail.
     let writer = tokio::spawn(async move {
         let _ = source.write_all(&data).await;
         source
     });
     let got = read_to_end(&mut downloader).await;
-    assert_eq!(got.len(), 100_000 - 6, "exactly the budget, both ways");
-    assert!(got[..] == sample_bytes(300_000, 1)[..got.len()]);
+    assert_eq!(got.len(), budget - 6, "exactly the budget, both ways");
+    assert!(got[..] == sample_bytes(3 * budget, 1)[..got.len()]);
     drop(writer.await.unwrap());
     s.wait_for("the cut counted", |s| {
         s.cut_bytes == 1 && s.circuits_open == 0
     })
     .await;
     let stats = s.service.stats();
-    assert_eq!(stats.bytes_relayed, 100_000);
+    assert_eq!(stats.bytes_relayed, budget as u64);
     assert_eq!(stats.circuits_total, 1);
 }
 
@@ -400,11 +401,11 @@ async fn a_download_whose_only_way_is_the_relay_completes() {
 async fn a_relayed_download_bigger_than_a_circuits_bytes_goes_on_over_new_circuits() {
     init_logs();
     let at = relaying_supernode(RelayConfig {
-        max_bytes: MIB as u64 + MIB as u64 / 2,
+        max_bytes: canopy_core::relay::MIN_MAX_BYTES,
         ..config()
     })
     .await;
-    let data = sample_bytes(5 * MIB + 3, 6);
+    let data = sample_bytes(7 * MIB + 3, 6);
     let report = relayed_download(&at, &data).await;
     assert!(report.sources[0].dropped.is_none(), "{:?}", report.sources);
     let stats = at.relay_stats();

@@ -128,10 +128,11 @@ pub struct SupernodeArgs {
     /// costs this machine's bandwidth both ways. 0: no relay.
     #[arg(long, default_value_t = DEFAULTS.protocol.relay.slots)]
     pub relay_slots: usize,
-    /// Bytes one relay circuit may carry, both ways together; the
-    /// download goes on over a new circuit.
+    /// Bytes one relay circuit may carry, both ways together (at least
+    /// 2 MiB: a whole 1 MiB group must fit); the download goes on over a
+    /// new circuit.
     #[arg(long, default_value_t = DEFAULTS.protocol.relay.max_bytes,
-        value_parser = at_least_one::<u64>)]
+        value_parser = clap::value_parser!(u64).range(canopy_core::relay::MIN_MAX_BYTES..))]
     pub relay_max_bytes: u64,
     /// Seconds one relay circuit may last.
     #[arg(long, default_value_t = DEFAULTS.protocol.relay.max_duration.as_secs(),
