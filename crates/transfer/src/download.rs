@@ -517,8 +517,12 @@ const TREE_FETCHES_AT_ONCE: usize = 4;
 const MAX_TREE_FETCHES: usize = 16;
 /// Without an answer for this long, one more source is asked.
 const TREE_HEDGE: Duration = Duration::from_millis(500);
-/// A tree request that has not finished in this long has failed.
+/// A tree request that has not finished in this long, once connected,
+/// has failed.
 const TREE_TIMEOUT: Duration = Duration::from_secs(15);
+/// A backstop on connecting for a tree request: each connector bounds its
+/// own connect (a dial 5 s, a push 15 s, a push then a relay about 30 s).
+const TREE_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a tree request failed, and whether it was a 404 (a partial source
 /// answers so until its first group is verified).
@@ -532,8 +536,16 @@ async fn tree_from(
     expected: usize,
     listen_port: Option<u16>,
 ) -> Result<(VerifiedTree, Vec<u8>), TreeFailure> {
+    let stream = match tokio::time::timeout(TREE_CONNECT_TIMEOUT, source.connector.connect()).await
+    {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            let error = crate::client::ClientError::Connect(error);
+            return Err((error.to_string(), false));
+        }
+        Err(_) => return Err(("connecting for the tree timed out".to_owned(), false)),
+    };
     let attempt = async {
-        let stream = source.connector.connect().await?;
         let mut conn = HttpConn::handshake(stream).await?;
         let sharing = Sharing {
             listen_port,
