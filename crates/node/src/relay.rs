@@ -140,22 +140,43 @@ impl RelayService {
         let _ = stream.set_nodelay(true);
         match admitted {
             Admitted::Wait { until } => {
-                let (tx, rx) = oneshot::channel();
+                let (tx, mut rx) = oneshot::channel();
                 if let Ok(mut waiting) = self.waiting.lock() {
                     waiting.insert(token, tx);
                 }
                 let wait = until.since(now);
-                match tokio::time::timeout(wait, rx).await {
-                    Ok(Ok((other, budget))) => {
+                // An end that hangs up while waiting frees its place at
+                // once (what it already sent, a source's preamble, waits
+                // in the socket and says nothing of that).
+                let hung_up = async {
+                    let mut byte = [0u8; 1];
+                    match stream.peek(&mut byte).await {
+                        Ok(0) | Err(_) => {}
+                        Ok(_) => std::future::pending::<()>().await,
+                    }
+                };
+                let paired = tokio::select! {
+                    paired = tokio::time::timeout(wait, &mut rx) => paired.ok().and_then(Result::ok),
+                    () = hung_up => None,
+                };
+                let paired = match paired {
+                    Some(paired) => Some(paired),
+                    None => {
+                        if let Ok(mut waiting) = self.waiting.lock() {
+                            waiting.remove(&token);
+                        }
+                        // The other end may have come just now.
+                        rx.try_recv().ok()
+                    }
+                };
+                match paired {
+                    Some((other, budget)) => {
                         tracing::info!(%token, %remote, "relay circuit open");
                         let cut = self.splice(stream, other, budget).await;
                         tracing::info!(%token, ?cut, "relay circuit closed");
                         self.close(token, cut);
                     }
-                    _ => {
-                        if let Ok(mut waiting) = self.waiting.lock() {
-                            waiting.remove(&token);
-                        }
+                    None => {
                         if let Ok(mut policy) = self.policy.lock() {
                             policy.abandon(token, half);
                         }

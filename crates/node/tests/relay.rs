@@ -199,6 +199,24 @@ async fn a_waiting_half_gives_up_at_the_tokens_deadline() {
     assert_eq!(answer, "REFUSED expired-token");
 }
 
+#[tokio::test]
+async fn a_waiting_half_that_hangs_up_frees_its_slot_at_once() {
+    let s = Service::start(RelayConfig {
+        slots: 1,
+        token_lifetime: Duration::from_secs(600),
+        ..config()
+    })
+    .await;
+    s.service.register(token(1));
+    s.service.register(token(2));
+    let (waiting, answer) = half(s.addr, Half::Connect, token(1)).await;
+    assert!(answer.starts_with("OK "), "{answer}");
+    drop(waiting);
+    s.wait_for("the slot freed", |s| s.circuits_open == 0).await;
+    let (_other, answer) = half(s.addr, Half::Connect, token(2)).await;
+    assert!(answer.starts_with("OK "), "{answer}");
+}
+
 /// Pairs circuit `n`: the source half first, then the downloader's.
 async fn pair(s: &Service, n: u8) -> (TcpStream, TcpStream) {
     s.service.register(token(n));
