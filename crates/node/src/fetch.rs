@@ -19,6 +19,10 @@
 //! partial file is taken, so a second fetch of the id into the same folder
 //! fails at once.
 //!
+//! A firewalled source is reached by push; when the leaf is joined to a
+//! supernode that relays, by a relay circuit when the push fails
+//! ([`crate::relay::fallback`]).
+//!
 //! Every downloader is a source: the download serves what it has verified
 //! through the leaf's file server while it runs (a [`Swarm`]: the leaf's
 //! catalog and download mesh, its announced port sent as `X-Listen`,

@@ -362,3 +362,95 @@ impl Connector for FallbackConnector {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// Counts its connects; fails them unless `works`.
+    #[derive(Debug)]
+    struct Stub {
+        works: std::sync::atomic::AtomicBool,
+        calls: AtomicUsize,
+        closed: bool,
+    }
+
+    impl Stub {
+        fn new(works: bool) -> Arc<Self> {
+            Arc::new(Self {
+                works: works.into(),
+                calls: AtomicUsize::new(0),
+                closed: false,
+            })
+        }
+    }
+
+    impl Connector for Stub {
+        fn connect(&self) -> ConnectFuture {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            let (works, closed) = (self.works.load(Ordering::Relaxed), self.closed);
+            Box::pin(async move {
+                if works {
+                    let (a, _b) = tokio::io::duplex(64);
+                    Ok(Box::new(a) as SourceStream)
+                } else if closed {
+                    Err(path_closed("full"))
+                } else {
+                    Err(std::io::Error::other("no way"))
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_relay_is_used_only_when_the_direct_way_fails_and_then_for_a_while() {
+        let (direct, relay) = (Stub::new(true), Stub::new(true));
+        let fallback =
+            FallbackConnector::new(direct.clone(), relay.clone(), Duration::from_secs(60));
+        fallback.connect().await.unwrap();
+        assert_eq!(relay.calls.load(Ordering::Relaxed), 0, "direct worked");
+        assert!(!fallback.relayed());
+
+        direct.works.store(false, Ordering::Relaxed);
+        fallback.connect().await.unwrap();
+        assert_eq!(relay.calls.load(Ordering::Relaxed), 1);
+        assert!(fallback.relayed());
+        // Remembered: straight to the relay, no second wait on the push.
+        fallback.connect().await.unwrap();
+        assert_eq!(direct.calls.load(Ordering::Relaxed), 2);
+        assert_eq!(relay.calls.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn the_direct_way_is_tried_again_after_a_while() {
+        let (direct, relay) = (Stub::new(false), Stub::new(true));
+        let fallback = FallbackConnector::new(direct.clone(), relay.clone(), Duration::ZERO);
+        fallback.connect().await.unwrap();
+        fallback.connect().await.unwrap();
+        assert_eq!(direct.calls.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn both_ways_failing_says_why_and_a_full_relay_is_a_closed_path() {
+        let fallback = FallbackConnector::new(Stub::new(false), Stub::new(false), Duration::ZERO);
+        let error = fallback.connect().await.err().unwrap();
+        assert!(error.to_string().contains("through a relay"), "{error}");
+        assert!(!is_path_closed(&error));
+
+        let full = Arc::new(Stub {
+            works: false.into(),
+            calls: AtomicUsize::new(0),
+            closed: true,
+        });
+        let fallback = FallbackConnector::new(Stub::new(false), full, Duration::ZERO);
+        let error = fallback.connect().await.err().unwrap();
+        assert!(is_path_closed(&error), "{error}");
+        // Wrapped as the HTTP client wraps it, still seen.
+        let wrapped = crate::client::ClientError::Connect(error);
+        assert!(is_path_closed(&wrapped));
+    }
+}
