@@ -692,9 +692,6 @@ const NOT_SERVING_GRACE: Duration = Duration::from_secs(60);
 /// A partial source that answered a data request with 404 is asked again
 /// after this pause.
 const NOT_SERVING_PAUSE: Duration = Duration::from_secs(1);
-/// A relayed path closed at the relay's limit: the source is asked again
-/// (on a new circuit) after this pause.
-const PATH_CLOSED_PAUSE: Duration = Duration::from_millis(200);
 
 /// The sources heard of so far, and the feed more arrive on.
 struct SourceSet {
@@ -1017,9 +1014,9 @@ impl Worker {
         // for) is not the source's fault: like a 503, its groups go back
         // to the pool and it is asked again shortly, on a new path.
         let path_closed = |error: &(dyn std::error::Error + 'static)| {
-            crate::relay::is_path_closed(error).then_some(WorkerEvent::Busy {
+            crate::relay::path_closed_in(error).map(|closed| WorkerEvent::Busy {
                 request,
-                retry_after: PATH_CLOSED_PAUSE,
+                retry_after: closed.retry_after,
             })
         };
         let size = self.tree.size();

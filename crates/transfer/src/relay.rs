@@ -44,31 +44,53 @@ pub const RETRY_DIRECT_AFTER: Duration = Duration::from_secs(5 * 60);
 const UNKNOWN_TOKEN_RETRIES: u32 = 5;
 const UNKNOWN_TOKEN_PAUSE: Duration = Duration::from_millis(100);
 
-/// A relayed path ended at the relay's limit (or the relay had no room):
-/// not the source's fault; connect again.
-#[derive(Debug, thiserror::Error)]
-#[error("relay path closed: {0}")]
-pub struct PathClosed(pub String);
+/// A path ended at the relay's limit: asked again this soon (on a new
+/// circuit).
+pub const AT_LIMIT_PAUSE: Duration = Duration::from_millis(200);
+/// A relay with no room now: asked again after this long.
+pub const RELAY_FULL_PAUSE: Duration = Duration::from_secs(5);
 
-/// Whether `error` or anything it was caused by is a [`PathClosed`].
-pub fn is_path_closed(error: &(dyn std::error::Error + 'static)) -> bool {
+/// A relayed path ended at the relay's limit (or the relay had no room):
+/// not the source's fault; connect again after `retry_after`.
+#[derive(Debug, thiserror::Error)]
+#[error("relay path closed: {reason}")]
+pub struct PathClosed {
+    /// What happened.
+    pub reason: String,
+    /// When to try again.
+    pub retry_after: Duration,
+}
+
+/// The [`PathClosed`] that `error` is or was caused by, if any.
+pub fn path_closed_in<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e PathClosed> {
     let mut next = Some(error);
     while let Some(error) = next {
-        if error.is::<PathClosed>() {
-            return true;
+        if let Some(closed) = error.downcast_ref::<PathClosed>() {
+            return Some(closed);
         }
         if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            if io.get_ref().is_some_and(|inner| inner.is::<PathClosed>()) {
-                return true;
+            if let Some(closed) = io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<PathClosed>())
+            {
+                return Some(closed);
             }
         }
         next = error.source();
     }
-    false
+    None
 }
 
-fn path_closed(reason: impl Into<String>) -> std::io::Error {
-    std::io::Error::other(PathClosed(reason.into()))
+/// Whether `error` or anything it was caused by is a [`PathClosed`].
+pub fn is_path_closed(error: &(dyn std::error::Error + 'static)) -> bool {
+    path_closed_in(error).is_some()
+}
+
+fn path_closed(reason: impl Into<String>, retry_after: Duration) -> std::io::Error {
+    std::io::Error::other(PathClosed {
+        reason: reason.into(),
+        retry_after,
+    })
 }
 
 /// The sending of one relayed push.
@@ -152,9 +174,10 @@ async fn open(
                 pause *= 2;
             }
             Err(Some(refusal)) if refusal.is_busy() => {
-                return Err(path_closed(format!(
-                    "the relay at {relay} refused: {refusal}"
-                )));
+                return Err(path_closed(
+                    format!("the relay at {relay} refused: {refusal}"),
+                    RELAY_FULL_PAUSE,
+                ));
             }
             Err(refusal) => {
                 let reason = refusal.map_or_else(|| format!("{line:?}"), |r| r.to_string());
@@ -219,10 +242,13 @@ impl Metered {
     }
 
     fn closed(&self) -> std::io::Error {
-        path_closed(format!(
-            "the relay's limit ({} bytes, {} s) was reached",
-            self.grant.max_bytes, self.grant.max_seconds
-        ))
+        path_closed(
+            format!(
+                "the relay's limit ({} bytes, {} s) was reached",
+                self.grant.max_bytes, self.grant.max_seconds
+            ),
+            AT_LIMIT_PAUSE,
+        )
     }
 }
 
@@ -398,7 +424,7 @@ mod tests {
                     let (a, _b) = tokio::io::duplex(64);
                     Ok(Box::new(a) as SourceStream)
                 } else if closed {
-                    Err(path_closed("full"))
+                    Err(path_closed("full", RELAY_FULL_PAUSE))
                 } else {
                     Err(std::io::Error::other("no way"))
                 }
