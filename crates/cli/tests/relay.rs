@@ -293,8 +293,16 @@ fn require_tools() {
     }
 }
 
-/// `canopy get` from home B of `id` into `into`: its JSON report.
-async fn get_from_home_b(net: &Net, id: &str, into: &Path) -> serde_json::Value {
+/// The last lines of the log a node spawned with [`spawn_in`] at `home`.
+fn log_tail(home: &Path) -> String {
+    let log = std::fs::read_to_string(home.join("stderr.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// `canopy get` from home B of `id` into `into`: its JSON report. On
+/// failure, the source's and the supernode's logs (under `root`) too.
+async fn get_from_home_b(net: &Net, root: &Path, id: &str, into: &Path) -> serde_json::Value {
     let supernode = format!("{}.2:{SUPERNODE_PORT}", HOME_B.wan);
     let out = tokio::time::timeout(
         DOWNLOAD_PATIENCE,
@@ -311,9 +319,11 @@ async fn get_from_home_b(net: &Net, id: &str, into: &Path) -> serde_json::Value 
     .unwrap();
     assert!(
         out.status.success(),
-        "canopy get failed: {}\n{}",
+        "canopy get failed: {}\n{}\n--- the source:\n{}\n--- the supernode:\n{}",
         String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stderr),
+        log_tail(&root.join("source")),
+        log_tail(&root.join("supernode")),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().last().expect("a report line");
@@ -386,7 +396,7 @@ async fn downloads_between_two_symmetric_nats_go_through_the_relay() {
         let id = blake3::hash(data).to_hex().to_string();
         let into = root.path().join(format!("got-{name}"));
         std::fs::create_dir_all(&into).unwrap();
-        let report = get_from_home_b(&net, &id, &into).await;
+        let report = get_from_home_b(&net, root.path(), &id, &into).await;
         let got = std::fs::read(into.join(name)).unwrap();
         assert!(got == *data, "{name} came whole and verified");
         let sources = report["bytes_per_source"].as_object().unwrap();
