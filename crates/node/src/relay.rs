@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use canopy_core::relay::{
-    Admitted, CircuitBudget, Cut, Half, MAX_LINE, Refusal, Relay, RelayConfig, RelayStats, Take,
-    ok_line, parse_request, refused_line,
+    Admitted, CircuitBudget, Cut, MAX_LINE, Refusal, Relay, RelayConfig, RelayStats, Take, ok_line,
+    parse_request, refused_line,
 };
 use canopy_proto::CircuitToken;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -39,7 +39,22 @@ const CHUNK: usize = 16 * 1024;
 /// The first byte of a relay line; no Noise message starts with it.
 pub const FIRST_BYTE: u8 = b'C';
 
-type Waiting = HashMap<CircuitToken, oneshot::Sender<(TcpStream, CircuitBudget)>>;
+type Handover = oneshot::Sender<(TcpStream, CircuitBudget)>;
+type Waiting = HashMap<CircuitToken, Handover>;
+
+/// An admitted end, and how it meets the other.
+enum Meeting {
+    /// The first end: waits on `rx` until `until`.
+    Wait {
+        until: canopy_core::Time,
+        rx: oneshot::Receiver<(TcpStream, CircuitBudget)>,
+    },
+    /// The second: hands its stream to the first, if still there.
+    Pair {
+        budget: CircuitBudget,
+        first: Option<Handover>,
+    },
+}
 
 /// The relay: its policy, the halves waiting, its counters. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -119,13 +134,19 @@ impl RelayService {
             return;
         };
         let now = self.clock.now();
+        // Admission and the hand-over slot are one step under the policy's
+        // lock: a second end arriving while the first is still being
+        // answered finds the first's slot already there.
         let admitted = match self.policy.lock() {
-            Ok(mut policy) => policy
-                .admit(token, half, remote.ip(), now)
-                .map(|admitted| (admitted, ok_line(policy.config()))),
+            Ok(mut policy) => {
+                let ok = ok_line(policy.config());
+                policy
+                    .admit(token, half, remote.ip(), now)
+                    .map(|admitted| (self.meet(token, admitted), ok))
+            }
             Err(_) => return,
         };
-        let (admitted, ok) = match admitted {
+        let (meeting, ok) = match admitted {
             Ok(pair) => pair,
             Err(refusal) => {
                 tracing::debug!(%remote, %token, %refusal, "relay half refused");
@@ -133,31 +154,28 @@ impl RelayService {
                 return;
             }
         };
-        if write_line(&mut stream, &ok).await.is_err() {
-            self.end(token, half, &admitted, None);
-            return;
-        }
         let _ = stream.set_nodelay(true);
-        match admitted {
-            Admitted::Wait { until } => {
-                let (tx, mut rx) = oneshot::channel();
-                if let Ok(mut waiting) = self.waiting.lock() {
-                    waiting.insert(token, tx);
-                }
+        let answered = write_line(&mut stream, &ok).await.is_ok();
+        match meeting {
+            Meeting::Wait { until, mut rx } => {
                 let wait = until.since(now);
-                // An end that hangs up while waiting frees its place at
-                // once (what it already sent, a source's preamble, waits
-                // in the socket and says nothing of that).
-                let hung_up = async {
-                    let mut byte = [0u8; 1];
-                    match stream.peek(&mut byte).await {
-                        Ok(0) | Err(_) => {}
-                        Ok(_) => std::future::pending::<()>().await,
+                let paired = if answered {
+                    // An end that hangs up while waiting frees its place
+                    // at once (what it already sent, a source's preamble,
+                    // waits in the socket and says nothing of that).
+                    let hung_up = async {
+                        let mut byte = [0u8; 1];
+                        match stream.peek(&mut byte).await {
+                            Ok(0) | Err(_) => {}
+                            Ok(_) => std::future::pending::<()>().await,
+                        }
+                    };
+                    tokio::select! {
+                        paired = tokio::time::timeout(wait, &mut rx) => paired.ok().and_then(Result::ok),
+                        () = hung_up => None,
                     }
-                };
-                let paired = tokio::select! {
-                    paired = tokio::time::timeout(wait, &mut rx) => paired.ok().and_then(Result::ok),
-                    () = hung_up => None,
+                } else {
+                    None
                 };
                 let paired = match paired {
                     Some(paired) => Some(paired),
@@ -183,38 +201,51 @@ impl RelayService {
                     }
                 }
             }
-            Admitted::Paired { budget } => {
-                let first = self
-                    .waiting
-                    .lock()
-                    .ok()
-                    .and_then(|mut waiting| waiting.remove(&token));
+            Meeting::Pair { budget, first } => {
                 let handed = match first {
-                    Some(first) => first.send((stream, budget)).is_ok(),
-                    None => false,
+                    Some(first) if answered => first.send((stream, budget)).is_ok(),
+                    _ => false,
                 };
                 if !handed {
-                    // The first half gave up just now.
+                    // The first end gave up just now (or we could not
+                    // answer): the circuit is over.
                     self.close(token, None);
                 }
             }
         }
     }
 
-    fn count(&self, refusal: Refusal) {
-        if let Ok(mut policy) = self.policy.lock() {
-            policy.count_refusal(refusal);
+    /// Where an admitted end meets the other: the first leaves a slot
+    /// for it (before anyone can pair), the second takes that slot.
+    fn meet(&self, token: CircuitToken, admitted: Admitted) -> Meeting {
+        let Ok(mut waiting) = self.waiting.lock() else {
+            // Unreachable in practice (nothing panics holding it); the
+            // circuit then ends at its deadline.
+            let (_, rx) = oneshot::channel();
+            return match admitted {
+                Admitted::Wait { until } => Meeting::Wait { until, rx },
+                Admitted::Paired { budget } => Meeting::Pair {
+                    budget,
+                    first: None,
+                },
+            };
+        };
+        match admitted {
+            Admitted::Wait { until } => {
+                let (tx, rx) = oneshot::channel();
+                waiting.insert(token, tx);
+                Meeting::Wait { until, rx }
+            }
+            Admitted::Paired { budget } => Meeting::Pair {
+                budget,
+                first: waiting.remove(&token),
+            },
         }
     }
 
-    fn end(&self, token: CircuitToken, half: Half, admitted: &Admitted, cut: Option<Cut>) {
-        match admitted {
-            Admitted::Wait { .. } => {
-                if let Ok(mut policy) = self.policy.lock() {
-                    policy.abandon(token, half);
-                }
-            }
-            Admitted::Paired { .. } => self.close(token, cut),
+    fn count(&self, refusal: Refusal) {
+        if let Ok(mut policy) = self.policy.lock() {
+            policy.count_refusal(refusal);
         }
     }
 

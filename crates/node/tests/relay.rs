@@ -227,6 +227,39 @@ async fn pair(s: &Service, n: u8) -> (TcpStream, TcpStream) {
     (source, downloader)
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn ends_arriving_at_the_same_moment_always_meet() {
+    let s = Service::start(RelayConfig {
+        slots: 64,
+        per_ip: 256,
+        ..config()
+    })
+    .await;
+    let mut circuits = Vec::new();
+    for n in 1..=40u8 {
+        s.service.register(token(n));
+        let addr = s.addr;
+        circuits.push(tokio::spawn(async move {
+            let ((mut source, a), (mut downloader, b)) = tokio::join!(
+                half(addr, Half::Serve, token(n)),
+                half(addr, Half::Connect, token(n))
+            );
+            assert!(a.starts_with("OK ") && b.starts_with("OK "), "{a} / {b}");
+            source.write_all(&[n; 8]).await.unwrap();
+            let mut got = [0u8; 8];
+            tokio::time::timeout(PATIENCE, downloader.read_exact(&mut got))
+                .await
+                .expect("the ends meet")
+                .expect("the circuit carries");
+            assert_eq!(got, [n; 8]);
+        }));
+    }
+    for circuit in circuits {
+        circuit.await.unwrap();
+    }
+    assert_eq!(s.service.stats().circuits_total, 40);
+}
+
 #[tokio::test]
 async fn a_circuit_carries_both_ways_and_is_cut_at_its_bytes() {
     let budget = canopy_core::relay::MIN_MAX_BYTES as usize;
