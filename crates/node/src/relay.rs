@@ -104,7 +104,11 @@ impl RelayService {
     /// its line is read.
     pub fn accept(&self, stream: TcpStream, remote: SocketAddr, hold: impl Send + 'static) {
         let Ok(permit) = self.reading.clone().try_acquire_owned() else {
-            tracing::debug!(%remote, "too many relay lines being read; closed");
+            // Said without waiting (a fresh socket takes a short line),
+            // so the caller knows to come back later.
+            tracing::debug!(%remote, "too many relay lines being read; refused");
+            self.count(Refusal::NoSlots);
+            let _ = stream.try_write(refused_line(Refusal::NoSlots).as_bytes());
             return;
         };
         let service = self.clone();
