@@ -40,8 +40,10 @@ fi
 NS_BRIDGE=cn-br
 work=${TESTNET_WORK:-/tmp/canopy-testnet}
 
+PREFIX=cn-
+# shellcheck source=deploy/testnet/lib.sh
+. "$here/lib.sh"
 say() { printf 'testnet: %s\n' "$*" >&2; }
-in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 veth_to_bridge() { # ns, name-in-ns, address/prefix
   local ns=$1 dev=$2 addr=$3
@@ -106,43 +108,15 @@ table ip nat {
 NFT
 }
 
-down() {
-  for ns in $(ip netns list | awk '{print $1}' | grep -E '^cn-' || true); do
-    # Anything still running in it goes first.
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
-    ip netns del "$ns" 2>/dev/null || true
-  done
-}
 
-# Runs canopy in a namespace in the background; its JSON goes to $work/$2.json.
-spawn() { # ns, name, args...
-  local ns=$1 name=$2; shift 2
-  # ip netns exec execs canopy, so $! is canopy's own pid (for kill -9).
-  ip netns exec "$ns" "$CANOPY" "$@" --json > "$work/$name.json" 2> "$work/$name.log" &
-  echo $! > "$work/$name.pid"
-}
 
-# Waits (up to $2 s) until the command in $3... succeeds.
-wait_until() {
-  local what=$1 limit=$2; shift 2
-  local deadline=$((SECONDS + limit))
-  until "$@" >/dev/null 2>&1; do
-    if [ $SECONDS -ge $deadline ]; then say "timed out waiting for: $what"; return 1; fi
-    sleep 0.2
-  done
-}
 
 json_field() { python3 -c 'import json,sys; print(json.loads(sys.stdin.readline())[sys.argv[1]])' "$1"; }
-started() { [ -s "$work/$1.json" ]; }
 sources_of() { # ns, supernode, id -> number of sources
   in_ns "$1" "$CANOPY" search --supernode "$2" --json --timeout 1 --id "$3" \
     | python3 -c 'import json,sys; print(sum(len(json.loads(l)["sources"]) for l in sys.stdin))'
 }
 has_sources() { [ "$(sources_of "$@")" -ge "$4" ]; }
-metric() { # ns, addr, name
-  in_ns "$1" curl -sf "http://$2/metrics" | awk -v m="$3" '$1 == m { print $2 }'
-}
-metric_at_least() { [ "$(metric "$1" "$2" "$3")" -ge "$4" ] 2>/dev/null; }
 
 # The address `canopy get --json` (in $1) got bytes from: exactly one.
 source_of() {
@@ -263,7 +237,7 @@ case "${1:-}" in
   down) down ;;
   test)
     [ "$(id -u)" = 0 ] || { say "needs root (network namespaces)"; exit 2; }
-    trap 'status=$?; [ $status -ne 0 ] && for f in "$work"/*.log; do [ -s "$f" ] && { echo "--- $f" >&2; tail -5 "$f" >&2; }; done; down; exit $status' EXIT
+    trap finish EXIT
     up
     scenario
     ;;

@@ -11,7 +11,8 @@
 use bytes::BytesMut;
 use canopy_proto::limits::{
     HARD_MAX_TTL, MAX_ADDRESSES, MAX_CAPABILITIES, MAX_DETAIL_LEN, MAX_FILES_PER_MESSAGE,
-    MAX_KEYWORD_LEN, MAX_KEYWORDS, MAX_USER_AGENT_LEN,
+    MAX_FILTER_LOG2_SLOTS, MAX_FILTER_PATCH_BYTES, MAX_KEYWORD_LEN, MAX_KEYWORDS,
+    MAX_USER_AGENT_LEN, MIN_FILTER_LOG2_SLOTS,
 };
 use canopy_proto::{
     FrameCodec, HandshakeOutcome, Hello, Message, NodeId, SharedFile, is_valid_file_name,
@@ -138,6 +139,13 @@ fn check_invariants(message: &Message) {
             check_node_id(&push.target_node_id);
             assert!(push.hops <= HARD_MAX_TTL);
             assert_ne!(push.callback_addr.port(), 0);
+            if let Some(relay) = &push.relay {
+                assert_ne!(relay.token.0, [0; 16]);
+            }
+        }
+        Message::FilterPatch(patch) => {
+            assert!((MIN_FILTER_LOG2_SLOTS..=MAX_FILTER_LOG2_SLOTS).contains(&patch.log2_slots));
+            assert!(patch.flips.len() <= MAX_FILTER_PATCH_BYTES);
         }
     }
 }

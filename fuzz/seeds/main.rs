@@ -10,9 +10,9 @@ use std::path::Path;
 use bytes::BytesMut;
 use canopy_core::tree::{GROUP_LEN, tree_of};
 use canopy_proto::{
-    ByeReason, Capability, CircuitToken, ContentId, FrameCodec, HandshakeOutcome, Hello,
-    HelloReply, Message, MessageId, NodeId, Push, Query, QueryHit, RejectReason, RelayCircuit,
-    Role, SharedFile,
+    ByeReason, Capability, CircuitToken, ContentId, FilterPatch, FrameCodec, HandshakeOutcome,
+    Hello, HelloReply, Message, MessageId, NodeId, Push, Query, QueryHit, RejectReason,
+    RelayCircuit, Role, SharedFile,
 };
 use tokio_util::codec::Encoder;
 
@@ -169,6 +169,14 @@ fn frame_seeds() -> Result<()> {
                 message_id: MessageId([1; 16]),
                 results: 17,
             },
+        ),
+        (
+            "filter_patch",
+            Message::FilterPatch(FilterPatch {
+                log2_slots: 12,
+                reset: true,
+                flips: vec![5, 0x81, 0x01, 3],
+            }),
         ),
     ];
     for (index, (name, message)) in messages.iter().enumerate() {

@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Time;
 use crate::family::canonical;
+use crate::rng::SplitMix64;
 use group::{Group, learnable};
 
 /// Buckets of the new table.
@@ -356,8 +357,8 @@ impl AddrMan {
         if let Some(seed) = self.seeds.iter().copied().find(|s| !skip(*s)) {
             return Some(seed);
         }
-        let mut rng = SplitMix(random);
-        let tables = if rng.next() & 1 == 0 {
+        let mut rng = SplitMix64::new(random);
+        let tables = if rng.next_u64() & 1 == 0 {
             [&self.tried, &self.new]
         } else {
             [&self.new, &self.tried]
@@ -374,7 +375,7 @@ impl AddrMan {
             if total == 0 {
                 continue;
             }
-            let mut pick = rng.next() % total;
+            let mut pick = rng.next_u64() % total;
             for (addr, weight) in candidates {
                 if pick < weight {
                     return Some(addr);
@@ -563,20 +564,6 @@ fn finish(hasher: &blake3::Hasher) -> u64 {
 
 fn index(hash: u64, len: usize) -> usize {
     usize::try_from(hash % len as u64).unwrap_or(0)
-}
-
-/// A small deterministic generator, to draw more than one number from the
-/// one the caller passed.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 const SNAPSHOT_FORMAT: u32 = 1;

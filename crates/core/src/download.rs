@@ -97,6 +97,7 @@ use std::time::Duration;
 
 use crate::Time;
 use crate::groups::GroupSet;
+use crate::rng::SplitMix64;
 use crate::tree::{MAX_DOWNLOAD_SIZE, group_count, group_range, group_slot};
 
 /// Tunables of a download.
@@ -286,27 +287,6 @@ struct InFlight {
     helps: Option<RequestId>,
 }
 
-/// splitmix64 (Steele, Lea, Flood 2014): a tiny seeded generator, enough
-/// to pick among equals.
-#[derive(Debug, Clone)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` (0 if `n` is 0).
-    fn below(&mut self, n: u64) -> u64 {
-        let wide = u128::from(self.next()) * u128::from(n);
-        u64::try_from(wide >> 64).unwrap_or(0)
-    }
-}
-
 /// The state of one file's download. See the module documentation.
 #[derive(Debug)]
 pub struct DownloadPlan {
@@ -362,7 +342,7 @@ impl DownloadPlan {
                 }
             }
         }
-        let mut rng = SplitMix64(config.seed);
+        let mut rng = SplitMix64::new(config.seed);
         let cursor = rng.below(count);
         Self {
             size,
@@ -2511,7 +2491,7 @@ mod tests {
         // fetch it is chance: most seeds must catch it.
         let mut liars_caught = 0;
         for seed in 0..20u64 {
-            let mut rng = SplitMix64(seed);
+            let mut rng = SplitMix64::new(seed);
             let size = 40 * GROUP_LEN + 3;
             let config = DownloadConfig {
                 requests_per_source: 2,

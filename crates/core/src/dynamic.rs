@@ -180,7 +180,7 @@ impl DynamicQuery {
             return false;
         }
         self.by_peer.insert(peer, counted + room);
-        self.results += room;
+        self.results = self.results.saturating_add(room);
         true
     }
 
@@ -464,6 +464,17 @@ mod tests {
         dq.leaf_reports(154);
         assert_eq!(dq.results, 9);
         dq.leaf_reports(usize::MAX);
+        assert!(dq.satisfied());
+    }
+
+    #[test]
+    fn a_hit_after_the_leaf_said_enough_counts_without_overflow() {
+        // "Enough" raises the count to the top; hits still in flight must
+        // not wrap it (a panic in a debug build, a query revived in a
+        // release one).
+        let mut dq = DynamicQuery::new(query(), 0, &config(), Time(0));
+        dq.leaf_reports(usize::MAX);
+        assert!(dq.count_hit(ConnId(1), NodeId([1; 16]), 3, 5));
         assert!(dq.satisfied());
     }
 }

@@ -377,6 +377,31 @@ impl FileIndex {
         self.owners.get(&owner).map_or(0, |o| o.live)
     }
 
+    /// Names are indexed by their first this many words.
+    pub fn max_words(&self) -> usize {
+        self.max_words
+    }
+
+    /// The name of `owner`'s live file with `content_id`, if it has one.
+    pub fn owned_name(&self, owner: ConnId, content_id: &ContentId) -> Option<&str> {
+        let slot = self.owned_slot(owner, content_id)?;
+        self.records.get(slot as usize).map(|r| self.name_of(r))
+    }
+
+    /// Every live file of `owner`: its name and content id.
+    pub fn owned_files(&self, owner: ConnId) -> Vec<(&str, ContentId)> {
+        let Some(entry) = self.owners.get(&owner) else {
+            return Vec::new();
+        };
+        entry
+            .slots
+            .iter()
+            .filter_map(|slot| self.records.get(slot as usize))
+            .filter(|record| record.owner == entry.number)
+            .map(|record| (self.name_of(record), record.content_id))
+            .collect()
+    }
+
     fn name_of(&self, record: &Record) -> &str {
         self.names
             .get(record.name_at, usize::from(record.name_len))

@@ -37,6 +37,7 @@ use canopy_proto::{NodeId, Role};
 use crate::Time;
 use crate::addrman::group::Scope;
 use crate::rate::TokenBucket;
+use crate::rng::SplitMix64;
 
 /// The IPv4 multicast group (organization-local scope, RFC 2365).
 pub const GROUP_V4: Ipv4Addr = Ipv4Addr::new(239, 192, 63, 46);
@@ -342,25 +343,6 @@ pub struct LanStats {
     pub expired: u64,
 }
 
-/// splitmix64 (Steele, Lea, Flood 2014): jitter from a seed.
-#[derive(Debug, Clone)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// In `[0, 1)`.
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// The LAN discovery state machine. See the module documentation.
 #[derive(Debug)]
 pub struct LanDiscovery {
@@ -383,7 +365,7 @@ impl LanDiscovery {
     pub fn new(config: LanConfig, now: Time) -> Self {
         let inbound = TokenBucket::new(config.inbound_per_second, config.inbound_burst, now);
         Self {
-            rng: SplitMix64(config.seed),
+            rng: SplitMix64::new(config.seed),
             next_announce: Some(now),
             hellos_left: config.hellos.max(1),
             reply_at: None,

@@ -44,6 +44,7 @@ pub mod dedup;
 pub mod download;
 pub mod dynamic;
 pub mod family;
+pub mod filter_patch;
 pub mod groups;
 pub mod handshake;
 pub mod hit_check;
@@ -59,13 +60,16 @@ pub mod rate;
 pub mod ration;
 pub mod relay;
 pub mod result_filter;
+pub mod rng;
 pub mod routes;
+pub mod routing_filter;
 pub mod save_name;
 pub mod search;
 pub mod supernode;
 pub mod time;
 pub mod tokenize;
 pub mod tree;
+pub mod varint;
 
 pub use time::Time;
 

@@ -12,6 +12,8 @@
 
 use smallvec::SmallVec;
 
+use crate::varint;
+
 /// A file's number in the index.
 pub type Slot = u32;
 
@@ -46,41 +48,13 @@ pub struct Packed {
     last: Slot,
 }
 
-fn put_varint(out: &mut Vec<u8>, mut value: u32) {
-    while value >= 0x80 {
-        out.push(low_byte(value) | 0x80);
-        value >>= 7;
-    }
-    out.push(low_byte(value));
-}
-
-/// The low seven bits of `value`.
-fn low_byte(value: u32) -> u8 {
-    u8::try_from(value & 0x7f).unwrap_or(0)
-}
-
-/// Reads a varint at `*at`, moving past it; `None` past the end.
-fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u32> {
-    let mut value: u32 = 0;
-    let mut shift = 0;
-    loop {
-        let byte = *bytes.get(*at)?;
-        *at += 1;
-        value |= u32::from(byte & 0x7f).checked_shl(shift)?;
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-        shift += 7;
-    }
-}
-
 impl Packed {
     fn push(&mut self, slot: Slot) {
         if self.len % BLOCK == 0 {
             let at = u32::try_from(self.gaps.len()).unwrap_or(u32::MAX);
             self.heads.push((slot, at));
         } else {
-            put_varint(&mut self.gaps, slot.wrapping_sub(self.last));
+            varint::put(&mut self.gaps, slot.wrapping_sub(self.last));
         }
         self.last = slot;
         self.len += 1;
@@ -108,7 +82,7 @@ impl Packed {
         let mut value = first.unwrap_or(0);
         first.into_iter().chain(
             std::iter::from_fn(move || {
-                value = value.wrapping_add(get_varint(gaps, &mut at)?);
+                value = value.wrapping_add(varint::get(gaps, &mut at)?);
                 Some(value)
             })
             .take(self.block_len(block).saturating_sub(1)),
@@ -259,7 +233,7 @@ fn seek_packed(packed: &Packed, cursor: &mut Cursor, target: Slot) -> bool {
             };
             return cursor.value == target;
         }
-        let Some(gap) = get_varint(packed.block_gaps(cursor.block), &mut cursor.at) else {
+        let Some(gap) = varint::get(packed.block_gaps(cursor.block), &mut cursor.at) else {
             return false;
         };
         cursor.value = cursor.value.wrapping_add(gap);

@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use canopy_proto::limits::{HARD_MAX_TTL, MAX_ADDRESSES, MAX_FILES_PER_MESSAGE};
 use canopy_proto::{
-    ByeReason, Capability, CircuitToken, FrameError, HandshakeOutcome, Hello, HelloReply, Message,
-    MessageId, NodeId, Push, Query, QueryHit, RejectReason, Role, SharedFile,
+    ByeReason, Capability, CircuitToken, ContentId, FrameError, HandshakeOutcome, Hello,
+    HelloReply, Message, MessageId, NodeId, Push, Query, QueryHit, RejectReason, Role, SharedFile,
 };
 
 use crate::addr_limits::{AddressCounter, AddressLimit, IpNet, default_exempt};
@@ -47,7 +47,13 @@ use crate::push_limits::{AddressBuckets, Rate};
 use crate::rate::TokenBucket;
 use crate::relay::RelayConfig;
 use crate::routes::{RouteTable, Share, SharedRoutes};
+use crate::routing_filter::{EntryHash, query_entries};
 use crate::{ConnId, Time};
+
+mod last_hop;
+pub use last_hop::{
+    FILTER_PATCH_RATE, FILTER_PUBLISH_INTERVAL, FilterStats, LastHopFilters, ReceiveError,
+};
 
 /// Tunables of a supernode. [`SupernodeConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
@@ -153,6 +159,12 @@ pub struct SupernodeConfig {
     /// [`Capability::Relay`] and our own leaves' pushes may ask for a
     /// circuit ([`Action::RelayCircuit`]).
     pub relay: RelayConfig,
+    /// Send and take last-hop routing filters (see
+    /// [`crate::routing_filter`]): a query on its last hop then goes only
+    /// to peers whose filter may match.
+    pub routing_filters: bool,
+    /// How often our routing filter is sent again, if it changed.
+    pub filter_publish_interval: Duration,
 }
 
 /// Most leaf queries run dynamically at once; beyond, they are flooded.
@@ -221,6 +233,8 @@ impl SupernodeConfig {
             probes_per_address: AddressLimit::new(2, 8),
             ping_key: public_key_for(&node_id.0),
             relay: RelayConfig::default(),
+            routing_filters: true,
+            filter_publish_interval: FILTER_PUBLISH_INTERVAL,
         }
     }
 
@@ -423,6 +437,8 @@ pub struct SupernodeStats {
     pub probes_in_flight: usize,
     /// Pongs that answered no Ping of ours: ignored.
     pub pongs_unsolicited: u64,
+    /// Last-hop routing filters: bytes, memory, queries saved.
+    pub filters: FilterStats,
 }
 
 #[derive(Debug)]
@@ -507,6 +523,7 @@ pub struct Supernode {
     push_routes: RouteTable<NodeId>,
     actions: VecDeque<Action>,
     stats: SupernodeStats,
+    filters: LastHopFilters,
     nonces: NonceSource,
     /// When supernode peers are next asked whom they know (set on the
     /// first tick).
@@ -554,6 +571,7 @@ impl Supernode {
             index,
             actions: VecDeque::new(),
             stats: SupernodeStats::default(),
+            filters: LastHopFilters::new(config.filter_publish_interval),
             next_peer_refresh: None,
             leaf_addrs: AddressCounter::new(config.leaves_per_address, config.limit_exempt.clone()),
             peer_addrs: AddressCounter::new(config.peers_per_address, config.limit_exempt.clone()),
@@ -591,6 +609,7 @@ impl Supernode {
         stats.supernode_peers = self.counts.supernodes;
         stats.handshaking = self.counts.handshaking;
         stats.probes_in_flight = self.probing.len();
+        stats.filters = self.filters.stats();
         stats
     }
 
@@ -673,7 +692,7 @@ impl Supernode {
         }
         self.counts.handshaking += 1;
         if direction == Direction::Outbound {
-            self.send(conn, Message::Hello(self.our_hello()));
+            self.send(conn, Message::Hello(self.config.identity.hello()));
         }
     }
 
@@ -753,18 +772,25 @@ impl Supernode {
             }
             (PeerState::Leaf { .. }, Message::FileList { replace, files }) => {
                 if replace {
-                    self.index.remove_owner(conn);
+                    self.unindex_owner(conn);
                 }
                 self.publish(conn, files);
             }
             (PeerState::Leaf { .. }, Message::FileDelta { added, removed }) => {
                 for id in &removed {
-                    self.index.remove(conn, id);
+                    self.unindex(conn, id);
                 }
                 self.publish(conn, added);
             }
             (PeerState::Supernode { .. }, Message::QueryHit(hit)) => {
                 self.route_hit(conn, hit, now);
+            }
+            (PeerState::Supernode { .. }, Message::FilterPatch(patch)) => {
+                if self.config.routing_filters {
+                    if let Err(error) = self.filters.receive(conn, &patch, now) {
+                        self.violation(conn, error.to_string());
+                    }
+                }
             }
             (_, Message::Push(push)) => self.route_push(conn, push, now),
             (
@@ -806,6 +832,11 @@ impl Supernode {
     /// Periodic housekeeping: handshake deadlines, keepalive pings, idle
     /// disconnects, route expiry. Call it every second or so.
     pub fn handle_timeout(&mut self, now: Time) {
+        if self.config.routing_filters {
+            for (conns, part) in self.filters.publish(now) {
+                self.forward(conns, Message::FilterPatch(part));
+            }
+        }
         self.routes.expire(now);
         self.step_ids.expire(now);
         self.push_routes.expire(now);
@@ -937,13 +968,14 @@ impl Supernode {
             return false;
         };
         self.dynamic.retain(|_, (origin, _)| *origin != conn);
+        self.filters.peer_left(conn);
         self.routes.remove_share(Share::Peer(conn));
         self.peer_limits.remove(&conn);
         self.scan_allowances.remove(&conn);
         *self.counts.slot(&peer.state) -= 1;
         match peer.state {
             PeerState::Leaf { node_id, .. } => {
-                self.index.remove_owner(conn);
+                self.unindex_owner(conn);
                 self.by_node.remove(&node_id);
                 self.leaf_addrs.release(peer.remote.ip());
             }
@@ -964,6 +996,9 @@ impl Supernode {
         let mut hello = self.config.identity.hello();
         if self.config.relay.enabled() {
             hello.capabilities.push(Capability::Relay);
+        }
+        if self.config.routing_filters && hello.role == Role::Supernode {
+            hello.capabilities.push(Capability::RoutingFilter);
         }
         hello
     }
@@ -1113,6 +1148,9 @@ impl Supernode {
         if probe.is_some() {
             self.request_probe(conn);
         }
+        if hello.role == Role::Supernode {
+            self.filters_joined(conn, &hello, now);
+        }
     }
 
     /// Probes leaf `conn` now if fewer than the maximum are running (in
@@ -1260,6 +1298,7 @@ impl Supernode {
             listen_addr: Some(remote),
         };
         self.establish(conn, reply.hello.node_id, state, now);
+        self.filters_joined(conn, &reply.hello, now);
         self.actions.push_back(Action::Joined { addr: remote });
         // Ask the supernode we joined which others it knows (the acceptor
         // may not speak first: its HelloReply must come before anything).
@@ -1336,9 +1375,23 @@ impl Supernode {
     /// was refused.
     fn index_within_budget(&mut self, conn: ConnId, file: SharedFile) -> bool {
         let budget = self.config.index_budget_bytes;
+        let replaced = self
+            .index
+            .owned_name(conn, &file.content_id)
+            .filter(|_| self.config.routing_filters)
+            .map(str::to_owned);
         loop {
             match self.index.insert_within(conn, &file, budget) {
-                Ok(()) => return true,
+                Ok(()) => {
+                    if self.config.routing_filters {
+                        let words = self.index.max_words();
+                        if let Some(old) = &replaced {
+                            self.filters.file_removed(old, &file.content_id, words);
+                        }
+                        self.filters.file_added(&file.name, &file.content_id, words);
+                    }
+                    return true;
+                }
                 Err(Refused::Full) => {
                     self.close(
                         conn,
@@ -1371,7 +1424,7 @@ impl Supernode {
                     );
                     // Closing a leaf drops its files; the owner is
                     // dropped here too so no stale owner is chosen twice.
-                    self.index.remove_owner(largest);
+                    self.unindex_owner(largest);
                     if largest == conn {
                         return false;
                     }
@@ -1439,12 +1492,17 @@ impl Supernode {
                 hops: query.hops.saturating_add(1),
                 ..query
             };
-            let targets: Vec<ConnId> = self
+            let mut targets: Vec<ConnId> = self
                 .supernodes
                 .iter()
                 .copied()
                 .filter(|conn| *conn != from)
                 .collect();
+            if forwarded.ttl == 1 {
+                if let Some(entries) = self.filter_entries(&forwarded) {
+                    targets = self.filters.last_hop(targets, &entries);
+                }
+            }
             self.forward(targets, Message::Query(forwarded));
         }
     }
@@ -1467,14 +1525,23 @@ impl Supernode {
         else {
             return;
         };
-        let peers: Vec<ConnId> = self.supernodes.iter().copied().collect();
+        let mut peers: Vec<ConnId> = self.supernodes.iter().copied().collect();
+        // Peers whose filter may match first: a probe at TTL 1 asks those.
+        let entries = (self.config.routing_filters && self.filters.any_received())
+            .then(|| query_entries(&dq.query.keywords, dq.query.content_id.as_ref()));
+        if let Some(entries) = &entries {
+            peers.sort_by_key(|conn| !self.filters.may_match(*conn, entries));
+        }
         let cap = effective_ttl(&dq.query, self.config.ttl_cap);
         match dq.step(&peers, cap, &config, now) {
             Step::Wait => {}
             Step::Done => {
                 self.dynamic.remove(&id);
             }
-            Step::Send(targets, ttl) => {
+            Step::Send(mut targets, ttl) => {
+                if let (1, Some(entries)) = (ttl, &entries) {
+                    targets = self.filters.last_hop(targets, entries);
+                }
                 let forwarded = Query {
                     ttl,
                     hops: dq.query.hops.saturating_add(1),
@@ -1645,6 +1712,51 @@ impl Supernode {
             Some(held) if held != from && self.peers.contains_key(&held) => {}
             _ => self.push_routes.insert(source, from, now),
         }
+    }
+
+    /// Removes `conn`'s file `id` from the index and from our routing
+    /// filter.
+    fn unindex(&mut self, conn: ConnId, id: &ContentId) {
+        if self.config.routing_filters {
+            if let Some(name) = self.index.owned_name(conn, id) {
+                let words = self.index.max_words();
+                self.filters.file_removed(name, id, words);
+            }
+        }
+        self.index.remove(conn, id);
+    }
+
+    /// Removes every file of `conn` from the index and from our routing
+    /// filter.
+    fn unindex_owner(&mut self, conn: ConnId) {
+        if self.config.routing_filters {
+            let words = self.index.max_words();
+            for (name, id) in self.index.owned_files(conn) {
+                self.filters.file_removed(name, &id, words);
+            }
+        }
+        self.index.remove_owner(conn);
+    }
+
+    /// A supernode peer finished its handshake: if it speaks routing
+    /// filters (and we do), it gets ours and may send its own.
+    fn filters_joined(&mut self, conn: ConnId, hello: &Hello, now: Time) {
+        if !self.config.routing_filters || !hello.capabilities.contains(&Capability::RoutingFilter)
+        {
+            return;
+        }
+        for part in self.filters.peer_joined(conn, now) {
+            self.send(conn, Message::FilterPatch(part));
+        }
+    }
+
+    /// What a last-hop filter judges `query` by; `None` if no peer sent a
+    /// filter (nothing to judge by, so nothing to hash).
+    fn filter_entries(&self, query: &Query) -> Option<Vec<EntryHash>> {
+        if !self.config.routing_filters || !self.filters.any_received() {
+            return None;
+        }
+        Some(query_entries(&query.keywords, query.content_id.as_ref()))
     }
 
     /// Delivers a push to the target leaf if it is ours, else passes it on

@@ -397,15 +397,17 @@ fn relayed(node: &mut Node, from: ConnId, target: NodeId, relay: &str, n: u32) {
         .handle_message(from, Message::Push(push), node.now);
 }
 
-/// Whether the Hello we open a dial with says we relay.
+/// Whether the Hello we answer a new leaf with says we relay.
 fn says_it_relays(node: &mut Node) -> bool {
     let id = node.fresh_id();
-    node.connect(Direction::Outbound, sock("192.0.2.99:4000"), id);
+    let conn = node.connect(Direction::Inbound, sock("192.0.2.99:4000"), id);
+    node.core
+        .handle_message(conn, Message::Hello(hello(Role::Leaf, id, None)), node.now);
     node.actions().iter().any(|a| match a {
         Action::Send {
-            message: Message::Hello(hello),
+            message: Message::HelloReply(reply),
             ..
-        } => hello.capabilities.contains(&Capability::Relay),
+        } => reply.hello.capabilities.contains(&Capability::Relay),
         _ => false,
     })
 }

@@ -1029,3 +1029,55 @@ fn flooding_asks_everyone() {
     assert_eq!(dynamic_search(&mut net, searcher), 50);
     assert_eq!(net.supers[0].stats().queries_forwarded, 5);
 }
+
+/// S0 in the middle, S1 and S2 around it, each with a leaf sharing one
+/// file, flooding; filters published and taken once.
+fn filtered_star(filters: bool) -> (Net, usize) {
+    let mut net = Net::new(3, |c| {
+        c.dynamic = None;
+        c.routing_filters = filters;
+    });
+    net.join(1, 0);
+    net.join(2, 0);
+    net.add_leaf(1, vec![file(1, "Blue Moon.mp3")]);
+    net.add_leaf(2, vec![file(2, "Red Sun.mp3")]);
+    let searcher = net.add_leaf(0, vec![]);
+    net.tick(canopy_core::supernode::FILTER_PUBLISH_INTERVAL);
+    (net, searcher)
+}
+
+#[test]
+fn a_last_hop_query_skips_a_peer_whose_filter_does_not_match() {
+    let (mut net, searcher) = filtered_star(true);
+    assert_eq!(net.search(searcher, request(&["blue"], 2)), (1, 1));
+    assert_eq!(net.supers[1].stats().queries_received, 1);
+    assert_eq!(
+        net.supers[2].stats().queries_received,
+        0,
+        "S2's filter has no 'blue'"
+    );
+    assert_eq!(net.supers[0].stats().filters.queries_skipped, 1);
+    assert_eq!(net.supers[0].stats().filters.peers_with_filters, 2);
+    assert!(net.supers[1].stats().filters.bytes_sent > 0);
+
+    // A file shared later reaches the filter at the next publish, and the
+    // query goes there then.
+    net.add_leaf(2, vec![file(3, "Blue Note.flac")]);
+    net.tick(canopy_core::supernode::FILTER_PUBLISH_INTERVAL);
+    assert_eq!(net.search(searcher, request(&["blue"], 2)), (2, 2));
+    assert_eq!(net.supers[2].stats().queries_received, 1);
+
+    // A query that goes further than one hop is not filtered: the peer
+    // passes it on.
+    let before = net.supers[2].stats().queries_received;
+    net.search(searcher, request(&["red", "moon"], 3));
+    assert_eq!(net.supers[2].stats().queries_received, before + 1);
+}
+
+#[test]
+fn without_filters_every_peer_gets_the_last_hop() {
+    let (mut net, searcher) = filtered_star(false);
+    assert_eq!(net.search(searcher, request(&["blue"], 2)), (1, 1));
+    assert_eq!(net.supers[2].stats().queries_received, 1);
+    assert_eq!(net.supers[0].stats().filters.bytes_received, 0);
+}

@@ -629,6 +629,19 @@ impl<'a> Callback<'a> {
         Ok(listener)
     }
 
+    /// Where `source` serves HTTP on our LAN, if LAN discovery heard it
+    /// (by node id) with an HTTP port. The IP is the one its datagram came
+    /// from (a private or link-local one, see `canopy_core::lan`); the
+    /// node id is its claim, and the content is verified like any other.
+    fn lan_addr(&self, source: &Source) -> Option<SocketAddr> {
+        self.leaf
+            .status()
+            .lan_peers
+            .iter()
+            .find(|peer| peer.node_id == source.node_id)
+            .and_then(|peer| Some(SocketAddr::new(peer.ip, peer.http_port?)))
+    }
+
     /// How to reach `source`.
     async fn source(
         &mut self,
@@ -637,6 +650,23 @@ impl<'a> Callback<'a> {
     ) -> Result<DownloadSource, NodeError> {
         // Every source's bytes count against the leaf's download limit.
         let limit = self.leaf.download_limit().clone();
+        if let Some(lan) = self.lan_addr(source) {
+            // On our own LAN: dialed there (no router in between, and most
+            // home routers can't loop a connection back to their own public
+            // address), racing the hit's addresses if they accept
+            // connections (the LAN's first in its family).
+            let mut addrs = vec![lan];
+            if !source.firewalled {
+                addrs.extend(source.addrs());
+            }
+            let direct = Arc::new(DirectConnector::racing(&addrs, DIAL_TIMEOUT));
+            return Ok(DownloadSource {
+                label: format!("{lan} (LAN)"),
+                connector: Arc::new(ThrottledConnector::new(direct, limit)),
+                partial: source.partial,
+                addr: Some(lan),
+            });
+        }
         if !source.firewalled {
             let direct = Arc::new(DirectConnector::racing(&source.addrs(), DIAL_TIMEOUT));
             return Ok(DownloadSource {

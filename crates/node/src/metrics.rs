@@ -324,6 +324,31 @@ pub fn supernode_metrics(node: &SupernodeHandle) -> Exporter {
                 "Reachability probes running.",
                 s.probes_in_flight,
             ),
+            counter(
+                "canopy_filter_bytes_sent",
+                "Bytes of routing filter patches sent to supernode peers.",
+                s.filters.bytes_sent,
+            ),
+            counter(
+                "canopy_filter_bytes_received",
+                "Bytes of routing filter patches taken from supernode peers.",
+                s.filters.bytes_received,
+            ),
+            gauge(
+                "canopy_filter_memory_bytes",
+                "Bytes of routing filter tables held (ours and the peers').",
+                s.filters.memory_bytes,
+            ),
+            gauge(
+                "canopy_filter_peers",
+                "Supernode peers whose routing filter is held.",
+                s.filters.peers_with_filters,
+            ),
+            counter(
+                "canopy_last_hop_queries_skipped",
+                "Query copies not sent on their last hop: the peer's filter ruled them out.",
+                s.filters.queries_skipped,
+            ),
         ];
         samples.extend(traffic_samples(&traffic));
         samples.extend(relay_samples(&relay.stats(), &s));

@@ -41,7 +41,8 @@ pub enum Priority {
     Hit = 2,
     /// Pushes: a download waits on them.
     Push = 3,
-    /// File lists and deltas: losing one makes the index wrong.
+    /// File lists and deltas, routing filter patches: losing one makes
+    /// the index or the peer's filter wrong.
     Sharing = 4,
     /// Handshake and Bye: never dropped.
     Control = 5,
@@ -57,7 +58,9 @@ impl Priority {
             Message::Pong { .. } => Priority::Pong,
             Message::QueryHit(_) | Message::QueryStatus { .. } => Priority::Hit,
             Message::Push(_) => Priority::Push,
-            Message::FileList { .. } | Message::FileDelta { .. } => Priority::Sharing,
+            Message::FileList { .. } | Message::FileDelta { .. } | Message::FilterPatch(_) => {
+                Priority::Sharing
+            }
             Message::Hello(_) | Message::HelloReply(_) | Message::Bye { .. } => Priority::Control,
         }
     }

@@ -1,5 +1,7 @@
 //! A leaf among several supernodes: redirected by a full one, kept
-//! searchable when one goes away, and rejoining from its host cache.
+//! searchable when one goes away, and rejoining from its host cache;
+//! queries on their last hop sent only where a peer's routing filter may
+//! match.
 
 #![allow(
     clippy::unwrap_used,
@@ -223,4 +225,60 @@ async fn dynamic_querying_stops_at_its_target_on_real_sockets() {
         .count();
     assert_eq!(asked, 2, "the other spokes were never asked");
     assert_eq!(hub.stats().queries_forwarded, 2);
+}
+
+/// Options for a flooding supernode dialing `peers` that sends its
+/// routing filter 5 times a second.
+fn filtering(peers: &[SocketAddr]) -> SupernodeOptions {
+    let mut options = SupernodeOptions::new(localhost());
+    options.peers = peers.to_vec();
+    options.peers_wanted = 0;
+    options.redial_initial = Duration::from_millis(50);
+    options.protocol.dynamic = None;
+    options.protocol.filter_publish_interval = Duration::from_millis(200);
+    options
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_last_hop_query_skips_a_peer_whose_filter_does_not_match() {
+    init_logs();
+    let hub = supernode::start(filtering(&[])).await.unwrap();
+    let blue = supernode::start(filtering(&[hub.local_addr()]))
+        .await
+        .unwrap();
+    let red = supernode::start(filtering(&[hub.local_addr()]))
+        .await
+        .unwrap();
+    let blue_folder = shared_folder(&["blue moon.ogg"]);
+    let red_folder = shared_folder(&["red sun.ogg"]);
+    let _blue_sharer = leaf(&blue, Some(blue_folder.path())).await;
+    let _red_sharer = leaf(&red, Some(red_folder.path())).await;
+    // Each spoke publishes its filter once its leaf's file is in it (three
+    // words and an id); the hub has it once it took every byte they sent.
+    for spoke in [&blue, &red] {
+        spoke
+            .wait_for(PATIENCE, |s| s.filters.published_entries == 4)
+            .await
+            .unwrap();
+    }
+    let sent = || blue.stats().filters.bytes_sent + red.stats().filters.bytes_sent;
+    hub.wait_for(PATIENCE, |s| {
+        s.filters.peers_with_filters == 2 && s.filters.bytes_received == sent()
+    })
+    .await
+    .unwrap();
+
+    let searcher = leaf(&hub, None).await;
+    let found = searcher
+        .search(request(&["blue"], 2, Duration::from_secs(2), 100))
+        .await
+        .unwrap();
+    assert_eq!(found.results.len(), 1);
+    assert_eq!(blue.stats().queries_received, 1);
+    assert_eq!(
+        red.stats().queries_received,
+        0,
+        "red's filter has no 'blue'"
+    );
+    assert_eq!(hub.stats().filters.queries_skipped, 1);
 }

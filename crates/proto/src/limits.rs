@@ -25,3 +25,9 @@ pub const MAX_DETAIL_LEN: usize = 256;
 pub const MAX_ADDRESSES: usize = 32;
 /// Most capabilities announced in one Hello.
 pub const MAX_CAPABILITIES: usize = 32;
+/// Smallest routing filter table: 2^10 bits.
+pub const MIN_FILTER_LOG2_SLOTS: u8 = 10;
+/// Largest routing filter table: 2^20 bits (128 KiB).
+pub const MAX_FILTER_LOG2_SLOTS: u8 = 20;
+/// Most bytes of flips in one routing filter patch.
+pub const MAX_FILTER_PATCH_BYTES: usize = 48 * 1024;

@@ -109,6 +109,11 @@ fn sample_messages() -> Vec<Message> {
                 token: CircuitToken([9; 16]),
             }),
         }),
+        Message::FilterPatch(FilterPatch {
+            log2_slots: 12,
+            reset: true,
+            flips: vec![3, 1, 0x80, 0x01],
+        }),
         Message::QueryStatus {
             message_id: MessageId([5; 16]),
             results: u32::MAX,
@@ -271,6 +276,26 @@ fn out_of_range_fields_are_named() {
             body: Some(wire::envelope::Body::Hello(hello)),
         }),
         "hello.node_id"
+    );
+    let patch = |log2_slots, len| wire::Envelope {
+        body: Some(wire::envelope::Body::RoutingFilterPatch(
+            wire::RoutingFilterPatch {
+                log2_slots,
+                reset: true,
+                flips: vec![1; len],
+            },
+        )),
+    };
+    assert!(decode_envelope(patch(20, 48 * 1024)).unwrap().is_some());
+    for log2 in [9, 21, u32::MAX] {
+        assert_eq!(
+            invalid_field(patch(log2, 1)),
+            "routing_filter_patch.log2_slots"
+        );
+    }
+    assert_eq!(
+        invalid_field(patch(10, 48 * 1024 + 1)),
+        "routing_filter_patch.flips"
     );
 }
 

@@ -417,7 +417,7 @@ fn random_and_mutated_datagrams_never_panic_and_never_name_another_ip() {
     // What the `lan` fuzz target checks, over a fixed set of inputs: valid
     // datagrams with a few bytes changed, cut or grown, from several kinds
     // of source.
-    let mut rng = SplitMix64(0x5eed);
+    let mut rng = SplitMix64::new(0x5eed);
     let sources: [SocketAddr; 4] = [
         lan([192, 168, 7, 7]),
         lan([127, 0, 0, 1]),
@@ -430,19 +430,19 @@ fn random_and_mutated_datagrams_never_panic_and_never_name_another_ip() {
         config.seed = round;
         let mut node = LanDiscovery::new(config, Time::ZERO);
         for step in 0..20u64 {
-            let n = u8::try_from(rng.next() % 8).unwrap() + 2;
-            let role = if rng.next() & 1 == 0 {
+            let n = u8::try_from(rng.next_u64() % 8).unwrap() + 2;
+            let role = if rng.next_u64() & 1 == 0 {
                 Role::Leaf
             } else {
                 Role::Supernode
             };
             let mut bytes = datagram(n, role, Kind::Alive).to_vec();
-            for _ in 0..rng.next() % 3 {
-                let at = usize::try_from(rng.next() % LEN as u64).unwrap();
-                bytes[at] = u8::try_from(rng.next() & 0xff).unwrap();
+            for _ in 0..rng.next_u64() % 3 {
+                let at = usize::try_from(rng.next_u64() % LEN as u64).unwrap();
+                bytes[at] = u8::try_from(rng.next_u64() & 0xff).unwrap();
             }
-            match rng.next() % 10 {
-                0 => bytes.truncate(usize::try_from(rng.next() % LEN as u64).unwrap()),
+            match rng.next_u64() % 10 {
+                0 => bytes.truncate(usize::try_from(rng.next_u64() % LEN as u64).unwrap()),
                 1 => bytes.push(0),
                 _ => {}
             }

@@ -172,6 +172,7 @@ fn hello(hello: &wire::Hello) -> Result<Hello> {
         .filter_map(|c| match wire::Capability::try_from(*c) {
             Ok(wire::Capability::FileIndex) => Some(Capability::FileIndex),
             Ok(wire::Capability::Relay) => Some(Capability::Relay),
+            Ok(wire::Capability::RoutingFilter) => Some(Capability::RoutingFilter),
             _ => None,
         })
         .collect();
@@ -419,8 +420,38 @@ impl TryFrom<wire::Envelope> for Message {
                 message_id: message_id("query_status.message_id", &status.message_id)?,
                 results: status.results,
             },
+            Body::RoutingFilterPatch(patch) => Message::FilterPatch(filter_patch(patch)?),
         })
     }
+}
+
+fn filter_patch(patch: wire::RoutingFilterPatch) -> Result<FilterPatch> {
+    let log2_slots = u8::try_from(patch.log2_slots)
+        .ok()
+        .filter(|log2| (MIN_FILTER_LOG2_SLOTS..=MAX_FILTER_LOG2_SLOTS).contains(log2))
+        .ok_or_else(|| {
+            invalid(
+                "routing_filter_patch.log2_slots",
+                format!(
+                    "{} is outside {MIN_FILTER_LOG2_SLOTS}..={MAX_FILTER_LOG2_SLOTS}",
+                    patch.log2_slots
+                ),
+            )
+        })?;
+    if patch.flips.len() > MAX_FILTER_PATCH_BYTES {
+        return Err(invalid(
+            "routing_filter_patch.flips",
+            format!(
+                "{} bytes, more than {MAX_FILTER_PATCH_BYTES}",
+                patch.flips.len()
+            ),
+        ));
+    }
+    Ok(FilterPatch {
+        log2_slots,
+        reset: patch.reset,
+        flips: patch.flips,
+    })
 }
 
 fn wire_addr(addr: &SocketAddr) -> wire::SocketAddress {
@@ -460,6 +491,7 @@ fn wire_hello(hello: &Hello) -> wire::Hello {
             .map(|c| match c {
                 Capability::FileIndex => wire::Capability::FileIndex as i32,
                 Capability::Relay => wire::Capability::Relay as i32,
+                Capability::RoutingFilter => wire::Capability::RoutingFilter as i32,
             })
             .collect(),
     }
@@ -567,6 +599,11 @@ impl From<&Message> for wire::Envelope {
             } => Body::QueryStatus(wire::QueryStatus {
                 message_id: message_id.0.to_vec(),
                 results: *results,
+            }),
+            Message::FilterPatch(patch) => Body::RoutingFilterPatch(wire::RoutingFilterPatch {
+                log2_slots: u32::from(patch.log2_slots),
+                reset: patch.reset,
+                flips: patch.flips.clone(),
             }),
         };
         wire::Envelope { body: Some(body) }

@@ -21,6 +21,8 @@ pub enum Capability {
     FileIndex,
     /// Relays circuits for its own leaves (see `Push::relay`).
     Relay,
+    /// Sends and takes last-hop routing filters.
+    RoutingFilter,
 }
 
 /// Who a node is: the first thing it says on a connection.
@@ -265,6 +267,21 @@ pub enum Message {
         /// Results kept; `u32::MAX` means "enough, stop".
         results: u32,
     },
+    /// A part of a change to a supernode's routing filter.
+    FilterPatch(FilterPatch),
+}
+
+/// A part of a change to a routing filter (`canopy/v1/routing.proto`).
+/// The size and length are checked here; the positions where they are
+/// applied (`canopy_core::filter_patch`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterPatch {
+    /// The table's size: `2^log2_slots` bits.
+    pub log2_slots: u8,
+    /// Start from an empty table of this size.
+    pub reset: bool,
+    /// The positions to flip, ascending, as delta varints from zero.
+    pub flips: Vec<u8>,
 }
 
 impl Message {
@@ -275,6 +292,7 @@ impl Message {
             Message::HelloReply(_) => "hello_reply",
             Message::Ping { .. } => "ping",
             Message::Pong { .. } => "pong",
+            Message::FilterPatch(_) => "filter_patch",
             Message::Bye { .. } => "bye",
             Message::FileList { .. } => "file_list",
             Message::FileDelta { .. } => "file_delta",
