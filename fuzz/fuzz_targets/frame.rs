@@ -104,6 +104,8 @@ fn check_invariants(message: &Message) {
             }
         }
         Message::Ping { .. } | Message::QueryStatus { .. } => {}
+        Message::Reachability { probed_addr, .. } => assert_ne!(probed_addr.port(), 0),
+        Message::Announce { listen_addr } => assert_ne!(listen_addr.port(), 0),
         Message::Pong { supernodes, .. } => {
             assert!(supernodes.len() <= MAX_ADDRESSES);
             assert!(supernodes.iter().all(|a| a.port() != 0));

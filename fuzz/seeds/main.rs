@@ -178,6 +178,19 @@ fn frame_seeds() -> Result<()> {
                 flips: vec![5, 0x81, 0x01, 3],
             }),
         ),
+        (
+            "reachability",
+            Message::Reachability {
+                reachable: false,
+                probed_addr: addr("198.51.100.4:6346"),
+            },
+        ),
+        (
+            "announce",
+            Message::Announce {
+                listen_addr: addr("0.0.0.0:41000"),
+            },
+        ),
     ];
     for (index, (name, message)) in messages.iter().enumerate() {
         // The first byte cuts the stream into pieces of (byte % 64) + 1.

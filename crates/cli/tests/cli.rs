@@ -243,6 +243,19 @@ async fn the_demo_finds_everything_it_planted() {
         pushed.keys().all(|source| source.ends_with("(push)")),
         "{pushed:?}"
     );
+    // Bob listens nowhere, so he can't punch from the port his hit names:
+    // his dial reached the downloader's punch port, a push.
+    let paths = lines[6]["paths_per_source"].as_object().unwrap();
+    assert!(!paths.is_empty(), "{}", lines[6]);
+    assert!(
+        paths.values().all(|p| p == &serde_json::json!(["push"])),
+        "{paths:?}"
+    );
+    let direct = lines[5]["paths_per_source"].as_object().unwrap();
+    assert!(
+        direct.values().all(|p| p == &serde_json::json!(["direct"])),
+        "{direct:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

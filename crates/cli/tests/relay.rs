@@ -408,6 +408,13 @@ async fn downloads_between_two_symmetric_nats_go_through_the_relay() {
             report["dropped_sources"].as_object().unwrap().is_empty(),
             "never dropped as a liar: {report}"
         );
+        // Every connection that brought bytes came through the relay.
+        let paths = report["paths_per_source"].as_object().unwrap();
+        let relayed = |ways: &serde_json::Value| {
+            ways.as_array()
+                .is_some_and(|ways| !ways.is_empty() && ways.iter().all(|way| way == "relay"))
+        };
+        assert!(!paths.is_empty() && paths.values().all(relayed), "{report}");
     }
     let text = net.metrics();
     assert!(metric(&text, "canopy_relay_circuits_total") >= 2, "{text}");

@@ -3,7 +3,9 @@
 //! The leaf opens with Hello; once accepted it publishes its full file list
 //! (in frame-sized parts, the first replacing whatever the supernode had),
 //! then only deltas as its shares change. Searches are started here and
-//! their hits gathered into [`SearchSession`]s.
+//! their hits gathered into [`SearchSession`]s. The supernode's
+//! connect-back verdicts come out as [`LeafAction::Reachability`], and
+//! [`LeafSession::announce`] tells it a new listening address.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -48,6 +50,13 @@ pub enum LeafAction {
     },
     /// The supernode named other supernodes, in answer to our Ping.
     SupernodesLearned(Vec<SocketAddr>),
+    /// The supernode connected back to `probed_addr` (or could not).
+    Reachability {
+        /// A TCP connection opened.
+        reachable: bool,
+        /// Where it tried: our announced port on the IP it sees.
+        probed_addr: SocketAddr,
+    },
     /// A downloader asks us, through the overlay, to connect out to
     /// `callback_addr` and serve `content_id` (we are firewalled).
     PushRequested {
@@ -55,6 +64,9 @@ pub enum LeafAction {
         content_id: ContentId,
         /// Where to connect.
         callback_addr: SocketAddr,
+        /// Dial it again and again from our listening port for a while
+        /// (hole punching, see [`crate::punch`]), not just once.
+        punch: bool,
         /// Meet the downloader at this relay instead (our supernode
         /// passed it on; the downloader's set its address).
         relay: Option<RelayCircuit>,
@@ -151,6 +163,8 @@ pub struct LeafSession {
     pongs_unsolicited: u64,
     /// The node id the supernode's authenticated key owns.
     supernode_id: Option<NodeId>,
+    /// An Announce waits for the handshake to complete.
+    announce_when_ready: bool,
 }
 
 /// A leaf tells its supernode how many results a search has kept at most
@@ -178,6 +192,7 @@ impl LeafSession {
             pings: Outstanding::default(),
             pongs_unsolicited: 0,
             supernode_id: None,
+            announce_when_ready: false,
         }
     }
 
@@ -300,6 +315,7 @@ impl LeafSession {
                         observed_addr,
                     });
                     self.publish_full_list();
+                    self.announce_if_waiting();
                     // Ask which other supernodes it knows: the leaf keeps
                     // more than one, and remembers them for next time.
                     let nonce = self.nonces.next_nonce();
@@ -329,9 +345,22 @@ impl LeafSession {
                     self.actions.push_back(LeafAction::PushRequested {
                         content_id: push.content_id,
                         callback_addr: push.callback_addr,
+                        punch: push.punch,
                         relay: push.relay,
                     });
                 }
+            }
+            (
+                State::Ready,
+                Message::Reachability {
+                    reachable,
+                    probed_addr,
+                },
+            ) => {
+                self.actions.push_back(LeafAction::Reachability {
+                    reachable,
+                    probed_addr,
+                });
             }
             (State::Ready, Message::QueryHit(hit)) => {
                 if let Some(search) = self.searches.get_mut(&hit.message_id) {
@@ -406,6 +435,30 @@ impl LeafSession {
         content_id: ContentId,
         callback_addr: SocketAddr,
     ) -> Result<(), SearchError> {
+        self.push(message_id, target, content_id, callback_addr, false)
+    }
+
+    /// Asks firewalled leaf `target` to punch a hole to `callback_addr`
+    /// (dial it again and again from its listening port while we dial it:
+    /// see [`crate::punch`]) and serve `content_id` on the connection.
+    pub fn send_punch_push(
+        &mut self,
+        message_id: MessageId,
+        target: NodeId,
+        content_id: ContentId,
+        callback_addr: SocketAddr,
+    ) -> Result<(), SearchError> {
+        self.push(message_id, target, content_id, callback_addr, true)
+    }
+
+    fn push(
+        &mut self,
+        message_id: MessageId,
+        target: NodeId,
+        content_id: ContentId,
+        callback_addr: SocketAddr,
+        punch: bool,
+    ) -> Result<(), SearchError> {
         if self.state != State::Ready {
             return Err(SearchError::NotConnected);
         }
@@ -415,10 +468,36 @@ impl LeafSession {
             content_id,
             callback_addr,
             hops: 0,
-            punch: false,
+            punch,
             relay: None,
         }));
         Ok(())
+    }
+
+    /// Our listening address is now `addr`: tell the supernode (once the
+    /// handshake completed; a Hello not sent yet carries it) if it is not
+    /// what it was told, or anyway if `recheck` (it probes again). The
+    /// supernode takes one Announce per 30 s; the caller spaces them
+    /// (`canopy_core::reachability`).
+    pub fn announce(&mut self, addr: SocketAddr, recheck: bool) {
+        let changed = self.identity.listen_addr != Some(addr);
+        self.identity.listen_addr = Some(addr);
+        if !changed && !recheck {
+            return;
+        }
+        match self.state {
+            State::Ready => self.send(Message::Announce { listen_addr: addr }),
+            State::AwaitingReply => self.announce_when_ready = true,
+            State::New | State::Closed => {}
+        }
+    }
+
+    fn announce_if_waiting(&mut self) {
+        if std::mem::take(&mut self.announce_when_ready) {
+            if let Some(listen_addr) = self.identity.listen_addr {
+                self.send(Message::Announce { listen_addr });
+            }
+        }
     }
 
     /// Asks firewalled leaf `target` to meet us at our supernode's relay

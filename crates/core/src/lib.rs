@@ -19,8 +19,13 @@
 //!   reason, per-circuit budgets of bytes, time and rate.
 //! - [`push_limits`]: how often pushes may name one callback address, and
 //!   how often a leaf connects back.
+//! - [`punch`]: hole punching's schedule: a dial every 250 ms from the
+//!   listening port for a window, and which connection won.
 //! - [`lan`]: LAN discovery by multicast: the datagram, when to announce,
 //!   the table of nodes heard on the LAN.
+//! - [`reachability`]: what a leaf knows of its own reachability (public
+//!   address, NAT kind, connect-back verdicts) and when it announces a new
+//!   listening address.
 //! - [`addrman`]: the supernodes a node knows of and whom it dials next,
 //!   safe from floods of addresses (eclipse attacks).
 //! - [`family`]: addresses in one canonical form (IPv4-mapped IPv6 as
@@ -54,10 +59,12 @@ pub mod leaf;
 pub mod link;
 pub mod mesh;
 pub mod posting;
+pub mod punch;
 pub mod push_limits;
 pub mod queue;
 pub mod rate;
 pub mod ration;
+pub mod reachability;
 pub mod relay;
 pub mod result_filter;
 pub mod rng;

@@ -80,6 +80,27 @@ pub struct QueueEntry {
     pub failures: u32,
     /// When a failed entry queues again by itself, Unix seconds.
     pub retry_at: Option<u64>,
+    /// How its sources were reached ("direct", "push", "hole punch",
+    /// "relay"), once done: at most [`MAX_PATHS`] names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+}
+
+/// Most path names an entry keeps.
+pub const MAX_PATHS: usize = 4;
+/// Longest path name kept, in bytes.
+const MAX_PATH_NAME: usize = 16;
+
+/// `paths` deduplicated, sorted and bounded (they may come from a file).
+fn bounded_paths(paths: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut kept: Vec<String> = paths
+        .into_iter()
+        .filter(|name| !name.is_empty() && name.len() <= MAX_PATH_NAME)
+        .collect();
+    kept.sort();
+    kept.dedup();
+    kept.truncate(MAX_PATHS);
+    kept
 }
 
 /// A download to add.
@@ -236,8 +257,9 @@ impl DownloadQueue {
         let mut queue = Self::new(config);
         let mut entries = saved.entries;
         entries.sort_by_key(|e| e.seq);
-        for entry in entries {
+        for mut entry in entries {
             if queue.find(&entry.id).is_none() {
+                entry.paths = bounded_paths(std::mem::take(&mut entry.paths));
                 queue.entries.push(entry);
             }
         }
@@ -384,6 +406,7 @@ impl DownloadQueue {
             error: None,
             failures: 0,
             retry_at: None,
+            paths: Vec::new(),
         });
         let last = self.entries.len() - 1;
         Ok((&self.entries[last], true))
@@ -455,6 +478,17 @@ impl DownloadQueue {
         entry.size = size.or(entry.size);
         entry.path = path.or(entry.path.take());
         Ok(before != (entry.name.clone(), entry.size, entry.path.clone()))
+    }
+
+    /// The ways the download's sources were reached (see
+    /// [`QueueEntry::paths`]).
+    pub fn set_paths(
+        &mut self,
+        id: &ContentId,
+        paths: impl IntoIterator<Item = String>,
+    ) -> Result<(), QueueError> {
+        self.entry_mut(id)?.paths = bounded_paths(paths);
+        Ok(())
     }
 
     /// The download is verified and at `path`. Accepted from any state but
@@ -810,5 +844,20 @@ mod tests {
             serde_json::from_str::<SavedQueue>(r#"{"next_seq":0,"entries":[{"id":"zz"}]}"#)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn the_paths_a_download_took_are_kept_bounded() {
+        let mut q = queue(1);
+        q.add(new(1, 0), 0).unwrap();
+        let names = ["relay", "push", "relay", "a name far too long to be a path", "direct"];
+        q.set_paths(&id(1), names.map(String::from)).unwrap();
+        let kept = q.entries()[0].paths.clone();
+        assert_eq!(kept, ["direct", "push", "relay"]);
+        // From a file: bounded too.
+        let mut saved = q.save();
+        saved.entries[0].paths = (0..100).map(|n| format!("p{n}")).collect();
+        let (restored, _) = DownloadQueue::restore(saved, QueueConfig::default());
+        assert_eq!(restored.entries()[0].paths.len(), MAX_PATHS);
     }
 }

@@ -20,7 +20,10 @@
 //! dials, a push's callback is the IP of the leaf that sent it, pushes are
 //! rate-limited per connection and per callback IP, a push route is set
 //! once, and the reachability probe dials only a leaf's own IP, a few at a
-//! time.
+//! time. Each probe's verdict is told to the leaf (`Reachability`); a
+//! leaf's `Announce` of a new listening address is taken like its Hello's
+//! (the port, on the IP it connects from), probed again, at most once per
+//! `announce_interval`.
 //!
 //! Input comes through `handle_*` with the current [`Time`]; the driver
 //! drains [`Action`]s with [`Supernode::poll_action`]. The driver owns the
@@ -165,6 +168,9 @@ pub struct SupernodeConfig {
     pub routing_filters: bool,
     /// How often our routing filter is sent again, if it changed.
     pub filter_publish_interval: Duration,
+    /// A leaf's Announces closer together than this are ignored (and
+    /// counted): each one costs a probe.
+    pub announce_interval: Duration,
 }
 
 /// Most leaf queries run dynamically at once; beyond, they are flooded.
@@ -235,6 +241,7 @@ impl SupernodeConfig {
             relay: RelayConfig::default(),
             routing_filters: true,
             filter_publish_interval: FILTER_PUBLISH_INTERVAL,
+            announce_interval: DEFAULT_ANNOUNCE_INTERVAL,
         }
     }
 
@@ -266,6 +273,8 @@ pub const DEFAULT_HANDSHAKES_PER_ADDRESS: AddressLimit = AddressLimit::new(8, 32
 /// Supernode peer slots kept for connections we dial: 8 of 32, the
 /// `--peers-wanted` default, as Bitcoin keeps its outbound slots apart.
 pub const DEFAULT_RESERVED_OUTBOUND_PEERS: usize = 8;
+/// A leaf may announce a new listening address once per this long.
+pub const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(30);
 /// Leaves waiting for a reachability probe; beyond, a leaf is never probed
 /// and counted firewalled (a queue longer than the leaf slots is useless).
 const MAX_PROBES_WAITING: usize = 1024;
@@ -439,6 +448,10 @@ pub struct SupernodeStats {
     pub pongs_unsolicited: u64,
     /// Last-hop routing filters: bytes, memory, queries saved.
     pub filters: FilterStats,
+    /// Leaves' Announces taken (a new address, probed again).
+    pub announces: u64,
+    /// Leaves' Announces ignored for coming too soon after the last.
+    pub announces_ignored: u64,
 }
 
 #[derive(Debug)]
@@ -542,6 +555,11 @@ pub struct Supernode {
     probe_addrs: AddressCounter,
     /// Leaves waiting for a probe, oldest first.
     probe_waiting: VecDeque<ConnId>,
+    /// When each leaf's last Announce was taken.
+    announced_at: HashMap<ConnId, Time>,
+    /// Leaves whose running probe is of an address they announced since:
+    /// its result is dropped and they are probed again.
+    stale_probes: BTreeSet<ConnId>,
 }
 
 impl Supernode {
@@ -586,6 +604,8 @@ impl Supernode {
                 config.limit_exempt.clone(),
             ),
             probe_waiting: VecDeque::new(),
+            announced_at: HashMap::new(),
+            stale_probes: BTreeSet::new(),
             config,
         }
     }
@@ -817,6 +837,9 @@ impl Supernode {
                     }
                 }
             }
+            (PeerState::Leaf { .. }, Message::Announce { listen_addr }) => {
+                self.handle_announce(conn, listen_addr, now);
+            }
             (PeerState::Leaf { .. }, other) => {
                 self.violation(conn, format!("{} is not allowed from a leaf", other.kind()));
             }
@@ -972,6 +995,7 @@ impl Supernode {
         self.routes.remove_share(Share::Peer(conn));
         self.peer_limits.remove(&conn);
         self.scan_allowances.remove(&conn);
+        self.forget_announces(conn);
         *self.counts.slot(&peer.state) -= 1;
         match peer.state {
             PeerState::Leaf { node_id, .. } => {
@@ -1242,13 +1266,23 @@ impl Supernode {
             return;
         };
         self.probe_addrs.release(ip);
-        if let Some(PeerState::Leaf { firewalled, .. }) =
-            self.peers.get_mut(&conn).map(|p| &mut p.state)
+        if self.reprobe_if_stale(conn) {
+            self.start_waiting_probes();
+            return;
+        }
+        let mut probed = None;
+        if let Some(PeerState::Leaf {
+            firewalled, addr, ..
+        }) = self.peers.get_mut(&conn).map(|p| &mut p.state)
         {
             *firewalled = !reachable;
+            probed = Some(*addr);
             if !reachable {
                 self.stats.leaves_unreachable += 1;
             }
+        }
+        if let Some(probed_addr) = probed {
+            self.tell_verdict(conn, reachable, probed_addr);
         }
         self.start_waiting_probes();
     }
@@ -1873,4 +1907,71 @@ fn query_filter(query: &Query) -> Filter {
 pub fn effective_ttl(query: &Query, cap: u8) -> u8 {
     let room = HARD_MAX_TTL.saturating_sub(query.hops);
     query.ttl.min(cap).min(room).max(1)
+}
+
+// A leaf's reachability: its Announces, and the verdicts it is told.
+impl Supernode {
+    /// Leaf `conn` listens at `listen_addr` now. As for a Hello, only the
+    /// port counts, on the IP we see the leaf connect from (probes and
+    /// downloads never go where a leaf points); its hits carry the new
+    /// address from now on, and it is probed there (not firewalled while
+    /// the probe runs, as after a Hello). One Announce per
+    /// `announce_interval`: the rest are ignored and counted, not a
+    /// violation (a leaf's policy spaces them; a clock or a trip may
+    /// bring two a little closer).
+    fn handle_announce(&mut self, conn: ConnId, listen_addr: SocketAddr, now: Time) {
+        if let Some(at) = self.announced_at.get(&conn) {
+            if now.since(*at) < self.config.announce_interval {
+                self.stats.announces_ignored += 1;
+                return;
+            }
+        }
+        let Some(peer) = self.peers.get_mut(&conn) else {
+            return;
+        };
+        let remote = peer.remote;
+        let PeerState::Leaf {
+            addr, firewalled, ..
+        } = &mut peer.state
+        else {
+            return;
+        };
+        *addr = SocketAddr::new(remote.ip(), listen_addr.port());
+        *firewalled = false;
+        self.announced_at.insert(conn, now);
+        self.stats.announces += 1;
+        if self.probing.contains_key(&conn) {
+            // The running probe is of the old address.
+            self.stale_probes.insert(conn);
+        } else if !self.probe_waiting.contains(&conn) {
+            self.request_probe(conn);
+        }
+    }
+
+    /// If `conn`'s finished probe was of an address it announced away
+    /// from, probes it again; true if so.
+    fn reprobe_if_stale(&mut self, conn: ConnId) -> bool {
+        if !self.stale_probes.remove(&conn) {
+            return false;
+        }
+        self.request_probe(conn);
+        true
+    }
+
+    /// Tells leaf `conn` what connecting back to it found.
+    fn tell_verdict(&mut self, conn: ConnId, reachable: bool, probed_addr: SocketAddr) {
+        self.send(
+            conn,
+            Message::Reachability {
+                reachable,
+                probed_addr,
+            },
+        );
+    }
+
+    /// Forgets `conn`'s Announce bookkeeping.
+    fn forget_announces(&mut self, conn: ConnId) {
+        self.announced_at.remove(&conn);
+        self.stale_probes.remove(&conn);
+    }
 }

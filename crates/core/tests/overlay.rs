@@ -34,6 +34,8 @@ struct Net {
     inbox: VecDeque<(End, Message)>,
     closed_with: Vec<(End, Option<ByeReason>)>,
     pushes: Vec<(usize, ContentId, SocketAddr)>,
+    /// The leaves of those pushes that asked for a hole punch.
+    punches: Vec<usize>,
     /// Reachability probes asked for: (supernode, leaf connection, address).
     probes: Vec<(usize, ConnId, SocketAddr)>,
     /// Supernode addresses each supernode reported learning.
@@ -82,6 +84,7 @@ impl Net {
             inbox: VecDeque::new(),
             closed_with: Vec::new(),
             pushes: Vec::new(),
+            punches: Vec::new(),
             probes: Vec::new(),
             learned: Vec::new(),
             next_conn: 1,
@@ -210,11 +213,18 @@ impl Net {
                     LeafAction::PushRequested {
                         content_id,
                         callback_addr,
+                        punch,
                         ..
-                    } => self.pushes.push((l, content_id, callback_addr)),
+                    } => {
+                        self.pushes.push((l, content_id, callback_addr));
+                        if punch {
+                            self.punches.push(l);
+                        }
+                    }
                     LeafAction::Ready { .. }
                     | LeafAction::Rejected { .. }
-                    | LeafAction::SupernodesLearned(_) => {}
+                    | LeafAction::SupernodesLearned(_)
+                    | LeafAction::Reachability { .. } => {}
                 }
             }
         }
@@ -812,6 +822,20 @@ fn a_push_travels_back_along_the_hits_path_to_a_firewalled_leaf() {
     net.drive();
     assert_eq!(net.supers[2].stats().pushes_unroutable, 1);
     assert_eq!(net.pushes_for(firewalled).len(), 1);
+    assert!(net.punches.is_empty(), "a plain push asks for no punch");
+
+    // A push asking for a hole punch travels the same way and says so.
+    net.leaves[downloader]
+        .send_punch_push(
+            MessageId([45; 16]),
+            source.node_id,
+            ContentId([5; 32]),
+            callback,
+        )
+        .unwrap();
+    net.drive();
+    assert_eq!(net.pushes_for(firewalled).len(), 2);
+    assert_eq!(net.punches, vec![firewalled]);
 }
 
 #[test]

@@ -163,6 +163,9 @@ pub(crate) struct Fetched {
     pub(crate) path: PathBuf,
     /// Its size.
     pub(crate) size: u64,
+    /// Per source, the ways its connections were made ("direct", "push",
+    /// "hole punch", "relay").
+    pub(crate) paths: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// Stops publishing `id` as a partial file (a stopped download's).
@@ -208,9 +211,15 @@ async fn fetch_inner(leaf: &LeafHandle, job: FetchJob) -> Result<Fetched, FetchE
     let report = fetch::fetch(leaf, request)
         .await
         .map_err(FetchError::from_node)?;
+    let paths = report
+        .paths_per_source()
+        .into_iter()
+        .map(|(source, paths)| (source, paths.iter().map(ToString::to_string).collect()))
+        .collect();
     Ok(Fetched {
         path: report.path,
         size: report.size,
+        paths,
     })
 }
 

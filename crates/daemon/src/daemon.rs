@@ -485,11 +485,13 @@ impl Daemon {
                     %id,
                     path = %fetched.path.display(),
                     bytes = fetched.size,
+                    paths = ?fetched.paths,
                     "download verified"
                 );
                 let path = fetched.path.display().to_string();
                 let mut queue = lock(&self.queue);
                 let _ = queue.set_details(&id, None, Some(fetched.size), None);
+                let _ = queue.set_paths(&id, fetched.paths.into_values().flatten());
                 queue.finish(&id, path, now).ok().map(|()| fetched.path)
             }
             Err(FetchError::Skipped { path, reason }) => {
@@ -793,6 +795,7 @@ impl Control for Daemon {
                         .map_or_else(|| peer.ip.to_string(), |addr| addr.to_string()),
                 })
                 .collect(),
+            reachability: reachability_view(&leaf_status.reachability),
         }
     }
 
@@ -952,6 +955,23 @@ fn checked_folder(path: &str) -> Result<PathBuf, ApiError> {
         )));
     }
     Ok(folder)
+}
+
+/// The leaf's reachability as the API shows it.
+fn reachability_view(reach: &canopy_core::reachability::ReachStatus) -> crate::model::Reachability {
+    crate::model::Reachability {
+        reachable: reach.reachable.name().to_owned(),
+        nat: reach.nat.name().to_owned(),
+        public_addrs: reach
+            .public
+            .iter()
+            .map(|addr| crate::model::PublicAddr {
+                ip: addr.ip.to_string(),
+                confirmed: addr.confirmed,
+            })
+            .collect(),
+        announced: reach.announced.map(|addr| addr.to_string()),
+    }
 }
 
 #[cfg(test)]

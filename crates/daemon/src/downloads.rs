@@ -144,6 +144,7 @@ pub(crate) fn view(entry: &QueueEntry, live: Option<&Live>, now: Instant) -> Dow
         } else {
             0
         },
+        paths: entry.paths.clone(),
         priority: entry.priority,
         path: if finished { entry.path.clone() } else { None },
         error: entry.error.clone(),

@@ -30,6 +30,44 @@ pub struct Status {
     /// Nodes heard on the LAN by LAN discovery (empty when it is off).
     #[serde(default)]
     pub lan_peers: Vec<LanNeighbour>,
+    /// Whether others can connect to us, our NAT and public address.
+    #[serde(default)]
+    pub reachability: Reachability,
+}
+
+/// Whether other peers can connect to us, as our supernodes show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reachability {
+    /// `yes`, `no` or `unknown`.
+    pub reachable: String,
+    /// `unknown`, `none`, `endpoint_independent`,
+    /// `endpoint_independent_port_preserving` or `endpoint_dependent`.
+    pub nat: String,
+    /// Our public IP per family, IPv4 first.
+    pub public_addrs: Vec<PublicAddr>,
+    /// The listening address announced to supernodes, if any.
+    pub announced: Option<String>,
+}
+
+impl Default for Reachability {
+    /// Nothing known yet.
+    fn default() -> Self {
+        Self {
+            reachable: "unknown".to_owned(),
+            nat: "unknown".to_owned(),
+            public_addrs: Vec::new(),
+            announced: None,
+        }
+    }
+}
+
+/// Our public IP in one family.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicAddr {
+    /// The IP address.
+    pub ip: String,
+    /// Two supernodes in different /24s (/48s) agree; false: one's word.
+    pub confirmed: bool,
 }
 
 /// A node heard on the LAN.
@@ -220,6 +258,10 @@ pub struct DownloadView {
     pub sources: usize,
     /// Sources sending now.
     pub active_sources: usize,
+    /// Once done: how its sources were reached ("direct", "push", "hole
+    /// punch", "relay").
+    #[serde(default)]
+    pub paths: Vec<String>,
     /// Higher starts first.
     pub priority: i32,
     /// The finished file, once done (or the file it is already at, if skipped).

@@ -223,6 +223,16 @@ async fn every_view_works_over_the_real_server_and_runs_clean_under_its_csp() {
             t.contains("192.168.1.2:6346 (supernode)")
         })
         .await;
+    browser
+        .wait_for_text("[data-testid=status-reachable]", "the reachability", |t| {
+            t.starts_with("yes")
+        })
+        .await;
+    browser
+        .wait_for_text("[data-testid=status-public]", "the public address", |t| {
+            t.contains("203.0.113.7 (confirmed")
+        })
+        .await;
 
     // Shares: add one folder, stop sharing another.
     browser.click("[data-testid=nav-shares]").await;

@@ -38,7 +38,7 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -56,7 +56,8 @@ use canopy_transfer::download::{
     MAX_SOURCES, Progress, Swarm,
 };
 use canopy_transfer::partial_lock::PartialLock;
-use canopy_transfer::push::{CallbackListener, PushConnector, PushRequester};
+use canopy_transfer::punch::{PunchConfig, PunchConnector, PunchRequester};
+use canopy_transfer::push::{PushConnector, PushRequester};
 use rand::seq::SliceRandom;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -215,7 +216,7 @@ pub async fn fetch(leaf: &LeafHandle, request: FetchRequest) -> Result<DownloadR
     let outcome = async {
         finder.ask().await?;
         let mut tried: Vec<u64> = Vec::new();
-        let mut callback = Callback::new(leaf, &shutdown, &tracker);
+        let mut callback = Callback::new(leaf);
         loop {
             let Some(group) = finder
                 .wait_for_group(request.size, &tried, &request.cancel)
@@ -592,41 +593,15 @@ impl<'a> Finder<'a> {
     }
 }
 
-/// The callback port firewalled sources connect back to, opened at the
-/// first one.
+/// How the sources of a fetch are reached: dialed, or, firewalled, asked
+/// through the overlay to connect to us.
 struct Callback<'a> {
     leaf: &'a LeafHandle,
-    shutdown: &'a CancellationToken,
-    tracker: &'a TaskTracker,
-    listener: Option<Arc<CallbackListener>>,
 }
 
 impl<'a> Callback<'a> {
-    fn new(
-        leaf: &'a LeafHandle,
-        shutdown: &'a CancellationToken,
-        tracker: &'a TaskTracker,
-    ) -> Self {
-        Self {
-            leaf,
-            shutdown,
-            tracker,
-            listener: None,
-        }
-    }
-
-    async fn listener(&mut self) -> Result<Arc<CallbackListener>, NodeError> {
-        if let Some(listener) = &self.listener {
-            return Ok(listener.clone());
-        }
-        // Both families: the push's callback IP is whichever we reach our
-        // supernode over, IPv6 included.
-        let any = canopy_transfer::listen::any_dual_stack(0);
-        let listener = CallbackListener::bind(any, self.shutdown.clone(), self.tracker)
-            .await
-            .map_err(|source| NodeError::Bind { addr: any, source })?;
-        self.listener = Some(listener.clone());
-        Ok(listener)
+    fn new(leaf: &'a LeafHandle) -> Self {
+        Self { leaf }
     }
 
     /// Where `source` serves HTTP on our LAN, if LAN discovery heard it
@@ -676,39 +651,93 @@ impl<'a> Callback<'a> {
                 addr: Some(source.addr),
             });
         }
-        let listener = self.listener().await?;
-        let port = listener.local_addr().port();
-        // The supernode puts our own IP in the push; the port is ours to say.
-        let callback_addr = match self.leaf.status().observed_addr {
-            Some(seen) => SocketAddr::new(seen.ip(), port),
-            None => listener.local_addr(),
+        let connector = self.firewalled(source, id);
+        // The last resort: a relay, when the leaf is joined to one.
+        let (connector, label) = match self.leaf.status().relays.first() {
+            Some(relay) => (
+                crate::relay::fallback(self.leaf, connector, source.node_id, id),
+                format!("{} (push, else relay via {relay})", source.addr),
+            ),
+            None => (connector, format!("{} (push)", source.addr)),
         };
+        Ok(DownloadSource {
+            label,
+            connector: Arc::new(ThrottledConnector::new(connector, limit)),
+            partial: source.partial,
+            addr: None,
+        })
+    }
+
+    /// How to reach a firewalled source: with a port mapping on our
+    /// router, a plain push to our HTTP port at its mapped address (the
+    /// server hands the pushed connection over); otherwise a hole punch,
+    /// which also works when we are reachable (the source's dial then
+    /// simply gets in).
+    fn firewalled(&self, source: &Source, id: ContentId) -> Arc<dyn Connector> {
+        match self.mapped_callback() {
+            Some(callback) => self.push_connector(source, id, callback),
+            None => self.punch_connector(source, id),
+        }
+    }
+
+    /// The address our HTTP server is reached at through the port
+    /// mapping on our router, while it is mapped and it is the address we
+    /// announced.
+    fn mapped_callback(&self) -> Option<SocketAddr> {
+        let status = *self.leaf.port_mapping()?.borrow();
+        match status {
+            canopy_portmap::Status::Mapped(addr) if self.leaf.announced_addr() == Some(addr) => {
+                Some(addr)
+            }
+            _ => None,
+        }
+    }
+
+    /// A push asking `source` to connect to `callback`, our HTTP port.
+    fn push_connector(
+        &self,
+        source: &Source,
+        id: ContentId,
+        callback: SocketAddr,
+    ) -> Arc<dyn Connector> {
         let (pushes, node) = (self.leaf.push_sender(), source.node_id);
         let requester: PushRequester = Arc::new(move || {
             let pushes = pushes.clone();
             Box::pin(async move {
                 pushes
-                    .push(node, id, callback_addr)
+                    .push(node, id, callback)
                     .await
                     .map_err(|e| std::io::Error::other(e.to_string()))
             })
         });
-        let pushed = Arc::new(PushConnector::new(node, listener, requester, PUSH_TIMEOUT));
-        // The last resort: a relay, when the leaf is joined to one.
-        let (pushed, label): (Arc<dyn Connector>, _) = match self.leaf.status().relays.first() {
-            Some(relay) => (
-                crate::relay::fallback(self.leaf, pushed, node, id, callback_addr),
-                format!("{} (push, else relay via {relay})", source.addr),
-            ),
-            None => (pushed, format!("{} (push)", source.addr)),
-        };
-        let connector: Arc<dyn Connector> = Arc::new(ThrottledConnector::new(pushed, limit));
-        Ok(DownloadSource {
-            label,
-            connector,
-            partial: source.partial,
-            addr: None,
-        })
+        let inbox = self.leaf.server().doorway().pushes().clone();
+        Arc::new(PushConnector::new(node, inbox, requester, PUSH_TIMEOUT))
+    }
+
+    /// A hole punch to `source`, from a fresh port per connection.
+    fn punch_connector(&self, source: &Source, id: ContentId) -> Arc<dyn Connector> {
+        let (pushes, node) = (self.leaf.push_sender(), source.node_id);
+        let status = self.leaf.watch_status();
+        let requester: PunchRequester = Arc::new(move |port| {
+            let pushes = pushes.clone();
+            // Our supernode puts the IP it sees us at in the push; the
+            // port is ours to say.
+            let ip = status
+                .borrow()
+                .observed_addr
+                .map_or(IpAddr::from([0, 0, 0, 0]), |seen| seen.ip());
+            let callback = SocketAddr::new(ip, port);
+            Box::pin(async move {
+                pushes
+                    .punch(node, id, callback)
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            })
+        });
+        Arc::new(
+            PunchConnector::new(node, &source.addrs(), requester, PunchConfig::downloader())
+                .with_slots(self.leaf.download_punches().clone()),
+        )
     }
 }
 

@@ -27,6 +27,7 @@ use crate::NodeError;
 use crate::leaf::LeafHandle;
 use crate::supernode::SupernodeHandle;
 use crate::traffic::Traffic;
+use canopy_core::reachability::{NatKind, Reachable};
 use canopy_core::relay::{Refusal, RelayStats};
 
 #[derive(Debug, Clone, Copy)]
@@ -319,6 +320,16 @@ pub fn supernode_metrics(node: &SupernodeHandle) -> Exporter {
                 "Leaves never probed because too many waited.",
                 s.probes_skipped,
             ),
+            counter(
+                "canopy_announces",
+                "Leaves' new listening addresses taken (and probed again).",
+                s.announces,
+            ),
+            counter(
+                "canopy_announces_ignored",
+                "Leaves' Announces ignored for coming within 30 s of the last.",
+                s.announces_ignored,
+            ),
             gauge(
                 "canopy_probes_in_flight",
                 "Reachability probes running.",
@@ -355,6 +366,21 @@ pub fn supernode_metrics(node: &SupernodeHandle) -> Exporter {
         samples
     });
     Exporter::new(snapshot)
+}
+
+/// `canopy_nat_kind`'s value for `nat`.
+fn nat_code(nat: NatKind) -> usize {
+    match nat {
+        NatKind::Unknown => 0,
+        NatKind::None => 1,
+        NatKind::EndpointIndependent {
+            port_preserving: true,
+        } => 2,
+        NatKind::EndpointIndependent {
+            port_preserving: false,
+        } => 3,
+        NatKind::EndpointDependent => 4,
+    }
 }
 
 /// The relay's metrics: circuits, refusals by reason (a metric each: the
@@ -464,6 +490,27 @@ pub fn leaf_metrics(leaf: &LeafHandle) -> Exporter {
                 "canopy_lan_peers",
                 "Nodes LAN discovery hears on the LAN now.",
                 s.lan_peers.len(),
+            ),
+            gauge(
+                "canopy_reachable",
+                "1 while a supernode could connect back to the address we announce.",
+                usize::from(s.reachability.reachable == Reachable::Yes),
+            ),
+            gauge(
+                "canopy_reachability_known",
+                "1 once a verdict on our reachability is known (or we accept no connections).",
+                usize::from(s.reachability.reachable != Reachable::Unknown),
+            ),
+            gauge(
+                "canopy_nat_kind",
+                "Our NAT as supernodes show it: 0 unknown, 1 none, 2 endpoint-independent \
+                 keeping our port, 3 endpoint-independent, 4 endpoint-dependent (symmetric).",
+                nat_code(s.reachability.nat),
+            ),
+            gauge(
+                "canopy_public_addrs_confirmed",
+                "Families whose public IP two supernodes in different networks agree on.",
+                s.reachability.public.iter().filter(|a| a.confirmed).count(),
             ),
             gauge(
                 "canopy_upload_slots_in_use",

@@ -61,7 +61,11 @@ impl Priority {
             Message::FileList { .. } | Message::FileDelta { .. } | Message::FilterPatch(_) => {
                 Priority::Sharing
             }
-            Message::Hello(_) | Message::HelloReply(_) | Message::Bye { .. } => Priority::Control,
+            Message::Hello(_)
+            | Message::HelloReply(_)
+            | Message::Bye { .. }
+            | Message::Reachability { .. }
+            | Message::Announce { .. } => Priority::Control,
         }
     }
 }

@@ -119,6 +119,8 @@ async fn supernode_and_leaf_metrics_follow_the_nodes_and_pass_promtool() {
     assert_eq!(value(&text, "canopy_supernode_connected"), 1);
     assert_eq!(value(&text, "canopy_upload_slots"), 4);
     assert_eq!(value(&text, "canopy_upload_slots_in_use"), 0);
+    assert_eq!(value(&text, "canopy_nat_kind"), 1, "seen at our own IP");
+    assert!(value(&text, "canopy_reachable") <= 1);
 
     // Anything but /metrics is 404.
     let mut conn = HttpConn::handshake(TcpStream::connect(at_leaf).await.unwrap())

@@ -2,7 +2,8 @@
 //! NAT-PMP, SSDP and UPnP with errors and garbage leaves the leaf running,
 //! unmapped, announcing its bound address and found at it; a router that
 //! grants a mapping makes the leaf and the supernode announce the mapped
-//! address. (The real router, miniupnpd in network namespaces, is
+//! address, and a firewalled source asked for a download by a mapped
+//! leaf connects to its HTTP port there. (The real router, miniupnpd in network namespaces, is
 //! crates/cli/tests/portmap.rs.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -11,11 +12,14 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use canopy_node::fetch::{self, FetchRequest, FetchTarget};
 use canopy_node::supernode::{self, SupernodeOptions};
 use canopy_portmap::{PortMapConfig, Status};
 use canopy_testkit::overlay::{
-    PATIENCE, leaf, leaf_options, localhost, request, shared_folder, start_leaf, supernode,
+    PATIENCE, content_id, folder_with, leaf, leaf_options, localhost, request, sample_bytes,
+    shared_folder, start_leaf, supernode,
 };
+use canopy_transfer::path::TransferPath;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
@@ -150,4 +154,39 @@ async fn a_mapped_leaf_and_supernode_announce_the_mapped_address() {
     let unmapped = start_leaf(options).await;
     assert_eq!(unmapped.announced_addr(), unmapped.listen_addr());
     assert!(unmapped.port_mapping().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mapped_downloader_is_pushed_to_at_its_http_port() {
+    let at = supernode(&[]).await;
+    let data = sample_bytes(2 * 1024 * 1024 + 5, 11);
+    let id = content_id(&data);
+    let folder = folder_with("pushed to the mapped port.bin", &data);
+    let mut options = leaf_options(&at, Some(folder.path()));
+    options.firewalled = true;
+    let _source = start_leaf(options).await;
+
+    let (config, _) = router(true).await;
+    let mut options = leaf_options(&at, None);
+    options.port_mapping = Some(config);
+    let downloader = start_leaf(options).await;
+    let bound = downloader.listen_addr().unwrap();
+    assert_eq!(
+        downloader.announced_addr(),
+        Some(SocketAddr::from((EXTERNAL, bound.port())))
+    );
+    let out = tempfile::tempdir().unwrap();
+    let mut request = FetchRequest::new(id, FetchTarget::Dir(out.path().to_owned()));
+    request.search_timeout = PATIENCE;
+    let report = tokio::time::timeout(PATIENCE, fetch::fetch(&downloader, request))
+        .await
+        .expect("the fetch ended")
+        .unwrap();
+    assert!(std::fs::read(&report.path).unwrap() == data, "verified");
+    assert_eq!(report.sources[0].paths, vec![TransferPath::Push]);
+    // Through the HTTP server's doorway (the supernode put our own IP
+    // with the mapped port in the push), not a punch port.
+    let doorway = downloader.server().doorway();
+    assert!(doorway.pushes_taken() >= 1, "{report:?}");
+    assert_eq!(doorway.punches_taken(), 0);
 }

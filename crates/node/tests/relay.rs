@@ -401,14 +401,8 @@ async fn relayed_download(at: &SupernodeHandle, data: &[u8]) -> download::Downlo
     // them is served.
     at.wait_for(PATIENCE, |s| s.index_files >= 1).await.unwrap();
     let id = content_id(data);
-    let connector = canopy_node::relay::fallback(
-        &downloader,
-        Arc::new(Unreachable),
-        source.node_id(),
-        id,
-        // The push's callback (required, unused by a relayed push).
-        SocketAddr::from(([127, 0, 0, 1], 9)),
-    );
+    let connector =
+        canopy_node::relay::fallback(&downloader, Arc::new(Unreachable), source.node_id(), id);
     let out = tempfile::tempdir().unwrap();
     let options = DownloadOptions {
         content_id: id,

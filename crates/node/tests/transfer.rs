@@ -21,6 +21,7 @@ use canopy_node::supernode::SupernodeHandle;
 use canopy_proto::{ContentId, SharedFile};
 use canopy_testkit::fake_source::{self, Misbehaviour};
 use canopy_transfer::download;
+use canopy_transfer::path::TransferPath;
 use common::*;
 
 const MIB: usize = 1 << 20;
@@ -183,6 +184,8 @@ async fn a_firewalled_leaf_serves_through_push() {
         report.sources
     );
     assert_eq!(report.sources[0].bytes, data.len() as u64);
+    // It listens nowhere, so its dials reached our punch port: pushes.
+    assert_eq!(report.sources[0].paths, vec![TransferPath::Push]);
     assert!(nodes[0].stats().pushes_routed >= 1);
     assert!(nodes[1].stats().pushes_routed >= 1);
 }

@@ -118,6 +118,13 @@ fn sample_messages() -> Vec<Message> {
             message_id: MessageId([5; 16]),
             results: u32::MAX,
         },
+        Message::Reachability {
+            reachable: true,
+            probed_addr: addr("203.0.113.9:6346"),
+        },
+        Message::Announce {
+            listen_addr: addr("[2001:db8::9]:41000"),
+        },
         Message::Bye {
             reason: ByeReason::Shutdown,
             detail: "bye".into(),
@@ -297,6 +304,53 @@ fn out_of_range_fields_are_named() {
         invalid_field(patch(10, 48 * 1024 + 1)),
         "routing_filter_patch.flips"
     );
+}
+
+#[test]
+fn reachability_and_announce_need_their_address() {
+    use wire::envelope::Body;
+    let port_zero = wire::SocketAddress {
+        ip: vec![192, 0, 2, 1],
+        port: 0,
+    };
+    let cases = [
+        (
+            Body::Reachability(wire::Reachability {
+                reachable: true,
+                probed_addr: None,
+            }),
+            "reachability.probed_addr",
+        ),
+        (
+            Body::Reachability(wire::Reachability {
+                reachable: false,
+                probed_addr: Some(port_zero.clone()),
+            }),
+            "reachability.probed_addr",
+        ),
+        (
+            Body::Announce(wire::Announce { listen_addr: None }),
+            "announce.listen_addr",
+        ),
+        (
+            Body::Announce(wire::Announce {
+                listen_addr: Some(wire::SocketAddress {
+                    ip: vec![1, 2, 3],
+                    port: 6346,
+                }),
+            }),
+            "announce.listen_addr",
+        ),
+        (
+            Body::Announce(wire::Announce {
+                listen_addr: Some(port_zero),
+            }),
+            "announce.listen_addr",
+        ),
+    ];
+    for (body, field) in cases {
+        assert_eq!(invalid_field(wire::Envelope { body: Some(body) }), field);
+    }
 }
 
 #[test]

@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::client::{ConnectFuture, Connector, SourceStream};
+use crate::client::{ConnectFuture, Connected, Connector};
 
 /// Smallest burst whatever the rate.
 const MIN_BURST: u64 = 16 * 1024;
@@ -393,8 +393,11 @@ impl Connector for ThrottledConnector {
         let connecting = self.inner.connect();
         let limit = self.limit.clone();
         Box::pin(async move {
-            let stream = connecting.await?;
-            Ok(Box::new(Throttled::new(stream, limit)) as SourceStream)
+            let connected = connecting.await?;
+            Ok(Connected {
+                stream: Box::new(Throttled::new(connected.stream, limit)),
+                path: connected.path,
+            })
         })
     }
 }

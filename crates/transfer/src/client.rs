@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::mesh::{LISTEN, NEED};
+use crate::path::TransferPath;
 
 /// What a downloader says of itself on a request.
 #[derive(Debug, Clone, Default)]
@@ -38,12 +39,39 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> SourceIo for T {}
 /// An open connection to a source.
 pub type SourceStream = Box<dyn SourceIo>;
 
+/// An open connection to a source, and how it was made.
+pub struct Connected {
+    /// The byte stream; the source speaks HTTP on it.
+    pub stream: SourceStream,
+    /// Which way it was made, for the download's report.
+    pub path: TransferPath,
+}
+
+impl Connected {
+    /// `stream`, made by `path`.
+    pub fn new(stream: impl SourceIo, path: TransferPath) -> Self {
+        Self {
+            stream: Box::new(stream),
+            path,
+        }
+    }
+}
+
+impl fmt::Debug for Connected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connected")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A connection being opened.
-pub type ConnectFuture = Pin<Box<dyn Future<Output = std::io::Result<SourceStream>> + Send>>;
+pub type ConnectFuture = Pin<Box<dyn Future<Output = std::io::Result<Connected>> + Send>>;
 
 /// How to open a connection to one source.
 pub trait Connector: Send + Sync + fmt::Debug {
-    /// Opens a new connection that speaks HTTP to the source.
+    /// Opens a new connection that speaks HTTP to the source, saying
+    /// which way it was made.
     fn connect(&self) -> ConnectFuture;
 }
 
@@ -77,7 +105,7 @@ impl Connector for DirectConnector {
         Box::pin(async move {
             let stream = crate::eyeballs::connect(&addrs, timeout).await?;
             let _ = stream.set_nodelay(true);
-            Ok(Box::new(stream) as SourceStream)
+            Ok(Connected::new(stream, TransferPath::Direct))
         })
     }
 }

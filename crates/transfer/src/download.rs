@@ -84,11 +84,11 @@
 //! file against the tree, keeps those that verify, and fetches only the
 //! rest.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -112,10 +112,11 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{Catalog, CatalogEntry};
-use crate::client::{Connector, HttpConn, Sharing, read_limited};
+use crate::client::{ConnectFuture, Connector, HttpConn, Sharing, read_limited};
 use crate::mesh::{ALT, AVAILABLE_RANGES, OFFER, SharedMesh};
 use crate::partial::{MAX_AVAILABLE_RANGES_LEN, PartialEntry};
 use crate::partial_lock::{LockError, PartialLock};
+use crate::path::TransferPath;
 
 /// A place to get the file from.
 #[derive(Debug, Clone)]
@@ -225,6 +226,9 @@ pub struct SourceReport {
     pub partial: bool,
     /// It was learned from another source's `X-Alt`, not given.
     pub alternate: bool,
+    /// The ways its connections were made in this run (each once, in
+    /// [`TransferPath`]'s order); empty if none was.
+    pub paths: Vec<TransferPath>,
 }
 
 /// A finished download.
@@ -258,6 +262,18 @@ impl DownloadReport {
         self.sources
             .iter()
             .map(|s| (s.source.clone(), s.bytes))
+            .collect()
+    }
+
+    /// The ways each source's connections were made, by address, for the
+    /// sources that sent verified bytes (one connected to that sent
+    /// nothing, an alternate that no longer has the file say, is left
+    /// out: the paths are the ways the file came).
+    pub fn paths_per_source(&self) -> BTreeMap<String, Vec<TransferPath>> {
+        self.sources
+            .iter()
+            .filter(|s| s.bytes > 0 && !s.paths.is_empty())
+            .map(|s| (s.source.clone(), s.paths.clone()))
             .collect()
     }
 
@@ -536,17 +552,17 @@ async fn tree_from(
     expected: usize,
     listen_port: Option<u16>,
 ) -> Result<(VerifiedTree, Vec<u8>), TreeFailure> {
-    let stream = match tokio::time::timeout(TREE_CONNECT_TIMEOUT, source.connector.connect()).await
-    {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
-            let error = crate::client::ClientError::Connect(error);
-            return Err((error.to_string(), false));
-        }
-        Err(_) => return Err(("connecting for the tree timed out".to_owned(), false)),
-    };
+    let connected =
+        match tokio::time::timeout(TREE_CONNECT_TIMEOUT, source.connector.connect()).await {
+            Ok(Ok(connected)) => connected,
+            Ok(Err(error)) => {
+                let error = crate::client::ClientError::Connect(error);
+                return Err((error.to_string(), false));
+            }
+            Err(_) => return Err(("connecting for the tree timed out".to_owned(), false)),
+        };
     let attempt = async {
-        let mut conn = HttpConn::handshake(stream).await?;
+        let mut conn = HttpConn::handshake(connected.stream).await?;
         let sharing = Sharing {
             listen_port,
             need: None,
@@ -676,6 +692,48 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// The paths one source's connections took (shared by the clones of its
+/// connector).
+#[derive(Debug, Default, Clone)]
+struct PathLog(Arc<Mutex<BTreeSet<TransferPath>>>);
+
+impl PathLog {
+    fn record(&self, path: TransferPath) {
+        if let Ok(mut paths) = self.0.lock() {
+            paths.insert(path);
+        }
+    }
+
+    fn paths(&self) -> Vec<TransferPath> {
+        self.0
+            .lock()
+            .map(|paths| paths.iter().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// A source's connector that records the path of each connection it
+/// opens, and logs it.
+#[derive(Debug)]
+struct Recording {
+    inner: Arc<dyn Connector>,
+    log: PathLog,
+    label: String,
+}
+
+impl Connector for Recording {
+    fn connect(&self) -> ConnectFuture {
+        let connecting = self.inner.connect();
+        let (log, label) = (self.log.clone(), self.label.clone());
+        Box::pin(async move {
+            let connected = connecting.await?;
+            tracing::debug!(source = %label, path = %connected.path, "connected to source");
+            log.record(connected.path);
+            Ok(connected)
+        })
+    }
+}
+
 /// Most sources one download takes; later ones are ignored.
 pub const MAX_SOURCES: usize = 64;
 /// Of those, how many alternates from `X-Alt` may never take: room for
@@ -695,11 +753,35 @@ const NOT_SERVING_PAUSE: Duration = Duration::from_secs(1);
 
 /// The sources heard of so far, and the feed more arrive on.
 struct SourceSet {
+    /// Each source's connector records the paths its connections take
+    /// in `paths` at the same index.
     list: Vec<DownloadSource>,
+    paths: Vec<PathLog>,
     feed: Option<mpsc::Receiver<DownloadSource>>,
 }
 
 impl SourceSet {
+    fn new(feed: mpsc::Receiver<DownloadSource>) -> Self {
+        Self {
+            list: Vec::new(),
+            paths: Vec::new(),
+            feed: Some(feed),
+        }
+    }
+
+    /// Takes `source` in, its connections' paths recorded; its index.
+    fn push(&mut self, mut source: DownloadSource) -> usize {
+        let log = PathLog::default();
+        source.connector = Arc::new(Recording {
+            inner: source.connector,
+            log: log.clone(),
+            label: source.label.clone(),
+        });
+        self.list.push(source);
+        self.paths.push(log);
+        self.list.len() - 1
+    }
+
     /// More sources may still come.
     fn is_open(&self) -> bool {
         self.feed.is_some()
@@ -713,8 +795,7 @@ impl SourceSet {
         match feed.recv().await {
             Some(source) if self.list.len() < MAX_SOURCES => {
                 tracing::debug!(source = %source.label, "new source");
-                self.list.push(source);
-                Some(self.list.len() - 1)
+                Some(self.push(source))
             }
             Some(source) => {
                 tracing::debug!(source = %source.label, "source list full; ignored");
@@ -1047,14 +1128,14 @@ impl Worker {
         let (conn, response) = match kept {
             Some(pair) => pair,
             None => {
-                let stream = self.connector.connect().await.map_err(|e| {
+                let connected = self.connector.connect().await.map_err(|e| {
                     path_closed(&e).unwrap_or_else(|| WorkerEvent::Failed {
                         request,
                         reason: format!("cannot connect: {e}"),
                         unreachable: true,
                     })
                 })?;
-                let mut conn = HttpConn::handshake(stream)
+                let mut conn = HttpConn::handshake(connected.stream)
                     .await
                     .map_err(|e| path_closed(&e).unwrap_or_else(|| failed(e.to_string())))?;
                 let response = conn
@@ -1557,13 +1638,12 @@ impl Run {
                 continue;
             }
             tracing::debug!(alternate = %addr, told_by = %self.label(teller), "new source from X-Alt");
-            self.sources.list.push(DownloadSource {
+            let index = self.sources.push(DownloadSource {
                 label: addr.to_string(),
                 connector: (swarm.connect)(addr),
                 partial: true,
                 addr: Some(addr),
             });
-            let index = self.sources.list.len() - 1;
             self.learned_from.insert(index, told_by);
             self.plan_source(index);
         }
@@ -1744,6 +1824,7 @@ impl Run {
                         .cloned(),
                     partial: source.partial,
                     alternate: self.learned_from.contains_key(&index),
+                    paths: self.sources.paths[index].paths(),
                 }
             })
             .collect()
@@ -1775,10 +1856,7 @@ pub async fn download_live(
         }
     };
     let (id, size) = (options.content_id, options.size);
-    let mut sources = SourceSet {
-        list: Vec::new(),
-        feed: Some(feed),
-    };
+    let mut sources = SourceSet::new(feed);
     // The first source, before anything is written.
     let first = tokio::select! {
         () = cancel.cancelled() => return Err(DownloadError::Cancelled),

@@ -10,8 +10,12 @@
 //!   download resumes from the groups already on disk.
 //! - [`push`]: how a firewalled source reaches a downloader: it connects
 //!   out to the downloader's callback listener and serves HTTP over that
-//!   connection. [`relay`]: the last resort, a relaying supernode in
-//!   between (and a connector trying the direct ways first).
+//!   connection; [`punch`]: hole punching, when the downloader is
+//!   firewalled too: both dial each other at once through their NATs;
+//!   [`doorway`]: connections at the HTTP port that belong to a punch or a
+//!   waiting push; [`path`]: which way each connection was made, as the
+//!   download report says; [`relay`]: the last resort, a relaying
+//!   supernode in between (and a connector trying the direct ways first).
 //! - [`catalog`]: which content ids this leaf serves, and from which files;
 //!   [`partial`]: a download served while it runs, from its verified groups.
 //! - [`mesh`]: the download mesh, other sources of each content id, handed
@@ -28,6 +32,7 @@
 pub mod bandwidth;
 pub mod catalog;
 pub mod client;
+pub mod doorway;
 pub mod download;
 pub mod eyeballs;
 pub mod limits;
@@ -35,6 +40,8 @@ pub mod listen;
 pub mod mesh;
 pub mod partial;
 pub mod partial_lock;
+pub mod path;
+pub mod punch;
 pub mod push;
 pub mod ration;
 pub mod relay;

@@ -5,6 +5,13 @@
 //! `CANOPY-PUSH <its node id in hex>\n`, and then serves HTTP on the same
 //! connection as if the downloader had dialed it. The downloader matches
 //! the line to the source it is waiting for and speaks HTTP as a client.
+//!
+//! The waiting is a [`PushInbox`]: a [`CallbackListener`] (a port opened
+//! for the purpose) feeds one, and so does the leaf's own HTTP server
+//! through its [`crate::doorway::Doorway`], for a downloader whose HTTP
+//! port is reachable (a mapped port) and that names it as the callback.
+//! A source asked to punch ([`crate::punch`]) opens its connection the
+//! same way, with the same line.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,20 +19,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use canopy_proto::NodeId;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::client::{ConnectFuture, Connector, SourceStream};
+use crate::client::{ConnectFuture, Connected, Connector};
+use crate::path::TransferPath;
 
 /// The first word of the line a pushed connection opens with.
 pub const PREAMBLE: &str = "CANOPY-PUSH";
 /// Longest preamble line accepted.
 const MAX_LINE: usize = 128;
 /// How long a new callback connection may take to say who it is.
-const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most connections waited for at once.
 const MAX_WAITING: usize = 256;
 
@@ -39,50 +47,30 @@ pub async fn connect_back(
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     let _ = stream.set_nodelay(true);
-    stream
-        .write_all(format!("{PREAMBLE} {us}\n").as_bytes())
-        .await?;
+    write_preamble(&mut stream, us).await?;
     Ok(stream)
 }
 
-type Waiting = Arc<Mutex<HashMap<NodeId, Vec<oneshot::Sender<TcpStream>>>>>;
-
-/// The downloader's callback port.
-#[derive(Debug)]
-pub struct CallbackListener {
-    local_addr: SocketAddr,
-    waiting: Waiting,
+/// Writes the line a pushed connection opens with: who we are.
+pub async fn write_preamble(
+    stream: &mut (impl AsyncWrite + Unpin),
+    us: NodeId,
+) -> std::io::Result<()> {
+    stream
+        .write_all(format!("{PREAMBLE} {us}\n").as_bytes())
+        .await
 }
 
-impl CallbackListener {
-    /// Listens on `addr` until `shutdown` (`[::]`: both families, see
-    /// [`crate::listen`]).
-    pub async fn bind(
-        addr: SocketAddr,
-        shutdown: CancellationToken,
-        tracker: &TaskTracker,
-    ) -> std::io::Result<Arc<Self>> {
-        let listener = crate::listen::bind(addr).await?;
-        let local_addr = listener.local_addr()?;
-        let waiting: Waiting = Arc::default();
-        tracker.spawn(accept_loop(
-            listener,
-            waiting.clone(),
-            shutdown,
-            tracker.clone(),
-        ));
-        Ok(Arc::new(Self {
-            local_addr,
-            waiting,
-        }))
-    }
+/// Pushed connections waited for, by the node id they must come from.
+/// Cheap to clone (clones share the table).
+#[derive(Debug, Clone, Default)]
+pub struct PushInbox {
+    waiting: Arc<Mutex<HashMap<NodeId, Vec<oneshot::Sender<TcpStream>>>>>,
+}
 
-    /// Where it listens.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// A connection from `node` will be handed to the returned receiver.
+impl PushInbox {
+    /// A connection from `node` will be handed to the returned receiver;
+    /// `None` if too many are waited for already.
     pub fn await_push_from(&self, node: NodeId) -> Option<oneshot::Receiver<TcpStream>> {
         let (tx, rx) = oneshot::channel();
         let mut waiting = self.waiting.lock().ok()?;
@@ -96,9 +84,105 @@ impl CallbackListener {
         waiting.entry(node).or_default().push(tx);
         Some(rx)
     }
+
+    /// True if any connection is waited for.
+    pub fn is_waiting(&self) -> bool {
+        self.waiting.lock().is_ok_and(|waiting| {
+            waiting
+                .values()
+                .any(|senders| senders.iter().any(|s| !s.is_closed()))
+        })
+    }
+
+    /// Hands `stream`, which said it comes from `node`, to whoever waits
+    /// for it; gives it back if nobody does.
+    pub fn deliver(&self, node: NodeId, mut stream: TcpStream) -> Result<(), TcpStream> {
+        loop {
+            let sender = self.waiting.lock().ok().and_then(|mut w| {
+                let senders = w.get_mut(&node)?;
+                let sender = senders.pop();
+                if senders.is_empty() {
+                    w.remove(&node);
+                }
+                sender
+            });
+            match sender {
+                // A waiter that gave up: try the next.
+                Some(sender) => match sender.send(stream) {
+                    Ok(()) => return Ok(()),
+                    Err(back) => stream = back,
+                },
+                None => return Err(stream),
+            }
+        }
+    }
+
+    /// Reads the preamble of `stream` (from `peer`) within
+    /// [`PREAMBLE_TIMEOUT`] and hands it on; false if it named nobody
+    /// waited for, or no valid preamble came.
+    pub async fn take(&self, mut stream: TcpStream, peer: SocketAddr) -> bool {
+        let Ok(Some(node)) =
+            tokio::time::timeout(PREAMBLE_TIMEOUT, read_preamble(&mut stream)).await
+        else {
+            tracing::debug!(%peer, "pushed connection without a valid preamble");
+            return false;
+        };
+        match self.deliver(node, stream) {
+            Ok(()) => true,
+            Err(_) => {
+                tracing::debug!(%peer, %node, "unexpected pushed connection");
+                false
+            }
+        }
+    }
 }
 
-async fn read_preamble(stream: &mut TcpStream) -> Option<NodeId> {
+/// The downloader's callback port.
+#[derive(Debug)]
+pub struct CallbackListener {
+    local_addr: SocketAddr,
+    inbox: PushInbox,
+}
+
+impl CallbackListener {
+    /// Listens on `addr` until `shutdown` (`[::]`: both families, see
+    /// [`crate::listen`]).
+    pub async fn bind(
+        addr: SocketAddr,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> std::io::Result<Arc<Self>> {
+        let listener = crate::listen::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let inbox = PushInbox::default();
+        tracker.spawn(accept_loop(
+            listener,
+            inbox.clone(),
+            shutdown,
+            tracker.clone(),
+        ));
+        Ok(Arc::new(Self { local_addr, inbox }))
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The connections it waits for.
+    pub fn inbox(&self) -> &PushInbox {
+        &self.inbox
+    }
+
+    /// A connection from `node` will be handed to the returned receiver.
+    pub fn await_push_from(&self, node: NodeId) -> Option<oneshot::Receiver<TcpStream>> {
+        self.inbox.await_push_from(node)
+    }
+}
+
+/// Reads a `CANOPY-PUSH <node id>` line, nothing after it; `None` if the
+/// line is not one (or longer than 128 bytes).
+pub async fn read_preamble(stream: &mut (impl AsyncRead + Unpin)) -> Option<NodeId> {
     let mut line = Vec::with_capacity(MAX_LINE);
     // Byte by byte: nothing after the newline may be consumed.
     while line.len() < MAX_LINE {
@@ -115,12 +199,12 @@ async fn read_preamble(stream: &mut TcpStream) -> Option<NodeId> {
 
 async fn accept_loop(
     listener: TcpListener,
-    waiting: Waiting,
+    inbox: PushInbox,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
     loop {
-        let (mut stream, peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -130,28 +214,9 @@ async fn accept_loop(
                 }
             },
         };
-        let waiting = waiting.clone();
+        let inbox = inbox.clone();
         tracker.spawn(async move {
-            let Ok(Some(node)) =
-                tokio::time::timeout(PREAMBLE_TIMEOUT, read_preamble(&mut stream)).await
-            else {
-                tracing::debug!(%peer, "callback connection without a valid preamble");
-                return;
-            };
-            let sender = waiting.lock().ok().and_then(|mut w| {
-                let senders = w.get_mut(&node)?;
-                let sender = senders.pop();
-                if senders.is_empty() {
-                    w.remove(&node);
-                }
-                sender
-            });
-            match sender {
-                Some(sender) => {
-                    let _ = sender.send(stream);
-                }
-                None => tracing::debug!(%peer, %node, "unexpected pushed connection"),
-            }
+            inbox.take(stream, peer).await;
         });
     }
 }
@@ -165,7 +230,7 @@ pub type ConnectRequest =
 /// Reaches a firewalled source: send a push, wait for it to connect back.
 pub struct PushConnector {
     node: NodeId,
-    callback: Arc<CallbackListener>,
+    callback: PushInbox,
     request: PushRequester,
     timeout: Duration,
 }
@@ -180,10 +245,11 @@ impl std::fmt::Debug for PushConnector {
 
 impl PushConnector {
     /// Reaches `node` by calling `request` (which sends the Push) and
-    /// waiting up to `timeout` for its connection on `callback`.
+    /// waiting up to `timeout` for its connection in `callback` (a
+    /// [`CallbackListener`]'s inbox, or the HTTP server's).
     pub fn new(
         node: NodeId,
-        callback: Arc<CallbackListener>,
+        callback: PushInbox,
         request: PushRequester,
         timeout: Duration,
     ) -> Self {
@@ -206,7 +272,7 @@ impl Connector for PushConnector {
                 receiver.ok_or_else(|| std::io::Error::other("too many pushes outstanding"))?;
             request.await?;
             match tokio::time::timeout(timeout, receiver).await {
-                Ok(Ok(stream)) => Ok(Box::new(stream) as SourceStream),
+                Ok(Ok(stream)) => Ok(Connected::new(stream, TransferPath::Push)),
                 _ => Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "the firewalled source did not connect back",

@@ -32,7 +32,8 @@ use canopy_proto::{CircuitToken, NodeId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::client::{ConnectFuture, Connector, SourceStream};
+use crate::client::{ConnectFuture, Connected, Connector};
+use crate::path::TransferPath;
 use crate::push::PREAMBLE;
 
 /// After the relay was needed, the direct ways are tried again only after
@@ -145,7 +146,10 @@ impl Connector for RelayConnector {
                 )
             })??;
             tracing::debug!(%relay, %node, ?grant, "relayed connection open");
-            Ok(Box::new(Metered::new(stream, grant, preamble)) as SourceStream)
+            Ok(Connected::new(
+                Metered::new(stream, grant, preamble),
+                TransferPath::Relay,
+            ))
         })
     }
 }
@@ -422,7 +426,7 @@ mod tests {
             Box::pin(async move {
                 if works {
                     let (a, _b) = tokio::io::duplex(64);
-                    Ok(Box::new(a) as SourceStream)
+                    Ok(Connected::new(a, TransferPath::Direct))
                 } else if closed {
                     Err(path_closed("full", RELAY_FULL_PAUSE))
                 } else {

@@ -52,7 +52,10 @@
 //! between keep-alive requests. A response whose reader stops reading is
 //! cut after `write_timeout` without progress, and a file body sent slower
 //! than `min_upload_rate` over `rate_window` is cut too, freeing its slot.
-//! The same handler serves pushed connections.
+//! The same handler serves pushed connections. A connection accepted
+//! that belongs to a hole punch of ours, or that is a source's pushed
+//! connection a download of ours waits for, is handed over instead of
+//! served (see [`crate::doorway`]).
 //!
 //! Live controls, for the daemon's settings: the number of upload slots
 //! ([`ContentServer::set_upload_slots`]; uploads running beyond a lowered
@@ -97,6 +100,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::bandwidth::{RateLimit, Throttled};
 use crate::catalog::{Catalog, CatalogEntry};
+use crate::doorway::{Doorway, Sorted};
 use crate::limits::{AddressGuard, AddressSlots, UploadSlot, UploadSlots};
 use crate::mesh::{
     ALT, ALTERNATES_PER_RESPONSE, AVAILABLE_RANGES, LISTEN, NEED, OFFER, SharedMesh,
@@ -338,6 +342,7 @@ pub struct ContentServer {
     next_upload: Arc<AtomicU64>,
     mesh: SharedMesh,
     ration: SharedRation,
+    doorway: Doorway,
 }
 
 /// A file body (or only its headers) to send.
@@ -718,7 +723,14 @@ impl ContentServer {
             next_upload: Arc::default(),
             mesh: SharedMesh::new(),
             ration: SharedRation::new(RationConfig::default()),
+            doorway: Doorway::default(),
         }
+    }
+
+    /// Connections accepted that belong to a punch of ours or a push we
+    /// wait for, not to HTTP (see [`crate::doorway`]).
+    pub fn doorway(&self) -> &Doorway {
+        &self.doorway
     }
 
     /// Hands out alternates from, and records `X-Listen` ports in, `mesh`
@@ -857,6 +869,11 @@ impl ContentServer {
             let server = self.clone();
             let shutdown = shutdown.clone();
             tracker.spawn(async move {
+                let timeout = server.config.header_timeout;
+                let stream = match server.doorway.sort(stream, peer, timeout).await {
+                    Sorted::Http(stream) => stream,
+                    Sorted::Taken => return,
+                };
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
                     _ = server.serve_connection_from(stream, Some(peer)) => {}

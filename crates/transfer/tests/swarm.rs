@@ -35,12 +35,13 @@ use canopy_proto::ContentId;
 use canopy_transfer::Catalog;
 use canopy_transfer::bandwidth::RateLimit;
 use canopy_transfer::catalog::CatalogEntry;
-use canopy_transfer::client::{ConnectFuture, Connector, HttpConn, Sharing, SourceStream};
+use canopy_transfer::client::{ConnectFuture, Connected, Connector, HttpConn, Sharing};
 use canopy_transfer::download::{
     DownloadControl, DownloadError, DownloadOptions, DownloadReport, DownloadSource, MAX_SOURCES,
     Swarm, download_live, partial_name, state_name,
 };
 use canopy_transfer::mesh::SharedMesh;
+use canopy_transfer::path::TransferPath;
 use canopy_transfer::server::ContentServer;
 use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -81,7 +82,7 @@ impl Connector for BoundConnector {
                 .await
                 .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect"))??;
             let _ = stream.set_nodelay(true);
-            Ok(Box::new(stream) as SourceStream)
+            Ok(Connected::new(stream, TransferPath::Direct))
         })
     }
 }

@@ -24,6 +24,7 @@ use canopy_node::supernode::{self, SupernodeHandle, SupernodeOptions};
 use canopy_proto::{ContentId, NodeId};
 use canopy_transfer::client::DirectConnector;
 use canopy_transfer::download::{self, DownloadOptions, DownloadReport, DownloadSource};
+use canopy_transfer::path::TransferPath;
 use indicatif::HumanBytes;
 use serde::Serialize;
 
@@ -257,6 +258,9 @@ struct JsonDownload<'a> {
     id: String,
     sources_used: usize,
     bytes_per_source: BTreeMap<String, u64>,
+    /// Per source, the ways its connections were made: "direct", "push",
+    /// "hole punch", "relay".
+    paths_per_source: BTreeMap<String, Vec<TransferPath>>,
     seconds: f64,
     ok: bool,
 }
@@ -333,6 +337,7 @@ async fn run_download(
             id: id.to_hex(),
             sources_used: report.sources_used(),
             bytes_per_source: report.bytes_per_source(),
+            paths_per_source: report.paths_per_source(),
             seconds: report.elapsed.as_secs_f64(),
             ok,
         };

@@ -18,6 +18,7 @@ use canopy_node::fetch::{FetchProgress, FetchTarget};
 use canopy_node::get::{self, GetOptions};
 use canopy_proto::ContentId;
 use canopy_transfer::download::DownloadError;
+use canopy_transfer::path::TransferPath;
 use indicatif::{HumanBytes, HumanDuration};
 use serde::Serialize;
 
@@ -89,6 +90,9 @@ struct JsonReport {
     size: u64,
     sources_used: usize,
     bytes_per_source: BTreeMap<String, u64>,
+    /// Per source, the ways its connections were made: "direct", "push",
+    /// "hole punch", "relay".
+    paths_per_source: BTreeMap<String, Vec<TransferPath>>,
     dropped_sources: BTreeMap<String, String>,
     resumed_bytes: u64,
     seconds: f64,
@@ -284,6 +288,7 @@ async fn standalone(args: Args, supernode: HostPort, id: ContentId) -> anyhow::R
             size: report.size,
             sources_used: report.sources_used(),
             bytes_per_source: report.bytes_per_source(),
+            paths_per_source: report.paths_per_source(),
             dropped_sources: report.dropped_sources(),
             resumed_bytes: report.resumed_bytes,
             seconds: report.elapsed.as_secs_f64(),
@@ -326,20 +331,31 @@ async fn standalone(args: Args, supernode: HostPort, id: ContentId) -> anyhow::R
         );
     }
     for source in &report.sources {
+        let via = paths_said(&source.paths);
         match &source.dropped {
             Some(reason) => say!(
-                "  {:<28} {:>12}  dropped: {reason}",
+                "  {:<28} {:>12}{via}  dropped: {reason}",
                 source.source,
                 HumanBytes(source.bytes).to_string()
             ),
             None => say!(
-                "  {:<28} {:>12}",
+                "  {:<28} {:>12}{via}",
                 source.source,
                 HumanBytes(source.bytes).to_string()
             ),
         }
     }
     Ok(())
+}
+
+/// "  via hole punch", "  via direct, push": how a source was reached;
+/// nothing if it never was.
+fn paths_said(paths: &[TransferPath]) -> String {
+    if paths.is_empty() {
+        return String::new();
+    }
+    let names: Vec<&str> = paths.iter().map(|p| p.name()).collect();
+    format!("  via {}", names.join(", "))
 }
 
 fn display_folder(folder: &Path) -> String {
@@ -399,6 +415,16 @@ mod tests {
             rate_between((start, 0), (start, 5)),
             None,
             "too soon to tell"
+        );
+    }
+
+    #[test]
+    fn each_source_line_says_how_it_was_reached() {
+        assert_eq!(paths_said(&[]), "");
+        assert_eq!(paths_said(&[TransferPath::HolePunch]), "  via hole punch");
+        assert_eq!(
+            paths_said(&[TransferPath::Direct, TransferPath::Push]),
+            "  via direct, push"
         );
     }
 }

@@ -1,6 +1,6 @@
-//! `canopy status`: what the running leaf is doing: its supernodes, what
-//! it hears on the LAN, shares, and transfer totals, and the URL that
-//! opens its web UI.
+//! `canopy status`: what the running leaf is doing: its supernodes,
+//! whether others can reach it (and its NAT), what it hears on the LAN,
+//! shares, and transfer totals, and the URL that opens its web UI.
 
 use std::net::SocketAddr;
 
@@ -59,6 +59,8 @@ fn text(status: &Status, url: &str, ui_url: &str) -> String {
         // The log-in URL: it carries the token, and sets the UI's cookie.
         ("web UI", ui_url.to_owned()),
         ("listening", listening),
+        ("reachable", reachable(status)),
+        ("NAT", nat(status)),
         ("supernodes", supernodes),
         ("on the LAN", lan(status)),
         (
@@ -95,6 +97,48 @@ fn text(status: &Status, url: &str, ui_url: &str) -> String {
         .map(|(label, value)| format!("{label:<11} {value}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Whether others can connect to us, and at which public address:
+/// "yes, at 203.0.113.7 (confirmed by two supernodes)".
+fn reachable(status: &Status) -> String {
+    let reach = &status.reachability;
+    let verdict = match reach.reachable.as_str() {
+        "yes" => "yes: a supernode connected back to us",
+        "no" => "no: others reach us by push",
+        _ => "not known yet",
+    };
+    let public: Vec<String> = reach
+        .public_addrs
+        .iter()
+        .map(|addr| {
+            let word = if addr.confirmed {
+                "confirmed by two supernodes"
+            } else {
+                "one supernode's word"
+            };
+            format!("{} ({word})", addr.ip)
+        })
+        .collect();
+    if public.is_empty() {
+        verdict.to_owned()
+    } else {
+        format!("{verdict}; public address {}", public.join(", "))
+    }
+}
+
+/// Our NAT's kind in words.
+fn nat(status: &Status) -> String {
+    match status.reachability.nat.as_str() {
+        "none" => "none (supernodes see our own address)",
+        "endpoint_independent" => "endpoint-independent (one external port for every peer)",
+        "endpoint_independent_port_preserving" => {
+            "endpoint-independent, keeps our port (one external port for every peer)"
+        }
+        "endpoint_dependent" => "endpoint-dependent (symmetric: another port for each peer)",
+        _ => "not known yet (needs two supernodes)",
+    }
+    .to_owned()
 }
 
 /// What LAN discovery hears: "none heard", or "2 supernodes (A, B), 1 leaf".
@@ -172,6 +216,25 @@ mod tests {
             "http://127.0.0.1:6349/?token=x",
         );
         assert!(text.contains("\non the LAN  1 supernode"), "{text}");
+    }
+
+    #[test]
+    fn the_reachability_lines_say_what_supernodes_found() {
+        let mut status = Status::default();
+        assert_eq!(reachable(&status), "not known yet");
+        assert_eq!(nat(&status), "not known yet (needs two supernodes)");
+        status.reachability.reachable = "yes".into();
+        status.reachability.nat = "endpoint_dependent".into();
+        status.reachability.public_addrs = vec![canopy_daemon::model::PublicAddr {
+            ip: "203.0.113.7".into(),
+            confirmed: false,
+        }];
+        assert_eq!(
+            reachable(&status),
+            "yes: a supernode connected back to us; public address 203.0.113.7 (one supernode's word)"
+        );
+        let text = text(&status, "http://127.0.0.1:6349", "http://x");
+        assert!(text.contains("\nNAT         endpoint-dependent"), "{text}");
     }
 
     #[test]

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use canopy_daemon::control::Control;
 use canopy_daemon::model::{
-    AddDownload, ApiError, DownloadState, DownloadView, LanNeighbour, ResultView, SearchSpec,
-    SearchView, Settings, SettingsPatch, ShareFolder, SharesView, Status, Totals, UploadView,
+    AddDownload, ApiError, DownloadState, DownloadView, LanNeighbour, PublicAddr, Reachability,
+    ResultView, SearchSpec, SearchView, Settings, SettingsPatch, ShareFolder, SharesView, Status,
+    Totals, UploadView,
 };
 use tokio::sync::watch;
 
@@ -175,6 +176,15 @@ impl Control for FakeControl {
                 role: "supernode".into(),
                 addr: "192.168.1.2:6346".into(),
             }],
+            reachability: Reachability {
+                reachable: "yes".into(),
+                nat: "endpoint_independent_port_preserving".into(),
+                public_addrs: vec![PublicAddr {
+                    ip: "203.0.113.7".into(),
+                    confirmed: true,
+                }],
+                announced: Some("203.0.113.7:6346".into()),
+            },
         }
     }
 
@@ -279,6 +289,7 @@ impl Control for FakeControl {
             eta_secs: None,
             sources: 0,
             active_sources: 0,
+            paths: Vec::new(),
             priority: add.priority.unwrap_or(0),
             path: None,
             error: None,

@@ -1,9 +1,23 @@
-// The Status view: who we are, where we are attached, who is on the LAN,
-// what we share and what has moved since start.
+// The Status view: who we are, where we are attached, whether others can
+// reach us, who is on the LAN, what we share and what has moved since start.
 
 import { every, get } from './api.js';
 import { h, setText } from './dom.js';
 import { bytes, rate } from './format.js';
+
+const REACHABLE = {
+  yes: 'yes: a supernode connected back to us',
+  no: 'no: others reach us by push',
+  unknown: 'not known yet',
+};
+
+const NAT = {
+  none: 'none: supernodes see our own address',
+  endpoint_independent: 'endpoint-independent (one external port for everyone)',
+  endpoint_independent_port_preserving: 'endpoint-independent, keeps our port',
+  endpoint_dependent: 'endpoint-dependent (symmetric: a port per peer)',
+  unknown: 'not known yet',
+};
 
 export default {
   title: 'Status',
@@ -18,6 +32,9 @@ export default {
     add('version', 'Version');
     add('listen', 'Serving on');
     add('observed', 'Seen by supernodes as');
+    add('reachable', 'Reachable from outside');
+    add('nat', 'NAT');
+    add('public', 'Public address');
     add('supernodes', 'Supernodes');
     add('lan', 'On the LAN');
     add('shared', 'Shared');
@@ -34,6 +51,12 @@ export default {
       setText(items.version, s.version);
       setText(items.listen, s.listen || 'not serving (download only)');
       setText(items.observed, s.observed_addr || '–');
+      const reach = s.reachability || { reachable: 'unknown', nat: 'unknown', public_addrs: [] };
+      setText(items.reachable, REACHABLE[reach.reachable] || reach.reachable);
+      setText(items.nat, NAT[reach.nat] || reach.nat);
+      setText(items.public, reach.public_addrs.length
+        ? reach.public_addrs.map((a) => `${a.ip} (${a.confirmed ? 'confirmed by two supernodes' : 'one supernode says'})`).join(', ')
+        : '–');
       const list = s.supernodes.length
         ? h('ul', {}, s.supernodes.map((addr) => h('li', { text: addr })))
         : h('span', { text: 'none yet: looking for one…' });

@@ -19,6 +19,7 @@
 //! discovery on) the supernodes heard on the LAN.
 
 mod live;
+mod reach;
 mod relay;
 mod scan;
 mod session;
@@ -178,6 +179,9 @@ pub struct LeafStatus {
     pub failure: Option<String>,
     /// Nodes heard on the LAN (with LAN discovery on): supernodes first.
     pub lan_peers: Vec<canopy_core::lan::LanPeer>,
+    /// Whether others can connect to us, our NAT's kind and our public
+    /// address, as our supernodes show them.
+    pub reachability: canopy_core::reachability::ReachStatus,
     /// The supernodes among `supernodes` that relay (their Hello said
     /// so): where a relayed download can meet a source.
     pub relays: Vec<SocketAddr>,
@@ -204,6 +208,8 @@ struct PushRequest {
     target: NodeId,
     content_id: ContentId,
     callback: SocketAddr,
+    /// Ask it to punch a hole (see `canopy_core::punch`).
+    punch: bool,
     /// Through the session with the supernode at this address (else any).
     via: Option<SocketAddr>,
     /// Ask for this relay circuit (at the `via` supernode).
@@ -216,7 +222,7 @@ struct PushRequest {
 pub struct LeafHandle {
     node_id: NodeId,
     listen_addr: Option<SocketAddr>,
-    announced_addr: Option<SocketAddr>,
+    announced_addr: watch::Receiver<Option<SocketAddr>>,
     port_mapping: Option<watch::Receiver<canopy_portmap::Status>>,
     server: ContentServer,
     download_limit: RateLimit,
@@ -225,6 +231,8 @@ pub struct LeafHandle {
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<LeafStatus>,
     connect_backs_refused: Arc<AtomicU64>,
+    /// Hole punches this leaf's downloads run at once.
+    download_punches: Arc<Semaphore>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -246,6 +254,13 @@ impl LeafHandle {
         self.connect_backs_refused.load(Ordering::Relaxed)
     }
 
+    /// The hole punches this leaf's downloads may run at once
+    /// (`canopy_core::punch::MAX_DOWNLOAD_PUNCHES_AT_ONCE`; more wait
+    /// their turn).
+    pub(crate) fn download_punches(&self) -> &Arc<Semaphore> {
+        &self.download_punches
+    }
+
     /// The counter behind [`LeafHandle::connect_backs_refused`], for metrics.
     pub(crate) fn connect_backs_refused_counter(&self) -> Arc<AtomicU64> {
         self.connect_backs_refused.clone()
@@ -265,14 +280,16 @@ impl LeafHandle {
     /// the one mapped on the home router, else the bound one): `None` when
     /// we accept no connections (firewalled, or not listening), so
     /// downloads from us go by push. Its port is where other downloaders
-    /// reach us.
+    /// reach us. It follows the port mapping: a mapping granted after
+    /// start-up, renewed to another address or lost is announced to the
+    /// supernodes again (`canopy_core::reachability`).
     pub fn announced_addr(&self) -> Option<SocketAddr> {
-        self.announced_addr
+        *self.announced_addr.borrow()
     }
 
     /// The port mapping on the home router as it changes (mapped,
     /// renewed to another address, lost, removed at shutdown); `None` when
-    /// no mapping is attempted. The announced address is fixed at start.
+    /// no mapping is attempted. The announced address follows it.
     pub fn port_mapping(&self) -> Option<watch::Receiver<canopy_portmap::Status>> {
         self.port_mapping.clone()
     }
@@ -308,11 +325,15 @@ impl LeafHandle {
     /// gave up (it does not reconnect), or after `timeout`.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<SocketAddr, NodeError> {
         let mut status = self.status.clone();
+        // The guard `wait_for` returns is let go of at once: a second
+        // borrow while holding it deadlocks as soon as the coordinator
+        // waits to write the status (the lock lets no new reader in then).
         let waited = tokio::time::timeout(
             timeout,
             status.wait_for(|s| s.connected_to.is_some() || s.failure.is_some()),
         )
-        .await;
+        .await
+        .map(|found| found.map(|_| ()));
         let supernode = self.status.borrow().connected_to;
         let failure = self.status.borrow().failure.clone();
         match (waited, supernode, failure) {
@@ -457,12 +478,36 @@ impl PushSender {
         content_id: ContentId,
         callback: SocketAddr,
     ) -> Result<(), NodeError> {
+        self.send(target, content_id, callback, false).await
+    }
+
+    /// Asks firewalled leaf `target`, through the overlay, to punch a hole
+    /// to `callback` (dial it again and again from its listening port
+    /// while we dial it: `canopy_transfer::punch`) and serve `content_id`
+    /// on the connection.
+    pub async fn punch(
+        &self,
+        target: NodeId,
+        content_id: ContentId,
+        callback: SocketAddr,
+    ) -> Result<(), NodeError> {
+        self.send(target, content_id, callback, true).await
+    }
+
+    async fn send(
+        &self,
+        target: NodeId,
+        content_id: ContentId,
+        callback: SocketAddr,
+        punch: bool,
+    ) -> Result<(), NodeError> {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Push(PushRequest {
                 target,
                 content_id,
                 callback,
+                punch,
                 via: None,
                 relay: None,
                 reply,
@@ -491,6 +536,7 @@ impl PushSender {
                 callback,
                 via: Some(relay),
                 relay: Some(token),
+                punch: false,
                 reply,
             }))
             .await
@@ -563,8 +609,21 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         listen_addr: announced,
         user_agent: concat!("canopy/", env!("CARGO_PKG_VERSION")).to_owned(),
     };
+    let (announced_tx, announced_rx) = watch::channel(announced);
+    let reach = reach::ReachDriver::new(
+        canopy_core::reachability::ReachConfig {
+            bound: listen_addr
+                .or(options.advertise)
+                .filter(|_| !options.firewalled),
+            advertise: options.advertise,
+            mapped: mapped.external,
+        },
+        announced_tx,
+        mapped.status.clone(),
+    );
     let (status_tx, status_rx) = watch::channel(LeafStatus {
         shared_files: files.len(),
+        reachability: reach.status(),
         ..LeafStatus::default()
     });
     if let Some(interval) = options.rescan_interval {
@@ -576,6 +635,8 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         catalog: catalog.clone(),
         server: server.clone(),
         pushes: Arc::new(Semaphore::new(MAX_PUSHES)),
+        punches: Arc::new(Semaphore::new(canopy_core::punch::MAX_PUNCHES_AT_ONCE)),
+        listen_port: listen_addr.map(|addr| addr.port()),
         connect_backs: connect_backs.clone(),
         tracker: tracker.clone(),
         link: LinkContext {
@@ -605,12 +666,13 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         commands: commands_rx,
         hosts,
         lan,
+        reach,
     };
     tracker.spawn(leaf.run());
     Ok(LeafHandle {
         node_id,
         listen_addr,
-        announced_addr: announced,
+        announced_addr: announced_rx,
         port_mapping: mapped.status,
         server,
         download_limit,
@@ -619,6 +681,7 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
         commands: commands_tx,
         status: status_rx,
         connect_backs_refused: connect_backs.refused,
+        download_punches: Arc::new(Semaphore::new(canopy_core::punch::MAX_PUNCHES_AT_ONCE)),
         shutdown,
         tracker,
     })

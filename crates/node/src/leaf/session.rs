@@ -52,6 +52,11 @@ pub(super) struct SessionContext {
     pub(super) server: ContentServer,
     /// Pushed uploads being set up at once.
     pub(super) pushes: Arc<Semaphore>,
+    /// Hole punches for pushes running at once.
+    pub(super) punches: Arc<Semaphore>,
+    /// The port our HTTP server listens on (which our hits name), if any:
+    /// punches and sessions dial from it (see [`dial`]).
+    pub(super) listen_port: Option<u16>,
     /// How often pushes may make us connect out.
     pub(super) connect_backs: ConnectBacks,
     pub(super) tracker: TaskTracker,
@@ -105,6 +110,11 @@ pub(super) enum ToSession {
     Search(LiveStart),
     Shares(Vec<SharedFile>),
     Push(PushRequest),
+    /// Tell the supernode we listen at `addr` now.
+    Announce {
+        addr: SocketAddr,
+        recheck: bool,
+    },
 }
 
 /// News for the coordinator.
@@ -115,8 +125,18 @@ pub(super) enum FromSession {
         /// The supernode's node id (its key's).
         node_id: NodeId,
         observed: Option<SocketAddr>,
+        /// Our end of the connection.
+        local: Option<SocketAddr>,
+        /// Dialed from our listening port.
+        from_listen_port: bool,
         /// Its Hello said it relays.
         relays: bool,
+    },
+    /// The supernode connected back to `probed` (or could not).
+    Verdict {
+        addr: SocketAddr,
+        reachable: bool,
+        probed: SocketAddr,
     },
     /// The supernode at `addr` answered our Ping with these.
     Learned {
@@ -168,13 +188,13 @@ async fn run(
 ) -> SessionEnd {
     let connected = tokio::select! {
         _ = context.shutdown.cancelled() => return SessionEnd::Shutdown,
-        result = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)) => result,
+        result = dial(addr, context.listen_port) => result,
     };
-    let stream = match connected {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => return SessionEnd::Unreachable(error.to_string()),
-        Err(_) => return SessionEnd::Unreachable("timed out".into()),
+    let (stream, from_listen_port) = match connected {
+        Ok(dialed) => dialed,
+        Err(error) => return SessionEnd::Unreachable(error),
     };
+    let local = stream.local_addr().ok();
     let clock = Clock::new();
     let (events_tx, mut events) = mpsc::channel::<Event>(256);
     connection::spawn(
@@ -235,10 +255,14 @@ async fn run(
                     }
                 }
                 Some(ToSession::Shares(files)) => session.set_shares(files),
+                Some(ToSession::Announce { addr: listen, recheck }) => {
+                    session.announce(listen, recheck);
+                }
                 Some(ToSession::Push(push)) => {
                     let id = crate::random_message_id();
                     let sent = match push.relay {
                         Some(token) => session.send_relay_push(id, push.target, push.content_id, push.callback, token),
+                        None if push.punch => session.send_punch_push(id, push.target, push.content_id, push.callback),
                         None => session.send_push(id, push.target, push.content_id, push.callback),
                     }
                     .map_err(|e| NodeError::Search(e.to_string()));
@@ -277,7 +301,22 @@ async fn run(
                             addr,
                             node_id: supernode.node_id,
                             observed: observed_addr,
+                            local,
+                            from_listen_port,
                             relays,
+                        })
+                        .await;
+                }
+                LeafAction::Reachability {
+                    reachable,
+                    probed_addr,
+                } => {
+                    tracing::info!(%addr, reachable, %probed_addr, "supernode connected back to us");
+                    let _ = news
+                        .send(FromSession::Verdict {
+                            addr,
+                            reachable,
+                            probed: probed_addr,
                         })
                         .await;
                 }
@@ -292,8 +331,15 @@ async fn run(
                 LeafAction::PushRequested {
                     content_id,
                     callback_addr,
+                    punch: false,
                     relay: None,
                 } => push_upload(context, content_id, callback_addr),
+                LeafAction::PushRequested {
+                    content_id,
+                    callback_addr,
+                    punch: true,
+                    relay: None,
+                } => punch_upload(context, content_id, callback_addr),
                 LeafAction::Rejected {
                     reason,
                     detail,
@@ -316,6 +362,37 @@ async fn run(
     // the search ended with the session.
     following.clear();
     end.unwrap_or_else(|| closed(&clock))
+}
+
+/// Dials the supernode at `addr` from our listening port, if we have one,
+/// so that behind an endpoint-independent NAT every supernode sees the
+/// same external port (what tells the NAT's kind, and what hole punching
+/// needs); true if it did. A port that can't be used for this dial (the
+/// TIME_WAIT of an earlier session to the same supernode holds the pair:
+/// `EADDRINUSE`, `EADDRNOTAVAIL`) gives way to an ephemeral one.
+async fn dial(addr: SocketAddr, listen_port: Option<u16>) -> Result<(TcpStream, bool), String> {
+    if let Some(port) = listen_port {
+        match canopy_transfer::listen::connect_from(port, addr, CONNECT_TIMEOUT).await {
+            Ok(stream) => return Ok((stream, true)),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable
+                ) =>
+            {
+                tracing::debug!(%addr, port, %error, "cannot dial from the listening port; dialing from another");
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
+                return Err("timed out".into());
+            }
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => Ok((stream, false)),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
 }
 
 /// A downloader asked us by push for `content_id`: connect out to it and
@@ -350,6 +427,78 @@ fn push_upload(context: &SessionContext, content_id: ContentId, callback: Socket
         }
         drop(permit);
     });
+}
+
+/// A downloader behind a NAT asked us by push to punch a hole to
+/// `callback`: dial it again and again from our HTTP port (the port our
+/// hits name; a leaf without one: from one ephemeral port) while it dials
+/// us, and serve HTTP on whichever connection comes first, ours or its
+/// dial accepted at that port (see `canopy_transfer::punch`). Counted
+/// against the connect-back budget like any push, and at most
+/// [`canopy_core::punch::MAX_PUNCHES_AT_ONCE`] at once. The callback's IP
+/// is the downloader's own, put there by its supernode.
+fn punch_upload(context: &SessionContext, content_id: ContentId, callback: SocketAddr) {
+    if context.catalog.get(&content_id).is_none() {
+        tracing::info!(%content_id, "punch for content we do not share; ignored");
+        return;
+    }
+    if !context.connect_backs.allow(callback) {
+        return;
+    }
+    let Ok(permit) = context.punches.clone().try_acquire_owned() else {
+        tracing::info!(%callback, "too many punches at once; ignored");
+        return;
+    };
+    let server = context.server.clone();
+    let us = context.identity.node_id;
+    let shutdown = context.shutdown.clone();
+    let listen_port = context.listen_port;
+    context.tracker.spawn(async move {
+        let punched = punch_to(&server, listen_port, callback, us);
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            outcome = punched => outcome,
+        };
+        // The bound is on punches dialing; serving is the server's slots'.
+        drop(permit);
+        match outcome {
+            Ok((stream, won)) => {
+                tracing::info!(%callback, %content_id, ?won, "serving by hole punch");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = server.serve_connection_from(stream, Some(callback)) => {}
+                }
+            }
+            Err(error) => tracing::info!(%callback, %error, "cannot punch a hole for a push"),
+        }
+    });
+}
+
+/// Punches from `listen_port` (the server's, whose doorway hands over the
+/// downloader's dial if it is accepted there) or from a port of its own.
+async fn punch_to(
+    server: &ContentServer,
+    listen_port: Option<u16>,
+    callback: SocketAddr,
+    us: NodeId,
+) -> std::io::Result<(TcpStream, canopy_transfer::punch::Won)> {
+    use canopy_transfer::punch::{accept_from, punch_back};
+    match listen_port {
+        Some(port) => {
+            let Some(mut expected) = server.doorway().expect_punch(callback) else {
+                return Err(std::io::Error::other(
+                    "a punch to this address runs already",
+                ));
+            };
+            punch_back(port, callback, us, expected.arrival()).await
+        }
+        None => {
+            let any = canopy_transfer::listen::any_dual_stack(0);
+            let listener = canopy_transfer::listen::bind(any).await?;
+            let port = listener.local_addr()?.port();
+            punch_back(port, callback, us, accept_from(&listener, callback)).await
+        }
+    }
 }
 
 /// Publishes what changed in the followed searches; ends those that are

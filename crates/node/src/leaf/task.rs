@@ -27,6 +27,7 @@ use canopy_transfer::listen::any_dual_stack;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::reach::ReachDriver;
 use super::session::{self, FromSession, SessionContext, SessionEnd, ToSession};
 use super::{Command, LeafOptions, LeafStatus};
 use crate::NodeError;
@@ -69,6 +70,8 @@ pub(super) struct LeafTask {
     pub(super) hosts: HostCache,
     /// What LAN discovery hears, if it is on.
     pub(super) lan: Option<watch::Receiver<LanView>>,
+    /// Our reachability: observed addresses, verdicts, the port mapping.
+    pub(super) reach: ReachDriver,
 }
 
 struct Running {
@@ -125,6 +128,10 @@ impl LeafTask {
                         break;
                     }
                 }
+                mapping = self.reach.next_mapping() => {
+                    self.reach.mapping_changed(mapping);
+                    self.drive_reach(&running);
+                }
                 Some(view) = next_view(&mut lan) => {
                     self.hosts.set_lan(&view.supernodes);
                     running.lan_ids = view
@@ -139,6 +146,7 @@ impl LeafTask {
                     None => break,
                 },
                 _ = tick.tick() => {
+                    self.drive_reach(&running);
                     if let Err(error) = self.hosts.save() {
                         tracing::debug!(%error, "could not save the host cache");
                     }
@@ -262,8 +270,11 @@ impl LeafTask {
                 addr,
                 node_id,
                 observed,
+                local,
+                from_listen_port,
                 relays,
             } => {
+                self.reach.joined(addr, observed, local, from_listen_port);
                 if let Some(link) = running.links.get_mut(&addr) {
                     link.ready = true;
                     link.relays = relays;
@@ -276,12 +287,23 @@ impl LeafTask {
                     s.failure = None;
                 });
                 self.publish_status(running);
+                self.drive_reach(running);
+            }
+            FromSession::Verdict {
+                addr,
+                reachable,
+                probed,
+            } => {
+                self.reach.verdict(addr, reachable, probed);
+                self.drive_reach(running);
             }
             FromSession::Learned { addr, supernodes } => {
                 self.hosts.learn(addr, &supernodes);
             }
             FromSession::Ended { addr, end } => {
                 let joined = running.links.remove(&addr).is_some_and(|link| link.ready);
+                self.reach.ended(addr);
+                self.drive_reach(running);
                 // A refusal is an answer (full, say), not a failure to reach.
                 let refused = matches!(end, SessionEnd::Rejected(_));
                 self.publish_status(running);
@@ -326,6 +348,16 @@ impl LeafTask {
             }
         }
         true
+    }
+
+    /// Lets the reachability policy act: new sessions' Hellos carry the
+    /// address it announces, running sessions are told of a change.
+    fn drive_reach(&mut self, running: &Running) {
+        self.reach.drive(
+            running.links.values().map(|link| &link.to_session),
+            &self.status,
+        );
+        self.context.identity.listen_addr = self.reach.announced();
     }
 
     /// For a one-shot leaf: is anything connected, connecting, or untried?

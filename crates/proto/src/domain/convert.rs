@@ -340,6 +340,29 @@ fn relay_circuit(relay: &wire::RelayCircuit) -> Result<RelayCircuit> {
     })
 }
 
+/// A supernode's connect-back verdict: the probed address is required.
+fn reachability(verdict: &wire::Reachability) -> Result<Message> {
+    let probed = verdict
+        .probed_addr
+        .as_ref()
+        .ok_or_else(|| invalid("reachability.probed_addr", "missing"))?;
+    Ok(Message::Reachability {
+        reachable: verdict.reachable,
+        probed_addr: socket_addr("reachability.probed_addr", probed)?,
+    })
+}
+
+/// A leaf's new listening address: required, a real port.
+fn announce(announce: &wire::Announce) -> Result<Message> {
+    let addr = announce
+        .listen_addr
+        .as_ref()
+        .ok_or_else(|| invalid("announce.listen_addr", "missing"))?;
+    Ok(Message::Announce {
+        listen_addr: socket_addr("announce.listen_addr", addr)?,
+    })
+}
+
 impl TryFrom<wire::Envelope> for Message {
     type Error = InvalidMessage;
 
@@ -421,6 +444,8 @@ impl TryFrom<wire::Envelope> for Message {
                 results: status.results,
             },
             Body::RoutingFilterPatch(patch) => Message::FilterPatch(filter_patch(patch)?),
+            Body::Reachability(verdict) => reachability(&verdict)?,
+            Body::Announce(a) => announce(&a)?,
         })
     }
 }
@@ -604,6 +629,16 @@ impl From<&Message> for wire::Envelope {
                 log2_slots: u32::from(patch.log2_slots),
                 reset: patch.reset,
                 flips: patch.flips.clone(),
+            }),
+            Message::Reachability {
+                reachable,
+                probed_addr,
+            } => Body::Reachability(wire::Reachability {
+                reachable: *reachable,
+                probed_addr: Some(wire_addr(probed_addr)),
+            }),
+            Message::Announce { listen_addr } => Body::Announce(wire::Announce {
+                listen_addr: Some(wire_addr(listen_addr)),
             }),
         };
         wire::Envelope { body: Some(body) }

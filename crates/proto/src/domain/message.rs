@@ -267,6 +267,20 @@ pub enum Message {
         /// Results kept; `u32::MAX` means "enough, stop".
         results: u32,
     },
+    /// Supernode to leaf: what connecting back to the leaf found.
+    Reachability {
+        /// A TCP connection to `probed_addr` opened.
+        reachable: bool,
+        /// Where the supernode tried: the leaf's announced port on the IP
+        /// it sees the leaf connect from.
+        probed_addr: SocketAddr,
+    },
+    /// Leaf to supernode: where the leaf accepts connections now (only
+    /// the port counts, on the IP the supernode sees).
+    Announce {
+        /// The new listening address.
+        listen_addr: SocketAddr,
+    },
     /// A part of a change to a supernode's routing filter.
     FilterPatch(FilterPatch),
 }
@@ -300,6 +314,8 @@ impl Message {
             Message::QueryHit(_) => "query_hit",
             Message::Push(_) => "push",
             Message::QueryStatus { .. } => "query_status",
+            Message::Reachability { .. } => "reachability",
+            Message::Announce { .. } => "announce",
         }
     }
 }
