@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use canopy_proto::limits::{HARD_MAX_TTL, MAX_FILES_PER_MESSAGE};
 use canopy_proto::{
-    ByeReason, ContentId, FrameError, HandshakeOutcome, Hello, Message, MessageId, NodeId, Push,
-    Query, RejectReason, Role, SharedFile,
+    ByeReason, CircuitToken, ContentId, FrameError, HandshakeOutcome, Hello, Message, MessageId,
+    NodeId, Push, Query, RejectReason, RelayCircuit, Role, SharedFile,
 };
 
 use crate::Time;
@@ -67,6 +67,9 @@ pub enum LeafAction {
         /// Dial it again and again from our listening port for a while
         /// (hole punching, see [`crate::punch`]), not just once.
         punch: bool,
+        /// Meet the downloader at this relay instead (our supernode
+        /// passed it on; the downloader's set its address).
+        relay: Option<RelayCircuit>,
     },
 }
 
@@ -343,6 +346,7 @@ impl LeafSession {
                         content_id: push.content_id,
                         callback_addr: push.callback_addr,
                         punch: push.punch,
+                        relay: push.relay,
                     });
                 }
             }
@@ -494,6 +498,37 @@ impl LeafSession {
                 self.send(Message::Announce { listen_addr });
             }
         }
+    }
+
+    /// Asks firewalled leaf `target` to meet us at our supernode's relay
+    /// for circuit `token` and serve `content_id` there (the supernode
+    /// fills in its address, if it relays). `callback_addr` is sent as
+    /// well: the push's callback field is required.
+    pub fn send_relay_push(
+        &mut self,
+        message_id: MessageId,
+        target: NodeId,
+        content_id: ContentId,
+        callback_addr: SocketAddr,
+        token: CircuitToken,
+    ) -> Result<(), SearchError> {
+        if self.state != State::Ready {
+            return Err(SearchError::NotConnected);
+        }
+        self.send(Message::Push(Push {
+            message_id,
+            target_node_id: target,
+            content_id,
+            callback_addr,
+            hops: 0,
+            punch: false,
+            relay: Some(RelayCircuit {
+                // A placeholder: only the supernode says where it is.
+                addr: callback_addr,
+                token,
+            }),
+        }));
+        Ok(())
     }
 
     /// A running search.

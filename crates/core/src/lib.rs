@@ -15,6 +15,8 @@
 //!   publishing its files, its searches.
 //! - [`search`]: gathers the hits of one search, grouped by content id.
 //! - [`addr_limits`]: what one address and one network prefix may hold.
+//! - [`relay`]: the relay's policy: circuits by token, admission with a
+//!   reason, per-circuit budgets of bytes, time and rate.
 //! - [`push_limits`]: how often pushes may name one callback address, and
 //!   how often a leaf connects back.
 //! - [`punch`]: hole punching's schedule: a dial every 250 ms from the
@@ -63,6 +65,7 @@ pub mod queue;
 pub mod rate;
 pub mod ration;
 pub mod reachability;
+pub mod relay;
 pub mod result_filter;
 pub mod rng;
 pub mod routes;

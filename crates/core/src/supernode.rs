@@ -35,8 +35,8 @@ use std::time::Duration;
 
 use canopy_proto::limits::{HARD_MAX_TTL, MAX_ADDRESSES, MAX_FILES_PER_MESSAGE};
 use canopy_proto::{
-    ByeReason, Capability, ContentId, FrameError, HandshakeOutcome, Hello, HelloReply, Message,
-    MessageId, NodeId, Push, Query, QueryHit, RejectReason, Role, SharedFile,
+    ByeReason, Capability, CircuitToken, ContentId, FrameError, HandshakeOutcome, Hello,
+    HelloReply, Message, MessageId, NodeId, Push, Query, QueryHit, RejectReason, Role, SharedFile,
 };
 
 use crate::addr_limits::{AddressCounter, AddressLimit, IpNet, default_exempt};
@@ -48,6 +48,7 @@ use crate::hit_check::{HitCheck, HitKey};
 use crate::index::{FileIndex, Filter, Refused};
 use crate::push_limits::{AddressBuckets, Rate};
 use crate::rate::TokenBucket;
+use crate::relay::RelayConfig;
 use crate::routes::{RouteTable, Share, SharedRoutes};
 use crate::routing_filter::{EntryHash, query_entries};
 use crate::{ConnId, Time};
@@ -157,6 +158,10 @@ pub struct SupernodeConfig {
     /// Keys the ping nonces. The driver sets it from its RNG; the default
     /// is derived from the node id, so predictable (tests, simulator).
     pub ping_key: [u8; 32],
+    /// The relay (off by default: no slots). On, the Hello says
+    /// [`Capability::Relay`] and our own leaves' pushes may ask for a
+    /// circuit ([`Action::RelayCircuit`]).
+    pub relay: RelayConfig,
     /// Send and take last-hop routing filters (see
     /// [`crate::routing_filter`]): a query on its last hop then goes only
     /// to peers whose filter may match.
@@ -233,6 +238,7 @@ impl SupernodeConfig {
             max_probes_in_flight: 16,
             probes_per_address: AddressLimit::new(2, 8),
             ping_key: public_key_for(&node_id.0),
+            relay: RelayConfig::default(),
             routing_filters: true,
             filter_publish_interval: FILTER_PUBLISH_INTERVAL,
             announce_interval: DEFAULT_ANNOUNCE_INTERVAL,
@@ -348,6 +354,13 @@ pub enum Action {
         /// Where it says it can be reached.
         addr: SocketAddr,
     },
+    /// Our own leaf asked for relay circuit `token` in a push we passed
+    /// on: the relay service registers it (see [`crate::relay::Relay`]),
+    /// so the circuit's two halves may dial us.
+    RelayCircuit {
+        /// The circuit's name.
+        token: CircuitToken,
+    },
 }
 
 /// Counters and gauges, for tests, logs and metrics.
@@ -417,6 +430,13 @@ pub struct SupernodeStats {
     pub pushes_rate_limited: u64,
     /// Pushes dropped for going over their callback address's rate.
     pub pushes_callback_limited: u64,
+    /// Pushes from our leaves whose relay part was dropped: we don't
+    /// relay, or we don't know the address the leaf reached us at.
+    pub push_relays_dropped: u64,
+    /// Relay circuits our leaves asked for, passed to the relay service.
+    pub push_relays_granted: u64,
+    /// Pushes from supernode peers carrying a relay, passed as they are.
+    pub push_relays_passed: u64,
     /// Pushes from leaves whose callback IP was not the leaf's own, and
     /// was replaced with it.
     pub push_callbacks_rewritten: u64,
@@ -455,6 +475,9 @@ enum PeerState {
 #[derive(Debug)]
 struct Peer {
     remote: SocketAddr,
+    /// Our address as this connection reached it (canonical), once the
+    /// driver said it.
+    local: Option<SocketAddr>,
     direction: Direction,
     /// Pushes it may send, once its role is known.
     pushes: Option<TokenBucket>,
@@ -671,6 +694,7 @@ impl Supernode {
         let remote = crate::family::canonical(remote);
         let peer = Peer {
             remote,
+            local: None,
             direction,
             pushes: None,
             authenticated,
@@ -994,10 +1018,22 @@ impl Supernode {
 
     fn our_hello(&self) -> Hello {
         let mut hello = self.config.identity.hello();
+        if self.config.relay.enabled() {
+            hello.capabilities.push(Capability::Relay);
+        }
         if self.config.routing_filters && hello.role == Role::Supernode {
             hello.capabilities.push(Capability::RoutingFilter);
         }
         hello
+    }
+
+    /// Our address as connection `conn` reached it (the socket's local
+    /// address): a push from that leaf asking for a relay names it as the
+    /// relay's address. Taken in canonical form.
+    pub fn handle_local_addr(&mut self, conn: ConnId, local: SocketAddr) {
+        if let Some(peer) = self.peers.get_mut(&conn) {
+            peer.local = Some(crate::family::canonical(local));
+        }
     }
 
     /// Whether a connection from `remote`, opened in `direction`, saying
@@ -1760,7 +1796,10 @@ impl Supernode {
     /// Delivers a push to the target leaf if it is ours, else passes it on
     /// towards the connection its hits came from. A leaf's push gets the
     /// leaf's own IP as its callback IP (the port is kept): nobody can make
-    /// a leaf connect to a third address. Pushes from supernode peers were
+    /// a leaf connect to a third address. A leaf's push asking for a relay
+    /// gets our address as the leaf reached it, if we relay (the relay
+    /// service is told of its token), else loses the relay part. Pushes
+    /// from supernode peers were
     /// rewritten at their first hop and pass as they are. Pushes are
     /// limited per source connection and per callback IP.
     fn route_push(&mut self, from: ConnId, mut push: Push, now: Time) {
@@ -1771,12 +1810,28 @@ impl Supernode {
             self.stats.pushes_rate_limited += 1;
             return;
         }
+        let mut grant = None;
         if matches!(peer.state, PeerState::Leaf { .. }) {
             let own = SocketAddr::new(peer.remote.ip(), push.callback_addr.port());
             if own != push.callback_addr {
                 self.stats.push_callbacks_rewritten += 1;
                 push.callback_addr = own;
             }
+            // Only we say where our relay is, and only if we relay.
+            if let Some(relay) = push.relay.as_mut() {
+                match peer.local.filter(|_| self.config.relay.enabled()) {
+                    Some(local) => {
+                        relay.addr = local;
+                        grant = Some(relay.token);
+                    }
+                    None => {
+                        self.stats.push_relays_dropped += 1;
+                        push.relay = None;
+                    }
+                }
+            }
+        } else if push.relay.is_some() {
+            self.stats.push_relays_passed += 1;
         }
         if !self.seen.first_sighting(push.message_id) {
             return;
@@ -1798,6 +1853,7 @@ impl Supernode {
             .filter(is_our_leaf)
         {
             self.stats.pushes_routed += 1;
+            self.grant_relay(grant);
             self.send(leaf, Message::Push(push));
             return;
         }
@@ -1806,10 +1862,20 @@ impl Supernode {
                 if next != from && self.peers.contains_key(&next) && push.hops < HARD_MAX_TTL =>
             {
                 self.stats.pushes_routed += 1;
+                self.grant_relay(grant);
                 let hops = push.hops + 1;
                 self.send(next, Message::Push(Push { hops, ..push }));
             }
             _ => self.stats.pushes_unroutable += 1,
+        }
+    }
+
+    /// Tells the relay service of a circuit our leaf asked for, as its
+    /// push goes on.
+    fn grant_relay(&mut self, token: Option<CircuitToken>) {
+        if let Some(token) = token {
+            self.stats.push_relays_granted += 1;
+            self.actions.push_back(Action::RelayCircuit { token });
         }
     }
 }

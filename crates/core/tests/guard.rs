@@ -377,6 +377,121 @@ fn a_leafs_push_calls_back_the_leaf_itself_and_a_peers_passes_as_is() {
     assert_eq!(node.core.stats().push_callbacks_rewritten, 1);
 }
 
+/// A push with a relay circuit naming `relay` (a claim the core replaces).
+fn relayed(node: &mut Node, from: ConnId, target: NodeId, relay: &str, n: u32) {
+    let mut message_id = [8; 16];
+    message_id[..4].copy_from_slice(&n.to_be_bytes());
+    let push = Push {
+        message_id: MessageId(message_id),
+        target_node_id: target,
+        content_id: ContentId([3; 32]),
+        callback_addr: sock("192.0.2.7:6500"),
+        hops: 0,
+        punch: false,
+        relay: Some(RelayCircuit {
+            addr: sock(relay),
+            token: CircuitToken([n as u8; 16]),
+        }),
+    };
+    node.core
+        .handle_message(from, Message::Push(push), node.now);
+}
+
+/// Whether the Hello we answer a new leaf with says we relay.
+fn says_it_relays(node: &mut Node) -> bool {
+    let id = node.fresh_id();
+    let conn = node.connect(Direction::Inbound, sock("192.0.2.99:4000"), id);
+    node.core
+        .handle_message(conn, Message::Hello(hello(Role::Leaf, id, None)), node.now);
+    node.actions().iter().any(|a| match a {
+        Action::Send {
+            message: Message::HelloReply(reply),
+            ..
+        } => reply.hello.capabilities.contains(&Capability::Relay),
+        _ => false,
+    })
+}
+
+fn circuits_granted(actions: &[Action]) -> Vec<CircuitToken> {
+    actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::RelayCircuit { token } => Some(*token),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_relaying_supernode_names_itself_in_its_leafs_push_and_says_it_relays() {
+    let mut node = Node::new(|c| c.relay.slots = 4);
+    let target = node.dials_us(Role::Leaf, "192.0.2.50:1", None).conn();
+    let target_id = node_id(node.next_id);
+    let sender = node.leaf("192.0.2.7:6000").conn();
+    // The leaf reached us at this address (a dual-stack socket's form).
+    node.core
+        .handle_local_addr(sender, sock("[::ffff:10.255.0.1]:4000"));
+    node.actions();
+    assert!(
+        says_it_relays(&mut node),
+        "a relaying supernode's Hello says so"
+    );
+    relayed(&mut node, sender, target_id, "198.51.100.1:9", 1);
+    let actions = node.actions();
+    let sent = pushes_sent(&actions);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, target);
+    let relay = sent[0].1.relay.expect("the relay part is kept");
+    assert_eq!(
+        relay.addr,
+        sock("10.255.0.1:4000"),
+        "our own address, canonical"
+    );
+    assert_eq!(circuits_granted(&actions), vec![CircuitToken([1; 16])]);
+    assert_eq!(node.core.stats().push_relays_granted, 1);
+
+    // A peer's push passes as it is, and registers nothing here.
+    let peer = node.inbound_peer("203.0.113.1:4000").conn();
+    node.actions();
+    relayed(&mut node, peer, target_id, "198.51.100.1:9", 2);
+    let actions = node.actions();
+    let sent = pushes_sent(&actions);
+    assert_eq!(
+        sent[0].1.relay.map(|r| r.addr),
+        Some(sock("198.51.100.1:9"))
+    );
+    assert!(circuits_granted(&actions).is_empty());
+    assert_eq!(node.core.stats().push_relays_passed, 1);
+}
+
+#[test]
+fn a_supernode_that_does_not_relay_drops_the_relay_part() {
+    let mut node = Node::new(|_| {});
+    node.dials_us(Role::Leaf, "192.0.2.50:1", None).conn();
+    let target_id = node_id(node.next_id);
+    let sender = node.leaf("192.0.2.7:6000").conn();
+    node.core.handle_local_addr(sender, sock("10.255.0.1:4000"));
+    node.actions();
+    assert!(!says_it_relays(&mut node));
+    relayed(&mut node, sender, target_id, "198.51.100.1:9", 1);
+    let actions = node.actions();
+    let sent = pushes_sent(&actions);
+    assert_eq!(sent.len(), 1, "the push itself goes on");
+    assert_eq!(sent[0].1.relay, None);
+    assert!(circuits_granted(&actions).is_empty());
+    assert_eq!(node.core.stats().push_relays_dropped, 1);
+
+    // Relaying, but without the leaf's local address: dropped too.
+    let mut node = Node::new(|c| c.relay.slots = 4);
+    node.dials_us(Role::Leaf, "192.0.2.50:1", None).conn();
+    let target_id = node_id(node.next_id);
+    let sender = node.leaf("192.0.2.7:6000").conn();
+    node.actions();
+    relayed(&mut node, sender, target_id, "198.51.100.1:9", 1);
+    assert_eq!(pushes_sent(&node.actions())[0].1.relay, None);
+    assert_eq!(node.core.stats().push_relays_dropped, 1);
+}
+
 #[test]
 fn pushes_are_limited_per_source_connection() {
     let mut node = Node::new(|c| {

@@ -194,7 +194,9 @@ impl Net {
                     Action::Learned { supernodes, .. } => {
                         self.learned.extend(supernodes.into_iter().map(|a| (s, a)));
                     }
-                    Action::Rejected { .. } | Action::Joined { .. } => {}
+                    Action::Rejected { .. }
+                    | Action::Joined { .. }
+                    | Action::RelayCircuit { .. } => {}
                 }
             }
         }
@@ -212,6 +214,7 @@ impl Net {
                         content_id,
                         callback_addr,
                         punch,
+                        ..
                     } => {
                         self.pushes.push((l, content_id, callback_addr));
                         if punch {

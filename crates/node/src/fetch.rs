@@ -19,6 +19,10 @@
 //! partial file is taken, so a second fetch of the id into the same folder
 //! fails at once.
 //!
+//! A firewalled source is reached by push; when the leaf is joined to a
+//! supernode that relays, by a relay circuit when the push fails
+//! ([`crate::relay::fallback`]).
+//!
 //! Every downloader is a source: the download serves what it has verified
 //! through the leaf's file server while it runs (a [`Swarm`]: the leaf's
 //! catalog and download mesh, its announced port sent as `X-Listen`,
@@ -648,8 +652,16 @@ impl<'a> Callback<'a> {
             });
         }
         let connector = self.firewalled(source, id);
+        // The last resort: a relay, when the leaf is joined to one.
+        let (connector, label) = match self.leaf.status().relays.first() {
+            Some(relay) => (
+                crate::relay::fallback(self.leaf, connector, source.node_id, id),
+                format!("{} (push, else relay via {relay})", source.addr),
+            ),
+            None => (connector, format!("{} (push)", source.addr)),
+        };
         Ok(DownloadSource {
-            label: format!("{} (push)", source.addr),
+            label,
             connector: Arc::new(ThrottledConnector::new(connector, limit)),
             partial: source.partial,
             addr: None,

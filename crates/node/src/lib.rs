@@ -37,6 +37,7 @@ pub mod leaf;
 pub mod metrics;
 pub mod outbox;
 mod portmap;
+pub mod relay;
 pub mod secure;
 pub mod send_queue;
 pub mod supernode;

@@ -28,6 +28,7 @@ use crate::leaf::LeafHandle;
 use crate::supernode::SupernodeHandle;
 use crate::traffic::Traffic;
 use canopy_core::reachability::{NatKind, Reachable};
+use canopy_core::relay::{Refusal, RelayStats};
 
 #[derive(Debug, Clone, Copy)]
 enum Kind {
@@ -162,6 +163,7 @@ pub fn supernode_metrics(node: &SupernodeHandle) -> Exporter {
     let stats = node.watch_stats();
     let traffic = node.traffic().clone();
     let refused = node.connections_refused_counter();
+    let relay = node.relay_service();
     let snapshot: Snapshot = Box::new(move || {
         let s = stats.borrow().clone();
         let mut samples = vec![
@@ -360,6 +362,7 @@ pub fn supernode_metrics(node: &SupernodeHandle) -> Exporter {
             ),
         ];
         samples.extend(traffic_samples(&traffic));
+        samples.extend(relay_samples(&relay.stats(), &s));
         samples
     });
     Exporter::new(snapshot)
@@ -378,6 +381,89 @@ fn nat_code(nat: NatKind) -> usize {
         } => 3,
         NatKind::EndpointDependent => 4,
     }
+}
+
+/// The relay's metrics: circuits, refusals by reason (a metric each: the
+/// exporter has no labels), bytes.
+fn relay_samples(r: &RelayStats, s: &canopy_core::supernode::SupernodeStats) -> Vec<Sample> {
+    let refused = |refusal: Refusal| r.refused(refusal);
+    vec![
+        gauge(
+            "canopy_relay_circuits_open",
+            "Relay circuits holding a slot (half-open ones included).",
+            r.circuits_open,
+        ),
+        counter(
+            "canopy_relay_circuits",
+            "Relay circuits paired.",
+            r.circuits_total,
+        ),
+        counter(
+            "canopy_relay_bytes",
+            "Bytes relayed, both ways.",
+            r.bytes_relayed,
+        ),
+        counter(
+            "canopy_relay_cut_bytes",
+            "Relay circuits cut at their byte limit.",
+            r.cut_bytes,
+        ),
+        counter(
+            "canopy_relay_cut_duration",
+            "Relay circuits cut at their time limit.",
+            r.cut_duration,
+        ),
+        counter(
+            "canopy_relay_refused_disabled",
+            "Relay halves refused: this supernode does not relay.",
+            refused(Refusal::Disabled),
+        ),
+        counter(
+            "canopy_relay_refused_no_slots",
+            "Relay halves refused: every slot taken.",
+            refused(Refusal::NoSlots),
+        ),
+        counter(
+            "canopy_relay_refused_per_ip",
+            "Relay halves refused: the IP held its share.",
+            refused(Refusal::PerIp),
+        ),
+        counter(
+            "canopy_relay_refused_unknown_token",
+            "Relay halves refused: a token never registered.",
+            refused(Refusal::UnknownToken),
+        ),
+        counter(
+            "canopy_relay_refused_expired_token",
+            "Relay halves refused: the token's time had run out.",
+            refused(Refusal::ExpiredToken),
+        ),
+        counter(
+            "canopy_relay_refused_half_taken",
+            "Relay halves refused: that half was taken.",
+            refused(Refusal::HalfTaken),
+        ),
+        counter(
+            "canopy_relay_refused_bad_request",
+            "Relay connections whose line was not a relay request.",
+            refused(Refusal::BadRequest),
+        ),
+        counter(
+            "canopy_relay_tokens_dropped",
+            "Relay circuits not registered: the token table was full.",
+            r.tokens_dropped,
+        ),
+        counter(
+            "canopy_push_relays_granted",
+            "Relay circuits our leaves asked for and we opened.",
+            s.push_relays_granted,
+        ),
+        counter(
+            "canopy_push_relays_dropped",
+            "Leaf pushes whose relay request was dropped (we don't relay).",
+            s.push_relays_dropped,
+        ),
+    ]
 }
 
 /// The metrics of a leaf.

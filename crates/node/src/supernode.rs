@@ -124,11 +124,22 @@ pub struct SupernodeHandle {
     stats: watch::Receiver<SupernodeStats>,
     traffic: Arc<Traffic>,
     connections_refused: Arc<AtomicU64>,
+    relay: crate::relay::RelayService,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
 
 impl SupernodeHandle {
+    /// The relay's counters (all zero if it does not relay).
+    pub fn relay_stats(&self) -> canopy_core::relay::RelayStats {
+        self.relay.stats()
+    }
+
+    /// The relay service, for metrics.
+    pub(crate) fn relay_service(&self) -> crate::relay::RelayService {
+        self.relay.clone()
+    }
+
     /// Connections closed as soon as accepted because their address (or
     /// its network) held its share of handshakes in progress.
     pub fn connections_refused(&self) -> u64 {
@@ -218,6 +229,8 @@ enum Event {
         conn: ConnId,
         direction: Direction,
         remote: SocketAddr,
+        /// Our address as the connection reached it.
+        local: Option<SocketAddr>,
         /// The peer's static key, authenticated by the Noise handshake.
         remote_key: PublicKey,
         outgoing: Outgoing,
@@ -323,6 +336,8 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
     let max_connections = config.max_leaves + config.max_supernode_peers + HANDSHAKE_HEADROOM;
 
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE_LEN);
+    let relay =
+        crate::relay::RelayService::new(config.relay.clone(), tracker.clone(), shutdown.clone());
     let core = Supernode::new(config);
     let (stats_tx, stats_rx) = watch::channel(core.stats());
     let traffic = Arc::new(Traffic::default());
@@ -355,6 +370,7 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
         traffic: traffic.clone(),
         hosts: hosts.clone(),
         peer_addrs: peer_addrs_tx,
+        relay: relay.clone(),
     };
     tracker.spawn(node.run(events_rx, stats_tx, shutdown.clone()));
     tracker.spawn(accept_loop(
@@ -363,6 +379,8 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
             slots: Arc::new(Semaphore::new(max_connections)),
             handshakes,
             refused: connections_refused.clone(),
+            relay: relay.clone(),
+            first_byte_timeout: options.protocol.handshake_timeout,
         },
         links.clone(),
     ));
@@ -396,6 +414,7 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
         stats: stats_rx,
         traffic,
         connections_refused,
+        relay,
         shutdown,
         tracker,
     })
@@ -416,6 +435,8 @@ struct NodeTask {
     hosts: Arc<Mutex<HostCache>>,
     /// Listen addresses of connected supernode peers, for discovery.
     peer_addrs: watch::Sender<Vec<SocketAddr>>,
+    /// Told of the circuits our leaves ask for.
+    relay: crate::relay::RelayService,
 }
 
 /// How long a reachability probe may take to connect.
@@ -485,6 +506,7 @@ impl NodeTask {
                 conn,
                 direction,
                 remote,
+                local,
                 remote_key,
                 outgoing,
                 mut on_close,
@@ -503,6 +525,9 @@ impl NodeTask {
                 );
                 self.core
                     .handle_connected(conn, direction, remote, remote_key.node_id(), now);
+                if let Some(local) = local {
+                    self.core.handle_local_addr(conn, local);
+                }
             }
             Event::Conn(conn, ConnEvent::Messages(batch)) => {
                 messages = batch.len().max(1);
@@ -607,6 +632,7 @@ impl NodeTask {
                         hosts.learn(from, &supernodes);
                     }
                 }
+                Action::RelayCircuit { token } => self.relay.register(token),
                 Action::Joined { addr } => {
                     if let Ok(mut hosts) = self.hosts.lock() {
                         hosts.mark_good(addr);
@@ -740,10 +766,12 @@ impl Links {
         on_close: Release,
     ) -> ConnId {
         let conn = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
+        let local = stream.local_addr().ok();
         let announce = move |outgoing, remote_key| Event::Connected {
             conn,
             direction,
             remote,
+            local,
             remote_key,
             outgoing,
             on_close,
@@ -773,6 +801,10 @@ struct Admission {
     handshakes: Arc<Mutex<AddressCounter>>,
     /// Connections closed for their address's handshake count.
     refused: Arc<AtomicU64>,
+    /// Takes connections that open with a relay line.
+    relay: crate::relay::RelayService,
+    /// How long a new connection may take to say its first byte.
+    first_byte_timeout: Duration,
 }
 
 async fn accept_loop(listener: TcpListener, admission: Admission, links: Links) {
@@ -780,6 +812,8 @@ async fn accept_loop(listener: TcpListener, admission: Admission, links: Links) 
         slots,
         handshakes,
         refused,
+        relay,
+        first_byte_timeout,
     } = admission;
     let shutdown = links.shutdown.clone();
     loop {
@@ -810,7 +844,24 @@ async fn accept_loop(listener: TcpListener, admission: Admission, links: Links) 
         // share the connection is closed unread (the others it holds are
         // cut at the handshake timeout if they stay silent).
         match HandshakeHold::take(&handshakes, remote.ip()) {
-            Ok(hold) => links.register_inbound(stream, remote, permit, hold),
+            Ok(hold) => {
+                // The first byte tells a relay half's line from a Noise
+                // message, without holding up the accept loop.
+                let (links, relay) = (links.clone(), relay.clone());
+                links.link.tracker.clone().spawn(async move {
+                    let mut first = [0u8; 1];
+                    let peeked =
+                        tokio::time::timeout(first_byte_timeout, stream.peek(&mut first)).await;
+                    match peeked {
+                        Ok(Ok(1)) if first[0] == crate::relay::FIRST_BYTE => {
+                            drop(permit);
+                            relay.accept(stream, remote, hold);
+                        }
+                        Ok(Ok(1..)) => links.register_inbound(stream, remote, permit, hold),
+                        _ => tracing::debug!(%remote, "connection silent or closed at once"),
+                    }
+                });
+            }
             Err(exceeded) => {
                 refused.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%remote, %exceeded, "too many handshakes from one address; closed");

@@ -305,7 +305,10 @@ impl World {
                 Action::Close { conn, .. } => self.cut(End::Super(s, conn)),
                 // Every simulated leaf can be reached.
                 Action::Probe { conn, .. } => probes.push(conn),
-                Action::Learned { .. } | Action::Joined { .. } | Action::Rejected { .. } => {}
+                Action::Learned { .. }
+                | Action::Joined { .. }
+                | Action::Rejected { .. }
+                | Action::RelayCircuit { .. } => {}
             }
         }
         for conn in probes {

@@ -533,8 +533,12 @@ const TREE_FETCHES_AT_ONCE: usize = 4;
 const MAX_TREE_FETCHES: usize = 16;
 /// Without an answer for this long, one more source is asked.
 const TREE_HEDGE: Duration = Duration::from_millis(500);
-/// A tree request that has not finished in this long has failed.
+/// A tree request that has not finished in this long, once connected,
+/// has failed.
 const TREE_TIMEOUT: Duration = Duration::from_secs(15);
+/// A backstop on connecting for a tree request: each connector bounds its
+/// own connect (a dial 5 s, a push 15 s, a push then a relay about 30 s).
+const TREE_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a tree request failed, and whether it was a 404 (a partial source
 /// answers so until its first group is verified).
@@ -548,8 +552,16 @@ async fn tree_from(
     expected: usize,
     listen_port: Option<u16>,
 ) -> Result<(VerifiedTree, Vec<u8>), TreeFailure> {
+    let connected =
+        match tokio::time::timeout(TREE_CONNECT_TIMEOUT, source.connector.connect()).await {
+            Ok(Ok(connected)) => connected,
+            Ok(Err(error)) => {
+                let error = crate::client::ClientError::Connect(error);
+                return Err((error.to_string(), false));
+            }
+            Err(_) => return Err(("connecting for the tree timed out".to_owned(), false)),
+        };
     let attempt = async {
-        let connected = source.connector.connect().await?;
         let mut conn = HttpConn::handshake(connected.stream).await?;
         let sharing = Sharing {
             listen_port,
@@ -1079,6 +1091,15 @@ impl Worker {
             reason,
             unreachable: false,
         };
+        // A relayed path the relay closed at its limit (or had no room
+        // for) is not the source's fault: like a 503, its groups go back
+        // to the pool and it is asked again shortly, on a new path.
+        let path_closed = |error: &(dyn std::error::Error + 'static)| {
+            crate::relay::path_closed_in(error).map(|closed| WorkerEvent::Busy {
+                request,
+                retry_after: closed.retry_after,
+            })
+        };
         let size = self.tree.size();
         let probe = self.request.kind == RequestKind::Probe;
         // A probe asks for the headers only; a data request for its groups.
@@ -1107,22 +1128,20 @@ impl Worker {
         let (conn, response) = match kept {
             Some(pair) => pair,
             None => {
-                let connected =
-                    self.connector
-                        .connect()
-                        .await
-                        .map_err(|e| WorkerEvent::Failed {
-                            request,
-                            reason: format!("cannot connect: {e}"),
-                            unreachable: true,
-                        })?;
+                let connected = self.connector.connect().await.map_err(|e| {
+                    path_closed(&e).unwrap_or_else(|| WorkerEvent::Failed {
+                        request,
+                        reason: format!("cannot connect: {e}"),
+                        unreachable: true,
+                    })
+                })?;
                 let mut conn = HttpConn::handshake(connected.stream)
                     .await
-                    .map_err(|e| failed(e.to_string()))?;
+                    .map_err(|e| path_closed(&e).unwrap_or_else(|| failed(e.to_string())))?;
                 let response = conn
                     .request(method, &path, range, sharing)
                     .await
-                    .map_err(|e| failed(e.to_string()))?;
+                    .map_err(|e| path_closed(&e).unwrap_or_else(|| failed(e.to_string())))?;
                 (conn, response)
             }
         };
@@ -1228,7 +1247,8 @@ impl Worker {
                 Some(Ok(frame)) => frame,
                 Some(Err(error)) => {
                     self.settle(pending.take()).await?;
-                    return Err(failed(format!("transfer broke off: {error}")));
+                    return Err(path_closed(&error)
+                        .unwrap_or_else(|| failed(format!("transfer broke off: {error}"))));
                 }
             };
             let Ok(mut data) = frame.into_data() else {

@@ -14,7 +14,8 @@
 //!   firewalled too: both dial each other at once through their NATs;
 //!   [`doorway`]: connections at the HTTP port that belong to a punch or a
 //!   waiting push; [`path`]: which way each connection was made, as the
-//!   download report says.
+//!   download report says; [`relay`]: the last resort, a relaying
+//!   supernode in between (and a connector trying the direct ways first).
 //! - [`catalog`]: which content ids this leaf serves, and from which files;
 //!   [`partial`]: a download served while it runs, from its verified groups.
 //! - [`mesh`]: the download mesh, other sources of each content id, handed
@@ -43,6 +44,7 @@ pub mod path;
 pub mod punch;
 pub mod push;
 pub mod ration;
+pub mod relay;
 pub mod server;
 
 pub use catalog::Catalog;

@@ -11,7 +11,7 @@ use canopy_core::addr_limits::{AddressLimit, default_exempt};
 use canopy_node::addr::{self, HostPort};
 use canopy_node::supernode::SupernodeOptions;
 
-use crate::config::{self, ConfigError, Exempt, Origin, at_least_one};
+use crate::config::{self, ConfigError, Exempt, Origin, at_least_one, seconds};
 
 /// The node's defaults, which the flags' defaults show.
 static DEFAULTS: LazyLock<SupernodeOptions> =
@@ -122,6 +122,30 @@ pub struct SupernodeArgs {
     /// can't lock us out of our own network (at most --max-peers).
     #[arg(long, default_value_t = DEFAULTS.protocol.reserved_outbound_peers)]
     pub reserved_outbound_peers: usize,
+    /// Relay circuits offered at once (half-open ones included): our own
+    /// leaves may then reach a firewalled source that neither a push nor
+    /// hole punching reaches through us, the last resort. Each circuit
+    /// costs this machine's bandwidth both ways. 0: no relay.
+    #[arg(long, default_value_t = DEFAULTS.protocol.relay.slots)]
+    pub relay_slots: usize,
+    /// Bytes one relay circuit may carry, both ways together (at least
+    /// 2 MiB: a whole 1 MiB group must fit); the download goes on over a
+    /// new circuit.
+    #[arg(long, default_value_t = DEFAULTS.protocol.relay.max_bytes,
+        value_parser = clap::value_parser!(u64).range(canopy_core::relay::MIN_MAX_BYTES..))]
+    pub relay_max_bytes: u64,
+    /// Seconds one relay circuit may last.
+    #[arg(long, default_value_t = DEFAULTS.protocol.relay.max_duration.as_secs(),
+        value_parser = seconds)]
+    pub relay_max_duration: u64,
+    /// Bytes a second one relay circuit may carry, both ways together.
+    #[arg(long, default_value_t = DEFAULTS.protocol.relay.rate,
+        value_parser = at_least_one::<u32>)]
+    pub relay_rate: u32,
+    /// Relay circuit ends (waiting or open) one IP address may hold.
+    #[arg(long, default_value_t = DEFAULTS.protocol.relay.per_ip,
+        value_parser = at_least_one::<usize>)]
+    pub relay_per_ip: usize,
     /// Addresses (CIDR or single IP, repeatable) the per-address limits do
     /// not apply to; `none` (or `[]` in the file) limits everyone.
     #[arg(long = "limit-exempt", value_name = "CIDR",
@@ -191,6 +215,11 @@ impl SupernodeArgs {
         protocol.handshakes_per_address =
             AddressLimit::new(self.handshakes_per_ip, self.handshakes_per_network);
         protocol.reserved_outbound_peers = self.reserved_outbound_peers;
+        protocol.relay.slots = self.relay_slots;
+        protocol.relay.max_bytes = self.relay_max_bytes;
+        protocol.relay.max_duration = std::time::Duration::from_secs(self.relay_max_duration);
+        protocol.relay.rate = self.relay_rate;
+        protocol.relay.per_ip = self.relay_per_ip;
         protocol.limit_exempt = config::exempt_networks(&self.limit_exempt)
             .map_err(|problem| origin.invalid("limit_exempt", problem))?;
         options.data_dir = self.data_dir.clone().or_else(config::default_data_dir);
@@ -255,6 +284,7 @@ mod tests {
             core.protocol.handshakes_per_address
         );
         assert_eq!(options.protocol.limit_exempt, core.protocol.limit_exempt);
+        assert_eq!(options.protocol.relay, core.protocol.relay);
         assert_eq!(
             options.protocol.reserved_outbound_peers,
             core.protocol.reserved_outbound_peers

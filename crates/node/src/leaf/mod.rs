@@ -20,6 +20,7 @@
 
 mod live;
 mod reach;
+mod relay;
 mod scan;
 mod session;
 mod task;
@@ -36,7 +37,7 @@ use canopy_core::handshake::Identity;
 use canopy_core::leaf::SearchRequest;
 use canopy_core::search::SearchResult;
 use canopy_proto::secure::StaticKeypair;
-use canopy_proto::{ContentId, NodeId, Role, SharedFile};
+use canopy_proto::{CircuitToken, ContentId, NodeId, Role, SharedFile};
 use canopy_transfer::Catalog;
 use canopy_transfer::bandwidth::RateLimit;
 use canopy_transfer::server::{ContentServer, ServerConfig};
@@ -181,6 +182,9 @@ pub struct LeafStatus {
     /// Whether others can connect to us, our NAT's kind and our public
     /// address, as our supernodes show them.
     pub reachability: canopy_core::reachability::ReachStatus,
+    /// The supernodes among `supernodes` that relay (their Hello said
+    /// so): where a relayed download can meet a source.
+    pub relays: Vec<SocketAddr>,
 }
 
 /// What a search found.
@@ -206,6 +210,10 @@ struct PushRequest {
     callback: SocketAddr,
     /// Ask it to punch a hole (see `canopy_core::punch`).
     punch: bool,
+    /// Through the session with the supernode at this address (else any).
+    via: Option<SocketAddr>,
+    /// Ask for this relay circuit (at the `via` supernode).
+    relay: Option<CircuitToken>,
     reply: oneshot::Sender<Result<(), NodeError>>,
 }
 
@@ -500,6 +508,35 @@ impl PushSender {
                 content_id,
                 callback,
                 punch,
+                via: None,
+                relay: None,
+                reply,
+            }))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Asks firewalled leaf `target`, through our session with the
+    /// relaying supernode at `relay` (one of [`LeafStatus::relays`]), to
+    /// meet us there on circuit `token` and serve `content_id`.
+    pub async fn push_relayed(
+        &self,
+        relay: SocketAddr,
+        target: NodeId,
+        content_id: ContentId,
+        callback: SocketAddr,
+        token: CircuitToken,
+    ) -> Result<(), NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Push(PushRequest {
+                target,
+                content_id,
+                callback,
+                via: Some(relay),
+                relay: Some(token),
+                punch: false,
                 reply,
             }))
             .await

@@ -89,7 +89,7 @@ impl ConnectBacks {
     }
 
     /// Takes one connect-back to `callback` from the budget, if allowed.
-    fn allow(&self, callback: SocketAddr) -> bool {
+    pub(super) fn allow(&self, callback: SocketAddr) -> bool {
         let verdict = match self.limiter.lock() {
             Ok(mut limiter) => limiter.allow(callback, self.clock.now()),
             Err(_) => return false,
@@ -129,6 +129,8 @@ pub(super) enum FromSession {
         local: Option<SocketAddr>,
         /// Dialed from our listening port.
         from_listen_port: bool,
+        /// Its Hello said it relays.
+        relays: bool,
     },
     /// The supernode connected back to `probed` (or could not).
     Verdict {
@@ -258,10 +260,10 @@ async fn run(
                 }
                 Some(ToSession::Push(push)) => {
                     let id = crate::random_message_id();
-                    let sent = if push.punch {
-                        session.send_punch_push(id, push.target, push.content_id, push.callback)
-                    } else {
-                        session.send_push(id, push.target, push.content_id, push.callback)
+                    let sent = match push.relay {
+                        Some(token) => session.send_relay_push(id, push.target, push.content_id, push.callback, token),
+                        None if push.punch => session.send_punch_push(id, push.target, push.content_id, push.callback),
+                        None => session.send_push(id, push.target, push.content_id, push.callback),
                     }
                     .map_err(|e| NodeError::Search(e.to_string()));
                     let _ = push.reply.send(sent);
@@ -291,6 +293,9 @@ async fn run(
                     observed_addr,
                 } => {
                     tracing::info!(%addr, supernode = %supernode.node_id, ?observed_addr, "joined supernode");
+                    let relays = supernode
+                        .capabilities
+                        .contains(&canopy_proto::Capability::Relay);
                     let _ = news
                         .send(FromSession::Ready {
                             addr,
@@ -298,6 +303,7 @@ async fn run(
                             observed: observed_addr,
                             local,
                             from_listen_port,
+                            relays,
                         })
                         .await;
                 }
@@ -319,13 +325,20 @@ async fn run(
                 }
                 LeafAction::PushRequested {
                     content_id,
+                    relay: Some(circuit),
+                    ..
+                } => super::relay::relay_upload(context, content_id, circuit),
+                LeafAction::PushRequested {
+                    content_id,
                     callback_addr,
                     punch: false,
+                    relay: None,
                 } => push_upload(context, content_id, callback_addr),
                 LeafAction::PushRequested {
                     content_id,
                     callback_addr,
                     punch: true,
+                    relay: None,
                 } => punch_upload(context, content_id, callback_addr),
                 LeafAction::Rejected {
                     reason,

@@ -50,6 +50,8 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 struct Link {
     to_session: mpsc::Sender<ToSession>,
     ready: bool,
+    /// Its supernode relays.
+    relays: bool,
     /// The supernode's node id, once joined.
     node_id: Option<NodeId>,
 }
@@ -207,6 +209,7 @@ impl LeafTask {
                 Link {
                     to_session,
                     ready: false,
+                    relays: false,
                     node_id: None,
                 },
             );
@@ -269,10 +272,12 @@ impl LeafTask {
                 observed,
                 local,
                 from_listen_port,
+                relays,
             } => {
                 self.reach.joined(addr, observed, local, from_listen_port);
                 if let Some(link) = running.links.get_mut(&addr) {
                     link.ready = true;
+                    link.relays = relays;
                     link.node_id = Some(node_id);
                 }
                 running.retries.remove(&addr);
@@ -373,9 +378,17 @@ impl LeafTask {
             .map(|(addr, _)| *addr)
             .collect();
         ready.sort();
+        let mut relays: Vec<SocketAddr> = running
+            .links
+            .iter()
+            .filter(|(_, link)| link.ready && link.relays)
+            .map(|(addr, _)| *addr)
+            .collect();
+        relays.sort();
         self.status.send_modify(|s| {
             s.connected_to = ready.first().copied();
             s.supernodes = ready;
+            s.relays = relays;
         });
     }
 
@@ -402,23 +415,46 @@ impl LeafTask {
                     "not connected to a supernode".into(),
                 )),
             },
-            Command::Push(push) => match self.ready_session(running) {
-                Some(session) => {
-                    if let Err(mpsc::error::SendError(ToSession::Push(push))) =
-                        session.send(ToSession::Push(push)).await
-                    {
-                        let _ = push.reply.send(Err(NodeError::NotConnected(
-                            "the supernode session ended".into(),
-                        )));
+            Command::Push(push) => match push.via {
+                Some(via) => match running.links.get(&via).filter(|l| l.ready) {
+                    Some(link) => {
+                        if let Err(mpsc::error::SendError(ToSession::Push(push))) =
+                            link.to_session.send(ToSession::Push(push)).await
+                        {
+                            let _ = push.reply.send(Err(NodeError::NotConnected(
+                                "the supernode session ended".into(),
+                            )));
+                        }
                     }
-                }
-                None => {
-                    let _ = push.reply.send(Err(NodeError::NotConnected(
-                        "not connected to a supernode".into(),
-                    )));
-                }
+                    None => {
+                        let _ = push.reply.send(Err(NodeError::NotConnected(format!(
+                            "not connected to supernode {via}"
+                        ))));
+                    }
+                },
+                None => self.push_anywhere(running, push).await,
             },
             Command::Shares(files) => self.publish(running, files).await,
+        }
+    }
+
+    /// Sends `push` through the first ready session.
+    async fn push_anywhere(&self, running: &Running, push: super::PushRequest) {
+        match self.ready_session(running) {
+            Some(session) => {
+                if let Err(mpsc::error::SendError(ToSession::Push(push))) =
+                    session.send(ToSession::Push(push)).await
+                {
+                    let _ = push.reply.send(Err(NodeError::NotConnected(
+                        "the supernode session ended".into(),
+                    )));
+                }
+            }
+            None => {
+                let _ = push.reply.send(Err(NodeError::NotConnected(
+                    "not connected to a supernode".into(),
+                )));
+            }
         }
     }
 

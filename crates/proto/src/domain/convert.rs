@@ -171,6 +171,7 @@ fn hello(hello: &wire::Hello) -> Result<Hello> {
         .iter()
         .filter_map(|c| match wire::Capability::try_from(*c) {
             Ok(wire::Capability::FileIndex) => Some(Capability::FileIndex),
+            Ok(wire::Capability::Relay) => Some(Capability::Relay),
             Ok(wire::Capability::RoutingFilter) => Some(Capability::RoutingFilter),
             _ => None,
         })
@@ -514,6 +515,7 @@ fn wire_hello(hello: &Hello) -> wire::Hello {
             .iter()
             .map(|c| match c {
                 Capability::FileIndex => wire::Capability::FileIndex as i32,
+                Capability::Relay => wire::Capability::Relay as i32,
                 Capability::RoutingFilter => wire::Capability::RoutingFilter as i32,
             })
             .collect(),

@@ -19,6 +19,8 @@ pub enum Role {
 pub enum Capability {
     /// Keeps an index of its leaves' files and answers from it.
     FileIndex,
+    /// Relays circuits for its own leaves (see `Push::relay`).
+    Relay,
     /// Sends and takes last-hop routing filters.
     RoutingFilter,
 }

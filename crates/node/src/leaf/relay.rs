@@ -1,0 +1,82 @@
+//! The source's side of a relayed transfer: a push that names a relay
+//! circuit (the downloader's supernode filled in its own address) is
+//! answered by dialing the relay, asking to `serve` the circuit, and once
+//! it says OK, introducing ourselves as on a pushed connection
+//! (`CANOPY-PUSH <node id>`) and serving HTTP there, exactly as a push.
+//! The same budgets as a push apply: the connect-back rate (to the relay's
+//! address) and the pushed uploads at once.
+
+use canopy_core::relay::{Half, MAX_LINE, parse_answer, request_line};
+use canopy_proto::{ContentId, NodeId, RelayCircuit};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::session::{CONNECT_TIMEOUT, SessionContext};
+
+/// A downloader asked us, by a push through its relaying supernode, to
+/// meet it at `circuit` and serve `content_id`.
+pub(super) fn relay_upload(context: &SessionContext, content_id: ContentId, circuit: RelayCircuit) {
+    if context.catalog.get(&content_id).is_none() {
+        tracing::info!(%content_id, "relayed push for content we do not share; ignored");
+        return;
+    }
+    if !context.connect_backs.allow(circuit.addr) {
+        return;
+    }
+    let Ok(permit) = context.pushes.clone().try_acquire_owned() else {
+        tracing::info!(relay = %circuit.addr, "too many pushes at once; ignored");
+        return;
+    };
+    let server = context.server.clone();
+    let us = context.identity.node_id;
+    let shutdown = context.shutdown.clone();
+    context.tracker.spawn(async move {
+        let relay = circuit.addr;
+        match tokio::time::timeout(CONNECT_TIMEOUT, serve_half(circuit, us)).await {
+            Ok(Ok(stream)) => {
+                tracing::info!(%relay, %content_id, "serving through a relay");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = server.serve_connection_from(stream, Some(relay)) => {}
+                }
+            }
+            Ok(Err(error)) => tracing::info!(%relay, %error, "cannot serve through the relay"),
+            Err(_) => tracing::info!(%relay, "the relay did not answer in time"),
+        }
+        drop(permit);
+    });
+}
+
+/// Dials the relay, asks to serve `circuit`, reads its answer and
+/// introduces us: the stream then carries the downloader's requests.
+async fn serve_half(circuit: RelayCircuit, us: NodeId) -> std::io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(circuit.addr).await?;
+    let _ = stream.set_nodelay(true);
+    stream
+        .write_all(request_line(Half::Serve, circuit.token).as_bytes())
+        .await?;
+    let line = read_line(&mut stream).await?;
+    if let Err(refusal) = parse_answer(&line) {
+        let reason = refusal.map_or("no answer".to_owned(), |r| r.to_string());
+        return Err(std::io::Error::other(format!("relay refused: {reason}")));
+    }
+    stream
+        .write_all(format!("{} {us}\n", canopy_transfer::push::PREAMBLE).as_bytes())
+        .await?;
+    Ok(stream)
+}
+
+/// One line of at most [`MAX_LINE`] bytes, read byte by byte so nothing
+/// after it is consumed.
+async fn read_line(stream: &mut TcpStream) -> std::io::Result<String> {
+    let mut line = Vec::with_capacity(MAX_LINE);
+    while line.len() < MAX_LINE {
+        let byte = stream.read_u8().await?;
+        if byte == b'\n' {
+            return String::from_utf8(line)
+                .map_err(|_| std::io::Error::other("relay answer is not text"));
+        }
+        line.push(byte);
+    }
+    Err(std::io::Error::other("relay answer too long"))
+}
