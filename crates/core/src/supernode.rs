@@ -712,7 +712,8 @@ impl Supernode {
         }
         self.counts.handshaking += 1;
         if direction == Direction::Outbound {
-            self.send(conn, Message::Hello(self.config.identity.hello()));
+            let hello = self.our_hello();
+            self.send(conn, Message::Hello(hello));
         }
     }
 
@@ -856,8 +857,13 @@ impl Supernode {
     /// disconnects, route expiry. Call it every second or so.
     pub fn handle_timeout(&mut self, now: Time) {
         if self.config.routing_filters {
+            // One encoding for every peer, like a query's fan-out (but
+            // not counted as one).
             for (conns, part) in self.filters.publish(now) {
-                self.forward(conns, Message::FilterPatch(part));
+                self.actions.push_back(Action::Forward {
+                    conns,
+                    message: Message::FilterPatch(part),
+                });
             }
         }
         self.routes.expire(now);

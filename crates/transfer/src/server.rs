@@ -901,6 +901,24 @@ impl ContentServer {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        self.serve_one(io, peer, false).await;
+    }
+
+    /// Serves HTTP/1.1 on a connection spliced through the relay at
+    /// `relay`: its upload slots count against the relay's address, and
+    /// its `X-Listen` is not taken into the mesh (the IP it comes from is
+    /// the relay's, not the downloader's).
+    pub async fn serve_relayed<I>(&self, io: I, relay: SocketAddr)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.serve_one(io, Some(relay), true).await;
+    }
+
+    async fn serve_one<I>(&self, io: I, peer: Option<SocketAddr>, relayed: bool)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         self.stats.open_connections.fetch_add(1, Ordering::Relaxed);
         let activity = Arc::new(Activity::new());
         let server = self.clone();
@@ -908,7 +926,7 @@ impl ContentServer {
         let service = service_fn(move |request| {
             let server = server.clone();
             let activity = per_connection.clone();
-            async move { Ok::<_, Infallible>(server.handle(request, peer, activity).await) }
+            async move { Ok::<_, Infallible>(server.handle(request, peer, relayed, activity).await) }
         });
         let io = WatchedIo {
             inner: io,
@@ -941,6 +959,7 @@ impl ContentServer {
         &self,
         request: Request<Incoming>,
         peer: Option<SocketAddr>,
+        relayed: bool,
         activity: Arc<Activity>,
     ) -> Response<Body> {
         let Some((resource, id)) = parse_path(request.uri().path()) else {
@@ -969,6 +988,7 @@ impl ContentServer {
         // The requester's own address only; `::ffff:a.b.c.d` as a.b.c.d.
         let requester = peer.map(|peer| peer.ip().to_canonical());
         let listening = requester
+            .filter(|_| !relayed)
             .zip(listen_port(request.headers()))
             .map(|(ip, port)| SocketAddr::new(ip, port));
         if let Some(listening) = listening {

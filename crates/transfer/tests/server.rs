@@ -463,3 +463,46 @@ async fn a_link_in_place_of_a_shared_file_is_not_served() {
         404
     );
 }
+
+/// Sends a GET of the first byte of `id` saying `X-Listen: 7000` over
+/// `stream` and reads the whole answer.
+async fn get_saying_where_we_listen(mut stream: tokio::io::DuplexStream, id: ContentId) {
+    let request = format!(
+        "GET /content/{id} HTTP/1.1\r\nHost: x\r\nRange: bytes=0-0\r\n\
+         X-Listen: 7000\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    assert!(response.starts_with(b"HTTP/1.1 206"), "{response:?}");
+}
+
+#[tokio::test]
+async fn a_relayed_request_says_nothing_to_the_mesh() {
+    let (served, server) = serve_with(1000, ServerConfig::default()).await;
+    let relay: SocketAddr = "198.51.100.1:6346".parse().unwrap();
+    // Through the relay: the IP is the relay's, so its X-Listen names
+    // nobody.
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    tokio::spawn({
+        let server = server.clone();
+        async move { server.serve_relayed(theirs, relay).await }
+    });
+    get_saying_where_we_listen(ours, served.id).await;
+    assert!(
+        server.mesh().is_empty(),
+        "a relayed X-Listen went into the mesh"
+    );
+    // The same request from the downloader itself is taken.
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let downloader: SocketAddr = "198.51.100.9:40000".parse().unwrap();
+    tokio::spawn({
+        let server = server.clone();
+        async move { server.serve_connection_from(theirs, Some(downloader)).await }
+    });
+    get_saying_where_we_listen(ours, served.id).await;
+    assert_eq!(
+        server.mesh().pick(&served.id, None, 8),
+        vec!["198.51.100.9:7000".parse::<SocketAddr>().unwrap()]
+    );
+}

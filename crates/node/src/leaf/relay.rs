@@ -37,7 +37,7 @@ pub(super) fn relay_upload(context: &SessionContext, content_id: ContentId, circ
                 tracing::info!(%relay, %content_id, "serving through a relay");
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
-                    _ = server.serve_connection_from(stream, Some(relay)) => {}
+                    _ = server.serve_relayed(stream, relay) => {}
                 }
             }
             Ok(Err(error)) => tracing::info!(%relay, %error, "cannot serve through the relay"),
