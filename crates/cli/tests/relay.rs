@@ -15,11 +15,10 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::CANOPY;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use support::netns::{Net, exec_in, require_tools, spawn_in, wait_for};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 /// A relayed download waits out the push first (15 s).
@@ -53,160 +52,32 @@ const HOME_B: Home = Home {
     wan: "93.184.2",
 };
 
-/// Runs a command to the end; it must succeed.
-fn run(program: &str, args: &[&str]) -> Output {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
+/// The two homes and the wan between them.
+struct Homes {
+    net: Net,
 }
 
-/// Runs a command to the end, whatever it returns.
-fn try_run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"))
-}
-
-/// Waits for `done`, checking every 100 ms, for at most [`PATIENCE`].
-fn wait_for(what: &str, mut done: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match done() {
-            Ok(()) => return,
-            Err(last) if Instant::now() >= deadline => {
-                panic!("timed out waiting for {what}; last seen: {last}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
-}
-
-/// The five namespaces; dropping it kills what runs in them and removes them.
-struct Net {
-    prefix: String,
-}
-
-const NAMESPACES: [&str; 5] = ["wan", "ra", "ha", "rb", "hb"];
-
-impl Net {
-    fn ns(&self, name: &str) -> String {
-        format!("{}-{name}", self.prefix)
-    }
-
-    fn up() -> Net {
-        let net = Net {
-            prefix: format!("crl{}", std::process::id()),
-        };
-        for name in NAMESPACES {
-            let ns = net.ns(name);
-            run("ip", &["netns", "add", &ns]);
-            run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
-        }
-        let wan = net.ns("wan");
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &wan,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ],
-        );
+impl Homes {
+    fn up() -> Homes {
+        let mut net = Net::new(format!("crl{}", std::process::id()));
+        let wan = net.add_ns("wan");
+        net.sysctl(&wan, "net.ipv4.ip_forward=1");
         for (i, home) in [HOME_A, HOME_B].iter().enumerate() {
-            net.home_up(i, home);
+            home_up(&mut net, i, home);
         }
-        net
+        Homes { net }
     }
 
-    /// home — router (symmetric NAT) — wan.
-    fn home_up(&self, i: usize, home: &Home) {
-        let (h, r, wan) = (self.ns(home.home), self.ns(home.router), self.ns("wan"));
-        let veth = |tag: &str, a_ns: &str, a: &str, b_ns: &str, b: &str| {
-            let (tmp_a, tmp_b) = (
-                format!("{}{i}{tag}a", self.prefix),
-                format!("{}{i}{tag}b", self.prefix),
-            );
-            run(
-                "ip",
-                &[
-                    "link", "add", &tmp_a, "type", "veth", "peer", "name", &tmp_b,
-                ],
-            );
-            run("ip", &["link", "set", &tmp_a, "netns", a_ns]);
-            run("ip", &["link", "set", &tmp_b, "netns", b_ns]);
-            run("ip", &["-n", a_ns, "link", "set", &tmp_a, "name", a]);
-            run("ip", &["-n", b_ns, "link", "set", &tmp_b, "name", b]);
-        };
-        let wan_dev = format!("w{i}");
-        veth("l", &h, "eth0", &r, "lan0");
-        veth("w", &r, "wan0", &wan, &wan_dev);
-        let addr = |ns: &str, dev: &str, cidr: String| {
-            run("ip", &["-n", ns, "addr", "add", &cidr, "dev", dev]);
-            run("ip", &["-n", ns, "link", "set", dev, "up"]);
-        };
-        addr(&h, "eth0", format!("{}.2/24", home.lan));
-        addr(&r, "lan0", format!("{}.1/24", home.lan));
-        addr(&r, "wan0", format!("{}.1/24", home.wan));
-        addr(&wan, &wan_dev, format!("{}.2/24", home.wan));
-        let gateway = format!("{}.1", home.lan);
-        run(
-            "ip",
-            &["-n", &h, "route", "add", "default", "via", &gateway],
-        );
-        let upstream = format!("{}.2", home.wan);
-        run(
-            "ip",
-            &["-n", &r, "route", "add", "default", "via", &upstream],
-        );
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &r,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ],
-        );
-        // A symmetric NAT: each connection out gets a random port, and
-        // nothing unsolicited gets in.
-        let rules = "table inet nat {\n\
-              chain postrouting { type nat hook postrouting priority 100; policy accept;\n\
-                oifname \"wan0\" masquerade random; }\n\
-            }\n\
-            table inet filter {\n\
-              chain forward { type filter hook forward priority 0; policy drop;\n\
-                ct state established,related accept; iifname \"lan0\" accept; }\n\
-            }\n";
-        let mut nft = Command::new("ip")
-            .args(["netns", "exec", &r, "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("nft");
-        std::io::Write::write_all(&mut nft.stdin.take().unwrap(), rules.as_bytes()).unwrap();
-        assert!(nft.wait().unwrap().success(), "nft rules for {r}");
+    fn ns(&self, name: &str) -> String {
+        self.net.ns(name)
     }
 
     /// The supernode's metrics, read from inside the wan namespace.
     fn metrics(&self) -> String {
-        let out = try_run(
-            "ip",
+        let out = exec_in(
+            &self.ns("wan"),
+            "curl",
             &[
-                "netns",
-                "exec",
-                &self.ns("wan"),
-                "curl",
                 "-sS",
                 "--max-time",
                 "5",
@@ -217,18 +88,37 @@ impl Net {
     }
 }
 
-impl Drop for Net {
-    fn drop(&mut self) {
-        for name in NAMESPACES {
-            let ns = self.ns(name);
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            }
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        }
-    }
+/// home — router (symmetric NAT) — wan.
+fn home_up(net: &mut Net, i: usize, home: &Home) {
+    let (h, r, wan) = (
+        net.add_ns(home.home),
+        net.add_ns(home.router),
+        net.ns("wan"),
+    );
+    net.link(
+        (&h, "eth0", &format!("{}.2/24", home.lan)),
+        (&r, "lan0", &format!("{}.1/24", home.lan)),
+    );
+    net.link(
+        (&r, "wan0", &format!("{}.1/24", home.wan)),
+        (&wan, &format!("w{i}"), &format!("{}.2/24", home.wan)),
+    );
+    net.route(&h, "default", &format!("{}.1", home.lan));
+    net.route(&r, "default", &format!("{}.2", home.wan));
+    net.sysctl(&r, "net.ipv4.ip_forward=1");
+    // A symmetric NAT: each connection out gets a random port, and
+    // nothing unsolicited gets in.
+    net.nft(
+        &r,
+        "table inet nat {\n\
+           chain postrouting { type nat hook postrouting priority 100; policy accept;\n\
+             oifname \"wan0\" masquerade random; }\n\
+         }\n\
+         table inet filter {\n\
+           chain forward { type filter hook forward priority 0; policy drop;\n\
+             ct state established,related accept; iifname \"lan0\" accept; }\n\
+         }\n",
+    );
 }
 
 /// A metric's value in Prometheus text, 0 if absent.
@@ -236,61 +126,6 @@ fn metric(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0)
-}
-
-/// `canopy ARGS` in namespace `ns` (`ip netns exec` execs it, so the child
-/// is canopy itself), with its first stdout line parsed.
-async fn spawn_in(
-    ns: &str,
-    home: &Path,
-    args: &[&str],
-) -> (tokio::process::Child, serde_json::Value) {
-    std::fs::create_dir_all(home).unwrap();
-    let mut child = tokio::process::Command::new("ip")
-        .args(["netns", "exec", ns, CANOPY])
-        .args(args)
-        .env("HOME", home)
-        .env("XDG_DATA_HOME", home)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(home.join("stderr.log")).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let first = tokio::time::timeout(PATIENCE, lines.next_line())
-        .await
-        .expect("no startup line")
-        .unwrap()
-        .unwrap_or_else(|| {
-            panic!(
-                "{args:?} exited before its startup line: {}",
-                std::fs::read_to_string(home.join("stderr.log")).unwrap_or_default()
-            )
-        });
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, serde_json::from_str(&first).unwrap())
-}
-
-fn require_tools() {
-    let uid = run("id", &["-u"]);
-    assert_eq!(
-        String::from_utf8_lossy(&uid.stdout).trim(),
-        "0",
-        "network namespaces need root (CI runs as root)"
-    );
-    for tool in ["ip", "nft", "curl"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            found,
-            "{tool} is missing (.ci/run installs it: nftables, iproute2, curl)"
-        );
-    }
 }
 
 /// The last lines of the log a node spawned with [`spawn_in`] at `home`.
@@ -302,7 +137,7 @@ fn log_tail(home: &Path) -> String {
 
 /// `canopy get` from home B of `id` into `into`: its JSON report. On
 /// failure, the source's and the supernode's logs (under `root`) too.
-async fn get_from_home_b(net: &Net, root: &Path, id: &str, into: &Path) -> serde_json::Value {
+async fn get_from_home_b(net: &Homes, root: &Path, id: &str, into: &Path) -> serde_json::Value {
     let supernode = format!("{}.2:{SUPERNODE_PORT}", HOME_B.wan);
     let out = tokio::time::timeout(
         DOWNLOAD_PATIENCE,
@@ -332,12 +167,14 @@ async fn get_from_home_b(net: &Net, root: &Path, id: &str, into: &Path) -> serde
 
 #[tokio::test(flavor = "multi_thread")]
 async fn downloads_between_two_symmetric_nats_go_through_the_relay() {
-    require_tools();
+    require_tools(&["ip", "nft", "curl"]);
     let root = tempfile::tempdir().unwrap();
-    let net = Net::up();
+    let net = Homes::up();
     let (supernode, _) = spawn_in(
+        PATIENCE,
         &net.ns("wan"),
         &root.path().join("supernode"),
+        "info",
         &[
             "supernode",
             "--listen",
@@ -366,8 +203,10 @@ async fn downloads_between_two_symmetric_nats_go_through_the_relay() {
     std::fs::write(share.join("big.bin"), &big).unwrap();
     let source_data = root.path().join("source");
     let (source, _) = spawn_in(
+        PATIENCE,
         &net.ns(HOME_A.home),
         &source_data,
+        "info",
         &[
             "leaf",
             "--supernode",
@@ -384,7 +223,7 @@ async fn downloads_between_two_symmetric_nats_go_through_the_relay() {
         ],
     )
     .await;
-    wait_for("the source's files indexed", || {
+    wait_for(PATIENCE, "the source's files indexed", || {
         let text = net.metrics();
         match metric(&text, "canopy_index_files") {
             2 => Ok(()),

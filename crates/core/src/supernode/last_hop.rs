@@ -63,6 +63,10 @@ pub struct LastHopFilters {
     source: FilterSource,
     /// The source changed since the last publish.
     dirty: bool,
+    /// Something was added since the last publish: it goes out at the
+    /// next call, since a peer's copy without it hides the file from
+    /// last-hop queries (removals can wait: they only let queries through).
+    added: bool,
     /// What every peer in `synced` holds from us.
     published: Option<RoutingFilter>,
     /// Peers that speak filters and hold `published`.
@@ -86,6 +90,7 @@ impl LastHopFilters {
         Self {
             source: FilterSource::new(),
             dirty: false,
+            added: false,
             published: None,
             synced: BTreeSet::new(),
             received: BTreeMap::new(),
@@ -99,6 +104,7 @@ impl LastHopFilters {
     pub fn file_added(&mut self, name: &str, content_id: &ContentId, max_words: usize) {
         self.source.add(&file_entries(name, content_id, max_words));
         self.dirty = true;
+        self.added = true;
     }
 
     /// A file left the index (its name as indexed).
@@ -135,21 +141,22 @@ impl LastHopFilters {
 
     /// The patches due at `now`, each for every connection listed: the
     /// change since the last publish for the peers that hold it, the
-    /// whole filter for those that hold nothing yet.
+    /// whole filter for those that hold nothing yet. Due at once when
+    /// something was added or a peer holds nothing yet; removals alone
+    /// wait for the interval.
     pub fn publish(&mut self, now: Time) -> Vec<(Vec<ConnId>, FilterPatch)> {
-        if now < self.next_publish {
-            return Vec::new();
-        }
-        self.next_publish = now + self.interval;
         let unsynced: Vec<ConnId> = self
             .received
             .keys()
             .filter(|conn| !self.synced.contains(conn))
             .copied()
             .collect();
-        if !self.dirty && self.published.is_some() && unsynced.is_empty() {
+        let removals_due = self.dirty && now >= self.next_publish;
+        if !self.added && !removals_due && unsynced.is_empty() {
             return Vec::new();
         }
+        self.next_publish = now + self.interval;
+        self.added = false;
         let new = self.source.filter();
         let mut out = Vec::new();
         let synced: Vec<ConnId> = self.synced.iter().copied().collect();
@@ -282,14 +289,18 @@ mod tests {
         assert_eq!(b.last_hop(vec![a_at_b, unknown], &sun), vec![unknown]);
         assert_eq!(b.stats().queries_skipped, 1);
 
-        // A change travels as a patch at the next publish, not before.
+        // An addition travels at once: a copy without it would hide it.
         a.file_added("Sun King.flac", &id(2), 32);
+        deliver(&mut a, &mut b, (b_at_a, a_at_b), Time(1_000));
+        assert!(b.may_match(a_at_b, &sun));
+        // A removal waits for the interval (it only lets queries through).
         a.file_removed("Blue Moon.mp3", &id(1), 32);
         assert!(a.publish(Time(5_000)).is_empty(), "not due yet");
-        deliver(&mut a, &mut b, (b_at_a, a_at_b), Time(10_000));
-        assert!(b.may_match(a_at_b, &sun));
+        assert!(b.may_match(a_at_b, &moon));
+        deliver(&mut a, &mut b, (b_at_a, a_at_b), Time(11_000));
         assert!(!b.may_match(a_at_b, &moon));
-        assert!(a.publish(Time(20_000)).is_empty(), "nothing changed");
+        assert!(b.may_match(a_at_b, &sun));
+        assert!(a.publish(Time(30_000)).is_empty(), "nothing changed");
         assert!(a.stats().bytes_sent > 0 && b.stats().bytes_received == a.stats().bytes_sent);
         assert_eq!(b.stats().peers_with_filters, 1);
     }
