@@ -796,12 +796,14 @@ impl Supernode {
                     self.unindex_owner(conn);
                 }
                 self.publish(conn, files);
+                self.publish_filter(now);
             }
             (PeerState::Leaf { .. }, Message::FileDelta { added, removed }) => {
                 for id in &removed {
                     self.unindex(conn, id);
                 }
                 self.publish(conn, added);
+                self.publish_filter(now);
             }
             (PeerState::Supernode { .. }, Message::QueryHit(hit)) => {
                 self.route_hit(conn, hit, now);
@@ -856,16 +858,7 @@ impl Supernode {
     /// Periodic housekeeping: handshake deadlines, keepalive pings, idle
     /// disconnects, route expiry. Call it every second or so.
     pub fn handle_timeout(&mut self, now: Time) {
-        if self.config.routing_filters {
-            // One encoding for every peer, like a query's fan-out (but
-            // not counted as one).
-            for (conns, part) in self.filters.publish(now) {
-                self.actions.push_back(Action::Forward {
-                    conns,
-                    message: Message::FilterPatch(part),
-                });
-            }
-        }
+        self.publish_filter(now);
         self.routes.expire(now);
         self.step_ids.expire(now);
         self.push_routes.expire(now);
@@ -1787,6 +1780,23 @@ impl Supernode {
         }
         for part in self.filters.peer_joined(conn, now) {
             self.send(conn, Message::FilterPatch(part));
+        }
+    }
+
+    /// Sends our routing filter's patches that are due (see
+    /// [`LastHopFilters::publish`]): additions at once, so a file is in
+    /// the peers' copies by the time anyone could search for it; one
+    /// encoding for every peer, like a query's fan-out (but not counted
+    /// as one).
+    fn publish_filter(&mut self, now: Time) {
+        if !self.config.routing_filters {
+            return;
+        }
+        for (conns, part) in self.filters.publish(now) {
+            self.actions.push_back(Action::Forward {
+                conns,
+                message: Message::FilterPatch(part),
+            });
         }
     }
 

@@ -64,7 +64,8 @@ pub struct LastHopFilters {
     /// The source changed since the last publish.
     dirty: bool,
     /// Something was added since the last publish: it goes out at the
-    /// next call, since a peer's copy without it hides the file from
+    /// next call (the supernode calls at once after each list or delta
+    /// it indexes), since a peer's copy without it hides the file from
     /// last-hop queries (removals can wait: they only let queries through).
     added: bool,
     /// What every peer in `synced` holds from us.
