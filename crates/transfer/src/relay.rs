@@ -364,7 +364,10 @@ impl Connector for FallbackConnector {
                         }
                         return Ok(stream);
                     }
-                    Err(error) => Some(error),
+                    Err(error) => {
+                        tracing::info!(%error, "the direct ways failed; trying a relay");
+                        Some(error)
+                    }
                 }
             };
             match relay.connect().await {
