@@ -11,8 +11,8 @@
 use bytes::BytesMut;
 use canopy_proto::limits::{
     HARD_MAX_TTL, MAX_ADDRESSES, MAX_CAPABILITIES, MAX_DETAIL_LEN, MAX_FILES_PER_MESSAGE,
-    MAX_FILTER_LOG2_SLOTS, MAX_FILTER_PATCH_BYTES, MAX_KEYWORD_LEN, MAX_KEYWORDS,
-    MAX_USER_AGENT_LEN, MIN_FILTER_LOG2_SLOTS,
+    MAX_FILTER_LOG2_SLOTS, MAX_FILTER_PATCH_BYTES, MAX_FREE_LEAF_SLOTS, MAX_KEYWORD_LEN,
+    MAX_KEYWORDS, MAX_USER_AGENT_LEN, MIN_FILTER_LOG2_SLOTS,
 };
 use canopy_proto::{
     FrameCodec, HandshakeOutcome, Hello, Message, NodeId, SharedFile, is_valid_file_name,
@@ -88,6 +88,11 @@ fn check_invariants(message: &Message) {
         Message::Hello(hello) => check_hello(hello),
         Message::HelloReply(reply) => {
             check_hello(&reply.hello);
+            assert!(
+                reply
+                    .free_leaf_slots
+                    .is_none_or(|free| free <= MAX_FREE_LEAF_SLOTS)
+            );
             match &reply.outcome {
                 HandshakeOutcome::Accepted { observed_addr } => {
                     assert!(observed_addr.is_none_or(|a| a.port() != 0));
@@ -106,11 +111,24 @@ fn check_invariants(message: &Message) {
         Message::Ping { .. } | Message::QueryStatus { .. } => {}
         Message::Reachability { probed_addr, .. } => assert_ne!(probed_addr.port(), 0),
         Message::Announce { listen_addr } => assert_ne!(listen_addr.port(), 0),
-        Message::Pong { supernodes, .. } => {
+        Message::Pong {
+            supernodes,
+            free_leaf_slots,
+            ..
+        } => {
             assert!(supernodes.len() <= MAX_ADDRESSES);
             assert!(supernodes.iter().all(|a| a.port() != 0));
+            assert!(free_leaf_slots.is_none_or(|free| free <= MAX_FREE_LEAF_SLOTS));
         }
-        Message::Bye { detail, .. } => assert!(detail.len() <= MAX_DETAIL_LEN),
+        Message::Bye {
+            detail,
+            try_supernodes,
+            ..
+        } => {
+            assert!(detail.len() <= MAX_DETAIL_LEN);
+            assert!(try_supernodes.len() <= MAX_ADDRESSES);
+            assert!(try_supernodes.iter().all(|a| a.port() != 0));
+        }
         Message::FileList { files, .. } => check_files(files),
         Message::FileDelta { added, removed } => {
             check_files(added);

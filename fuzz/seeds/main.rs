@@ -78,6 +78,7 @@ fn frame_seeds() -> Result<()> {
         (
             "hello_reply_accepted",
             Message::HelloReply(HelloReply {
+                free_leaf_slots: Some(29),
                 hello: hello(Role::Supernode),
                 outcome: HandshakeOutcome::Accepted {
                     observed_addr: Some(addr("203.0.113.5:40000")),
@@ -87,6 +88,7 @@ fn frame_seeds() -> Result<()> {
         (
             "hello_reply_rejected",
             Message::HelloReply(HelloReply {
+                free_leaf_slots: Some(0),
                 hello: hello(Role::Supernode),
                 outcome: HandshakeOutcome::Rejected {
                     reason: RejectReason::Full,
@@ -99,6 +101,7 @@ fn frame_seeds() -> Result<()> {
         (
             "pong",
             Message::Pong {
+                free_leaf_slots: Some(12),
                 nonce: 42,
                 supernodes: vec![addr("198.51.100.9:6346"), addr("[2001:db8::2]:6346")],
             },
@@ -106,6 +109,7 @@ fn frame_seeds() -> Result<()> {
         (
             "bye",
             Message::Bye {
+                try_supernodes: Vec::new(),
                 reason: ByeReason::LimitExceeded,
                 detail: "too many queries".to_owned(),
             },
@@ -189,6 +193,14 @@ fn frame_seeds() -> Result<()> {
             "announce",
             Message::Announce {
                 listen_addr: addr("0.0.0.0:41000"),
+            },
+        ),
+        (
+            "bye_stepping_down",
+            Message::Bye {
+                try_supernodes: vec![addr("198.51.100.10:6346"), addr("[2001:db8::3]:6346")],
+                reason: ByeReason::Shutdown,
+                detail: "supernode stepping down".to_owned(),
             },
         ),
     ];

@@ -161,6 +161,8 @@ pub struct LeafSession {
     /// Our Pings not answered yet.
     pings: Outstanding,
     pongs_unsolicited: u64,
+    /// The leaf slots the supernode last said it has free.
+    supernode_free_slots: Option<u32>,
     /// The node id the supernode's authenticated key owns.
     supernode_id: Option<NodeId>,
     /// An Announce waits for the handshake to complete.
@@ -191,6 +193,7 @@ impl LeafSession {
             nonces: NonceSource::new(public_key_for(&identity_seed)),
             pings: Outstanding::default(),
             pongs_unsolicited: 0,
+            supernode_free_slots: None,
             supernode_id: None,
             announce_when_ready: false,
         }
@@ -208,6 +211,12 @@ impl LeafSession {
     /// Pongs that answered no Ping of ours (ignored).
     pub fn pongs_unsolicited(&self) -> u64 {
         self.pongs_unsolicited
+    }
+
+    /// The leaf slots the supernode last advertised free (its HelloReply,
+    /// then the Pongs answering our Pings), if it said.
+    pub fn supernode_free_slots(&self) -> Option<u32> {
+        self.supernode_free_slots
     }
 
     /// Periodic check: a supernode silent past [`SUPERNODE_SILENCE_LIMIT`]
@@ -279,62 +288,88 @@ impl LeafSession {
         self.last_heard = Some(now);
         match (self.state, message) {
             (State::Closed, _) => {}
+            (State::Ready, Message::Bye { try_supernodes, .. }) if !try_supernodes.is_empty() => {
+                // Our supernode stepping down names where to go: an answer
+                // on the connection we dialed, believed as a refusal's
+                // try-list is.
+                self.actions
+                    .push_back(LeafAction::SupernodesLearned(try_supernodes));
+                self.close(None);
+            }
             (_, Message::Bye { .. }) => self.close(None),
-            (State::AwaitingReply, Message::HelloReply(reply)) => match reply.outcome {
-                HandshakeOutcome::Rejected {
-                    reason,
-                    detail,
-                    try_supernodes,
-                } => {
-                    self.actions.push_back(LeafAction::Rejected {
+            (State::AwaitingReply, Message::HelloReply(reply)) => {
+                if reply.free_leaf_slots.is_some() {
+                    self.supernode_free_slots = reply.free_leaf_slots;
+                }
+                match reply.outcome {
+                    HandshakeOutcome::Rejected {
                         reason,
                         detail,
                         try_supernodes,
-                    });
-                    self.close(None);
-                }
-                HandshakeOutcome::Accepted { observed_addr } => {
-                    if reply.hello.role != Role::Supernode {
-                        self.violation("a leaf answered where a supernode was expected");
-                        return;
+                    } => {
+                        self.actions.push_back(LeafAction::Rejected {
+                            reason,
+                            detail,
+                            try_supernodes,
+                        });
+                        self.close(None);
                     }
-                    // Set by `handle_connected`, which starts AwaitingReply.
-                    let Some(authenticated) = self.supernode_id else {
-                        self.violation("no authenticated key for this supernode");
-                        return;
-                    };
-                    if let Err(rejection) =
-                        check_hello(self.identity.node_id, authenticated, &reply.hello)
-                    {
-                        self.violation(&rejection.detail);
-                        return;
+                    HandshakeOutcome::Accepted { observed_addr } => {
+                        if reply.hello.role != Role::Supernode {
+                            self.violation("a leaf answered where a supernode was expected");
+                            return;
+                        }
+                        // Set by `handle_connected`, which starts AwaitingReply.
+                        let Some(authenticated) = self.supernode_id else {
+                            self.violation("no authenticated key for this supernode");
+                            return;
+                        };
+                        if let Err(rejection) =
+                            check_hello(self.identity.node_id, authenticated, &reply.hello)
+                        {
+                            self.violation(&rejection.detail);
+                            return;
+                        }
+                        self.state = State::Ready;
+                        self.actions.push_back(LeafAction::Ready {
+                            supernode: reply.hello,
+                            observed_addr,
+                        });
+                        self.publish_full_list();
+                        self.announce_if_waiting();
+                        // Ask which other supernodes it knows: the leaf keeps
+                        // more than one, and remembers them for next time.
+                        let nonce = self.nonces.next_nonce();
+                        self.pings.sent(nonce);
+                        self.send(Message::Ping { nonce });
                     }
-                    self.state = State::Ready;
-                    self.actions.push_back(LeafAction::Ready {
-                        supernode: reply.hello,
-                        observed_addr,
-                    });
-                    self.publish_full_list();
-                    self.announce_if_waiting();
-                    // Ask which other supernodes it knows: the leaf keeps
-                    // more than one, and remembers them for next time.
-                    let nonce = self.nonces.next_nonce();
-                    self.pings.sent(nonce);
-                    self.send(Message::Ping { nonce });
                 }
-            },
+            }
             (State::Ready, Message::Ping { nonce }) => {
                 self.actions.push_back(LeafAction::Send(Message::Pong {
                     nonce,
                     supernodes: Vec::new(),
+                    free_leaf_slots: None,
                 }));
             }
-            (State::Ready, Message::Pong { nonce, supernodes }) => {
+            (
+                State::Ready,
+                Message::Pong {
+                    nonce,
+                    supernodes,
+                    free_leaf_slots,
+                },
+            ) => {
                 // Only the answer to our own Ping is believed: addresses
                 // pushed at us uninvited are how a host cache is poisoned.
                 if !self.pings.answered(nonce) {
                     self.pongs_unsolicited += 1;
-                } else if !supernodes.is_empty() {
+                    return;
+                }
+                if free_leaf_slots.is_some() {
+                    self.supernode_free_slots = free_leaf_slots;
+                }
+                if !supernodes.is_empty() {
                     self.actions
                         .push_back(LeafAction::SupernodesLearned(supernodes));
                 }

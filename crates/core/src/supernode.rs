@@ -33,7 +33,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use canopy_proto::limits::{HARD_MAX_TTL, MAX_ADDRESSES, MAX_FILES_PER_MESSAGE};
+use canopy_proto::limits::{
+    HARD_MAX_TTL, MAX_ADDRESSES, MAX_FILES_PER_MESSAGE, MAX_FREE_LEAF_SLOTS,
+};
 use canopy_proto::{
     ByeReason, Capability, CircuitToken, ContentId, FrameError, HandshakeOutcome, Hello,
     HelloReply, Message, MessageId, NodeId, Push, Query, QueryHit, RejectReason, Role, SharedFile,
@@ -426,6 +428,9 @@ pub struct SupernodeStats {
     /// Handshakes refused because the address or its network held its
     /// share of slots (also counted in `handshakes_rejected`).
     pub handshakes_address_limited: u64,
+    /// Leaves refused because every leaf slot was taken (also counted in
+    /// `handshakes_rejected`): the need the supernode election reads.
+    pub leaves_refused_full: u64,
     /// Pushes dropped for going over their source connection's rate.
     pub pushes_rate_limited: u64,
     /// Pushes dropped for going over their callback address's rate.
@@ -774,9 +779,22 @@ impl Supernode {
             }
             (_, Message::Ping { nonce }) => {
                 let supernodes = self.known_supernodes();
-                self.send(conn, Message::Pong { nonce, supernodes });
+                let free_leaf_slots = Some(self.free_leaf_slots());
+                self.send(
+                    conn,
+                    Message::Pong {
+                        nonce,
+                        supernodes,
+                        free_leaf_slots,
+                    },
+                );
             }
-            (_, Message::Pong { nonce, supernodes }) => self.handle_pong(conn, nonce, supernodes),
+            (
+                _,
+                Message::Pong {
+                    nonce, supernodes, ..
+                },
+            ) => self.handle_pong(conn, nonce, supernodes),
             (PeerState::Leaf { .. }, Message::Query(query)) => {
                 if self.leaf_may_query(conn, now) {
                     self.handle_query(conn, query, now);
@@ -961,6 +979,45 @@ impl Supernode {
         }
     }
 
+    /// Steps down (the supernode election decided it): every leaf is sent
+    /// a Bye whose try-list names `try_list` (other supernodes with room),
+    /// every peer a plain one, and all are closed.
+    pub fn step_down(&mut self, try_list: Vec<SocketAddr>) {
+        let try_supernodes: Vec<SocketAddr> = try_list.into_iter().take(MAX_ADDRESSES).collect();
+        let conns: Vec<ConnId> = self.peers.keys().copied().collect();
+        for conn in conns {
+            let leaf = matches!(
+                self.peers.get(&conn).map(|p| &p.state),
+                Some(PeerState::Leaf { .. })
+            );
+            if leaf {
+                self.send(
+                    conn,
+                    Message::Bye {
+                        reason: ByeReason::Shutdown,
+                        detail: "supernode stepping down; try the supernodes listed".into(),
+                        try_supernodes: try_supernodes.clone(),
+                    },
+                );
+                self.close(conn, None);
+            } else {
+                self.close(
+                    conn,
+                    Some((ByeReason::Shutdown, "supernode stepping down".into())),
+                );
+            }
+        }
+    }
+
+    /// Leaves this supernode takes now, as advertised in HelloReplies and
+    /// Pongs (at most the wire's limit).
+    pub fn free_leaf_slots(&self) -> u32 {
+        let free = self.config.max_leaves.saturating_sub(self.counts.leaves);
+        u32::try_from(free)
+            .unwrap_or(u32::MAX)
+            .min(MAX_FREE_LEAF_SLOTS)
+    }
+
     fn send(&mut self, conn: ConnId, message: Message) {
         self.actions.push_back(Action::Send { conn, message });
     }
@@ -1112,6 +1169,9 @@ impl Supernode {
             if rejection.reason == RejectReason::AddressLimit {
                 self.stats.handshakes_address_limited += 1;
             }
+            if rejection.reason == RejectReason::Full && hello.role == Role::Leaf {
+                self.stats.leaves_refused_full += 1;
+            }
             let reply = HelloReply {
                 hello: self.our_hello(),
                 outcome: HandshakeOutcome::Rejected {
@@ -1119,6 +1179,7 @@ impl Supernode {
                     detail: rejection.detail,
                     try_supernodes: self.try_list(),
                 },
+                free_leaf_slots: Some(self.free_leaf_slots()),
             };
             self.send(conn, Message::HelloReply(reply));
             self.close(conn, None);
@@ -1166,6 +1227,7 @@ impl Supernode {
             outcome: HandshakeOutcome::Accepted {
                 observed_addr: Some(remote),
             },
+            free_leaf_slots: Some(self.free_leaf_slots()),
         };
         self.send(conn, Message::HelloReply(reply));
         if probe.is_some() {

@@ -319,6 +319,7 @@ fn ready_leaf(listen: Option<SocketAddr>) -> LeafSession {
     let mut session = LeafSession::new(identity, Vec::new());
     session.handle_connected(node_id(9));
     let reply = HelloReply {
+        free_leaf_slots: None,
         hello: hello(Role::Supernode, 9, None),
         outcome: HandshakeOutcome::Accepted {
             observed_addr: Some(sock("203.0.113.5:6346")),

@@ -164,6 +164,7 @@ impl Node {
         let conn = self.connect(Direction::Outbound, sock(addr), id);
         self.actions(); // our Hello
         let reply = HelloReply {
+            free_leaf_slots: None,
             hello: hello(Role::Supernode, id, Some(sock(addr))),
             outcome: HandshakeOutcome::Accepted {
                 observed_addr: None,

@@ -242,12 +242,21 @@ impl Net {
         self.links.remove(&to);
         if let End::Super(s, conn) = to {
             if let Some((reason, detail)) = bye {
-                self.supers[s].handle_message(conn, Message::Bye { reason, detail }, self.now);
+                self.supers[s].handle_message(
+                    conn,
+                    Message::Bye {
+                        reason,
+                        detail,
+                        try_supernodes: Vec::new(),
+                    },
+                    self.now,
+                );
             }
             self.supers[s].handle_disconnected(conn);
         } else if let End::Leaf(l) = to {
             self.leaves[l].handle_message(
                 Message::Bye {
+                    try_supernodes: Vec::new(),
                     reason: ByeReason::Shutdown,
                     detail: String::new(),
                 },
@@ -647,6 +656,7 @@ fn a_hello_reply_from_a_key_that_does_not_own_its_id_is_a_violation() {
         })
     ));
     let reply = HelloReply {
+        free_leaf_slots: None,
         hello: Identity {
             node_id: node_id(6),
             role: Role::Supernode,
@@ -1037,6 +1047,7 @@ fn supernodes_hear_of_peers_that_joined_after_them() {
         net.supers[0].handle_message(
             ConnId(2),
             Message::Pong {
+                free_leaf_slots: None,
                 nonce: 0,
                 supernodes: vec![],
             },

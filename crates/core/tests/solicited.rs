@@ -28,6 +28,7 @@ fn hello(id: u8, role: Role, listen: u16) -> Hello {
 
 fn accepted(id: u8, listen: u16) -> Message {
     Message::HelloReply(HelloReply {
+        free_leaf_slots: None,
         hello: hello(id, Role::Supernode, listen),
         outcome: HandshakeOutcome::Accepted {
             observed_addr: None,
@@ -89,6 +90,7 @@ fn a_supernode_believes_only_answers_to_its_own_pings() {
         node.handle_message(
             conn,
             Message::Pong {
+                free_leaf_slots: None,
                 nonce,
                 supernodes: flood(u8::try_from(guess).unwrap()),
             },
@@ -100,6 +102,7 @@ fn a_supernode_believes_only_answers_to_its_own_pings() {
 
     // The answer to our Ping is believed, once.
     let answer = Message::Pong {
+        free_leaf_slots: None,
         nonce,
         supernodes: flood(200),
     };
@@ -150,6 +153,7 @@ fn a_supernode_learns_nothing_from_an_inbound_peers_claims_or_from_leaves() {
     node.handle_message(
         ConnId(2),
         Message::Pong {
+            free_leaf_slots: None,
             nonce,
             supernodes: flood(1),
         },
@@ -173,6 +177,7 @@ fn a_rejection_of_our_dial_is_an_answer() {
     node.handle_message(
         ConnId(1),
         Message::HelloReply(HelloReply {
+            free_leaf_slots: None,
             hello: hello(2, Role::Supernode, 2),
             outcome: HandshakeOutcome::Rejected {
                 reason: RejectReason::Full,
@@ -224,6 +229,7 @@ fn a_leaf_believes_only_the_answer_to_its_ping() {
     for guess in 0..32u64 {
         leaf.handle_message(
             Message::Pong {
+                free_leaf_slots: None,
                 nonce: guess,
                 supernodes: flood(u8::try_from(guess).unwrap()),
             },
@@ -240,6 +246,7 @@ fn a_leaf_believes_only_the_answer_to_its_ping() {
     assert!(leaf.is_ready(), "ignored, not a reason to leave");
     leaf.handle_message(
         Message::Pong {
+            free_leaf_slots: None,
             nonce,
             supernodes: flood(7),
         },
@@ -248,6 +255,7 @@ fn a_leaf_believes_only_the_answer_to_its_ping() {
     assert_eq!(learned_any(&mut leaf), 1);
     leaf.handle_message(
         Message::Pong {
+            free_leaf_slots: None,
             nonce,
             supernodes: flood(8),
         },

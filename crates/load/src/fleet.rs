@@ -167,7 +167,7 @@ async fn run(
             // `recv` keeps what it read in the stream: cancel-safe.
             next = framed.recv() => match next {
                 Some(Ok(Message::Ping { nonce })) => {
-                    let pong = Message::Pong { nonce, supernodes: Vec::new() };
+                    let pong = Message::Pong { nonce, supernodes: Vec::new(), free_leaf_slots: None };
                     if framed.send(&pong).await.is_err() {
                         break;
                     }

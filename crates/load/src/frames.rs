@@ -83,7 +83,7 @@ pub async fn handshake(
                     bail!("{target} refused us: {reason:?}: {detail}")
                 }
             },
-            Some(Ok(Message::Bye { reason, detail })) => {
+            Some(Ok(Message::Bye { reason, detail, .. })) => {
                 bail!("{target} said bye during the handshake: {reason:?}: {detail}")
             }
             Some(Ok(_)) => {}

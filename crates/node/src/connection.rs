@@ -112,7 +112,13 @@ impl Outgoing {
 
     /// Flushes what is queued, sends the Bye if given, and closes.
     pub fn close(&self, bye: Option<(ByeReason, String)>) {
-        let frame = bye.and_then(|(reason, detail)| encode(&Message::Bye { reason, detail }));
+        let frame = bye.and_then(|(reason, detail)| {
+            encode(&Message::Bye {
+                reason,
+                detail,
+                try_supernodes: Vec::new(),
+            })
+        });
         self.queue.close(frame);
     }
 

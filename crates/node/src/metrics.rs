@@ -296,6 +296,11 @@ pub fn supernode_metrics(node: &SupernodeHandle) -> Exporter {
                 s.handshakes_address_limited,
             ),
             counter(
+                "canopy_leaves_refused_full",
+                "Leaves refused because every leaf slot was taken (the supernode election's need).",
+                s.leaves_refused_full,
+            ),
+            counter(
                 "canopy_connections_refused_address_limit",
                 "Connections closed on accept: their address held its share of handshakes.",
                 refused.load(std::sync::atomic::Ordering::Relaxed),

@@ -264,6 +264,7 @@ mod tests {
             .unwrap();
         assert_eq!(stream.remote(), kb.public());
         let bye = Message::Bye {
+            try_supernodes: Vec::new(),
             reason: ByeReason::Shutdown,
             detail: "x".repeat(200),
         };

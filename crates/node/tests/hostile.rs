@@ -133,6 +133,7 @@ async fn bad_input_gets_a_bye_and_a_disconnect_and_others_are_unaffected() {
     let mut peer = hostile(target).await;
     peer.send(peer.hello()).await;
     peer.send(Message::Pong {
+        free_leaf_slots: None,
         nonce: 1,
         supernodes: vec![],
     })

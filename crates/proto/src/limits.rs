@@ -23,6 +23,9 @@ pub const MAX_USER_AGENT_LEN: usize = 128;
 pub const MAX_DETAIL_LEN: usize = 256;
 /// Most addresses in a try-list or a Pong.
 pub const MAX_ADDRESSES: usize = 32;
+/// Most free leaf slots a supernode may advertise (gtk-gnutella's
+/// maximum leaves is 5,000; this leaves room).
+pub const MAX_FREE_LEAF_SLOTS: u32 = 100_000;
 /// Most capabilities announced in one Hello.
 pub const MAX_CAPABILITIES: usize = 32;
 /// Smallest routing filter table: 2^10 bits.

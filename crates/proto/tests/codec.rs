@@ -38,12 +38,14 @@ fn sample_messages() -> Vec<Message> {
     vec![
         Message::Hello(hello.clone()),
         Message::HelloReply(HelloReply {
+            free_leaf_slots: Some(12),
             hello: hello.clone(),
             outcome: HandshakeOutcome::Accepted {
                 observed_addr: Some(addr("[::1]:5555")),
             },
         }),
         Message::HelloReply(HelloReply {
+            free_leaf_slots: None,
             hello,
             outcome: HandshakeOutcome::Rejected {
                 reason: RejectReason::Full,
@@ -53,6 +55,7 @@ fn sample_messages() -> Vec<Message> {
         }),
         Message::Ping { nonce: 42 },
         Message::Pong {
+            free_leaf_slots: Some(3),
             nonce: 42,
             supernodes: vec![addr("127.0.0.1:9")],
         },
@@ -126,6 +129,7 @@ fn sample_messages() -> Vec<Message> {
             listen_addr: addr("[2001:db8::9]:41000"),
         },
         Message::Bye {
+            try_supernodes: vec![addr("10.0.0.3:3")],
             reason: ByeReason::Shutdown,
             detail: "bye".into(),
         },
@@ -443,6 +447,7 @@ fn ipv4_mapped_addresses_decode_and_encode_as_ipv4() {
                     port: 6346,
                 },
             ],
+            free_leaf_slots: None,
         })),
     };
     match decode_envelope(pong).unwrap() {
@@ -454,6 +459,7 @@ fn ipv4_mapped_addresses_decode_and_encode_as_ipv4() {
     }
     // Encoding a mapped address sends 4 bytes.
     let message = Message::Pong {
+        free_leaf_slots: None,
         nonce: 1,
         supernodes: vec![addr("[::ffff:192.0.2.7]:6346")],
     };
@@ -465,4 +471,46 @@ fn ipv4_mapped_addresses_decode_and_encode_as_ipv4() {
         }
         other => panic!("expected a pong, got {other:?}"),
     }
+}
+
+#[test]
+fn free_leaf_slots_are_optional_and_bounded() {
+    // An older peer's Pong and HelloReply carry no free slots: None.
+    let old = wire::Envelope {
+        body: Some(wire::envelope::Body::Pong(wire::Pong {
+            nonce: 1,
+            supernodes: vec![],
+            free_leaf_slots: None,
+        })),
+    };
+    match decode_envelope(old).unwrap() {
+        Some(Message::Pong {
+            free_leaf_slots, ..
+        }) => assert_eq!(free_leaf_slots, None),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+    let boastful = wire::Envelope {
+        body: Some(wire::envelope::Body::Pong(wire::Pong {
+            nonce: 1,
+            supernodes: vec![],
+            free_leaf_slots: Some(canopy_proto::limits::MAX_FREE_LEAF_SLOTS + 1),
+        })),
+    };
+    let error = decode_envelope(boastful).unwrap_err().to_string();
+    assert!(error.contains("pong.free_leaf_slots"), "{error}");
+    let bye = wire::Envelope {
+        body: Some(wire::envelope::Body::Bye(wire::Bye {
+            reason: 1,
+            detail: String::new(),
+            try_supernodes: vec![
+                wire::SocketAddress {
+                    ip: vec![10, 0, 0, 1],
+                    port: 1,
+                };
+                33
+            ],
+        })),
+    };
+    let error = decode_envelope(bye).unwrap_err().to_string();
+    assert!(error.contains("bye.try_supernodes"), "{error}");
 }

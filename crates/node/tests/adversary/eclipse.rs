@@ -113,6 +113,7 @@ async fn a_pong_flood_does_not_eclipse_a_leaf_and_its_seed_comes_first_after_a_r
         while let Some(Ok(message)) = peering.recv().await {
             if let Message::Ping { nonce } = message {
                 let pong = Message::Pong {
+                    free_leaf_slots: None,
                     nonce,
                     supernodes: Vec::new(),
                 };
@@ -134,6 +135,7 @@ async fn a_pong_flood_does_not_eclipse_a_leaf_and_its_seed_comes_first_after_a_r
     let mut victim = wire::accept(&fake, &fake_key).await;
     assert!(matches!(next(&mut victim).await, Message::Hello(h) if h.role == Role::Leaf));
     let welcome = HelloReply {
+        free_leaf_slots: None,
         hello: fake_hello(&fake_key, fake_addr),
         outcome: HandshakeOutcome::Accepted {
             observed_addr: None,
@@ -143,6 +145,7 @@ async fn a_pong_flood_does_not_eclipse_a_leaf_and_its_seed_comes_first_after_a_r
     // 32 Pongs of 32 addresses nobody asked for, guessing nonces.
     for index in 0..32u8 {
         let pong = Message::Pong {
+            free_leaf_slots: None,
             nonce: u64::from(index),
             supernodes: attacker_list(FLOOD, index, port),
         };
@@ -155,6 +158,7 @@ async fn a_pong_flood_does_not_eclipse_a_leaf_and_its_seed_comes_first_after_a_r
         }
     };
     let answer = Message::Pong {
+        free_leaf_slots: None,
         nonce,
         supernodes: attacker_list(PING_ANSWER, 0, port),
     };
@@ -165,6 +169,7 @@ async fn a_pong_flood_does_not_eclipse_a_leaf_and_its_seed_comes_first_after_a_r
     let mut redial = wire::accept(&fake, &fake_key).await;
     assert!(matches!(next(&mut redial).await, Message::Hello(_)));
     let refusal = HelloReply {
+        free_leaf_slots: None,
         hello: fake_hello(&fake_key, fake_addr),
         outcome: HandshakeOutcome::Rejected {
             reason: RejectReason::Full,
@@ -256,6 +261,7 @@ async fn a_supernode_ignores_pongs_it_never_asked_for() {
     assert!(matches!(next(&mut link).await, Message::HelloReply(_)));
     for index in 0..32u8 {
         let pong = Message::Pong {
+            free_leaf_slots: None,
             nonce: u64::from(index),
             supernodes: attacker_list(FLOOD, index, port),
         };

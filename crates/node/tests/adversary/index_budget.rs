@@ -55,7 +55,7 @@ async fn publish(peer: &mut RawPeer, files: Vec<SharedFile>) {
 async fn bye(peer: &mut RawPeer) -> (ByeReason, String) {
     peer.next_where(
         |m| match m {
-            Message::Bye { reason, detail } => Some((*reason, detail.clone())),
+            Message::Bye { reason, detail, .. } => Some((*reason, detail.clone())),
             _ => None,
         },
         |_| {},

@@ -95,6 +95,18 @@ fn socket_addr(field: &'static str, addr: &wire::SocketAddress) -> Result<Socket
     Ok(SocketAddr::new(ip.to_canonical(), port))
 }
 
+/// A supernode's advertised free leaf slots, at most
+/// [`MAX_FREE_LEAF_SLOTS`].
+fn free_leaf_slots(field: &'static str, free: Option<u32>) -> Result<Option<u32>> {
+    match free {
+        Some(free) if free > MAX_FREE_LEAF_SLOTS => Err(invalid(
+            field,
+            format!("{free} free leaf slots, at most {MAX_FREE_LEAF_SLOTS}"),
+        )),
+        _ => Ok(free),
+    }
+}
+
 fn socket_addrs(field: &'static str, addrs: &[wire::SocketAddress]) -> Result<Vec<SocketAddr>> {
     max_count(field, addrs, MAX_ADDRESSES)?;
     addrs.iter().map(|a| socket_addr(field, a)).collect()
@@ -398,16 +410,22 @@ impl TryFrom<wire::Envelope> for Message {
                 Message::HelloReply(HelloReply {
                     hello: hello(their_hello)?,
                     outcome,
+                    free_leaf_slots: free_leaf_slots(
+                        "hello_reply.free_leaf_slots",
+                        reply.free_leaf_slots,
+                    )?,
                 })
             }
             Body::Ping(p) => Message::Ping { nonce: p.nonce },
             Body::Pong(p) => Message::Pong {
                 nonce: p.nonce,
                 supernodes: socket_addrs("pong.supernodes", &p.supernodes)?,
+                free_leaf_slots: free_leaf_slots("pong.free_leaf_slots", p.free_leaf_slots)?,
             },
             Body::Bye(b) => Message::Bye {
                 reason: bye_reason(b.reason),
                 detail: truncated(&b.detail, MAX_DETAIL_LEN),
+                try_supernodes: socket_addrs("bye.try_supernodes", &b.try_supernodes)?,
             },
             Body::FileList(list) => Message::FileList {
                 replace: list.replace,
@@ -572,15 +590,26 @@ impl From<&Message> for wire::Envelope {
                         try_supernodes: try_supernodes.iter().map(wire_addr).collect(),
                     }),
                 }),
+                free_leaf_slots: reply.free_leaf_slots,
             }),
             Message::Ping { nonce } => Body::Ping(wire::Ping { nonce: *nonce }),
-            Message::Pong { nonce, supernodes } => Body::Pong(wire::Pong {
+            Message::Pong {
+                nonce,
+                supernodes,
+                free_leaf_slots,
+            } => Body::Pong(wire::Pong {
                 nonce: *nonce,
                 supernodes: supernodes.iter().map(wire_addr).collect(),
+                free_leaf_slots: *free_leaf_slots,
             }),
-            Message::Bye { reason, detail } => Body::Bye(wire::Bye {
+            Message::Bye {
+                reason,
+                detail,
+                try_supernodes,
+            } => Body::Bye(wire::Bye {
                 reason: wire_bye_reason(*reason) as i32,
                 detail: detail.clone(),
+                try_supernodes: try_supernodes.iter().map(wire_addr).collect(),
             }),
             Message::FileList { replace, files } => Body::FileList(wire::FileList {
                 replace: *replace,

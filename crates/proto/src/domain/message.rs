@@ -91,6 +91,10 @@ pub struct HelloReply {
     pub hello: Hello,
     /// Accepted or rejected.
     pub outcome: HandshakeOutcome,
+    /// From a supernode: the leaves it takes now, after this connection
+    /// (at most [`crate::limits::MAX_FREE_LEAF_SLOTS`]); `None` from
+    /// leaves and older supernodes.
+    pub free_leaf_slots: Option<u32>,
 }
 
 /// Why a connection is being closed.
@@ -232,6 +236,10 @@ pub enum Message {
         nonce: u64,
         /// Supernodes the sender knows.
         supernodes: Vec<SocketAddr>,
+        /// From a supernode: the leaves it takes now (at most
+        /// [`crate::limits::MAX_FREE_LEAF_SLOTS`]); `None` from leaves and
+        /// older supernodes.
+        free_leaf_slots: Option<u32>,
     },
     /// The last message on a connection.
     Bye {
@@ -239,6 +247,9 @@ pub enum Message {
         reason: ByeReason,
         /// A human-readable explanation.
         detail: String,
+        /// From a supernode stepping down: supernodes its leaves may join
+        /// instead (at most 32).
+        try_supernodes: Vec<SocketAddr>,
     },
     /// Part of a leaf's full list of shared files.
     FileList {
