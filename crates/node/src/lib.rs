@@ -16,6 +16,9 @@
 //! - for a leaf, the HTTP file server of `canopy-transfer` on its listen
 //!   address; [`get`] runs a short-lived leaf that finds sources and drives
 //!   a verified multi-source download;
+//! - for a leaf with the supernode election on, an [`election`] task that
+//!   measures, asks the core's policy, and starts or steps down a
+//!   supernode in the same process;
 //! - for either role, once the listener is bound, a port mapper
 //!   (`canopy-portmap`, hooked in by `portmap`) asks the home router to
 //!   forward the listen port; the mapped address is the one announced, and
@@ -28,6 +31,7 @@
 pub mod addr;
 pub mod clock;
 pub mod connection;
+pub mod election;
 pub mod fetch;
 pub mod get;
 pub mod hosts;

@@ -127,7 +127,14 @@ pub struct SupernodeHandle {
     relay: crate::relay::RelayService,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// Set by [`SupernodeHandle::step_down`]: the try-list the leaves are
+    /// sent at shutdown.
+    farewell: Farewell,
 }
+
+/// The try-list a supernode stepping down hands its leaves, read by the
+/// node task when it stops.
+type Farewell = Arc<Mutex<Option<Vec<SocketAddr>>>>;
 
 impl SupernodeHandle {
     /// The relay's counters (all zero if it does not relay).
@@ -208,6 +215,16 @@ impl SupernodeHandle {
         self.shutdown.cancel();
         self.tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(3), self.tracker.wait()).await;
+    }
+
+    /// Steps down (the supernode election decided it): every leaf is sent
+    /// a Bye naming `try_list` (other supernodes with room), then it stops
+    /// as [`SupernodeHandle::shutdown`] does.
+    pub async fn step_down(self, try_list: Vec<SocketAddr>) {
+        if let Ok(mut farewell) = self.farewell.lock() {
+            *farewell = Some(try_list);
+        }
+        self.shutdown().await;
     }
 
     /// Completes when the supernode has stopped (for example after
@@ -360,6 +377,7 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
         &options.peers,
     )));
     let (peer_addrs_tx, peer_addrs) = watch::channel(Vec::new());
+    let farewell = Farewell::default();
     let node = NodeTask {
         core,
         conns: HashMap::new(),
@@ -371,6 +389,7 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
         hosts: hosts.clone(),
         peer_addrs: peer_addrs_tx,
         relay: relay.clone(),
+        farewell: farewell.clone(),
     };
     tracker.spawn(node.run(events_rx, stats_tx, shutdown.clone()));
     tracker.spawn(accept_loop(
@@ -417,6 +436,7 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
         relay,
         shutdown,
         tracker,
+        farewell,
     })
 }
 
@@ -437,6 +457,8 @@ struct NodeTask {
     peer_addrs: watch::Sender<Vec<SocketAddr>>,
     /// Told of the circuits our leaves ask for.
     relay: crate::relay::RelayService,
+    /// A try-list for the leaves if we step down.
+    farewell: Farewell,
 }
 
 /// How long a reachability probe may take to connect.
@@ -457,7 +479,10 @@ impl NodeTask {
                 // Shutdown first, so a busy inbox can't delay it.
                 biased;
                 _ = shutdown.cancelled() => {
-                    self.core.shutdown();
+                    match self.farewell.lock().ok().and_then(|mut f| f.take()) {
+                        Some(try_list) => self.core.step_down(try_list),
+                        None => self.core.shutdown(),
+                    }
                     self.carry_out();
                     self.flush_outbox();
                     break;

@@ -117,6 +117,9 @@ pub struct LeafOptions {
     /// Find supernodes (and other leaves) on the LAN by multicast
     /// ([`crate::lan`]); the supernodes heard are dialed like seeds.
     pub lan_discovery: bool,
+    /// Where the sessions report what the supernode election reads
+    /// (refusals as full, free leaf slots advertised); `None`: no election.
+    pub election: Option<crate::election::ElectionSignals>,
 }
 
 impl std::fmt::Debug for LeafOptions {
@@ -159,6 +162,7 @@ impl LeafOptions {
             key: None,
             progress: None,
             lan_discovery: false,
+            election: None,
         }
     }
 }
@@ -648,6 +652,7 @@ pub async fn start(options: LeafOptions) -> Result<LeafHandle, NodeError> {
             shutdown: shutdown.clone(),
         },
         shutdown: shutdown.clone(),
+        election: options.election.clone(),
     };
     let hosts = HostCache::load(options.data_dir.as_deref(), &options.supernodes);
     let lan = options.lan_discovery.then(|| {

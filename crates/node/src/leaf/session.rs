@@ -34,6 +34,9 @@ const TICK: Duration = Duration::from_millis(50);
 /// change at once); the tick publishes what waited.
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(50);
 /// How long a dial may take.
+/// The free leaf slots a supernode advertises are told the election when
+/// they change, and again this often (the election forgets old news).
+const FREE_SLOTS_REFRESH: Duration = Duration::from_secs(60);
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A running search someone follows.
@@ -62,6 +65,8 @@ pub(super) struct SessionContext {
     pub(super) tracker: TaskTracker,
     pub(super) link: LinkContext,
     pub(super) shutdown: CancellationToken,
+    /// What the supernode election hears, if it runs.
+    pub(super) election: Option<crate::election::ElectionSignals>,
 }
 
 /// The leaf's budget of connect-backs, shared by its sessions: the core's
@@ -219,6 +224,8 @@ async fn run(
     let mut following: HashMap<MessageId, Follower> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
     let mut end = None;
+    // The free leaf slots last told the election.
+    let mut reported_free = None;
     while end.is_none() {
         tokio::select! {
             biased;
@@ -346,11 +353,27 @@ async fn run(
                     try_supernodes,
                 } => {
                     tracing::info!(%addr, ?reason, %detail, ?try_supernodes, "supernode refused us");
+                    if reason == canopy_proto::RejectReason::Full
+                        && let Some(election) = &context.election
+                    {
+                        election.report(crate::election::Signal::RefusedFull);
+                    }
                     end = Some(SessionEnd::Rejected(try_supernodes));
                 }
             }
         }
         publish_searches(&mut session, &mut following, clock.now());
+        if let (Some(election), Some(free)) = (&context.election, session.supernode_free_slots())
+            && reported_free.is_none_or(|(was, at): (u32, Time)| {
+                was != free || clock.now().since(at) >= FREE_SLOTS_REFRESH
+            })
+        {
+            reported_free = Some((free, clock.now()));
+            election.report(crate::election::Signal::FreeSlots {
+                supernode: addr,
+                free,
+            });
+        }
     }
     // However the session ended, let the writer finish: ended by the peer
     // (EOF), nothing else would close it and its task would wait forever.
