@@ -8,6 +8,7 @@
 //! live settings are the control API's `SettingsPatch` fields, flattened
 //! into the leaf's flags, so a flag, a file key and an API field are one.
 
+pub mod election;
 pub mod leaf;
 pub mod supernode;
 

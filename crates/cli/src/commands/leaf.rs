@@ -47,6 +47,11 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     resolved.resolve_supernodes().await;
     let mut options = resolved.leaf;
     options.progress = Some(Arc::new(move |bytes| bar.inc(bytes)));
+    let election = resolved.election.take().map(|election| {
+        let (signals, receiver) = canopy_node::election::ElectionSignals::channel();
+        options.election = Some(signals);
+        (election, receiver)
+    });
     let (supernodes, advertise) = (options.supernodes.clone(), options.advertise);
     let daemon = canopy_daemon::start(DaemonOptions {
         leaf: options,
@@ -59,6 +64,11 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     .context("starting the leaf")?;
     hashing.finish_and_clear();
     let leaf = daemon.leaf();
+    // Kept so the election runs as long as the leaf (it stops with it).
+    let election_tasks = TaskTracker::new();
+    let _election = election.map(|(options, receiver)| {
+        canopy_node::election::start(leaf, options, receiver, &election_tasks)
+    });
     let metrics = match resolved.metrics {
         Some(addr) => Some(
             metrics::serve(
@@ -171,6 +181,9 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     daemon.shutdown().await;
+    // An elected supernode steps down with the leaf.
+    election_tasks.close();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), election_tasks.wait()).await;
     Ok(())
 }
 

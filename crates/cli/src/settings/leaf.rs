@@ -75,6 +75,9 @@ pub struct LeafArgs {
     /// The settings that change live (also through the control API).
     #[command(flatten)]
     pub live: SettingsPatch,
+    /// Automatic supernode election.
+    #[command(flatten)]
+    pub election: super::election::ElectionArgs,
     /// Upload slots one IP address may hold (one /24 or /48 network as
     /// much).
     #[arg(long, default_value_t = SERVER.uploads_per_address.per_ip,
@@ -164,6 +167,8 @@ pub struct LeafSettings {
     pub metrics: Option<SocketAddr>,
     /// JSON lines on stdout.
     pub json: bool,
+    /// The supernode election, unless off.
+    pub election: Option<canopy_node::election::ElectionOptions>,
 }
 
 impl LeafSettings {
@@ -298,6 +303,7 @@ impl LeafArgs {
         });
         // Shown, logged and given to the API as absolute paths.
         let downloads_dir = std::path::absolute(&downloads_dir).unwrap_or(downloads_dir);
+        let election = self.election.options(data_dir.as_deref());
         leaf.data_dir = data_dir;
         Ok(LeafSettings {
             leaf,
@@ -308,6 +314,7 @@ impl LeafArgs {
             settings,
             metrics: self.metrics,
             json: self.json,
+            election,
         })
     }
 
@@ -431,6 +438,24 @@ mod tests {
                 .is_none()
         );
         assert!(leaf.leaf.shares.is_empty() && leaf.leaf.supernodes.is_empty());
+        let election = leaf.election.expect("the election is on by default");
+        assert_eq!(
+            election.policy,
+            canopy_core::election::ElectionConfig::default()
+        );
+        assert_eq!(election.supernode.protocol.max_leaves, 300);
+        assert!(
+            settings("auto_supernode = false\n")
+                .unwrap()
+                .election
+                .is_none()
+        );
+        let quick = settings("election_min_uptime = 0\nelection_switch_spacing = 60\n")
+            .unwrap()
+            .election
+            .unwrap();
+        assert_eq!(quick.policy.min_uptime, Duration::ZERO);
+        assert_eq!(quick.policy.switch_spacing, Duration::from_secs(60));
     }
 
     #[test]
