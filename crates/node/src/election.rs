@@ -239,7 +239,9 @@ impl Driver {
             self.policy.handle_memory(available);
         }
         if let Some(node) = &self.supernode {
-            let leaves = node.stats().leaves;
+            // Our own leaf joined to our own supernode is no leaf held.
+            let own = status.supernodes.iter().any(|addr| same_node(node, *addr));
+            let leaves = node.stats().leaves.saturating_sub(usize::from(own));
             self.policy.handle_leaves(leaves, now);
             self.state.send_modify(|state| state.leaves = leaves);
         }

@@ -52,8 +52,22 @@ fn quick_policy() -> ElectionConfig {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_capable_leaf_promotes_itself_when_the_network_is_full_and_serves_a_newcomer() {
+/// Two full seeds, a sharer on the first, and a candidate with the
+/// election on that has promoted itself; a newcomer served by it.
+struct Promoted {
+    s1: SupernodeHandle,
+    s2: SupernodeHandle,
+    _sharer: LeafHandle,
+    _shared: tempfile::TempDir,
+    _candidate: LeafHandle,
+    signals: ElectionSignals,
+    elected: election::ElectionHandle,
+    new_supernode: std::net::SocketAddr,
+    newcomer: LeafHandle,
+    _tracker: TaskTracker,
+}
+
+async fn promoted(policy: ElectionConfig) -> Promoted {
     init_logs();
     // Two seed supernodes of one leaf slot each, peered.
     let s1 = seed(1, &[]).await;
@@ -63,7 +77,7 @@ async fn a_capable_leaf_promotes_itself_when_the_network_is_full_and_serves_a_ne
         .unwrap();
     // A sharer fills the first.
     let shared = shared_folder(&["elected supernode song.ogg"]);
-    let _sharer = start_leaf(leaf_options(&s1, Some(shared.path()))).await;
+    let sharer = start_leaf(leaf_options(&s1, Some(shared.path()))).await;
 
     // The candidate: reachable on 127.0.0.1, wanting two supernodes, with
     // the election on. It fills the second, hears of the first from its
@@ -73,7 +87,7 @@ async fn a_capable_leaf_promotes_itself_when_the_network_is_full_and_serves_a_ne
     options.reconnect = true;
     options.supernodes_wanted = 2;
     options.port_mapping = None;
-    options.election = Some(signals);
+    options.election = Some(signals.clone());
     let candidate = start_leaf(options).await;
     wait_status(&candidate, |s| s.reachability.reachable == Reachable::Yes).await;
     let mut overlay = SupernodeOptions::new(localhost());
@@ -83,7 +97,7 @@ async fn a_capable_leaf_promotes_itself_when_the_network_is_full_and_serves_a_ne
     let elected = election::start(
         &candidate,
         ElectionOptions {
-            policy: quick_policy(),
+            policy,
             supernode: overlay,
             data_dir: None,
         },
@@ -116,17 +130,78 @@ async fn a_capable_leaf_promotes_itself_when_the_network_is_full_and_serves_a_ne
         .await
         .unwrap_or_else(|_| panic!("the new supernode's leaves: {:?}", elected.state()))
         .unwrap();
+    Promoted {
+        s1,
+        s2,
+        _sharer: sharer,
+        _shared: shared,
+        _candidate: candidate,
+        signals,
+        elected,
+        new_supernode,
+        newcomer,
+        _tracker: tracker,
+    }
+}
 
-    // A search through it reaches the sharer on the first seed.
-    let outcome = newcomer
+/// Searches through `leaf` until the sharer's file is found.
+async fn finds_the_shared_file(leaf: &LeafHandle) {
+    let outcome = leaf
         .search(request(&["elected"], 4, Duration::from_secs(5), 1))
         .await
         .unwrap();
-    assert_eq!(
-        outcome.results.len(),
-        1,
-        "found through the elected supernode: {outcome:?}"
-    );
+    assert_eq!(outcome.results.len(), 1, "found: {outcome:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_capable_leaf_promotes_itself_when_the_network_is_full_and_serves_a_newcomer() {
+    let net = promoted(quick_policy()).await;
+    // A search through it reaches the sharer on the first seed.
+    finds_the_shared_file(&net.newcomer).await;
     // The policy does not flip back: switches are 30 min apart.
-    assert_eq!(elected.state().demotions, 0);
+    assert_eq!(net.elected.state().demotions, 0);
+    assert_eq!(net.s1.stats().leaves, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_supernode_with_few_leaves_steps_down_when_there_is_room_and_hands_them_over() {
+    // Switches a second apart, "few" is one leaf, idle after a second.
+    let net = promoted(ElectionConfig {
+        switch_spacing: Duration::from_secs(1),
+        idle_for: Duration::from_secs(1),
+        few_leaves: 1,
+        plenty_free_slots: 5,
+        ..quick_policy()
+    })
+    .await;
+    // While the seeds are full it stays, however idle: no room is known
+    // elsewhere (the policy's unit tests check it over hours).
+    assert_eq!(net.elected.state().demotions, 0, "no room elsewhere yet");
+
+    // A roomy supernode joins the seeds, and the candidate hears of its
+    // room (as its HelloReply or a Pong would tell; told directly here).
+    let roomy = seed(50, &[net.s1.local_addr(), net.s2.local_addr()]).await;
+    roomy
+        .wait_for(PATIENCE, |s| s.supernode_peers >= 2)
+        .await
+        .unwrap();
+    net.signals.report(election::Signal::FreeSlots {
+        supernode: roomy.local_addr(),
+        free: 50,
+    });
+    let mut state = net.elected.watch();
+    tokio::time::timeout(PATIENCE, state.wait_for(|s| s.demotions == 1))
+        .await
+        .unwrap_or_else(|_| panic!("never stepped down: {:?}", net.elected.state()))
+        .unwrap();
+    assert_eq!(net.elected.state().supernode, None);
+
+    // The newcomer was handed the roomy supernode and is searchable there.
+    let status = wait_status(&net.newcomer, |s| {
+        s.connected_to.is_some() && s.connected_to != Some(net.new_supernode)
+    })
+    .await;
+    assert_eq!(status.connected_to, Some(roomy.local_addr()));
+    roomy.wait_for(PATIENCE, |s| s.leaves >= 1).await.unwrap();
+    finds_the_shared_file(&net.newcomer).await;
 }
