@@ -163,6 +163,11 @@ pub struct LeafSession {
     pongs_unsolicited: u64,
     /// The leaf slots the supernode last said it has free.
     supernode_free_slots: Option<u32>,
+    /// Ask the supernode again (a Ping) this often: whom it knows and how
+    /// much room it has. `None`: only once, on joining.
+    refresh: Option<Duration>,
+    /// When we last asked.
+    last_asked: Option<Time>,
     /// The node id the supernode's authenticated key owns.
     supernode_id: Option<NodeId>,
     /// An Announce waits for the handshake to complete.
@@ -194,6 +199,8 @@ impl LeafSession {
             pings: Outstanding::default(),
             pongs_unsolicited: 0,
             supernode_free_slots: None,
+            refresh: None,
+            last_asked: None,
             supernode_id: None,
             announce_when_ready: false,
         }
@@ -205,6 +212,15 @@ impl LeafSession {
     #[must_use]
     pub fn with_ping_key(mut self, key: [u8; 32]) -> Self {
         self.nonces = NonceSource::new(key);
+        self
+    }
+
+    /// Pings the supernode again every `every` once joined (the first
+    /// goes on joining), so what it knows (other supernodes, its free leaf
+    /// slots) stays fresh; off by default (the simulator's traffic).
+    #[must_use]
+    pub fn with_refresh(mut self, every: Duration) -> Self {
+        self.refresh = Some(every);
         self
     }
 
@@ -245,6 +261,23 @@ impl LeafSession {
         for (id, kept) in moved {
             self.report_status(id, kept, now);
         }
+        if let Some(every) = self.refresh
+            && self.state == State::Ready
+            && self
+                .last_asked
+                .is_none_or(|asked| now.since(asked) >= every)
+        {
+            self.ask(now);
+        }
+    }
+
+    /// Pings the supernode: the Pong names the supernodes it knows and its
+    /// free leaf slots.
+    fn ask(&mut self, now: Time) {
+        self.last_asked = Some(now);
+        let nonce = self.nonces.next_nonce();
+        self.pings.sent(nonce);
+        self.send(Message::Ping { nonce });
     }
 
     /// The next thing to do, if any.
@@ -339,9 +372,7 @@ impl LeafSession {
                         self.announce_if_waiting();
                         // Ask which other supernodes it knows: the leaf keeps
                         // more than one, and remembers them for next time.
-                        let nonce = self.nonces.next_nonce();
-                        self.pings.sent(nonce);
-                        self.send(Message::Ping { nonce });
+                        self.ask(now);
                     }
                 }
             }

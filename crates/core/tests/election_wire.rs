@@ -192,3 +192,50 @@ fn a_leaf_keeps_the_free_slots_and_takes_the_try_list_of_a_bye() {
     );
     assert!(actions.iter().any(|a| matches!(a, LeafAction::Close(_))));
 }
+
+#[test]
+fn a_leaf_with_refresh_asks_its_supernode_again() {
+    let identity = Identity {
+        node_id: NodeId([5; 16]),
+        role: Role::Leaf,
+        listen_addr: None,
+        user_agent: "test".into(),
+    };
+    let accepted = || {
+        Message::HelloReply(HelloReply {
+            hello: Identity {
+                node_id: NodeId([2; 16]),
+                role: Role::Supernode,
+                listen_addr: Some(addr(2)),
+                user_agent: "test".into(),
+            }
+            .hello(),
+            outcome: HandshakeOutcome::Accepted {
+                observed_addr: None,
+            },
+            free_leaf_slots: Some(1),
+        })
+    };
+    let pings = |leaf: &mut LeafSession| {
+        std::iter::from_fn(|| leaf.poll_action())
+            .filter(|a| matches!(a, LeafAction::Send(Message::Ping { .. })))
+            .count()
+    };
+    let every = std::time::Duration::from_secs(300);
+    for (refresh, expected) in [(true, 1), (false, 0)] {
+        let mut leaf = LeafSession::new(identity.clone(), Vec::new());
+        if refresh {
+            leaf = leaf.with_refresh(every);
+        }
+        leaf.handle_connected(NodeId([2; 16]));
+        leaf.handle_message(accepted(), Time(0));
+        assert_eq!(pings(&mut leaf), 1, "one on joining");
+        // Keep it from going silent.
+        leaf.handle_message(Message::Ping { nonce: 1 }, Time(200_000));
+        leaf.handle_timeout(Time(200_000));
+        assert_eq!(pings(&mut leaf), 0, "not before the interval");
+        leaf.handle_message(Message::Ping { nonce: 2 }, Time(300_000));
+        leaf.handle_timeout(Time(300_000));
+        assert_eq!(pings(&mut leaf), expected, "refresh {refresh}");
+    }
+}

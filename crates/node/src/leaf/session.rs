@@ -34,6 +34,10 @@ const TICK: Duration = Duration::from_millis(50);
 /// change at once); the tick publishes what waited.
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(50);
 /// How long a dial may take.
+/// With the supernode election on, a session asks its supernode again
+/// this often (whom it knows, how much room it has), as supernodes ask
+/// their peers.
+const ELECTION_REFRESH: Duration = Duration::from_secs(5 * 60);
 /// The free leaf slots a supernode advertises are told the election when
 /// they change, and again this often (the election forgets old news).
 const FREE_SLOTS_REFRESH: Duration = Duration::from_secs(60);
@@ -220,6 +224,10 @@ async fn run(
     };
     let mut session =
         LeafSession::new(context.identity.clone(), files).with_ping_key(rand::random());
+    if context.election.is_some() {
+        // The election wants the supernodes' room fresh.
+        session = session.with_refresh(ELECTION_REFRESH);
+    }
     session.handle_connected(remote_key.node_id());
     let mut following: HashMap<MessageId, Follower> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
