@@ -66,9 +66,12 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let leaf = daemon.leaf();
     // Kept so the election runs as long as the leaf (it stops with it).
     let election_tasks = TaskTracker::new();
-    let _election = election.map(|(options, receiver)| {
+    let elected = election.map(|(options, receiver)| {
         canopy_node::election::start(leaf, options, receiver, &election_tasks)
     });
+    if let Some(elected) = &elected {
+        election_tasks.spawn(say_mode_switches(elected.watch(), resolved.json));
+    }
     let metrics = match resolved.metrics {
         Some(addr) => Some(
             metrics::serve(
@@ -221,4 +224,35 @@ async fn apply_live(daemon: &DaemonHandle, changes: &LiveChanges) -> bool {
         }
     }
     settings_applied
+}
+
+/// Prints each promotion to supernode and each step down, as a line (a
+/// JSON event with `--json`), while the election runs.
+async fn say_mode_switches(
+    mut state: tokio::sync::watch::Receiver<canopy_node::election::ElectionState>,
+    json: bool,
+) -> std::io::Result<()> {
+    let mut was = state.borrow_and_update().supernode;
+    while state.changed().await.is_ok() {
+        let now = state.borrow_and_update().supernode;
+        if now == was {
+            continue;
+        }
+        match (now, json) {
+            (Some(addr), false) => {
+                say!("promoted to supernode (the network needed one), listening on {addr}");
+            }
+            (None, false) => say!("stepped down as supernode; its leaves were handed over"),
+            (addr, true) => {
+                let line = serde_json::json!({
+                    "event": if addr.is_some() { "promoted" } else { "stepped_down" },
+                    "role": "supernode",
+                    "addr": addr.map(|a| a.to_string()),
+                });
+                say!("{line}");
+            }
+        }
+        was = now;
+    }
+    Ok(())
 }
