@@ -286,6 +286,18 @@ impl Election {
         }
     }
 
+    /// The driver could not carry out the last switch (a supernode that
+    /// would not start): the mode goes back, and the spacing still counts
+    /// from the attempt, so a failing switch is not retried at once.
+    pub fn handle_switch_failed(&mut self) {
+        let back = match self.mode {
+            Mode::Supernode => Mode::Leaf,
+            Mode::Leaf => Mode::Supernode,
+        };
+        self.mode = back;
+        self.few_since = None;
+    }
+
     /// When to call [`Election::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Time {
         self.next_eval

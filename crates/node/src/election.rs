@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use canopy_core::election::{Election, ElectionAction, ElectionConfig, Mode};
+use canopy_core::election::{Election, ElectionAction, ElectionConfig};
 use canopy_core::rng::SplitMix64;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -277,12 +277,11 @@ impl Driver {
                 });
             }
             Err(error) => {
-                // The policy counts the switch; it will look again after
-                // the spacing.
+                // Back to a leaf; tried again after the spacing at most.
                 tracing::warn!(%error, "cannot start the supernode we were elected to be");
+                self.policy.handle_switch_failed();
             }
         }
-        debug_assert_eq!(self.policy.mode(), Mode::Supernode);
     }
 
     async fn demote(&mut self, try_list: Vec<SocketAddr>) {
@@ -322,4 +321,17 @@ fn memory_available() -> Option<u64> {
         .find(|line| line.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     kib.checked_mul(1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_available_is_read_on_linux() {
+        if cfg!(target_os = "linux") {
+            let available = memory_available().expect("/proc/meminfo has MemAvailable");
+            assert!(available > 0);
+        }
+    }
 }

@@ -292,3 +292,25 @@ fn known_supernodes_are_bounded() {
     }
     assert_eq!(election.refusals.len(), MAX_REFUSALS);
 }
+
+#[test]
+fn a_failed_promotion_goes_back_and_waits_the_spacing() {
+    let start = Time::ZERO;
+    let mut election = promoted(start);
+    election.handle_switch_failed();
+    assert_eq!(election.mode(), Mode::Leaf);
+    let mut now = election.poll_timeout();
+    let mut again = None;
+    while now < start + 60 * MIN {
+        election.handle_refused_full(now);
+        election.handle_timeout(now);
+        if let Some(action) = election.poll_action() {
+            again = Some((now, action));
+            break;
+        }
+        now = election.poll_timeout();
+    }
+    let (at, action) = again.expect("tries again");
+    assert_eq!(action, ElectionAction::Promote);
+    assert!(at >= start + 30 * MIN, "not before the spacing: {at:?}");
+}
