@@ -40,6 +40,10 @@ pub struct ElectionArgs {
     #[arg(long, default_value_t = DEFAULT_ELECTED_MAX_LEAVES,
         value_parser = at_least_one::<usize>)]
     pub supernode_max_leaves: usize,
+    /// Seconds between two looks at the signals (jittered by a quarter
+    /// either way).
+    #[arg(long, default_value_t = POLICY.evaluate_every.as_secs(), value_parser = seconds)]
+    pub election_interval: u64,
     /// Seconds up before promotion (LimeWire asks 1-2 h).
     #[arg(long, default_value_t = POLICY.min_uptime.as_secs())]
     pub election_min_uptime: u64,
@@ -92,6 +96,7 @@ impl ElectionArgs {
             few_leaves: self.election_few_leaves,
             idle_for: Duration::from_secs(self.election_idle),
             plenty_free_slots: self.election_plenty_free_slots,
+            evaluate_every: Duration::from_secs(self.election_interval),
             ..ElectionConfig::default()
         };
         let mut supernode = SupernodeOptions::new(self.supernode_listen);

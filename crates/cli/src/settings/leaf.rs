@@ -77,7 +77,7 @@ pub struct LeafArgs {
     pub live: SettingsPatch,
     /// Automatic supernode election.
     #[command(flatten)]
-    pub election: super::election::ElectionArgs,
+    pub election: Box<super::election::ElectionArgs>,
     /// Upload slots one IP address may hold (one /24 or /48 network as
     /// much).
     #[arg(long, default_value_t = SERVER.uploads_per_address.per_ip,
