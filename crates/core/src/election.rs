@@ -419,8 +419,9 @@ impl Election {
     }
 
     /// Supernodes with free slots, most first (address order among equals,
-    /// so the list is deterministic).
-    fn try_list(&self) -> Vec<SocketAddr> {
+    /// so the list is deterministic), at most [`MAX_TRY_LIST`]: what a
+    /// step-down hands the leaves, and what a node shutting down can.
+    pub fn try_list(&self) -> Vec<SocketAddr> {
         let mut known: Vec<(u64, SocketAddr)> = self
             .free_slots
             .iter()

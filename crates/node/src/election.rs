@@ -117,7 +117,8 @@ impl ElectionHandle {
 }
 
 /// Starts the election beside `leaf`; it stops with the leaf (its
-/// shutdown token), stepping the supernode down if one runs.
+/// shutdown token), stepping the supernode down if one runs (its leaves
+/// get the try-list a step-down would give).
 pub fn start(
     leaf: &LeafHandle,
     options: ElectionOptions,
@@ -186,7 +187,8 @@ impl Driver {
             }
         }
         if let Some(node) = self.supernode.take() {
-            node.shutdown().await;
+            // Going away with the leaf: hand the leaves over all the same.
+            node.step_down(self.policy.try_list()).await;
         }
     }
 
