@@ -23,7 +23,9 @@
 //! time. Each probe's verdict is told to the leaf (`Reachability`); a
 //! leaf's `Announce` of a new listening address is taken like its Hello's
 //! (the port, on the IP it connects from), probed again, at most once per
-//! `announce_interval`.
+//! `announce_interval`. A supernode whose own address changes (its router
+//! mapped a new port) tells its supernode peers with an `Announce`, taken
+//! the same way.
 //!
 //! Input comes through `handle_*` with the current [`Time`]; the driver
 //! drains [`Action`]s with [`Supernode::poll_action`]. The driver owns the
@@ -450,8 +452,13 @@ pub struct SupernodeStats {
     pub filters: FilterStats,
     /// Leaves' Announces taken (a new address, probed again).
     pub announces: u64,
-    /// Leaves' Announces ignored for coming too soon after the last.
+    /// Announces (from leaves or peers) ignored for coming too soon after
+    /// the last.
     pub announces_ignored: u64,
+    /// Supernode peers' Announces taken (their new listening port).
+    pub peer_announces: u64,
+    /// Our own new listening addresses announced to our peers.
+    pub own_announces: u64,
 }
 
 #[derive(Debug)]
@@ -845,6 +852,9 @@ impl Supernode {
             }
             (PeerState::Leaf { .. }, other) => {
                 self.violation(conn, format!("{} is not allowed from a leaf", other.kind()));
+            }
+            (PeerState::Supernode { .. }, Message::Announce { listen_addr }) => {
+                self.handle_peer_announce(conn, listen_addr, now);
             }
             (PeerState::Supernode { .. }, other) => {
                 self.violation(
@@ -1983,6 +1993,50 @@ impl Supernode {
                 probed_addr,
             },
         );
+    }
+
+    /// We accept connections at `addr` now (the router mapped a new port,
+    /// or lost the mapping): new handshakes say so, and every supernode
+    /// peer is told with an `Announce`, so the address they hand out in
+    /// Pongs and try-lists is the one that reaches us. Leaves need not
+    /// know: they reach us on the connection they have.
+    pub fn announce_listen_addr(&mut self, addr: SocketAddr) {
+        if self.config.identity.listen_addr == Some(addr) {
+            return;
+        }
+        self.config.identity.listen_addr = Some(addr);
+        self.stats.own_announces += 1;
+        let peers: Vec<ConnId> = self.supernodes.iter().copied().collect();
+        if !peers.is_empty() {
+            self.forward(peers, Message::Announce { listen_addr: addr });
+        }
+    }
+
+    /// Supernode peer `conn` accepts connections at `listen_addr` now.
+    /// As in its Hello, the port is taken on the IP it connects from (we
+    /// pass the address on and must not send others where a stranger
+    /// points), at most once per `announce_interval`; the rest are
+    /// ignored and counted.
+    fn handle_peer_announce(&mut self, conn: ConnId, listen_addr: SocketAddr, now: Time) {
+        if let Some(at) = self.announced_at.get(&conn) {
+            if now.since(*at) < self.config.announce_interval {
+                self.stats.announces_ignored += 1;
+                return;
+            }
+        }
+        let Some(peer) = self.peers.get_mut(&conn) else {
+            return;
+        };
+        let remote = peer.remote;
+        let PeerState::Supernode {
+            listen_addr: known, ..
+        } = &mut peer.state
+        else {
+            return;
+        };
+        *known = Some(SocketAddr::new(remote.ip(), listen_addr.port()));
+        self.announced_at.insert(conn, now);
+        self.stats.peer_announces += 1;
     }
 
     /// Forgets `conn`'s Announce bookkeeping.

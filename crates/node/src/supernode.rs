@@ -118,7 +118,7 @@ impl SupernodeOptions {
 #[derive(Debug)]
 pub struct SupernodeHandle {
     local_addr: SocketAddr,
-    announced_addr: SocketAddr,
+    announced_addr: watch::Receiver<SocketAddr>,
     port_mapping: Option<watch::Receiver<canopy_portmap::Status>>,
     node_id: NodeId,
     stats: watch::Receiver<SupernodeStats>,
@@ -158,13 +158,14 @@ impl SupernodeHandle {
     }
 
     /// The address it announces: the one mapped on the home router, else
-    /// the bound one.
+    /// the bound one. It follows the mapping: one granted late, changed at
+    /// a renewal or lost is announced to the supernode peers.
     pub fn announced_addr(&self) -> SocketAddr {
-        self.announced_addr
+        *self.announced_addr.borrow()
     }
 
     /// The port mapping on the home router as it changes; `None` when no
-    /// mapping is attempted. The announced address is fixed at start.
+    /// mapping is attempted.
     pub fn port_mapping(&self) -> Option<watch::Receiver<canopy_portmap::Status>> {
         self.port_mapping.clone()
     }
@@ -243,6 +244,9 @@ enum Event {
         conn: ConnId,
         reachable: bool,
     },
+    /// We accept connections at this address now (the router's mapping
+    /// changed): peers are told.
+    ListenAddr(SocketAddr),
 }
 
 fn conn_event(conn: ConnId, event: ConnEvent) -> Event {
@@ -296,6 +300,40 @@ enum Release {
         _permit: OwnedSemaphorePermit,
         handshake: Option<HandshakeHold>,
     },
+}
+
+/// Follows the router's mapping of our port: a mapping granted late,
+/// moved at a renewal, or lost changes the address we announce (the bound
+/// one when unmapped), and the node tells its peers.
+async fn follow_mapping(
+    mut mapping: watch::Receiver<canopy_portmap::Status>,
+    bound: SocketAddr,
+    announced: watch::Sender<SocketAddr>,
+    events: mpsc::Sender<Event>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            // Shutdown first: removing the mapping then is not news.
+            biased;
+            _ = shutdown.cancelled() => return,
+            changed = mapping.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        let addr = match *mapping.borrow_and_update() {
+            canopy_portmap::Status::Mapped(external) => external,
+            canopy_portmap::Status::Unmapped => bound,
+            canopy_portmap::Status::Pending => continue,
+        };
+        if announced.send_if_modified(|current| std::mem::replace(current, addr) != addr)
+            && events.send(Event::ListenAddr(addr)).await.is_err()
+        {
+            return;
+        }
+    }
 }
 
 /// Binds `options.listen` and starts the supernode.
@@ -406,9 +444,19 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
         tracker.spawn(dial_loop(peer, options.redial_initial, links.clone()));
     }
     tracing::info!(%local_addr, %announced_addr, %node_id, "supernode listening");
+    let (announced_tx, announced_rx) = watch::channel(announced_addr);
+    if let Some(mapping) = mapped.status.clone() {
+        tracker.spawn(follow_mapping(
+            mapping,
+            local_addr,
+            announced_tx,
+            events_tx.clone(),
+            shutdown.clone(),
+        ));
+    }
     Ok(SupernodeHandle {
         local_addr,
-        announced_addr,
+        announced_addr: announced_rx,
         port_mapping: mapped.status,
         node_id,
         stats: stats_rx,
@@ -545,6 +593,10 @@ impl NodeTask {
                 forget(&mut self.conns, conn);
             }
             Event::Probed { conn, reachable } => self.core.handle_probe_result(conn, reachable),
+            Event::ListenAddr(addr) => {
+                tracing::info!(%addr, "our address changed; telling our peers");
+                self.core.announce_listen_addr(addr);
+            }
         }
         messages
     }
