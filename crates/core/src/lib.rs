@@ -19,8 +19,9 @@
 //!   reason, per-circuit budgets of bytes, time and rate.
 //! - [`push_limits`]: how often pushes may name one callback address, and
 //!   how often a leaf connects back.
-//! - [`punch`]: hole punching's schedule: a dial every 250 ms from the
-//!   listening port for a window, and which connection won.
+//! - [`punch`]: hole punching's schedule: a dial every 250 ms (the
+//!   source: 300 ms) from the listening port for a window, and which
+//!   connection won.
 //! - [`lan`]: LAN discovery by multicast: the datagram, when to announce,
 //!   the table of nodes heard on the LAN.
 //! - [`reachability`]: what a leaf knows of its own reachability (public

@@ -1143,9 +1143,13 @@ impl Supernode {
                     remote.ip(),
                     hello.listen_addr.map_or(remote.port(), |a| a.port()),
                 ),
-                // A leaf that announces no listening address accepts no
-                // connections: downloads from it go by push.
-                firewalled: hello.listen_addr.is_none(),
+                // Firewalled until the probe says otherwise: a leaf that
+                // announces no listening address accepts no connections,
+                // and one that does is taken at its word only once we
+                // reached it (a hit meanwhile would send downloaders to
+                // dial an address that may not answer; a push always
+                // works).
+                firewalled: true,
                 queries: TokenBucket::new(
                     self.config.leaf_queries_per_second,
                     self.config.leaf_query_burst,
@@ -1162,14 +1166,7 @@ impl Supernode {
                     .map(|addr| SocketAddr::new(remote.ip(), addr.port())),
             },
         };
-        let probe = match &state {
-            PeerState::Leaf {
-                addr,
-                firewalled: false,
-                ..
-            } => Some(*addr),
-            _ => None,
-        };
+        let probe = hello.role == Role::Leaf && hello.listen_addr.is_some();
         self.establish(conn, hello.node_id, state, now);
         let reply = HelloReply {
             hello: self.our_hello(),
@@ -1178,7 +1175,7 @@ impl Supernode {
             },
         };
         self.send(conn, Message::HelloReply(reply));
-        if probe.is_some() {
+        if probe {
             self.request_probe(conn);
         }
         if hello.role == Role::Supernode {
@@ -1187,8 +1184,8 @@ impl Supernode {
     }
 
     /// Probes leaf `conn` now if fewer than the maximum are running (in
-    /// all and to its address); else it waits, counted firewalled until
-    /// probed, or, if too many wait, is never probed.
+    /// all and to its address); else it waits, or, if too many wait, is
+    /// never probed. Either way it counts as firewalled until probed.
     fn request_probe(&mut self, conn: ConnId) {
         if self.start_probe(conn) {
             return;
@@ -1940,8 +1937,8 @@ impl Supernode {
     /// Leaf `conn` listens at `listen_addr` now. As for a Hello, only the
     /// port counts, on the IP we see the leaf connect from (probes and
     /// downloads never go where a leaf points); its hits carry the new
-    /// address from now on, and it is probed there (not firewalled while
-    /// the probe runs, as after a Hello). One Announce per
+    /// address from now on, and it is probed there (firewalled until the
+    /// probe reaches it, as after a Hello). One Announce per
     /// `announce_interval`: the rest are ignored and counted, not a
     /// violation (a leaf's policy spaces them; a clock or a trip may
     /// bring two a little closer).
@@ -1963,7 +1960,8 @@ impl Supernode {
             return;
         };
         *addr = SocketAddr::new(remote.ip(), listen_addr.port());
-        *firewalled = false;
+        // Firewalled until the new address is probed, as after a Hello.
+        *firewalled = true;
         self.announced_at.insert(conn, now);
         self.stats.announces += 1;
         if self.probing.contains_key(&conn) {

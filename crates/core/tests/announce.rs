@@ -199,8 +199,8 @@ fn an_announce_moves_the_hits_and_is_probed_at_the_observed_ip() {
     assert_eq!(again, vec![(leaf, sock("192.0.2.2:7000"))]);
     assert_eq!(
         node.hits(searcher, "song", 2),
-        vec![(sock("192.0.2.2:7000"), false)],
-        "the new address, not firewalled while its probe runs"
+        vec![(sock("192.0.2.2:7000"), true)],
+        "the new address, firewalled until its probe reaches it"
     );
     node.core.handle_probe_result(leaf, true);
     assert_eq!(
