@@ -82,3 +82,56 @@ fn a_leaf_session_wakes_at_the_silence_limit_and_closes_then() {
     );
     assert_eq!(session.poll_timeout(), None, "closed: no more deadlines");
 }
+
+#[test]
+fn a_supernode_wakes_to_ping_a_quiet_leaf_then_to_drop_it() {
+    use canopy_proto::limits::PROTOCOL_VERSION;
+    use canopy_proto::{Hello, Message};
+    let mut config = SupernodeConfig::new(NodeId([1; 16]), None);
+    config.keepalive_interval = Duration::from_secs(5);
+    config.idle_timeout = Duration::from_secs(20);
+    let mut supernode = Supernode::new(config);
+    supernode.handle_timeout(Time(0));
+    let leaf = NodeId([4; 16]);
+    let remote: SocketAddr = "10.0.0.4:5000".parse().unwrap();
+    supernode.handle_connected(ConnId(7), Direction::Inbound, remote, leaf, Time(1_000));
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        role: Role::Leaf,
+        node_id: leaf,
+        listen_addr: None,
+        user_agent: "deadlines".into(),
+        capabilities: Vec::new(),
+    };
+    supernode.handle_message(ConnId(7), Message::Hello(hello), Time(1_000));
+    while supernode.poll_action().is_some() {}
+    assert_eq!(supernode.stats().leaves, 1);
+    assert_eq!(supernode.poll_timeout(), Some(Time(6_000)), "the keepalive");
+    let pings = |supernode: &mut Supernode| {
+        std::iter::from_fn(|| supernode.poll_action())
+            .filter(|a| {
+                matches!(
+                    a,
+                    Action::Send {
+                        message: Message::Ping { .. },
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    supernode.handle_timeout(Time(5_999));
+    assert_eq!(pings(&mut supernode), 0, "not before its deadline");
+    supernode.handle_timeout(Time(6_000));
+    assert_eq!(pings(&mut supernode), 1);
+    assert_eq!(
+        supernode.poll_timeout(),
+        Some(Time(21_000)),
+        "then the idle limit"
+    );
+    supernode.handle_timeout(Time(21_000));
+    assert_eq!(
+        closes(&mut supernode),
+        vec![(ConnId(7), Some(ByeReason::IdleTimeout))]
+    );
+}
