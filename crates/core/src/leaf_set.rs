@@ -392,17 +392,17 @@ mod tests {
     }
 
     #[test]
-    fn a_stable_session_resets_the_backoff() {
+    fn a_session_that_joined_starts_its_backoff_afresh() {
         let config = LeafSetConfig::new(1);
         let mut set = LeafSet::new(config, SplitMix64::new(4));
         let mut list = List(vec![addr(1)]);
         let mut now = Time(0);
         let mut waits = Vec::new();
-        for lasted in [1, 1, 1, 1, 100] {
+        for _ in 0..5 {
             set.handle_timeout(now, &mut list);
             assert_eq!(opened(&mut set), vec![addr(1)]);
             set.handle_ready(addr(1), id(1));
-            let lasted = Duration::from_secs(lasted);
+            let lasted = Duration::from_secs(1);
             now = now + lasted;
             set.handle_ended(addr(1), SessionEnd::Closed { lasted }, now);
             set.handle_timeout(now, &mut list);
@@ -413,6 +413,32 @@ mod tests {
         }
         // handle_ready forgets the backoff: each short session starts again.
         assert!(waits.iter().all(|w| (250..=500).contains(w)), "{waits:?}");
+    }
+
+    #[test]
+    fn a_session_that_lasted_resets_the_backoff_a_short_one_does_not() {
+        let mut set = LeafSet::new(LeafSetConfig::new(1), SplitMix64::new(5));
+        let mut list = List(vec![addr(1)]);
+        let mut now = Time(0);
+        let mut wait_after = |set: &mut LeafSet, end: SessionEnd, now: &mut Time| {
+            set.handle_timeout(*now, &mut list);
+            assert_eq!(opened(set), vec![addr(1)]);
+            set.handle_ended(addr(1), end, *now);
+            set.handle_timeout(*now, &mut list);
+            let due = set.poll_timeout().unwrap();
+            let wait = due.0 - now.0;
+            *now = due;
+            wait
+        };
+        for _ in 0..3 {
+            wait_after(&mut set, SessionEnd::Unreachable, &mut now);
+        }
+        let short = Duration::from_secs(1);
+        let wait = wait_after(&mut set, SessionEnd::Closed { lasted: short }, &mut now);
+        assert!((2_000..=4_000).contains(&wait), "grown on: {wait}");
+        let long = Duration::from_secs(31);
+        let wait = wait_after(&mut set, SessionEnd::Closed { lasted: long }, &mut now);
+        assert!((250..=500).contains(&wait), "reset: {wait}");
     }
 
     #[test]
