@@ -238,6 +238,24 @@ impl LeafSession {
         }
     }
 
+    /// When [`LeafSession::handle_timeout`] has something to do next: the
+    /// supernode's silence limit, or a search's status report whose count
+    /// moved; due at once before the first timeout (which starts the
+    /// silence clock), `None` once closed.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        if self.state == State::Closed {
+            return None;
+        }
+        let Some(last) = self.last_heard else {
+            return Some(Time::ZERO);
+        };
+        let statuses = self.searches.iter().filter_map(|(id, search)| {
+            let (at, sent) = self.statuses.get(id)?;
+            (*sent != search.kept()).then_some(*at + STATUS_INTERVAL)
+        });
+        statuses.chain([last + SUPERNODE_SILENCE_LIMIT]).min()
+    }
+
     /// The next thing to do, if any.
     pub fn poll_action(&mut self) -> Option<LeafAction> {
         self.actions.pop_front()

@@ -13,6 +13,11 @@
 //!   duplicate suppression, reverse-path routing of hits, keepalive.
 //! - [`leaf`]: a leaf's side of its connection to a supernode: handshake,
 //!   publishing its files, its searches.
+//! - [`discovery`]: a supernode's peer discovery: peers wanted, whom to
+//!   dial, per-address backoff with injected jitter, when to resolve the
+//!   DNS seeds, and its next deadline.
+//! - [`leaf_set`]: a leaf's set of supernodes: how many, which, replacing
+//!   a lost one, publishing to all and searching through one.
 //! - [`search`]: gathers the hits of one search, grouped by content id.
 //! - [`addr_limits`]: what one address and one network prefix may hold.
 //! - [`relay`]: the relay's policy: circuits by token, admission with a
@@ -47,6 +52,7 @@ pub mod addrman;
 pub mod arena;
 pub mod backoff;
 pub mod dedup;
+pub mod discovery;
 pub mod download;
 pub mod dynamic;
 pub mod family;
@@ -57,6 +63,7 @@ pub mod hit_check;
 pub mod index;
 pub mod lan;
 pub mod leaf;
+pub mod leaf_set;
 pub mod link;
 pub mod mesh;
 pub mod posting;

@@ -915,6 +915,44 @@ impl Supernode {
         self.refresh_peer_lists(now);
     }
 
+    /// When [`Supernode::handle_timeout`] has something to do next: the
+    /// earliest of every connection's handshake deadline, keepalive ping
+    /// and idle timeout, the dynamic queries' next steps, route
+    /// generations' expiry, the routing filter's publication and the
+    /// refresh of peer lists (due at once before the first timeout). A
+    /// driver sleeps until then (or an event) instead of ticking.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let refresh = self.next_peer_refresh.unwrap_or(Time::ZERO);
+        let peers = self.peers.values().map(|peer| match peer.state {
+            PeerState::Handshaking { since, .. } => since + self.config.handshake_timeout,
+            _ => {
+                let idle = peer.last_heard + self.config.idle_timeout;
+                match peer.pinged_at {
+                    None => idle.min(peer.last_heard + self.config.keepalive_interval),
+                    Some(_) => idle,
+                }
+            }
+        });
+        let dynamic = self.dynamic.values().map(|(_, dq)| dq.next_wakeup());
+        let filters = self
+            .config
+            .routing_filters
+            .then(|| self.filters.next_publish())
+            .flatten();
+        [
+            Some(refresh),
+            peers.min(),
+            dynamic.min(),
+            filters,
+            self.routes.next_expiry(),
+            self.step_ids.next_expiry(),
+            self.push_routes.next_expiry(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
     /// Every few minutes, pings each supernode peer, busy or not: its Pong
     /// lists the supernodes it knows now, so the host cache follows the
     /// overlay as it changes, not only as it was when each peer joined.
