@@ -121,22 +121,27 @@ impl Discovery {
     }
 
     /// The supernodes connected now (by their listen addresses), in place
-    /// of those told before.
+    /// of those told before. One newly connected has joined, as in
+    /// [`Self::handle_joined`].
     pub fn set_connected(&mut self, peers: impl IntoIterator<Item = SocketAddr>) {
         let peers: BTreeSet<SocketAddr> = peers.into_iter().take(MAX_PEERS_TRACKED).collect();
         if peers.len() < self.connected.len() {
             self.starved = None;
         }
+        for joined in peers.difference(&self.connected) {
+            self.retries.forget(*joined);
+        }
         self.connected = peers;
     }
 
-    /// A supernode at `addr` joined us (either direction): its backoff
-    /// starts from the beginning next time.
+    /// A supernode at `addr` joined us (either direction): the wait set
+    /// when we dialed it is over, and its backoff starts from the
+    /// beginning should it fail later.
     pub fn handle_joined(&mut self, addr: SocketAddr) {
         if self.connected.len() < MAX_PEERS_TRACKED {
             self.connected.insert(addr);
         }
-        self.retries.reset(addr);
+        self.retries.forget(addr);
     }
 
     /// The supernode at `addr` left.
@@ -369,6 +374,42 @@ mod tests {
         assert!(
             looks <= 2 * dials.len() + 1,
             "a wake per dial and per pacing: {looks}"
+        );
+    }
+
+    #[test]
+    fn a_peer_that_joined_is_dialed_afresh_after_it_leaves() {
+        let mut d = Discovery::new(config(1), SplitMix64::new(3));
+        let mut list = List(vec![addr(1)]);
+        // Wakes at each deadline until a dial: when it came.
+        let next_dial = |d: &mut Discovery, list: &mut List, mut now: Time| {
+            for _ in 0..100 {
+                d.handle_timeout(now, list);
+                if let Some(action) = d.poll_action() {
+                    assert_eq!(action, DiscoveryAction::Dial(addr(1)));
+                    return now;
+                }
+                now = d.poll_timeout().unwrap();
+            }
+            panic!("no dial");
+        };
+        // Four failed dials: the next would wait 8-16 s.
+        let mut now = Time(0);
+        for _ in 0..4 {
+            now = next_dial(&mut d, &mut list, now);
+            d.handle_dial_ended(addr(1));
+        }
+        // The fifth gets through: it joins, stays 2 s, and leaves.
+        now = next_dial(&mut d, &mut list, now);
+        d.set_connected([addr(1)]);
+        now = now + Duration::from_secs(2);
+        d.handle_dial_ended(addr(1));
+        d.set_connected([]);
+        let redial = next_dial(&mut d, &mut list, now);
+        assert!(
+            redial.0 - now.0 <= 1000,
+            "the first interval again, not 16 s: {} ms",
+            redial.0 - now.0
         );
     }
 

@@ -37,8 +37,8 @@ use std::time::Duration;
 use canopy_core::Time;
 use canopy_core::punch::{Action, Punch};
 use canopy_proto::NodeId;
-use futures_util::{FutureExt, StreamExt};
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
