@@ -228,6 +228,12 @@ impl DynamicQuery {
             .map_or((1, cap), |(peers, ttl, _)| (peers, ttl))
     }
 
+    /// When [`DynamicQuery::step`] next has something to do: its next
+    /// step, or its deadline if sooner.
+    pub fn next_wakeup(&self) -> Time {
+        self.next_step.min(self.deadline)
+    }
+
     /// The next step, given the connected supernode `peers` (in a stable
     /// order) and the TTL cap.
     pub fn step(

@@ -280,6 +280,32 @@ impl LeafSession {
         self.send(Message::Ping { nonce });
     }
 
+    /// When [`LeafSession::handle_timeout`] has something to do next: the
+    /// supernode's silence limit, or a search's status report whose count
+    /// moved; due at once before the first timeout (which starts the
+    /// silence clock), `None` once closed.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        if self.state == State::Closed {
+            return None;
+        }
+        let Some(last) = self.last_heard else {
+            return Some(Time::ZERO);
+        };
+        let statuses = self.searches.iter().filter_map(|(id, search)| {
+            let (at, sent) = self.statuses.get(id)?;
+            (*sent != search.kept()).then_some(*at + STATUS_INTERVAL)
+        });
+        // With refresh on, the next Ping to the supernode.
+        let refresh = match (self.refresh, self.last_asked) {
+            (Some(every), Some(asked)) if self.state == State::Ready => Some(asked + every),
+            _ => None,
+        };
+        statuses
+            .chain([last + SUPERNODE_SILENCE_LIMIT])
+            .chain(refresh)
+            .min()
+    }
+
     /// The next thing to do, if any.
     pub fn poll_action(&mut self) -> Option<LeafAction> {
         self.actions.pop_front()

@@ -13,14 +13,20 @@
 //!   duplicate suppression, reverse-path routing of hits, keepalive.
 //! - [`leaf`]: a leaf's side of its connection to a supernode: handshake,
 //!   publishing its files, its searches.
+//! - [`discovery`]: a supernode's peer discovery: peers wanted, whom to
+//!   dial, per-address backoff with injected jitter, when to resolve the
+//!   DNS seeds, and its next deadline.
+//! - [`leaf_set`]: a leaf's set of supernodes: how many, which, replacing
+//!   a lost one, publishing to all and searching through one.
 //! - [`search`]: gathers the hits of one search, grouped by content id.
 //! - [`addr_limits`]: what one address and one network prefix may hold.
 //! - [`relay`]: the relay's policy: circuits by token, admission with a
 //!   reason, per-circuit budgets of bytes, time and rate.
 //! - [`push_limits`]: how often pushes may name one callback address, and
 //!   how often a leaf connects back.
-//! - [`punch`]: hole punching's schedule: a dial every 250 ms from the
-//!   listening port for a window, and which connection won.
+//! - [`punch`]: hole punching's schedule: a dial every 250 ms (the
+//!   source: 300 ms) from the listening port for a window, and which
+//!   connection won.
 //! - [`lan`]: LAN discovery by multicast: the datagram, when to announce,
 //!   the table of nodes heard on the LAN.
 //! - [`election`]: automatic supernode election: when a capable leaf is
@@ -48,6 +54,7 @@ pub mod addrman;
 pub mod arena;
 pub mod backoff;
 pub mod dedup;
+pub mod discovery;
 pub mod download;
 pub mod dynamic;
 pub mod election;
@@ -59,6 +66,7 @@ pub mod hit_check;
 pub mod index;
 pub mod lan;
 pub mod leaf;
+pub mod leaf_set;
 pub mod link;
 pub mod mesh;
 pub mod posting;

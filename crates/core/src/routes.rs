@@ -116,6 +116,11 @@ impl<K: Hash + Eq, V> RouteTable<K, V> {
         }
     }
 
+    /// When [`RouteTable::expire`] next drops a generation.
+    pub fn next_expiry(&self) -> Option<Time> {
+        self.started.map(|started| started + self.lifetime)
+    }
+
     /// How many routes are held (expired ones included, until dropped).
     pub fn len(&self) -> usize {
         self.current.len() + self.previous.len()
@@ -187,6 +192,14 @@ impl<K: Hash + Eq, V> SharedRoutes<K, V> {
         for table in self.shares.values_mut() {
             table.expire(now);
         }
+    }
+
+    /// When [`SharedRoutes::expire`] next drops a generation.
+    pub fn next_expiry(&self) -> Option<Time> {
+        self.shares
+            .values()
+            .filter_map(RouteTable::next_expiry)
+            .min()
     }
 
     /// Routes held in `share`.

@@ -23,7 +23,9 @@
 //! time. Each probe's verdict is told to the leaf (`Reachability`); a
 //! leaf's `Announce` of a new listening address is taken like its Hello's
 //! (the port, on the IP it connects from), probed again, at most once per
-//! `announce_interval`.
+//! `announce_interval`. A supernode whose own address changes (its router
+//! mapped a new port) tells its supernode peers with an `Announce`, taken
+//! the same way.
 //!
 //! Input comes through `handle_*` with the current [`Time`]; the driver
 //! drains [`Action`]s with [`Supernode::poll_action`]. The driver owns the
@@ -455,8 +457,13 @@ pub struct SupernodeStats {
     pub filters: FilterStats,
     /// Leaves' Announces taken (a new address, probed again).
     pub announces: u64,
-    /// Leaves' Announces ignored for coming too soon after the last.
+    /// Announces (from leaves or peers) ignored for coming too soon after
+    /// the last.
     pub announces_ignored: u64,
+    /// Supernode peers' Announces taken (their new listening port).
+    pub peer_announces: u64,
+    /// Our own new listening addresses announced to our peers.
+    pub own_announces: u64,
 }
 
 #[derive(Debug)]
@@ -864,6 +871,9 @@ impl Supernode {
             (PeerState::Leaf { .. }, other) => {
                 self.violation(conn, format!("{} is not allowed from a leaf", other.kind()));
             }
+            (PeerState::Supernode { .. }, Message::Announce { listen_addr }) => {
+                self.handle_peer_announce(conn, listen_addr, now);
+            }
             (PeerState::Supernode { .. }, other) => {
                 self.violation(
                     conn,
@@ -921,6 +931,44 @@ impl Supernode {
             self.ping(conn);
         }
         self.refresh_peer_lists(now);
+    }
+
+    /// When [`Supernode::handle_timeout`] has something to do next: the
+    /// earliest of every connection's handshake deadline, keepalive ping
+    /// and idle timeout, the dynamic queries' next steps, route
+    /// generations' expiry, the routing filter's publication and the
+    /// refresh of peer lists (due at once before the first timeout). A
+    /// driver sleeps until then (or an event) instead of ticking.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let refresh = self.next_peer_refresh.unwrap_or(Time::ZERO);
+        let peers = self.peers.values().map(|peer| match peer.state {
+            PeerState::Handshaking { since, .. } => since + self.config.handshake_timeout,
+            _ => {
+                let idle = peer.last_heard + self.config.idle_timeout;
+                match peer.pinged_at {
+                    None => idle.min(peer.last_heard + self.config.keepalive_interval),
+                    Some(_) => idle,
+                }
+            }
+        });
+        let dynamic = self.dynamic.values().map(|(_, dq)| dq.next_wakeup());
+        let filters = self
+            .config
+            .routing_filters
+            .then(|| self.filters.next_publish())
+            .flatten();
+        [
+            Some(refresh),
+            peers.min(),
+            dynamic.min(),
+            filters,
+            self.routes.next_expiry(),
+            self.step_ids.next_expiry(),
+            self.push_routes.next_expiry(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Every few minutes, pings each supernode peer, busy or not: its Pong
@@ -1194,9 +1242,13 @@ impl Supernode {
                     remote.ip(),
                     hello.listen_addr.map_or(remote.port(), |a| a.port()),
                 ),
-                // A leaf that announces no listening address accepts no
-                // connections: downloads from it go by push.
-                firewalled: hello.listen_addr.is_none(),
+                // Firewalled until the probe says otherwise: a leaf that
+                // announces no listening address accepts no connections,
+                // and one that does is taken at its word only once we
+                // reached it (a hit meanwhile would send downloaders to
+                // dial an address that may not answer; a push always
+                // works).
+                firewalled: true,
                 queries: TokenBucket::new(
                     self.config.leaf_queries_per_second,
                     self.config.leaf_query_burst,
@@ -1213,14 +1265,7 @@ impl Supernode {
                     .map(|addr| SocketAddr::new(remote.ip(), addr.port())),
             },
         };
-        let probe = match &state {
-            PeerState::Leaf {
-                addr,
-                firewalled: false,
-                ..
-            } => Some(*addr),
-            _ => None,
-        };
+        let probe = hello.role == Role::Leaf && hello.listen_addr.is_some();
         self.establish(conn, hello.node_id, state, now);
         let reply = HelloReply {
             hello: self.our_hello(),
@@ -1230,7 +1275,7 @@ impl Supernode {
             free_leaf_slots: Some(self.free_leaf_slots()),
         };
         self.send(conn, Message::HelloReply(reply));
-        if probe.is_some() {
+        if probe {
             self.request_probe(conn);
         }
         if hello.role == Role::Supernode {
@@ -1239,8 +1284,8 @@ impl Supernode {
     }
 
     /// Probes leaf `conn` now if fewer than the maximum are running (in
-    /// all and to its address); else it waits, counted firewalled until
-    /// probed, or, if too many wait, is never probed.
+    /// all and to its address); else it waits, or, if too many wait, is
+    /// never probed. Either way it counts as firewalled until probed.
     fn request_probe(&mut self, conn: ConnId) {
         if self.start_probe(conn) {
             return;
@@ -1992,8 +2037,8 @@ impl Supernode {
     /// Leaf `conn` listens at `listen_addr` now. As for a Hello, only the
     /// port counts, on the IP we see the leaf connect from (probes and
     /// downloads never go where a leaf points); its hits carry the new
-    /// address from now on, and it is probed there (not firewalled while
-    /// the probe runs, as after a Hello). One Announce per
+    /// address from now on, and it is probed there (firewalled until the
+    /// probe reaches it, as after a Hello). One Announce per
     /// `announce_interval`: the rest are ignored and counted, not a
     /// violation (a leaf's policy spaces them; a clock or a trip may
     /// bring two a little closer).
@@ -2015,7 +2060,8 @@ impl Supernode {
             return;
         };
         *addr = SocketAddr::new(remote.ip(), listen_addr.port());
-        *firewalled = false;
+        // Firewalled until the new address is probed, as after a Hello.
+        *firewalled = true;
         self.announced_at.insert(conn, now);
         self.stats.announces += 1;
         if self.probing.contains_key(&conn) {
@@ -2045,6 +2091,50 @@ impl Supernode {
                 probed_addr,
             },
         );
+    }
+
+    /// We accept connections at `addr` now (the router mapped a new port,
+    /// or lost the mapping): new handshakes say so, and every supernode
+    /// peer is told with an `Announce`, so the address they hand out in
+    /// Pongs and try-lists is the one that reaches us. Leaves need not
+    /// know: they reach us on the connection they have.
+    pub fn announce_listen_addr(&mut self, addr: SocketAddr) {
+        if self.config.identity.listen_addr == Some(addr) {
+            return;
+        }
+        self.config.identity.listen_addr = Some(addr);
+        self.stats.own_announces += 1;
+        let peers: Vec<ConnId> = self.supernodes.iter().copied().collect();
+        if !peers.is_empty() {
+            self.forward(peers, Message::Announce { listen_addr: addr });
+        }
+    }
+
+    /// Supernode peer `conn` accepts connections at `listen_addr` now.
+    /// As in its Hello, the port is taken on the IP it connects from (we
+    /// pass the address on and must not send others where a stranger
+    /// points), at most once per `announce_interval`; the rest are
+    /// ignored and counted.
+    fn handle_peer_announce(&mut self, conn: ConnId, listen_addr: SocketAddr, now: Time) {
+        if let Some(at) = self.announced_at.get(&conn) {
+            if now.since(*at) < self.config.announce_interval {
+                self.stats.announces_ignored += 1;
+                return;
+            }
+        }
+        let Some(peer) = self.peers.get_mut(&conn) else {
+            return;
+        };
+        let remote = peer.remote;
+        let PeerState::Supernode {
+            listen_addr: known, ..
+        } = &mut peer.state
+        else {
+            return;
+        };
+        *known = Some(SocketAddr::new(remote.ip(), listen_addr.port()));
+        self.announced_at.insert(conn, now);
+        self.stats.peer_announces += 1;
     }
 
     /// Forgets `conn`'s Announce bookkeeping.

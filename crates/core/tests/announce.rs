@@ -3,6 +3,8 @@
 //! Announce as it takes a Hello's address (the port, on the IP it sees),
 //! probes again and carries the new address in hits, at most once per
 //! interval; either message from the wrong role is a protocol violation.
+//! A supernode tells its peers its own new address the same way, and
+//! takes theirs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -197,8 +199,8 @@ fn an_announce_moves_the_hits_and_is_probed_at_the_observed_ip() {
     assert_eq!(again, vec![(leaf, sock("192.0.2.2:7000"))]);
     assert_eq!(
         node.hits(searcher, "song", 2),
-        vec![(sock("192.0.2.2:7000"), false)],
-        "the new address, not firewalled while its probe runs"
+        vec![(sock("192.0.2.2:7000"), true)],
+        "the new address, firewalled until its probe reaches it"
     );
     node.core.handle_probe_result(leaf, true);
     assert_eq!(
@@ -284,8 +286,9 @@ fn each_message_from_the_wrong_role_is_a_violation() {
     node.actions();
     node.send(
         peer,
-        Message::Announce {
-            listen_addr: sock("0.0.0.0:7000"),
+        Message::Reachability {
+            reachable: true,
+            probed_addr: sock("198.51.100.7:4000"),
         },
     );
     assert_eq!(
@@ -305,6 +308,77 @@ fn each_message_from_the_wrong_role_is_a_violation() {
     assert_eq!(
         bye_reason(&node.actions(), leaf),
         Some(ByeReason::ProtocolViolation)
+    );
+}
+
+#[test]
+fn a_supernode_announces_its_new_address_and_its_peers_pass_it_on() {
+    let mut node = Node::new();
+    let peer = node.joins(
+        Role::Supernode,
+        "198.51.100.7:4000",
+        Some(sock("198.51.100.7:4000")),
+    );
+    let _leaf = node.joins(Role::Leaf, "192.0.2.2:41000", None);
+    node.actions();
+
+    // Our router mapped a new port: peers are told, leaves are not, and
+    // new handshakes say it.
+    node.core.announce_listen_addr(sock("203.0.113.9:6000"));
+    node.core.announce_listen_addr(sock("203.0.113.9:6000"));
+    let told: Vec<Vec<ConnId>> = node
+        .actions()
+        .into_iter()
+        .filter_map(|action| match action {
+            Action::Forward {
+                conns,
+                message: Message::Announce { listen_addr },
+            } => {
+                assert_eq!(listen_addr, sock("203.0.113.9:6000"));
+                Some(conns)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told, vec![vec![peer]], "once, to the supernode peer only");
+    assert_eq!(node.core.stats().own_announces, 1);
+
+    // A peer's Announce moves what we hand out: its port, on its IP.
+    node.send(
+        peer,
+        Message::Announce {
+            listen_addr: sock("10.9.9.9:4100"),
+        },
+    );
+    assert_eq!(
+        node.core.known_supernodes(),
+        vec![sock("198.51.100.7:4100")]
+    );
+    // One per interval; more are ignored, not a violation.
+    node.send(
+        peer,
+        Message::Announce {
+            listen_addr: sock("0.0.0.0:4200"),
+        },
+    );
+    let actions = node.actions();
+    assert_eq!(bye_reason(&actions, peer), None);
+    assert_eq!(
+        node.core.known_supernodes(),
+        vec![sock("198.51.100.7:4100")]
+    );
+    let stats = node.core.stats();
+    assert_eq!((stats.peer_announces, stats.announces_ignored), (1, 1));
+    node.now = node.now + Duration::from_secs(30);
+    node.send(
+        peer,
+        Message::Announce {
+            listen_addr: sock("0.0.0.0:4200"),
+        },
+    );
+    assert_eq!(
+        node.core.known_supernodes(),
+        vec![sock("198.51.100.7:4200")]
     );
 }
 

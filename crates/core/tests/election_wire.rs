@@ -230,9 +230,16 @@ fn a_leaf_with_refresh_asks_its_supernode_again() {
         leaf.handle_connected(NodeId([2; 16]));
         leaf.handle_message(accepted(), Time(0));
         assert_eq!(pings(&mut leaf), 1, "one on joining");
-        // Keep it from going silent.
-        leaf.handle_message(Message::Ping { nonce: 1 }, Time(200_000));
-        leaf.handle_timeout(Time(200_000));
+        // Heard from lately: its silence limit is past the refresh.
+        leaf.handle_message(Message::Ping { nonce: 3 }, Time(250_000));
+        let _ = pings(&mut leaf);
+        let wake = leaf.poll_timeout().expect("a deadline");
+        if refresh {
+            assert_eq!(wake, Time(0) + every, "woken for the refresh");
+        } else {
+            assert_eq!(wake, Time(340_000), "only the silence limit");
+        }
+        leaf.handle_timeout(Time(260_000));
         assert_eq!(pings(&mut leaf), 0, "not before the interval");
         leaf.handle_message(Message::Ping { nonce: 2 }, Time(300_000));
         leaf.handle_timeout(Time(300_000));

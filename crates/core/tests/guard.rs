@@ -732,13 +732,21 @@ fn a_leaf_waiting_for_its_probe_is_reported_firewalled() {
     assert_eq!(
         firewalled_flags(&mut node, 1),
         vec![
-            (sock("192.0.2.2:5000"), false),
+            (sock("192.0.2.2:5000"), true),
             (sock("192.0.2.3:5000"), true)
         ],
-        "reachable until a probe says otherwise; firewalled until probed"
+        "firewalled until probed, whether the probe runs or waits"
     );
     node.core.handle_probe_result(probed, true);
     assert_eq!(probes(&node.actions()).len(), 1);
+    assert_eq!(
+        firewalled_flags(&mut node, 3),
+        vec![
+            (sock("192.0.2.2:5000"), false),
+            (sock("192.0.2.3:5000"), true)
+        ],
+        "the probed one is reachable; the other's probe runs now"
+    );
     node.core.handle_probe_result(waiting, true);
     assert_eq!(
         firewalled_flags(&mut node, 2),

@@ -872,10 +872,7 @@ fn a_leaf_that_cannot_be_reached_is_marked_firewalled() {
         let result = session.results().next().cloned().unwrap();
         result.sources[0].firewalled
     };
-    assert!(
-        !firewalled(&mut net),
-        "reachable until a probe says otherwise"
-    );
+    assert!(firewalled(&mut net), "firewalled until probed");
     net.supers[0].handle_probe_result(conn, false);
     assert!(firewalled(&mut net));
     assert_eq!(net.supers[0].stats().leaves_unreachable, 1);

@@ -2,7 +2,7 @@
 //! core's millisecond [`Time`] (and, for the host cache, which outlives
 //! the process, the wall clock).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use canopy_core::Time;
 
@@ -29,6 +29,18 @@ impl Clock {
     /// The current time.
     pub fn now(&self) -> Time {
         Time(u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// When a driver sleeping until the core's `deadline` (its
+    /// `poll_timeout`) wakes: the deadline, but no later than `at_most`
+    /// from now (a driver also has checks of its own, and a deadline far
+    /// off is looked at again anyway).
+    pub fn wake_at(&self, deadline: Option<Time>, at_most: Duration) -> tokio::time::Instant {
+        let latest = Instant::now() + at_most;
+        let wake = deadline
+            .and_then(|d| self.start.checked_add(Duration::from_millis(d.as_millis())))
+            .map_or(latest, |d| d.min(latest));
+        tokio::time::Instant::from_std(wake)
     }
 }
 

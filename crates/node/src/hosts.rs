@@ -125,6 +125,16 @@ impl HostCache {
         self.manager.select(rand::random(), wall_time(), skip)
     }
 
+    /// [`HostCache::select`] with the randomness given (a policy's own
+    /// seeded generator draws it).
+    pub fn select_with(
+        &self,
+        random: u64,
+        skip: impl Fn(SocketAddr) -> bool,
+    ) -> Option<SocketAddr> {
+        self.manager.select(random, wall_time(), skip)
+    }
+
     /// Every address known, seeds first.
     pub fn addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         self.manager.addresses()
@@ -157,6 +167,14 @@ impl HostCache {
         std::fs::rename(&temporary, path)?;
         self.dirty = false;
         Ok(())
+    }
+}
+
+/// The host cache as a policy's source of candidates
+/// ([`canopy_core::discovery::Candidates`]).
+impl canopy_core::discovery::Candidates for HostCache {
+    fn select(&mut self, random: u64, skip: &dyn Fn(SocketAddr) -> bool) -> Option<SocketAddr> {
+        self.select_with(random, skip)
     }
 }
 

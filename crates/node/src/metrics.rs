@@ -332,8 +332,18 @@ pub fn supernode_metrics(node: &SupernodeHandle) -> Exporter {
             ),
             counter(
                 "canopy_announces_ignored",
-                "Leaves' Announces ignored for coming within 30 s of the last.",
+                "Announces (from leaves or supernode peers) ignored for coming within 30 s of the last.",
                 s.announces_ignored,
+            ),
+            counter(
+                "canopy_peer_announces",
+                "Supernode peers' new listening addresses taken.",
+                s.peer_announces,
+            ),
+            counter(
+                "canopy_own_announces",
+                "Our own new listening addresses announced to supernode peers.",
+                s.own_announces,
             ),
             gauge(
                 "canopy_probes_in_flight",

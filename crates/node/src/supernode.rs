@@ -4,7 +4,7 @@
 //! LAN discovery on, it announces itself on the LAN ([`crate::lan`]) and
 //! its discovery loop dials the supernodes heard there like seeds.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,11 +32,10 @@ use crate::send_queue::Priority;
 use crate::traffic::Traffic;
 use canopy_proto::ByeReason;
 
-/// How often the core's timers (handshake deadline, keepalive, route
-/// expiry) are checked.
-const TICK: Duration = Duration::from_millis(250);
-/// Ticks between passes over every connection (stall checks, peer list).
-const TICKS_PER_HOUSEKEEPING: u64 = 4;
+/// How often the driver walks over every connection (stall checks, the
+/// peer list discovery follows); between its walks the node task sleeps
+/// until the core's next deadline (`Supernode::poll_timeout`).
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// How long a dial may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Capacity of the node task's inbox, shared by all connections.
@@ -118,7 +117,7 @@ impl SupernodeOptions {
 #[derive(Debug)]
 pub struct SupernodeHandle {
     local_addr: SocketAddr,
-    announced_addr: SocketAddr,
+    announced_addr: watch::Receiver<SocketAddr>,
     port_mapping: Option<watch::Receiver<canopy_portmap::Status>>,
     node_id: NodeId,
     stats: watch::Receiver<SupernodeStats>,
@@ -165,13 +164,14 @@ impl SupernodeHandle {
     }
 
     /// The address it announces: the one mapped on the home router, else
-    /// the bound one.
+    /// the bound one. It follows the mapping: one granted late, changed at
+    /// a renewal or lost is announced to the supernode peers.
     pub fn announced_addr(&self) -> SocketAddr {
-        self.announced_addr
+        *self.announced_addr.borrow()
     }
 
     /// The port mapping on the home router as it changes; `None` when no
-    /// mapping is attempted. The announced address is fixed at start.
+    /// mapping is attempted.
     pub fn port_mapping(&self) -> Option<watch::Receiver<canopy_portmap::Status>> {
         self.port_mapping.clone()
     }
@@ -260,6 +260,9 @@ enum Event {
         conn: ConnId,
         reachable: bool,
     },
+    /// We accept connections at this address now (the router's mapping
+    /// changed): peers are told.
+    ListenAddr(SocketAddr),
 }
 
 fn conn_event(conn: ConnId, event: ConnEvent) -> Event {
@@ -313,6 +316,40 @@ enum Release {
         _permit: OwnedSemaphorePermit,
         handshake: Option<HandshakeHold>,
     },
+}
+
+/// Follows the router's mapping of our port: a mapping granted late,
+/// moved at a renewal, or lost changes the address we announce (the bound
+/// one when unmapped), and the node tells its peers.
+async fn follow_mapping(
+    mut mapping: watch::Receiver<canopy_portmap::Status>,
+    bound: SocketAddr,
+    announced: watch::Sender<SocketAddr>,
+    events: mpsc::Sender<Event>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            // Shutdown first: removing the mapping then is not news.
+            biased;
+            _ = shutdown.cancelled() => return,
+            changed = mapping.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        let addr = match *mapping.borrow_and_update() {
+            canopy_portmap::Status::Mapped(external) => external,
+            canopy_portmap::Status::Unmapped => bound,
+            canopy_portmap::Status::Pending => continue,
+        };
+        if announced.send_if_modified(|current| std::mem::replace(current, addr) != addr)
+            && events.send(Event::ListenAddr(addr)).await.is_err()
+        {
+            return;
+        }
+    }
 }
 
 /// Binds `options.listen` and starts the supernode.
@@ -425,9 +462,19 @@ pub async fn start(options: SupernodeOptions) -> Result<SupernodeHandle, NodeErr
         tracker.spawn(dial_loop(peer, options.redial_initial, links.clone()));
     }
     tracing::info!(%local_addr, %announced_addr, %node_id, "supernode listening");
+    let (announced_tx, announced_rx) = watch::channel(announced_addr);
+    if let Some(mapping) = mapped.status.clone() {
+        tracker.spawn(follow_mapping(
+            mapping,
+            local_addr,
+            announced_tx,
+            events_tx.clone(),
+            shutdown.clone(),
+        ));
+    }
     Ok(SupernodeHandle {
         local_addr,
-        announced_addr,
+        announced_addr: announced_rx,
         port_mapping: mapped.status,
         node_id,
         stats: stats_rx,
@@ -471,10 +518,13 @@ impl NodeTask {
         stats: watch::Sender<SupernodeStats>,
         shutdown: CancellationToken,
     ) {
-        let mut ticks: u64 = 0;
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut housekeeping = tokio::time::Instant::now() + HOUSEKEEPING;
         loop {
+            // The core's next deadline, or the next walk if sooner.
+            let wake = self
+                .clock
+                .wake_at(self.core.poll_timeout(), HOUSEKEEPING)
+                .min(housekeeping);
             tokio::select! {
                 // Shutdown first, so a busy inbox can't delay it.
                 biased;
@@ -500,11 +550,10 @@ impl NodeTask {
                         self.carry_out();
                     }
                 }
-                _ = tick.tick() => {
+                _ = tokio::time::sleep_until(wake) => {
                     self.core.handle_timeout(self.clock.now());
-                    ticks += 1;
-                    // Once a second: walks over every connection.
-                    if ticks % TICKS_PER_HOUSEKEEPING == 0 {
+                    if tokio::time::Instant::now() >= housekeeping {
+                        housekeeping = tokio::time::Instant::now() + HOUSEKEEPING;
                         self.cut_stalled_peers();
                         self.publish_peer_addrs();
                     }
@@ -570,6 +619,10 @@ impl NodeTask {
                 forget(&mut self.conns, conn);
             }
             Event::Probed { conn, reachable } => self.core.handle_probe_result(conn, reachable),
+            Event::ListenAddr(addr) => {
+                tracing::info!(%addr, "our address changed; telling our peers");
+                self.core.announce_listen_addr(addr);
+            }
         }
         messages
     }
@@ -928,15 +981,19 @@ async fn dial_loop(peer: SocketAddr, redial_initial: Duration, links: Links) {
     }
 }
 
-/// Finds more supernode peers: while the node has fewer than it wants, it
-/// dials whom the host cache's address manager selects (from the answers
-/// to our Pings and try-lists, tried or new), skipping those connected or
-/// configured (they have their own dialers) and backing off from those
-/// that failed; a failed dial counts against the address, a handshake
-/// (reported by the core) marks it tried. It also keeps the cache saved.
-/// The bootstrap names are resolved at start and again (at most every
-/// `RESOLVE_INTERVAL`) when it has no one to dial; their addresses are
-/// offered as seeds, and so are the supernodes LAN discovery hears.
+/// Finds more supernode peers by carrying out the core's
+/// [`canopy_core::discovery::Discovery`]: it decides whom to dial (from
+/// the host cache's address manager: seeds, bootstrap and LAN supernodes
+/// first, then the answers to our Pings and try-lists), skipping those
+/// connected or configured (they have their own dialers) and backing off
+/// from those dialed; this task dials, reports a dial's end (a failed
+/// dial, or one that closed without a handshake, counts against the
+/// address in the host cache; a handshake, reported by the core, marks it
+/// tried), resolves the bootstrap names when told, and keeps the cache
+/// saved. It sleeps until the machine's next deadline, woken early by a
+/// change of peers, the LAN, or a dial's or resolution's end, and looks
+/// again at least every [`DISCOVERY_MAX_SLEEP`] (the node task learns
+/// addresses into the cache meanwhile).
 struct Discovery {
     hosts: Arc<Mutex<HostCache>>,
     lan: Option<watch::Receiver<crate::lan::LanView>>,
@@ -948,116 +1005,120 @@ struct Discovery {
     links: Links,
 }
 
+/// The longest discovery sleeps before looking at the host cache again.
+const DISCOVERY_MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// What discovery's helpers report back.
+enum Ended {
+    /// A dial (and its connection, if it opened) ended.
+    Dial(SocketAddr),
+    /// The bootstrap names were resolved (and offered as seeds).
+    Resolved,
+}
+
+/// The host cache, as discovery's source of candidates.
+struct Cache<'a>(&'a Mutex<HostCache>);
+
+impl canopy_core::discovery::Candidates for Cache<'_> {
+    fn select(&mut self, random: u64, skip: &dyn Fn(SocketAddr) -> bool) -> Option<SocketAddr> {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|hosts| hosts.select_with(random, skip))
+    }
+}
+
 impl Discovery {
     async fn run(mut self) {
+        use canopy_core::discovery::{Discovery as Machine, DiscoveryAction, DiscoveryConfig};
         let shutdown = self.links.shutdown.clone();
-        let dialing: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
-        let mut backoffs: HashMap<SocketAddr, (tokio::time::Instant, Backoff)> = HashMap::new();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut resolved_at: Option<tokio::time::Instant> = None;
+        let clock = Clock::new();
+        let config = DiscoveryConfig {
+            bootstrap: !self.bootstrap.is_empty(),
+            resolve_interval: RESOLVE_INTERVAL,
+            max_backoffs: MAX_BACKOFFS,
+            excluded: self.configured.clone(),
+            ..DiscoveryConfig::new(self.peers_wanted)
+        };
+        let mut machine = Machine::new(config, canopy_core::rng::SplitMix64::new(rand::random()));
+        let (ended_tx, mut ended) = mpsc::channel(64);
         loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            if resolved_at.is_none() && !self.resolve_bootstrap(&mut resolved_at).await {
-                break;
-            }
-            if let Some(lan) = self
-                .lan
-                .as_mut()
-                .filter(|lan| lan.has_changed().unwrap_or(false))
-            {
-                let supernodes = lan.borrow_and_update().supernodes.clone();
-                if let Ok(mut hosts) = self.hosts.lock() {
-                    hosts.set_lan(&supernodes);
+            machine.set_connected(self.peer_addrs.borrow_and_update().iter().copied());
+            machine.handle_timeout(clock.now(), &mut Cache(&self.hosts));
+            while let Some(action) = machine.poll_action() {
+                match action {
+                    DiscoveryAction::Dial(addr) => self.dial(addr, ended_tx.clone()),
+                    DiscoveryAction::Resolve => self.resolve(ended_tx.clone()),
                 }
-            }
-            let connected = self.peer_addrs.borrow().clone();
-            let in_flight = dialing.lock().map(|d| d.len()).unwrap_or(0);
-            if connected.len() + in_flight >= self.peers_wanted {
-                self.save();
-                continue;
-            }
-            let now = tokio::time::Instant::now();
-            let candidate = self.hosts.lock().ok().and_then(|hosts| {
-                hosts.select(|addr| {
-                    connected.contains(&addr)
-                        || self.configured.contains(&addr)
-                        || dialing.lock().map(|d| d.contains(&addr)).unwrap_or(true)
-                        || backoffs.get(&addr).is_some_and(|(until, _)| *until > now)
-                })
-            });
-            if let Some(addr) = candidate {
-                let entry = backoffs.entry(addr).or_insert_with(|| {
-                    (
-                        now,
-                        Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
-                    )
-                });
-                entry.0 = now + entry.1.next_delay(rand::random::<f64>());
-                if backoffs.len() > MAX_BACKOFFS {
-                    // Only those still waiting matter.
-                    backoffs.retain(|_, (until, _)| *until > now);
-                }
-                if let Ok(mut d) = dialing.lock() {
-                    d.insert(addr);
-                }
-                let (links, dialing, hosts) =
-                    (self.links.clone(), dialing.clone(), self.hosts.clone());
-                self.links.link.tracker.spawn(async move {
-                    let started = wall_time();
-                    if let Ok(Ok(stream)) =
-                        tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await
-                    {
-                        tracing::debug!(%addr, "dialing a supernode from the host cache");
-                        let (_, closed) = links.register_outbound(stream, addr);
-                        let _ = closed.await;
-                    }
-                    // No connection, or one that never completed a handshake.
-                    if let Ok(mut hosts) = hosts.lock() {
-                        hosts.dial_ended(addr, started);
-                    }
-                    if let Ok(mut d) = dialing.lock() {
-                        d.remove(&addr);
-                    }
-                });
-            } else if resolved_at.is_none_or(|at| now.duration_since(at) >= RESOLVE_INTERVAL)
-                && !self.resolve_bootstrap(&mut resolved_at).await
-            {
-                // No one left to dial: the DNS seeds were asked again, and
-                // we were shut down meanwhile.
-                break;
             }
             self.save();
+            let wake = clock.wake_at(machine.poll_timeout(), DISCOVERY_MAX_SLEEP);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(wake) => {
+                    // Addresses may have been learned meanwhile.
+                    machine.handle_candidates();
+                }
+                Some(done) = ended.recv() => match done {
+                    Ended::Dial(addr) => machine.handle_dial_ended(addr),
+                    Ended::Resolved => machine.handle_resolved(clock.now()),
+                },
+                Ok(()) = self.peer_addrs.changed() => {}
+                Some(supernodes) = next_lan_supernodes(&mut self.lan) => {
+                    if let Ok(mut hosts) = self.hosts.lock() {
+                        hosts.set_lan(&supernodes);
+                    }
+                    machine.handle_candidates();
+                }
+            }
         }
         self.save();
     }
 
-    /// Resolves the bootstrap names (if any) and offers their addresses
-    /// as seeds; false if shut down meanwhile.
-    async fn resolve_bootstrap(&self, resolved_at: &mut Option<tokio::time::Instant>) -> bool {
-        *resolved_at = Some(tokio::time::Instant::now());
-        if self.bootstrap.is_empty() {
-            return true;
-        }
-        let resolving =
-            tokio::time::timeout(RESOLVE_TIMEOUT, crate::addr::resolve_all(&self.bootstrap));
-        let mut addrs = tokio::select! {
-            _ = self.links.shutdown.cancelled() => return false,
-            resolved = resolving => resolved.unwrap_or_default(),
-        };
-        // Not ourselves, should a seed name us.
-        let own = self.local_addr;
-        addrs.retain(|addr| {
-            !(addr.port() == own.port()
-                && (addr.ip() == own.ip() || own.ip().is_unspecified() && addr.ip().is_loopback()))
+    /// Dials `addr` in the background; reports when the dial, or the
+    /// connection it opened, ended.
+    fn dial(&self, addr: SocketAddr, ended: mpsc::Sender<Ended>) {
+        let (links, hosts) = (self.links.clone(), self.hosts.clone());
+        self.links.link.tracker.spawn(async move {
+            let started = wall_time();
+            if let Ok(Ok(stream)) =
+                tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await
+            {
+                tracing::debug!(%addr, "dialing a supernode from the host cache");
+                let (_, closed) = links.register_outbound(stream, addr);
+                let _ = closed.await;
+            }
+            // No connection, or one that never completed a handshake.
+            if let Ok(mut hosts) = hosts.lock() {
+                hosts.dial_ended(addr, started);
+            }
+            let _ = ended.send(Ended::Dial(addr)).await;
         });
-        tracing::info!(found = addrs.len(), addrs = ?addrs, "bootstrap names resolved");
-        if let Ok(mut hosts) = self.hosts.lock() {
-            hosts.set_bootstrap(&addrs);
-        }
-        true
+    }
+
+    /// Resolves the bootstrap names in the background and offers their
+    /// addresses as seeds.
+    fn resolve(&self, ended: mpsc::Sender<Ended>) {
+        let (names, own, hosts) = (self.bootstrap.clone(), self.local_addr, self.hosts.clone());
+        let shutdown = self.links.shutdown.clone();
+        self.links.link.tracker.spawn(async move {
+            let resolving = tokio::time::timeout(RESOLVE_TIMEOUT, crate::addr::resolve_all(&names));
+            let mut addrs = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                resolved = resolving => resolved.unwrap_or_default(),
+            };
+            // Not ourselves, should a seed name us.
+            addrs.retain(|addr| {
+                !(addr.port() == own.port()
+                    && (addr.ip() == own.ip()
+                        || own.ip().is_unspecified() && addr.ip().is_loopback()))
+            });
+            tracing::info!(found = addrs.len(), addrs = ?addrs, "bootstrap names resolved");
+            if let Ok(mut hosts) = hosts.lock() {
+                hosts.set_bootstrap(&addrs);
+            }
+            let _ = ended.send(Ended::Resolved).await;
+        });
     }
 
     fn save(&self) {
@@ -1067,4 +1128,17 @@ impl Discovery {
             }
         }
     }
+}
+
+/// The supernodes LAN discovery hears, when that changes; never, if LAN
+/// discovery is off or has stopped.
+async fn next_lan_supernodes(
+    lan: &mut Option<watch::Receiver<crate::lan::LanView>>,
+) -> Option<Vec<SocketAddr>> {
+    if let Some(view) = lan {
+        if view.changed().await.is_ok() {
+            return Some(view.borrow_and_update().supernodes.clone());
+        }
+    }
+    std::future::pending().await
 }

@@ -49,8 +49,12 @@ async fn hits_cross_three_supernodes_with_ttl_4_but_not_with_ttl_2() {
         short.results.is_empty(),
         "TTL 2 must not reach three supernodes away"
     );
-    // The query did travel, just not far enough.
-    assert!(nodes[2].stats().queries_received >= 2);
+    // The query did travel, just not far enough: its last hop reached
+    // the next supernode, or was saved by that supernode's routing filter
+    // (it shares nothing; its filter reaches us as soon as we connect,
+    // now that the node task wakes at the core's deadlines, not a tick).
+    let last_hop = nodes[2].stats().queries_received + nodes[3].stats().filters.queries_skipped;
+    assert!(last_hop >= 2, "{last_hop}");
     assert_eq!(nodes[0].stats().queries_received, 1);
 
     sharer.shutdown().await;

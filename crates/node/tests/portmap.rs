@@ -3,7 +3,8 @@
 //! unmapped, announcing its bound address and found at it; a router that
 //! grants a mapping makes the leaf and the supernode announce the mapped
 //! address, and a firewalled source asked for a download by a mapped
-//! leaf connects to its HTTP port there. (The real router, miniupnpd in network namespaces, is
+//! leaf connects to its HTTP port there; a supernode whose mapping moves
+//! at a renewal tells its peers. (The real router, miniupnpd in network namespaces, is
 //! crates/cli/tests/portmap.rs.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -25,10 +26,22 @@ use tokio::net::{TcpListener, UdpSocket};
 
 const EXTERNAL: Ipv4Addr = Ipv4Addr::new(93, 184, 0, 1);
 
+/// How the fake router answers NAT-PMP.
+#[derive(Clone, Copy, PartialEq)]
+enum Grant {
+    /// Every answer is wrong.
+    Garbage,
+    /// The port asked for, for an hour.
+    Steady,
+    /// A new external port at each request, for a short lease, so the
+    /// mapping moves at every renewal.
+    Moving,
+}
+
 /// A fake router: NAT-PMP on one UDP port, SSDP on another pointing at an
-/// HTTP server; `honest` grants NAT-PMP mappings, otherwise every answer
-/// is wrong. Returns the port mapper's settings and the requests seen.
-async fn router(honest: bool) -> (PortMapConfig, Arc<AtomicUsize>) {
+/// HTTP server (whose answers are always garbage). Returns the port
+/// mapper's settings and the requests seen.
+async fn router(grant: Grant) -> (PortMapConfig, Arc<AtomicUsize>) {
     let seen = Arc::new(AtomicUsize::new(0));
     let natpmp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let SocketAddr::V4(gateway) = natpmp.local_addr().unwrap() else {
@@ -36,11 +49,20 @@ async fn router(honest: bool) -> (PortMapConfig, Arc<AtomicUsize>) {
     };
     let count = seen.clone();
     tokio::spawn(async move {
+        let honest = grant != Grant::Garbage;
         let mut buf = [0u8; 1500];
+        let mut maps: u16 = 0;
         while let Ok((len, from)) = natpmp.recv_from(&mut buf).await {
             count.fetch_add(1, Ordering::Relaxed);
             let request = &buf[..len];
             let replies: Vec<Vec<u8>> = match (honest, request) {
+                (true, [0, 2, _, _, a, b, ..]) if grant == Grant::Moving => {
+                    maps += 1;
+                    let mut out = vec![0, 130, 0, 0, 0, 0, 0, 1, *a, *b];
+                    out.extend_from_slice(&(20_000 + maps).to_be_bytes());
+                    out.extend_from_slice(&10u32.to_be_bytes());
+                    vec![out]
+                }
                 (true, [0, 0]) => {
                     let mut out = vec![0, 128, 0, 0, 0, 0, 0, 1];
                     out.extend_from_slice(&EXTERNAL.octets());
@@ -101,7 +123,7 @@ async fn router(honest: bool) -> (PortMapConfig, Arc<AtomicUsize>) {
 async fn a_leaf_whose_router_answers_garbage_runs_unmapped_and_is_found_at_its_address() {
     let at = supernode(&[]).await;
     let folder = shared_folder(&["garbage router.txt"]);
-    let (config, seen) = router(false).await;
+    let (config, seen) = router(Grant::Garbage).await;
     let mut options = leaf_options(&at, Some(folder.path()));
     options.port_mapping = Some(config);
     let sharer = start_leaf(options).await;
@@ -125,7 +147,7 @@ async fn a_leaf_whose_router_answers_garbage_runs_unmapped_and_is_found_at_its_a
 
 #[tokio::test]
 async fn a_mapped_leaf_and_supernode_announce_the_mapped_address() {
-    let (config, _) = router(true).await;
+    let (config, _) = router(Grant::Steady).await;
     let mut options = SupernodeOptions::new(localhost());
     options.port_mapping = Some(config.clone());
     let at = supernode::start(options).await.unwrap();
@@ -156,6 +178,32 @@ async fn a_mapped_leaf_and_supernode_announce_the_mapped_address() {
     assert!(unmapped.port_mapping().is_none());
 }
 
+#[tokio::test]
+async fn a_supernode_whose_mapping_moves_tells_its_peers() {
+    let (config, _) = router(Grant::Moving).await;
+    let mut options = SupernodeOptions::new(localhost());
+    options.port_mapping = Some(config);
+    let moving = supernode::start(options).await.unwrap();
+    let first = moving.announced_addr();
+    assert_eq!(first, SocketAddr::from((EXTERNAL, 20_001)));
+    let peer = supernode(&[moving.local_addr()]).await;
+    peer.wait_for(PATIENCE, |s| s.supernode_peers == 1)
+        .await
+        .unwrap();
+
+    // The lease is renewed after 5 s, at a new port: the peer hears it.
+    let stats = peer
+        .wait_for(PATIENCE, |s| s.peer_announces == 1)
+        .await
+        .unwrap();
+    assert_eq!(stats.peer_announces, 1);
+    assert_eq!(
+        moving.announced_addr(),
+        SocketAddr::from((EXTERNAL, 20_002))
+    );
+    assert_eq!(moving.stats().own_announces, 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mapped_downloader_is_pushed_to_at_its_http_port() {
     let at = supernode(&[]).await;
@@ -166,7 +214,7 @@ async fn a_mapped_downloader_is_pushed_to_at_its_http_port() {
     options.firewalled = true;
     let _source = start_leaf(options).await;
 
-    let (config, _) = router(true).await;
+    let (config, _) = router(Grant::Steady).await;
     let mut options = leaf_options(&at, None);
     options.port_mapping = Some(config);
     let downloader = start_leaf(options).await;

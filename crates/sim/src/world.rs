@@ -10,9 +10,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use canopy_core::addr_limits::IpNet;
+use canopy_core::discovery::{Candidates, Discovery, DiscoveryAction, DiscoveryConfig};
 use canopy_core::dynamic::DynamicConfig;
 use canopy_core::handshake::Identity;
 use canopy_core::leaf::{LeafAction, LeafSession, SearchRequest};
+use canopy_core::leaf_set::{LeafSet, LeafSetAction, LeafSetConfig, SessionEnd};
+use canopy_core::rng::SplitMix64;
 use canopy_core::supernode::{Action, Direction, Supernode, SupernodeConfig};
 use canopy_core::{ConnId, Time};
 use canopy_proto::{ContentId, Message, MessageId, NodeId, Role, SharedFile};
@@ -46,7 +49,13 @@ enum Event {
     },
     LeafReturns(usize),
     SupernodeReturns(usize),
-    SlotReattaches(usize, usize),
+    /// Leaf, slot, and the supernode it lost: the leaf notices (at once
+    /// for a link closed, after the reattach delay for a supernode gone).
+    SlotLost(usize, usize, usize),
+    /// A leaf's supernode set's deadline (`LeafSet::poll_timeout`).
+    LeafWakes(usize),
+    /// A supernode's discovery deadline (`Discovery::poll_timeout`).
+    SupernodeWakes(usize),
 }
 
 #[derive(Debug, Default)]
@@ -76,6 +85,10 @@ struct LeafNode {
     busy_until: u64,
     /// Its searches, to harvest when the session that runs them ends.
     searches: Vec<MessageId>,
+    /// Which supernodes it keeps: the core's policy, as a real leaf runs it.
+    set: LeafSet,
+    /// When `set` is due next (a wake event at another time is stale).
+    wake: Option<u64>,
 }
 
 /// A supernode's links, by connection id. Ids are handed out in
@@ -111,6 +124,10 @@ struct SuperNode {
     machine: Supernode,
     online: bool,
     links: Links,
+    /// Whom it dials: the core's peer discovery, as a real supernode runs it.
+    discovery: Discovery,
+    /// When `discovery` is due next.
+    wake: Option<u64>,
 }
 
 struct World {
@@ -131,6 +148,65 @@ struct World {
 fn supernode_addr(i: usize) -> SocketAddr {
     let b = (i as u32).to_be_bytes();
     SocketAddr::from(([10, b[1], b[2], b[3]], 6346))
+}
+
+/// The supernode `supernode_addr` names.
+fn supernode_index(addr: SocketAddr) -> Option<usize> {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.octets()[0] == 10 => {
+            let [_, a, b, c] = ip.octets();
+            Some(u32::from_be_bytes([0, a, b, c]) as usize)
+        }
+        _ => None,
+    }
+}
+
+/// The simulator's host cache: every supernode online, drawn at random
+/// (64 tries), `first` offered before any other while it may be (a
+/// configured seed). What the real node's address manager does in its
+/// place, without simulating Pongs.
+struct Online {
+    online: Vec<bool>,
+    first: Option<usize>,
+}
+
+impl Online {
+    fn of(supers: &[SuperNode], first: Option<usize>) -> Self {
+        Self {
+            online: supers.iter().map(|s| s.online).collect(),
+            first,
+        }
+    }
+}
+
+impl Candidates for Online {
+    fn select(&mut self, random: u64, skip: &dyn Fn(SocketAddr) -> bool) -> Option<SocketAddr> {
+        let ok = |s: usize| self.online[s] && !skip(supernode_addr(s));
+        if let Some(first) = self.first.filter(|f| ok(*f)) {
+            return Some(supernode_addr(first));
+        }
+        let mut rng = SplitMix64::new(random);
+        let n = self.online.len() as u64;
+        (0..64)
+            .map(|_| rng.below(n) as usize)
+            .find(|s| ok(*s))
+            .map(supernode_addr)
+    }
+}
+
+/// The leaf's policy with `parents` sessions (no bootstrap names: the
+/// simulated host cache knows every supernode).
+fn leaf_set(parents: usize, seed: u64) -> LeafSet {
+    LeafSet::new(LeafSetConfig::new(parents), SplitMix64::new(seed))
+}
+
+/// A supernode's discovery: the graph's mean degree as its peers wanted.
+fn discovery(i: usize, config: &SimConfig, seed: u64) -> Discovery {
+    let config = DiscoveryConfig {
+        excluded: vec![supernode_addr(i)],
+        ..DiscoveryConfig::new(2 * config.dials_per_supernode + 2)
+    };
+    Discovery::new(config, SplitMix64::new(seed))
 }
 
 fn leaf_addr(i: usize) -> SocketAddr {
@@ -286,6 +362,19 @@ impl World {
         };
         self.forget_end(from);
         self.forget_end(link.to);
+        match (from, link.to) {
+            (End::Leaf(l, k, _), End::Super(s, _)) | (End::Super(s, _), End::Leaf(l, k, _)) => {
+                // The leaf's set hears of it as the events now are done.
+                self.schedule(self.now, Event::SlotLost(l, k, s));
+            }
+            (End::Super(a, _), End::Super(b, _)) => {
+                self.supers[a].discovery.handle_left(supernode_addr(b));
+                self.supers[b].discovery.handle_left(supernode_addr(a));
+                self.schedule(self.now, Event::SupernodeWakes(a));
+                self.schedule(self.now, Event::SupernodeWakes(b));
+            }
+            _ => {}
+        }
         if let End::Super(s, conn) = link.to {
             self.supers[s].machine.handle_disconnected(conn);
             self.drain_super(s);
@@ -362,10 +451,19 @@ impl World {
             }
             Event::LeafReturns(l) => self.leaf_returns(l),
             Event::SupernodeReturns(s) => self.supernode_returns(s),
-            Event::SlotReattaches(l, k) => {
-                if self.leaves[l].online && self.leaves[l].slots[k].link.is_none() {
-                    self.reconnect_slot(l, k);
+            Event::SlotLost(l, k, s) => self.slot_lost(l, k, s),
+            // A stale wake only looks early: the machines act when due.
+            Event::LeafWakes(l) => {
+                if self.leaves[l].wake == Some(at) {
+                    self.leaves[l].wake = None;
                 }
+                self.drive_leaf_set(l, None);
+            }
+            Event::SupernodeWakes(s) => {
+                if self.supers[s].wake == Some(at) {
+                    self.supers[s].wake = None;
+                }
+                self.drive_discovery(s);
             }
         }
     }
@@ -421,6 +519,8 @@ impl World {
             node_id(1, b),
             now,
         );
+        self.supers[a].discovery.handle_joined(supernode_addr(b));
+        self.supers[b].discovery.handle_joined(supernode_addr(a));
         self.drain_super(b);
         self.drain_super(a);
     }
@@ -471,37 +571,106 @@ impl World {
         }
     }
 
-    /// A random online supernode that is not a parent of leaf `l` yet.
-    fn pick_parent(&mut self, l: usize) -> Option<usize> {
-        let parents: Vec<usize> = self.leaves[l]
-            .slots
-            .iter()
-            .filter_map(|slot| match slot.link {
-                Some((
-                    _,
-                    Link {
-                        to: End::Super(s, _),
-                        ..
-                    },
-                )) => Some(s),
-                _ => None,
-            })
-            .collect();
-        (0..64).find_map(|_| {
-            let s = self.rng.random_range(0..self.supers.len());
-            (self.supers[s].online && !parents.contains(&s)).then_some(s)
-        })
+    /// Runs leaf `l`'s supernode set at the current time (offering
+    /// `first` before others, as a configured seed): opens the sessions
+    /// it asks for in free slots, and schedules its next deadline.
+    fn drive_leaf_set(&mut self, l: usize, first: Option<usize>) {
+        if !self.leaves[l].online {
+            return;
+        }
+        let now = Time(self.now);
+        let mut candidates = Online::of(&self.supers, first);
+        self.leaves[l].set.handle_timeout(now, &mut candidates);
+        while let Some(action) = self.leaves[l].set.poll_action() {
+            let LeafSetAction::Open(addr) = action else {
+                continue; // no bootstrap names in the simulator
+            };
+            match supernode_index(addr) {
+                Some(s) => self.open_slot(l, s),
+                None => {
+                    self.leaves[l]
+                        .set
+                        .handle_ended(addr, SessionEnd::Unreachable, now);
+                }
+            }
+        }
+        if let Some(at) = self.leaves[l].set.poll_timeout() {
+            let at = at.as_millis().max(self.now + 1);
+            if self.leaves[l].wake.is_none_or(|w| w > at || w < self.now) {
+                self.leaves[l].wake = Some(at);
+                self.schedule(at, Event::LeafWakes(l));
+            }
+        }
     }
 
-    /// A fresh session for slot `k` of leaf `l`, to a new parent.
-    fn reconnect_slot(&mut self, l: usize, k: usize) {
+    /// A fresh session in a free slot of leaf `l`, to supernode `s`.
+    fn open_slot(&mut self, l: usize, s: usize) {
+        let Some(k) = self.leaves[l]
+            .slots
+            .iter()
+            .position(|slot| slot.link.is_none())
+        else {
+            return;
+        };
         if k == 0 {
             self.harvest(l);
         }
         let session = leaf_session(l, &self.leaves[l].shares);
         self.leaves[l].slots[k].session = session;
-        if let Some(s) = self.pick_parent(l) {
+        if self.supers[s].online {
             self.attach(l, k, s);
+            self.leaves[l]
+                .set
+                .handle_ready(supernode_addr(s), node_id(1, s));
+        } else {
+            let now = Time(self.now);
+            self.leaves[l]
+                .set
+                .handle_ended(supernode_addr(s), SessionEnd::Unreachable, now);
+        }
+    }
+
+    /// Leaf `l` noticed its slot `k`'s supernode `s` is gone: its set
+    /// replaces it.
+    fn slot_lost(&mut self, l: usize, k: usize, s: usize) {
+        if !self.leaves[l].online || self.leaves[l].slots[k].link.is_some() {
+            return;
+        }
+        let lasted = Duration::ZERO;
+        let now = Time(self.now);
+        self.leaves[l]
+            .set
+            .handle_ended(supernode_addr(s), SessionEnd::Closed { lasted }, now);
+        self.drive_leaf_set(l, None);
+    }
+
+    /// Runs supernode `s`'s discovery at the current time: dials what it
+    /// asks (a dial to a supernode online joins at once), and schedules
+    /// its next deadline.
+    fn drive_discovery(&mut self, s: usize) {
+        if !self.supers[s].online {
+            return;
+        }
+        let now = Time(self.now);
+        let mut candidates = Online::of(&self.supers, None);
+        self.supers[s]
+            .discovery
+            .handle_timeout(now, &mut candidates);
+        while let Some(action) = self.supers[s].discovery.poll_action() {
+            let DiscoveryAction::Dial(addr) = action else {
+                continue;
+            };
+            if let Some(t) = supernode_index(addr).filter(|t| self.supers[*t].online) {
+                self.join(s, t);
+            }
+            self.supers[s].discovery.handle_dial_ended(addr);
+        }
+        if let Some(at) = self.supers[s].discovery.poll_timeout() {
+            let at = at.as_millis().max(self.now + 1);
+            if self.supers[s].wake.is_none_or(|w| w > at || w < self.now) {
+                self.supers[s].wake = Some(at);
+                self.schedule(at, Event::SupernodeWakes(s));
+            }
         }
     }
 
@@ -518,16 +687,19 @@ impl World {
         self.schedule(at, Event::LeafReturns(l));
     }
 
+    /// Leaf `l` comes back with a fresh supernode set, which opens its
+    /// sessions.
     fn leaf_returns(&mut self, l: usize) {
         self.leaves[l].online = true;
-        for k in 0..self.leaves[l].slots.len() {
-            self.reconnect_slot(l, k);
-        }
+        let parents = self.leaves[l].slots.len();
+        self.leaves[l].set = leaf_set(parents, self.rng.random());
+        self.drive_leaf_set(l, None);
     }
 
     /// Supernode `s` vanishes: its peers see the connections drop, its
     /// leaves look for another parent.
     fn supernode_leaves(&mut self, s: usize) {
+        self.supers[s].online = false;
         let links = std::mem::take(&mut self.supers[s].links);
         for (_, link) in links.0 {
             match link.to {
@@ -535,11 +707,13 @@ impl World {
                     self.supers[t].links.remove(conn);
                     self.supers[t].machine.handle_disconnected(conn);
                     self.drain_super(t);
+                    self.supers[t].discovery.handle_left(supernode_addr(s));
+                    self.schedule(self.now, Event::SupernodeWakes(t));
                 }
                 End::Leaf(l, k, conn) => {
                     self.forget_end(End::Leaf(l, k, conn));
                     let at = self.now + self.draw(self.config.churn.reattach_ms);
-                    self.schedule(at, Event::SlotReattaches(l, k));
+                    self.schedule(at, Event::SlotLost(l, k, s));
                 }
             }
         }
@@ -551,22 +725,13 @@ impl World {
         self.schedule(at, Event::SupernodeReturns(s));
     }
 
-    /// Supernode `s` comes back with fresh state and dials as many new
-    /// neighbours as the mean degree;
-    /// leaves find it as they look for parents.
+    /// Supernode `s` comes back with fresh state; its discovery dials
+    /// until it has the peers it wants; leaves find it as they look for
+    /// parents.
     fn supernode_returns(&mut self, s: usize) {
         self.supers[s].online = true;
-        let mut dialed = Vec::new();
-        for _ in 0..64 {
-            if dialed.len() >= 2 * self.config.dials_per_supernode + 2 {
-                break;
-            }
-            let t = self.rng.random_range(0..self.supers.len());
-            if t != s && self.supers[t].online && !dialed.contains(&t) {
-                dialed.push(t);
-                self.join(s, t);
-            }
-        }
+        self.supers[s].discovery = discovery(s, &self.config, self.rng.random());
+        self.drive_discovery(s);
     }
 
     /// Churn due in one tick of `tick_ms`: leaves and supernodes leave at
@@ -659,6 +824,8 @@ pub fn run(config: &SimConfig) -> RunReport {
         }
     }
     let parents = config.parents_per_leaf.clamp(1, s_count);
+    // The policies' own generators, seeded apart from the world's.
+    let mut seeds = SplitMix64::new(config.seed ^ 0x5EED_5EED_5EED_5EED);
     let leaves = files
         .into_iter()
         .enumerate()
@@ -673,6 +840,8 @@ pub fn run(config: &SimConfig) -> RunReport {
             online: true,
             busy_until: 0,
             searches: Vec::new(),
+            set: leaf_set(parents, seeds.next_u64()),
+            wake: None,
         })
         .collect();
     let supers = (0..s_count)
@@ -680,6 +849,8 @@ pub fn run(config: &SimConfig) -> RunReport {
             machine: Supernode::new(supernode_config(i, config, dynamic.as_ref())),
             online: true,
             links: Links::default(),
+            discovery: discovery(i, config, seeds.next_u64()),
+            wake: None,
         })
         .collect();
     let mut world = World {
@@ -720,15 +891,15 @@ pub fn run(config: &SimConfig) -> RunReport {
             }
         }
     }
-    // Leaves: first parent in order (an even spread), the others at random.
+    // From here on, each supernode's discovery keeps its peers.
+    for s in 0..s_count {
+        world.drive_discovery(s);
+    }
+    // Leaves: their sets choose; the first parent is offered first, in
+    // order (an even spread, like a configured seed), the others at random.
     let per_supernode = config.leaves_per_supernode.max(1);
     for l in 0..l_count {
-        world.attach(l, 0, l / per_supernode);
-        for k in 1..parents {
-            if let Some(s) = world.pick_parent(l) {
-                world.attach(l, k, s);
-            }
-        }
+        world.drive_leaf_set(l, Some(l / per_supernode));
     }
     world.run_until(world.now + 10_000);
 

@@ -37,8 +37,8 @@ use std::time::Duration;
 use canopy_core::Time;
 use canopy_core::punch::{Action, Punch};
 use canopy_proto::NodeId;
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -88,6 +88,16 @@ where
         while let Some(action) = punch.poll_action(now()) {
             match action {
                 Action::Dial { attempt } => {
+                    // A dial that connected while we slept is taken, not
+                    // abandoned for the next.
+                    while let Some(Some((attempt, remote, dialed))) = dials.next().now_or_never() {
+                        if let Ok(stream) = dialed {
+                            let won = Won::Dialed { attempt };
+                            punch.handle_connected(won, now());
+                            tracing::debug!(%remote, attempt, "punch: our dial connected");
+                            return Ok((stream, won));
+                        }
+                    }
                     // Dropped at once: a socket in SYN-SENT closes
                     // silently, and the fresh one takes its 4-tuple.
                     dials.clear();
@@ -114,6 +124,8 @@ where
             .poll_timeout()
             .map_or(origin, |at| origin + Duration::from_millis(at.as_millis()));
         tokio::select! {
+            // A connection beats the timer that would abandon it.
+            biased;
             Some((attempt, remote, dialed)) = dials.next(), if !dials.is_empty() => match dialed {
                 Ok(stream) => {
                     let won = Won::Dialed { attempt };
@@ -236,7 +248,7 @@ impl PunchConnector {
 
 impl Connector for PunchConnector {
     fn connect(&self) -> ConnectFuture {
-        let (node, remotes, request, config, slots) = (
+        let (node, remotes, request, mut config, slots) = (
             self.node,
             self.remotes.clone(),
             self.request.clone(),
@@ -257,36 +269,63 @@ impl Connector for PunchConnector {
             let listener = crate::listen::bind(any_dual_stack(0)).await?;
             let port = listener.local_addr()?.port();
             request(port).await?;
-            let accepted = accept_pushed(&listener, node);
-            let (mut stream, won) = rendezvous(port, &remotes, config, accepted).await?;
-            drop(slot);
-            let _ = stream.set_nodelay(true);
-            let path = match won {
-                Won::Accepted => TransferPath::Push,
-                Won::Dialed { .. } => {
-                    let mut first = [0u8; 1];
-                    match tokio::time::timeout(SILENT_MEANS_DIRECT, stream.peek(&mut first)).await {
-                        Err(_) => TransferPath::Direct,
-                        Ok(_) => {
-                            let said =
-                                tokio::time::timeout(PREAMBLE_TIMEOUT, read_preamble(&mut stream))
-                                    .await
-                                    .ok()
-                                    .flatten();
-                            if said != Some(node) {
-                                return Err(io::Error::new(
-                                    io::ErrorKind::InvalidData,
-                                    "the punched connection did not come from the source",
-                                ));
-                            }
-                            TransferPath::HolePunch
+            let deadline = tokio::time::Instant::now() + config.window;
+            loop {
+                let accepted = accept_pushed(&listener, node);
+                let (stream, won) = rendezvous(port, &remotes, config, accepted).await?;
+                match introduced(stream, won, node).await {
+                    Ok(connected) => {
+                        drop(slot);
+                        return Ok(connected);
+                    }
+                    // The source may have abandoned its dial just as ours
+                    // met it: punch on for what is left of the window.
+                    Err(error) => {
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        if left < config.interval {
+                            return Err(error);
                         }
+                        tracing::debug!(%error, ?left, "punch: punching on");
+                        config.window = left;
                     }
                 }
-            };
-            Ok(Connected::new(stream, path))
+            }
         })
     }
+}
+
+/// What a punched connection is: one the source's dial made to our port
+/// is a push; one ours made is a hole punch if the source introduces
+/// itself, or the source's HTTP server itself if it stays silent. A
+/// connection that closes or names someone else is cut at once (a reset,
+/// so no TIME-WAIT keeps its 4-tuple from the next dial).
+async fn introduced(mut stream: TcpStream, won: Won, node: NodeId) -> io::Result<Connected> {
+    let _ = stream.set_nodelay(true);
+    let path = match won {
+        Won::Accepted => TransferPath::Push,
+        Won::Dialed { .. } => {
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(SILENT_MEANS_DIRECT, stream.peek(&mut first)).await {
+                Err(_) => TransferPath::Direct,
+                Ok(_) => {
+                    let said = tokio::time::timeout(PREAMBLE_TIMEOUT, read_preamble(&mut stream))
+                        .await
+                        .ok()
+                        .flatten();
+                    if said != Some(node) {
+                        // Zero linger: close() resets at once, never blocks.
+                        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "the punched connection did not come from the source",
+                        ));
+                    }
+                    TransferPath::HolePunch
+                }
+            }
+        }
+    };
+    Ok(Connected::new(stream, path))
 }
 
 #[cfg(test)]

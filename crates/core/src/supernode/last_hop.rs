@@ -146,6 +146,23 @@ impl LastHopFilters {
     /// something was added or a peer holds nothing yet; removals alone
     /// wait for the interval.
     pub fn publish(&mut self, now: Time) -> Vec<(Vec<ConnId>, FilterPatch)> {
+        self.publish_parts(now)
+    }
+
+    /// When [`LastHopFilters::publish`] has something to send: at once
+    /// (`Time::ZERO`) after an addition or for a peer holding nothing yet,
+    /// at the interval's end for removals alone; `None` when nothing
+    /// changed.
+    pub fn next_publish(&self) -> Option<Time> {
+        let unsynced = self.received.keys().any(|conn| !self.synced.contains(conn));
+        if self.added || unsynced {
+            Some(Time::ZERO)
+        } else {
+            self.dirty.then_some(self.next_publish)
+        }
+    }
+
+    fn publish_parts(&mut self, now: Time) -> Vec<(Vec<ConnId>, FilterPatch)> {
         let unsynced: Vec<ConnId> = self
             .received
             .keys()

@@ -113,6 +113,12 @@ impl ReachDriver {
         std::future::pending().await
     }
 
+    /// When the policy next has something to do, no later than
+    /// `at_most` from now.
+    pub(super) fn wake_at(&self, at_most: std::time::Duration) -> tokio::time::Instant {
+        self.clock.wake_at(self.policy.poll_timeout(), at_most)
+    }
+
     /// Carries out what the policy asks (Announces through `sessions`)
     /// and publishes the address and the status.
     pub(super) fn drive<'a>(

@@ -28,8 +28,13 @@ use crate::connection::{self, ConnEvent, LinkContext, Outgoing};
 use crate::secure::Side;
 use canopy_proto::secure::PublicKey;
 
-/// How often running searches are checked for their deadline.
+/// How often running searches someone follows are checked for their
+/// deadline and new results; with none, the session sleeps until the
+/// core's next deadline (`LeafSession::poll_timeout`), at most
+/// [`MAX_SLEEP`].
 const TICK: Duration = Duration::from_millis(50);
+/// The longest a session sleeps with no deadline due.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// A running search publishes its results at most this often (the first
 /// change at once); the tick publishes what waited.
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(50);
@@ -230,11 +235,16 @@ async fn run(
     }
     session.handle_connected(remote_key.node_id());
     let mut following: HashMap<MessageId, Follower> = HashMap::new();
-    let mut tick = tokio::time::interval(TICK);
     let mut end = None;
     // The free leaf slots last told the election.
     let mut reported_free = None;
     while end.is_none() {
+        let at_most = if following.is_empty() {
+            MAX_SLEEP
+        } else {
+            TICK
+        };
+        let wake = clock.wake_at(session.poll_timeout(), at_most);
         tokio::select! {
             biased;
             _ = context.shutdown.cancelled() => {
@@ -289,7 +299,7 @@ async fn run(
                     end = Some(SessionEnd::Shutdown);
                 }
             },
-            _ = tick.tick() => session.handle_timeout(clock.now()),
+            _ = tokio::time::sleep_until(wake) => session.handle_timeout(clock.now()),
         }
         while let Some(action) = session.poll_action() {
             match action {

@@ -1,47 +1,48 @@
-//! The leaf's coordinator: keeps the wanted number of supernode sessions
-//! (two for a long-running leaf), so losing one supernode loses no search
-//! coverage; sends every change of shares to all of them; sends searches
-//! and pushes through one that is ready; and chooses whom to dial.
+//! The leaf's coordinator: a thin driver of the core's
+//! [`canopy_core::leaf_set::LeafSet`], which decides how many supernode
+//! sessions to keep (two for a long-running leaf, so losing one supernode
+//! loses no search coverage), whom to dial, when a lost one is replaced
+//! (per-address backoff with jitter) and which session searches; this
+//! task opens the sessions it names, sends every change of shares to all
+//! of them, sends searches and pushes through the one it picks, and
+//! resolves the bootstrap names when told. It sleeps until the set's or
+//! the reachability policy's next deadline, woken early by sessions'
+//! news, commands and the LAN, and saves the host cache at least every
+//! [`MAX_SLEEP`].
 //!
 //! Candidates come from the host cache (the core's address manager): the
 //! configured supernodes first, always, then supernodes learned from the
 //! answers to our Pings and from try-lists, drawn from its tried and new
 //! tables. Sessions report back: a handshake marks its supernode tried, a
-//! failed dial counts against it. A supernode that failed waits out an
-//! exponential backoff before it is tried again. With LAN discovery on,
-//! the supernodes heard on the LAN are offered like seeds (after the
-//! configured and bootstrap ones) while they are heard, and every node
-//! heard is in the status. A leaf listening dual-stack (`[::]`) opens its second session in the family its first
-//! is not in, when the cache has such a supernode, so hits name it in
-//! both and dual-stack downloaders reach it over IPv6
-//! (`canopy_core::family::missing_family`).
+//! failed dial counts against it. With LAN discovery on, the supernodes
+//! heard on the LAN are offered like seeds (after the configured and
+//! bootstrap ones) while they are heard, and every node heard is in the
+//! status. A leaf listening dual-stack (`[::]`) opens its second session
+//! in the family its first is not in, when the cache has such a
+//! supernode, so hits name it in both and dual-stack downloaders reach it
+//! over IPv6 (`canopy_core::family::missing_family`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use canopy_core::backoff::Backoff;
-use canopy_core::family::{Family, missing_family};
-use canopy_proto::{NodeId, SharedFile};
+use canopy_core::leaf_set::{LeafSet, LeafSetAction, LeafSetConfig, SessionEnd as End};
+use canopy_core::rng::SplitMix64;
+use canopy_proto::SharedFile;
 use canopy_transfer::listen::any_dual_stack;
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
 
 use super::reach::ReachDriver;
 use super::session::{self, FromSession, SessionContext, SessionEnd, ToSession};
 use super::{Command, LeafOptions, LeafStatus};
 use crate::NodeError;
 use crate::addr::resolve_all;
+use crate::clock::Clock;
 use crate::hosts::HostCache;
 use crate::lan::LanView;
 
-/// How often the coordinator looks for sessions to open.
-const TICK: Duration = Duration::from_millis(250);
-/// Supernodes whose backoff is remembered, past which the expired ones
-/// are forgotten.
-const MAX_RETRIES: usize = 2048;
-/// A session that lasted this long resets its supernode's backoff.
-const STABLE_SESSION: Duration = Duration::from_secs(30);
+/// The longest the coordinator sleeps (the host cache is saved then).
+const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// Bootstrap names are resolved again at most this often.
 const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 /// A resolution taking longer is given up (it finds nothing).
@@ -49,16 +50,8 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Link {
     to_session: mpsc::Sender<ToSession>,
-    ready: bool,
     /// Its supernode relays.
     relays: bool,
-    /// The supernode's node id, once joined.
-    node_id: Option<NodeId>,
-}
-
-struct Retry {
-    not_before: Instant,
-    backoff: Backoff,
 }
 
 pub(super) struct LeafTask {
@@ -75,21 +68,12 @@ pub(super) struct LeafTask {
 }
 
 struct Running {
+    /// The policy: which sessions, which one searches.
+    set: LeafSet,
+    clock: Clock,
     links: HashMap<SocketAddr, Link>,
-    retries: HashMap<SocketAddr, Retry>,
     news_tx: mpsc::Sender<FromSession>,
     last_failure: Option<String>,
-    bootstrap: Bootstrap,
-    /// The node ids of the supernodes LAN discovery hears, by address: one
-    /// we are joined to at another address (a supernode on this machine,
-    /// configured as localhost) is not dialed again.
-    lan_ids: HashMap<SocketAddr, NodeId>,
-}
-
-/// Where the resolution of the bootstrap names is.
-struct Bootstrap {
-    resolving: bool,
-    last: Option<Instant>,
     resolved_tx: mpsc::Sender<Vec<SocketAddr>>,
 }
 
@@ -97,23 +81,31 @@ impl LeafTask {
     pub(super) async fn run(mut self) {
         let (news_tx, mut news) = mpsc::channel(256);
         let (resolved_tx, mut resolved) = mpsc::channel(1);
+        let dual_stack = self
+            .options
+            .listen
+            .is_some_and(|l| l == any_dual_stack(l.port()));
+        let config = LeafSetConfig {
+            dual_stack,
+            bootstrap: !self.options.bootstrap.is_empty(),
+            resolve_interval: RESOLVE_INTERVAL,
+            ..LeafSetConfig::new(self.options.supernodes_wanted)
+        };
         let mut running = Running {
+            set: LeafSet::new(config, SplitMix64::new(rand::random())),
+            clock: Clock::new(),
             links: HashMap::new(),
-            retries: HashMap::new(),
             news_tx,
             last_failure: None,
-            lan_ids: HashMap::new(),
-            bootstrap: Bootstrap {
-                resolving: false,
-                last: None,
-                resolved_tx,
-            },
+            resolved_tx,
         };
-        self.resolve_bootstrap(&mut running);
         let mut lan = self.lan.take();
-        let mut tick = tokio::time::interval(TICK);
         loop {
             self.fill(&mut running);
+            let wake = running
+                .clock
+                .wake_at(running.set.poll_timeout(), MAX_SLEEP)
+                .min(self.reach.wake_at(MAX_SLEEP));
             tokio::select! {
                 biased;
                 // Sessions watch the same token and say Bye themselves.
@@ -134,18 +126,18 @@ impl LeafTask {
                 }
                 Some(view) = next_view(&mut lan) => {
                     self.hosts.set_lan(&view.supernodes);
-                    running.lan_ids = view
-                        .peers
-                        .iter()
-                        .filter_map(|p| Some((p.overlay_addr()?, p.node_id)))
-                        .collect();
+                    running.set.set_lan_ids(
+                        view.peers
+                            .iter()
+                            .filter_map(|p| Some((p.overlay_addr()?, p.node_id))),
+                    );
                     self.status.send_modify(|s| s.lan_peers = view.peers);
                 }
                 command = self.commands.recv() => match command {
                     Some(command) => self.on_command(&running, command).await,
                     None => break,
                 },
-                _ = tick.tick() => {
+                _ = tokio::time::sleep_until(wake) => {
                     self.drive_reach(&running);
                     if let Err(error) = self.hosts.save() {
                         tracing::debug!(%error, "could not save the host cache");
@@ -158,74 +150,40 @@ impl LeafTask {
         }
     }
 
-    /// Opens sessions until the wanted number are open or connecting.
+    /// Lets the set open sessions (until the wanted number are open or
+    /// opening) and ask for the bootstrap names to be resolved.
     fn fill(&mut self, running: &mut Running) {
-        let now = Instant::now();
-        let dual_stack = self
-            .options
-            .listen
-            .is_some_and(|l| l == any_dual_stack(l.port()));
-        while running.links.len() < self.options.supernodes_wanted {
-            let joined_elsewhere = |addr: &SocketAddr| {
-                running
-                    .lan_ids
-                    .get(addr)
-                    .is_some_and(|id| running.links.values().any(|link| link.node_id == Some(*id)))
-            };
-            let skip = |addr: SocketAddr| {
-                running.links.contains_key(&addr)
-                    || joined_elsewhere(&addr)
-                    || running
-                        .retries
-                        .get(&addr)
-                        .is_some_and(|r| r.not_before > now)
-            };
-            let wanted = dual_stack
-                .then(|| missing_family(running.links.keys().copied()))
-                .flatten();
-            let next = wanted
-                .and_then(|family| {
-                    self.hosts
-                        .select(|addr| skip(addr) || Family::of(addr) != family)
-                })
-                .or_else(|| self.hosts.select(skip));
-            let Some(addr) = next else {
-                // No one left to dial: ask the DNS seeds again.
-                let last = running.bootstrap.last;
-                if last.is_none_or(|last| now.duration_since(last) >= RESOLVE_INTERVAL) {
-                    self.resolve_bootstrap(running);
+        running
+            .set
+            .handle_timeout(running.clock.now(), &mut self.hosts);
+        while let Some(action) = running.set.poll_action() {
+            match action {
+                LeafSetAction::Open(addr) => {
+                    tracing::debug!(%addr, "dialing supernode");
+                    let to_session = session::spawn(
+                        addr,
+                        self.files.clone(),
+                        self.context.clone(),
+                        running.news_tx.clone(),
+                    );
+                    running.links.insert(
+                        addr,
+                        Link {
+                            to_session,
+                            relays: false,
+                        },
+                    );
                 }
-                break;
-            };
-            tracing::debug!(%addr, "dialing supernode");
-            let to_session = session::spawn(
-                addr,
-                self.files.clone(),
-                self.context.clone(),
-                running.news_tx.clone(),
-            );
-            running.links.insert(
-                addr,
-                Link {
-                    to_session,
-                    ready: false,
-                    relays: false,
-                    node_id: None,
-                },
-            );
+                LeafSetAction::Resolve => self.resolve_bootstrap(running),
+            }
         }
     }
 
-    /// Resolves the bootstrap names in the background, unless there are
-    /// none or a resolution is running.
-    fn resolve_bootstrap(&self, running: &mut Running) {
-        if self.options.bootstrap.is_empty() || running.bootstrap.resolving {
-            return;
-        }
-        running.bootstrap.resolving = true;
-        running.bootstrap.last = Some(Instant::now());
+    /// Resolves the bootstrap names in the background (the set asks for
+    /// one resolution at a time).
+    fn resolve_bootstrap(&self, running: &Running) {
         let names = self.options.bootstrap.clone();
-        let resolved_tx = running.bootstrap.resolved_tx.clone();
+        let resolved_tx = running.resolved_tx.clone();
         let shutdown = self.context.shutdown.clone();
         self.context.tracker.spawn(async move {
             let resolving = tokio::time::timeout(RESOLVE_TIMEOUT, resolve_all(&names));
@@ -240,7 +198,7 @@ impl LeafTask {
     /// The bootstrap names resolved to `addrs`; false when a one-shot leaf
     /// has nothing left to try.
     fn on_resolved(&mut self, running: &mut Running, addrs: Vec<SocketAddr>) -> bool {
-        running.bootstrap.resolving = false;
+        running.set.handle_resolved(running.clock.now());
         tracing::info!(found = addrs.len(), addrs = ?addrs, "bootstrap names resolved");
         self.hosts.set_bootstrap(&addrs);
         if addrs.is_empty() {
@@ -276,11 +234,9 @@ impl LeafTask {
             } => {
                 self.reach.joined(addr, observed, local, from_listen_port);
                 if let Some(link) = running.links.get_mut(&addr) {
-                    link.ready = true;
                     link.relays = relays;
-                    link.node_id = Some(node_id);
                 }
-                running.retries.remove(&addr);
+                running.set.handle_ready(addr, node_id);
                 self.hosts.mark_good(addr);
                 self.status.send_modify(|s| {
                     s.observed_addr = observed.or(s.observed_addr);
@@ -298,47 +254,43 @@ impl LeafTask {
                 self.drive_reach(running);
             }
             FromSession::Learned { addr, supernodes } => {
-                self.hosts.learn(addr, &supernodes);
+                if self.hosts.learn(addr, &supernodes) > 0 {
+                    running.set.handle_candidates();
+                }
             }
             FromSession::Ended { addr, end } => {
-                let joined = running.links.remove(&addr).is_some_and(|link| link.ready);
+                running.links.remove(&addr);
                 self.reach.ended(addr);
                 self.drive_reach(running);
-                // A refusal is an answer (full, say), not a failure to reach.
-                let refused = matches!(end, SessionEnd::Rejected(_));
-                self.publish_status(running);
-                let (failure, stable) = match end {
-                    SessionEnd::Shutdown => return !self.context.shutdown.is_cancelled(),
-                    SessionEnd::Unreachable(reason) => {
-                        (format!("cannot reach supernode {addr}: {reason}"), false)
+                let (failure, ended) = match end {
+                    SessionEnd::Shutdown => {
+                        running
+                            .set
+                            .handle_ended(addr, End::Shutdown, running.clock.now());
+                        self.publish_status(running);
+                        return !self.context.shutdown.is_cancelled();
                     }
+                    SessionEnd::Unreachable(reason) => (
+                        format!("cannot reach supernode {addr}: {reason}"),
+                        End::Unreachable,
+                    ),
                     SessionEnd::Closed { lasted } => (
                         format!("supernode {addr} closed the connection"),
-                        lasted > STABLE_SESSION,
+                        End::Closed { lasted },
                     ),
                     SessionEnd::Rejected(try_list) => {
                         // An answer to our own dial: believed (within limits).
                         self.hosts.learn(addr, &try_list);
-                        (format!("supernode {addr} refused us"), false)
+                        (format!("supernode {addr} refused us"), End::Rejected)
                     }
                 };
-                if !joined && !refused {
+                // The policy backs the address off and says whether the
+                // end counts against it (never joined, and not refused).
+                if running.set.handle_ended(addr, ended, running.clock.now()) {
                     self.hosts.mark_failed(addr);
                 }
+                self.publish_status(running);
                 tracing::info!(reason = %failure, "supernode session ended");
-                let retry = running.retries.entry(addr).or_insert_with(|| Retry {
-                    not_before: Instant::now(),
-                    backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
-                });
-                if stable {
-                    retry.backoff.reset();
-                }
-                retry.not_before = Instant::now() + retry.backoff.next_delay(rand::random::<f64>());
-                if running.retries.len() > MAX_RETRIES {
-                    // Only those still waiting matter.
-                    let now = Instant::now();
-                    running.retries.retain(|_, r| r.not_before > now);
-                }
                 running.last_failure = Some(failure);
                 if !self.options.reconnect && !self.has_prospects(running) {
                     let failure = running.last_failure.take();
@@ -360,43 +312,30 @@ impl LeafTask {
         self.context.identity.listen_addr = self.reach.announced();
     }
 
-    /// For a one-shot leaf: is anything connected, connecting, or untried?
+    /// For a one-shot leaf: is anything connected, connecting, being
+    /// resolved, or untried?
     fn has_prospects(&self, running: &Running) -> bool {
-        !running.links.is_empty()
-            || running.bootstrap.resolving
-            || self
-                .hosts
-                .addresses()
-                .any(|addr| !running.retries.contains_key(&addr))
+        running.set.has_prospects(self.hosts.addresses())
     }
 
     fn publish_status(&self, running: &Running) {
-        let mut ready: Vec<SocketAddr> = running
-            .links
+        let ready: Vec<SocketAddr> = running.set.ready().collect();
+        let relays: Vec<SocketAddr> = ready
             .iter()
-            .filter(|(_, link)| link.ready)
-            .map(|(addr, _)| *addr)
+            .copied()
+            .filter(|addr| running.links.get(addr).is_some_and(|link| link.relays))
             .collect();
-        ready.sort();
-        let mut relays: Vec<SocketAddr> = running
-            .links
-            .iter()
-            .filter(|(_, link)| link.ready && link.relays)
-            .map(|(addr, _)| *addr)
-            .collect();
-        relays.sort();
         self.status.send_modify(|s| {
-            s.connected_to = ready.first().copied();
+            s.connected_to = running.set.search_via();
             s.supernodes = ready;
             s.relays = relays;
         });
     }
 
+    /// The session searches and pushes go through: the one the set picks.
     fn ready_session(&self, running: &Running) -> Option<mpsc::Sender<ToSession>> {
-        let mut ready: Vec<(&SocketAddr, &Link)> =
-            running.links.iter().filter(|(_, l)| l.ready).collect();
-        ready.sort_by_key(|(addr, _)| **addr);
-        ready.first().map(|(_, link)| link.to_session.clone())
+        let addr = running.set.search_via()?;
+        running.links.get(&addr).map(|link| link.to_session.clone())
     }
 
     async fn on_command(&mut self, running: &Running, command: Command) {
@@ -416,7 +355,11 @@ impl LeafTask {
                 )),
             },
             Command::Push(push) => match push.via {
-                Some(via) => match running.links.get(&via).filter(|l| l.ready) {
+                Some(via) => match running
+                    .links
+                    .get(&via)
+                    .filter(|_| running.set.ready().any(|addr| addr == via))
+                {
                     Some(link) => {
                         if let Err(mpsc::error::SendError(ToSession::Push(push))) =
                             link.to_session.send(ToSession::Push(push)).await
