@@ -61,6 +61,10 @@ pub struct Upkeep {
     pub other: u64,
     /// Messages of any kind a full queue dropped.
     pub dropped: u64,
+    /// Queries, hits and statuses of no tracked search (none are
+    /// expected: a count here is a message the simulator failed to
+    /// attribute to its search).
+    pub untracked: u64,
     /// How long they were counted for, in milliseconds.
     pub window_ms: u64,
 }
@@ -134,6 +138,9 @@ pub struct RunReport {
     pub first_result_p90_ms: Option<u64>,
     /// Mean results per query.
     pub results_mean: f64,
+    /// Queries, hits and statuses no tracked search owned, in the whole
+    /// run (expected 0).
+    pub untracked: u64,
     /// Nodes that left during the run (leaves, then supernodes).
     pub departures: (u64, u64),
 }
@@ -195,6 +202,7 @@ impl RunReport {
             first_result_median_ci: median_ci(&firsts),
             first_result_p90_ms: (!firsts.is_empty()).then(|| percentile(&firsts, 0.9)),
             results_mean: outcomes.iter().map(|o| o.results).sum::<usize>() as f64 / n,
+            untracked: upkeep.untracked,
             departures,
         }
     }
@@ -242,14 +250,14 @@ impl RunReport {
 
     /// The CSV header.
     pub fn csv_header() -> &'static str {
-        "strategy,query,replication,supernodes,leaves,queries,query_rate,success_rate,success_ci_low,success_ci_high,messages_median,messages_p99,messages_mean,messages_mean_ci,statuses_mean,bytes_mean,filter_per_query,filter_bytes_per_query,pings_per_query,publishes_per_query,messages_per_supernode_second,dropped_per_query,first_result_median_ms,first_result_median_ci_low,first_result_median_ci_high,first_result_p90_ms,results_mean,leaves_departed,supernodes_departed"
+        "strategy,query,replication,supernodes,leaves,queries,query_rate,success_rate,success_ci_low,success_ci_high,messages_median,messages_p99,messages_mean,messages_mean_ci,statuses_mean,bytes_mean,filter_per_query,filter_bytes_per_query,pings_per_query,publishes_per_query,messages_per_supernode_second,dropped_per_query,first_result_median_ms,first_result_median_ci_low,first_result_median_ci_high,first_result_p90_ms,results_mean,untracked_messages,leaves_departed,supernodes_departed"
     }
 
     /// This run as a CSV row.
     pub fn csv_row(&self) -> String {
         let ms = |v: Option<u64>| v.map_or(String::new(), |ms| ms.to_string());
         format!(
-            "{},{},{},{},{},{},{:.2},{:.4},{:.4},{:.4},{},{},{:.2},{:.2},{:.3},{:.1},{:.3},{:.1},{:.3},{:.3},{:.3},{:.4},{},{},{},{},{:.2},{},{}",
+            "{},{},{},{},{},{},{:.2},{:.4},{:.4},{:.4},{},{},{:.2},{:.2},{:.3},{:.1},{:.3},{:.1},{:.3},{:.3},{:.3},{:.4},{},{},{},{},{:.2},{},{},{}",
             self.strategy,
             self.kind,
             self.replication,
@@ -277,6 +285,7 @@ impl RunReport {
             ms(self.first_result_median_ci.map(|c| c.1)),
             ms(self.first_result_p90_ms),
             self.results_mean,
+            self.untracked,
             self.departures.0,
             self.departures.1
         )

@@ -158,6 +158,10 @@ struct World {
     config: SimConfig,
     dynamic: Option<DynamicConfig>,
     tracked: HashMap<MessageId, Tracked>,
+    /// The ids a dynamic query's widening steps travel under (a keyed
+    /// hash of the leaf's id and the step), to the leaf's id: their
+    /// queries and hits are the leaf's query's messages.
+    aliases: HashMap<MessageId, MessageId>,
     departures: (u64, u64),
     /// Messages carrying no query id, counted while `counting`.
     upkeep: Upkeep,
@@ -326,7 +330,8 @@ impl World {
         let offered = link.pipe.offer(now, bytes, may_drop, link.speed);
         let (to, latency) = (link.to, link.latency);
         let dropped = offered == Offered::Dropped;
-        if let Some(tracked) = message_id(&message).and_then(|id| self.tracked.get_mut(&id)) {
+        let id = message_id(&message).map(|id| self.aliases.get(&id).copied().unwrap_or(id));
+        if let Some(tracked) = id.and_then(|id| self.tracked.get_mut(&id)) {
             if dropped {
                 tracked.dropped += 1;
             } else {
@@ -345,9 +350,11 @@ impl World {
                 }
                 Message::Ping { .. } | Message::Pong { .. } => upkeep.pings += 1,
                 Message::FileList { .. } | Message::FileDelta { .. } => upkeep.publishes += 1,
-                // Queries and hits of searches not tracked (issued before
-                // the window) are the queries' own, not upkeep.
-                Message::Query(_) | Message::QueryHit(_) | Message::QueryStatus { .. } => {}
+                // Nothing but the tracked searches asks: counted apart
+                // so that an id the simulator failed to attribute shows.
+                Message::Query(_) | Message::QueryHit(_) | Message::QueryStatus { .. } => {
+                    upkeep.untracked += 1;
+                }
                 _ => upkeep.other += 1,
             }
         }
@@ -738,6 +745,11 @@ const TICK_MS: u64 = 500;
 /// a leaf that is searching runs it every tick, for its status reports.
 const LEAF_TICK_MS: u64 = 5_000;
 
+/// Widening steps of one dynamic query whose ids are attributed to it
+/// (far more than its horizon allows; a step beyond would show as
+/// untracked messages in the report).
+const MAX_STEPS: u32 = 256;
+
 /// How long a leaf waits for the hits of one search.
 const SEARCH_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -802,6 +814,7 @@ pub fn run(config: &SimConfig) -> Vec<RunReport> {
         config: config.clone(),
         dynamic: dynamic.clone(),
         tracked: HashMap::new(),
+        aliases: HashMap::new(),
         departures: (0, 0),
         upkeep: Upkeep::default(),
         counting: false,
@@ -899,6 +912,21 @@ pub fn run(config: &SimConfig) -> Vec<RunReport> {
             world.leaves[l].busy_until = at + SEARCH_TIMEOUT.as_millis() as u64 + 1_000;
             world.leaves[l].searches.push(id);
             issued.push((id, l));
+            if let Some((
+                _,
+                Link {
+                    to: End::Super(s, _),
+                    ..
+                },
+            )) = world.leaves[l].slots[0].link
+            {
+                if dynamic.is_some() {
+                    for step in 0..MAX_STEPS {
+                        let alias = world.supers[s].machine.step_id(id, step);
+                        world.aliases.insert(alias, id);
+                    }
+                }
+            }
             clock.searching.push(l);
         } else {
             world.tracked.remove(&id);

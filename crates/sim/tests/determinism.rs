@@ -81,6 +81,10 @@ fn upkeep_is_counted_and_floods_send_no_filters() {
     config.strategy = Strategy::Dynamic;
     let dynamic = kind(&run(&config), QueryKind::Content);
     assert!(dynamic.pings_per_query > 0.0, "{dynamic:?}");
+    // Every query and hit is some search's, widening steps (sent under
+    // their own ids) included.
+    assert_eq!(flood.untracked, 0, "{flood:?}");
+    assert_eq!(dynamic.untracked, 0, "{dynamic:?}");
 }
 
 #[test]
