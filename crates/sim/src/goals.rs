@@ -148,3 +148,87 @@ pub fn markdown(rows: &[RunReport]) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::QueryKind;
+
+    fn row(strategy: &str, replication: f64, success: f64, messages: f64, first: u64) -> RunReport {
+        RunReport {
+            strategy: strategy.into(),
+            kind: QueryKind::Content,
+            replication,
+            supernodes: 10,
+            leaves: 100,
+            queries: 100,
+            query_rate: 1.0,
+            success_rate: success,
+            success_ci: (success, success),
+            messages_median: messages as u64,
+            messages_p99: messages as u64,
+            messages_mean: messages,
+            messages_mean_ci: 0.0,
+            statuses_mean: 0.0,
+            bytes_mean: 0.0,
+            filter_per_query: 1.0,
+            filter_bytes_per_query: 0.0,
+            pings_per_query: 50.0,
+            publishes_per_query: 0.0,
+            messages_per_supernode_second: 0.0,
+            dropped_per_query: 0.0,
+            first_result_median_ms: Some(first),
+            first_result_median_ci: None,
+            first_result_p90_ms: None,
+            results_mean: 1.0,
+            untracked: 0,
+            departures: (0, 0),
+        }
+    }
+
+    #[test]
+    fn dynamic_is_held_against_the_cheapest_flood_as_successful() {
+        let rows = vec![
+            // TTL 2 is cheap but finds less: not the comparison.
+            row("flood ttl 2", 0.0001, 0.5, 30.0, 100),
+            row("flood ttl 3", 0.0001, 0.99, 1_000.0, 200),
+            row("flood ttl 4", 0.0001, 1.0, 5_000.0, 200),
+            row("dynamic", 0.0001, 0.98, 89.0, 399),
+        ];
+        let verdicts = judge(&rows);
+        assert_eq!(verdicts.len(), 1);
+        let v = &verdicts[0];
+        let (flood, as_good) = v
+            .flood
+            .clone()
+            .unwrap_or_else(|| (row("-", 0.0, 0.0, 0.0, 0), false));
+        assert_eq!((flood.strategy.as_str(), as_good), ("flood ttl 3", true));
+        // 90 (89 + 1 filter) <= 1/10 of 1,001; 98% >= 95%; 399 <= 2 x 200.
+        assert!(v.messages_ok && v.success_ok == Some(true) && v.first_result_ok == Some(true));
+        assert!(v.passed());
+        assert!(markdown(&rows).contains("| content id | 0.01% | 90 |"));
+    }
+
+    #[test]
+    fn each_goal_can_fail() {
+        let rows = vec![
+            row("flood ttl 3", 0.0001, 0.90, 1_000.0, 200),
+            row("dynamic", 0.0001, 0.94, 100.0, 401),
+        ];
+        let v = &judge(&rows)[0];
+        // No flood as successful: the most successful one, said so.
+        assert_eq!(v.flood.as_ref().map(|(_, as_good)| *as_good), Some(false));
+        // 101 > 100.1; 94% < 95%; 401 > 400.
+        assert!(!v.messages_ok);
+        assert_eq!(v.success_ok, Some(false));
+        assert_eq!(v.first_result_ok, Some(false));
+        assert!(!v.passed());
+        assert!(markdown(&rows).contains("(none as successful)"));
+        // Above the rarest ratio, success is not judged.
+        let rows = vec![
+            row("flood ttl 2", 0.01, 1.0, 10.0, 1),
+            row("dynamic", 0.01, 0.5, 1.0, 1),
+        ];
+        assert_eq!(judge(&rows)[0].success_ok, None);
+    }
+}

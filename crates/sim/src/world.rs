@@ -1,7 +1,11 @@
 //! Builds an overlay of real core state machines and runs it in virtual
 //! time, with churn. Messages and churn events travel through one event
 //! queue ordered by time (then by the order they were scheduled, so ties
-//! break the same way every run); each link has a latency drawn once when it opens. Every
+//! break the same way every run); each link has a latency drawn once when
+//! it opens, and each direction a bandwidth and send queue
+//! ([`crate::link`]). Every message sent is counted: with its query when
+//! it carries one's id (a dynamic query's steps under their own ids
+//! included), otherwise as the overlay's upkeep. Every
 //! collection that is iterated is ordered (Vec, BTreeMap, BTreeSet); hash
 //! maps are used for lookups only, so runs are deterministic for a seed.
 
