@@ -8,8 +8,12 @@
 //! the same configuration and seed give the same report.
 //!
 //! - [`config`]: topology, workload and strategy;
+//! - [`workload`]: the vocabulary model behind names and keyword queries;
+//! - [`link`]: each link's bandwidth and send queue;
 //! - [`world`]: building the overlay and running the event loop;
-//! - [`report`]: statistics per run, as Markdown and CSV rows;
+//! - [`report`]: statistics per run and kind of query, as Markdown and
+//!   CSV rows; [`stats`]: their confidence intervals;
+//! - [`goals`]: the goals checked against a set of runs;
 //! - [`plot`]: the figure (messages per query against success), as SVG;
 //! - [`output`]: writing a set of runs as `report.md`, `.csv` and `.svg`.
 
@@ -22,12 +26,16 @@
 )]
 
 pub mod config;
+pub mod goals;
+pub mod link;
 pub mod output;
 pub mod plot;
 pub mod report;
+pub mod stats;
+pub mod workload;
 pub mod world;
 
 pub use config::{Churn, SimConfig, Strategy};
 pub use output::write_report;
-pub use report::RunReport;
+pub use report::{QueryKind, RunReport};
 pub use world::run;

@@ -1,7 +1,11 @@
 //! Builds an overlay of real core state machines and runs it in virtual
 //! time, with churn. Messages and churn events travel through one event
 //! queue ordered by time (then by the order they were scheduled, so ties
-//! break the same way every run); each link has a latency drawn once when it opens. Every
+//! break the same way every run); each link has a latency drawn once when
+//! it opens, and each direction a bandwidth and send queue
+//! ([`crate::link`]). Every message sent is counted: with its query when
+//! it carries one's id (a dynamic query's steps under their own ids
+//! included), otherwise as the overlay's upkeep. Every
 //! collection that is iterated is ordered (Vec, BTreeMap, BTreeSet); hash
 //! maps are used for lookups only, so runs are deterministic for a seed.
 
@@ -23,7 +27,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::config::{SimConfig, Strategy};
-use crate::report::{QueryOutcome, RunReport};
+use crate::link::{LinkSpeed, Offered, Pipe, droppable, wire_bytes};
+use crate::report::{QueryKind, QueryOutcome, RunReport, Upkeep};
+use crate::workload::{Workload, zipf_pick, zipf_table};
 
 /// One end of a link: a supernode's connection, or a leaf's session
 /// (leaf, parent slot, and the link's id, so a message in flight on a link
@@ -34,10 +40,14 @@ enum End {
     Leaf(usize, usize, ConnId),
 }
 
+/// One end's view of a link: where it leads, and the direction from
+/// this end (its speed and queue).
 #[derive(Debug, Clone, Copy)]
 struct Link {
     to: End,
     latency: u64,
+    speed: LinkSpeed,
+    pipe: Pipe,
 }
 
 #[derive(Debug)]
@@ -58,14 +68,34 @@ enum Event {
     SupernodeWakes(usize),
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Tracked {
+    kind: QueryKind,
     messages: u64,
+    statuses: u64,
+    bytes: u64,
+    dropped: u64,
     started: u64,
     first_hit: Option<u64>,
-    /// Sources, once the search was closed (its leaf lost the parent it
-    /// asked through); `None` while it runs.
+    /// Results (sources for a content id, contents for keywords), once
+    /// the search was closed (its leaf lost the parent it asked through);
+    /// `None` while it runs.
     sources: Option<usize>,
+}
+
+impl Tracked {
+    fn new(kind: QueryKind, started: u64) -> Self {
+        Self {
+            kind,
+            messages: 0,
+            statuses: 0,
+            bytes: 0,
+            dropped: 0,
+            started,
+            first_hit: None,
+            sources: None,
+        }
+    }
 }
 
 /// A leaf's connection to one parent.
@@ -105,6 +135,13 @@ impl Links {
             .map(|i| self.0[i].1)
     }
 
+    fn get_mut(&mut self, conn: ConnId) -> Option<&mut Link> {
+        self.0
+            .binary_search_by_key(&conn, |(c, _)| *c)
+            .ok()
+            .map(|i| &mut self.0[i].1)
+    }
+
     fn insert(&mut self, conn: ConnId, link: Link) {
         match self.0.binary_search_by_key(&conn, |(c, _)| *c) {
             Ok(i) => self.0[i].1 = link,
@@ -142,7 +179,15 @@ struct World {
     config: SimConfig,
     dynamic: Option<DynamicConfig>,
     tracked: HashMap<MessageId, Tracked>,
+    /// The ids a dynamic query's widening steps travel under (a keyed
+    /// hash of the leaf's id and the step), to the leaf's id: their
+    /// queries and hits are the leaf's query's messages.
+    aliases: HashMap<MessageId, MessageId>,
     departures: (u64, u64),
+    /// Messages carrying no query id, counted while `counting`.
+    upkeep: Upkeep,
+    counting: bool,
+    workload: Workload,
 }
 
 fn supernode_addr(i: usize) -> SocketAddr {
@@ -233,19 +278,21 @@ fn content_id(k: usize) -> ContentId {
     ContentId(id)
 }
 
-fn content_file(k: usize) -> SharedFile {
+fn content_file(k: usize, workload: &Workload) -> SharedFile {
     SharedFile {
         content_id: content_id(k),
-        name: format!("item{k} track.ogg"),
+        name: workload.name(k),
         size: 1000 + k as u64,
         available: None,
     }
 }
 
+/// The query a message belongs to, if it carries one's id.
 fn message_id(message: &Message) -> Option<MessageId> {
     match message {
         Message::Query(q) => Some(q.message_id),
         Message::QueryHit(h) => Some(h.message_id),
+        Message::QueryStatus { message_id, .. } => Some(*message_id),
         _ => None,
     }
 }
@@ -261,12 +308,12 @@ fn leaf_session(l: usize, shares: &[SharedFile]) -> LeafSession {
 }
 
 /// The configuration every simulated supernode runs with: the core's
-/// defaults, except that nothing is rate-limited, nobody idles out (no
-/// keepalive traffic to simulate), no address is limited (the simulated
-/// addresses are made up, hundreds to a /24), the TTL cap lets a flood
-/// use the TTL it is given, and routing filters are off: their patches
-/// are not counted in the reports yet, so the figures compare the query
-/// strategies as they were measured.
+/// defaults (keepalive pings, idle timeouts and filter publishing
+/// included: their messages are counted), except that leaves' queries are
+/// not rate-limited (a simulated leaf sends one at a time), no address is
+/// limited (the simulated addresses are made up, hundreds to a /24), the
+/// TTL cap lets a flood use the TTL it is given, and routing filters are
+/// on for dynamic querying only (when `config.routing_filters`).
 fn supernode_config(
     i: usize,
     config: &SimConfig,
@@ -276,14 +323,11 @@ fn supernode_config(
     c.ttl_cap = 7;
     c.max_leaves = config.leaves();
     c.max_supernode_peers = config.supernodes;
-    c.keepalive_interval = Duration::from_secs(86_400);
-    c.peer_refresh_interval = Duration::from_secs(86_400);
-    c.idle_timeout = Duration::from_secs(86_400);
     c.leaf_queries_per_second = 1_000_000;
     c.leaf_query_burst = 1_000_000;
     c.dynamic = dynamic.cloned();
     c.limit_exempt = vec![IpNet::new_assert(IpAddr::from([0, 0, 0, 0]), 0)];
-    c.routing_filters = false;
+    c.routing_filters = config.routing_filters && dynamic.is_some();
     c
 }
 
@@ -314,6 +358,17 @@ impl World {
         self.queue.entry(at).or_default().push(event);
     }
 
+    fn link_mut(&mut self, end: End) -> Option<&mut Link> {
+        match end {
+            End::Super(s, conn) => self.supers[s].links.get_mut(conn),
+            End::Leaf(l, k, conn) => self.leaves[l].slots[k]
+                .link
+                .as_mut()
+                .filter(|(ours, _)| *ours == conn)
+                .map(|(_, link)| link),
+        }
+    }
+
     fn link_of(&self, end: End) -> Option<Link> {
         match end {
             End::Super(s, conn) => self.supers[s].links.get(conn),
@@ -339,17 +394,64 @@ impl World {
     }
 
     fn send(&mut self, from: End, message: Message) {
-        let Some(link) = self.link_of(from) else {
+        let bytes = wire_bytes(&message);
+        self.send_sized(from, message, bytes);
+    }
+
+    /// Offers `message` (`bytes` on the wire) to the link at `from`; it is
+    /// counted, queued behind what the link is sending, and delivered
+    /// after the latency, or dropped if the queue is full.
+    fn send_sized(&mut self, from: End, message: Message, bytes: u64) {
+        let now = self.now;
+        let may_drop = droppable(&message);
+        let Some(link) = self.link_mut(from) else {
             return;
         };
-        if let Some(tracked) = message_id(&message).and_then(|id| self.tracked.get_mut(&id)) {
-            tracked.messages += 1;
+        let offered = link.pipe.offer(now, bytes, may_drop, link.speed);
+        let (to, latency) = (link.to, link.latency);
+        let dropped = offered == Offered::Dropped;
+        let id = message_id(&message).map(|id| self.aliases.get(&id).copied().unwrap_or(id));
+        if let Some(tracked) = id.and_then(|id| self.tracked.get_mut(&id)) {
+            if dropped {
+                tracked.dropped += 1;
+            } else {
+                tracked.messages += 1;
+                tracked.bytes += bytes;
+                if matches!(message, Message::QueryStatus { .. }) {
+                    tracked.statuses += 1;
+                }
+            }
+        } else if self.counting && !dropped {
+            let upkeep = &mut self.upkeep;
+            match message {
+                Message::FilterPatch(_) => {
+                    upkeep.filter_messages += 1;
+                    upkeep.filter_bytes += bytes;
+                }
+                Message::Ping { .. } | Message::Pong { .. } => upkeep.pings += 1,
+                Message::FileList { .. } | Message::FileDelta { .. } => upkeep.publishes += 1,
+                // Nothing but the tracked searches asks: counted apart
+                // so that an id the simulator failed to attribute shows.
+                Message::Query(_) | Message::QueryHit(_) | Message::QueryStatus { .. } => {
+                    upkeep.untracked += 1;
+                }
+                _ => upkeep.other += 1,
+            }
         }
-        let at = self.now + link.latency;
+        if dropped {
+            if self.counting {
+                self.upkeep.dropped += 1;
+            }
+            return;
+        }
+        let Offered::Sent(gone) = offered else {
+            return;
+        };
+        let at = gone.max(now) + latency;
         self.schedule(
             at,
             Event::Deliver {
-                to: link.to,
+                to,
                 message: Box::new(message),
             },
         );
@@ -387,8 +489,9 @@ impl World {
             match action {
                 Action::Send { conn, message } => self.send(End::Super(s, conn), message),
                 Action::Forward { conns, message } => {
+                    let bytes = wire_bytes(&message);
                     for conn in conns {
-                        self.send(End::Super(s, conn), message.clone());
+                        self.send_sized(End::Super(s, conn), message.clone(), bytes);
                     }
                 }
                 Action::Close { conn, .. } => self.cut(End::Super(s, conn)),
@@ -490,11 +593,14 @@ impl World {
     fn join(&mut self, a: usize, b: usize) {
         let (ca, cb) = (self.conn(), self.conn());
         let latency = self.draw_latency();
+        let speed = self.config.supernode_link;
         self.supers[a].links.insert(
             ca,
             Link {
                 to: End::Super(b, cb),
                 latency,
+                speed,
+                pipe: Pipe::default(),
             },
         );
         self.supers[b].links.insert(
@@ -502,6 +608,8 @@ impl World {
             Link {
                 to: End::Super(a, ca),
                 latency,
+                speed,
+                pipe: Pipe::default(),
             },
         );
         let now = Time(self.now);
@@ -529,11 +637,14 @@ impl World {
     fn attach(&mut self, l: usize, k: usize, s: usize) {
         let conn = self.conn();
         let latency = self.draw_latency();
+        let speed = self.config.leaf_link;
         self.leaves[l].slots[k].link = Some((
             conn,
             Link {
                 to: End::Super(s, conn),
                 latency,
+                speed,
+                pipe: Pipe::default(),
             },
         ));
         self.supers[s].links.insert(
@@ -541,6 +652,8 @@ impl World {
             Link {
                 to: End::Leaf(l, k, conn),
                 latency,
+                speed,
+                pipe: Pipe::default(),
             },
         );
         self.supers[s].machine.handle_connected(
@@ -561,12 +674,13 @@ impl World {
     fn harvest(&mut self, l: usize) {
         let ids = std::mem::take(&mut self.leaves[l].searches);
         for id in ids {
-            let sources = self.leaves[l].slots[0]
-                .session
-                .finish_search(&id)
-                .map_or(0, |s| s.results().map(|r| r.sources.len()).sum());
+            let search = self.leaves[l].slots[0].session.finish_search(&id);
             if let Some(tracked) = self.tracked.get_mut(&id) {
-                tracked.sources.get_or_insert(sources);
+                let results = search.map_or(0, |s| match tracked.kind {
+                    QueryKind::Content => s.results().map(|r| r.sources.len()).sum(),
+                    QueryKind::Keywords => s.results().count(),
+                });
+                tracked.sources.get_or_insert(results);
             }
         }
     }
@@ -763,6 +877,19 @@ impl World {
         }
     }
 
+    /// Leaf `l`'s sessions run their own timeouts.
+    fn leaf_timeout(&mut self, l: usize, now: Time) {
+        if !self.leaves[l].online {
+            return;
+        }
+        for k in 0..self.leaves[l].slots.len() {
+            if self.leaves[l].slots[k].link.is_some() {
+                self.leaves[l].slots[k].session.handle_timeout(now);
+                self.drain_leaf(l, k);
+            }
+        }
+    }
+
     /// A random leaf that can search now: online, its first session ready,
     /// and not searching already.
     fn pick_searcher(&mut self) -> Option<usize> {
@@ -779,37 +906,35 @@ impl World {
     }
 }
 
-/// Cumulative Zipf weights over `n` ranks.
-fn zipf_table(n: usize, s: f64) -> Vec<f64> {
-    let mut total = 0.0;
-    (0..n)
-        .map(|rank| {
-            total += 1.0 / ((rank + 1) as f64).powf(s);
-            total
-        })
-        .collect()
-}
-
-fn zipf_pick(table: &[f64], rng: &mut StdRng) -> usize {
-    let total = table.last().copied().unwrap_or(1.0);
-    let x = rng.random::<f64>() * total;
-    table
-        .partition_point(|c| *c < x)
-        .min(table.len().saturating_sub(1))
-}
-
-/// Virtual time between two ticks (dynamic query steps, churn).
+/// Virtual time between two ticks (dynamic query steps, churn,
+/// supernodes' housekeeping, searching leaves' status reports).
 const TICK_MS: u64 = 500;
+
+/// Every leaf session's own timeout (its silence check) runs this often;
+/// a leaf that is searching runs it every tick, for its status reports.
+const LEAF_TICK_MS: u64 = 5_000;
+
+/// Widening steps of one dynamic query whose ids are attributed to it
+/// (far more than its horizon allows; a step beyond would show as
+/// untracked messages in the report).
+const MAX_STEPS: u32 = 256;
 
 /// How long a leaf waits for the hits of one search.
 const SEARCH_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Builds the overlay `config` describes, runs its queries, and reports.
-pub fn run(config: &SimConfig) -> RunReport {
+/// The results a keyword search wants (the dynamic querying target; the
+/// leaf stops counting new contents past it).
+const KEYWORD_RESULTS: usize = 150;
+
+/// Builds the overlay `config` describes, runs its queries, and reports:
+/// one row for content-id queries, and one for keyword queries when the
+/// run asks both.
+pub fn run(config: &SimConfig) -> Vec<RunReport> {
     let mut rng = StdRng::seed_from_u64(config.seed);
     let s_count = config.supernodes.max(2);
     let l_count = config.leaves();
     let dynamic = matches!(config.strategy, Strategy::Dynamic).then(|| config.dynamic.clone());
+    let workload = Workload::new(config.contents, config.vocabulary, &mut rng);
 
     // Place every content on its share of leaves.
     let mut files: Vec<Vec<SharedFile>> = vec![Vec::new(); l_count];
@@ -819,8 +944,9 @@ pub fn run(config: &SimConfig) -> RunReport {
         while holders.len() < copies {
             holders.insert(rng.random_range(0..l_count));
         }
+        let file = content_file(k, &workload);
         for leaf in holders {
-            files[leaf].push(content_file(k));
+            files[leaf].push(file.clone());
         }
     }
     let parents = config.parents_per_leaf.clamp(1, s_count);
@@ -863,7 +989,11 @@ pub fn run(config: &SimConfig) -> RunReport {
         config: config.clone(),
         dynamic: dynamic.clone(),
         tracked: HashMap::new(),
+        aliases: HashMap::new(),
         departures: (0, 0),
+        upkeep: Upkeep::default(),
+        counting: false,
+        workload,
     };
 
     // Supernode graph: a ring, so it is connected, and each supernode
@@ -901,22 +1031,28 @@ pub fn run(config: &SimConfig) -> RunReport {
     for l in 0..l_count {
         world.drive_leaf_set(l, Some(l / per_supernode));
     }
-    world.run_until(world.now + 10_000);
+    // Settle: handshakes, full lists, first filters (not counted: a
+    // running overlay has long passed this).
+    let mut clock = Clock {
+        next_tick: TICK_MS,
+        debt: (0.0, 0.0),
+        churn: false,
+        searching: Vec::new(),
+    };
+    clock.advance(&mut world, 10_000);
 
-    // Queries at the configured rate, from random leaves, for
-    // Zipf-popular contents; churn all along.
+    // Queries spread over the span, from random leaves, for Zipf-popular
+    // contents, alternately by content id and by words of the content's
+    // name; churn all along, and every message counted.
     let table = zipf_table(config.contents.max(1), config.zipf);
     let interval = config.query_interval_ms();
     let start = world.now;
+    world.counting = true;
+    clock.churn = true;
     let mut issued: Vec<(MessageId, usize)> = Vec::with_capacity(config.queries);
-    let mut origins: BTreeSet<usize> = BTreeSet::new();
-    let mut clock = Clock {
-        next_tick: start + TICK_MS,
-        debt: (0.0, 0.0),
-    };
     for q in 0..config.queries {
         let at = start + q as u64 * interval;
-        clock.advance(&mut world, at, &origins);
+        clock.advance(&mut world, at);
         let Some(l) = world.pick_searcher() else {
             continue;
         };
@@ -926,15 +1062,23 @@ pub fn run(config: &SimConfig) -> RunReport {
             Strategy::Flood(ttl) => ttl,
             Strategy::Dynamic => canopy_core::supernode::DEFAULT_TTL_CAP,
         };
-        // The leaf wants one content: it asks by content id (target 10 sources).
-        let request = SearchRequest::content(content_id(k), ttl, SEARCH_TIMEOUT);
-        world.tracked.insert(
-            id,
-            Tracked {
-                started: at,
-                ..Tracked::default()
-            },
-        );
+        let kind = if config.keyword_queries && q % 2 == 1 {
+            QueryKind::Keywords
+        } else {
+            QueryKind::Content
+        };
+        let request = match kind {
+            // The leaf wants one content: it asks by content id (target
+            // 10 sources).
+            QueryKind::Content => SearchRequest::content(content_id(k), ttl, SEARCH_TIMEOUT),
+            // The user types words of the name they have in mind (target
+            // 150 results).
+            QueryKind::Keywords => {
+                let words = world.workload.query(k, &mut world.rng);
+                SearchRequest::keywords(&words, ttl, SEARCH_TIMEOUT, KEYWORD_RESULTS)
+            }
+        };
+        world.tracked.insert(id, Tracked::new(kind, at));
         let started = world.leaves[l].slots[0]
             .session
             .start_search(id, &request, Time(at));
@@ -951,57 +1095,93 @@ pub fn run(config: &SimConfig) -> RunReport {
                 },
             )) = world.leaves[l].slots[0].link
             {
-                origins.insert(s);
+                if dynamic.is_some() {
+                    for step in 0..MAX_STEPS {
+                        let alias = world.supers[s].machine.step_id(id, step);
+                        world.aliases.insert(alias, id);
+                    }
+                }
             }
+            clock.searching.push(l);
         } else {
             world.tracked.remove(&id);
         }
     }
     let end = start + config.queries as u64 * interval + SEARCH_TIMEOUT.as_millis() as u64 + 5_000;
-    clock.advance(&mut world, end, &origins);
+    clock.advance(&mut world, end);
+    world.upkeep.window_ms = end - start;
 
     for l in issued.iter().map(|(_, l)| *l).collect::<BTreeSet<_>>() {
         world.harvest(l);
     }
     let outcomes: Vec<QueryOutcome> = issued
         .iter()
-        .map(|(id, _)| {
-            let tracked = world.tracked.remove(id).unwrap_or_default();
-            let sources = tracked.sources.unwrap_or(0);
+        .filter_map(|(id, _)| world.tracked.remove(id))
+        .map(|tracked| {
+            let results = tracked.sources.unwrap_or(0);
             QueryOutcome {
-                found: sources > 0,
+                kind: tracked.kind,
+                found: results > 0,
                 messages: tracked.messages,
+                statuses: tracked.statuses,
+                bytes: tracked.bytes,
+                dropped: tracked.dropped,
                 first_result_ms: tracked.first_hit.map(|t| t.saturating_sub(tracked.started)),
-                results: sources,
+                results,
             }
         })
         .collect();
-    RunReport::new(config, &outcomes, world.departures)
+    let mut kinds = vec![QueryKind::Content];
+    if config.keyword_queries && config.queries > 1 {
+        kinds.push(QueryKind::Keywords);
+    }
+    kinds
+        .into_iter()
+        .map(|kind| RunReport::new(config, kind, &outcomes, &world.upkeep, world.departures))
+        .collect()
 }
 
-/// Ticks of virtual time: dynamic query steps and churn.
+/// Ticks of virtual time: housekeeping and churn.
 struct Clock {
     next_tick: u64,
     debt: (f64, f64),
+    churn: bool,
+    /// Leaves that may be searching (pruned as their searches end).
+    searching: Vec<usize>,
 }
 
 impl Clock {
     /// Runs the world to `until`, ticking every [`TICK_MS`] on the way:
-    /// supernodes that took leaves' queries step their dynamic queries,
-    /// and nodes leave.
-    fn advance(&mut self, world: &mut World, until: u64, origins: &BTreeSet<usize>) {
+    /// every online supernode runs its timeout (dynamic query steps,
+    /// keepalive pings, idle disconnects, filter publishing), searching
+    /// leaves run theirs (status reports) and every leaf every
+    /// [`LEAF_TICK_MS`]; then nodes leave.
+    fn advance(&mut self, world: &mut World, until: u64) {
         while self.next_tick <= until {
             world.run_until(self.next_tick);
             let now = Time(self.next_tick);
-            if world.dynamic.is_some() {
-                for &s in origins {
-                    if world.supers[s].online {
-                        world.supers[s].machine.handle_timeout(now);
-                        world.drain_super(s);
-                    }
+            for s in 0..world.supers.len() {
+                if world.supers[s].online {
+                    world.supers[s].machine.handle_timeout(now);
+                    world.drain_super(s);
                 }
             }
-            world.churn(TICK_MS, &mut self.debt);
+            if self.next_tick % LEAF_TICK_MS == 0 {
+                for l in 0..world.leaves.len() {
+                    world.leaf_timeout(l, now);
+                }
+            } else {
+                self.searching
+                    .retain(|l| world.leaves[*l].busy_until > now.0);
+                self.searching.sort_unstable();
+                self.searching.dedup();
+                for i in 0..self.searching.len() {
+                    world.leaf_timeout(self.searching[i], now);
+                }
+            }
+            if self.churn {
+                world.churn(TICK_MS, &mut self.debt);
+            }
             self.next_tick += TICK_MS;
         }
         world.run_until(until);
