@@ -142,7 +142,10 @@ fn the_report_writes_a_table_a_csv_a_plot_and_its_goals() {
 /// still reaches about as far, and the run replays exactly.
 #[test]
 fn lost_parents_and_peers_are_replaced_by_the_core_policies_deterministically() {
-    let calm = run(&SimConfig::small(Strategy::Flood(4), 11));
+    let calm = kind(
+        &run(&SimConfig::small(Strategy::Flood(4), 11)),
+        QueryKind::Content,
+    );
     let mut config = SimConfig::small(Strategy::Flood(4), 11);
     config.churn = Churn {
         leaves_per_minute: 0.0,
@@ -150,7 +153,7 @@ fn lost_parents_and_peers_are_replaced_by_the_core_policies_deterministically() 
         offline_ms: (20_000, 40_000),
         reattach_ms: (1_000, 2_000),
     };
-    let churned = run(&config);
+    let churned = kind(&run(&config), QueryKind::Content);
     assert!(churned.departures.1 >= 50, "{churned:?}");
     // Leaves whose parents left publish through new ones (without: about
     // 9.0 sources a query here, against 10).
@@ -164,5 +167,5 @@ fn lost_parents_and_peers_are_replaced_by_the_core_policies_deterministically() 
         churned.messages_median * 4 >= calm.messages_median * 3,
         "{churned:?} vs {calm:?}"
     );
-    assert_eq!(churned, run(&config));
+    assert_eq!(churned, kind(&run(&config), QueryKind::Content));
 }
