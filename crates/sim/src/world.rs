@@ -66,6 +66,11 @@ enum Event {
     LeafWakes(usize),
     /// A supernode's discovery deadline (`Discovery::poll_timeout`).
     SupernodeWakes(usize),
+    /// A supernode's protocol deadline (`Supernode::poll_timeout`).
+    SupernodeDue(usize),
+    /// A leaf session's deadline (`LeafSession::poll_timeout`): leaf,
+    /// slot.
+    SessionDue(usize, usize),
 }
 
 #[derive(Debug)]
@@ -104,6 +109,8 @@ struct Slot {
     session: LeafSession,
     /// Our end's link id and the link to the supernode, while connected.
     link: Option<(ConnId, Link)>,
+    /// When `session` is due next, as scheduled.
+    due: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -165,6 +172,8 @@ struct SuperNode {
     discovery: Discovery,
     /// When `discovery` is due next.
     wake: Option<u64>,
+    /// When `machine` is due next, as scheduled.
+    due: Option<u64>,
 }
 
 struct World {
@@ -188,6 +197,14 @@ struct World {
     upkeep: Upkeep,
     counting: bool,
     workload: Workload,
+}
+
+/// When a deadline at `at` is handled, at `now`: then, or the next
+/// millisecond if it has passed (a machine due again at once would
+/// otherwise loop within one millisecond).
+fn due_at(at: Time, now: u64) -> u64 {
+    let at = at.as_millis();
+    if at > now { at } else { now + 1 }
 }
 
 fn supernode_addr(i: usize) -> SocketAddr {
@@ -506,6 +523,43 @@ impl World {
         for conn in probes {
             self.supers[s].machine.handle_probe_result(conn, true);
         }
+        self.arm_super(s);
+    }
+
+    /// Schedules supernode `s`'s next deadline, unless one as early is
+    /// scheduled: the clock advances exactly to it.
+    fn arm_super(&mut self, s: usize) {
+        if !self.supers[s].online {
+            return;
+        }
+        let Some(at) = self.supers[s].machine.poll_timeout() else {
+            return;
+        };
+        let at = due_at(at, self.now);
+        if self.supers[s]
+            .due
+            .is_none_or(|due| due > at || due < self.now)
+        {
+            self.supers[s].due = Some(at);
+            self.schedule(at, Event::SupernodeDue(s));
+        }
+    }
+
+    /// Schedules slot `k` of leaf `l`'s session's next deadline, as
+    /// [`Self::arm_super`].
+    fn arm_session(&mut self, l: usize, k: usize) {
+        let slot = &self.leaves[l].slots[k];
+        if !self.leaves[l].online || slot.link.is_none() {
+            return;
+        }
+        let Some(at) = slot.session.poll_timeout() else {
+            return;
+        };
+        let at = due_at(at, self.now);
+        if slot.due.is_none_or(|due| due > at || due < self.now) {
+            self.leaves[l].slots[k].due = Some(at);
+            self.schedule(at, Event::SessionDue(l, k));
+        }
     }
 
     fn drain_leaf(&mut self, l: usize, k: usize) {
@@ -524,6 +578,7 @@ impl World {
                 _ => {}
             }
         }
+        self.arm_session(l, k);
     }
 
     fn handle(&mut self, at: u64, event: Event) {
@@ -567,6 +622,26 @@ impl World {
                     self.supers[s].wake = None;
                 }
                 self.drive_discovery(s);
+            }
+            // A stale deadline (an earlier one replaced it, or the node
+            // left) is dropped; the machines act only when due anyway.
+            Event::SupernodeDue(s) => {
+                if self.supers[s].due == Some(at) {
+                    self.supers[s].due = None;
+                    if self.supers[s].online {
+                        self.supers[s].machine.handle_timeout(now);
+                        self.drain_super(s);
+                    }
+                }
+            }
+            Event::SessionDue(l, k) => {
+                if self.leaves[l].slots[k].due == Some(at) {
+                    self.leaves[l].slots[k].due = None;
+                    if self.leaves[l].online && self.leaves[l].slots[k].link.is_some() {
+                        self.leaves[l].slots[k].session.handle_timeout(now);
+                        self.drain_leaf(l, k);
+                    }
+                }
             }
         }
     }
@@ -877,19 +952,6 @@ impl World {
         }
     }
 
-    /// Leaf `l`'s sessions run their own timeouts.
-    fn leaf_timeout(&mut self, l: usize, now: Time) {
-        if !self.leaves[l].online {
-            return;
-        }
-        for k in 0..self.leaves[l].slots.len() {
-            if self.leaves[l].slots[k].link.is_some() {
-                self.leaves[l].slots[k].session.handle_timeout(now);
-                self.drain_leaf(l, k);
-            }
-        }
-    }
-
     /// A random leaf that can search now: online, its first session ready,
     /// and not searching already.
     fn pick_searcher(&mut self) -> Option<usize> {
@@ -906,13 +968,8 @@ impl World {
     }
 }
 
-/// Virtual time between two ticks (dynamic query steps, churn,
-/// supernodes' housekeeping, searching leaves' status reports).
+/// Virtual time between two looks at churn.
 const TICK_MS: u64 = 500;
-
-/// Every leaf session's own timeout (its silence check) runs this often;
-/// a leaf that is searching runs it every tick, for its status reports.
-const LEAF_TICK_MS: u64 = 5_000;
 
 /// Widening steps of one dynamic query whose ids are attributed to it
 /// (far more than its horizon allows; a step beyond would show as
@@ -960,6 +1017,7 @@ pub fn run(config: &SimConfig) -> Vec<RunReport> {
                 .map(|_| Slot {
                     session: leaf_session(l, &shares),
                     link: None,
+                    due: None,
                 })
                 .collect(),
             shares,
@@ -977,6 +1035,7 @@ pub fn run(config: &SimConfig) -> Vec<RunReport> {
             links: Links::default(),
             discovery: discovery(i, config, seeds.next_u64()),
             wake: None,
+            due: None,
         })
         .collect();
     let mut world = World {
@@ -1037,7 +1096,6 @@ pub fn run(config: &SimConfig) -> Vec<RunReport> {
         next_tick: TICK_MS,
         debt: (0.0, 0.0),
         churn: false,
-        searching: Vec::new(),
     };
     clock.advance(&mut world, 10_000);
 
@@ -1102,7 +1160,6 @@ pub fn run(config: &SimConfig) -> Vec<RunReport> {
                     }
                 }
             }
-            clock.searching.push(l);
         } else {
             world.tracked.remove(&id);
         }
@@ -1141,44 +1198,22 @@ pub fn run(config: &SimConfig) -> Vec<RunReport> {
         .collect()
 }
 
-/// Ticks of virtual time: housekeeping and churn.
+/// Ticks of virtual time for churn. The nodes' own timers are not
+/// ticked: each machine's deadline (`poll_timeout`) is an event, so
+/// dynamic query steps, keepalives, idle limits, filter publishing and
+/// status reports happen exactly when due.
 struct Clock {
     next_tick: u64,
     debt: (f64, f64),
     churn: bool,
-    /// Leaves that may be searching (pruned as their searches end).
-    searching: Vec<usize>,
 }
 
 impl Clock {
-    /// Runs the world to `until`, ticking every [`TICK_MS`] on the way:
-    /// every online supernode runs its timeout (dynamic query steps,
-    /// keepalive pings, idle disconnects, filter publishing), searching
-    /// leaves run theirs (status reports) and every leaf every
-    /// [`LEAF_TICK_MS`]; then nodes leave.
+    /// Runs the world to `until`, nodes leaving every [`TICK_MS`] on the
+    /// way.
     fn advance(&mut self, world: &mut World, until: u64) {
         while self.next_tick <= until {
             world.run_until(self.next_tick);
-            let now = Time(self.next_tick);
-            for s in 0..world.supers.len() {
-                if world.supers[s].online {
-                    world.supers[s].machine.handle_timeout(now);
-                    world.drain_super(s);
-                }
-            }
-            if self.next_tick % LEAF_TICK_MS == 0 {
-                for l in 0..world.leaves.len() {
-                    world.leaf_timeout(l, now);
-                }
-            } else {
-                self.searching
-                    .retain(|l| world.leaves[*l].busy_until > now.0);
-                self.searching.sort_unstable();
-                self.searching.dedup();
-                for i in 0..self.searching.len() {
-                    world.leaf_timeout(self.searching[i], now);
-                }
-            }
             if self.churn {
                 world.churn(TICK_MS, &mut self.debt);
             }
