@@ -11,7 +11,9 @@
 //! - [`world`]: building the overlay and running the event loop;
 //! - [`report`]: statistics per run, as Markdown and CSV rows;
 //! - [`plot`]: the figure (messages per query against success), as SVG;
-//! - [`output`]: writing a set of runs as `report.md`, `.csv` and `.svg`.
+//! - [`output`]: writing a set of runs as `report.md`, `.csv` and `.svg`;
+//! - [`election`], [`election_report`]: supernode election in a population
+//!   of mixed capability, with churn (the `canopy-sim-election` binary).
 
 // Statistics and synthetic addresses: counts and indices here are far
 // below the limits of the types they are converted between.
@@ -22,6 +24,8 @@
 )]
 
 pub mod config;
+pub mod election;
+pub mod election_report;
 pub mod output;
 pub mod plot;
 pub mod report;
