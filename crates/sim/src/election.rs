@@ -195,6 +195,8 @@ pub struct ElectionReport {
     pub min_switch_spacing: Option<Duration>,
     /// Sessions started (joins), besides the initial population.
     pub rejoins: u64,
+    /// Nodes (seeds aside) the policy found capable at the start.
+    pub capable_at_start: usize,
 }
 
 impl ElectionReport {
@@ -823,6 +825,12 @@ impl World {
             self.bring_up(node, since);
             self.push(start + (session - into), Event::Leave(node));
         }
+        let capable_at_start = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.election.as_ref())
+            .filter(|e| e.capable(start).is_ok())
+            .count();
         self.push(start, Event::Sample);
         while let Some(Reverse((at, _, event))) = self.queue.pop() {
             if at > self.end {
@@ -850,6 +858,7 @@ impl World {
             switched,
             min_switch_spacing: self.min_spacing,
             rejoins: self.rejoins,
+            capable_at_start,
         }
     }
 }

@@ -134,7 +134,10 @@ pub fn markdown(report: &ElectionReport, command: &str) -> String {
     );
     let _ = writeln!(
         text,
-        "Promotions {}, step-downs {}, rejoins {}.\n",
+        "Capable of promoting at the start (reachable, up >= {:.0} min, rates, memory): {} \
+         nodes. Promotions {}, step-downs {}, rejoins {}.\n",
+        minutes(c.election.min_uptime),
+        report.capable_at_start,
         last.map_or(0, |s| s.promotions),
         last.map_or(0, |s| s.demotions),
         report.rejoins
