@@ -146,6 +146,8 @@ pub struct Sample {
     pub covered: usize,
     /// Online leaves with every session they want open.
     pub served: usize,
+    /// Supernodes holding fewer sessions than the target's low end.
+    pub under_target: usize,
     /// Leaf dials refused as full since the previous sample.
     pub refusals: u64,
     /// Promotions so far.
@@ -777,6 +779,7 @@ impl World {
             sessions: 0,
             covered: 0,
             served: 0,
+            under_target: 0,
             refusals: std::mem::take(&mut self.refusals),
             promotions: self.promotions,
             demotions: self.demotions,
@@ -789,6 +792,9 @@ impl World {
             if n.is_supernode() {
                 sample.supernodes += 1;
                 sample.sessions += n.held.len();
+                if (n.held.len() as f64) < self.config.target.0 {
+                    sample.under_target += 1;
+                }
             } else {
                 sample.leaves += 1;
                 if !n.parents.is_empty() {

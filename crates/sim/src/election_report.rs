@@ -145,9 +145,9 @@ pub fn markdown(report: &ElectionReport, command: &str) -> String {
     let _ = writeln!(text, "## Samples (every 10 min)\n");
     let _ = writeln!(
         text,
-        "| minute | online | supernodes | leaves | sessions per supernode | coverage | \
-         all sessions open | refusals (last min) | promotions | step-downs |\n\
-         |---|---|---|---|---|---|---|---|---|---|"
+        "| minute | online | supernodes | leaves | sessions per supernode | \
+         supernodes under {low:.0} | coverage | all sessions open | refusals (last min) | promotions | step-downs |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|"
     );
     for s in report
         .samples
@@ -156,12 +156,13 @@ pub fn markdown(report: &ElectionReport, command: &str) -> String {
     {
         let _ = writeln!(
             text,
-            "| {} | {} | {} | {} | {:.1} | {:.2}% | {:.2}% | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.1} | {} | {:.2}% | {:.2}% | {} | {} | {} |",
             s.minute,
             s.online,
             s.supernodes,
             s.leaves,
             s.per_supernode(),
+            s.under_target,
             s.coverage() * 100.0,
             s.served_share() * 100.0,
             s.refusals,
