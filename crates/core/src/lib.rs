@@ -29,6 +29,8 @@
 //!   connection won.
 //! - [`lan`]: LAN discovery by multicast: the datagram, when to announce,
 //!   the table of nodes heard on the LAN.
+//! - [`election`]: automatic supernode election: when a capable leaf is
+//!   needed as a supernode, and when a supernode steps down.
 //! - [`reachability`]: what a leaf knows of its own reachability (public
 //!   address, NAT kind, connect-back verdicts) and when it announces a new
 //!   listening address.
@@ -55,6 +57,7 @@ pub mod dedup;
 pub mod discovery;
 pub mod download;
 pub mod dynamic;
+pub mod election;
 pub mod family;
 pub mod filter_patch;
 pub mod groups;

@@ -15,7 +15,9 @@
 //!   CSV rows; [`stats`]: their confidence intervals;
 //! - [`goals`]: the goals checked against a set of runs;
 //! - [`plot`]: the figure (messages per query against success), as SVG;
-//! - [`output`]: writing a set of runs as `report.md`, `.csv` and `.svg`.
+//! - [`output`]: writing a set of runs as `report.md`, `.csv` and `.svg`;
+//! - [`election`], [`election_report`]: supernode election in a population
+//!   of mixed capability, with churn (the `canopy-sim-election` binary).
 
 // Statistics and synthetic addresses: counts and indices here are far
 // below the limits of the types they are converted between.
@@ -26,6 +28,8 @@
 )]
 
 pub mod config;
+pub mod election;
+pub mod election_report;
 pub mod goals;
 pub mod link;
 pub mod output;
