@@ -2,6 +2,9 @@
 
 use canopy_core::dynamic::DynamicConfig;
 
+use crate::link::{LinkSpeed, SEND_QUEUE_BYTES};
+use crate::workload::VocabularyModel;
+
 /// How leaves' queries travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
@@ -92,7 +95,38 @@ pub struct SimConfig {
     pub dynamic: DynamicConfig,
     /// Seed of every random choice.
     pub seed: u64,
+    /// The queries are spread over at least this long (virtual time), so
+    /// churn goes on while they run: when the overlay's query rate would
+    /// issue them faster, the simulator issues a sample of that rate's
+    /// queries (the load figures use the full rate).
+    pub span_ms: u64,
+    /// Names and keyword queries.
+    pub vocabulary: VocabularyModel,
+    /// Every other query asks by keywords (the rest by content id), so
+    /// the two kinds get the same share of the run; false: all by id.
+    pub keyword_queries: bool,
+    /// Each direction of a supernode-to-supernode link.
+    pub supernode_link: LinkSpeed,
+    /// Each direction of a leaf-to-supernode link.
+    pub leaf_link: LinkSpeed,
+    /// Routing filters between supernodes for dynamic querying (floods
+    /// run without, as plain Gnutella did).
+    pub routing_filters: bool,
 }
+
+/// A supernode's link: 1 Mbit/s each way (a 2000s broadband uplink of
+/// 10-40 Mbit/s shared by its ~32 peers and 30 leaves, at best).
+pub const SUPERNODE_LINK: LinkSpeed = LinkSpeed {
+    bytes_per_second: 125_000,
+    queue_bytes: SEND_QUEUE_BYTES,
+};
+
+/// A leaf's link to a parent: 256 kbit/s each way (a DSL uplink, shared by
+/// its two parents and its uploads).
+pub const LEAF_LINK: LinkSpeed = LinkSpeed {
+    bytes_per_second: 32_000,
+    queue_bytes: SEND_QUEUE_BYTES,
+};
 
 impl SimConfig {
     /// The anchors' shape (LimeWire, gtk-gnutella): supernode degree about
@@ -113,6 +147,12 @@ impl SimConfig {
             strategy,
             dynamic: DynamicConfig::default(),
             seed,
+            span_ms: 5 * 60_000,
+            vocabulary: VocabularyModel::default(),
+            keyword_queries: true,
+            supernode_link: SUPERNODE_LINK,
+            leaf_link: LEAF_LINK,
+            routing_filters: true,
         }
     }
 
@@ -125,6 +165,7 @@ impl SimConfig {
             contents: 50,
             queries: 100,
             churn: Churn::NONE,
+            span_ms: 60_000,
             ..Self::anchored(100, strategy, seed)
         }
     }
@@ -139,13 +180,15 @@ impl SimConfig {
         self.leaves() as f64 * self.queries_per_leaf_hour / 3600.0
     }
 
-    /// Milliseconds between two queries (at least 1).
+    /// Milliseconds between two queries the simulator issues: the
+    /// overlay's rate, or slower so they spread over [`Self::span_ms`].
     pub fn query_interval_ms(&self) -> u64 {
         let rate = self.query_rate();
-        if rate > 0.0 {
+        let at_rate = if rate > 0.0 {
             ((1000.0 / rate).round() as u64).max(1)
         } else {
             1000
-        }
+        };
+        at_rate.max(self.span_ms / self.queries.max(1) as u64)
     }
 }

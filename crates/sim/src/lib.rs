@@ -8,10 +8,16 @@
 //! the same configuration and seed give the same report.
 //!
 //! - [`config`]: topology, workload and strategy;
+//! - [`workload`]: the vocabulary model behind names and keyword queries;
+//! - [`link`]: each link's bandwidth and send queue;
 //! - [`world`]: building the overlay and running the event loop;
-//! - [`report`]: statistics per run, as Markdown and CSV rows;
+//! - [`report`]: statistics per run and kind of query, as Markdown and
+//!   CSV rows; [`stats`]: their confidence intervals;
+//! - [`goals`]: the goals checked against a set of runs;
 //! - [`plot`]: the figure (messages per query against success), as SVG;
-//! - [`output`]: writing a set of runs as `report.md`, `.csv` and `.svg`.
+//! - [`output`]: writing a set of runs as `report.md`, `.csv` and `.svg`;
+//! - [`election`], [`election_report`]: supernode election in a population
+//!   of mixed capability, with churn (the `canopy-sim-election` binary).
 
 // Statistics and synthetic addresses: counts and indices here are far
 // below the limits of the types they are converted between.
@@ -22,12 +28,18 @@
 )]
 
 pub mod config;
+pub mod election;
+pub mod election_report;
+pub mod goals;
+pub mod link;
 pub mod output;
 pub mod plot;
 pub mod report;
+pub mod stats;
+pub mod workload;
 pub mod world;
 
 pub use config::{Churn, SimConfig, Strategy};
 pub use output::write_report;
-pub use report::RunReport;
+pub use report::{QueryKind, RunReport};
 pub use world::run;

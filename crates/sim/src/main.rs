@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use canopy_core::dynamic::DynamicConfig;
 
+use canopy_sim::config::{LEAF_LINK, SUPERNODE_LINK};
+use canopy_sim::link::LinkSpeed;
 use canopy_sim::output::markdown;
+use canopy_sim::workload::VocabularyModel;
 use canopy_sim::{Churn, RunReport, SimConfig, Strategy, run, write_report};
 use clap::Parser;
 
@@ -45,9 +48,28 @@ struct Args {
     /// Zipf exponent of content popularity.
     #[arg(long, default_value_t = 1.0)]
     zipf: f64,
-    /// Queries per run.
-    #[arg(long, default_value_t = 200)]
+    /// Queries per run (alternately by content id and by keywords).
+    #[arg(long, default_value_t = 600)]
     queries: usize,
+    /// Spread the queries over at least this many seconds of virtual time
+    /// (a sample of the overlay's rate, while churn goes on).
+    #[arg(long, default_value_t = 300)]
+    span_secs: u64,
+    /// Ask by content id only (no keyword queries).
+    #[arg(long)]
+    no_keywords: bool,
+    /// Distinct words of the vocabulary names are drawn from.
+    #[arg(long, default_value_t = 2000)]
+    words: usize,
+    /// Each direction of a supernode-to-supernode link, in kbit/s.
+    #[arg(long, default_value_t = 1000)]
+    supernode_link_kbps: u64,
+    /// Each direction of a leaf-to-supernode link, in kbit/s.
+    #[arg(long, default_value_t = 256)]
+    leaf_link_kbps: u64,
+    /// Run dynamic querying without routing filters.
+    #[arg(long)]
+    no_filters: bool,
     /// Queries each leaf sends an hour (sets the overlay's query rate).
     #[arg(long, default_value_t = 6.0)]
     queries_per_leaf_hour: f64,
@@ -106,16 +128,35 @@ impl Args {
                 ..Churn::MODEST
             },
             replication,
+            span_ms: self.span_secs * 1000,
+            keyword_queries: !self.no_keywords,
+            vocabulary: VocabularyModel {
+                words: self.words,
+                ..VocabularyModel::default()
+            },
+            supernode_link: LinkSpeed {
+                bytes_per_second: self.supernode_link_kbps * 125,
+                ..SUPERNODE_LINK
+            },
+            leaf_link: LinkSpeed {
+                bytes_per_second: self.leaf_link_kbps * 125,
+                ..LEAF_LINK
+            },
+            routing_filters: !self.no_filters,
             ..SimConfig::anchored(self.supernodes, strategy, self.seed)
         }
     }
 
     fn preamble(&self, sample: &SimConfig) -> String {
+        let v = sample.vocabulary;
         format!(
             "{} supernodes (each dials {} + ring: mean degree about {}), {} leaves each, \
-             {} parents per leaf; link latency log-uniform {}-{} ms; {} contents, Zipf {} \
-             popularity; {} content-id queries per run at {} per leaf an hour ({:.0} a second \
-             overall); churn {}% of leaves and {}% of supernodes a minute; seed {}.\n\n\
+             {} parents per leaf; link latency log-uniform {}-{} ms; links {} kbit/s each way \
+             between supernodes, {} kbit/s to a leaf, 256 KiB send queues; {} contents named \
+             with {}-{} words from {} (Zipf {} frequencies), Zipf {} popularity; {} queries per \
+             run, {}, issued one every {} ms over {:.0} s (the overlay's rate, {} per leaf an \
+             hour, is {:.0} a second: upkeep is amortized at that rate); churn {}% of leaves and \
+             {}% of supernodes a minute; routing filters {} for dynamic querying; seed {}.\n\n\
              Reproduce: `cargo run --release -p canopy-sim -- {}`",
             self.supernodes,
             self.dials,
@@ -124,13 +165,27 @@ impl Args {
             self.parents,
             self.latency_min_ms,
             self.latency_max_ms,
+            self.supernode_link_kbps,
+            self.leaf_link_kbps,
             self.contents,
+            v.words_per_name.0,
+            v.words_per_name.1,
+            v.words,
+            v.zipf,
             self.zipf,
             self.queries,
+            if self.no_keywords {
+                "all by content id"
+            } else {
+                "alternately by content id and by one or two words of the wanted content's name"
+            },
+            sample.query_interval_ms(),
+            (sample.query_interval_ms() * self.queries as u64) as f64 / 1000.0,
             self.queries_per_leaf_hour,
             sample.query_rate(),
             self.churn_leaves * 100.0,
             self.churn_supernodes * 100.0,
+            if self.no_filters { "off" } else { "on" },
             self.seed,
             std::env::args().skip(1).collect::<Vec<_>>().join(" ")
         )
@@ -150,7 +205,7 @@ fn main() -> anyhow::Result<()> {
     // Each run is independent and deterministic: run them on `jobs`
     // threads, keep the rows in the order of `configs`.
     let next = AtomicUsize::new(0);
-    let rows: Mutex<Vec<Option<RunReport>>> = Mutex::new(vec![None; configs.len()]);
+    let rows: Mutex<Vec<Option<Vec<RunReport>>>> = Mutex::new(vec![None; configs.len()]);
     std::thread::scope(|scope| {
         for _ in 0..args.jobs.max(1) {
             scope.spawn(|| {
@@ -159,11 +214,13 @@ fn main() -> anyhow::Result<()> {
                     let Some(config) = configs.get(i) else { break };
                     let begun = Instant::now();
                     let report = run(config);
-                    eprintln!(
-                        "{} ({:.1} s)",
-                        report.markdown_row(),
-                        begun.elapsed().as_secs_f64()
-                    );
+                    for row in &report {
+                        eprintln!(
+                            "{} ({:.1} s)",
+                            row.markdown_row(),
+                            begun.elapsed().as_secs_f64()
+                        );
+                    }
                     if let Ok(mut rows) = rows.lock() {
                         rows[i] = Some(report);
                     }
@@ -175,8 +232,11 @@ fn main() -> anyhow::Result<()> {
         .into_inner()
         .map_err(|_| anyhow::anyhow!("a run panicked"))?
         .into_iter()
-        .collect::<Option<_>>()
-        .ok_or_else(|| anyhow::anyhow!("a run did not finish"))?;
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| anyhow::anyhow!("a run did not finish"))?
+        .into_iter()
+        .flatten()
+        .collect();
     eprintln!("all runs: {:.1} s", started.elapsed().as_secs_f64());
     let title = format!(
         "Simulation: {} supernodes x {} leaves, seed {}",

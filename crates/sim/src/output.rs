@@ -28,6 +28,8 @@ pub fn markdown(title: &str, preamble: &str, rows: &[RunReport]) -> String {
         text.push_str(&row.markdown_row());
         text.push('\n');
     }
+    text.push('\n');
+    text.push_str(&crate::goals::markdown(rows));
     text
 }
 

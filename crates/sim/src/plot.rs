@@ -1,11 +1,13 @@
-//! The report's figure: messages per query (median, log scale) against
-//! success, one colour per replication ratio; floods at growing TTL are
-//! joined by a line, dynamic querying is a triangle. Written as SVG text
+//! The report's figure: messages per query (mean, the query's own and
+//! routing filter patches amortized: what the goals count; log scale)
+//! against success, one colour per kind of query and replication ratio;
+//! floods at growing TTL are joined by a line, dynamic querying is a
+//! triangle. Written as SVG text
 //! with plotters' SVG backend (no fonts, no bitmaps).
 
 use plotters::prelude::*;
 
-use crate::report::RunReport;
+use crate::report::{QueryKind, RunReport};
 
 /// Why the figure could not be drawn.
 #[derive(Debug, thiserror::Error)]
@@ -16,19 +18,22 @@ fn failed<E: std::fmt::Display>(error: E) -> PlotError {
     PlotError(error.to_string())
 }
 
-const PALETTE: [RGBColor; 4] = [
+const PALETTE: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
     RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(140, 86, 75),
 ];
 
-/// The replication ratios in `rows`, in order of first appearance.
-fn replications(rows: &[RunReport]) -> Vec<f64> {
-    let mut seen: Vec<f64> = Vec::new();
+/// The kinds of query and replication ratios in `rows`, in order of
+/// first appearance.
+fn series(rows: &[RunReport]) -> Vec<(QueryKind, f64)> {
+    let mut seen: Vec<(QueryKind, f64)> = Vec::new();
     for row in rows {
-        if !seen.contains(&row.replication) {
-            seen.push(row.replication);
+        if !seen.contains(&(row.kind, row.replication)) {
+            seen.push((row.kind, row.replication));
         }
     }
     seen
@@ -42,10 +47,8 @@ pub fn svg(title: &str, rows: &[RunReport]) -> Result<String, PlotError> {
         root.fill(&WHITE).map_err(failed)?;
         let most = rows
             .iter()
-            .map(|r| r.messages_median)
-            .max()
-            .unwrap_or(10)
-            .max(10) as f64;
+            .map(RunReport::goal_messages)
+            .fold(10.0, f64::max);
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 20))
             .margin(15)
@@ -55,21 +58,23 @@ pub fn svg(title: &str, rows: &[RunReport]) -> Result<String, PlotError> {
             .map_err(failed)?;
         chart
             .configure_mesh()
-            .x_desc("messages per query (median, log scale)")
+            .x_desc("messages per query (mean, filter patches amortized; log scale)")
             .y_desc("success (%)")
             .draw()
             .map_err(failed)?;
-        for (i, replication) in replications(rows).into_iter().enumerate() {
+        for (i, (kind, replication)) in series(rows).into_iter().enumerate() {
             let colour = PALETTE[i % PALETTE.len()];
-            let point = |r: &RunReport| ((r.messages_median.max(1)) as f64, r.success_rate * 100.0);
+            let point = |r: &RunReport| (r.goal_messages().max(1.0), r.success_rate * 100.0);
+            let ours = |r: &&RunReport| r.kind == kind && r.replication == replication;
             let floods: Vec<&RunReport> = rows
                 .iter()
-                .filter(|r| r.replication == replication && r.strategy.starts_with("flood"))
+                .filter(ours)
+                .filter(|r| r.strategy.starts_with("flood"))
                 .collect();
             chart
                 .draw_series(LineSeries::new(floods.iter().map(|r| point(r)), colour))
                 .map_err(failed)?
-                .label(format!("flood, {}% replication", replication * 100.0))
+                .label(format!("flood, {kind}, {}%", replication * 100.0))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour));
             chart
                 .draw_series(floods.iter().map(|r| {
@@ -82,11 +87,12 @@ pub fn svg(title: &str, rows: &[RunReport]) -> Result<String, PlotError> {
             chart
                 .draw_series(
                     rows.iter()
-                        .filter(|r| r.replication == replication && r.strategy == "dynamic")
+                        .filter(ours)
+                        .filter(|r| r.strategy == "dynamic")
                         .map(|r| TriangleMarker::new(point(r), 8, colour.filled())),
                 )
                 .map_err(failed)?
-                .label(format!("dynamic, {}% replication", replication * 100.0))
+                .label(format!("dynamic, {kind}, {}%", replication * 100.0))
                 .legend(move |(x, y)| TriangleMarker::new((x + 9, y), 6, colour.filled()));
         }
         chart

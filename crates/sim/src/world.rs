@@ -1,7 +1,11 @@
 //! Builds an overlay of real core state machines and runs it in virtual
 //! time, with churn. Messages and churn events travel through one event
 //! queue ordered by time (then by the order they were scheduled, so ties
-//! break the same way every run); each link has a latency drawn once when it opens. Every
+//! break the same way every run); each link has a latency drawn once when
+//! it opens, and each direction a bandwidth and send queue
+//! ([`crate::link`]). Every message sent is counted: with its query when
+//! it carries one's id (a dynamic query's steps under their own ids
+//! included), otherwise as the overlay's upkeep. Every
 //! collection that is iterated is ordered (Vec, BTreeMap, BTreeSet); hash
 //! maps are used for lookups only, so runs are deterministic for a seed.
 
@@ -23,7 +27,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::config::{SimConfig, Strategy};
-use crate::report::{QueryOutcome, RunReport};
+use crate::link::{LinkSpeed, Offered, Pipe, droppable, wire_bytes};
+use crate::report::{QueryKind, QueryOutcome, RunReport, Upkeep};
+use crate::workload::{Workload, zipf_pick, zipf_table};
 
 /// One end of a link: a supernode's connection, or a leaf's session
 /// (leaf, parent slot, and the link's id, so a message in flight on a link
@@ -34,10 +40,14 @@ enum End {
     Leaf(usize, usize, ConnId),
 }
 
+/// One end's view of a link: where it leads, and the direction from
+/// this end (its speed and queue).
 #[derive(Debug, Clone, Copy)]
 struct Link {
     to: End,
     latency: u64,
+    speed: LinkSpeed,
+    pipe: Pipe,
 }
 
 #[derive(Debug)]
@@ -56,16 +66,41 @@ enum Event {
     LeafWakes(usize),
     /// A supernode's discovery deadline (`Discovery::poll_timeout`).
     SupernodeWakes(usize),
+    /// A supernode's protocol deadline (`Supernode::poll_timeout`).
+    SupernodeDue(usize),
+    /// A leaf session's deadline (`LeafSession::poll_timeout`): leaf,
+    /// slot.
+    SessionDue(usize, usize),
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Tracked {
+    kind: QueryKind,
     messages: u64,
+    statuses: u64,
+    bytes: u64,
+    dropped: u64,
     started: u64,
     first_hit: Option<u64>,
-    /// Sources, once the search was closed (its leaf lost the parent it
-    /// asked through); `None` while it runs.
+    /// Results (sources for a content id, contents for keywords), once
+    /// the search was closed (its leaf lost the parent it asked through);
+    /// `None` while it runs.
     sources: Option<usize>,
+}
+
+impl Tracked {
+    fn new(kind: QueryKind, started: u64) -> Self {
+        Self {
+            kind,
+            messages: 0,
+            statuses: 0,
+            bytes: 0,
+            dropped: 0,
+            started,
+            first_hit: None,
+            sources: None,
+        }
+    }
 }
 
 /// A leaf's connection to one parent.
@@ -74,6 +109,8 @@ struct Slot {
     session: LeafSession,
     /// Our end's link id and the link to the supernode, while connected.
     link: Option<(ConnId, Link)>,
+    /// When `session` is due next, as scheduled.
+    due: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -105,6 +142,13 @@ impl Links {
             .map(|i| self.0[i].1)
     }
 
+    fn get_mut(&mut self, conn: ConnId) -> Option<&mut Link> {
+        self.0
+            .binary_search_by_key(&conn, |(c, _)| *c)
+            .ok()
+            .map(|i| &mut self.0[i].1)
+    }
+
     fn insert(&mut self, conn: ConnId, link: Link) {
         match self.0.binary_search_by_key(&conn, |(c, _)| *c) {
             Ok(i) => self.0[i].1 = link,
@@ -128,6 +172,8 @@ struct SuperNode {
     discovery: Discovery,
     /// When `discovery` is due next.
     wake: Option<u64>,
+    /// When `machine` is due next, as scheduled.
+    due: Option<u64>,
 }
 
 struct World {
@@ -142,7 +188,23 @@ struct World {
     config: SimConfig,
     dynamic: Option<DynamicConfig>,
     tracked: HashMap<MessageId, Tracked>,
+    /// The ids a dynamic query's widening steps travel under (a keyed
+    /// hash of the leaf's id and the step), to the leaf's id: their
+    /// queries and hits are the leaf's query's messages.
+    aliases: HashMap<MessageId, MessageId>,
     departures: (u64, u64),
+    /// Messages carrying no query id, counted while `counting`.
+    upkeep: Upkeep,
+    counting: bool,
+    workload: Workload,
+}
+
+/// When a deadline at `at` is handled, at `now`: then, or the next
+/// millisecond if it has passed (a machine due again at once would
+/// otherwise loop within one millisecond).
+fn due_at(at: Time, now: u64) -> u64 {
+    let at = at.as_millis();
+    if at > now { at } else { now + 1 }
 }
 
 fn supernode_addr(i: usize) -> SocketAddr {
@@ -233,19 +295,21 @@ fn content_id(k: usize) -> ContentId {
     ContentId(id)
 }
 
-fn content_file(k: usize) -> SharedFile {
+fn content_file(k: usize, workload: &Workload) -> SharedFile {
     SharedFile {
         content_id: content_id(k),
-        name: format!("item{k} track.ogg"),
+        name: workload.name(k),
         size: 1000 + k as u64,
         available: None,
     }
 }
 
+/// The query a message belongs to, if it carries one's id.
 fn message_id(message: &Message) -> Option<MessageId> {
     match message {
         Message::Query(q) => Some(q.message_id),
         Message::QueryHit(h) => Some(h.message_id),
+        Message::QueryStatus { message_id, .. } => Some(*message_id),
         _ => None,
     }
 }
@@ -261,12 +325,12 @@ fn leaf_session(l: usize, shares: &[SharedFile]) -> LeafSession {
 }
 
 /// The configuration every simulated supernode runs with: the core's
-/// defaults, except that nothing is rate-limited, nobody idles out (no
-/// keepalive traffic to simulate), no address is limited (the simulated
-/// addresses are made up, hundreds to a /24), the TTL cap lets a flood
-/// use the TTL it is given, and routing filters are off: their patches
-/// are not counted in the reports yet, so the figures compare the query
-/// strategies as they were measured.
+/// defaults (keepalive pings, idle timeouts and filter publishing
+/// included: their messages are counted), except that leaves' queries are
+/// not rate-limited (a simulated leaf sends one at a time), no address is
+/// limited (the simulated addresses are made up, hundreds to a /24), the
+/// TTL cap lets a flood use the TTL it is given, and routing filters are
+/// on for dynamic querying only (when `config.routing_filters`).
 fn supernode_config(
     i: usize,
     config: &SimConfig,
@@ -276,14 +340,11 @@ fn supernode_config(
     c.ttl_cap = 7;
     c.max_leaves = config.leaves();
     c.max_supernode_peers = config.supernodes;
-    c.keepalive_interval = Duration::from_secs(86_400);
-    c.peer_refresh_interval = Duration::from_secs(86_400);
-    c.idle_timeout = Duration::from_secs(86_400);
     c.leaf_queries_per_second = 1_000_000;
     c.leaf_query_burst = 1_000_000;
     c.dynamic = dynamic.cloned();
     c.limit_exempt = vec![IpNet::new_assert(IpAddr::from([0, 0, 0, 0]), 0)];
-    c.routing_filters = false;
+    c.routing_filters = config.routing_filters && dynamic.is_some();
     c
 }
 
@@ -314,6 +375,17 @@ impl World {
         self.queue.entry(at).or_default().push(event);
     }
 
+    fn link_mut(&mut self, end: End) -> Option<&mut Link> {
+        match end {
+            End::Super(s, conn) => self.supers[s].links.get_mut(conn),
+            End::Leaf(l, k, conn) => self.leaves[l].slots[k]
+                .link
+                .as_mut()
+                .filter(|(ours, _)| *ours == conn)
+                .map(|(_, link)| link),
+        }
+    }
+
     fn link_of(&self, end: End) -> Option<Link> {
         match end {
             End::Super(s, conn) => self.supers[s].links.get(conn),
@@ -339,17 +411,64 @@ impl World {
     }
 
     fn send(&mut self, from: End, message: Message) {
-        let Some(link) = self.link_of(from) else {
+        let bytes = wire_bytes(&message);
+        self.send_sized(from, message, bytes);
+    }
+
+    /// Offers `message` (`bytes` on the wire) to the link at `from`; it is
+    /// counted, queued behind what the link is sending, and delivered
+    /// after the latency, or dropped if the queue is full.
+    fn send_sized(&mut self, from: End, message: Message, bytes: u64) {
+        let now = self.now;
+        let may_drop = droppable(&message);
+        let Some(link) = self.link_mut(from) else {
             return;
         };
-        if let Some(tracked) = message_id(&message).and_then(|id| self.tracked.get_mut(&id)) {
-            tracked.messages += 1;
+        let offered = link.pipe.offer(now, bytes, may_drop, link.speed);
+        let (to, latency) = (link.to, link.latency);
+        let dropped = offered == Offered::Dropped;
+        let id = message_id(&message).map(|id| self.aliases.get(&id).copied().unwrap_or(id));
+        if let Some(tracked) = id.and_then(|id| self.tracked.get_mut(&id)) {
+            if dropped {
+                tracked.dropped += 1;
+            } else {
+                tracked.messages += 1;
+                tracked.bytes += bytes;
+                if matches!(message, Message::QueryStatus { .. }) {
+                    tracked.statuses += 1;
+                }
+            }
+        } else if self.counting && !dropped {
+            let upkeep = &mut self.upkeep;
+            match message {
+                Message::FilterPatch(_) => {
+                    upkeep.filter_messages += 1;
+                    upkeep.filter_bytes += bytes;
+                }
+                Message::Ping { .. } | Message::Pong { .. } => upkeep.pings += 1,
+                Message::FileList { .. } | Message::FileDelta { .. } => upkeep.publishes += 1,
+                // Nothing but the tracked searches asks: counted apart
+                // so that an id the simulator failed to attribute shows.
+                Message::Query(_) | Message::QueryHit(_) | Message::QueryStatus { .. } => {
+                    upkeep.untracked += 1;
+                }
+                _ => upkeep.other += 1,
+            }
         }
-        let at = self.now + link.latency;
+        if dropped {
+            if self.counting {
+                self.upkeep.dropped += 1;
+            }
+            return;
+        }
+        let Offered::Sent(gone) = offered else {
+            return;
+        };
+        let at = gone.max(now) + latency;
         self.schedule(
             at,
             Event::Deliver {
-                to: link.to,
+                to,
                 message: Box::new(message),
             },
         );
@@ -387,8 +506,9 @@ impl World {
             match action {
                 Action::Send { conn, message } => self.send(End::Super(s, conn), message),
                 Action::Forward { conns, message } => {
+                    let bytes = wire_bytes(&message);
                     for conn in conns {
-                        self.send(End::Super(s, conn), message.clone());
+                        self.send_sized(End::Super(s, conn), message.clone(), bytes);
                     }
                 }
                 Action::Close { conn, .. } => self.cut(End::Super(s, conn)),
@@ -402,6 +522,43 @@ impl World {
         }
         for conn in probes {
             self.supers[s].machine.handle_probe_result(conn, true);
+        }
+        self.arm_super(s);
+    }
+
+    /// Schedules supernode `s`'s next deadline, unless one as early is
+    /// scheduled: the clock advances exactly to it.
+    fn arm_super(&mut self, s: usize) {
+        if !self.supers[s].online {
+            return;
+        }
+        let Some(at) = self.supers[s].machine.poll_timeout() else {
+            return;
+        };
+        let at = due_at(at, self.now);
+        if self.supers[s]
+            .due
+            .is_none_or(|due| due > at || due < self.now)
+        {
+            self.supers[s].due = Some(at);
+            self.schedule(at, Event::SupernodeDue(s));
+        }
+    }
+
+    /// Schedules slot `k` of leaf `l`'s session's next deadline, as
+    /// [`Self::arm_super`].
+    fn arm_session(&mut self, l: usize, k: usize) {
+        let slot = &self.leaves[l].slots[k];
+        if !self.leaves[l].online || slot.link.is_none() {
+            return;
+        }
+        let Some(at) = slot.session.poll_timeout() else {
+            return;
+        };
+        let at = due_at(at, self.now);
+        if slot.due.is_none_or(|due| due > at || due < self.now) {
+            self.leaves[l].slots[k].due = Some(at);
+            self.schedule(at, Event::SessionDue(l, k));
         }
     }
 
@@ -421,6 +578,7 @@ impl World {
                 _ => {}
             }
         }
+        self.arm_session(l, k);
     }
 
     fn handle(&mut self, at: u64, event: Event) {
@@ -465,6 +623,26 @@ impl World {
                 }
                 self.drive_discovery(s);
             }
+            // A stale deadline (an earlier one replaced it, or the node
+            // left) is dropped; the machines act only when due anyway.
+            Event::SupernodeDue(s) => {
+                if self.supers[s].due == Some(at) {
+                    self.supers[s].due = None;
+                    if self.supers[s].online {
+                        self.supers[s].machine.handle_timeout(now);
+                        self.drain_super(s);
+                    }
+                }
+            }
+            Event::SessionDue(l, k) => {
+                if self.leaves[l].slots[k].due == Some(at) {
+                    self.leaves[l].slots[k].due = None;
+                    if self.leaves[l].online && self.leaves[l].slots[k].link.is_some() {
+                        self.leaves[l].slots[k].session.handle_timeout(now);
+                        self.drain_leaf(l, k);
+                    }
+                }
+            }
         }
     }
 
@@ -490,11 +668,14 @@ impl World {
     fn join(&mut self, a: usize, b: usize) {
         let (ca, cb) = (self.conn(), self.conn());
         let latency = self.draw_latency();
+        let speed = self.config.supernode_link;
         self.supers[a].links.insert(
             ca,
             Link {
                 to: End::Super(b, cb),
                 latency,
+                speed,
+                pipe: Pipe::default(),
             },
         );
         self.supers[b].links.insert(
@@ -502,6 +683,8 @@ impl World {
             Link {
                 to: End::Super(a, ca),
                 latency,
+                speed,
+                pipe: Pipe::default(),
             },
         );
         let now = Time(self.now);
@@ -529,11 +712,14 @@ impl World {
     fn attach(&mut self, l: usize, k: usize, s: usize) {
         let conn = self.conn();
         let latency = self.draw_latency();
+        let speed = self.config.leaf_link;
         self.leaves[l].slots[k].link = Some((
             conn,
             Link {
                 to: End::Super(s, conn),
                 latency,
+                speed,
+                pipe: Pipe::default(),
             },
         ));
         self.supers[s].links.insert(
@@ -541,6 +727,8 @@ impl World {
             Link {
                 to: End::Leaf(l, k, conn),
                 latency,
+                speed,
+                pipe: Pipe::default(),
             },
         );
         self.supers[s].machine.handle_connected(
@@ -561,12 +749,13 @@ impl World {
     fn harvest(&mut self, l: usize) {
         let ids = std::mem::take(&mut self.leaves[l].searches);
         for id in ids {
-            let sources = self.leaves[l].slots[0]
-                .session
-                .finish_search(&id)
-                .map_or(0, |s| s.results().map(|r| r.sources.len()).sum());
+            let search = self.leaves[l].slots[0].session.finish_search(&id);
             if let Some(tracked) = self.tracked.get_mut(&id) {
-                tracked.sources.get_or_insert(sources);
+                let results = search.map_or(0, |s| match tracked.kind {
+                    QueryKind::Content => s.results().map(|r| r.sources.len()).sum(),
+                    QueryKind::Keywords => s.results().count(),
+                });
+                tracked.sources.get_or_insert(results);
             }
         }
     }
@@ -779,37 +968,30 @@ impl World {
     }
 }
 
-/// Cumulative Zipf weights over `n` ranks.
-fn zipf_table(n: usize, s: f64) -> Vec<f64> {
-    let mut total = 0.0;
-    (0..n)
-        .map(|rank| {
-            total += 1.0 / ((rank + 1) as f64).powf(s);
-            total
-        })
-        .collect()
-}
-
-fn zipf_pick(table: &[f64], rng: &mut StdRng) -> usize {
-    let total = table.last().copied().unwrap_or(1.0);
-    let x = rng.random::<f64>() * total;
-    table
-        .partition_point(|c| *c < x)
-        .min(table.len().saturating_sub(1))
-}
-
-/// Virtual time between two ticks (dynamic query steps, churn).
+/// Virtual time between two looks at churn.
 const TICK_MS: u64 = 500;
+
+/// Widening steps of one dynamic query whose ids are attributed to it
+/// (far more than its horizon allows; a step beyond would show as
+/// untracked messages in the report).
+const MAX_STEPS: u32 = 256;
 
 /// How long a leaf waits for the hits of one search.
 const SEARCH_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Builds the overlay `config` describes, runs its queries, and reports.
-pub fn run(config: &SimConfig) -> RunReport {
+/// The results a keyword search wants (the dynamic querying target; the
+/// leaf stops counting new contents past it).
+const KEYWORD_RESULTS: usize = 150;
+
+/// Builds the overlay `config` describes, runs its queries, and reports:
+/// one row for content-id queries, and one for keyword queries when the
+/// run asks both.
+pub fn run(config: &SimConfig) -> Vec<RunReport> {
     let mut rng = StdRng::seed_from_u64(config.seed);
     let s_count = config.supernodes.max(2);
     let l_count = config.leaves();
     let dynamic = matches!(config.strategy, Strategy::Dynamic).then(|| config.dynamic.clone());
+    let workload = Workload::new(config.contents, config.vocabulary, &mut rng);
 
     // Place every content on its share of leaves.
     let mut files: Vec<Vec<SharedFile>> = vec![Vec::new(); l_count];
@@ -819,8 +1001,9 @@ pub fn run(config: &SimConfig) -> RunReport {
         while holders.len() < copies {
             holders.insert(rng.random_range(0..l_count));
         }
+        let file = content_file(k, &workload);
         for leaf in holders {
-            files[leaf].push(content_file(k));
+            files[leaf].push(file.clone());
         }
     }
     let parents = config.parents_per_leaf.clamp(1, s_count);
@@ -834,6 +1017,7 @@ pub fn run(config: &SimConfig) -> RunReport {
                 .map(|_| Slot {
                     session: leaf_session(l, &shares),
                     link: None,
+                    due: None,
                 })
                 .collect(),
             shares,
@@ -851,6 +1035,7 @@ pub fn run(config: &SimConfig) -> RunReport {
             links: Links::default(),
             discovery: discovery(i, config, seeds.next_u64()),
             wake: None,
+            due: None,
         })
         .collect();
     let mut world = World {
@@ -863,7 +1048,11 @@ pub fn run(config: &SimConfig) -> RunReport {
         config: config.clone(),
         dynamic: dynamic.clone(),
         tracked: HashMap::new(),
+        aliases: HashMap::new(),
         departures: (0, 0),
+        upkeep: Upkeep::default(),
+        counting: false,
+        workload,
     };
 
     // Supernode graph: a ring, so it is connected, and each supernode
@@ -901,22 +1090,27 @@ pub fn run(config: &SimConfig) -> RunReport {
     for l in 0..l_count {
         world.drive_leaf_set(l, Some(l / per_supernode));
     }
-    world.run_until(world.now + 10_000);
+    // Settle: handshakes, full lists, first filters (not counted: a
+    // running overlay has long passed this).
+    let mut clock = Clock {
+        next_tick: TICK_MS,
+        debt: (0.0, 0.0),
+        churn: false,
+    };
+    clock.advance(&mut world, 10_000);
 
-    // Queries at the configured rate, from random leaves, for
-    // Zipf-popular contents; churn all along.
+    // Queries spread over the span, from random leaves, for Zipf-popular
+    // contents, alternately by content id and by words of the content's
+    // name; churn all along, and every message counted.
     let table = zipf_table(config.contents.max(1), config.zipf);
     let interval = config.query_interval_ms();
     let start = world.now;
+    world.counting = true;
+    clock.churn = true;
     let mut issued: Vec<(MessageId, usize)> = Vec::with_capacity(config.queries);
-    let mut origins: BTreeSet<usize> = BTreeSet::new();
-    let mut clock = Clock {
-        next_tick: start + TICK_MS,
-        debt: (0.0, 0.0),
-    };
     for q in 0..config.queries {
         let at = start + q as u64 * interval;
-        clock.advance(&mut world, at, &origins);
+        clock.advance(&mut world, at);
         let Some(l) = world.pick_searcher() else {
             continue;
         };
@@ -926,15 +1120,23 @@ pub fn run(config: &SimConfig) -> RunReport {
             Strategy::Flood(ttl) => ttl,
             Strategy::Dynamic => canopy_core::supernode::DEFAULT_TTL_CAP,
         };
-        // The leaf wants one content: it asks by content id (target 10 sources).
-        let request = SearchRequest::content(content_id(k), ttl, SEARCH_TIMEOUT);
-        world.tracked.insert(
-            id,
-            Tracked {
-                started: at,
-                ..Tracked::default()
-            },
-        );
+        let kind = if config.keyword_queries && q % 2 == 1 {
+            QueryKind::Keywords
+        } else {
+            QueryKind::Content
+        };
+        let request = match kind {
+            // The leaf wants one content: it asks by content id (target
+            // 10 sources).
+            QueryKind::Content => SearchRequest::content(content_id(k), ttl, SEARCH_TIMEOUT),
+            // The user types words of the name they have in mind (target
+            // 150 results).
+            QueryKind::Keywords => {
+                let words = world.workload.query(k, &mut world.rng);
+                SearchRequest::keywords(&words, ttl, SEARCH_TIMEOUT, KEYWORD_RESULTS)
+            }
+        };
+        world.tracked.insert(id, Tracked::new(kind, at));
         let started = world.leaves[l].slots[0]
             .session
             .start_search(id, &request, Time(at));
@@ -951,57 +1153,70 @@ pub fn run(config: &SimConfig) -> RunReport {
                 },
             )) = world.leaves[l].slots[0].link
             {
-                origins.insert(s);
+                if dynamic.is_some() {
+                    for step in 0..MAX_STEPS {
+                        let alias = world.supers[s].machine.step_id(id, step);
+                        world.aliases.insert(alias, id);
+                    }
+                }
             }
         } else {
             world.tracked.remove(&id);
         }
     }
     let end = start + config.queries as u64 * interval + SEARCH_TIMEOUT.as_millis() as u64 + 5_000;
-    clock.advance(&mut world, end, &origins);
+    clock.advance(&mut world, end);
+    world.upkeep.window_ms = end - start;
 
     for l in issued.iter().map(|(_, l)| *l).collect::<BTreeSet<_>>() {
         world.harvest(l);
     }
     let outcomes: Vec<QueryOutcome> = issued
         .iter()
-        .map(|(id, _)| {
-            let tracked = world.tracked.remove(id).unwrap_or_default();
-            let sources = tracked.sources.unwrap_or(0);
+        .filter_map(|(id, _)| world.tracked.remove(id))
+        .map(|tracked| {
+            let results = tracked.sources.unwrap_or(0);
             QueryOutcome {
-                found: sources > 0,
+                kind: tracked.kind,
+                found: results > 0,
                 messages: tracked.messages,
+                statuses: tracked.statuses,
+                bytes: tracked.bytes,
+                dropped: tracked.dropped,
                 first_result_ms: tracked.first_hit.map(|t| t.saturating_sub(tracked.started)),
-                results: sources,
+                results,
             }
         })
         .collect();
-    RunReport::new(config, &outcomes, world.departures)
+    let mut kinds = vec![QueryKind::Content];
+    if config.keyword_queries && config.queries > 1 {
+        kinds.push(QueryKind::Keywords);
+    }
+    kinds
+        .into_iter()
+        .map(|kind| RunReport::new(config, kind, &outcomes, &world.upkeep, world.departures))
+        .collect()
 }
 
-/// Ticks of virtual time: dynamic query steps and churn.
+/// Ticks of virtual time for churn. The nodes' own timers are not
+/// ticked: each machine's deadline (`poll_timeout`) is an event, so
+/// dynamic query steps, keepalives, idle limits, filter publishing and
+/// status reports happen exactly when due.
 struct Clock {
     next_tick: u64,
     debt: (f64, f64),
+    churn: bool,
 }
 
 impl Clock {
-    /// Runs the world to `until`, ticking every [`TICK_MS`] on the way:
-    /// supernodes that took leaves' queries step their dynamic queries,
-    /// and nodes leave.
-    fn advance(&mut self, world: &mut World, until: u64, origins: &BTreeSet<usize>) {
+    /// Runs the world to `until`, nodes leaving every [`TICK_MS`] on the
+    /// way.
+    fn advance(&mut self, world: &mut World, until: u64) {
         while self.next_tick <= until {
             world.run_until(self.next_tick);
-            let now = Time(self.next_tick);
-            if world.dynamic.is_some() {
-                for &s in origins {
-                    if world.supers[s].online {
-                        world.supers[s].machine.handle_timeout(now);
-                        world.drain_super(s);
-                    }
-                }
+            if self.churn {
+                world.churn(TICK_MS, &mut self.debt);
             }
-            world.churn(TICK_MS, &mut self.debt);
             self.next_tick += TICK_MS;
         }
         world.run_until(until);
