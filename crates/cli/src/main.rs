@@ -52,7 +52,10 @@ struct Cli {
 enum Command {
     /// Run a supernode: index leaves' files and route queries.
     Supernode(SupernodeArgs),
-    /// Run a leaf: share folders (or none) and stay in the overlay.
+    /// Run a leaf: share folders (or none) and stay in the overlay; it
+    /// promotes itself to a supernode when the network needs one and it
+    /// can (`--no-auto-supernode`: never). `canopy node` is the same.
+    #[command(visible_alias = "node")]
     Leaf(LeafArgs),
     /// Search the overlay: through the running leaf, or a supernode.
     Search(commands::search::Args),

@@ -172,8 +172,9 @@ async fn supernode_and_leaf_processes_serve_a_search_and_stop_on_sigterm() {
     ])
     .await;
     let second_addr = hello["addr"].as_str().unwrap().to_owned();
+    // `canopy node` is `canopy leaf` (with the election, on by default).
     let (leaf, hello) = spawn_node(&[
-        "leaf",
+        "node",
         "--supernode",
         &first_addr,
         "--share",
