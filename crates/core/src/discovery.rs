@@ -17,6 +17,7 @@ use std::time::Duration;
 use crate::Time;
 use crate::backoff::Retries;
 use crate::rng::SplitMix64;
+use crate::seeding::Seeding;
 
 /// Offers whom to dial: the first acceptable candidate, passing over what
 /// `skip` names; `random` picks among equals.
@@ -90,11 +91,8 @@ pub struct Discovery {
     dialing: BTreeSet<SocketAddr>,
     retries: Retries,
     last_dial: Option<Time>,
-    resolving: bool,
-    last_resolve: Option<Time>,
-    /// No candidate was left at the last look, then: wait for an event,
-    /// a backoff's end or the next resolution rather than look again.
-    starved: Option<Time>,
+    /// The bootstrap names, and whether candidates ran dry.
+    seeding: Seeding,
     actions: VecDeque<DiscoveryAction>,
 }
 
@@ -106,6 +104,7 @@ impl Discovery {
             config.backoff_max,
             config.max_backoffs,
         );
+        let seeding = Seeding::new(config.bootstrap, config.resolve_interval);
         Self {
             config,
             rng,
@@ -113,9 +112,7 @@ impl Discovery {
             dialing: BTreeSet::new(),
             retries,
             last_dial: None,
-            resolving: false,
-            last_resolve: None,
-            starved: None,
+            seeding,
             actions: VecDeque::new(),
         }
     }
@@ -126,7 +123,7 @@ impl Discovery {
     pub fn set_connected(&mut self, peers: impl IntoIterator<Item = SocketAddr>) {
         let peers: BTreeSet<SocketAddr> = peers.into_iter().take(MAX_PEERS_TRACKED).collect();
         if peers.len() < self.connected.len() {
-            self.starved = None;
+            self.seeding.fed();
         }
         for joined in peers.difference(&self.connected) {
             self.retries.forget(*joined);
@@ -147,28 +144,26 @@ impl Discovery {
     /// The supernode at `addr` left.
     pub fn handle_left(&mut self, addr: SocketAddr) {
         if self.connected.remove(&addr) {
-            self.starved = None;
+            self.seeding.fed();
         }
     }
 
     /// Our dial of `addr` ended: it failed, or its connection closed.
     pub fn handle_dial_ended(&mut self, addr: SocketAddr) {
         self.dialing.remove(&addr);
-        self.starved = None;
+        self.seeding.fed();
     }
 
     /// New candidates may be on offer (learned, heard on the LAN): look
     /// again at the next timeout.
     pub fn handle_candidates(&mut self) {
-        self.starved = None;
+        self.seeding.fed();
     }
 
     /// The bootstrap names were resolved (their addresses are candidates
     /// now).
     pub fn handle_resolved(&mut self, now: Time) {
-        self.resolving = false;
-        self.last_resolve = Some(now);
-        self.starved = None;
+        self.seeding.resolved(now);
     }
 
     /// Peers held or being dialed.
@@ -188,7 +183,7 @@ impl Discovery {
     /// names; a dial of the next candidate while peers are wanted (one
     /// per `dial_interval`); a new resolution when no one is left.
     pub fn handle_timeout(&mut self, now: Time, candidates: &mut dyn Candidates) {
-        if self.config.bootstrap && self.last_resolve.is_none() && !self.resolving {
+        if self.seeding.first_due() {
             self.resolve(now);
         }
         if self.peers() >= self.config.peers_wanted {
@@ -204,29 +199,22 @@ impl Discovery {
         let candidate = candidates.select(random, &|addr| self.skips(addr, now));
         match candidate {
             Some(addr) => {
-                self.starved = None;
+                self.seeding.fed();
                 self.retries.defer(addr, now, &mut self.rng);
                 self.last_dial = Some(now);
                 self.dialing.insert(addr);
                 self.actions.push_back(DiscoveryAction::Dial(addr));
             }
             None => {
-                self.starved = Some(now);
-                if self.config.bootstrap
-                    && !self.resolving
-                    && self
-                        .last_resolve
-                        .is_none_or(|at| now >= at + self.config.resolve_interval)
-                {
-                    self.resolve(now);
+                if self.seeding.starve(now) {
+                    self.actions.push_back(DiscoveryAction::Resolve);
                 }
             }
         }
     }
 
     fn resolve(&mut self, now: Time) {
-        self.resolving = true;
-        self.last_resolve = Some(now);
+        self.seeding.start(now);
         self.actions.push_back(DiscoveryAction::Resolve);
     }
 
@@ -240,7 +228,7 @@ impl Discovery {
     /// no candidate at the last look, the end of the soonest backoff or
     /// the next resolution; else the next dial allowed.
     pub fn poll_timeout(&self) -> Option<Time> {
-        if self.config.bootstrap && self.last_resolve.is_none() && !self.resolving {
+        if self.seeding.first_due() {
             return Some(Time::ZERO);
         }
         if self.peers() >= self.config.peers_wanted {
@@ -249,15 +237,10 @@ impl Discovery {
         let next_dial = self
             .last_dial
             .map_or(Time::ZERO, |last| last + self.config.dial_interval);
-        let Some(starved) = self.starved else {
+        let Some(starved) = self.seeding.starved() else {
             return Some(next_dial);
         };
-        let resolve = (self.config.bootstrap && !self.resolving)
-            .then(|| {
-                self.last_resolve
-                    .map(|at| at + self.config.resolve_interval)
-            })
-            .flatten();
+        let resolve = self.seeding.next_resolve();
         let backoff = self.retries.next_expiry(starved);
         [resolve, backoff.map(|at| at.max(next_dial))]
             .into_iter()

@@ -21,6 +21,7 @@ use crate::backoff::Retries;
 use crate::discovery::Candidates;
 use crate::family::{Family, missing_family};
 use crate::rng::SplitMix64;
+use crate::seeding::Seeding;
 
 /// What the leaf's set wants done.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,10 +111,8 @@ pub struct LeafSet {
     /// The node ids of supernodes heard on the LAN, by address: one we
     /// are joined to at another address is not dialed again.
     lan_ids: BTreeMap<SocketAddr, NodeId>,
-    resolving: bool,
-    last_resolve: Option<Time>,
-    /// No candidate was left at the last look, then.
-    starved: Option<Time>,
+    /// The bootstrap names, and whether candidates ran dry.
+    seeding: Seeding,
     actions: VecDeque<LeafSetAction>,
 }
 
@@ -125,15 +124,14 @@ impl LeafSet {
             config.backoff_max,
             config.max_retries,
         );
+        let seeding = Seeding::new(config.bootstrap, config.resolve_interval);
         Self {
             config,
             rng,
             sessions: BTreeMap::new(),
             retries,
             lan_ids: BTreeMap::new(),
-            resolving: false,
-            last_resolve: None,
-            starved: None,
+            seeding,
             actions: VecDeque::new(),
         }
     }
@@ -145,20 +143,18 @@ impl LeafSet {
     /// The supernodes heard on the LAN now, with their node ids.
     pub fn set_lan_ids(&mut self, ids: impl IntoIterator<Item = (SocketAddr, NodeId)>) {
         self.lan_ids = ids.into_iter().take(MAX_LAN_IDS).collect();
-        self.starved = None;
+        self.seeding.fed();
     }
 
     /// New candidates may be on offer (learned, heard on the LAN): look
     /// again at the next timeout.
     pub fn handle_candidates(&mut self) {
-        self.starved = None;
+        self.seeding.fed();
     }
 
     /// The bootstrap names were resolved.
     pub fn handle_resolved(&mut self, now: Time) {
-        self.resolving = false;
-        self.last_resolve = Some(now);
-        self.starved = None;
+        self.seeding.resolved(now);
     }
 
     /// The session with `addr` completed its handshake with `node_id`.
@@ -176,7 +172,7 @@ impl LeafSet {
     /// joined and did not refuse us.
     pub fn handle_ended(&mut self, addr: SocketAddr, end: SessionEnd, now: Time) -> bool {
         let joined = self.sessions.remove(&addr).is_some_and(|m| m.ready);
-        self.starved = None;
+        self.seeding.fed();
         if end == SessionEnd::Shutdown {
             return false;
         }
@@ -203,7 +199,7 @@ impl LeafSet {
     /// names, sessions opened until the wanted number are open or
     /// opening, a new resolution when no one is left to dial.
     pub fn handle_timeout(&mut self, now: Time, candidates: &mut dyn Candidates) {
-        if self.config.bootstrap && self.last_resolve.is_none() && !self.resolving {
+        if self.seeding.first_due() {
             self.resolve(now);
         }
         while self.sessions.len() < self.wanted() {
@@ -221,14 +217,8 @@ impl LeafSet {
                 })
                 .or_else(|| candidates.select(random, &|addr| self.skips(addr, now)));
             let Some(addr) = next else {
-                self.starved = Some(now);
-                if self.config.bootstrap
-                    && !self.resolving
-                    && self
-                        .last_resolve
-                        .is_none_or(|at| now >= at + self.config.resolve_interval)
-                {
-                    self.resolve(now);
+                if self.seeding.starve(now) {
+                    self.actions.push_back(LeafSetAction::Resolve);
                 }
                 return;
             };
@@ -238,8 +228,7 @@ impl LeafSet {
     }
 
     fn resolve(&mut self, now: Time) {
-        self.resolving = true;
-        self.last_resolve = Some(now);
+        self.seeding.start(now);
         self.actions.push_back(LeafSetAction::Resolve);
     }
 
@@ -253,21 +242,16 @@ impl LeafSet {
     /// at the last look, the end of the soonest backoff or the next
     /// resolution; else now.
     pub fn poll_timeout(&self) -> Option<Time> {
-        if self.config.bootstrap && self.last_resolve.is_none() && !self.resolving {
+        if self.seeding.first_due() {
             return Some(Time::ZERO);
         }
         if self.sessions.len() >= self.wanted() {
             return None;
         }
-        let Some(starved) = self.starved else {
+        let Some(starved) = self.seeding.starved() else {
             return Some(Time::ZERO);
         };
-        let resolve = (self.config.bootstrap && !self.resolving)
-            .then(|| {
-                self.last_resolve
-                    .map(|at| at + self.config.resolve_interval)
-            })
-            .flatten();
+        let resolve = self.seeding.next_resolve();
         [resolve, self.retries.next_expiry(starved)]
             .into_iter()
             .flatten()
@@ -296,7 +280,7 @@ impl LeafSet {
     /// being resolved, or among `known` not tried yet?
     pub fn has_prospects(&self, known: impl IntoIterator<Item = SocketAddr>) -> bool {
         !self.sessions.is_empty()
-            || self.resolving
+            || self.seeding.resolving()
             || known.into_iter().any(|addr| !self.retries.contains(addr))
     }
 }

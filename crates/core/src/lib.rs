@@ -18,6 +18,8 @@
 //!   DNS seeds, and its next deadline.
 //! - [`leaf_set`]: a leaf's set of supernodes: how many, which, replacing
 //!   a lost one, publishing to all and searching through one.
+//! - [`seeding`]: when to resolve the bootstrap names and whether the
+//!   candidates to dial ran dry (shared by the two above).
 //! - [`search`]: gathers the hits of one search, grouped by content id.
 //! - [`addr_limits`]: what one address and one network prefix may hold.
 //! - [`relay`]: the relay's policy: circuits by token, admission with a
@@ -83,6 +85,7 @@ pub mod routes;
 pub mod routing_filter;
 pub mod save_name;
 pub mod search;
+pub mod seeding;
 pub mod supernode;
 pub mod time;
 pub mod tokenize;

@@ -2043,11 +2043,8 @@ impl Supernode {
     /// violation (a leaf's policy spaces them; a clock or a trip may
     /// bring two a little closer).
     fn handle_announce(&mut self, conn: ConnId, listen_addr: SocketAddr, now: Time) {
-        if let Some(at) = self.announced_at.get(&conn) {
-            if now.since(*at) < self.config.announce_interval {
-                self.stats.announces_ignored += 1;
-                return;
-            }
+        if self.announce_too_soon(conn, now) {
+            return;
         }
         let Some(peer) = self.peers.get_mut(&conn) else {
             return;
@@ -2116,11 +2113,8 @@ impl Supernode {
     /// points), at most once per `announce_interval`; the rest are
     /// ignored and counted.
     fn handle_peer_announce(&mut self, conn: ConnId, listen_addr: SocketAddr, now: Time) {
-        if let Some(at) = self.announced_at.get(&conn) {
-            if now.since(*at) < self.config.announce_interval {
-                self.stats.announces_ignored += 1;
-                return;
-            }
+        if self.announce_too_soon(conn, now) {
+            return;
         }
         let Some(peer) = self.peers.get_mut(&conn) else {
             return;
@@ -2135,6 +2129,19 @@ impl Supernode {
         *known = Some(SocketAddr::new(remote.ip(), listen_addr.port()));
         self.announced_at.insert(conn, now);
         self.stats.peer_announces += 1;
+    }
+
+    /// True (and counted) if `conn`'s last Announce taken was less than
+    /// `announce_interval` ago: this one is ignored.
+    fn announce_too_soon(&mut self, conn: ConnId, now: Time) -> bool {
+        let too_soon = self
+            .announced_at
+            .get(&conn)
+            .is_some_and(|at| now.since(*at) < self.config.announce_interval);
+        if too_soon {
+            self.stats.announces_ignored += 1;
+        }
+        too_soon
     }
 
     /// Forgets `conn`'s Announce bookkeeping.
