@@ -123,6 +123,19 @@ impl SearchRequest {
     }
 }
 
+/// How a pushed source is to reach us ([`LeafSession::send_push`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushWay {
+    /// It connects to the callback address.
+    Connect,
+    /// It punches a hole to the callback address: dials it again and
+    /// again from its listening port while we dial it (see
+    /// [`crate::punch`]).
+    Punch,
+    /// It meets us at our supernode's relay, for this circuit.
+    Relay(CircuitToken),
+}
+
 /// Why a search could not start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SearchError {
@@ -518,38 +531,16 @@ impl LeafSession {
         Ok(())
     }
 
-    /// Asks firewalled leaf `target` to connect to `callback_addr` and
-    /// serve `content_id`.
+    /// Asks firewalled leaf `target` to serve `content_id` to us, reaching
+    /// us the `way` given at `callback_addr` (for a relay, the push's
+    /// required callback field; the supernode names the relay).
     pub fn send_push(
         &mut self,
         message_id: MessageId,
         target: NodeId,
         content_id: ContentId,
         callback_addr: SocketAddr,
-    ) -> Result<(), SearchError> {
-        self.push(message_id, target, content_id, callback_addr, false)
-    }
-
-    /// Asks firewalled leaf `target` to punch a hole to `callback_addr`
-    /// (dial it again and again from its listening port while we dial it:
-    /// see [`crate::punch`]) and serve `content_id` on the connection.
-    pub fn send_punch_push(
-        &mut self,
-        message_id: MessageId,
-        target: NodeId,
-        content_id: ContentId,
-        callback_addr: SocketAddr,
-    ) -> Result<(), SearchError> {
-        self.push(message_id, target, content_id, callback_addr, true)
-    }
-
-    fn push(
-        &mut self,
-        message_id: MessageId,
-        target: NodeId,
-        content_id: ContentId,
-        callback_addr: SocketAddr,
-        punch: bool,
+        way: PushWay,
     ) -> Result<(), SearchError> {
         if self.state != State::Ready {
             return Err(SearchError::NotConnected);
@@ -560,8 +551,15 @@ impl LeafSession {
             content_id,
             callback_addr,
             hops: 0,
-            punch,
-            relay: None,
+            punch: way == PushWay::Punch,
+            relay: match way {
+                PushWay::Relay(token) => Some(RelayCircuit {
+                    // A placeholder: only the supernode says where it is.
+                    addr: callback_addr,
+                    token,
+                }),
+                PushWay::Connect | PushWay::Punch => None,
+            },
         }));
         Ok(())
     }
@@ -590,37 +588,6 @@ impl LeafSession {
                 self.send(Message::Announce { listen_addr });
             }
         }
-    }
-
-    /// Asks firewalled leaf `target` to meet us at our supernode's relay
-    /// for circuit `token` and serve `content_id` there (the supernode
-    /// fills in its address, if it relays). `callback_addr` is sent as
-    /// well: the push's callback field is required.
-    pub fn send_relay_push(
-        &mut self,
-        message_id: MessageId,
-        target: NodeId,
-        content_id: ContentId,
-        callback_addr: SocketAddr,
-        token: CircuitToken,
-    ) -> Result<(), SearchError> {
-        if self.state != State::Ready {
-            return Err(SearchError::NotConnected);
-        }
-        self.send(Message::Push(Push {
-            message_id,
-            target_node_id: target,
-            content_id,
-            callback_addr,
-            hops: 0,
-            punch: false,
-            relay: Some(RelayCircuit {
-                // A placeholder: only the supernode says where it is.
-                addr: callback_addr,
-                token,
-            }),
-        }));
-        Ok(())
     }
 
     /// A running search.

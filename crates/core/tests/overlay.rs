@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use canopy_core::handshake::Identity;
-use canopy_core::leaf::{LeafAction, LeafSession, SearchRequest};
+use canopy_core::leaf::{LeafAction, LeafSession, PushWay, SearchRequest};
 use canopy_core::search::SearchResult;
 use canopy_core::supernode::{Action, Direction, Supernode, SupernodeConfig};
 use canopy_core::{ConnId, Time};
@@ -806,6 +806,7 @@ fn a_push_travels_back_along_the_hits_path_to_a_firewalled_leaf() {
             source.node_id,
             ContentId([5; 32]),
             callback,
+            PushWay::Connect,
         )
         .unwrap();
     net.drive();
@@ -827,6 +828,7 @@ fn a_push_travels_back_along_the_hits_path_to_a_firewalled_leaf() {
             node_id(9999),
             ContentId([5; 32]),
             callback,
+            PushWay::Connect,
         )
         .unwrap();
     net.drive();
@@ -836,11 +838,12 @@ fn a_push_travels_back_along_the_hits_path_to_a_firewalled_leaf() {
 
     // A push asking for a hole punch travels the same way and says so.
     net.leaves[downloader]
-        .send_punch_push(
+        .send_push(
             MessageId([45; 16]),
             source.node_id,
             ContentId([5; 32]),
             callback,
+            PushWay::Punch,
         )
         .unwrap();
     net.drive();

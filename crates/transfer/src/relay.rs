@@ -14,6 +14,9 @@
 //! lied. A refusal for want of room (no slot, per-IP) is a [`PathClosed`]
 //! too; any other refusal is an error.
 //!
+//! [`serve_half`]: the source's side of the same circuit, asked for by
+//! the push: `serve`, the relay's `OK`, then our introduction.
+//!
 //! [`FallbackConnector`]: the direct ways first (push, hole punching), the
 //! relay only when they fail; after the relay was needed, later
 //! connections go to it at once for [`RETRY_DIRECT_AFTER`], then the
@@ -28,7 +31,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use canopy_core::relay::{Grant, Half, MAX_LINE, Refusal, parse_answer, request_line};
-use canopy_proto::{CircuitToken, NodeId};
+use canopy_proto::{CircuitToken, NodeId, RelayCircuit};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -201,6 +204,26 @@ async fn open(
         )));
     }
     Ok((stream, grant, preamble.len() as u64 + 1))
+}
+
+/// The source's half: dials the relay, asks to serve `circuit`, reads
+/// its answer and introduces `us` as on a pushed connection; the stream
+/// then carries the downloader's requests.
+pub async fn serve_half(circuit: RelayCircuit, us: NodeId) -> std::io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(circuit.addr).await?;
+    let _ = stream.set_nodelay(true);
+    stream
+        .write_all(request_line(Half::Serve, circuit.token).as_bytes())
+        .await?;
+    let line = read_line(&mut stream).await?;
+    if let Err(refusal) = parse_answer(&line) {
+        let reason = refusal.map_or("no answer".to_owned(), |r| r.to_string());
+        return Err(std::io::Error::other(format!("relay refused: {reason}")));
+    }
+    stream
+        .write_all(format!("{PREAMBLE} {us}\n").as_bytes())
+        .await?;
+    Ok(stream)
 }
 
 /// One line of at most [`MAX_LINE`] bytes, byte by byte so nothing after

@@ -6,10 +6,8 @@
 //! The same budgets as a push apply: the connect-back rate (to the relay's
 //! address) and the pushed uploads at once.
 
-use canopy_core::relay::{Half, MAX_LINE, parse_answer, request_line};
-use canopy_proto::{ContentId, NodeId, RelayCircuit};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use canopy_proto::{ContentId, RelayCircuit};
+use canopy_transfer::relay::serve_half;
 
 use super::session::{CONNECT_TIMEOUT, SessionContext};
 
@@ -45,38 +43,4 @@ pub(super) fn relay_upload(context: &SessionContext, content_id: ContentId, circ
         }
         drop(permit);
     });
-}
-
-/// Dials the relay, asks to serve `circuit`, reads its answer and
-/// introduces us: the stream then carries the downloader's requests.
-async fn serve_half(circuit: RelayCircuit, us: NodeId) -> std::io::Result<TcpStream> {
-    let mut stream = TcpStream::connect(circuit.addr).await?;
-    let _ = stream.set_nodelay(true);
-    stream
-        .write_all(request_line(Half::Serve, circuit.token).as_bytes())
-        .await?;
-    let line = read_line(&mut stream).await?;
-    if let Err(refusal) = parse_answer(&line) {
-        let reason = refusal.map_or("no answer".to_owned(), |r| r.to_string());
-        return Err(std::io::Error::other(format!("relay refused: {reason}")));
-    }
-    stream
-        .write_all(format!("{} {us}\n", canopy_transfer::push::PREAMBLE).as_bytes())
-        .await?;
-    Ok(stream)
-}
-
-/// One line of at most [`MAX_LINE`] bytes, read byte by byte so nothing
-/// after it is consumed.
-async fn read_line(stream: &mut TcpStream) -> std::io::Result<String> {
-    let mut line = Vec::with_capacity(MAX_LINE);
-    while line.len() < MAX_LINE {
-        let byte = stream.read_u8().await?;
-        if byte == b'\n' {
-            return String::from_utf8(line)
-                .map_err(|_| std::io::Error::other("relay answer is not text"));
-        }
-        line.push(byte);
-    }
-    Err(std::io::Error::other("relay answer too long"))
 }

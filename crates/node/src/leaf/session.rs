@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use canopy_core::handshake::Identity;
-use canopy_core::leaf::{LeafAction, LeafSession};
+use canopy_core::leaf::{LeafAction, LeafSession, PushWay};
 use canopy_core::push_limits::{ConnectBackConfig, ConnectBackLimiter};
 use canopy_core::{ConnId, Time};
 use canopy_proto::{ContentId, MessageId, NodeId, SharedFile};
@@ -285,12 +285,14 @@ async fn run(
                 }
                 Some(ToSession::Push(push)) => {
                     let id = crate::random_message_id();
-                    let sent = match push.relay {
-                        Some(token) => session.send_relay_push(id, push.target, push.content_id, push.callback, token),
-                        None if push.punch => session.send_punch_push(id, push.target, push.content_id, push.callback),
-                        None => session.send_push(id, push.target, push.content_id, push.callback),
-                    }
-                    .map_err(|e| NodeError::Search(e.to_string()));
+                    let way = match push.relay {
+                        Some(token) => PushWay::Relay(token),
+                        None if push.punch => PushWay::Punch,
+                        None => PushWay::Connect,
+                    };
+                    let sent = session
+                        .send_push(id, push.target, push.content_id, push.callback, way)
+                        .map_err(|e| NodeError::Search(e.to_string()));
                     let _ = push.reply.send(sent);
                 }
                 // The coordinator let go of this session: leave politely.
