@@ -17,6 +17,7 @@
 //! so the supernode looks up and intersects their posting sets, but the two
 //! rarely share a name, so it usually finds nothing.
 
+use canopy_core::rng::SplitMix64;
 use canopy_proto::secure::StaticKeypair;
 use canopy_proto::{ContentId, MessageId, NodeId, SharedFile};
 
@@ -125,33 +126,30 @@ const EXTENSIONS: &[&str] = &[
     "mp3", "mp3", "mp3", "flac", "ogg", "mkv", "avi", "pdf", "epub", "zip",
 ];
 
-/// SplitMix64: small, fast and good enough to pick words.
+/// The core's generator ([`SplitMix64`]), with the ids and keys the load
+/// generator draws besides.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(SplitMix64);
 
 impl Rng {
     /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
-        Self(seed)
+        Self(SplitMix64::new(seed))
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `[0, 1)`.
     pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.unit()
     }
 
     /// Uniform in `[0, n)`; 0 if `n` is 0.
     pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next_u64() % n }
+        self.0.below(n)
     }
 
     /// 16 random bytes, never all zero.
@@ -170,13 +168,9 @@ impl Rng {
 
 /// Mixes `parts` into one seed.
 pub fn mix(parts: &[u64]) -> u64 {
-    let mut rng = Rng::new(0x5EED);
-    let mut acc = 0u64;
-    for part in parts {
-        rng.0 ^= part.wrapping_add(acc);
-        acc = rng.next_u64();
-    }
-    acc
+    parts
+        .iter()
+        .fold(0x5EED, |acc, part| SplitMix64::new(acc ^ part).next_u64())
 }
 
 /// The share and the queries of one run.
