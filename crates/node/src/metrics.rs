@@ -398,11 +398,49 @@ fn nat_code(nat: NatKind) -> usize {
     }
 }
 
+/// The relay's refusals, a counter each (the exporter has no labels).
+const RELAY_REFUSALS: [(Refusal, &str, &str); 7] = [
+    (
+        Refusal::Disabled,
+        "canopy_relay_refused_disabled",
+        "Relay halves refused: this supernode does not relay.",
+    ),
+    (
+        Refusal::NoSlots,
+        "canopy_relay_refused_no_slots",
+        "Relay halves refused: every slot taken.",
+    ),
+    (
+        Refusal::PerIp,
+        "canopy_relay_refused_per_ip",
+        "Relay halves refused: the IP held its share.",
+    ),
+    (
+        Refusal::UnknownToken,
+        "canopy_relay_refused_unknown_token",
+        "Relay halves refused: a token never registered.",
+    ),
+    (
+        Refusal::ExpiredToken,
+        "canopy_relay_refused_expired_token",
+        "Relay halves refused: the token's time had run out.",
+    ),
+    (
+        Refusal::HalfTaken,
+        "canopy_relay_refused_half_taken",
+        "Relay halves refused: that half was taken.",
+    ),
+    (
+        Refusal::BadRequest,
+        "canopy_relay_refused_bad_request",
+        "Relay connections whose line was not a relay request.",
+    ),
+];
+
 /// The relay's metrics: circuits, refusals by reason (a metric each: the
 /// exporter has no labels), bytes.
 fn relay_samples(r: &RelayStats, s: &canopy_core::supernode::SupernodeStats) -> Vec<Sample> {
-    let refused = |refusal: Refusal| r.refused(refusal);
-    vec![
+    let mut samples = vec![
         gauge(
             "canopy_relay_circuits_open",
             "Relay circuits holding a slot (half-open ones included).",
@@ -429,41 +467,6 @@ fn relay_samples(r: &RelayStats, s: &canopy_core::supernode::SupernodeStats) -> 
             r.cut_duration,
         ),
         counter(
-            "canopy_relay_refused_disabled",
-            "Relay halves refused: this supernode does not relay.",
-            refused(Refusal::Disabled),
-        ),
-        counter(
-            "canopy_relay_refused_no_slots",
-            "Relay halves refused: every slot taken.",
-            refused(Refusal::NoSlots),
-        ),
-        counter(
-            "canopy_relay_refused_per_ip",
-            "Relay halves refused: the IP held its share.",
-            refused(Refusal::PerIp),
-        ),
-        counter(
-            "canopy_relay_refused_unknown_token",
-            "Relay halves refused: a token never registered.",
-            refused(Refusal::UnknownToken),
-        ),
-        counter(
-            "canopy_relay_refused_expired_token",
-            "Relay halves refused: the token's time had run out.",
-            refused(Refusal::ExpiredToken),
-        ),
-        counter(
-            "canopy_relay_refused_half_taken",
-            "Relay halves refused: that half was taken.",
-            refused(Refusal::HalfTaken),
-        ),
-        counter(
-            "canopy_relay_refused_bad_request",
-            "Relay connections whose line was not a relay request.",
-            refused(Refusal::BadRequest),
-        ),
-        counter(
             "canopy_relay_tokens_dropped",
             "Relay circuits not registered: the token table was full.",
             r.tokens_dropped,
@@ -478,7 +481,13 @@ fn relay_samples(r: &RelayStats, s: &canopy_core::supernode::SupernodeStats) -> 
             "Leaf pushes whose relay request was dropped (we don't relay).",
             s.push_relays_dropped,
         ),
-    ]
+    ];
+    samples.extend(
+        RELAY_REFUSALS
+            .iter()
+            .map(|(refusal, name, help)| counter(name, help, r.refused(*refusal))),
+    );
+    samples
 }
 
 /// The metrics of a leaf.
