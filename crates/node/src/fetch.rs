@@ -64,7 +64,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::NodeError;
-use crate::leaf::{LeafHandle, LiveSearch};
+use crate::leaf::{LeafHandle, LiveSearch, PushWay};
 
 /// How long a dial to a source may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -705,7 +705,7 @@ impl<'a> Callback<'a> {
             let pushes = pushes.clone();
             Box::pin(async move {
                 pushes
-                    .push(node, id, callback)
+                    .push(node, id, callback, PushWay::Connect, None)
                     .await
                     .map_err(|e| std::io::Error::other(e.to_string()))
             })
@@ -729,7 +729,7 @@ impl<'a> Callback<'a> {
             let callback = SocketAddr::new(ip, port);
             Box::pin(async move {
                 pushes
-                    .punch(node, id, callback)
+                    .push(node, id, callback, PushWay::Punch, None)
                     .await
                     .map_err(|e| std::io::Error::other(e.to_string()))
             })

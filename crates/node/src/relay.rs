@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
+use crate::leaf::PushWay;
 
 /// How long a relay connection may take to send its line.
 pub const LINE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -359,7 +360,13 @@ pub fn fallback(
                 return Err(std::io::Error::other("no relaying supernode"));
             };
             pushes
-                .push_relayed(relay, node, content_id, callback, token)
+                .push(
+                    node,
+                    content_id,
+                    callback,
+                    PushWay::Relay(token),
+                    Some(relay),
+                )
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             Ok(relay)

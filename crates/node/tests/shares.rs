@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use canopy_node::NodeError;
 use canopy_node::addr::HostPort;
-use canopy_node::leaf::{self, LeafHandle, LeafOptions};
+use canopy_node::leaf::{self, LeafHandle, LeafOptions, PushWay};
 use canopy_node::supernode::{self, SupernodeOptions};
 use canopy_proto::ContentId;
 use canopy_share::ShareError;
@@ -336,7 +336,13 @@ async fn a_pushed_upload_is_listed_and_counted_like_a_direct_one() {
     let pushed = callback.await_push_from(firewalled.node_id()).unwrap();
     downloader
         .push_sender()
-        .push(firewalled.node_id(), id, callback.local_addr())
+        .push(
+            firewalled.node_id(),
+            id,
+            callback.local_addr(),
+            PushWay::Connect,
+            None,
+        )
         .await
         .unwrap();
     let stream = tokio::time::timeout(PATIENCE, pushed)

@@ -37,7 +37,7 @@ use canopy_core::handshake::Identity;
 use canopy_core::leaf::SearchRequest;
 use canopy_core::search::SearchResult;
 use canopy_proto::secure::StaticKeypair;
-use canopy_proto::{CircuitToken, ContentId, NodeId, Role, SharedFile};
+use canopy_proto::{ContentId, NodeId, Role, SharedFile};
 use canopy_transfer::Catalog;
 use canopy_transfer::bandwidth::RateLimit;
 use canopy_transfer::server::{ContentServer, ServerConfig};
@@ -55,6 +55,8 @@ pub use scan::{FolderSummary, ShareSummary};
 use scan::{Shares, load_cache, rescan_loop};
 use session::{ConnectBacks, SessionContext};
 use task::LeafTask;
+
+pub use canopy_core::leaf::PushWay;
 
 /// Pushed uploads being set up at once; further push requests are ignored.
 const MAX_PUSHES: usize = 16;
@@ -212,12 +214,10 @@ struct PushRequest {
     target: NodeId,
     content_id: ContentId,
     callback: SocketAddr,
-    /// Ask it to punch a hole (see `canopy_core::punch`).
-    punch: bool,
+    /// How it is to reach us (a relay circuit: at the `via` supernode).
+    way: PushWay,
     /// Through the session with the supernode at this address (else any).
     via: Option<SocketAddr>,
-    /// Ask for this relay circuit (at the `via` supernode).
-    relay: Option<CircuitToken>,
     reply: oneshot::Sender<Result<(), NodeError>>,
 }
 
@@ -474,36 +474,20 @@ pub struct PushSender {
 }
 
 impl PushSender {
-    /// Asks firewalled leaf `target`, through the overlay, to connect to
-    /// `callback` and serve `content_id`.
+    /// Asks firewalled leaf `target`, through the overlay, to serve
+    /// `content_id`, reaching us the `way` given at `callback`: connecting
+    /// to it, punching a hole to it (dialing it again and again from its
+    /// listening port while we dial it: `canopy_transfer::punch`), or
+    /// meeting us at a relay circuit. `via`: through our session with
+    /// that supernode (for a relay, the relaying one: one of
+    /// [`LeafStatus::relays`]), else any.
     pub async fn push(
         &self,
         target: NodeId,
         content_id: ContentId,
         callback: SocketAddr,
-    ) -> Result<(), NodeError> {
-        self.send(target, content_id, callback, false).await
-    }
-
-    /// Asks firewalled leaf `target`, through the overlay, to punch a hole
-    /// to `callback` (dial it again and again from its listening port
-    /// while we dial it: `canopy_transfer::punch`) and serve `content_id`
-    /// on the connection.
-    pub async fn punch(
-        &self,
-        target: NodeId,
-        content_id: ContentId,
-        callback: SocketAddr,
-    ) -> Result<(), NodeError> {
-        self.send(target, content_id, callback, true).await
-    }
-
-    async fn send(
-        &self,
-        target: NodeId,
-        content_id: ContentId,
-        callback: SocketAddr,
-        punch: bool,
+        way: PushWay,
+        via: Option<SocketAddr>,
     ) -> Result<(), NodeError> {
         let (reply, rx) = oneshot::channel();
         self.commands
@@ -511,36 +495,8 @@ impl PushSender {
                 target,
                 content_id,
                 callback,
-                punch,
-                via: None,
-                relay: None,
-                reply,
-            }))
-            .await
-            .map_err(|_| NodeError::Stopped)?;
-        rx.await.map_err(|_| NodeError::Stopped)?
-    }
-
-    /// Asks firewalled leaf `target`, through our session with the
-    /// relaying supernode at `relay` (one of [`LeafStatus::relays`]), to
-    /// meet us there on circuit `token` and serve `content_id`.
-    pub async fn push_relayed(
-        &self,
-        relay: SocketAddr,
-        target: NodeId,
-        content_id: ContentId,
-        callback: SocketAddr,
-        token: CircuitToken,
-    ) -> Result<(), NodeError> {
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Push(PushRequest {
-                target,
-                content_id,
-                callback,
-                via: Some(relay),
-                relay: Some(token),
-                punch: false,
+                way,
+                via,
                 reply,
             }))
             .await

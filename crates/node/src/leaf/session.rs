@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use canopy_core::handshake::Identity;
-use canopy_core::leaf::{LeafAction, LeafSession, PushWay};
+use canopy_core::leaf::{LeafAction, LeafSession};
 use canopy_core::push_limits::{ConnectBackConfig, ConnectBackLimiter};
 use canopy_core::{ConnId, Time};
 use canopy_proto::{ContentId, MessageId, NodeId, SharedFile};
@@ -285,13 +285,8 @@ async fn run(
                 }
                 Some(ToSession::Push(push)) => {
                     let id = crate::random_message_id();
-                    let way = match push.relay {
-                        Some(token) => PushWay::Relay(token),
-                        None if push.punch => PushWay::Punch,
-                        None => PushWay::Connect,
-                    };
                     let sent = session
-                        .send_push(id, push.target, push.content_id, push.callback, way)
+                        .send_push(id, push.target, push.content_id, push.callback, push.way)
                         .map_err(|e| NodeError::Search(e.to_string()));
                     let _ = push.reply.send(sent);
                 }
