@@ -176,10 +176,21 @@ async fn a_download_through_punched_pushes_verifies() {
     assert_eq!(report.sources[0].bytes, data.len() as u64);
     let paths = &report.sources[0].paths;
     assert!(!paths.is_empty(), "{report:?}");
+    // Punched: our dial met the source's (or its dial reached our port).
+    // On loopback nothing is in the way, so a dial of ours may also reach
+    // the source's HTTP server before it expects the punch: a direct
+    // connection, served as such; but not every one.
     assert!(
         paths
             .iter()
-            .all(|p| matches!(p, TransferPath::HolePunch | TransferPath::Push)),
+            .any(|p| matches!(p, TransferPath::HolePunch | TransferPath::Push)),
+        "{paths:?}"
+    );
+    assert!(
+        paths.iter().all(|p| matches!(
+            p,
+            TransferPath::HolePunch | TransferPath::Push | TransferPath::Direct
+        )),
         "{paths:?}"
     );
     assert!(punches.load(Ordering::Relaxed) >= 1);
